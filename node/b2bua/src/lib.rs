@@ -1,0 +1,1 @@
+//! medpool-b2bua: the back-to-back user agent of one node.

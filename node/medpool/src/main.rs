@@ -1,0 +1,2 @@
+//! The `medpool` binary.
+fn main() {}
