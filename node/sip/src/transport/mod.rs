@@ -1,0 +1,273 @@
+//! SIP transports: a UDP socket and a TCP listener per node, with one handle to send on either.
+//!
+//! Every received datagram or stream frame goes through the same front door ([`screen`]): parse →
+//! [`crate::check`] → a malformed request is answered here (400/505/513/416/420/415/406/501) or dropped
+//! when no answer can be built, a malformed response is dropped, and everything else is handed to the
+//! user through a **bounded** channel. When that channel is full a request is answered 503 with
+//! Retry-After (never queued without limit) and a response is dropped (its sender retransmits).
+//! One bad peer never stops a listener: errors are logged at debug and the loop goes on.
+//!
+//! TLS will plug in as a third [`Transport`] variant beside TCP, sharing the stream framing and the
+//! connection table.
+
+pub mod tcp;
+pub mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::check::{Rejection, can_answer, check_request, check_response, rejection_response};
+use crate::message::Via;
+use crate::message::builder::response_to;
+use crate::{HeaderName, Method, SipMessage};
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// UDP (unreliable: transactions retransmit).
+    Udp,
+    /// TCP (reliable).
+    Tcp,
+}
+
+impl Transport {
+    /// Whether the transport is reliable (no retransmissions, RFC 3261 §17).
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Transport::Tcp)
+    }
+    /// The Via transport token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+}
+
+/// A message that passed the front door, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The message.
+    pub msg: SipMessage,
+    /// The peer's address (source IP and port).
+    pub source: SocketAddr,
+    /// The transport it arrived on.
+    pub transport: Transport,
+}
+
+/// Counters of what the front door did, for metrics.
+#[derive(Debug, Default)]
+pub struct FrontDoorStats {
+    /// Messages that failed to parse (dropped).
+    pub parse_errors: std::sync::atomic::AtomicU64,
+    /// Requests answered by the front door itself (4xx/5xx).
+    pub rejected: std::sync::atomic::AtomicU64,
+    /// Requests answered 503 because the user's queue was full.
+    pub overloaded: std::sync::atomic::AtomicU64,
+    /// Responses dropped (malformed or queue full).
+    pub dropped_responses: std::sync::atomic::AtomicU64,
+}
+
+/// What to do with one received message.
+#[derive(Debug)]
+pub enum Screened {
+    /// Hand it to the user.
+    Pass(SipMessage),
+    /// Send this answer back to the source; the request goes no further.
+    Answer(Bytes),
+    /// Drop it silently.
+    Drop(&'static str),
+}
+
+/// The front door: parse result + checks → pass, answer, or drop.
+pub fn screen(parsed: Result<SipMessage, crate::message::ParseError>, source: SocketAddr) -> Screened {
+    let msg = match parsed {
+        Ok(m) => m,
+        Err(_) => return Screened::Drop("unparseable"),
+    };
+    if !msg.is_request() {
+        return match check_response(&msg) {
+            Ok(()) => Screened::Pass(msg),
+            Err(_) => Screened::Drop("malformed response"),
+        };
+    }
+    match check_request(&msg) {
+        Ok(()) => Screened::Pass(msg),
+        Err(rej) => answer_or_drop(&msg, &rej, source),
+    }
+}
+
+fn answer_or_drop(msg: &SipMessage, rej: &Rejection, source: SocketAddr) -> Screened {
+    let tag = crate::ids::new_tag(0);
+    match rejection_response(msg, rej, Some(&tag), Some(source)) {
+        Some(b) => Screened::Answer(b),
+        None => Screened::Drop("malformed request, no answer possible"),
+    }
+}
+
+/// The 503 a request gets when the node cannot take it now (RFC 3261 §21.5.4).
+pub fn overload_answer(msg: &SipMessage, source: SocketAddr, retry_after_secs: u32) -> Option<Bytes> {
+    if !can_answer(msg) || msg.method() == Some(Method::Ack) {
+        return None;
+    }
+    let tag = crate::ids::new_tag(0);
+    let mut b = response_to(msg, 503, b"Service Unavailable", Some(&tag), Some(source));
+    b.header_fmt(HeaderName::RetryAfter, format_args!("{retry_after_secs}"));
+    Some(b.build())
+}
+
+/// Where a response to a request goes over UDP (RFC 3261 §18.2.2 with RFC 3581): the source address,
+/// at the source port when the request asked for `rport`, else at the sent-by port (default 5060).
+pub fn response_target(top_via: &Via<'_>, source: SocketAddr) -> SocketAddr {
+    match top_via.rport() {
+        Some(_) => source,
+        None => SocketAddr::new(source.ip(), top_via.port.unwrap_or(5060)),
+    }
+}
+
+/// A handle to send on the node's transports. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Transports {
+    pub(crate) udp: Arc<tokio::net::UdpSocket>,
+    pub(crate) tcp: tcp::TcpPool,
+}
+
+impl Transports {
+    /// The local UDP address.
+    pub fn udp_local(&self) -> SocketAddr {
+        self.udp.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Sends bytes to `dest`. UDP sends never wait (a full socket buffer drops the datagram, as the
+    /// network would); TCP reuses the connection to `dest` or opens one.
+    pub async fn send(&self, transport: Transport, dest: SocketAddr, bytes: Bytes) -> Result<(), TransportError> {
+        match transport {
+            Transport::Udp => match self.udp.try_send_to(&bytes, dest) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(TransportError::Busy),
+                Err(e) => Err(TransportError::Io(e.kind())),
+            },
+            Transport::Tcp => self.tcp.send(dest, bytes).await,
+        }
+    }
+
+    /// Sends a response to a request that arrived from `source` on `transport` (RFC 3261 §18.2.2): over
+    /// TCP on the connection it came on, over UDP to [`response_target`].
+    pub async fn send_response(&self, request: &Inbound, bytes: Bytes) -> Result<(), TransportError> {
+        let dest = match request.transport {
+            Transport::Tcp => request.source,
+            Transport::Udp => match request.msg.top_via() {
+                Some(Ok(v)) => response_target(&v, request.source),
+                _ => request.source,
+            },
+        };
+        self.send(request.transport, dest, bytes).await
+    }
+}
+
+/// A send that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// An I/O error.
+    #[error("I/O error: {0}")]
+    Io(std::io::ErrorKind),
+    /// The socket or connection queue is full.
+    #[error("transport busy")]
+    Busy,
+    /// A TCP connection could not be opened in time.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// Too many open connections.
+    #[error("connection limit reached")]
+    TooManyConnections,
+}
+
+/// Settings of the transports.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// UDP and TCP listen address.
+    pub listen: SocketAddr,
+    /// Parser limits.
+    pub limits: crate::Limits,
+    /// Capacity of the queue towards the user.
+    pub queue: usize,
+    /// Retry-After seconds in the 503 sent when the queue is full.
+    pub retry_after_secs: u32,
+    /// Most TCP connections open at once (in and out).
+    pub max_connections: usize,
+    /// A TCP connection with no traffic for this long is closed.
+    pub tcp_idle_timeout: std::time::Duration,
+    /// Timeout to open an outgoing TCP connection.
+    pub tcp_connect_timeout: std::time::Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            limits: crate::Limits::default(),
+            queue: 4096,
+            retry_after_secs: 5,
+            max_connections: 4096,
+            tcp_idle_timeout: std::time::Duration::from_secs(300),
+            tcp_connect_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// The running transports: a send handle, the inbound queue, and the listener tasks.
+pub struct Running {
+    /// Send handle.
+    pub transports: Transports,
+    /// Messages that passed the front door.
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// Front-door counters.
+    pub stats: Arc<FrontDoorStats>,
+    /// The listener tasks (they end when the shutdown signal fires).
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Binds UDP and TCP on `config.listen` and starts their listeners. They stop when `shutdown` turns true.
+pub async fn start(config: TransportConfig, shutdown: tokio::sync::watch::Receiver<bool>) -> std::io::Result<Running> {
+    let udp = Arc::new(udp::bind(config.listen)?);
+    let listen = udp.local_addr()?;
+    let tcp_listener = tokio::net::TcpListener::bind(listen).await?;
+    let (tx, inbound) = mpsc::channel(config.queue);
+    let stats = Arc::new(FrontDoorStats::default());
+    let tcp = tcp::TcpPool::new(config.clone(), tx.clone(), stats.clone(), shutdown.clone());
+    let transports = Transports { udp: udp.clone(), tcp: tcp.clone() };
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(udp::receive_loop(
+        udp,
+        config.clone(),
+        tx,
+        stats.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(tcp.accept_loop(tcp_listener)));
+    Ok(Running {
+        transports,
+        inbound,
+        stats,
+        tasks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_target_honours_rport() {
+        let src: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let v = Via::parse(b"SIP/2.0/UDP host:5070;branch=z9hG4bK1;rport").unwrap();
+        assert_eq!(response_target(&v, src), src);
+        let v = Via::parse(b"SIP/2.0/UDP host:5070;branch=z9hG4bK1").unwrap();
+        assert_eq!(response_target(&v, src), "10.0.0.1:5070".parse().unwrap());
+        let v = Via::parse(b"SIP/2.0/UDP host;branch=z9hG4bK1").unwrap();
+        assert_eq!(response_target(&v, src), "10.0.0.1:5060".parse().unwrap());
+    }
+}
