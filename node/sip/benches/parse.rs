@@ -1,6 +1,8 @@
 //! Parse + typed access of a typical 1 KB INVITE with SDP: Via, From, To, CSeq, Call-ID.
 //! Run: `cargo bench -p medpool-sip --bench parse`. rsip 0.4 is measured in the same run for reference.
 
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -66,7 +68,13 @@ fn medpool(c: &mut Criterion) {
             let to = m.to_header().unwrap().typed().unwrap();
             let cseq = m.cseq_header().unwrap().typed().unwrap();
             let call_id = m.call_id_header().unwrap().value().to_owned();
-            black_box((via.branch().cloned(), from.tag().cloned(), to.tag().cloned(), cseq.seq, call_id));
+            black_box((
+                via.branch().cloned(),
+                from.tag().cloned(),
+                to.tag().cloned(),
+                cseq.seq,
+                call_id,
+            ));
         })
     });
     g.finish();

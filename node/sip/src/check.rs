@@ -12,7 +12,8 @@ use crate::message::{HeaderName, Method, SipMessage, Uri};
 pub const SUPPORTED_OPTIONS: &[&str] = &["100rel", "timer"];
 
 /// Methods this node knows (extension methods get 501).
-pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, PRACK, UPDATE, INFO, REFER, NOTIFY, MESSAGE";
+pub const ALLOWED_METHODS: &str =
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, PRACK, UPDATE, INFO, REFER, NOTIFY, MESSAGE";
 
 /// Body types an INVITE, UPDATE, PRACK or ACK may carry (SDP, possibly inside multipart).
 pub const ACCEPTED_SESSION_BODIES: &str = "application/sdp, multipart/mixed, multipart/alternative";
@@ -56,14 +57,20 @@ pub enum DropReason {
 /// Whether an answer to this request can be built and routed: a parseable top Via (where it goes) and a
 /// CSeq line (copied as received, so a CSeq with an out-of-range number can still be answered 400).
 pub fn can_answer(msg: &SipMessage) -> bool {
-    msg.is_request() && matches!(msg.top_via(), Some(Ok(_))) && msg.header(HeaderName::CSeq).is_some()
+    msg.is_request()
+        && matches!(msg.top_via(), Some(Ok(_)))
+        && msg.header(HeaderName::CSeq).is_some()
 }
 
 fn bad(reason: &'static str) -> Rejection {
     Rejection::new(400, reason)
 }
 
-fn need<T>(v: Option<Result<T, HeaderError>>, missing: &'static str, malformed: &'static str) -> Result<T, Rejection> {
+fn need<T>(
+    v: Option<Result<T, HeaderError>>,
+    missing: &'static str,
+    malformed: &'static str,
+) -> Result<T, Rejection> {
     match v {
         None => Err(bad(missing)),
         Some(Err(_)) => Err(bad(malformed)),
@@ -146,11 +153,16 @@ pub fn check_request(msg: &SipMessage) -> Result<(), Rejection> {
     if !matches!(method, Method::Ack | Method::Cancel) {
         let unsupported: Vec<String> = msg
             .require()
-            .filter(|t| !SUPPORTED_OPTIONS.iter().any(|s| t.eq_ignore_ascii_case(s.as_bytes())))
+            .filter(|t| {
+                !SUPPORTED_OPTIONS
+                    .iter()
+                    .any(|s| t.eq_ignore_ascii_case(s.as_bytes()))
+            })
             .map(|t| String::from_utf8_lossy(t).into_owned())
             .collect();
         if !unsupported.is_empty() {
-            return Err(Rejection::new(420, "Bad Extension").with(HeaderName::Unsupported, unsupported.join(", ")));
+            return Err(Rejection::new(420, "Bad Extension")
+                .with(HeaderName::Unsupported, unsupported.join(", ")));
         }
     }
     check_body(msg, method)?;
@@ -172,33 +184,44 @@ fn is_session_body(ct: &[u8]) -> bool {
 }
 
 fn check_body(msg: &SipMessage, method: Method) -> Result<(), Rejection> {
-    let session = matches!(method, Method::Invite | Method::Update | Method::Prack | Method::Ack);
+    let session = matches!(
+        method,
+        Method::Invite | Method::Update | Method::Prack | Method::Ack
+    );
     if !msg.body().is_empty() {
         let Some(ct) = msg.content_type() else {
             return Err(bad("Missing Content-Type"));
         };
         if session && !is_session_body(ct) {
-            return Err(Rejection::new(415, "Unsupported Media Type").with(HeaderName::Accept, ACCEPTED_SESSION_BODIES));
+            return Err(Rejection::new(415, "Unsupported Media Type")
+                .with(HeaderName::Accept, ACCEPTED_SESSION_BODIES));
         }
         if msg
             .token_list(HeaderName::ContentEncoding)
             .any(|e| !e.eq_ignore_ascii_case(b"identity"))
         {
-            return Err(Rejection::new(415, "Unsupported Media Type").with(HeaderName::Other, "identity"));
+            return Err(
+                Rejection::new(415, "Unsupported Media Type").with(HeaderName::Other, "identity")
+            );
         }
     }
     // An INVITE answered with SDP must accept SDP (RFC 3261 §21.4.7).
     if method == Method::Invite && msg.header_count(HeaderName::Accept) > 0 {
-        let accepts_sdp = msg.header_values(HeaderName::Accept).flat_map(split_commas).any(|a| {
-            let t = media_type(a);
-            t.is_empty()
-                || t == b"*/*"
-                || t.eq_ignore_ascii_case(b"application/*")
-                || t.eq_ignore_ascii_case(b"application/sdp")
-                || t.eq_ignore_ascii_case(b"multipart/mixed")
-        });
+        let accepts_sdp = msg
+            .header_values(HeaderName::Accept)
+            .flat_map(split_commas)
+            .any(|a| {
+                let t = media_type(a);
+                t.is_empty()
+                    || t == b"*/*"
+                    || t.eq_ignore_ascii_case(b"application/*")
+                    || t.eq_ignore_ascii_case(b"application/sdp")
+                    || t.eq_ignore_ascii_case(b"multipart/mixed")
+            });
         if !accepts_sdp {
-            return Err(Rejection::new(406, "Not Acceptable").with(HeaderName::Accept, "application/sdp"));
+            return Err(
+                Rejection::new(406, "Not Acceptable").with(HeaderName::Accept, "application/sdp")
+            );
         }
     }
     Ok(())
@@ -240,7 +263,13 @@ pub fn rejection_response(
     if !can_answer(msg) || msg.method() == Some(Method::Ack) {
         return None;
     }
-    let mut b = crate::message::builder::response_to(msg, rejection.status, rejection.reason.as_bytes(), to_tag, source);
+    let mut b = crate::message::builder::response_to(
+        msg,
+        rejection.status,
+        rejection.reason.as_bytes(),
+        to_tag,
+        source,
+    );
     for (name, value) in &rejection.extra {
         match name {
             HeaderName::Other => b.header_named(b"Accept-Encoding", value.as_bytes()),

@@ -7,8 +7,8 @@
 use bytes::{Buf, BytesMut};
 
 use crate::limits::Limits;
-use crate::message::parse::{BodyLen, Defect, ParseError, index_head};
 use crate::message::SipMessage;
+use crate::message::parse::{BodyLen, Defect, ParseError, index_head};
 
 /// One item taken from a stream.
 #[derive(Debug)]
@@ -57,14 +57,20 @@ impl StreamFramer {
                 self.buf.advance(2); // a pong, or a CRLF before a start line (§7.5)
                 continue;
             }
-            if self.buf.is_empty() || self.buf.as_ref() == b"\r\n" || self.buf.as_ref() == b"\r\n\r" || self.buf.as_ref() == b"\r" {
+            if self.buf.is_empty()
+                || self.buf.as_ref() == b"\r\n"
+                || self.buf.as_ref() == b"\r\n\r"
+                || self.buf.as_ref() == b"\r"
+            {
                 return Ok(None);
             }
             break;
         }
         let Some(head_end) = memchr::memmem::find(&self.buf, b"\r\n\r\n") else {
             if self.buf.len() > self.limits.max_message_size {
-                return Err(ParseError::HeaderSectionTooLarge(self.limits.max_message_size));
+                return Err(ParseError::HeaderSectionTooLarge(
+                    self.limits.max_message_size,
+                ));
             }
             return Ok(None);
         };
@@ -76,7 +82,8 @@ impl StreamFramer {
                     return Ok(None);
                 }
                 let bytes = self.buf.split_to(head_len + n).freeze();
-                return SipMessage::parse_datagram(bytes, &self.limits).map(|m| Some(Frame::Message(m)));
+                return SipMessage::parse_datagram(bytes, &self.limits)
+                    .map(|m| Some(Frame::Message(m)));
             }
             BodyLen::Known(_) => Defect::TooLarge,
             BodyLen::Missing => Defect::MissingContentLength,
@@ -132,7 +139,10 @@ mod tests {
 
     #[test]
     fn endless_header_section_is_an_error() {
-        let mut f = StreamFramer::new(Limits { max_message_size: 100, ..Limits::default() });
+        let mut f = StreamFramer::new(Limits {
+            max_message_size: 100,
+            ..Limits::default()
+        });
         f.buffer().extend_from_slice(b"OPTIONS sip:a@b SIP/2.0\r\n");
         assert!(f.next_frame().unwrap().is_none());
         f.buffer().extend_from_slice(&[b'X'; 200]);

@@ -45,20 +45,39 @@ pub fn exercise(data: &[u8]) -> usize {
 }
 
 fn touch(m: &SipMessage) {
-    let _ = m.request_uri().map(|u| u.map(|u| (u.user_unescaped(), u.param("transport"))));
+    let _ = m
+        .request_uri()
+        .map(|u| u.map(|u| (u.user_unescaped(), u.param("transport"))));
     for v in m.vias().flatten() {
         let _ = (v.branch(), v.received(), v.rport(), v.is_rfc3261());
-        let _ = crate::message::builder::via_with_received(v.raw, SocketAddr::from(([10, 0, 0, 1], 1)));
+        let _ =
+            crate::message::builder::via_with_received(v.raw, SocketAddr::from(([10, 0, 0, 1], 1)));
     }
     for na in [m.from(), m.to()].into_iter().flatten().flatten() {
         let _ = (na.tag(), na.display_unquoted(), na.parsed_uri());
     }
-    for na in m.contacts().chain(m.routes()).chain(m.record_routes()).flatten() {
+    for na in m
+        .contacts()
+        .chain(m.routes())
+        .chain(m.record_routes())
+        .flatten()
+    {
         let _ = (na.tag(), na.parsed_uri());
     }
-    let _ = (m.call_id(), m.cseq(), m.max_forwards(), m.content_length(), m.content_type());
+    let _ = (
+        m.call_id(),
+        m.cseq(),
+        m.max_forwards(),
+        m.content_length(),
+        m.content_type(),
+    );
     let _ = (m.session_expires(), m.min_se(), m.rseq(), m.rack());
-    let _ = (m.require().count(), m.supported().count(), m.allow().count(), m.reasons().count());
+    let _ = (
+        m.require().count(),
+        m.supported().count(),
+        m.allow().count(),
+        m.reasons().count(),
+    );
     let _ = m.has_option(HeaderName::Supported, "100rel");
     let _ = crate::ids::shard_of(m, 1024);
     let _ = crate::check::check_request(m);

@@ -59,7 +59,10 @@ pub fn shard_in(id: &[u8]) -> Option<u16> {
     let rest = id.strip_prefix(PREFIX.as_bytes())?;
     let hex = rest.get(..4)?;
     let s = std::str::from_utf8(hex).ok()?;
-    if !s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return None;
     }
     u16::from_str_radix(s, 16).ok()

@@ -21,7 +21,7 @@ pub mod fuzzing;
 pub mod ids;
 pub mod limits;
 pub mod message;
-pub mod transaction; // TX-PLACEHOLDER
+pub mod transaction;
 pub mod transport;
 
 pub use limits::Limits;

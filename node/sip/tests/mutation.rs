@@ -4,6 +4,8 @@
 //! (`medpool_sip::fuzzing::exercise`). Any panic fails the test and prints the seed and the input.
 //! `MEDPOOL_MUTATIONS=n` changes the count (never below the default in CI).
 
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
 use medpool_sip::fuzzing::exercise;
 
 const TYPICAL: &[&[u8]] = &[
@@ -13,9 +15,35 @@ const TYPICAL: &[&[u8]] = &[
 ];
 
 const INTERESTING: &[&[u8]] = &[
-    b"\r\n", b"\r\n ", b":", b";", b",", b"<", b">", b"\"", b"\\", b"%", b"%2", b"@", b" ", b"\t", b"\0",
-    b"\xff", b"\xc3\xa9", b"[", b"]", b"=", b"/", b"Content-Length: 99999\r\n", b"l: -1\r\n", b"z9hG4bK",
-    b";tag=", b"SIP/2.0", b"4294967296", b"\r\n\r\n", b"Via: SIP/2.0/UDP [::1]:5060;branch=z9hG4bKmp\r\n",
+    b"\r\n",
+    b"\r\n ",
+    b":",
+    b";",
+    b",",
+    b"<",
+    b">",
+    b"\"",
+    b"\\",
+    b"%",
+    b"%2",
+    b"@",
+    b" ",
+    b"\t",
+    b"\0",
+    b"\xff",
+    b"\xc3\xa9",
+    b"[",
+    b"]",
+    b"=",
+    b"/",
+    b"Content-Length: 99999\r\n",
+    b"l: -1\r\n",
+    b"z9hG4bK",
+    b";tag=",
+    b"SIP/2.0",
+    b"4294967296",
+    b"\r\n\r\n",
+    b"Via: SIP/2.0/UDP [::1]:5060;branch=z9hG4bKmp\r\n",
 ];
 
 /// xorshift64*: small, seeded, reproducible.
@@ -28,7 +56,11 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 }
 
@@ -89,8 +121,15 @@ fn a_million_mutated_messages_never_panic() {
             seeds.push(std::fs::read(p).unwrap());
         }
     }
-    let n: u64 = std::env::var("MEDPOOL_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000).max(1_000_000);
-    let seed: u64 = std::env::var("MEDPOOL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_4475);
+    let n: u64 = std::env::var("MEDPOOL_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+        .max(1_000_000);
+    let seed: u64 = std::env::var("MEDPOOL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_4475);
     println!("mutation test: {n} inputs, seed {seed} (replay with MEDPOOL_SEED={seed})");
     let mut rng = Rng(seed | 1);
     let mut buf = Vec::with_capacity(8192);
@@ -100,10 +139,16 @@ fn a_million_mutated_messages_never_panic() {
         let r = std::panic::catch_unwind(|| exercise(&buf));
         match r {
             Ok(p) => parsed += p as u64,
-            Err(_) => panic!("panic on input #{i} (seed {seed}): {:?}", String::from_utf8_lossy(&buf)),
+            Err(_) => panic!(
+                "panic on input #{i} (seed {seed}): {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
         }
     }
     // Mutations should mostly keep messages parseable, or the test exercises little beyond the first line.
     println!("mutation test: {parsed} parsed messages");
-    assert!(parsed > n / 2, "only {parsed} of {n} inputs parsed: the mutator is too destructive");
+    assert!(
+        parsed > n / 2,
+        "only {parsed} of {n} inputs parsed: the mutator is too destructive"
+    );
 }

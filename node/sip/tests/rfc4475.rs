@@ -2,6 +2,8 @@
 //! the node's front door (`transport::screen`); the outcome must match `EXPECTED.tsv`'s class and answer.
 //! The corpus is copied from ../shared/conformance/rfc4475 (byte for byte; see tests/rfc4475/README.md).
 
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
 use std::net::SocketAddr;
 
 use medpool_sip::check::{check_request, check_response};
@@ -22,8 +24,12 @@ fn outcome(bytes: &[u8]) -> Outcome {
     let src: SocketAddr = "192.0.2.200:5060".parse().unwrap();
     let parsed = SipMessage::parse_datagram(bytes.to_vec().into(), &Limits::default());
     match screen(parsed, src) {
-        Screened::Pass(m) => Outcome::Pass { is_request: m.is_request() },
-        Screened::Answer(b) => Outcome::Answer(SipMessage::parse(b).expect("our own answer parses")),
+        Screened::Pass(m) => Outcome::Pass {
+            is_request: m.is_request(),
+        },
+        Screened::Answer(b) => {
+            Outcome::Answer(SipMessage::parse(b).expect("our own answer parses"))
+        }
         Screened::Drop(_) => Outcome::Drop,
     }
 }
@@ -41,7 +47,10 @@ fn rfc4475_corpus_gives_the_expected_answers() {
     let table = std::fs::read_to_string(format!("{dir}/EXPECTED.tsv")).unwrap();
     let mut checked = 0;
     let mut failures = Vec::new();
-    for line in table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in table
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let cols: Vec<&str> = line.split('\t').collect();
         let (file, class, expected) = (cols[0], cols[2], cols[3]);
         let bytes = std::fs::read(format!("{dir}/{file}")).unwrap();
@@ -49,7 +58,9 @@ fn rfc4475_corpus_gives_the_expected_answers() {
         let st = status(&o);
         let exp = expected.split(' ').next().unwrap();
         let ok = match exp {
-            "any-but-400" => matches!(o, Outcome::Pass { is_request: true }) || st.is_some_and(|s| s != 400),
+            "any-but-400" => {
+                matches!(o, Outcome::Pass { is_request: true }) || st.is_some_and(|s| s != 400)
+            }
             "no-reply" => matches!(o, Outcome::Drop | Outcome::Pass { is_request: false }),
             "400|drop" => matches!(o, Outcome::Drop) || st == Some(400),
             "400|any-but-400" => !matches!(o, Outcome::Drop),
@@ -65,9 +76,10 @@ fn rfc4475_corpus_gives_the_expected_answers() {
         };
         // Specific answers carry the headers RFC 4475 asks for.
         let headers_ok = match (exp, &o) {
-            ("420", Outcome::Answer(m)) => m
-                .header(HeaderName::Unsupported)
-                .is_some_and(|u| u.windows(b"nothingSupportsThis".len()).any(|w| w == b"nothingSupportsThis")),
+            ("420", Outcome::Answer(m)) => m.header(HeaderName::Unsupported).is_some_and(|u| {
+                u.windows(b"nothingSupportsThis".len())
+                    .any(|w| w == b"nothingSupportsThis")
+            }),
             ("415", Outcome::Answer(m)) => m.header(HeaderName::Accept).is_some(),
             _ => true,
         };
@@ -77,12 +89,21 @@ fn rfc4475_corpus_gives_the_expected_answers() {
         checked += 1;
     }
     assert_eq!(checked, 49, "EXPECTED.tsv lists 49 messages");
-    assert!(failures.is_empty(), "{} of 49 wrong:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of 49 wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn dblreq_answers_only_the_first_message() {
-    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rfc4475/dblreq.dat")).unwrap();
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/rfc4475/dblreq.dat"
+    ))
+    .unwrap();
     let m = SipMessage::parse(bytes).unwrap();
     assert_eq!(m.method_bytes(), Some(&b"REGISTER"[..]));
     assert!(m.body().is_empty());
@@ -112,7 +133,12 @@ fn valid_torture_messages_expose_their_typed_headers() {
     assert_eq!(uri.user, Some(&b"user;par=u%40example.net"[..]));
     // esc01: escapes are kept as received.
     let m = read("esc01.dat");
-    assert!(m.request_uri_bytes().unwrap().windows(3).any(|w| w == b"%3A"));
+    assert!(
+        m.request_uri_bytes()
+            .unwrap()
+            .windows(3)
+            .any(|w| w == b"%3A")
+    );
     // unreason: a UTF-8 reason phrase is kept byte for byte.
     let m = read("unreason.dat");
     assert!(m.reason_phrase().unwrap().len() > 40);

@@ -184,7 +184,10 @@ pub fn via_with_received(via_value: &[u8], source: SocketAddr) -> Vec<u8> {
     let ip = source.ip().to_string();
     let host_is_source = {
         let h = via.host;
-        let h = h.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(h);
+        let h = h
+            .strip_prefix(b"[")
+            .and_then(|h| h.strip_suffix(b"]"))
+            .unwrap_or(h);
         h.eq_ignore_ascii_case(ip.as_bytes())
     };
     let wants_rport = via.rport() == Some(None);
@@ -195,7 +198,9 @@ pub fn via_with_received(via_value: &[u8], source: SocketAddr) -> Vec<u8> {
     let params_start = via.raw.len() - via.params.0.len();
     out.extend_from_slice(super::headers::trim_lws(&via.raw[..params_start]));
     for (name, value) in via.params.iter() {
-        if name.eq_ignore_ascii_case(b"rport") && wants_rport || name.eq_ignore_ascii_case(b"received") {
+        if name.eq_ignore_ascii_case(b"rport") && wants_rport
+            || name.eq_ignore_ascii_case(b"received")
+        {
             continue;
         }
         out.push(b';');
@@ -281,16 +286,22 @@ mod tests {
     #[test]
     fn builds_a_request_that_parses_back() {
         let mut b = MessageBuilder::request_method(Method::Invite, b"sip:%2A67%23@gw.example.com");
-        b.header(HeaderName::Via, b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx")
-            .header(HeaderName::MaxForwards, b"70")
-            .header(HeaderName::From, b"\"A\" <sip:a@b>;tag=1")
-            .header(HeaderName::To, b"<sip:c@d>")
-            .header(HeaderName::CallId, b"abc")
-            .header(HeaderName::CSeq, b"1 INVITE")
-            .body(b"application/sdp", Bytes::from_static(b"v=0\r\n"));
+        b.header(
+            HeaderName::Via,
+            b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx",
+        )
+        .header(HeaderName::MaxForwards, b"70")
+        .header(HeaderName::From, b"\"A\" <sip:a@b>;tag=1")
+        .header(HeaderName::To, b"<sip:c@d>")
+        .header(HeaderName::CallId, b"abc")
+        .header(HeaderName::CSeq, b"1 INVITE")
+        .body(b"application/sdp", Bytes::from_static(b"v=0\r\n"));
         let m = SipMessage::parse(b.build()).unwrap();
         assert!(m.defect().is_none());
-        assert_eq!(m.request_uri_bytes(), Some(&b"sip:%2A67%23@gw.example.com"[..]));
+        assert_eq!(
+            m.request_uri_bytes(),
+            Some(&b"sip:%2A67%23@gw.example.com"[..])
+        );
         assert_eq!(m.body(), b"v=0\r\n");
         assert_eq!(m.content_length().unwrap(), Ok(5));
     }
@@ -304,7 +315,10 @@ mod tests {
     fn received_and_rport() {
         let src: SocketAddr = "192.0.2.7:6000".parse().unwrap();
         let v = via_with_received(b"SIP/2.0/UDP host.example.com;branch=z9hG4bK1;rport", src);
-        assert_eq!(v, b"SIP/2.0/UDP host.example.com;branch=z9hG4bK1;received=192.0.2.7;rport=6000");
+        assert_eq!(
+            v,
+            b"SIP/2.0/UDP host.example.com;branch=z9hG4bK1;received=192.0.2.7;rport=6000"
+        );
         let v = via_with_received(b"SIP/2.0/UDP 192.0.2.7:6000;branch=z9hG4bK1", src);
         assert_eq!(v, b"SIP/2.0/UDP 192.0.2.7:6000;branch=z9hG4bK1");
     }

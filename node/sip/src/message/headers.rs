@@ -3,9 +3,9 @@
 //! is parsed on access from the received bytes and validated as RFC 3261 §25 says, with linear whitespace
 //! (including folded line breaks) allowed wherever the grammar allows it.
 
+use super::Method;
 use super::parse::is_token_char;
 use super::uri::{Scheme, Uri, parse_hostport};
-use super::Method;
 
 /// Why a header value is malformed. Any of these in a request is answered 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -164,7 +164,10 @@ impl<'a> Params<'a> {
                 let ok = if v.first() == Some(&b'"') {
                     closing_quote(v) == Some(v.len() - 1)
                 } else if v.first() == Some(&b'[') {
-                    v.last() == Some(&b']') && v[1..v.len() - 1].iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                    v.last() == Some(&b']')
+                        && v[1..v.len() - 1]
+                            .iter()
+                            .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
                 } else {
                     !v.is_empty() && v.iter().all(|&b| is_token_char(b) || b == b':')
                 };
@@ -241,9 +244,13 @@ impl<'a> Via<'a> {
         if !name.eq_ignore_ascii_case(b"SIP") {
             return Err(HeaderError::ViaProtocol);
         }
-        let rest = trim_start_lws(rest).strip_prefix(b"/").ok_or(HeaderError::ViaProtocol)?;
+        let rest = trim_start_lws(rest)
+            .strip_prefix(b"/")
+            .ok_or(HeaderError::ViaProtocol)?;
         let (version, rest) = take_token(trim_start_lws(rest));
-        let rest = trim_start_lws(rest).strip_prefix(b"/").ok_or(HeaderError::ViaProtocol)?;
+        let rest = trim_start_lws(rest)
+            .strip_prefix(b"/")
+            .ok_or(HeaderError::ViaProtocol)?;
         let (transport, rest) = take_token(trim_start_lws(rest));
         if version.is_empty() || transport.is_empty() || rest.first().is_none_or(|&b| !is_lws(b)) {
             return Err(HeaderError::ViaProtocol);
@@ -349,7 +356,10 @@ impl<'a> NameAddr<'a> {
             }
             None => {
                 // addr-spec: the URI ends at whitespace or ';' and may not hold '?' or ',' (RFC 3261 §20).
-                let end = raw.iter().position(|&b| b == b';' || is_lws(b)).unwrap_or(raw.len());
+                let end = raw
+                    .iter()
+                    .position(|&b| b == b';' || is_lws(b))
+                    .unwrap_or(raw.len());
                 let uri = &raw[..end];
                 if uri.contains(&b'?') || uri.contains(&b',') {
                     return Err(HeaderError::AddrSpec);
@@ -358,7 +368,10 @@ impl<'a> NameAddr<'a> {
             }
         };
         let parsed = Uri::parse(uri)?;
-        if !bracketed && matches!(parsed.scheme, Scheme::Sip | Scheme::Sips) && !parsed.params.is_empty() {
+        if !bracketed
+            && matches!(parsed.scheme, Scheme::Sip | Scheme::Sips)
+            && !parsed.params.is_empty()
+        {
             // Cannot happen (we cut at ';'), kept as a guard.
             return Err(HeaderError::AddrSpec);
         }
@@ -411,7 +424,10 @@ fn parse_decimal(s: &[u8], max: u64) -> Result<u64, HeaderError> {
     }
     let mut n: u64 = 0;
     for &b in s {
-        n = n.checked_mul(10).and_then(|n| n.checked_add((b - b'0') as u64)).ok_or(HeaderError::Number)?;
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add((b - b'0') as u64))
+            .ok_or(HeaderError::Number)?;
     }
     if n > max {
         return Err(HeaderError::Number);
@@ -434,7 +450,10 @@ impl<'a> CSeq<'a> {
     /// Parses a CSeq value.
     pub fn parse(v: &'a [u8]) -> Result<CSeq<'a>, HeaderError> {
         let v = trim_lws(v);
-        let end = v.iter().position(|b| !b.is_ascii_digit()).unwrap_or(v.len());
+        let end = v
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(v.len());
         let seq = parse_decimal(&v[..end], (1 << 31) - 1)? as u32;
         if v.get(end).is_none_or(|&b| !is_lws(b)) {
             return Err(HeaderError::Method);
@@ -502,7 +521,10 @@ impl SessionExpires {
     /// Parses a Session-Expires value.
     pub fn parse(v: &[u8]) -> Result<SessionExpires, HeaderError> {
         let v = trim_lws(v);
-        let end = v.iter().position(|&b| b == b';' || is_lws(b)).unwrap_or(v.len());
+        let end = v
+            .iter()
+            .position(|&b| b == b';' || is_lws(b))
+            .unwrap_or(v.len());
         let delta = parse_decimal(&v[..end], u32::MAX as u64)? as u32;
         let params = Params(trim_lws(&v[end..]));
         params.validate()?;
@@ -541,7 +563,10 @@ pub fn parse_content_length(v: &[u8]) -> Result<usize, HeaderError> {
 /// Delta-seconds (Min-SE, Expires): a 32-bit number.
 pub fn parse_delta_seconds(v: &[u8]) -> Result<u32, HeaderError> {
     let v = trim_lws(v);
-    let end = v.iter().position(|&b| b == b';' || is_lws(b)).unwrap_or(v.len());
+    let end = v
+        .iter()
+        .position(|&b| b == b';' || is_lws(b))
+        .unwrap_or(v.len());
     parse_decimal(&v[..end], u32::MAX as u64).map(|n| n as u32)
 }
 
@@ -570,27 +595,44 @@ mod tests {
         assert_eq!(v.host, b"192.0.2.2");
         assert_eq!(v.branch(), Some(&b"390skdjuw"[..]));
         assert!(!v.is_rfc3261());
-        let v = Via::parse(b"SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bKabc;rport;received=1.2.3.4").unwrap();
+        let v =
+            Via::parse(b"SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bKabc;rport;received=1.2.3.4")
+                .unwrap();
         assert_eq!(v.host, b"[2001:db8::9]");
         assert_eq!(v.port, Some(5070));
         assert_eq!(v.rport(), Some(None));
         assert_eq!(v.received(), Some(&b"1.2.3.4"[..]));
         assert!(v.is_rfc3261());
-        let v = Via::parse(b"SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8").unwrap();
+        let v = Via::parse(
+            b"SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8",
+        )
+        .unwrap();
         assert_eq!(v.branch(), Some(&b"z9hG4bK9ikj8"[..]));
     }
 
     #[test]
     fn comma_separated_vias_split_correctly() {
-        let parts: Vec<_> = split_commas(b"SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bK2").collect();
+        let parts: Vec<_> = split_commas(
+            b"SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bK2",
+        )
+        .collect();
         assert_eq!(parts.len(), 2);
-        assert_eq!(Via::parse(parts[0]).unwrap().branch(), Some(&b"z9hG4bK1"[..]));
+        assert_eq!(
+            Via::parse(parts[0]).unwrap().branch(),
+            Some(&b"z9hG4bK1"[..])
+        );
         assert_eq!(Via::parse(parts[1]).unwrap().port, Some(5060));
     }
 
     #[test]
     fn bad_vias() {
-        for v in [&b"192.0.2.15;;"[..], b"SIP/2.0/UDP 192.0.2.15;;", b"SIP/2.0/UDP", b"SIP/2.0/UDP h;branch", b""] {
+        for v in [
+            &b"192.0.2.15;;"[..],
+            b"SIP/2.0/UDP 192.0.2.15;;",
+            b"SIP/2.0/UDP",
+            b"SIP/2.0/UDP h;branch",
+            b"",
+        ] {
             if v == b"SIP/2.0/UDP h;branch" {
                 assert!(Via::parse(v).is_ok(), "flag params are fine");
                 continue;
@@ -602,10 +644,14 @@ mod tests {
 
     #[test]
     fn name_addr_forms() {
-        let n = NameAddr::parse(b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8").unwrap();
+        let n = NameAddr::parse(
+            b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8",
+        )
+        .unwrap();
         assert_eq!(n.tag(), Some(&b"98asjd8"[..]));
         assert_eq!(n.display_unquoted().unwrap(), b"J Rosenberg \\\"");
-        let n = NameAddr::parse(b"sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
+        let n =
+            NameAddr::parse(b"sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
         assert_eq!(n.uri, b"sip:vivekg@chair-dnrc.example.com");
         assert_eq!(n.tag(), Some(&b"1918181833n"[..]));
         let n = NameAddr::parse(b"caller<sip:caller@example.com>;tag=323").unwrap();
@@ -619,11 +665,26 @@ mod tests {
 
     #[test]
     fn bad_name_addrs() {
-        assert_eq!(NameAddr::parse(b"\"Mr. J. User <sip:j.user@example.com>"), Err(HeaderError::Quote));
-        assert_eq!(NameAddr::parse(b"\"Watson, Thomas\" < sip:t.watson@example.org >"), Err(HeaderError::AddrSpec));
-        assert_eq!(NameAddr::parse(b"Bell, Alexander <sip:a.g.bell@example.com>;tag=43"), Err(HeaderError::DisplayName));
-        assert_eq!(NameAddr::parse(b"sip:user@example.com?Route=%3Csip:sip.example.com%3E"), Err(HeaderError::AddrSpec));
-        assert_eq!(NameAddr::parse(b"\"Joe\" <sip:joe@example.org>;;;;"), Err(HeaderError::Params));
+        assert_eq!(
+            NameAddr::parse(b"\"Mr. J. User <sip:j.user@example.com>"),
+            Err(HeaderError::Quote)
+        );
+        assert_eq!(
+            NameAddr::parse(b"\"Watson, Thomas\" < sip:t.watson@example.org >"),
+            Err(HeaderError::AddrSpec)
+        );
+        assert_eq!(
+            NameAddr::parse(b"Bell, Alexander <sip:a.g.bell@example.com>;tag=43"),
+            Err(HeaderError::DisplayName)
+        );
+        assert_eq!(
+            NameAddr::parse(b"sip:user@example.com?Route=%3Csip:sip.example.com%3E"),
+            Err(HeaderError::AddrSpec)
+        );
+        assert_eq!(
+            NameAddr::parse(b"\"Joe\" <sip:joe@example.org>;;;;"),
+            Err(HeaderError::Params)
+        );
     }
 
     #[test]
@@ -641,7 +702,10 @@ mod tests {
         assert_eq!((r.rseq, r.cseq), (776656, 1));
         let s = SessionExpires::parse(b"1800;refresher=uac").unwrap();
         assert_eq!((s.delta, s.refresher), (1800, Some(Refresher::Uac)));
-        assert_eq!(media_type(b" application/sdp ; charset=x"), b"application/sdp");
+        assert_eq!(
+            media_type(b" application/sdp ; charset=x"),
+            b"application/sdp"
+        );
         assert!(parse_call_id(b"a b").is_err());
     }
 }

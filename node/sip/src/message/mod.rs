@@ -205,7 +205,10 @@ impl SipMessage {
         self.headers
             .iter()
             .filter(move |h| {
-                h.name == HeaderName::Other && self.slice(h.name_span).eq_ignore_ascii_case(name.as_bytes())
+                h.name == HeaderName::Other
+                    && self
+                        .slice(h.name_span)
+                        .eq_ignore_ascii_case(name.as_bytes())
             })
             .map(|h| self.slice(h.value))
     }
@@ -255,11 +258,14 @@ impl SipMessage {
 
     /// Max-Forwards (0..=255).
     pub fn max_forwards(&self) -> Option<Result<u8, headers::HeaderError>> {
-        self.header(HeaderName::MaxForwards).map(headers::parse_max_forwards)
+        self.header(HeaderName::MaxForwards)
+            .map(headers::parse_max_forwards)
     }
 
     /// Every Contact value (a `*` Contact is reported as an error-free `NameAddr` with `is_star`).
-    pub fn contacts(&self) -> impl Iterator<Item = Result<NameAddr<'_>, headers::HeaderError>> + '_ {
+    pub fn contacts(
+        &self,
+    ) -> impl Iterator<Item = Result<NameAddr<'_>, headers::HeaderError>> + '_ {
         self.name_addr_list(HeaderName::Contact)
     }
 
@@ -269,12 +275,16 @@ impl SipMessage {
     }
 
     /// Every Record-Route value, in order.
-    pub fn record_routes(&self) -> impl Iterator<Item = Result<NameAddr<'_>, headers::HeaderError>> + '_ {
+    pub fn record_routes(
+        &self,
+    ) -> impl Iterator<Item = Result<NameAddr<'_>, headers::HeaderError>> + '_ {
         self.name_addr_list(HeaderName::RecordRoute)
     }
 
     /// Every P-Asserted-Identity value.
-    pub fn p_asserted_identities(&self) -> impl Iterator<Item = Result<NameAddr<'_>, headers::HeaderError>> + '_ {
+    pub fn p_asserted_identities(
+        &self,
+    ) -> impl Iterator<Item = Result<NameAddr<'_>, headers::HeaderError>> + '_ {
         self.name_addr_list(HeaderName::PAssertedIdentity)
     }
 
@@ -289,12 +299,14 @@ impl SipMessage {
 
     /// Content-Length as a number, when present and well formed.
     pub fn content_length(&self) -> Option<Result<usize, headers::HeaderError>> {
-        self.header(HeaderName::ContentLength).map(headers::parse_content_length)
+        self.header(HeaderName::ContentLength)
+            .map(headers::parse_content_length)
     }
 
     /// Content-Type media type (`type/subtype`, parameters cut off, trimmed), as received.
     pub fn content_type(&self) -> Option<&[u8]> {
-        self.header(HeaderName::ContentType).map(headers::media_type)
+        self.header(HeaderName::ContentType)
+            .map(headers::media_type)
     }
 
     /// The option tags of every Require line.
@@ -324,7 +336,8 @@ impl SipMessage {
 
     /// Whether a comma-list header (Require, Supported, Allow, ...) names `tag` (case-insensitive).
     pub fn has_option(&self, name: HeaderName, tag: &str) -> bool {
-        self.token_list(name).any(|t| t.eq_ignore_ascii_case(tag.as_bytes()))
+        self.token_list(name)
+            .any(|t| t.eq_ignore_ascii_case(tag.as_bytes()))
     }
 
     /// Elements of comma-separated lists, trimmed, empty elements skipped.
@@ -336,17 +349,20 @@ impl SipMessage {
 
     /// Session-Expires (RFC 4028).
     pub fn session_expires(&self) -> Option<Result<SessionExpires, headers::HeaderError>> {
-        self.header(HeaderName::SessionExpires).map(SessionExpires::parse)
+        self.header(HeaderName::SessionExpires)
+            .map(SessionExpires::parse)
     }
 
     /// Min-SE in seconds (RFC 4028).
     pub fn min_se(&self) -> Option<Result<u32, headers::HeaderError>> {
-        self.header(HeaderName::MinSe).map(headers::parse_delta_seconds)
+        self.header(HeaderName::MinSe)
+            .map(headers::parse_delta_seconds)
     }
 
     /// RSeq (RFC 3262).
     pub fn rseq(&self) -> Option<Result<u32, headers::HeaderError>> {
-        self.header(HeaderName::RSeq).map(headers::parse_u32_nonzero_value)
+        self.header(HeaderName::RSeq)
+            .map(headers::parse_u32_nonzero_value)
     }
 
     /// RAck (RFC 3262).
@@ -356,7 +372,8 @@ impl SipMessage {
 
     /// Every Reason value (RFC 3326), as received (`protocol ;cause=..;text=".."`).
     pub fn reasons(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.header_values(HeaderName::Reason).flat_map(headers::split_commas)
+        self.header_values(HeaderName::Reason)
+            .flat_map(headers::split_commas)
     }
 
     /// The tag of the To header, when present and parseable.

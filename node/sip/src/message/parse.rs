@@ -96,9 +96,25 @@ pub(crate) struct HeadIndex {
     pub defect: Option<Defect>,
 }
 
+/// RFC 3261 `token` characters, as a lookup table (the parser's hottest test).
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        i += 1;
+    }
+    t
+};
+
 #[inline]
 pub(crate) fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
+    TOKEN[b as usize]
 }
 
 #[inline]
@@ -119,10 +135,18 @@ fn trim_ws(buf: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
 /// The end of a line's content (excluding CR LF or LF) given the position of its LF.
 #[inline]
 fn content_end(buf: &[u8], lf: usize, line_start: usize) -> usize {
-    if lf > line_start && buf[lf - 1] == b'\r' { lf - 1 } else { lf }
+    if lf > line_start && buf[lf - 1] == b'\r' {
+        lf - 1
+    } else {
+        lf
+    }
 }
 
-fn parse_start_line(buf: &[u8], s: usize, e: usize) -> Result<(StartLine, Option<Defect>), ParseError> {
+fn parse_start_line(
+    buf: &[u8],
+    s: usize,
+    e: usize,
+) -> Result<(StartLine, Option<Defect>), ParseError> {
     let line = &buf[s..e];
     if line.starts_with(b"SIP/") {
         return parse_status_line(buf, s, e).map(|sl| (sl, None));
@@ -147,7 +171,11 @@ fn parse_start_line(buf: &[u8], s: usize, e: usize) -> Result<(StartLine, Option
     if uri.is_empty() || uri.iter().any(|&b| b <= b' ' || b == 0x7f) || version.is_empty() {
         defect = Some(Defect::RequestLine);
     } else if !version.eq_ignore_ascii_case(b"SIP/2.0") {
-        defect = Some(if looks_like_version(version) { Defect::Version } else { Defect::RequestLine });
+        defect = Some(if looks_like_version(version) {
+            Defect::Version
+        } else {
+            Defect::RequestLine
+        });
     }
     Ok((
         StartLine::Request {
@@ -175,7 +203,8 @@ fn parse_status_line(buf: &[u8], s: usize, e: usize) -> Result<StartLine, ParseE
     if !code.iter().all(u8::is_ascii_digit) {
         return Err(ParseError::BadStatusLine);
     }
-    let status = (code[0] - b'0') as u16 * 100 + (code[1] - b'0') as u16 * 10 + (code[2] - b'0') as u16;
+    let status =
+        (code[0] - b'0') as u16 * 100 + (code[1] - b'0') as u16 * 10 + (code[2] - b'0') as u16;
     if !(100..=699).contains(&status) {
         return Err(ParseError::BadStatusLine);
     }
@@ -190,7 +219,11 @@ fn parse_status_line(buf: &[u8], s: usize, e: usize) -> Result<StartLine, ParseE
 /// Indexes the start line and header section of `buf`. `datagram` says whether the input is a whole UDP
 /// datagram (a missing final empty line then ends the header section) or a stream buffer (then the
 /// section is incomplete).
-pub(crate) fn index_head(buf: &[u8], limits: &Limits, datagram: bool) -> Result<HeadIndex, ParseError> {
+pub(crate) fn index_head(
+    buf: &[u8],
+    limits: &Limits,
+    datagram: bool,
+) -> Result<HeadIndex, ParseError> {
     // RFC 3261 §7.5: CRLFs before the start line are ignored.
     let mut pos = 0;
     while pos < buf.len() && (buf[pos] == b'\r' || buf[pos] == b'\n') {
@@ -293,9 +326,14 @@ pub(crate) fn index_head(buf: &[u8], limits: &Limits, datagram: bool) -> Result<
         pos = next;
     }
     // Content-Length, read after folding is resolved.
-    for h in headers.iter().filter(|h| h.name == HeaderName::ContentLength) {
+    for h in headers
+        .iter()
+        .filter(|h| h.name == HeaderName::ContentLength)
+    {
         cl_count += 1;
-        body_len = match super::headers::parse_content_length(&buf[h.value.start as usize..h.value.end as usize]) {
+        body_len = match super::headers::parse_content_length(
+            &buf[h.value.start as usize..h.value.end as usize],
+        ) {
             Ok(n) => BodyLen::Known(n),
             Err(_) => BodyLen::Bad(Defect::ContentLength),
         };
@@ -361,7 +399,8 @@ mod tests {
 
     #[test]
     fn folded_header_value_spans_lines() {
-        let m = p("OPTIONS sip:a@b SIP/2.0\r\nTO :\r\n sip:x@y ;tag=1\r\nSubject: a\r\n\tb\r\n\r\n");
+        let m =
+            p("OPTIONS sip:a@b SIP/2.0\r\nTO :\r\n sip:x@y ;tag=1\r\nSubject: a\r\n\tb\r\n\r\n");
         assert_eq!(m.header(HeaderName::To), Some(&b"sip:x@y ;tag=1"[..]));
         assert_eq!(m.header(HeaderName::Subject), Some(&b"a\r\n\tb"[..]));
         assert!(m.defect().is_none());
@@ -369,10 +408,22 @@ mod tests {
 
     #[test]
     fn request_line_needs_single_spaces() {
-        assert_eq!(p("INVITE  sip:a@b  SIP/2.0\r\n\r\n").defect(), Some(&Defect::RequestLine));
-        assert_eq!(p("INVITE sip:a@b SIP/2.0 \r\n\r\n").defect(), Some(&Defect::RequestLine));
-        assert_eq!(p("INVITE sip:a@b; lr SIP/2.0\r\n\r\n").defect(), Some(&Defect::RequestLine));
-        assert_eq!(p("INVITE sip:a@b SIP/7.0\r\n\r\n").defect(), Some(&Defect::Version));
+        assert_eq!(
+            p("INVITE  sip:a@b  SIP/2.0\r\n\r\n").defect(),
+            Some(&Defect::RequestLine)
+        );
+        assert_eq!(
+            p("INVITE sip:a@b SIP/2.0 \r\n\r\n").defect(),
+            Some(&Defect::RequestLine)
+        );
+        assert_eq!(
+            p("INVITE sip:a@b; lr SIP/2.0\r\n\r\n").defect(),
+            Some(&Defect::RequestLine)
+        );
+        assert_eq!(
+            p("INVITE sip:a@b SIP/7.0\r\n\r\n").defect(),
+            Some(&Defect::Version)
+        );
         assert!(p("INVITE sip:a@b SIP/2.0\r\n\r\n").defect().is_none());
     }
 
@@ -383,8 +434,14 @@ mod tests {
         assert_eq!(m.as_bytes().len(), m.as_bytes().len());
         let m = p("MESSAGE sip:a@b SIP/2.0\r\n\r\nabcdef");
         assert_eq!(m.body(), b"abcdef");
-        assert_eq!(p("MESSAGE sip:a@b SIP/2.0\r\nl: 30\r\n\r\nabc").defect(), Some(&Defect::BodyTruncated));
-        assert_eq!(p("MESSAGE sip:a@b SIP/2.0\r\nl: -3\r\n\r\nabc").defect(), Some(&Defect::ContentLength));
+        assert_eq!(
+            p("MESSAGE sip:a@b SIP/2.0\r\nl: 30\r\n\r\nabc").defect(),
+            Some(&Defect::BodyTruncated)
+        );
+        assert_eq!(
+            p("MESSAGE sip:a@b SIP/2.0\r\nl: -3\r\n\r\nabc").defect(),
+            Some(&Defect::ContentLength)
+        );
         assert_eq!(
             p("MESSAGE sip:a@b SIP/2.0\r\nl: 3\r\nContent-Length: 3\r\n\r\nabc").defect(),
             Some(&Defect::MultipleContentLength)
@@ -398,17 +455,32 @@ mod tests {
         assert_eq!(m.reason_phrase(), Some(&b""[..]));
         let m = p("SIP/2.0 180\r\n\r\n");
         assert_eq!(m.status(), Some(180));
-        assert_eq!(SipMessage::parse(&b"SIP/2.0 4294967301 x\r\n\r\n"[..]).unwrap_err(), ParseError::BadStatusLine);
-        assert_eq!(SipMessage::parse(&b"SIP/2.0 099 x\r\n\r\n"[..]).unwrap_err(), ParseError::BadStatusLine);
+        assert_eq!(
+            SipMessage::parse(&b"SIP/2.0 4294967301 x\r\n\r\n"[..]).unwrap_err(),
+            ParseError::BadStatusLine
+        );
+        assert_eq!(
+            SipMessage::parse(&b"SIP/2.0 099 x\r\n\r\n"[..]).unwrap_err(),
+            ParseError::BadStatusLine
+        );
         let m = SipMessage::parse(&b"SIP/2.0 200 \xd0\xbe\xff ok\r\n\r\n"[..]).unwrap();
         assert_eq!(m.reason_phrase(), Some(&b"\xd0\xbe\xff ok"[..]));
     }
 
     #[test]
     fn garbage_is_not_sip() {
-        assert_eq!(SipMessage::parse(&b"\r\n\r\n"[..]).unwrap_err(), ParseError::Empty);
-        assert_eq!(SipMessage::parse(&b"hello"[..]).unwrap_err(), ParseError::NotSip);
-        assert_eq!(SipMessage::parse(&b"\x00\x01 x y\r\n"[..]).unwrap_err(), ParseError::NotSip);
+        assert_eq!(
+            SipMessage::parse(&b"\r\n\r\n"[..]).unwrap_err(),
+            ParseError::Empty
+        );
+        assert_eq!(
+            SipMessage::parse(&b"hello"[..]).unwrap_err(),
+            ParseError::NotSip
+        );
+        assert_eq!(
+            SipMessage::parse(&b"\x00\x01 x y\r\n"[..]).unwrap_err(),
+            ParseError::NotSip
+        );
     }
 
     #[test]

@@ -44,7 +44,11 @@ pub struct Uri<'a> {
 }
 
 fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')')
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+        )
 }
 
 fn valid_escapes(s: &[u8], allowed: impl Fn(u8) -> bool) -> bool {
@@ -52,7 +56,9 @@ fn valid_escapes(s: &[u8], allowed: impl Fn(u8) -> bool) -> bool {
     while i < s.len() {
         let b = s[i];
         if b == b'%' {
-            if !(s.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && s.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
+            if !(s.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && s.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            {
                 return false;
             }
             i += 3;
@@ -75,19 +81,34 @@ fn password_char(b: u8) -> bool {
 }
 
 fn param_char(b: u8) -> bool {
-    is_unreserved(b) || matches!(b, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$' | b';' | b'=')
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$' | b';' | b'='
+        )
 }
 
 fn header_char(b: u8) -> bool {
-    is_unreserved(b) || matches!(b, b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'&' | b'=')
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'&' | b'='
+        )
 }
 
-/// Parses the host and optional port at the start of `s`; returns (host, port, rest).
-pub(crate) fn parse_hostport(s: &[u8]) -> Result<(&[u8], Option<u16>, &[u8]), HeaderError> {
+/// A host, its optional port, and the bytes after them.
+pub(crate) type HostPortRest<'a> = (&'a [u8], Option<u16>, &'a [u8]);
+
+/// Parses the host and optional port at the start of `s`.
+pub(crate) fn parse_hostport(s: &[u8]) -> Result<HostPortRest<'_>, HeaderError> {
     let (host, rest) = if s.first() == Some(&b'[') {
         let close = memchr::memchr(b']', s).ok_or(HeaderError::Host)?;
         let inner = &s[1..close];
-        if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
             return Err(HeaderError::Host);
         }
         (&s[..=close], &s[close + 1..])
@@ -102,7 +123,10 @@ pub(crate) fn parse_hostport(s: &[u8]) -> Result<(&[u8], Option<u16>, &[u8]), He
         return Err(HeaderError::Host);
     }
     if let Some(r) = rest.strip_prefix(b":") {
-        let end = r.iter().position(|b| !b.is_ascii_digit()).unwrap_or(r.len());
+        let end = r
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(r.len());
         if end == 0 || end > 5 {
             return Err(HeaderError::Port);
         }
@@ -132,7 +156,10 @@ impl<'a> Uri<'a> {
         {
             return Err(HeaderError::Uri);
         }
-        if raw.iter().any(|&b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>' || b == b'"') {
+        if raw
+            .iter()
+            .any(|&b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>' || b == b'"')
+        {
             return Err(HeaderError::Uri);
         }
         let rest = &raw[colon + 1..];
@@ -269,8 +296,16 @@ pub fn escape_user(s: &[u8]) -> Cow<'_, str> {
             out.push(b as char);
         } else {
             out.push('%');
-            out.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0').to_ascii_uppercase());
-            out.push(char::from_digit((b & 15) as u32, 16).unwrap_or('0').to_ascii_uppercase());
+            out.push(
+                char::from_digit((b >> 4) as u32, 16)
+                    .unwrap_or('0')
+                    .to_ascii_uppercase(),
+            );
+            out.push(
+                char::from_digit((b & 15) as u32, 16)
+                    .unwrap_or('0')
+                    .to_ascii_uppercase(),
+            );
         }
     }
     Cow::Owned(out)
@@ -285,7 +320,8 @@ mod tests {
         let u = Uri::parse(b"sip:user;par=u%40example.net@example.com").unwrap();
         assert_eq!(u.user, Some(&b"user;par=u%40example.net"[..]));
         assert_eq!(u.host, b"example.com");
-        let u = Uri::parse(b"sips:alice:secret@[2001:db8::10]:5061;transport=tcp;lr?Subject=hi").unwrap();
+        let u = Uri::parse(b"sips:alice:secret@[2001:db8::10]:5061;transport=tcp;lr?Subject=hi")
+            .unwrap();
         assert_eq!(u.scheme, Scheme::Sips);
         assert_eq!(u.password, Some(&b"secret"[..]));
         assert_eq!(u.host, b"[2001:db8::10]");

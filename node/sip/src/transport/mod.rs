@@ -83,7 +83,10 @@ pub enum Screened {
 }
 
 /// The front door: parse result + checks → pass, answer, or drop.
-pub fn screen(parsed: Result<SipMessage, crate::message::ParseError>, source: SocketAddr) -> Screened {
+pub fn screen(
+    parsed: Result<SipMessage, crate::message::ParseError>,
+    source: SocketAddr,
+) -> Screened {
     let msg = match parsed {
         Ok(m) => m,
         Err(_) => return Screened::Drop("unparseable"),
@@ -109,7 +112,11 @@ fn answer_or_drop(msg: &SipMessage, rej: &Rejection, source: SocketAddr) -> Scre
 }
 
 /// The 503 a request gets when the node cannot take it now (RFC 3261 §21.5.4).
-pub fn overload_answer(msg: &SipMessage, source: SocketAddr, retry_after_secs: u32) -> Option<Bytes> {
+pub fn overload_answer(
+    msg: &SipMessage,
+    source: SocketAddr,
+    retry_after_secs: u32,
+) -> Option<Bytes> {
     if !can_answer(msg) || msg.method() == Some(Method::Ack) {
         return None;
     }
@@ -138,12 +145,19 @@ pub struct Transports {
 impl Transports {
     /// The local UDP address.
     pub fn udp_local(&self) -> SocketAddr {
-        self.udp.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.udp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Sends bytes to `dest`. UDP sends never wait (a full socket buffer drops the datagram, as the
     /// network would); TCP reuses the connection to `dest` or opens one.
-    pub async fn send(&self, transport: Transport, dest: SocketAddr, bytes: Bytes) -> Result<(), TransportError> {
+    pub async fn send(
+        &self,
+        transport: Transport,
+        dest: SocketAddr,
+        bytes: Bytes,
+    ) -> Result<(), TransportError> {
         match transport {
             Transport::Udp => match self.udp.try_send_to(&bytes, dest) {
                 Ok(_) => Ok(()),
@@ -154,9 +168,31 @@ impl Transports {
         }
     }
 
+    /// Sends without waiting (for callers that cannot await, such as the transaction layer): UDP as
+    /// [`Transports::send`]; TCP on an open connection, or by a background connect when there is none.
+    pub fn send_now(
+        &self,
+        transport: Transport,
+        dest: SocketAddr,
+        bytes: Bytes,
+    ) -> Result<(), TransportError> {
+        match transport {
+            Transport::Udp => match self.udp.try_send_to(&bytes, dest) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(TransportError::Busy),
+                Err(e) => Err(TransportError::Io(e.kind())),
+            },
+            Transport::Tcp => self.tcp.send_now(dest, bytes),
+        }
+    }
+
     /// Sends a response to a request that arrived from `source` on `transport` (RFC 3261 §18.2.2): over
     /// TCP on the connection it came on, over UDP to [`response_target`].
-    pub async fn send_response(&self, request: &Inbound, bytes: Bytes) -> Result<(), TransportError> {
+    pub async fn send_response(
+        &self,
+        request: &Inbound,
+        bytes: Bytes,
+    ) -> Result<(), TransportError> {
         let dest = match request.transport {
             Transport::Tcp => request.source,
             Transport::Udp => match request.msg.top_via() {
@@ -231,23 +267,30 @@ pub struct Running {
 }
 
 /// Binds UDP and TCP on `config.listen` and starts their listeners. They stop when `shutdown` turns true.
-pub async fn start(config: TransportConfig, shutdown: tokio::sync::watch::Receiver<bool>) -> std::io::Result<Running> {
+pub async fn start(
+    config: TransportConfig,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Running> {
     let udp = Arc::new(udp::bind(config.listen)?);
     let listen = udp.local_addr()?;
     let tcp_listener = tokio::net::TcpListener::bind(listen).await?;
     let (tx, inbound) = mpsc::channel(config.queue);
     let stats = Arc::new(FrontDoorStats::default());
     let tcp = tcp::TcpPool::new(config.clone(), tx.clone(), stats.clone(), shutdown.clone());
-    let transports = Transports { udp: udp.clone(), tcp: tcp.clone() };
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(udp::receive_loop(
-        udp,
-        config.clone(),
-        tx,
-        stats.clone(),
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(tcp.accept_loop(tcp_listener)));
+    let transports = Transports {
+        udp: udp.clone(),
+        tcp: tcp.clone(),
+    };
+    let tasks = vec![
+        tokio::spawn(udp::receive_loop(
+            udp,
+            config.clone(),
+            tx,
+            stats.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(tcp.accept_loop(tcp_listener)),
+    ];
     Ok(Running {
         transports,
         inbound,

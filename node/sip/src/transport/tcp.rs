@@ -13,9 +13,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::{FrontDoorStats, Inbound, Screened, Transport, TransportConfig, TransportError, overload_answer, screen};
-use crate::framing::{Frame, PONG, StreamFramer};
+use super::{
+    FrontDoorStats, Inbound, Screened, Transport, TransportConfig, TransportError, overload_answer,
+    screen,
+};
 use crate::check::{Rejection, rejection_response};
+use crate::framing::{Frame, PONG, StreamFramer};
 
 /// Queue depth of one connection's writer.
 const WRITE_QUEUE: usize = 1024;
@@ -102,7 +105,12 @@ impl TcpPool {
         wtx
     }
 
-    async fn reader(&self, mut rd: tokio::net::tcp::OwnedReadHalf, peer: SocketAddr, wtx: mpsc::Sender<Bytes>) {
+    async fn reader(
+        &self,
+        mut rd: tokio::net::tcp::OwnedReadHalf,
+        peer: SocketAddr,
+        wtx: mpsc::Sender<Bytes>,
+    ) {
         let cfg = &self.inner.config;
         let mut framer = StreamFramer::new(cfg.limits);
         let mut shutdown = self.inner.shutdown.clone();
@@ -122,15 +130,26 @@ impl TcpPool {
                                 reason: "Framing Error",
                                 extra: Vec::new(),
                             };
-                            if let Some(answer) = rejection_response(&msg, &rej, Some(&crate::ids::new_tag(0)), Some(peer)) {
+                            if let Some(answer) = rejection_response(
+                                &msg,
+                                &rej,
+                                Some(&crate::ids::new_tag(0)),
+                                Some(peer),
+                            ) {
                                 let _ = wtx.try_send(answer);
                             }
                         }
-                        self.inner.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
+                        self.inner
+                            .stats
+                            .parse_errors
+                            .fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                     Err(e) => {
-                        self.inner.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
+                        self.inner
+                            .stats
+                            .parse_errors
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%peer, error = %e, "tcp framing error, closing");
                         return;
                     }
@@ -162,16 +181,22 @@ impl TcpPool {
                     source: peer,
                     transport: Transport::Tcp,
                 };
-                if let Err(mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i)) =
-                    self.inner.tx.try_send(inbound)
+                if let Err(
+                    mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i),
+                ) = self.inner.tx.try_send(inbound)
                 {
                     if is_request {
                         self.inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
-                        if let Some(a) = overload_answer(&i.msg, peer, self.inner.config.retry_after_secs) {
+                        if let Some(a) =
+                            overload_answer(&i.msg, peer, self.inner.config.retry_after_secs)
+                        {
                             let _ = wtx.try_send(a);
                         }
                     } else {
-                        self.inner.stats.dropped_responses.fetch_add(1, Ordering::Relaxed);
+                        self.inner
+                            .stats
+                            .dropped_responses
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -180,25 +205,59 @@ impl TcpPool {
                 let _ = wtx.try_send(a);
             }
             Screened::Drop(why) => {
-                self.inner.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .parse_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, why, "dropped tcp message");
+            }
+        }
+    }
+
+    /// Sends on the open connection to `dest`; when there is none, connects in the background and sends
+    /// then (a failure is logged; the transaction layer's timers notice the silence).
+    pub fn send_now(&self, dest: SocketAddr, bytes: Bytes) -> Result<(), TransportError> {
+        let existing = self
+            .inner
+            .conns
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&dest).cloned());
+        match existing {
+            Some(w) if !w.is_closed() => w.try_send(bytes).map_err(|_| TransportError::Busy),
+            _ => {
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = pool.send(dest, bytes).await {
+                        tracing::debug!(%dest, error = %e, "tcp send failed");
+                    }
+                });
+                Ok(())
             }
         }
     }
 
     /// Sends on the connection to `dest`, opening one when there is none.
     pub async fn send(&self, dest: SocketAddr, bytes: Bytes) -> Result<(), TransportError> {
-        let existing = self.inner.conns.lock().ok().and_then(|c| c.get(&dest).cloned());
+        let existing = self
+            .inner
+            .conns
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&dest).cloned());
         let wtx = match existing {
             Some(w) if !w.is_closed() => w,
             _ => {
                 if self.open_connections() >= self.inner.config.max_connections {
                     return Err(TransportError::TooManyConnections);
                 }
-                let stream = tokio::time::timeout(self.inner.config.tcp_connect_timeout, TcpStream::connect(dest))
-                    .await
-                    .map_err(|_| TransportError::ConnectTimeout)?
-                    .map_err(|e| TransportError::Io(e.kind()))?;
+                let stream = tokio::time::timeout(
+                    self.inner.config.tcp_connect_timeout,
+                    TcpStream::connect(dest),
+                )
+                .await
+                .map_err(|_| TransportError::ConnectTimeout)?
+                .map_err(|e| TransportError::Io(e.kind()))?;
                 self.adopt(stream, dest)
             }
         };

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::{FrontDoorStats, Inbound, Screened, Transport, TransportConfig, overload_answer, screen};
+use super::{
+    FrontDoorStats, Inbound, Screened, Transport, TransportConfig, overload_answer, screen,
+};
 use crate::SipMessage;
 
 /// Binds a UDP socket with large buffers (bursts of thousands of calls per second).
@@ -55,12 +57,16 @@ pub async fn receive_loop(
                     source,
                     transport: Transport::Udp,
                 };
-                if let Err(mpsc::error::TrySendError::Full(inbound) | mpsc::error::TrySendError::Closed(inbound)) =
-                    tx.try_send(inbound)
+                if let Err(
+                    mpsc::error::TrySendError::Full(inbound)
+                    | mpsc::error::TrySendError::Closed(inbound),
+                ) = tx.try_send(inbound)
                 {
                     if is_request {
                         stats.overloaded.fetch_add(1, Ordering::Relaxed);
-                        if let Some(answer) = overload_answer(&inbound.msg, source, config.retry_after_secs) {
+                        if let Some(answer) =
+                            overload_answer(&inbound.msg, source, config.retry_after_secs)
+                        {
                             let _ = socket.try_send_to(&answer, reply_target(&inbound.msg, source));
                         }
                     } else {
@@ -73,7 +79,11 @@ pub async fn receive_loop(
                 // The answer's top Via tells where it goes; recompute from the parsed answer.
                 let dest = SipMessage::parse(bytes.clone())
                     .ok()
-                    .and_then(|m| m.top_via().and_then(|v| v.ok()).map(|v| super::response_target(&v, source)))
+                    .and_then(|m| {
+                        m.top_via()
+                            .and_then(|v| v.ok())
+                            .map(|v| super::response_target(&v, source))
+                    })
                     .unwrap_or(source);
                 let _ = socket.try_send_to(&bytes, dest);
             }

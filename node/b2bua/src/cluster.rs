@@ -1,0 +1,106 @@
+//! The B2BUA's only view of the pool: who owns a shard, and where confirmed dialogs are kept. The
+//! Raft pool implements these traits; [`SingleNode`] is the embedded single-node pool (owns every
+//! shard, keeps dialog records in memory), so every B2BUA test runs without Raft.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// Shard ownership as the node sees it (its applied shard map plus its lease).
+pub trait ShardOwnership: Send + Sync + 'static {
+    /// How many shards the pool has (fixed for its life).
+    fn shard_count(&self) -> u16;
+    /// Whether this node may act for `shard` now (owns it and holds a valid lease).
+    fn may_act(&self, shard: u16) -> bool;
+}
+
+/// What another node needs to carry an established call on (DESIGN.md "confirmed dialogs").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialogRecord {
+    /// Shard of the call.
+    pub shard: u16,
+    /// Leg A: Call-ID, the peer's tag, our tag, the peer's target and route set, transport and address.
+    pub a: LegRecord,
+    /// Leg B: the same for the gateway side.
+    pub b: LegRecord,
+    /// The gateway trunk carrying the call.
+    pub trunk: String,
+}
+
+/// One leg of a confirmed dialog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegRecord {
+    /// Call-ID.
+    pub call_id: String,
+    /// The peer's tag.
+    pub remote_tag: String,
+    /// Our tag.
+    pub local_tag: String,
+    /// The peer's Contact URI (remote target).
+    pub remote_target: String,
+    /// Route set, in the order we put it in Route headers.
+    pub route_set: Vec<String>,
+    /// Peer address `ip:port`.
+    pub peer: String,
+    /// "udp" or "tcp".
+    pub transport: String,
+    /// The highest CSeq we sent on this leg.
+    pub local_cseq: u32,
+    /// The From header value we send on this leg (with our tag).
+    pub local_uri: String,
+    /// The To header value we send on this leg (with the peer's tag).
+    pub remote_uri: String,
+}
+
+/// Where confirmed dialogs are written (replicated, in a pool) and removed when they end.
+pub trait DialogStore: Send + Sync + 'static {
+    /// Records a confirmed dialog (replaces an earlier record of the same leg-A Call-ID).
+    fn store(&self, record: DialogRecord);
+    /// Forgets a dialog.
+    fn remove(&self, shard: u16, a_call_id: &str);
+}
+
+/// The embedded single-node pool: owns every shard, keeps dialog records in memory.
+#[derive(Debug)]
+pub struct SingleNode {
+    shards: u16,
+    records: Mutex<BTreeMap<(u16, String), DialogRecord>>,
+}
+
+impl SingleNode {
+    /// A single-node pool with `shards` shards.
+    pub fn new(shards: u16) -> SingleNode {
+        SingleNode {
+            shards,
+            records: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// How many dialog records are held.
+    pub fn records(&self) -> usize {
+        self.records.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}
+
+impl ShardOwnership for SingleNode {
+    fn shard_count(&self) -> u16 {
+        self.shards
+    }
+    fn may_act(&self, _shard: u16) -> bool {
+        true
+    }
+}
+
+impl DialogStore for SingleNode {
+    fn store(&self, record: DialogRecord) {
+        if let Ok(mut r) = self.records.lock() {
+            r.insert((record.shard, record.a.call_id.clone()), record);
+        }
+    }
+    fn remove(&self, shard: u16, a_call_id: &str) {
+        if let Ok(mut r) = self.records.lock() {
+            r.remove(&(shard, a_call_id.to_owned()));
+        }
+    }
+}

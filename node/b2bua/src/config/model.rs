@@ -1,0 +1,296 @@
+//! The validated pool configuration: the typed model every other part of the node reads.
+//!
+//! Values of these types are only built by validation ([`super::PoolConfig::from_toml_str`])
+//! or by deserialising a model that was validated before (the Raft-replicated copy), so the
+//! code that reads them can rely on the invariants listed on each type. Everything is
+//! deterministic: `Vec` in file order, no hash maps.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::pattern::Pattern;
+
+/// The whole configuration of a pool: node-wide settings, trunks (peers) and routes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    /// Node-wide settings (`[node]`).
+    pub node: NodeSettings,
+    /// Trunks in file order (`[[trunk]]`); names are unique.
+    pub trunks: Vec<Trunk>,
+    /// Routes in file order (`[[route]]`); the first that fits a call is used.
+    pub routes: Vec<Route>,
+}
+
+/// Node-wide settings (`[node]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSettings {
+    /// Concurrent calls this node carries at most; above it new INVITEs get 503 (`max_calls`,
+    /// default 20000).
+    pub max_calls: u32,
+    /// Trunks one call is offered to at most, the first attempt included (`max_tries`,
+    /// default 3). [`crate::routing::select`] cuts its plan to this length.
+    pub max_tries: u32,
+    /// What a request from an address that is no configured trunk gets (`unknown_source`,
+    /// default [`UnknownSource::Reject`]).
+    pub unknown_source: UnknownSource,
+    /// Seconds put in `Retry-After` of a 503 sent because of overload (`retry_after`,
+    /// default 5).
+    pub retry_after: u32,
+    /// Address put in our Contact and Record-Route (`advertised_address = "host:port"`);
+    /// `None` means the node's own SIP listen address.
+    pub advertised_address: Option<HostPort>,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            max_calls: 20_000,
+            max_tries: 3,
+            unknown_source: UnknownSource::Reject,
+            retry_after: 5,
+            advertised_address: None,
+        }
+    }
+}
+
+/// What to do with a request whose source address is no configured trunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSource {
+    /// Answer 403 Forbidden.
+    Reject,
+    /// Send nothing (do not tell a scanner that something is listening).
+    Drop,
+}
+
+/// A host (IP literal or DNS name) and a port, as written in `"host:port"` (IPv6 as
+/// `"[::1]:5060"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPort {
+    /// The host.
+    pub host: PeerAddress,
+    /// The port, 1-65535.
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host {
+            PeerAddress::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// The address of a peer: an IP literal, or a DNS name kept as written.
+///
+/// Configuration is pure, so names are not resolved here: the caller resolves them before
+/// sending, and [`PoolConfig::trunk_for_source`] only recognises trunks written with an IP
+/// literal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerAddress {
+    /// An IPv4 or IPv6 literal.
+    Ip(IpAddr),
+    /// A host name, resolved by the caller.
+    Host(String),
+}
+
+impl PeerAddress {
+    /// The IP address when the peer was written as an IP literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            PeerAddress::Ip(ip) => Some(*ip),
+            PeerAddress::Host(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for PeerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddress::Ip(ip) => write!(f, "{ip}"),
+            PeerAddress::Host(host) => f.write_str(host),
+        }
+    }
+}
+
+/// SIP transport towards a trunk. (`"tls"` is reserved and refused by validation for now.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// SIP over UDP.
+    Udp,
+    /// SIP over TCP.
+    Tcp,
+}
+
+/// Which side of the pool a trunk's peer is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The organisation's own side: front-ends, IP-PBXs, SIP clients.
+    Internal,
+    /// The outside: PSTN gateways, SBCs of ITSPs, direct SIP connections. Gateways have a
+    /// health state and are probed with OPTIONS.
+    Gateway,
+}
+
+/// What to do with a REFER received from a trunk's peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReferPolicy {
+    /// Relay it to the other leg.
+    Pass,
+    /// Answer it ourselves with 403 (the default).
+    Refuse,
+}
+
+/// One number translation rule: when `pattern` matches, its first match in the number is
+/// replaced by `replace` (`$1` / `${1}` / `${name}` name capture groups; write `${1}` when a
+/// digit follows, since `$1` followed by `0` would be read as group `10`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumberRule {
+    /// Where the rule applies.
+    pub pattern: Pattern,
+    /// The replacement for the matched text.
+    pub replace: String,
+}
+
+/// One response code translation: a final response `from` relayed back from a trunk is sent
+/// on as `to`. Both are 300-699.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseRule {
+    /// The code the trunk answered.
+    pub from: u16,
+    /// The code relayed to the other leg instead.
+    pub to: u16,
+}
+
+/// A trunk: the pairing of the pool with one peer, and everything about how we talk to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trunk {
+    /// Unique name, used by routes, metrics and the admin API.
+    pub name: String,
+    /// The peer's address.
+    pub address: PeerAddress,
+    /// The peer's SIP port (default 5060).
+    pub port: u16,
+    /// The transport we use towards it (default UDP).
+    pub transport: Transport,
+    /// Internal side or gateway.
+    pub side: Side,
+    /// Requests from `address` on any source port belong to this trunk (default: true for
+    /// internal trunks, whose clients use ephemeral ports; false for gateways).
+    pub match_any_port: bool,
+    /// Concurrent calls through this trunk at most (per node), `None` = no limit.
+    pub max_calls: Option<u32>,
+    /// New calls per second towards this trunk at most (per node), `None` = no limit.
+    pub max_cps: Option<u32>,
+    /// Final responses from this trunk (before any provisional answer) that move the call
+    /// to the next trunk of the route (default 408, 503, 504). Timeouts and transport errors
+    /// always do.
+    pub failover_codes: Vec<u16>,
+    /// Milliseconds to wait for a first provisional answer before failing over; 0 = off
+    /// (default 10000). See [`Trunk::fast_failover`].
+    pub fast_failover_ms: u32,
+    /// REFER handling for requests from this trunk.
+    pub refer: ReferPolicy,
+    /// RFC 4028 session interval (seconds) we ask for on calls sent to this trunk;
+    /// `None` = no session timer unless the peer asks.
+    pub session_expires: Option<u32>,
+    /// RFC 4028 Min-SE (seconds) we accept (default 90).
+    pub min_se: u32,
+    /// Relay P-Asserted-Identity to and from this trunk (default true).
+    pub forward_pai: bool,
+    /// Relay History-Info to and from this trunk (default true).
+    pub forward_history_info: bool,
+    /// OPTIONS probe interval in milliseconds; 0 = no probing (default 5000 for gateways,
+    /// 0 for internal trunks). See [`Trunk::options_interval`].
+    pub options_interval_ms: u32,
+    /// Consecutive failures that mark the peer down (default 3).
+    pub down_after: u32,
+    /// Consecutive successes that mark a down peer up again (default 2).
+    pub up_after: u32,
+    /// Share of calls among trunks of equal priority (default 1, at least 1).
+    pub weight: u32,
+    /// The route usages callers on this trunk may use; `None` = internal trunk: every
+    /// route; gateway: only routes without a usage. See [`Trunk::may_use`].
+    pub usages: Option<Vec<String>>,
+    /// Inbound dial plan: applied to the called and calling numbers of requests arriving on
+    /// this trunk, first matching rule wins.
+    pub normalize: Vec<NumberRule>,
+    /// Outbound called number translation for calls sent out on this trunk.
+    pub called_out: Vec<NumberRule>,
+    /// Outbound calling number translation for calls sent out on this trunk.
+    pub calling_out: Vec<NumberRule>,
+    /// Response code translation for final responses relayed back from this trunk.
+    pub response_map: Vec<ResponseRule>,
+}
+
+impl Trunk {
+    /// The fast-failover timer, `None` when off.
+    pub fn fast_failover(&self) -> Option<Duration> {
+        (self.fast_failover_ms > 0).then(|| Duration::from_millis(u64::from(self.fast_failover_ms)))
+    }
+
+    /// The OPTIONS probe interval, `None` when the trunk is not probed.
+    pub fn options_interval(&self) -> Option<Duration> {
+        (self.options_interval_ms > 0)
+            .then(|| Duration::from_millis(u64::from(self.options_interval_ms)))
+    }
+
+    /// Whether a final response `code` from this trunk (before any provisional) moves the
+    /// call to the next trunk.
+    pub fn is_failover_code(&self, code: u16) -> bool {
+        self.failover_codes.contains(&code)
+    }
+
+    /// Whether callers arriving on this trunk may use a route with the given usage.
+    ///
+    /// A route without a usage is open to every trunk. A route with a usage is open to trunks
+    /// that list it in `usages`, and to internal trunks that list no usages at all. A gateway
+    /// without `usages` may only use routes without a usage (calls from the outside are not
+    /// sent back out through a restricted route unless the operator says so).
+    pub fn may_use(&self, usage: Option<&str>) -> bool {
+        match (usage, &self.usages) {
+            (None, _) => true,
+            (Some(usage), Some(list)) => list.iter().any(|u| u == usage),
+            (Some(_), None) => self.side == Side::Internal,
+        }
+    }
+}
+
+/// A route: which called numbers it takes, who may use it, and the trunks to try.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Name (unique), for logs and the admin API.
+    pub name: String,
+    /// Matches the normalised called number (unanchored regex).
+    pub pattern: Pattern,
+    /// Numbers matching any of these are not taken by this route.
+    pub except: Vec<Pattern>,
+    /// The named usage of this route, `None` = open to every trunk (see [`Trunk::may_use`]).
+    pub usage: Option<String>,
+    /// Trunks to try, in file order; every name is a configured trunk, none twice.
+    pub targets: Vec<RouteTarget>,
+}
+
+impl Route {
+    /// Whether this route takes `called` (pattern matches, no exception does).
+    pub fn matches(&self, called: &str) -> bool {
+        self.pattern.is_match(called) && !self.except.iter().any(|p| p.is_match(called))
+    }
+}
+
+/// One trunk of a route with its priority: lower priorities are tried first; trunks of equal
+/// priority share the load by weight and active calls.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTarget {
+    /// The trunk's name.
+    pub trunk: String,
+    /// The priority group (1 = first).
+    pub priority: u32,
+}

@@ -1,0 +1,869 @@
+//! The thin tokio driver around the four pure transaction machines: it owns the table of live
+//! transactions, runs their timers on `tokio::time`, and turns the machines' [`Action`]s into calls on a
+//! [`TransactionIo`] (send a message, build an ACK, tell the TU).
+//!
+//! It never parses, serialises or routes a message: the message type `M` is opaque (typically a parsed
+//! message plus its destination and transport), and every message-aware step is the caller's:
+//! - the transport layer parses a message, builds its key ([`ClientKey`] for a response,
+//!   [`ServerKey`] for a request) and calls [`Driver::on_response`] or [`Driver::on_request`];
+//! - the TU (the B2BUA core) starts client transactions with [`Driver::start_client`], answers server
+//!   transactions with [`Driver::respond`], and receives [`TuEvent`]s through [`TransactionIo::deliver`].
+//!
+//! **Timers.** One task per driver sleeps until the earliest deadline of a `BTreeMap` keyed by
+//! `(deadline, sequence)`, and is woken through a [`Notify`] when an earlier timer is started. All times
+//! come from `tokio::time`, so tests run on paused time.
+//!
+//! **Bounds.** At most [`DriverConfig::max_transactions`] transactions live at once; beyond that,
+//! [`Driver::start_client`] and a new request in [`Driver::on_request`] return
+//! [`DriverError::Overloaded`] and the caller answers 503 (statelessly) or gives up.
+//!
+//! **Locking.** The table sits behind a `std::sync::Mutex` that is never held across an `.await` nor
+//! while calling [`TransactionIo::transmit`] or [`TransactionIo::deliver`]; those run after the table is
+//! unlocked, so the TU may call back into the driver from `deliver`. Only
+//! [`TransactionIo::build_ack`] runs with the table locked.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use thiserror::Error;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::client_invite::ClientInvite;
+use super::client_non_invite::ClientNonInvite;
+use super::key::{ClientKey, KeyMethod, ServerKey, TransactionKey};
+use super::machine::{Action, Actions, ClientEvent, Outcome, ServerEvent, State};
+use super::server_invite::ServerInvite;
+use super::server_non_invite::ServerNonInvite;
+use super::timers::{TimerConfig, TimerId};
+
+/// What the driver needs from the outside world. `M` is the caller's message type.
+pub trait TransactionIo<M>: Send + Sync + 'static {
+    /// Send `message`, a request, response or ACK of transaction `key`, to wherever `M` says. Called
+    /// without locks held. An `Err` counts as a transport error for the transaction (RFC 3261 17.1.4,
+    /// 17.2.4); failures found later (a TCP write that fails after queueing) are reported with
+    /// [`Driver::transport_error`].
+    fn transmit(&self, key: &TransactionKey, message: &M) -> Result<(), TransmitError>;
+
+    /// Build the ACK for the non-2xx final `response` to the INVITE `request` (RFC 3261 17.1.1.3:
+    /// Request-URI, Call-ID, From, CSeq number, top Via and Route of the request, To of the response,
+    /// CSeq method ACK). Called once per transaction, with the driver's table locked: it must be a pure
+    /// function of its arguments and must not call the driver.
+    fn build_ack(&self, request: &M, response: &M) -> M;
+
+    /// Hand an event to the transaction user. Called without locks held; may call the driver.
+    fn deliver(&self, event: TuEvent<M>);
+}
+
+impl<M, T> TransactionIo<M> for Arc<T>
+where
+    T: TransactionIo<M> + ?Sized,
+{
+    fn transmit(&self, key: &TransactionKey, message: &M) -> Result<(), TransmitError> {
+        (**self).transmit(key, message)
+    }
+
+    fn build_ack(&self, request: &M, response: &M) -> M {
+        (**self).build_ack(request, response)
+    }
+
+    fn deliver(&self, event: TuEvent<M>) {
+        (**self).deliver(event)
+    }
+}
+
+/// The transport could not send a message (returned by [`TransactionIo::transmit`]).
+#[derive(Clone, Copy, Debug, Default, Error, PartialEq, Eq)]
+#[error("the transport could not send the message")]
+pub struct TransmitError;
+
+/// What the transaction layer tells the TU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TuEvent<M> {
+    /// A new request created server transaction `key`. Answer it with [`Driver::respond`]. For a CANCEL,
+    /// [`ServerKey::invite_key_for_cancel`] names the INVITE transaction it targets.
+    Request {
+        /// The new server transaction.
+        key: ServerKey,
+        /// The request.
+        request: M,
+    },
+    /// An ACK the transaction layer does not absorb: one that matched an INVITE server transaction in
+    /// Accepted (RFC 6026), or one that matched no transaction (the usual ACK for a 2xx, which has a
+    /// branch of its own). Either way it belongs to the dialog.
+    Ack {
+        /// The ACK's key (the INVITE transaction's key if it matched one).
+        key: ServerKey,
+        /// The ACK.
+        ack: M,
+    },
+    /// A response for client transaction `key`: provisional, final, or (INVITE, RFC 6026 Accepted) a
+    /// further 2xx, which the TU must ACK itself. A non-2xx final to an INVITE has already been ACKed.
+    Response {
+        /// The client transaction.
+        key: ClientKey,
+        /// Its status code.
+        status: u16,
+        /// The response.
+        response: M,
+    },
+    /// A response that matched no client transaction (RFC 3261 18.1.2: passed to the core), e.g. a 2xx
+    /// retransmitted after Timer M. The TU ACKs it again if it is a 2xx to an INVITE of a dialog it
+    /// knows, and drops it otherwise.
+    StrayResponse {
+        /// The key built from the response.
+        key: ClientKey,
+        /// Its status code.
+        status: u16,
+        /// The response.
+        response: M,
+    },
+    /// Transaction `key` is over and forgotten: normally ([`Outcome::Completed`]), after Timer B, F or
+    /// H ([`Outcome::Timeout`]) or after a transport failure ([`Outcome::TransportError`]).
+    Terminated {
+        /// The transaction.
+        key: TransactionKey,
+        /// How it ended.
+        outcome: Outcome,
+    },
+}
+
+/// Why the driver refused a call.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum DriverError {
+    /// The table already holds the maximum number of live transactions: answer 503 or retry later.
+    #[error("too many live transactions (limit {limit})")]
+    Overloaded {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A client transaction with this key is already live (branches must be unique).
+    #[error("a transaction with this key is already live")]
+    Duplicate,
+    /// No live transaction has this key.
+    #[error("no live transaction has this key")]
+    NoSuchTransaction,
+    /// An ACK is not sent through a client transaction (an ACK for a 2xx is the core's; one for a
+    /// non-2xx is the INVITE transaction's).
+    #[error("an ACK has no client transaction")]
+    AckHasNoTransaction,
+    /// The server transaction's state does not allow this response (a second final response, a
+    /// provisional after the final, a non-2xx after a 2xx): it was not sent.
+    #[error("the transaction's state does not allow this response")]
+    ResponseNotAllowed,
+}
+
+/// What [`Driver::on_request`] did with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestDisposition {
+    /// A new server transaction was created and the request passed to the TU.
+    Created,
+    /// A retransmission (or an ACK for a non-2xx) was absorbed by its transaction, which resent its last
+    /// response if the state calls for it.
+    Absorbed,
+    /// An ACK matched an INVITE transaction in Accepted and was passed to the TU (RFC 6026).
+    AckToTu,
+    /// An ACK matched no transaction and was passed to the TU.
+    StrayAck,
+}
+
+/// What [`Driver::on_response`] did with a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseDisposition {
+    /// It matched a live client transaction.
+    Matched,
+    /// It matched none and was passed to the TU as [`TuEvent::StrayResponse`].
+    Stray,
+}
+
+/// The driver's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriverConfig {
+    /// T1, T2, T4.
+    pub timers: TimerConfig,
+    /// The most transactions (client and server together) alive at once.
+    pub max_transactions: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            timers: TimerConfig::default(),
+            max_transactions: 10_000,
+        }
+    }
+}
+
+/// Runs transactions: see the module documentation. Cheap to clone; the timer task stops when the last
+/// clone is dropped.
+pub struct Driver<M, Io> {
+    shared: Arc<Shared<M, Io>>,
+    _task: Arc<TaskGuard>,
+}
+
+impl<M, Io> Clone for Driver<M, Io> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            _task: Arc::clone(&self._task),
+        }
+    }
+}
+
+impl<M, Io> std::fmt::Debug for Driver<M, Io> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Aborts the timer task when the last [`Driver`] clone goes.
+struct TaskGuard(AbortHandle);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<M, Io> Driver<M, Io>
+where
+    M: Clone + Send + 'static,
+    Io: TransactionIo<M>,
+{
+    /// A driver with no transaction, and its timer task.
+    ///
+    /// # Panics
+    /// If called outside a Tokio runtime (it spawns the timer task).
+    pub fn new(config: DriverConfig, io: Io) -> Self {
+        let shared = Arc::new(Shared {
+            config,
+            io,
+            table: Mutex::new(Table {
+                clients: HashMap::new(),
+                servers: HashMap::new(),
+                wheel: Wheel::default(),
+            }),
+            wake: Notify::new(),
+        });
+        let task = tokio::spawn(run_timers(Arc::clone(&shared)));
+        Self {
+            shared,
+            _task: Arc::new(TaskGuard(task.abort_handle())),
+        }
+    }
+
+    /// The IO the driver was built with.
+    pub fn io(&self) -> &Io {
+        &self.shared.io
+    }
+
+    /// Start a client transaction for `request` (INVITE or non-INVITE after `key`'s method; a CANCEL is
+    /// a non-INVITE one, keyed with [`ClientKey::cancel_key`]): the request is sent at once and
+    /// retransmitted on unreliable transports until a response or the timeout.
+    pub fn start_client(
+        &self,
+        key: ClientKey,
+        request: M,
+        reliable: bool,
+    ) -> Result<(), DriverError> {
+        if *key.method() == KeyMethod::Ack {
+            return Err(DriverError::AckHasNoTransaction);
+        }
+        let now = Instant::now();
+        let mut out = Output::default();
+        {
+            let mut table = self.shared.lock();
+            if table.clients.contains_key(&key) {
+                return Err(DriverError::Duplicate);
+            }
+            self.shared.check_capacity(&table)?;
+            let timers = self.shared.config.timers;
+            let (machine, actions) = if key.is_invite() {
+                let (m, a) = ClientInvite::new(timers, reliable);
+                (ClientMachine::Invite(m), a)
+            } else {
+                let (m, a) = ClientNonInvite::new(timers, reliable);
+                (ClientMachine::NonInvite(m), a)
+            };
+            table.clients.insert(
+                key.clone(),
+                ClientEntry {
+                    machine,
+                    request,
+                    ack: None,
+                    timers: TimerSlots::default(),
+                },
+            );
+            apply_client(
+                &mut table,
+                &self.shared.io,
+                &key,
+                &actions,
+                None,
+                now,
+                &mut out,
+            );
+        }
+        self.shared.finish(out);
+        Ok(())
+    }
+
+    /// A response arrived; `key` is built from its top Via branch and CSeq method. It goes to its client
+    /// transaction, or to the TU as a [`TuEvent::StrayResponse`] if none matches.
+    pub fn on_response(&self, key: ClientKey, status: u16, response: M) -> ResponseDisposition {
+        let now = Instant::now();
+        let mut out = Output::default();
+        let disposition = {
+            let mut table = self.shared.lock();
+            match table.clients.get_mut(&key) {
+                Some(entry) => {
+                    let actions = entry.machine.on_event(ClientEvent::Response { status });
+                    apply_client(
+                        &mut table,
+                        &self.shared.io,
+                        &key,
+                        &actions,
+                        Some((status, response)),
+                        now,
+                        &mut out,
+                    );
+                    ResponseDisposition::Matched
+                }
+                None => {
+                    out.effects.push(Effect::Deliver(TuEvent::StrayResponse {
+                        key,
+                        status,
+                        response,
+                    }));
+                    ResponseDisposition::Stray
+                }
+            }
+        };
+        self.shared.finish(out);
+        disposition
+    }
+
+    /// A request arrived over a transport that is `reliable` or not; `key` is built with
+    /// [`ServerKey::from_request`] (or [`ServerKey::from_parts`]), `is_ack` says whether it is an ACK.
+    ///
+    /// A request matching a live server transaction is a retransmission (absorbed, maybe answered with
+    /// the last response) or an ACK. An ACK matching nothing goes to the TU. Any other request creates a
+    /// server transaction and goes to the TU as [`TuEvent::Request`], unless the table is full:
+    /// [`DriverError::Overloaded`], and the caller answers 503 statelessly.
+    pub fn on_request(
+        &self,
+        key: ServerKey,
+        is_ack: bool,
+        request: M,
+        reliable: bool,
+    ) -> Result<RequestDisposition, DriverError> {
+        let now = Instant::now();
+        let mut out = Output::default();
+        let disposition = {
+            let mut table = self.shared.lock();
+            if let Some(entry) = table.servers.get_mut(&key) {
+                let actions = entry.machine.on_event(ServerEvent::Request { is_ack });
+                let passed = actions.contains(&Action::PassToTu);
+                let incoming = Some(Incoming {
+                    message: request,
+                    is_ack,
+                });
+                apply_server(&mut table, &key, &actions, incoming, now, &mut out);
+                if passed {
+                    RequestDisposition::AckToTu
+                } else {
+                    RequestDisposition::Absorbed
+                }
+            } else if is_ack {
+                out.effects
+                    .push(Effect::Deliver(TuEvent::Ack { key, ack: request }));
+                RequestDisposition::StrayAck
+            } else {
+                self.shared.check_capacity(&table)?;
+                let timers = self.shared.config.timers;
+                let (machine, actions) = if key.is_invite() {
+                    let (m, a) = ServerInvite::new(timers, reliable);
+                    (ServerMachine::Invite(m), a)
+                } else {
+                    let (m, a) = ServerNonInvite::new(timers, reliable);
+                    (ServerMachine::NonInvite(m), a)
+                };
+                table.servers.insert(
+                    key.clone(),
+                    ServerEntry {
+                        machine,
+                        last_response: None,
+                        timers: TimerSlots::default(),
+                    },
+                );
+                let incoming = Some(Incoming {
+                    message: request,
+                    is_ack: false,
+                });
+                apply_server(&mut table, &key, &actions, incoming, now, &mut out);
+                RequestDisposition::Created
+            }
+        };
+        self.shared.finish(out);
+        Ok(disposition)
+    }
+
+    /// The TU answers server transaction `key` with `response` (status `status`). The response is sent
+    /// and kept for retransmissions (Timer G, retransmitted requests). In Accepted (after a 2xx), the
+    /// core's own retransmissions of the 2xx go through here too (RFC 6026).
+    pub fn respond(&self, key: &ServerKey, status: u16, response: M) -> Result<(), DriverError> {
+        let now = Instant::now();
+        let mut out = Output::default();
+        {
+            let mut table = self.shared.lock();
+            let entry = table
+                .servers
+                .get_mut(key)
+                .ok_or(DriverError::NoSuchTransaction)?;
+            let actions = entry.machine.on_event(ServerEvent::TuResponse { status });
+            if !actions.contains(&Action::TransmitResponse) {
+                return Err(DriverError::ResponseNotAllowed);
+            }
+            entry.last_response = Some(response);
+            apply_server(&mut table, key, &actions, None, now, &mut out);
+        }
+        self.shared.finish(out);
+        Ok(())
+    }
+
+    /// The transport failed to deliver a message of transaction `key` after [`TransactionIo::transmit`]
+    /// returned. The transaction terminates with [`Outcome::TransportError`]. Returns whether `key` named
+    /// a live transaction.
+    pub fn transport_error(&self, key: &TransactionKey) -> bool {
+        self.shared.transport_error(key)
+    }
+
+    /// The state of client transaction `key`, if it is live.
+    pub fn client_state(&self, key: &ClientKey) -> Option<State> {
+        let table = self.shared.lock();
+        table.clients.get(key).map(|entry| entry.machine.state())
+    }
+
+    /// The state of server transaction `key`, if it is live. For a CANCEL, look up
+    /// [`ServerKey::invite_key_for_cancel`]: [`State::Proceeding`] means the INVITE can still be
+    /// answered 487.
+    pub fn server_state(&self, key: &ServerKey) -> Option<State> {
+        let table = self.shared.lock();
+        table.servers.get(key).map(|entry| entry.machine.state())
+    }
+
+    /// Whether a CANCEL may be sent for the INVITE client transaction `invite` now: only once a
+    /// provisional response has arrived and before the final (RFC 3261 9.1). Before the provisional, the
+    /// TU must wait for one (or for the transaction to end).
+    pub fn may_cancel(&self, invite: &ClientKey) -> bool {
+        invite.is_invite() && self.client_state(invite) == Some(State::Proceeding)
+    }
+
+    /// The number of live transactions.
+    pub fn len(&self) -> usize {
+        let table = self.shared.lock();
+        table.clients.len() + table.servers.len()
+    }
+
+    /// Whether no transaction is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the driver and its timer task share.
+struct Shared<M, Io> {
+    config: DriverConfig,
+    io: Io,
+    table: Mutex<Table<M>>,
+    /// Wakes the timer task when a timer earlier than all others is started.
+    wake: Notify,
+}
+
+struct Table<M> {
+    clients: HashMap<ClientKey, ClientEntry<M>>,
+    servers: HashMap<ServerKey, ServerEntry<M>>,
+    wheel: Wheel,
+}
+
+struct ClientEntry<M> {
+    machine: ClientMachine,
+    request: M,
+    /// The ACK for the non-2xx final, built once and resent for its retransmissions.
+    ack: Option<M>,
+    timers: TimerSlots,
+}
+
+struct ServerEntry<M> {
+    machine: ServerMachine,
+    last_response: Option<M>,
+    timers: TimerSlots,
+}
+
+enum ClientMachine {
+    Invite(ClientInvite),
+    NonInvite(ClientNonInvite),
+}
+
+impl ClientMachine {
+    fn on_event(&mut self, event: ClientEvent) -> Actions {
+        match self {
+            Self::Invite(m) => m.on_event(event),
+            Self::NonInvite(m) => m.on_event(event),
+        }
+    }
+
+    fn state(&self) -> State {
+        match self {
+            Self::Invite(m) => m.state(),
+            Self::NonInvite(m) => m.state(),
+        }
+    }
+}
+
+enum ServerMachine {
+    Invite(ServerInvite),
+    NonInvite(ServerNonInvite),
+}
+
+impl ServerMachine {
+    fn on_event(&mut self, event: ServerEvent) -> Actions {
+        match self {
+            Self::Invite(m) => m.on_event(event),
+            Self::NonInvite(m) => m.on_event(event),
+        }
+    }
+
+    fn state(&self) -> State {
+        match self {
+            Self::Invite(m) => m.state(),
+            Self::NonInvite(m) => m.state(),
+        }
+    }
+}
+
+/// The running timers of one transaction: where each sits in the [`Wheel`].
+#[derive(Default)]
+struct TimerSlots([Option<(Instant, u64)>; TimerId::ALL.len()]);
+
+/// All running timers of the driver, by deadline; the sequence number keeps equal deadlines in the
+/// order they were set and makes every entry unique.
+#[derive(Default)]
+struct Wheel {
+    entries: BTreeMap<(Instant, u64), (TransactionKey, TimerId)>,
+    next_seq: u64,
+}
+
+impl Wheel {
+    /// (Re)start timer `id` of `key` at `at`; returns whether it is now the earliest timer (the timer
+    /// task must be woken).
+    fn start(
+        &mut self,
+        slots: &mut TimerSlots,
+        key: &TransactionKey,
+        id: TimerId,
+        at: Instant,
+    ) -> bool {
+        self.stop(slots, id);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.entries.insert((at, seq), (key.clone(), id));
+        slots.0[id.index()] = Some((at, seq));
+        self.entries.first_key_value().map(|(k, _)| k.1) == Some(seq)
+    }
+
+    fn stop(&mut self, slots: &mut TimerSlots, id: TimerId) {
+        if let Some(at) = slots.0[id.index()].take() {
+            self.entries.remove(&at);
+        }
+    }
+
+    fn stop_all(&mut self, slots: &mut TimerSlots) {
+        for id in TimerId::ALL {
+            self.stop(slots, id);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.entries.first_key_value().map(|((at, _), _)| *at)
+    }
+}
+
+/// Side effects collected with the table locked and carried out after it is unlocked.
+enum Effect<M> {
+    Transmit(TransactionKey, M),
+    Deliver(TuEvent<M>),
+}
+
+struct Output<M> {
+    effects: Vec<Effect<M>>,
+    /// A timer earlier than all others was started.
+    wake: bool,
+}
+
+impl<M> Default for Output<M> {
+    fn default() -> Self {
+        Self {
+            effects: Vec::new(),
+            wake: false,
+        }
+    }
+}
+
+/// A request received for a server transaction, for [`Action::PassToTu`].
+struct Incoming<M> {
+    message: M,
+    is_ack: bool,
+}
+
+/// Carry out a client machine's actions on its table entry, collecting effects in `out`.
+fn apply_client<M: Clone, Io: TransactionIo<M>>(
+    table: &mut Table<M>,
+    io: &Io,
+    key: &ClientKey,
+    actions: &Actions,
+    mut response: Option<(u16, M)>,
+    now: Instant,
+    out: &mut Output<M>,
+) {
+    let Table { clients, wheel, .. } = table;
+    let Some(entry) = clients.get_mut(key) else {
+        return;
+    };
+    let tkey = TransactionKey::Client(key.clone());
+    let mut terminated = None;
+    for action in actions {
+        match *action {
+            Action::TransmitRequest => out
+                .effects
+                .push(Effect::Transmit(tkey.clone(), entry.request.clone())),
+            Action::SendAck => {
+                if entry.ack.is_none()
+                    && let Some((_, response)) = &response
+                {
+                    entry.ack = Some(io.build_ack(&entry.request, response));
+                }
+                if let Some(ack) = &entry.ack {
+                    out.effects
+                        .push(Effect::Transmit(tkey.clone(), ack.clone()));
+                }
+            }
+            Action::PassToTu => {
+                if let Some((status, response)) = response.take() {
+                    out.effects.push(Effect::Deliver(TuEvent::Response {
+                        key: key.clone(),
+                        status,
+                        response,
+                    }));
+                }
+            }
+            // Client machines never send responses.
+            Action::TransmitResponse => {}
+            Action::StartTimer(id, after) => {
+                out.wake |= wheel.start(&mut entry.timers, &tkey, id, now + after);
+            }
+            Action::StopTimer(id) => wheel.stop(&mut entry.timers, id),
+            Action::Terminated(outcome) => terminated = Some(outcome),
+        }
+    }
+    if let Some(outcome) = terminated {
+        if let Some(mut entry) = clients.remove(key) {
+            wheel.stop_all(&mut entry.timers);
+        }
+        tracing::debug!(key = %tkey, ?outcome, "transaction terminated");
+        out.effects
+            .push(Effect::Deliver(TuEvent::Terminated { key: tkey, outcome }));
+    }
+}
+
+/// Carry out a server machine's actions on its table entry, collecting effects in `out`.
+fn apply_server<M: Clone>(
+    table: &mut Table<M>,
+    key: &ServerKey,
+    actions: &Actions,
+    mut incoming: Option<Incoming<M>>,
+    now: Instant,
+    out: &mut Output<M>,
+) {
+    let Table { servers, wheel, .. } = table;
+    let Some(entry) = servers.get_mut(key) else {
+        return;
+    };
+    let tkey = TransactionKey::Server(key.clone());
+    let mut terminated = None;
+    for action in actions {
+        match *action {
+            Action::TransmitResponse => {
+                if let Some(response) = &entry.last_response {
+                    out.effects
+                        .push(Effect::Transmit(tkey.clone(), response.clone()));
+                }
+            }
+            Action::PassToTu => {
+                if let Some(Incoming { message, is_ack }) = incoming.take() {
+                    let event = if is_ack {
+                        TuEvent::Ack {
+                            key: key.clone(),
+                            ack: message,
+                        }
+                    } else {
+                        TuEvent::Request {
+                            key: key.clone(),
+                            request: message,
+                        }
+                    };
+                    out.effects.push(Effect::Deliver(event));
+                }
+            }
+            // Server machines never send requests or ACKs.
+            Action::TransmitRequest | Action::SendAck => {}
+            Action::StartTimer(id, after) => {
+                out.wake |= wheel.start(&mut entry.timers, &tkey, id, now + after);
+            }
+            Action::StopTimer(id) => wheel.stop(&mut entry.timers, id),
+            Action::Terminated(outcome) => terminated = Some(outcome),
+        }
+    }
+    if let Some(outcome) = terminated {
+        if let Some(mut entry) = servers.remove(key) {
+            wheel.stop_all(&mut entry.timers);
+        }
+        tracing::debug!(key = %tkey, ?outcome, "transaction terminated");
+        out.effects
+            .push(Effect::Deliver(TuEvent::Terminated { key: tkey, outcome }));
+    }
+}
+
+impl<M, Io> Shared<M, Io>
+where
+    M: Clone + Send + 'static,
+    Io: TransactionIo<M>,
+{
+    fn lock(&self) -> MutexGuard<'_, Table<M>> {
+        // A panic while the table was locked leaves it consistent enough to go on: every step either
+        // completes or leaves a transaction that its timers will still end.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_capacity(&self, table: &Table<M>) -> Result<(), DriverError> {
+        let limit = self.config.max_transactions;
+        if table.clients.len() + table.servers.len() >= limit {
+            tracing::debug!(limit, "transaction table full");
+            return Err(DriverError::Overloaded { limit });
+        }
+        Ok(())
+    }
+
+    /// Carry out collected effects with the table unlocked. A failed transmit is a transport error for
+    /// its transaction.
+    fn finish(&self, out: Output<M>) {
+        if out.wake {
+            self.wake.notify_one();
+        }
+        let mut failed: Vec<TransactionKey> = Vec::new();
+        for effect in out.effects {
+            match effect {
+                Effect::Transmit(key, message) => {
+                    if self.io.transmit(&key, &message).is_err() {
+                        failed.push(key);
+                    }
+                }
+                Effect::Deliver(event) => self.io.deliver(event),
+            }
+        }
+        for key in failed {
+            self.transport_error(&key);
+        }
+    }
+
+    fn transport_error(&self, key: &TransactionKey) -> bool {
+        let now = Instant::now();
+        let mut out = Output::default();
+        let found = {
+            let mut table = self.lock();
+            match key {
+                TransactionKey::Client(key) => match table.clients.get_mut(key) {
+                    Some(entry) => {
+                        let actions = entry.machine.on_event(ClientEvent::TransportError);
+                        apply_client(&mut table, &self.io, key, &actions, None, now, &mut out);
+                        true
+                    }
+                    None => false,
+                },
+                TransactionKey::Server(key) => match table.servers.get_mut(key) {
+                    Some(entry) => {
+                        let actions = entry.machine.on_event(ServerEvent::TransportError);
+                        apply_server(&mut table, key, &actions, None, now, &mut out);
+                        true
+                    }
+                    None => false,
+                },
+            }
+        };
+        self.finish(out);
+        found
+    }
+
+    /// Fire every timer due at `now`; returns the effects and the next deadline.
+    fn fire_due(&self, now: Instant) -> (Output<M>, Option<Instant>) {
+        let mut out = Output::default();
+        let mut table = self.lock();
+        while let Some(first) = table.wheel.entries.first_entry() {
+            if first.key().0 > now {
+                break;
+            }
+            let (at, (key, id)) = first.remove_entry();
+            match key {
+                TransactionKey::Client(key) => {
+                    let Some(entry) = table.clients.get_mut(&key) else {
+                        continue;
+                    };
+                    if entry.timers.0[id.index()] != Some(at) {
+                        continue;
+                    }
+                    entry.timers.0[id.index()] = None;
+                    let actions = entry.machine.on_event(ClientEvent::Timer(id));
+                    apply_client(&mut table, &self.io, &key, &actions, None, now, &mut out);
+                }
+                TransactionKey::Server(key) => {
+                    let Some(entry) = table.servers.get_mut(&key) else {
+                        continue;
+                    };
+                    if entry.timers.0[id.index()] != Some(at) {
+                        continue;
+                    }
+                    entry.timers.0[id.index()] = None;
+                    let actions = entry.machine.on_event(ServerEvent::Timer(id));
+                    apply_server(&mut table, &key, &actions, None, now, &mut out);
+                }
+            }
+        }
+        let next = table.wheel.next_deadline();
+        (out, next)
+    }
+}
+
+/// The timer task: fire what is due, then sleep until the next deadline or until woken.
+async fn run_timers<M, Io>(shared: Arc<Shared<M, Io>>)
+where
+    M: Clone + Send + 'static,
+    Io: TransactionIo<M>,
+{
+    loop {
+        let (out, next) = shared.fire_due(Instant::now());
+        // The table is unlocked here; a timer started meanwhile leaves a permit in `wake`.
+        shared.finish(out);
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = shared.wake.notified() => {}
+                }
+            }
+            None => shared.wake.notified().await,
+        }
+    }
+}
