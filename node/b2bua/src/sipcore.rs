@@ -19,7 +19,8 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use medpool_sip::message::builder::MessageBuilder;
 use medpool_sip::transaction::{
-    ClientKey, Driver, Outcome, RequestParts, ServerKey, TransactionIo, TransactionKey, TransmitError, TuEvent,
+    ClientKey, Driver, Outcome, RequestParts, ServerKey, TransactionIo, TransactionKey,
+    TransmitError, TuEvent,
 };
 use medpool_sip::transport::{Transport, Transports, response_target};
 use medpool_sip::{HeaderName, Method, SipMessage};
@@ -44,7 +45,11 @@ impl Envelope {
     /// Wraps bytes we built (parsed back so the transaction layer and ACK building can read them).
     pub fn outgoing(bytes: Bytes, peer: SocketAddr, transport: Transport) -> Option<Envelope> {
         match SipMessage::parse(bytes) {
-            Ok(msg) => Some(Envelope { msg, peer, transport }),
+            Ok(msg) => Some(Envelope {
+                msg,
+                peer,
+                transport,
+            }),
             Err(e) => {
                 tracing::error!(error = %e, "built an unparseable message");
                 None
@@ -145,7 +150,13 @@ impl Registry {
         self.with(|m| m.clients.remove(key))
     }
     /// Routes CANCELs of this INVITE server transaction, and requests of leg A, to `actor`.
-    pub fn add_call(&self, invite: ServerKey, call_id: &[u8], remote_tag: &[u8], actor: ActorRef<DialogMsg>) {
+    pub fn add_call(
+        &self,
+        invite: ServerKey,
+        call_id: &[u8],
+        remote_tag: &[u8],
+        actor: ActorRef<DialogMsg>,
+    ) {
         self.with(|m| {
             m.invites.insert(invite, actor.clone());
             m.leg_a.insert(leg_a_key(call_id, remote_tag), actor);
@@ -180,8 +191,14 @@ impl Registry {
             if let Some(a) = m.leg_b.get(call_id) {
                 return Some((a.clone(), Side::B));
             }
-            let tag = if msg.is_request() { msg.from_tag() } else { msg.to_tag() }?;
-            m.leg_a.get(&leg_a_key(call_id, tag)).map(|a| (a.clone(), Side::A))
+            let tag = if msg.is_request() {
+                msg.from_tag()
+            } else {
+                msg.to_tag()
+            }?;
+            m.leg_a
+                .get(&leg_a_key(call_id, tag))
+                .map(|a| (a.clone(), Side::A))
         })
     }
 }
@@ -223,8 +240,16 @@ impl std::fmt::Debug for SipIo {
 
 impl SipIo {
     /// I/O over `transports`, routing with `registry`, unrouted requests to `core`.
-    pub fn new(transports: Transports, registry: std::sync::Arc<Registry>, core: mpsc::Sender<CoreEvent>) -> SipIo {
-        SipIo { transports, registry, core }
+    pub fn new(
+        transports: Transports,
+        registry: std::sync::Arc<Registry>,
+        core: mpsc::Sender<CoreEvent>,
+    ) -> SipIo {
+        SipIo {
+            transports,
+            registry,
+            core,
+        }
     }
 }
 
@@ -237,7 +262,10 @@ impl TransactionIo<Envelope> for SipIo {
 
     fn build_ack(&self, request: &Envelope, response: &Envelope) -> Envelope {
         let req = &request.msg;
-        let mut b = MessageBuilder::request_method(Method::Ack, req.request_uri_bytes().unwrap_or_default());
+        let mut b = MessageBuilder::request_method(
+            Method::Ack,
+            req.request_uri_bytes().unwrap_or_default(),
+        );
         if let Some(Ok(v)) = req.top_via() {
             b.header(HeaderName::Via, v.raw);
         }
@@ -249,7 +277,8 @@ impl TransactionIo<Envelope> for SipIo {
         let seq = req.cseq().and_then(|c| c.ok()).map_or(1, |c| c.seq);
         b.header_fmt(HeaderName::CSeq, format_args!("{seq} ACK"));
         let bytes = b.build();
-        Envelope::outgoing(bytes, request.peer, request.transport).unwrap_or_else(|| request.clone())
+        Envelope::outgoing(bytes, request.peer, request.transport)
+            .unwrap_or_else(|| request.clone())
     }
 
     fn deliver(&self, event: TuEvent<Envelope>) {
@@ -259,7 +288,9 @@ impl TransactionIo<Envelope> for SipIo {
                 let method = request.msg.method();
                 if method == Some(Method::Cancel) {
                     let invite = key.invite_key_for_cancel();
-                    let actor = invite.as_ref().and_then(|k| self.registry.with(|m| m.invites.get(k).cloned()));
+                    let actor = invite
+                        .as_ref()
+                        .and_then(|k| self.registry.with(|m| m.invites.get(k).cloned()));
                     if let Some(actor) = actor {
                         let _ = actor.cast(D::Cancel { key, env: request });
                         return;
@@ -267,11 +298,21 @@ impl TransactionIo<Envelope> for SipIo {
                 } else if request.msg.to_tag().is_some()
                     && let Some((actor, side)) = self.registry.dialog_for(&request.msg)
                 {
-                    let _ = actor.cast(D::Request { side, key, env: request });
+                    let _ = actor.cast(D::Request {
+                        side,
+                        key,
+                        env: request,
+                    });
                     return;
                 }
-                if self.core.try_send(CoreEvent::Unrouted { key, env: request }).is_err() {
-                    tracing::warn!("dispatcher queue full: request dropped (its sender will retransmit)");
+                if self
+                    .core
+                    .try_send(CoreEvent::Unrouted { key, env: request })
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "dispatcher queue full: request dropped (its sender will retransmit)"
+                    );
                 }
             }
             TuEvent::Ack { ack, .. } => {
@@ -279,11 +320,19 @@ impl TransactionIo<Envelope> for SipIo {
                     let _ = actor.cast(D::Ack { side, env: ack });
                 }
             }
-            TuEvent::Response { key, status, response } => {
+            TuEvent::Response {
+                key,
+                status,
+                response,
+            } => {
                 let owner = self.registry.with(|m| m.clients.get(&key).cloned());
                 match owner {
                     Some(Owner::Dialog(a)) => {
-                        let _ = a.cast(D::Response { key, status, env: response });
+                        let _ = a.cast(D::Response {
+                            key,
+                            status,
+                            env: response,
+                        });
                     }
                     Some(Owner::Gateway(g)) => {
                         let _ = g.cast(GatewayMsg::ProbeAnswer { key, status });
@@ -291,7 +340,9 @@ impl TransactionIo<Envelope> for SipIo {
                     None => {}
                 }
             }
-            TuEvent::StrayResponse { status, response, .. } => {
+            TuEvent::StrayResponse {
+                status, response, ..
+            } => {
                 // A 2xx retransmitted after its transaction ended: the dialog ACKs it again.
                 if (200..300).contains(&status)
                     && let Some((actor, Side::B)) = self.registry.dialog_for(&response.msg)
@@ -316,5 +367,29 @@ impl TransactionIo<Envelope> for SipIo {
                 }
             },
         }
+    }
+}
+
+/// The client-transaction key of a request we are about to send (our top Via branch + method).
+pub fn client_key_of_request(msg: &SipMessage) -> Option<ClientKey> {
+    let branch = msg.top_branch()?;
+    Some(ClientKey::new(branch, msg.method_bytes()?))
+}
+
+impl Registry {
+    /// Every call's actor (for shutdown and admin).
+    pub fn call_actors(&self) -> Vec<ActorRef<DialogMsg>> {
+        self.with(|m| m.invites.values().cloned().collect::<Vec<_>>())
+            .into_iter()
+            .chain(self.with(|m| m.leg_a.values().cloned().collect::<Vec<_>>()))
+            .fold(Vec::new(), |mut v, a| {
+                if !v
+                    .iter()
+                    .any(|x: &ActorRef<DialogMsg>| x.get_id() == a.get_id())
+                {
+                    v.push(a);
+                }
+                v
+            })
     }
 }

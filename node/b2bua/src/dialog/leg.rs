@@ -31,7 +31,12 @@ pub const RELAYED_HEADERS: &[HeaderName] = &[
 ];
 
 /// Extension headers relayed by name (`Subscription-State` for NOTIFY, `Info-Package` for INFO, ...).
-pub const RELAYED_OTHER: &[&str] = &["Subscription-State", "Info-Package", "Recv-Info", "Content-Disposition"];
+pub const RELAYED_OTHER: &[&str] = &[
+    "Subscription-State",
+    "Info-Package",
+    "Recv-Info",
+    "Content-Disposition",
+];
 
 /// One side of the call.
 #[derive(Debug, Clone)]
@@ -70,7 +75,11 @@ pub struct Me {
 impl Me {
     /// A Via value with a new branch.
     pub fn via(&self, transport: Transport, branch: &str) -> String {
-        format!("SIP/2.0/{} {};branch={branch};rport", transport.as_str(), self.hostport)
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport.as_str(),
+            self.hostport
+        )
     }
     /// Our Contact value.
     pub fn contact(&self, transport: Transport) -> String {
@@ -86,8 +95,15 @@ pub fn uri_target(uri: &[u8], fallback: SocketAddr) -> SocketAddr {
     let Ok(u) = medpool_sip::message::Uri::parse(uri) else {
         return fallback;
     };
-    let host = u.host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(u.host);
-    match std::str::from_utf8(host).ok().and_then(|h| h.parse::<IpAddr>().ok()) {
+    let host = u
+        .host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(u.host);
+    match std::str::from_utf8(host)
+        .ok()
+        .and_then(|h| h.parse::<IpAddr>().ok())
+    {
         Some(ip) => SocketAddr::new(ip, u.port.unwrap_or(5060)),
         None => fallback,
     }
@@ -114,7 +130,10 @@ impl Leg {
         b.header(HeaderName::From, &self.local_uri);
         b.header(HeaderName::To, &self.remote_uri);
         b.header(HeaderName::CallId, &self.call_id);
-        b.header_fmt(HeaderName::CSeq, format_args!("{cseq} {}", String::from_utf8_lossy(method)));
+        b.header_fmt(
+            HeaderName::CSeq,
+            format_args!("{cseq} {}", String::from_utf8_lossy(method)),
+        );
         b
     }
 
@@ -157,12 +176,18 @@ pub fn relay_response(
     let req = &request.msg;
     let mut b = response_to(req, status, reason, Some(to_tag), Some(request.peer));
     let method = req.method().unwrap_or(Method::Other);
-    let target_refresh = matches!(method, Method::Invite | Method::Update | Method::Subscribe | Method::Refer | Method::Notify);
+    let target_refresh = matches!(
+        method,
+        Method::Invite | Method::Update | Method::Subscribe | Method::Refer | Method::Notify
+    );
     if target_refresh && (101..300).contains(&status) {
         if method == Method::Invite && req.to_tag().is_none() {
             b.copy_headers(req, HeaderName::RecordRoute);
         }
-        b.header(HeaderName::Contact, me.contact(request.transport).as_bytes());
+        b.header(
+            HeaderName::Contact,
+            me.contact(request.transport).as_bytes(),
+        );
     }
     if let Some(rseq) = rseq {
         b.header_fmt(HeaderName::RSeq, format_args!("{rseq}"));
@@ -177,7 +202,9 @@ pub fn relay_response(
             }
         }
         if !src.body().is_empty() {
-            let ct = src.header(HeaderName::ContentType).unwrap_or(b"application/sdp");
+            let ct = src
+                .header(HeaderName::ContentType)
+                .unwrap_or(b"application/sdp");
             b.body(ct, Bytes::copy_from_slice(src.body()));
         }
     }
@@ -195,17 +222,41 @@ pub fn relay_request_parts(b: &mut MessageBuilder, src: &SipMessage, skip: &[Hea
         }
     }
     if !src.body().is_empty() {
-        let ct = src.header(HeaderName::ContentType).unwrap_or(b"application/sdp");
+        let ct = src
+            .header(HeaderName::ContentType)
+            .unwrap_or(b"application/sdp");
         b.body(ct, Bytes::copy_from_slice(src.body()));
     }
 }
 
 /// A plain response (no relay) to a request received on a leg.
-pub fn local_response(request: &Envelope, status: u16, to_tag: Option<&str>, extra: &[(HeaderName, &[u8])]) -> Bytes {
+pub fn local_response(
+    request: &Envelope,
+    status: u16,
+    to_tag: Option<&str>,
+    extra: &[(HeaderName, &[u8])],
+) -> Bytes {
     let reason = medpool_sip::message::builder::reason_phrase(status);
-    let mut b = response_to(&request.msg, status, reason.as_bytes(), to_tag, Some(request.peer));
+    let mut b = response_to(
+        &request.msg,
+        status,
+        reason.as_bytes(),
+        to_tag,
+        Some(request.peer),
+    );
     for (h, v) in extra {
         b.header(*h, v);
     }
     b.build()
+}
+
+/// A UAC's route set from a 2xx/18x: the Record-Route values in reverse order (RFC 3261 §12.1.2).
+pub fn uac_route_set(msg: &SipMessage) -> Vec<Bytes> {
+    let mut v: Vec<Bytes> = msg
+        .record_routes()
+        .flatten()
+        .map(|r| Bytes::copy_from_slice(r.raw))
+        .collect();
+    v.reverse();
+    v
 }

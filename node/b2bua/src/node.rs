@@ -1,0 +1,447 @@
+//! One node of the pool: binds the SIP transports, runs the transaction layer, the dispatcher that
+//! turns new requests into calls (or answers them: OPTIONS 200, unknown source 403, overload 503,
+//! unknown dialog 481, ...), the GatewayActors, and the single shutdown path.
+//!
+//! Supervision: the dispatcher task owns nothing but the inbound queue; every call is a DialogActor and
+//! every gateway a GatewayActor; they find each other through [`crate::sipcore::Registry`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use medpool_sip::transaction::{DriverConfig, TimerConfig};
+use medpool_sip::transport::{self, Inbound, TransportConfig, Transports, overload_answer};
+use medpool_sip::{HeaderName, Method, ids};
+use tokio::sync::{mpsc, watch};
+
+use crate::cluster::{DialogStore, ShardOwnership};
+use crate::config::{PoolConfig, UnknownSource};
+use crate::dialog::{self, DialogArgs, DialogMsg, leg::Me, leg::local_response};
+use crate::gateway::{self, Gateways};
+use crate::sipcore::{CoreEvent, Envelope, Registry, SipIo, TxDriver, client_key, server_key};
+
+/// Counters of what the node did (exported as metrics by the binary).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Calls accepted (a DialogActor started).
+    pub calls_started: AtomicU64,
+    /// Calls that were answered (2xx + ACK).
+    pub calls_answered: AtomicU64,
+    /// Calls that ended.
+    pub calls_ended: AtomicU64,
+    /// New INVITEs refused with 503 (node or trunk capacity, draining).
+    pub calls_refused_capacity: AtomicU64,
+    /// Requests from unknown sources.
+    pub refused_sources: AtomicU64,
+    /// Gateway state changes.
+    pub gateway_transitions: AtomicU64,
+}
+
+/// Everything a node's actors share.
+pub struct NodeCtx {
+    /// The transaction layer.
+    pub driver: TxDriver,
+    /// SIP identifier → actor routing.
+    pub registry: Arc<Registry>,
+    /// Send handle.
+    pub transports: Transports,
+    config: RwLock<Arc<PoolConfig>>,
+    /// Gateway health and load.
+    pub gateways: Gateways,
+    /// Our address in Via and Contact.
+    pub me: Me,
+    /// Shard ownership.
+    pub shards: Arc<dyn ShardOwnership>,
+    /// Confirmed-dialog store.
+    pub store: Arc<dyn DialogStore>,
+    /// SIP timers.
+    pub timers: TimerConfig,
+    /// Counters.
+    pub stats: Stats,
+    draining: AtomicBool,
+    inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
+}
+
+impl std::fmt::Debug for NodeCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCtx")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeCtx {
+    /// The current pool configuration.
+    pub fn config(&self) -> Arc<PoolConfig> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+    /// Replaces the pool configuration (new calls use it; calls in progress keep theirs).
+    pub fn set_config(&self, config: PoolConfig) {
+        if let Ok(mut c) = self.config.write() {
+            *c = Arc::new(config);
+        }
+    }
+    /// How many calls are in progress on this node.
+    pub fn active_calls(&self) -> usize {
+        self.registry.calls()
+    }
+    pub(crate) fn call_answered(&self) {
+        self.stats.calls_answered.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn call_ended(&self, inbound: &str, _status: u16, _duration: Duration) {
+        self.stats.calls_ended.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.inbound_calls.lock()
+            && let Some(n) = m.get_mut(inbound)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+    pub(crate) fn gateway_changed(&self, _trunk: &str, _up: bool) {
+        self.stats
+            .gateway_transitions
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// SIP transports.
+    pub sip: TransportConfig,
+    /// Our `host:port` in Via and Contact; default: the SIP listen address.
+    pub advertise: Option<String>,
+    /// SIP timers.
+    pub timers: TimerConfig,
+    /// Most live transactions.
+    pub max_transactions: usize,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            sip: TransportConfig::default(),
+            advertise: None,
+            timers: TimerConfig::default(),
+            max_transactions: 200_000,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The SIP address could not be bound.
+    #[error("cannot listen for SIP on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An actor could not be spawned.
+    #[error("cannot start an actor: {0}")]
+    Spawn(String),
+}
+
+/// A started node.
+pub struct RunningNode {
+    /// Shared state (for the admin API and tests).
+    pub ctx: Arc<NodeCtx>,
+    /// The bound SIP address (UDP and TCP).
+    pub sip_addr: SocketAddr,
+    stop_tx: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts a node: binds SIP, starts the dispatcher and the gateway actors.
+pub async fn start(
+    opts: NodeOptions,
+    config: PoolConfig,
+    shards: Arc<dyn ShardOwnership>,
+    store: Arc<dyn DialogStore>,
+) -> Result<RunningNode, NodeError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let addr = opts.sip.listen;
+    let running = transport::start(opts.sip.clone(), stop_rx.clone())
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    let sip_addr = running.transports.udp_local();
+    let registry = Arc::new(Registry::default());
+    let (core_tx, core_rx) = mpsc::channel(opts.sip.queue);
+    let io = Arc::new(SipIo::new(
+        running.transports.clone(),
+        registry.clone(),
+        core_tx,
+    ));
+    let driver = TxDriver::new(
+        DriverConfig {
+            timers: opts.timers,
+            max_transactions: opts.max_transactions,
+        },
+        io,
+    );
+    let hostport = opts
+        .advertise
+        .clone()
+        .unwrap_or_else(|| sip_addr.to_string());
+    let ctx = Arc::new(NodeCtx {
+        driver,
+        registry,
+        transports: running.transports.clone(),
+        config: RwLock::new(Arc::new(config.clone())),
+        gateways: Gateways::default(),
+        me: Me { hostport },
+        shards,
+        store,
+        timers: opts.timers,
+        stats: Stats::default(),
+        draining: AtomicBool::new(false),
+        inbound_calls: std::sync::Mutex::new(Default::default()),
+    });
+    gateway::start_all(&ctx, &config.trunks)
+        .await
+        .map_err(|e| NodeError::Spawn(e.to_string()))?;
+    let mut tasks = running.tasks;
+    tasks.push(tokio::spawn(dispatch(
+        ctx.clone(),
+        running.inbound,
+        core_rx,
+        stop_rx,
+    )));
+    tracing::info!(%sip_addr, "node started");
+    Ok(RunningNode {
+        ctx,
+        sip_addr,
+        stop_tx,
+        tasks,
+    })
+}
+
+impl RunningNode {
+    /// The single shutdown path: refuse new calls, optionally BYE the calls in progress, wait (up to
+    /// `grace`) for calls and transactions to finish, then stop listening and stop every actor.
+    pub async fn shutdown(self, grace: Duration, bye_calls: bool) {
+        self.ctx.draining.store(true, Ordering::Relaxed);
+        if bye_calls {
+            for a in self.ctx.registry.call_actors() {
+                let _ = a.cast(DialogMsg::Hangup);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let busy_calls = if bye_calls {
+                self.ctx.active_calls()
+            } else {
+                0
+            };
+            if (busy_calls == 0 && self.ctx.driver.is_empty())
+                || tokio::time::Instant::now() >= deadline
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.stop_tx.send(true);
+        for a in self.ctx.registry.call_actors() {
+            a.stop(None);
+        }
+        gateway::stop_all(&self.ctx);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        tracing::info!("node stopped");
+    }
+}
+
+async fn dispatch(
+    ctx: Arc<NodeCtx>,
+    mut inbound: mpsc::Receiver<Inbound>,
+    mut core_rx: mpsc::Receiver<CoreEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            Some(ev) = core_rx.recv() => handle_core(&ctx, ev).await,
+            Some(inb) = inbound.recv() => {
+                feed(&ctx, inb).await;
+                // Requests the transaction layer just passed up are handled before the next message, so
+                // a CANCEL never overtakes the INVITE it cancels.
+                while let Ok(ev) = core_rx.try_recv() {
+                    handle_core(&ctx, ev).await;
+                }
+            }
+            else => break,
+        }
+    }
+}
+
+async fn feed(ctx: &Arc<NodeCtx>, inb: Inbound) {
+    let config = ctx.config();
+    let known = config
+        .trunk_for_source(inb.source.ip(), inb.source.port())
+        .is_some();
+    if inb.msg.is_request() {
+        if !known {
+            ctx.stats.refused_sources.fetch_add(1, Ordering::Relaxed);
+            if config.node.unknown_source == UnknownSource::Reject
+                && inb.msg.method() != Some(Method::Ack)
+            {
+                let env = Envelope {
+                    msg: inb.msg.clone(),
+                    peer: inb.source,
+                    transport: inb.transport,
+                };
+                let bytes = local_response(&env, 403, Some(&ids::new_tag(0)), &[]);
+                let _ = ctx.transports.send_response(&inb, bytes).await;
+            }
+            return;
+        }
+        let Some(key) = server_key(&inb.msg) else {
+            return;
+        };
+        let is_ack = inb.msg.method() == Some(Method::Ack);
+        let reliable = inb.transport.is_reliable();
+        let env = Envelope {
+            msg: inb.msg.clone(),
+            peer: inb.source,
+            transport: inb.transport,
+        };
+        if ctx.driver.on_request(key, is_ack, env, reliable).is_err()
+            && let Some(a) = overload_answer(&inb.msg, inb.source, config.node.retry_after)
+        {
+            let _ = ctx.transports.send_response(&inb, a).await;
+        }
+    } else {
+        if !known {
+            return; // a response from nobody we talk to
+        }
+        let Some(key) = client_key(&inb.msg) else {
+            return;
+        };
+        let status = inb.msg.status().unwrap_or(0);
+        let env = Envelope {
+            msg: inb.msg,
+            peer: inb.source,
+            transport: inb.transport,
+        };
+        ctx.driver.on_response(key, status, env);
+    }
+}
+
+fn respond(
+    ctx: &NodeCtx,
+    key: &medpool_sip::transaction::ServerKey,
+    env: &Envelope,
+    status: u16,
+    extra: &[(HeaderName, &[u8])],
+) {
+    let bytes = local_response(env, status, Some(&ids::new_tag(0)), extra);
+    if let Some(e) = Envelope::outgoing(bytes, env.reply_peer(), env.transport) {
+        let _ = ctx.driver.respond(key, status, e);
+    }
+}
+
+async fn handle_core(ctx: &Arc<NodeCtx>, ev: CoreEvent) {
+    let CoreEvent::Unrouted { key, env } = ev;
+    let msg = &env.msg;
+    let allow = medpool_sip::check::ALLOWED_METHODS.as_bytes();
+    let in_dialog = msg.to_tag().is_some();
+    match msg.method() {
+        Some(Method::Invite) if !in_dialog => new_call(ctx, key, env).await,
+        Some(Method::Options) if !in_dialog => respond(
+            ctx,
+            &key,
+            &env,
+            200,
+            &[
+                (HeaderName::Allow, allow),
+                (HeaderName::Accept, b"application/sdp"),
+                (HeaderName::Supported, b"100rel, timer"),
+            ],
+        ),
+        Some(Method::Register | Method::Subscribe | Method::Publish | Method::Message)
+            if !in_dialog =>
+        {
+            respond(ctx, &key, &env, 405, &[(HeaderName::Allow, allow)])
+        }
+        Some(Method::Ack) => {}
+        _ => respond(ctx, &key, &env, 481, &[]),
+    }
+}
+
+async fn new_call(ctx: &Arc<NodeCtx>, key: medpool_sip::transaction::ServerKey, env: Envelope) {
+    let config = ctx.config();
+    let retry = config.node.retry_after.to_string();
+    let busy: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, retry.as_bytes())];
+    let msg = &env.msg;
+    let Some(Ok(call_id)) = msg.call_id() else {
+        return;
+    };
+    if ctx.registry.is_our_leg_b(call_id) {
+        respond(ctx, &key, &env, 482, &[]);
+        return;
+    }
+    let Some(inbound) = config
+        .trunk_for_source(env.peer.ip(), env.peer.port())
+        .cloned()
+    else {
+        respond(ctx, &key, &env, 403, &[]);
+        return;
+    };
+    if ctx.draining.load(Ordering::Relaxed) || ctx.active_calls() >= config.node.max_calls as usize
+    {
+        ctx.stats
+            .calls_refused_capacity
+            .fetch_add(1, Ordering::Relaxed);
+        respond(ctx, &key, &env, 503, busy);
+        return;
+    }
+    // The inbound trunk's own capacity.
+    if let Some(max) = inbound.max_calls {
+        let full = ctx
+            .inbound_calls
+            .lock()
+            .map(|m| m.get(&inbound.name).copied().unwrap_or(0) >= max)
+            .unwrap_or(false);
+        if full {
+            ctx.stats
+                .calls_refused_capacity
+                .fetch_add(1, Ordering::Relaxed);
+            respond(ctx, &key, &env, 503, busy);
+            return;
+        }
+    }
+    let shard = ids::shard_of(msg, ctx.shards.shard_count());
+    if !ctx.shards.may_act(shard) {
+        respond(ctx, &key, &env, 503, busy);
+        return;
+    }
+    let from_tag = msg.from_tag().unwrap_or_default().to_vec();
+    let call_id = call_id.to_vec();
+    if let Ok(mut m) = ctx.inbound_calls.lock() {
+        *m.entry(inbound.name.clone()).or_insert(0) += 1;
+    }
+    let args = DialogArgs {
+        ctx: ctx.clone(),
+        key: key.clone(),
+        env: env.clone(),
+        inbound,
+        shard,
+    };
+    match dialog::spawn(args).await {
+        Ok(actor) => {
+            ctx.stats.calls_started.fetch_add(1, Ordering::Relaxed);
+            ctx.registry.add_call(key, &call_id, &from_tag, actor);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a call");
+            respond(ctx, &key, &env, 500, &[]);
+        }
+    }
+}

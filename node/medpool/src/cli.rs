@@ -1,0 +1,81 @@
+//! The command line. Every setting is a flag and an environment variable (`MEDPOOL_*`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// medpool: a clustered SIP Mediation Server pool.
+#[derive(Debug, Parser)]
+#[command(name = "medpool", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node. With no flags: a single-node pool on 127.0.0.1:5060 (UDP and TCP), data in
+    /// ./medpool-data, configuration from ./medpool.toml when present.
+    Serve(Box<ServeArgs>),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging flags.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "MEDPOOL_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,medpool_b2bua=debug`).
+    #[arg(long, env = "MEDPOOL_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// `medpool serve` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Pool configuration file (TOML). Default: ./medpool.toml when it exists, else an empty pool.
+    #[arg(long, env = "MEDPOOL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// SIP listen address (UDP and TCP).
+    #[arg(long, env = "MEDPOOL_SIP_LISTEN", default_value = "127.0.0.1:5060")]
+    pub sip_listen: SocketAddr,
+    /// Address advertised in Via and Contact (`host:port`); default: the SIP listen address.
+    #[arg(long, env = "MEDPOOL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Data folder (Raft log and snapshots in a pool).
+    #[arg(long, env = "MEDPOOL_DATA_DIR", default_value = "./medpool-data")]
+    pub data_dir: PathBuf,
+    /// Number of shards of a new pool (fixed for its life).
+    #[arg(long, env = "MEDPOOL_SHARDS", default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..))]
+    pub shards: u16,
+    /// On SIGTERM/SIGINT, send BYE to every call in progress (default: let calls and transactions finish).
+    #[arg(long, env = "MEDPOOL_BYE_ON_SHUTDOWN")]
+    pub bye_on_shutdown: bool,
+    /// Longest wait for calls/transactions to finish at shutdown, in seconds.
+    #[arg(long, env = "MEDPOOL_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
+    /// Capacity of the inbound SIP queue; beyond it requests are answered 503.
+    #[arg(long, env = "MEDPOOL_SIP_QUEUE", default_value_t = 8192)]
+    pub sip_queue: usize,
+    /// Most live SIP transactions; beyond it requests are answered 503.
+    #[arg(long, env = "MEDPOOL_MAX_TRANSACTIONS", default_value_t = 200_000)]
+    pub max_transactions: usize,
+    /// SIP timer T1 in milliseconds (RFC 3261 default 500).
+    #[arg(long, env = "MEDPOOL_T1_MS", default_value_t = 500)]
+    pub t1_ms: u64,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
