@@ -268,7 +268,7 @@ impl Actor for GatewayActor {
             *a = Some(myself.clone());
         }
         if let Some(interval) = args.trunk.options_interval() {
-            let _ = myself.send_interval(interval, || GatewayMsg::Probe);
+            drop(myself.send_interval(interval, || GatewayMsg::Probe));
             let _ = myself.cast(GatewayMsg::Probe);
         }
         Ok(GatewayState {
@@ -343,8 +343,9 @@ impl Actor for GatewayActor {
                 }
                 let seq = st.seq;
                 st.outstanding = Some((key, seq, Instant::now()));
-                let _ =
-                    myself.send_after(st.probe_timeout(), move || GatewayMsg::ProbeTimeout { seq });
+                drop(
+                    myself.send_after(st.probe_timeout(), move || GatewayMsg::ProbeTimeout { seq }),
+                );
             }
             GatewayMsg::ProbeAnswer { key, status } => {
                 if status < 200 {

@@ -163,6 +163,8 @@ struct Attempt {
     /// Abandoned (failover or caller cancel): a late 2xx is ACKed and BYE'd.
     abandoned: bool,
     answered: bool,
+    /// A final response arrived or the transaction ended: nothing more can come that needs us.
+    settled: bool,
 }
 
 /// An in-dialog request being relayed: answer `server` on `from` when `client` gets its final.
@@ -349,7 +351,7 @@ impl Call {
                 continue;
             }
             if let Some(ff) = trunk.fast_failover() {
-                let _ = myself.send_after(ff, move || DialogMsg::FastFailover { attempt: number });
+                drop(myself.send_after(ff, move || DialogMsg::FastFailover { attempt: number }));
             }
             tracing::debug!(trunk = %trunk.name, attempt = number, "calling gateway");
             return true;
@@ -488,6 +490,7 @@ impl Call {
             cancel_sent: false,
             abandoned: false,
             answered: false,
+            settled: false,
         })
     }
 
@@ -678,7 +681,13 @@ impl Call {
     }
 
     fn maybe_finish(&mut self, myself: &ActorRef<DialogMsg>) {
-        if self.phase == Phase::Ending && self.bye_keys.is_empty() && self.relays.is_empty() {
+        // An unanswered INVITE on leg B may still ring (→ CANCEL) or answer (→ ACK + BYE): wait for it.
+        let unsettled = self.attempts.iter().any(|a| !a.settled);
+        if self.phase == Phase::Ending
+            && self.bye_keys.is_empty()
+            && self.relays.is_empty()
+            && !unsettled
+        {
             myself.stop(None);
         }
     }
@@ -961,9 +970,11 @@ impl Actor for DialogActor {
                         st.bye_all(&myself, None);
                     } else {
                         let next = (interval * 2).min(t.t2);
-                        let _ = myself.send_after(interval, move || DialogMsg::Retransmit2xx {
-                            interval: next,
-                        });
+                        drop(
+                            myself.send_after(interval, move || DialogMsg::Retransmit2xx {
+                                interval: next,
+                            }),
+                        );
                     }
                 }
             }
@@ -990,7 +1001,7 @@ impl Actor for DialogActor {
                         cur.local_cseq = cseq;
                     }
                     let _ = st.send_request(&myself, Side::B, req.build());
-                    let _ = myself.send_after(interval, || DialogMsg::SessionRefresh);
+                    drop(myself.send_after(interval, || DialogMsg::SessionRefresh));
                 }
             }
             DialogMsg::Hangup => {
@@ -1133,6 +1144,7 @@ fn on_invite_response(
         } else if status > 100 && status < 200 {
             st.cancel_attempt(idx, myself);
         }
+        st.maybe_finish(myself);
         return;
     }
     match status {
@@ -1211,8 +1223,7 @@ fn on_invite_response(
             st.phase = Phase::Answered;
             if !st.a.transport.is_reliable() {
                 let t1 = st.ctx.timers.t1;
-                let _ =
-                    myself.send_after(t1, move || DialogMsg::Retransmit2xx { interval: t1 * 2 });
+                drop(myself.send_after(t1, move || DialogMsg::Retransmit2xx { interval: t1 * 2 }));
             }
         }
         _ => {
@@ -1260,7 +1271,13 @@ fn on_invite_response(
 
 fn on_client_ended(st: &mut Call, myself: &ActorRef<DialogMsg>, key: ClientKey, outcome: Outcome) {
     if let Some(idx) = st.attempts.iter().position(|a| a.key == key) {
+        let was_settled = st.attempts[idx].settled;
+        st.attempts[idx].settled = true;
         let att = &st.attempts[idx];
+        if was_settled || att.abandoned {
+            st.maybe_finish(myself);
+            return;
+        }
         if outcome != Outcome::Completed && !att.abandoned && !att.answered {
             let trunk = att.trunk.clone();
             let (gw, status, why) = match outcome {
@@ -1322,7 +1339,7 @@ fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, env: Envelope
             }
             st.ctx.call_answered();
             if let Some(half) = st.session_refresh {
-                let _ = myself.send_after(half, || DialogMsg::SessionRefresh);
+                drop(myself.send_after(half, || DialogMsg::SessionRefresh));
             }
         }
         Side::A => {
@@ -1473,8 +1490,10 @@ fn on_request(
             st.ctx.me.contact(leg.transport).as_bytes(),
         );
     }
-    if method == Method::Prack {
-        if let Some(Ok(rack)) = env.msg.rack() {
+    if method == Method::Prack
+        && let Some(Ok(rack)) = env.msg.rack()
+    {
+        {
             let inv_cseq = st.current().map_or(1, |a| {
                 a.invite
                     .msg

@@ -1,0 +1,411 @@
+//! In-process DialogActor and GatewayActor tests on paused time: a node started with `node::start` on
+//! loopback, and scripted SIP peers (a caller and gateways) written with medpool-sip's codec. Time is
+//! paused, so fast-failover, Timer B, 2xx retransmission and OPTIONS-probe timers run in virtual time.
+
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use medpool_b2bua::cluster::SingleNode;
+use medpool_b2bua::config::PoolConfig;
+use medpool_b2bua::health::HealthView;
+use medpool_b2bua::node::{self, NodeOptions, RunningNode};
+use medpool_sip::message::builder::{MessageBuilder, response_to};
+use medpool_sip::transport::TransportConfig;
+use medpool_sip::{HeaderName, Method, SipMessage};
+use tokio::net::UdpSocket;
+use tokio::time::{Instant, timeout};
+
+/// A scripted SIP peer on one UDP socket.
+struct Peer {
+    sock: UdpSocket,
+}
+
+impl Peer {
+    async fn bind(addr: &str) -> Peer {
+        Peer {
+            sock: UdpSocket::bind(addr).await.unwrap(),
+        }
+    }
+    fn addr(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+    async fn send(&self, bytes: &[u8], to: SocketAddr) {
+        self.sock.send_to(bytes, to).await.unwrap();
+    }
+    /// The next message, skipping OPTIONS probes (answered 200) and retransmissions of `skip` methods.
+    async fn recv(&self, within: Duration) -> Option<(SipMessage, SocketAddr)> {
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (n, from) = timeout(left, self.sock.recv_from(&mut buf))
+                .await
+                .ok()?
+                .unwrap();
+            let m = SipMessage::parse(Bytes::copy_from_slice(&buf[..n])).unwrap();
+            if m.method() == Some(Method::Options) {
+                let ok = response_to(&m, 200, b"OK", Some("gwtag"), None).build();
+                self.send(&ok, from).await;
+                continue;
+            }
+            return Some((m, from));
+        }
+    }
+    /// Waits for a request of `method` (or a response with `status`), ignoring anything else.
+    async fn expect(&self, what: Expect, within: Duration) -> (SipMessage, SocketAddr) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some((m, from)) = self.recv(left).await else {
+                panic!("{:?} not received within {within:?}", what);
+            };
+            let hit = match what {
+                Expect::Request(meth) => m.method() == Some(meth),
+                Expect::Status(s) => m.status() == Some(s),
+            };
+            if hit {
+                return (m, from);
+            }
+        }
+    }
+    async fn respond(
+        &self,
+        req: &SipMessage,
+        status: u16,
+        tag: &str,
+        to: SocketAddr,
+        body: Option<&str>,
+    ) {
+        let mut b = response_to(req, status, b"X", Some(tag), None);
+        b.header(
+            HeaderName::Contact,
+            format!("<sip:{}>", self.addr()).as_bytes(),
+        );
+        if let Some(body) = body {
+            b.body(b"application/sdp", Bytes::copy_from_slice(body.as_bytes()));
+        }
+        self.send(&b.build(), to).await;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    Request(Method),
+    Status(u16),
+}
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+
+fn config(net: u8, extra_gw: &str) -> PoolConfig {
+    let text = format!(
+        r#"
+[node]
+max_tries = 3
+[[trunk]]
+name = "pbx"
+address = "127.0.{net}.1"
+side = "internal"
+usages = ["outbound"]
+[[trunk]]
+name = "gw1"
+address = "127.0.{net}.21"
+side = "gateway"
+options_interval_ms = 1000
+down_after = 2
+up_after = 2
+{extra_gw}
+[[trunk]]
+name = "gw2"
+address = "127.0.{net}.22"
+side = "gateway"
+options_interval_ms = 1000
+down_after = 2
+up_after = 2
+{extra_gw}
+[[route]]
+name = "out"
+usage = "outbound"
+pattern = ".*"
+trunks = [{{ trunk = "gw1", priority = 1 }}, {{ trunk = "gw2", priority = 2 }}]
+"#
+    );
+    PoolConfig::from_toml_str(&text, "test.toml").unwrap()
+}
+
+async fn start_node(net: u8, extra_gw: &str) -> RunningNode {
+    let pool = Arc::new(SingleNode::new(1024));
+    let opts = NodeOptions {
+        sip: TransportConfig {
+            listen: format!("127.0.{net}.1:5060").parse().unwrap(),
+            ..TransportConfig::default()
+        },
+        ..NodeOptions::default()
+    };
+    node::start(opts, config(net, extra_gw), pool.clone(), pool)
+        .await
+        .unwrap()
+}
+
+fn invite(caller: SocketAddr, call_id: &str) -> Bytes {
+    let mut b = MessageBuilder::request_method(Method::Invite, b"sip:+15550100@127.0.0.1");
+    b.header(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP {caller};branch=z9hG4bK-{call_id}").as_bytes(),
+    )
+    .header(HeaderName::MaxForwards, b"70")
+    .header(
+        HeaderName::From,
+        format!("<sip:alice@{caller}>;tag=a-{call_id}").as_bytes(),
+    )
+    .header(HeaderName::To, b"<sip:+15550100@127.0.0.1>")
+    .header(HeaderName::CallId, call_id.as_bytes())
+    .header(HeaderName::CSeq, b"1 INVITE")
+    .header(
+        HeaderName::Contact,
+        format!("<sip:alice@{caller}>").as_bytes(),
+    )
+    .body(b"application/sdp", Bytes::from_static(SDP.as_bytes()));
+    b.build()
+}
+
+fn ack_for(resp: &SipMessage, caller: SocketAddr) -> Bytes {
+    let mut b = MessageBuilder::request_method(Method::Ack, b"sip:x@127.0.0.1");
+    b.header(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP {caller};branch=z9hG4bK-ack{}", rand_suffix()).as_bytes(),
+    );
+    b.copy_headers(resp, HeaderName::From)
+        .copy_headers(resp, HeaderName::To)
+        .copy_headers(resp, HeaderName::CallId);
+    b.header(HeaderName::CSeq, b"1 ACK");
+    b.build()
+}
+
+fn rand_suffix() -> u32 {
+    rand::random::<u32>()
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_gateway_fails_over_after_the_fast_failover_timer() {
+    let node = start_node(61, "fast_failover_ms = 3000").await;
+    let caller = Peer::bind("127.0.61.1:5070").await;
+    let gw1 = Peer::bind("127.0.61.21:5060").await;
+    let gw2 = Peer::bind("127.0.61.22:5060").await;
+    let t0 = Instant::now();
+    caller
+        .send(&invite(caller.addr(), "ff1"), node.sip_addr)
+        .await;
+    caller
+        .expect(Expect::Status(100), Duration::from_secs(1))
+        .await;
+    // gw1 (priority 1) gets the INVITE and stays silent.
+    let (inv1, _) = gw1
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    assert!(
+        inv1.call_id().unwrap().unwrap().starts_with(b"mp"),
+        "leg B has our own Call-ID"
+    );
+    // gw2 gets it once the fast-failover timer fires.
+    let (inv2, from) = gw2
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(10))
+        .await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(3000),
+        "failed over after {waited:?}, before the 3 s timer"
+    );
+    assert!(
+        waited < Duration::from_millis(4000),
+        "failed over only after {waited:?}"
+    );
+    gw2.respond(&inv2, 200, "g2", from, Some(SDP)).await;
+    let (ok, _) = caller
+        .expect(Expect::Status(200), Duration::from_secs(2))
+        .await;
+    assert_eq!(ok.body(), SDP.as_bytes(), "the gateway's SDP is relayed");
+    caller
+        .send(&ack_for(&ok, caller.addr()), node.sip_addr)
+        .await;
+    gw2.expect(Expect::Request(Method::Ack), Duration::from_secs(2))
+        .await;
+    // The silent gateway counted as a failure (passive health), one more and it is down.
+    let failures = node
+        .ctx
+        .gateways
+        .get("gw1")
+        .unwrap()
+        .failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        failures >= 1,
+        "the silent gateway's timeout was not counted ({failures})"
+    );
+    node.shutdown(Duration::from_secs(1), true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn timer_b_without_fast_failover_answers_408_after_32_seconds() {
+    let node = start_node(62, "fast_failover_ms = 0\nfailover_codes = [503]").await;
+    let caller = Peer::bind("127.0.62.1:5070").await;
+    let gw1 = Peer::bind("127.0.62.21:5060").await;
+    let t0 = Instant::now();
+    caller
+        .send(&invite(caller.addr(), "tb1"), node.sip_addr)
+        .await;
+    gw1.expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    let (resp, _) = caller
+        .expect(Expect::Status(408), Duration::from_secs(40))
+        .await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(32) && waited < Duration::from_secs(33),
+        "408 after {waited:?}"
+    );
+    assert!(resp.to_tag().unwrap().starts_with(b"mp"));
+    node.shutdown(Duration::from_secs(1), false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_2xx_is_retransmitted_until_the_ack_and_a_missing_ack_ends_the_call() {
+    let node = start_node(63, "").await;
+    let caller = Peer::bind("127.0.63.1:5070").await;
+    let gw1 = Peer::bind("127.0.63.21:5060").await;
+    caller
+        .send(&invite(caller.addr(), "rt1"), node.sip_addr)
+        .await;
+    let (inv, from) = gw1
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    gw1.respond(&inv, 200, "g1", from, Some(SDP)).await;
+    let t0 = Instant::now();
+    let mut copies = 0;
+    // The caller never ACKs: the 2xx comes again at T1, 2T1, 4T1... then BYE on both legs.
+    loop {
+        let (m, _) = caller
+            .recv(Duration::from_secs(40))
+            .await
+            .expect("2xx retransmissions then BYE");
+        if m.status() == Some(200) {
+            copies += 1;
+            continue;
+        }
+        if m.method() == Some(Method::Bye) {
+            let bye_to_a = m;
+            let ok = response_to(&bye_to_a, 200, b"OK", None, None).build();
+            caller.send(&ok, node.sip_addr).await;
+            break;
+        }
+    }
+    assert!(copies >= 7, "only {copies} copies of the 2xx");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(32),
+        "gave up after {:?}",
+        t0.elapsed()
+    );
+    let (bye_b, from) = gw1
+        .expect(Expect::Request(Method::Bye), Duration::from_secs(5))
+        .await;
+    gw1.respond(&bye_b, 200, "g1", from, None).await;
+    node.shutdown(Duration::from_secs(1), false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_before_the_gateway_answers_gives_487_and_cancels_leg_b() {
+    let node = start_node(64, "").await;
+    let caller = Peer::bind("127.0.64.1:5070").await;
+    let gw1 = Peer::bind("127.0.64.21:5060").await;
+    let inv_a = invite(caller.addr(), "cx1");
+    caller.send(&inv_a, node.sip_addr).await;
+    let (inv, from) = gw1
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    // The caller cancels before the gateway said anything.
+    let a = SipMessage::parse(inv_a).unwrap();
+    let mut c = MessageBuilder::request_method(Method::Cancel, a.request_uri_bytes().unwrap());
+    c.copy_headers(&a, HeaderName::Via)
+        .copy_headers(&a, HeaderName::From)
+        .copy_headers(&a, HeaderName::To)
+        .copy_headers(&a, HeaderName::CallId)
+        .header(HeaderName::CSeq, b"1 CANCEL");
+    caller.send(&c.build(), node.sip_addr).await;
+    caller
+        .expect(Expect::Status(487), Duration::from_secs(2))
+        .await;
+    // The gateway now rings: the pool CANCELs it (RFC 3261 §9.1: only after a provisional).
+    gw1.respond(&inv, 180, "g1", from, None).await;
+    let (cancel, from) = gw1
+        .expect(Expect::Request(Method::Cancel), Duration::from_secs(2))
+        .await;
+    assert_eq!(
+        cancel.top_branch(),
+        inv.top_branch(),
+        "CANCEL carries the INVITE's branch"
+    );
+    gw1.respond(&cancel, 200, "g1", from, None).await;
+    gw1.respond(&inv, 487, "g1", from, None).await;
+    gw1.expect(Expect::Request(Method::Ack), Duration::from_secs(2))
+        .await;
+    node.shutdown(Duration::from_secs(1), false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn gateway_goes_down_after_missed_probes_and_comes_back_up() {
+    let node = start_node(65, "").await;
+    // Nobody answers at gw1 yet: two probe timeouts (1 s interval) mark it down.
+    let gw2 = Peer::bind("127.0.65.22:5060").await;
+    let answer_gw2 = tokio::spawn(async move {
+        loop {
+            if gw2.recv(Duration::from_secs(3600)).await.is_none() {
+                break;
+            }
+        }
+    });
+    let t0 = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !node.ctx.gateways.view("gw1").up {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "gw1 still up after {:?}",
+            t0.elapsed()
+        );
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "down after {:?}: before two probe intervals",
+        t0.elapsed()
+    );
+    assert!(node.ctx.gateways.view("gw2").up, "gw2 answers its probes");
+    // gw1 comes back: answered probes bring it up after up_after = 2.
+    let gw1 = Peer::bind("127.0.65.21:5060").await;
+    let back = tokio::spawn(async move {
+        loop {
+            if gw1.recv(Duration::from_secs(3600)).await.is_none() {
+                break;
+            }
+        }
+    });
+    let t1 = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if node.ctx.gateways.view("gw1").up {
+            break;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(5),
+            "gw1 still down after {:?}",
+            t1.elapsed()
+        );
+    }
+    back.abort();
+    answer_gw2.abort();
+    node.shutdown(Duration::from_secs(1), false).await;
+}
