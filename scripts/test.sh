@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md documents it. Installs what the tests need when it is missing
+# (SIPp from Debian's sip-tester), then: formatting, clippy with warnings as errors, every test.
+# Usage: scripts/test.sh            (CI calls exactly this through .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "test.sh: installing ${need[*]} (needed by the end-to-end tests)"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test.sh: not root; install ${need[*]} yourself (apt-get install -y ${need[*]})" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace -- --test-threads "${TEST_THREADS:-4}"
+echo "== all tests passed"
