@@ -146,7 +146,8 @@ impl Leg {
         }
     }
 
-    /// Learns the peer's target and tag from a dialog-forming message it sent (its Contact, To/From tag).
+    /// Learns the peer's target (its Contact) from a message it sent, and — on the UAC side of a leg,
+    /// from a response — its tag, with the To value that carries it (used on later requests).
     pub fn learn_remote(&mut self, msg: &SipMessage, tag: Option<&[u8]>) {
         if let Some(Ok(c)) = msg.contacts().next()
             && !c.is_star
@@ -157,6 +158,9 @@ impl Leg {
             && self.remote_tag.is_none()
         {
             self.remote_tag = Some(Bytes::copy_from_slice(tag));
+            if let Some(to) = msg.header(HeaderName::To) {
+                self.remote_uri = Bytes::copy_from_slice(to);
+            }
         }
     }
 }
