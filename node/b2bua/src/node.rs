@@ -61,6 +61,8 @@ pub struct NodeCtx {
     pub stats: Stats,
     draining: AtomicBool,
     inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
+    inbound_cps: std::sync::Mutex<std::collections::BTreeMap<String, crate::health::TokenBucket>>,
+    epoch: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for NodeCtx {
@@ -201,6 +203,8 @@ pub async fn start(
         stats: Stats::default(),
         draining: AtomicBool::new(false),
         inbound_calls: std::sync::Mutex::new(Default::default()),
+        inbound_cps: std::sync::Mutex::new(Default::default()),
+        epoch: tokio::time::Instant::now(),
     });
     gateway::start_all(&ctx, &config.trunks)
         .await
@@ -417,16 +421,35 @@ async fn new_call(ctx: &Arc<NodeCtx>, key: medpool_sip::transaction::ServerKey, 
             return;
         }
     }
+    // ... and its calls per second.
+    if let Some(cps) = inbound.max_cps {
+        let now = ctx.epoch.elapsed();
+        let allowed = ctx
+            .inbound_cps
+            .lock()
+            .map(|mut m| {
+                m.entry(inbound.name.clone())
+                    .or_insert_with(|| crate::health::TokenBucket::for_cps(cps))
+                    .try_take(now)
+            })
+            .unwrap_or(true);
+        if !allowed {
+            ctx.stats
+                .calls_refused_capacity
+                .fetch_add(1, Ordering::Relaxed);
+            respond(ctx, &key, &env, 503, busy);
+            return;
+        }
+    }
     let shard = ids::shard_of(msg, ctx.shards.shard_count());
     if !ctx.shards.may_act(shard) {
         respond(ctx, &key, &env, 503, busy);
         return;
     }
-    let from_tag = msg.from_tag().unwrap_or_default().to_vec();
-    let call_id = call_id.to_vec();
     if let Ok(mut m) = ctx.inbound_calls.lock() {
         *m.entry(inbound.name.clone()).or_insert(0) += 1;
     }
+    let inbound_name = inbound.name.clone();
     let args = DialogArgs {
         ctx: ctx.clone(),
         key: key.clone(),
@@ -435,12 +458,12 @@ async fn new_call(ctx: &Arc<NodeCtx>, key: medpool_sip::transaction::ServerKey, 
         shard,
     };
     match dialog::spawn(args).await {
-        Ok(actor) => {
+        Ok(_actor) => {
             ctx.stats.calls_started.fetch_add(1, Ordering::Relaxed);
-            ctx.registry.add_call(key, &call_id, &from_tag, actor);
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot start a call");
+            ctx.call_ended(&inbound_name, 500, Duration::ZERO);
             respond(ctx, &key, &env, 500, &[]);
         }
     }

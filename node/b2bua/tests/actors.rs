@@ -409,3 +409,29 @@ async fn gateway_goes_down_after_missed_probes_and_comes_back_up() {
     answer_gw2.abort();
     node.shutdown(Duration::from_secs(1), false).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_refused_at_once_leaves_nothing_registered() {
+    let node = start_node(66, "").await;
+    let caller = Peer::bind("127.0.66.1:5070").await;
+    // Max-Forwards 0: answered 483 before any gateway is tried; the call ends inside its actor's start.
+    let inv = String::from_utf8(invite(caller.addr(), "mf0").to_vec())
+        .unwrap()
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    caller.send(inv.as_bytes(), node.sip_addr).await;
+    caller
+        .expect(Expect::Status(483), Duration::from_secs(2))
+        .await;
+    for _ in 0..50 {
+        if node.ctx.active_calls() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        node.ctx.active_calls(),
+        0,
+        "the refused call is still registered"
+    );
+    node.shutdown(Duration::from_secs(1), false).await;
+}

@@ -70,7 +70,14 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             retry_after_secs: config.node.retry_after,
             ..TransportConfig::default()
         },
-        advertise: args.advertise.clone(),
+        // The flag wins; else the pool configuration's `[node] advertised_address` (e.g. a Service address).
+        advertise: args.advertise.clone().or_else(|| {
+            config
+                .node
+                .advertised_address
+                .as_ref()
+                .map(ToString::to_string)
+        }),
         timers: TimerConfig {
             t1: Duration::from_millis(args.t1_ms.max(1)),
             ..TimerConfig::default()

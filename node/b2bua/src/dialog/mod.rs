@@ -730,7 +730,7 @@ impl Actor for DialogActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<DialogMsg>,
+        myself: ActorRef<DialogMsg>,
         args: DialogArgs,
     ) -> Result<Call, ActorProcessingErr> {
         let DialogArgs {
@@ -744,6 +744,14 @@ impl Actor for DialogActor {
         let call_id =
             Bytes::copy_from_slice(msg.call_id().and_then(|c| c.ok()).unwrap_or_default());
         let remote_tag = msg.from_tag().map(Bytes::copy_from_slice);
+        // Registered before the actor runs (post_stop unregisters): a CANCEL or an in-dialog request
+        // handled right after the spawn finds the call, and a call that ends at once leaves nothing behind.
+        ctx.registry.add_call(
+            key.clone(),
+            &call_id,
+            remote_tag.as_deref().unwrap_or_default(),
+            myself.clone(),
+        );
         let local_tag = ids::new_tag(shard);
         let to = msg.header(HeaderName::To).unwrap_or_default();
         let mut local_uri = to.to_vec();
