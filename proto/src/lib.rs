@@ -1,5 +1,14 @@
-//! medpool-proto: the gRPC contracts of medpool.
+//! medpool-proto: the gRPC contracts of medpool, generated at build time from `proto/*.proto`.
 //!
-//! It will own `admin.proto` (package `medpool.admin.v1`, for operators) and `cluster.proto` (node to node
-//! only) and the code generated from them. Nothing is generated yet: the admin API and the cluster network
-//! arrive with their issues. This crate knows nothing of SIP.
+//! - [`cluster`] (`medpool.cluster.v1`): node to node only — Raft RPCs (openraft payloads as opaque
+//!   bytes), SIP forwarding to a shard's owner, join, leases. Served on the internal port, never to
+//!   operators.
+//! - `admin.proto` (operators) arrives with the admin API issue.
+//!
+//! This crate knows nothing of SIP or Raft semantics; it only carries bytes and small records.
+
+/// Node-to-node service (`medpool.cluster.v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
+pub mod cluster {
+    tonic::include_proto!("medpool.cluster.v1");
+}

@@ -13,6 +13,46 @@ pub trait ShardOwnership: Send + Sync + 'static {
     fn shard_count(&self) -> u16;
     /// Whether this node may act for `shard` now (owns it and holds a valid lease).
     fn may_act(&self, shard: u16) -> bool;
+    /// The node that owns `shard` in this node's copy of the shard map (it may be this node).
+    fn owner(&self, shard: u16) -> Option<u64>;
+    /// This node's id.
+    fn node_id(&self) -> u64;
+}
+
+/// Moving SIP between nodes: a message received here for a shard another node owns goes to that owner,
+/// and the owner's answers to it leave from the node that received it (DESIGN.md "Routing a message").
+pub trait Relay: Send + Sync + 'static {
+    /// Hands a received message to `owner`; false when it cannot be delivered (the caller drops it or
+    /// answers 503; peers retransmit).
+    fn forward(
+        &self,
+        owner: u64,
+        shard: u16,
+        message: bytes::Bytes,
+        source: std::net::SocketAddr,
+        transport: &str,
+    ) -> bool;
+    /// Asks node `via` to send `message` to `dest` from its own socket.
+    fn send_via(
+        &self,
+        via: u64,
+        message: bytes::Bytes,
+        dest: std::net::SocketAddr,
+        transport: &str,
+    ) -> bool;
+}
+
+/// No other node: nothing is ever forwarded.
+#[derive(Debug, Default)]
+pub struct NoRelay;
+
+impl Relay for NoRelay {
+    fn forward(&self, _: u64, _: u16, _: bytes::Bytes, _: std::net::SocketAddr, _: &str) -> bool {
+        false
+    }
+    fn send_via(&self, _: u64, _: bytes::Bytes, _: std::net::SocketAddr, _: &str) -> bool {
+        false
+    }
 }
 
 /// What another node needs to carry an established call on (DESIGN.md "confirmed dialogs").
@@ -26,6 +66,8 @@ pub struct DialogRecord {
     pub b: LegRecord,
     /// The gateway trunk carrying the call.
     pub trunk: String,
+    /// The trunk the call came in on.
+    pub inbound: String,
 }
 
 /// One leg of a confirmed dialog.
@@ -59,6 +101,8 @@ pub trait DialogStore: Send + Sync + 'static {
     fn store(&self, record: DialogRecord);
     /// Forgets a dialog.
     fn remove(&self, shard: u16, a_call_id: &str);
+    /// The confirmed dialogs of a shard (read when this node takes the shard over).
+    fn records_of(&self, shard: u16) -> Vec<DialogRecord>;
 }
 
 /// The embedded single-node pool: owns every shard, keeps dialog records in memory.
@@ -77,6 +121,11 @@ impl SingleNode {
         }
     }
 
+    /// The records of one shard (for tests and tools).
+    pub fn records_of_shard(&self, shard: u16) -> Vec<DialogRecord> {
+        DialogStore::records_of(self, shard)
+    }
+
     /// How many dialog records are held.
     pub fn records(&self) -> usize {
         self.records.lock().map(|r| r.len()).unwrap_or(0)
@@ -90,6 +139,12 @@ impl ShardOwnership for SingleNode {
     fn may_act(&self, _shard: u16) -> bool {
         true
     }
+    fn owner(&self, _shard: u16) -> Option<u64> {
+        Some(0)
+    }
+    fn node_id(&self) -> u64 {
+        0
+    }
 }
 
 impl DialogStore for SingleNode {
@@ -102,5 +157,16 @@ impl DialogStore for SingleNode {
         if let Ok(mut r) = self.records.lock() {
             r.remove(&(shard, a_call_id.to_owned()));
         }
+    }
+    fn records_of(&self, shard: u16) -> Vec<DialogRecord> {
+        self.records
+            .lock()
+            .map(|r| {
+                r.range((shard, String::new())..)
+                    .take_while(|((s, _), _)| *s == shard)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }

@@ -15,7 +15,7 @@ use medpool_sip::transport::{self, Inbound, TransportConfig, Transports, overloa
 use medpool_sip::{HeaderName, Method, ids};
 use tokio::sync::{mpsc, watch};
 
-use crate::cluster::{DialogStore, ShardOwnership};
+use crate::cluster::{DialogStore, Relay, ShardOwnership};
 use crate::config::{PoolConfig, UnknownSource};
 use crate::dialog::{self, DialogArgs, DialogMsg, leg::Me, leg::local_response};
 use crate::gateway::{self, Gateways};
@@ -36,6 +36,10 @@ pub struct Stats {
     pub refused_sources: AtomicU64,
     /// Gateway state changes.
     pub gateway_transitions: AtomicU64,
+    /// Messages forwarded to the owner of their shard.
+    pub forwarded: AtomicU64,
+    /// Calls rebuilt from replicated records after a shard moved here.
+    pub calls_restored: AtomicU64,
 }
 
 /// Everything a node's actors share.
@@ -63,6 +67,9 @@ pub struct NodeCtx {
     inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
     inbound_cps: std::sync::Mutex<std::collections::BTreeMap<String, crate::health::TokenBucket>>,
     epoch: tokio::time::Instant,
+    /// Moving SIP between pool nodes.
+    pub relay: Arc<dyn Relay>,
+    forward_tx: mpsc::Sender<Forwarded>,
 }
 
 impl std::fmt::Debug for NodeCtx {
@@ -91,6 +98,48 @@ impl NodeCtx {
     pub fn active_calls(&self) -> usize {
         self.registry.calls()
     }
+    /// Takes a message another node forwarded (false when the queue is full: the peer retransmits).
+    pub fn inject(&self, inbound: Inbound, via: u64) -> bool {
+        self.forward_tx.try_send(Forwarded { inbound, via }).is_ok()
+    }
+
+    /// This node now owns `shard`: rebuild a DialogActor for every confirmed dialog recorded in it.
+    pub async fn adopt_shard(self: &Arc<Self>, shard: u16) -> usize {
+        let mut n = 0;
+        for record in self.store.records_of(shard) {
+            let remote_tag = record.a.remote_tag.as_bytes();
+            if self
+                .registry
+                .has_call(record.a.call_id.as_bytes(), remote_tag)
+            {
+                continue;
+            }
+            if dialog::spawn_restored(self.clone(), record).await.is_ok() {
+                n += 1;
+            }
+        }
+        self.stats
+            .calls_restored
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// This node no longer owns `shard`: stop its calls here at once, without a word to the peers
+    /// (the new owner carries them on).
+    pub fn release_shard(&self, shard: u16) -> usize {
+        let calls = self.registry.calls_of(shard);
+        for a in &calls {
+            a.stop(Some("shard moved".into()));
+        }
+        calls.len()
+    }
+
+    pub(crate) fn count_inbound(&self, trunk: &str) {
+        if let Ok(mut m) = self.inbound_calls.lock() {
+            *m.entry(trunk.to_owned()).or_insert(0) += 1;
+        }
+    }
+
     pub(crate) fn call_answered(&self) {
         self.stats.calls_answered.fetch_add(1, Ordering::Relaxed);
     }
@@ -165,6 +214,7 @@ pub async fn start(
     config: PoolConfig,
     shards: Arc<dyn ShardOwnership>,
     store: Arc<dyn DialogStore>,
+    relay: Arc<dyn Relay>,
 ) -> Result<RunningNode, NodeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let addr = opts.sip.listen;
@@ -174,10 +224,12 @@ pub async fn start(
     let sip_addr = running.transports.udp_local();
     let registry = Arc::new(Registry::default());
     let (core_tx, core_rx) = mpsc::channel(opts.sip.queue);
+    let (forward_tx, forward_rx) = mpsc::channel(opts.sip.queue);
     let io = Arc::new(SipIo::new(
         running.transports.clone(),
         registry.clone(),
         core_tx,
+        relay.clone(),
     ));
     let driver = TxDriver::new(
         DriverConfig {
@@ -204,6 +256,8 @@ pub async fn start(
         draining: AtomicBool::new(false),
         inbound_calls: std::sync::Mutex::new(Default::default()),
         inbound_cps: std::sync::Mutex::new(Default::default()),
+        relay,
+        forward_tx,
         epoch: tokio::time::Instant::now(),
     });
     gateway::start_all(&ctx, &config.trunks)
@@ -213,6 +267,7 @@ pub async fn start(
     tasks.push(tokio::spawn(dispatch(
         ctx.clone(),
         running.inbound,
+        forward_rx,
         core_rx,
         stop_rx,
     )));
@@ -261,9 +316,19 @@ impl RunningNode {
     }
 }
 
+/// A message another node received for a shard this node owns.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The message and its original source.
+    pub inbound: Inbound,
+    /// The node that received it (answers leave from there).
+    pub via: u64,
+}
+
 async fn dispatch(
     ctx: Arc<NodeCtx>,
     mut inbound: mpsc::Receiver<Inbound>,
+    mut forwarded: mpsc::Receiver<Forwarded>,
     mut core_rx: mpsc::Receiver<CoreEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -272,8 +337,14 @@ async fn dispatch(
             biased;
             _ = stop.changed() => break,
             Some(ev) = core_rx.recv() => handle_core(&ctx, ev).await,
+            Some(f) = forwarded.recv() => {
+                feed(&ctx, f.inbound, Some(f.via)).await;
+                while let Ok(ev) = core_rx.try_recv() {
+                    handle_core(&ctx, ev).await;
+                }
+            }
             Some(inb) = inbound.recv() => {
-                feed(&ctx, inb).await;
+                feed(&ctx, inb, None).await;
                 // Requests the transaction layer just passed up are handled before the next message, so
                 // a CANCEL never overtakes the INVITE it cancels.
                 while let Ok(ev) = core_rx.try_recv() {
@@ -285,13 +356,38 @@ async fn dispatch(
     }
 }
 
-async fn feed(ctx: &Arc<NodeCtx>, inb: Inbound) {
+/// Sends a stateless answer to a message received here or forwarded to us.
+async fn answer(ctx: &NodeCtx, inb: &Inbound, via: Option<u64>, bytes: bytes::Bytes) {
+    match via {
+        Some(node) => {
+            let env = Envelope {
+                msg: inb.msg.clone(),
+                peer: inb.source,
+                transport: inb.transport,
+                via,
+            };
+            let t = if inb.transport.is_reliable() {
+                "tcp"
+            } else {
+                "udp"
+            };
+            ctx.relay.send_via(node, bytes, env.reply_peer(), t);
+        }
+        None => {
+            let _ = ctx.transports.send_response(inb, bytes).await;
+        }
+    }
+}
+
+async fn feed(ctx: &Arc<NodeCtx>, inb: Inbound, via: Option<u64>) {
     let config = ctx.config();
-    let known = config
-        .trunk_for_source(inb.source.ip(), inb.source.port())
-        .is_some();
-    if inb.msg.is_request() {
-        if !known {
+    // Peers are checked by the node that received the message; forwarded messages were checked there.
+    let known = via.is_some()
+        || config
+            .trunk_for_source(inb.source.ip(), inb.source.port())
+            .is_some();
+    if !known {
+        if inb.msg.is_request() {
             ctx.stats.refused_sources.fetch_add(1, Ordering::Relaxed);
             if config.node.unknown_source == UnknownSource::Reject
                 && inb.msg.method() != Some(Method::Ack)
@@ -300,12 +396,45 @@ async fn feed(ctx: &Arc<NodeCtx>, inb: Inbound) {
                     msg: inb.msg.clone(),
                     peer: inb.source,
                     transport: inb.transport,
+                    via: None,
                 };
                 let bytes = local_response(&env, 403, Some(&ids::new_tag(0)), &[]);
-                let _ = ctx.transports.send_response(&inb, bytes).await;
+                answer(ctx, &inb, None, bytes).await;
             }
-            return;
         }
+        return; // a response from nobody we talk to is dropped too
+    }
+    // Any node, any message: act only for shards this node owns under a valid lease; forward the rest.
+    let shard = ids::shard_of(&inb.msg, ctx.shards.shard_count());
+    if !ctx.shards.may_act(shard) {
+        let me = ctx.shards.node_id();
+        match ctx.shards.owner(shard) {
+            Some(owner) if owner != me && via.is_none() => {
+                let t = if inb.transport.is_reliable() {
+                    "tcp"
+                } else {
+                    "udp"
+                };
+                if ctx
+                    .relay
+                    .forward(owner, shard, inb.msg.bytes(), inb.source, t)
+                {
+                    ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            _ => {}
+        }
+        // Nobody can take it now (no owner, lease lapsed, owner unreachable): a new call is told to
+        // come back; anything else is dropped and its sender retransmits.
+        let new_call = inb.msg.method() == Some(Method::Invite) && inb.msg.to_tag().is_none();
+        if new_call && let Some(a) = overload_answer(&inb.msg, inb.source, config.node.retry_after)
+        {
+            answer(ctx, &inb, via, a).await;
+        }
+        return;
+    }
+    if inb.msg.is_request() {
         let Some(key) = server_key(&inb.msg) else {
             return;
         };
@@ -315,16 +444,14 @@ async fn feed(ctx: &Arc<NodeCtx>, inb: Inbound) {
             msg: inb.msg.clone(),
             peer: inb.source,
             transport: inb.transport,
+            via,
         };
         if ctx.driver.on_request(key, is_ack, env, reliable).is_err()
             && let Some(a) = overload_answer(&inb.msg, inb.source, config.node.retry_after)
         {
-            let _ = ctx.transports.send_response(&inb, a).await;
+            answer(ctx, &inb, via, a).await;
         }
     } else {
-        if !known {
-            return; // a response from nobody we talk to
-        }
         let Some(key) = client_key(&inb.msg) else {
             return;
         };
@@ -333,6 +460,7 @@ async fn feed(ctx: &Arc<NodeCtx>, inb: Inbound) {
             msg: inb.msg,
             peer: inb.source,
             transport: inb.transport,
+            via,
         };
         ctx.driver.on_response(key, status, env);
     }
@@ -346,7 +474,7 @@ fn respond(
     extra: &[(HeaderName, &[u8])],
 ) {
     let bytes = local_response(env, status, Some(&ids::new_tag(0)), extra);
-    if let Some(e) = Envelope::outgoing(bytes, env.reply_peer(), env.transport) {
+    if let Some(e) = env.reply(bytes) {
         let _ = ctx.driver.respond(key, status, e);
     }
 }

@@ -39,6 +39,9 @@ pub struct Envelope {
     pub peer: SocketAddr,
     /// Transport.
     pub transport: Transport,
+    /// The pool node that received the message from the network (when another node forwarded it to
+    /// us); answers to it are sent through that node.
+    pub via: Option<u64>,
 }
 
 impl Envelope {
@@ -49,12 +52,20 @@ impl Envelope {
                 msg,
                 peer,
                 transport,
+                via: None,
             }),
             Err(e) => {
                 tracing::error!(error = %e, "built an unparseable message");
                 None
             }
         }
+    }
+
+    /// An answer to this (received) request: to its reply address, through the node it came in on.
+    pub fn reply(&self, bytes: Bytes) -> Option<Envelope> {
+        let mut e = Envelope::outgoing(bytes, self.reply_peer(), self.transport)?;
+        e.via = self.via;
+        Some(e)
     }
 
     /// Where responses to this (received) request go (RFC 3261 §18.2.2).
@@ -124,6 +135,7 @@ struct Maps {
     invites: HashMap<ServerKey, ActorRef<DialogMsg>>,
     leg_a: HashMap<Vec<u8>, ActorRef<DialogMsg>>,
     leg_b: HashMap<Vec<u8>, ActorRef<DialogMsg>>,
+    by_shard: HashMap<u16, HashMap<ractor::ActorId, ActorRef<DialogMsg>>>,
 }
 
 fn leg_a_key(call_id: &[u8], remote_tag: &[u8]) -> Vec<u8> {
@@ -155,12 +167,30 @@ impl Registry {
         invite: ServerKey,
         call_id: &[u8],
         remote_tag: &[u8],
+        shard: u16,
         actor: ActorRef<DialogMsg>,
     ) {
         self.with(|m| {
             m.invites.insert(invite, actor.clone());
+            m.by_shard
+                .entry(shard)
+                .or_default()
+                .insert(actor.get_id(), actor.clone());
             m.leg_a.insert(leg_a_key(call_id, remote_tag), actor);
         });
+    }
+    /// Whether a call with this leg-A Call-ID and caller tag is here.
+    pub fn has_call(&self, call_id: &[u8], remote_tag: &[u8]) -> bool {
+        self.with(|m| m.leg_a.contains_key(&leg_a_key(call_id, remote_tag)))
+    }
+    /// The calls of a shard.
+    pub fn calls_of(&self, shard: u16) -> Vec<ActorRef<DialogMsg>> {
+        self.with(|m| {
+            m.by_shard
+                .get(&shard)
+                .map(|c| c.values().cloned().collect())
+                .unwrap_or_default()
+        })
     }
     /// Routes leg B (our Call-ID) to `actor`.
     pub fn add_leg_b(&self, call_id: &[u8], actor: ActorRef<DialogMsg>) {
@@ -171,10 +201,23 @@ impl Registry {
         self.with(|m| m.leg_b.remove(call_id));
     }
     /// Forgets a call's leg A and INVITE.
-    pub fn remove_call(&self, invite: &ServerKey, call_id: &[u8], remote_tag: &[u8]) {
+    pub fn remove_call(
+        &self,
+        invite: &ServerKey,
+        call_id: &[u8],
+        remote_tag: &[u8],
+        shard: u16,
+        actor: ractor::ActorId,
+    ) {
         self.with(|m| {
             m.invites.remove(invite);
             m.leg_a.remove(&leg_a_key(call_id, remote_tag));
+            if let Some(c) = m.by_shard.get_mut(&shard) {
+                c.remove(&actor);
+                if c.is_empty() {
+                    m.by_shard.remove(&shard);
+                }
+            }
         });
     }
     /// Whether `call_id` is one of our own leg-B Call-IDs (a call looping back to us).
@@ -230,6 +273,7 @@ pub struct SipIo {
     transports: Transports,
     registry: std::sync::Arc<Registry>,
     core: mpsc::Sender<CoreEvent>,
+    relay: std::sync::Arc<dyn crate::cluster::Relay>,
 }
 
 impl std::fmt::Debug for SipIo {
@@ -244,17 +288,31 @@ impl SipIo {
         transports: Transports,
         registry: std::sync::Arc<Registry>,
         core: mpsc::Sender<CoreEvent>,
+        relay: std::sync::Arc<dyn crate::cluster::Relay>,
     ) -> SipIo {
         SipIo {
             transports,
             registry,
             core,
+            relay,
         }
     }
 }
 
 impl TransactionIo<Envelope> for SipIo {
     fn transmit(&self, _key: &TransactionKey, m: &Envelope) -> Result<(), TransmitError> {
+        if let Some(via) = m.via {
+            let t = if m.transport == Transport::Tcp {
+                "tcp"
+            } else {
+                "udp"
+            };
+            return if self.relay.send_via(via, m.msg.bytes(), m.peer, t) {
+                Ok(())
+            } else {
+                Err(TransmitError)
+            };
+        }
         self.transports
             .send_now(m.transport, m.peer, m.msg.bytes())
             .map_err(|_| TransmitError)

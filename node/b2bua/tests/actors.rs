@@ -145,9 +145,15 @@ async fn start_node(net: u8, extra_gw: &str) -> RunningNode {
         },
         ..NodeOptions::default()
     };
-    node::start(opts, config(net, extra_gw), pool.clone(), pool)
-        .await
-        .unwrap()
+    node::start(
+        opts,
+        config(net, extra_gw),
+        pool.clone(),
+        pool,
+        Arc::new(medpool_b2bua::cluster::NoRelay),
+    )
+    .await
+    .unwrap()
 }
 
 fn invite(caller: SocketAddr, call_id: &str) -> Bytes {
@@ -434,4 +440,131 @@ async fn a_call_refused_at_once_leaves_nothing_registered() {
         "the refused call is still registered"
     );
     node.shutdown(Duration::from_secs(1), false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirmed_call_is_carried_on_by_the_node_that_adopts_its_shard() {
+    // Two nodes share one dialog store (the replicated state in a pool).
+    let store = Arc::new(SingleNode::new(1024));
+    let start = |listen: &str| {
+        let opts = NodeOptions {
+            sip: TransportConfig {
+                listen: listen.parse().unwrap(),
+                ..TransportConfig::default()
+            },
+            ..NodeOptions::default()
+        };
+        node::start(
+            opts,
+            config(67, ""),
+            store.clone(),
+            store.clone(),
+            Arc::new(medpool_b2bua::cluster::NoRelay),
+        )
+    };
+    let node_a = start("127.0.67.1:5060").await.unwrap();
+    let node_b = start("127.0.67.2:5060").await.unwrap();
+    let caller = Peer::bind("127.0.67.1:5070").await;
+    let gw1 = Peer::bind("127.0.67.21:5060").await;
+    caller
+        .send(&invite(caller.addr(), "fo1"), node_a.sip_addr)
+        .await;
+    let (inv, from) = gw1
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    gw1.respond(&inv, 200, "g1", from, Some(SDP)).await;
+    let (ok, _) = caller
+        .expect(Expect::Status(200), Duration::from_secs(1))
+        .await;
+    caller
+        .send(&ack_for(&ok, caller.addr()), node_a.sip_addr)
+        .await;
+    gw1.expect(Expect::Request(Method::Ack), Duration::from_secs(1))
+        .await;
+    let shard = medpool_sip::ids::call_id_shard(b"fo1", 1024);
+    for _ in 0..50 {
+        if !store.records_of_shard(shard).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store.records_of_shard(shard).len(),
+        1,
+        "the confirmed dialog was recorded"
+    );
+    // The shard moves: A stops acting for it without a word, B rebuilds the call from the record.
+    assert_eq!(node_a.ctx.release_shard(shard), 1);
+    assert_eq!(node_b.ctx.adopt_shard(shard).await, 1);
+    // The gateway re-INVITEs (hold) through node B: the caller gets it in its own dialog.
+    let (tag_b, call_b) = (
+        inv.from_tag().unwrap().to_vec(),
+        inv.call_id().unwrap().unwrap().to_vec(),
+    );
+    let mut re = MessageBuilder::request_method(
+        Method::Invite,
+        format!("sip:{}", node_b.sip_addr).as_bytes(),
+    );
+    re.header(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP {};branch=z9hG4bK-re1", gw1.addr()).as_bytes(),
+    )
+    .header(
+        HeaderName::From,
+        format!("<sip:gw@{}>;tag=g1", gw1.addr()).as_bytes(),
+    )
+    .header(
+        HeaderName::To,
+        [b"<sip:x@y>;tag=".as_slice(), &tag_b].concat().as_slice(),
+    )
+    .header(HeaderName::CallId, &call_b)
+    .header(HeaderName::CSeq, b"2 INVITE")
+    .header(
+        HeaderName::Contact,
+        format!("<sip:{}>", gw1.addr()).as_bytes(),
+    )
+    .body(
+        b"application/sdp",
+        Bytes::from_static(b"v=0\r\na=sendonly\r\n"),
+    );
+    gw1.send(&re.build(), node_b.sip_addr).await;
+    let (re_a, from_b) = caller
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(2))
+        .await;
+    assert_eq!(
+        re_a.call_id().unwrap().unwrap(),
+        b"fo1",
+        "the re-INVITE is in the caller's dialog"
+    );
+    assert!(
+        re_a.cseq().unwrap().unwrap().seq > 1000,
+        "the new owner's CSeq skips ahead of the old owner's"
+    );
+    assert_eq!(re_a.to_tag(), Some(&b"a-fo1"[..]));
+    caller
+        .respond(&re_a, 200, "unused", from_b, Some(SDP))
+        .await;
+    gw1.expect(Expect::Status(200), Duration::from_secs(2))
+        .await;
+    // The caller hangs up through node B: the gateway gets the BYE.
+    let mut bye =
+        MessageBuilder::request_method(Method::Bye, format!("sip:{}", node_b.sip_addr).as_bytes());
+    bye.header(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP {};branch=z9hG4bK-bye1", caller.addr()).as_bytes(),
+    )
+    .copy_headers(&ok, HeaderName::From)
+    .copy_headers(&ok, HeaderName::To)
+    .header(HeaderName::CallId, b"fo1")
+    .header(HeaderName::CSeq, b"2 BYE");
+    caller.send(&bye.build(), node_b.sip_addr).await;
+    caller
+        .expect(Expect::Status(200), Duration::from_secs(2))
+        .await;
+    let (bye_b, from) = gw1
+        .expect(Expect::Request(Method::Bye), Duration::from_secs(2))
+        .await;
+    gw1.respond(&bye_b, 200, "g1", from, None).await;
+    node_a.shutdown(Duration::from_secs(1), false).await;
+    node_b.shutdown(Duration::from_secs(1), false).await;
 }

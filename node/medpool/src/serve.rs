@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use medpool_b2bua::cluster::SingleNode;
+use medpool_b2bua::cluster::{NoRelay, SingleNode};
 use medpool_b2bua::config::{ConfigError, PoolConfig};
 use medpool_b2bua::node::{self, NodeError, NodeOptions};
 use medpool_sip::transaction::TimerConfig;
@@ -88,7 +88,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let routes = config.routes.len();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServeError::Signals)?;
-    let running = node::start(opts, config, pool.clone(), pool).await?;
+    let running = node::start(opts, config, pool.clone(), pool, Arc::new(NoRelay)).await?;
     eprintln!(
         "medpool ready sip={} trunks={trunks} routes={routes}",
         running.sip_addr

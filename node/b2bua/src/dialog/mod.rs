@@ -132,6 +132,18 @@ pub enum Phase {
     Ending,
 }
 
+/// How a DialogActor starts.
+pub enum DialogStart {
+    /// A new INVITE.
+    New(DialogArgs),
+    /// A confirmed dialog taken over from another node (its shard moved here).
+    Restored(Arc<NodeCtx>, Box<DialogRecord>),
+}
+
+/// How far above the recorded CSeq a new owner starts its own requests on each leg: the old owner may
+/// have sent in-dialog requests after the record was written (DESIGN.md "Failover").
+pub const CSEQ_SKIP: u32 = 1000;
+
 /// Arguments of a new call.
 pub struct DialogArgs {
     /// The node.
@@ -255,7 +267,7 @@ impl Call {
     /// Answers the caller's INVITE (final or provisional) through its server transaction.
     fn respond_a(&mut self, status: u16, bytes: Bytes) {
         let Some(inv) = &self.a_invite else { return };
-        if let Some(env) = Envelope::outgoing(bytes, inv.reply_peer(), inv.transport) {
+        if let Some(env) = inv.reply(bytes) {
             if status >= 200 {
                 self.a_final_sent = true;
                 if (200..300).contains(&status) {
@@ -719,6 +731,7 @@ impl Call {
             a: leg_rec(&self.a),
             b: leg_rec(&b.leg),
             trunk: b.trunk.clone(),
+            inbound: self.inbound.name.clone(),
         })
     }
 }
@@ -726,13 +739,17 @@ impl Call {
 impl Actor for DialogActor {
     type Msg = DialogMsg;
     type State = Call;
-    type Arguments = DialogArgs;
+    type Arguments = DialogStart;
 
     async fn pre_start(
         &self,
         myself: ActorRef<DialogMsg>,
-        args: DialogArgs,
+        start: DialogStart,
     ) -> Result<Call, ActorProcessingErr> {
+        let args = match start {
+            DialogStart::New(args) => args,
+            DialogStart::Restored(ctx, record) => return restored(ctx, *record, myself),
+        };
         let DialogArgs {
             ctx,
             key,
@@ -750,6 +767,7 @@ impl Actor for DialogActor {
             key.clone(),
             &call_id,
             remote_tag.as_deref().unwrap_or_default(),
+            shard,
             myself.clone(),
         );
         let local_tag = ids::new_tag(shard);
@@ -834,6 +852,9 @@ impl Actor for DialogActor {
         myself: ActorRef<DialogMsg>,
         st: &mut Call,
     ) -> Result<(), ActorProcessingErr> {
+        if st.phase == Phase::Confirmed {
+            return Ok(()); // a restored call: nothing to start
+        }
         // 100 Trying at once (RFC 3261 §16.2 practice for a B2BUA: stops the caller's retransmissions).
         if let Some(inv) = st.a_invite.clone() {
             let trying = local_response(&inv, 100, None, &[]);
@@ -878,7 +899,7 @@ impl Actor for DialogActor {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<DialogMsg>,
+        myself: ActorRef<DialogMsg>,
         st: &mut Call,
     ) -> Result<(), ActorProcessingErr> {
         let reg = &st.ctx.registry;
@@ -886,6 +907,8 @@ impl Actor for DialogActor {
             &st.a_key,
             &st.a.call_id,
             st.a.remote_tag.as_deref().unwrap_or_default(),
+            st.shard,
+            myself.get_id(),
         );
         for att in &st.attempts {
             reg.remove_leg_b(&att.leg.call_id);
@@ -940,7 +963,7 @@ impl Actor for DialogActor {
             }
             DialogMsg::Cancel { key, env } => {
                 let ok = local_response(&env, 200, Some(&st.a.local_tag), &[]);
-                if let Some(e) = Envelope::outgoing(ok, env.reply_peer(), env.transport) {
+                if let Some(e) = env.reply(ok) {
                     let _ = st.ctx.driver.respond(&key, 200, e);
                 }
                 if !st.a_final_sent {
@@ -1073,9 +1096,7 @@ fn on_response(
                     Some(&env.msg),
                     None,
                 );
-                if let Some(e) =
-                    Envelope::outgoing(bytes, r.request.reply_peer(), r.request.transport)
-                {
+                if let Some(e) = r.request.reply(bytes) {
                     let _ = st.ctx.driver.respond(&r.server, status, e);
                 }
             }
@@ -1124,7 +1145,7 @@ fn on_response(
             Some(&env.msg),
             None,
         );
-        if let Some(e) = Envelope::outgoing(bytes, r.request.reply_peer(), r.request.transport) {
+        if let Some(e) = r.request.reply(bytes) {
             let _ = st.ctx.driver.respond(&r.server, status, e);
         }
         st.maybe_finish(myself);
@@ -1314,7 +1335,7 @@ fn on_client_ended(st: &mut Call, myself: &ActorRef<DialogMsg>, key: ClientKey, 
         };
         let tag = st.a.local_tag.clone();
         let bytes = local_response(&r.request, status, Some(&tag), &[]);
-        if let Some(e) = Envelope::outgoing(bytes, r.request.reply_peer(), r.request.transport) {
+        if let Some(e) = r.request.reply(bytes) {
             let _ = st.ctx.driver.respond(&r.server, status, e);
         }
         if r.request.msg.method() == Some(Method::Bye)
@@ -1416,7 +1437,7 @@ fn on_request(
     };
     let respond_local = |st: &Call, status: u16, extra: &[(HeaderName, &[u8])]| {
         let bytes = local_response(&env, status, Some(&my_tag), extra);
-        if let Some(e) = Envelope::outgoing(bytes, env.reply_peer(), env.transport) {
+        if let Some(e) = env.reply(bytes) {
             let _ = st.ctx.driver.respond(&key, status, e);
         }
     };
@@ -1537,6 +1558,131 @@ fn on_request(
 
 /// Spawns the actor for a new call.
 pub async fn spawn(args: DialogArgs) -> Result<ActorRef<DialogMsg>, ractor::SpawnErr> {
-    let (actor, _handle) = Actor::spawn(None, DialogActor, args).await?;
+    let (actor, _handle) = Actor::spawn(None, DialogActor, DialogStart::New(args)).await?;
     Ok(actor)
+}
+
+/// Rebuilds a confirmed call from its replicated record (failover, drain).
+pub async fn spawn_restored(
+    ctx: Arc<NodeCtx>,
+    record: DialogRecord,
+) -> Result<ActorRef<DialogMsg>, ractor::SpawnErr> {
+    let (actor, _handle) = Actor::spawn(
+        None,
+        DialogActor,
+        DialogStart::Restored(ctx, Box::new(record)),
+    )
+    .await?;
+    Ok(actor)
+}
+
+/// Why a record cannot be carried on here.
+#[derive(Debug, thiserror::Error)]
+enum RestoreError {
+    #[error("dialog record names trunk {0:?}, which the configuration no longer has")]
+    UnknownTrunk(String),
+    #[error("dialog record has a malformed address {0:?}")]
+    BadAddress(String),
+}
+
+fn leg_from_record(r: &LegRecord) -> Result<Leg, RestoreError> {
+    let peer = r
+        .peer
+        .parse()
+        .map_err(|_| RestoreError::BadAddress(r.peer.clone()))?;
+    Ok(Leg {
+        call_id: Bytes::from(r.call_id.clone()),
+        local_tag: r.local_tag.clone(),
+        local_uri: Bytes::from(r.local_uri.clone()),
+        remote_uri: Bytes::from(r.remote_uri.clone()),
+        remote_tag: Some(Bytes::from(r.remote_tag.clone())),
+        remote_target: Bytes::from(r.remote_target.clone()),
+        route_set: r.route_set.iter().map(|x| Bytes::from(x.clone())).collect(),
+        peer,
+        transport: if r.transport == "tcp" {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        },
+        local_cseq: r.local_cseq.saturating_add(CSEQ_SKIP),
+        remote_cseq: 0,
+    })
+}
+
+fn restored(
+    ctx: Arc<NodeCtx>,
+    rec: DialogRecord,
+    myself: ActorRef<DialogMsg>,
+) -> Result<Call, ActorProcessingErr> {
+    let config = ctx.config();
+    let inbound = config
+        .trunk(&rec.inbound)
+        .cloned()
+        .ok_or_else(|| RestoreError::UnknownTrunk(rec.inbound.clone()))?;
+    let a = leg_from_record(&rec.a)?;
+    let b = leg_from_record(&rec.b)?;
+    // Identifiers for the original INVITE transactions, which died with the old owner.
+    let branch = ids::new_branch(rec.shard);
+    let a_key = ServerKey::from_parts(branch.as_bytes(), ctx.me.hostport.as_bytes(), b"INVITE")
+        .map_err(|e| ActorProcessingErr::from(e.to_string()))?;
+    let invite = Envelope::outgoing(
+        b.request(&ctx.me, b"INVITE", 1, &branch).build(),
+        b.peer,
+        b.transport,
+    )
+    .ok_or_else(|| ActorProcessingErr::from("cannot rebuild the INVITE"))?;
+    let key = ClientKey::new(branch.as_bytes(), b"INVITE");
+    ctx.registry.add_call(
+        a_key.clone(),
+        &a.call_id,
+        a.remote_tag.as_deref().unwrap_or_default(),
+        rec.shard,
+        myself.clone(),
+    );
+    ctx.registry.add_leg_b(&b.call_id, myself);
+    let gateway_active = config
+        .trunk(&rec.trunk)
+        .and_then(|t| ctx.gateways.try_acquire(t).then(|| t.name.clone()));
+    ctx.count_inbound(&inbound.name);
+    Ok(Call {
+        shard: rec.shard,
+        inbound,
+        a_cseq_invite: 0,
+        a_key,
+        a_invite: None,
+        phase: Phase::Confirmed,
+        plan: Vec::new(),
+        next_candidate: 0,
+        attempts: vec![Attempt {
+            leg: b,
+            trunk: rec.trunk.clone(),
+            invite,
+            key,
+            number: 1,
+            got_100: true,
+            got_18x: true,
+            cancel_sent: false,
+            abandoned: false,
+            answered: true,
+            settled: true,
+        }],
+        history: vec![(rec.trunk.clone(), "restored on this node".into())],
+        called: String::new(),
+        calling: String::new(),
+        a_final_sent: true,
+        a_2xx: None,
+        a_answered: true,
+        ack_b: None,
+        relays: Vec::new(),
+        pending_ack_b: Vec::new(),
+        pending_ack_a: Vec::new(),
+        bye_keys: Vec::new(),
+        started: Instant::now(),
+        last_status: 200,
+        gateway_active,
+        session_refresh: None,
+        stored: true,
+        a,
+        ctx,
+    })
 }

@@ -163,7 +163,9 @@ impl ChildGuard {
 
     /// The exit status if the process has ended.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits up to `timeout` for the process to end by itself.
@@ -242,19 +244,18 @@ pub struct MedpoolNode {
     guard: ChildGuard,
     log: Arc<Mutex<String>>,
     reader: Option<JoinHandle<()>>,
-    dir: TestDir,
 }
 
 impl MedpoolNode {
-    /// Writes `config_toml`, starts the node of test `n` and waits for "medpool ready".
-    pub fn start(n: u8, config_toml: &str) -> Self {
-        Self::start_with(n, config_toml, &[])
+    /// Writes `config_toml` into `dir`, starts the node of test `n` and waits for "medpool
+    /// ready". Shutdown grace is 3 s (calls a test leaves open must not slow the suite down).
+    pub fn start(dir: &TestDir, n: u8, config_toml: &str) -> Self {
+        Self::start_with(dir, n, config_toml, &["--shutdown-grace", "3"])
     }
 
-    /// Like [`MedpoolNode::start`], with extra command-line arguments.
-    pub fn start_with(n: u8, config_toml: &str, extra_args: &[&str]) -> Self {
+    /// Like [`MedpoolNode::start`], with other extra command-line arguments.
+    pub fn start_with(dir: &TestDir, n: u8, config_toml: &str, extra_args: &[&str]) -> Self {
         require_sipp();
-        let dir = TestDir::new(&format!("node{n}"));
         let config = dir.file("medpool.toml");
         std::fs::write(&config, config_toml).unwrap();
         let data = dir.file("data");
@@ -282,7 +283,12 @@ impl MedpoolNode {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_medpool")));
         let stderr = child.stderr.take().unwrap();
-        let guard = ChildGuard::new(child, &format!("medpool node {n}"), "TERM", Duration::from_secs(8));
+        let guard = ChildGuard::new(
+            child,
+            &format!("medpool node {n}"),
+            "TERM",
+            Duration::from_secs(8),
+        );
         let log = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
         let reader = {
@@ -307,7 +313,6 @@ impl MedpoolNode {
             guard,
             log,
             reader: Some(reader),
-            dir,
         };
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(()) => node,
@@ -330,11 +335,6 @@ impl MedpoolNode {
     /// Everything the node wrote on stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
-    }
-
-    /// The scratch folder of this test (config, data, SIPp traces).
-    pub fn dir(&self) -> &TestDir {
-        &self.dir
     }
 
     /// Panics (with the log) if the process has exited.
@@ -553,7 +553,13 @@ pub struct Sipp {
 
 impl Sipp {
     /// A caller: `scenario` from tests/sipp, sending to `remote`.
-    pub fn uac(name: &str, scenario_file: &str, local_ip: &str, local_port: u16, remote: &str) -> Self {
+    pub fn uac(
+        name: &str,
+        scenario_file: &str,
+        local_ip: &str,
+        local_port: u16,
+        remote: &str,
+    ) -> Self {
         Self {
             role: Role::Uac,
             name: name.to_owned(),
@@ -688,7 +694,12 @@ impl Sipp {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start sipp ({e}); is sip-tester installed?"));
-        let guard = ChildGuard::new(child, &format!("sipp {}", self.name), "KILL", Duration::from_secs(2));
+        let guard = ChildGuard::new(
+            child,
+            &format!("sipp {}", self.name),
+            "KILL",
+            Duration::from_secs(2),
+        );
         SippProcess {
             name: self.name,
             addr: format!("{}:{}", self.local_ip, self.local_port),
@@ -700,6 +711,16 @@ impl Sipp {
             stdout,
         }
     }
+}
+
+/// Starts gateway `k` (1 or 2) of test `n` with `scenario_file` (named "gw1"/"gw2" in traces).
+pub fn gateway(dir: &TestDir, n: u8, k: u8, scenario_file: &str) -> SippProcess {
+    Sipp::uas(&format!("gw{k}"), scenario_file, &gw_ip(n, k)).spawn(dir)
+}
+
+/// A caller on the internal trunk of test `n` (127.0.n.1:`port`) sending to the node.
+pub fn caller(name: &str, n: u8, port: u16, scenario_file: &str) -> Sipp {
+    Sipp::uac(name, scenario_file, &node_ip(n), port, &node_addr(n))
 }
 
 /// A running SIPp (stopped by PID on drop).
@@ -847,6 +868,42 @@ impl SippProcess {
         ids.len()
     }
 
+    /// Distinct Call-IDs in which this process received a `status` answer to `cseq_method`.
+    pub fn responses_received(&self, status: u16, cseq_method: &str) -> usize {
+        let mut ids: Vec<String> = self
+            .messages()
+            .into_iter()
+            .filter(|m| m.received && m.status() == Some(status) && m.cseq_method() == cseq_method)
+            .map(|m| m.call_id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    }
+
+    /// Call-IDs of the INVITEs this process sent (a caller's calls).
+    pub fn calls_sent(&self) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        for m in self.messages() {
+            if !m.received && m.method() == Some("INVITE") && !ids.contains(&m.call_id) {
+                ids.push(m.call_id);
+            }
+        }
+        ids
+    }
+
+    /// Checks of the scenario (`ereg ... check_it="true"`) that failed, as SIPp logged them.
+    pub fn failed_checks(&self) -> Vec<String> {
+        let text = std::fs::read(&self.errors)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        split_sipp_events(&text)
+            .lines()
+            .filter(|l| l.contains("Failed regexp match"))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// OPTIONS this gateway answered (medpool's probes).
     pub fn options_answered(&self) -> usize {
         self.messages()
@@ -953,7 +1010,8 @@ pub struct BlackHole {
 impl BlackHole {
     pub fn bind(addr: &str) -> Self {
         let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("cannot bind {addr}: {e}"));
-        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let thread = {

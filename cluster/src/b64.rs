@@ -1,0 +1,287 @@
+//! Opaque byte fields (dialog records, configuration bodies) in serde.
+//!
+//! serde's default for `Vec<u8>` is a sequence of numbers: in JSON that is 3–4 characters per
+//! byte. These helpers write base64 text when the format is human-readable (JSON, our log and
+//! snapshot codec) and plain bytes otherwise (postcard, bincode), and read either form back (plus
+//! the number-sequence form, so older encodings still decode).
+//!
+//! Use with `#[serde(with = "crate::b64::bytes")]` on a `Vec<u8>` field, or
+//! `crate::b64::keyed_records` / `crate::b64::record_map` on the dialog containers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+pub(crate) fn encode(input: &[u8]) -> String {
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b0 = chunk[0];
+        let b1 = chunk.get(1).copied().unwrap_or(0);
+        let b2 = chunk.get(2).copied().unwrap_or(0);
+        let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
+        out.push(char::from(ALPHABET[(n >> 18) as usize & 63]));
+        out.push(char::from(ALPHABET[(n >> 12) as usize & 63]));
+        out.push(if chunk.len() > 1 {
+            char::from(ALPHABET[(n >> 6) as usize & 63])
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            char::from(ALPHABET[n as usize & 63])
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+/// Why a base64 text did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    /// The length is not a multiple of 4.
+    #[error("base64 length {0} is not a multiple of 4")]
+    Length(usize),
+    /// A character outside the alphabet, or padding in the wrong place.
+    #[error("invalid base64 character at offset {0}")]
+    Character(usize),
+}
+
+fn sextet(c: u8) -> Option<u32> {
+    match c {
+        b'A'..=b'Z' => Some(u32::from(c - b'A')),
+        b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+        b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    }
+}
+
+/// Decodes standard base64 with padding.
+pub(crate) fn decode(input: &str) -> Result<Vec<u8>, DecodeError> {
+    let bytes = input.as_bytes();
+    if bytes.len() % 4 != 0 {
+        return Err(DecodeError::Length(bytes.len()));
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    let quads = bytes.len() / 4;
+    for (q, quad) in bytes.chunks(4).enumerate() {
+        let last = q + 1 == quads;
+        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return Err(DecodeError::Character(q * 4 + 4 - pad));
+        }
+        let mut n = 0u32;
+        for (i, &c) in quad.iter().enumerate() {
+            let v = if i >= 4 - pad {
+                0
+            } else {
+                sextet(c).ok_or(DecodeError::Character(q * 4 + i))?
+            };
+            n = (n << 6) | v;
+        }
+        out.push((n >> 16) as u8);
+        if pad < 2 {
+            out.push((n >> 8) as u8);
+        }
+        if pad < 1 {
+            out.push(n as u8);
+        }
+    }
+    Ok(out)
+}
+
+/// Borrowed bytes that serialize as base64 text or raw bytes.
+pub(crate) struct BytesRef<'a>(pub(crate) &'a [u8]);
+
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&encode(self.0))
+        } else {
+            serializer.serialize_bytes(self.0)
+        }
+    }
+}
+
+/// Owned bytes that deserialize from base64 text, raw bytes or a sequence of numbers.
+pub(crate) struct ByteBuf(pub(crate) Vec<u8>);
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("base64 text or bytes")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteBuf, E> {
+                decode(v).map(ByteBuf).map_err(E::custom)
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(ByteBuf(out))
+            }
+        }
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_any(V)
+        } else {
+            deserializer.deserialize_byte_buf(V)
+        }
+    }
+}
+
+/// `#[serde(with = "...")]` for a `Vec<u8>` field.
+pub(crate) mod bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{ByteBuf, BytesRef};
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        BytesRef(v).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        ByteBuf::deserialize(d).map(|b| b.0)
+    }
+}
+
+/// `#[serde(with = "...")]` for `Vec<(u16, String, Vec<u8>)>` (dialog upserts).
+pub(crate) mod keyed_records {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    use super::{ByteBuf, BytesRef, SerializeSeq, fmt};
+
+    pub(crate) fn serialize<S: Serializer>(
+        v: &[(u16, String, Vec<u8>)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for (shard, key, record) in v {
+            seq.serialize_element(&(shard, key, BytesRef(record)))?;
+        }
+        seq.end()
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(u16, String, Vec<u8>)>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<(u16, String, Vec<u8>)>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of [shard, key, record]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 12));
+                while let Some((shard, key, ByteBuf(record))) =
+                    seq.next_element::<(u16, String, ByteBuf)>()?
+                {
+                    out.push((shard, key, record));
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// `#[serde(with = "...")]` for `BTreeMap<(u16, String), Vec<u8>>` (the dialog table): written
+/// as a sequence of `[shard, key, record]`, since JSON map keys must be strings.
+pub(crate) mod record_map {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    use super::{BTreeMap, ByteBuf, BytesRef, SerializeSeq, fmt};
+
+    pub(crate) fn serialize<S: Serializer>(
+        v: &BTreeMap<(u16, String), Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for ((shard, key), record) in v {
+            seq.serialize_element(&(shard, key, BytesRef(record)))?;
+        }
+        seq.end()
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<(u16, String), Vec<u8>>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BTreeMap<(u16, String), Vec<u8>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of [shard, key, record]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((shard, key, ByteBuf(record))) =
+                    seq.next_element::<(u16, String, ByteBuf)>()?
+                {
+                    out.insert((shard, key), record);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{DecodeError, decode, encode};
+
+    #[test]
+    fn round_trips_every_length_and_byte() {
+        let data: Vec<u8> = (0..=255u8).collect();
+        for len in 0..data.len() {
+            let slice = &data[..len];
+            assert_eq!(decode(&encode(slice)).unwrap(), slice, "len {len}");
+        }
+    }
+
+    #[test]
+    fn known_vectors() {
+        // RFC 4648 section 10.
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, coded) in cases {
+            assert_eq!(encode(plain.as_bytes()), coded);
+            assert_eq!(decode(coded).unwrap(), plain.as_bytes());
+        }
+    }
+
+    #[test]
+    fn rejects_bad_text() {
+        assert_eq!(decode("abc"), Err(DecodeError::Length(3)));
+        assert!(matches!(decode("ab!d"), Err(DecodeError::Character(2))));
+        assert!(decode("a===").is_err());
+        assert!(decode("Zg==Zg==").is_err());
+    }
+}

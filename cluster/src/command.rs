@@ -1,0 +1,200 @@
+//! What the pool's Raft log carries ([`Command`]) and what applying it answers
+//! ([`CommandResult`]).
+//!
+//! A command is validated by whoever proposes it (the leader's rebalancer, the b2bua's config
+//! check, the dialog batcher); [`apply`](crate::state::apply) still checks what it must to stay
+//! consistent and answers a [`Rejection`] instead of changing the state when a check fails, so
+//! every replica reaches the same answer.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{NodeState, ShardId};
+use crate::typ::{NodeAddrs, NodeId};
+
+/// A change to the replicated [`State`](crate::state::State).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates the shard map of an empty pool: `shard_count` shards, no owners, epoch 0.
+    /// Fixed for the life of the pool.
+    Bootstrap {
+        /// Number of shards (`1..=u16::MAX`); [`DEFAULT_SHARD_COUNT`](crate::state::DEFAULT_SHARD_COUNT)
+        /// unless configured.
+        shard_count: u16,
+    },
+    /// Adds a node, or updates a known node's addresses and voter flag (a restarted pod may come
+    /// back on another IP). Either way the node is then [`NodeState::Active`].
+    AddNode {
+        /// The node's id.
+        id: NodeId,
+        /// Where it is reached.
+        addresses: NodeAddrs,
+        /// Whether it should be a Raft voter (the first 3–5 nodes) rather than a learner.
+        voter: bool,
+    },
+    /// Marks a known node active, draining or down. Does not move its shards.
+    SetNodeState {
+        /// The node.
+        id: NodeId,
+        /// Its new state.
+        state: NodeState,
+    },
+    /// Forgets a node that owns no shard (move them away first).
+    RemoveNode {
+        /// The node.
+        id: NodeId,
+    },
+    /// Gives shards to new owners; each shard whose owner changes gets its epoch bumped.
+    /// All-or-nothing: every shard must exist and every new owner must be an active node.
+    MoveShards {
+        /// `(shard, new owner)` pairs, applied in order.
+        moves: Vec<(ShardId, NodeId)>,
+    },
+    /// Replaces the pool configuration if its version is still `expected_version`
+    /// (`None`: only if the pool has no configuration yet, which is how a start-up file seeds an
+    /// empty pool). The new version is the old one plus one.
+    SetConfig {
+        /// The version the proposer based its change on.
+        expected_version: Option<u64>,
+        /// The configuration, opaque here; the b2bua validates it before proposing.
+        #[serde(with = "crate::b64::bytes")]
+        body: Vec<u8>,
+    },
+    /// A group commit of confirmed-dialog records: upserts first, then removes. The batcher
+    /// coalesces writes per key, so a key appears at most once in a batch.
+    DialogBatch {
+        /// `(shard, Call-ID, record)` to insert or replace.
+        #[serde(with = "crate::b64::keyed_records")]
+        upserts: Vec<(ShardId, String, Vec<u8>)>,
+        /// `(shard, Call-ID)` to delete; absent keys are ignored.
+        removes: Vec<(ShardId, String)>,
+    },
+    /// Changes nothing (a barrier, or a probe that the leader can still commit).
+    Noop,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Bootstrap { shard_count } => write!(f, "Bootstrap(shards={shard_count})"),
+            Command::AddNode { id, addresses, voter } => {
+                write!(f, "AddNode({id}, {addresses}, voter={voter})")
+            }
+            Command::SetNodeState { id, state } => write!(f, "SetNodeState({id}, {state:?})"),
+            Command::RemoveNode { id } => write!(f, "RemoveNode({id})"),
+            Command::MoveShards { moves } => write!(f, "MoveShards(n={})", moves.len()),
+            Command::SetConfig {
+                expected_version,
+                body,
+            } => write!(
+                f,
+                "SetConfig(expected={expected_version:?}, bytes={})",
+                body.len()
+            ),
+            Command::DialogBatch { upserts, removes } => write!(
+                f,
+                "DialogBatch(upserts={}, removes={})",
+                upserts.len(),
+                removes.len()
+            ),
+            Command::Noop => f.write_str("Noop"),
+        }
+    }
+}
+
+/// What applying a log entry answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied (also the answer to blank and membership entries, and to [`Command::Noop`]).
+    Done,
+    /// [`Command::MoveShards`] applied; `moved` shards changed owner.
+    ShardsMoved {
+        /// Shards whose owner changed (and whose epoch was bumped).
+        moved: u32,
+    },
+    /// [`Command::SetConfig`] applied; the configuration now has this version.
+    ConfigSet {
+        /// The new version.
+        version: u64,
+    },
+    /// [`Command::DialogBatch`] applied.
+    DialogsApplied {
+        /// Records inserted or replaced.
+        upserted: u32,
+        /// Records that existed and were removed.
+        removed: u32,
+    },
+    /// The command was refused; the state did not change.
+    Rejected(Rejection),
+}
+
+impl CommandResult {
+    /// The rejection, if the command was refused.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            CommandResult::Rejected(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// `Ok(self)` if applied, `Err(rejection)` if refused.
+    pub fn into_result(self) -> Result<CommandResult, Rejection> {
+        match self {
+            CommandResult::Rejected(r) => Err(r),
+            other => Ok(other),
+        }
+    }
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// [`Command::Bootstrap`] on a pool that already has a shard map.
+    #[error("the pool is already bootstrapped with {shard_count} shards")]
+    AlreadyBootstrapped {
+        /// The existing shard count.
+        shard_count: u16,
+    },
+    /// A shard command before [`Command::Bootstrap`].
+    #[error("the pool has no shard map yet")]
+    NotBootstrapped,
+    /// [`Command::Bootstrap`] with zero shards.
+    #[error("the shard count must be at least 1")]
+    InvalidShardCount,
+    /// A shard id outside `0..shard_count`.
+    #[error("shard {shard} does not exist (the pool has {shard_count})")]
+    UnknownShard {
+        /// The shard named.
+        shard: ShardId,
+        /// The pool's shard count.
+        shard_count: u16,
+    },
+    /// A node id the pool does not know.
+    #[error("node {0} is not a member of the pool")]
+    UnknownNode(NodeId),
+    /// A shard move to a node that is draining or down.
+    #[error("node {node} is {state:?}, not active")]
+    NodeNotActive {
+        /// The node.
+        node: NodeId,
+        /// Its state.
+        state: NodeState,
+    },
+    /// [`Command::RemoveNode`] of a node that still owns shards.
+    #[error("node {node} still owns {shards} shards")]
+    NodeOwnsShards {
+        /// The node.
+        node: NodeId,
+        /// How many shards it owns.
+        shards: u32,
+    },
+    /// [`Command::SetConfig`] based on a version that is no longer current.
+    #[error("configuration version {current:?} is current, the change was based on {expected:?}")]
+    StaleConfigVersion {
+        /// The version the proposer expected.
+        expected: Option<u64>,
+        /// The current version (`None`: no configuration yet).
+        current: Option<u64>,
+    },
+}

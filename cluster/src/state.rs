@@ -1,0 +1,709 @@
+//! The replicated state of the pool and the pure function that applies a [`Command`] to it.
+//!
+//! Deterministic by construction: `BTreeMap`s and a `Vec` only, no clock, no randomness, no I/O.
+//! Every replica that applies the same log reaches the same `State` and the same answers.
+//! Readers get `&State` through [`StateReader`](crate::store::StateReader); only [`apply`]
+//! changes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, CommandResult, Rejection};
+use crate::typ::{NodeAddrs, NodeId};
+
+/// A shard's number: `0..shard_count`.
+pub type ShardId = u16;
+
+/// Shards of a pool unless configured otherwise.
+pub const DEFAULT_SHARD_COUNT: u16 = 1024;
+
+/// A node's part in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Serving: may own shards.
+    Active,
+    /// Handing its shards over before it stops; receives no new ones.
+    Draining,
+    /// Declared dead by the leader (silent for longer than lease + margin).
+    Down,
+}
+
+/// What the pool knows of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Where it is reached.
+    pub addresses: NodeAddrs,
+    /// Active, draining or down.
+    pub state: NodeState,
+    /// Whether it should be a Raft voter rather than a learner.
+    pub voter: bool,
+}
+
+/// One shard of the shard map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// The node that handles the shard's dialogs, if any.
+    pub owner: Option<NodeId>,
+    /// Bumped each time the owner changes: a fencing token.
+    pub epoch: u64,
+}
+
+/// The pool configuration and its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionedConfig {
+    /// Starts at 1, grows by one with each change.
+    pub version: u64,
+    /// The configuration, opaque here (TOML or a serialized model; the b2bua validates it).
+    #[serde(with = "crate::b64::bytes")]
+    pub body: Vec<u8>,
+}
+
+/// The replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    shards: Vec<ShardEntry>,
+    config: Option<VersionedConfig>,
+    #[serde(with = "crate::b64::record_map")]
+    dialogs: BTreeMap<(ShardId, String), Vec<u8>>,
+}
+
+impl State {
+    /// Whether [`Command::Bootstrap`] has created the shard map.
+    pub fn is_bootstrapped(&self) -> bool {
+        !self.shards.is_empty()
+    }
+
+    /// All known nodes.
+    pub fn nodes(&self) -> &BTreeMap<NodeId, NodeRecord> {
+        &self.nodes
+    }
+
+    /// One node.
+    pub fn node(&self, id: NodeId) -> Option<&NodeRecord> {
+        self.nodes.get(&id)
+    }
+
+    /// Nodes in [`NodeState::Active`].
+    pub fn active_nodes(&self) -> BTreeSet<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.state == NodeState::Active)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// The shard map, indexed by [`ShardId`]; empty before bootstrap.
+    pub fn shards(&self) -> &[ShardEntry] {
+        &self.shards
+    }
+
+    /// Number of shards (0 before bootstrap).
+    pub fn shard_count(&self) -> u16 {
+        // Bootstrap bounds the count to u16.
+        u16::try_from(self.shards.len()).unwrap_or(u16::MAX)
+    }
+
+    /// One shard's entry.
+    pub fn shard(&self, shard: ShardId) -> Option<&ShardEntry> {
+        self.shards.get(usize::from(shard))
+    }
+
+    /// The owner of a shard.
+    pub fn owner_of(&self, shard: ShardId) -> Option<NodeId> {
+        self.shard(shard).and_then(|s| s.owner)
+    }
+
+    /// Shards owned by `node`, ascending.
+    pub fn shards_of(&self, node: NodeId) -> Vec<ShardId> {
+        (0..self.shard_count())
+            .filter(|&s| self.owner_of(s) == Some(node))
+            .collect()
+    }
+
+    /// The pool configuration.
+    pub fn config(&self) -> Option<&VersionedConfig> {
+        self.config.as_ref()
+    }
+
+    /// The configuration version (`None`: no configuration yet).
+    pub fn config_version(&self) -> Option<u64> {
+        self.config.as_ref().map(|c| c.version)
+    }
+
+    /// One confirmed-dialog record.
+    pub fn dialog(&self, shard: ShardId, call_id: &str) -> Option<&[u8]> {
+        self.dialogs
+            .get(&(shard, call_id.to_owned()))
+            .map(Vec::as_slice)
+    }
+
+    /// The confirmed dialogs of one shard, by Call-ID.
+    pub fn dialogs_of(&self, shard: ShardId) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        let lower = Bound::Included((shard, String::new()));
+        let upper = match shard.checked_add(1) {
+            Some(next) => Bound::Excluded((next, String::new())),
+            None => Bound::Unbounded,
+        };
+        self.dialogs
+            .range((lower, upper))
+            .map(|((_, call_id), record)| (call_id.as_str(), record.as_slice()))
+    }
+
+    /// Number of confirmed-dialog records in the pool.
+    pub fn dialog_count(&self) -> usize {
+        self.dialogs.len()
+    }
+
+    /// Records per shard, indexed by [`ShardId`].
+    pub fn dialog_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.shards.len()];
+        for (shard, _) in self.dialogs.keys() {
+            if let Some(c) = counts.get_mut(usize::from(*shard)) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
+    fn check_shard(&self, shard: ShardId) -> Result<(), Rejection> {
+        if usize::from(shard) < self.shards.len() {
+            Ok(())
+        } else {
+            Err(Rejection::UnknownShard {
+                shard,
+                shard_count: self.shard_count(),
+            })
+        }
+    }
+
+    fn check_bootstrapped(&self) -> Result<(), Rejection> {
+        if self.is_bootstrapped() {
+            Ok(())
+        } else {
+            Err(Rejection::NotBootstrapped)
+        }
+    }
+}
+
+/// Applies one command. Pure and deterministic; a refused command leaves `state` unchanged and
+/// answers [`CommandResult::Rejected`].
+pub fn apply(state: &mut State, command: Command) -> CommandResult {
+    match try_apply(state, command) {
+        Ok(result) => result,
+        Err(rejection) => CommandResult::Rejected(rejection),
+    }
+}
+
+fn try_apply(state: &mut State, command: Command) -> Result<CommandResult, Rejection> {
+    match command {
+        Command::Noop => Ok(CommandResult::Done),
+        Command::Bootstrap { shard_count } => {
+            if state.is_bootstrapped() {
+                return Err(Rejection::AlreadyBootstrapped {
+                    shard_count: state.shard_count(),
+                });
+            }
+            if shard_count == 0 {
+                return Err(Rejection::InvalidShardCount);
+            }
+            state.shards = vec![ShardEntry::default(); usize::from(shard_count)];
+            Ok(CommandResult::Done)
+        }
+        Command::AddNode {
+            id,
+            addresses,
+            voter,
+        } => {
+            state.nodes.insert(
+                id,
+                NodeRecord {
+                    addresses,
+                    state: NodeState::Active,
+                    voter,
+                },
+            );
+            Ok(CommandResult::Done)
+        }
+        Command::SetNodeState { id, state: to } => {
+            let node = state.nodes.get_mut(&id).ok_or(Rejection::UnknownNode(id))?;
+            node.state = to;
+            Ok(CommandResult::Done)
+        }
+        Command::RemoveNode { id } => {
+            if !state.nodes.contains_key(&id) {
+                return Err(Rejection::UnknownNode(id));
+            }
+            let owned = state.shards.iter().filter(|s| s.owner == Some(id)).count();
+            if owned > 0 {
+                return Err(Rejection::NodeOwnsShards {
+                    node: id,
+                    shards: u32::try_from(owned).unwrap_or(u32::MAX),
+                });
+            }
+            state.nodes.remove(&id);
+            Ok(CommandResult::Done)
+        }
+        Command::MoveShards { moves } => {
+            state.check_bootstrapped()?;
+            for &(shard, to) in &moves {
+                state.check_shard(shard)?;
+                let node = state.nodes.get(&to).ok_or(Rejection::UnknownNode(to))?;
+                if node.state != NodeState::Active {
+                    return Err(Rejection::NodeNotActive {
+                        node: to,
+                        state: node.state,
+                    });
+                }
+            }
+            let mut moved = 0u32;
+            for (shard, to) in moves {
+                if let Some(entry) = state.shards.get_mut(usize::from(shard))
+                    && entry.owner != Some(to)
+                {
+                    entry.owner = Some(to);
+                    entry.epoch += 1;
+                    moved += 1;
+                }
+            }
+            Ok(CommandResult::ShardsMoved { moved })
+        }
+        Command::SetConfig {
+            expected_version,
+            body,
+        } => {
+            let current = state.config_version();
+            if expected_version != current {
+                return Err(Rejection::StaleConfigVersion {
+                    expected: expected_version,
+                    current,
+                });
+            }
+            let version = current.unwrap_or(0) + 1;
+            state.config = Some(VersionedConfig { version, body });
+            Ok(CommandResult::ConfigSet { version })
+        }
+        Command::DialogBatch { upserts, removes } => {
+            state.check_bootstrapped()?;
+            for (shard, _, _) in &upserts {
+                state.check_shard(*shard)?;
+            }
+            for (shard, _) in &removes {
+                state.check_shard(*shard)?;
+            }
+            let upserted = u32::try_from(upserts.len()).unwrap_or(u32::MAX);
+            for (shard, call_id, record) in upserts {
+                state.dialogs.insert((shard, call_id), record);
+            }
+            let mut removed = 0u32;
+            for key in removes {
+                if state.dialogs.remove(&key).is_some() {
+                    removed += 1;
+                }
+            }
+            Ok(CommandResult::DialogsApplied { upserted, removed })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+
+    fn addrs(n: u64) -> NodeAddrs {
+        NodeAddrs {
+            raft_addr: format!("10.0.0.{n}:7000"),
+            sip_addr: format!("10.0.0.{n}:5060"),
+            admin_addr: format!("10.0.0.{n}:8080"),
+        }
+    }
+
+    fn add(state: &mut State, id: NodeId) {
+        let r = apply(
+            state,
+            Command::AddNode {
+                id,
+                addresses: addrs(id),
+                voter: id < 3,
+            },
+        );
+        assert_eq!(r, CommandResult::Done);
+    }
+
+    fn rejected(r: CommandResult) -> Rejection {
+        r.into_result().unwrap_err()
+    }
+
+    #[test]
+    fn bootstrap_once() {
+        let mut s = State::default();
+        assert!(!s.is_bootstrapped());
+        assert_eq!(
+            rejected(apply(&mut s, Command::Bootstrap { shard_count: 0 })),
+            Rejection::InvalidShardCount
+        );
+        assert_eq!(
+            apply(&mut s, Command::Bootstrap { shard_count: 16 }),
+            CommandResult::Done
+        );
+        assert_eq!(s.shard_count(), 16);
+        assert!(s.shards().iter().all(|e| e.owner.is_none() && e.epoch == 0));
+        let before = s.clone();
+        assert_eq!(
+            rejected(apply(&mut s, Command::Bootstrap { shard_count: 8 })),
+            Rejection::AlreadyBootstrapped { shard_count: 16 }
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn nodes_join_change_state_and_leave() {
+        let mut s = State::default();
+        apply(&mut s, Command::Bootstrap { shard_count: 4 });
+        add(&mut s, 1);
+        add(&mut s, 2);
+        assert_eq!(s.active_nodes(), BTreeSet::from([1, 2]));
+        assert_eq!(
+            apply(
+                &mut s,
+                Command::SetNodeState {
+                    id: 2,
+                    state: NodeState::Draining
+                }
+            ),
+            CommandResult::Done
+        );
+        assert_eq!(s.active_nodes(), BTreeSet::from([1]));
+        assert_eq!(
+            rejected(apply(
+                &mut s,
+                Command::SetNodeState {
+                    id: 9,
+                    state: NodeState::Down
+                }
+            )),
+            Rejection::UnknownNode(9)
+        );
+        // Re-adding (a restart on a new address) updates and reactivates.
+        let mut new_addr = addrs(2);
+        new_addr.sip_addr = "10.0.1.2:5060".into();
+        apply(
+            &mut s,
+            Command::AddNode {
+                id: 2,
+                addresses: new_addr.clone(),
+                voter: true,
+            },
+        );
+        assert_eq!(s.node(2).unwrap().addresses, new_addr);
+        assert_eq!(s.node(2).unwrap().state, NodeState::Active);
+
+        // A node that owns shards cannot be removed.
+        apply(
+            &mut s,
+            Command::MoveShards {
+                moves: vec![(0, 2)],
+            },
+        );
+        assert_eq!(
+            rejected(apply(&mut s, Command::RemoveNode { id: 2 })),
+            Rejection::NodeOwnsShards { node: 2, shards: 1 }
+        );
+        apply(
+            &mut s,
+            Command::MoveShards {
+                moves: vec![(0, 1)],
+            },
+        );
+        assert_eq!(
+            apply(&mut s, Command::RemoveNode { id: 2 }),
+            CommandResult::Done
+        );
+        assert!(s.node(2).is_none());
+        assert_eq!(
+            rejected(apply(&mut s, Command::RemoveNode { id: 2 })),
+            Rejection::UnknownNode(2)
+        );
+    }
+
+    #[test]
+    fn move_shards_bumps_epochs_all_or_nothing() {
+        let mut s = State::default();
+        assert_eq!(
+            rejected(apply(
+                &mut s,
+                Command::MoveShards {
+                    moves: vec![(0, 1)]
+                }
+            )),
+            Rejection::NotBootstrapped
+        );
+        apply(&mut s, Command::Bootstrap { shard_count: 4 });
+        add(&mut s, 1);
+        add(&mut s, 2);
+        assert_eq!(
+            apply(
+                &mut s,
+                Command::MoveShards {
+                    moves: vec![(0, 1), (1, 1), (2, 2)]
+                }
+            ),
+            CommandResult::ShardsMoved { moved: 3 }
+        );
+        assert_eq!(
+            s.shard(0),
+            Some(&ShardEntry {
+                owner: Some(1),
+                epoch: 1
+            })
+        );
+        // Moving to the current owner changes nothing.
+        assert_eq!(
+            apply(
+                &mut s,
+                Command::MoveShards {
+                    moves: vec![(0, 1), (1, 2)]
+                }
+            ),
+            CommandResult::ShardsMoved { moved: 1 }
+        );
+        assert_eq!(s.shard(0).unwrap().epoch, 1);
+        assert_eq!(
+            s.shard(1),
+            Some(&ShardEntry {
+                owner: Some(2),
+                epoch: 2
+            })
+        );
+        assert_eq!(s.shards_of(2), vec![1, 2]);
+
+        let before = s.clone();
+        assert_eq!(
+            rejected(apply(
+                &mut s,
+                Command::MoveShards {
+                    moves: vec![(3, 1), (4, 1)]
+                }
+            )),
+            Rejection::UnknownShard {
+                shard: 4,
+                shard_count: 4
+            }
+        );
+        assert_eq!(
+            rejected(apply(
+                &mut s,
+                Command::MoveShards {
+                    moves: vec![(3, 1), (2, 7)]
+                }
+            )),
+            Rejection::UnknownNode(7)
+        );
+        apply(
+            &mut s,
+            Command::SetNodeState {
+                id: 2,
+                state: NodeState::Down,
+            },
+        );
+        let before_down = s.clone();
+        assert_eq!(
+            rejected(apply(
+                &mut s,
+                Command::MoveShards {
+                    moves: vec![(3, 2)]
+                }
+            )),
+            Rejection::NodeNotActive {
+                node: 2,
+                state: NodeState::Down
+            }
+        );
+        assert_eq!(s, before_down);
+        assert_eq!(before.shards(), s.shards());
+    }
+
+    #[test]
+    fn config_versions_only_grow() {
+        let mut s = State::default();
+        let set = |s: &mut State, expected: Option<u64>, body: &str| {
+            apply(
+                s,
+                Command::SetConfig {
+                    expected_version: expected,
+                    body: body.as_bytes().to_vec(),
+                },
+            )
+        };
+        assert_eq!(
+            rejected(set(&mut s, Some(1), "a")),
+            Rejection::StaleConfigVersion {
+                expected: Some(1),
+                current: None
+            }
+        );
+        assert_eq!(set(&mut s, None, "a"), CommandResult::ConfigSet { version: 1 });
+        // A second seed loses: the pool already has a configuration.
+        assert_eq!(
+            rejected(set(&mut s, None, "b")),
+            Rejection::StaleConfigVersion {
+                expected: None,
+                current: Some(1)
+            }
+        );
+        assert_eq!(
+            set(&mut s, Some(1), "b"),
+            CommandResult::ConfigSet { version: 2 }
+        );
+        assert_eq!(
+            rejected(set(&mut s, Some(1), "c")),
+            Rejection::StaleConfigVersion {
+                expected: Some(1),
+                current: Some(2)
+            }
+        );
+        assert_eq!(s.config().unwrap().body, b"b");
+        assert_eq!(s.config_version(), Some(2));
+    }
+
+    #[test]
+    fn dialog_batches() {
+        let mut s = State::default();
+        let batch = |up: &[(u16, &str, &str)], rm: &[(u16, &str)]| Command::DialogBatch {
+            upserts: up
+                .iter()
+                .map(|(sh, k, v)| (*sh, (*k).to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            removes: rm.iter().map(|(sh, k)| (*sh, (*k).to_owned())).collect(),
+        };
+        assert_eq!(
+            rejected(apply(&mut s, batch(&[(0, "a", "1")], &[]))),
+            Rejection::NotBootstrapped
+        );
+        apply(&mut s, Command::Bootstrap { shard_count: 3 });
+        assert_eq!(
+            apply(
+                &mut s,
+                batch(&[(0, "a", "1"), (0, "b", "2"), (1, "a", "3"), (2, "z", "4")], &[])
+            ),
+            CommandResult::DialogsApplied {
+                upserted: 4,
+                removed: 0
+            }
+        );
+        assert_eq!(s.dialog(0, "a"), Some(&b"1"[..]));
+        assert_eq!(s.dialog(1, "a"), Some(&b"3"[..]));
+        let shard0: Vec<_> = s.dialogs_of(0).collect();
+        assert_eq!(shard0, vec![("a", &b"1"[..]), ("b", &b"2"[..])]);
+        assert_eq!(s.dialogs_of(2).count(), 1);
+        assert_eq!(s.dialog_counts(), vec![2, 1, 1]);
+
+        assert_eq!(
+            apply(
+                &mut s,
+                batch(&[(0, "a", "1b")], &[(0, "b"), (1, "missing")])
+            ),
+            CommandResult::DialogsApplied {
+                upserted: 1,
+                removed: 1
+            }
+        );
+        assert_eq!(s.dialog(0, "a"), Some(&b"1b"[..]));
+        assert_eq!(s.dialog(0, "b"), None);
+        assert_eq!(s.dialog_count(), 3);
+
+        let before = s.clone();
+        assert_eq!(
+            rejected(apply(&mut s, batch(&[(0, "x", "1")], &[(3, "a")]))),
+            Rejection::UnknownShard {
+                shard: 3,
+                shard_count: 3
+            }
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn dialogs_of_last_shard_id() {
+        let mut s = State::default();
+        apply(&mut s, Command::Bootstrap { shard_count: u16::MAX });
+        apply(
+            &mut s,
+            Command::DialogBatch {
+                upserts: vec![(u16::MAX - 1, "k".into(), vec![1])],
+                removes: vec![],
+            },
+        );
+        assert_eq!(s.dialogs_of(u16::MAX - 1).count(), 1);
+        assert_eq!(s.dialogs_of(u16::MAX).count(), 0);
+    }
+
+    #[test]
+    fn state_json_round_trip() {
+        let mut s = State::default();
+        apply(&mut s, Command::Bootstrap { shard_count: 8 });
+        add(&mut s, 1);
+        apply(
+            &mut s,
+            Command::MoveShards {
+                moves: vec![(3, 1)],
+            },
+        );
+        apply(
+            &mut s,
+            Command::SetConfig {
+                expected_version: None,
+                body: b"[pool]\nname = \"x\"\n".to_vec(),
+            },
+        );
+        apply(
+            &mut s,
+            Command::DialogBatch {
+                upserts: vec![(3, "call@host".into(), (0..=255u8).collect())],
+                removes: vec![],
+            },
+        );
+        let json = serde_json::to_string(&s).unwrap();
+        let back: State = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn command_json_round_trip() {
+        let cmds = [
+            Command::Bootstrap { shard_count: 1024 },
+            Command::AddNode {
+                id: 3,
+                addresses: addrs(3),
+                voter: false,
+            },
+            Command::SetNodeState {
+                id: 3,
+                state: NodeState::Draining,
+            },
+            Command::RemoveNode { id: 3 },
+            Command::MoveShards {
+                moves: vec![(1, 2), (3, 4)],
+            },
+            Command::SetConfig {
+                expected_version: Some(4),
+                body: vec![0, 1, 2, 250],
+            },
+            Command::DialogBatch {
+                upserts: vec![(9, "abc".into(), vec![7; 10])],
+                removes: vec![(1, "x".into())],
+            },
+            Command::Noop,
+        ];
+        for c in cmds {
+            let json = serde_json::to_vec(&c).unwrap();
+            let back: Command = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back, c);
+            assert!(!c.to_string().is_empty());
+        }
+    }
+}

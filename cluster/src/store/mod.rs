@@ -1,0 +1,174 @@
+//! On-disk storage of a node's Raft data: one redb database file in the node's data directory.
+//!
+//! ```text
+//!  <data_dir>/raft.redb
+//!    raft_log     u64 index -> Entry (JSON)          LogStore: append, truncate, purge, read
+//!    raft_meta    "vote" | "committed" | "last_purged" -> JSON
+//!    sm_snapshot  "meta" -> SnapshotMeta (JSON), "data" -> serialized State
+//! ```
+//!
+//! [`open`] creates the directory and the tables and hands out the two halves openraft wants: the
+//! [`LogStore`] and the [`StateMachineStore`]. Both share the database; redb runs one write
+//! transaction at a time and commits them in order, so a commit with
+//! [`Durability::Immediate`](redb::Durability::Immediate) (a log append, a vote, a snapshot)
+//! also makes every earlier commit durable.
+//!
+//! Every redb call runs on tokio's blocking pool (`spawn_blocking`), so an fsync never stalls
+//! the Raft core or the runtime's workers.
+
+pub mod log;
+pub mod sm;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use self::log::LogStore;
+pub use self::sm::{SnapshotBuilder, StateMachineStore, StateReader};
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "raft.redb";
+
+/// Log entries by index.
+pub(crate) const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_log");
+/// Vote, committed log id, last purged log id.
+pub(crate) const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_meta");
+/// The current snapshot: its meta and its data.
+pub(crate) const SNAPSHOT: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new("sm_snapshot");
+
+pub(crate) const KEY_VOTE: &str = "vote";
+pub(crate) const KEY_COMMITTED: &str = "committed";
+pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
+pub(crate) const KEY_SNAPSHOT_META: &str = "meta";
+pub(crate) const KEY_SNAPSHOT_DATA: &str = "data";
+
+/// What can go wrong with the store. openraft sees these as `io::Error`s
+/// ([`ErrorKind::InvalidData`](io::ErrorKind::InvalidData) for a decoding failure,
+/// [`ErrorKind::Other`](io::ErrorKind::Other) otherwise) with this error inside.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The database file could not be opened (or is held by another process or handle).
+    #[error("cannot open raft database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: redb::DatabaseError,
+    },
+    /// A transaction could not begin.
+    #[error("raft database transaction: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    /// A table could not be opened.
+    #[error("raft database table: {0}")]
+    Table(#[from] redb::TableError),
+    /// Reading or writing failed.
+    #[error("raft database I/O: {0}")]
+    Storage(#[from] redb::StorageError),
+    /// A commit failed.
+    #[error("raft database commit: {0}")]
+    Commit(#[from] redb::CommitError),
+    /// Changing a transaction's durability failed.
+    #[error("raft database durability: {0}")]
+    Durability(#[from] redb::SetDurabilityError),
+    /// A value could not be serialized.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// Which value.
+        what: &'static str,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// A stored value could not be read back.
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        /// Which value.
+        what: &'static str,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The log holds an entry under the wrong index.
+    #[error("log key {key} holds the entry of index {found}")]
+    MisplacedEntry {
+        /// The key.
+        key: u64,
+        /// The index inside the entry.
+        found: u64,
+    },
+    /// The blocking task running a storage call died.
+    #[error("storage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<StoreError> for io::Error {
+    fn from(e: StoreError) -> io::Error {
+        let kind = match e {
+            StoreError::Decode { .. } | StoreError::MisplacedEntry { .. } => {
+                io::ErrorKind::InvalidData
+            }
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// Opens (creating if needed) the Raft database in `data_dir` and returns the log store and the
+/// state machine, the latter loaded from the last snapshot. openraft then re-applies the
+/// committed log entries after it (the log store keeps the committed log id for that).
+pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let path = data_dir.join(DB_FILE);
+    let db = Database::create(&path).map_err(|source| StoreError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    // Create the tables so that read transactions find them.
+    let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(META)?;
+    txn.open_table(SNAPSHOT)?;
+    txn.commit()?;
+
+    let db = Arc::new(db);
+    let sm = StateMachineStore::load(db.clone())?;
+    Ok((LogStore::new(db), sm))
+}
+
+/// Runs a redb call on the blocking pool.
+pub(crate) async fn blocking<T, F>(db: &Arc<Database>, f: F) -> Result<T, StoreError>
+where
+    F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || f(&db)).await?
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode { what, source })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what, source })
+}
