@@ -135,7 +135,7 @@ pub enum Phase {
 /// How a DialogActor starts.
 pub enum DialogStart {
     /// A new INVITE.
-    New(DialogArgs),
+    New(Box<DialogArgs>),
     /// A confirmed dialog taken over from another node (its shard moved here).
     Restored(Arc<NodeCtx>, Box<DialogRecord>),
 }
@@ -747,7 +747,7 @@ impl Actor for DialogActor {
         start: DialogStart,
     ) -> Result<Call, ActorProcessingErr> {
         let args = match start {
-            DialogStart::New(args) => args,
+            DialogStart::New(args) => *args,
             DialogStart::Restored(ctx, record) => return restored(ctx, *record, myself),
         };
         let DialogArgs {
@@ -1558,7 +1558,8 @@ fn on_request(
 
 /// Spawns the actor for a new call.
 pub async fn spawn(args: DialogArgs) -> Result<ActorRef<DialogMsg>, ractor::SpawnErr> {
-    let (actor, _handle) = Actor::spawn(None, DialogActor, DialogStart::New(args)).await?;
+    let (actor, _handle) =
+        Actor::spawn(None, DialogActor, DialogStart::New(Box::new(args))).await?;
     Ok(actor)
 }
 

@@ -1,0 +1,266 @@
+//! The Raft log on redb: openraft's `RaftLogStorage` and `RaftLogReader`.
+//!
+//! Durability: an append and a vote are committed with `Durability::Immediate` (fsync) before
+//! openraft is told they are persisted. Truncation, purge and the committed log id are committed
+//! without fsync: losing one of them in a crash only brings back entries that openraft already
+//! knows how to handle (conflicting or already-purged ones) or re-applies fewer entries at start,
+//! and the next immediate commit makes them durable anyway (redb commits are ordered).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG, META, StoreError, blocking, decode, encode,
+};
+use crate::typ::{Entry, LogId, TypeConfig, Vote};
+
+/// The log store. Cheap to clone: clones share the database (openraft's log readers are clones).
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+
+    async fn get_meta<T>(&self, key: &'static str) -> Result<Option<T>, StoreError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        blocking(&self.db, move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(META)?;
+            match table.get(key)? {
+                Some(v) => Ok(Some(decode(key, v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn put_meta<T>(
+        &self,
+        key: &'static str,
+        value: Option<&T>,
+        durability: Durability,
+    ) -> Result<(), StoreError>
+    where
+        T: Serialize,
+    {
+        let bytes = value.map(|v| encode(key, v)).transpose()?;
+        blocking(&self.db, move |db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(durability)?;
+            {
+                let mut table = txn.open_table(META)?;
+                match bytes {
+                    Some(b) => table.insert(key, b.as_slice())?,
+                    None => table.remove(key)?,
+                };
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// `[lo, hi)` of a range of indexes, `hi == None` for unbounded; `None` if empty.
+fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, Option<u64>)> {
+    let lo = match range.start_bound() {
+        Bound::Included(&x) => x,
+        Bound::Excluded(&x) => x.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let hi = match range.end_bound() {
+        Bound::Included(&x) => x.checked_add(1),
+        Bound::Excluded(&x) => Some(x),
+        Bound::Unbounded => None,
+    };
+    match hi {
+        Some(hi) if hi <= lo => None,
+        _ => Some((lo, hi)),
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let Some((lo, hi)) = index_bounds(&range) else {
+            return Ok(Vec::new());
+        };
+        let entries = blocking(&self.db, move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(LOG)?;
+            let iter = match hi {
+                Some(hi) => table.range(lo..hi)?,
+                None => table.range(lo..)?,
+            };
+            let mut out = Vec::new();
+            for item in iter {
+                let (k, v) = item?;
+                let entry: Entry = decode("log entry", v.value())?;
+                if entry.index() != k.value() {
+                    return Err(StoreError::MisplacedEntry {
+                        key: k.value(),
+                        found: entry.index(),
+                    });
+                }
+                out.push(entry);
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(entries)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.get_meta(KEY_VOTE).await?)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(KEY_LAST_PURGED).await?;
+        let last = blocking(&self.db, |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(LOG)?;
+            match table.last()? {
+                Some((_, v)) => Ok(Some(decode::<Entry>("log entry", v.value())?.log_id())),
+                None => Ok(None),
+            }
+        })
+        .await?;
+        Ok(LogState {
+            last_log_id: last.or_else(|| last_purged_log_id.clone()),
+            last_purged_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        Ok(self
+            .put_meta(KEY_VOTE, Some(vote), Durability::Immediate)
+            .await?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        Ok(self
+            .put_meta(KEY_COMMITTED, committed.as_ref(), Durability::None)
+            .await?)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.get_meta(KEY_COMMITTED).await?)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encoded = entries
+            .into_iter()
+            .map(|e| Ok((e.index(), encode("log entry", &e)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Written and fsynced before returning: the entries are readable at return, as openraft
+        // requires, and persisted when the callback runs.
+        blocking(&self.db, move |db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            {
+                let mut table = txn.open_table(LOG)?;
+                for (index, bytes) in &encoded {
+                    table.insert(*index, bytes.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await?;
+        callback.io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = match &last_log_id {
+            Some(id) => id.index().saturating_add(1),
+            None => 0,
+        };
+        tracing::debug!(from, "truncating the raft log");
+        blocking(&self.db, move |db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            {
+                let mut table = txn.open_table(LOG)?;
+                table.retain_in(from.., |_, _| false)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let upto = log_id.index();
+        tracing::debug!(upto, "purging the raft log");
+        let purged = encode(KEY_LAST_PURGED, &log_id)?;
+        blocking(&self.db, move |db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            {
+                // Record the purge point with the removal, in one transaction: no hole is ever
+                // visible.
+                let mut meta = txn.open_table(META)?;
+                meta.insert(KEY_LAST_PURGED, purged.as_slice())?;
+                let mut table = txn.open_table(LOG)?;
+                table.retain_in(..=upto, |_, _| false)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::index_bounds;
+
+    #[test]
+    fn bounds() {
+        assert_eq!(index_bounds(&(3..7)), Some((3, Some(7))));
+        assert_eq!(index_bounds(&(3..=7)), Some((3, Some(8))));
+        assert_eq!(index_bounds(&(3..)), Some((3, None)));
+        assert_eq!(index_bounds(&(..)), Some((0, None)));
+        assert_eq!(index_bounds(&(5..5)), None);
+        #[allow(clippy::reversed_empty_ranges)]
+        let reversed = 7..3;
+        assert_eq!(index_bounds(&reversed), None);
+        assert_eq!(index_bounds(&(0..=u64::MAX)), Some((0, None)));
+    }
+}
