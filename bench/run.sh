@@ -29,7 +29,7 @@
 # Usage:  bench/run.sh                       (full run: about 25-40 min)
 #         RATES="500 1000" DUR=5 REPEATS=1 RSS_CALLS=2000 bench/run.sh    (smoke run)
 # Env:    RATES DUR REPEATS HOLD_MS TARGETS="medpool kamailio" PDD=1 RSS=1 KAM_RSS=1
-#         RSS_CALLS=20000 RSS_RATE=500 RSS_SETTLE=40 MEDPOOL_BIN MEDPOOL_ARGS MEDPOOL_LOG=warn
+#         RSS_CALLS=20000 RSS_RATE=500 RSS_SETTLE=40 RSS_SHORT_T1=1 MEDPOOL_BIN MEDPOOL_ARGS MEDPOOL_LOG=warn
 #         ANCHOR_DIR (default ../shared/anchors/kamailio from the repo) WORK RESULTS_DIR
 # Output: a table on stdout, bench/results/<UTC timestamp>.txt (key=value summary + tables),
 #         raw files (SIPp CSVs/errors, logs, captures) in $WORK.
@@ -46,6 +46,7 @@ KAM_RSS=${KAM_RSS:-1}
 RSS_CALLS=${RSS_CALLS:-20000}
 RSS_RATE=${RSS_RATE:-500}
 RSS_SETTLE=${RSS_SETTLE:-40}
+RSS_SHORT_T1=${RSS_SHORT_T1:-1}
 MEDPOOL_LOG=${MEDPOOL_LOG:-warn}
 # medpool's default --max-transactions (200,000) counts transactions that linger 32 s after
 # their final answer (RFC 6026 Timer L/M, Timer J): at a few thousand CPS that limit, not the
@@ -76,7 +77,8 @@ start_front() {  # $1 = target, $2 = tag, $3 = kamailio extra define or "" ; set
     case $1 in
         medpool)
             write_medpool_config "$WORK/medpool-$2.toml" "options_interval_ms = 1000" "down_after = 2" "up_after = 2"
-            start_medpool "$WORK/medpool-$2.toml" "$2" "$MEDPOOL_LOG" || return 1
+            # shellcheck disable=SC2086
+            start_medpool "$WORK/medpool-$2.toml" "$2" "$MEDPOOL_LOG" ${MEDPOOL_EXTRA:-} || return 1
             FRONT_PID=$LAST_PID
             sleep 3 ;;   # first OPTIONS round trips
         kamailio)
@@ -137,13 +139,13 @@ run_target() {  # $1 = medpool | kamailio
 }
 
 # ------------------------------------------------------------------ memory per call
-# hold_calls <target> <tag> <kamailio define or ""> ; RSS_CALLS calls held open
+# hold_calls <target> <tag> <kamailio define or ""> [medpool extra args] ; RSS_CALLS calls held open
 hold_calls() {
     local t=$1 tag=$2 def=$3 upid i created cur failed idle idle_pss up up_pss settled settled_pss hold_ms
     log "=== $tag: $RSS_CALLS calls at $RSS_RATE cps held open (load: $(load_avg))"
     check_ports_free
     start_gateways "$tag" || { stop_all; return 1; }
-    start_front "$t" "$tag" "$def" || { stop_all; return 1; }
+    MEDPOOL_EXTRA="${4:-}" start_front "$t" "$tag" "$def" || { stop_all; return 1; }
     sleep 2
     kshm() { kam_rpc core.shmmem 2>/dev/null | awk '/real_used/{print int($2/1024)}'; }
     idle=$(rss_kib "$FRONT_PID"); idle_pss=$(pss_kib "$FRONT_PID")
@@ -173,7 +175,9 @@ print(" ".join(d.get(k, "0") for k in sys.argv[2:]))' "$WORK/uac_$tag.csv" "$@" 
     sleep "$RSS_SETTLE"
     read -r created cur failed < <(csv_field TotalCallCreated CurrentCall 'FailedCall(C)')
     settled=$(rss_kib "$FRONT_PID"); settled_pss=$(pss_kib "$FRONT_PID")
-    [ "$t" = kamailio ] && { summary "$tag.shm_settled_kib" "$(kshm)"; summary "$tag.dialogs_active" "$(kam_rpc dlg.stats_active 2>/dev/null | tr -s ' \n' ' ')"; }
+    [ "$t" = kamailio ] && { summary "$tag.shm_settled_kib" "$(kshm)"
+        summary "$tag.shm_per_dialog_kib" "$(awk -F= -v k="$tag" -v n="$cur" '$1 == k ".shm_idle_kib" {i=$2} $1 == k ".shm_settled_kib" {s=$2} END{ if (n > 0) printf "%.2f\n", (s - i) / n; else print "-" }' "$SUMMARY")"
+        summary "$tag.dialogs_active" "$(kam_rpc dlg.stats_active 2>/dev/null | tr -s ' \t\n' ' ')"; }
     [ "$t" = medpool ] && summary "$tag.vmhwm_kib" "$(awk '/^VmHWM:/{print $2}' "/proc/$FRONT_PID/status")"
     summary "$tag.calls_created" "$created"
     summary "$tag.calls_open" "$cur"
@@ -239,7 +243,13 @@ main() {
         done
     fi
     if [ "$RSS" = 1 ]; then
-        case " $TARGETS " in *" medpool "*) hold_calls medpool medpool-hold ""; sleep 3;; esac
+        case " $TARGETS " in *" medpool "*)
+            hold_calls medpool medpool-hold ""; sleep 3
+            # Again with T1 = 50 ms: transactions then linger 64*T1 = 3.2 s instead of 32 s after
+            # their final answer, so the allocator's high-water mark holds far fewer transactions
+            # and the figure is closer to the established dialog alone.
+            [ "$RSS_SHORT_T1" = 1 ] && { hold_calls medpool medpool-hold-t1-50ms "" "--t1-ms 50"; sleep 3; } ;;
+        esac
         [ "$KAM_RSS" = 1 ] && [ "$ANCHOR_OK" = 1 ] && hold_calls kamailio kamailio-dialog-hold WITH_DIALOG
     fi
     summary load_at_end "$(load_avg)"

@@ -15,6 +15,11 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Dialog upserts: `(shard, Call-ID, record)`.
+type KeyedRecords = Vec<(u16, String, Vec<u8>)>;
+/// The dialog table: `(shard, Call-ID) -> record`.
+type RecordMap = BTreeMap<(u16, String), Vec<u8>>;
+
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard base64 with padding.
@@ -66,7 +71,7 @@ fn sextet(c: u8) -> Option<u32> {
 /// Decodes standard base64 with padding.
 pub(crate) fn decode(input: &str) -> Result<Vec<u8>, DecodeError> {
     let bytes = input.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(DecodeError::Length(bytes.len()));
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
@@ -166,7 +171,7 @@ pub(crate) mod keyed_records {
     use serde::de::{SeqAccess, Visitor};
     use serde::{Deserializer, Serializer};
 
-    use super::{ByteBuf, BytesRef, SerializeSeq, fmt};
+    use super::{ByteBuf, BytesRef, KeyedRecords, SerializeSeq, fmt};
 
     pub(crate) fn serialize<S: Serializer>(
         v: &[(u16, String, Vec<u8>)],
@@ -179,12 +184,10 @@ pub(crate) mod keyed_records {
         seq.end()
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<(u16, String, Vec<u8>)>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyedRecords, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Vec<(u16, String, Vec<u8>)>;
+            type Value = KeyedRecords;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a sequence of [shard, key, record]")
             }
@@ -208,7 +211,7 @@ pub(crate) mod record_map {
     use serde::de::{SeqAccess, Visitor};
     use serde::{Deserializer, Serializer};
 
-    use super::{BTreeMap, ByteBuf, BytesRef, SerializeSeq, fmt};
+    use super::{BTreeMap, ByteBuf, BytesRef, RecordMap, SerializeSeq, fmt};
 
     pub(crate) fn serialize<S: Serializer>(
         v: &BTreeMap<(u16, String), Vec<u8>>,
@@ -221,12 +224,10 @@ pub(crate) mod record_map {
         seq.end()
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<(u16, String), Vec<u8>>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<RecordMap, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = BTreeMap<(u16, String), Vec<u8>>;
+            type Value = RecordMap;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a sequence of [shard, key, record]")
             }

@@ -78,7 +78,11 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Bootstrap { shard_count } => write!(f, "Bootstrap(shards={shard_count})"),
-            Command::AddNode { id, addresses, voter } => {
+            Command::AddNode {
+                id,
+                addresses,
+                voter,
+            } => {
                 write!(f, "AddNode({id}, {addresses}, voter={voter})")
             }
             Command::SetNodeState { id, state } => write!(f, "SetNodeState({id}, {state:?})"),

@@ -546,7 +546,10 @@ mod tests {
                 current: None
             }
         );
-        assert_eq!(set(&mut s, None, "a"), CommandResult::ConfigSet { version: 1 });
+        assert_eq!(
+            set(&mut s, None, "a"),
+            CommandResult::ConfigSet { version: 1 }
+        );
         // A second seed loses: the pool already has a configuration.
         assert_eq!(
             rejected(set(&mut s, None, "b")),
@@ -588,7 +591,10 @@ mod tests {
         assert_eq!(
             apply(
                 &mut s,
-                batch(&[(0, "a", "1"), (0, "b", "2"), (1, "a", "3"), (2, "z", "4")], &[])
+                batch(
+                    &[(0, "a", "1"), (0, "b", "2"), (1, "a", "3"), (2, "z", "4")],
+                    &[]
+                )
             ),
             CommandResult::DialogsApplied {
                 upserted: 4,
@@ -630,7 +636,12 @@ mod tests {
     #[test]
     fn dialogs_of_last_shard_id() {
         let mut s = State::default();
-        apply(&mut s, Command::Bootstrap { shard_count: u16::MAX });
+        apply(
+            &mut s,
+            Command::Bootstrap {
+                shard_count: u16::MAX,
+            },
+        );
         apply(
             &mut s,
             Command::DialogBatch {

@@ -14,24 +14,30 @@ use std::sync::Arc;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG, META, StoreError, blocking, decode, encode,
+    Db, DbClosed, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG, META, StoreError, blocking,
+    decode, encode,
 };
 use crate::typ::{Entry, LogId, TypeConfig, Vote};
 
 /// The log store. Cheap to clone: clones share the database (openraft's log readers are clones).
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Arc<Db>,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
+    pub(crate) fn new(db: Arc<Db>) -> Self {
         Self { db }
+    }
+
+    /// Resolves once every handle on the database has been dropped (see [`DbClosed`]).
+    pub fn closed(&self) -> DbClosed {
+        self.db.closed()
     }
 
     async fn get_meta<T>(&self, key: &'static str) -> Result<Option<T>, StoreError>
@@ -147,7 +153,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await?;
         Ok(LogState {
-            last_log_id: last.or_else(|| last_purged_log_id.clone()),
+            last_log_id: last.or(last_purged_log_id),
             last_purged_log_id,
         })
     }

@@ -20,12 +20,14 @@ pub mod log;
 pub mod sm;
 
 use std::io;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
 pub use self::log::LogStore;
 pub use self::sm::{SnapshotBuilder, StateMachineStore, StateReader};
@@ -124,6 +126,44 @@ impl From<StoreError> for io::Error {
     }
 }
 
+/// The open database. Its file stays locked until the last handle (log store, its readers, the
+/// state machine, snapshot builders) is dropped; then `closed` tells [`DbClosed`] waiters.
+#[derive(Debug)]
+pub(crate) struct Db {
+    db: Database,
+    // Declared after `db`: dropped after the database is closed.
+    closed: watch::Sender<()>,
+}
+
+impl Deref for Db {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+impl Db {
+    fn closed(&self) -> DbClosed {
+        DbClosed(self.closed.subscribe())
+    }
+}
+
+/// Resolves once the database file is closed, i.e. every handle on it has been dropped.
+///
+/// openraft releases the storage from its own tasks shortly after `Raft::shutdown` returns; a
+/// process that reopens the same data directory (an in-process restart, a test) waits on this
+/// first, or [`open`] fails with `DatabaseAlreadyOpen`.
+#[derive(Debug, Clone)]
+pub struct DbClosed(watch::Receiver<()>);
+
+impl DbClosed {
+    /// Waits for the database to be closed.
+    pub async fn wait(mut self) {
+        // `changed` fails only once the sender, dropped after the database, is gone.
+        while self.0.changed().await.is_ok() {}
+    }
+}
+
 /// Opens (creating if needed) the Raft database in `data_dir` and returns the log store and the
 /// state machine, the latter loaded from the last snapshot. openraft then re-applies the
 /// committed log entries after it (the log store keeps the committed log id for that).
@@ -144,19 +184,20 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
     txn.open_table(SNAPSHOT)?;
     txn.commit()?;
 
-    let db = Arc::new(db);
+    let (closed, _) = watch::channel(());
+    let db = Arc::new(Db { db, closed });
     let sm = StateMachineStore::load(db.clone())?;
     Ok((LogStore::new(db), sm))
 }
 
 /// Runs a redb call on the blocking pool.
-pub(crate) async fn blocking<T, F>(db: &Arc<Database>, f: F) -> Result<T, StoreError>
+pub(crate) async fn blocking<T, F>(db: &Arc<Db>, f: F) -> Result<T, StoreError>
 where
     F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
     let db = db.clone();
-    tokio::task::spawn_blocking(move || f(&db)).await?
+    tokio::task::spawn_blocking(move || f(&db.db)).await?
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(

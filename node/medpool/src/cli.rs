@@ -75,7 +75,42 @@ pub struct ServeArgs {
     /// SIP timer T1 in milliseconds (RFC 3261 default 500).
     #[arg(long, env = "MEDPOOL_T1_MS", default_value_t = 500)]
     pub t1_ms: u64,
+    /// Pool membership (omit `--raft-listen` for the embedded single-node pool).
+    #[command(flatten)]
+    pub pool: PoolArgs,
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Raft pool flags. A node runs in a pool when `--raft-listen` is given.
+#[derive(Debug, Clone, Args)]
+pub struct PoolArgs {
+    /// Internal gRPC address (Raft, SIP forwarding, join): turns pool mode on.
+    #[arg(long, env = "MEDPOOL_RAFT_LISTEN")]
+    pub raft_listen: Option<std::net::SocketAddr>,
+    /// Address other nodes reach the internal service on (default: --raft-listen).
+    #[arg(long, env = "MEDPOOL_RAFT_ADVERTISE")]
+    pub raft_advertise: Option<String>,
+    /// This node's id (stable across restarts). Default: the ordinal of a StatefulSet hostname
+    /// (`<name>-<ordinal>`), else 0.
+    #[arg(long, env = "MEDPOOL_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Members to join through, `host:port` of their internal service, comma-separated. Empty: this
+    /// node bootstraps a new pool (node 0 of a StatefulSet does; the others join `<name>-0`).
+    #[arg(long, env = "MEDPOOL_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// With a StatefulSet: the headless Service's domain (e.g. `medpool-peers.default.svc.cluster.local`);
+    /// node id and join address are derived from the hostname.
+    #[arg(long, env = "MEDPOOL_PEER_DOMAIN")]
+    pub peer_domain: Option<String>,
+    /// Raft voters (the first nodes); later nodes are learners. 1 to 5.
+    #[arg(long, env = "MEDPOOL_VOTERS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub voters: u8,
+    /// Lease length L in milliseconds.
+    #[arg(long, env = "MEDPOOL_LEASE_MS", default_value_t = 2000)]
+    pub lease_ms: u64,
+    /// Margin added to L before the leader declares a silent node down, in milliseconds.
+    #[arg(long, env = "MEDPOOL_LEASE_MARGIN_MS", default_value_t = 1000)]
+    pub lease_margin_ms: u64,
 }

@@ -3,6 +3,7 @@
 //! [`serve::run`]; everything else lives in the library crates.
 
 mod cli;
+mod pool;
 mod serve;
 
 use clap::Parser;

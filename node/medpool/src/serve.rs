@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use medpool_b2bua::cluster::{NoRelay, SingleNode};
 use medpool_b2bua::config::{ConfigError, PoolConfig};
-use medpool_b2bua::node::{self, NodeError, NodeOptions};
+use medpool_b2bua::node::{self, NodeCtx, NodeError, NodeOptions};
+use medpool_cluster::pool::{Pool, PoolOptions};
+use medpool_cluster::{Command, NodeAddrs};
+
+use crate::pool::{NodeSink, PoolAdapter};
 use medpool_sip::transaction::TimerConfig;
 use medpool_sip::transport::TransportConfig;
 
@@ -29,6 +33,9 @@ pub enum ServeError {
     /// The node could not start.
     #[error("{0}")]
     Node(#[from] NodeError),
+    /// The pool could not start.
+    #[error("{0}")]
+    Pool(medpool_cluster::pool::PoolError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -62,7 +69,6 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         path: args.data_dir.display().to_string(),
         source,
     })?;
-    let pool = Arc::new(SingleNode::new(args.shards));
     let opts = NodeOptions {
         sip: TransportConfig {
             listen: args.sip_listen,
@@ -88,10 +94,44 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let routes = config.routes.len();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServeError::Signals)?;
-    let running = node::start(opts, config, pool.clone(), pool, Arc::new(NoRelay)).await?;
+    let config_text = args
+        .config
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let (running, pool) = match args.pool.raft_listen {
+        None => {
+            let single = Arc::new(SingleNode::new(args.shards));
+            let running =
+                node::start(opts, config, single.clone(), single, Arc::new(NoRelay)).await?;
+            (running, None)
+        }
+        Some(raft_listen) => {
+            let pool_opts = pool_options(&args, raft_listen)?;
+            let pool = Pool::start(pool_opts).await.map_err(ServeError::Pool)?;
+            let adapter = Arc::new(PoolAdapter { pool: pool.clone() });
+            let running =
+                node::start(opts, config, adapter.clone(), adapter.clone(), adapter).await?;
+            let sink = Arc::new(NodeSink::default());
+            let _ = sink.node.set(running.ctx.clone());
+            pool.attach(sink);
+            tokio::spawn(config_sync(pool.clone(), running.ctx.clone(), config_text));
+            (running, Some(pool))
+        }
+    };
     eprintln!(
-        "medpool ready sip={} trunks={trunks} routes={routes}",
-        running.sip_addr
+        "medpool ready sip={} trunks={trunks} routes={routes}{}",
+        running.sip_addr,
+        match &pool {
+            Some(p) => format!(
+                " node={} raft={}",
+                p.node_id(),
+                args.pool
+                    .raft_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        }
     );
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -103,5 +143,97 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             args.bye_on_shutdown,
         )
         .await;
+    if let Some(pool) = pool {
+        let _ = tokio::time::timeout(Duration::from_secs(5), pool.shutdown()).await;
+    }
     Ok(())
+}
+
+/// The node id from a StatefulSet hostname `<name>-<ordinal>`.
+fn ordinal_of(hostname: &str) -> Option<(String, u64)> {
+    let (name, ord) = hostname.rsplit_once('-')?;
+    Some((name.to_owned(), ord.parse().ok()?))
+}
+
+fn pool_options(
+    args: &ServeArgs,
+    raft_listen: std::net::SocketAddr,
+) -> Result<PoolOptions, ServeError> {
+    let p = &args.pool;
+    let hostname = std::env::var("HOSTNAME").unwrap_or_default();
+    let mut node_id = p.node_id;
+    let mut join = p.join.clone();
+    if let Some(domain) = &p.peer_domain
+        && let Some((name, ordinal)) = ordinal_of(&hostname)
+    {
+        node_id.get_or_insert(ordinal);
+        if join.is_empty() && ordinal > 0 {
+            join.push(format!("{name}-0.{domain}:{}", raft_listen.port()));
+        }
+    }
+    let node_id = node_id.unwrap_or(0);
+    let raft_addr = p
+        .raft_advertise
+        .clone()
+        .unwrap_or_else(|| raft_listen.to_string());
+    Ok(PoolOptions {
+        node_id,
+        addrs: NodeAddrs {
+            raft_addr,
+            sip_addr: args
+                .advertise
+                .clone()
+                .unwrap_or_else(|| args.sip_listen.to_string()),
+            admin_addr: String::new(),
+        },
+        raft_listen,
+        data_dir: args.data_dir.join("raft"),
+        join,
+        shard_count: args.shards,
+        max_voters: usize::from(p.voters),
+        lease: Duration::from_millis(p.lease_ms.max(100)),
+        margin: Duration::from_millis(p.lease_margin_ms),
+    })
+}
+
+/// Keeps the node's configuration equal to the pool's: the file seeds an empty pool; afterwards every
+/// node applies the replicated version (versions only grow).
+async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option<String>) {
+    let mut applied: Option<u64> = None;
+    let mut seeded = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let current = pool
+            .state()
+            .read(|s| s.config().map(|c| (c.version, c.body.clone())));
+        match current {
+            None => {
+                if !seeded
+                    && let Some(text) = &seed
+                    && pool.state().read(|s| s.is_bootstrapped())
+                {
+                    let cmd = Command::SetConfig {
+                        expected_version: None,
+                        body: text.as_bytes().to_vec(),
+                    };
+                    seeded = pool.write(cmd).await.is_ok();
+                }
+            }
+            Some((version, body)) if applied != Some(version) => {
+                let text = String::from_utf8_lossy(&body);
+                match PoolConfig::from_toml_str(&text, &format!("pool configuration v{version}")) {
+                    Ok(c) => {
+                        ctx.set_config(c);
+                        applied = Some(version);
+                        tracing::info!(version, "pool configuration applied");
+                    }
+                    Err(e) => {
+                        tracing::error!(version, error = %e, "replicated configuration does not validate here");
+                        applied = Some(version);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }

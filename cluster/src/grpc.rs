@@ -1,0 +1,107 @@
+//! The internal gRPC service (`medpool.cluster.v1.Cluster`) a node serves to the other nodes of its
+//! pool: Raft RPCs into the local openraft instance, writes carried to the leader, and the pool's own
+//! calls (join, SIP forwarding, leases) handed to [`PoolHooks`]. Never served on the admin port.
+
+use std::sync::Arc;
+
+use medpool_proto::cluster::cluster_server::{Cluster, ClusterServer};
+use medpool_proto::cluster::{
+    ForwardAck, JoinReply, JoinRequest, LeaseReply, LeaseRequest, RaftPayload, SipForward,
+};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use tonic::{Request, Response, Status};
+
+use crate::command::Command;
+use crate::network::{MAX_MESSAGE, SnapshotEnvelope, decode, encode};
+use crate::typ::{Raft, Snapshot, TypeConfig};
+
+/// What the pool layer answers on the internal service.
+#[tonic::async_trait]
+pub trait PoolHooks: Send + Sync + 'static {
+    /// A node asks to join the pool.
+    async fn join(&self, req: JoinRequest) -> JoinReply;
+    /// A message for a shard this node owns (or an answer to send from here).
+    async fn forward(&self, msg: SipForward) -> ForwardAck;
+    /// A lease heartbeat (served by the leader).
+    async fn lease(&self, req: LeaseRequest) -> LeaseReply;
+}
+
+/// The service.
+pub struct ClusterService {
+    raft: Raft,
+    hooks: Arc<dyn PoolHooks>,
+}
+
+impl ClusterService {
+    /// A tonic server for `raft` with the pool's `hooks`, with the internal message-size limits.
+    pub fn server(raft: Raft, hooks: Arc<dyn PoolHooks>) -> ClusterServer<ClusterService> {
+        ClusterServer::new(ClusterService { raft, hooks })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn payload<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
+    encode(v)
+        .map(|data| Response::new(RaftPayload { data }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().data).map_err(bad)?;
+        payload(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().data).map_err(bad)?;
+        payload(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let env: SnapshotEnvelope = decode(&req.into_inner().data).map_err(bad)?;
+        let snapshot = Snapshot {
+            meta: env.meta,
+            snapshot: env.data,
+        };
+        let r: Result<_, crate::typ::RaftError> = self
+            .raft
+            .install_full_snapshot(env.vote, snapshot)
+            .await
+            .map_err(crate::typ::RaftError::Fatal);
+        payload(&r)
+    }
+
+    async fn client_write(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let cmd: Command = decode(&req.into_inner().data).map_err(bad)?;
+        let r = self.raft.client_write(cmd).await.map(|resp| resp.data);
+        let r = r.map_err(|e| e.to_string());
+        payload(&r)
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        Ok(Response::new(self.hooks.join(req.into_inner()).await))
+    }
+
+    async fn forward(&self, req: Request<SipForward>) -> Result<Response<ForwardAck>, Status> {
+        Ok(Response::new(self.hooks.forward(req.into_inner()).await))
+    }
+
+    async fn lease(&self, req: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {
+        Ok(Response::new(self.hooks.lease(req.into_inner()).await))
+    }
+}

@@ -1,0 +1,722 @@
+//! The pool runtime of one node: the openraft instance over the redb store, the internal gRPC
+//! server, bootstrap and join, leases and fencing, the leader's failure detector and rebalancer, the
+//! shard watcher, dialog-record group commit, and SIP forwarding between nodes.
+//!
+//! ```text
+//!  every L/4: node ──Lease──► leader        leader: silent > L + margin ⇒ SetNodeState(Down)
+//!  lease valid until sent_at + L            leader: plan_moves(state, alive) ⇒ MoveShards
+//!  may_act(s) = owner(s) == me ∧ lease      watcher: applied shard map changed ⇒ adopted / released
+//! ```
+//! The node side (SIP, calls) is reached only through [`PoolSink`]; this crate knows nothing of SIP.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use medpool_proto::cluster::cluster_client::ClusterClient;
+use medpool_proto::cluster::{
+    ForwardAck, JoinReply, JoinRequest, LeaseReply, LeaseRequest, RaftPayload, SipForward,
+};
+use openraft::ChangeMembers;
+use openraft::async_runtime::watch::WatchReceiver;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::command::{Command, CommandResult};
+use crate::grpc::{ClusterService, PoolHooks};
+use crate::network::{GrpcNetwork, client, decode, encode};
+use crate::rebalance::plan_moves;
+use crate::state::NodeState;
+use crate::store::{self, StateReader};
+use crate::typ::{NodeAddrs, NodeId, Raft};
+
+/// How a node joins its pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// This node's id (stable across restarts).
+    pub node_id: NodeId,
+    /// This node's addresses.
+    pub addrs: NodeAddrs,
+    /// The internal gRPC listen address.
+    pub raft_listen: SocketAddr,
+    /// Where the Raft log and state live.
+    pub data_dir: PathBuf,
+    /// Members to join through (`host:port` of their internal service); empty = bootstrap a new pool.
+    pub join: Vec<String>,
+    /// Shards of a new pool.
+    pub shard_count: u16,
+    /// Voters (3 by default, at most 5); later nodes are learners.
+    pub max_voters: usize,
+    /// Lease length L.
+    pub lease: Duration,
+    /// Safety margin added to L before a silent node is declared down.
+    pub margin: Duration,
+}
+
+/// The node side of the pool: where forwarded SIP goes and who hears about shard moves.
+pub trait PoolSink: Send + Sync + 'static {
+    /// A SIP message forwarded by another node (for a shard we own), or an answer to send from here.
+    fn deliver(&self, msg: SipForward) -> bool;
+    /// This node now owns these shards.
+    fn adopted(&self, shards: Vec<u16>);
+    /// This node no longer owns these shards (stop acting for them at once).
+    fn released(&self, shards: Vec<u16>);
+}
+
+/// Why the pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The store could not be opened.
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The internal port could not be bound.
+    #[error("cannot listen on {addr} (internal): {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// A write that did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// No leader known, or the leader is unreachable: the outcome is unknown when `maybe_applied`.
+    #[error("no leader reachable ({0})")]
+    NoLeader(String),
+    /// The state machine refused the command.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// One node's pool runtime.
+pub struct Pool {
+    opts: PoolOptions,
+    raft: Raft,
+    reader: StateReader,
+    epoch: Instant,
+    /// Our lease: valid until this instant.
+    lease_until: Mutex<Option<Instant>>,
+    /// Leader only: when each node was last heard.
+    heard: Mutex<BTreeMap<NodeId, Instant>>,
+    /// Leader only: since when this node has been leader (term, instant).
+    leading_since: Mutex<Option<(u64, Instant)>>,
+    clients: Mutex<HashMap<NodeId, ClusterClient<Channel>>>,
+    dialogs: mpsc::Sender<DialogOp>,
+    sink: Mutex<Option<Arc<dyn PoolSink>>>,
+    stop: watch::Sender<bool>,
+}
+
+enum DialogOp {
+    Upsert(u16, String, Vec<u8>),
+    Remove(u16, String),
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("node_id", &self.opts.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Hooks(std::sync::Weak<Pool>);
+
+#[tonic::async_trait]
+impl PoolHooks for Hooks {
+    async fn join(&self, req: JoinRequest) -> JoinReply {
+        match self.0.upgrade() {
+            Some(p) => p.handle_join(req).await,
+            None => JoinReply {
+                accepted: false,
+                error: "shutting down".into(),
+                ..JoinReply::default()
+            },
+        }
+    }
+    async fn forward(&self, msg: SipForward) -> ForwardAck {
+        let accepted = self
+            .0
+            .upgrade()
+            .and_then(|p| p.sink())
+            .is_some_and(|s| s.deliver(msg));
+        ForwardAck { accepted }
+    }
+    async fn lease(&self, req: LeaseRequest) -> LeaseReply {
+        match self.0.upgrade() {
+            Some(p) => p.handle_lease(req).await,
+            None => LeaseReply::default(),
+        }
+    }
+}
+
+impl Pool {
+    /// Opens the store, starts Raft and the internal server, then bootstraps or joins in the
+    /// background. Call [`Pool::attach`] to connect the node side.
+    pub async fn start(opts: PoolOptions) -> Result<Arc<Pool>, PoolError> {
+        let (log, sm) = store::open(&opts.data_dir)?;
+        let reader = sm.reader();
+        let config = openraft::Config {
+            cluster_name: "medpool".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| PoolError::Raft(e.to_string()))?;
+        let raft = Raft::new(opts.node_id, Arc::new(config), GrpcNetwork, log, sm)
+            .await
+            .map_err(|e| PoolError::Raft(e.to_string()))?;
+        let (dialogs, dialog_rx) = mpsc::channel(65536);
+        let (stop, stop_rx) = watch::channel(false);
+        let pool = Arc::new(Pool {
+            opts: opts.clone(),
+            raft: raft.clone(),
+            reader,
+            epoch: Instant::now(),
+            lease_until: Mutex::new(None),
+            heard: Mutex::new(BTreeMap::new()),
+            leading_since: Mutex::new(None),
+            clients: Mutex::new(HashMap::new()),
+            dialogs,
+            sink: Mutex::new(None),
+            stop,
+        });
+        let listener = tokio::net::TcpListener::bind(opts.raft_listen)
+            .await
+            .map_err(|source| PoolError::Bind {
+                addr: opts.raft_listen,
+                source,
+            })?;
+        let service = ClusterService::server(raft, Arc::new(Hooks(Arc::downgrade(&pool))));
+        let mut srv_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let incoming = tokio_stream_listener(listener);
+            let r = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = srv_stop.changed().await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "internal gRPC server stopped");
+            }
+        });
+        tokio::spawn(pool.clone().membership_task(stop_rx.clone()));
+        tokio::spawn(pool.clone().lease_task(stop_rx.clone()));
+        tokio::spawn(pool.clone().leader_task(stop_rx.clone()));
+        tokio::spawn(pool.clone().dialog_batcher(dialog_rx, stop_rx));
+        Ok(pool)
+    }
+
+    /// Connects the node side and starts watching the shard map for it.
+    pub fn attach(self: &Arc<Self>, sink: Arc<dyn PoolSink>) {
+        if let Ok(mut s) = self.sink.lock() {
+            *s = Some(sink);
+        }
+        tokio::spawn(self.clone().shard_watcher(self.stop.subscribe()));
+    }
+
+    fn sink(&self) -> Option<Arc<dyn PoolSink>> {
+        self.sink.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.opts.node_id
+    }
+    /// The Raft handle (metrics, admin).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+    /// Read access to the applied state.
+    pub fn state(&self) -> &StateReader {
+        &self.reader
+    }
+    /// Shards of the pool (default until bootstrapped).
+    pub fn shard_count(&self) -> u16 {
+        match self.reader.read(|s| s.shard_count()) {
+            0 => self.opts.shard_count,
+            n => n,
+        }
+    }
+    /// The owner of a shard in the applied map.
+    pub fn owner(&self, shard: u16) -> Option<NodeId> {
+        self.reader.read(|s| s.owner_of(shard))
+    }
+    /// Whether our lease is valid now.
+    pub fn holds_lease(&self) -> bool {
+        self.lease_until
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .is_some_and(|t| Instant::now() < t)
+    }
+    /// How long ago our lease was last renewed (for status).
+    pub fn lease_remaining(&self) -> Option<Duration> {
+        self.lease_until
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .map(|t| t.saturating_duration_since(Instant::now()))
+    }
+    /// Whether this node may act for `shard` now: it owns it and holds a valid lease (fencing).
+    pub fn may_act(&self, shard: u16) -> bool {
+        self.owner(shard) == Some(self.opts.node_id) && self.holds_lease()
+    }
+    /// The confirmed dialog records of a shard.
+    pub fn dialogs_of(&self, shard: u16) -> Vec<Vec<u8>> {
+        self.reader
+            .read(|s| s.dialogs_of(shard).map(|(_, v)| v.to_vec()).collect())
+    }
+    /// Queues a dialog record write (group-committed).
+    pub fn dialog_upsert(&self, shard: u16, call_id: String, record: Vec<u8>) {
+        if self
+            .dialogs
+            .try_send(DialogOp::Upsert(shard, call_id, record))
+            .is_err()
+        {
+            tracing::warn!("dialog write queue full: a record was not replicated");
+        }
+    }
+    /// Queues a dialog record removal.
+    pub fn dialog_remove(&self, shard: u16, call_id: String) {
+        let _ = self.dialogs.try_send(DialogOp::Remove(shard, call_id));
+    }
+
+    fn client_for(&self, node: NodeId) -> Option<ClusterClient<Channel>> {
+        if let Some(c) = self.clients.lock().ok().and_then(|c| c.get(&node).cloned()) {
+            return Some(c);
+        }
+        let addr = self
+            .reader
+            .read(|s| s.node(node).map(|n| n.addresses.raft_addr.clone()))?;
+        let c = client(&addr).ok()?;
+        if let Ok(mut m) = self.clients.lock() {
+            m.insert(node, c.clone());
+        }
+        Some(c)
+    }
+
+    /// Sends a SIP message to another node (fire and forget; SIP retransmits on loss).
+    pub fn forward(&self, node: NodeId, msg: SipForward) -> bool {
+        let Some(mut c) = self.client_for(node) else {
+            return false;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(1), c.forward(msg)).await {
+                tracing::debug!(error = %e, "forward timed out");
+            }
+        });
+        true
+    }
+
+    /// Proposes a command, through the leader when this node is not it.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
+        let leader = self.raft.current_leader().await;
+        let result = if leader == Some(self.opts.node_id) {
+            self.raft
+                .client_write(cmd)
+                .await
+                .map(|r| r.data)
+                .map_err(|e| WriteError::NoLeader(e.to_string()))?
+        } else {
+            let leader = leader.ok_or_else(|| WriteError::NoLeader("no leader".into()))?;
+            let mut c = self
+                .client_for(leader)
+                .ok_or_else(|| WriteError::NoLeader("leader address unknown".into()))?;
+            let data = encode(&cmd).map_err(|e| WriteError::Refused(e.to_string()))?;
+            let reply =
+                tokio::time::timeout(Duration::from_secs(5), c.client_write(RaftPayload { data }))
+                    .await
+                    .map_err(|_| WriteError::NoLeader("leader timed out".into()))?
+                    .map_err(|e| WriteError::NoLeader(e.to_string()))?;
+            let r: Result<CommandResult, String> =
+                decode(&reply.into_inner().data).map_err(|e| WriteError::Refused(e.to_string()))?;
+            r.map_err(WriteError::NoLeader)?
+        };
+        match result {
+            CommandResult::Rejected(r) => Err(WriteError::Refused(r.to_string())),
+            ok => Ok(ok),
+        }
+    }
+
+    async fn membership_task(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let id = self.opts.node_id;
+        let initialized = self.raft.is_initialized().await.unwrap_or(false);
+        if self.opts.join.is_empty() && !initialized {
+            let mut members = BTreeMap::new();
+            members.insert(id, self.opts.addrs.clone());
+            if let Err(e) = self.raft.initialize(members).await {
+                tracing::warn!(error = %e, "initialize");
+            }
+        }
+        // Bootstrap (first node) or join (others), retrying until it sticks.
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let done = if self.opts.join.is_empty() {
+                self.bootstrap_once().await
+            } else {
+                self.join_once().await
+            };
+            if done {
+                tracing::info!(node = id, "member of the pool");
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn bootstrap_once(&self) -> bool {
+        if self.raft.current_leader().await != Some(self.opts.node_id) {
+            return self.reader.read(|s| s.node(self.opts.node_id).is_some());
+        }
+        let _ = self
+            .write(Command::Bootstrap {
+                shard_count: self.opts.shard_count,
+            })
+            .await;
+        self.write(Command::AddNode {
+            id: self.opts.node_id,
+            addresses: self.opts.addrs.clone(),
+            voter: true,
+        })
+        .await
+        .is_ok()
+    }
+
+    async fn join_once(&self) -> bool {
+        let req = JoinRequest {
+            node_id: self.opts.node_id,
+            raft_addr: self.opts.addrs.raft_addr.clone(),
+            sip_addr: self.opts.addrs.sip_addr.clone(),
+            admin_addr: self.opts.addrs.admin_addr.clone(),
+        };
+        let mut targets: Vec<String> = self.opts.join.clone();
+        let mut tried = 0;
+        while let Some(addr) = targets.pop() {
+            tried += 1;
+            if tried > 8 {
+                break;
+            }
+            let Ok(mut c) = client(&addr) else { continue };
+            match tokio::time::timeout(Duration::from_secs(10), c.join(req.clone())).await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    if r.accepted {
+                        return true;
+                    }
+                    if !r.leader_addr.is_empty() && r.leader_addr != addr {
+                        targets.push(r.leader_addr);
+                    } else if !r.error.is_empty() {
+                        tracing::debug!(%addr, error = %r.error, "join refused");
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "join failed"),
+                Err(_) => tracing::debug!(%addr, "join timed out"),
+            }
+        }
+        false
+    }
+
+    async fn handle_join(&self, req: JoinRequest) -> JoinReply {
+        let me = self.opts.node_id;
+        let leader = self.raft.current_leader().await;
+        if leader != Some(me) {
+            let leader_addr = leader
+                .and_then(|l| {
+                    self.reader
+                        .read(|s| s.node(l).map(|n| n.addresses.raft_addr.clone()))
+                })
+                .unwrap_or_default();
+            return JoinReply {
+                leader_id: leader.unwrap_or(0),
+                leader_addr,
+                accepted: false,
+                error: "not the leader".into(),
+            };
+        }
+        let addrs = NodeAddrs {
+            raft_addr: req.raft_addr,
+            sip_addr: req.sip_addr,
+            admin_addr: req.admin_addr,
+        };
+        let fail = |e: String| JoinReply {
+            accepted: false,
+            error: e,
+            ..JoinReply::default()
+        };
+        if let Err(e) = self
+            .raft
+            .add_learner(req.node_id, addrs.clone(), true)
+            .await
+        {
+            return fail(e.to_string());
+        }
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let voter =
+            voters.contains(&req.node_id) || voters.len() < self.opts.max_voters.clamp(1, 5);
+        if voter && !voters.contains(&req.node_id) {
+            let mut ids = BTreeSet::new();
+            ids.insert(req.node_id);
+            if let Err(e) = self
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(ids), true)
+                .await
+            {
+                return fail(e.to_string());
+            }
+        }
+        // A rejoining node is heard now, so the failure detector does not declare it down at once.
+        if let Ok(mut h) = self.heard.lock() {
+            h.insert(req.node_id, Instant::now());
+        }
+        match self
+            .write(Command::AddNode {
+                id: req.node_id,
+                addresses: addrs,
+                voter,
+            })
+            .await
+        {
+            Ok(_) => JoinReply {
+                leader_id: me,
+                accepted: true,
+                ..JoinReply::default()
+            },
+            Err(e) => fail(e.to_string()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    async fn handle_lease(&self, req: LeaseRequest) -> LeaseReply {
+        let me = self.opts.node_id;
+        let is_leader = self.raft.current_leader().await == Some(me) && self.leader_has_quorum();
+        if is_leader && let Ok(mut h) = self.heard.lock() {
+            h.insert(req.node_id, Instant::now());
+        }
+        LeaseReply {
+            granted: is_leader,
+            sent_at_ms: req.sent_at_ms,
+            leader_id: me,
+        }
+    }
+
+    fn leader_has_quorum(&self) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let voters = m.membership_config.membership().voter_ids().count();
+        voters <= 1
+            || m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| openraft::Instant::elapsed(&**t) < self.opts.lease / 2)
+    }
+
+    async fn lease_task(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let period = self.opts.lease / 4;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stop.changed() => return,
+            }
+            let sent = Instant::now();
+            let sent_ms = self.now_ms();
+            let me = self.opts.node_id;
+            let leader = self.raft.current_leader().await;
+            let granted = match leader {
+                Some(l) if l == me => {
+                    self.handle_lease(LeaseRequest {
+                        node_id: me,
+                        sent_at_ms: sent_ms,
+                    })
+                    .await
+                    .granted
+                }
+                Some(l) => match self.client_for(l) {
+                    Some(mut c) => matches!(
+                        tokio::time::timeout(period, c.lease(LeaseRequest { node_id: me, sent_at_ms: sent_ms })).await,
+                        Ok(Ok(r)) if r.get_ref().granted
+                    ),
+                    None => false,
+                },
+                None => false,
+            };
+            if granted && let Ok(mut l) = self.lease_until.lock() {
+                // The lease counts from when the heartbeat was *sent* (DESIGN.md "Ownership and fencing").
+                *l = Some(sent + self.opts.lease);
+            }
+        }
+    }
+
+    async fn leader_task(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => return,
+            }
+            let me = self.opts.node_id;
+            let m = self.raft.metrics().borrow_watched().clone();
+            if m.current_leader != Some(me) {
+                if let Ok(mut l) = self.leading_since.lock() {
+                    *l = None;
+                }
+                continue;
+            }
+            let term = m.current_term;
+            let since = {
+                let Ok(mut l) = self.leading_since.lock() else {
+                    continue;
+                };
+                match *l {
+                    Some((t, at)) if t == term => at,
+                    _ => {
+                        // A new leader has heard nobody yet: it waits L + margin before declaring anyone down.
+                        let now = Instant::now();
+                        *l = Some((term, now));
+                        if let Ok(mut h) = self.heard.lock() {
+                            h.clear();
+                        }
+                        now
+                    }
+                }
+            };
+            if !self.reader.read(|s| s.is_bootstrapped()) {
+                continue;
+            }
+            let window = self.opts.lease + self.opts.margin;
+            let settled = since.elapsed() >= window;
+            let heard = self.heard.lock().map(|h| h.clone()).unwrap_or_default();
+            let nodes = self.reader.read(|s| s.nodes().clone());
+            let mut alive = BTreeSet::new();
+            for (id, rec) in &nodes {
+                let recent = *id == me || heard.get(id).is_some_and(|t| t.elapsed() < window);
+                match rec.state {
+                    NodeState::Active | NodeState::Draining if !recent && settled => {
+                        tracing::warn!(
+                            node = id,
+                            "node silent for longer than lease + margin: down"
+                        );
+                        let _ = self
+                            .write(Command::SetNodeState {
+                                id: *id,
+                                state: NodeState::Down,
+                            })
+                            .await;
+                    }
+                    NodeState::Down if recent => {
+                        let _ = self
+                            .write(Command::SetNodeState {
+                                id: *id,
+                                state: NodeState::Active,
+                            })
+                            .await;
+                    }
+                    _ => {}
+                }
+                if recent || !settled {
+                    alive.insert(*id);
+                }
+            }
+            let moves = self.reader.read(|s| plan_moves(s, &alive));
+            if !moves.is_empty() {
+                tracing::info!(moves = moves.len(), "rebalancing shards");
+                let _ = self.write(Command::MoveShards { moves }).await;
+            }
+        }
+    }
+
+    async fn shard_watcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut metrics = self.raft.metrics();
+        let mut owned: BTreeSet<u16> = BTreeSet::new();
+        let me = self.opts.node_id;
+        loop {
+            let now: BTreeSet<u16> = self.reader.read(|s| s.shards_of(me).into_iter().collect());
+            if now != owned {
+                let adopted: Vec<u16> = now.difference(&owned).copied().collect();
+                let released: Vec<u16> = owned.difference(&now).copied().collect();
+                if let Some(sink) = self.sink() {
+                    if !released.is_empty() {
+                        sink.released(released);
+                    }
+                    if !adopted.is_empty() {
+                        sink.adopted(adopted);
+                    }
+                }
+                owned = now;
+            }
+            tokio::select! {
+                r = metrics.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn dialog_batcher(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<DialogOp>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let first = tokio::select! {
+                op = rx.recv() => match op { Some(op) => op, None => return },
+                _ = stop.changed() => return,
+            };
+            // Group commit: everything that arrives within a few ms (up to a few hundred records) goes
+            // into one Raft entry.
+            let mut upserts = Vec::new();
+            let mut removes = Vec::new();
+            let mut next = Some(first);
+            let deadline = Instant::now() + Duration::from_millis(5);
+            while let Some(op) = next.take() {
+                match op {
+                    DialogOp::Upsert(s, c, r) => upserts.push((s, c, r)),
+                    DialogOp::Remove(s, c) => removes.push((s, c)),
+                }
+                if upserts.len() + removes.len() >= 512 {
+                    break;
+                }
+                if let Ok(Some(op)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                    next = Some(op);
+                }
+            }
+            if let Err(e) = self.write(Command::DialogBatch { upserts, removes }).await {
+                tracing::warn!(error = %e, "dialog records not replicated");
+            }
+        }
+    }
+
+    /// Stops the pool's tasks and Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures_util::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((r, l))
+    })
+}

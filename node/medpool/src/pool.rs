@@ -1,0 +1,152 @@
+//! Wiring a node into a Raft pool: the adapters between medpool-cluster's [`Pool`] and the B2BUA's
+//! small traits ([`ShardOwnership`], [`DialogStore`], [`Relay`]), and the [`PoolSink`] through which the
+//! pool hands the node forwarded SIP and shard moves. Neither library knows the other; only the binary
+//! joins them.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use medpool_b2bua::cluster::{DialogRecord, DialogStore, Relay, ShardOwnership};
+use medpool_b2bua::node::NodeCtx;
+use medpool_cluster::pool::{Pool, PoolSink};
+use medpool_proto::cluster::SipForward;
+use medpool_sip::SipMessage;
+use medpool_sip::transport::{Inbound, Transport};
+
+/// The B2BUA's view of the pool.
+pub struct PoolAdapter {
+    /// The pool runtime.
+    pub pool: Arc<Pool>,
+}
+
+impl ShardOwnership for PoolAdapter {
+    fn shard_count(&self) -> u16 {
+        self.pool.shard_count()
+    }
+    fn may_act(&self, shard: u16) -> bool {
+        self.pool.may_act(shard)
+    }
+    fn owner(&self, shard: u16) -> Option<u64> {
+        self.pool.owner(shard)
+    }
+    fn node_id(&self) -> u64 {
+        self.pool.node_id()
+    }
+}
+
+impl DialogStore for PoolAdapter {
+    fn store(&self, record: DialogRecord) {
+        match serde_json::to_vec(&record) {
+            Ok(bytes) => self
+                .pool
+                .dialog_upsert(record.shard, record.a.call_id.clone(), bytes),
+            Err(e) => tracing::error!(error = %e, "cannot encode a dialog record"),
+        }
+    }
+    fn remove(&self, shard: u16, a_call_id: &str) {
+        self.pool.dialog_remove(shard, a_call_id.to_owned());
+    }
+    fn records_of(&self, shard: u16) -> Vec<DialogRecord> {
+        self.pool
+            .dialogs_of(shard)
+            .into_iter()
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    }
+}
+
+impl Relay for PoolAdapter {
+    fn forward(
+        &self,
+        owner: u64,
+        shard: u16,
+        message: Bytes,
+        source: SocketAddr,
+        transport: &str,
+    ) -> bool {
+        self.pool.forward(
+            owner,
+            SipForward {
+                message: message.to_vec(),
+                peer: source.to_string(),
+                transport: transport.to_owned(),
+                shard: u32::from(shard),
+                via_node: self.pool.node_id(),
+                traceparent: String::new(),
+                send: false,
+            },
+        )
+    }
+    fn send_via(&self, via: u64, message: Bytes, dest: SocketAddr, transport: &str) -> bool {
+        self.pool.forward(
+            via,
+            SipForward {
+                message: message.to_vec(),
+                peer: dest.to_string(),
+                transport: transport.to_owned(),
+                shard: 0,
+                via_node: self.pool.node_id(),
+                traceparent: String::new(),
+                send: true,
+            },
+        )
+    }
+}
+
+/// The node side the pool calls into.
+#[derive(Default)]
+pub struct NodeSink {
+    /// Set once the node has started.
+    pub node: OnceLock<Arc<NodeCtx>>,
+}
+
+impl PoolSink for NodeSink {
+    fn deliver(&self, msg: SipForward) -> bool {
+        let Some(node) = self.node.get() else {
+            return false;
+        };
+        let Ok(peer) = msg.peer.parse::<SocketAddr>() else {
+            return false;
+        };
+        let transport = if msg.transport == "tcp" {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
+        if msg.send {
+            return node
+                .transports
+                .send_now(transport, peer, Bytes::from(msg.message))
+                .is_ok();
+        }
+        match SipMessage::parse(Bytes::from(msg.message)) {
+            Ok(m) => node.inject(
+                Inbound {
+                    msg: m,
+                    source: peer,
+                    transport,
+                },
+                msg.via_node,
+            ),
+            Err(_) => false,
+        }
+    }
+    fn adopted(&self, shards: Vec<u16>) {
+        let Some(node) = self.node.get().cloned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut restored = 0;
+            for s in &shards {
+                restored += node.adopt_shard(*s).await;
+            }
+            tracing::info!(shards = shards.len(), restored, "shards adopted");
+        });
+    }
+    fn released(&self, shards: Vec<u16>) {
+        let Some(node) = self.node.get() else { return };
+        let stopped: usize = shards.iter().map(|s| node.release_shard(*s)).sum();
+        tracing::info!(shards = shards.len(), stopped, "shards released");
+    }
+}
