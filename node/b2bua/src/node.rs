@@ -69,6 +69,7 @@ pub struct NodeCtx {
     epoch: tokio::time::Instant,
     /// Moving SIP between pool nodes.
     pub relay: Arc<dyn Relay>,
+    trusted_forwarders: Vec<std::net::IpAddr>,
     forward_tx: mpsc::Sender<Forwarded>,
 }
 
@@ -169,6 +170,9 @@ pub struct NodeOptions {
     pub timers: TimerConfig,
     /// Most live transactions.
     pub max_transactions: usize,
+    /// Addresses of SIP load balancers whose `X-Medpool-Source: ip:port` header names the real source
+    /// of a message (an L7 forwarder in front of the pool, or the test suite's Service stand-in).
+    pub trusted_forwarders: Vec<std::net::IpAddr>,
 }
 
 impl Default for NodeOptions {
@@ -178,6 +182,7 @@ impl Default for NodeOptions {
             advertise: None,
             timers: TimerConfig::default(),
             max_transactions: 200_000,
+            trusted_forwarders: Vec::new(),
         }
     }
 }
@@ -258,6 +263,7 @@ pub async fn start(
         inbound_cps: std::sync::Mutex::new(Default::default()),
         relay,
         forward_tx,
+        trusted_forwarders: opts.trusted_forwarders.clone(),
         epoch: tokio::time::Instant::now(),
     });
     gateway::start_all(&ctx, &config.trunks)
@@ -379,8 +385,22 @@ async fn answer(ctx: &NodeCtx, inb: &Inbound, via: Option<u64>, bytes: bytes::By
     }
 }
 
-async fn feed(ctx: &Arc<NodeCtx>, inb: Inbound, via: Option<u64>) {
+/// The header a trusted forwarder uses to name a message's real source.
+pub const SOURCE_HEADER: &str = "X-Medpool-Source";
+
+async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>) {
     let config = ctx.config();
+    if via.is_none()
+        && ctx.trusted_forwarders.contains(&inb.source.ip())
+        && let Some(src) = inb
+            .msg
+            .other_header(SOURCE_HEADER)
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<std::net::SocketAddr>().ok())
+    {
+        inb.source = src;
+    }
     // Peers are checked by the node that received the message; forwarded messages were checked there.
     let known = via.is_some()
         || config

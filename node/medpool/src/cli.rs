@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// Most live SIP transactions; beyond it requests are answered 503.
     #[arg(long, env = "MEDPOOL_MAX_TRANSACTIONS", default_value_t = 200_000)]
     pub max_transactions: usize,
+    /// SIP load balancers trusted to name a message's real source in `X-Medpool-Source` (comma-separated IPs).
+    #[arg(long, env = "MEDPOOL_TRUSTED_FORWARDERS", value_delimiter = ',')]
+    pub trusted_forwarders: Vec<std::net::IpAddr>,
     /// SIP timer T1 in milliseconds (RFC 3261 default 500).
     #[arg(long, env = "MEDPOOL_T1_MS", default_value_t = 500)]
     pub t1_ms: u64,

@@ -45,8 +45,11 @@ pub enum ServeError {
 pub fn init_logging(args: &LogArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match args.log_format {
         LogFormat::Json => builder.json().try_init(),
@@ -89,6 +92,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             ..TimerConfig::default()
         },
         max_transactions: args.max_transactions,
+        trusted_forwarders: args.trusted_forwarders.clone(),
     };
     let trunks = config.trunks.len();
     let routes = config.routes.len();
