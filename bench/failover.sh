@@ -132,7 +132,7 @@ while off + 16 <= len(data):
         if dst == front: inv_a.setdefault(u, t)
         elif dst in (g1, g2):
             l = inv_b.setdefault(u, [])
-            if not l or l[-1][1] != dst: l.append((t, dst))   # a new attempt, not a retransmission
+            if all(x[1] != dst for x in l): l.append((t, dst))   # gateways tried, in order (no retransmissions)
         continue
     if pl.startswith(b'SIP/2.0 200'):
         c = rx_cseq.search(pl); m = rx_to.search(pl)

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use medpool_proto::cluster::cluster_server::{Cluster, ClusterServer};
 use medpool_proto::cluster::{
-    ForwardAck, JoinReply, JoinRequest, LeaseReply, LeaseRequest, RaftPayload, SipForward,
+    ForwardAck, InfoReply, InfoRequest, JoinReply, JoinRequest, LeaseReply, LeaseRequest,
+    RaftPayload, SipForward,
 };
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use tonic::{Request, Response, Status};
@@ -24,6 +25,10 @@ pub trait PoolHooks: Send + Sync + 'static {
     async fn forward(&self, msg: SipForward) -> ForwardAck;
     /// A lease heartbeat (served by the leader).
     async fn lease(&self, req: LeaseRequest) -> LeaseReply;
+    /// A write, carried to the leader when this node is not it.
+    async fn write(&self, cmd: Command) -> Result<crate::command::CommandResult, String>;
+    /// The pool as this node sees it (JSON).
+    async fn info(&self) -> Vec<u8>;
 }
 
 /// The service.
@@ -88,9 +93,7 @@ impl Cluster for ClusterService {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let cmd: Command = decode(&req.into_inner().data).map_err(bad)?;
-        let r = self.raft.client_write(cmd).await.map(|resp| resp.data);
-        let r = r.map_err(|e| e.to_string());
-        payload(&r)
+        payload(&self.hooks.write(cmd).await)
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
@@ -99,6 +102,12 @@ impl Cluster for ClusterService {
 
     async fn forward(&self, req: Request<SipForward>) -> Result<Response<ForwardAck>, Status> {
         Ok(Response::new(self.hooks.forward(req.into_inner()).await))
+    }
+
+    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
+        Ok(Response::new(InfoReply {
+            json: self.hooks.info().await,
+        }))
     }
 
     async fn lease(&self, req: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {

@@ -155,6 +155,45 @@ impl PoolHooks for Hooks {
             None => LeaseReply::default(),
         }
     }
+    async fn write(&self, cmd: Command) -> Result<CommandResult, String> {
+        match self.0.upgrade() {
+            Some(p) => match p.write(cmd).await {
+                Ok(r) => Ok(r),
+                Err(WriteError::Refused(r)) => Err(format!("refused: {r}")),
+                Err(e) => Err(format!("unknown: {e}")),
+            },
+            None => Err("shutting down".into()),
+        }
+    }
+    async fn info(&self) -> Vec<u8> {
+        match self.0.upgrade() {
+            Some(p) => serde_json::to_vec(&p.info()).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The pool as one node sees it (status for the CLI, the demo and tests).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PoolInfo {
+    /// This node.
+    pub node_id: NodeId,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Last applied log index.
+    pub applied: Option<u64>,
+    /// Whether this node holds its lease.
+    pub lease: bool,
+    /// Configuration version.
+    pub config_version: Option<u64>,
+    /// Every node: id, SIP address, state, shards owned.
+    pub nodes: Vec<(NodeId, String, String, usize)>,
+    /// Shards without an owner.
+    pub unowned: usize,
+    /// Confirmed dialogs recorded.
+    pub dialogs: usize,
 }
 
 impl Pool {
@@ -699,6 +738,38 @@ impl Pool {
             if let Err(e) = self.write(Command::DialogBatch { upserts, removes }).await {
                 tracing::warn!(error = %e, "dialog records not replicated");
             }
+        }
+    }
+
+    /// A status snapshot.
+    pub fn info(&self) -> PoolInfo {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let (nodes, unowned, config_version, dialogs) = self.reader.read(|s| {
+            let nodes = s
+                .nodes()
+                .iter()
+                .map(|(id, n)| {
+                    (
+                        *id,
+                        n.addresses.sip_addr.clone(),
+                        format!("{:?}", n.state),
+                        s.shards_of(*id).len(),
+                    )
+                })
+                .collect();
+            let unowned = s.shards().iter().filter(|e| e.owner.is_none()).count();
+            (nodes, unowned, s.config_version(), s.dialog_count())
+        });
+        PoolInfo {
+            node_id: self.opts.node_id,
+            leader: m.current_leader,
+            term: m.current_term,
+            applied: m.last_applied.map(|l| l.index),
+            lease: self.holds_lease(),
+            config_version,
+            nodes,
+            unowned,
+            dialogs,
         }
     }
 

@@ -16,7 +16,7 @@ use medpool_cluster::{
     Command, CommandResult, DbClosed, NodeAddrs, NodeId, NodeState, Raft, State, StateReader,
     TypeConfig, plan_moves,
 };
-use openraft::errors::{ReplicationClosed, StreamingError, Unreachable};
+use openraft::errors::{ForwardReason, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
@@ -150,10 +150,31 @@ async fn kill(router: &Router, id: NodeId, node: Node) {
         .expect("database still open after shutdown");
 }
 
+/// Writes through `raft`, which must be the leader. A leader whose quorum lease has lapsed
+/// (a follower's ack older than `election_timeout_max`: a just-elected leader, or a slow
+/// machine) refuses writes with `ForwardToLeader { reason: LeaseExpired }` before appending
+/// anything, so retrying once its quorum acks again is safe.
 async fn write(raft: &Raft, cmd: Command) -> (u64, CommandResult) {
-    let resp = raft.client_write(cmd).await.unwrap();
-    assert!(resp.data.rejection().is_none(), "{:?}", resp.data);
-    (resp.log_id.index, resp.data)
+    for _ in 0..20 {
+        match raft.client_write(cmd.clone()).await {
+            Ok(resp) => {
+                assert!(resp.data.rejection().is_none(), "{cmd}: {:?}", resp.data);
+                return (resp.log_id.index, resp.data);
+            }
+            Err(e)
+                if e.forward_to_leader()
+                    .is_some_and(|f| f.reason == ForwardReason::LeaseExpired) =>
+            {
+                let now = <openraft::TokioInstant as openraft::Instant>::now();
+                raft.wait(WAIT)
+                    .leader_with_quorum_acked(Some(now), "lease renewed")
+                    .await
+                    .unwrap();
+            }
+            Err(e) => panic!("{cmd}: {e}"),
+        }
+    }
+    panic!("{cmd}: the leader's lease kept lapsing");
 }
 
 async fn wait_applied(nodes: &BTreeMap<NodeId, Node>, index: u64) {
@@ -177,7 +198,9 @@ fn same_state(nodes: &BTreeMap<NodeId, Node>) -> State {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_join_fail_over_and_catch_up_by_snapshot() {
-    let dirs: BTreeMap<NodeId, TempDir> = (1..=3).map(|id| (id, tempfile::tempdir().unwrap())).collect();
+    let dirs: BTreeMap<NodeId, TempDir> = (1..=3)
+        .map(|id| (id, tempfile::tempdir().unwrap()))
+        .collect();
     let router = Router::default();
     let mut nodes = BTreeMap::new();
     for (&id, dir) in &dirs {
@@ -186,8 +209,13 @@ async fn three_nodes_join_fail_over_and_catch_up_by_snapshot() {
 
     // Node 1 initializes a pool of one and bootstraps the state.
     let n1 = nodes[&1].raft.clone();
-    n1.initialize(BTreeMap::from([(1, addrs(1))])).await.unwrap();
-    n1.wait(WAIT).current_leader(1, "node 1 leads").await.unwrap();
+    n1.initialize(BTreeMap::from([(1, addrs(1))]))
+        .await
+        .unwrap();
+    n1.wait(WAIT)
+        .current_leader(1, "node 1 leads")
+        .await
+        .unwrap();
     write(&n1, Command::Bootstrap { shard_count: 32 }).await;
     write(
         &n1,
@@ -254,10 +282,7 @@ async fn three_nodes_join_fail_over_and_catch_up_by_snapshot() {
     let m = nodes[&2]
         .raft
         .wait(WAIT)
-        .metrics(
-            |m| m.current_leader.is_some_and(|l| l != 1),
-            "a new leader",
-        )
+        .metrics(|m| m.current_leader.is_some_and(|l| l != 1), "a new leader")
         .await
         .unwrap();
     let leader_id = m.current_leader.unwrap();
@@ -301,14 +326,20 @@ async fn three_nodes_join_fail_over_and_catch_up_by_snapshot() {
         n.raft.trigger().snapshot().await.unwrap();
         n.raft
             .wait(WAIT)
-            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= index), "snapshot built")
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= index),
+                "snapshot built",
+            )
             .await
             .unwrap();
     }
     leader.trigger().purge_log(index).await.unwrap();
     leader
         .wait(WAIT)
-        .metrics(|m| m.purged.is_some_and(|p| p.index >= index), "leader purged")
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= index),
+            "leader purged",
+        )
         .await
         .unwrap();
 

@@ -286,3 +286,57 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use openraft::testing::log_id;
+
+    use super::*;
+    use crate::command::Command;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(log_id::<TypeConfig>(1, 1, index)),
+            last_membership: StoredMembership::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_built_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm) = crate::store::open(dir.path()).unwrap();
+        let newer = encode_state(&State::default()).unwrap();
+        store_snapshot(&sm.db, &meta(10), newer.clone(), false)
+            .await
+            .unwrap();
+
+        let mut older_state = State::default();
+        state::apply(&mut older_state, Command::Bootstrap { shard_count: 2 });
+        let older = encode_state(&older_state).unwrap();
+        // A builder that copied the state before an install finished: ignored.
+        store_snapshot(&sm.db, &meta(5), older.clone(), true)
+            .await
+            .unwrap();
+        let (m, d) = read_snapshot(&sm.db).unwrap().unwrap();
+        assert_eq!(m.last_log_id.unwrap().index, 10);
+        assert_eq!(d, newer);
+
+        // An install always replaces (openraft decided it is the one to keep).
+        store_snapshot(&sm.db, &meta(5), older.clone(), false)
+            .await
+            .unwrap();
+        let (m, d) = read_snapshot(&sm.db).unwrap().unwrap();
+        assert_eq!(m.last_log_id.unwrap().index, 5);
+        assert_eq!(decode_state(&d).unwrap(), older_state);
+    }
+
+    #[test]
+    fn snapshot_data_is_versioned() {
+        let data = encode_state(&State::default()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&data).unwrap();
+        assert_eq!(v["format"], SNAPSHOT_FORMAT);
+        assert!(decode_state(b"{\"format\":1}").is_err());
+    }
+}

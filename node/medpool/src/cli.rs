@@ -20,6 +20,64 @@ pub enum Command {
     /// Run a node. With no flags: a single-node pool on 127.0.0.1:5060 (UDP and TCP), data in
     /// ./medpool-data, configuration from ./medpool.toml when present.
     Serve(Box<ServeArgs>),
+    /// Pool membership commands (over a node's internal service).
+    Pool {
+        /// What to do.
+        #[command(subcommand)]
+        command: PoolCommand,
+        /// A node's internal address (`--raft-listen` of some node).
+        #[arg(
+            long,
+            env = "MEDPOOL_SERVER",
+            default_value = "127.0.0.1:7000",
+            global = true
+        )]
+        server: String,
+    },
+    /// Pool configuration commands.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        command: ConfigCommand,
+        /// A node's internal address.
+        #[arg(
+            long,
+            env = "MEDPOOL_SERVER",
+            default_value = "127.0.0.1:7000",
+            global = true
+        )]
+        server: String,
+    },
+}
+
+/// `medpool pool ...`.
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Nodes, leader, term, shards per node.
+    Status,
+    /// Move every shard off a node (its calls go on elsewhere); it gets no new shards.
+    Drain {
+        /// Node id.
+        node: u64,
+    },
+    /// Let a drained node own shards again.
+    Undrain {
+        /// Node id.
+        node: u64,
+    },
+}
+
+/// `medpool config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate FILE and make it the pool's configuration (all nodes, or none).
+    Apply {
+        /// The TOML file.
+        file: std::path::PathBuf,
+        /// Apply only if the pool is at this version (default: the version read just before).
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
 }
 
 /// Log output format.

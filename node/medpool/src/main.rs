@@ -4,13 +4,50 @@
 
 mod cli;
 mod pool;
+mod poolctl;
 mod serve;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    let small_runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
+        cli::Command::Pool { command, server } => {
+            let Ok(rt) = small_runtime() else {
+                return std::process::ExitCode::FAILURE;
+            };
+            let outcome = rt.block_on(async {
+                match command {
+                    cli::PoolCommand::Status => poolctl::status(&server).await,
+                    cli::PoolCommand::Drain { node } => {
+                        poolctl::set_state(&server, node, true).await
+                    }
+                    cli::PoolCommand::Undrain { node } => {
+                        poolctl::set_state(&server, node, false).await
+                    }
+                }
+            });
+            std::process::ExitCode::from(outcome as u8)
+        }
+        cli::Command::Config { command, server } => {
+            let Ok(rt) = small_runtime() else {
+                return std::process::ExitCode::FAILURE;
+            };
+            let outcome = rt.block_on(async {
+                match command {
+                    cli::ConfigCommand::Apply {
+                        file,
+                        expected_version,
+                    } => poolctl::apply_config(&server, &file, expected_version).await,
+                }
+            });
+            std::process::ExitCode::from(outcome as u8)
+        }
         cli::Command::Serve(args) => {
             serve::init_logging(&args.log);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
