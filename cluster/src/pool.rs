@@ -54,6 +54,32 @@ pub struct PoolOptions {
     pub lease: Duration,
     /// Safety margin added to L before a silent node is declared down.
     pub margin: Duration,
+    /// Build a snapshot after this many log entries (then older entries are purged).
+    pub snapshot_logs: u64,
+}
+
+impl PoolOptions {
+    /// Defaults for a node: 1024 shards, 3 voters, L = 2 s, margin 1 s, snapshot every 5000 entries.
+    pub fn new(
+        node_id: NodeId,
+        addrs: NodeAddrs,
+        raft_listen: SocketAddr,
+        data_dir: PathBuf,
+        join: Vec<String>,
+    ) -> PoolOptions {
+        PoolOptions {
+            node_id,
+            addrs,
+            raft_listen,
+            data_dir,
+            join,
+            shard_count: crate::state::DEFAULT_SHARD_COUNT,
+            max_voters: 3,
+            lease: Duration::from_secs(2),
+            margin: Duration::from_secs(1),
+            snapshot_logs: 5000,
+        }
+    }
 }
 
 /// The node side of the pool: where forwarded SIP goes and who hears about shard moves.
@@ -207,6 +233,8 @@ impl Pool {
             heartbeat_interval: 100,
             election_timeout_min: 400,
             election_timeout_max: 800,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_logs.max(1)),
+            max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),
             ..Default::default()
         }
         .validate()

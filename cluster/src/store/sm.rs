@@ -5,7 +5,7 @@
 //! a shard's dialogs at failover). It is made durable by the log and the snapshot:
 //! - a snapshot serializes the whole `State` with the last applied log id and membership and is
 //!   stored in the `sm_snapshot` table (fsynced) before openraft may purge the log it covers;
-//! - at start, [`StateMachineStore::load`] restores the last snapshot, and openraft re-applies
+//! - at start, [`open`](super::open) restores the last snapshot, and openraft re-applies
 //!   the log entries after it up to the committed log id that the log store kept.
 //!
 //! So a dialog record is written twice (log, then the next snapshot), never once per apply.

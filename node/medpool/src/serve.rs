@@ -197,6 +197,7 @@ fn pool_options(
         max_voters: usize::from(p.voters),
         lease: Duration::from_millis(p.lease_ms.max(100)),
         margin: Duration::from_millis(p.lease_margin_ms),
+        snapshot_logs: 5000,
     })
 }
 

@@ -1,0 +1,349 @@
+//! In-process pool tests: three (or four) real `Pool`s in one process, talking over their real gRPC
+//! services on loopback, each with its own redb store in a temp dir. Leases are short (500 ms + 250 ms
+//! margin) so failures are detected quickly; openraft's timers and the network are real, so these tests
+//! wait on conditions with deadlines instead of paused time.
+
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use medpool_cluster::pool::{Pool, PoolOptions, PoolSink};
+use medpool_cluster::{Command, NodeAddrs, NodeState};
+use medpool_proto::cluster::SipForward;
+
+#[derive(Default)]
+struct Recorder {
+    owned: Mutex<BTreeSet<u16>>,
+}
+
+impl PoolSink for Recorder {
+    fn deliver(&self, _msg: SipForward) -> bool {
+        true
+    }
+    fn adopted(&self, shards: Vec<u16>) {
+        self.owned.lock().unwrap().extend(shards);
+    }
+    fn released(&self, shards: Vec<u16>) {
+        let mut o = self.owned.lock().unwrap();
+        for s in shards {
+            o.remove(&s);
+        }
+    }
+}
+
+struct Member {
+    pool: Arc<Pool>,
+    sink: Arc<Recorder>,
+    _dir: tempfile::TempDir,
+}
+
+async fn member(net: u8, id: u64, join: bool, snapshot_logs: u64) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let raft = format!("127.0.{net}.{}:7000", id + 1);
+    let mut opts = PoolOptions::new(
+        id,
+        NodeAddrs {
+            raft_addr: raft.clone(),
+            sip_addr: format!("127.0.{net}.{}:5060", id + 1),
+            admin_addr: String::new(),
+        },
+        raft.parse().unwrap(),
+        dir.path().to_path_buf(),
+        if join {
+            vec![format!("127.0.{net}.1:7000")]
+        } else {
+            vec![]
+        },
+    );
+    opts.lease = Duration::from_millis(500);
+    opts.margin = Duration::from_millis(250);
+    opts.shard_count = 64;
+    opts.snapshot_logs = snapshot_logs;
+    let pool = Pool::start(opts).await.unwrap();
+    let sink = Arc::new(Recorder::default());
+    pool.attach(sink.clone());
+    Member {
+        pool,
+        sink,
+        _dir: dir,
+    }
+}
+
+async fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn three(net: u8) -> Vec<Member> {
+    let m0 = member(net, 0, false, 5000).await;
+    let m1 = member(net, 1, true, 5000).await;
+    let m2 = member(net, 2, true, 5000).await;
+    let ms = vec![m0, m1, m2];
+    until(
+        "three active nodes sharing every shard",
+        Duration::from_secs(15),
+        || {
+            let i = ms[0].pool.info();
+            i.nodes.len() == 3
+                && i.unowned == 0
+                && i.nodes.iter().all(|n| n.2 == "Active" && n.3 > 0)
+        },
+    )
+    .await;
+    ms
+}
+
+fn leader(ms: &[Member]) -> Option<u64> {
+    ms.iter().find_map(|m| m.pool.info().leader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_and_share_the_shards_evenly() {
+    let ms = three(71).await;
+    let info = ms[0].pool.info();
+    for (_, _, _, shards) in &info.nodes {
+        assert!(
+            (21..=22).contains(shards),
+            "uneven shard map: {:?}",
+            info.nodes
+        );
+    }
+    // Each node's sink heard exactly the shards the map gives it, and each holds its lease.
+    until(
+        "every node adopted its shards and holds a lease",
+        Duration::from_secs(5),
+        || {
+            ms.iter().all(|m| {
+                let mine: BTreeSet<u16> = (0..64)
+                    .filter(|s| m.pool.owner(*s) == Some(m.pool.node_id()))
+                    .collect();
+                *m.sink.owned.lock().unwrap() == mine && m.pool.holds_lease()
+            })
+        },
+    )
+    .await;
+    for m in &ms {
+        for s in 0..64 {
+            assert_eq!(m.pool.may_act(s), m.pool.owner(s) == Some(m.pool.node_id()));
+        }
+    }
+    for m in &ms {
+        m.pool.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_loss_elects_a_new_leader_and_moves_the_dead_nodes_shards() {
+    let ms = three(72).await;
+    let old = leader(&ms).unwrap();
+    let dead = &ms[old as usize];
+    let had: Vec<u16> = (0..64)
+        .filter(|s| dead.pool.owner(*s) == Some(old))
+        .collect();
+    assert!(!had.is_empty());
+    dead.pool.shutdown().await;
+    let live: Vec<&Member> = ms.iter().filter(|m| m.pool.node_id() != old).collect();
+    until(
+        "a new leader, the old one down, its shards owned by live nodes",
+        Duration::from_secs(15),
+        || {
+            let i = live[0].pool.info();
+            i.leader.is_some_and(|l| l != old)
+                && i.nodes.iter().any(|n| n.0 == old && n.2 == "Down")
+                && had
+                    .iter()
+                    .all(|s| live[0].pool.owner(*s).is_some_and(|o| o != old))
+        },
+    )
+    .await;
+    // Writes continue on the surviving majority.
+    let r = live[1]
+        .pool
+        .write(Command::DialogBatch {
+            upserts: vec![(had[0], "c1".into(), b"rec".to_vec())],
+            removes: vec![],
+        })
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+    until(
+        "the record replicated to both survivors",
+        Duration::from_secs(5),
+        || {
+            live.iter()
+                .all(|m| m.pool.dialogs_of(had[0]) == vec![b"rec".to_vec()])
+        },
+    )
+    .await;
+    for m in live {
+        m.pool.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_leader_stops_acting_within_its_lease() {
+    let ms = three(73).await;
+    let l = leader(&ms).unwrap();
+    // Keep one follower and stop the other two (the leader among them): no leader, no quorum.
+    let keep = ms.iter().find(|m| m.pool.node_id() != l).unwrap();
+    let mine: Vec<u16> = (0..64)
+        .filter(|s| keep.pool.owner(*s) == Some(keep.pool.node_id()))
+        .collect();
+    until("lease held before the cut", Duration::from_secs(5), || {
+        keep.pool.holds_lease()
+    })
+    .await;
+    assert!(mine.iter().all(|s| keep.pool.may_act(*s)));
+    let cut = tokio::time::Instant::now();
+    for m in ms
+        .iter()
+        .filter(|m| m.pool.node_id() != keep.pool.node_id())
+    {
+        m.pool.shutdown().await;
+    }
+    until(
+        "the isolated node's lease lapsed",
+        Duration::from_secs(3),
+        || !keep.pool.holds_lease(),
+    )
+    .await;
+    let lapsed_after = cut.elapsed();
+    assert!(
+        lapsed_after <= Duration::from_millis(500 + 300),
+        "acted {lapsed_after:?} after losing the leader"
+    );
+    // It still owns the shards in its (stale) map but must not act for any of them.
+    assert!(
+        mine.iter()
+            .all(|s| keep.pool.owner(*s) == Some(keep.pool.node_id()) && !keep.pool.may_act(*s))
+    );
+    keep.pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_every_shard_off_a_node_and_undrain_brings_some_back() {
+    let ms = three(74).await;
+    let node = 2u64;
+    ms[0]
+        .pool
+        .write(Command::SetNodeState {
+            id: node,
+            state: NodeState::Draining,
+        })
+        .await
+        .unwrap();
+    until(
+        "node 2 owns nothing and its sink released everything",
+        Duration::from_secs(5),
+        || {
+            (0..64).all(|s| ms[0].pool.owner(s) != Some(node))
+                && ms[2].sink.owned.lock().unwrap().is_empty()
+        },
+    )
+    .await;
+    assert!(
+        (0..64).all(|s| ms[0].pool.owner(s).is_some()),
+        "every shard still owned"
+    );
+    ms[1]
+        .pool
+        .write(Command::SetNodeState {
+            id: node,
+            state: NodeState::Active,
+        })
+        .await
+        .unwrap();
+    until("node 2 owns shards again", Duration::from_secs(5), || {
+        (0..64).any(|s| ms[0].pool.owner(s) == Some(node))
+    })
+    .await;
+    for m in &ms {
+        m.pool.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_catches_up_from_a_snapshot() {
+    // Snapshots every 10 entries, so 40 writes purge the log a late joiner would need.
+    let m0 = member(75, 0, false, 10).await;
+    until("bootstrapped", Duration::from_secs(10), || {
+        m0.pool.info().unowned == 0 && !m0.pool.info().nodes.is_empty()
+    })
+    .await;
+    for i in 0..40u32 {
+        m0.pool
+            .write(Command::DialogBatch {
+                upserts: vec![((i % 64) as u16, format!("call-{i}"), vec![1, 2, 3])],
+                removes: vec![],
+            })
+            .await
+            .unwrap();
+    }
+    let late = member(75, 1, true, 10).await;
+    until(
+        "the late node has every record",
+        Duration::from_secs(15),
+        || late.pool.info().dialogs == 40,
+    )
+    .await;
+    assert_eq!(late.pool.dialogs_of(5), vec![vec![1, 2, 3]]);
+    late.pool.shutdown().await;
+    m0.pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_change_racing_the_leaders_death_is_applied_everywhere_or_nowhere() {
+    let ms = three(76).await;
+    let l = leader(&ms).unwrap();
+    let follower = ms.iter().find(|m| m.pool.node_id() != l).unwrap();
+    let dying = ms[l as usize].pool.clone();
+    // Propose through a follower (carried to the leader) while the leader goes away.
+    let write = follower.pool.write(Command::SetConfig {
+        expected_version: None,
+        body: b"v1".to_vec(),
+    });
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        dying.shutdown().await;
+    };
+    let (outcome, ()) = tokio::join!(write, kill);
+    let live: Vec<&Member> = ms.iter().filter(|m| m.pool.node_id() != l).collect();
+    until("a new leader", Duration::from_secs(10), || {
+        live[0].pool.info().leader.is_some_and(|x| x != l)
+    })
+    .await;
+    // Both survivors end up with the same answer: the change or nothing, never half.
+    until("survivors agree", Duration::from_secs(5), || {
+        live[0].pool.info().config_version == live[1].pool.info().config_version
+    })
+    .await;
+    let version = live[0].pool.info().config_version;
+    match &outcome {
+        Ok(_) => assert_eq!(version, Some(1), "the caller was told it applied"),
+        Err(medpool_cluster::pool::WriteError::Refused(_)) => {
+            assert_eq!(version, None, "refused means nothing changed")
+        }
+        Err(medpool_cluster::pool::WriteError::NoLeader(_)) => {
+            println!("outcome unknown to the caller; the pool settled on {version:?}")
+        }
+    }
+    // The pool still takes writes.
+    let next = live[0]
+        .pool
+        .write(Command::SetConfig {
+            expected_version: version,
+            body: b"v2".to_vec(),
+        })
+        .await;
+    assert!(next.is_ok(), "{next:?}");
+    for m in live {
+        m.pool.shutdown().await;
+    }
+}
