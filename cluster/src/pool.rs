@@ -386,29 +386,68 @@ impl Pool {
         true
     }
 
-    /// Proposes a command, through the leader when this node is not it.
+    /// Proposes a command, through the leader when this node is not it. A refusal that appended
+    /// nothing (no leader yet, a leader whose lease to its quorum lapsed, a leader change) is retried
+    /// for up to 3 s; a write that may have reached the log is never retried (its outcome is unknown).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match self.write_once(cmd.clone()).await {
+                Err(WriteError::NoLeader(why))
+                    if why.starts_with("retry:") && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(WriteError::NoLeader(why)) => {
+                    return Err(WriteError::NoLeader(
+                        why.trim_start_matches("retry: ").to_owned(),
+                    ));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn write_once(&self, cmd: Command) -> Result<CommandResult, WriteError> {
         let leader = self.raft.current_leader().await;
         let result = if leader == Some(self.opts.node_id) {
-            self.raft
-                .client_write(cmd)
-                .await
-                .map(|r| r.data)
-                .map_err(|e| WriteError::NoLeader(e.to_string()))?
+            match self.raft.client_write(cmd).await {
+                Ok(r) => r.data,
+                // Nothing was appended: safe to try again (possibly at another leader).
+                Err(e) if e.forward_to_leader().is_some() => {
+                    return Err(WriteError::NoLeader(format!("retry: {e}")));
+                }
+                Err(e) => return Err(WriteError::NoLeader(e.to_string())),
+            }
         } else {
-            let leader = leader.ok_or_else(|| WriteError::NoLeader("no leader".into()))?;
-            let mut c = self
-                .client_for(leader)
-                .ok_or_else(|| WriteError::NoLeader("leader address unknown".into()))?;
+            let Some(leader) = leader else {
+                return Err(WriteError::NoLeader("retry: no leader".into()));
+            };
+            let Some(mut c) = self.client_for(leader) else {
+                return Err(WriteError::NoLeader("retry: leader address unknown".into()));
+            };
             let data = encode(&cmd).map_err(|e| WriteError::Refused(e.to_string()))?;
-            let reply =
-                tokio::time::timeout(Duration::from_secs(5), c.client_write(RaftPayload { data }))
-                    .await
-                    .map_err(|_| WriteError::NoLeader("leader timed out".into()))?
-                    .map_err(|e| WriteError::NoLeader(e.to_string()))?;
+            let reply = match tokio::time::timeout(
+                Duration::from_secs(5),
+                c.client_write(RaftPayload { data }),
+            )
+            .await
+            {
+                Err(_) => return Err(WriteError::NoLeader("leader timed out".into())),
+                // The request never reached the leader: safe to retry.
+                Ok(Err(e)) if e.code() == tonic::Code::Unavailable => {
+                    return Err(WriteError::NoLeader(format!("retry: {}", e.message())));
+                }
+                Ok(Err(e)) => return Err(WriteError::NoLeader(e.message().to_owned())),
+                Ok(Ok(r)) => r.into_inner(),
+            };
             let r: Result<CommandResult, String> =
-                decode(&reply.into_inner().data).map_err(|e| WriteError::Refused(e.to_string()))?;
-            r.map_err(WriteError::NoLeader)?
+                decode(&reply.data).map_err(|e| WriteError::Refused(e.to_string()))?;
+            match r {
+                Ok(r) => r,
+                Err(e) if e.starts_with("refused") => return Err(WriteError::Refused(e)),
+                Err(e) => return Err(WriteError::NoLeader(e)),
+            }
         };
         match result {
             CommandResult::Rejected(r) => Err(WriteError::Refused(r.to_string())),
