@@ -21,6 +21,44 @@ use crate::dialog::{self, DialogArgs, DialogMsg, leg::Me, leg::local_response};
 use crate::gateway::{self, Gateways};
 use crate::sipcore::{CoreEvent, Envelope, Registry, SipIo, TxDriver, client_key, server_key};
 
+/// Something that happened on this node, for `WatchEvents` and logs. Published on a bounded
+/// broadcast channel: a slow watcher misses events (and is told how many), it never slows calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A call was accepted.
+    CallStarted {
+        /// Leg A Call-ID.
+        call_id: String,
+        /// Its shard.
+        shard: u16,
+        /// The trunk it came in on.
+        trunk: String,
+    },
+    /// A call was answered.
+    CallAnswered {
+        /// Leg A Call-ID.
+        call_id: String,
+        /// The gateway trunk.
+        gateway: String,
+    },
+    /// A call ended.
+    CallEnded {
+        /// Leg A Call-ID.
+        call_id: String,
+        /// The last final status on leg A (200 for an answered call).
+        status: u16,
+        /// Who or what ended it.
+        cause: String,
+    },
+    /// A gateway's health changed.
+    Gateway {
+        /// Trunk name.
+        name: String,
+        /// Up or down.
+        up: bool,
+    },
+}
+
 /// Counters of what the node did (exported as metrics by the binary).
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -69,6 +107,8 @@ pub struct NodeCtx {
     epoch: tokio::time::Instant,
     /// Moving SIP between pool nodes.
     pub relay: Arc<dyn Relay>,
+    /// Call and gateway events.
+    pub events: tokio::sync::broadcast::Sender<NodeEvent>,
     trusted_forwarders: Vec<std::net::IpAddr>,
     forward_tx: mpsc::Sender<Forwarded>,
 }
@@ -144,6 +184,11 @@ impl NodeCtx {
     pub(crate) fn call_answered(&self) {
         self.stats.calls_answered.fetch_add(1, Ordering::Relaxed);
     }
+    /// Publishes an event (no receiver is fine).
+    pub fn publish(&self, event: NodeEvent) {
+        let _ = self.events.send(event);
+    }
+
     pub(crate) fn call_ended(&self, inbound: &str, _status: u16, _duration: Duration) {
         self.stats.calls_ended.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = self.inbound_calls.lock()
@@ -152,10 +197,14 @@ impl NodeCtx {
             *n = n.saturating_sub(1);
         }
     }
-    pub(crate) fn gateway_changed(&self, _trunk: &str, _up: bool) {
+    pub(crate) fn gateway_changed(&self, trunk: &str, up: bool) {
         self.stats
             .gateway_transitions
             .fetch_add(1, Ordering::Relaxed);
+        let _ = self.events.send(NodeEvent::Gateway {
+            name: trunk.to_owned(),
+            up,
+        });
     }
 }
 
@@ -262,6 +311,7 @@ pub async fn start(
         inbound_calls: std::sync::Mutex::new(Default::default()),
         inbound_cps: std::sync::Mutex::new(Default::default()),
         relay,
+        events: tokio::sync::broadcast::channel(4096).0,
         forward_tx,
         trusted_forwarders: opts.trusted_forwarders.clone(),
         epoch: tokio::time::Instant::now(),

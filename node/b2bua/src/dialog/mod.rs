@@ -115,6 +115,22 @@ pub struct CallInfo {
     pub attempts: Vec<(String, String)>,
     /// Shard of the call.
     pub shard: u16,
+    /// The trunk it came in on.
+    pub inbound_trunk: String,
+    /// The gateway trunk of the current attempt.
+    pub gateway: Option<String>,
+    /// Normalised called number.
+    pub called: String,
+    /// Normalised calling number.
+    pub calling: String,
+    /// Time since the INVITE arrived (or since the call was restored here).
+    pub age: Duration,
+    /// Time from the INVITE to the answer, when answered.
+    pub answered_after: Option<Duration>,
+    /// Leg A: our tag and the peer's.
+    pub a_tags: (String, String),
+    /// Leg B: our tag and the peer's, when there is a leg B.
+    pub b_tags: Option<(String, String)>,
 }
 
 /// Where a call is.
@@ -210,6 +226,8 @@ pub struct Call {
     a_2xx: Option<(u16, Envelope)>,
     /// A 2xx went to the caller: leg A is (or was) a confirmed dialog.
     a_answered: bool,
+    /// INVITE → 2xx time.
+    answered_after: Option<Duration>,
     ack_b: Option<Envelope>,
     relays: Vec<Relay>,
     /// A relayed re-INVITE answered 2xx on the A side, waiting for A's ACK: (A's CSeq, B's CSeq).
@@ -273,6 +291,11 @@ impl Call {
                 if (200..300).contains(&status) {
                     self.a_2xx = Some((status, env.clone()));
                     self.a_answered = true;
+                    self.answered_after = Some(self.started.elapsed());
+                    self.ctx.publish(crate::node::NodeEvent::CallAnswered {
+                        call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
+                        gateway: self.current().map(|a| a.trunk.clone()).unwrap_or_default(),
+                    });
                 }
             }
             self.last_status = status;
@@ -834,6 +857,7 @@ impl Actor for DialogActor {
             a_final_sent: false,
             a_2xx: None,
             a_answered: false,
+            answered_after: None,
             ack_b: None,
             relays: Vec::new(),
             pending_ack_b: Vec::new(),
@@ -855,6 +879,11 @@ impl Actor for DialogActor {
         if st.phase == Phase::Confirmed {
             return Ok(()); // a restored call: nothing to start
         }
+        st.ctx.publish(crate::node::NodeEvent::CallStarted {
+            call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
+            shard: st.shard,
+            trunk: st.inbound.name.clone(),
+        });
         // 100 Trying at once (RFC 3261 §16.2 practice for a B2BUA: stops the caller's retransmissions).
         if let Some(inv) = st.a_invite.clone() {
             let trying = local_response(&inv, 100, None, &[]);
@@ -923,6 +952,15 @@ impl Actor for DialogActor {
         }
         st.ctx
             .call_ended(&st.inbound.name, st.last_status, st.started.elapsed());
+        st.ctx.publish(crate::node::NodeEvent::CallEnded {
+            call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
+            status: st.last_status,
+            cause: st
+                .history
+                .last()
+                .map(|(who, what)| format!("{who}: {what}"))
+                .unwrap_or_default(),
+        });
         Ok(())
     }
 
@@ -1056,6 +1094,29 @@ impl Actor for DialogActor {
                     phase: st.phase,
                     attempts: st.history.clone(),
                     shard: st.shard,
+                    inbound_trunk: st.inbound.name.clone(),
+                    gateway: st.current().map(|a| a.trunk.clone()),
+                    called: st.called.clone(),
+                    calling: st.calling.clone(),
+                    age: st.started.elapsed(),
+                    answered_after: st.answered_after,
+                    a_tags: (
+                        st.a.local_tag.clone(),
+                        st.a.remote_tag
+                            .as_ref()
+                            .map(|t| String::from_utf8_lossy(t).into_owned())
+                            .unwrap_or_default(),
+                    ),
+                    b_tags: st.current().map(|a| {
+                        (
+                            a.leg.local_tag.clone(),
+                            a.leg
+                                .remote_tag
+                                .as_ref()
+                                .map(|t| String::from_utf8_lossy(t).into_owned())
+                                .unwrap_or_default(),
+                        )
+                    }),
                 });
             }
         }
@@ -1673,6 +1734,7 @@ fn restored(
         a_final_sent: true,
         a_2xx: None,
         a_answered: true,
+        answered_after: None,
         ack_b: None,
         relays: Vec::new(),
         pending_ack_b: Vec::new(),
