@@ -44,8 +44,46 @@ pub struct SnapshotEnvelope {
     pub data: SnapshotData,
 }
 
+static HOST_OVERRIDES: std::sync::OnceLock<std::collections::HashMap<String, std::net::IpAddr>> =
+    std::sync::OnceLock::new();
+
+/// Name → address overrides for internal addresses (an /etc/hosts-style file given at start-up), so
+/// tests can start nodes exactly as a StatefulSet does (`medpool-0.medpool-peers...`) without DNS.
+/// Set once, before the pool starts; later calls are ignored.
+pub fn set_host_overrides(map: std::collections::HashMap<String, std::net::IpAddr>) {
+    let _ = HOST_OVERRIDES.set(map);
+}
+
+/// Parses an /etc/hosts-style text: `IP name [name...]` per line, `#` comments.
+pub fn parse_hosts(text: &str) -> std::collections::HashMap<String, std::net::IpAddr> {
+    let mut map = std::collections::HashMap::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let Some(ip) = words.next().and_then(|w| w.parse().ok()) else { continue };
+        for name in words {
+            map.insert(name.to_ascii_lowercase(), ip);
+        }
+    }
+    map
+}
+
+/// `host:port` with the host replaced by its override, when there is one.
+pub fn resolve_override(addr: &str) -> String {
+    let Some(map) = HOST_OVERRIDES.get() else { return addr.to_owned() };
+    match addr.rsplit_once(':') {
+        Some((host, port)) => match map.get(&host.to_ascii_lowercase()) {
+            Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+            Some(ip) => format!("{ip}:{port}"),
+            None => addr.to_owned(),
+        },
+        None => addr.to_owned(),
+    }
+}
+
 /// A client of one node's internal service.
 pub fn client(addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Error> {
+    let addr = resolve_override(addr);
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true);

@@ -165,6 +165,10 @@ pub struct PoolArgs {
     /// node id and join address are derived from the hostname.
     #[arg(long, env = "MEDPOOL_PEER_DOMAIN")]
     pub peer_domain: Option<String>,
+    /// An /etc/hosts-style file whose names override DNS for internal addresses (tests that start
+    /// nodes as a StatefulSet would, without Kubernetes DNS).
+    #[arg(long, env = "MEDPOOL_HOSTS_FILE")]
+    pub hosts_file: Option<std::path::PathBuf>,
     /// Raft voters (the first nodes); later nodes are learners. 1 to 5.
     #[arg(long, env = "MEDPOOL_VOTERS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub voters: u8,
