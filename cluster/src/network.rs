@@ -60,7 +60,9 @@ pub fn parse_hosts(text: &str) -> std::collections::HashMap<String, std::net::Ip
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("");
         let mut words = line.split_whitespace();
-        let Some(ip) = words.next().and_then(|w| w.parse().ok()) else { continue };
+        let Some(ip) = words.next().and_then(|w| w.parse().ok()) else {
+            continue;
+        };
         for name in words {
             map.insert(name.to_ascii_lowercase(), ip);
         }
@@ -70,7 +72,9 @@ pub fn parse_hosts(text: &str) -> std::collections::HashMap<String, std::net::Ip
 
 /// `host:port` with the host replaced by its override, when there is one.
 pub fn resolve_override(addr: &str) -> String {
-    let Some(map) = HOST_OVERRIDES.get() else { return addr.to_owned() };
+    let Some(map) = HOST_OVERRIDES.get() else {
+        return addr.to_owned();
+    };
     match addr.rsplit_once(':') {
         Some((host, port)) => match map.get(&host.to_ascii_lowercase()) {
             Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),

@@ -138,6 +138,23 @@ pub struct Pool {
     dialogs: mpsc::Sender<DialogOp>,
     sink: Mutex<Option<Arc<dyn PoolSink>>>,
     stop: watch::Sender<bool>,
+    /// Dialog group-commit counters.
+    pub dialog_stats: DialogStats,
+}
+
+/// What the dialog group commit did.
+#[derive(Debug, Default)]
+pub struct DialogStats {
+    /// Raft entries written for dialog records.
+    pub batches: std::sync::atomic::AtomicU64,
+    /// Records written (upserts + removals).
+    pub records: std::sync::atomic::AtomicU64,
+    /// Bytes of record payload written (before encoding into the log).
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Batches that did not commit.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Batch sizes: ≤1, ≤4, ≤16, ≤64, ≤256, more.
+    pub sizes: [std::sync::atomic::AtomicU64; 6],
 }
 
 enum DialogOp {
@@ -256,6 +273,7 @@ impl Pool {
             dialogs,
             sink: Mutex::new(None),
             stop,
+            dialog_stats: DialogStats::default(),
         });
         let listener = tokio::net::TcpListener::bind(opts.raft_listen)
             .await
@@ -346,6 +364,9 @@ impl Pool {
     }
     /// Queues a dialog record write (group-committed).
     pub fn dialog_upsert(&self, shard: u16, call_id: String, record: Vec<u8>) {
+        if !self.may_act(shard) {
+            return; // fenced: a node without the shard's lease never writes its records
+        }
         if self
             .dialogs
             .try_send(DialogOp::Upsert(shard, call_id, record))
@@ -802,8 +823,29 @@ impl Pool {
                     next = Some(op);
                 }
             }
-            if let Err(e) = self.write(Command::DialogBatch { upserts, removes }).await {
-                tracing::warn!(error = %e, "dialog records not replicated");
+            use std::sync::atomic::Ordering::Relaxed;
+            let n = upserts.len() + removes.len();
+            let bytes: usize = upserts
+                .iter()
+                .map(|(_, c, r)| c.len() + r.len())
+                .sum::<usize>()
+                + removes.iter().map(|(_, c)| c.len()).sum::<usize>();
+            let bucket = [1, 4, 16, 64, 256]
+                .iter()
+                .position(|b| n <= *b)
+                .unwrap_or(5);
+            let st = &self.dialog_stats;
+            st.sizes[bucket].fetch_add(1, Relaxed);
+            match self.write(Command::DialogBatch { upserts, removes }).await {
+                Ok(_) => {
+                    st.batches.fetch_add(1, Relaxed);
+                    st.records.fetch_add(n as u64, Relaxed);
+                    st.bytes.fetch_add(bytes as u64, Relaxed);
+                }
+                Err(e) => {
+                    st.failed.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, "dialog records not replicated");
+                }
             }
         }
     }

@@ -78,6 +78,37 @@ pub struct Stats {
     pub forwarded: AtomicU64,
     /// Calls rebuilt from replicated records after a shard moved here.
     pub calls_restored: AtomicU64,
+    /// Post-dial delay (INVITE in → first 18x or 2xx relayed to the caller).
+    pub post_dial_delay: Histogram,
+}
+
+/// Upper bounds (seconds) of the post-dial-delay histogram buckets.
+pub const PDD_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A lock-free histogram with the fixed [`PDD_BUCKETS`] (cumulative counts are computed at scrape).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Count per bucket (not cumulative), plus one overflow bucket.
+    pub buckets: [AtomicU64; 11],
+    /// Sum of observations in microseconds.
+    pub sum_us: AtomicU64,
+    /// Number of observations.
+    pub count: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = PDD_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(PDD_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Everything a node's actors share.
@@ -184,6 +215,14 @@ impl NodeCtx {
     pub(crate) fn call_answered(&self) {
         self.stats.calls_answered.fetch_add(1, Ordering::Relaxed);
     }
+    /// Active calls per inbound trunk.
+    pub fn inbound_active(&self) -> std::collections::BTreeMap<String, u32> {
+        self.inbound_calls
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
     /// Publishes an event (no receiver is fine).
     pub fn publish(&self, event: NodeEvent) {
         let _ = self.events.send(event);

@@ -568,3 +568,61 @@ async fn a_confirmed_call_is_carried_on_by_the_node_that_adopts_its_shard() {
     node_a.shutdown(Duration::from_secs(1), false).await;
     node_b.shutdown(Duration::from_secs(1), false).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_ends_as_soon_as_both_byes_are_answered() {
+    let node = start_node(68, "").await;
+    let caller = Peer::bind("127.0.68.1:5070").await;
+    let gw1 = Peer::bind("127.0.68.21:5060").await;
+    caller
+        .send(&invite(caller.addr(), "end1"), node.sip_addr)
+        .await;
+    let (inv, from) = gw1
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    gw1.respond(&inv, 200, "g1", from, Some(SDP)).await;
+    let (ok, _) = caller
+        .expect(Expect::Status(200), Duration::from_secs(1))
+        .await;
+    caller
+        .send(&ack_for(&ok, caller.addr()), node.sip_addr)
+        .await;
+    gw1.expect(Expect::Request(Method::Ack), Duration::from_secs(1))
+        .await;
+    assert_eq!(node.ctx.active_calls(), 1);
+    let mut bye =
+        MessageBuilder::request_method(Method::Bye, format!("sip:{}", node.sip_addr).as_bytes());
+    bye.header(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP {};branch=z9hG4bK-bye-end1", caller.addr()).as_bytes(),
+    )
+    .copy_headers(&ok, HeaderName::From)
+    .copy_headers(&ok, HeaderName::To)
+    .header(HeaderName::CallId, b"end1")
+    .header(HeaderName::CSeq, b"2 BYE");
+    caller.send(&bye.build(), node.sip_addr).await;
+    caller
+        .expect(Expect::Status(200), Duration::from_secs(1))
+        .await;
+    let (bye_b, from) = gw1
+        .expect(Expect::Request(Method::Bye), Duration::from_secs(1))
+        .await;
+    gw1.respond(&bye_b, 200, "g1", from, None).await;
+    // Well before any transaction timer (Timer M/L are 32 s): the call is gone.
+    let t0 = Instant::now();
+    while node.ctx.active_calls() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "the call lingered after both BYEs were answered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        node.ctx
+            .stats
+            .calls_ended
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    node.shutdown(Duration::from_secs(1), false).await;
+}

@@ -133,6 +133,9 @@ pub struct ServeArgs {
     /// SIP load balancers trusted to name a message's real source in `X-Medpool-Source` (comma-separated IPs).
     #[arg(long, env = "MEDPOOL_TRUSTED_FORWARDERS", value_delimiter = ',')]
     pub trusted_forwarders: Vec<std::net::IpAddr>,
+    /// Prometheus metrics address (`GET /metrics`); off when not given.
+    #[arg(long, env = "MEDPOOL_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// SIP timer T1 in milliseconds (RFC 3261 default 500).
     #[arg(long, env = "MEDPOOL_T1_MS", default_value_t = 500)]
     pub t1_ms: u64,

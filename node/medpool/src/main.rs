@@ -3,6 +3,7 @@
 //! [`serve::run`]; everything else lives in the library crates.
 
 mod cli;
+mod metrics;
 mod pool;
 mod poolctl;
 mod serve;

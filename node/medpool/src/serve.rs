@@ -33,6 +33,14 @@ pub enum ServeError {
     /// The node could not start.
     #[error("{0}")]
     Node(#[from] NodeError),
+    /// The metrics port could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The pool could not start.
     #[error("{0}")]
     Pool(medpool_cluster::pool::PoolError),
@@ -122,6 +130,13 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             (running, Some(pool))
         }
     };
+    if let Some(addr) = args.metrics_listen {
+        let registry = Arc::new(crate::metrics::registry(running.ctx.clone(), pool.clone()));
+        let bound = crate::metrics::serve(addr, registry)
+            .await
+            .map_err(|source| ServeError::Metrics { addr, source })?;
+        tracing::info!(%bound, "metrics on /metrics");
+    }
     eprintln!(
         "medpool ready sip={} trunks={trunks} routes={routes}{}",
         running.sip_addr,

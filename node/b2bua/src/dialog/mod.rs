@@ -228,6 +228,8 @@ pub struct Call {
     a_answered: bool,
     /// INVITE → 2xx time.
     answered_after: Option<Duration>,
+    /// The post-dial delay was recorded.
+    pdd_recorded: bool,
     ack_b: Option<Envelope>,
     relays: Vec<Relay>,
     /// A relayed re-INVITE answered 2xx on the A side, waiting for A's ACK: (A's CSeq, B's CSeq).
@@ -285,6 +287,13 @@ impl Call {
     /// Answers the caller's INVITE (final or provisional) through its server transaction.
     fn respond_a(&mut self, status: u16, bytes: Bytes) {
         let Some(inv) = &self.a_invite else { return };
+        if status > 100 && status < 300 && !self.pdd_recorded {
+            self.pdd_recorded = true;
+            self.ctx
+                .stats
+                .post_dial_delay
+                .observe(self.started.elapsed());
+        }
         if let Some(env) = inv.reply(bytes) {
             if status >= 200 {
                 self.a_final_sent = true;
@@ -858,6 +867,7 @@ impl Actor for DialogActor {
             a_2xx: None,
             a_answered: false,
             answered_after: None,
+            pdd_recorded: false,
             ack_b: None,
             relays: Vec::new(),
             pending_ack_b: Vec::new(),
@@ -1227,6 +1237,10 @@ fn on_invite_response(
     env: Envelope,
 ) {
     let trunk = st.attempts[idx].trunk.clone();
+    if status >= 200 {
+        // A final answer: nothing more can come on this INVITE that needs the call.
+        st.attempts[idx].settled = true;
+    }
     if st.attempts[idx].abandoned {
         // A late answer to an attempt we gave up on.
         if (200..300).contains(&status) && !st.attempts[idx].answered {
@@ -1383,6 +1397,7 @@ fn on_client_ended(st: &mut Call, myself: &ActorRef<DialogMsg>, key: ClientKey, 
                 st.attempt_failed(myself, status, None, why);
             }
         }
+        st.maybe_finish(myself);
         return;
     }
     if let Some(pos) = st.relays.iter().position(|r| r.client == key)
@@ -1735,6 +1750,7 @@ fn restored(
         a_2xx: None,
         a_answered: true,
         answered_after: None,
+        pdd_recorded: true,
         ack_b: None,
         relays: Vec::new(),
         pending_ack_b: Vec::new(),

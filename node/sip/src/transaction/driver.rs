@@ -247,6 +247,7 @@ where
                 wheel: Wheel::default(),
             }),
             wake: Notify::new(),
+            retransmissions: std::sync::atomic::AtomicU64::new(0),
         });
         let task = tokio::spawn(run_timers(Arc::clone(&shared)));
         Self {
@@ -375,6 +376,14 @@ where
                 if passed {
                     RequestDisposition::AckToTu
                 } else {
+                    let resent = out
+                        .effects
+                        .iter()
+                        .filter(|e| matches!(e, Effect::Transmit(..)))
+                        .count();
+                    self.shared
+                        .retransmissions
+                        .fetch_add(resent as u64, std::sync::atomic::Ordering::Relaxed);
                     RequestDisposition::Absorbed
                 }
             } else if is_ack {
@@ -462,6 +471,13 @@ where
         invite.is_invite() && self.client_state(invite) == Some(State::Proceeding)
     }
 
+    /// How many messages were sent again (timer retransmissions, answers to retransmitted requests).
+    pub fn retransmissions(&self) -> u64 {
+        self.shared
+            .retransmissions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The number of live transactions.
     pub fn len(&self) -> usize {
         let table = self.shared.lock();
@@ -481,6 +497,8 @@ struct Shared<M, Io> {
     table: Mutex<Table<M>>,
     /// Wakes the timer task when a timer earlier than all others is started.
     wake: Notify,
+    /// Messages sent again: timer retransmissions and answers to retransmitted requests.
+    retransmissions: std::sync::atomic::AtomicU64,
 }
 
 struct Table<M> {
@@ -842,6 +860,13 @@ where
             }
         }
         let next = table.wheel.next_deadline();
+        let resent = out
+            .effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Transmit(..)))
+            .count();
+        self.retransmissions
+            .fetch_add(resent as u64, std::sync::atomic::Ordering::Relaxed);
         (out, next)
     }
 }

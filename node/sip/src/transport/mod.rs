@@ -69,6 +69,71 @@ pub struct FrontDoorStats {
     pub overloaded: std::sync::atomic::AtomicU64,
     /// Responses dropped (malformed or queue full).
     pub dropped_responses: std::sync::atomic::AtomicU64,
+    /// Messages in and out, by method and status class.
+    pub traffic: SipTraffic,
+}
+
+/// Every method the codec classifies, in [`Method`] order (the index of the counters).
+pub const METHODS: [Method; 15] = [
+    Method::Invite,
+    Method::Ack,
+    Method::Bye,
+    Method::Cancel,
+    Method::Options,
+    Method::Register,
+    Method::Prack,
+    Method::Update,
+    Method::Info,
+    Method::Refer,
+    Method::Notify,
+    Method::Subscribe,
+    Method::Message,
+    Method::Publish,
+    Method::Other,
+];
+
+/// Counters of SIP messages by direction, method (requests) and status class (responses).
+#[derive(Debug, Default)]
+pub struct SipTraffic {
+    /// Requests received, by [`METHODS`] index.
+    pub requests_in: [std::sync::atomic::AtomicU64; 15],
+    /// Responses received, by class (1xx = 0 ... 6xx = 5).
+    pub responses_in: [std::sync::atomic::AtomicU64; 6],
+    /// Requests sent.
+    pub requests_out: [std::sync::atomic::AtomicU64; 15],
+    /// Responses sent.
+    pub responses_out: [std::sync::atomic::AtomicU64; 6],
+}
+
+fn method_index(m: Method) -> usize {
+    METHODS.iter().position(|x| *x == m).unwrap_or(14)
+}
+
+impl SipTraffic {
+    /// Counts a parsed incoming message.
+    pub fn count_in(&self, msg: &SipMessage) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match (msg.method(), msg.status()) {
+            (Some(m), _) => self.requests_in[method_index(m)].fetch_add(1, Relaxed),
+            (_, Some(s)) => {
+                self.responses_in[usize::from(s / 100).clamp(1, 6) - 1].fetch_add(1, Relaxed)
+            }
+            _ => 0,
+        };
+    }
+    /// Counts an outgoing message from its first bytes (no parse).
+    pub fn count_out(&self, bytes: &[u8]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(rest) = bytes.strip_prefix(b"SIP/2.0 ") {
+            let class = rest
+                .first()
+                .map_or(1, |d| usize::from(d.saturating_sub(b'0')).clamp(1, 6));
+            self.responses_out[class - 1].fetch_add(1, Relaxed);
+        } else {
+            let end = memchr::memchr(b' ', bytes).unwrap_or(0);
+            self.requests_out[method_index(Method::classify(&bytes[..end]))].fetch_add(1, Relaxed);
+        }
+    }
 }
 
 /// What to do with one received message.
@@ -140,9 +205,15 @@ pub fn response_target(top_via: &Via<'_>, source: SocketAddr) -> SocketAddr {
 pub struct Transports {
     pub(crate) udp: Arc<tokio::net::UdpSocket>,
     pub(crate) tcp: tcp::TcpPool,
+    pub(crate) stats: Arc<FrontDoorStats>,
 }
 
 impl Transports {
+    /// Front-door and traffic counters.
+    pub fn stats(&self) -> &FrontDoorStats {
+        &self.stats
+    }
+
     /// The local UDP address.
     pub fn udp_local(&self) -> SocketAddr {
         self.udp
@@ -158,6 +229,7 @@ impl Transports {
         dest: SocketAddr,
         bytes: Bytes,
     ) -> Result<(), TransportError> {
+        self.stats.traffic.count_out(&bytes);
         match transport {
             Transport::Udp => match self.udp.try_send_to(&bytes, dest) {
                 Ok(_) => Ok(()),
@@ -176,6 +248,7 @@ impl Transports {
         dest: SocketAddr,
         bytes: Bytes,
     ) -> Result<(), TransportError> {
+        self.stats.traffic.count_out(&bytes);
         match transport {
             Transport::Udp => match self.udp.try_send_to(&bytes, dest) {
                 Ok(_) => Ok(()),
@@ -280,6 +353,7 @@ pub async fn start(
     let transports = Transports {
         udp: udp.clone(),
         tcp: tcp.clone(),
+        stats: stats.clone(),
     };
     let tasks = vec![
         tokio::spawn(udp::receive_loop(

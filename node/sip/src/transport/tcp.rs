@@ -173,6 +173,7 @@ impl TcpPool {
     }
 
     fn deliver(&self, msg: crate::SipMessage, peer: SocketAddr, wtx: &mpsc::Sender<Bytes>) {
+        self.inner.stats.traffic.count_in(&msg);
         match screen(Ok(msg), peer) {
             Screened::Pass(msg) => {
                 let is_request = msg.is_request();

@@ -49,6 +49,9 @@ pub async fn receive_loop(
             continue; // keep-alive
         }
         let parsed = SipMessage::parse_datagram(Bytes::copy_from_slice(data), &config.limits);
+        if let Ok(m) = &parsed {
+            stats.traffic.count_in(m);
+        }
         match screen(parsed, source) {
             Screened::Pass(msg) => {
                 let is_request = msg.is_request();

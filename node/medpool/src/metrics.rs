@@ -1,0 +1,441 @@
+//! Prometheus metrics (`prometheus-client`), served as text on `--metrics-listen` at `/metrics`.
+//! Everything is read at scrape time from the counters the libraries already keep (atomics; no lock on
+//! a call path): calls by trunk and gateway, SIP traffic by method and status class, retransmissions,
+//! front-door refusals, gateway health, post-dial delay, and — in a pool — Raft term, leader,
+//! commit/applied, shards owned, lease, forwarding and dialog-record replication.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use medpool_b2bua::node::{NodeCtx, PDD_BUCKETS};
+use medpool_cluster::pool::Pool;
+use medpool_sip::transport::METHODS;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Reads the node (and pool) at scrape time.
+#[derive(Debug)]
+pub struct NodeCollector {
+    ctx: Arc<NodeCtx>,
+    pool: Option<Arc<Pool>>,
+}
+
+fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn one(v: u64) -> Vec<(Labels, u64)> {
+    vec![(Vec::new(), v)]
+}
+
+fn status_class(i: usize) -> String {
+    format!("{}xx", i + 1)
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ctx = &self.ctx;
+        let s = &ctx.stats;
+        counter(
+            &mut e,
+            "medpool_calls_started",
+            "Calls accepted (a DialogActor started)",
+            &one(s.calls_started.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_calls_answered",
+            "Calls answered",
+            &one(s.calls_answered.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_calls_ended",
+            "Calls ended",
+            &one(s.calls_ended.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_calls_refused_capacity",
+            "New calls refused 503 (capacity, draining)",
+            &one(s.calls_refused_capacity.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_calls_restored",
+            "Calls rebuilt here after their shard moved",
+            &one(s.calls_restored.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_refused_sources",
+            "Requests from addresses that are no configured trunk",
+            &one(s.refused_sources.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_forwarded_messages",
+            "SIP messages forwarded to their shard's owner",
+            &one(s.forwarded.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_gateway_transitions",
+            "Gateway up/down changes",
+            &one(s.gateway_transitions.load(Relaxed)),
+        )?;
+        let active: Vec<(Labels, i64)> = ctx
+            .inbound_active()
+            .into_iter()
+            .map(|(t, n)| (vec![("trunk", t)], i64::from(n)))
+            .collect();
+        gauge(
+            &mut e,
+            "medpool_active_calls_inbound",
+            "Calls in progress by inbound trunk",
+            &active,
+        )?;
+        gauge(
+            &mut e,
+            "medpool_active_calls",
+            "Calls in progress on this node",
+            &[(Vec::new(), ctx.active_calls() as i64)],
+        )?;
+        // Post-dial delay.
+        {
+            let h = &s.post_dial_delay;
+            let buckets: Vec<(f64, u64)> = PDD_BUCKETS
+                .iter()
+                .copied()
+                .chain(std::iter::once(f64::INFINITY))
+                .zip(h.buckets.iter().map(|b| b.load(Relaxed)))
+                .collect();
+            let mut m = e.encode_descriptor(
+                "medpool_post_dial_delay_seconds",
+                "INVITE received → first 18x or 2xx relayed to the caller",
+                None,
+                MetricType::Histogram,
+            )?;
+            m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                h.sum_us.load(Relaxed) as f64 / 1e6,
+                h.count.load(Relaxed),
+                &buckets,
+                None,
+            )?;
+        }
+        // SIP traffic.
+        let t = &ctx.transports.stats().traffic;
+        let by_method =
+            |arr: &[std::sync::atomic::AtomicU64; 15], dir: &'static str| -> Vec<(Labels, u64)> {
+                METHODS
+                    .iter()
+                    .zip(arr.iter())
+                    .map(|(m, c)| {
+                        let name = if m.as_str().is_empty() {
+                            "OTHER"
+                        } else {
+                            m.as_str()
+                        };
+                        (
+                            vec![("direction", dir.to_owned()), ("method", name.to_owned())],
+                            c.load(Relaxed),
+                        )
+                    })
+                    .collect()
+            };
+        let mut req = by_method(&t.requests_in, "in");
+        req.extend(by_method(&t.requests_out, "out"));
+        counter(
+            &mut e,
+            "medpool_sip_requests",
+            "SIP requests by direction and method",
+            &req,
+        )?;
+        let mut resp: Vec<(Labels, u64)> = Vec::new();
+        for (dir, arr) in [("in", &t.responses_in), ("out", &t.responses_out)] {
+            for (i, c) in arr.iter().enumerate() {
+                resp.push((
+                    vec![("direction", dir.to_owned()), ("class", status_class(i))],
+                    c.load(Relaxed),
+                ));
+            }
+        }
+        counter(
+            &mut e,
+            "medpool_sip_responses",
+            "SIP responses by direction and status class",
+            &resp,
+        )?;
+        let fd = ctx.transports.stats();
+        counter(
+            &mut e,
+            "medpool_sip_parse_errors",
+            "Messages dropped as unparseable or malformed",
+            &one(fd.parse_errors.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_sip_rejected",
+            "Requests answered by the front door (400, 416, 420, ...)",
+            &one(fd.rejected.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_sip_overloaded",
+            "Requests answered 503 because the inbound queue was full",
+            &one(fd.overloaded.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_sip_retransmissions",
+            "Messages sent again by the transaction layer",
+            &one(ctx.driver.retransmissions()),
+        )?;
+        gauge(
+            &mut e,
+            "medpool_sip_transactions",
+            "Live SIP transactions",
+            &[(Vec::new(), ctx.driver.len() as i64)],
+        )?;
+        // Gateways.
+        let gws = ctx.gateways.all();
+        let gw = |f: &dyn Fn(&medpool_b2bua::gateway::GatewayHandle) -> i64| -> Vec<(Labels, i64)> {
+            gws.iter()
+                .map(|g| (vec![("gateway", g.name.clone())], f(g)))
+                .collect()
+        };
+        gauge(
+            &mut e,
+            "medpool_gateway_up",
+            "1 when the gateway is up",
+            &gw(&|g| i64::from(g.is_up())),
+        )?;
+        gauge(
+            &mut e,
+            "medpool_gateway_enabled",
+            "1 when an operator allows new calls",
+            &gw(&|g| i64::from(g.is_enabled())),
+        )?;
+        gauge(
+            &mut e,
+            "medpool_gateway_active_calls",
+            "Calls through the gateway on this node",
+            &gw(&|g| i64::from(g.active_calls())),
+        )?;
+        gauge(
+            &mut e,
+            "medpool_gateway_options_rtt_microseconds",
+            "Last OPTIONS round trip",
+            &gw(&|g| g.last_rtt_us.load(Relaxed) as i64),
+        )?;
+        gauge(
+            &mut e,
+            "medpool_gateway_consecutive_failures",
+            "Probe/INVITE failures in a row",
+            &gw(&|g| i64::from(g.failures.load(Relaxed))),
+        )?;
+        // The pool.
+        if let Some(pool) = &self.pool {
+            let info = pool.info();
+            let m = pool.raft().metrics();
+            let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m).clone();
+            gauge(
+                &mut e,
+                "medpool_raft_term",
+                "Current Raft term",
+                &[(Vec::new(), info.term as i64)],
+            )?;
+            gauge(
+                &mut e,
+                "medpool_raft_leader",
+                "Id of the leader this node knows (-1: none)",
+                &[(Vec::new(), info.leader.map_or(-1, |l| l as i64))],
+            )?;
+            gauge(
+                &mut e,
+                "medpool_raft_is_leader",
+                "1 when this node is the leader",
+                &[(Vec::new(), i64::from(info.leader == Some(info.node_id)))],
+            )?;
+            let committed = m.local_committed.map_or(0, |l| l.index) as i64;
+            let applied = info.applied.unwrap_or(0) as i64;
+            gauge(
+                &mut e,
+                "medpool_raft_committed_index",
+                "Last committed log index",
+                &[(Vec::new(), committed)],
+            )?;
+            gauge(
+                &mut e,
+                "medpool_raft_applied_index",
+                "Last applied log index",
+                &[(Vec::new(), applied)],
+            )?;
+            gauge(
+                &mut e,
+                "medpool_raft_apply_lag",
+                "Committed minus applied",
+                &[(Vec::new(), committed - applied)],
+            )?;
+            let me = info.node_id;
+            let owned = info.nodes.iter().find(|n| n.0 == me).map_or(0, |n| n.3);
+            gauge(
+                &mut e,
+                "medpool_shards_owned",
+                "Shards this node owns",
+                &[(Vec::new(), owned as i64)],
+            )?;
+            gauge(
+                &mut e,
+                "medpool_shards_unowned",
+                "Shards without an owner",
+                &[(Vec::new(), info.unowned as i64)],
+            )?;
+            gauge(
+                &mut e,
+                "medpool_lease_held",
+                "1 while this node holds its lease",
+                &[(Vec::new(), i64::from(info.lease))],
+            )?;
+            gauge(
+                &mut e,
+                "medpool_lease_remaining_milliseconds",
+                "Time left on this node's lease",
+                &[(
+                    Vec::new(),
+                    pool.lease_remaining().map_or(0, |d| d.as_millis() as i64),
+                )],
+            )?;
+            gauge(
+                &mut e,
+                "medpool_dialog_records",
+                "Confirmed dialogs in the replicated state",
+                &[(Vec::new(), info.dialogs as i64)],
+            )?;
+            let d = &pool.dialog_stats;
+            counter(
+                &mut e,
+                "medpool_dialog_batches",
+                "Raft entries written for dialog records",
+                &one(d.batches.load(Relaxed)),
+            )?;
+            counter(
+                &mut e,
+                "medpool_dialog_records_replicated",
+                "Dialog records written (upserts + removals)",
+                &one(d.records.load(Relaxed)),
+            )?;
+            counter(
+                &mut e,
+                "medpool_dialog_bytes_replicated",
+                "Dialog record payload bytes written",
+                &one(d.bytes.load(Relaxed)),
+            )?;
+            counter(
+                &mut e,
+                "medpool_dialog_batches_failed",
+                "Dialog batches that did not commit",
+                &one(d.failed.load(Relaxed)),
+            )?;
+            let sizes: Vec<(Labels, u64)> = ["1", "4", "16", "64", "256", "more"]
+                .iter()
+                .zip(d.sizes.iter())
+                .map(|(b, c)| (vec![("le", (*b).to_owned())], c.load(Relaxed)))
+                .collect();
+            counter(
+                &mut e,
+                "medpool_dialog_batch_size",
+                "Dialog batches by size bucket",
+                &sizes,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A registry with the node collector.
+pub fn registry(ctx: Arc<NodeCtx>, pool: Option<Arc<Pool>>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(NodeCollector { ctx, pool }));
+    r
+}
+
+/// Serves `GET /metrics` (Prometheus text format) until the process ends. Tiny HTTP/1.1: one
+/// request per connection, bounded request size.
+pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                while n < buf.len() {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        sock.read(&mut buf[n..]),
+                    )
+                    .await
+                    {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                        Ok(Ok(k)) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if req.starts_with("GET /metrics ") {
+                    let mut out = String::new();
+                    match prometheus_client::encoding::text::encode(&mut out, &registry) {
+                        Ok(()) => ("200 OK", out),
+                        Err(_) => ("500 Internal Server Error", String::new()),
+                    }
+                } else {
+                    ("404 Not Found", "not found\n".to_owned())
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    Ok(local)
+}

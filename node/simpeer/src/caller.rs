@@ -1,0 +1,660 @@
+//! A simulated caller (an IP-PBX on the internal trunk): places many calls through one UDP socket,
+//! holds them, re-INVITEs them and hangs them up, and keeps a [`crate::ledger`] entry per call.
+//!
+//! Client transactions follow RFC 3261 §17.1 over UDP: the request is retransmitted from T1
+//! (500 ms), doubling (INVITE: until a provisional answer; other methods: up to T2, then every T2),
+//! and the transaction gives up after 64·T1 (32 s) without a final answer: the outcome is *unknown*.
+//! A 2xx to INVITE is ACKed (new branch, to the dialog's remote target) and the ACK is sent again for
+//! each retransmitted 2xx; a non-2xx final is ACKed in its transaction.
+//!
+//! In-dialog requests use the dialog the 200 created: To-tag from the 200, Request-URI = its Contact,
+//! Route = its Record-Route reversed, CSeq one above the last. Requests that arrive from the far side
+//! in a dialog (BYE, re-INVITE, UPDATE, ...) are answered 200; a BYE marks the call ended by the far
+//! side. Every identifier (Call-ID, tags, branches) derives from the seed and the call's number, so a
+//! run can be replayed with the same seed.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use medpool_sip::message::builder::{MessageBuilder, reason_phrase, response_to};
+use medpool_sip::{HeaderName, Method, SipMessage};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::error::{SimpeerError, bind_udp};
+use crate::ledger::{CallRecord, Outcome};
+use crate::sdp;
+use crate::uas::{ResponseRouting, T2, Uas};
+
+/// How to run a caller.
+#[derive(Debug, Clone)]
+pub struct CallerConfig {
+    /// Its socket (an address of the internal trunk; port 0 picks one).
+    pub bind: SocketAddr,
+    /// Where new calls go (the Service address).
+    pub target: SocketAddr,
+    /// Seed of every identifier.
+    pub seed: u64,
+    /// The called number (user part of the Request-URI and To).
+    pub called: String,
+    /// The calling user (user part of From and Contact).
+    pub calling: String,
+    /// New calls per second at most.
+    pub cps: u32,
+    /// In-dialog requests (re-INVITE, BYE) started per second at most.
+    pub rps: u32,
+    /// RFC 3261 T1.
+    pub t1: Duration,
+    /// How long a transaction waits for a final answer (64·T1 by default).
+    pub timeout: Duration,
+}
+
+impl CallerConfig {
+    /// A caller on `bind` calling `target` with RFC 3261's timers.
+    pub fn new(bind: SocketAddr, target: SocketAddr, seed: u64) -> CallerConfig {
+        CallerConfig {
+            bind,
+            target,
+            seed,
+            called: "+15550100".to_owned(),
+            calling: "alice".to_owned(),
+            cps: 100,
+            rps: 200,
+            t1: crate::uas::T1,
+            timeout: crate::uas::T1 * 64,
+        }
+    }
+}
+
+/// A running caller. Dropping it stops it (calls still up are left to the far side's timers).
+#[derive(Debug)]
+pub struct Caller {
+    inner: Arc<Inner>,
+    rx: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: CallerConfig,
+    sock: Arc<UdpSocket>,
+    local: SocketAddr,
+    uas: Uas,
+    waiters: Mutex<HashMap<Vec<u8>, mpsc::Sender<SipMessage>>>,
+    calls: Mutex<Calls>,
+}
+
+#[derive(Debug, Default)]
+struct Calls {
+    list: Vec<Call>,
+    by_id: HashMap<Vec<u8>, usize>,
+}
+
+#[derive(Debug)]
+struct Call {
+    record: CallRecord,
+    from_tag: String,
+    cseq: u32,
+    sdp_version: u32,
+    dialog: Option<Dialog>,
+    /// The last ACK sent: its CSeq number, bytes and destination (sent again on a retransmitted final).
+    last_ack: Option<(u32, Bytes, SocketAddr)>,
+}
+
+#[derive(Debug, Clone)]
+struct Dialog {
+    /// The To header value of the 2xx (the far tag included).
+    to: Vec<u8>,
+    /// The Contact URI of the 2xx.
+    remote_target: Vec<u8>,
+    /// Record-Route of the 2xx, reversed.
+    routes: Vec<Vec<u8>>,
+    /// Where in-dialog requests go.
+    dest: SocketAddr,
+}
+
+/// A transaction that saw no final answer in time.
+#[derive(Debug, Clone, Copy)]
+struct TimedOut;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `host:port` of a SIP URI when the host is an IP literal.
+fn uri_addr(uri: &[u8]) -> Option<SocketAddr> {
+    let u = medpool_sip::message::Uri::parse(uri).ok()?;
+    let host = std::str::from_utf8(u.host).ok()?;
+    let ip: IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+}
+
+impl Caller {
+    /// Binds and starts listening.
+    pub async fn start(cfg: CallerConfig) -> Result<Caller, SimpeerError> {
+        let sock = Arc::new(bind_udp(cfg.bind).await?);
+        let local = sock.local_addr()?;
+        let inner = Arc::new(Inner {
+            uas: Uas::new(Arc::clone(&sock), ResponseRouting::Source),
+            sock,
+            local,
+            cfg,
+            waiters: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Calls::default()),
+        });
+        let rx = tokio::spawn(Arc::clone(&inner).receive());
+        Ok(Caller { inner, rx })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// Places `n` new calls (at most `cps` per second) and waits until each is answered, refused or
+    /// timed out. Returns how many were answered 2xx; answered calls are held up.
+    pub async fn place(&self, n: usize) -> usize {
+        let first = {
+            let mut calls = lock(&self.inner.calls);
+            let first = calls.list.len();
+            for index in first..first + n {
+                let call_id = format!("sp{:x}-{index}@simpeer", self.inner.cfg.seed);
+                calls.by_id.insert(call_id.as_bytes().to_vec(), index);
+                calls.list.push(Call {
+                    record: CallRecord {
+                        index,
+                        call_id,
+                        setup: None,
+                        reinvite: None,
+                        bye: None,
+                        ended_by_far_side: false,
+                        far_requests: 0,
+                    },
+                    from_tag: format!("sp{:x}f{index}", self.inner.cfg.seed),
+                    cseq: 0,
+                    sdp_version: 0,
+                    dialog: None,
+                    last_ack: None,
+                });
+            }
+            first
+        };
+        let answered = self
+            .paced(first..first + n, self.inner.cfg.cps, |inner, i| async move {
+                inner.setup(i).await
+            })
+            .await;
+        answered.into_iter().filter(|ok| *ok).count()
+    }
+
+    /// Sends a re-INVITE (new SDP version) in every answered call not ended by the far side, and
+    /// waits for each outcome. Returns how many were answered 2xx.
+    pub async fn reinvite_all(&self) -> usize {
+        let targets = self.live_calls();
+        let done = self
+            .paced(targets.into_iter(), self.inner.cfg.rps, |inner, i| async move {
+                inner.in_dialog(i, Method::Invite).await
+            })
+            .await;
+        done.into_iter().filter(|ok| *ok).count()
+    }
+
+    /// Sends BYE in every answered call not ended by the far side nor hung up yet, and waits for
+    /// each outcome. Returns how many were answered 2xx.
+    pub async fn hangup_all(&self) -> usize {
+        let targets = self.live_calls();
+        let done = self
+            .paced(targets.into_iter(), self.inner.cfg.rps, |inner, i| async move {
+                inner.in_dialog(i, Method::Bye).await
+            })
+            .await;
+        done.into_iter().filter(|ok| *ok).count()
+    }
+
+    /// Calls answered and still up (not hung up by either side).
+    pub fn live_calls(&self) -> Vec<usize> {
+        lock(&self.inner.calls)
+            .list
+            .iter()
+            .filter(|c| {
+                c.dialog.is_some() && !c.record.ended_by_far_side && c.record.bye.is_none()
+            })
+            .map(|c| c.record.index)
+            .collect()
+    }
+
+    /// Every call's record, in order.
+    pub fn ledger(&self) -> Vec<CallRecord> {
+        lock(&self.inner.calls)
+            .list
+            .iter()
+            .map(|c| c.record.clone())
+            .collect()
+    }
+
+    /// Runs `op` for each call of `calls`, starting at most `per_second` a second, all concurrently.
+    async fn paced<I, F, Fut>(&self, calls: I, per_second: u32, op: F) -> Vec<bool>
+    where
+        I: Iterator<Item = usize>,
+        F: Fn(Arc<Inner>, usize) -> Fut,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        let gap = Duration::from_secs(1) / per_second.max(1);
+        let mut ticker = tokio::time::interval(gap);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut set = JoinSet::new();
+        for i in calls {
+            ticker.tick().await;
+            set.spawn(op(Arc::clone(&self.inner), i));
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r.unwrap_or(false));
+        }
+        out
+    }
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        self.rx.abort();
+    }
+}
+
+impl Inner {
+    fn via(&self, branch: &str) -> Vec<u8> {
+        format!("SIP/2.0/UDP {};branch={branch};rport", self.local).into_bytes()
+    }
+
+    fn branch(&self, index: usize, cseq: u32, kind: &str) -> String {
+        format!("z9hG4bKsp{:x}.{index}.{cseq}{kind}", self.cfg.seed)
+    }
+
+    fn from_header(&self, tag: &str) -> Vec<u8> {
+        format!("<sip:{}@{}>;tag={tag}", self.cfg.calling, self.local).into_bytes()
+    }
+
+    fn contact(&self) -> Vec<u8> {
+        format!("<sip:{}@{}>", self.cfg.calling, self.local).into_bytes()
+    }
+
+    fn offer(&self, index: usize, version: u32) -> Bytes {
+        let port = 10_000u16.wrapping_add((index as u16).wrapping_mul(2));
+        sdp::audio(self.cfg.seed ^ index as u64, version, self.local.ip(), port)
+    }
+
+    /// Sends the first INVITE of call `index` and records the outcome.
+    async fn setup(self: Arc<Self>, index: usize) -> bool {
+        let (call_id, from_tag) = {
+            let mut calls = lock(&self.calls);
+            let Some(c) = calls.list.get_mut(index) else {
+                return false;
+            };
+            c.cseq = 1;
+            c.sdp_version = 1;
+            (c.record.call_id.clone(), c.from_tag.clone())
+        };
+        let target = self.cfg.target;
+        let ruri = format!("sip:{}@{target}", self.cfg.called);
+        let branch = self.branch(index, 1, "i");
+        let mut b = MessageBuilder::request_method(Method::Invite, ruri.as_bytes());
+        b.header(HeaderName::Via, &self.via(&branch))
+            .header(HeaderName::MaxForwards, b"70")
+            .header(HeaderName::From, &self.from_header(&from_tag))
+            .header_fmt(HeaderName::To, format_args!("<{ruri}>"))
+            .header(HeaderName::CallId, call_id.as_bytes())
+            .header(HeaderName::CSeq, b"1 INVITE")
+            .header(HeaderName::Contact, &self.contact())
+            .body(sdp::CONTENT_TYPE, self.offer(index, 1));
+        let outcome = self.transact(&branch, b.build(), target, true).await;
+        let (result, ack) = match outcome {
+            Ok(resp) => {
+                let status = resp.status().unwrap_or(0);
+                if (200..300).contains(&status) {
+                    let dialog = Dialog::from_2xx(&resp, target);
+                    let ack = self.ack_2xx(&call_id, &from_tag, &dialog, 1, index);
+                    let mut calls = lock(&self.calls);
+                    if let Some(c) = calls.list.get_mut(index) {
+                        c.dialog = Some(dialog);
+                    }
+                    (Outcome::Final(status), Some(ack))
+                } else {
+                    let ack = self.ack_non_2xx(&resp, ruri.as_bytes(), &branch, 1, target);
+                    (Outcome::Final(status), Some(ack))
+                }
+            }
+            Err(TimedOut) => (Outcome::Unknown, None),
+        };
+        if let Some((bytes, dest)) = &ack {
+            let _ = self.sock.send_to(bytes, *dest).await;
+        }
+        let mut calls = lock(&self.calls);
+        if let Some(c) = calls.list.get_mut(index) {
+            c.record.setup = Some(result);
+            c.last_ack = ack.map(|(b, d)| (1, b, d));
+        }
+        result.is_success()
+    }
+
+    /// Sends a re-INVITE or a BYE in call `index`'s dialog and records the outcome.
+    async fn in_dialog(self: Arc<Self>, index: usize, method: Method) -> bool {
+        let (call_id, from_tag, dialog, cseq, version) = {
+            let mut calls = lock(&self.calls);
+            let Some(c) = calls.list.get_mut(index) else {
+                return false;
+            };
+            let Some(d) = c.dialog.clone() else {
+                return false;
+            };
+            c.cseq += 1;
+            if method == Method::Invite {
+                c.sdp_version += 1;
+            }
+            (
+                c.record.call_id.clone(),
+                c.from_tag.clone(),
+                d,
+                c.cseq,
+                c.sdp_version,
+            )
+        };
+        let kind = if method == Method::Invite { "r" } else { "b" };
+        let branch = self.branch(index, cseq, kind);
+        let mut b = self.dialog_request(method, &dialog, &branch, &call_id, &from_tag, cseq);
+        if method == Method::Invite {
+            b.header(HeaderName::Contact, &self.contact())
+                .body(sdp::CONTENT_TYPE, self.offer(index, version));
+        }
+        let outcome = self
+            .transact(&branch, b.build(), dialog.dest, method == Method::Invite)
+            .await;
+        let mut ack = None;
+        let result = match outcome {
+            Ok(resp) => {
+                let status = resp.status().unwrap_or(0);
+                if method == Method::Invite {
+                    ack = Some(if (200..300).contains(&status) {
+                        self.ack_2xx(&call_id, &from_tag, &dialog, cseq, index)
+                    } else {
+                        self.ack_non_2xx(
+                            &resp,
+                            &dialog.remote_target,
+                            &branch,
+                            cseq,
+                            dialog.dest,
+                        )
+                    });
+                }
+                Outcome::Final(status)
+            }
+            Err(TimedOut) => Outcome::Unknown,
+        };
+        if let Some((bytes, dest)) = &ack {
+            let _ = self.sock.send_to(bytes, *dest).await;
+        }
+        let mut calls = lock(&self.calls);
+        if let Some(c) = calls.list.get_mut(index) {
+            if method == Method::Invite {
+                c.record.reinvite = Some(result);
+                if let Some((b, d)) = ack {
+                    c.last_ack = Some((cseq, b, d));
+                }
+            } else {
+                c.record.bye = Some(result);
+            }
+        }
+        result.is_success()
+    }
+
+    fn dialog_request(
+        &self,
+        method: Method,
+        dialog: &Dialog,
+        branch: &str,
+        call_id: &str,
+        from_tag: &str,
+        cseq: u32,
+    ) -> MessageBuilder {
+        let mut b = MessageBuilder::request_method(method, &dialog.remote_target);
+        b.header(HeaderName::Via, &self.via(branch))
+            .header(HeaderName::MaxForwards, b"70");
+        for r in &dialog.routes {
+            b.header(HeaderName::Route, r);
+        }
+        b.header(HeaderName::From, &self.from_header(from_tag))
+            .header(HeaderName::To, &dialog.to)
+            .header(HeaderName::CallId, call_id.as_bytes())
+            .header_fmt(HeaderName::CSeq, format_args!("{cseq} {}", method.as_str()));
+        b
+    }
+
+    /// The ACK of a 2xx (RFC 3261 §13.2.2.4): a new transaction in the dialog.
+    fn ack_2xx(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        dialog: &Dialog,
+        cseq: u32,
+        index: usize,
+    ) -> (Bytes, SocketAddr) {
+        let branch = self.branch(index, cseq, "a");
+        let mut b = MessageBuilder::request_method(Method::Ack, &dialog.remote_target);
+        b.header(HeaderName::Via, &self.via(&branch))
+            .header(HeaderName::MaxForwards, b"70");
+        for r in &dialog.routes {
+            b.header(HeaderName::Route, r);
+        }
+        b.header(HeaderName::From, &self.from_header(from_tag))
+            .header(HeaderName::To, &dialog.to)
+            .header(HeaderName::CallId, call_id.as_bytes())
+            .header_fmt(HeaderName::CSeq, format_args!("{cseq} ACK"));
+        (b.build(), dialog.dest)
+    }
+
+    /// The ACK of a non-2xx final (RFC 3261 §17.1.1.3): same branch, To of the answer.
+    fn ack_non_2xx(
+        &self,
+        resp: &SipMessage,
+        ruri: &[u8],
+        branch: &str,
+        cseq: u32,
+        dest: SocketAddr,
+    ) -> (Bytes, SocketAddr) {
+        let mut b = MessageBuilder::request_method(Method::Ack, ruri);
+        b.header(HeaderName::Via, &self.via(branch))
+            .header(HeaderName::MaxForwards, b"70")
+            .copy_headers(resp, HeaderName::From)
+            .copy_headers(resp, HeaderName::To)
+            .copy_headers(resp, HeaderName::CallId)
+            .header_fmt(HeaderName::CSeq, format_args!("{cseq} ACK"));
+        (b.build(), dest)
+    }
+
+    /// One client transaction over UDP: send, retransmit, wait for the final answer.
+    async fn transact(
+        &self,
+        branch: &str,
+        bytes: Bytes,
+        dest: SocketAddr,
+        invite: bool,
+    ) -> Result<SipMessage, TimedOut> {
+        let (tx, mut rx) = mpsc::channel(16);
+        lock(&self.waiters).insert(branch.as_bytes().to_vec(), tx);
+        let deadline = Instant::now() + self.cfg.timeout;
+        let mut interval = self.cfg.t1;
+        let _ = self.sock.send_to(&bytes, dest).await;
+        let mut next = Instant::now() + interval;
+        let result = loop {
+            match tokio::time::timeout_at(next.min(deadline), rx.recv()).await {
+                Ok(Some(m)) => match m.status() {
+                    Some(s) if s >= 200 => break Ok(m),
+                    _ if invite => next = deadline,
+                    _ => {
+                        interval = T2;
+                        next = Instant::now() + interval;
+                    }
+                },
+                Ok(None) => break Err(TimedOut),
+                Err(_) if Instant::now() >= deadline => break Err(TimedOut),
+                Err(_) => {
+                    let _ = self.sock.send_to(&bytes, dest).await;
+                    interval = if invite {
+                        interval * 2
+                    } else {
+                        (interval * 2).min(T2)
+                    };
+                    next = Instant::now() + interval;
+                }
+            }
+        };
+        lock(&self.waiters).remove(branch.as_bytes());
+        result
+    }
+
+    async fn receive(self: Arc<Self>) {
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let Ok((n, from)) = self.sock.recv_from(&mut buf).await else {
+                continue;
+            };
+            let Ok(msg) = SipMessage::parse(Bytes::copy_from_slice(&buf[..n])) else {
+                tracing::debug!(%from, "caller: unparseable datagram dropped");
+                continue;
+            };
+            if msg.defect().is_some() {
+                continue;
+            }
+            if msg.is_request() {
+                self.on_request(msg, from).await;
+            } else {
+                self.on_response(msg).await;
+            }
+        }
+    }
+
+    async fn on_response(&self, msg: SipMessage) {
+        let waiter = msg
+            .top_branch()
+            .and_then(|b| lock(&self.waiters).get(b).cloned());
+        if let Some(tx) = waiter {
+            let _ = tx.try_send(msg);
+            return;
+        }
+        // A final answer to an INVITE whose transaction is over: its ACK was lost; send it again.
+        let Some(Ok(cseq)) = msg.cseq() else { return };
+        if cseq.method != Method::Invite || msg.status().is_none_or(|s| s < 200) {
+            return;
+        }
+        let Some(Ok(call_id)) = msg.call_id() else {
+            return;
+        };
+        let ack = {
+            let calls = lock(&self.calls);
+            calls
+                .by_id
+                .get(call_id)
+                .and_then(|i| calls.list.get(*i))
+                .and_then(|c| c.last_ack.clone())
+                .filter(|(seq, _, _)| *seq == cseq.seq)
+        };
+        if let Some((_, bytes, dest)) = ack {
+            let _ = self.sock.send_to(&bytes, dest).await;
+        }
+    }
+
+    async fn on_request(&self, req: SipMessage, from: SocketAddr) {
+        if self.uas.replay(&req).await {
+            return;
+        }
+        let Some(method) = req.method() else { return };
+        if method == Method::Ack {
+            self.uas.ack(&req);
+            return;
+        }
+        let call = req
+            .call_id()
+            .and_then(Result::ok)
+            .and_then(|id| lock(&self.calls).by_id.get(id).copied());
+        let in_dialog = req.to_tag().is_some();
+        let status = match (method, call) {
+            (Method::Options, _) => 200,
+            (_, None) if in_dialog => 481,
+            (Method::Bye, Some(i)) => {
+                if let Some(c) = lock(&self.calls).list.get_mut(i) {
+                    c.record.ended_by_far_side = true;
+                }
+                200
+            }
+            (_, Some(i)) => {
+                if let Some(c) = lock(&self.calls).list.get_mut(i) {
+                    c.record.far_requests += 1;
+                }
+                200
+            }
+            (_, None) => 481,
+        };
+        let mut b = response_to(
+            &req,
+            status,
+            reason_phrase(status).as_bytes(),
+            Some("spx"),
+            Some(from),
+        );
+        if method == Method::Invite && status == 200 {
+            let (index, version) = {
+                let mut calls = lock(&self.calls);
+                match call.and_then(|i| calls.list.get_mut(i)) {
+                    Some(c) => {
+                        c.sdp_version += 1;
+                        (c.record.index, c.sdp_version)
+                    }
+                    None => (0, 1),
+                }
+            };
+            b.header(HeaderName::Contact, &self.contact())
+                .body(sdp::CONTENT_TYPE, self.offer(index, version));
+        }
+        self.uas.answer(&req, from, b.build()).await;
+    }
+}
+
+impl Dialog {
+    /// The dialog a 2xx to our INVITE creates (RFC 3261 §12.1.2). In-dialog requests go to the first
+    /// route, else to the remote target, else (a host name we cannot resolve) to `fallback`.
+    fn from_2xx(resp: &SipMessage, fallback: SocketAddr) -> Dialog {
+        let to = resp.header(HeaderName::To).unwrap_or_default().to_vec();
+        let remote_target = resp
+            .contacts()
+            .next()
+            .and_then(Result::ok)
+            .map(|c| c.uri.to_vec())
+            .unwrap_or_else(|| format!("sip:{fallback}").into_bytes());
+        let mut routes: Vec<Vec<u8>> = resp
+            .record_routes()
+            .filter_map(Result::ok)
+            .map(|r| r.raw.to_vec())
+            .collect();
+        routes.reverse();
+        let first_hop = resp
+            .record_routes()
+            .filter_map(Result::ok)
+            .last()
+            .map(|r| r.uri.to_vec())
+            .unwrap_or_else(|| remote_target.clone());
+        let dest = uri_addr(&first_hop).unwrap_or(fallback);
+        Dialog {
+            to,
+            remote_target,
+            routes,
+            dest,
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! A simulated PSTN gateway: a UDP UAS that answers every call.
+//!
+//! OPTIONS → 200; a new INVITE → 100, 180, 200 with SDP at once; a re-INVITE
+//! or UPDATE in a known dialog (Call-ID and its To-tag) → 200 with SDP; BYE in a known dialog → 200; ACK → nothing (it stops
+//! the 2xx retransmissions); an in-dialog request for a dialog it does not know → 481; anything else
+//! → 200. A retransmitted request gets the answer already sent. It counts what it did.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use medpool_sip::message::builder::{reason_phrase, response_to};
+use medpool_sip::{HeaderName, Method, SipMessage};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::error::{SimpeerError, bind_udp};
+use crate::sdp;
+use crate::uas::{ResponseRouting, Uas};
+
+/// Dialogs a gateway holds at most; beyond that new calls get 503.
+const MAX_DIALOGS: usize = 100_000;
+
+/// How to run a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where it listens (the trunk's configured address and port).
+    pub bind: SocketAddr,
+    /// Where its answers go.
+    pub routing: ResponseRouting,
+}
+
+impl GatewayConfig {
+    /// A gateway on `bind` that answers at once, to the request's source (RFC 3261/3581).
+    pub fn new(bind: SocketAddr) -> GatewayConfig {
+        GatewayConfig {
+            bind,
+            routing: ResponseRouting::Source,
+        }
+    }
+}
+
+/// What a gateway did so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayCounts {
+    /// Calls answered 200.
+    pub calls: u64,
+    /// Calls answered and not yet ended by a BYE.
+    pub active: u64,
+    /// re-INVITEs answered 200.
+    pub reinvites: u64,
+    /// UPDATEs answered 200.
+    pub updates: u64,
+    /// BYEs answered 200.
+    pub byes: u64,
+    /// OPTIONS answered.
+    pub options: u64,
+    /// In-dialog requests for an unknown dialog (answered 481).
+    pub unknown_dialog: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    calls: AtomicU64,
+    byes: AtomicU64,
+    reinvites: AtomicU64,
+    updates: AtomicU64,
+    options: AtomicU64,
+    unknown_dialog: AtomicU64,
+}
+
+/// A running gateway. Dropping it stops it.
+#[derive(Debug)]
+pub struct Gateway {
+    local: SocketAddr,
+    stats: Arc<Stats>,
+    task: JoinHandle<()>,
+}
+
+struct Dialog {
+    to_tag: String,
+    sdp_version: u32,
+    session: u64,
+}
+
+struct State {
+    sock: Arc<UdpSocket>,
+    local: SocketAddr,
+    uas: Uas,
+    stats: Arc<Stats>,
+    dialogs: HashMap<Vec<u8>, Dialog>,
+    next_tag: u64,
+}
+
+impl Gateway {
+    /// Binds and starts answering.
+    pub async fn start(cfg: GatewayConfig) -> Result<Gateway, SimpeerError> {
+        let sock = Arc::new(bind_udp(cfg.bind).await?);
+        let local = sock.local_addr()?;
+        let stats = Arc::new(Stats::default());
+        let state = State {
+            uas: Uas::new(Arc::clone(&sock), cfg.routing),
+            sock,
+            local,
+            stats: Arc::clone(&stats),
+            dialogs: HashMap::new(),
+            next_tag: 0,
+        };
+        let task = tokio::spawn(state.run());
+        Ok(Gateway { local, stats, task })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// What it did so far.
+    pub fn counts(&self) -> GatewayCounts {
+        let s = &self.stats;
+        let calls = s.calls.load(Ordering::Relaxed);
+        let byes = s.byes.load(Ordering::Relaxed);
+        GatewayCounts {
+            calls,
+            active: calls.saturating_sub(byes),
+            reinvites: s.reinvites.load(Ordering::Relaxed),
+            updates: s.updates.load(Ordering::Relaxed),
+            byes,
+            options: s.options.load(Ordering::Relaxed),
+            unknown_dialog: s.unknown_dialog.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops answering (the socket closes; the counts stay readable).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl State {
+    async fn run(mut self) {
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let Ok((n, from)) = self.sock.recv_from(&mut buf).await else {
+                continue;
+            };
+            let Ok(msg) = SipMessage::parse(Bytes::copy_from_slice(&buf[..n])) else {
+                tracing::debug!(%from, "gateway: unparseable datagram dropped");
+                continue;
+            };
+            if msg.is_request() && msg.defect().is_none() {
+                self.on_request(msg, from).await;
+            }
+        }
+    }
+
+    fn answer_bytes(
+        &self,
+        req: &SipMessage,
+        status: u16,
+        to_tag: Option<&str>,
+        source: SocketAddr,
+        body: Option<Bytes>,
+    ) -> Bytes {
+        let mut b = response_to(
+            req,
+            status,
+            reason_phrase(status).as_bytes(),
+            to_tag,
+            Some(source),
+        );
+        if req.method() == Some(Method::Invite) && (101..300).contains(&status) {
+            b.header_fmt(HeaderName::Contact, format_args!("<sip:gw@{}>", self.local));
+        }
+        if let Some(body) = body {
+            b.body(sdp::CONTENT_TYPE, body);
+        }
+        b.build()
+    }
+
+    async fn on_request(&mut self, req: SipMessage, from: SocketAddr) {
+        if self.uas.replay(&req).await {
+            return;
+        }
+        let Some(method) = req.method() else { return };
+        let call_id = match req.call_id() {
+            Some(Ok(c)) => c.to_vec(),
+            _ => return,
+        };
+        let in_dialog = req.to_tag().is_some();
+        match method {
+            Method::Ack => self.uas.ack(&req),
+            Method::Options => {
+                self.stats.options.fetch_add(1, Ordering::Relaxed);
+                let a = self.answer_bytes(&req, 200, Some("gwopt"), from, None);
+                self.uas.answer(&req, from, a).await;
+            }
+            Method::Invite if !in_dialog => self.new_call(req, call_id, from).await,
+            Method::Invite | Method::Update => {
+                let local_ip = self.local.ip();
+                let Some(d) = self
+                    .dialogs
+                    .get_mut(&call_id)
+                    .filter(|d| req.to_tag() == Some(d.to_tag.as_bytes()))
+                else {
+                    return self.unknown_dialog(&req, from).await;
+                };
+                d.sdp_version += 1;
+                let body = sdp::audio(d.session, d.sdp_version, local_ip, 20_000);
+                let counter = if method == Method::Invite {
+                    &self.stats.reinvites
+                } else {
+                    &self.stats.updates
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let a = self.answer_bytes(&req, 200, None, from, Some(body));
+                self.uas.answer(&req, from, a).await;
+            }
+            Method::Bye => {
+                let known = self
+                    .dialogs
+                    .get(&call_id)
+                    .is_some_and(|d| req.to_tag() == Some(d.to_tag.as_bytes()));
+                if !known {
+                    return self.unknown_dialog(&req, from).await;
+                }
+                self.dialogs.remove(&call_id);
+                self.stats.byes.fetch_add(1, Ordering::Relaxed);
+                let a = self.answer_bytes(&req, 200, None, from, None);
+                self.uas.answer(&req, from, a).await;
+            }
+            _ => {
+                let a = self.answer_bytes(&req, 200, Some("gwx"), from, None);
+                self.uas.answer(&req, from, a).await;
+            }
+        }
+    }
+
+    async fn unknown_dialog(&self, req: &SipMessage, from: SocketAddr) {
+        self.stats.unknown_dialog.fetch_add(1, Ordering::Relaxed);
+        let a = self.answer_bytes(req, 481, None, from, None);
+        self.uas.answer(req, from, a).await;
+    }
+
+    async fn new_call(&mut self, req: SipMessage, call_id: Vec<u8>, from: SocketAddr) {
+        if self.dialogs.len() >= MAX_DIALOGS {
+            let a = self.answer_bytes(&req, 503, Some("gwfull"), from, None);
+            self.uas.answer(&req, from, a).await;
+            return;
+        }
+        self.next_tag += 1;
+        let tag = format!("gw{}t{}", self.local.port(), self.next_tag);
+        let session = self.next_tag;
+        let trying = self.answer_bytes(&req, 100, None, from, None);
+        let ringing = self.answer_bytes(&req, 180, Some(&tag), from, None);
+        let body = sdp::audio(session, 1, self.local.ip(), 20_000);
+        let ok = self.answer_bytes(&req, 200, Some(&tag), from, Some(body));
+        self.dialogs.insert(
+            call_id,
+            Dialog {
+                to_tag: tag,
+                sdp_version: 1,
+                session,
+            },
+        );
+        self.uas.answer(&req, from, trying).await;
+        self.uas.answer(&req, from, ringing).await;
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.uas.answer(&req, from, ok).await;
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("local", &self.local)
+            .field("dialogs", &self.dialogs.len())
+            .finish()
+    }
+}

@@ -1,0 +1,37 @@
+//! medpool-simpeer: simulated SIP peers and a Service-like UDP forwarder for demos and tests.
+//!
+//! Its one job is to play, on loopback, the parties that stand around a medpool pool, so that
+//! `medpool demo` and the multi-process chaos tests run on a fresh machine without SIPp:
+//!
+//! ```text
+//!   Caller ──INVITE/re-INVITE/BYE──► Forwarder (the "Service" address) ──► node 1 │ node 2 │ node 3 ──► Gateway gw1, gw2
+//!   (internal trunk)                  adds X-Medpool-Source: <real source>        │                     (PSTN side)
+//!      ▲                               re-pins a dead node's flows               │
+//!      └──────────── answers (straight from a node, or back through the forwarder) ◄──┘
+//! ```
+//!
+//! - [`caller`]: a UAC that places many calls, holds them, re-INVITEs and hangs them up, with UDP
+//!   retransmissions, and keeps a [`ledger`] of what happened to each call.
+//! - [`gateway`]: a UAS that answers every call (100, 180, 200 with SDP) and every in-dialog request.
+//! - [`forwarder`]: a UDP load balancer playing a Kubernetes Service in front of the nodes.
+//! - [`uas`]: the server-side transaction behaviour the caller and the gateway share.
+//! - [`ledger`]: per-call outcomes and the summary table.
+//! - [`sdp`]: the small SDP bodies the peers offer and answer.
+//!
+//! It speaks to the pool only over UDP with medpool-sip's codec; it never links the B2BUA, the
+//! cluster or the binary. Every task it starts is aborted when its owner is dropped.
+
+pub mod caller;
+pub mod error;
+pub mod forwarder;
+pub mod gateway;
+pub mod ledger;
+pub mod sdp;
+pub mod uas;
+
+pub use caller::{Caller, CallerConfig};
+pub use error::SimpeerError;
+pub use forwarder::{Forwarder, ForwarderConfig, ForwarderCounts};
+pub use gateway::{Gateway, GatewayConfig, GatewayCounts};
+pub use ledger::{CallRecord, Outcome, Summary};
+pub use uas::ResponseRouting;
