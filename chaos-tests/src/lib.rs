@@ -1,5 +1,80 @@
 //! medpool-chaos-tests: real `medpool serve` processes under real faults, checked against invariants.
 //!
-//! The harness (processes on 127.0.0.x, a Service-like UDP forwarder, seeded fault schedules, a call ledger)
-//! arrives with the pool and chaos issues; until then this crate holds nothing but this note, so that the
-//! workspace has the layout DESIGN.md specifies.
+//! ```text
+//!  tests/*.rs (one invariant a file)
+//!     │  seed (printed; MEDPOOL_SEED replays) ─► every call's identifiers
+//!     ├─ simpeer: Caller ─► Forwarder (the Service address) ─► nodes ─► Gateways   (in-process, tokio)
+//!     └─ this crate: LocalPool ─► NodeProcess × 3 (`medpool serve` children: SIGKILL, SIGTERM, restart)
+//!                       │            └─ stderr captured line by line (waits on log lines, a log file each)
+//!                       └─ pool status over the internal gRPC service (medpool-cluster's Info)
+//! ```
+//! - [`binary`]: finds `target/debug/medpool` (building it with `cargo build -p medpool` when it is
+//!   missing or older than its sources).
+//! - [`process`]: one node process, its log, and the guard that stops it by PID (also on panic).
+//! - [`pool`]: a 3-node pool on 127.0.N.x and the waits a test needs (converged, failed over, rejoined).
+//! - [`seed`]: the run's seed.
+//!
+//! It never links the binary crate: nodes are processes, faults are signals.
+
+pub mod binary;
+pub mod pool;
+pub mod process;
+pub mod seed;
+
+/// Why a harness step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The medpool binary is missing and could not be built.
+    #[error("no medpool binary at {path}: {why}")]
+    Binary {
+        /// Where it was looked for.
+        path: std::path::PathBuf,
+        /// What went wrong building it.
+        why: String,
+    },
+    /// A process could not be started.
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        /// Which process.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A node exited while it should have been serving.
+    #[error("{node} exited ({status}); last log lines:\n{tail}")]
+    Exited {
+        /// Which node.
+        node: String,
+        /// How it ended.
+        status: String,
+        /// The end of its log.
+        tail: String,
+    },
+    /// Something a test waited for did not happen in time.
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        after: std::time::Duration,
+    },
+    /// The pool's status could not be read.
+    #[error("pool status from {server}: {reason}")]
+    Status {
+        /// The node asked.
+        server: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A simulated peer could not start.
+    #[error(transparent)]
+    Peer(#[from] medpool_simpeer::SimpeerError),
+}

@@ -31,6 +31,7 @@ pub trait Relay: Send + Sync + 'static {
         message: bytes::Bytes,
         source: std::net::SocketAddr,
         transport: &str,
+        traceparent: Option<String>,
     ) -> bool;
     /// Asks node `via` to send `message` to `dest` from its own socket.
     fn send_via(
@@ -47,7 +48,15 @@ pub trait Relay: Send + Sync + 'static {
 pub struct NoRelay;
 
 impl Relay for NoRelay {
-    fn forward(&self, _: u64, _: u16, _: bytes::Bytes, _: std::net::SocketAddr, _: &str) -> bool {
+    fn forward(
+        &self,
+        _: u64,
+        _: u16,
+        _: bytes::Bytes,
+        _: std::net::SocketAddr,
+        _: &str,
+        _: Option<String>,
+    ) -> bool {
         false
     }
     fn send_via(&self, _: u64, _: bytes::Bytes, _: std::net::SocketAddr, _: &str) -> bool {
@@ -68,6 +77,10 @@ pub struct DialogRecord {
     pub trunk: String,
     /// The trunk the call came in on.
     pub inbound: String,
+    /// W3C trace context of the call's root span, so the node that takes the call over continues
+    /// the same trace.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// One leg of a confirmed dialog.

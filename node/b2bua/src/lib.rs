@@ -21,4 +21,5 @@ pub mod health;
 pub mod node;
 pub mod routing;
 pub mod sipcore;
+pub mod trace;
 pub mod translate;

@@ -141,6 +141,8 @@ pub struct NodeCtx {
     /// Call and gateway events.
     pub events: tokio::sync::broadcast::Sender<NodeEvent>,
     trusted_forwarders: Vec<std::net::IpAddr>,
+    /// Keep only the last two digits of phone numbers in traces.
+    pub redact_numbers: bool,
     forward_tx: mpsc::Sender<Forwarded>,
 }
 
@@ -171,8 +173,14 @@ impl NodeCtx {
         self.registry.calls()
     }
     /// Takes a message another node forwarded (false when the queue is full: the peer retransmits).
-    pub fn inject(&self, inbound: Inbound, via: u64) -> bool {
-        self.forward_tx.try_send(Forwarded { inbound, via }).is_ok()
+    pub fn inject(&self, inbound: Inbound, via: u64, traceparent: Option<String>) -> bool {
+        self.forward_tx
+            .try_send(Forwarded {
+                inbound,
+                via,
+                traceparent,
+            })
+            .is_ok()
     }
 
     /// This node now owns `shard`: rebuild a DialogActor for every confirmed dialog recorded in it.
@@ -261,6 +269,8 @@ pub struct NodeOptions {
     /// Addresses of SIP load balancers whose `X-Medpool-Source: ip:port` header names the real source
     /// of a message (an L7 forwarder in front of the pool, or the test suite's Service stand-in).
     pub trusted_forwarders: Vec<std::net::IpAddr>,
+    /// Keep only the last two digits of phone numbers in traces.
+    pub redact_numbers: bool,
 }
 
 impl Default for NodeOptions {
@@ -271,6 +281,7 @@ impl Default for NodeOptions {
             timers: TimerConfig::default(),
             max_transactions: 200_000,
             trusted_forwarders: Vec::new(),
+            redact_numbers: false,
         }
     }
 }
@@ -353,6 +364,7 @@ pub async fn start(
         events: tokio::sync::broadcast::channel(4096).0,
         forward_tx,
         trusted_forwarders: opts.trusted_forwarders.clone(),
+        redact_numbers: opts.redact_numbers,
         epoch: tokio::time::Instant::now(),
     });
     gateway::start_all(&ctx, &config.trunks)
@@ -418,6 +430,8 @@ pub struct Forwarded {
     pub inbound: Inbound,
     /// The node that received it (answers leave from there).
     pub via: u64,
+    /// W3C trace context of the forwarding node's span.
+    pub traceparent: Option<String>,
 }
 
 async fn dispatch(
@@ -433,13 +447,13 @@ async fn dispatch(
             _ = stop.changed() => break,
             Some(ev) = core_rx.recv() => handle_core(&ctx, ev).await,
             Some(f) = forwarded.recv() => {
-                feed(&ctx, f.inbound, Some(f.via)).await;
+                feed(&ctx, f.inbound, Some(f.via), f.traceparent).await;
                 while let Ok(ev) = core_rx.try_recv() {
                     handle_core(&ctx, ev).await;
                 }
             }
             Some(inb) = inbound.recv() => {
-                feed(&ctx, inb, None).await;
+                feed(&ctx, inb, None, None).await;
                 // Requests the transaction layer just passed up are handled before the next message, so
                 // a CANCEL never overtakes the INVITE it cancels.
                 while let Ok(ev) = core_rx.try_recv() {
@@ -460,6 +474,7 @@ async fn answer(ctx: &NodeCtx, inb: &Inbound, via: Option<u64>, bytes: bytes::By
                 peer: inb.source,
                 transport: inb.transport,
                 via,
+                traceparent: None,
             };
             let t = if inb.transport.is_reliable() {
                 "tcp"
@@ -477,7 +492,7 @@ async fn answer(ctx: &NodeCtx, inb: &Inbound, via: Option<u64>, bytes: bytes::By
 /// The header a trusted forwarder uses to name a message's real source.
 pub const SOURCE_HEADER: &str = "X-Medpool-Source";
 
-async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>) {
+async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>, traceparent: Option<String>) {
     let config = ctx.config();
     if via.is_none()
         && ctx.trusted_forwarders.contains(&inb.source.ip())
@@ -506,6 +521,7 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>) {
                     peer: inb.source,
                     transport: inb.transport,
                     via: None,
+                    traceparent: traceparent.clone(),
                 };
                 let bytes = local_response(&env, 403, Some(&ids::new_tag(0)), &[]);
                 answer(ctx, &inb, None, bytes).await;
@@ -524,9 +540,24 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>) {
                 } else {
                     "udp"
                 };
+                // A short span on the receiving node; the owner's spans continue its trace.
+                let span = tracing::info_span!(
+                    "sip.forward",
+                    sip.method = inb
+                        .msg
+                        .method_bytes()
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default()
+                        .as_ref(),
+                    sip.status = inb.msg.status().unwrap_or(0),
+                    shard,
+                    owner,
+                    node = me,
+                );
+                let tp = crate::trace::traceparent(&span);
                 if ctx
                     .relay
-                    .forward(owner, shard, inb.msg.bytes(), inb.source, t)
+                    .forward(owner, shard, inb.msg.bytes(), inb.source, t, tp)
                 {
                     ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -554,6 +585,7 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>) {
             peer: inb.source,
             transport: inb.transport,
             via,
+            traceparent: traceparent.clone(),
         };
         if ctx.driver.on_request(key, is_ack, env, reliable).is_err()
             && let Some(a) = overload_answer(&inb.msg, inb.source, config.node.retry_after)
@@ -570,6 +602,7 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>) {
             peer: inb.source,
             transport: inb.transport,
             via,
+            traceparent: traceparent.clone(),
         };
         ctx.driver.on_response(key, status, env);
     }

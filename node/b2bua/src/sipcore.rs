@@ -42,6 +42,8 @@ pub struct Envelope {
     /// The pool node that received the message from the network (when another node forwarded it to
     /// us); answers to it are sent through that node.
     pub via: Option<u64>,
+    /// W3C trace context the message arrived with (set on forwarded messages).
+    pub traceparent: Option<String>,
 }
 
 impl Envelope {
@@ -53,6 +55,7 @@ impl Envelope {
                 peer,
                 transport,
                 via: None,
+                traceparent: None,
             }),
             Err(e) => {
                 tracing::error!(error = %e, "built an unparseable message");

@@ -133,6 +133,9 @@ pub struct ServeArgs {
     /// SIP load balancers trusted to name a message's real source in `X-Medpool-Source` (comma-separated IPs).
     #[arg(long, env = "MEDPOOL_TRUSTED_FORWARDERS", value_delimiter = ',')]
     pub trusted_forwarders: Vec<std::net::IpAddr>,
+    /// In traces, keep only the last two digits of phone numbers.
+    #[arg(long, env = "MEDPOOL_TRACE_REDACT_NUMBERS")]
+    pub trace_redact_numbers: bool,
     /// Prometheus metrics address (`GET /metrics`); off when not given.
     #[arg(long, env = "MEDPOOL_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,

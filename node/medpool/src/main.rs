@@ -7,6 +7,7 @@ mod metrics;
 mod pool;
 mod poolctl;
 mod serve;
+mod telemetry;
 
 use clap::Parser;
 
@@ -50,7 +51,6 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(outcome as u8)
         }
         cli::Command::Serve(args) => {
-            serve::init_logging(&args.log);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -61,7 +61,17 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve::run(*args)) {
+            let result = runtime.block_on(async {
+                let node = args
+                    .pool
+                    .node_id
+                    .map_or_else(|| args.sip_listen.to_string(), |n| n.to_string());
+                let telemetry = telemetry::init(&args.log, &node);
+                let result = serve::run(*args).await;
+                telemetry.shutdown(std::time::Duration::from_secs(5)).await;
+                result
+            });
+            match result {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("medpool: {e}");

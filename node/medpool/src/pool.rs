@@ -64,6 +64,7 @@ impl Relay for PoolAdapter {
         message: Bytes,
         source: SocketAddr,
         transport: &str,
+        traceparent: Option<String>,
     ) -> bool {
         self.pool.forward(
             owner,
@@ -73,7 +74,7 @@ impl Relay for PoolAdapter {
                 transport: transport.to_owned(),
                 shard: u32::from(shard),
                 via_node: self.pool.node_id(),
-                traceparent: String::new(),
+                traceparent: traceparent.unwrap_or_default(),
                 send: false,
             },
         )
@@ -128,6 +129,7 @@ impl PoolSink for NodeSink {
                     transport,
                 },
                 msg.via_node,
+                (!msg.traceparent.is_empty()).then_some(msg.traceparent),
             ),
             Err(_) => false,
         }

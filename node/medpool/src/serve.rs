@@ -14,7 +14,7 @@ use crate::pool::{NodeSink, PoolAdapter};
 use medpool_sip::transaction::TimerConfig;
 use medpool_sip::transport::TransportConfig;
 
-use crate::cli::{LogArgs, LogFormat, ServeArgs};
+use crate::cli::ServeArgs;
 
 /// Why `serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -47,22 +47,6 @@ pub enum ServeError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
-}
-
-/// Starts logging (human or JSON) to stderr.
-pub fn init_logging(args: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: log files and collectors get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    let _ = match args.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Human => builder.try_init(),
-    };
 }
 
 fn load_config(args: &ServeArgs) -> Result<PoolConfig, ConfigError> {
@@ -101,6 +85,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         },
         max_transactions: args.max_transactions,
         trusted_forwarders: args.trusted_forwarders.clone(),
+        redact_numbers: args.trace_redact_numbers,
     };
     let trunks = config.trunks.len();
     let routes = config.routes.len();

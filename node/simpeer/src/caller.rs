@@ -188,9 +188,11 @@ impl Caller {
             first
         };
         let answered = self
-            .paced(first..first + n, self.inner.cfg.cps, |inner, i| async move {
-                inner.setup(i).await
-            })
+            .paced(
+                first..first + n,
+                self.inner.cfg.cps,
+                |inner, i| async move { inner.setup(i).await },
+            )
             .await;
         answered.into_iter().filter(|ok| *ok).count()
     }
@@ -200,9 +202,11 @@ impl Caller {
     pub async fn reinvite_all(&self) -> usize {
         let targets = self.live_calls();
         let done = self
-            .paced(targets.into_iter(), self.inner.cfg.rps, |inner, i| async move {
-                inner.in_dialog(i, Method::Invite).await
-            })
+            .paced(
+                targets.into_iter(),
+                self.inner.cfg.rps,
+                |inner, i| async move { inner.in_dialog(i, Method::Invite).await },
+            )
             .await;
         done.into_iter().filter(|ok| *ok).count()
     }
@@ -212,9 +216,11 @@ impl Caller {
     pub async fn hangup_all(&self) -> usize {
         let targets = self.live_calls();
         let done = self
-            .paced(targets.into_iter(), self.inner.cfg.rps, |inner, i| async move {
-                inner.in_dialog(i, Method::Bye).await
-            })
+            .paced(
+                targets.into_iter(),
+                self.inner.cfg.rps,
+                |inner, i| async move { inner.in_dialog(i, Method::Bye).await },
+            )
             .await;
         done.into_iter().filter(|ok| *ok).count()
     }
@@ -224,9 +230,7 @@ impl Caller {
         lock(&self.inner.calls)
             .list
             .iter()
-            .filter(|c| {
-                c.dialog.is_some() && !c.record.ended_by_far_side && c.record.bye.is_none()
-            })
+            .filter(|c| c.dialog.is_some() && !c.record.ended_by_far_side && c.record.bye.is_none())
             .map(|c| c.record.index)
             .collect()
     }
@@ -384,13 +388,7 @@ impl Inner {
                     ack = Some(if (200..300).contains(&status) {
                         self.ack_2xx(&call_id, &from_tag, &dialog, cseq, index)
                     } else {
-                        self.ack_non_2xx(
-                            &resp,
-                            &dialog.remote_target,
-                            &branch,
-                            cseq,
-                            dialog.dest,
-                        )
+                        self.ack_non_2xx(&resp, &dialog.remote_target, &branch, cseq, dialog.dest)
                     });
                 }
                 Outcome::Final(status)

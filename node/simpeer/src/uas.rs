@@ -124,7 +124,11 @@ impl Uas {
         let dest = self.destination(req, source);
         if let Some(key) = tx_key(req) {
             let mut cache = lock(&self.answers);
-            if cache.map.insert(key.clone(), (bytes.clone(), dest)).is_none() {
+            if cache
+                .map
+                .insert(key.clone(), (bytes.clone(), dest))
+                .is_none()
+            {
                 cache.order.push_back(key);
                 while cache.order.len() > ANSWER_CACHE {
                     if let Some(old) = cache.order.pop_front() {

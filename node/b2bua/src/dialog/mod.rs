@@ -180,6 +180,9 @@ pub struct DialogActor;
 /// One gateway attempt on leg B.
 #[derive(Debug)]
 struct Attempt {
+    /// This leg B attempt's span, and its INVITE transaction's (closed at the final answer).
+    span: tracing::Span,
+    tx_span: tracing::Span,
     leg: Leg,
     trunk: String,
     invite: Envelope,
@@ -198,6 +201,8 @@ struct Attempt {
 /// An in-dialog request being relayed: answer `server` on `from` when `client` gets its final.
 #[derive(Debug)]
 struct Relay {
+    /// The relayed transaction's span (closed at the final answer).
+    span: tracing::Span,
     client: ClientKey,
     from: Side,
     server: ServerKey,
@@ -209,6 +214,10 @@ struct Relay {
 /// The state of one call.
 pub struct Call {
     ctx: Arc<NodeCtx>,
+    /// The call's root span (one trace per call); legs and transactions are its children.
+    span: tracing::Span,
+    /// Leg A's span.
+    a_span: tracing::Span,
     shard: u16,
     inbound: Trunk,
     a: Leg,
@@ -301,6 +310,7 @@ impl Call {
                     self.a_2xx = Some((status, env.clone()));
                     self.a_answered = true;
                     self.answered_after = Some(self.started.elapsed());
+                    tracing::info!(parent: &self.span, status, "answered");
                     self.ctx.publish(crate::node::NodeEvent::CallAnswered {
                         call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
                         gateway: self.current().map(|a| a.trunk.clone()).unwrap_or_default(),
@@ -511,7 +521,25 @@ impl Call {
         let invite = Envelope::outgoing(b.build(), peer, transport)?;
         let key = crate::sipcore::client_key_of_request(&invite.msg)?;
         let number = self.attempts.len() as u32 + 1;
+        let span = tracing::info_span!(
+            parent: &self.span,
+            "leg",
+            leg.side = "B",
+            leg.attempt = number,
+            leg.trunk = %trunk.name,
+            sip.call_id = %call_id,
+            sip.status = tracing::field::Empty,
+        );
+        let tx_span = tracing::info_span!(parent: &span, "sip.transaction", sip.method = "INVITE", sip.branch = %branch, sip.status = tracing::field::Empty);
+        self.span.record("call.gateway", trunk.name.as_str());
+        self.span.record("call.b_call_id", call_id.as_str());
+        if number > 1 {
+            self.span.record("call.failovers", number - 1);
+            tracing::info!(parent: &self.span, attempt = number, trunk = %trunk.name, "failover to the next gateway");
+        }
         Some(Attempt {
+            span,
+            tx_span,
             leg: Leg {
                 call_id: Bytes::from(call_id),
                 local_tag: tag,
@@ -764,6 +792,7 @@ impl Call {
             b: leg_rec(&b.leg),
             trunk: b.trunk.clone(),
             inbound: self.inbound.name.clone(),
+            traceparent: crate::trace::traceparent(&self.span),
         })
     }
 }
@@ -848,8 +877,20 @@ impl Actor for DialogActor {
             local_cseq: 0,
             remote_cseq: cseq,
         };
+        let span = call_span(
+            &ctx,
+            &String::from_utf8_lossy(&a.call_id),
+            shard,
+            &inbound.name,
+            &called,
+            &calling,
+            env.traceparent.as_deref(),
+        );
+        let a_span = tracing::info_span!(parent: &span, "leg", leg.side = "A", sip.call_id = %String::from_utf8_lossy(&a.call_id), leg.trunk = %inbound.name);
         Ok(Call {
             ctx,
+            span,
+            a_span,
             shard,
             inbound,
             a,
@@ -962,6 +1003,8 @@ impl Actor for DialogActor {
         }
         st.ctx
             .call_ended(&st.inbound.name, st.last_status, st.started.elapsed());
+        st.span.record("sip.status", st.last_status);
+        tracing::info!(parent: &st.span, status = st.last_status, cause = ?st.history.last(), "call ended");
         st.ctx.publish(crate::node::NodeEvent::CallEnded {
             call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
             status: st.last_status,
@@ -1174,6 +1217,7 @@ fn on_response(
             return;
         }
         let r = st.relays.remove(pos);
+        r.span.record("sip.status", status);
         let tag = match r.from {
             Side::A => st.a.local_tag.clone(),
             Side::B => st
@@ -1240,6 +1284,12 @@ fn on_invite_response(
     if status >= 200 {
         // A final answer: nothing more can come on this INVITE that needs the call.
         st.attempts[idx].settled = true;
+        let att = &mut st.attempts[idx];
+        att.tx_span.record("sip.status", status);
+        att.span.record("sip.status", status);
+        att.tx_span = tracing::Span::none();
+    } else {
+        tracing::info!(parent: &st.attempts[idx].tx_span, status, "provisional");
     }
     if st.attempts[idx].abandoned {
         // A late answer to an attempt we gave up on.
@@ -1622,6 +1672,20 @@ fn on_request(
     }
     match st.send_request(myself, to_side, b.build()) {
         Some(client) => st.relays.push(Relay {
+            span: {
+                let parent = if to_side == Side::A {
+                    &st.a_span
+                } else {
+                    st.current().map_or(&st.span, |a| &a.span)
+                };
+                tracing::info_span!(
+                    parent: parent,
+                    "sip.transaction",
+                    sip.method = %String::from_utf8_lossy(&method_bytes),
+                    sip.relayed_from = if side == Side::A { "A" } else { "B" },
+                    sip.status = tracing::field::Empty,
+                )
+            },
             client,
             from: side,
             server: key,
@@ -1630,6 +1694,45 @@ fn on_request(
         }),
         None => respond_local(st, 503, &[]),
     }
+}
+
+/// A number as it goes into a trace: as is, or only its last two digits when redaction is on.
+fn traced_number(ctx: &NodeCtx, n: &str) -> String {
+    if !ctx.redact_numbers || n.len() <= 2 {
+        return n.to_owned();
+    }
+    format!("{}{}", "*".repeat(n.len() - 2), &n[n.len() - 2..])
+}
+
+/// The root span of a call (parented to `traceparent` when the call continues another node's trace).
+fn call_span(
+    ctx: &NodeCtx,
+    call_id: &str,
+    shard: u16,
+    inbound: &str,
+    called: &str,
+    calling: &str,
+    traceparent: Option<&str>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "call",
+        sip.call_id = call_id,
+        call.shard = shard,
+        call.node = ctx.shards.node_id(),
+        call.inbound_trunk = inbound,
+        call.called = traced_number(ctx, called).as_str(),
+        call.calling = traced_number(ctx, calling).as_str(),
+        call.gateway = tracing::field::Empty,
+        call.b_call_id = tracing::field::Empty,
+        call.failovers = tracing::field::Empty,
+        sip.status = tracing::field::Empty,
+        call.restored = tracing::field::Empty,
+    );
+    if let Some(tp) = traceparent {
+        crate::trace::set_parent(&span, tp);
+    }
+    span
 }
 
 /// Spawns the actor for a new call.
@@ -1698,6 +1801,20 @@ fn restored(
         .ok_or_else(|| RestoreError::UnknownTrunk(rec.inbound.clone()))?;
     let a = leg_from_record(&rec.a)?;
     let b = leg_from_record(&rec.b)?;
+    let span = call_span(
+        &ctx,
+        &rec.a.call_id,
+        rec.shard,
+        &rec.inbound,
+        "",
+        "",
+        rec.traceparent.as_deref(),
+    );
+    span.record("call.restored", true);
+    span.record("call.gateway", rec.trunk.as_str());
+    tracing::info!(parent: &span, node = ctx.shards.node_id(), "call taken over by this node");
+    let a_span = tracing::info_span!(parent: &span, "leg", leg.side = "A", sip.call_id = %rec.a.call_id, leg.trunk = %rec.inbound);
+    let b_span = tracing::info_span!(parent: &span, "leg", leg.side = "B", sip.call_id = %rec.b.call_id, leg.trunk = %rec.trunk);
     // Identifiers for the original INVITE transactions, which died with the old owner.
     let branch = ids::new_branch(rec.shard);
     let a_key = ServerKey::from_parts(branch.as_bytes(), ctx.me.hostport.as_bytes(), b"INVITE")
@@ -1722,6 +1839,8 @@ fn restored(
         .and_then(|t| ctx.gateways.try_acquire(t).then(|| t.name.clone()));
     ctx.count_inbound(&inbound.name);
     Ok(Call {
+        span,
+        a_span,
         shard: rec.shard,
         inbound,
         a_cseq_invite: 0,
@@ -1731,6 +1850,8 @@ fn restored(
         plan: Vec::new(),
         next_candidate: 0,
         attempts: vec![Attempt {
+            span: b_span,
+            tx_span: tracing::Span::none(),
             leg: b,
             trunk: rec.trunk.clone(),
             invite,

@@ -1,0 +1,415 @@
+//! A local pool: `medpool serve` processes on 127.0.N.1, .2, .3 (SIP :5060, internal :7000), node 0
+//! bootstrapping and the others joining through it, all advertising the Service address 127.0.N.100
+//! and trusting it as a forwarder; the standard configuration (internal trunk `pbx` = the caller on
+//! 127.0.N.50 any port, gateways `gw1`/`gw2` on 127.0.N.21/.22:5060); and the waits a test needs,
+//! read from each node's pool status (medpool-cluster's Info over the internal service) and logs.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use medpool_cluster::pool::PoolInfo;
+use medpool_proto::cluster::InfoRequest;
+use tokio::time::Instant;
+
+use crate::HarnessError;
+use crate::process::{NodeProcess, NodeSpec};
+
+/// Addresses of the test network 127.0.N.x (N unique to a test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net(pub u8);
+
+impl Net {
+    /// 127.0.N.host.
+    pub fn ip(self, host: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, 0, self.0, host))
+    }
+    /// Node `i`'s SIP address: 127.0.N.(i+1):5060.
+    pub fn node_sip(self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.ip(i as u8 + 1), 5060)
+    }
+    /// Node `i`'s internal address: 127.0.N.(i+1):7000.
+    pub fn node_raft(self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.ip(i as u8 + 1), 7000)
+    }
+    /// The Service (forwarder) address: 127.0.N.100:5060.
+    pub fn service(self) -> SocketAddr {
+        SocketAddr::new(self.ip(100), 5060)
+    }
+    /// Gateway `k` (0 = gw1, 1 = gw2): 127.0.N.(21+k):5060.
+    pub fn gateway(self, k: usize) -> SocketAddr {
+        SocketAddr::new(self.ip(21 + k as u8), 5060)
+    }
+    /// The caller (internal trunk `pbx`) at 127.0.N.50:`port`.
+    pub fn caller(self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip(50), port)
+    }
+}
+
+/// The pool configuration every node is started with.
+pub fn pool_config(net: Net) -> String {
+    let pbx = net.ip(50);
+    let gw = |k: usize| {
+        let a = net.gateway(k);
+        format!(
+            r#"
+[[trunk]]
+name = "gw{n}"
+address = "{ip}"
+port = {port}
+transport = "udp"
+side = "gateway"
+options_interval_ms = 1000
+down_after = 3
+up_after = 1
+usages = ["inbound"]
+"#,
+            n = k + 1,
+            ip = a.ip(),
+            port = a.port()
+        )
+    };
+    format!(
+        r#"# written by medpool-chaos-tests
+[node]
+max_calls = 20000
+max_tries = 2
+
+[[trunk]]
+name = "pbx"
+address = "{pbx}"
+side = "internal"
+match_any_port = true
+usages = ["outbound"]
+{gw1}{gw2}
+[[route]]
+name = "from-pstn"
+pattern = '.*'
+usage = "inbound"
+trunks = ["pbx"]
+
+[[route]]
+name = "to-gateways"
+pattern = '.*'
+usage = "outbound"
+trunks = [{{ trunk = "gw1", priority = 1 }}, {{ trunk = "gw2", priority = 1 }}]
+"#,
+        gw1 = gw(0),
+        gw2 = gw(1)
+    )
+}
+
+/// What a failover looked like from the survivors.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    /// From the SIGKILL until a survivor's shard map shows the victim down with no shard.
+    pub map_moved: Duration,
+    /// From the SIGKILL until every survivor that gained shards logged `shards adopted`.
+    pub adopted: Duration,
+    /// Calls rebuilt by the survivors (sum of `restored=` in their `shards adopted` lines).
+    pub restored: usize,
+    /// The survivors' `shards adopted` lines.
+    pub lines: Vec<String>,
+    /// The pool status after the move.
+    pub after: PoolInfo,
+}
+
+/// A local pool of node processes (stopped by PID when dropped).
+#[derive(Debug)]
+pub struct LocalPool {
+    /// Its addresses.
+    pub net: Net,
+    /// Nodes by index (node id = index); a killed node stays here until restarted.
+    pub nodes: Vec<NodeProcess>,
+    bin: PathBuf,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// The number in `key=<n>` within a log line.
+pub fn field(line: &str, key: &str) -> Option<usize> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The status as a table: one line per node.
+pub fn status_table(info: &PoolInfo) -> String {
+    let mut out = format!(
+        "  (seen by node {}: leader {}, term {}, unowned shards {}, dialogs {})\n  {:<5} {:<18} {:<8} {:>6}\n",
+        info.node_id,
+        info.leader
+            .map_or_else(|| "none".to_owned(), |l| l.to_string()),
+        info.term,
+        info.unowned,
+        info.dialogs,
+        "NODE",
+        "SIP",
+        "STATE",
+        "SHARDS"
+    );
+    for (id, sip, state, shards) in &info.nodes {
+        out.push_str(&format!("  {id:<5} {sip:<18} {state:<8} {shards:>6}\n"));
+    }
+    out
+}
+
+fn node_row(info: &PoolInfo, id: usize) -> Option<(&str, usize)> {
+    info.nodes
+        .iter()
+        .find(|n| n.0 == id as u64)
+        .map(|n| (n.2.as_str(), n.3))
+}
+
+fn is_active(state: &str) -> bool {
+    state.eq_ignore_ascii_case("active")
+}
+
+impl LocalPool {
+    /// Starts `size` nodes on `net` and waits until the pool has converged (every node active with
+    /// shards and having adopted them, no unowned shard).
+    pub async fn start(net: Net, size: usize) -> Result<LocalPool, HarnessError> {
+        let bin = crate::binary::medpool_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("medpool-chaos-{}-", net.0))
+            .tempdir()
+            .map_err(|source| HarnessError::File {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let config = dir.path().join("medpool.toml");
+        std::fs::write(&config, pool_config(net)).map_err(|source| HarnessError::File {
+            path: config.clone(),
+            source,
+        })?;
+        eprintln!(
+            "[pool 127.0.{}.x] binary {} · data and logs in {}",
+            net.0,
+            bin.display(),
+            dir.path().display()
+        );
+        let mut pool = LocalPool {
+            net,
+            nodes: Vec::new(),
+            bin,
+            config,
+            dir,
+        };
+        for i in 0..size {
+            let join = if i == 0 {
+                vec![]
+            } else {
+                vec![net.node_raft(0)]
+            };
+            let spec = pool.spec(i, join, "log");
+            let mut node = NodeProcess::spawn(&pool.bin, spec)?;
+            node.wait_for_line(0, "medpool ready", Duration::from_secs(30))
+                .await?;
+            pool.nodes.push(node);
+        }
+        let members: Vec<usize> = (0..size).collect();
+        pool.wait_converged(&members, Duration::from_secs(30))
+            .await?;
+        Ok(pool)
+    }
+
+    fn spec(&self, i: usize, join: Vec<SocketAddr>, log: &str) -> NodeSpec {
+        NodeSpec {
+            id: i as u64,
+            sip: self.net.node_sip(i),
+            raft: self.net.node_raft(i),
+            join,
+            data_dir: self.dir.path().join(format!("node{i}")),
+            config: self.config.clone(),
+            advertise: self.net.service(),
+            trusted_forwarder: self.net.service().ip(),
+            log_file: self.dir.path().join(format!("node{i}.{log}")),
+        }
+    }
+
+    /// The folder with data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Keeps the folder after the test (for a failure's post-mortem).
+    pub fn keep_dir(self) -> PathBuf {
+        let LocalPool { dir, nodes, .. } = self;
+        drop(nodes);
+        dir.keep()
+    }
+
+    /// The node whose SIP address is `sip`.
+    pub fn index_of(&self, sip: SocketAddr) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| self.net.node_sip(i) == sip)
+    }
+
+    /// Node `i`'s view of the pool.
+    pub async fn status(&self, i: usize) -> Result<PoolInfo, HarnessError> {
+        let server = self.net.node_raft(i).to_string();
+        let err = |reason: String| HarnessError::Status {
+            server: server.clone(),
+            reason,
+        };
+        let mut c = medpool_cluster::network::client(&server).map_err(|e| err(e.to_string()))?;
+        let reply = tokio::time::timeout(Duration::from_secs(2), c.info(InfoRequest {}))
+            .await
+            .map_err(|_| err("no answer in 2 s".to_owned()))?
+            .map_err(|e| err(e.message().to_owned()))?;
+        serde_json::from_slice(&reply.into_inner().json).map_err(|e| err(e.to_string()))
+    }
+
+    /// Waits until, as `members[0]` sees it, every member is active with shards, no shard is
+    /// unowned, and every member has logged `shards adopted`.
+    pub async fn wait_converged(
+        &mut self,
+        members: &[usize],
+        within: Duration,
+    ) -> Result<PoolInfo, HarnessError> {
+        let deadline = Instant::now() + within;
+        let asked = members.first().copied().unwrap_or(0);
+        let mut last = None;
+        loop {
+            if let Ok(info) = self.status(asked).await {
+                let all_serving = members.iter().all(|&m| {
+                    node_row(&info, m).is_some_and(|(state, shards)| is_active(state) && shards > 0)
+                });
+                let adopted = members
+                    .iter()
+                    .all(|&m| !self.nodes[m].log().matching(0, "shards adopted").is_empty());
+                if all_serving && adopted && info.unowned == 0 {
+                    return Ok(info);
+                }
+                last = Some(info);
+            }
+            for &m in members {
+                if let Some(status) = self.nodes[m].exited() {
+                    return Err(HarnessError::Exited {
+                        node: format!("node {m}"),
+                        status: status.to_string(),
+                        tail: self.nodes[m].log().tail(30),
+                    });
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!(
+                        "the pool to converge on nodes {members:?}; last status:\n{}",
+                        last.as_ref().map(status_table).unwrap_or_default()
+                    ),
+                    after: within,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILLs node `i`; returns when it was killed.
+    pub fn kill(&mut self, i: usize) -> Instant {
+        self.nodes[i].kill9();
+        Instant::now()
+    }
+
+    /// After node `victim` was killed at `killed`: waits until a survivor's map shows it down with no
+    /// shard and no shard unowned, then until every survivor that gained shards (compared with
+    /// `before`) logged `shards adopted` after `log_marks` (the survivors' log lengths at the kill).
+    pub async fn wait_failover(
+        &mut self,
+        victim: usize,
+        killed: Instant,
+        before: &PoolInfo,
+        log_marks: &[(usize, usize)],
+        within: Duration,
+    ) -> Result<Failover, HarnessError> {
+        let deadline = killed + within;
+        let survivors: Vec<usize> = log_marks.iter().map(|(i, _)| *i).collect();
+        let asked = survivors.first().copied().unwrap_or(0);
+        let timeout = |what: String| HarnessError::Timeout {
+            what,
+            after: within,
+        };
+        let (after, map_moved) = loop {
+            if let Ok(info) = self.status(asked).await {
+                let victim_gone = node_row(&info, victim)
+                    .is_some_and(|(state, shards)| !is_active(state) && shards == 0);
+                if victim_gone && info.unowned == 0 {
+                    break (info, killed.elapsed());
+                }
+            }
+            if Instant::now() >= deadline {
+                let now = self.status(asked).await.ok();
+                return Err(timeout(format!(
+                    "node {victim}'s shards to move; status now:\n{}",
+                    now.as_ref().map(status_table).unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut lines = Vec::new();
+        for &(s, mark) in log_marks {
+            let gained = node_row(&after, s).map(|r| r.1) > node_row(before, s).map(|r| r.1);
+            if !gained {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.nodes[s]
+                .wait_for_line(mark, "shards adopted", left)
+                .await?;
+            lines.push(format!("node {s}: {line}"));
+        }
+        let adopted = killed.elapsed();
+        let restored = log_marks
+            .iter()
+            .flat_map(|&(s, mark)| self.nodes[s].log().matching(mark, "shards adopted"))
+            .filter_map(|l| field(&l, "restored"))
+            .sum();
+        Ok(Failover {
+            map_moved,
+            adopted,
+            restored,
+            lines,
+            after,
+        })
+    }
+
+    /// Restarts node `i` with its data folder, joining through the others; waits until its log says
+    /// `member of the pool` and a survivor's map shows it active with no shard unowned (and, if it got
+    /// shards back, until it logged `shards adopted`).
+    pub async fn restart(&mut self, i: usize, within: Duration) -> Result<PoolInfo, HarnessError> {
+        let deadline = Instant::now() + within;
+        let join: Vec<SocketAddr> = (0..self.nodes.len())
+            .filter(|&j| j != i)
+            .map(|j| self.net.node_raft(j))
+            .collect();
+        let spec = self.spec(i, join, "restarted.log");
+        self.nodes[i] = NodeProcess::spawn(&self.bin, spec)?;
+        self.nodes[i]
+            .wait_for_line(0, "medpool ready", within)
+            .await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.nodes[i]
+            .wait_for_line(0, "member of the pool", left)
+            .await?;
+        let asked = (0..self.nodes.len()).find(|&j| j != i).unwrap_or(0);
+        loop {
+            if let Ok(info) = self.status(asked).await
+                && let Some((state, shards)) = node_row(&info, i)
+                && is_active(state)
+                && info.unowned == 0
+                && (shards == 0 || !self.nodes[i].log().matching(0, "shards adopted").is_empty())
+            {
+                return Ok(info);
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!("node {i} to be an active member again"),
+                    after: within,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

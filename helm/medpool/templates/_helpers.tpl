@@ -1,0 +1,149 @@
+{{/*
+Names. The StatefulSet's pods are <fullname>-<ordinal>; medpool derives its node id from that
+hostname (HOSTNAME is set to the pod name below) and, for ordinals > 0, joins <fullname>-0 through
+the headless peers Service.
+*/}}
+{{- define "medpool.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "medpool.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "medpool.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "medpool.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "medpool.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "medpool.labels" -}}
+helm.sh/chart: {{ include "medpool.chart" . }}
+{{ include "medpool.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: medpool
+{{- end }}
+
+{{/* The headless Service that gives every pod a stable DNS name. */}}
+{{- define "medpool.peersService" -}}
+{{- printf "%s-peers" (include "medpool.fullname" .) }}
+{{- end }}
+
+{{- define "medpool.sipService" -}}
+{{- printf "%s-sip" (include "medpool.fullname" .) }}
+{{- end }}
+
+{{- define "medpool.adminService" -}}
+{{- printf "%s-admin" (include "medpool.fullname" .) }}
+{{- end }}
+
+{{- define "medpool.configMapName" -}}
+{{- default (printf "%s-config" (include "medpool.fullname" .)) .Values.config.existingConfigMap }}
+{{- end }}
+
+{{- define "medpool.tokenSecretName" -}}
+{{- default (printf "%s-admin" (include "medpool.fullname" .)) .Values.admin.token.existingSecret }}
+{{- end }}
+
+{{- define "medpool.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "medpool.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "medpool.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+The peer domain: <fullname>-peers.<namespace>.svc.<clusterDomain>. $(POD_NAMESPACE) is expanded by
+the kubelet from the env var defined before it.
+*/}}
+{{- define "medpool.peerDomain" -}}
+{{- printf "%s.$(POD_NAMESPACE).svc.%s" (include "medpool.peersService" .) .Values.clusterDomain }}
+{{- end }}
+
+{{/* The SIP address nodes advertise (Via/Contact): the SIP Service unless set. */}}
+{{- define "medpool.sipAdvertise" -}}
+{{- if .Values.sip.advertise }}
+{{- .Values.sip.advertise }}
+{{- else if .Values.hostNetwork.enabled }}
+{{- printf "$(HOST_IP):%d" (int .Values.sip.port) }}
+{{- else }}
+{{- printf "%s.$(POD_NAMESPACE).svc.%s:%d" (include "medpool.sipService" .) .Values.clusterDomain (int .Values.sip.port) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks that cannot be expressed in values.schema.json. They fail the render with a message.
+*/}}
+{{- define "medpool.validate" -}}
+{{- $budget := add .Values.drain.timeoutSeconds .Values.shutdownGraceSeconds }}
+{{- if le (int .Values.terminationGracePeriodSeconds) (int $budget) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be longer than drain.timeoutSeconds + shutdownGraceSeconds (%d): the kubelet would kill the node in the middle of its drain" (int .Values.terminationGracePeriodSeconds) (int $budget)) }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.enabled: there is no metrics port to scrape" }}
+{{- end }}
+{{- if and .Values.admin.tls.enabled (not .Values.admin.tls.existingSecret) }}
+{{- fail "admin.tls.enabled needs admin.tls.existingSecret (a kubernetes.io/tls Secret with tls.crt and tls.key)" }}
+{{- end }}
+{{- if and (not .Values.admin.token.create) (not .Values.admin.token.existingSecret) }}
+{{- fail "the admin API listens beyond loopback in a pod and needs a token: set admin.token.create=true or admin.token.existingSecret" }}
+{{- end }}
+{{- if and .Values.admin.token.existingSecret .Values.admin.token.value }}
+{{- fail "admin.token.value and admin.token.existingSecret exclude each other" }}
+{{- end }}
+{{- if and .Values.pdb.enabled (gt (int .Values.pdb.maxUnavailable) (div (sub (int .Values.voters) 1) 2)) }}
+{{- fail (printf "pdb.maxUnavailable (%d) exceeds what %d voters survive (%d): a voluntary disruption could take the pool's quorum" (int .Values.pdb.maxUnavailable) (int .Values.voters) (div (sub (int .Values.voters) 1) 2)) }}
+{{- end }}
+{{- $ports := list (int .Values.sip.port) (int .Values.internal.port) (int .Values.admin.port) }}
+{{- if .Values.metrics.enabled }}{{ $ports = append $ports (int .Values.metrics.port) }}{{ end }}
+{{- if ne (len $ports) (len (uniq $ports)) }}
+{{- fail (printf "sip.port, internal.port, admin.port and metrics.port must differ (got %v)" $ports) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The preStop hook: drain this node, then wait until the pool shows it owning no shard (its calls now
+live on the other nodes), at most drain.timeoutSeconds. It never fails the hook: the kubelet sends
+SIGTERM afterwards anyway, and medpool's own shutdown lets what is left finish. Its output goes to
+the container's log when PID 1 is medpool (the image's entrypoint).
+Runs with the container's environment: HOSTNAME (the pod name, <fullname>-<ordinal>), and
+MEDPOOL_ADMIN_TOKEN for the admin API.
+*/}}
+{{- define "medpool.drainScript" -}}
+if [ "$(cat /proc/1/comm 2>/dev/null)" = medpool ]; then exec >>/proc/1/fd/2 2>&1; fi
+id="${MEDPOOL_NODE_ID:-${HOSTNAME##*-}}"
+deadline=$(( $(date +%s) + {{ int .Values.drain.timeoutSeconds }} ))
+echo "preStop: draining node ${id}"
+{{- if eq .Values.drain.method "ctl" }}
+until medpool ctl --server 127.0.0.1:{{ int .Values.admin.port }} node drain "${id}"; do
+{{- else }}
+until medpool pool drain "${id}" --server 127.0.0.1:{{ int .Values.internal.port }}; do
+{{- end }}
+  if [ "$(date +%s)" -ge "${deadline}" ]; then echo "preStop: drain of node ${id} not accepted in time"; exit 0; fi
+  sleep 1
+done
+while :; do
+  shards=$(medpool pool status --server 127.0.0.1:{{ int .Values.internal.port }} 2>/dev/null | awk -v id="${id}" '$1 == id { print $4 }')
+  if [ "${shards}" = 0 ]; then echo "preStop: node ${id} drained (no shard left)"; exit 0; fi
+  if [ "$(date +%s)" -ge "${deadline}" ]; then echo "preStop: node ${id} still owns ${shards:-?} shards after {{ int .Values.drain.timeoutSeconds }} s"; exit 0; fi
+  sleep 1
+done
+{{- end }}

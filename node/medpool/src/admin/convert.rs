@@ -1,0 +1,149 @@
+//! Domain → proto conversions for the admin API, one function per type: calls
+//! ([`CallInfo`]), gateways ([`GatewayHandle`] + its trunk), node states, node events. No logic
+//! beyond renaming and unit changes.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use medpool_b2bua::config::{Transport, Trunk};
+use medpool_b2bua::dialog::{CallInfo, Phase};
+use medpool_b2bua::gateway::GatewayHandle;
+use medpool_b2bua::node::NodeEvent;
+use medpool_cluster::NodeState;
+use medpool_proto::admin::{self as pb, event};
+
+/// Milliseconds, saturating.
+pub fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Wall clock now, in milliseconds since the Unix epoch.
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(ms)
+        .unwrap_or(0)
+}
+
+/// A call's phase.
+pub fn phase(p: Phase) -> pb::CallPhase {
+    match p {
+        Phase::Calling => pb::CallPhase::Calling,
+        Phase::Early => pb::CallPhase::Early,
+        Phase::Answered => pb::CallPhase::Answered,
+        Phase::Confirmed => pb::CallPhase::Confirmed,
+        Phase::Ending => pb::CallPhase::Ending,
+    }
+}
+
+/// A call as its DialogActor reports it, owned by `node_id`.
+pub fn call(info: CallInfo, node_id: u64) -> pb::Call {
+    let b = match (&info.b_call_id, &info.b_tags) {
+        (Some(call_id), tags) => Some(pb::Leg {
+            call_id: call_id.clone(),
+            local_tag: tags.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
+            remote_tag: tags.as_ref().map(|t| t.1.clone()).unwrap_or_default(),
+            trunk: info.gateway.clone().unwrap_or_default(),
+        }),
+        (None, _) => None,
+    };
+    pb::Call {
+        call_id: info.a_call_id.clone(),
+        node_id,
+        shard: u32::from(info.shard),
+        phase: phase(info.phase).into(),
+        inbound_trunk: info.inbound_trunk.clone(),
+        gateway: info.gateway.clone().unwrap_or_default(),
+        called: info.called,
+        calling: info.calling,
+        age_ms: ms(info.age),
+        answered_after_ms: info.answered_after.map(ms),
+        a: Some(pb::Leg {
+            call_id: info.a_call_id,
+            local_tag: info.a_tags.0,
+            remote_tag: info.a_tags.1,
+            trunk: info.inbound_trunk,
+        }),
+        b,
+        attempts: info
+            .attempts
+            .into_iter()
+            .map(|(gateway, outcome)| pb::Attempt { gateway, outcome })
+            .collect(),
+    }
+}
+
+/// A gateway as this node sees it.
+pub fn gateway(
+    h: &GatewayHandle,
+    trunk: Option<&Trunk>,
+    admin: pb::GatewayAdminState,
+    node_id: u64,
+) -> pb::GatewayHealth {
+    use std::sync::atomic::Ordering::Relaxed;
+    pb::GatewayHealth {
+        node_id,
+        name: h.name.clone(),
+        up: h.is_up(),
+        admin: admin.into(),
+        last_options_status: h.last_status.load(Relaxed),
+        last_rtt_us: h.last_rtt_us.load(Relaxed),
+        consecutive_failures: h.failures.load(Relaxed),
+        active_calls: h.active_calls(),
+        max_calls: trunk.and_then(|t| t.max_calls),
+        max_cps: trunk.and_then(|t| t.max_cps),
+        address: trunk
+            .map(|t| {
+                let transport = match t.transport {
+                    Transport::Udp => "udp",
+                    Transport::Tcp => "tcp",
+                };
+                format!("{}:{}/{transport}", t.address, t.port)
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// A node's state in the pool.
+pub fn node_state(s: NodeState) -> pb::NodeState {
+    match s {
+        NodeState::Active => pb::NodeState::Active,
+        NodeState::Draining => pb::NodeState::Draining,
+        NodeState::Down => pb::NodeState::Down,
+    }
+}
+
+/// A node event (calls, gateways) as an admin event of node `node_id`.
+pub fn node_event(e: NodeEvent, node_id: u64) -> pb::Event {
+    let kind = match e {
+        NodeEvent::CallStarted {
+            call_id,
+            shard,
+            trunk,
+        } => event::Kind::CallStarted(pb::CallStarted {
+            call_id,
+            shard: u32::from(shard),
+            trunk,
+        }),
+        NodeEvent::CallAnswered { call_id, gateway } => {
+            event::Kind::CallAnswered(pb::CallAnswered { call_id, gateway })
+        }
+        NodeEvent::CallEnded {
+            call_id,
+            status,
+            cause,
+        } => event::Kind::CallEnded(pb::CallEnded {
+            call_id,
+            status: u32::from(status),
+            cause,
+        }),
+        NodeEvent::Gateway { name, up } => event::Kind::Gateway(pb::GatewayChanged {
+            gateway: name,
+            up,
+        }),
+    };
+    pb::Event {
+        node_id,
+        unix_ms: unix_ms_now(),
+        kind: Some(kind),
+    }
+}

@@ -1,0 +1,593 @@
+//! The `medpool.admin.v1.MedpoolAdmin` service: each RPC checks its request, works on this node
+//! through [`AdminCtx`], and gathers from (or forwards to) the other nodes where the thing asked
+//! about lives elsewhere. Errors are [`AdminError`]s, turned into statuses in `error.rs` only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use medpool_proto::admin::medpool_admin_server::MedpoolAdmin;
+use medpool_proto::admin::{self as pb, GatewayAdminState};
+use openraft::async_runtime::watch::WatchReceiver;
+use tonic::{Code, Request, Response, Status};
+
+use super::calls;
+use super::convert;
+use super::ctx::{AdminCtx, Mode};
+use super::diff;
+use super::error::AdminError;
+use super::events;
+
+/// How long a write forwarded to the leader may take (membership changes, leadership transfer).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The admin service of one node.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    ctx: Arc<AdminCtx>,
+}
+
+impl AdminService {
+    /// The service over `ctx`.
+    pub fn new(ctx: Arc<AdminCtx>) -> AdminService {
+        AdminService { ctx }
+    }
+
+    /// The pool as this node sees it, its own entry filled in, the others' marked unreachable.
+    fn status_here(&self) -> pb::PoolStatusReply {
+        let ctx = &self.ctx;
+        let me = ctx.node_id();
+        let active_calls = u32::try_from(ctx.node.active_calls()).unwrap_or(u32::MAX);
+        let version = env!("CARGO_PKG_VERSION").to_owned();
+        match &ctx.mode {
+            Mode::Single(_) => {
+                let (config_version, _) = ctx.config();
+                let shards = u32::from(ctx.node.shards.shard_count());
+                pb::PoolStatusReply {
+                    node_id: me,
+                    mode: "single".into(),
+                    leader: Some(me),
+                    term: 0,
+                    committed_index: None,
+                    applied_index: None,
+                    shard_count: shards,
+                    unowned_shards: 0,
+                    config_version,
+                    dialogs: 0,
+                    nodes: vec![pb::NodeStatus {
+                        id: me,
+                        sip_addr: ctx.node.me.hostport.clone(),
+                        state: pb::NodeState::Active.into(),
+                        voter: true,
+                        leader: true,
+                        shards,
+                        reachable: true,
+                        holds_lease: true,
+                        active_calls,
+                        version,
+                        ..Default::default()
+                    }],
+                }
+            }
+            Mode::Pool { pool, lease } => {
+                let m = pool.raft().metrics().borrow_watched().clone();
+                let voters = ctx.voters();
+                let remaining = pool.lease_remaining().filter(|r| !r.is_zero());
+                let (nodes, shard_count, unowned, config_version, dialogs) =
+                    pool.state().read(|s| {
+                        let nodes: Vec<pb::NodeStatus> = s
+                            .nodes()
+                            .iter()
+                            .map(|(id, n)| {
+                                let mut st = pb::NodeStatus {
+                                    id: *id,
+                                    sip_addr: n.addresses.sip_addr.clone(),
+                                    raft_addr: n.addresses.raft_addr.clone(),
+                                    admin_addr: n.addresses.admin_addr.clone(),
+                                    state: convert::node_state(n.state).into(),
+                                    voter: voters.contains(id),
+                                    leader: m.current_leader == Some(*id),
+                                    shards: u32::try_from(s.shards_of(*id).len())
+                                        .unwrap_or(u32::MAX),
+                                    ..Default::default()
+                                };
+                                if *id == me {
+                                    st.reachable = true;
+                                    st.holds_lease = pool.holds_lease();
+                                    st.lease_remaining_ms = remaining.map(convert::ms);
+                                    st.lease_age_ms =
+                                        remaining.map(|r| convert::ms(lease.saturating_sub(r)));
+                                    st.active_calls = active_calls;
+                                    st.version = version.clone();
+                                    st.applied_index = m.last_applied.map(|l| l.index);
+                                }
+                                st
+                            })
+                            .collect();
+                        let unowned = s.shards().iter().filter(|e| e.owner.is_none()).count();
+                        (
+                            nodes,
+                            u32::from(s.shard_count()),
+                            u32::try_from(unowned).unwrap_or(u32::MAX),
+                            s.config_version(),
+                            u64::try_from(s.dialog_count()).unwrap_or(u64::MAX),
+                        )
+                    });
+                pb::PoolStatusReply {
+                    node_id: me,
+                    mode: "pool".into(),
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    committed_index: m.committed.map(|l| l.index),
+                    applied_index: m.last_applied.map(|l| l.index),
+                    shard_count,
+                    unowned_shards: unowned,
+                    config_version,
+                    dialogs,
+                    nodes,
+                }
+            }
+        }
+    }
+
+    /// Forwards a request to the leader when this node is not it.
+    fn leader_addr(&self) -> Result<(u64, String), AdminError> {
+        let leader = self
+            .ctx
+            .leader()
+            .ok_or_else(|| AdminError::NoLeader("no leader".into()))?;
+        let addr = self
+            .ctx
+            .admin_addr_of(leader)
+            .ok_or_else(|| AdminError::NoLeader(format!("leader {leader} has no admin address")))?;
+        Ok((leader, addr))
+    }
+
+    fn forwarded_error(leader: u64, e: Option<Status>) -> AdminError {
+        match e {
+            Some(status) => AdminError::Peer {
+                node: leader,
+                status,
+            },
+            None => AdminError::OutcomeUnknown(format!(
+                "the leader (node {leader}) did not answer in {} s",
+                FORWARD_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl MedpoolAdmin for AdminService {
+    async fn pool_status(&self, req: Request<pb::PoolStatusRequest>) -> Answer<pb::PoolStatusReply> {
+        let req = req.into_inner();
+        let mut reply = self.status_here();
+        let me = self.ctx.node_id();
+        if req.local_only {
+            reply.nodes.retain(|n| n.id == me);
+            return Ok(Response::new(reply));
+        }
+        let others = self.ctx.others();
+        if !others.is_empty() {
+            let g = self
+                .ctx
+                .peers
+                .gather(others, |mut c| async move {
+                    c.pool_status(pb::PoolStatusRequest { local_only: true })
+                        .await
+                })
+                .await;
+            for (id, r) in g.answers {
+                if let (Some(theirs), Some(slot)) = (
+                    r.nodes.into_iter().find(|n| n.id == id),
+                    reply.nodes.iter_mut().find(|n| n.id == id),
+                ) {
+                    slot.reachable = true;
+                    slot.holds_lease = theirs.holds_lease;
+                    slot.lease_remaining_ms = theirs.lease_remaining_ms;
+                    slot.lease_age_ms = theirs.lease_age_ms;
+                    slot.active_calls = theirs.active_calls;
+                    slot.version = theirs.version;
+                    slot.applied_index = theirs.applied_index;
+                }
+            }
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn list_calls(&self, req: Request<pb::ListCallsRequest>) -> Answer<pb::ListCallsReply> {
+        let req = req.into_inner();
+        let me = self.ctx.node_id();
+        let mut targets = self.ctx.others();
+        if let Some(n) = req.node {
+            if n != me && !targets.iter().any(|(id, _)| *id == n) {
+                return Err(AdminError::NodeNotFound(n).into());
+            }
+            targets.retain(|(id, _)| *id == n);
+        }
+        let mut all = Vec::new();
+        if req.node.is_none_or(|n| n == me) {
+            all = calls::list_local(&self.ctx.node, me, &req).await;
+        }
+        let mut unavailable = Vec::new();
+        if !req.local_only && !targets.is_empty() {
+            let ask = pb::ListCallsRequest {
+                local_only: true,
+                node: None,
+                ..req.clone()
+            };
+            let g = self
+                .ctx
+                .peers
+                .gather(targets, |mut c| {
+                    let ask = ask.clone();
+                    async move { c.list_calls(ask).await }
+                })
+                .await;
+            for (_, r) in g.answers {
+                all.extend(r.calls);
+            }
+            unavailable = g.unavailable;
+            for (id, e) in g.errors {
+                tracing::warn!(node = id, error = %e, "ListCalls: node answered with an error");
+                unavailable.push(id);
+            }
+            unavailable.sort_unstable();
+        }
+        let (calls, next_page_token) = calls::page(all, &req.page_token, req.page_size);
+        Ok(Response::new(pb::ListCallsReply {
+            calls,
+            next_page_token,
+            unavailable_nodes: unavailable,
+        }))
+    }
+
+    async fn get_call(&self, req: Request<pb::GetCallRequest>) -> Answer<pb::Call> {
+        let req = req.into_inner();
+        if req.call_id.is_empty() {
+            return Err(AdminError::BadRequest {
+                field: "call_id",
+                problem: "must not be empty",
+            }
+            .into());
+        }
+        if let Some((info, _)) = calls::find(&self.ctx.node, &req.call_id).await {
+            return Ok(Response::new(convert::call(info, self.ctx.node_id())));
+        }
+        let mut unavailable = Vec::new();
+        if !req.local_only {
+            let ask = pb::GetCallRequest {
+                call_id: req.call_id.clone(),
+                local_only: true,
+            };
+            let g = self
+                .ctx
+                .peers
+                .gather(self.ctx.others(), |mut c| {
+                    let ask = ask.clone();
+                    async move { c.get_call(ask).await }
+                })
+                .await;
+            if let Some((_, call)) = g.answers.into_iter().next() {
+                return Ok(Response::new(call));
+            }
+            unavailable = g.unavailable;
+            unavailable.extend(
+                g.errors
+                    .into_iter()
+                    .filter(|(_, e)| e.code() != Code::NotFound)
+                    .map(|(id, _)| id),
+            );
+            unavailable.sort_unstable();
+        }
+        Err(AdminError::CallNotFound {
+            call_id: req.call_id,
+            unavailable,
+        }
+        .into())
+    }
+
+    async fn hangup_call(&self, req: Request<pb::HangupCallRequest>) -> Answer<pb::HangupCallReply> {
+        let req = req.into_inner();
+        if req.call_id.is_empty() {
+            return Err(AdminError::BadRequest {
+                field: "call_id",
+                problem: "must not be empty",
+            }
+            .into());
+        }
+        if let Some((info, actor)) = calls::find(&self.ctx.node, &req.call_id).await
+            && calls::hangup(&actor)
+        {
+            tracing::info!(call_id = %info.a_call_id, "call hung up by an operator");
+            return Ok(Response::new(pb::HangupCallReply {
+                node_id: self.ctx.node_id(),
+                call_id: info.a_call_id,
+            }));
+        }
+        let mut unavailable = Vec::new();
+        if !req.local_only {
+            let ask = pb::HangupCallRequest {
+                call_id: req.call_id.clone(),
+                local_only: true,
+            };
+            let g = self
+                .ctx
+                .peers
+                .gather(self.ctx.others(), |mut c| {
+                    let ask = ask.clone();
+                    async move { c.hangup_call(ask).await }
+                })
+                .await;
+            if let Some((_, r)) = g.answers.into_iter().next() {
+                return Ok(Response::new(r));
+            }
+            unavailable = g.unavailable;
+            unavailable.extend(
+                g.errors
+                    .into_iter()
+                    .filter(|(_, e)| e.code() != Code::NotFound)
+                    .map(|(id, _)| id),
+            );
+            unavailable.sort_unstable();
+        }
+        Err(AdminError::CallNotFound {
+            call_id: req.call_id,
+            unavailable,
+        }
+        .into())
+    }
+
+    type WatchEventsStream = events::EventStream;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Answer<Self::WatchEventsStream> {
+        Ok(Response::new(events::watch(
+            self.ctx.clone(),
+            req.into_inner().local_only,
+        )))
+    }
+
+    async fn list_gateways(
+        &self,
+        req: Request<pb::ListGatewaysRequest>,
+    ) -> Answer<pb::ListGatewaysReply> {
+        let req = req.into_inner();
+        let me = self.ctx.node_id();
+        let config = self.ctx.node.config();
+        let mut gateways: Vec<pb::GatewayHealth> = self
+            .ctx
+            .node
+            .gateways
+            .all()
+            .iter()
+            .filter(|h| req.name.is_empty() || h.name == req.name)
+            .map(|h| {
+                convert::gateway(
+                    h,
+                    config.trunk(&h.name),
+                    self.ctx.gateway_admin(&h.name),
+                    me,
+                )
+            })
+            .collect();
+        let mut unavailable = Vec::new();
+        if !req.local_only {
+            let ask = pb::ListGatewaysRequest {
+                name: req.name.clone(),
+                local_only: true,
+            };
+            let g = self
+                .ctx
+                .peers
+                .gather(self.ctx.others(), |mut c| {
+                    let ask = ask.clone();
+                    async move { c.list_gateways(ask).await }
+                })
+                .await;
+            for (_, r) in g.answers {
+                gateways.extend(r.gateways);
+            }
+            unavailable = g.unavailable;
+            unavailable.extend(g.errors.into_iter().map(|(id, _)| id));
+            unavailable.sort_unstable();
+            if !req.name.is_empty() && gateways.is_empty() {
+                return Err(AdminError::GatewayNotFound(req.name).into());
+            }
+        }
+        gateways.sort_by(|a, b| (&a.name, a.node_id).cmp(&(&b.name, b.node_id)));
+        Ok(Response::new(pb::ListGatewaysReply {
+            gateways,
+            unavailable_nodes: unavailable,
+        }))
+    }
+
+    async fn set_gateway_state(
+        &self,
+        req: Request<pb::SetGatewayStateRequest>,
+    ) -> Answer<pb::SetGatewayStateReply> {
+        let req = req.into_inner();
+        if req.name.is_empty() {
+            return Err(AdminError::BadRequest {
+                field: "name",
+                problem: "must not be empty",
+            }
+            .into());
+        }
+        if req.state() == GatewayAdminState::Unspecified {
+            return Err(AdminError::BadRequest {
+                field: "state",
+                problem: "give enabled, disabled or draining",
+            }
+            .into());
+        }
+        let me = self.ctx.node_id();
+        let mut nodes = Vec::new();
+        let mut not_found = None;
+        if req.local_only || req.node.is_none_or(|n| n == me) {
+            match self.ctx.set_gateway_admin(&req.name, req.state()) {
+                Ok(()) => {
+                    tracing::info!(gateway = %req.name, state = ?req.state(), "gateway state set by an operator");
+                    nodes.push(me);
+                }
+                Err(e) => not_found = Some(e),
+            }
+        }
+        let mut unavailable = Vec::new();
+        if !req.local_only {
+            let mut targets = self.ctx.others();
+            if let Some(n) = req.node {
+                if n != me && !targets.iter().any(|(id, _)| *id == n) {
+                    return Err(AdminError::NodeNotFound(n).into());
+                }
+                targets.retain(|(id, _)| *id == n);
+            }
+            let ask = pb::SetGatewayStateRequest {
+                local_only: true,
+                node: None,
+                ..req.clone()
+            };
+            let g = self
+                .ctx
+                .peers
+                .gather(targets, |mut c| {
+                    let ask = ask.clone();
+                    async move { c.set_gateway_state(ask).await }
+                })
+                .await;
+            nodes.extend(g.answers.into_iter().map(|(id, _)| id));
+            unavailable = g.unavailable;
+            for (id, e) in g.errors {
+                if e.code() == Code::NotFound {
+                    continue;
+                }
+                unavailable.push(id);
+            }
+        }
+        if nodes.is_empty() && unavailable.is_empty() {
+            return Err(not_found
+                .unwrap_or(AdminError::GatewayNotFound(req.name))
+                .into());
+        }
+        nodes.sort_unstable();
+        unavailable.sort_unstable();
+        Ok(Response::new(pb::SetGatewayStateReply {
+            nodes,
+            unavailable_nodes: unavailable,
+        }))
+    }
+
+    async fn get_config(&self, _req: Request<pb::GetConfigRequest>) -> Answer<pb::GetConfigReply> {
+        let (version, body) = self.ctx.config();
+        Ok(Response::new(pb::GetConfigReply { version, body }))
+    }
+
+    async fn validate_config(
+        &self,
+        req: Request<pb::ValidateConfigRequest>,
+    ) -> Answer<pb::ValidateConfigReply> {
+        let req = req.into_inner();
+        let config = self.ctx.validate(&req.body, &req.name)?;
+        let (_, current) = self.ctx.config();
+        Ok(Response::new(pb::ValidateConfigReply {
+            diff: diff::diff(&current, &req.body),
+            trunks: u32::try_from(config.trunks.len()).unwrap_or(u32::MAX),
+            routes: u32::try_from(config.routes.len()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn apply_config(
+        &self,
+        req: Request<pb::ApplyConfigRequest>,
+    ) -> Answer<pb::ApplyConfigReply> {
+        let req = req.into_inner();
+        let (version, diff) = self
+            .ctx
+            .apply_config(req.body, &req.name, req.expected_version)
+            .await?;
+        tracing::info!(version, changes = diff.len(), "configuration applied by an operator");
+        Ok(Response::new(pb::ApplyConfigReply { version, diff }))
+    }
+
+    async fn drain_node(&self, req: Request<pb::NodeRequest>) -> Answer<pb::NodeReply> {
+        let r = self.ctx.set_node_state(req.into_inner().node, true).await?;
+        tracing::info!(node = r.node, "node draining (operator)");
+        Ok(Response::new(r))
+    }
+
+    async fn undrain_node(&self, req: Request<pb::NodeRequest>) -> Answer<pb::NodeReply> {
+        let r = self.ctx.set_node_state(req.into_inner().node, false).await?;
+        tracing::info!(node = r.node, "node active again (operator)");
+        Ok(Response::new(r))
+    }
+
+    async fn remove_node(&self, req: Request<pb::NodeRequest>) -> Answer<pb::NodeReply> {
+        let req = req.into_inner();
+        if self.ctx.pool().is_none() {
+            return Err(AdminError::SingleNode("removing a node").into());
+        }
+        let me = self.ctx.node_id();
+        if self.ctx.leader() == Some(me) {
+            let r = self.ctx.remove_node_here(req.node).await?;
+            tracing::info!(node = req.node, "node removed from the pool (operator)");
+            return Ok(Response::new(r));
+        }
+        if req.forwarded {
+            return Err(AdminError::NoLeader("leadership moved during the request".into()).into());
+        }
+        self.ctx.node_record(req.node)?;
+        let (leader, addr) = self.leader_addr()?;
+        let ask = pb::NodeRequest {
+            node: req.node,
+            forwarded: true,
+        };
+        let r = self
+            .ctx
+            .peers
+            .ask(leader, &addr, FORWARD_TIMEOUT, |mut c| async move {
+                c.remove_node(ask).await
+            })
+            .await
+            .map_err(|e| Self::forwarded_error(leader, e))?;
+        Ok(Response::new(r))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Answer<pb::TransferLeaderReply> {
+        let req = req.into_inner();
+        if self.ctx.pool().is_none() {
+            return Err(AdminError::SingleNode("transferring leadership").into());
+        }
+        let me = self.ctx.node_id();
+        if self.ctx.leader() == Some(me) {
+            let r = self.ctx.transfer_leader_here(req.to).await?;
+            tracing::info!(from = me, to = ?r.leader, "leadership transferred (operator)");
+            return Ok(Response::new(r));
+        }
+        if req.forwarded {
+            return Err(AdminError::NoLeader("leadership moved during the request".into()).into());
+        }
+        if let Some(to) = req.to {
+            self.ctx.node_record(to)?;
+        }
+        let (leader, addr) = self.leader_addr()?;
+        let ask = pb::TransferLeaderRequest {
+            to: req.to,
+            forwarded: true,
+        };
+        let r = self
+            .ctx
+            .peers
+            .ask(leader, &addr, FORWARD_TIMEOUT, |mut c| async move {
+                c.transfer_leader(ask).await
+            })
+            .await
+            .map_err(|e| Self::forwarded_error(leader, e))?;
+        Ok(Response::new(r))
+    }
+}

@@ -1,0 +1,152 @@
+//! The simulated peers against each other on loopback (127.0.9x.x): a caller's calls answered by a
+//! gateway directly and through the forwarder; the forwarder's header insertion, return path,
+//! re-pinning and probes, with raw sockets as backends.
+
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use medpool_simpeer::forwarder::with_source_header;
+use medpool_simpeer::{
+    Caller, CallerConfig, Forwarder, ForwarderConfig, Gateway, GatewayConfig, Summary,
+};
+use tokio::net::UdpSocket;
+use tokio::time::timeout;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn caller_places_reinvites_and_hangs_up_calls_on_a_gateway() {
+    let gw = Gateway::start(GatewayConfig::new(addr("127.0.91.21:5060")))
+        .await
+        .unwrap();
+    let caller = Caller::start(CallerConfig::new(addr("127.0.91.50:0"), gw.local_addr(), 7))
+        .await
+        .unwrap();
+    assert_eq!(caller.place(20).await, 20);
+    assert_eq!(gw.counts().active, 20);
+    assert_eq!(caller.reinvite_all().await, 20);
+    assert_eq!(caller.hangup_all().await, 20);
+    let s = Summary::of(&caller.ledger());
+    assert_eq!(s.survived, 20, "{s}");
+    assert_eq!(s.unknown, 0);
+    let c = gw.counts();
+    assert_eq!((c.calls, c.reinvites, c.byes, c.active), (20, 20, 20, 0));
+    assert_eq!(c.unknown_dialog, 0);
+    // The ids derive from the seed.
+    assert_eq!(caller.ledger()[3].call_id, "sp7-3@simpeer");
+}
+
+#[tokio::test]
+async fn calls_through_the_forwarder_come_back_through_it() {
+    let gw = Gateway::start(GatewayConfig::new(addr("127.0.93.21:5060")))
+        .await
+        .unwrap();
+    let fwd = Forwarder::start(ForwarderConfig::new(
+        addr("127.0.93.100:5060"),
+        vec![gw.local_addr()],
+    ))
+    .await
+    .unwrap();
+    let caller = Caller::start(CallerConfig::new(
+        addr("127.0.93.50:0"),
+        fwd.local_addr(),
+        9,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(caller.place(5).await, 5);
+    assert_eq!(caller.hangup_all().await, 5);
+    let c = fwd.counts();
+    assert!(c.to_backends >= 5 && c.to_peers >= 15, "{c:?}");
+    assert_eq!(fwd.backend_of(caller.local_addr()), Some(gw.local_addr()));
+}
+
+#[test]
+fn the_source_header_goes_right_after_the_start_line() {
+    let src = addr("192.0.2.7:5070");
+    let out = with_source_header(b"BYE sip:a@b SIP/2.0\r\nVia: x\r\n\r\nbody", src);
+    assert_eq!(
+        out,
+        b"BYE sip:a@b SIP/2.0\r\nX-Medpool-Source: 192.0.2.7:5070\r\nVia: x\r\n\r\nbody"
+    );
+    assert_eq!(with_source_header(b"\r\n\r\n", src), b"\r\n\r\n");
+}
+
+async fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0u8; 65_535];
+    let (n, from) = timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+        .await
+        .expect("a datagram")
+        .unwrap();
+    (buf[..n].to_vec(), from)
+}
+
+#[tokio::test]
+async fn flows_are_sticky_relayed_both_ways_and_re_pinned_when_a_backend_dies() {
+    let b1 = UdpSocket::bind("127.0.92.1:5060").await.unwrap();
+    let b2 = UdpSocket::bind("127.0.92.2:5060").await.unwrap();
+    let peer = UdpSocket::bind("127.0.92.50:5080").await.unwrap();
+    let fwd = Forwarder::start(ForwarderConfig::new(
+        addr("127.0.92.100:5060"),
+        vec![b1.local_addr().unwrap(), b2.local_addr().unwrap()],
+    ))
+    .await
+    .unwrap();
+    let msg = b"OPTIONS sip:x SIP/2.0\r\nCall-ID: 1\r\n\r\n";
+    peer.send_to(msg, fwd.local_addr()).await.unwrap();
+    let (got, upstream) = recv(&b1).await;
+    assert_eq!(
+        got,
+        b"OPTIONS sip:x SIP/2.0\r\nX-Medpool-Source: 127.0.92.50:5080\r\nCall-ID: 1\r\n\r\n"
+    );
+    assert_eq!(upstream.ip(), fwd.local_addr().ip());
+    // The return path: what b1 sends to the flow's upstream socket reaches the peer from the Service.
+    b1.send_to(b"SIP/2.0 200 OK\r\n\r\n", upstream)
+        .await
+        .unwrap();
+    let (back, from) = recv(&peer).await;
+    assert_eq!(back, b"SIP/2.0 200 OK\r\n\r\n");
+    assert_eq!(from, fwd.local_addr());
+    // Sticky.
+    peer.send_to(msg, fwd.local_addr()).await.unwrap();
+    recv(&b1).await;
+    // b1 dies: the flow moves to b2.
+    fwd.mark_dead(b1.local_addr().unwrap());
+    peer.send_to(msg, fwd.local_addr()).await.unwrap();
+    recv(&b2).await;
+    assert_eq!(
+        fwd.backend_of(peer.local_addr().unwrap()),
+        b2.local_addr().ok()
+    );
+    let c = fwd.counts();
+    assert_eq!(
+        (c.to_backends, c.to_peers, c.repinned, c.flows),
+        (3, 1, 1, 1)
+    );
+    fwd.mark_alive(b1.local_addr().unwrap());
+    assert_eq!(fwd.alive().len(), 2);
+}
+
+#[tokio::test]
+async fn probes_mark_a_silent_backend_dead_and_an_answering_one_alive() {
+    let gw = Gateway::start(GatewayConfig::new(addr("127.0.94.1:5060")))
+        .await
+        .unwrap();
+    let silent = UdpSocket::bind("127.0.94.2:5060").await.unwrap();
+    let fwd = Forwarder::start(
+        ForwarderConfig::new(
+            addr("127.0.94.100:5060"),
+            vec![gw.local_addr(), silent.local_addr().unwrap()],
+        )
+        .with_probes(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(fwd.alive(), vec![gw.local_addr()]);
+    assert!(gw.counts().options >= 3);
+}
