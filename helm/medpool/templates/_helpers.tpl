@@ -124,12 +124,12 @@ The preStop hook: drain this node, then wait until the pool shows it owning no s
 live on the other nodes), at most drain.timeoutSeconds. It never fails the hook: the kubelet sends
 SIGTERM afterwards anyway, and medpool's own shutdown lets what is left finish. Its output goes to
 the container's log when PID 1 is medpool (the image's entrypoint).
-Runs with the container's environment: HOSTNAME (the pod name, <fullname>-<ordinal>), and
+Runs with the container's environment: POD_NAME (<fullname>-<ordinal>; the node id is the ordinal), and
 MEDPOOL_ADMIN_TOKEN for the admin API.
 */}}
 {{- define "medpool.drainScript" -}}
 if [ "$(cat /proc/1/comm 2>/dev/null)" = medpool ]; then exec >>/proc/1/fd/2 2>&1; fi
-id="${MEDPOOL_NODE_ID:-${HOSTNAME##*-}}"
+id="${MEDPOOL_NODE_ID:-${POD_NAME##*-}}"
 deadline=$(( $(date +%s) + {{ int .Values.drain.timeoutSeconds }} ))
 echo "preStop: draining node ${id}"
 {{- if eq .Values.drain.method "ctl" }}
@@ -146,4 +146,25 @@ while :; do
   if [ "$(date +%s)" -ge "${deadline}" ]; then echo "preStop: node ${id} still owns ${shards:-?} shards after {{ int .Values.drain.timeoutSeconds }} s"; exit 0; fi
   sleep 1
 done
+{{- end }}
+
+{{/*
+The postStart hook: make this node active again (undo the drain of its preStop hook), retrying
+until the pool knows the node and has a leader, at most drain.timeoutSeconds. The nodes that join
+through <fullname>-0 are made active by their join; the bootstrap node 0 is not (its restart does
+not rejoin), so without this it would stay drained after a rolling restart.
+*/}}
+{{- define "medpool.undrainScript" -}}
+if [ "$(cat /proc/1/comm 2>/dev/null)" = medpool ]; then exec >>/proc/1/fd/2 2>&1; fi
+id="${MEDPOOL_NODE_ID:-${POD_NAME##*-}}"
+deadline=$(( $(date +%s) + {{ int .Values.drain.timeoutSeconds }} ))
+{{- if eq .Values.drain.method "ctl" }}
+until medpool ctl --server 127.0.0.1:{{ int .Values.admin.port }} node undrain "${id}" >/dev/null 2>&1; do
+{{- else }}
+until medpool pool undrain "${id}" --server 127.0.0.1:{{ int .Values.internal.port }} >/dev/null 2>&1; do
+{{- end }}
+  if [ "$(date +%s)" -ge "${deadline}" ]; then echo "postStart: node ${id} could not be made active"; exit 0; fi
+  sleep 1
+done
+echo "postStart: node ${id} active"
 {{- end }}

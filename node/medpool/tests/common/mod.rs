@@ -255,6 +255,29 @@ impl MedpoolNode {
 
     /// Like [`MedpoolNode::start`], with other extra command-line arguments.
     pub fn start_with(dir: &TestDir, n: u8, config_toml: &str, extra_args: &[&str]) -> Self {
+        Self::start_env(dir, n, config_toml, extra_args, &[])
+    }
+
+    /// Like [`MedpoolNode::start_with`], with extra environment variables for the process.
+    pub fn start_env(
+        dir: &TestDir,
+        n: u8,
+        config_toml: &str,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
+        Self::start_at(dir, n, &node_addr(n), config_toml, extra_args, envs)
+    }
+
+    /// Like [`MedpoolNode::start_env`], listening for SIP on `sip` instead of the test's node address.
+    pub fn start_at(
+        dir: &TestDir,
+        n: u8,
+        sip: &str,
+        config_toml: &str,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         require_sipp();
         let config = dir.file("medpool.toml");
         std::fs::write(&config, config_toml).unwrap();
@@ -265,7 +288,7 @@ impl MedpoolNode {
             .arg("--config")
             .arg(&config)
             .arg("--sip-listen")
-            .arg(node_addr(n))
+            .arg(sip)
             .arg("--data-dir")
             .arg(&data)
             .arg("--log-format")
@@ -273,6 +296,7 @@ impl MedpoolNode {
             .arg("--log")
             .arg(&log_filter)
             .args(extra_args)
+            .envs(envs.iter().copied())
             .env_remove("MEDPOOL_CONFIG")
             .env_remove("MEDPOOL_SIP_LISTEN")
             .env_remove("MEDPOOL_DATA_DIR")
