@@ -114,7 +114,8 @@ pub struct Failover {
     pub after: PoolInfo,
 }
 
-/// A local pool of node processes (stopped by PID when dropped).
+/// A local pool of node processes (stopped by PID when dropped). Its folder (data and logs) is
+/// removed afterwards, unless the test panicked.
 #[derive(Debug)]
 pub struct LocalPool {
     /// Its addresses.
@@ -233,13 +234,6 @@ impl LocalPool {
     /// The folder with data and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    /// Keeps the folder after the test (for a failure's post-mortem).
-    pub fn keep_dir(self) -> PathBuf {
-        let LocalPool { dir, nodes, .. } = self;
-        drop(nodes);
-        dir.keep()
     }
 
     /// The node whose SIP address is `sip`.
@@ -410,6 +404,17 @@ impl LocalPool {
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for LocalPool {
+    fn drop(&mut self) {
+        // Nodes first (their guards print their logs' ends on a panic), then the folder.
+        self.nodes.clear();
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!("data and logs kept in {}", self.dir.path().display());
         }
     }
 }

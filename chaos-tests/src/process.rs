@@ -121,6 +121,18 @@ impl Log {
         let from = lines.len().saturating_sub(n);
         lines[from..].join("\n")
     }
+
+    /// The last `n` lines written by medpool itself (openraft's chatter left out).
+    pub fn medpool_tail(&self, n: usize) -> String {
+        let lines = self.lock();
+        let ours: Vec<&str> = lines
+            .iter()
+            .filter(|l| !l.contains(" openraft::"))
+            .map(String::as_str)
+            .collect();
+        let from = ours.len().saturating_sub(n);
+        ours[from..].join("\n")
+    }
 }
 
 /// A running (or killed) node process. Dropping it stops the process.
@@ -283,10 +295,10 @@ impl Drop for NodeProcess {
         self.stop();
         if std::thread::panicking() {
             eprintln!(
-                "--- {} (log {}), last {TAIL_ON_PANIC} lines ---\n{}\n--- end of {} ---",
+                "--- {} (log {}), last {TAIL_ON_PANIC} lines but openraft's ---\n{}\n--- end of {} ---",
                 self.name,
                 self.spec.log_file.display(),
-                self.log.tail(TAIL_ON_PANIC),
+                self.log.medpool_tail(TAIL_ON_PANIC),
                 self.name
             );
         }

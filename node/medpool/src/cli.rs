@@ -20,6 +20,8 @@ pub enum Command {
     /// Run a node. With no flags: a single-node pool on 127.0.0.1:5060 (UDP and TCP), data in
     /// ./medpool-data, configuration from ./medpool.toml when present.
     Serve(Box<ServeArgs>),
+    /// Operate the pool through a node's admin API: status, calls, gateways, configuration, nodes.
+    Ctl(Box<crate::ctl::CtlArgs>),
     /// Pool membership commands (over a node's internal service).
     Pool {
         /// What to do.
@@ -145,6 +147,9 @@ pub struct ServeArgs {
     /// Pool membership (omit `--raft-listen` for the embedded single-node pool).
     #[command(flatten)]
     pub pool: PoolArgs,
+    /// The admin gRPC API.
+    #[command(flatten)]
+    pub admin: crate::admin::AdminArgs,
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,

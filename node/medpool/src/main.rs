@@ -2,7 +2,9 @@
 //! command line and environment, starts logging, loads the pool configuration and calls
 //! [`serve::run`]; everything else lives in the library crates.
 
+mod admin;
 mod cli;
+mod ctl;
 mod metrics;
 mod pool;
 mod poolctl;
@@ -19,6 +21,12 @@ fn main() -> std::process::ExitCode {
             .build()
     };
     match cli.command {
+        cli::Command::Ctl(args) => {
+            let Ok(rt) = small_runtime() else {
+                return std::process::ExitCode::FAILURE;
+            };
+            std::process::ExitCode::from(rt.block_on(ctl::run(*args)) as u8)
+        }
         cli::Command::Pool { command, server } => {
             let Ok(rt) = small_runtime() else {
                 return std::process::ExitCode::FAILURE;

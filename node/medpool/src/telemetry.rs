@@ -14,6 +14,21 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::{LogArgs, LogFormat};
 
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+/// Changes the log filter at run time (the admin API's SetLogLevel). The syntax is `--log`'s.
+#[allow(dead_code)] // wired to the admin API's SetLogLevel
+pub fn set_log_filter(filter: &str) -> Result<(), String> {
+    let f = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    let handle = LOG_FILTER
+        .get()
+        .ok_or_else(|| "logging is not initialised".to_owned())?;
+    handle.reload(f).map_err(|e| e.to_string())
+}
+
 /// What must be flushed at shutdown.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
@@ -36,6 +51,8 @@ pub fn init(log: &LogArgs, node: &str) -> Telemetry {
     };
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (reloadable, handle) = tracing_subscriber::reload::Layer::new(filter());
+    let _ = LOG_FILTER.set(handle);
     let fmt = match log.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -46,7 +63,7 @@ pub fn init(log: &LogArgs, node: &str) -> Telemetry {
             .with_writer(std::io::stderr)
             .boxed(),
     }
-    .with_filter(filter());
+    .with_filter(reloadable);
     let mut provider = None;
     let otel = if otlp_configured() {
         match build_provider(node) {

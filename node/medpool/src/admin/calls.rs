@@ -89,7 +89,11 @@ pub fn page(mut calls: Vec<pb::Call>, page_token: &str, page_size: u32) -> (Vec<
 }
 
 /// This node's calls that pass the filters, as admin records.
-pub async fn list_local(node: &Arc<NodeCtx>, node_id: u64, req: &pb::ListCallsRequest) -> Vec<pb::Call> {
+pub async fn list_local(
+    node: &Arc<NodeCtx>,
+    node_id: u64,
+    req: &pb::ListCallsRequest,
+) -> Vec<pb::Call> {
     local(node)
         .await
         .into_iter()

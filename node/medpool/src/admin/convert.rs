@@ -136,10 +136,9 @@ pub fn node_event(e: NodeEvent, node_id: u64) -> pb::Event {
             status: u32::from(status),
             cause,
         }),
-        NodeEvent::Gateway { name, up } => event::Kind::Gateway(pb::GatewayChanged {
-            gateway: name,
-            up,
-        }),
+        NodeEvent::Gateway { name, up } => {
+            event::Kind::Gateway(pb::GatewayChanged { gateway: name, up })
+        }
     };
     pb::Event {
         node_id,

@@ -184,10 +184,9 @@ impl AdminCtx {
         let changes = diff::diff(&old, &body);
         match &self.mode {
             Mode::Single(s) => {
-                let mut slot = s
-                    .config
-                    .lock()
-                    .map_err(|_| AdminError::OutcomeUnknown("configuration lock poisoned".into()))?;
+                let mut slot = s.config.lock().map_err(|_| {
+                    AdminError::OutcomeUnknown("configuration lock poisoned".into())
+                })?;
                 if slot.0 != expected {
                     return Err(AdminError::StaleVersion {
                         expected,
@@ -236,7 +235,9 @@ impl AdminCtx {
 
     /// A node's state and shard count, or `NotFound`.
     pub fn node_record(&self, id: u64) -> Result<(NodeState, u32), AdminError> {
-        let pool = self.pool().ok_or(AdminError::SingleNode("node management"))?;
+        let pool = self
+            .pool()
+            .ok_or(AdminError::SingleNode("node management"))?;
         pool.state()
             .read(|s| {
                 s.node(id).map(|n| {
@@ -399,7 +400,11 @@ impl AdminCtx {
     }
 
     /// Enables, disables or drains a gateway on this node.
-    pub fn set_gateway_admin(&self, name: &str, state: GatewayAdminState) -> Result<(), AdminError> {
+    pub fn set_gateway_admin(
+        &self,
+        name: &str,
+        state: GatewayAdminState,
+    ) -> Result<(), AdminError> {
         let admin = match state {
             GatewayAdminState::Enabled => AdminState::Enabled,
             GatewayAdminState::Disabled | GatewayAdminState::Draining => AdminState::Disabled,

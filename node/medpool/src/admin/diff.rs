@@ -25,7 +25,11 @@ pub fn diff(old: &str, new: &str) -> Vec<ConfigChange> {
         let after = named(&new, section);
         for (name, t) in &before {
             match after.iter().find(|(n, _)| n == name) {
-                None => out.push(change(ChangeKind::Removed, format!("{label} {name}"), vec![])),
+                None => out.push(change(
+                    ChangeKind::Removed,
+                    format!("{label} {name}"),
+                    vec![],
+                )),
                 Some((_, u)) => {
                     let d = key_changes(t, u);
                     if !d.is_empty() {

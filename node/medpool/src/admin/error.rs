@@ -65,7 +65,9 @@ pub enum AdminError {
         current: Option<u64>,
     },
     /// A node to remove still owns shards.
-    #[error("node {node} still owns {shards} shards: drain it first (medpool ctl node drain {node})")]
+    #[error(
+        "node {node} still owns {shards} shards: drain it first (medpool ctl node drain {node})"
+    )]
     NodeOwnsShards {
         /// The node.
         node: u64,
@@ -82,7 +84,9 @@ pub enum AdminError {
     #[error("no other voter to hand leadership to")]
     NoOtherVoter,
     /// An operation that needs a Raft pool, on the embedded single-node pool.
-    #[error("{0} needs a pool of several nodes; this node runs the single-node pool (no --raft-listen)")]
+    #[error(
+        "{0} needs a pool of several nodes; this node runs the single-node pool (no --raft-listen)"
+    )]
     SingleNode(&'static str),
     /// The pool's state machine refused the command (nothing changed).
     #[error("refused by the pool: {0}")]
@@ -174,9 +178,9 @@ impl From<WriteError> for AdminError {
     /// changed" could make them apply twice.
     fn from(e: WriteError) -> AdminError {
         match e {
-            WriteError::Refused(why) => AdminError::Refused(
-                why.strip_prefix("refused: ").unwrap_or(&why).to_owned(),
-            ),
+            WriteError::Refused(why) => {
+                AdminError::Refused(why.strip_prefix("refused: ").unwrap_or(&why).to_owned())
+            }
             WriteError::NoLeader(why) if why == "no leader" || why == "leader address unknown" => {
                 AdminError::NoLeader(why)
             }
@@ -199,7 +203,9 @@ mod tests {
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("route[1].trunks[0]"));
         assert_eq!(
-            s.metadata().get(FIELD_PATH_KEY).and_then(|v| v.to_str().ok()),
+            s.metadata()
+                .get(FIELD_PATH_KEY)
+                .and_then(|v| v.to_str().ok()),
             Some("route[1].trunks[0]")
         );
         let stale = AdminError::StaleVersion {

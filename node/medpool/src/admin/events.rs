@@ -137,7 +137,11 @@ async fn local_and_pool(
     local_only: bool,
 ) {
     let me = ctx.node_id();
-    let pool = if local_only { None } else { ctx.pool().cloned() };
+    let pool = if local_only {
+        None
+    } else {
+        ctx.pool().cloned()
+    };
     let mut last = pool.as_deref().map(PoolSnapshot::of);
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

