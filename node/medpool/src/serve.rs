@@ -47,6 +47,9 @@ pub enum ServeError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The admin API could not start.
+    #[error("{0}")]
+    Admin(#[from] crate::admin::AdminStartError),
 }
 
 fn load_config(args: &ServeArgs) -> Result<PoolConfig, ConfigError> {
@@ -95,6 +98,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         .config
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok());
+    // Bound before the pool starts, so that the pool records the admin API's real address.
+    let admin_listener = crate::admin::bind(&args.admin, args.sip_listen).await?;
     let (running, pool) = match args.pool.raft_listen {
         None => {
             let single = Arc::new(SingleNode::new(args.shards));
@@ -103,7 +108,13 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             (running, None)
         }
         Some(raft_listen) => {
-            let pool_opts = pool_options(&args, raft_listen)?;
+            let mut pool_opts = pool_options(&args, raft_listen)?;
+            let raft_host = pool_opts
+                .addrs
+                .raft_addr
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_owned());
+            pool_opts.addrs.admin_addr = admin_listener.advertised(raft_host.as_deref());
             let pool = Pool::start(pool_opts).await.map_err(ServeError::Pool)?;
             let adapter = Arc::new(PoolAdapter { pool: pool.clone() });
             let running =
@@ -111,7 +122,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             let sink = Arc::new(NodeSink::default());
             let _ = sink.node.set(running.ctx.clone());
             pool.attach(sink);
-            tokio::spawn(config_sync(pool.clone(), running.ctx.clone(), config_text));
+            tokio::spawn(config_sync(
+                pool.clone(),
+                running.ctx.clone(),
+                config_text.clone(),
+            ));
             (running, Some(pool))
         }
     };
@@ -122,9 +137,25 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             .map_err(|source| ServeError::Metrics { addr, source })?;
         tracing::info!(%bound, "metrics on /metrics");
     }
+    let admin_mode = match &pool {
+        Some(p) => crate::admin::ctx::Mode::Pool {
+            pool: p.clone(),
+            lease: Duration::from_millis(args.pool.lease_ms.max(100)),
+        },
+        None => crate::admin::ctx::Mode::Single(crate::admin::ctx::Standalone::new(
+            config_text.or_else(|| {
+                args.config
+                    .is_none()
+                    .then(|| std::fs::read_to_string("medpool.toml").ok())
+                    .flatten()
+            }),
+        )),
+    };
+    let admin = crate::admin::start(admin_listener, running.ctx.clone(), admin_mode)?;
     eprintln!(
-        "medpool ready sip={} trunks={trunks} routes={routes}{}",
+        "medpool ready sip={} trunks={trunks} routes={routes} admin={}{}",
         running.sip_addr,
+        admin.addr,
         match &pool {
             Some(p) => format!(
                 " node={} raft={}",
@@ -147,6 +178,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             args.bye_on_shutdown,
         )
         .await;
+    admin.shutdown().await;
     if let Some(pool) = pool {
         let _ = tokio::time::timeout(Duration::from_secs(5), pool.shutdown()).await;
     }
