@@ -197,25 +197,12 @@ pub fn relay_response(
         b.header_fmt(HeaderName::RSeq, format_args!("{rseq}"));
     }
     if let Some(src) = from {
-        for h in RELAYED_HEADERS {
-            b.copy_headers(src, *h);
-        }
-        for name in RELAYED_OTHER {
-            for v in src.other_header(name) {
-                b.header_named(name.as_bytes(), v);
-            }
-        }
-        if !src.body().is_empty() {
-            let ct = src
-                .header(HeaderName::ContentType)
-                .unwrap_or(b"application/sdp");
-            b.body(ct, Bytes::copy_from_slice(src.body()));
-        }
+        relay_request_parts(&mut b, src, &[]);
     }
     b.build()
 }
 
-/// Copies the relayed headers and the body of `src` onto a request being built.
+/// Copies the relayed headers and the body of `src` onto a request or response being built.
 pub fn relay_request_parts(b: &mut MessageBuilder, src: &SipMessage, skip: &[HeaderName]) {
     for h in RELAYED_HEADERS.iter().filter(|h| !skip.contains(h)) {
         b.copy_headers(src, *h);

@@ -664,47 +664,19 @@ impl Call {
     }
 
     /// ACK (and, when `bye`, BYE) a 2xx from a leg-B attempt.
-    fn ack_b(
-        &mut self,
-        idx: usize,
-        env: &Envelope,
-        bye: bool,
-        myself: &ActorRef<DialogMsg>,
-        body: Option<&SipMessage>,
-    ) {
+    /// ACK a 2xx from an attempt the call no longer wants (cancelled, failed over) and BYE it at once.
+    fn ack_and_bye(&mut self, idx: usize, env: &Envelope, myself: &ActorRef<DialogMsg>) {
         let att = &mut self.attempts[idx];
         att.leg.learn_remote(&env.msg, env.msg.to_tag());
         att.leg.route_set = leg::uac_route_set(&env.msg);
         if let Some(t) = env.msg.to().and_then(|t| t.ok()) {
             att.leg.remote_uri = Bytes::copy_from_slice(t.raw);
         }
+        att.answered = true;
         let cseq = env.msg.cseq().and_then(|c| c.ok()).map_or(1, |c| c.seq);
-        let branch = ids::new_branch(self.shard);
-        let mut b = att.leg.request(&self.ctx.me, b"ACK", cseq, &branch);
-        if let Some(src) = body
-            && !src.body().is_empty()
-        {
-            let ct = src
-                .header(HeaderName::ContentType)
-                .unwrap_or(b"application/sdp");
-            b.body(ct, Bytes::copy_from_slice(src.body()));
-        }
-        let hop = att.leg.next_hop();
-        let transport = att.leg.transport;
-        if let Some(ack) = Envelope::outgoing(b.build(), hop, transport) {
-            let _ = self
-                .ctx
-                .transports
-                .send_now(transport, hop, ack.msg.bytes());
-            if !bye {
-                self.ack_b = Some(ack);
-            }
-        }
-        if bye {
-            att.answered = true;
-            let leg = att.leg.clone();
-            self.send_bye_on(&leg, myself);
-        }
+        send_ack_b(self, idx, cseq, None, false);
+        let leg = self.attempts[idx].leg.clone();
+        self.send_bye_on(&leg, myself);
     }
 
     fn send_bye_on(&mut self, leg: &Leg, myself: &ActorRef<DialogMsg>) {
@@ -1294,7 +1266,7 @@ fn on_invite_response(
     if st.attempts[idx].abandoned {
         // A late answer to an attempt we gave up on.
         if (200..300).contains(&status) && !st.attempts[idx].answered {
-            st.ack_b(idx, &env, true, myself, None);
+            st.ack_and_bye(idx, &env, myself);
         } else if status > 100 && status < 200 {
             st.cancel_attempt(idx, myself);
         }
@@ -1338,7 +1310,7 @@ fn on_invite_response(
             if st.a_final_sent {
                 // The caller cancelled (or the call was refused) while the 200 was on its way: ACK and BYE.
                 st.attempts[idx].abandoned = true;
-                st.ack_b(idx, &env, true, myself, None);
+                st.ack_and_bye(idx, &env, myself);
                 st.maybe_finish(myself);
                 return;
             }
@@ -1486,7 +1458,7 @@ fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, env: Envelope
             if let Some(idx) = st.attempts.iter().position(|a| a.answered && !a.abandoned) {
                 st.a_2xx = None;
                 // End-to-end ACK: the caller's ACK may carry the SDP answer to a late offer.
-                send_ack_b(st, idx, 1, Some(&env.msg));
+                send_ack_b(st, idx, 1, Some(&env.msg), true);
             }
             if let Some(rec) = st.record() {
                 st.ctx.store.store(rec);
@@ -1501,7 +1473,7 @@ fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, env: Envelope
             if let Some(pos) = st.pending_ack_b.iter().position(|(a, _)| *a == cseq) {
                 let (_, b_cseq) = st.pending_ack_b.remove(pos);
                 if let Some(idx) = st.attempts.iter().position(|a| a.answered && !a.abandoned) {
-                    send_ack_b(st, idx, b_cseq, Some(&env.msg));
+                    send_ack_b(st, idx, b_cseq, Some(&env.msg), false);
                 }
             }
         }
@@ -1524,7 +1496,9 @@ fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, env: Envelope
     }
 }
 
-fn send_ack_b(st: &mut Call, idx: usize, cseq: u32, body: Option<&SipMessage>) {
+/// Sends an ACK on a leg-B attempt (end to end: `body` is the caller's ACK, which may carry the SDP
+/// answer to a late offer). `keep` remembers it to re-ACK retransmitted 2xx.
+fn send_ack_b(st: &mut Call, idx: usize, cseq: u32, body: Option<&SipMessage>, keep: bool) {
     let att = &st.attempts[idx];
     let branch = ids::new_branch(st.shard);
     let mut b = att.leg.request(&st.ctx.me, b"ACK", cseq, &branch);
@@ -1540,7 +1514,7 @@ fn send_ack_b(st: &mut Call, idx: usize, cseq: u32, body: Option<&SipMessage>) {
     let transport = att.leg.transport;
     if let Some(ack) = Envelope::outgoing(b.build(), hop, transport) {
         let _ = st.ctx.transports.send_now(transport, hop, ack.msg.bytes());
-        if cseq == 1 {
+        if keep {
             st.ack_b = Some(ack);
         }
     }
