@@ -315,11 +315,11 @@ impl Actor for GatewayActor {
                     Method::Options,
                     format!("sip:{host}").as_bytes(),
                 );
-                b.header(HeaderName::Via, me.via(transport, &branch).as_bytes())
+                b.header(HeaderName::Via, me.local_via(transport, &branch).as_bytes())
                     .header(HeaderName::MaxForwards, b"70")
                     .header_fmt(
                         HeaderName::From,
-                        format_args!("<sip:medpool@{}>;tag={}", me.hostport, ids::new_tag(0)),
+                        format_args!("<sip:medpool@{}>;tag={}", me.local, ids::new_tag(0)),
                     )
                     .header_fmt(HeaderName::To, format_args!("<sip:{host}>"))
                     .header(HeaderName::CallId, st.call_id.as_bytes())

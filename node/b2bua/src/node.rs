@@ -352,7 +352,7 @@ pub async fn start(
         transports: running.transports.clone(),
         config: RwLock::new(Arc::new(config.clone())),
         gateways: Gateways::default(),
-        me: Me { hostport },
+        me: Me { hostport, local: sip_addr.to_string() },
         shards,
         store,
         timers: opts.timers,
@@ -531,7 +531,11 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>, traceparen
     }
     // Any node, any message: act only for shards this node owns under a valid lease; forward the rest.
     let shard = ids::shard_of(&inb.msg, ctx.shards.shard_count());
-    if !ctx.shards.may_act(shard) {
+    // Answers to this node's own gateway probes are node-local: every node probes every gateway,
+    // so they are never forwarded to the owner of the shard their branch names.
+    let own_probe =
+        !inb.msg.is_request() && client_key(&inb.msg).is_some_and(|k| ctx.registry.is_probe(&k));
+    if !own_probe && !ctx.shards.may_act(shard) {
         let me = ctx.shards.node_id();
         match ctx.shards.owner(shard) {
             Some(owner) if owner != me && via.is_none() => {

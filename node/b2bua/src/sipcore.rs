@@ -164,6 +164,11 @@ impl Registry {
     pub fn remove_client(&self, key: &ClientKey) -> Option<Owner> {
         self.with(|m| m.clients.remove(key))
     }
+    /// Whether client transaction `key` is one of this node's gateway probes (OPTIONS): their
+    /// answers belong to this node, whatever shard their branch names.
+    pub fn is_probe(&self, key: &ClientKey) -> bool {
+        self.with(|m| matches!(m.clients.get(key), Some(Owner::Gateway(_))))
+    }
     /// Routes CANCELs of this INVITE server transaction, and requests of leg A, to `actor`.
     pub fn add_call(
         &self,

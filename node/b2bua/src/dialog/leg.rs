@@ -70,6 +70,9 @@ pub struct Leg {
 pub struct Me {
     /// `host:port` for Via sent-by and Contact.
     pub hostport: String,
+    /// This node's own `host:port` (its SIP listen address): node-local traffic such as gateway
+    /// probes puts it in Via, so the answers come back to this node and not to the pool address.
+    pub local: String,
 }
 
 impl Me {
@@ -81,6 +84,11 @@ impl Me {
             self.hostport
         )
     }
+    /// A Via value naming this node itself (not the pool address).
+    pub fn local_via(&self, transport: Transport, branch: &str) -> String {
+        format!("SIP/2.0/{} {};branch={branch};rport", transport.as_str(), self.local)
+    }
+
     /// Our Contact value.
     pub fn contact(&self, transport: Transport) -> String {
         match transport {
