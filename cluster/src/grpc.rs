@@ -9,7 +9,7 @@ use medpool_proto::cluster::{
     ForwardAck, InfoReply, InfoRequest, JoinReply, JoinRequest, LeaseReply, LeaseRequest,
     RaftPayload, SipForward,
 };
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
 use crate::command::Command;
@@ -69,6 +69,19 @@ impl Cluster for ClusterService {
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().data).map_err(bad)?;
         payload(&self.raft.vote(rpc).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = decode(&req.into_inner().data).map_err(bad)?;
+        let r: Result<_, crate::typ::RaftError> = self
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(crate::typ::RaftError::Fatal);
+        payload(&r)
     }
 
     async fn install_snapshot(

@@ -10,7 +10,8 @@ use medpool_proto::cluster::cluster_client::ClusterClient;
 use openraft::errors::{NetworkError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -147,6 +148,7 @@ impl GrpcConnection {
                 Rpc::Append => client.append_entries(RaftPayload { data }).await,
                 Rpc::Vote => client.vote(RaftPayload { data }).await,
                 Rpc::Snapshot => client.install_snapshot(RaftPayload { data }).await,
+                Rpc::TransferLeader => client.transfer_leader(RaftPayload { data }).await,
             }
         };
         let reply = match tokio::time::timeout(ttl, fut).await {
@@ -176,6 +178,7 @@ enum Rpc {
     Append,
     Vote,
     Snapshot,
+    TransferLeader,
 }
 
 impl RaftNetworkV2<TypeConfig> for GrpcConnection {
@@ -195,6 +198,15 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
         self.call(&rpc, option.hard_ttl(), Rpc::Vote).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcError> {
+        self.call(&req, option.hard_ttl(), Rpc::TransferLeader)
+            .await
     }
 
     async fn full_snapshot(

@@ -608,10 +608,8 @@ impl Pool {
                 return fail(e.to_string());
             }
         }
-        // A rejoining node is heard now, so the failure detector does not declare it down at once.
-        if let Ok(mut h) = self.heard.lock() {
-            h.insert(req.node_id, Instant::now());
-        }
+        // The node counts as heard only once its own lease heartbeat arrives: shards go only to nodes
+        // that can act for them.
         match self
             .write(Command::AddNode {
                 id: req.node_id,
@@ -639,11 +637,20 @@ impl Pool {
         if is_leader && let Ok(mut h) = self.heard.lock() {
             h.insert(req.node_id, Instant::now());
         }
+        // A node that has not applied the current shard map yet (it restarted on old data, it is
+        // catching up) is alive but may not act: no lease until its map is as new as the leader's.
+        let current = req.node_id == me || req.map_epoch >= self.map_epoch();
         LeaseReply {
-            granted: is_leader,
+            granted: is_leader && current,
             sent_at_ms: req.sent_at_ms,
             leader_id: me,
         }
+    }
+
+    /// The sum of the shard epochs in the applied state: it grows with every shard move.
+    fn map_epoch(&self) -> u64 {
+        self.reader
+            .read(|s| s.shards().iter().map(|e| e.epoch).sum())
     }
 
     fn leader_has_quorum(&self) -> bool {
@@ -657,11 +664,16 @@ impl Pool {
 
     async fn lease_task(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let period = self.opts.lease / 4;
+        let mut first = true;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(period) => {}
-                _ = stop.changed() => return,
+            // The first heartbeat goes at once: a starting node gets its lease (and shards) sooner.
+            if !first {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = stop.changed() => return,
+                }
             }
+            first = false;
             let sent = Instant::now();
             let sent_ms = self.now_ms();
             let me = self.opts.node_id;
@@ -671,13 +683,14 @@ impl Pool {
                     self.handle_lease(LeaseRequest {
                         node_id: me,
                         sent_at_ms: sent_ms,
+                        map_epoch: self.map_epoch(),
                     })
                     .await
                     .granted
                 }
                 Some(l) => match self.client_for(l) {
                     Some(mut c) => matches!(
-                        tokio::time::timeout(period, c.lease(LeaseRequest { node_id: me, sent_at_ms: sent_ms })).await,
+                        tokio::time::timeout(period, c.lease(LeaseRequest { node_id: me, sent_at_ms: sent_ms, map_epoch: self.map_epoch() })).await,
                         Ok(Ok(r)) if r.get_ref().granted
                     ),
                     None => false,
@@ -727,14 +740,24 @@ impl Pool {
                 continue;
             }
             let window = self.opts.lease + self.opts.margin;
-            let settled = since.elapsed() >= window;
             let heard = self.heard.lock().map(|h| h.clone()).unwrap_or_default();
             let nodes = self.reader.read(|s| s.nodes().clone());
+            let heard_recently =
+                |id: &NodeId| *id == me || heard.get(id).is_some_and(|t| t.elapsed() < window);
+            // A new leader knows who is alive once it has heard from every node, or once L + margin
+            // has passed (then silence means down). Until then it moves nothing.
+            let settled = since.elapsed() >= window
+                || nodes
+                    .iter()
+                    .all(|(id, n)| n.state == NodeState::Down || heard_recently(id));
+            if !settled {
+                continue;
+            }
             let mut alive = BTreeSet::new();
             for (id, rec) in &nodes {
-                let recent = *id == me || heard.get(id).is_some_and(|t| t.elapsed() < window);
+                let recent = heard_recently(id);
                 match rec.state {
-                    NodeState::Active | NodeState::Draining if !recent && settled => {
+                    NodeState::Active | NodeState::Draining if !recent => {
                         tracing::warn!(
                             node = id,
                             "node silent for longer than lease + margin: down"
@@ -756,7 +779,7 @@ impl Pool {
                     }
                     _ => {}
                 }
-                if recent || !settled {
+                if recent {
                     alive.insert(*id);
                 }
             }
@@ -771,11 +794,39 @@ impl Pool {
     async fn shard_watcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut metrics = self.raft.metrics();
         let mut owned: BTreeSet<u16> = BTreeSet::new();
+        let mut counts: Vec<usize> = Vec::new();
+        // When each shard was taken over: only a recent take-over can still receive the old owner's
+        // late records (its group commit flushes within milliseconds).
+        let mut taken: BTreeMap<u16, Instant> = BTreeMap::new();
         let me = self.opts.node_id;
         loop {
             let now: BTreeSet<u16> = self.reader.read(|s| s.shards_of(me).into_iter().collect());
+            // Records that arrive for a shard after this node took it over (the old owner's last group
+            // commit lands after the move): adopt the shard again; calls already here are skipped.
+            let new_counts = self.reader.read(|s| s.dialog_counts());
+            let grown: Vec<u16> = now
+                .iter()
+                .copied()
+                .filter(|s| owned.contains(s))
+                .filter(|s| {
+                    taken
+                        .get(s)
+                        .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+                })
+                .filter(|s| new_counts.get(usize::from(*s)) > counts.get(usize::from(*s)))
+                .collect();
+            taken.retain(|_, t| t.elapsed() < Duration::from_secs(10));
+            counts = new_counts;
+            if !grown.is_empty()
+                && let Some(sink) = self.sink()
+            {
+                sink.adopted(grown);
+            }
             if now != owned {
                 let adopted: Vec<u16> = now.difference(&owned).copied().collect();
+                for s in &adopted {
+                    taken.insert(*s, Instant::now());
+                }
                 let released: Vec<u16> = owned.difference(&now).copied().collect();
                 if let Some(sink) = self.sink() {
                     if !released.is_empty() {

@@ -334,14 +334,23 @@ async fn a_config_change_racing_the_leaders_death_is_applied_everywhere_or_nowhe
             println!("outcome unknown to the caller; the pool settled on {version:?}")
         }
     }
-    // The pool still takes writes.
-    let next = live[0]
-        .pool
-        .write(Command::SetConfig {
-            expected_version: version,
-            body: b"v2".to_vec(),
-        })
-        .await;
+    // The pool still takes writes (a first attempt may meet a leader still settling in).
+    let mut next = Err(medpool_cluster::pool::WriteError::NoLeader(
+        "not tried".into(),
+    ));
+    for _ in 0..5 {
+        next = live[0]
+            .pool
+            .write(Command::SetConfig {
+                expected_version: version,
+                body: b"v2".to_vec(),
+            })
+            .await;
+        if next.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert!(next.is_ok(), "{next:?}");
     for m in live {
         m.pool.shutdown().await;

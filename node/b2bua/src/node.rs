@@ -352,7 +352,10 @@ pub async fn start(
         transports: running.transports.clone(),
         config: RwLock::new(Arc::new(config.clone())),
         gateways: Gateways::default(),
-        me: Me { hostport, local: sip_addr.to_string() },
+        me: Me {
+            hostport,
+            local: sip_addr.to_string(),
+        },
         shards,
         store,
         timers: opts.timers,

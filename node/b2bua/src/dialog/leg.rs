@@ -86,7 +86,11 @@ impl Me {
     }
     /// A Via value naming this node itself (not the pool address).
     pub fn local_via(&self, transport: Transport, branch: &str) -> String {
-        format!("SIP/2.0/{} {};branch={branch};rport", transport.as_str(), self.local)
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport.as_str(),
+            self.local
+        )
     }
 
     /// Our Contact value.
