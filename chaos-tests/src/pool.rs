@@ -114,6 +114,21 @@ pub struct Failover {
     pub after: PoolInfo,
 }
 
+/// How a restarted node came back.
+#[derive(Debug, Clone)]
+pub struct Rejoin {
+    /// The pool status (seen by another node) once it was back.
+    pub info: PoolInfo,
+    /// The `shards adopted`/`shards released` lines of the hand-over, in time order.
+    pub lines: Vec<String>,
+    /// From the restart until its log said `member of the pool`.
+    pub member_after: Duration,
+    /// From the restart until it owned its shards and held its lease.
+    pub back_after: Duration,
+    /// How long it owned its shards (as the pool and it agree) without a lease to act on them.
+    pub owned_without_lease: Option<Duration>,
+}
+
 /// A local pool of node processes (stopped by PID when dropped). Its folder (data and logs) is
 /// removed afterwards, unless the test panicked.
 #[derive(Debug)]
@@ -137,10 +152,11 @@ pub fn field(line: &str, key: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
-/// The status as a table: one line per node.
+/// The status as a table: one line per node. (The SIP address a node records is the one it
+/// advertises: with a Service in front, the same for every node, so it is left out.)
 pub fn status_table(info: &PoolInfo) -> String {
     let mut out = format!(
-        "  (seen by node {}: leader {}, term {}, unowned shards {}, dialogs {})\n  {:<5} {:<18} {:<8} {:>6}\n",
+        "  (seen by node {}: leader {}, term {}, unowned shards {}, dialogs {})\n  {:<5} {:<8} {:>6}\n",
         info.node_id,
         info.leader
             .map_or_else(|| "none".to_owned(), |l| l.to_string()),
@@ -148,12 +164,11 @@ pub fn status_table(info: &PoolInfo) -> String {
         info.unowned,
         info.dialogs,
         "NODE",
-        "SIP",
         "STATE",
         "SHARDS"
     );
-    for (id, sip, state, shards) in &info.nodes {
-        out.push_str(&format!("  {id:<5} {sip:<18} {state:<8} {shards:>6}\n"));
+    for (id, _sip, state, shards) in &info.nodes {
+        out.push_str(&format!("  {id:<5} {state:<8} {shards:>6}\n"));
     }
     out
 }
@@ -171,7 +186,7 @@ fn is_active(state: &str) -> bool {
 
 impl LocalPool {
     /// Starts `size` nodes on `net` and waits until the pool has converged (every node active with
-    /// shards and having adopted them, no unowned shard).
+    /// shards, having adopted them and holding its lease; no unowned shard).
     pub async fn start(net: Net, size: usize) -> Result<LocalPool, HarnessError> {
         let bin = crate::binary::medpool_binary()?;
         let dir = tempfile::Builder::new()
@@ -257,7 +272,8 @@ impl LocalPool {
     }
 
     /// Waits until, as `members[0]` sees it, every member is active with shards, no shard is
-    /// unowned, and every member has logged `shards adopted`.
+    /// unowned, every member has logged `shards adopted` and holds its lease (a node acts on its
+    /// shards only with a lease: before, new calls on them are answered 503).
     pub async fn wait_converged(
         &mut self,
         members: &[usize],
@@ -274,7 +290,11 @@ impl LocalPool {
                 let adopted = members
                     .iter()
                     .all(|&m| !self.nodes[m].log().matching(0, "shards adopted").is_empty());
-                if all_serving && adopted && info.unowned == 0 {
+                let mut leases = true;
+                for &m in members {
+                    leases = leases && self.status(m).await.is_ok_and(|own| own.lease);
+                }
+                if all_serving && adopted && leases && info.unowned == 0 {
                     return Ok(info);
                 }
                 last = Some(info);
@@ -369,14 +389,21 @@ impl LocalPool {
         })
     }
 
-    /// Restarts node `i` with its data folder, joining through the others; waits until its log says
-    /// `member of the pool` and a survivor's map shows it active with no shard unowned (and, if it got
-    /// shards back, until it logged `shards adopted`).
-    pub async fn restart(&mut self, i: usize, within: Duration) -> Result<PoolInfo, HarnessError> {
-        let deadline = Instant::now() + within;
+    /// Restarts node `i` with its data folder, joining through the others, and waits until it is
+    /// back: its log says `member of the pool`; another node and node `i` itself agree that `i` is
+    /// active and owns shards again (a joining node receives shards), no shard is unowned; `i`'s
+    /// last shard event is the adoption of exactly those shards; and `i` holds its lease (it may
+    /// act). Returns how that went.
+    pub async fn restart(&mut self, i: usize, within: Duration) -> Result<Rejoin, HarnessError> {
+        let started = Instant::now();
+        let deadline = started + within;
         let join: Vec<SocketAddr> = (0..self.nodes.len())
             .filter(|&j| j != i)
             .map(|j| self.net.node_raft(j))
+            .collect();
+        let marks: Vec<(usize, usize)> = (0..self.nodes.len())
+            .filter(|&j| j != i)
+            .map(|j| (j, self.nodes[j].log().len()))
             .collect();
         let spec = self.spec(i, join, "restarted.log");
         self.nodes[i] = NodeProcess::spawn(&self.bin, spec)?;
@@ -387,24 +414,87 @@ impl LocalPool {
         self.nodes[i]
             .wait_for_line(0, "member of the pool", left)
             .await?;
-        let asked = (0..self.nodes.len()).find(|&j| j != i).unwrap_or(0);
+        let member_after = started.elapsed();
+        let others = marks.first().map_or(0, |m| m.0);
+        let mut last = None;
+        let mut owned_without_lease = None;
         loop {
-            if let Ok(info) = self.status(asked).await
-                && let Some((state, shards)) = node_row(&info, i)
-                && is_active(state)
-                && info.unowned == 0
-                && (shards == 0 || !self.nodes[i].log().matching(0, "shards adopted").is_empty())
-            {
-                return Ok(info);
+            if let (Ok(seen), Ok(own)) = (self.status(others).await, self.status(i).await) {
+                if self.settled_after_rejoin(i, &seen, &own) {
+                    if own.lease {
+                        let lines = self.shard_events(i, &marks);
+                        let back_after = started.elapsed();
+                        return Ok(Rejoin {
+                            info: seen,
+                            lines,
+                            member_after,
+                            back_after,
+                            owned_without_lease: owned_without_lease
+                                .map(|t: Instant| back_after - (t - started)),
+                        });
+                    }
+                    owned_without_lease.get_or_insert_with(Instant::now);
+                }
+                last = Some(seen);
             }
             if Instant::now() >= deadline {
                 return Err(HarnessError::Timeout {
-                    what: format!("node {i} to be an active member again"),
+                    what: format!(
+                        "node {i} to own shards again and hold its lease after rejoining; last status:\n{}",
+                        last.as_ref().map(status_table).unwrap_or_default()
+                    ),
                     after: within,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// `shards adopted`/`shards released` lines of node `i` (all) and of the others (after their
+    /// marks), in time order.
+    fn shard_events(&self, i: usize, marks: &[(usize, usize)]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for pattern in ["shards adopted", "shards released"] {
+            for l in self.nodes[i].log().matching(0, pattern) {
+                lines.push(format!("node {i}: {l}"));
+            }
+            for &(j, mark) in marks {
+                for l in self.nodes[j].log().matching(mark, pattern) {
+                    lines.push(format!("node {j}: {l}"));
+                }
+            }
+        }
+        lines.sort_by(|a, b| {
+            a.split_once(": ")
+                .map(|x| x.1)
+                .cmp(&b.split_once(": ").map(|x| x.1))
+        });
+        lines
+    }
+}
+
+impl LocalPool {
+    /// After a rejoin: another node (`seen`) and node `i` itself (`own`) agree that `i` is active
+    /// with the same shards (more than none), no shard is unowned, and `i`'s last shard event is a
+    /// `shards adopted` of exactly that many shards. (A restarted node first adopts the shards its
+    /// old state on disk gives it, then releases them when it catches up: that first line is not
+    /// the one awaited.)
+    fn settled_after_rejoin(&self, i: usize, seen: &PoolInfo, own: &PoolInfo) -> bool {
+        let (Some((s1, n1)), Some((s2, n2))) = (node_row(seen, i), node_row(own, i)) else {
+            return false;
+        };
+        let log = self.nodes[i].log();
+        let adopted = log.matching(0, "shards adopted");
+        let released = log.position_last("shards released");
+        let last_adopted = log.position_last("shards adopted");
+        is_active(s1)
+            && is_active(s2)
+            && n1 == n2
+            && n1 > 0
+            && seen.unowned == 0
+            && own.unowned == 0
+            && adopted.last().and_then(|l| field(l, "shards")) == Some(n1)
+            && last_adopted > released
     }
 }
 

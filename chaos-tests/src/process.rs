@@ -115,6 +115,20 @@ impl Log {
             .collect()
     }
 
+    /// The number of the first line from `from` on that contains `pattern`.
+    pub fn position(&self, from: usize, pattern: &str) -> Option<usize> {
+        self.lock()
+            .iter()
+            .skip(from)
+            .position(|l| l.contains(pattern))
+            .map(|p| p + from)
+    }
+
+    /// The number of the last line that contains `pattern`.
+    pub fn position_last(&self, pattern: &str) -> Option<usize> {
+        self.lock().iter().rposition(|l| l.contains(pattern))
+    }
+
     /// The last `n` lines.
     pub fn tail(&self, n: usize) -> String {
         let lines = self.lock();
@@ -127,7 +141,7 @@ impl Log {
         let lines = self.lock();
         let ours: Vec<&str> = lines
             .iter()
-            .filter(|l| !l.contains(" openraft::"))
+            .filter(|l| !l.contains(" openraft::") && !l.contains(" call{"))
             .map(String::as_str)
             .collect();
         let from = ours.len().saturating_sub(n);
@@ -150,7 +164,14 @@ impl NodeProcess {
     /// Starts `bin serve ...` for `spec`.
     pub fn spawn(bin: &Path, spec: NodeSpec) -> Result<NodeProcess, HarnessError> {
         let name = format!("medpool node {} ({})", spec.id, spec.sip);
-        let mut child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        // Settings from the test runner's environment must not leak into the nodes (flags decide).
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("MEDPOOL_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
             .args(spec.args())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -84,7 +84,7 @@ struct Inner {
     sock: Arc<UdpSocket>,
     local: SocketAddr,
     uas: Uas,
-    waiters: Mutex<HashMap<Vec<u8>, mpsc::Sender<SipMessage>>>,
+    waiters: Mutex<HashMap<Vec<u8>, mpsc::Sender<Received>>>,
     calls: Mutex<Calls>,
 }
 
@@ -116,6 +116,9 @@ struct Dialog {
     /// Where in-dialog requests go.
     dest: SocketAddr,
 }
+
+/// A response and the address it came from.
+type Received = (SipMessage, SocketAddr);
 
 /// A transaction that saw no final answer in time.
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +176,7 @@ impl Caller {
                         index,
                         call_id,
                         setup: None,
+                        setup_answered_by: None,
                         reinvite: None,
                         bye: None,
                         ended_by_far_side: false,
@@ -282,7 +286,7 @@ impl Inner {
         format!("z9hG4bKsp{:x}.{index}.{cseq}{kind}", self.cfg.seed)
     }
 
-    fn from_header(&self, tag: &str) -> Vec<u8> {
+    fn our_from(&self, tag: &str) -> Vec<u8> {
         format!("<sip:{}@{}>;tag={tag}", self.cfg.calling, self.local).into_bytes()
     }
 
@@ -312,15 +316,22 @@ impl Inner {
         let mut b = MessageBuilder::request_method(Method::Invite, ruri.as_bytes());
         b.header(HeaderName::Via, &self.via(&branch))
             .header(HeaderName::MaxForwards, b"70")
-            .header(HeaderName::From, &self.from_header(&from_tag))
+            .header(HeaderName::From, &self.our_from(&from_tag))
             .header_fmt(HeaderName::To, format_args!("<{ruri}>"))
             .header(HeaderName::CallId, call_id.as_bytes())
             .header(HeaderName::CSeq, b"1 INVITE")
             .header(HeaderName::Contact, &self.contact())
             .body(sdp::CONTENT_TYPE, self.offer(index, 1));
         let outcome = self.transact(&branch, b.build(), target, true).await;
+        let mut answered_by = None;
         let (result, ack) = match outcome {
-            Ok(resp) => {
+            Ok((resp, from)) => {
+                let retry_after = resp
+                    .header(HeaderName::RetryAfter)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|v| v.parse().ok());
+                answered_by = Some((from, retry_after));
                 let status = resp.status().unwrap_or(0);
                 if (200..300).contains(&status) {
                     let dialog = Dialog::from_2xx(&resp, target);
@@ -343,6 +354,7 @@ impl Inner {
         let mut calls = lock(&self.calls);
         if let Some(c) = calls.list.get_mut(index) {
             c.record.setup = Some(result);
+            c.record.setup_answered_by = answered_by;
             c.last_ack = ack.map(|(b, d)| (1, b, d));
         }
         result.is_success()
@@ -382,7 +394,7 @@ impl Inner {
             .await;
         let mut ack = None;
         let result = match outcome {
-            Ok(resp) => {
+            Ok((resp, _)) => {
                 let status = resp.status().unwrap_or(0);
                 if method == Method::Invite {
                     ack = Some(if (200..300).contains(&status) {
@@ -427,7 +439,7 @@ impl Inner {
         for r in &dialog.routes {
             b.header(HeaderName::Route, r);
         }
-        b.header(HeaderName::From, &self.from_header(from_tag))
+        b.header(HeaderName::From, &self.our_from(from_tag))
             .header(HeaderName::To, &dialog.to)
             .header(HeaderName::CallId, call_id.as_bytes())
             .header_fmt(HeaderName::CSeq, format_args!("{cseq} {}", method.as_str()));
@@ -450,7 +462,7 @@ impl Inner {
         for r in &dialog.routes {
             b.header(HeaderName::Route, r);
         }
-        b.header(HeaderName::From, &self.from_header(from_tag))
+        b.header(HeaderName::From, &self.our_from(from_tag))
             .header(HeaderName::To, &dialog.to)
             .header(HeaderName::CallId, call_id.as_bytes())
             .header_fmt(HeaderName::CSeq, format_args!("{cseq} ACK"));
@@ -483,7 +495,7 @@ impl Inner {
         bytes: Bytes,
         dest: SocketAddr,
         invite: bool,
-    ) -> Result<SipMessage, TimedOut> {
+    ) -> Result<(SipMessage, SocketAddr), TimedOut> {
         let (tx, mut rx) = mpsc::channel(16);
         lock(&self.waiters).insert(branch.as_bytes().to_vec(), tx);
         let deadline = Instant::now() + self.cfg.timeout;
@@ -492,8 +504,8 @@ impl Inner {
         let mut next = Instant::now() + interval;
         let result = loop {
             match tokio::time::timeout_at(next.min(deadline), rx.recv()).await {
-                Ok(Some(m)) => match m.status() {
-                    Some(s) if s >= 200 => break Ok(m),
+                Ok(Some((m, from))) => match m.status() {
+                    Some(s) if s >= 200 => break Ok((m, from)),
                     _ if invite => next = deadline,
                     _ => {
                         interval = T2;
@@ -533,17 +545,17 @@ impl Inner {
             if msg.is_request() {
                 self.on_request(msg, from).await;
             } else {
-                self.on_response(msg).await;
+                self.on_response(msg, from).await;
             }
         }
     }
 
-    async fn on_response(&self, msg: SipMessage) {
+    async fn on_response(&self, msg: SipMessage, from: SocketAddr) {
         let waiter = msg
             .top_branch()
             .and_then(|b| lock(&self.waiters).get(b).cloned());
         if let Some(tx) = waiter {
-            let _ = tx.try_send(msg);
+            let _ = tx.try_send((msg, from));
             return;
         }
         // A final answer to an INVITE whose transaction is over: its ACK was lost; send it again.

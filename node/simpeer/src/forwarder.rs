@@ -11,6 +11,7 @@
 //!   start line; every other byte is kept. Nodes started with `--trusted-forwarders <our IP>` then
 //!   treat the peer as the source and usually answer it directly; whatever a node sends back to the
 //!   flow's upstream socket is relayed to the peer from the listen address, unchanged.
+//! - [`Forwarder::pin`] chooses a peer's backend ahead of time (session affinity).
 //! - [`Forwarder::mark_dead`] re-pins the flows of a dead backend onto live ones;
 //!   [`Forwarder::mark_alive`] lets new flows use it again. With probes on, it sends OPTIONS to every
 //!   backend each interval, marks a backend dead after N intervals without any answer (a 403 proves
@@ -106,6 +107,8 @@ struct State {
     backends: Vec<Backend>,
     next: usize,
     flows: HashMap<SocketAddr, Flow>,
+    /// Backends chosen for peers ahead of their first datagram.
+    pins: HashMap<SocketAddr, SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -181,6 +184,7 @@ impl Forwarder {
                 .collect(),
             next: 0,
             flows: HashMap::new(),
+            pins: HashMap::new(),
         };
         let inner = Arc::new(Inner {
             sock,
@@ -217,6 +221,18 @@ impl Forwarder {
     /// Puts `backend` back in service for new flows (existing flows stay where they are).
     pub fn mark_alive(&self, backend: SocketAddr) {
         self.inner.mark_alive(backend);
+    }
+
+    /// Sends `peer`'s flow to `backend` (session affinity chosen by the operator): at once when the
+    /// flow exists, else from its first datagram on (if `backend` is then alive).
+    pub fn pin(&self, peer: SocketAddr, backend: SocketAddr) {
+        let mut st = lock(&self.inner.state);
+        match st.flows.get_mut(&peer) {
+            Some(f) => f.backend = backend,
+            None => {
+                st.pins.insert(peer, backend);
+            }
+        }
     }
 
     /// The backends in service.
@@ -329,7 +345,10 @@ impl Inner {
                 .ok()?,
         );
         let mut st = lock(&self.state);
-        let backend = st.pick()?;
+        let backend = match st.pins.remove(&peer) {
+            Some(b) if st.is_alive(b) => b,
+            _ => st.pick()?,
+        };
         let back = {
             let inner = Arc::clone(self);
             let upstream = Arc::clone(&upstream);

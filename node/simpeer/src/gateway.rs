@@ -63,6 +63,7 @@ pub struct GatewayCounts {
 
 #[derive(Debug, Default)]
 struct Stats {
+    active_ids: std::sync::Mutex<std::collections::BTreeSet<String>>,
     calls: AtomicU64,
     byes: AtomicU64,
     reinvites: AtomicU64,
@@ -131,6 +132,17 @@ impl Gateway {
             options: s.options.load(Ordering::Relaxed),
             unknown_dialog: s.unknown_dialog.load(Ordering::Relaxed),
         }
+    }
+
+    /// The Call-IDs of the calls answered and not yet ended by a BYE (for a failure message).
+    pub fn active_calls(&self) -> Vec<String> {
+        self.stats
+            .active_ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Stops answering (the socket closes; the counts stay readable).
@@ -233,6 +245,7 @@ impl State {
                     return self.unknown_dialog(&req, from).await;
                 }
                 self.dialogs.remove(&call_id);
+                self.set_active(&call_id, false);
                 self.stats.byes.fetch_add(1, Ordering::Relaxed);
                 let a = self.answer_bytes(&req, 200, None, from, None);
                 self.uas.answer(&req, from, a).await;
@@ -241,6 +254,20 @@ impl State {
                 let a = self.answer_bytes(&req, 200, Some("gwx"), from, None);
                 self.uas.answer(&req, from, a).await;
             }
+        }
+    }
+
+    fn set_active(&self, call_id: &[u8], active: bool) {
+        let id = String::from_utf8_lossy(call_id).into_owned();
+        let mut ids = self
+            .stats
+            .active_ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if active {
+            ids.insert(id);
+        } else {
+            ids.remove(&id);
         }
     }
 
@@ -264,7 +291,7 @@ impl State {
         let body = sdp::audio(session, 1, self.local.ip(), 20_000);
         let ok = self.answer_bytes(&req, 200, Some(&tag), from, Some(body));
         self.dialogs.insert(
-            call_id,
+            call_id.clone(),
             Dialog {
                 to_tag: tag,
                 sdp_version: 1,
@@ -273,6 +300,7 @@ impl State {
         );
         self.uas.answer(&req, from, trying).await;
         self.uas.answer(&req, from, ringing).await;
+        self.set_active(&call_id, true);
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.uas.answer(&req, from, ok).await;
     }

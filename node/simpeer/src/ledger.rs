@@ -4,6 +4,7 @@
 //! not as a failure: the far side may or may not have acted on it (STYLE.md item 15).
 
 use std::fmt;
+use std::net::SocketAddr;
 
 /// How one client transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub struct CallRecord {
     pub call_id: String,
     /// The INVITE that set it up (`None`: not placed).
     pub setup: Option<Outcome>,
+    /// Where the INVITE's final answer came from (with a trusted forwarder: the node that received
+    /// the INVITE), and its Retry-After when it had one.
+    pub setup_answered_by: Option<(SocketAddr, Option<u32>)>,
     /// The last in-dialog re-INVITE the caller sent (`None`: none sent).
     pub reinvite: Option<Outcome>,
     /// The caller's BYE (`None`: none sent).
@@ -139,8 +143,13 @@ pub fn casualties(records: &[CallRecord]) -> String {
     let mut out = String::new();
     for r in records.iter().filter(|r| !r.survived()) {
         let show = |o: Option<Outcome>| o.map_or_else(|| "-".to_owned(), |o| o.to_string());
+        let from = match r.setup_answered_by {
+            Some((a, Some(ra))) => format!(" (from {a}, Retry-After {ra})"),
+            Some((a, None)) => format!(" (from {a})"),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "call {:>4} {}: INVITE {} re-INVITE {} BYE {}{}\n",
+            "call {:>4} {}: INVITE {}{from} re-INVITE {} BYE {}{}\n",
             r.index,
             r.call_id,
             show(r.setup),

@@ -1,4 +1,4 @@
-//! The simulated peers against each other on loopback (127.0.9x.x): a caller's calls answered by a
+//! The simulated peers against each other on loopback (127.0.8x.x): a caller's calls answered by a
 //! gateway directly and through the forwarder; the forwarder's header insertion, return path,
 //! re-pinning and probes, with raw sockets as backends.
 
@@ -20,10 +20,10 @@ fn addr(s: &str) -> SocketAddr {
 
 #[tokio::test]
 async fn caller_places_reinvites_and_hangs_up_calls_on_a_gateway() {
-    let gw = Gateway::start(GatewayConfig::new(addr("127.0.91.21:5060")))
+    let gw = Gateway::start(GatewayConfig::new(addr("127.0.81.21:5060")))
         .await
         .unwrap();
-    let caller = Caller::start(CallerConfig::new(addr("127.0.91.50:0"), gw.local_addr(), 7))
+    let caller = Caller::start(CallerConfig::new(addr("127.0.81.50:0"), gw.local_addr(), 7))
         .await
         .unwrap();
     assert_eq!(caller.place(20).await, 20);
@@ -42,17 +42,17 @@ async fn caller_places_reinvites_and_hangs_up_calls_on_a_gateway() {
 
 #[tokio::test]
 async fn calls_through_the_forwarder_come_back_through_it() {
-    let gw = Gateway::start(GatewayConfig::new(addr("127.0.93.21:5060")))
+    let gw = Gateway::start(GatewayConfig::new(addr("127.0.83.21:5060")))
         .await
         .unwrap();
     let fwd = Forwarder::start(ForwarderConfig::new(
-        addr("127.0.93.100:5060"),
+        addr("127.0.83.100:5060"),
         vec![gw.local_addr()],
     ))
     .await
     .unwrap();
     let caller = Caller::start(CallerConfig::new(
-        addr("127.0.93.50:0"),
+        addr("127.0.83.50:0"),
         fwd.local_addr(),
         9,
     ))
@@ -87,11 +87,11 @@ async fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
 
 #[tokio::test]
 async fn flows_are_sticky_relayed_both_ways_and_re_pinned_when_a_backend_dies() {
-    let b1 = UdpSocket::bind("127.0.92.1:5060").await.unwrap();
-    let b2 = UdpSocket::bind("127.0.92.2:5060").await.unwrap();
-    let peer = UdpSocket::bind("127.0.92.50:5080").await.unwrap();
+    let b1 = UdpSocket::bind("127.0.82.1:5060").await.unwrap();
+    let b2 = UdpSocket::bind("127.0.82.2:5060").await.unwrap();
+    let peer = UdpSocket::bind("127.0.82.50:5080").await.unwrap();
     let fwd = Forwarder::start(ForwarderConfig::new(
-        addr("127.0.92.100:5060"),
+        addr("127.0.82.100:5060"),
         vec![b1.local_addr().unwrap(), b2.local_addr().unwrap()],
     ))
     .await
@@ -101,7 +101,7 @@ async fn flows_are_sticky_relayed_both_ways_and_re_pinned_when_a_backend_dies() 
     let (got, upstream) = recv(&b1).await;
     assert_eq!(
         got,
-        b"OPTIONS sip:x SIP/2.0\r\nX-Medpool-Source: 127.0.92.50:5080\r\nCall-ID: 1\r\n\r\n"
+        b"OPTIONS sip:x SIP/2.0\r\nX-Medpool-Source: 127.0.82.50:5080\r\nCall-ID: 1\r\n\r\n"
     );
     assert_eq!(upstream.ip(), fwd.local_addr().ip());
     // The return path: what b1 sends to the flow's upstream socket reaches the peer from the Service.
@@ -129,17 +129,26 @@ async fn flows_are_sticky_relayed_both_ways_and_re_pinned_when_a_backend_dies() 
     );
     fwd.mark_alive(b1.local_addr().unwrap());
     assert_eq!(fwd.alive().len(), 2);
+    // An operator's pin moves the flow back.
+    fwd.pin(peer.local_addr().unwrap(), b1.local_addr().unwrap());
+    peer.send_to(msg, fwd.local_addr()).await.unwrap();
+    recv(&b1).await;
+    // A pin made before a peer's first datagram decides its first backend.
+    let other = UdpSocket::bind("127.0.82.51:5080").await.unwrap();
+    fwd.pin(other.local_addr().unwrap(), b2.local_addr().unwrap());
+    other.send_to(msg, fwd.local_addr()).await.unwrap();
+    recv(&b2).await;
 }
 
 #[tokio::test]
 async fn probes_mark_a_silent_backend_dead_and_an_answering_one_alive() {
-    let gw = Gateway::start(GatewayConfig::new(addr("127.0.94.1:5060")))
+    let gw = Gateway::start(GatewayConfig::new(addr("127.0.84.1:5060")))
         .await
         .unwrap();
-    let silent = UdpSocket::bind("127.0.94.2:5060").await.unwrap();
+    let silent = UdpSocket::bind("127.0.84.2:5060").await.unwrap();
     let fwd = Forwarder::start(
         ForwarderConfig::new(
-            addr("127.0.94.100:5060"),
+            addr("127.0.84.100:5060"),
             vec![gw.local_addr(), silent.local_addr().unwrap()],
         )
         .with_probes(Duration::from_millis(100)),
