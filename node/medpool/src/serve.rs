@@ -196,6 +196,13 @@ fn pool_options(
     raft_listen: std::net::SocketAddr,
 ) -> Result<PoolOptions, ServeError> {
     let p = &args.pool;
+    if let Some(path) = &p.hosts_file {
+        let text = std::fs::read_to_string(path).map_err(|source| ServeError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+        medpool_cluster::network::set_host_overrides(medpool_cluster::network::parse_hosts(&text));
+    }
     let hostname = std::env::var("HOSTNAME").unwrap_or_default();
     let mut node_id = p.node_id;
     let mut join = p.join.clone();
