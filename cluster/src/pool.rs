@@ -135,6 +135,9 @@ pub struct Pool {
     /// Leader only: since when this node has been leader (term, instant).
     leading_since: Mutex<Option<(u64, Instant)>>,
     clients: Mutex<HashMap<NodeId, ClusterClient<Channel>>>,
+    /// One ordered queue per peer node for forwarded SIP: a 180 and the 200 behind it must leave in
+    /// that order (separate concurrent RPCs could overtake each other).
+    forwarders: Mutex<HashMap<NodeId, mpsc::Sender<SipForward>>>,
     dialogs: mpsc::Sender<DialogOp>,
     sink: Mutex<Option<Arc<dyn PoolSink>>>,
     stop: watch::Sender<bool>,
@@ -270,6 +273,7 @@ impl Pool {
             heard: Mutex::new(BTreeMap::new()),
             leading_since: Mutex::new(None),
             clients: Mutex::new(HashMap::new()),
+            forwarders: Mutex::new(HashMap::new()),
             dialogs,
             sink: Mutex::new(None),
             stop,
@@ -377,6 +381,11 @@ impl Pool {
     }
     /// Queues a dialog record removal.
     pub fn dialog_remove(&self, shard: u16, call_id: String) {
+        if !self.may_act(shard) {
+            // Fenced like upserts: a node that released the shard stops its calls there, and their
+            // records now belong to the new owner (removing them would lose the calls on the next move).
+            return;
+        }
         let _ = self.dialogs.try_send(DialogOp::Remove(shard, call_id));
     }
 
@@ -396,15 +405,30 @@ impl Pool {
 
     /// Sends a SIP message to another node (fire and forget; SIP retransmits on loss).
     pub fn forward(&self, node: NodeId, msg: SipForward) -> bool {
-        let Some(mut c) = self.client_for(node) else {
-            return false;
-        };
-        tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(1), c.forward(msg)).await {
-                tracing::debug!(error = %e, "forward timed out");
+        let existing = self.forwarders.lock().ok().and_then(|f| f.get(&node).cloned());
+        let tx = match existing {
+            Some(tx) if !tx.is_closed() => tx,
+            _ => {
+                let Some(mut c) = self.client_for(node) else {
+                    return false;
+                };
+                // Bounded: when a peer is slow, SIP messages are dropped (and retransmitted by their
+                // senders) rather than queued without limit.
+                let (tx, mut rx) = mpsc::channel::<SipForward>(4096);
+                tokio::spawn(async move {
+                    while let Some(msg) = rx.recv().await {
+                        if tokio::time::timeout(Duration::from_secs(1), c.forward(msg)).await.is_err() {
+                            tracing::debug!(node, "forward timed out");
+                        }
+                    }
+                });
+                if let Ok(mut f) = self.forwarders.lock() {
+                    f.insert(node, tx.clone());
+                }
+                tx
             }
-        });
-        true
+        };
+        tx.try_send(msg).is_ok()
     }
 
     /// Proposes a command, through the leader when this node is not it. A refusal that appended

@@ -1275,6 +1275,7 @@ fn on_invite_response(
     }
     match status {
         100 => st.attempts[idx].got_100 = true,
+        101..=199 if st.a_final_sent => {} // the caller has its final answer: nothing after it
         101..=199 => {
             let first = !st.attempts[idx].got_18x;
             st.attempts[idx].got_18x = true;
