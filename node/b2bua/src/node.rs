@@ -395,6 +395,8 @@ impl RunningNode {
     /// `grace`) for calls and transactions to finish, then stop listening and stop every actor.
     pub async fn shutdown(self, grace: Duration, bye_calls: bool) {
         self.ctx.draining.store(true, Ordering::Relaxed);
+        // No more probes: they would keep the transaction table busy.
+        gateway::stop_all(&self.ctx);
         if bye_calls {
             for a in self.ctx.registry.call_actors() {
                 let _ = a.cast(DialogMsg::Hangup);
@@ -407,7 +409,9 @@ impl RunningNode {
             } else {
                 0
             };
-            if (busy_calls == 0 && self.ctx.driver.is_empty())
+            // Wait for transactions still waiting for a final answer; those lingering after it (Timers
+            // D, J, K, L, M) only absorb retransmissions and need not hold the process.
+            if (busy_calls == 0 && self.ctx.driver.unfinished() == 0)
                 || tokio::time::Instant::now() >= deadline
             {
                 break;
@@ -418,7 +422,6 @@ impl RunningNode {
         for a in self.ctx.registry.call_actors() {
             a.stop(None);
         }
-        gateway::stop_all(&self.ctx);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }

@@ -22,6 +22,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Operate the pool through a node's admin API: status, calls, gateways, configuration, nodes.
     Ctl(Box<crate::ctl::CtlArgs>),
+    /// A local 3-node pool with simulated peers: hold calls, SIGKILL a node, watch the calls survive.
+    Demo(crate::demo::DemoArgs),
     /// Pool membership commands (over a node's internal service).
     Pool {
         /// What to do.

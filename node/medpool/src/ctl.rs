@@ -25,6 +25,20 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::admin::auth::{AddToken, Token};
+
+/// `println!` that ignores a closed stdout (`medpool ctl status | head` must not panic).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! outn {
+    ($($t:tt)*) => {{
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
 use crate::admin::diff;
 use crate::admin::error::FIELD_PATH_KEY;
 
@@ -52,7 +66,7 @@ pub struct CtlArgs {
         hide_env_values = true,
         global = true
     )]
-    pub token: Option<String>,
+    pub token: Option<crate::admin::auth::SecretText>,
     /// CA certificate (PEM) to check the server's certificate against; turns TLS on.
     #[arg(long, env = "MEDPOOL_ADMIN_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
@@ -291,7 +305,7 @@ enum CtlError {
     Unreachable { server: String, why: String },
     #[error("{}", describe(.0))]
     Status(Status, bool),
-    #[error("no answer within {0} s{}", if *.1 { "; the change may or may not have been applied" } else { "" })]
+    #[error("no answer within {0} s{suffix}", suffix = if *.1 { "; the change may or may not have been applied" } else { "" })]
     Timeout(u64, bool),
 }
 
@@ -305,16 +319,19 @@ fn describe(s: &Status) -> String {
     {
         text.push_str(&format!(" (field {field})"));
     }
-    let code = match s.code() {
-        Code::InvalidArgument => "invalid",
+    let label = match s.code() {
+        Code::InvalidArgument | Code::FailedPrecondition => "refused",
         Code::NotFound => "not found",
-        Code::FailedPrecondition => "refused",
         Code::Unauthenticated => "unauthenticated",
         Code::Unavailable => "unavailable",
         Code::Unknown => "outcome unknown",
         _ => "error",
     };
-    format!("{code}: {text}")
+    if text.starts_with(label) {
+        text
+    } else {
+        format!("{label}: {text}")
+    }
 }
 
 impl CtlError {
@@ -373,8 +390,11 @@ pub async fn run(args: CtlArgs) -> Exit {
 }
 
 fn connect(args: &CtlArgs) -> Result<Ctl, CtlError> {
-    let token = Token::load(args.token_file.as_deref(), args.token.as_deref())
-        .map_err(|e| CtlError::Usage(e.to_string()))?;
+    let token = Token::load(
+        args.token_file.as_deref(),
+        args.token.as_ref().map(|t| t.0.as_str()),
+    )
+    .map_err(|e| CtlError::Usage(e.to_string()))?;
     let (tls, rest) = match args.server.split_once("://") {
         Some(("https", rest)) => (true, rest),
         Some(("http", rest)) => (false, rest),
@@ -523,7 +543,7 @@ impl Ctl {
             return Ok(());
         }
         let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
-        println!(
+        out!(
             "pool ({}): {} nodes · leader {} · term {} · committed {} · applied {} · config v{} · {} shards ({} unowned) · {} dialogs recorded · answered by node {}",
             r.mode,
             r.nodes.len(),
@@ -629,9 +649,9 @@ impl Ctl {
             ]);
         }
         t.print();
-        println!("{} calls", calls.len());
+        out!("{} calls", calls.len());
         if !next.is_empty() {
-            println!("more: --page-token {next}  (or --all)");
+            out!("more: --page-token {next}  (or --all)");
         }
         warn_unavailable(&unavailable);
         Ok(())
@@ -652,21 +672,21 @@ impl Ctl {
             print_json(&call_json(&c));
             return Ok(());
         }
-        println!("call      {}", c.call_id);
-        println!("node      {} (shard {})", c.node_id, c.shard);
-        println!("state     {}", word(c.phase().as_str_name(), "CALL_PHASE_"));
-        println!("from      {}", c.inbound_trunk);
-        println!("gateway   {}", dash(&c.gateway));
-        println!("called    {}", dash(&c.called));
-        println!("calling   {}", dash(&c.calling));
-        println!("age       {}", age(c.age_ms));
-        println!(
+        out!("call      {}", c.call_id);
+        out!("node      {} (shard {})", c.node_id, c.shard);
+        out!("state     {}", word(c.phase().as_str_name(), "CALL_PHASE_"));
+        out!("from      {}", c.inbound_trunk);
+        out!("gateway   {}", dash(&c.gateway));
+        out!("called    {}", dash(&c.called));
+        out!("calling   {}", dash(&c.calling));
+        out!("age       {}", age(c.age_ms));
+        out!(
             "answered  {}",
             c.answered_after_ms
                 .map_or_else(|| "-".to_owned(), |ms| format!("after {ms} ms"))
         );
         let leg = |name: &str, l: &pb::Leg| {
-            println!(
+            out!(
                 "leg {name}     trunk {} · Call-ID {} · our tag {} · their tag {}",
                 l.trunk,
                 l.call_id,
@@ -679,10 +699,10 @@ impl Ctl {
         }
         match &c.b {
             Some(b) => leg("B", b),
-            None => println!("leg B     none yet"),
+            None => out!("leg B     none yet"),
         }
         for (i, a) in c.attempts.iter().enumerate() {
-            println!("attempt {} {} → {}", i + 1, a.gateway, a.outcome);
+            out!("attempt {} {} → {}", i + 1, a.gateway, a.outcome);
         }
         Ok(())
     }
@@ -701,7 +721,7 @@ impl Ctl {
         if self.json() {
             print_json(&json!({"call_id": r.call_id, "node_id": r.node_id}));
         } else {
-            println!("call {} on node {}: hanging up", r.call_id, r.node_id);
+            out!("call {} on node {}: hanging up", r.call_id, r.node_id);
         }
         Ok(())
     }
@@ -734,9 +754,9 @@ impl Ctl {
                 Ok(Some(e)) => {
                     seen += 1;
                     if self.json() {
-                        println!("{}", event_json(&e));
+                        out!("{}", event_json(&e));
                     } else {
-                        println!("{}", event_line(&e));
+                        out!("{}", event_line(&e));
                     }
                     let _ = std::io::stdout().flush();
                 }
@@ -792,6 +812,7 @@ impl Ctl {
                 },
                 match g.last_rtt_us {
                     0 => "-".to_owned(),
+                    us @ 1..1000 => format!("{us}µs"),
                     us => format!("{:.1}ms", us as f64 / 1000.0),
                 },
                 g.consecutive_failures.to_string(),
@@ -830,7 +851,7 @@ impl Ctl {
             }));
         } else {
             let nodes: Vec<String> = r.nodes.iter().map(u64::to_string).collect();
-            println!("gateway {} {word} on nodes {}", t.name, nodes.join(", "));
+            out!("gateway {} {word} on nodes {}", t.name, nodes.join(", "));
             warn_unavailable(&r.unavailable_nodes);
         }
         if r.unavailable_nodes.is_empty() {
@@ -855,12 +876,12 @@ impl Ctl {
             print_json(&json!({"version": r.version, "body": r.body}));
         } else {
             match r.version {
-                Some(v) => println!("# pool configuration version {v}"),
-                None => println!("# the pool has no configuration yet"),
+                Some(v) => out!("# pool configuration version {v}"),
+                None => out!("# the pool has no configuration yet"),
             }
-            print!("{}", r.body);
+            outn!("{}", r.body);
             if !r.body.ends_with('\n') && !r.body.is_empty() {
-                println!();
+                out!();
             }
         }
         Ok(())
@@ -891,7 +912,7 @@ impl Ctl {
                 "diff": r.diff.iter().map(change_json).collect::<Vec<_>>(),
             }));
         } else {
-            println!(
+            out!(
                 "{}: valid ({} trunks, {} routes)",
                 file.display(),
                 r.trunks,
@@ -927,12 +948,12 @@ impl Ctl {
                 )
                 .await?;
             print_diff(&v.diff, "to apply");
-            print!("apply to the pool? [y/N] ");
+            outn!("apply to the pool? [y/N] ");
             let _ = std::io::stdout().flush();
             let mut answer = String::new();
             let _ = std::io::stdin().read_line(&mut answer);
             if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                println!("nothing applied");
+                out!("nothing applied");
                 return Ok(());
             }
         }
@@ -952,14 +973,14 @@ impl Ctl {
                 "diff": r.diff.iter().map(change_json).collect::<Vec<_>>(),
             }));
         } else {
-            println!(
+            out!(
                 "configuration version {} applied (was {})",
                 r.version,
                 current
                     .version
                     .map_or_else(|| "none".to_owned(), |v| v.to_string())
             );
-            print_diff(&r.diff, "changed");
+            print_diff(&r.diff, "made");
         }
         Ok(())
     }
@@ -1008,9 +1029,9 @@ impl Ctl {
         if self.json() {
             print_json(&json!({"node": node, "state": state, "shards": shards}));
         } else if drain && wait {
-            println!("node {node} drained: it owns no shard");
+            out!("node {node} drained: it owns no shard");
         } else {
-            println!("node {node} {state} ({shards} shards)");
+            out!("node {node} {state} ({shards} shards)");
         }
         Ok(())
     }
@@ -1028,7 +1049,7 @@ impl Ctl {
         if self.json() {
             print_json(&json!({"node": node, "removed": true}));
         } else {
-            println!("node {node} removed from the pool");
+            out!("node {node} removed from the pool");
         }
         Ok(())
     }
@@ -1048,7 +1069,7 @@ impl Ctl {
             print_json(&json!({"previous": r.previous, "leader": r.leader, "term": r.term}));
         } else {
             let show = |v: Option<u64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
-            println!(
+            out!(
                 "leader: node {} (was node {}), term {}",
                 show(r.leader),
                 show(r.previous),
@@ -1102,7 +1123,7 @@ impl Table {
                     s.push_str(&format!("{c:<w$}  "));
                 }
             }
-            println!("{}", s.trim_end());
+            out!("{}", s.trim_end());
         };
         line(&self.header);
         for r in &self.rows {
@@ -1113,19 +1134,19 @@ impl Table {
 
 fn print_json(v: &Value) {
     match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => out!("{s}"),
         Err(e) => eprintln!("medpool ctl: cannot print JSON: {e}"),
     }
 }
 
 fn print_diff(changes: &[pb::ConfigChange], what: &str) {
     if changes.is_empty() {
-        println!("no change {what}");
+        out!("no change {what}");
         return;
     }
-    println!("changes {what} (+ added, - removed, ~ changed):");
+    out!("changes {what} (+ added, - removed, ~ changed):");
     for line in diff::render(changes) {
-        println!("  {line}");
+        out!("  {line}");
     }
 }
 
@@ -1308,6 +1329,9 @@ fn event_line(e: &pb::Event) -> String {
         Some(Kind::CallAnswered(c)) => {
             format!("call answered  {} (gateway {})", c.call_id, c.gateway)
         }
+        Some(Kind::CallEnded(c)) if c.cause.is_empty() => {
+            format!("call ended     {} ({})", c.call_id, c.status)
+        }
         Some(Kind::CallEnded(c)) => {
             format!("call ended     {} ({}, {})", c.call_id, c.status, c.cause)
         }
@@ -1319,11 +1343,8 @@ fn event_line(e: &pb::Event) -> String {
         Some(Kind::ShardsMoved(m)) => format!(
             "shards moved   {} shards from node {} to node {}",
             m.shards.len(),
-            if m.from_node == 0 {
-                "(none)".to_owned()
-            } else {
-                m.from_node.to_string()
-            },
+            m.from_node
+                .map_or_else(|| "(none)".to_owned(), |n| n.to_string()),
             m.to_node
         ),
         Some(Kind::Node(n)) => format!(

@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod ctl;
+mod demo;
 mod metrics;
 mod pool;
 mod poolctl;
@@ -21,6 +22,22 @@ fn main() -> std::process::ExitCode {
             .build()
     };
     match cli.command {
+        cli::Command::Demo(args) => {
+            let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            else {
+                return std::process::ExitCode::FAILURE;
+            };
+            match rt.block_on(demo::run(args)) {
+                Ok(true) => std::process::ExitCode::SUCCESS,
+                Ok(false) => std::process::ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("medpool demo: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         cli::Command::Ctl(args) => {
             let Ok(rt) = small_runtime() else {
                 return std::process::ExitCode::FAILURE;

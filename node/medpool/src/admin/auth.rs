@@ -24,6 +24,24 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// A secret given on the command line or in the environment: printed as `..` by `Debug`, so
+/// that no log of the parsed arguments shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(..)")
+    }
+}
+
+impl std::str::FromStr for SecretText {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<SecretText, Self::Err> {
+        Ok(SecretText(s.to_owned()))
+    }
+}
+
 /// Why a token could not be loaded, or the admin port may not listen where asked.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {

@@ -35,8 +35,29 @@ pub fn phase(p: Phase) -> pb::CallPhase {
     }
 }
 
-/// A call as its DialogActor reports it, owned by `node_id`.
+/// A call as its DialogActor reports it, owned by `node_id`. The attempts are the failed ones the
+/// call records, then the current one ("answered" or "in progress").
 pub fn call(info: CallInfo, node_id: u64) -> pb::Call {
+    let mut attempts: Vec<pb::Attempt> = info
+        .attempts
+        .iter()
+        .map(|(gateway, outcome)| pb::Attempt {
+            gateway: gateway.clone(),
+            outcome: outcome.clone(),
+        })
+        .collect();
+    if let Some(gw) = &info.gateway {
+        let outcome = match (info.answered_after, info.phase) {
+            (_, Phase::Ending) => "ending",
+            (Some(_), _) => "answered",
+            (None, Phase::Early) => "ringing",
+            (None, _) => "calling",
+        };
+        attempts.push(pb::Attempt {
+            gateway: gw.clone(),
+            outcome: outcome.to_owned(),
+        });
+    }
     let b = match (&info.b_call_id, &info.b_tags) {
         (Some(call_id), tags) => Some(pb::Leg {
             call_id: call_id.clone(),
@@ -64,11 +85,7 @@ pub fn call(info: CallInfo, node_id: u64) -> pb::Call {
             trunk: info.inbound_trunk,
         }),
         b,
-        attempts: info
-            .attempts
-            .into_iter()
-            .map(|(gateway, outcome)| pb::Attempt { gateway, outcome })
-            .collect(),
+        attempts,
     }
 }
 

@@ -20,6 +20,9 @@ use super::diff;
 use super::error::AdminError;
 use super::peers::Peers;
 
+/// Longest wait for a write to commit.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The embedded single-node pool's configuration: kept in memory with a version counter (the file
 /// given at start-up is version 1; a restart reads the file again).
 #[derive(Debug)]
@@ -65,16 +68,19 @@ pub struct AdminCtx {
     pub peers: Peers,
     /// Gateways an operator disabled or drained on this node (absent: enabled).
     gateway_admin: Mutex<BTreeMap<String, GatewayAdminState>>,
+    /// This node's admin API address.
+    pub admin_addr: String,
 }
 
 impl AdminCtx {
     /// The admin context of a node.
-    pub fn new(node: Arc<NodeCtx>, mode: Mode, peers: Peers) -> AdminCtx {
+    pub fn new(node: Arc<NodeCtx>, mode: Mode, peers: Peers, admin_addr: String) -> AdminCtx {
         AdminCtx {
             node,
             mode,
             peers,
             gateway_admin: Mutex::new(BTreeMap::new()),
+            admin_addr,
         }
     }
 
@@ -206,7 +212,15 @@ impl AdminCtx {
                     })
                     .await?;
                 match r {
-                    CommandResult::ConfigSet { version } => Ok((version, changes)),
+                    CommandResult::ConfigSet { version } => {
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                        while self.config().0 < Some(version)
+                            && tokio::time::Instant::now() < deadline
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Ok((version, changes))
+                    }
                     other => Err(AdminError::OutcomeUnknown(format!(
                         "unexpected answer {other:?}"
                     ))),
@@ -230,7 +244,14 @@ impl AdminCtx {
                 return Err(AdminError::NoLeader("no leader".into()));
             }
         }
-        Ok(pool.write(cmd).await?)
+        // A leader that lost its quorum never commits: give up (outcome unknown) rather than hang.
+        match tokio::time::timeout(WRITE_TIMEOUT, pool.write(cmd)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(AdminError::OutcomeUnknown(format!(
+                "not committed within {} s",
+                WRITE_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// A node's state and shard count, or `NotFound`.
@@ -266,6 +287,11 @@ impl AdminCtx {
             NodeState::Active
         };
         self.write(Command::SetNodeState { id, state }).await?;
+        // The leader applied it; wait (briefly) for this node's copy so the answer shows it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.node_record(id)?.0 != state && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let (state, shards) = self.node_record(id)?;
         Ok(pb::NodeReply {
             node: id,

@@ -137,8 +137,8 @@ fn show(v: Option<&Value>) -> String {
         return "(unset)".to_owned();
     };
     let text = v.to_string();
-    if text.chars().count() > 60 {
-        let cut: String = text.chars().take(57).collect();
+    if text.chars().count() > 200 {
+        let cut: String = text.chars().take(197).collect();
         format!("{cut}...")
     } else {
         text

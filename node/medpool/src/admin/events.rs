@@ -89,17 +89,14 @@ pub fn pool_diff(old: &PoolSnapshot, new: &PoolSnapshot) -> Vec<Kind> {
             }));
         }
     }
-    let mut moves: BTreeMap<(u64, u64), Vec<u32>> = BTreeMap::new();
+    let mut moves: BTreeMap<(Option<u64>, u64), Vec<u32>> = BTreeMap::new();
     for (shard, new_owner) in new.owners.iter().enumerate() {
         let old_owner = old.owners.get(shard).copied().flatten();
         if *new_owner != old_owner
             && let Some(to) = new_owner
             && let Ok(shard) = u32::try_from(shard)
         {
-            moves
-                .entry((old_owner.unwrap_or(0), *to))
-                .or_default()
-                .push(shard);
+            moves.entry((old_owner, *to)).or_default().push(shard);
         }
     }
     for ((from_node, to_node), shards) in moves {
@@ -258,17 +255,17 @@ mod tests {
                     change: NodeChange::Removed.into()
                 }),
                 Kind::ShardsMoved(pb::ShardsMoved {
-                    from_node: 0,
+                    from_node: None,
                     to_node: 3,
                     shards: vec![3]
                 }),
                 Kind::ShardsMoved(pb::ShardsMoved {
-                    from_node: 1,
+                    from_node: Some(1),
                     to_node: 3,
                     shards: vec![0]
                 }),
                 Kind::ShardsMoved(pb::ShardsMoved {
-                    from_node: 2,
+                    from_node: Some(2),
                     to_node: 3,
                     shards: vec![1]
                 }),

@@ -69,7 +69,7 @@ pub struct AdminArgs {
     /// The bearer token itself (prefer the environment variable or the file: a command line is
     /// visible to every user of the host).
     #[arg(long, env = "MEDPOOL_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<auth::SecretText>,
     /// TLS certificate chain (PEM) of the admin port; with --admin-tls-key turns TLS on.
     #[arg(long, env = "MEDPOOL_ADMIN_TLS_CERT", requires = "admin_tls_key")]
     pub admin_tls_cert: Option<PathBuf>,
@@ -77,7 +77,7 @@ pub struct AdminArgs {
     #[arg(long, env = "MEDPOOL_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
     pub admin_tls_key: Option<PathBuf>,
     /// CA (PEM) that other nodes' admin certificates are checked against when gathering from
-    /// them (default: --admin-tls-cert itself, for a certificate shared by the pool's nodes).
+    /// them (default: the --admin-tls-cert file, which must then hold the CA certificate too).
     #[arg(long, env = "MEDPOOL_ADMIN_TLS_CA")]
     pub admin_tls_ca: Option<PathBuf>,
 }
@@ -136,7 +136,7 @@ pub async fn bind(
 ) -> Result<AdminListener, AdminStartError> {
     let token = Token::load(
         args.admin_token_file.as_deref(),
-        args.admin_token.as_deref(),
+        args.admin_token.as_ref().map(|t| t.0.as_str()),
     )?;
     let wanted = args
         .admin_listen
@@ -243,7 +243,7 @@ pub fn start(
         token,
         tls,
     } = listener;
-    let ctx = Arc::new(AdminCtx::new(node, mode, peers));
+    let ctx = Arc::new(AdminCtx::new(node, mode, peers, addr.to_string()));
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(medpool_proto::admin::FILE_DESCRIPTOR_SET)

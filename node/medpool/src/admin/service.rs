@@ -56,6 +56,7 @@ impl AdminService {
                     nodes: vec![pb::NodeStatus {
                         id: me,
                         sip_addr: ctx.node.me.hostport.clone(),
+                        admin_addr: ctx.admin_addr.clone(),
                         state: pb::NodeState::Active.into(),
                         voter: true,
                         leader: true,
@@ -117,7 +118,7 @@ impl AdminService {
                     mode: "pool".into(),
                     leader: m.current_leader,
                     term: m.current_term,
-                    committed_index: m.committed.map(|l| l.index),
+                    committed_index: m.cluster_committed.map(|l| l.index),
                     applied_index: m.last_applied.map(|l| l.index),
                     shard_count,
                     unowned_shards: unowned,
@@ -563,6 +564,11 @@ impl MedpoolAdmin for AdminService {
             })
             .await
             .map_err(|e| Self::forwarded_error(leader, e))?;
+        // The leader applied it; wait (briefly) for this node's copy to agree.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.ctx.node_record(req.node).is_ok() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(Response::new(r))
     }
 

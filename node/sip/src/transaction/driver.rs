@@ -484,6 +484,15 @@ where
         table.clients.len() + table.servers.len()
     }
 
+    /// Transactions still waiting for their final answer (Calling, Trying, Proceeding), not those
+    /// lingering after it to absorb retransmissions: what a graceful shutdown waits for.
+    pub fn unfinished(&self) -> usize {
+        let table = self.shared.lock();
+        let open = |s: State| matches!(s, State::Calling | State::Trying | State::Proceeding);
+        table.clients.values().filter(|e| open(e.machine.state())).count()
+            + table.servers.values().filter(|e| open(e.machine.state())).count()
+    }
+
     /// Whether no transaction is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

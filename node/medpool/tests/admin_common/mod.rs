@@ -1,0 +1,339 @@
+//! Harness of the admin API and `medpool ctl` tests (tests/admin.rs, tests/ctl.rs): a pool of real
+//! `medpool serve` processes on one test's loopback block, and `medpool ctl` runs against it.
+//!
+//! Addresses of test `n` (numbers 201-219 are these tests'):
+//!
+//! | address                 | who                                                    |
+//! |-------------------------|--------------------------------------------------------|
+//! | `127.0.n.i:5060`        | node `i` (1..=3): SIP (UDP and TCP)                    |
+//! | `127.0.n.i:7000`        | node `i`: internal service (Raft); 2 and 3 join via 1  |
+//! | `127.0.n.i:7001`        | node `i`: admin API                                    |
+//! | `127.0.n.1:5070..`      | SIPp callers (trunk `pbx`, any port of 127.0.n.1)      |
+//! | `127.0.n.21/.22:5060`   | gateways `gw1`, `gw2`                                  |
+//!
+//! Processes are owned by guards that stop them by PID on drop (also when a test panics, which
+//! then prints every node's log).
+#![allow(
+    dead_code,
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    clippy::unwrap_used,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{ChildGuard, TestDir, wait_until};
+
+/// The medpool binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_medpool")
+}
+
+/// Environment variables of medpool that must not leak from the developer's shell into a test.
+const CLEAN_ENV: [&str; 12] = [
+    "MEDPOOL_CONFIG",
+    "MEDPOOL_SIP_LISTEN",
+    "MEDPOOL_DATA_DIR",
+    "MEDPOOL_ADMIN",
+    "MEDPOOL_ADMIN_LISTEN",
+    "MEDPOOL_ADMIN_TOKEN",
+    "MEDPOOL_ADMIN_TOKEN_FILE",
+    "MEDPOOL_ADMIN_TLS_CERT",
+    "MEDPOOL_ADMIN_TLS_KEY",
+    "MEDPOOL_ADMIN_TLS_CA",
+    "MEDPOOL_RAFT_LISTEN",
+    "MEDPOOL_JOIN",
+];
+
+/// One `medpool serve` process.
+pub struct Node {
+    pub id: u64,
+    pub ip: String,
+    guard: ChildGuard,
+    log: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts a node with `args` after `serve`, waits for "medpool ready" (panics after 30 s).
+    pub fn start(name: &str, id: u64, ip: &str, args: &[String], env: &[(&str, &str)]) -> Node {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").args(args);
+        for k in CLEAN_ENV {
+            cmd.env_remove(k);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin()));
+        let stderr = child.stderr.take().unwrap();
+        let guard = ChildGuard::new(child, name, "TERM", Duration::from_secs(8));
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let reader = {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut ready_tx = Some(ready_tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("medpool ready")
+                        && let Some(tx) = ready_tx.take()
+                    {
+                        let _ = tx.send(());
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            })
+        };
+        let mut node = Node {
+            id,
+            ip: ip.to_owned(),
+            guard,
+            log,
+            reader: Some(reader),
+        };
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let status = node.guard.try_wait();
+            panic!(
+                "{name} did not print \"medpool ready\" within 30 s (exit status: {status:?})\n{}",
+                node.log()
+            );
+        }
+        node
+    }
+
+    pub fn admin(&self) -> String {
+        format!("{}:7001", self.ip)
+    }
+
+    pub fn sip(&self) -> String {
+        format!("{}:5060", self.ip)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL now (a crash).
+    pub fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.guard.pid().to_string())
+            .status();
+        self.guard.wait_timeout(Duration::from_secs(5));
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        self.guard.stop();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.guard.stop();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(150);
+            eprintln!(
+                "--- node {} ({}) stderr, last {} lines ---\n{}\n--- end ---",
+                self.id,
+                self.ip,
+                lines.len() - from,
+                lines[from..].join("\n")
+            );
+        }
+    }
+}
+
+/// The outcome of one `medpool ctl` run.
+#[derive(Debug)]
+pub struct CtlRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlRun {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("ctl output is not JSON ({e}):\n{self:?}"))
+    }
+
+    /// Panics with the output unless the exit code is `code`.
+    pub fn expect(self, code: i32) -> CtlRun {
+        assert_eq!(self.code, code, "medpool ctl exit code\n{self:?}");
+        self
+    }
+}
+
+/// Runs `medpool ctl --server SERVER ARGS` with the token (if any) in the environment.
+pub fn ctl(server: &str, token: Option<&str>, args: &[&str]) -> CtlRun {
+    let mut cmd = Command::new(bin());
+    cmd.arg("ctl").arg("--server").arg(server).args(args);
+    for k in CLEAN_ENV {
+        cmd.env_remove(k);
+    }
+    if let Some(t) = token {
+        cmd.env("MEDPOOL_ADMIN_TOKEN", t);
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    CtlRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A pool of `size` nodes on `127.0.n.1..=size`.
+pub struct TestPool {
+    pub n: u8,
+    pub dir: TestDir,
+    pub nodes: Vec<Node>,
+    pub token: Option<String>,
+    pub config: PathBuf,
+    /// Extra `serve` arguments of every node.
+    pub extra: Vec<String>,
+}
+
+impl TestPool {
+    /// Writes the configuration, starts node 1 (bootstrap) then the others (join through node 1),
+    /// and waits until every node is a member, a leader is known and every shard has an owner.
+    pub fn start(name: &str, n: u8, size: u64, config_toml: &str, token: Option<&str>) -> TestPool {
+        let dir = TestDir::new(name);
+        let config = dir.file("pool.toml");
+        std::fs::write(&config, config_toml).unwrap();
+        let mut pool = TestPool {
+            n,
+            dir,
+            nodes: Vec::new(),
+            token: token.map(str::to_owned),
+            config,
+            extra: vec!["--shutdown-grace".into(), "3".into()],
+        };
+        for id in 1..=size {
+            pool.start_node(id);
+        }
+        pool.wait_converged(size as usize);
+        pool
+    }
+
+    pub fn ip(&self, id: u64) -> String {
+        format!("127.0.{}.{id}", self.n)
+    }
+
+    /// Starts node `id` (joining through node 1 unless it is node 1).
+    pub fn start_node(&mut self, id: u64) {
+        let ip = self.ip(id);
+        let mut args: Vec<String> = vec![
+            "--config".into(),
+            self.config.display().to_string(),
+            "--sip-listen".into(),
+            format!("{ip}:5060"),
+            "--raft-listen".into(),
+            format!("{ip}:7000"),
+            "--admin-listen".into(),
+            format!("{ip}:7001"),
+            "--node-id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            self.dir.file(&format!("data-{id}")).display().to_string(),
+            "--log-format".into(),
+            "human".into(),
+            "--log".into(),
+            std::env::var("MEDPOOL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        ];
+        if id != 1 {
+            args.push("--join".into());
+            args.push(format!("{}:7000", self.ip(1)));
+        }
+        args.extend(self.extra.iter().cloned());
+        let env: Vec<(&str, &str)> = self
+            .token
+            .as_deref()
+            .map(|t| vec![("MEDPOOL_ADMIN_TOKEN", t)])
+            .unwrap_or_default();
+        let node = Node::start(
+            &format!("node {id} of pool {}", self.n),
+            id,
+            &ip,
+            &args,
+            &env,
+        );
+        self.nodes.push(node);
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).unwrap()
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+
+    /// `medpool ctl` against node `id`.
+    pub fn ctl(&self, id: u64, args: &[&str]) -> CtlRun {
+        ctl(&self.node(id).admin(), self.token.as_deref(), args)
+    }
+
+    /// The pool status (JSON) as node `id` answers it.
+    pub fn status(&self, id: u64) -> Value {
+        self.ctl(id, &["status", "-o", "json"]).expect(0).json()
+    }
+
+    /// Polls `ctl status` until `size` nodes are members and reachable, a leader is known, and
+    /// no shard is without an owner.
+    pub fn wait_converged(&self, size: usize) {
+        let first = self.nodes[0].id;
+        let mut last = String::new();
+        let ok = wait_until(Duration::from_secs(40), || {
+            let r = self.ctl(first, &["status", "-o", "json"]);
+            if r.code != 0 {
+                last = format!("{r:?}");
+                return false;
+            }
+            let v = r.json();
+            last = v.to_string();
+            let nodes = v["nodes"].as_array().map_or(0, Vec::len);
+            nodes == size
+                && !v["leader"].is_null()
+                && v["unowned_shards"] == 0
+                && v["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|n| n["reachable"] == true && n["holds_lease"] == true)
+        });
+        assert!(
+            ok,
+            "pool {} did not converge to {size} nodes with a leader; last status: {last}",
+            self.n
+        );
+    }
+
+    /// The leader's id.
+    pub fn leader(&self, ask: u64) -> u64 {
+        self.status(ask)["leader"].as_u64().unwrap()
+    }
+}
