@@ -6,7 +6,7 @@
 #   scripts/chart-test.sh OUTDIR      (chaos-tests/tests/startup_contract.rs runs it)
 #
 # For the default values and every helm/medpool/ci/*-values.yaml:
-#   helm lint --strict (helm 3 and helm 4), helm template (both; the renders must agree),
+#   helm lint --strict (helm 3 and helm 4), helm template (both; the renders must agree), NOTES.txt,
 #   yamllint of the render, kubernetes-validate --strict against Kubernetes 1.27, 1.31 and 1.37,
 #   shellcheck of the preStop/postStart hook scripts.
 # Then: hadolint on the Dockerfile, and values the chart must refuse (schema and render checks).
@@ -27,7 +27,10 @@ say() { printf 'chart-test: %s\n' "$*"; }
 die() { printf 'chart-test: FAILED: %s\n' "$*" >&2; exit 1; }
 
 # ---- tools -------------------------------------------------------------------------------------
-TOOLS_SCRIPT=${MEDPOOL_K8S_TOOLS_SCRIPT:-../shared/tools/k8s-tools.sh}
+# The workplace's installer (../shared/tools) when present, else the copy kept in scripts/.
+DEFAULT_TOOLS=../shared/tools/k8s-tools.sh
+[ -f "$DEFAULT_TOOLS" ] || DEFAULT_TOOLS=scripts/k8s-tools.sh
+TOOLS_SCRIPT=${MEDPOOL_K8S_TOOLS_SCRIPT:-$DEFAULT_TOOLS}
 [ -f "$TOOLS_SCRIPT" ] || die "$TOOLS_SCRIPT not found (the tools installer lives in shared/tools beside the repository)"
 TOOLS_DIR=${MEDPOOL_K8S_TOOLS:-$HOME/.cache/medpool-k8s-tools}
 say "installing the chart tools with $TOOLS_SCRIPT into $TOOLS_DIR"
@@ -101,6 +104,10 @@ for set in "${sets[@]}"; do
   if ! diff <(grep -v '^  token: ' "$OUT/$set.yaml") <(grep -v '^  token: ' "$OUT/$set.helm4.yaml") >"$OUT/$set.diff"; then
     cat "$OUT/$set.diff"; die "[$set] helm 3 and helm 4 render differently"
   fi
+  # NOTES.txt is rendered only by install/upgrade: a client-side dry run (helm 4 needs no cluster).
+  "$HELM4" install "$RELEASE" "$CHART" -f "$values" --namespace "$NAMESPACE" --dry-run=client >"$OUT/$set.install.txt" 2>&1 \
+    || { cat "$OUT/$set.install.txt"; die "[$set] helm 4 install --dry-run=client (NOTES.txt)"; }
+  grep -q "^NOTES:" "$OUT/$set.install.txt" || die "[$set] no NOTES rendered"
   say "[$set] yamllint"
   "$VENV/bin/yamllint" -d '{extends: relaxed, rules: {line-length: {max: 160}, indentation: disable}}' \
     "$OUT/$set.yaml" || die "[$set] yamllint"

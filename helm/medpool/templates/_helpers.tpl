@@ -78,6 +78,11 @@ the kubelet from the env var defined before it.
 {{- printf "%s.$(POD_NAMESPACE).svc.%s" (include "medpool.peersService" .) .Values.clusterDomain }}
 {{- end }}
 
+{{/* The node's own admin API, for `medpool ctl` in the hooks (token and TLS settings from the env). */}}
+{{- define "medpool.adminLocal" -}}
+{{- printf "%s127.0.0.1:%d" (ternary "https://" "" .Values.admin.tls.enabled) (int .Values.admin.port) }}
+{{- end }}
+
 {{/* The SIP address nodes advertise (Via/Contact): the SIP Service unless set. */}}
 {{- define "medpool.sipAdvertise" -}}
 {{- if .Values.sip.advertise }}
@@ -133,7 +138,7 @@ id="${MEDPOOL_NODE_ID:-${POD_NAME##*-}}"
 deadline=$(( $(date +%s) + {{ int .Values.drain.timeoutSeconds }} ))
 echo "preStop: draining node ${id}"
 {{- if eq .Values.drain.method "ctl" }}
-until medpool ctl --server 127.0.0.1:{{ int .Values.admin.port }} node drain "${id}"; do
+until medpool ctl --server {{ include "medpool.adminLocal" . }} node drain "${id}"; do
 {{- else }}
 until medpool pool drain "${id}" --server 127.0.0.1:{{ int .Values.internal.port }}; do
 {{- end }}
@@ -159,7 +164,7 @@ if [ "$(cat /proc/1/comm 2>/dev/null)" = medpool ]; then exec >>/proc/1/fd/2 2>&
 id="${MEDPOOL_NODE_ID:-${POD_NAME##*-}}"
 deadline=$(( $(date +%s) + {{ int .Values.drain.timeoutSeconds }} ))
 {{- if eq .Values.drain.method "ctl" }}
-until medpool ctl --server 127.0.0.1:{{ int .Values.admin.port }} node undrain "${id}" >/dev/null 2>&1; do
+until medpool ctl --server {{ include "medpool.adminLocal" . }} node undrain "${id}" >/dev/null 2>&1; do
 {{- else }}
 until medpool pool undrain "${id}" --server 127.0.0.1:{{ int .Values.internal.port }} >/dev/null 2>&1; do
 {{- end }}
