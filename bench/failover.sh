@@ -42,6 +42,7 @@ export RATE TOTAL KILL_AT RESTART_AT FO_REPEATS
 # keep the anchor's own defaults (RATES etc.) out of our way when lib.sh sources it
 DUR=$TOTAL; REPEATS=$FO_REPEATS; RATES=$RATE
 
+BENCH_COPY_BIN=1   # run a copy of the binary: a rebuild by someone else cannot swap it mid-run
 # shellcheck source=lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
@@ -85,10 +86,10 @@ run_medpool_failover() {  # $1 = repeat
     stop_all
     python3 - "$rep" "$t_start" "$t_kill" "$t_restart" "$WORK/medpool-$tag.log" "$WORK/$tag.pcap" \
         "$WORK/uac_$tag.csv" "$WORK/uac_$tag.errors" "$PROXY_IP:$PROXY_PORT" "$GW1_IP:$GW_PORT" "$GW2_IP:$GW_PORT" \
-        "$DELAY_MS" "$WORK/$tag.calls.tsv" >> "$FO_TSV" <<'PY'
+        "$DELAY_MS" "$WORK/$tag.calls.tsv" "$UAC_IP:$UAC_PORT" >> "$FO_TSV" <<'PY'
 import csv, json, re, struct, sys
 from datetime import datetime
-(rep, t_start, t_kill, t_restart, mlog, pcap, ucsv, uerr, front, g1, g2, delay_ms, calls_out) = sys.argv[1:]
+(rep, t_start, t_kill, t_restart, mlog, pcap, ucsv, uerr, front, g1, g2, delay_ms, calls_out, caller) = sys.argv[1:]
 t_start, t_kill, t_restart, delay_ms = float(t_start), float(t_kill), float(t_restart), float(delay_ms)
 # ---- medpool log: gateway down/up for gw2
 down = up = None
@@ -134,7 +135,7 @@ while off + 16 <= len(data):
             l = inv_b.setdefault(u, [])
             if all(x[1] != dst for x in l): l.append((t, dst))   # gateways tried, in order (no retransmissions)
         continue
-    if pl.startswith(b'SIP/2.0 200'):
+    if dst == caller and pl.startswith(b'SIP/2.0 200'):
         c = rx_cseq.search(pl); m = rx_to.search(pl)
         if c and m and c.group(1) == b'INVITE': ok200.setdefault(m.group(1).decode(), t)
 end_dead = t_restart if t_restart else float('inf')

@@ -51,11 +51,14 @@ ensure_tools() {  # $1 = 1 when Kamailio is needed too
     fi
 }
 
-ensure_medpool() {
+ensure_medpool() {  # builds when missing; with BENCH_COPY_BIN=1 runs a private copy (a rebuild during the run cannot swap it)
     if [ ! -x "$MEDPOOL_BIN" ]; then
         log "building medpool (cargo build --release -p medpool)"
         (cd "$REPO_DIR" && cargo build --release -p medpool) || { log "build failed"; exit 1; }
     fi
+    mkdir -p "$WORK"
+    log "medpool binary: $MEDPOOL_BIN, sha256 $(sha256sum "$MEDPOOL_BIN" | cut -c1-16), built $(date -r "$MEDPOOL_BIN" '+%F %T %Z')"
+    if [ "${BENCH_COPY_BIN:-0}" = 1 ]; then cp "$MEDPOOL_BIN" "$WORK/medpool.bin" && MEDPOOL_BIN=$WORK/medpool.bin; fi
 }
 
 check_ports_free() {
@@ -164,7 +167,7 @@ start_medpool() {
     local cfg=$1 tag=$2 lvl=$3; shift 3
     rm -rf "$WORK/mpdata-$tag"
     # shellcheck disable=SC2086
-    "$MEDPOOL_BIN" serve --config "$cfg" --sip-listen "$PROXY_IP:$PROXY_PORT" --data-dir "$WORK/mpdata-$tag" \
+    LD_PRELOAD="${MEDPOOL_PRELOAD:-}" "$MEDPOOL_BIN" serve --config "$cfg" --sip-listen "$PROXY_IP:$PROXY_PORT" --data-dir "$WORK/mpdata-$tag" \
         --log "$lvl" --shutdown-grace 2 ${MEDPOOL_ARGS:-} "$@" > "$WORK/medpool-$tag.log" 2>&1 &
     LAST_PID=$!
     STARTED_PIDS+=("$LAST_PID")
@@ -175,6 +178,21 @@ start_medpool() {
         sleep 0.1
     done
     log "medpool did not start:"; cat "$WORK/medpool-$tag.log" >&2; return 1
+}
+
+# build_bufshim : compiles bench/sipbuf-shim.c into $WORK (diagnostic target medpool_bigbuf); prints its path
+build_bufshim() {
+    [ -s "$WORK/sipbuf-shim.so" ] || cc -shared -fPIC -O2 -o "$WORK/sipbuf-shim.so" "$BENCH_DIR/sipbuf-shim.c" -ldl \
+        || { log "cannot build the socket-buffer shim (needs cc)"; return 1; }
+    echo "$WORK/sipbuf-shim.so"
+}
+
+# sock_mem <ip:port> : "rcvbuf=<bytes> drops=<datagrams dropped by the kernel>" of the UDP socket
+sock_mem() {
+    ss -uamn 2>/dev/null | awk -v a="$1" '$4 == a || $5 == a { hit = 1; next } hit && /skmem/ {
+        match($0, /rb[0-9]+/); rb = substr($0, RSTART + 2, RLENGTH - 2)
+        match($0, /d[0-9]+\)/); d = substr($0, RSTART + 1, RLENGTH - 2)
+        print "rcvbuf=" rb " drops=" d; exit }'
 }
 
 # ------------------------------------------------------------------ accounting
@@ -341,7 +359,9 @@ for line in open(f):
     if len(p) < 4: continue
     t, src, dst, user = float(p[0]), p[1], p[2], p[3]
     if dst == front: a.setdefault(user, t)
-    elif dst in (g1, g2): b.setdefault(user, t)
+    # the first INVITE out at or after the INVITE in: the call number restarts at 1 with every SIPp
+    # run, and a failed call of an earlier run may still be retransmitted to a gateway
+    elif dst in (g1, g2) and user in a and t >= a[user]: b.setdefault(user, t)
 d = sorted((b[u] - a[u]) * 1000 for u in a if u in b)
 def pct(q):  # nearest rank
     if not d: return float('nan')

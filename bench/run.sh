@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # medpool single-node benchmark, with the Kamailio anchor measured in the same run.
 #
-#   SIPp caller (127.0.0.1:5070) -> front on 127.0.0.1:5060 -> two SIPp gateways (127.0.0.2:5060,
-#   127.0.0.3:5060, answering OPTIONS with -aa)
+#   SIPp caller (127.0.0.1:5070) -> front (Kamailio 127.0.0.1:5060, medpool 127.0.0.1:5062,
+#   medpool_bigbuf 127.0.0.1:5064) -> two SIPp gateways (127.0.0.2:5060, 127.0.0.3:5060,
+#   answering OPTIONS with -aa)
 #
 # Fronts (TARGETS):
 #   medpool   one `medpool serve` node (config written by bench/lib.sh: the PBX trunk calls out
 #             over two equal-priority gateways; OPTIONS every 1 s)
+#   medpool_bigbuf  diagnostic, not in the default TARGETS: medpool with its UDP socket buffers
+#             raised to 4 MiB (x2 by the kernel) by an LD_PRELOAD shim (bench/sipbuf-shim.c, needs cc),
+#             as Kamailio's maxbuffer and SIPp's -buff_size do; shows how much of medpool's CPS
+#             limit is datagrams dropped at its 208 KiB default receive buffer
 #   kamailio  the anchor's proxy mode: Kamailio 5.6, transaction-stateful (tm), record-routing
 #             (rr) dispatcher proxy, round-robin over the same two gateways (config from
 #             ../shared/anchors/kamailio/run.sh, sourced with ANCHOR_LIB_ONLY=1)
 #
 # For each front:
-#   1. CPS: for each rate in RATES, REPEATS runs of DUR s of calls (HOLD_MS long); a run PASSes
+#   1. CPS: every front is started at once; for each rate in RATES and each of REPEATS repeats,
+#      the fronts take turns (order reversed every other repeat: a drifting machine load weighs
+#      on all alike), each a run of DUR s of calls (HOLD_MS long); a run PASSes
 #      with 0 failed calls, every call created, and calls created at >= 95 % of the rate (the
-#      anchor's criterion); stops at the first rate where every repeat fails. Highest clean rate
+#      anchor's criterion); a front stops at the first rate where every repeat fails. Highest clean rate
 #      = highest rate where every repeat passed. CPU of the front (utime+stime of all its
 #      threads/processes from /proc/PID/stat, before/after each run) per 1,000 calls.
 #   2. Added post-dial delay at half the highest clean rate: dumpcap on lo keeps every INVITE;
@@ -54,6 +61,7 @@ MEDPOOL_LOG=${MEDPOOL_LOG:-warn}
 MEDPOOL_ARGS=${MEDPOOL_ARGS:-"--max-transactions 2000000"}
 export MEDPOOL_ARGS
 
+BENCH_COPY_BIN=1   # run a copy of the binary: a rebuild by someone else cannot swap it mid-run
 # shellcheck source=lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
@@ -75,10 +83,12 @@ mean_at() {
 
 start_front() {  # $1 = target, $2 = tag, $3 = kamailio extra define or "" ; sets FRONT_PID
     case $1 in
-        medpool)
+        medpool|medpool_bigbuf)
+            local pre=""
+            [ "$1" = medpool_bigbuf ] && { pre=$(build_bufshim) || return 1; }
             write_medpool_config "$WORK/medpool-$2.toml" "options_interval_ms = 1000" "down_after = 2" "up_after = 2"
             # shellcheck disable=SC2086
-            start_medpool "$WORK/medpool-$2.toml" "$2" "$MEDPOOL_LOG" ${MEDPOOL_EXTRA:-} || return 1
+            MEDPOOL_PRELOAD=$pre start_medpool "$WORK/medpool-$2.toml" "$2" "$MEDPOOL_LOG" ${MEDPOOL_EXTRA:-} || return 1
             FRONT_PID=$LAST_PID
             sleep 3 ;;   # first OPTIONS round trips
         kamailio)
@@ -88,40 +98,73 @@ start_front() {  # $1 = target, $2 = tag, $3 = kamailio extra define or "" ; set
     esac
 }
 
-run_target() {  # $1 = medpool | kamailio
-    local t=$1 rate rep tag fails line best any pdd_rate
-    log "=== $t: CPS steps $RATES, ${DUR}s x $REPEATS (load: $(load_avg))"
-    check_ports_free
-    start_gateways "$t" || { stop_all; return 1; }
-    start_front "$t" "$t" "" || { stop_all; return 1; }
-    log "pids: $t=$FRONT_PID gateways=$GW1_PID $GW2_PID"
-    summary "$t.load_at_start" "$(load_avg)"
-    for rate in $RATES; do
-        fails=0
-        for rep in $(seq "$REPEATS"); do
-            tag="$t-$rate-r$rep"
-            run_load "$t" "$rate" "$tag" "$FRONT_PID" "$GW1_PID" "$GW2_PID"
-            line=$(tail -n1 "$WORK/results.tsv")
-            [ "${line##*$'\t'}" = PASS ] || fails=$((fails + 1))
-            if ! kill -0 "$FRONT_PID" 2>/dev/null; then log "$t died"; summary "$t.died_at_rate" "$rate"; break 2; fi
-            sleep 5   # let transactions and the gateways' timewait drain
-        done
-        if [ "$fails" = "$REPEATS" ]; then log "    every repeat failed at $rate cps: no higher rates for $t"; break; fi
+# Every front listens on its own port of 127.0.0.1 (Kamailio on the anchor's 5060), all in front
+# of the same two gateways, and all are up during the whole CPS sweep: for each rate and repeat
+# the fronts take turns (the order reversed on every other repeat), so that a machine whose load
+# drifts (a shared one) weighs on every front alike. An idle front only answers and sends OPTIONS.
+declare -A FRONT_PORT=([kamailio]=5060 [medpool]=5062 [medpool_bigbuf]=5064)
+declare -A FRONT_PIDS=()
+use_front() { PROXY_PORT=${FRONT_PORT[$1]}; FRONT_PID=${FRONT_PIDS[$1]:-}; }
+
+run_cps() {
+    local t rate rep tag line best any pdd_rate order active=() still
+    declare -A fails=()
+    log "=== CPS: $TARGETS; steps $RATES, ${DUR}s x $REPEATS, fronts interleaved (load: $(load_avg))"
+    for t in $TARGETS; do use_front "$t"; check_ports_free; done
+    start_gateways cps || { stop_all; return 1; }
+    for t in $TARGETS; do
+        use_front "$t"
+        start_front "$t" "$t" "" || { stop_all; return 1; }
+        FRONT_PIDS[$t]=$FRONT_PID
+        log "    $t on $PROXY_IP:$PROXY_PORT pid $FRONT_PID; SIP socket $(sock_mem "$PROXY_IP:$PROXY_PORT")"
+        summary "$t.sip_socket_at_start" "$(sock_mem "$PROXY_IP:$PROXY_PORT")"
+        active+=("$t")
     done
-    read -r best any < <(best_rate "$t")
-    summary "$t.max_clean_cps" "$best"
-    summary "$t.max_cps_one_repeat_clean" "$any"
-    if [ "$best" -gt 0 ]; then
-        summary "$t.cpu_s_per_1000_calls_at_max" "$(mean_at "$t" "$best" 14 | awk '{ if ($1 == "-") print "-"; else printf "%.3f\n", $1 / 1000 }')"
-        summary "$t.cpu_us_per_call_at_max" "$(mean_at "$t" "$best" 14)"
-        summary "$t.cpu_pct_at_max" "$(mean_at "$t" "$best" 12)"
-        summary "$t.inv200_avg_ms_at_max" "$(mean_at "$t" "$best" 9)"
-    fi
+    log "    gateways: $GW1_PID $GW2_PID"
+    summary cps.load_at_start "$(load_avg)"
+    for rate in $RATES; do
+        for t in "${active[@]}"; do fails[$t]=0; done
+        for rep in $(seq "$REPEATS"); do
+            order=("${active[@]}")
+            if [ $(( rep % 2 )) = 0 ]; then order=(); for t in "${active[@]}"; do order=("$t" "${order[@]}"); done; fi
+            for t in "${order[@]}"; do
+                use_front "$t"
+                tag="$t-$rate-r$rep"
+                run_load "$t" "$rate" "$tag" "$FRONT_PID" "$GW1_PID" "$GW2_PID"
+                line=$(tail -n1 "$WORK/results.tsv")
+                [ "${line##*$'\t'}" = PASS ] || fails[$t]=$(( ${fails[$t]} + 1 ))
+                if ! kill -0 "$FRONT_PID" 2>/dev/null; then log "$t died"; summary "$t.died_at_rate" "$rate"; fails[$t]=$REPEATS; fi
+                sleep 5   # let transactions and the gateways' timewait drain
+            done
+        done
+        still=()
+        for t in "${active[@]}"; do
+            if [ "${fails[$t]}" -ge "$REPEATS" ]; then log "    every repeat of $t failed at $rate cps: no higher rates for $t"
+            else still+=("$t"); fi
+        done
+        active=("${still[@]}")
+        [ ${#active[@]} = 0 ] && break
+    done
+    summary cps.load_at_end "$(load_avg)"
+    for t in $TARGETS; do
+        read -r best any < <(best_rate "$t")
+        summary "$t.max_clean_cps" "$best"
+        summary "$t.max_cps_one_repeat_clean" "$any"
+        if [ "$best" -gt 0 ]; then
+            summary "$t.cpu_s_per_1000_calls_at_max" "$(mean_at "$t" "$best" 14 | awk '{ if ($1 == "-") print "-"; else printf "%.3f\n", $1 / 1000 }')"
+            summary "$t.cpu_us_per_call_at_max" "$(mean_at "$t" "$best" 14)"
+            summary "$t.cpu_pct_at_max" "$(mean_at "$t" "$best" 12)"
+            summary "$t.inv200_avg_ms_at_max" "$(mean_at "$t" "$best" 9)"
+        fi
+    done
     # ------------------------------------------------------------ post-dial delay
-    if [ "$PDD" = 1 ] && kill -0 "$FRONT_PID" 2>/dev/null; then
-        if [ "$best" -gt 0 ]; then pdd_rate=$(( best / 2 )); else pdd_rate=$(( ${RATES%% *} / 2 )); fi
+    for t in $TARGETS; do
+        use_front "$t"
+        [ "$PDD" = 1 ] && kill -0 "$FRONT_PID" 2>/dev/null || continue
+        best=$(awk -F= -v k="$t.max_clean_cps" '$1 == k {print $2}' "$SUMMARY")
+        if [ "${best:-0}" -gt 0 ]; then pdd_rate=$(( best / 2 )); else pdd_rate=$(( ${RATES%% *} / 2 )); fi
         [ "$pdd_rate" -lt 50 ] && pdd_rate=50
-        log "--- $t: post-dial delay at $pdd_rate cps (half of $best)"
+        log "--- $t: post-dial delay at $pdd_rate cps (half of $best; load: $(load_avg))"
         sleep 5
         start_invite_capture "$WORK/pdd-$t.pcap"
         run_load "$t" "$pdd_rate" "$t-pdd-$pdd_rate" "$FRONT_PID" "$GW1_PID" "$GW2_PID"
@@ -129,12 +172,13 @@ run_target() {  # $1 = medpool | kamailio
         invites_tsv "$WORK/pdd-$t.pcap" > "$WORK/pdd-$t.invites.tsv"
         summary "$t.pdd_rate" "$pdd_rate"
         summary "$t.pdd_run_verdict" "$(tail -n1 "$WORK/results.tsv" | awk -F'\t' '{print $22 " (failed " $6 ")"}')"
+        summary "$t.pdd_load" "$(load_avg)"
         pdd_stats "$WORK/pdd-$t.invites.tsv" "$PROXY_IP:$PROXY_PORT" | sed "s/^/$t./" >> "$SUMMARY"
         grep "^$t.pdd_" "$SUMMARY" | sed 's/^/    /' >&2
-    fi
+    done
+    for t in $TARGETS; do use_front "$t"; summary "$t.sip_socket_at_end" "$(sock_mem "$PROXY_IP:$PROXY_PORT")"; done
     stop_all
-    [ "$t" = kamailio ] && cp "$WORK/kamailio.log" "$WORK/kamailio-cps.log"
-    summary "$t.load_at_end" "$(load_avg)"
+    case " $TARGETS " in *" kamailio "*) cp "$WORK/kamailio.log" "$WORK/kamailio-cps.log";; esac
     return 0
 }
 
@@ -143,6 +187,7 @@ run_target() {  # $1 = medpool | kamailio
 hold_calls() {
     local t=$1 tag=$2 def=$3 upid i created cur failed idle idle_pss up up_pss settled settled_pss hold_ms
     log "=== $tag: $RSS_CALLS calls at $RSS_RATE cps held open (load: $(load_avg))"
+    use_front "$t"
     check_ports_free
     start_gateways "$tag" || { stop_all; return 1; }
     MEDPOOL_EXTRA="${4:-}" start_front "$t" "$tag" "$def" || { stop_all; return 1; }
@@ -231,7 +276,7 @@ main() {
     summary params "RATES='$RATES' DUR=$DUR REPEATS=$REPEATS HOLD_MS=$HOLD_MS RSS_CALLS=$RSS_CALLS RSS_RATE=$RSS_RATE RSS_SETTLE=$RSS_SETTLE"
     summary load_at_start "$(load_avg)"
     log "work dir $WORK; targets: $TARGETS; rates: $RATES; ${DUR}s x ${REPEATS}"
-    for t in $TARGETS; do run_target "$t"; sleep 3; done
+    run_cps; sleep 3
     # CPU per call at the highest rate every target ran clean (same load for all)
     local common
     common=$(for t in $TARGETS; do awk -F= -v k="$t.max_clean_cps" '$1 == k {print $2}' "$SUMMARY"; done | sort -n | head -1)

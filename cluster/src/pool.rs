@@ -405,7 +405,11 @@ impl Pool {
 
     /// Sends a SIP message to another node (fire and forget; SIP retransmits on loss).
     pub fn forward(&self, node: NodeId, msg: SipForward) -> bool {
-        let existing = self.forwarders.lock().ok().and_then(|f| f.get(&node).cloned());
+        let existing = self
+            .forwarders
+            .lock()
+            .ok()
+            .and_then(|f| f.get(&node).cloned());
         let tx = match existing {
             Some(tx) if !tx.is_closed() => tx,
             _ => {
@@ -417,7 +421,10 @@ impl Pool {
                 let (tx, mut rx) = mpsc::channel::<SipForward>(4096);
                 tokio::spawn(async move {
                     while let Some(msg) = rx.recv().await {
-                        if tokio::time::timeout(Duration::from_secs(1), c.forward(msg)).await.is_err() {
+                        if tokio::time::timeout(Duration::from_secs(1), c.forward(msg))
+                            .await
+                            .is_err()
+                        {
                             tracing::debug!(node, "forward timed out");
                         }
                     }

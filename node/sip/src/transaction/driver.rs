@@ -489,8 +489,16 @@ where
     pub fn unfinished(&self) -> usize {
         let table = self.shared.lock();
         let open = |s: State| matches!(s, State::Calling | State::Trying | State::Proceeding);
-        table.clients.values().filter(|e| open(e.machine.state())).count()
-            + table.servers.values().filter(|e| open(e.machine.state())).count()
+        table
+            .clients
+            .values()
+            .filter(|e| open(e.machine.state()))
+            .count()
+            + table
+                .servers
+                .values()
+                .filter(|e| open(e.machine.state()))
+                .count()
     }
 
     /// Whether no transaction is live.

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Helper of bench/pool.sh: watches a medpool pool through `medpool pool status` (never run alone).
+
+  pool-watch.py leader  --bin MEDPOOL --servers A,B,...
+        prints the leader's node id as the first reachable server sees it ("none" / "?" otherwise)
+  pool-watch.py kill    --bin MEDPOOL --servers A[,B] --pid PID --node N [--interval 0.05] [--timeout 30] [--trace FILE]
+        sends SIGKILL to PID (node N) and polls `pool status --server A` every --interval seconds (B is
+        polled instead while A does not answer) until it shows `unowned shards 0`, node N with STATE
+        Down and SHARDS 0. Prints one line of key=value: kill->down and kill->all-owned times (the end
+        of the first poll that showed it: an upper bound; `..._lo` = the end of the poll before it, a
+        lower bound), the first leader other than N seen (leader_after) and when (leader_seen_s), polls made and their durations.
+  pool-watch.py rejoin  --bin MEDPOOL --servers A[,B] --node N --self S [--interval 0.1] [--timeout 60] [--trace FILE]
+        polls until A shows node N Active with SHARDS > 0 and unowned 0, and node N itself (server S)
+        shows itself Active and knows a leader. Prints key=value: seconds to Active, to shards back.
+All times are from time.monotonic(). Every poll's output is appended to --trace (evidence).
+"""
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+HEAD = re.compile(r'^node (\d+) · leader (\S+) · term (\d+) · applied (\S+) · config v(\S+) · dialogs (\d+) · unowned shards (\d+)')
+ROW = re.compile(r'^(\d+)\s+(\S+)\s+(Active|Draining|Down|\S+)\s+(\d+)\s*$')
+
+
+def status(binary, server, timeout=2.0):
+    """One `pool status` call: (dict or None, t_start, t_end, raw text)."""
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([binary, 'pool', 'status', '--server', server], capture_output=True, text=True,
+                           timeout=timeout)
+        out = p.stdout + p.stderr
+    except subprocess.TimeoutExpired:
+        return None, t0, time.monotonic(), 'timeout'
+    t1 = time.monotonic()
+    lines = out.splitlines()
+    if not lines:
+        return None, t0, t1, out
+    m = HEAD.match(lines[0])
+    if not m:
+        return None, t0, t1, out
+    st = {'node': int(m.group(1)), 'leader': m.group(2), 'term': int(m.group(3)), 'applied': m.group(4),
+          'config': m.group(5), 'dialogs': int(m.group(6)), 'unowned': int(m.group(7)), 'nodes': {}}
+    for ln in lines[1:]:
+        r = ROW.match(ln)
+        if r:
+            st['nodes'][int(r.group(1))] = (r.group(2), r.group(3), int(r.group(4)))
+    return st, t0, t1, out
+
+
+def trace(f, tag, t_ref, t0, t1, server, out):
+    if f:
+        f.write(f'--- {tag} server={server} start=+{t0 - t_ref:.3f}s end=+{t1 - t_ref:.3f}s\n{out.rstrip()}\n')
+
+
+def cmd_leader(a):
+    for s in a.servers.split(','):
+        st, _, _, _ = status(a.bin, s)
+        if st:
+            print(st['leader'])
+            return 0
+    print('?')
+    return 1
+
+
+def cmd_kill(a):
+    servers = a.servers.split(',')
+    f = open(a.trace, 'a') if a.trace else None
+    t_kill = time.monotonic()
+    os.kill(a.pid, signal.SIGKILL)
+    down = down_lo = owned = owned_lo = None
+    leader_new = None
+    leader_first = None
+    unowned_max = 0
+    polls = 0
+    durs = []
+    prev_end = t_kill
+    nxt = t_kill
+    idx = 0
+    fails = 0
+    while time.monotonic() - t_kill < a.timeout:
+        now = time.monotonic()
+        if nxt > now:
+            time.sleep(nxt - now)
+        nxt = max(nxt + a.interval, time.monotonic())
+        server = servers[idx]
+        st, t0, t1, out = status(a.bin, server)
+        polls += 1
+        durs.append(t1 - t0)
+        trace(f, f'kill node {a.node}', t_kill, t0, t1, server, out)
+        if st is None:
+            fails += 1
+            idx = (idx + 1) % len(servers)   # try the other survivor
+            prev_end = t1
+            continue
+        if st['leader'] not in ('none', str(a.node)) and leader_new is None:
+            leader_new = t1 - t_kill
+            leader_first = st['leader']
+        unowned_max = max(unowned_max, st['unowned'])
+        row = st['nodes'].get(a.node)
+        if row and row[1] == 'Down' and down is None:
+            down, down_lo = t1 - t_kill, prev_end - t_kill
+        if row and row[1] == 'Down' and row[2] == 0 and st['unowned'] == 0:
+            owned, owned_lo = t1 - t_kill, prev_end - t_kill
+            break
+        prev_end = t1
+    durs.sort()
+    fmt = lambda x: f'{x:.3f}' if x is not None else 'timeout'
+    print(f'down_s={fmt(down)} down_lo_s={fmt(down_lo)} owned_s={fmt(owned)} owned_lo_s={fmt(owned_lo)} '
+          f'leader_seen_s={fmt(leader_new)} leader_after={leader_first or "-"} unowned_max={unowned_max} '
+          f'polls={polls} poll_fail={fails} poll_p50_ms={durs[len(durs) // 2] * 1000:.0f} '
+          f'poll_max_ms={durs[-1] * 1000:.0f}')
+    return 0 if owned is not None else 1
+
+
+def cmd_rejoin(a):
+    servers = a.servers.split(',')
+    f = open(a.trace, 'a') if a.trace else None
+    t_ref = time.monotonic()
+    active = shards = selfok = None
+    idx = 0
+    while time.monotonic() - t_ref < a.timeout:
+        server = servers[idx]
+        st, t0, t1, out = status(a.bin, server)
+        trace(f, f'rejoin node {a.node}', t_ref, t0, t1, server, out)
+        if st is None:
+            idx = (idx + 1) % len(servers)
+        else:
+            row = st['nodes'].get(a.node)
+            if row and row[1] == 'Active' and active is None:
+                active = t1 - t_ref
+            if row and row[1] == 'Active' and row[2] > 0 and st['unowned'] == 0 and shards is None:
+                shards = t1 - t_ref
+        if shards is not None and selfok is None:
+            s2, t0, t1, out = status(a.bin, a.self)
+            trace(f, f'rejoin node {a.node} (itself)', t_ref, t0, t1, a.self, out)
+            if s2 and s2['leader'] not in ('none', '?') and s2['nodes'].get(a.node, ('', '', 0))[1] == 'Active' \
+                    and s2['nodes'][a.node][2] > 0:
+                selfok = t1 - t_ref
+                break
+        time.sleep(a.interval)
+    fmt = lambda x: f'{x:.3f}' if x is not None else 'timeout'
+    print(f'active_s={fmt(active)} shards_back_s={fmt(shards)} self_view_s={fmt(selfok)}')
+    return 0 if selfok is not None else 1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('cmd', choices=['leader', 'kill', 'rejoin'])
+    ap.add_argument('--bin', required=True)
+    ap.add_argument('--servers', required=True)
+    ap.add_argument('--pid', type=int)
+    ap.add_argument('--node', type=int)
+    ap.add_argument('--self')
+    ap.add_argument('--interval', type=float, default=0.05)
+    ap.add_argument('--timeout', type=float, default=30.0)
+    ap.add_argument('--trace')
+    a = ap.parse_args()
+    return {'leader': cmd_leader, 'kill': cmd_kill, 'rejoin': cmd_rejoin}[a.cmd](a)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
