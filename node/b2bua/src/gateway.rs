@@ -415,6 +415,64 @@ pub async fn start_all(ctx: &Arc<NodeCtx>, trunks: &[Trunk]) -> Result<(), racto
     Ok(())
 }
 
+/// Brings the gateway actors in line with a new configuration: a gateway trunk that is new, or whose
+/// address, probing or thresholds changed, gets a fresh actor (its health starts up again, its call
+/// count carries over); a trunk that is gone is stopped and forgotten. Unchanged gateways keep their
+/// actor and state.
+pub async fn reconcile(
+    ctx: &Arc<NodeCtx>,
+    old: &[Trunk],
+    new: &[Trunk],
+) -> Result<(), ractor::SpawnErr> {
+    let gateways = |ts: &[Trunk]| -> BTreeMap<String, Trunk> {
+        ts.iter()
+            .filter(|t| t.side == Side::Gateway)
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect()
+    };
+    let (old, new) = (gateways(old), gateways(new));
+    for (name, trunk) in &old {
+        if new.get(name) != Some(trunk)
+            && let Some(h) = ctx.gateways.get(name)
+        {
+            if let Ok(a) = h.actor.lock()
+                && let Some(a) = a.as_ref()
+            {
+                a.stop(Some("configuration changed".into()));
+            }
+            if !new.contains_key(name)
+                && let Ok(mut t) = ctx.gateways.table.write()
+            {
+                t.remove(name);
+            }
+        }
+    }
+    for (name, trunk) in &new {
+        if old.get(name) == Some(trunk) {
+            continue;
+        }
+        let handle = Arc::new(GatewayHandle::new(trunk));
+        if let Some(prev) = ctx.gateways.get(name) {
+            handle.active.store(prev.active_calls(), Ordering::Relaxed);
+            handle.enabled.store(prev.is_enabled(), Ordering::Relaxed);
+        }
+        if let Ok(mut t) = ctx.gateways.table.write() {
+            t.insert(name.clone(), handle.clone());
+        }
+        Actor::spawn(
+            None,
+            GatewayActor,
+            GatewayArgs {
+                ctx: ctx.clone(),
+                trunk: trunk.clone(),
+                handle,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Stops every GatewayActor.
 pub fn stop_all(ctx: &NodeCtx) {
     for h in ctx.gateways.all() {

@@ -168,6 +168,17 @@ impl NodeCtx {
             *c = Arc::new(config);
         }
     }
+
+    /// Replaces the configuration and brings the gateway actors in line with it (new gateways are
+    /// probed, removed ones stopped).
+    pub async fn apply_config(self: &Arc<Self>, config: PoolConfig) {
+        let old = self.config();
+        let trunks = config.trunks.clone();
+        self.set_config(config);
+        if let Err(e) = gateway::reconcile(self, &old.trunks, &trunks).await {
+            tracing::error!(error = %e, "cannot start a gateway actor for the new configuration");
+        }
+    }
     /// How many calls are in progress on this node.
     pub fn active_calls(&self) -> usize {
         self.registry.calls()

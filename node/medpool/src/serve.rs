@@ -267,7 +267,7 @@ async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option<String>) {
                 let text = String::from_utf8_lossy(&body);
                 match PoolConfig::from_toml_str(&text, &format!("pool configuration v{version}")) {
                     Ok(c) => {
-                        ctx.set_config(c);
+                        ctx.apply_config(c).await;
                         applied = Some(version);
                         tracing::info!(version, "pool configuration applied");
                     }

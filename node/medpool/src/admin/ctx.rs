@@ -201,7 +201,8 @@ impl AdminCtx {
                 }
                 let version = slot.0.unwrap_or(0) + 1;
                 *slot = (Some(version), body);
-                self.node.set_config(config);
+                drop(slot);
+                self.node.apply_config(config).await;
                 Ok((version, changes))
             }
             Mode::Pool { .. } => {
