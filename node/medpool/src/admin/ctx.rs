@@ -190,18 +190,20 @@ impl AdminCtx {
         let changes = diff::diff(&old, &body);
         match &self.mode {
             Mode::Single(s) => {
-                let mut slot = s.config.lock().map_err(|_| {
-                    AdminError::OutcomeUnknown("configuration lock poisoned".into())
-                })?;
-                if slot.0 != expected {
-                    return Err(AdminError::StaleVersion {
-                        expected,
-                        current: slot.0,
-                    });
-                }
-                let version = slot.0.unwrap_or(0) + 1;
-                *slot = (Some(version), body);
-                drop(slot);
+                let version = {
+                    let mut slot = s.config.lock().map_err(|_| {
+                        AdminError::OutcomeUnknown("configuration lock poisoned".into())
+                    })?;
+                    if slot.0 != expected {
+                        return Err(AdminError::StaleVersion {
+                            expected,
+                            current: slot.0,
+                        });
+                    }
+                    let version = slot.0.unwrap_or(0) + 1;
+                    *slot = (Some(version), body);
+                    version
+                };
                 self.node.apply_config(config).await;
                 Ok((version, changes))
             }
