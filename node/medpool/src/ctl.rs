@@ -125,6 +125,22 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: LeaderCommand,
     },
+    /// The node's logging.
+    Log {
+        /// What to do.
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+/// `medpool ctl log ...`.
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Change the log filter of the node at --server, at run time (`--log` syntax).
+    Set {
+        /// e.g. `info,medpool_b2bua=debug`.
+        filter: String,
+    },
 }
 
 /// Call states a filter can name.
@@ -524,6 +540,9 @@ impl Ctl {
             CtlCommand::Leader {
                 command: LeaderCommand::Transfer { to },
             } => self.leader_transfer(to).await,
+            CtlCommand::Log {
+                command: LogCommand::Set { filter },
+            } => self.log_set(filter).await,
         }
     }
 
@@ -1050,6 +1069,19 @@ impl Ctl {
             print_json(&json!({"node": node, "removed": true}));
         } else {
             out!("node {node} removed from the pool");
+        }
+        Ok(())
+    }
+
+    async fn log_set(&self, filter: String) -> Result<(), CtlError> {
+        let mut c = self.client.clone();
+        let r = self
+            .call(true, c.set_log_level(pb::SetLogLevelRequest { filter }))
+            .await?;
+        if self.json() {
+            print_json(&json!({"filter": r.filter}));
+        } else {
+            out!("log filter: {}", r.filter);
         }
         Ok(())
     }

@@ -20,7 +20,6 @@ type FilterHandle =
 static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
 
 /// Changes the log filter at run time (the admin API's SetLogLevel). The syntax is `--log`'s.
-#[allow(dead_code)] // wired to the admin API's SetLogLevel
 pub fn set_log_filter(filter: &str) -> Result<(), String> {
     let f = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
     let handle = LOG_FILTER

@@ -230,6 +230,22 @@ fn single_node_pool_serves_the_admin_api_with_health_reflection_and_a_token() {
         assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
 
         let mut c = admin(&addr, Some(TOKEN));
+        // The log filter changes at run time; a bad one is refused and changes nothing.
+        let r = c
+            .set_log_level(pb::SetLogLevelRequest {
+                filter: "debug,medpool_cluster=info".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.filter, "debug,medpool_cluster=info");
+        let s = code(
+            c.set_log_level(pb::SetLogLevelRequest {
+                filter: "=[=".into(),
+            })
+            .await,
+        );
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
         let st = c
             .pool_status(pb::PoolStatusRequest::default())
             .await

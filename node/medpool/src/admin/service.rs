@@ -572,6 +572,19 @@ impl MedpoolAdmin for AdminService {
         Ok(Response::new(r))
     }
 
+    async fn set_log_level(
+        &self,
+        req: Request<pb::SetLogLevelRequest>,
+    ) -> Answer<pb::SetLogLevelReply> {
+        let filter = req.into_inner().filter;
+        crate::telemetry::set_log_filter(&filter).map_err(|_| AdminError::BadRequest {
+            field: "filter",
+            problem: "not a valid log filter (the --log syntax, e.g. info,medpool_b2bua=debug)",
+        })?;
+        tracing::info!(%filter, "log filter changed (operator)");
+        Ok(Response::new(pb::SetLogLevelReply { filter }))
+    }
+
     async fn transfer_leader(
         &self,
         req: Request<pb::TransferLeaderRequest>,
