@@ -290,7 +290,7 @@ impl Default for NodeOptions {
             sip: TransportConfig::default(),
             advertise: None,
             timers: TimerConfig::default(),
-            max_transactions: 200_000,
+            max_transactions: 1_000_000,
             trusted_forwarders: Vec::new(),
             redact_numbers: false,
         }
@@ -609,6 +609,7 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>, traceparen
             traceparent: traceparent.clone(),
         };
         if ctx.driver.on_request(key, is_ack, env, reliable).is_err()
+            && medpool_sip::transport::is_new_call(&inb.msg)
             && let Some(a) = overload_answer(&inb.msg, inb.source, config.node.retry_after)
         {
             answer(ctx, &inb, via, a).await;

@@ -132,7 +132,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MEDPOOL_SIP_QUEUE", default_value_t = 8192)]
     pub sip_queue: usize,
     /// Most live SIP transactions; beyond it requests are answered 503.
-    #[arg(long, env = "MEDPOOL_MAX_TRANSACTIONS", default_value_t = 200_000)]
+    #[arg(long, env = "MEDPOOL_MAX_TRANSACTIONS", default_value_t = 1_000_000)]
     pub max_transactions: usize,
     /// SIP load balancers trusted to name a message's real source in `X-Medpool-Source` (comma-separated IPs).
     #[arg(long, env = "MEDPOOL_TRUSTED_FORWARDERS", value_delimiter = ',')]

@@ -72,7 +72,7 @@ pub fn init(log: &LogArgs, node: &str) -> Telemetry {
                 // Only medpool's own spans: never the exporter's (it would trace itself) or the network stack's.
                 let targets = tracing_subscriber::filter::Targets::new()
                     .with_target("medpool", tracing::Level::INFO)
-                    .with_target("medpool_b2bua", tracing::Level::INFO)
+                    .with_target("medpool_b2bua", tracing::Level::DEBUG)
                     .with_target("medpool_cluster", tracing::Level::INFO);
                 Some(
                     tracing_opentelemetry::layer()

@@ -310,7 +310,7 @@ impl Call {
                     self.a_2xx = Some((status, env.clone()));
                     self.a_answered = true;
                     self.answered_after = Some(self.started.elapsed());
-                    tracing::info!(parent: &self.span, status, "answered");
+                    tracing::debug!(parent: &self.span, status, "answered");
                     self.ctx.publish(crate::node::NodeEvent::CallAnswered {
                         call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
                         gateway: self.current().map(|a| a.trunk.clone()).unwrap_or_default(),
@@ -535,7 +535,7 @@ impl Call {
         self.span.record("call.b_call_id", call_id.as_str());
         if number > 1 {
             self.span.record("call.failovers", number - 1);
-            tracing::info!(parent: &self.span, attempt = number, trunk = %trunk.name, "failover to the next gateway");
+            tracing::debug!(parent: &self.span, attempt = number, trunk = %trunk.name, "failover to the next gateway");
         }
         Some(Attempt {
             span,
@@ -976,7 +976,7 @@ impl Actor for DialogActor {
         st.ctx
             .call_ended(&st.inbound.name, st.last_status, st.started.elapsed());
         st.span.record("sip.status", st.last_status);
-        tracing::info!(parent: &st.span, status = st.last_status, cause = ?st.history.last(), "call ended");
+        tracing::debug!(parent: &st.span, status = st.last_status, cause = ?st.history.last(), "call ended");
         st.ctx.publish(crate::node::NodeEvent::CallEnded {
             call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
             status: st.last_status,
@@ -1261,7 +1261,7 @@ fn on_invite_response(
         att.span.record("sip.status", status);
         att.tx_span = tracing::Span::none();
     } else {
-        tracing::info!(parent: &st.attempts[idx].tx_span, status, "provisional");
+        tracing::debug!(parent: &st.attempts[idx].tx_span, status, "provisional");
     }
     if st.attempts[idx].abandoned {
         // A late answer to an attempt we gave up on.
@@ -1787,7 +1787,7 @@ fn restored(
     );
     span.record("call.restored", true);
     span.record("call.gateway", rec.trunk.as_str());
-    tracing::info!(parent: &span, node = ctx.shards.node_id(), "call taken over by this node");
+    tracing::debug!(parent: &span, node = ctx.shards.node_id(), "call taken over by this node");
     let a_span = tracing::info_span!(parent: &span, "leg", leg.side = "A", sip.call_id = %rec.a.call_id, leg.trunk = %rec.inbound);
     let b_span = tracing::info_span!(parent: &span, "leg", leg.side = "B", sip.call_id = %rec.b.call_id, leg.trunk = %rec.trunk);
     // Identifiers for the original INVITE transactions, which died with the old owner.

@@ -176,6 +176,12 @@ fn answer_or_drop(msg: &SipMessage, rej: &Rejection, source: SocketAddr) -> Scre
     }
 }
 
+/// Whether a request starts a new call (an INVITE outside a dialog): the only kind refused with 503
+/// under overload; anything in a dialog is dropped and retransmitted instead.
+pub fn is_new_call(msg: &SipMessage) -> bool {
+    msg.method() == Some(Method::Invite) && msg.to_tag().is_none()
+}
+
 /// The 503 a request gets when the node cannot take it now (RFC 3261 §21.5.4).
 pub fn overload_answer(
     msg: &SipMessage,

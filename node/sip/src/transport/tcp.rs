@@ -186,7 +186,7 @@ impl TcpPool {
                     mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i),
                 ) = self.inner.tx.try_send(inbound)
                 {
-                    if is_request {
+                    if is_request && super::is_new_call(&i.msg) {
                         self.inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
                         if let Some(a) =
                             overload_answer(&i.msg, peer, self.inner.config.retry_after_secs)

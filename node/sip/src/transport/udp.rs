@@ -14,11 +14,24 @@ use super::{
 };
 use crate::SipMessage;
 
-/// Binds a UDP socket with large buffers (bursts of thousands of calls per second).
+/// Socket buffer size asked for (the kernel caps it at net.core.rmem_max / wmem_max): the default
+/// ~200 KiB drops datagrams in bursts of a few thousand calls per second.
+pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Binds the SIP UDP socket with large buffers (bursts of thousands of calls per second).
 pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let std = std::net::UdpSocket::bind(addr)?;
-    std.set_nonblocking(true)?;
-    UdpSocket::from_std(std)
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Best effort: a smaller buffer than asked for is not an error.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    sock.bind(&addr.into())?;
+    sock.set_nonblocking(true)?;
+    UdpSocket::from_std(sock.into())
 }
 
 /// Receives datagrams until `shutdown` turns true.
@@ -65,7 +78,9 @@ pub async fn receive_loop(
                     | mpsc::error::TrySendError::Closed(inbound),
                 ) = tx.try_send(inbound)
                 {
-                    if is_request {
+                    // Only a new call is refused with 503; a request in a dialog (BYE, re-INVITE, ACK)
+                    // is dropped instead, so its sender retransmits it and the call is not hurt.
+                    if is_request && super::is_new_call(&inbound.msg) {
                         stats.overloaded.fetch_add(1, Ordering::Relaxed);
                         if let Some(answer) =
                             overload_answer(&inbound.msg, source, config.retry_after_secs)
