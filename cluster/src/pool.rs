@@ -90,6 +90,9 @@ pub trait PoolSink: Send + Sync + 'static {
     fn adopted(&self, shards: Vec<u16>);
     /// This node no longer owns these shards (stop acting for them at once).
     fn released(&self, shards: Vec<u16>);
+    /// Dialog records arrived for shards this node took over recently (the old owner's last group
+    /// commit landed after the move): rebuild the calls that are not here yet.
+    fn late_records(&self, shards: Vec<u16>);
 }
 
 /// Why the pool could not start.
@@ -851,7 +854,7 @@ impl Pool {
             if !grown.is_empty()
                 && let Some(sink) = self.sink()
             {
-                sink.adopted(grown);
+                sink.late_records(grown);
             }
             if now != owned {
                 let adopted: Vec<u16> = now.difference(&owned).copied().collect();

@@ -25,6 +25,7 @@ impl PoolSink for Recorder {
     fn adopted(&self, shards: Vec<u16>) {
         self.owned.lock().unwrap().extend(shards);
     }
+    fn late_records(&self, _shards: Vec<u16>) {}
     fn released(&self, shards: Vec<u16>) {
         let mut o = self.owned.lock().unwrap();
         for s in shards {

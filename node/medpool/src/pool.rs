@@ -146,6 +146,24 @@ impl PoolSink for NodeSink {
             tracing::info!(shards = shards.len(), restored, "shards adopted");
         });
     }
+    fn late_records(&self, shards: Vec<u16>) {
+        let Some(node) = self.node.get().cloned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut restored = 0;
+            for s in &shards {
+                restored += node.adopt_shard(*s).await;
+            }
+            if restored > 0 {
+                tracing::info!(
+                    shards = shards.len(),
+                    restored,
+                    "late dialog records: calls rebuilt"
+                );
+            }
+        });
+    }
     fn released(&self, shards: Vec<u16>) {
         let Some(node) = self.node.get() else { return };
         let stopped: usize = shards.iter().map(|s| node.release_shard(*s)).sum();
