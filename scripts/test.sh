@@ -22,5 +22,5 @@ cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --workspace -- --test-threads "${TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast -- --test-threads "${TEST_THREADS:-4}"
 echo "== all tests passed"
