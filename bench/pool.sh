@@ -170,6 +170,14 @@ metrics_delta() {  # <before> <after> <metric> : "total n0 n1 n2"
         END { printf "%d", t; for (i = 1; i <= k; i++) printf " %d", d[o[i]]; printf "\n" }' "$1" "$2"
 }
 
+udp_sock() {  # <ip:port ...> : "<sum of kernel drops> <rcvbuf bytes of the first>" of these UDP sockets (ss -uamn skmem)
+    ss -uamn 2>/dev/null | awk -v list=" $* " '
+        /^UNCONN|^ESTAB/ { hit = index(list, " " $4 " ") > 0; next }
+        hit && /skmem/ { match($0, /d[0-9]+\)/); d += substr($0, RSTART + 1, RLENGTH - 2)
+            if (rb == "") { match($0, /rb[0-9]+/); rb = substr($0, RSTART + 2, RLENGTH - 2) } hit = 0 }
+        END { print d + 0, (rb == "" ? "-" : rb) }'
+}
+
 pct() {  # <p> : nearest-rank percentile of numbers on stdin ("timeout" counts as +inf)
     sort -g | awk -v p="$1" '{ v[++n] = $1 } END { if (!n) { print "-"; exit } r = int(p / 100 * n); if (r < p / 100 * n) r++; if (r < 1) r = 1; print v[r] }'
 }
@@ -248,8 +256,9 @@ part_failover() {
 
 # ------------------------------------------------------------------ 2. CPS: pool vs single node
 CPS_EXTRA=$WORK/cps-pool-metrics.tsv
+CPS_DROPS=$WORK/cps-udp-drops.tsv
 part_cps() {
-    local dir=$WORK/cps rate rep t order spid tag line stopped_single=0 stopped_pool=0 fails_single fails_pool
+    local dir=$WORK/cps rate rep t order spid tag line socks d0 d1 rb stopped_single=0 stopped_pool=0 fails_single fails_pool
     log "=== CPS: rates $RATES, ${DUR}s x $REPEATS, single node vs 3-node pool (load: $(load_avg))"
     summary cps.load_at_start "$(load_avg)"
     mkdir -p "$dir"
@@ -275,6 +284,7 @@ part_cps() {
     summary cps.pool3.idle_cpu_pct_of_one_core "$(awk -v a="$i0" -v b="$i1" -v h="$hz" 'BEGIN { printf "%.1f\n", (b - a) / h / 10 * 100 }')"
     summary cps.single.idle_cpu_pct_of_one_core "$(awk -v a="$j0" -v b="$j1" -v h="$hz" 'BEGIN { printf "%.1f\n", (b - a) / h / 10 * 100 }')"
     echo "sipp <node>:$SIP_PORT -sf $UAC_XML -i $UAC_IP -p $UAC_PORT -r <rate> -rp 1000 -d $HOLD_MS -m <rate*$DUR> -nostdin -buff_size $SIPP_BUF -trace_stat -stf ... -fd 1 -trace_err -error_file ... -timeout $(( DUR * 3 + 30 ))s -recv_timeout 10000   (bench/lib.sh run_load)" >> "$CMDS"
+    printf 'run\tudp_drops\tso_rcvbuf\n' > "$CPS_DROPS"
     printf 'run\tanswered_total\tanswered_n0\tanswered_n1\tanswered_n2\tforwarded_total\tforwarded_n0\tforwarded_n1\tforwarded_n2\traft_entries\tdialog_batches\tdialog_batches_failed\tsip_retrans_sent\n' > "$CPS_EXTRA"
     for rate in $RATES; do
         fails_single=0; fails_pool=0
@@ -287,8 +297,13 @@ part_cps() {
                 if [ "$t" = single ]; then PROXY_IP=$SINGLE_IP; spid=$SINGLE_PID
                 else PROXY_IP=${NODE_IP[0]}; spid="${NODE_PID[0]},${NODE_PID[1]},${NODE_PID[2]}"
                     metrics_snapshot "$dir/m-$tag.before"; fi
+                if [ "$t" = single ]; then socks="$SINGLE_IP:$SIP_PORT"; else socks="${NODE_IP[0]}:$SIP_PORT ${NODE_IP[1]}:$SIP_PORT ${NODE_IP[2]}:$SIP_PORT"; fi
+                read -r d0 rb < <(udp_sock $socks)
                 run_load "$t" "$rate" "$tag" "$spid" "$GW1_PID" "$GW2_PID"
                 line=$(tail -n1 "$WORK/results.tsv")
+                read -r d1 rb < <(udp_sock $socks)
+                printf '%s\t%s\t%s\n' "$tag" "$(( d1 - d0 ))" "$rb" >> "$CPS_DROPS"
+                log "    kernel drops at the SIP socket(s) during the run: $(( d1 - d0 )) (SO_RCVBUF $rb)"
                 if [ "$t" = pool3 ]; then
                     metrics_snapshot "$dir/m-$tag.after"
                     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tag" "$(metrics_delta "$dir/m-$tag.before" "$dir/m-$tag.after" medpool_calls_answered_total | tr ' ' '\t')" \
@@ -423,6 +438,9 @@ print_results() {
         echo
         echo "pool, per run (deltas of /metrics): calls answered and SIP messages forwarded, per node; Raft entries applied (node 0); dialog batches (ok, failed) and SIP retransmissions sent, all nodes"
         column -t -s $'\t' "$CPS_EXTRA"
+        echo
+        echo "datagrams dropped by the kernel at the front's SIP UDP socket(s) during each run (ss -uamn skmem d, summed over the pool's 3 nodes), and SO_RCVBUF"
+        column -t -s $'\t' "$CPS_DROPS"
     fi
     echo
     echo "Summary (key=value; also in $RESULTS_DIR/pool-$STAMP.txt):"
@@ -459,7 +477,7 @@ main() {
     print_results | tee "$WORK/table.txt"
     { cat "$SUMMARY"; echo; echo "# commands"; cat "$CMDS"
       [ -s "$FO_TSV" ] && { echo; echo "# failover runs"; echo "$FO_HEADER"; cat "$FO_TSV"; }
-      [ -s "$WORK/results.tsv" ] && { echo; echo "# cps runs"; echo "$RESULTS_HEADER"; cat "$WORK/results.tsv"; echo; echo "# pool answered/forwarded per run"; cat "$CPS_EXTRA"; }
+      [ -s "$WORK/results.tsv" ] && { echo; echo "# cps runs"; echo "$RESULTS_HEADER"; cat "$WORK/results.tsv"; echo; echo "# pool answered/forwarded per run"; cat "$CPS_EXTRA"; echo; echo "# udp drops per run"; cat "$CPS_DROPS"; }
     } > "$RESULTS_DIR/pool-$STAMP.txt"
     log "summary: $RESULTS_DIR/pool-$STAMP.txt ; raw files: $WORK"
 }

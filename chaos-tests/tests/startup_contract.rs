@@ -561,7 +561,24 @@ fn chart_lints_renders_validates_and_keeps_its_promises() {
             .any(|p| p["name"] == "metrics"),
         "metrics are scraped through the peers Service (every pod, ready or not)"
     );
-    assert!(!objs.iter().any(|o| o["kind"] == "ConfigMap"));
+    // No pool-configuration ConfigMap (an existing one is used); the dashboard ConfigMap is there.
+    assert!(!objs.iter().any(|o| {
+        o["kind"] == "ConfigMap"
+            && !o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("-dashboard")
+    }));
+    assert!(objs.iter().any(|o| {
+        o["kind"] == "ConfigMap"
+            && o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("-dashboard")
+            && o["data"]["medpool.json"]
+                .as_str()
+                .is_some_and(|d| d.contains("medpool_post_dial_delay_seconds_bucket"))
+    }));
     assert!(
         vols_of(sts)
             .iter()

@@ -668,12 +668,16 @@ impl Pool {
     async fn handle_lease(&self, req: LeaseRequest) -> LeaseReply {
         let me = self.opts.node_id;
         let is_leader = self.raft.current_leader().await == Some(me) && self.leader_has_quorum();
-        if is_leader && let Ok(mut h) = self.heard.lock() {
+        // A node that has not applied the current shard map yet (it restarted on old data, it is
+        // catching up) may not act: no lease until its map is as new as the leader's. Only a node
+        // granted a lease counts as alive, so shards go only to nodes that can act for them at once.
+        let current = req.node_id == me || req.map_epoch >= self.map_epoch();
+        if is_leader
+            && current
+            && let Ok(mut h) = self.heard.lock()
+        {
             h.insert(req.node_id, Instant::now());
         }
-        // A node that has not applied the current shard map yet (it restarted on old data, it is
-        // catching up) is alive but may not act: no lease until its map is as new as the leader's.
-        let current = req.node_id == me || req.map_epoch >= self.map_epoch();
         LeaseReply {
             granted: is_leader && current,
             sent_at_ms: req.sent_at_ms,

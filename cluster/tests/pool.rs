@@ -320,9 +320,18 @@ async fn a_config_change_racing_the_leaders_death_is_applied_everywhere_or_nowhe
         live[0].pool.info().leader.is_some_and(|x| x != l)
     })
     .await;
+    // A write through the new leader commits everything before it: an entry the old leader appended
+    // but could not commit is now either committed everywhere or gone everywhere.
+    for _ in 0..20 {
+        if live[0].pool.write(Command::Noop).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // Both survivors end up with the same answer: the change or nothing, never half.
     until("survivors agree", Duration::from_secs(5), || {
         live[0].pool.info().config_version == live[1].pool.info().config_version
+            && live[0].pool.info().applied == live[1].pool.info().applied
     })
     .await;
     let version = live[0].pool.info().config_version;
