@@ -158,6 +158,16 @@ impl Leg {
         }
     }
 
+    /// Takes the dialog as a 2xx to our INVITE establishes it (RFC 3261 §12.1.2): the peer's target
+    /// and tag, its To value, and the route set (Record-Route reversed).
+    pub fn learn_from_answer(&mut self, answer: &SipMessage) {
+        self.learn_remote(answer, answer.to_tag());
+        self.route_set = uac_route_set(answer);
+        if let Some(Ok(t)) = answer.to() {
+            self.remote_uri = Bytes::copy_from_slice(t.raw);
+        }
+    }
+
     /// Learns the peer's target (its Contact) from a message it sent, and — on the UAC side of a leg,
     /// from a response — its tag, with the To value that carries it (used on later requests).
     pub fn learn_remote(&mut self, msg: &SipMessage, tag: Option<&[u8]>) {

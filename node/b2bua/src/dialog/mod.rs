@@ -324,6 +324,24 @@ impl Call {
         }
     }
 
+    /// Relays a gateway's response to the caller's INVITE (same status and reason, its body and headers).
+    fn relay_to_a(&mut self, status: u16, from: &SipMessage, rseq: Option<u32>) {
+        let Some(inv) = self.a_invite.clone() else {
+            return;
+        };
+        let reason = from.reason_phrase().unwrap_or_default().to_vec();
+        let bytes = relay_response(
+            &self.ctx.me,
+            &inv,
+            status,
+            &reason,
+            &self.a.local_tag,
+            Some(from),
+            rseq,
+        );
+        self.respond_a(status, bytes);
+    }
+
     fn fail_a(&mut self, status: u16, extra: &[(HeaderName, &[u8])]) {
         if self.a_final_sent {
             return;
@@ -667,11 +685,7 @@ impl Call {
     /// ACK a 2xx from an attempt the call no longer wants (cancelled, failed over) and BYE it at once.
     fn ack_and_bye(&mut self, idx: usize, env: &Envelope, myself: &ActorRef<DialogMsg>) {
         let att = &mut self.attempts[idx];
-        att.leg.learn_remote(&env.msg, env.msg.to_tag());
-        att.leg.route_set = leg::uac_route_set(&env.msg);
-        if let Some(t) = env.msg.to().and_then(|t| t.ok()) {
-            att.leg.remote_uri = Bytes::copy_from_slice(t.raw);
-        }
+        att.leg.learn_from_answer(&env.msg);
         att.answered = true;
         let cseq = env.msg.cseq().and_then(|c| c.ok()).map_or(1, |c| c.seq);
         send_ack_b(self, idx, cseq, None, false);
@@ -1286,18 +1300,8 @@ fn on_invite_response(
                 .leg
                 .learn_remote(&env.msg, env.msg.to_tag());
             let rseq = env.msg.rseq().and_then(|r| r.ok());
-            if let Some(inv) = st.a_invite.clone() {
-                let reason = env.msg.reason_phrase().unwrap_or_default().to_vec();
-                let bytes = relay_response(
-                    &st.ctx.me,
-                    &inv,
-                    status,
-                    &reason,
-                    &st.a.local_tag,
-                    Some(&env.msg),
-                    rseq,
-                );
-                st.respond_a(status, bytes);
+            if st.a_invite.is_some() {
+                st.relay_to_a(status, &env.msg, rseq);
                 if st.phase == Phase::Calling {
                     st.phase = Phase::Early;
                 }
@@ -1315,14 +1319,7 @@ fn on_invite_response(
                 st.maybe_finish(myself);
                 return;
             }
-            {
-                let att = &mut st.attempts[idx];
-                att.leg.learn_remote(&env.msg, env.msg.to_tag());
-                att.leg.route_set = leg::uac_route_set(&env.msg);
-                if let Some(t) = env.msg.to().and_then(|t| t.ok()) {
-                    att.leg.remote_uri = Bytes::copy_from_slice(t.raw);
-                }
-            }
+            st.attempts[idx].leg.learn_from_answer(&env.msg);
             // Session timer: when the gateway makes us (the UAC on leg B) the refresher.
             if let Some(Ok(se)) = env.msg.session_expires()
                 && se.refresher == Some(medpool_sip::message::headers::Refresher::Uac)
@@ -1334,19 +1331,7 @@ fn on_invite_response(
                 let half = Duration::from_secs(u64::from(se.delta.max(2)) / 2);
                 st.session_refresh = Some(half);
             }
-            if let Some(inv) = st.a_invite.clone() {
-                let reason = env.msg.reason_phrase().unwrap_or_default().to_vec();
-                let bytes = relay_response(
-                    &st.ctx.me,
-                    &inv,
-                    status,
-                    &reason,
-                    &st.a.local_tag,
-                    Some(&env.msg),
-                    None,
-                );
-                st.respond_a(status, bytes);
-            }
+            st.relay_to_a(status, &env.msg, None);
             st.phase = Phase::Answered;
             if !st.a.transport.is_reliable() {
                 let t1 = st.ctx.timers.t1;
