@@ -76,6 +76,9 @@ pub struct Stats {
     pub gateway_transitions: AtomicU64,
     /// Messages forwarded to the owner of their shard.
     pub forwarded: AtomicU64,
+    /// Messages that could not be forwarded (peer queue full or unreachable): new calls among them
+    /// were answered 503, the rest dropped for their senders to retransmit.
+    pub forward_failures: AtomicU64,
     /// Calls rebuilt from replicated records after a shard moved here.
     pub calls_restored: AtomicU64,
     /// Post-dial delay (INVITE in → first 18x or 2xx relayed to the caller).
@@ -583,6 +586,8 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>, traceparen
                     ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
+                // The owner's queue is full or it cannot be reached: counted, then handled below.
+                ctx.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }

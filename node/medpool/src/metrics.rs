@@ -110,6 +110,12 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
+            "medpool_forward_failures",
+            "SIP messages that could not be forwarded (peer queue full or unreachable)",
+            &one(s.forward_failures.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
             "medpool_gateway_transitions",
             "Gateway up/down changes",
             &one(s.gateway_transitions.load(Relaxed)),
