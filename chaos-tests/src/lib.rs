@@ -16,10 +16,17 @@
 //!
 //! It never links the binary crate: nodes are processes, faults are signals.
 
+pub mod audit;
 pub mod binary;
+pub mod invariants;
+pub mod netns;
+pub mod observe;
 pub mod pool;
 pub mod process;
+pub mod runner;
+pub mod scenarios;
 pub mod seed;
+pub mod world;
 
 /// Why a harness step failed.
 #[derive(Debug, thiserror::Error)]

@@ -140,6 +140,16 @@ pub struct LocalPool {
     bin: PathBuf,
     config: PathBuf,
     dir: tempfile::TempDir,
+    setup: Setup,
+}
+
+/// How the nodes of a [`LocalPool`] are started beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// Each node writes its audit report (`--audit-file`) next to its log: `node<i>.audit`.
+    pub audit: bool,
+    /// Data folders placed elsewhere (e.g. on a small tmpfs), by node index.
+    pub data_dirs: std::collections::BTreeMap<usize, PathBuf>,
 }
 
 /// The number in `key=<n>` within a log line.
@@ -188,6 +198,15 @@ impl LocalPool {
     /// Starts `size` nodes on `net` and waits until the pool has converged (every node active with
     /// shards, having adopted them and holding its lease; no unowned shard).
     pub async fn start(net: Net, size: usize) -> Result<LocalPool, HarnessError> {
+        LocalPool::start_with(net, size, Setup::default()).await
+    }
+
+    /// [`LocalPool::start`] with a [`Setup`].
+    pub async fn start_with(
+        net: Net,
+        size: usize,
+        setup: Setup,
+    ) -> Result<LocalPool, HarnessError> {
         let bin = crate::binary::medpool_binary()?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("medpool-chaos-{}-", net.0))
@@ -213,6 +232,7 @@ impl LocalPool {
             bin,
             config,
             dir,
+            setup,
         };
         for i in 0..size {
             let join = if i == 0 {
@@ -238,12 +258,35 @@ impl LocalPool {
             sip: self.net.node_sip(i),
             raft: self.net.node_raft(i),
             join,
-            data_dir: self.dir.path().join(format!("node{i}")),
+            data_dir: self
+                .setup
+                .data_dirs
+                .get(&i)
+                .cloned()
+                .unwrap_or_else(|| self.dir.path().join(format!("node{i}"))),
             config: self.config.clone(),
             advertise: self.net.service(),
             trusted_forwarder: self.net.service().ip(),
             log_file: self.dir.path().join(format!("node{i}.{log}")),
+            extra: if self.setup.audit {
+                vec![
+                    "--audit-file".to_owned(),
+                    self.audit_file(i).display().to_string(),
+                ]
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// Node `i`'s audit report file (written when [`Setup::audit`] is on).
+    pub fn audit_file(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}.audit"))
+    }
+
+    /// Keeps the folder with data and logs after the pool is dropped (a failed run).
+    pub fn keep_dir(&mut self) {
+        self.dir.disable_cleanup(true);
     }
 
     /// The folder with data and logs.

@@ -41,6 +41,8 @@ pub struct NodeSpec {
     pub trusted_forwarder: IpAddr,
     /// Where its stderr is written.
     pub log_file: PathBuf,
+    /// More `serve` flags (e.g. `--audit-file`).
+    pub extra: Vec<String>,
 }
 
 impl NodeSpec {
@@ -69,6 +71,7 @@ impl NodeSpec {
             "--log".to_owned(),
             std::env::var("MEDPOOL_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
         ];
+        a.extend(self.extra.iter().cloned());
         if !self.join.is_empty() {
             a.push("--join".to_owned());
             a.push(
@@ -261,6 +264,30 @@ impl NodeProcess {
             // Wake on a new line, or every 200 ms to notice an exit.
             let wake = deadline.min(Instant::now() + Duration::from_millis(200));
             let _ = tokio::time::timeout_at(wake, changes.changed()).await;
+        }
+    }
+
+    /// Sends `signal` (a name `kill` knows: STOP, CONT, TERM, ...) to the process.
+    pub fn signal(&self, signal: &str) -> Result<(), HarnessError> {
+        let Some(c) = self.child.as_ref() else {
+            return Ok(());
+        };
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), c.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|source| HarnessError::Spawn {
+                what: format!("kill -{signal} {}", c.id()),
+                source,
+            })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(HarnessError::Spawn {
+                what: format!("kill -{signal} {}", c.id()),
+                source: std::io::Error::other(status.to_string()),
+            })
         }
     }
 

@@ -86,11 +86,24 @@ pub fn resolve_override(addr: &str) -> String {
     }
 }
 
+/// The address this node's connections to its peers leave from (its internal listen address), set
+/// once at start. Without it the kernel picks one: on a multi-homed host (or between 127.0.x.y
+/// addresses on one machine) peers and firewalls would see another address than the advertised one.
+static SOURCE: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+
+/// Makes connections to peers leave from `ip` (ignored when unspecified, or when already set).
+pub fn set_source_address(ip: std::net::IpAddr) {
+    if !ip.is_unspecified() {
+        let _ = SOURCE.set(ip);
+    }
+}
+
 /// A client of one node's internal service.
 pub fn client(addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Error> {
     let addr = resolve_override(addr);
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
+        .local_address(SOURCE.get().copied())
         .tcp_nodelay(true);
     Ok(ClusterClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE)

@@ -108,6 +108,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             (running, None)
         }
         Some(raft_listen) => {
+            // Connections to peers leave from the internal address (what peers and firewalls expect).
+            medpool_cluster::network::set_source_address(raft_listen.ip());
             let mut pool_opts = pool_options(&args, raft_listen)?;
             let raft_host = pool_opts
                 .addrs

@@ -81,6 +81,8 @@ pub struct ForwarderCounts {
     pub repinned: u64,
     /// Flows known.
     pub flows: usize,
+    /// Datagrams dropped on purpose by [`Forwarder::impair`].
+    pub lost: u64,
 }
 
 /// A running forwarder. Dropping it stops it.
@@ -100,6 +102,65 @@ struct Inner {
     to_peers: AtomicU64,
     dropped: AtomicU64,
     repinned: AtomicU64,
+    impairment: Impairment,
+}
+
+/// Loss and delay the forwarder applies to every datagram, both ways (a lossy, slow network on the
+/// SIP path). Loss draws from a seeded generator, so a run replays.
+#[derive(Debug, Default)]
+struct Impairment {
+    /// Drop probability in parts per million.
+    loss_ppm: std::sync::atomic::AtomicU32,
+    /// Added one-way delay in milliseconds.
+    delay_ms: std::sync::atomic::AtomicU32,
+    /// xorshift64* state.
+    rng: Mutex<u64>,
+    /// Datagrams dropped on purpose.
+    lost: AtomicU64,
+}
+
+impl Impairment {
+    /// Whether to drop this datagram; else the delay to add.
+    fn decide(&self) -> Option<Duration> {
+        let ppm = self.loss_ppm.load(Ordering::Relaxed);
+        if ppm > 0 {
+            let draw = {
+                let mut x = lock(&self.rng);
+                *x ^= *x >> 12;
+                *x ^= *x << 25;
+                *x ^= *x >> 27;
+                x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+            };
+            if draw % 1_000_000 < u64::from(ppm) {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+        Some(Duration::from_millis(u64::from(
+            self.delay_ms.load(Ordering::Relaxed),
+        )))
+    }
+}
+
+/// Sends `bytes` to `dest` on `sock`, now or after `delay` (in its own task: later datagrams are not
+/// held up, and a fixed delay keeps their order).
+async fn send_impaired(
+    sock: &Arc<UdpSocket>,
+    bytes: &[u8],
+    dest: SocketAddr,
+    delay: Duration,
+) -> std::io::Result<usize> {
+    if delay.is_zero() {
+        return sock.send_to(bytes, dest).await;
+    }
+    let sock = Arc::clone(sock);
+    let len = bytes.len();
+    let bytes = bytes.to_vec();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = sock.send_to(&bytes, dest).await;
+    });
+    Ok(len)
 }
 
 #[derive(Debug, Default)]
@@ -195,6 +256,7 @@ impl Forwarder {
             to_peers: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             repinned: AtomicU64::new(0),
+            impairment: Impairment::default(),
         });
         let mut tasks = vec![tokio::spawn(Arc::clone(&inner).relay())];
         if let Some(interval) = cfg.probe_interval {
@@ -269,8 +331,23 @@ impl Forwarder {
             to_peers: i.to_peers.load(Ordering::Relaxed),
             dropped: i.dropped.load(Ordering::Relaxed),
             repinned: i.repinned.load(Ordering::Relaxed),
+            lost: i.impairment.lost.load(Ordering::Relaxed),
             flows: lock(&i.state).flows.len(),
         }
+    }
+
+    /// From now on drops each relayed datagram (both ways) with probability `loss` (0.0-1.0, drawn
+    /// from `seed`) and delays the others by `delay`; `impair(0.0, Duration::ZERO, _)` heals. Probes
+    /// are not impaired (the load balancer's health checks are not the path under test).
+    pub fn impair(&self, loss: f64, delay: Duration, seed: u64) {
+        let i = &self.inner.impairment;
+        *lock(&i.rng) = seed | 1;
+        i.loss_ppm
+            .store((loss.clamp(0.0, 1.0) * 1e6) as u32, Ordering::Relaxed);
+        i.delay_ms.store(
+            u32::try_from(delay.as_millis()).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Stops relaying and probing.
@@ -376,8 +453,11 @@ impl Inner {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
+            let Some(delay) = self.impairment.decide() else {
+                continue;
+            };
             let out = with_source_header(&buf[..n], peer);
-            match upstream.send_to(&out, backend).await {
+            match send_impaired(&upstream, &out, backend, delay).await {
                 Ok(_) => self.to_backends.fetch_add(1, Ordering::Relaxed),
                 Err(_) => self.dropped.fetch_add(1, Ordering::Relaxed),
             };
@@ -391,7 +471,10 @@ impl Inner {
             let Ok((n, _from)) = upstream.recv_from(&mut buf).await else {
                 continue;
             };
-            match self.sock.send_to(&buf[..n], peer).await {
+            let Some(delay) = self.impairment.decide() else {
+                continue;
+            };
+            match send_impaired(&self.sock, &buf[..n], peer, delay).await {
                 Ok(_) => self.to_peers.fetch_add(1, Ordering::Relaxed),
                 Err(_) => self.dropped.fetch_add(1, Ordering::Relaxed),
             };

@@ -59,6 +59,12 @@ pub struct GatewayCounts {
     pub options: u64,
     /// In-dialog requests for an unknown dialog (answered 481).
     pub unknown_dialog: u64,
+    /// New in-dialog requests whose CSeq number was not above the dialog's last one (answered 500,
+    /// RFC 3261 §12.2.2). Two nodes acting for one call each send their own next request: this
+    /// counts the second.
+    pub cseq_out_of_order: u64,
+    /// Datagrams dropped while the gateway was silenced (a dead or flapping gateway).
+    pub dropped_silent: u64,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +76,9 @@ struct Stats {
     updates: AtomicU64,
     options: AtomicU64,
     unknown_dialog: AtomicU64,
+    cseq_out_of_order: AtomicU64,
+    dropped_silent: AtomicU64,
+    silent: std::sync::atomic::AtomicBool,
 }
 
 /// A running gateway. Dropping it stops it.
@@ -84,6 +93,8 @@ struct Dialog {
     to_tag: String,
     sdp_version: u32,
     session: u64,
+    /// The CSeq number of the last in-dialog request from the pool (the INVITE's at first).
+    last_cseq: u32,
 }
 
 struct State {
@@ -131,6 +142,8 @@ impl Gateway {
             byes,
             options: s.options.load(Ordering::Relaxed),
             unknown_dialog: s.unknown_dialog.load(Ordering::Relaxed),
+            cseq_out_of_order: s.cseq_out_of_order.load(Ordering::Relaxed),
+            dropped_silent: s.dropped_silent.load(Ordering::Relaxed),
         }
     }
 
@@ -143,6 +156,12 @@ impl Gateway {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// Silences the gateway (`true`: every datagram is dropped unanswered, as by a dead box) or
+    /// brings it back (`false`) with its calls intact: a gateway that dies and flaps.
+    pub fn set_silent(&self, silent: bool) {
+        self.stats.silent.store(silent, Ordering::Relaxed);
     }
 
     /// Stops answering (the socket closes; the counts stay readable).
@@ -164,6 +183,10 @@ impl State {
             let Ok((n, from)) = self.sock.recv_from(&mut buf).await else {
                 continue;
             };
+            if self.stats.silent.load(Ordering::Relaxed) {
+                self.stats.dropped_silent.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let Ok(msg) = SipMessage::parse(Bytes::copy_from_slice(&buf[..n])) else {
                 tracing::debug!(%from, "gateway: unparseable datagram dropped");
                 continue;
@@ -208,6 +231,12 @@ impl State {
             _ => return,
         };
         let in_dialog = req.to_tag().is_some();
+        if in_dialog && !matches!(method, Method::Ack) && !self.cseq_in_order(&req, &call_id) {
+            self.stats.cseq_out_of_order.fetch_add(1, Ordering::Relaxed);
+            let a = self.answer_bytes(&req, 500, None, from, None);
+            self.uas.answer(&req, from, a).await;
+            return;
+        }
         match method {
             Method::Ack => self.uas.ack(&req),
             Method::Options => {
@@ -257,6 +286,26 @@ impl State {
         }
     }
 
+    /// Whether a new in-dialog request's CSeq number is above the dialog's last one (recorded when
+    /// it is). Requests outside a known dialog pass (they get 481 later).
+    fn cseq_in_order(&mut self, req: &SipMessage, call_id: &[u8]) -> bool {
+        let Some(Ok(seq)) = req.cseq().map(|c| c.map(|c| c.seq)) else {
+            return true;
+        };
+        match self
+            .dialogs
+            .get_mut(call_id)
+            .filter(|d| req.to_tag() == Some(d.to_tag.as_bytes()))
+        {
+            Some(d) if seq <= d.last_cseq => false,
+            Some(d) => {
+                d.last_cseq = seq;
+                true
+            }
+            None => true,
+        }
+    }
+
     fn set_active(&self, call_id: &[u8], active: bool) {
         let id = String::from_utf8_lossy(call_id).into_owned();
         let mut ids = self
@@ -286,6 +335,7 @@ impl State {
         self.next_tag += 1;
         let tag = format!("gw{}t{}", self.local.port(), self.next_tag);
         let session = self.next_tag;
+        let last_cseq = req.cseq().and_then(Result::ok).map_or(0, |c| c.seq);
         let trying = self.answer_bytes(&req, 100, None, from, None);
         let ringing = self.answer_bytes(&req, 180, Some(&tag), from, None);
         let body = sdp::audio(session, 1, self.local.ip(), 20_000);
@@ -296,6 +346,7 @@ impl State {
                 to_tag: tag,
                 sdp_version: 1,
                 session,
+                last_cseq,
             },
         );
         self.uas.answer(&req, from, trying).await;
