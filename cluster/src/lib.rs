@@ -7,6 +7,7 @@
 //!   pool.rs               bootstrap/join, leases, failure detector, rebalancer,     │
 //!                         shard watcher, dialog group commit, SIP forwarding       │
 //!   network.rs grpc.rs    RaftNetworkV2 client / internal gRPC service (tonic)     │
+//!   audit.rs              the node's own report (--audit-file): leases, acting set │
 //!  ────────────────────────────────────────────────────────────────────────────────┘
 //!   store/                what openraft persists, one redb file in the data dir
 //!     log.rs              RaftLogStorage + RaftLogReader: vote, committed, entries
@@ -27,6 +28,14 @@
 //! Dependency direction: `medpool` → `medpool-cluster` → `medpool-proto`; this crate never
 //! depends on `node/` crates.
 
+// A test-only fault for the chaos suite: leases that last an hour (the lease gate is effectively
+// skipped). It must never reach a release build.
+#[cfg(all(feature = "planted-fault-skip-lease", not(debug_assertions)))]
+compile_error!(
+    "the planted-fault-skip-lease feature is a test-only fault (leases last an hour): never in release builds"
+);
+
+pub mod audit;
 mod b64;
 pub mod command;
 pub mod grpc;

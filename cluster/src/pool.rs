@@ -5,19 +5,27 @@
 //! ```text
 //!  every L/4: node ──Lease──► leader        leader: silent > L + margin ⇒ SetNodeState(Down)
 //!  lease valid until sent_at + L            leader: plan_moves(state, alive) ⇒ MoveShards
-//!  may_act(s) = owner(s) == me ∧ lease      watcher: applied shard map changed ⇒ adopted / released
+//!  may_act(s) = owner(s) == me              watcher: applied shard map changed ⇒
+//!             ∧ acting[s] ∧ lease             clear acting bits, released; fence; set bits, adopted
 //! ```
+//!
+//! The acting set is the shard watcher's: it clears a released shard's bit before telling the node
+//! side, and sets an adopted shard's bit only after the hand-over fence (when the shard comes from a
+//! live node: until that node reports it has released it, or its lease must be over). With
+//! [`PoolOptions::audit`] the node reports its leases and acting-set changes ([`crate::audit`]).
 //! The node side (SIP, calls) is reached only through [`PoolSink`]; this crate knows nothing of SIP.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use medpool_proto::cluster::cluster_client::ClusterClient;
 use medpool_proto::cluster::{
-    ForwardAck, JoinReply, JoinRequest, LeaseReply, LeaseRequest, RaftPayload, SipForward,
+    ForwardAck, InfoRequest, JoinReply, JoinRequest, LeaseReply, LeaseRequest, RaftPayload,
+    SipForward,
 };
 use openraft::ChangeMembers;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -25,11 +33,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::audit::{AuditLog, Change, Record, unix_us};
 use crate::command::{Command, CommandResult};
 use crate::grpc::{ClusterService, PoolHooks};
 use crate::network::{GrpcNetwork, client, decode, encode};
 use crate::rebalance::plan_moves;
-use crate::state::NodeState;
+use crate::state::{NodeState, ShardEntry};
 use crate::store::{self, StateReader};
 use crate::typ::{NodeAddrs, NodeId, Raft};
 
@@ -56,6 +65,9 @@ pub struct PoolOptions {
     pub margin: Duration,
     /// Build a snapshot after this many log entries (then older entries are purged).
     pub snapshot_logs: u64,
+    /// Append the node's audit report (leases, acting set, leadership, configuration versions) to
+    /// this file; see [`crate::audit`] for the format.
+    pub audit: Option<PathBuf>,
 }
 
 impl PoolOptions {
@@ -78,8 +90,52 @@ impl PoolOptions {
             lease: Duration::from_secs(2),
             margin: Duration::from_secs(1),
             snapshot_logs: 5000,
+            audit: None,
         }
     }
+}
+
+/// How long a granted lease lasts: L, or an hour with the test-only planted fault (a node that was
+/// frozen still believes it may act when it wakes: the lease gate is effectively skipped).
+fn lease_len(lease: Duration) -> Duration {
+    if cfg!(feature = "planted-fault-skip-lease") {
+        Duration::from_secs(3600)
+    } else {
+        lease
+    }
+}
+
+/// Now, as the tokio instant the node uses and as Unix microseconds for the audit report.
+fn now_pair() -> (Instant, u64) {
+    let at = Instant::now();
+    (at, unix_us(SystemTime::now()))
+}
+
+/// How long one Info request of the hand-over fence may take.
+const FENCE_RPC: Duration = Duration::from_millis(200);
+
+/// What the shard watcher reads of the applied state in one pass.
+struct MapView {
+    mine: BTreeSet<u16>,
+    shards: Vec<ShardEntry>,
+    epoch: u64,
+    down: BTreeSet<NodeId>,
+    /// Other nodes not down.
+    live: BTreeSet<NodeId>,
+    counts: Vec<usize>,
+}
+
+/// Shards adopted from nodes that may still be acting for them: their acting bits wait.
+#[derive(Debug)]
+struct Fence {
+    shards: BTreeSet<u16>,
+    /// Our map epoch when we adopted them.
+    epoch: u64,
+    since: Instant,
+    /// The previous owners (for the log).
+    from: BTreeSet<NodeId>,
+    /// Those that have not yet reported `acting_epoch >= epoch`.
+    waiting: BTreeSet<NodeId>,
 }
 
 /// The node side of the pool: where forwarded SIP goes and who hears about shard moves.
@@ -144,8 +200,25 @@ pub struct Pool {
     dialogs: mpsc::Sender<DialogOp>,
     sink: Mutex<Option<Arc<dyn PoolSink>>>,
     stop: watch::Sender<bool>,
+    /// The acting set, one bit per possible shard number (64 KiB; indexable by any `u16`, so it
+    /// needs no resizing when the pool's shard count is learnt). Only the shard watcher changes it.
+    acting: Box<[AtomicBool]>,
+    /// The map epoch whose releases the acting set reflects (see [`PoolInfo::acting_epoch`]).
+    acting_epoch: AtomicU64,
+    audit: Option<AuditLog>,
     /// Dialog group-commit counters.
     pub dialog_stats: DialogStats,
+    /// Hand-over fence counters.
+    pub fence_stats: FenceStats,
+}
+
+/// What the hand-over fence did.
+#[derive(Debug, Default)]
+pub struct FenceStats {
+    /// Fences passed (groups of shards adopted from a live node).
+    pub passed: AtomicU64,
+    /// Of those, fences that ended because L + margin elapsed rather than on the old owner's word.
+    pub timed_out: AtomicU64,
 }
 
 /// What the dialog group commit did.
@@ -243,6 +316,15 @@ pub struct PoolInfo {
     pub unowned: usize,
     /// Confirmed dialogs recorded.
     pub dialogs: usize,
+    /// The map epoch (sum of the shard epochs) of the applied state whose releases this node's
+    /// acting set reflects: every shard this node did not own at that epoch is out of its acting set
+    /// and its node side has been told. Shards adopted at that epoch may still wait behind a
+    /// hand-over fence. 0 until the shard watcher's first pass (and from nodes that predate it).
+    #[serde(default)]
+    pub acting_epoch: u64,
+    /// The map epoch of this node's applied state (compare with `acting_epoch`).
+    #[serde(default)]
+    pub map_epoch: u64,
 }
 
 impl Pool {
@@ -280,8 +362,28 @@ impl Pool {
             dialogs,
             sink: Mutex::new(None),
             stop,
+            acting: (0..=u16::MAX).map(|_| AtomicBool::new(false)).collect(),
+            acting_epoch: AtomicU64::new(0),
+            audit: opts.audit.as_deref().map(AuditLog::open),
             dialog_stats: DialogStats::default(),
+            fence_stats: FenceStats::default(),
         });
+        if cfg!(feature = "planted-fault-skip-lease") {
+            tracing::warn!(
+                node = opts.node_id,
+                "PLANTED FAULT planted-fault-skip-lease: leases last 1 hour instead of {} ms; this \
+                 build is for fault-injection tests only and breaks the pool's safety",
+                opts.lease.as_millis()
+            );
+        }
+        if let Some(a) = &pool.audit {
+            a.write(&Record::Start {
+                node: opts.node_id,
+                at_us: unix_us(SystemTime::now()),
+                pid: std::process::id(),
+                lease_ms: u64::try_from(opts.lease.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
         let listener = tokio::net::TcpListener::bind(opts.raft_listen)
             .await
             .map_err(|source| PoolError::Bind {
@@ -305,6 +407,9 @@ impl Pool {
         tokio::spawn(pool.clone().membership_task(stop_rx.clone()));
         tokio::spawn(pool.clone().lease_task(stop_rx.clone()));
         tokio::spawn(pool.clone().leader_task(stop_rx.clone()));
+        if pool.audit.is_some() {
+            tokio::spawn(pool.clone().audit_config_task(stop_rx.clone()));
+        }
         tokio::spawn(pool.clone().dialog_batcher(dialog_rx, stop_rx));
         Ok(pool)
     }
@@ -360,9 +465,20 @@ impl Pool {
             .and_then(|l| *l)
             .map(|t| t.saturating_duration_since(Instant::now()))
     }
-    /// Whether this node may act for `shard` now: it owns it and holds a valid lease (fencing).
+    /// Whether this node may act for `shard` now: it owns it, it is in the acting set (the shard
+    /// watcher took it over, past any hand-over fence) and the node holds a valid lease (fencing).
     pub fn may_act(&self, shard: u16) -> bool {
-        self.owner(shard) == Some(self.opts.node_id) && self.holds_lease()
+        self.acting(shard) && self.owner(shard) == Some(self.opts.node_id) && self.holds_lease()
+    }
+    /// Whether `shard` is in this node's acting set (see [`Pool::may_act`]).
+    pub fn acting(&self, shard: u16) -> bool {
+        self.acting
+            .get(usize::from(shard))
+            .is_some_and(|b| b.load(Ordering::SeqCst))
+    }
+    /// The map epoch whose releases the acting set reflects ([`PoolInfo::acting_epoch`]).
+    pub fn acting_epoch(&self) -> u64 {
+        self.acting_epoch.load(Ordering::SeqCst)
     }
     /// The confirmed dialog records of a shard.
     pub fn dialogs_of(&self, shard: u16) -> Vec<Vec<u8>> {
@@ -671,7 +787,10 @@ impl Pool {
         // A node that has not applied the current shard map yet (it restarted on old data, it is
         // catching up) may not act: no lease until its map is as new as the leader's. Only a node
         // granted a lease counts as alive, so shards go only to nodes that can act for them at once.
-        let current = req.node_id == me || req.map_epoch >= self.map_epoch();
+        // The epoch a node sends is its acting epoch: it has applied that map *and* taken every shard
+        // the map moved away out of its acting set (the hand-over fence relies on it). The leader's
+        // own heartbeat is held to the same rule.
+        let current = req.map_epoch >= self.map_epoch();
         if is_leader
             && current
             && let Ok(mut h) = self.heard.lock()
@@ -686,7 +805,7 @@ impl Pool {
     }
 
     /// The sum of the shard epochs in the applied state: it grows with every shard move.
-    fn map_epoch(&self) -> u64 {
+    pub fn map_epoch(&self) -> u64 {
         self.reader
             .read(|s| s.shards().iter().map(|e| e.epoch).sum())
     }
@@ -712,7 +831,10 @@ impl Pool {
                 }
             }
             first = false;
-            let sent = Instant::now();
+            // Read before the send time: a lease that counts from `sent` was asked for by a node whose
+            // acting set already reflected this epoch (the audit report relies on the order).
+            let map_epoch = self.acting_epoch();
+            let (sent, sent_us) = now_pair();
             let sent_ms = self.now_ms();
             let me = self.opts.node_id;
             let leader = self.raft.current_leader().await;
@@ -721,23 +843,34 @@ impl Pool {
                     self.handle_lease(LeaseRequest {
                         node_id: me,
                         sent_at_ms: sent_ms,
-                        map_epoch: self.map_epoch(),
+                        map_epoch,
                     })
                     .await
                     .granted
                 }
                 Some(l) => match self.client_for(l) {
                     Some(mut c) => matches!(
-                        tokio::time::timeout(period, c.lease(LeaseRequest { node_id: me, sent_at_ms: sent_ms, map_epoch: self.map_epoch() })).await,
+                        tokio::time::timeout(period, c.lease(LeaseRequest { node_id: me, sent_at_ms: sent_ms, map_epoch })).await,
                         Ok(Ok(r)) if r.get_ref().granted
                     ),
                     None => false,
                 },
                 None => false,
             };
-            if granted && let Ok(mut l) = self.lease_until.lock() {
+            if granted {
                 // The lease counts from when the heartbeat was *sent* (DESIGN.md "Ownership and fencing").
-                *l = Some(sent + self.opts.lease);
+                let len = lease_len(self.opts.lease);
+                if let Ok(mut l) = self.lease_until.lock() {
+                    *l = Some(sent + len);
+                }
+                if let Some(a) = &self.audit {
+                    a.write(&Record::Lease {
+                        node: me,
+                        from_us: sent_us,
+                        until_us: sent_us
+                            .saturating_add(u64::try_from(len.as_micros()).unwrap_or(u64::MAX)),
+                    });
+                }
             }
         }
     }
@@ -765,8 +898,15 @@ impl Pool {
                     Some((t, at)) if t == term => at,
                     _ => {
                         // A new leader has heard nobody yet: it waits L + margin before declaring anyone down.
-                        let now = Instant::now();
+                        let (now, now_us) = now_pair();
                         *l = Some((term, now));
+                        if let Some(a) = &self.audit {
+                            a.write(&Record::Leader {
+                                node: me,
+                                term,
+                                at_us: now_us,
+                            });
+                        }
                         if let Ok(mut h) = self.heard.lock() {
                             h.clear();
                         }
@@ -829,20 +969,49 @@ impl Pool {
         }
     }
 
+    /// Keeps the acting set and the node side in line with the applied shard map. Per pass:
+    /// released shards leave the acting set, then the node side hears `released`, then
+    /// `acting_epoch` moves to the map's epoch; shards adopted from nobody, or from a node that is
+    /// down, enter the acting set at once; shards adopted from a live node wait behind a hand-over
+    /// fence ([`Pool::pass_fences`]); entering shards are added to the set before the node side
+    /// hears `adopted`.
     async fn shard_watcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut metrics = self.raft.metrics();
+        // The shards the applied map gave this node at the last pass (acting, or behind a fence).
         let mut owned: BTreeSet<u16> = BTreeSet::new();
+        // Every shard's owner and epoch at the last pass (empty before the first pass).
+        let mut prev: Vec<ShardEntry> = Vec::new();
+        let mut fences: Vec<Fence> = Vec::new();
         let mut counts: Vec<usize> = Vec::new();
         // When each shard was taken over: only a recent take-over can still receive the old owner's
         // late records (its group commit flushes within milliseconds).
         let mut taken: BTreeMap<u16, Instant> = BTreeMap::new();
         let me = self.opts.node_id;
         loop {
-            let now: BTreeSet<u16> = self.reader.read(|s| s.shards_of(me).into_iter().collect());
+            // One consistent read: the shards, their owners, the epoch and the nodes' states belong to
+            // the same applied state.
+            let view = self.reader.read(|s| MapView {
+                mine: s.shards_of(me).into_iter().collect(),
+                shards: s.shards().to_vec(),
+                epoch: s.shards().iter().map(|e| e.epoch).sum(),
+                down: s
+                    .nodes()
+                    .iter()
+                    .filter(|(_, n)| n.state == NodeState::Down)
+                    .map(|(id, _)| *id)
+                    .collect(),
+                live: s
+                    .nodes()
+                    .iter()
+                    .filter(|(id, n)| **id != me && n.state != NodeState::Down)
+                    .map(|(id, _)| *id)
+                    .collect(),
+                counts: s.dialog_counts(),
+            });
             // Records that arrive for a shard after this node took it over (the old owner's last group
             // commit lands after the move): adopt the shard again; calls already here are skipped.
-            let new_counts = self.reader.read(|s| s.dialog_counts());
-            let grown: Vec<u16> = now
+            let grown: Vec<u16> = view
+                .mine
                 .iter()
                 .copied()
                 .filter(|s| owned.contains(s))
@@ -851,30 +1020,211 @@ impl Pool {
                         .get(s)
                         .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
                 })
-                .filter(|s| new_counts.get(usize::from(*s)) > counts.get(usize::from(*s)))
+                .filter(|s| view.counts.get(usize::from(*s)) > counts.get(usize::from(*s)))
                 .collect();
             taken.retain(|_, t| t.elapsed() < Duration::from_secs(10));
-            counts = new_counts;
             if !grown.is_empty()
                 && let Some(sink) = self.sink()
             {
                 sink.late_records(grown);
             }
-            if now != owned {
-                let adopted: Vec<u16> = now.difference(&owned).copied().collect();
-                for s in &adopted {
-                    taken.insert(*s, Instant::now());
+            // Releases: out of the acting set first (may_act is false from here on), then the node side
+            // stops its calls, then acting_epoch tells the new owners' fences.
+            let released: Vec<u16> = owned.difference(&view.mine).copied().collect();
+            if !released.is_empty() {
+                for f in &mut fences {
+                    for s in &released {
+                        f.shards.remove(s);
+                    }
                 }
-                let released: Vec<u16> = owned.difference(&now).copied().collect();
+                fences.retain(|f| !f.shards.is_empty());
+                let was_acting: Vec<u16> = released
+                    .iter()
+                    .copied()
+                    .filter(|s| {
+                        self.acting
+                            .get(usize::from(*s))
+                            .is_some_and(|b| b.swap(false, Ordering::SeqCst))
+                    })
+                    .collect();
+                if !was_acting.is_empty() {
+                    self.audit_acting(view.epoch, Change::Remove(was_acting.clone()));
+                    if let Some(sink) = self.sink() {
+                        sink.released(was_acting);
+                    }
+                }
+            }
+            self.acting_epoch.store(view.epoch, Ordering::SeqCst);
+            // Adoptions: from nobody or from a node that is down, at once (a node is declared down
+            // after L + margin of silence, and a new leader waits as long: its lease is over); from a
+            // live node, behind a fence. The previous owner is the one of the last pass when the shard
+            // moved exactly once since; otherwise (first pass, a node catching up on old data, a
+            // snapshot, several moves applied at once) it is unknown: any live node might be acting.
+            let mut entering: Vec<u16> = Vec::new();
+            let mut fenced: BTreeMap<BTreeSet<NodeId>, BTreeSet<u16>> = BTreeMap::new();
+            for s in view.mine.difference(&owned).copied() {
+                let i = usize::from(s);
+                let known = prev
+                    .get(i)
+                    .filter(|p| view.shards.get(i).is_some_and(|e| e.epoch == p.epoch + 1));
+                let from: BTreeSet<NodeId> = match known {
+                    Some(p) => p
+                        .owner
+                        .filter(|o| *o != me && !view.down.contains(o))
+                        .into_iter()
+                        .collect(),
+                    None => view.live.clone(),
+                };
+                if from.is_empty() {
+                    entering.push(s);
+                } else {
+                    fenced.entry(from).or_default().insert(s);
+                }
+            }
+            let since = Instant::now();
+            for (from, shards) in fenced {
+                fences.push(Fence {
+                    shards,
+                    epoch: view.epoch,
+                    since,
+                    waiting: from.clone(),
+                    from,
+                });
+            }
+            if !fences.is_empty() {
+                entering.extend(self.pass_fences(&mut fences, &view.down).await);
+            }
+            if !entering.is_empty() {
+                entering.sort_unstable();
+                // Reported (time read) before the bits are set: the report never claims less.
+                self.audit_acting(view.epoch, Change::Add(entering.clone()));
+                let at = Instant::now();
+                for s in &entering {
+                    if let Some(b) = self.acting.get(usize::from(*s)) {
+                        b.store(true, Ordering::SeqCst);
+                    }
+                    taken.insert(*s, at);
+                }
                 if let Some(sink) = self.sink() {
-                    if !released.is_empty() {
-                        sink.released(released);
-                    }
-                    if !adopted.is_empty() {
-                        sink.adopted(adopted);
-                    }
+                    sink.adopted(entering);
                 }
-                owned = now;
+            }
+            owned = view.mine;
+            counts = view.counts;
+            prev = view.shards;
+            // A pending fence is looked at again soon (it normally clears within milliseconds).
+            let poll = if fences.is_empty() {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_millis(10)
+            };
+            tokio::select! {
+                r = metrics.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// The hand-over fence. Shards adopted from a node that is not down (a rebalance after a rejoin, a
+    /// drain) enter the acting set only once that node reports `acting_epoch >=` our map epoch at
+    /// adoption (it has applied the move and taken the shards out of its own acting set), or once
+    /// L + margin has passed since adoption. Why its lease is over by then: the move committed before
+    /// we applied it (commit ≤ adoption). A lease granted for a heartbeat sent before the commit
+    /// expires before commit + L ≤ adoption + L. A heartbeat sent after the commit carries the
+    /// sender's acting epoch: the leader grants it only when that epoch is as new as the leader's
+    /// map, i.e. only once the old owner has applied the move *and* cleared its acting bits — such a
+    /// lease no longer lets it act for these shards. The margin covers what the L bound leaves out: a
+    /// leader grants against its *applied* map, which can trail the commit (and our adoption) by a
+    /// moment, and a deposed leader grants for up to L/2 after its last quorum acknowledgement (the
+    /// same margin a new leader waits before declaring a silent node down). A node declared down
+    /// meanwhile needs no more waiting. Returns the shards whose fence is over.
+    async fn pass_fences(&self, fences: &mut Vec<Fence>, down: &BTreeSet<NodeId>) -> Vec<u16> {
+        let max = self.opts.lease + self.opts.margin;
+        let ask: BTreeSet<NodeId> = fences
+            .iter()
+            .filter(|f| f.since.elapsed() < max)
+            .flat_map(|f| f.waiting.iter().copied())
+            .filter(|n| !down.contains(n))
+            .collect();
+        let replies: BTreeMap<NodeId, u64> = futures_util::future::join_all(
+            ask.into_iter()
+                .map(|n| async move { (n, self.acting_epoch_of(n).await) }),
+        )
+        .await
+        .into_iter()
+        .filter_map(|(n, e)| Some((n, e?)))
+        .collect();
+        let mut done = Vec::new();
+        fences.retain_mut(|f| {
+            f.waiting
+                .retain(|n| !down.contains(n) && replies.get(n).is_none_or(|e| *e < f.epoch));
+            let waited = f.since.elapsed();
+            if !f.waiting.is_empty() && waited < max {
+                return true;
+            }
+            let old_owner = f
+                .from
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let timed_out = !f.waiting.is_empty();
+            self.fence_stats.passed.fetch_add(1, Ordering::Relaxed);
+            if timed_out {
+                self.fence_stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::info!(
+                wait_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                old_owner,
+                shards = f.shards.len(),
+                timed_out,
+                "hand-over fence"
+            );
+            done.extend(f.shards.iter().copied());
+            false
+        });
+        done
+    }
+
+    /// A node's acting epoch, from its Info (None when it does not answer in time).
+    async fn acting_epoch_of(&self, node: NodeId) -> Option<u64> {
+        let mut c = self.client_for(node)?;
+        let reply = tokio::time::timeout(FENCE_RPC, c.info(InfoRequest {}))
+            .await
+            .ok()?
+            .ok()?;
+        let info: PoolInfo = serde_json::from_slice(&reply.get_ref().json).ok()?;
+        (info.node_id == node).then_some(info.acting_epoch)
+    }
+
+    /// Reports an acting-set change (the time is read now).
+    fn audit_acting(&self, epoch: u64, change: Change) {
+        if let Some(a) = &self.audit {
+            a.write(&Record::Acting {
+                node: self.opts.node_id,
+                at_us: unix_us(SystemTime::now()),
+                epoch,
+                change,
+            });
+        }
+    }
+
+    /// Reports the applied configuration version whenever it changes (audit report only).
+    async fn audit_config_task(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(audit) = &self.audit else { return };
+        let mut metrics = self.raft.metrics();
+        let mut reported = None;
+        loop {
+            if let Some(version) = self.reader.read(|s| s.config_version())
+                && reported != Some(version)
+            {
+                audit.write(&Record::Config {
+                    node: self.opts.node_id,
+                    version,
+                    at_us: unix_us(SystemTime::now()),
+                });
+                reported = Some(version);
             }
             tokio::select! {
                 r = metrics.changed() => if r.is_err() { return },
@@ -968,6 +1318,8 @@ impl Pool {
             nodes,
             unowned,
             dialogs,
+            acting_epoch: self.acting_epoch(),
+            map_epoch: self.map_epoch(),
         }
     }
 

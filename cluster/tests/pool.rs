@@ -5,10 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use medpool_cluster::audit::{Change, Record};
 use medpool_cluster::pool::{Pool, PoolOptions, PoolSink};
 use medpool_cluster::{Command, NodeAddrs, NodeState};
 use medpool_proto::cluster::SipForward;
@@ -62,6 +64,7 @@ async fn member(net: u8, id: u64, join: bool, snapshot_logs: u64) -> Member {
     opts.margin = Duration::from_millis(250);
     opts.shard_count = 64;
     opts.snapshot_logs = snapshot_logs;
+    opts.audit = Some(dir.path().join("node.audit"));
     let pool = Pool::start(opts).await.unwrap();
     let sink = Arc::new(Recorder::default());
     pool.attach(sink.clone());
@@ -134,11 +137,23 @@ async fn nodes_join_and_share_the_shards_evenly() {
         },
     )
     .await;
+    // The sink hears `adopted` only after the shard entered the acting set, so once the sinks agree
+    // with the map (and the map no longer moves), exactly the owned shards may be acted for.
     for m in &ms {
+        let info = m.pool.info();
+        assert_eq!(info.acting_epoch, info.map_epoch, "watcher synced");
         for s in 0..64 {
             assert_eq!(m.pool.may_act(s), m.pool.owner(s) == Some(m.pool.node_id()));
+            assert_eq!(m.pool.acting(s), m.pool.owner(s) == Some(m.pool.node_id()));
         }
     }
+    // Whether the joiners took shards from a live node (a fence) or unowned ones depends on timing;
+    // either way no hand-over needed L + margin to be sure.
+    let timed_out: u64 = ms
+        .iter()
+        .map(|m| m.pool.fence_stats.timed_out.load(Relaxed))
+        .sum();
+    assert_eq!(timed_out, 0, "a hand-over fence timed out");
     for m in &ms {
         m.pool.shutdown().await;
     }
@@ -200,9 +215,12 @@ async fn a_node_cut_off_from_the_leader_stops_acting_within_its_lease() {
     let mine: Vec<u16> = (0..64)
         .filter(|s| keep.pool.owner(*s) == Some(keep.pool.node_id()))
         .collect();
-    until("lease held before the cut", Duration::from_secs(5), || {
-        keep.pool.holds_lease()
-    })
+    // The shard map is settled (three()), but the watcher may still be passing a hand-over fence.
+    until(
+        "lease held and every owned shard taken over before the cut",
+        Duration::from_secs(5),
+        || keep.pool.holds_lease() && mine.iter().all(|s| keep.pool.acting(*s)),
+    )
     .await;
     assert!(mine.iter().all(|s| keep.pool.may_act(*s)));
     let cut = tokio::time::Instant::now();
@@ -367,5 +385,187 @@ async fn a_config_change_racing_the_leaders_death_is_applied_everywhere_or_nowhe
     assert!(next.is_ok(), "{next:?}");
     for m in live {
         m.pool.shutdown().await;
+    }
+}
+
+/// The audit reports of every member, parsed.
+fn reports(ms: &[Member]) -> Vec<Vec<Record>> {
+    ms.iter()
+        .map(|m| {
+            let text = std::fs::read_to_string(m._dir.path().join("node.audit")).unwrap();
+            text.lines().map(|l| l.parse().unwrap()).collect()
+        })
+        .collect()
+}
+
+/// Per node and shard, the intervals (Unix µs, half-open) in which its report says it may act:
+/// inside an acting interval and inside a lease.
+fn may_act_intervals(report: &[Record]) -> BTreeMap<u16, Vec<(u64, u64)>> {
+    let mut leases: Vec<(u64, u64)> = report
+        .iter()
+        .filter_map(|r| match r {
+            Record::Lease {
+                from_us, until_us, ..
+            } => Some((*from_us, *until_us)),
+            _ => None,
+        })
+        .collect();
+    leases.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in leases {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    let mut open: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut acting: BTreeMap<u16, Vec<(u64, u64)>> = BTreeMap::new();
+    for r in report {
+        if let Record::Acting { at_us, change, .. } = r {
+            match change {
+                Change::Add(s) => s.iter().for_each(|s| {
+                    open.insert(*s, *at_us);
+                }),
+                Change::Remove(s) => s.iter().for_each(|s| {
+                    let from = open.remove(s).expect("remove without add");
+                    acting.entry(*s).or_default().push((from, *at_us));
+                }),
+            }
+        }
+    }
+    for (s, from) in open {
+        acting.entry(s).or_default().push((from, u64::MAX));
+    }
+    acting
+        .into_iter()
+        .map(|(s, iv)| {
+            let mut out = Vec::new();
+            for (a, b) in iv {
+                for (c, d) in &merged {
+                    let (x, y) = (a.max(*c), b.min(*d));
+                    if x < y {
+                        out.push((x, y));
+                    }
+                }
+            }
+            (s, out)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_overs_never_let_two_nodes_act_for_a_shard_by_their_own_reports() {
+    let ms = three(77).await;
+    ms[0]
+        .pool
+        .write(Command::SetConfig {
+            expected_version: None,
+            body: b"v1".to_vec(),
+        })
+        .await
+        .unwrap();
+    // Live hand-overs both ways: drain node 2, then let it take shards back.
+    let node = 2u64;
+    ms[1]
+        .pool
+        .write(Command::SetNodeState {
+            id: node,
+            state: NodeState::Draining,
+        })
+        .await
+        .unwrap();
+    until("node 2 released everything", Duration::from_secs(5), || {
+        ms[2].sink.owned.lock().unwrap().is_empty() && (0..64).all(|s| !ms[2].pool.acting(s))
+    })
+    .await;
+    ms[1]
+        .pool
+        .write(Command::SetNodeState {
+            id: node,
+            state: NodeState::Active,
+        })
+        .await
+        .unwrap();
+    until(
+        "node 2 acts for shards again and every node's acting set matches the map",
+        Duration::from_secs(5),
+        || {
+            (0..64).any(|s| ms[2].pool.may_act(s))
+                && ms.iter().all(|m| {
+                    (0..64).all(|s| m.pool.acting(s) == (m.pool.owner(s) == Some(m.pool.node_id())))
+                })
+        },
+    )
+    .await;
+    let passed: u64 = ms
+        .iter()
+        .map(|m| m.pool.fence_stats.passed.load(Relaxed))
+        .sum();
+    let timed_out: u64 = ms
+        .iter()
+        .map(|m| m.pool.fence_stats.timed_out.load(Relaxed))
+        .sum();
+    for m in &ms {
+        m.pool.shutdown().await;
+    }
+    assert!(passed >= 3, "fences on join, drain and undrain: {passed}");
+    assert_eq!(timed_out, 0, "the old owners answered their Info");
+
+    let reports = reports(&ms);
+    for (i, report) in reports.iter().enumerate() {
+        assert!(
+            matches!(report.first(), Some(Record::Start { node, lease_ms: 500, pid, .. }) if *node == i as u64 && *pid == std::process::id()),
+            "{:?}",
+            report.first()
+        );
+        assert!(report.iter().any(|r| matches!(r, Record::Lease { from_us, until_us, .. } if until_us - from_us == 500_000)));
+        assert!(
+            report
+                .iter()
+                .any(|r| matches!(r, Record::Config { version: 1, .. }))
+        );
+        // Node 2 removed every shard it had (drain) and added some back (undrain).
+        let adds = report
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Record::Acting {
+                        change: Change::Add(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert!(adds >= 1, "node {i}: {report:?}");
+    }
+    assert!(
+        reports
+            .iter()
+            .flatten()
+            .any(|r| matches!(r, Record::Leader { term, .. } if *term >= 1))
+    );
+    assert!(reports[2].iter().any(|r| matches!(
+        r,
+        Record::Acting {
+            change: Change::Remove(_),
+            ..
+        }
+    )));
+    // The invariant, from the nodes' own words: no two nodes may act for one shard at one instant.
+    let per_node: Vec<_> = reports.iter().map(|r| may_act_intervals(r)).collect();
+    for s in 0..64u16 {
+        for i in 0..per_node.len() {
+            for j in i + 1..per_node.len() {
+                for (a, b) in per_node[i].get(&s).into_iter().flatten() {
+                    for (c, d) in per_node[j].get(&s).into_iter().flatten() {
+                        assert!(
+                            b <= c || d <= a,
+                            "shard {s}: node {i} [{a}, {b}) and node {j} [{c}, {d}) overlap"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

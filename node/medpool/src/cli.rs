@@ -191,4 +191,10 @@ pub struct PoolArgs {
     /// Margin added to L before the leader declares a silent node down, in milliseconds.
     #[arg(long, env = "MEDPOOL_LEASE_MARGIN_MS", default_value_t = 1000)]
     pub lease_margin_ms: u64,
+    /// Append this node's audit report to PATH (created if missing): its leases, the shards it may
+    /// act for, leadership and configuration versions, one line each with Unix-microsecond times,
+    /// for fault-injection tests that check at most one node acts for a shard at a time. Pool mode
+    /// only; the format is documented in medpool-cluster's `audit` module.
+    #[arg(long, env = "MEDPOOL_AUDIT_FILE", value_name = "PATH")]
+    pub audit_file: Option<PathBuf>,
 }

@@ -239,6 +239,7 @@ fn pool_options(
         lease: Duration::from_millis(p.lease_ms.max(100)),
         margin: Duration::from_millis(p.lease_margin_ms),
         snapshot_logs: 5000,
+        audit: p.audit_file.clone(),
     })
 }
 
