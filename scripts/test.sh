@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md documents it. Installs what the tests need when it is missing
-# (SIPp from Debian's sip-tester), then: formatting, clippy with warnings as errors, every test.
+# (SIPp from Debian's sip-tester; iproute2 and iptables for the chaos suite when root), then: formatting, clippy with warnings as errors, every test.
 # Usage: scripts/test.sh            (CI calls exactly this through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+# The chaos suite's network faults (a namespace of its own, iptables inside it) need root; without
+# root it reports those scenarios NOT RUN.
+if [ "$(id -u)" -eq 0 ]; then
+    command -v ip >/dev/null 2>&1 || need+=(iproute2)
+    command -v iptables >/dev/null 2>&1 || need+=(iptables)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]} (needed by the end-to-end tests)"
     if [ "$(id -u)" -ne 0 ]; then

@@ -224,5 +224,6 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = run(&["umount", "-l", &self.path.display().to_string()]);
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

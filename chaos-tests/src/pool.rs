@@ -527,17 +527,21 @@ impl LocalPool {
             return false;
         };
         let log = self.nodes[i].log();
-        let adopted = log.matching(0, "shards adopted");
-        let released = log.position_last("shards released");
-        let last_adopted = log.position_last("shards adopted");
+        // Shards adopted since the node last released any: a hand-over fence per old owner makes
+        // one `shards adopted` line per group.
+        let from = log.position_last("shards released").map_or(0, |p| p + 1);
+        let adopted: usize = log
+            .matching(from, "shards adopted")
+            .iter()
+            .filter_map(|l| field(l, "shards"))
+            .sum();
         is_active(s1)
             && is_active(s2)
             && n1 == n2
             && n1 > 0
             && seen.unowned == 0
             && own.unowned == 0
-            && adopted.last().and_then(|l| field(l, "shards")) == Some(n1)
-            && last_adopted > released
+            && adopted == n1
     }
 }
 

@@ -165,9 +165,21 @@ pub async fn run(cfg: RunConfig) -> Report {
         row.survived += survived;
         row.refused += refused;
         row.unknown += unknown;
+        let gw: Vec<String> = w
+            .gws
+            .iter()
+            .map(|g| {
+                let c = g.counts();
+                format!(
+                    "calls {} byes {} 481s {} cseq-out-of-order {}",
+                    c.calls, c.byes, c.unknown_dialog, c.cseq_out_of_order
+                )
+            })
+            .collect();
         eprintln!(
-            "    round {round} done in {:.1} s: calls placed {placed}, survived {survived}, refused {refused}, unknown {unknown}",
-            t.elapsed().as_secs_f64()
+            "    round {round} done in {:.1} s: calls placed {placed}, survived {survived}, refused {refused}, unknown {unknown}; gateways (so far): [{}]",
+            t.elapsed().as_secs_f64(),
+            gw.join("; ")
         );
         if !matches!(cfg.mode, Mode::Ci) {
             verdicts = check_all(&w.obs);

@@ -398,6 +398,9 @@ async fn rolling_restart(w: &mut World, f: &mut Faults) -> StepResult<()> {
 async fn disk_full(w: &mut World, f: &mut Faults) -> StepResult<()> {
     let i = TMPFS_NODE;
     let held = w.held_calls(40).await?;
+    let asked = (0..NODES).find(|&j| j != i).unwrap_or(0);
+    let before = step("status", w.pool.status(asked).await)?;
+    let m = marks(w, i);
     let mark = w.pool.nodes[i].log().len();
     let filled = w.tmpfs.as_ref().map_or(0, |t| t.fill());
     eprintln!(
@@ -405,48 +408,68 @@ async fn disk_full(w: &mut World, f: &mut Faults) -> StepResult<()> {
         filled / (1 << 20)
     );
     count(f, "data folder full");
-    // Writes go on: new calls (their records replicate to every node).
+    // Writes go on (new calls: their records replicate to every node's log). The node must notice,
+    // say so clearly and stop, so that the others take its shards over.
     let during = w.held_calls(40).await?;
-    let mut clear = None;
-    for _ in 0..100 {
-        if let Some(l) = w.pool.nodes[i]
-            .log()
-            .matching(mark, "No space left on device")
-            .into_iter()
-            .next()
-        {
-            clear = Some(l);
-            break;
-        }
-        if w.pool.nodes[i].exited().is_some() {
+    let mut exited = None;
+    for _ in 0..200 {
+        exited = w.pool.nodes[i].exited();
+        if exited.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let exited = w.pool.nodes[i].exited();
+    let at = tokio::time::Instant::now();
+    let clear = w.pool.nodes[i]
+        .log()
+        .matching(mark, "No space left on device")
+        .into_iter()
+        .next();
     eprintln!(
         "    node {i}: {}; process {}",
         clear
             .as_deref()
-            .unwrap_or("no log line naming the full disk"),
-        exited.map_or_else(|| "still running".to_owned(), |s| format!("exited ({s})"))
+            .map_or("no log line naming the full disk", |l| &l
+                [..l.len().min(300)]),
+        exited.map_or_else(
+            || "still running after 20 s".to_owned(),
+            |s| format!("exited ({s})")
+        )
     );
+    let mut problems = Vec::new();
+    if clear.is_none() {
+        problems.push("no log line named the full disk ('No space left on device')".to_owned());
+    }
+    match exited {
+        Some(s) if !s.success() => {
+            if let Err(e) = await_failover(w, i, at, &before, &m).await {
+                problems.push(e);
+            }
+        }
+        Some(s) => problems.push(format!(
+            "it exited with {s}: a failure must not look like success"
+        )),
+        None => {
+            problems.push("it kept running without a working Raft store".to_owned());
+            w.pool.kill(i);
+        }
+    }
     if let Some(t) = w.tmpfs.as_ref() {
         t.free();
     }
-    if exited.is_some() {
-        step(
-            "restart after the disk was freed",
-            w.pool.restart(i, Duration::from_secs(45)).await,
-        )?;
-        count(f, "restart on the same data");
-    }
+    step(
+        "restart after the disk was freed",
+        w.pool.restart(i, Duration::from_secs(45)).await,
+    )?;
+    count(f, "restart on the same data");
     World::end_calls(&held).await;
     World::end_calls(&during).await;
-    if clear.is_none() {
-        return Err(format!(
-            "node {i} gave no clear error for its full data folder (no 'No space left on device' line)"
-        ));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "node {i} with a full data folder: {}",
+            problems.join("; ")
+        ))
     }
-    Ok(())
 }

@@ -153,11 +153,27 @@ impl World {
         Ok(c)
     }
 
-    /// A new caller with `n` calls placed and held (those answered).
+    /// A new caller with `n` calls placed and held (those answered). Returns once the pool has
+    /// recorded every call up (a confirmed dialog is replicated by a group commit a few
+    /// milliseconds after its ACK: a call is protected from a node's death from then on — the
+    /// contract the invariants check, see chaos-tests/README.md).
     pub async fn held_calls(&mut self, n: usize) -> StepResult<Arc<Caller>> {
         let c = self.caller(NORMAL_CPS).await?;
         c.place(n).await;
-        Ok(c)
+        let up: usize = self.callers.iter().map(|(_, c)| c.live_calls().len()).sum();
+        let t = tokio::time::Instant::now();
+        let mut recorded = 0;
+        while t.elapsed() < Duration::from_secs(20) {
+            let asked = self.any_live();
+            recorded = self.pool.status(asked).await.map_or(0, |s| s.dialogs);
+            if recorded >= up {
+                return Ok(c);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!(
+            "only {recorded} of {up} calls up were recorded by the pool 20 s after they were answered"
+        ))
     }
 
     /// Re-INVITEs and hangs up every call of `c` still up.

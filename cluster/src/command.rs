@@ -70,6 +70,19 @@ pub enum Command {
         /// `(shard, Call-ID)` to delete; absent keys are ignored.
         removes: Vec<(ShardId, String)>,
     },
+    /// [`Command::DialogBatch`] written by a shard owner, fenced at apply: an upsert for a shard
+    /// that `writer` no longer owns is applied only when the Call-ID is unknown there (a call the
+    /// new owner never heard of: its first record, delayed or retried across a partition), never
+    /// over the new owner's record. Removes apply as in `DialogBatch`.
+    OwnerDialogBatch {
+        /// The node that wrote the records (the shards' owner when it queued them).
+        writer: NodeId,
+        /// `(shard, Call-ID, record)` to insert or replace.
+        #[serde(with = "crate::b64::keyed_records")]
+        upserts: Vec<(ShardId, String, Vec<u8>)>,
+        /// `(shard, Call-ID)` to delete; absent keys are ignored.
+        removes: Vec<(ShardId, String)>,
+    },
     /// Changes nothing (a barrier, or a probe that the leader can still commit).
     Noop,
 }
@@ -99,6 +112,16 @@ impl fmt::Display for Command {
             Command::DialogBatch { upserts, removes } => write!(
                 f,
                 "DialogBatch(upserts={}, removes={})",
+                upserts.len(),
+                removes.len()
+            ),
+            Command::OwnerDialogBatch {
+                writer,
+                upserts,
+                removes,
+            } => write!(
+                f,
+                "OwnerDialogBatch(writer={writer}, upserts={}, removes={})",
                 upserts.len(),
                 removes.len()
             ),

@@ -42,6 +42,13 @@ use crate::state::{NodeState, ShardEntry};
 use crate::store::{self, StateReader};
 use crate::typ::{NodeAddrs, NodeId, Raft};
 
+/// How long a shard's new owner keeps watching for records its old owner wrote late (a dialog
+/// batch retried across a partition: the old owner retries for [`DIALOG_RETRY_FOR`]).
+pub const LATE_WINDOW: Duration = Duration::from_secs(20);
+
+/// How long a dialog batch that cannot be written (no leader reachable) is retried.
+pub const DIALOG_RETRY_FOR: Duration = Duration::from_secs(15);
+
 /// How a node joins its pool.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
@@ -203,6 +210,8 @@ pub struct Pool {
     /// The acting set, one bit per possible shard number (64 KiB; indexable by any `u16`, so it
     /// needs no resizing when the pool's shard count is learnt). Only the shard watcher changes it.
     acting: Box<[AtomicBool]>,
+    /// When this node last took each shard over (ms since `epoch`, plus one; 0 = never).
+    taken_at_ms: Box<[AtomicU64]>,
     /// The map epoch whose releases the acting set reflects (see [`PoolInfo::acting_epoch`]).
     acting_epoch: AtomicU64,
     audit: Option<AuditLog>,
@@ -363,6 +372,7 @@ impl Pool {
             sink: Mutex::new(None),
             stop,
             acting: (0..=u16::MAX).map(|_| AtomicBool::new(false)).collect(),
+            taken_at_ms: (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
             acting_epoch: AtomicU64::new(0),
             audit: opts.audit.as_deref().map(AuditLog::open),
             dialog_stats: DialogStats::default(),
@@ -469,6 +479,14 @@ impl Pool {
     /// watcher took it over, past any hand-over fence) and the node holds a valid lease (fencing).
     pub fn may_act(&self, shard: u16) -> bool {
         self.acting(shard) && self.owner(shard) == Some(self.opts.node_id) && self.holds_lease()
+    }
+    /// Whether this node took `shard` over less than [`LATE_WINDOW`] ago: records of calls its old
+    /// owner set up just before losing it (retried across a partition) may still arrive.
+    pub fn recently_taken(&self, shard: u16) -> bool {
+        self.taken_at_ms
+            .get(usize::from(shard))
+            .map(|t| t.load(Ordering::SeqCst))
+            .is_some_and(|t| t != 0 && self.now_ms() + 1 - t < LATE_WINDOW.as_millis() as u64)
     }
     /// Whether `shard` is in this node's acting set (see [`Pool::may_act`]).
     pub fn acting(&self, shard: u16) -> bool {
@@ -1015,14 +1033,10 @@ impl Pool {
                 .iter()
                 .copied()
                 .filter(|s| owned.contains(s))
-                .filter(|s| {
-                    taken
-                        .get(s)
-                        .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
-                })
+                .filter(|s| taken.get(s).is_some_and(|t| t.elapsed() < LATE_WINDOW))
                 .filter(|s| view.counts.get(usize::from(*s)) > counts.get(usize::from(*s)))
                 .collect();
-            taken.retain(|_, t| t.elapsed() < Duration::from_secs(10));
+            taken.retain(|_, t| t.elapsed() < LATE_WINDOW);
             if !grown.is_empty()
                 && let Some(sink) = self.sink()
             {
@@ -1104,6 +1118,9 @@ impl Pool {
                         b.store(true, Ordering::SeqCst);
                     }
                     taken.insert(*s, at);
+                    if let Some(t) = self.taken_at_ms.get(usize::from(*s)) {
+                        t.store(self.now_ms() + 1, Ordering::SeqCst);
+                    }
                 }
                 if let Some(sink) = self.sink() {
                     sink.adopted(entering);
@@ -1275,16 +1292,62 @@ impl Pool {
                 .unwrap_or(5);
             let st = &self.dialog_stats;
             st.sizes[bucket].fetch_add(1, Relaxed);
-            match self.write(Command::DialogBatch { upserts, removes }).await {
-                Ok(_) => {
-                    st.batches.fetch_add(1, Relaxed);
-                    st.records.fetch_add(n as u64, Relaxed);
-                    st.bytes.fetch_add(bytes as u64, Relaxed);
+            // Written as the shards' owner: if the shards move before the entry commits (the write is
+            // retried across a partition), it only adds calls the new owner never heard of.
+            let command = Command::OwnerDialogBatch {
+                writer: self.opts.node_id,
+                upserts,
+                removes,
+            };
+            // A batch that cannot be written (no leader reachable: an election, a partition) is
+            // retried, so a call answered just before the cut still reaches the node that takes its
+            // shard over (as a late record). After DIALOG_RETRY_FOR it is dropped, loudly.
+            let first = Instant::now();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.write(command.clone()).await {
+                    Ok(_) => {
+                        st.batches.fetch_add(1, Relaxed);
+                        st.records.fetch_add(n as u64, Relaxed);
+                        st.bytes.fetch_add(bytes as u64, Relaxed);
+                        if first.elapsed() > backoff {
+                            tracing::info!(
+                                records = n,
+                                after_ms = first.elapsed().as_millis() as u64,
+                                "dialog records replicated after retries"
+                            );
+                        }
+                        break;
+                    }
+                    Err(e) if first.elapsed() >= DIALOG_RETRY_FOR => {
+                        st.failed.fetch_add(1, Relaxed);
+                        tracing::warn!(error = %e, records = n, "dialog records not replicated: given up");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "dialog records not replicated yet: retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
                 }
-                Err(e) => {
-                    st.failed.fetch_add(1, Relaxed);
-                    tracing::warn!(error = %e, "dialog records not replicated");
-                }
+            }
+        }
+    }
+
+    /// Waits until Raft stops on a fatal error — its log or state machine could not be written (a
+    /// full or failing disk) — and returns the error. A node whose Raft is gone can neither follow
+    /// the shard map nor replicate calls: it must stop, so that the others take its shards over.
+    pub async fn fatal(&self) -> String {
+        let mut m = self.raft.metrics();
+        loop {
+            if let Err(e) = &m.borrow_watched().running_state {
+                return e.to_string();
+            }
+            if m.changed().await.is_err() {
+                return "Raft stopped".to_owned();
             }
         }
     }

@@ -285,27 +285,47 @@ fn try_apply(state: &mut State, command: Command) -> Result<CommandResult, Rejec
             state.config = Some(VersionedConfig { version, body });
             Ok(CommandResult::ConfigSet { version })
         }
-        Command::DialogBatch { upserts, removes } => {
-            state.check_bootstrapped()?;
-            for (shard, _, _) in &upserts {
-                state.check_shard(*shard)?;
-            }
-            for (shard, _) in &removes {
-                state.check_shard(*shard)?;
-            }
-            let upserted = u32::try_from(upserts.len()).unwrap_or(u32::MAX);
-            for (shard, call_id, record) in upserts {
-                state.dialogs.insert((shard, call_id), record);
-            }
-            let mut removed = 0u32;
-            for key in removes {
-                if state.dialogs.remove(&key).is_some() {
-                    removed += 1;
-                }
-            }
-            Ok(CommandResult::DialogsApplied { upserted, removed })
+        Command::DialogBatch { upserts, removes } => apply_dialogs(state, None, upserts, removes),
+        Command::OwnerDialogBatch {
+            writer,
+            upserts,
+            removes,
+        } => apply_dialogs(state, Some(writer), upserts, removes),
+    }
+}
+
+/// Applies a dialog batch; with a `writer`, upserts for shards it no longer owns only insert
+/// Call-IDs the shard does not know (see [`Command::OwnerDialogBatch`]).
+fn apply_dialogs(
+    state: &mut State,
+    writer: Option<NodeId>,
+    upserts: Vec<(ShardId, String, Vec<u8>)>,
+    removes: Vec<(ShardId, String)>,
+) -> Result<CommandResult, Rejection> {
+    state.check_bootstrapped()?;
+    for (shard, _, _) in &upserts {
+        state.check_shard(*shard)?;
+    }
+    for (shard, _) in &removes {
+        state.check_shard(*shard)?;
+    }
+    let mut upserted = 0u32;
+    for (shard, call_id, record) in upserts {
+        let stale = writer.is_some_and(|w| state.owner_of(shard) != Some(w));
+        let key = (shard, call_id);
+        if stale && state.dialogs.contains_key(&key) {
+            continue; // the new owner's record wins over a late write of the old owner
+        }
+        state.dialogs.insert(key, record);
+        upserted += 1;
+    }
+    let mut removed = 0u32;
+    for key in removes {
+        if state.dialogs.remove(&key).is_some() {
+            removed += 1;
         }
     }
+    Ok(CommandResult::DialogsApplied { upserted, removed })
 }
 
 #[cfg(test)]
@@ -716,5 +736,53 @@ mod tests {
             assert_eq!(back, c);
             assert!(!c.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn an_old_owners_late_upsert_never_overwrites_the_new_owners_record() {
+        let mut s = State::default();
+        apply(&mut s, Command::Bootstrap { shard_count: 2 });
+        apply(
+            &mut s,
+            Command::AddNode {
+                id: 1,
+                addresses: addrs(1),
+                voter: true,
+            },
+        );
+        apply(
+            &mut s,
+            Command::AddNode {
+                id: 2,
+                addresses: addrs(2),
+                voter: true,
+            },
+        );
+        apply(
+            &mut s,
+            Command::MoveShards {
+                moves: vec![(0, 2)],
+            },
+        );
+        let from = |w: u64, id: &str, rec: &str| Command::OwnerDialogBatch {
+            writer: w,
+            upserts: vec![(0, id.to_owned(), rec.as_bytes().to_vec())],
+            removes: vec![],
+        };
+        // The owner writes; node 1 (no longer the owner) may only add a call shard 0 does not know.
+        apply(&mut s, from(2, "a", "new-owner"));
+        apply(&mut s, from(1, "a", "late"));
+        apply(&mut s, from(1, "b", "retried-first-record"));
+        let records: Vec<(String, Vec<u8>)> = s
+            .dialogs_of(0)
+            .map(|(k, v)| (k.to_owned(), v.to_vec()))
+            .collect();
+        assert_eq!(
+            records,
+            vec![
+                ("a".to_owned(), b"new-owner".to_vec()),
+                ("b".to_owned(), b"retried-first-record".to_vec())
+            ]
+        );
     }
 }

@@ -17,6 +17,11 @@ pub trait ShardOwnership: Send + Sync + 'static {
     fn owner(&self, shard: u16) -> Option<u64>;
     /// This node's id.
     fn node_id(&self) -> u64;
+    /// Whether this node took `shard` over recently enough that a call of it may still be unknown
+    /// here: its record, written by the old owner just before it lost the shard, can arrive late.
+    fn recently_taken(&self, _shard: u16) -> bool {
+        false
+    }
 }
 
 /// Moving SIP between nodes: a message received here for a shard another node owns goes to that owner,

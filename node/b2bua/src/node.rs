@@ -672,6 +672,21 @@ async fn handle_core(ctx: &Arc<NodeCtx>, ev: CoreEvent) {
             respond(ctx, &key, &env, 405, &[(HeaderName::Allow, allow)])
         }
         Some(Method::Ack) => {}
+        _ if in_dialog
+            && !env.transport.is_reliable()
+            && ctx
+                .shards
+                .recently_taken(ids::shard_of(msg, ctx.shards.shard_count())) =>
+        {
+            // This node took the call's shard over moments ago: its record may still be on its way
+            // (the old owner answered it just before a partition and retries the write). No 481,
+            // which would end the call at the far side: over UDP the far side retransmits, and a
+            // later copy finds the call once its record is here.
+            tracing::debug!(
+                "in-dialog request for a call not (yet) known on a newly taken shard: no answer"
+            );
+            ctx.driver.abandon(&key);
+        }
         _ => respond(ctx, &key, &env, 481, &[]),
     }
 }

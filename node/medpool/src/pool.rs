@@ -33,6 +33,9 @@ impl ShardOwnership for PoolAdapter {
     fn node_id(&self) -> u64 {
         self.pool.node_id()
     }
+    fn recently_taken(&self, shard: u16) -> bool {
+        self.pool.recently_taken(shard)
+    }
 }
 
 impl DialogStore for PoolAdapter {

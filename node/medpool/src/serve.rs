@@ -44,6 +44,16 @@ pub enum ServeError {
     /// The pool could not start.
     #[error("{0}")]
     Pool(medpool_cluster::pool::PoolError),
+    /// The pool's Raft stopped on a fatal error (its store could not be written).
+    #[error(
+        "the pool's Raft store in {data_dir} failed ({why}): stopped so that the other nodes take this node's shards over"
+    )]
+    RaftFailed {
+        /// The data folder.
+        data_dir: String,
+        /// The error.
+        why: String,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -170,9 +180,25 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             None => String::new(),
         }
     );
+    let raft_failed = async {
+        match &pool {
+            Some(p) => p.fatal().await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut failure = None;
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        why = raft_failed => {
+            tracing::error!(
+                error = %why,
+                data_dir = %args.data_dir.display(),
+                "the pool's Raft store failed: this node stops so that the others take its shards \
+                 over; fix the cause (e.g. free space in the data folder) and start it again"
+            );
+            failure = Some(why);
+        }
     }
     running
         .shutdown(
@@ -184,7 +210,13 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     if let Some(pool) = pool {
         let _ = tokio::time::timeout(Duration::from_secs(5), pool.shutdown()).await;
     }
-    Ok(())
+    match failure {
+        Some(why) => Err(ServeError::RaftFailed {
+            data_dir: args.data_dir.display().to_string(),
+            why,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The node id from a StatefulSet hostname `<name>-<ordinal>`.

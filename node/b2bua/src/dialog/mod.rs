@@ -681,6 +681,19 @@ impl Call {
         }
     }
 
+    /// Sends the leg-B ACK again for a retransmitted 2xx of the answer we took (none yet: the ACK
+    /// goes when it can, e.g. once the caller's ACK brings a late offer's answer).
+    fn reack_b(&self, env: &Envelope) {
+        if let Some(ack) = &self.ack_b
+            && env.msg.call_id().and_then(|c| c.ok()) == ack.msg.call_id().and_then(|c| c.ok())
+        {
+            let _ = self
+                .ctx
+                .transports
+                .send_now(ack.transport, ack.peer, ack.msg.bytes());
+        }
+    }
+
     /// ACK (and, when `bye`, BYE) a 2xx from a leg-B attempt.
     /// ACK a 2xx from an attempt the call no longer wants (cancelled, failed over) and BYE it at once.
     fn ack_and_bye(&mut self, idx: usize, env: &Envelope, myself: &ActorRef<DialogMsg>) {
@@ -1011,18 +1024,7 @@ impl Actor for DialogActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DialogMsg::Response { key, status, env } => on_response(st, &myself, key, status, env),
-            DialogMsg::StrayAnswer { env } => {
-                // Re-ACK a retransmitted 2xx on leg B.
-                if let Some(ack) = &st.ack_b
-                    && env.msg.call_id().and_then(|c| c.ok())
-                        == ack.msg.call_id().and_then(|c| c.ok())
-                {
-                    let _ = st
-                        .ctx
-                        .transports
-                        .send_now(ack.transport, ack.peer, ack.msg.bytes());
-                }
-            }
+            DialogMsg::StrayAnswer { env } => st.reack_b(&env),
             DialogMsg::ClientEnded { key, outcome } => on_client_ended(st, &myself, key, outcome),
             DialogMsg::FastFailover { attempt } => {
                 let idx = st.attempts.iter().position(|a| a.number == attempt);
@@ -1306,6 +1308,11 @@ fn on_invite_response(
                     st.phase = Phase::Early;
                 }
             }
+        }
+        200..=299 if st.attempts[idx].answered => {
+            // The gateway sent its 2xx again (our ACK was lost; the INVITE transaction hands
+            // retransmissions up, RFC 6026 §8.4): ACK it again. Never mistake it for a new answer.
+            st.reack_b(&env);
         }
         200..=299 => {
             if !st.attempts[idx].got_18x {

@@ -450,6 +450,16 @@ where
         self.shared.transport_error(key)
     }
 
+    /// Ends server transaction `key` without an answer, so that the next retransmission of its
+    /// request starts a new transaction (and reaches the TU again) instead of being absorbed. For a
+    /// request the TU cannot answer *yet* (RFC 3261 leaves an unanswered UDP request to the client's
+    /// retransmissions). Returns whether `key` named a live transaction.
+    pub fn abandon(&self, key: &ServerKey) -> bool {
+        // Terminating on a transport error is exactly "gone, nothing sent": the same transition.
+        self.shared
+            .transport_error(&TransactionKey::Server(key.clone()))
+    }
+
     /// The state of client transaction `key`, if it is live.
     pub fn client_state(&self, key: &ClientKey) -> Option<State> {
         let table = self.shared.lock();
