@@ -181,6 +181,26 @@ pub async fn run(cfg: RunConfig) -> Report {
             t.elapsed().as_secs_f64(),
             gw.join("; ")
         );
+        for c in w
+            .obs
+            .calls
+            .iter()
+            .filter(|c| c.scenario == label && !(c.record.survived() && c.record.bye.is_some()))
+            .take(5)
+        {
+            let r = &c.record;
+            let show = |o: Option<Outcome>| o.map_or_else(|| "-".to_owned(), |o| o.to_string());
+            eprintln!(
+                "      call {} ({}): set-up {} (from {:?}), re-INVITE {}, BYE {}, ended by the pool {}",
+                r.index,
+                r.call_id,
+                show(r.setup),
+                r.setup_answered_by.map(|a| a.0),
+                show(r.reinvite),
+                show(r.bye),
+                r.ended_by_far_side
+            );
+        }
         if !matches!(cfg.mode, Mode::Ci) {
             verdicts = check_all(&w.obs);
             if let Some(v) = verdicts.iter().find(|v| !v.held()) {

@@ -9,7 +9,7 @@
 //! | `partition` | iptables between one node and the others (namespace only) |
 //! | `sip-loss-delay` | 10 % loss and 30 ms delay on the Service path, 10 % loss to and from the gateways (namespace only) |
 //! | `gateway-flap` | gw1 dies, comes back, dies, comes back while calls are placed |
-//! | `leader-kill-config` | the leader SIGKILLed while it applies a configuration change |
+//! | `leader-kill-config` | the leader SIGKILLed 0-8 ms after it was sent a configuration change (before, during or after the commit) |
 //! | `rolling-restart` | drain → SIGTERM → start, highest ordinal first, under load |
 //! | `disk-full` | node 2's data folder (a small tmpfs) fills up (namespace only) |
 
@@ -318,7 +318,9 @@ async fn leader_kill_config(w: &mut World, f: &mut Faults) -> StepResult<()> {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(w.rng.random_range(0..40))).await;
+    // Within the few milliseconds the change takes to commit: some kills land before the leader
+    // wrote it, some while it replicates, some after.
+    tokio::time::sleep(Duration::from_micros(w.rng.random_range(0..8000))).await;
     eprintln!("    SIGKILL node {leader} (the leader) while it applies a configuration change");
     let at = w.pool.kill(leader);
     count(f, "SIGKILL (leader, during a config change)");

@@ -61,6 +61,21 @@ fn decode_state(bytes: &[u8]) -> Result<State, StoreError> {
     Ok(envelope.state)
 }
 
+/// Whether applying `entry` changes what a restarted node must never see go back: membership,
+/// nodes, the shard map, the configuration (everything but dialog records and no-ops).
+fn is_control(entry: &Entry) -> bool {
+    match &entry.payload {
+        EntryPayload::Blank => false,
+        EntryPayload::Membership(_) => true,
+        EntryPayload::Normal(c) => !matches!(
+            c,
+            crate::command::Command::DialogBatch { .. }
+                | crate::command::Command::OwnerDialogBatch { .. }
+                | crate::command::Command::Noop
+        ),
+    }
+}
+
 /// The applied state and where it stands in the log.
 #[derive(Debug, Default)]
 struct Applied {
@@ -216,11 +231,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let mut control = false;
         while let Some((entry, responder)) = entries.try_next().await? {
+            control |= is_control(&entry);
             let result = write(&self.shared).apply_entry(entry);
             if let Some(responder) = responder {
                 responder.send(result);
             }
+        }
+        if control {
+            // The log store saves the committed log id without an fsync; a restart re-applies only
+            // up to the id it finds. For dialog records that is fine (the leader brings the rest),
+            // but a node must never come back showing an older shard map, membership or
+            // configuration than it had applied (configuration versions only grow on every node).
+            // A durable commit persists the earlier non-durable ones: one fsync per control entry,
+            // which is rare.
+            blocking(&self.db, |db| {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                txn.commit()?;
+                Ok(())
+            })
+            .await?;
         }
         Ok(())
     }
