@@ -626,3 +626,51 @@ async fn a_call_ends_as_soon_as_both_byes_are_answered() {
     );
     node.shutdown(Duration::from_secs(1), false).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_gateway_2xx_sent_again_is_acked_again_and_the_call_stays_up() {
+    // Found by the chaos suite under packet loss: the gateway resends its 200 because our ACK was
+    // lost; that copy was taken for a late answer and the B-leg was ACKed and BYE'd.
+    let node = start_node(69, "").await;
+    let caller = Peer::bind("127.0.69.1:5070").await;
+    let gw1 = Peer::bind("127.0.69.21:5060").await;
+    caller
+        .send(&invite(caller.addr(), "again1"), node.sip_addr)
+        .await;
+    let (inv, from) = gw1
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    gw1.respond(&inv, 200, "g1", from, Some(SDP)).await;
+    let (ok, _) = caller
+        .expect(Expect::Status(200), Duration::from_secs(1))
+        .await;
+    caller
+        .send(&ack_for(&ok, caller.addr()), node.sip_addr)
+        .await;
+    gw1.expect(Expect::Request(Method::Ack), Duration::from_secs(1))
+        .await;
+    // The same 200 again, twice (RFC 3261 §13.3.1.4: a UAS resends its 2xx until it sees an ACK).
+    for _ in 0..2 {
+        gw1.respond(&inv, 200, "g1", from, Some(SDP)).await;
+        let (again, _) = gw1
+            .recv(Duration::from_secs(1))
+            .await
+            .expect("an answer to the resent 2xx");
+        assert_eq!(
+            again.method(),
+            Some(Method::Ack),
+            "the resent 2xx must be ACKed again, got {:?} {:?}",
+            again.method(),
+            again.status()
+        );
+    }
+    // Nothing else reaches the gateway (no BYE), and the call is still up.
+    if let Some((m, _)) = gw1.recv(Duration::from_secs(3)).await {
+        panic!(
+            "the gateway received {:?} after its 2xx was ACKed again",
+            m.method()
+        );
+    }
+    assert_eq!(node.ctx.active_calls(), 1);
+    node.shutdown(Duration::from_secs(1), false).await;
+}
