@@ -145,6 +145,7 @@ pub async fn run(cfg: RunConfig) -> Report {
         if let Err(e) = &result {
             eprintln!("    SCENARIO ERROR: {e}");
             errors.push(format!("[{}] {e}", w.label));
+            w.recover().await;
         }
         w.converge().await;
         w.collect().await;
@@ -240,7 +241,12 @@ pub async fn run(cfg: RunConfig) -> Report {
 
 /// (placed, survived, refused, unknown) of the calls filed under `label` (fresh calls included).
 fn tally(w: &World, label: &str) -> (usize, usize, usize, usize) {
-    let calls: Vec<_> = w.obs.calls.iter().filter(|c| c.scenario == label).collect();
+    let calls: Vec<_> = w
+        .obs
+        .calls
+        .iter()
+        .filter(|c| c.scenario == label && c.record.setup.is_some())
+        .collect();
     let placed = calls.len();
     let survived = calls
         .iter()

@@ -216,6 +216,25 @@ impl World {
         SocketAddr::new(self.net.node_sip(i).ip(), 7001)
     }
 
+    /// After a scenario failed half-way: wakes a stopped node, frees the tmpfs, restarts every
+    /// node whose process is gone, and puts every backend back in the Service, so that the next
+    /// round starts from a whole pool.
+    pub async fn recover(&mut self) {
+        if let Some(t) = self.tmpfs.as_ref() {
+            t.free();
+        }
+        for i in 0..NODES {
+            let _ = self.pool.nodes[i].signal("CONT");
+            if self.pool.nodes[i].exited().is_some() {
+                eprintln!("    recovering: restarting node {i}");
+                if let Err(e) = self.pool.restart(i, Duration::from_secs(45)).await {
+                    eprintln!("    recovering: node {i} did not come back: {e}");
+                }
+            }
+            self.fwd.mark_alive(self.net.node_sip(i));
+        }
+    }
+
     /// After a scenario healed everything: waits until the pool has converged (every node active
     /// with shards and its lease, no shard unowned), then offers [`FRESH_CALLS`] at the normal rate
     /// and re-INVITEs and hangs them up. Recorded for the `converges` invariant.
