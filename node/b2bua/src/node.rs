@@ -218,12 +218,13 @@ impl NodeCtx {
         n
     }
 
-    /// This node no longer owns `shard`: stop its calls here at once, without a word to the peers
-    /// (the new owner carries them on).
+    /// This node no longer owns `shard`: its answered calls stop here at once, without a word to
+    /// the peers (the new owner carries them on from their records); calls still being set up are
+    /// ended cleanly here, as nobody else knows them (see [`DialogMsg::ShardReleased`]).
     pub fn release_shard(&self, shard: u16) -> usize {
         let calls = self.registry.calls_of(shard);
         for a in &calls {
-            a.stop(Some("shard moved".into()));
+            let _ = a.cast(DialogMsg::ShardReleased);
         }
         calls.len()
     }
@@ -553,9 +554,11 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>, traceparen
     let shard = ids::shard_of(&inb.msg, ctx.shards.shard_count());
     // Answers to this node's own gateway probes are node-local: every node probes every gateway,
     // so they are never forwarded to the owner of the shard their branch names.
-    let own_probe =
-        !inb.msg.is_request() && client_key(&inb.msg).is_some_and(|k| ctx.registry.is_probe(&k));
-    if !own_probe && !ctx.shards.may_act(shard) {
+    // So are answers to any client transaction of this node (a call in set-up whose shard just
+    // moved away ends here, and needs its gateway's answers to do so).
+    let own_answer =
+        !inb.msg.is_request() && client_key(&inb.msg).is_some_and(|k| ctx.registry.has_client(&k));
+    if !own_answer && !ctx.shards.may_act(shard) {
         let me = ctx.shards.node_id();
         match ctx.shards.owner(shard) {
             Some(owner) if owner != me && via.is_none() => {

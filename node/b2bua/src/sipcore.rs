@@ -169,6 +169,10 @@ impl Registry {
     pub fn is_probe(&self, key: &ClientKey) -> bool {
         self.with(|m| matches!(m.clients.get(key), Some(Owner::Gateway(_))))
     }
+    /// Whether client transaction `key` is this node's (a probe or a call's request).
+    pub fn has_client(&self, key: &ClientKey) -> bool {
+        self.with(|m| m.clients.contains_key(key))
+    }
     /// Routes CANCELs of this INVITE server transaction, and requests of leg A, to `actor`.
     pub fn add_call(
         &self,

@@ -72,6 +72,10 @@ pub enum DialogMsg {
         /// The response.
         env: Envelope,
     },
+    /// The call's shard moved to another node. A call written down (answered) goes on there: this
+    /// actor stops without a word. A call still being set up is known nowhere else: it is ended
+    /// here (503 + Retry-After to the caller, CANCEL to the gateway), never left half-open.
+    ShardReleased,
     /// A 2xx on leg B after its transaction ended (to be ACKed again).
     StrayAnswer {
         /// The response.
@@ -310,6 +314,15 @@ impl Call {
                     self.a_2xx = Some((status, env.clone()));
                     self.a_answered = true;
                     self.answered_after = Some(self.started.elapsed());
+                    // Written down as soon as the caller has its 2xx, not at its ACK: a shard that
+                    // moves in between (a drain) must not lose a call the caller considers up. The
+                    // new owner carries it on as confirmed (the ACK is then absorbed there).
+                    if !self.stored
+                        && let Some(rec) = self.record()
+                    {
+                        self.ctx.store.store(rec);
+                        self.stored = true;
+                    }
                     tracing::debug!(parent: &self.span, status, "answered");
                     self.ctx.publish(crate::node::NodeEvent::CallAnswered {
                         call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
@@ -1025,6 +1038,18 @@ impl Actor for DialogActor {
         match msg {
             DialogMsg::Response { key, status, env } => on_response(st, &myself, key, status, env),
             DialogMsg::StrayAnswer { env } => st.reack_b(&env),
+            DialogMsg::ShardReleased if st.stored => myself.stop(Some("shard moved".into())),
+            DialogMsg::ShardReleased => {
+                st.history
+                    .push(("pool".into(), "shard moved during set-up".into()));
+                st.fail_a(503, &[(HeaderName::RetryAfter, b"1")]);
+                for i in 0..st.attempts.len() {
+                    st.attempts[i].abandoned = true;
+                    st.cancel_attempt(i, &myself);
+                }
+                st.phase = Phase::Ending;
+                st.maybe_finish(&myself);
+            }
             DialogMsg::ClientEnded { key, outcome } => on_client_ended(st, &myself, key, outcome),
             DialogMsg::FastFailover { attempt } => {
                 let idx = st.attempts.iter().position(|a| a.number == attempt);
@@ -1453,7 +1478,9 @@ fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, env: Envelope
                 // End-to-end ACK: the caller's ACK may carry the SDP answer to a late offer.
                 send_ack_b(st, idx, 1, Some(&env.msg), true);
             }
-            if let Some(rec) = st.record() {
+            if !st.stored
+                && let Some(rec) = st.record()
+            {
                 st.ctx.store.store(rec);
                 st.stored = true;
             }
