@@ -168,19 +168,23 @@ impl World {
             // their way out (their removal is group-committed too) and would otherwise stand in for
             // calls not yet in; and a node that has not applied a record yet would have to pick it
             // up as a late record if it took the shard over (see RELIABILITY.md, open findings).
+            // (A record left behind by a call that ended at a hand-over — RELIABILITY.md, open
+            // findings — would keep the count one too high for good, and could stand in for a
+            // record still in flight: so "at least", then a settle far longer than a group commit.)
             let mut everywhere = true;
             for i in 0..NODES {
                 if self.pool.nodes[i].exited().is_some() {
                     continue;
                 }
                 let n = self.pool.status(i).await.map_or(0, |s| s.dialogs);
-                if n != up {
+                if n < up {
                     recorded = n;
                     everywhere = false;
                     break;
                 }
             }
             if everywhere {
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 return Ok(c);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
