@@ -317,6 +317,7 @@ impl World {
         }
         let counts: Vec<_> = self.gws.iter().map(Gateway::counts).collect();
         self.obs.gateway_byes = counts.iter().map(|c| c.byes).sum();
+        self.obs.gateway_calls = counts.iter().map(|c| c.calls).sum();
         self.obs.gateway_cseq_out_of_order = counts.iter().map(|c| c.cseq_out_of_order).sum();
         self.obs.gateway_legs_left = self.gws.iter().flat_map(Gateway::active_calls).collect();
         self.obs.audit = (0..NODES)

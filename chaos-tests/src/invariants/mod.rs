@@ -54,6 +54,8 @@ pub struct Observations {
     pub calls: Vec<CallFate>,
     /// BYEs the gateways received.
     pub gateway_byes: u64,
+    /// Calls (B-legs) the gateways answered.
+    pub gateway_calls: u64,
     /// New in-dialog requests the gateways received out of CSeq order (two nodes acting).
     pub gateway_cseq_out_of_order: u64,
     /// B-legs still up at the gateways when the run ended (every call was hung up by then).

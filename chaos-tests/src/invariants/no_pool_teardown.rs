@@ -1,7 +1,9 @@
 //! **No call is torn down by the pool on its own.** The caller never receives a BYE (its ledger's
 //! `ended_by_far_side`), and the gateways receive no more BYEs than the caller sent, plus one for
-//! each call whose set-up did not complete for the caller (the pool may end a B-leg whose A-leg
-//! failed: that is cleanup, not a teardown).
+//! each B-leg that never became a caller's call: every answered call has exactly one answered B-leg,
+//! so the gateways' answered calls beyond the caller's answered calls are legs the pool rightly ended
+//! itself (a late 2xx to an attempt it gave up on — a gateway that came back during a failover —, or a
+//! caller whose INVITE failed after the gateway answered).
 
 use medpool_simpeer::Outcome;
 
@@ -21,17 +23,20 @@ pub fn check(obs: &Observations) -> Verdict {
         })
         .collect();
     let caller_byes = obs.calls.iter().filter(|c| c.record.bye.is_some()).count() as u64;
-    let unfinished_setups = obs
+    let answered = obs
         .calls
         .iter()
-        .filter(|c| !c.record.setup.is_some_and(Outcome::is_success))
+        .filter(|c| c.record.setup.is_some_and(Outcome::is_success))
         .count() as u64;
-    if obs.gateway_byes > caller_byes + unfinished_setups {
+    let extra_legs = obs.gateway_calls.saturating_sub(answered);
+    let by_pool = obs.gateway_byes.saturating_sub(caller_byes);
+    if by_pool > extra_legs {
         violations.push(format!(
-            "the gateways received {} BYEs; the caller sent {caller_byes} and {unfinished_setups} \
-             set-ups did not complete: {} calls ended by the pool",
+            "the gateways received {} BYEs for {} answered legs; the caller sent {caller_byes} BYEs and \
+             got {answered} calls answered: {} calls ended by the pool",
             obs.gateway_byes,
-            obs.gateway_byes - caller_byes - unfinished_setups
+            obs.gateway_calls,
+            by_pool - extra_legs
         ));
     }
     Verdict {
