@@ -333,9 +333,15 @@ impl LocalPool {
                 let adopted = members
                     .iter()
                     .all(|&m| !self.nodes[m].log().matching(0, "shards adopted").is_empty());
+                // Each member holds its lease and acts for every shard it owns (past any hand-over
+                // fence): before that, new calls on a fenced shard are answered 503.
                 let mut leases = true;
                 for &m in members {
-                    leases = leases && self.status(m).await.is_ok_and(|own| own.lease);
+                    leases = leases
+                        && self.status(m).await.is_ok_and(|own| {
+                            own.lease
+                                && node_row(&own, m).is_some_and(|(_, shards)| own.acting == shards)
+                        });
                 }
                 if all_serving && adopted && leases && info.unowned == 0 {
                     return Ok(info);

@@ -334,6 +334,10 @@ pub struct PoolInfo {
     /// The map epoch of this node's applied state (compare with `acting_epoch`).
     #[serde(default)]
     pub map_epoch: u64,
+    /// How many of the shards this node owns in its applied map it acts for (in its acting set:
+    /// past any hand-over fence). Equal to its shard count once it has settled.
+    #[serde(default)]
+    pub acting: usize,
 }
 
 impl Pool {
@@ -1383,6 +1387,12 @@ impl Pool {
             dialogs,
             acting_epoch: self.acting_epoch(),
             map_epoch: self.map_epoch(),
+            acting: self
+                .reader
+                .read(|s| s.shards_of(self.opts.node_id))
+                .into_iter()
+                .filter(|s| self.acting(*s))
+                .count(),
         }
     }
 
