@@ -190,7 +190,12 @@ impl NodeProcess {
             lines: Mutex::new(Vec::new()),
             count,
         });
-        let mut file = std::fs::File::create(&spec.log_file).ok();
+        // Appended: a node restarted several times in a soak keeps every run's log in one file.
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log_file)
+            .ok();
         let reader = child.stderr.take().map(|stderr| {
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
