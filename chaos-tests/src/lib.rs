@@ -1,18 +1,21 @@
 //! medpool-chaos-tests: real `medpool serve` processes under real faults, checked against invariants.
 //!
 //! ```text
-//!  tests/*.rs (one invariant a file)
-//!     │  seed (printed; MEDPOOL_SEED replays) ─► every call's identifiers
-//!     ├─ simpeer: Caller ─► Forwarder (the Service address) ─► nodes ─► Gateways   (in-process, tokio)
-//!     └─ this crate: LocalPool ─► NodeProcess × 3 (`medpool serve` children: SIGKILL, SIGTERM, restart)
-//!                       │            └─ stderr captured line by line (waits on log lines, a log file each)
-//!                       └─ pool status over the internal gRPC service (medpool-cluster's Info)
+//!  medpool-chaos (src/bin) ─► runner: CI mode (every scenario once) | soak (seeded random rounds)
+//!     │  seed (printed; --seed / MEDPOOL_SEED replays) ─► the schedule and every call's identifiers
+//!     ├─ netns: re-exec inside a namespace of its own (iptables partitions and loss, a tmpfs)
+//!     ├─ world: LocalPool (3 × `medpool serve --audit-file`) + Forwarder + Gateways + Callers + sampler
+//!     ├─ scenarios: one fault each (SIGKILL, SIGSTOP, partition, loss/delay, gateway flap, leader
+//!     │             kill during a config change, rolling restart, full data folder)
+//!     └─ invariants/: one a file, judged from ledgers, gateway counts, audit reports and samples
 //! ```
 //! - [`binary`]: finds `target/debug/medpool` (building it with `cargo build -p medpool` when it is
 //!   missing or older than its sources).
 //! - [`process`]: one node process, its log, and the guard that stops it by PID (also on panic).
 //! - [`pool`]: a 3-node pool on 127.0.N.x and the waits a test needs (converged, failed over, rejoined).
-//! - [`seed`]: the run's seed.
+//! - [`world`], [`scenarios`], [`runner`]: the chaos run; [`invariants`], [`audit`], [`observe`]: how
+//!   it is judged; [`netns`]: network faults; [`seed`]: the seed of the older single-scenario tests.
+//! - tests/: `chaos_ci.rs` (the runner in CI mode), and failover, rejoin and start-up contract tests.
 //!
 //! It never links the binary crate: nodes are processes, faults are signals.
 
