@@ -87,7 +87,13 @@ pub struct Firewall {
 }
 
 impl Firewall {
-    fn add(&mut self, rule: Vec<String>) -> Result<(), String> {
+    /// Appends `INPUT <matcher> -m comment --comment medpool-chaos -j DROP`.
+    fn drop_input(&mut self, matcher: &[&str]) -> Result<(), String> {
+        let mut rule = vec!["INPUT".to_owned()];
+        rule.extend(matcher.iter().map(|m| (*m).to_owned()));
+        rule.extend(
+            ["-m", "comment", "--comment", "medpool-chaos", "-j", "DROP"].map(str::to_owned),
+        );
         let mut args = vec!["iptables".to_owned(), "-A".to_owned()];
         args.extend(rule.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -100,23 +106,7 @@ impl Firewall {
     pub fn partition(&mut self, a: IpAddr, others: &[IpAddr]) -> Result<(), String> {
         for b in others {
             for (s, d) in [(a, *b), (*b, a)] {
-                self.add(
-                    [
-                        "INPUT",
-                        "-s",
-                        &s.to_string(),
-                        "-d",
-                        &d.to_string(),
-                        "-m",
-                        "comment",
-                        "--comment",
-                        "medpool-chaos",
-                        "-j",
-                        "DROP",
-                    ]
-                    .map(str::to_owned)
-                    .to_vec(),
-                )?;
+                self.drop_input(&["-s", &s.to_string(), "-d", &d.to_string()])?;
             }
         }
         Ok(())
@@ -124,30 +114,20 @@ impl Firewall {
 
     /// Drops UDP datagrams to or from `host` at random with probability `p`.
     pub fn lossy(&mut self, host: IpAddr, p: f64) -> Result<(), String> {
+        let (host, p) = (host.to_string(), format!("{p:.3}"));
         for dir in ["-s", "-d"] {
-            self.add(
-                [
-                    "INPUT",
-                    "-p",
-                    "udp",
-                    dir,
-                    &host.to_string(),
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "random",
-                    "--probability",
-                    &format!("{p:.3}"),
-                    "-m",
-                    "comment",
-                    "--comment",
-                    "medpool-chaos",
-                    "-j",
-                    "DROP",
-                ]
-                .map(str::to_owned)
-                .to_vec(),
-            )?;
+            self.drop_input(&[
+                "-p",
+                "udp",
+                dir,
+                &host,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+            ])?;
         }
         Ok(())
     }

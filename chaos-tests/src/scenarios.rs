@@ -128,6 +128,17 @@ fn marks(w: &World, victim: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// What a failover wait needs, taken just before a fault hits `victim`: the pool's status as another
+/// node sees it, and the other nodes' log lengths.
+async fn before_fault(
+    w: &mut World,
+    victim: usize,
+) -> StepResult<(medpool_cluster::pool::PoolInfo, Vec<(usize, usize)>)> {
+    let asked = (0..NODES).find(|&i| i != victim).unwrap_or(0);
+    let before = step("status", w.pool.status(asked).await)?;
+    Ok((before, marks(w, victim)))
+}
+
 /// A node other than the leader, chosen by the seed.
 async fn follower(w: &mut World) -> StepResult<usize> {
     let leader = w.leader().await?;
@@ -165,9 +176,7 @@ async fn sigkill(w: &mut World, leader: bool, f: &mut Faults) -> StepResult<()> 
     } else {
         follower(w).await?
     };
-    let asked = (0..NODES).find(|&i| i != victim).unwrap_or(0);
-    let before = step("status", w.pool.status(asked).await)?;
-    let m = marks(w, victim);
+    let (before, m) = before_fault(w, victim).await?;
     eprintln!(
         "    SIGKILL node {victim}{}",
         if leader { " (the leader)" } else { "" }
@@ -190,9 +199,7 @@ async fn sigkill(w: &mut World, leader: bool, f: &mut Faults) -> StepResult<()> 
 async fn sigstop(w: &mut World, f: &mut Faults) -> StepResult<()> {
     let held = w.held_calls(60).await?;
     let victim = w.rng.random_range(0..NODES);
-    let asked = (0..NODES).find(|&i| i != victim).unwrap_or(0);
-    let before = step("status", w.pool.status(asked).await)?;
-    let m = marks(w, victim);
+    let (before, m) = before_fault(w, victim).await?;
     eprintln!("    SIGSTOP node {victim}");
     step("SIGSTOP", w.pool.nodes[victim].signal("STOP"))?;
     let at = tokio::time::Instant::now();
@@ -213,9 +220,7 @@ async fn sigstop(w: &mut World, f: &mut Faults) -> StepResult<()> {
 async fn partition(w: &mut World, f: &mut Faults) -> StepResult<()> {
     let held = w.held_calls(60).await?;
     let victim = w.rng.random_range(0..NODES);
-    let asked = (0..NODES).find(|&i| i != victim).unwrap_or(0);
-    let before = step("status", w.pool.status(asked).await)?;
-    let m = marks(w, victim);
+    let (before, m) = before_fault(w, victim).await?;
     let others = w.others(victim);
     let ip = w.net.node_raft(victim).ip();
     let Some(fw) = w.firewall.as_mut() else {
