@@ -168,9 +168,10 @@ impl World {
             // their way out (their removal is group-committed too) and would otherwise stand in for
             // calls not yet in; and a node that has not applied a record yet would have to pick it
             // up as a late record if it took the shard over (see RELIABILITY.md, open findings).
-            // (A record left behind by a call that ended at a hand-over — RELIABILITY.md, open
-            // findings — would keep the count one too high for good, and could stand in for a
-            // record still in flight: so "at least", then a settle far longer than a group commit.)
+            // (A record can be left behind for good by a call that ended on a node SIGKILLed before
+            // its removal went out — nobody is left to remove it, RELIABILITY.md "Known limits" —
+            // and could stand in for a record still in flight: so "at least", then a settle far
+            // longer than a group commit.)
             let mut everywhere = true;
             for i in 0..NODES {
                 if self.pool.nodes[i].exited().is_some() {

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -205,6 +205,8 @@ pub struct Pool {
     /// that order (separate concurrent RPCs could overtake each other).
     forwarders: Mutex<HashMap<NodeId, mpsc::Sender<SipForward>>>,
     dialogs: mpsc::Sender<DialogOp>,
+    /// Dialog operations queued or in a batch not yet written (see [`Pool::flush_dialogs`]).
+    dialogs_pending: AtomicUsize,
     sink: Mutex<Option<Arc<dyn PoolSink>>>,
     stop: watch::Sender<bool>,
     /// The acting set, one bit per possible shard number (64 KiB; indexable by any `u16`, so it
@@ -373,6 +375,7 @@ impl Pool {
             clients: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
             dialogs,
+            dialogs_pending: AtomicUsize::new(0),
             sink: Mutex::new(None),
             stop,
             acting: (0..=u16::MAX).map(|_| AtomicBool::new(false)).collect(),
@@ -507,27 +510,48 @@ impl Pool {
         self.reader
             .read(|s| s.dialogs_of(shard).map(|(_, v)| v.to_vec()).collect())
     }
-    /// Queues a dialog record write (group-committed).
-    pub fn dialog_upsert(&self, shard: u16, call_id: String, record: Vec<u8>) {
+    /// Queues a dialog record write (group-committed). Returns whether it was queued: a node without
+    /// the shard's lease never writes its records (fenced), and a full queue refuses.
+    pub fn dialog_upsert(&self, shard: u16, call_id: String, record: Vec<u8>) -> bool {
         if !self.may_act(shard) {
-            return; // fenced: a node without the shard's lease never writes its records
+            return false;
         }
-        if self
-            .dialogs
-            .try_send(DialogOp::Upsert(shard, call_id, record))
-            .is_err()
-        {
-            tracing::warn!("dialog write queue full: a record was not replicated");
-        }
+        self.queue_dialog_op(DialogOp::Upsert(shard, call_id, record))
     }
-    /// Queues a dialog record removal.
+    /// Queues the removal of an ended call's record. Not fenced: a node stops the calls of a shard it
+    /// releases without removing their records (they move with the shard), so a removal only ever
+    /// comes from a call that really ended, and the new owner must not rebuild it.
     pub fn dialog_remove(&self, shard: u16, call_id: String) {
-        if !self.may_act(shard) {
-            // Fenced like upserts: a node that released the shard stops its calls there, and their
-            // records now belong to the new owner (removing them would lose the calls on the next move).
-            return;
+        self.queue_dialog_op(DialogOp::Remove(shard, call_id));
+    }
+    /// Whether the applied state holds a record for this call.
+    pub fn dialog_exists(&self, shard: u16, call_id: &str) -> bool {
+        self.reader.read(|s| s.dialog(shard, call_id).is_some())
+    }
+    fn queue_dialog_op(&self, op: DialogOp) -> bool {
+        // Counted before it is queued, so that `flush_dialogs` never sees an empty count while a
+        // record is on its way.
+        self.dialogs_pending.fetch_add(1, Ordering::SeqCst);
+        if self.dialogs.try_send(op).is_err() {
+            self.dialogs_pending.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("dialog write queue full: a record was not replicated");
+            return false;
         }
-        let _ = self.dialogs.try_send(DialogOp::Remove(shard, call_id));
+        true
+    }
+    /// Waits, at most `limit`, until every dialog record queued so far has been written (or given
+    /// up). Called on the way out, before [`Pool::shutdown`]: a call answered in the last instant
+    /// before a node stops (SIGTERM, or its own store failing) still reaches the others. A node whose
+    /// own Raft failed still writes through the leader.
+    pub async fn flush_dialogs(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let pending = self.dialogs_pending.load(Ordering::SeqCst);
+            if pending == 0 || Instant::now() >= deadline {
+                return pending;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn client_for(&self, node: NodeId) -> Option<ClusterClient<Channel>> {
@@ -1338,6 +1362,7 @@ impl Pool {
                     }
                 }
             }
+            self.dialogs_pending.fetch_sub(n, Ordering::SeqCst);
         }
     }
 

@@ -115,10 +115,17 @@ pub struct LegRecord {
 
 /// Where confirmed dialogs are written (replicated, in a pool) and removed when they end.
 pub trait DialogStore: Send + Sync + 'static {
-    /// Records a confirmed dialog (replaces an earlier record of the same leg-A Call-ID).
-    fn store(&self, record: DialogRecord);
-    /// Forgets a dialog.
+    /// Records a confirmed dialog (replaces an earlier record of the same leg-A Call-ID). Returns
+    /// whether the record was taken for writing: `false` when this node may not act for the shard
+    /// (its lease lapsed, the shard is moving) or the write queue is full; the caller tries again
+    /// later or, once the shard is gone, ends the call (an unrecorded call cannot move).
+    fn store(&self, record: DialogRecord) -> bool;
+    /// Forgets a dialog that ended. Not fenced by the shard's lease: a call that ended here, even in
+    /// the instant its shard moved, must not be rebuilt by the new owner.
     fn remove(&self, shard: u16, a_call_id: &str);
+    /// Whether a record of the call exists. A call rebuilt from its record checks that the record is
+    /// still there: its old node may have ended it during the hand-over.
+    fn contains(&self, shard: u16, a_call_id: &str) -> bool;
     /// The confirmed dialogs of a shard (read when this node takes the shard over).
     fn records_of(&self, shard: u16) -> Vec<DialogRecord>;
 }
@@ -166,10 +173,19 @@ impl ShardOwnership for SingleNode {
 }
 
 impl DialogStore for SingleNode {
-    fn store(&self, record: DialogRecord) {
-        if let Ok(mut r) = self.records.lock() {
-            r.insert((record.shard, record.a.call_id.clone()), record);
+    fn store(&self, record: DialogRecord) -> bool {
+        match self.records.lock() {
+            Ok(mut r) => {
+                r.insert((record.shard, record.a.call_id.clone()), record);
+                true
+            }
+            Err(_) => false,
         }
+    }
+    fn contains(&self, shard: u16, a_call_id: &str) -> bool {
+        self.records
+            .lock()
+            .is_ok_and(|r| r.contains_key(&(shard, a_call_id.to_owned())))
     }
     fn remove(&self, shard: u16, a_call_id: &str) {
         if let Ok(mut r) = self.records.lock() {

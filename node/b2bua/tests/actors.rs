@@ -674,3 +674,128 @@ async fn a_gateway_2xx_sent_again_is_acked_again_and_the_call_stays_up() {
     assert_eq!(node.ctx.active_calls(), 1);
     node.shutdown(Duration::from_secs(1), false).await;
 }
+
+/// Sets up one call through `node` (INVITE, gateway 200, ACK) and waits until its record is in
+/// `store`. Returns the caller's 2xx.
+async fn recorded_call(
+    node: &RunningNode,
+    store: &SingleNode,
+    caller: &Peer,
+    gw: &Peer,
+    call_id: &str,
+) -> SipMessage {
+    caller
+        .send(&invite(caller.addr(), call_id), node.sip_addr)
+        .await;
+    let (inv, from) = gw
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    gw.respond(&inv, 200, "g1", from, Some(SDP)).await;
+    let (ok, _) = caller
+        .expect(Expect::Status(200), Duration::from_secs(1))
+        .await;
+    caller
+        .send(&ack_for(&ok, caller.addr()), node.sip_addr)
+        .await;
+    gw.expect(Expect::Request(Method::Ack), Duration::from_secs(1))
+        .await;
+    let shard = medpool_sip::ids::call_id_shard(call_id.as_bytes(), 1024);
+    let t0 = Instant::now();
+    while store.records_of_shard(shard).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "{call_id} was not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ok
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_goes_only_with_a_call_that_ended_and_a_rebuilt_call_follows_it() {
+    // Two nodes share one dialog store (the replicated state in a pool).
+    let store = Arc::new(SingleNode::new(1024));
+    let start = |listen: &str| {
+        let opts = NodeOptions {
+            sip: TransportConfig {
+                listen: listen.parse().unwrap(),
+                ..TransportConfig::default()
+            },
+            ..NodeOptions::default()
+        };
+        node::start(
+            opts,
+            config(60, ""),
+            store.clone(),
+            store.clone(),
+            Arc::new(medpool_b2bua::cluster::NoRelay),
+        )
+    };
+    let node_a = start("127.0.60.1:5060").await.unwrap();
+    let node_b = start("127.0.60.2:5060").await.unwrap();
+    let caller = Peer::bind("127.0.60.1:5070").await;
+    let gw1 = Peer::bind("127.0.60.21:5060").await;
+
+    // 1. The call ends on its old node in the instant its shard moves: node B has already rebuilt
+    //    it from the record. The old node's removal goes through, and B's rebuilt call follows.
+    let ok = recorded_call(&node_a, &store, &caller, &gw1, "mv1").await;
+    let shard = medpool_sip::ids::call_id_shard(b"mv1", 1024);
+    assert_eq!(node_b.ctx.adopt_shard(shard).await, 1, "B rebuilt the call");
+    let mut bye =
+        MessageBuilder::request_method(Method::Bye, format!("sip:{}", node_a.sip_addr).as_bytes());
+    bye.header(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP {};branch=z9hG4bK-bye-mv1", caller.addr()).as_bytes(),
+    )
+    .copy_headers(&ok, HeaderName::From)
+    .copy_headers(&ok, HeaderName::To)
+    .header(HeaderName::CallId, b"mv1")
+    .header(HeaderName::CSeq, b"2 BYE");
+    caller.send(&bye.build(), node_a.sip_addr).await;
+    caller
+        .expect(Expect::Status(200), Duration::from_secs(1))
+        .await;
+    let (bye_b, from) = gw1
+        .expect(Expect::Request(Method::Bye), Duration::from_secs(1))
+        .await;
+    gw1.respond(&bye_b, 200, "g1", from, None).await;
+    let t0 = Instant::now();
+    while !store.records_of_shard(shard).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the ended call's record stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The rebuilt copy on B notices within a few record checks (2 s apart), not never.
+    assert_eq!(node_b.ctx.active_calls(), 1);
+    let t0 = Instant::now();
+    while node_b.ctx.active_calls() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "node B kept a call that ended on node A"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 2. A shard released, and a node shut down, stop their calls without removing the records:
+    //    the calls go on elsewhere.
+    recorded_call(&node_a, &store, &caller, &gw1, "mv2").await;
+    let shard2 = medpool_sip::ids::call_id_shard(b"mv2", 1024);
+    assert_eq!(node_a.ctx.release_shard(shard2), 1);
+    recorded_call(&node_b, &store, &caller, &gw1, "mv3").await;
+    let shard3 = medpool_sip::ids::call_id_shard(b"mv3", 1024);
+    node_b.shutdown(Duration::from_secs(1), false).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        store.records_of_shard(shard2).len(),
+        1,
+        "a released shard's call lost its record"
+    );
+    assert_eq!(
+        store.records_of_shard(shard3).len(),
+        1,
+        "a node shut down without BYEs removed its call's record"
+    );
+    node_a.shutdown(Duration::from_secs(1), false).await;
+}

@@ -39,16 +39,22 @@ impl ShardOwnership for PoolAdapter {
 }
 
 impl DialogStore for PoolAdapter {
-    fn store(&self, record: DialogRecord) {
+    fn store(&self, record: DialogRecord) -> bool {
         match serde_json::to_vec(&record) {
             Ok(bytes) => self
                 .pool
                 .dialog_upsert(record.shard, record.a.call_id.clone(), bytes),
-            Err(e) => tracing::error!(error = %e, "cannot encode a dialog record"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a dialog record");
+                false
+            }
         }
     }
     fn remove(&self, shard: u16, a_call_id: &str) {
         self.pool.dialog_remove(shard, a_call_id.to_owned());
+    }
+    fn contains(&self, shard: u16, a_call_id: &str) -> bool {
+        self.pool.dialog_exists(shard, a_call_id)
     }
     fn records_of(&self, shard: u16) -> Vec<DialogRecord> {
         self.pool

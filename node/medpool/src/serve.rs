@@ -208,6 +208,15 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         .await;
     admin.shutdown().await;
     if let Some(pool) = pool {
+        // Records of calls answered in the last instant (still in the group commit) go out first;
+        // when this node's own Raft failed they still go through the leader.
+        let unwritten = pool.flush_dialogs(Duration::from_secs(3)).await;
+        if unwritten > 0 {
+            tracing::warn!(
+                records = unwritten,
+                "dialog records not written before stopping"
+            );
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), pool.shutdown()).await;
     }
     match failure {

@@ -76,6 +76,15 @@ pub enum DialogMsg {
     /// actor stops without a word. A call still being set up is known nowhere else: it is ended
     /// here (503 + Retry-After to the caller, CANCEL to the gateway), never left half-open.
     ShardReleased,
+    /// Time to try writing the call's record again (this node could not write it when the call was
+    /// answered: its lease had lapsed, or the write queue was full).
+    StoreRecord,
+    /// A call rebuilt from its record checks that the record still exists (`left` checks to go):
+    /// its old node may have ended the call in the instant the shard moved.
+    RecordCheck {
+        /// Checks left after this one.
+        left: u8,
+    },
     /// A 2xx on leg B after its transaction ended (to be ACKed again).
     StrayAnswer {
         /// The response.
@@ -163,6 +172,13 @@ pub enum DialogStart {
 /// How far above the recorded CSeq a new owner starts its own requests on each leg: the old owner may
 /// have sent in-dialog requests after the record was written (DESIGN.md "Failover").
 pub const CSEQ_SKIP: u32 = 1000;
+
+/// How often an answered call retries writing a record this node could not write at once.
+const STORE_RETRY_EVERY: Duration = Duration::from_millis(250);
+/// How often a rebuilt call checks that its record still exists, and how many times: together
+/// longer than the old owner may keep retrying its last writes (15 s).
+const RECORD_CHECK_EVERY: Duration = Duration::from_secs(2);
+const RECORD_CHECKS: u8 = 12;
 
 /// Arguments of a new call.
 pub struct DialogArgs {
@@ -253,7 +269,13 @@ pub struct Call {
     last_status: u16,
     gateway_active: Option<String>,
     session_refresh: Option<Duration>,
+    /// The call's record was taken for writing (or the call was rebuilt from it).
     stored: bool,
+    /// A [`DialogMsg::StoreRecord`] retry is scheduled.
+    store_retry: bool,
+    /// The call really ended (both legs done); stops for a shard move or a shutdown leave it false,
+    /// and only an ended call's record is removed.
+    ended: bool,
 }
 
 impl Call {
@@ -320,8 +342,7 @@ impl Call {
                     if !self.stored
                         && let Some(rec) = self.record()
                     {
-                        self.ctx.store.store(rec);
-                        self.stored = true;
+                        self.stored = self.ctx.store.store(rec);
                     }
                     tracing::debug!(parent: &self.span, status, "answered");
                     self.ctx.publish(crate::node::NodeEvent::CallAnswered {
@@ -772,6 +793,7 @@ impl Call {
             && self.relays.is_empty()
             && !unsettled
         {
+            self.ended = true;
             myself.stop(None);
         }
     }
@@ -931,6 +953,8 @@ impl Actor for DialogActor {
             gateway_active: None,
             session_refresh: None,
             stored: false,
+            store_retry: false,
+            ended: false,
         })
     }
 
@@ -940,7 +964,14 @@ impl Actor for DialogActor {
         st: &mut Call,
     ) -> Result<(), ActorProcessingErr> {
         if st.phase == Phase::Confirmed {
-            return Ok(()); // a restored call: nothing to start
+            // A restored call: nothing to start, but its record is watched for the old owner's
+            // removal, which may land up to its retry window after the move.
+            drop(
+                myself.send_after(RECORD_CHECK_EVERY, || DialogMsg::RecordCheck {
+                    left: RECORD_CHECKS - 1,
+                }),
+            );
+            return Ok(());
         }
         st.ctx.publish(crate::node::NodeEvent::CallStarted {
             call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
@@ -1008,7 +1039,7 @@ impl Actor for DialogActor {
         if let Some(g) = st.gateway_active.take() {
             st.ctx.gateways.release(&g);
         }
-        if st.stored {
+        if st.stored && st.ended {
             st.ctx
                 .store
                 .remove(st.shard, &String::from_utf8_lossy(&st.a.call_id));
@@ -1039,6 +1070,43 @@ impl Actor for DialogActor {
             DialogMsg::Response { key, status, env } => on_response(st, &myself, key, status, env),
             DialogMsg::StrayAnswer { env } => st.reack_b(&env),
             DialogMsg::ShardReleased if st.stored => myself.stop(Some("shard moved".into())),
+            DialogMsg::ShardReleased if st.a_answered => {
+                // Answered while this node could not write the record (a frozen node waking up
+                // after its lease lapsed): the new owner cannot know the call, so it ends here.
+                st.history.push((
+                    "pool".into(),
+                    "shard moved before the call's record was written".into(),
+                ));
+                for i in 0..st.attempts.len() {
+                    if !st.attempts[i].answered {
+                        st.attempts[i].abandoned = true;
+                        st.cancel_attempt(i, &myself);
+                    }
+                }
+                st.bye_all(&myself, None);
+            }
+            DialogMsg::StoreRecord => {
+                st.store_retry = false;
+                if !st.stored
+                    && st.phase != Phase::Ending
+                    && let Some(rec) = st.record()
+                {
+                    st.stored = st.ctx.store.store(rec);
+                }
+            }
+            DialogMsg::RecordCheck { left } => {
+                let call_id = String::from_utf8_lossy(&st.a.call_id).into_owned();
+                if st.phase == Phase::Confirmed && !st.ctx.store.contains(st.shard, &call_id) {
+                    tracing::debug!(parent: &st.span, "record gone: the call ended on its old node");
+                    myself.stop(Some("record removed".into()));
+                } else if left > 0 {
+                    drop(
+                        myself.send_after(RECORD_CHECK_EVERY, move || DialogMsg::RecordCheck {
+                            left: left - 1,
+                        }),
+                    );
+                }
+            }
             DialogMsg::ShardReleased => {
                 st.history
                     .push(("pool".into(), "shard moved during set-up".into()));
@@ -1185,6 +1253,11 @@ impl Actor for DialogActor {
                     }),
                 });
             }
+        }
+        // An answered call whose record this node could not write yet: try again shortly.
+        if st.a_answered && !st.stored && !st.store_retry && st.phase != Phase::Ending {
+            st.store_retry = true;
+            drop(myself.send_after(STORE_RETRY_EVERY, || DialogMsg::StoreRecord));
         }
         Ok(())
     }
@@ -1481,8 +1554,7 @@ fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, env: Envelope
             if !st.stored
                 && let Some(rec) = st.record()
             {
-                st.ctx.store.store(rec);
-                st.stored = true;
+                st.stored = st.ctx.store.store(rec);
             }
             st.ctx.call_answered();
             if let Some(half) = st.session_refresh {
@@ -1876,6 +1948,8 @@ fn restored(
         gateway_active,
         session_refresh: None,
         stored: true,
+        store_retry: false,
+        ended: false,
         a,
         ctx,
     })
