@@ -799,3 +799,113 @@ async fn a_record_goes_only_with_a_call_that_ended_and_a_rebuilt_call_follows_it
     );
     node_a.shutdown(Duration::from_secs(1), false).await;
 }
+
+/// A dialog store that refuses writes while `refuse` is set (a node whose lease lapsed).
+struct RefusingStore {
+    inner: SingleNode,
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+impl medpool_b2bua::cluster::DialogStore for RefusingStore {
+    fn store(&self, record: medpool_b2bua::cluster::DialogRecord) -> bool {
+        !self.refuse.load(std::sync::atomic::Ordering::SeqCst) && self.inner.store(record)
+    }
+    fn remove(&self, shard: u16, a_call_id: &str) {
+        self.inner.remove(shard, a_call_id);
+    }
+    fn contains(&self, shard: u16, a_call_id: &str) -> bool {
+        self.inner.contains(shard, a_call_id)
+    }
+    fn records_of(&self, shard: u16) -> Vec<medpool_b2bua::cluster::DialogRecord> {
+        self.inner.records_of(shard)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answered_call_without_a_record_retries_it_and_is_ended_if_its_shard_moves_first() {
+    use medpool_b2bua::cluster::DialogStore;
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = Arc::new(RefusingStore {
+        inner: SingleNode::new(1024),
+        refuse: std::sync::atomic::AtomicBool::new(true),
+    });
+    let opts = NodeOptions {
+        sip: TransportConfig {
+            listen: "127.0.59.1:5060".parse().unwrap(),
+            ..TransportConfig::default()
+        },
+        ..NodeOptions::default()
+    };
+    let node = node::start(
+        opts,
+        config(59, ""),
+        Arc::new(SingleNode::new(1024)),
+        store.clone(),
+        Arc::new(medpool_b2bua::cluster::NoRelay),
+    )
+    .await
+    .unwrap();
+    let caller = Peer::bind("127.0.59.1:5070").await;
+    let gw1 = Peer::bind("127.0.59.21:5060").await;
+    let answer = |call_id: &'static str| {
+        let (caller, gw1, node) = (&caller, &gw1, &node);
+        async move {
+            caller
+                .send(&invite(caller.addr(), call_id), node.sip_addr)
+                .await;
+            let (inv, from) = gw1
+                .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+                .await;
+            gw1.respond(&inv, 200, "g1", from, Some(SDP)).await;
+            let (ok, _) = caller
+                .expect(Expect::Status(200), Duration::from_secs(1))
+                .await;
+            caller
+                .send(&ack_for(&ok, caller.addr()), node.sip_addr)
+                .await;
+            gw1.expect(Expect::Request(Method::Ack), Duration::from_secs(1))
+                .await;
+        }
+    };
+
+    // 1. The write is refused, then allowed again: the call writes its record on a retry.
+    answer("nr1").await;
+    let shard1 = medpool_sip::ids::call_id_shard(b"nr1", 1024);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        store.records_of(shard1).is_empty(),
+        "a refused write was kept"
+    );
+    store.refuse.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        store.records_of(shard1).len(),
+        1,
+        "the record was not retried"
+    );
+
+    // 2. Still refused when the shard moves: nobody else can carry the call, so it is ended here,
+    //    with a BYE on both legs, rather than left up at the gateway.
+    store.refuse.store(true, SeqCst);
+    answer("nr2").await;
+    let shard2 = medpool_sip::ids::call_id_shard(b"nr2", 1024);
+    assert_eq!(node.ctx.release_shard(shard2), 1);
+    let (bye_a, from_a) = caller
+        .expect(Expect::Request(Method::Bye), Duration::from_secs(1))
+        .await;
+    assert_eq!(bye_a.call_id().unwrap().unwrap(), b"nr2");
+    caller.respond(&bye_a, 200, "unused", from_a, None).await;
+    let (bye_b, from_b) = gw1
+        .expect(Expect::Request(Method::Bye), Duration::from_secs(1))
+        .await;
+    gw1.respond(&bye_b, 200, "g1", from_b, None).await;
+    let t0 = Instant::now();
+    while node.ctx.active_calls() > 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the ended call lingered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.shutdown(Duration::from_secs(1), false).await;
+}
