@@ -22,6 +22,11 @@ pub trait ShardOwnership: Send + Sync + 'static {
     fn recently_taken(&self, _shard: u16) -> bool {
         false
     }
+    /// Whether this node owns `shard` under a valid lease but does not act for it yet: it waits
+    /// for the old owner to report the shard released (a hand-over fence, normally milliseconds).
+    fn taking_over(&self, _shard: u16) -> bool {
+        false
+    }
 }
 
 /// Moving SIP between nodes: a message received here for a shard another node owns goes to that owner,

@@ -79,6 +79,9 @@ pub struct Stats {
     /// Messages that could not be forwarded (peer queue full or unreachable): new calls among them
     /// were answered 503, the rest dropped for their senders to retransmit.
     pub forward_failures: AtomicU64,
+    /// New UDP INVITEs left unanswered while this node was taking their shard over (behind the
+    /// hand-over fence): the caller's retransmission finds the shard served.
+    pub held_for_takeover: AtomicU64,
     /// Calls rebuilt from replicated records after a shard moved here.
     pub calls_restored: AtomicU64,
     /// Post-dial delay (INVITE in → first 18x or 2xx relayed to the caller).
@@ -597,6 +600,13 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>, traceparen
         // Nobody can take it now (no owner, lease lapsed, owner unreachable): a new call is told to
         // come back; anything else is dropped and its sender retransmits.
         let new_call = inb.msg.method() == Some(Method::Invite) && inb.msg.to_tag().is_none();
+        if new_call && !inb.transport.is_reliable() && ctx.shards.taking_over(shard) {
+            // This node is taking the shard over (behind its hand-over fence, normally a few ms):
+            // the caller's retransmission, 500 ms on, finds it acting. Over TCP nothing is resent,
+            // so a new call there is still told to come back.
+            ctx.stats.held_for_takeover.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if new_call && let Some(a) = overload_answer(&inb.msg, inb.source, config.node.retry_after)
         {
             answer(ctx, &inb, via, a).await;

@@ -909,3 +909,78 @@ async fn an_answered_call_without_a_record_retries_it_and_is_ended_if_its_shard_
     }
     node.shutdown(Duration::from_secs(1), false).await;
 }
+
+/// Shard ownership of a node behind a hand-over fence: it owns every shard under its lease but does
+/// not act for them until `acting` is set.
+struct Fenced {
+    acting: std::sync::atomic::AtomicBool,
+}
+
+impl medpool_b2bua::cluster::ShardOwnership for Fenced {
+    fn shard_count(&self) -> u16 {
+        1024
+    }
+    fn may_act(&self, _shard: u16) -> bool {
+        self.acting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn owner(&self, _shard: u16) -> Option<u64> {
+        Some(0)
+    }
+    fn node_id(&self) -> u64 {
+        0
+    }
+    fn taking_over(&self, _shard: u16) -> bool {
+        !self.acting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_udp_call_waits_out_a_hand_over_fence_instead_of_being_refused() {
+    let shards = Arc::new(Fenced {
+        acting: std::sync::atomic::AtomicBool::new(false),
+    });
+    let opts = NodeOptions {
+        sip: TransportConfig {
+            listen: "127.0.58.1:5060".parse().unwrap(),
+            ..TransportConfig::default()
+        },
+        ..NodeOptions::default()
+    };
+    let node = node::start(
+        opts,
+        config(58, ""),
+        shards.clone(),
+        Arc::new(SingleNode::new(1024)),
+        Arc::new(medpool_b2bua::cluster::NoRelay),
+    )
+    .await
+    .unwrap();
+    let caller = Peer::bind("127.0.58.1:5070").await;
+    let gw1 = Peer::bind("127.0.58.21:5060").await;
+    let inv = invite(caller.addr(), "fence1");
+    caller.send(&inv, node.sip_addr).await;
+    assert!(
+        caller.recv(Duration::from_millis(400)).await.is_none(),
+        "a new call behind the fence was answered (503) instead of left to its retransmission"
+    );
+    assert_eq!(
+        node.ctx
+            .stats
+            .held_for_takeover
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The fence passes; the caller's retransmission (T1 = 500 ms) sets the call up.
+    shards
+        .acting
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    caller.send(&inv, node.sip_addr).await;
+    let (inv_b, from) = gw1
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    gw1.respond(&inv_b, 200, "g1", from, Some(SDP)).await;
+    caller
+        .expect(Expect::Status(200), Duration::from_secs(1))
+        .await;
+    node.shutdown(Duration::from_secs(1), false).await;
+}

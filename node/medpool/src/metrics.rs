@@ -116,6 +116,12 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
+            "medpool_invites_held_for_takeover",
+            "New UDP INVITEs left to their retransmission while this node took their shard over",
+            &one(s.held_for_takeover.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
             "medpool_gateway_transitions",
             "Gateway up/down changes",
             &one(s.gateway_transitions.load(Relaxed)),

@@ -36,6 +36,11 @@ impl ShardOwnership for PoolAdapter {
     fn recently_taken(&self, shard: u16) -> bool {
         self.pool.recently_taken(shard)
     }
+    fn taking_over(&self, shard: u16) -> bool {
+        self.pool.owner(shard) == Some(self.pool.node_id())
+            && self.pool.holds_lease()
+            && !self.pool.acting(shard)
+    }
 }
 
 impl DialogStore for PoolAdapter {
