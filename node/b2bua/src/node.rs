@@ -139,6 +139,9 @@ pub struct NodeCtx {
     /// Counters.
     pub stats: Stats,
     draining: AtomicBool,
+    /// Calls started here whose record is not written (being set up, or ending before they were
+    /// answered): only this node can finish them, so a shutdown waits for them.
+    pub(crate) unrecorded_calls: std::sync::atomic::AtomicUsize,
     inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
     inbound_cps: std::sync::Mutex<std::collections::BTreeMap<String, crate::health::TokenBucket>>,
     epoch: tokio::time::Instant,
@@ -188,6 +191,12 @@ impl NodeCtx {
     /// How many calls are in progress on this node.
     pub fn active_calls(&self) -> usize {
         self.registry.calls()
+    }
+    /// How many calls only this node can finish: started here and not (yet) written down — in
+    /// set-up, or ending before they were answered (e.g. ACK + BYE to a gateway's 2xx that crossed
+    /// our CANCEL after their shard moved). A shutdown waits for them.
+    pub fn unrecorded_calls(&self) -> usize {
+        self.unrecorded_calls.load(Ordering::SeqCst)
     }
     /// Takes a message another node forwarded (false when the queue is full: the peer retransmits).
     pub fn inject(&self, inbound: Inbound, via: u64, traceparent: Option<String>) -> bool {
@@ -379,6 +388,7 @@ pub async fn start(
         timers: opts.timers,
         stats: Stats::default(),
         draining: AtomicBool::new(false),
+        unrecorded_calls: std::sync::atomic::AtomicUsize::new(0),
         inbound_calls: std::sync::Mutex::new(Default::default()),
         inbound_cps: std::sync::Mutex::new(Default::default()),
         relay,
@@ -427,9 +437,13 @@ impl RunningNode {
             } else {
                 0
             };
-            // Wait for transactions still waiting for a final answer; those lingering after it (Timers
-            // D, J, K, L, M) only absorb retransmissions and need not hold the process.
-            if (busy_calls == 0 && self.ctx.driver.unfinished() == 0)
+            // Wait for transactions still waiting for a final answer, and for calls only this node can
+            // finish (a gateway answer already received but not yet handled by its call must still be
+            // ACKed and, if the call was given up, BYEd). Transactions lingering after their answer
+            // (Timers D, J, K, L, M) only absorb retransmissions and need not hold the process.
+            if (busy_calls == 0
+                && self.ctx.driver.unfinished() == 0
+                && self.ctx.unrecorded_calls() == 0)
                 || tokio::time::Instant::now() >= deadline
             {
                 break;

@@ -319,6 +319,16 @@ impl Call {
         }
     }
 
+    /// The call's record was taken for writing: from here on the pool, not only this node, knows it.
+    fn mark_stored(&mut self) {
+        if !self.stored {
+            self.stored = true;
+            self.ctx
+                .unrecorded_calls
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// Answers the caller's INVITE (final or provisional) through its server transaction.
     fn respond_a(&mut self, status: u16, bytes: Bytes) {
         let Some(inv) = &self.a_invite else { return };
@@ -341,8 +351,9 @@ impl Call {
                     // new owner carries it on as confirmed (the ACK is then absorbed there).
                     if !self.stored
                         && let Some(rec) = self.record()
+                        && self.ctx.store.store(rec)
                     {
-                        self.stored = self.ctx.store.store(rec);
+                        self.mark_stored();
                     }
                     tracing::debug!(parent: &self.span, status, "answered");
                     self.ctx.publish(crate::node::NodeEvent::CallAnswered {
@@ -973,6 +984,10 @@ impl Actor for DialogActor {
             );
             return Ok(());
         }
+        // Until its record is written, only this node can finish the call (see `mark_stored`).
+        st.ctx
+            .unrecorded_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         st.ctx.publish(crate::node::NodeEvent::CallStarted {
             call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
             shard: st.shard,
@@ -1044,6 +1059,12 @@ impl Actor for DialogActor {
                 .store
                 .remove(st.shard, &String::from_utf8_lossy(&st.a.call_id));
         }
+        if !st.stored {
+            // Counted in post_start (calls rebuilt here start stored and are never counted).
+            st.ctx
+                .unrecorded_calls
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
         st.ctx
             .call_ended(&st.inbound.name, st.last_status, st.started.elapsed());
         st.span.record("sip.status", st.last_status);
@@ -1090,8 +1111,9 @@ impl Actor for DialogActor {
                 if !st.stored
                     && st.phase != Phase::Ending
                     && let Some(rec) = st.record()
+                    && st.ctx.store.store(rec)
                 {
-                    st.stored = st.ctx.store.store(rec);
+                    st.mark_stored();
                 }
             }
             DialogMsg::RecordCheck { left } => {
@@ -1553,8 +1575,9 @@ fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, env: Envelope
             }
             if !st.stored
                 && let Some(rec) = st.record()
+                && st.ctx.store.store(rec)
             {
-                st.stored = st.ctx.store.store(rec);
+                st.mark_stored();
             }
             st.ctx.call_answered();
             if let Some(half) = st.session_refresh {
