@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use medpool_sip::transaction::{DriverConfig, TimerConfig};
 use medpool_sip::transport::{self, Inbound, TransportConfig, Transports, overload_answer};
-use medpool_sip::{HeaderName, Method, ids};
+use medpool_sip::{HeaderName, Method, SipMessage, ids};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{DialogStore, Relay, ShardOwnership};
@@ -58,6 +58,11 @@ pub enum NodeEvent {
         up: bool,
     },
 }
+
+/// How long a forwarded new-call INVITE is waited for at shutdown, at most (Timer B).
+const RELAY_WAIT_MAX: Duration = Duration::from_secs(32);
+/// How many forwarded INVITEs are tracked at most (beyond that, the oldest are not waited for).
+const RELAY_TRACK_MAX: usize = 16_384;
 
 /// Counters of what the node did (exported as metrics by the binary).
 #[derive(Debug, Default)]
@@ -142,6 +147,10 @@ pub struct NodeCtx {
     /// Calls started here whose record is not written (being set up, or ending before they were
     /// answered): only this node can finish them, so a shutdown waits for them.
     pub(crate) unrecorded_calls: std::sync::atomic::AtomicUsize,
+    /// New-call INVITEs this node received and forwarded to their shard's owner, whose final answer
+    /// has not come back through it yet (branch → when): the owner's answers leave from this node,
+    /// so a shutdown waits for them (see [`NodeCtx::relayed_answer`]).
+    relayed_invites: std::sync::Mutex<std::collections::HashMap<Vec<u8>, tokio::time::Instant>>,
     inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
     inbound_cps: std::sync::Mutex<std::collections::BTreeMap<String, crate::health::TokenBucket>>,
     epoch: tokio::time::Instant,
@@ -197,6 +206,48 @@ impl NodeCtx {
     /// our CANCEL after their shard moved). A shutdown waits for them.
     pub fn unrecorded_calls(&self) -> usize {
         self.unrecorded_calls.load(Ordering::SeqCst)
+    }
+    /// Notes a message the owner of its shard asked this node to send on its behalf (an answer to
+    /// a request this node received and forwarded): a final answer to a forwarded new-call INVITE
+    /// is no longer waited for.
+    pub fn relayed_answer(&self, bytes: &bytes::Bytes) {
+        let Ok(mut pending) = self.relayed_invites.lock() else {
+            return;
+        };
+        if pending.is_empty() {
+            return;
+        }
+        if let Ok(m) = SipMessage::parse(bytes.clone())
+            && m.status().is_some_and(|s| s >= 200)
+            && let Some(branch) = m.top_branch()
+        {
+            pending.remove(branch);
+        }
+    }
+    /// Forwarded new-call INVITEs still waiting for their final answer to come back through this
+    /// node (those older than Timer B, 32 s, are forgotten).
+    pub fn relayed_pending(&self) -> usize {
+        let Ok(mut pending) = self.relayed_invites.lock() else {
+            return 0;
+        };
+        pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
+        pending.len()
+    }
+    fn note_relayed_invite(&self, msg: &SipMessage) {
+        if msg.method() != Some(Method::Invite) || msg.to_tag().is_some() {
+            return;
+        }
+        let Some(branch) = msg.top_branch() else {
+            return;
+        };
+        if let Ok(mut pending) = self.relayed_invites.lock() {
+            if pending.len() >= RELAY_TRACK_MAX {
+                pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
+            }
+            if pending.len() < RELAY_TRACK_MAX {
+                pending.insert(branch.to_vec(), tokio::time::Instant::now());
+            }
+        }
     }
     /// Takes a message another node forwarded (false when the queue is full: the peer retransmits).
     pub fn inject(&self, inbound: Inbound, via: u64, traceparent: Option<String>) -> bool {
@@ -389,6 +440,7 @@ pub async fn start(
         stats: Stats::default(),
         draining: AtomicBool::new(false),
         unrecorded_calls: std::sync::atomic::AtomicUsize::new(0),
+        relayed_invites: std::sync::Mutex::new(std::collections::HashMap::new()),
         inbound_calls: std::sync::Mutex::new(Default::default()),
         inbound_cps: std::sync::Mutex::new(Default::default()),
         relay,
@@ -441,9 +493,13 @@ impl RunningNode {
             // finish (a gateway answer already received but not yet handled by its call must still be
             // ACKed and, if the call was given up, BYEd). Transactions lingering after their answer
             // (Timers D, J, K, L, M) only absorb retransmissions and need not hold the process.
+            // So are forwarded new calls whose answers (from their owner) still have to leave from
+            // here: a node that exits first loses them, and the caller, hearing nothing, resends its
+            // INVITE, which may then start a second call at the shard's new owner.
             if (busy_calls == 0
                 && self.ctx.driver.unfinished() == 0
-                && self.ctx.unrecorded_calls() == 0)
+                && self.ctx.unrecorded_calls() == 0
+                && self.ctx.relayed_pending() == 0)
                 || tokio::time::Instant::now() >= deadline
             {
                 break;
@@ -604,6 +660,7 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>, traceparen
                     .forward(owner, shard, inb.msg.bytes(), inb.source, t, tp)
                 {
                     ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                    ctx.note_relayed_invite(&inb.msg);
                     return;
                 }
                 // The owner's queue is full or it cannot be reached: counted, then handled below.

@@ -1037,3 +1037,95 @@ async fn a_node_shutting_down_still_acks_and_byes_a_gateway_answer_that_crossed_
     assert_eq!(ctx.unrecorded_calls(), 0);
     assert_eq!(ctx.active_calls(), 0);
 }
+
+/// Shard ownership of a node that owns nothing: every shard belongs to node 1.
+struct OwnsNothing;
+
+impl medpool_b2bua::cluster::ShardOwnership for OwnsNothing {
+    fn shard_count(&self) -> u16 {
+        1024
+    }
+    fn may_act(&self, _shard: u16) -> bool {
+        false
+    }
+    fn owner(&self, _shard: u16) -> Option<u64> {
+        Some(1)
+    }
+    fn node_id(&self) -> u64 {
+        0
+    }
+}
+
+/// A relay that takes every message and keeps what was forwarded.
+#[derive(Default)]
+struct KeepingRelay {
+    forwarded: std::sync::Mutex<Vec<Bytes>>,
+}
+
+impl medpool_b2bua::cluster::Relay for KeepingRelay {
+    fn forward(
+        &self,
+        _: u64,
+        _: u16,
+        message: Bytes,
+        _: SocketAddr,
+        _: &str,
+        _: Option<String>,
+    ) -> bool {
+        self.forwarded.lock().unwrap().push(message);
+        true
+    }
+    fn send_via(&self, _: u64, _: Bytes, _: SocketAddr, _: &str) -> bool {
+        true
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_stopping_waits_for_the_answers_to_invites_it_forwarded() {
+    let relay = Arc::new(KeepingRelay::default());
+    let opts = NodeOptions {
+        sip: TransportConfig {
+            listen: "127.0.56.1:5060".parse().unwrap(),
+            ..TransportConfig::default()
+        },
+        ..NodeOptions::default()
+    };
+    let node = node::start(
+        opts,
+        config(56, ""),
+        Arc::new(OwnsNothing),
+        Arc::new(SingleNode::new(1024)),
+        relay.clone(),
+    )
+    .await
+    .unwrap();
+    let caller = Peer::bind("127.0.56.1:5070").await;
+    caller
+        .send(&invite(caller.addr(), "relay1"), node.sip_addr)
+        .await;
+    let t0 = Instant::now();
+    while relay.forwarded.lock().unwrap().is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the INVITE was not forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(node.ctx.relayed_pending(), 1);
+    let inv = SipMessage::parse(relay.forwarded.lock().unwrap()[0].clone()).unwrap();
+    let ctx = node.ctx.clone();
+    let stopping = tokio::spawn(node.shutdown(Duration::from_secs(10), false));
+    // The owner's provisional answer passes through; the node keeps waiting for the final one.
+    ctx.relayed_answer(&response_to(&inv, 180, b"Ringing", Some("t1"), None).build());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !stopping.is_finished(),
+        "stopped before the final answer came back"
+    );
+    ctx.relayed_answer(&response_to(&inv, 200, b"OK", Some("t1"), None).build());
+    tokio::time::timeout(Duration::from_secs(1), stopping)
+        .await
+        .expect("still waiting after the final answer")
+        .unwrap();
+    assert_eq!(ctx.relayed_pending(), 0);
+}

@@ -130,10 +130,9 @@ impl PoolSink for NodeSink {
             Transport::Udp
         };
         if msg.send {
-            return node
-                .transports
-                .send_now(transport, peer, Bytes::from(msg.message))
-                .is_ok();
+            let bytes = Bytes::from(msg.message);
+            node.relayed_answer(&bytes);
+            return node.transports.send_now(transport, peer, bytes).is_ok();
         }
         match SipMessage::parse(Bytes::from(msg.message)) {
             Ok(m) => node.inject(

@@ -988,6 +988,7 @@ impl Actor for DialogActor {
         st.ctx
             .unrecorded_calls
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tracing::debug!(parent: &st.span, via = ?st.a_invite.as_ref().and_then(|e| e.via), "call started");
         st.ctx.publish(crate::node::NodeEvent::CallStarted {
             call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
             shard: st.shard,
@@ -1090,7 +1091,10 @@ impl Actor for DialogActor {
         match msg {
             DialogMsg::Response { key, status, env } => on_response(st, &myself, key, status, env),
             DialogMsg::StrayAnswer { env } => st.reack_b(&env),
-            DialogMsg::ShardReleased if st.stored => myself.stop(Some("shard moved".into())),
+            DialogMsg::ShardReleased if st.stored => {
+                tracing::debug!(parent: &st.span, "shard moved: the call goes on at its new owner");
+                myself.stop(Some("shard moved".into()));
+            }
             DialogMsg::ShardReleased if st.a_answered => {
                 // Answered while this node could not write the record (a frozen node waking up
                 // after its lease lapsed): the new owner cannot know the call, so it ends here.
