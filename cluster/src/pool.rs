@@ -921,6 +921,17 @@ impl Pool {
         }
     }
 
+    /// Proposes a decision this node took as leader (a node down or back, shard moves) to its own
+    /// Raft only. Never forwarded nor retried elsewhere: a deposed leader's view of who is alive is
+    /// stale (a leader cut off by a partition hears nobody), and carried to the new leader it would
+    /// declare live nodes down and hand their shards over without a fence. Not committed in this
+    /// node's term, it is dropped; the current leader decides again from its own view.
+    async fn write_as_leader(&self, cmd: Command) {
+        if let Err(e) = self.raft.client_write(cmd).await {
+            tracing::debug!(error = %e, "leader decision not committed (no longer leader)");
+        }
+    }
+
     async fn leader_task(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
@@ -986,20 +997,18 @@ impl Pool {
                             node = id,
                             "node silent for longer than lease + margin: down"
                         );
-                        let _ = self
-                            .write(Command::SetNodeState {
-                                id: *id,
-                                state: NodeState::Down,
-                            })
-                            .await;
+                        self.write_as_leader(Command::SetNodeState {
+                            id: *id,
+                            state: NodeState::Down,
+                        })
+                        .await;
                     }
                     NodeState::Down if recent => {
-                        let _ = self
-                            .write(Command::SetNodeState {
-                                id: *id,
-                                state: NodeState::Active,
-                            })
-                            .await;
+                        self.write_as_leader(Command::SetNodeState {
+                            id: *id,
+                            state: NodeState::Active,
+                        })
+                        .await;
                     }
                     _ => {}
                 }
@@ -1010,7 +1019,7 @@ impl Pool {
             let moves = self.reader.read(|s| plan_moves(s, &alive));
             if !moves.is_empty() {
                 tracing::info!(moves = moves.len(), "rebalancing shards");
-                let _ = self.write(Command::MoveShards { moves }).await;
+                self.write_as_leader(Command::MoveShards { moves }).await;
             }
         }
     }
