@@ -98,9 +98,10 @@ the kubelet from the env var defined before it.
 Checks that cannot be expressed in values.schema.json. They fail the render with a message.
 */}}
 {{- define "medpool.validate" -}}
-{{- $budget := add .Values.drain.timeoutSeconds .Values.shutdownGraceSeconds }}
+{{- /* + 8 s: after its grace, medpool writes out its last dialog records (3 s at most) and stops Raft (5 s). */}}
+{{- $budget := add .Values.drain.timeoutSeconds .Values.shutdownGraceSeconds 8 }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (int $budget) }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be longer than drain.timeoutSeconds + shutdownGraceSeconds (%d): the kubelet would kill the node in the middle of its drain" (int .Values.terminationGracePeriodSeconds) (int $budget)) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be longer than drain.timeoutSeconds + shutdownGraceSeconds + 8 s of final writes (%d): the kubelet would kill the node in the middle of its drain" (int .Values.terminationGracePeriodSeconds) (int $budget)) }}
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled: there is no metrics port to scrape" }}
