@@ -301,8 +301,11 @@ impl World {
     /// counts, the audit reports and the samples.
     pub async fn collect(&mut self) {
         // The pool answers the caller's BYE and sends its own to the gateway independently: give
-        // the gateways a moment to see the last ones.
-        for _ in 0..50 {
+        // the gateways a moment to see the last ones. A leg a gateway answered after its call
+        // was given up (a late answer to an abandoned attempt whose call ended or moved) is hung up
+        // when the gateway's 2xx reaches a node, which a gateway resends for 32 s (Timer B window);
+        // so the wait is that long at most, and only while a leg is still up.
+        for _ in 0..400 {
             if self.gws.iter().all(|g| g.active_calls().is_empty()) {
                 break;
             }

@@ -87,6 +87,8 @@ pub struct Stats {
     /// New UDP INVITEs left unanswered while this node was taking their shard over (behind the
     /// hand-over fence): the caller's retransmission finds the shard served.
     pub held_for_takeover: AtomicU64,
+    /// 2xx answers to our INVITEs that no call knew any more, ACKed and hung up.
+    pub orphan_answers: AtomicU64,
     /// Calls rebuilt from replicated records after a shard moved here.
     pub calls_restored: AtomicU64,
     /// Post-dial delay (INVITE in → first 18x or 2xx relayed to the caller).
@@ -151,6 +153,8 @@ pub struct NodeCtx {
     /// has not come back through it yet (branch → when): the owner's answers leave from this node,
     /// so a shutdown waits for them (see [`NodeCtx::relayed_answer`]).
     relayed_invites: std::sync::Mutex<std::collections::HashMap<Vec<u8>, tokio::time::Instant>>,
+    /// Legs whose orphan 2xx this node hung up lately (Call-ID → when): a resent copy is only ACKed.
+    orphan_legs: std::sync::Mutex<std::collections::HashMap<bytes::Bytes, tokio::time::Instant>>,
     inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
     inbound_cps: std::sync::Mutex<std::collections::BTreeMap<String, crate::health::TokenBucket>>,
     epoch: tokio::time::Instant,
@@ -232,6 +236,17 @@ impl NodeCtx {
         };
         pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
         pending.len()
+    }
+    /// Whether this is the first orphan 2xx of this leg lately (see `orphan_answer`).
+    fn first_orphan_answer(&self, call_id: &bytes::Bytes) -> bool {
+        let Ok(mut seen) = self.orphan_legs.lock() else {
+            return false;
+        };
+        if seen.len() >= 1024 {
+            seen.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX * 2);
+        }
+        seen.insert(call_id.clone(), tokio::time::Instant::now())
+            .is_none()
     }
     fn note_relayed_invite(&self, msg: &SipMessage) {
         if msg.method() != Some(Method::Invite) || msg.to_tag().is_some() {
@@ -441,6 +456,7 @@ pub async fn start(
         draining: AtomicBool::new(false),
         unrecorded_calls: std::sync::atomic::AtomicUsize::new(0),
         relayed_invites: std::sync::Mutex::new(std::collections::HashMap::new()),
+        orphan_legs: std::sync::Mutex::new(std::collections::HashMap::new()),
         inbound_calls: std::sync::Mutex::new(Default::default()),
         inbound_cps: std::sync::Mutex::new(Default::default()),
         relay,
@@ -733,7 +749,53 @@ fn respond(
 }
 
 async fn handle_core(ctx: &Arc<NodeCtx>, ev: CoreEvent) {
-    let CoreEvent::Unrouted { key, env } = ev;
+    match ev {
+        CoreEvent::Unrouted { key, env } => unrouted(ctx, key, env).await,
+        CoreEvent::OrphanAnswer { env } => orphan_answer(ctx, &env),
+    }
+}
+
+/// ACKs a 2xx to one of our INVITEs that no call knows any more (its call ended or moved before
+/// the gateway answered: an abandoned attempt whose late answer outlived its call) and hangs the
+/// leg up, so that it is not left up at the gateway. A resent copy is only ACKed again.
+fn orphan_answer(ctx: &NodeCtx, env: &Envelope) {
+    let Some(mut leg) = dialog::leg::Leg::from_answer(&env.msg, env.peer, env.transport) else {
+        return;
+    };
+    let shard = ids::shard_in(&leg.call_id).unwrap_or(0);
+    if ctx.shards.recently_taken(shard) {
+        // Its call may still be on its way here (a late record of the old owner): the gateway
+        // resends its 2xx for 32 s, and a later copy finds the call, or is hung up then.
+        return;
+    }
+    let ack = leg
+        .request(&ctx.me, b"ACK", leg.local_cseq, &ids::new_branch(shard))
+        .build();
+    let _ = ctx.transports.send_now(leg.transport, leg.next_hop(), ack);
+    if !ctx.first_orphan_answer(&leg.call_id) {
+        return;
+    }
+    ctx.stats.orphan_answers.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        call_id = %String::from_utf8_lossy(&leg.call_id),
+        "a gateway answered a leg no call knows any more: ACK and BYE"
+    );
+    leg.local_cseq += 1;
+    let mut bye = leg.request(&ctx.me, b"BYE", leg.local_cseq, &ids::new_branch(shard));
+    bye.header(
+        HeaderName::Reason,
+        b"SIP;cause=200;text=\"Call completed elsewhere\"",
+    );
+    if let Some(env) = Envelope::outgoing(bye.build(), leg.next_hop(), leg.transport)
+        && let Some(key) = crate::sipcore::client_key_of_request(&env.msg)
+    {
+        let _ = ctx
+            .driver
+            .start_client(key, env, leg.transport.is_reliable());
+    }
+}
+
+async fn unrouted(ctx: &Arc<NodeCtx>, key: medpool_sip::transaction::ServerKey, env: Envelope) {
     let msg = &env.msg;
     let allow = medpool_sip::check::ALLOWED_METHODS.as_bytes();
     let in_dialog = msg.to_tag().is_some();

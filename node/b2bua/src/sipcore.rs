@@ -278,6 +278,25 @@ pub enum CoreEvent {
         /// The request.
         env: Envelope,
     },
+    /// A 2xx to an INVITE of ours (its Call-ID is one we minted) that no call knows any more: its
+    /// call ended, or moved, before the gateway answered. The node ACKs it and hangs the leg up.
+    OrphanAnswer {
+        /// The response.
+        env: Envelope,
+    },
+}
+
+/// Whether `response` is a 2xx to an INVITE on a leg we created (a Call-ID we minted).
+fn is_our_invite_2xx(status: u16, response: &SipMessage) -> bool {
+    (200..300).contains(&status)
+        && response
+            .cseq()
+            .and_then(|c| c.ok())
+            .is_some_and(|c| c.method == Method::Invite)
+        && response
+            .call_id()
+            .and_then(|c| c.ok())
+            .is_some_and(|c| medpool_sip::ids::shard_in(c).is_some())
 }
 
 /// The transaction layer's I/O: sends through the transports, routes events through the registry.
@@ -398,14 +417,28 @@ impl TransactionIo<Envelope> for SipIo {
                 let owner = self.registry.with(|m| m.clients.get(&key).cloned());
                 match owner {
                     Some(Owner::Dialog(a)) => {
-                        let _ = a.cast(D::Response {
+                        // Its call may have stopped meanwhile (its shard moved): a 2xx then has no
+                        // one to ACK it but the node.
+                        let orphan =
+                            is_our_invite_2xx(status, &response.msg).then(|| response.clone());
+                        let sent = a.cast(D::Response {
                             key,
                             status,
                             env: response,
                         });
+                        if sent.is_err()
+                            && let Some(env) = orphan
+                        {
+                            let _ = self.core.try_send(CoreEvent::OrphanAnswer { env });
+                        }
                     }
                     Some(Owner::Gateway(g)) => {
                         let _ = g.cast(GatewayMsg::ProbeAnswer { key, status });
+                    }
+                    None if is_our_invite_2xx(status, &response.msg) => {
+                        let _ = self
+                            .core
+                            .try_send(CoreEvent::OrphanAnswer { env: response });
                     }
                     None => {}
                 }
@@ -413,11 +446,21 @@ impl TransactionIo<Envelope> for SipIo {
             TuEvent::StrayResponse {
                 status, response, ..
             } => {
-                // A 2xx retransmitted after its transaction ended: the dialog ACKs it again.
-                if (200..300).contains(&status)
-                    && let Some((actor, Side::B)) = self.registry.dialog_for(&response.msg)
-                {
-                    let _ = actor.cast(D::StrayAnswer { env: response });
+                // A 2xx retransmitted after its transaction ended: the dialog ACKs it again; when no
+                // dialog knows it any more, the node ACKs it and hangs the leg up.
+                if (200..300).contains(&status) {
+                    match self.registry.dialog_for(&response.msg) {
+                        Some((actor, Side::B)) => {
+                            let _ = actor.cast(D::StrayAnswer { env: response });
+                        }
+                        Some(_) => {}
+                        None if is_our_invite_2xx(status, &response.msg) => {
+                            let _ = self
+                                .core
+                                .try_send(CoreEvent::OrphanAnswer { env: response });
+                        }
+                        None => {}
+                    }
                 }
             }
             TuEvent::Terminated { key, outcome } => match key {

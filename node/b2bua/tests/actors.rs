@@ -1129,3 +1129,54 @@ async fn a_node_stopping_waits_for_the_answers_to_invites_it_forwarded() {
         .unwrap();
     assert_eq!(ctx.relayed_pending(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_gateway_answer_no_call_knows_is_acked_and_hung_up() {
+    let node = start_node(55, "").await;
+    let gw1 = Peer::bind("127.0.55.21:5060").await;
+    // A 200 to an INVITE of ours whose call is gone (an abandoned attempt answered late, after its
+    // call ended or moved): our Call-ID format and branch, a gateway tag, the gateway's Contact.
+    let call_id = medpool_sip::ids::new_call_id(7);
+    let branch = medpool_sip::ids::new_branch(7);
+    let mut ok = MessageBuilder::response(200, b"OK");
+    ok.header(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP {};branch={branch}", node.sip_addr).as_bytes(),
+    )
+    .header(HeaderName::From, b"<sip:medpool@127.0.55.1>;tag=ours1")
+    .header(HeaderName::To, b"<sip:+15550100@127.0.55.21>;tag=gwtag1")
+    .header(HeaderName::CallId, call_id.as_bytes())
+    .header(HeaderName::CSeq, b"1 INVITE")
+    .header(
+        HeaderName::Contact,
+        format!("<sip:gw@{}>", gw1.addr()).as_bytes(),
+    );
+    let ok = ok.build();
+    gw1.send(&ok, node.sip_addr).await;
+    let (ack, _) = gw1
+        .expect(Expect::Request(Method::Ack), Duration::from_secs(1))
+        .await;
+    assert_eq!(ack.call_id().unwrap().unwrap(), call_id.as_bytes());
+    let (bye, from) = gw1
+        .expect(Expect::Request(Method::Bye), Duration::from_secs(1))
+        .await;
+    assert_eq!(bye.to_tag(), Some(&b"gwtag1"[..]));
+    assert_eq!(bye.cseq().unwrap().unwrap().seq, 2);
+    gw1.respond(&bye, 200, "gwtag1", from, None).await;
+    // The gateway resends its 200 (it missed nothing, but say it did): ACKed again, no second BYE.
+    gw1.send(&ok, node.sip_addr).await;
+    gw1.expect(Expect::Request(Method::Ack), Duration::from_secs(1))
+        .await;
+    assert!(
+        gw1.recv(Duration::from_secs(1)).await.is_none(),
+        "a second BYE for the same leg"
+    );
+    assert_eq!(
+        node.ctx
+            .stats
+            .orphan_answers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    node.shutdown(Duration::from_secs(1), false).await;
+}

@@ -122,6 +122,12 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
+            "medpool_orphan_answers",
+            "Gateway 2xx answers no call knew any more (late answers to abandoned attempts), ACKed and hung up",
+            &one(s.orphan_answers.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
             "medpool_gateway_transitions",
             "Gateway up/down changes",
             &one(s.gateway_transitions.load(Relaxed)),

@@ -158,6 +158,30 @@ impl Leg {
         }
     }
 
+    /// The leg a 2xx to one of our INVITEs establishes, from the answer alone: for an answer no call
+    /// knows any more (see `CoreEvent::OrphanAnswer`), to ACK it and send a BYE.
+    pub fn from_answer(answer: &SipMessage, peer: SocketAddr, transport: Transport) -> Option<Leg> {
+        let call_id = answer.call_id()?.ok()?;
+        let local_tag = String::from_utf8_lossy(answer.from_tag()?).into_owned();
+        let local_uri = Bytes::copy_from_slice(answer.header(HeaderName::From)?);
+        let local_cseq = answer.cseq()?.ok()?.seq;
+        let mut leg = Leg {
+            call_id: Bytes::copy_from_slice(call_id),
+            local_tag,
+            local_uri,
+            remote_uri: Bytes::new(),
+            remote_tag: None,
+            remote_target: Bytes::new(),
+            route_set: Vec::new(),
+            peer,
+            transport,
+            local_cseq,
+            remote_cseq: 0,
+        };
+        leg.learn_from_answer(answer);
+        (!leg.remote_target.is_empty() && leg.remote_tag.is_some()).then_some(leg)
+    }
+
     /// Takes the dialog as a 2xx to our INVITE establishes it (RFC 3261 §12.1.2): the peer's target
     /// and tag, its To value, and the route set (Record-Route reversed).
     pub fn learn_from_answer(&mut self, answer: &SipMessage) {

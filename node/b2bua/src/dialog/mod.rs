@@ -1091,6 +1091,11 @@ impl Actor for DialogActor {
         match msg {
             DialogMsg::Response { key, status, env } => on_response(st, &myself, key, status, env),
             DialogMsg::StrayAnswer { env } => st.reack_b(&env),
+            DialogMsg::ShardReleased if st.phase == Phase::Ending => {
+                // Already ending (a BYE or CANCEL under way): it finishes here, and its record is
+                // removed with it, so that the new owner's copy, if any, follows (RecordCheck).
+                tracing::debug!(parent: &st.span, "shard moved while the call ends: it ends here");
+            }
             DialogMsg::ShardReleased if st.stored => {
                 tracing::debug!(parent: &st.span, "shard moved: the call goes on at its new owner");
                 myself.stop(Some("shard moved".into()));
