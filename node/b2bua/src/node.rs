@@ -61,7 +61,7 @@ pub enum NodeEvent {
 
 /// How long a forwarded new-call INVITE is waited for at shutdown, at most (Timer B).
 const RELAY_WAIT_MAX: Duration = Duration::from_secs(32);
-/// How many forwarded INVITEs are tracked at most (beyond that, the oldest are not waited for).
+/// How many forwarded INVITEs are tracked at most (beyond that, the older ones are not waited for).
 const RELAY_TRACK_MAX: usize = 16_384;
 
 /// Counters of what the node did (exported as metrics by the binary).
@@ -258,10 +258,13 @@ impl NodeCtx {
         if let Ok(mut pending) = self.relayed_invites.lock() {
             if pending.len() >= RELAY_TRACK_MAX {
                 pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
+                if pending.len() >= RELAY_TRACK_MAX / 2 {
+                    // That many calls in set-up through one node: stop tracking the older ones
+                    // rather than sweep the table on every new call.
+                    pending.clear();
+                }
             }
-            if pending.len() < RELAY_TRACK_MAX {
-                pending.insert(branch.to_vec(), tokio::time::Instant::now());
-            }
+            pending.insert(branch.to_vec(), tokio::time::Instant::now());
         }
     }
     /// Takes a message another node forwarded (false when the queue is full: the peer retransmits).
