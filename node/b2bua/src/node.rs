@@ -61,6 +61,8 @@ pub enum NodeEvent {
 
 /// How long a forwarded new-call INVITE is waited for at shutdown, at most (Timer B).
 const RELAY_WAIT_MAX: Duration = Duration::from_secs(32);
+/// How many hung-up legs B are remembered at most (see `NodeCtx::leg_hung_up`).
+const HUNG_UP_TRACK_MAX: usize = 65_536;
 /// How many forwarded INVITEs are tracked at most (beyond that, the older ones are not waited for).
 const RELAY_TRACK_MAX: usize = 16_384;
 
@@ -153,7 +155,8 @@ pub struct NodeCtx {
     /// has not come back through it yet (branch → when): the owner's answers leave from this node,
     /// so a shutdown waits for them (see [`NodeCtx::relayed_answer`]).
     relayed_invites: std::sync::Mutex<std::collections::HashMap<Vec<u8>, tokio::time::Instant>>,
-    /// Legs whose orphan 2xx this node hung up lately (Call-ID → when): a resent copy is only ACKed.
+    /// Legs this node hung up lately, with their call or as orphans (Call-ID → when): a 2xx of
+    /// theirs that comes again is only ACKed.
     orphan_legs: std::sync::Mutex<std::collections::HashMap<bytes::Bytes, tokio::time::Instant>>,
     inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
     inbound_cps: std::sync::Mutex<std::collections::BTreeMap<String, crate::health::TokenBucket>>,
@@ -237,13 +240,23 @@ impl NodeCtx {
         pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
         pending.len()
     }
+    /// Notes a leg B that its call hung up as it ended: a 2xx of it resent afterwards (the gateway
+    /// missed our ACK) is only ACKed, not hung up a second time.
+    pub(crate) fn leg_hung_up(&self, call_id: &[u8]) {
+        let _ = self.first_orphan_answer(&bytes::Bytes::copy_from_slice(call_id));
+    }
     /// Whether this is the first orphan 2xx of this leg lately (see `orphan_answer`).
     fn first_orphan_answer(&self, call_id: &bytes::Bytes) -> bool {
         let Ok(mut seen) = self.orphan_legs.lock() else {
             return false;
         };
-        if seen.len() >= 1024 {
+        // Swept only when full, and emptied when a sweep frees too little: never a sweep per call.
+        // (A leg forgotten early only means a late 2xx of it gets a second, harmless BYE.)
+        if seen.len() >= HUNG_UP_TRACK_MAX {
             seen.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX * 2);
+            if seen.len() >= HUNG_UP_TRACK_MAX / 2 {
+                seen.clear();
+            }
         }
         seen.insert(call_id.clone(), tokio::time::Instant::now())
             .is_none()

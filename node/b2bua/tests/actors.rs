@@ -624,6 +624,15 @@ async fn a_call_ends_as_soon_as_both_byes_are_answered() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+    // The gateway resends its 200 after the call ended (say it missed our ACK): the node ACKs it
+    // again but does not hang the leg up a second time.
+    gw1.respond(&inv, 200, "g1", from, Some(SDP)).await;
+    gw1.expect(Expect::Request(Method::Ack), Duration::from_secs(1))
+        .await;
+    assert!(
+        gw1.recv(Duration::from_secs(1)).await.is_none(),
+        "a leg already hung up was hung up again"
+    );
     node.shutdown(Duration::from_secs(1), false).await;
 }
 

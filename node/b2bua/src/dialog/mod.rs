@@ -1060,6 +1060,13 @@ impl Actor for DialogActor {
                 .store
                 .remove(st.shard, &String::from_utf8_lossy(&st.a.call_id));
         }
+        if st.ended {
+            // Its answered legs B were hung up with it (or never confirmed): a late copy of their
+            // 2xx is only ACKed by the node (`CoreEvent::OrphanAnswer`).
+            for att in st.attempts.iter().filter(|a| a.answered) {
+                st.ctx.leg_hung_up(&att.leg.call_id);
+            }
+        }
         if !st.stored {
             // Counted in post_start (calls rebuilt here start stored and are never counted).
             st.ctx
