@@ -129,7 +129,7 @@ struct MapView {
     down: BTreeSet<NodeId>,
     /// Other nodes not down.
     live: BTreeSet<NodeId>,
-    counts: Vec<usize>,
+    writes: Vec<u64>,
 }
 
 /// Shards adopted from nodes that may still be acting for them: their acting bits wait.
@@ -541,8 +541,9 @@ impl Pool {
     }
     /// Waits, at most `limit`, until every dialog record queued so far has been written (or given
     /// up). Called on the way out, before [`Pool::shutdown`]: a call answered in the last instant
-    /// before a node stops (SIGTERM, or its own store failing) still reaches the others. A node whose
-    /// own Raft failed still writes through the leader.
+    /// before a node stops (SIGTERM, or its own store failing) still reaches the others. A follower
+    /// whose own Raft failed still writes through the leader; a leader whose Raft failed cannot,
+    /// and its last records are lost (RELIABILITY.md, known limits).
     pub async fn flush_dialogs(&self, limit: Duration) -> usize {
         let deadline = Instant::now() + limit;
         loop {
@@ -1037,7 +1038,7 @@ impl Pool {
         // Every shard's owner and epoch at the last pass (empty before the first pass).
         let mut prev: Vec<ShardEntry> = Vec::new();
         let mut fences: Vec<Fence> = Vec::new();
-        let mut counts: Vec<usize> = Vec::new();
+        let mut writes: Vec<u64> = Vec::new();
         // When each shard was taken over: only a recent take-over can still receive the old owner's
         // late records (its group commit flushes within milliseconds).
         let mut taken: BTreeMap<u16, Instant> = BTreeMap::new();
@@ -1061,7 +1062,7 @@ impl Pool {
                     .filter(|(id, n)| **id != me && n.state != NodeState::Down)
                     .map(|(id, _)| *id)
                     .collect(),
-                counts: s.dialog_counts(),
+                writes: s.dialog_writes(),
             });
             // Records that arrive for a shard after this node took it over (the old owner's last group
             // commit lands after the move): adopt the shard again; calls already here are skipped.
@@ -1071,7 +1072,7 @@ impl Pool {
                 .copied()
                 .filter(|s| owned.contains(s))
                 .filter(|s| taken.get(s).is_some_and(|t| t.elapsed() < LATE_WINDOW))
-                .filter(|s| view.counts.get(usize::from(*s)) > counts.get(usize::from(*s)))
+                .filter(|s| view.writes.get(usize::from(*s)) > writes.get(usize::from(*s)))
                 .collect();
             taken.retain(|_, t| t.elapsed() < LATE_WINDOW);
             if !grown.is_empty()
@@ -1164,7 +1165,7 @@ impl Pool {
                 }
             }
             owned = view.mine;
-            counts = view.counts;
+            writes = view.writes;
             prev = view.shards;
             // A pending fence is looked at again soon (it normally clears within milliseconds).
             let poll = if fences.is_empty() {

@@ -68,6 +68,11 @@ pub struct State {
     config: Option<VersionedConfig>,
     #[serde(with = "crate::b64::record_map")]
     dialogs: BTreeMap<(ShardId, String), Vec<u8>>,
+    /// Dialog records written per shard since the pool began (upserts applied): a shard's new
+    /// owner watches it for records its old owner wrote late. A record count would not do: a
+    /// late record and a removal in the same pass cancel out.
+    #[serde(default)]
+    dialog_writes: Vec<u64>,
 }
 
 impl State {
@@ -155,6 +160,13 @@ impl State {
     /// Number of confirmed-dialog records in the pool.
     pub fn dialog_count(&self) -> usize {
         self.dialogs.len()
+    }
+
+    /// Records written per shard since the pool began, indexed by [`ShardId`] (see the field).
+    pub fn dialog_writes(&self) -> Vec<u64> {
+        let mut w = self.dialog_writes.clone();
+        w.resize(self.shards.len(), 0);
+        w
     }
 
     /// Records per shard, indexed by [`ShardId`].
@@ -316,7 +328,12 @@ fn apply_dialogs(
         if stale && state.dialogs.contains_key(&key) {
             continue; // the new owner's record wins over a late write of the old owner
         }
+        let i = usize::from(shard);
         state.dialogs.insert(key, record);
+        if state.dialog_writes.len() <= i {
+            state.dialog_writes.resize(i + 1, 0);
+        }
+        state.dialog_writes[i] += 1;
         upserted += 1;
     }
     let mut removed = 0u32;
@@ -784,5 +801,30 @@ mod tests {
                 ("b".to_owned(), b"retried-first-record".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn a_late_record_shows_in_the_write_count_even_when_a_removal_cancels_it_out() {
+        let mut s = State::default();
+        apply(&mut s, Command::Bootstrap { shard_count: 2 });
+        apply(
+            &mut s,
+            Command::DialogBatch {
+                upserts: vec![(1, "old".to_owned(), b"r".to_vec())],
+                removes: vec![],
+            },
+        );
+        let before = (s.dialog_counts(), s.dialog_writes());
+        // One batch: a late record of a call, and the removal of a call that ended.
+        apply(
+            &mut s,
+            Command::DialogBatch {
+                upserts: vec![(1, "late".to_owned(), b"r".to_vec())],
+                removes: vec![(1, "old".to_owned())],
+            },
+        );
+        assert_eq!(s.dialog_counts(), before.0, "the record count did not move");
+        assert_eq!(before.1, vec![0, 1]);
+        assert_eq!(s.dialog_writes(), vec![0, 2], "the write count did");
     }
 }

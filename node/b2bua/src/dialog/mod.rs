@@ -175,10 +175,12 @@ pub const CSEQ_SKIP: u32 = 1000;
 
 /// How often an answered call retries writing a record this node could not write at once.
 const STORE_RETRY_EVERY: Duration = Duration::from_millis(250);
-/// How often a rebuilt call checks that its record still exists, and how many times: together
-/// longer than the old owner may keep retrying its last writes (15 s).
+/// How often a rebuilt call checks that its record still exists: every 2 s for as long as the old
+/// owner may still be ending the call and retrying its removal (its transactions, up to 32 s, then
+/// its write retries), then every 30 s for the rest of its life (a cheap read of the local state).
 const RECORD_CHECK_EVERY: Duration = Duration::from_secs(2);
-const RECORD_CHECKS: u8 = 12;
+const RECORD_CHECKS: u8 = 30;
+const RECORD_CHECK_SLOW: Duration = Duration::from_secs(30);
 
 /// Arguments of a new call.
 pub struct DialogArgs {
@@ -1114,6 +1116,13 @@ impl Actor for DialogActor {
                     "pool".into(),
                     "shard moved before the call's record was written".into(),
                 ));
+                // The caller has not ACKed yet: the gateway's 2xx is still unACKed too (ours goes
+                // with the caller's). ACK it first: every 2xx is ACKed (RFC 3261 §13.2.2.4).
+                if st.phase == Phase::Answered
+                    && let Some(idx) = st.attempts.iter().position(|a| a.answered && !a.abandoned)
+                {
+                    send_ack_b(st, idx, 1, None, true);
+                }
                 for i in 0..st.attempts.len() {
                     if !st.attempts[i].answered {
                         st.attempts[i].abandoned = true;
@@ -1137,12 +1146,14 @@ impl Actor for DialogActor {
                 if st.phase == Phase::Confirmed && !st.ctx.store.contains(st.shard, &call_id) {
                     tracing::debug!(parent: &st.span, "record gone: the call ended on its old node");
                     myself.stop(Some("record removed".into()));
-                } else if left > 0 {
-                    drop(
-                        myself.send_after(RECORD_CHECK_EVERY, move || DialogMsg::RecordCheck {
-                            left: left - 1,
-                        }),
-                    );
+                } else {
+                    let every = if left > 0 {
+                        RECORD_CHECK_EVERY
+                    } else {
+                        RECORD_CHECK_SLOW
+                    };
+                    let left = left.saturating_sub(1);
+                    drop(myself.send_after(every, move || DialogMsg::RecordCheck { left }));
                 }
             }
             DialogMsg::ShardReleased => {
