@@ -510,10 +510,15 @@ impl Pool {
         self.reader
             .read(|s| s.dialogs_of(shard).map(|(_, v)| v.to_vec()).collect())
     }
-    /// Queues a dialog record write (group-committed). Returns whether it was queued: a node without
-    /// the shard's lease never writes its records (fenced), and a full queue refuses.
+    /// Queues a dialog record write (group-committed). Returns whether it was queued: a node whose
+    /// lease lapsed never writes (it may have been frozen while another node took its calls over),
+    /// and a full queue refuses. A node that holds its lease may write the record of a call it
+    /// started while acting for the shard even if the shard has just moved (a call answered in the
+    /// instant of a drain): the write goes as [`Command::OwnerDialogBatch`], so once the writer no
+    /// longer owns the shard it can only add a call the new owner does not know — which the new
+    /// owner then rebuilds as a late record — and never overwrite one.
     pub fn dialog_upsert(&self, shard: u16, call_id: String, record: Vec<u8>) -> bool {
-        if !self.may_act(shard) {
+        if !self.holds_lease() {
             return false;
         }
         self.queue_dialog_op(DialogOp::Upsert(shard, call_id, record))
