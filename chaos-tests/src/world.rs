@@ -167,7 +167,7 @@ impl World {
             // Exactly, and on every live node: records of calls ended a moment ago may still be on
             // their way out (their removal is group-committed too) and would otherwise stand in for
             // calls not yet in; and a node that has not applied a record yet would have to pick it
-            // up as a late record if it took the shard over (see RELIABILITY.md, open findings).
+            // up as a late record if it took the shard over.
             // (A record can be left behind for good by a call that ended on a node SIGKILLed before
             // its removal went out — nobody is left to remove it, RELIABILITY.md "Known limits" —
             // and could stand in for a record still in flight: so "at least", then a settle far
