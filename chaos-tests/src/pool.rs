@@ -532,22 +532,16 @@ impl LocalPool {
         let (Some((s1, n1)), Some((s2, n2))) = (node_row(seen, i), node_row(own, i)) else {
             return false;
         };
-        let log = self.nodes[i].log();
-        // Shards adopted since the node last released any: a hand-over fence per old owner makes
-        // one `shards adopted` line per group.
-        let from = log.position_last("shards released").map_or(0, |p| p + 1);
-        let adopted: usize = log
-            .matching(from, "shards adopted")
-            .iter()
-            .filter_map(|l| field(l, "shards"))
-            .sum();
+        // The node acts for every shard it owns (past any hand-over fence), by its own report. (Its
+        // log's "shards adopted" lines once stood in for this; a restarted node's log holds its
+        // earlier lives too, and a release of shards it never acted for logs nothing.)
         is_active(s1)
             && is_active(s2)
             && n1 == n2
             && n1 > 0
             && seen.unowned == 0
             && own.unowned == 0
-            && adopted == n1
+            && own.acting == n1
     }
 }
 
