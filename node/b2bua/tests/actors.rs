@@ -156,6 +156,26 @@ async fn start_node(net: u8, extra_gw: &str) -> RunningNode {
     .unwrap()
 }
 
+/// A node on `listen` (test network `net`) with the given pool parts.
+async fn start_with(
+    listen: &str,
+    net: u8,
+    shards: Arc<dyn medpool_b2bua::cluster::ShardOwnership>,
+    store: Arc<dyn medpool_b2bua::cluster::DialogStore>,
+    relay: Arc<dyn medpool_b2bua::cluster::Relay>,
+) -> RunningNode {
+    let opts = NodeOptions {
+        sip: TransportConfig {
+            listen: listen.parse().unwrap(),
+            ..TransportConfig::default()
+        },
+        ..NodeOptions::default()
+    };
+    node::start(opts, config(net, ""), shards, store, relay)
+        .await
+        .unwrap()
+}
+
 fn invite(caller: SocketAddr, call_id: &str) -> Bytes {
     let mut b = MessageBuilder::request_method(Method::Invite, b"sip:+15550100@127.0.0.1");
     b.header(
@@ -724,24 +744,17 @@ async fn recorded_call(
 async fn a_record_goes_only_with_a_call_that_ended_and_a_rebuilt_call_follows_it() {
     // Two nodes share one dialog store (the replicated state in a pool).
     let store = Arc::new(SingleNode::new(1024));
-    let start = |listen: &str| {
-        let opts = NodeOptions {
-            sip: TransportConfig {
-                listen: listen.parse().unwrap(),
-                ..TransportConfig::default()
-            },
-            ..NodeOptions::default()
-        };
-        node::start(
-            opts,
-            config(60, ""),
+    let start = |listen: &'static str| {
+        start_with(
+            listen,
+            60,
             store.clone(),
             store.clone(),
             Arc::new(medpool_b2bua::cluster::NoRelay),
         )
     };
-    let node_a = start("127.0.60.1:5060").await.unwrap();
-    let node_b = start("127.0.60.2:5060").await.unwrap();
+    let node_a = start("127.0.60.1:5060").await;
+    let node_b = start("127.0.60.2:5060").await;
     let caller = Peer::bind("127.0.60.1:5070").await;
     let gw1 = Peer::bind("127.0.60.21:5060").await;
 
@@ -838,22 +851,14 @@ async fn an_answered_call_without_a_record_retries_it_and_is_ended_if_its_shard_
         inner: SingleNode::new(1024),
         refuse: std::sync::atomic::AtomicBool::new(true),
     });
-    let opts = NodeOptions {
-        sip: TransportConfig {
-            listen: "127.0.59.1:5060".parse().unwrap(),
-            ..TransportConfig::default()
-        },
-        ..NodeOptions::default()
-    };
-    let node = node::start(
-        opts,
-        config(59, ""),
+    let node = start_with(
+        "127.0.59.1:5060",
+        59,
         Arc::new(SingleNode::new(1024)),
         store.clone(),
         Arc::new(medpool_b2bua::cluster::NoRelay),
     )
-    .await
-    .unwrap();
+    .await;
     let caller = Peer::bind("127.0.59.1:5070").await;
     let gw1 = Peer::bind("127.0.59.21:5060").await;
     let answer = |call_id: &'static str| {
@@ -953,22 +958,14 @@ async fn a_new_udp_call_waits_out_a_hand_over_fence_instead_of_being_refused() {
     let shards = Arc::new(Fenced {
         acting: std::sync::atomic::AtomicBool::new(false),
     });
-    let opts = NodeOptions {
-        sip: TransportConfig {
-            listen: "127.0.58.1:5060".parse().unwrap(),
-            ..TransportConfig::default()
-        },
-        ..NodeOptions::default()
-    };
-    let node = node::start(
-        opts,
-        config(58, ""),
+    let node = start_with(
+        "127.0.58.1:5060",
+        58,
         shards.clone(),
         Arc::new(SingleNode::new(1024)),
         Arc::new(medpool_b2bua::cluster::NoRelay),
     )
-    .await
-    .unwrap();
+    .await;
     let caller = Peer::bind("127.0.58.1:5070").await;
     let gw1 = Peer::bind("127.0.58.21:5060").await;
     let inv = invite(caller.addr(), "fence1");
@@ -1092,22 +1089,14 @@ impl medpool_b2bua::cluster::Relay for KeepingRelay {
 #[tokio::test(start_paused = true)]
 async fn a_node_stopping_waits_for_the_answers_to_invites_it_forwarded() {
     let relay = Arc::new(KeepingRelay::default());
-    let opts = NodeOptions {
-        sip: TransportConfig {
-            listen: "127.0.56.1:5060".parse().unwrap(),
-            ..TransportConfig::default()
-        },
-        ..NodeOptions::default()
-    };
-    let node = node::start(
-        opts,
-        config(56, ""),
+    let node = start_with(
+        "127.0.56.1:5060",
+        56,
         Arc::new(OwnsNothing),
         Arc::new(SingleNode::new(1024)),
         relay.clone(),
     )
-    .await
-    .unwrap();
+    .await;
     let caller = Peer::bind("127.0.56.1:5070").await;
     caller
         .send(&invite(caller.addr(), "relay1"), node.sip_addr)
