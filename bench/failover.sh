@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Gateway-death benchmark: medpool, then the Kamailio anchor's failover.sh in the same run.
+# Gateway-death benchmark: medpool, then the Kamailio anchor (bench/anchors/kamailio/failover.sh)
+# in the same run.
 #
 # The bench/run.sh setup (SIPp caller -> medpool on 127.0.0.1:5060 -> SIPp gateways on
 # 127.0.0.2:5060 and 127.0.0.3:5060) at RATE cps for TOTAL s; KILL_AT s after the caller starts
@@ -16,7 +17,7 @@
 #   BYE of a call set up on gw2 before the kill); final codes from SIPp's error file
 #   delayed calls: INVITE -> 200 at the caller >= 200 ms (the anchor's measure) and >= DELAY_MS
 #   restart -> first new INVITE to gw2
-# Then (ANCHOR_FAILOVER=1) the anchor's ../shared/anchors/kamailio/failover.sh with the same
+# Then (ANCHOR_FAILOVER=1) bench/anchors/kamailio/failover.sh with the same
 # RATE/TOTAL/KILL_AT/RESTART_AT and FO_REPEATS: Kamailio with dispatcher probing alone, and with
 # a failure_route that retries on the next gateway.
 #
@@ -39,8 +40,6 @@ DOWN_AFTER=${DOWN_AFTER:-2}
 UP_AFTER=${UP_AFTER:-2}
 FAST_FAILOVER_MS=${FAST_FAILOVER_MS:-1000}
 export RATE TOTAL KILL_AT RESTART_AT FO_REPEATS
-# keep the anchor's own defaults (RATES etc.) out of our way when lib.sh sources it
-DUR=$TOTAL; REPEATS=$FO_REPEATS; RATES=$RATE
 
 BENCH_COPY_BIN=1   # run a copy of the binary: a rebuild by someone else cannot swap it mid-run
 # shellcheck source=lib.sh
@@ -203,16 +202,12 @@ main() {
     ( echo "$FO_HEADER"; cat "$FO_TSV" ) | column -t -s $'\t'
     } | tee "$out"
     if [ "$ANCHOR_FAILOVER" = 1 ]; then
-        if [ "$ANCHOR_OK" = 1 ]; then
-            log "=== the anchor: $ANCHOR_DIR/failover.sh (FO_REPEATS=$FO_REPEATS)"
-            mkdir -p "$WORK/anchor-failover"
-            trap - EXIT
-            WORK="$WORK/anchor-failover" bash "$ANCHOR_DIR/failover.sh" > "$WORK/anchor-failover.out" 2> "$WORK/anchor-failover.err"
-            trap 'stop_all' EXIT
-            { echo; echo "Kamailio anchor (../shared/anchors/kamailio/failover.sh, same run):"; cat "$WORK/anchor-failover/failover-table.txt"; } | tee -a "$out"
-        else
-            log "no anchor at $ANCHOR_DIR: Kamailio not measured"
-        fi
+        log "=== the anchor: $ANCHOR_DIR/failover.sh (FO_REPEATS=$FO_REPEATS)"
+        mkdir -p "$WORK/anchor-failover"
+        trap - EXIT
+        WORK="$WORK/anchor-failover" bash "$ANCHOR_DIR/failover.sh" > "$WORK/anchor-failover.out" 2> "$WORK/anchor-failover.err"
+        trap 'stop_all' EXIT
+        { echo; echo "Kamailio anchor (bench/anchors/kamailio/failover.sh, same run):"; cat "$WORK/anchor-failover/failover-table.txt"; } | tee -a "$out"
     fi
     echo "load avg at end: $(load_avg)" | tee -a "$out"
     log "results: $out ; raw files: $WORK"

@@ -1,29 +1,23 @@
 # shellcheck shell=bash
-# Helpers shared by bench/run.sh and bench/failover.sh (sourced, never run).
+# Helpers shared by bench/run.sh, bench/failover.sh and bench/anchors/kamailio/failover.sh
+# (sourced, never run).
 #
-# The Kamailio anchor (../shared/anchors/kamailio/run.sh, sourced with ANCHOR_LIB_ONLY=1 when it
-# exists) provides the Kamailio configuration and its start/probe helpers. The generic helpers
-# below (process control, CPU accounting, one SIPp load run) follow the anchor's approach and
-# keep its names, so that the anchor's Kamailio helpers and ours share one list of started PIDs
-# and one way to stop them. This file works without the anchor (medpool-only runs).
+# The Kamailio anchor's configuration and its start/probe helpers live in bench/anchors/kamailio/
+# (anchor.sh, sourced below); they use this file's list of started PIDs, so stop_all stops
+# Kamailio too. Kamailio is only installed when a run measures it.
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
-ANCHOR_DIR=${ANCHOR_DIR:-$(cd "$REPO_DIR/.." && pwd)/shared/anchors/kamailio}
 STAMP=${STAMP:-$(date -u +%Y%m%dT%H%M%SZ)}
 WORK=${WORK:-$(mktemp -d "/tmp/medpool-bench.$STAMP.XXXX")}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
 MEDPOOL_BIN=${MEDPOOL_BIN:-$REPO_DIR/target/release/medpool}
 HOLD_MS=${HOLD_MS:-1000}
 
-ANCHOR_OK=0
-if [ -r "$ANCHOR_DIR/run.sh" ]; then
-    # shellcheck source=/dev/null
-    ANCHOR_LIB_ONLY=1 source "$ANCHOR_DIR/run.sh"   # defines write_configs, start_kamailio, wait_gateways_up, ...
-    ANCHOR_OK=1
-fi
+# shellcheck source=anchors/kamailio/anchor.sh
+source "$BENCH_DIR/anchors/kamailio/anchor.sh"   # write_configs, start_kamailio, wait_gateways_up, kam_rpc
 
-# Addresses: the anchor's (Kamailio listens on 127.0.0.1:5060; gateways 127.0.0.2/.3:5060; the
+# Addresses (Kamailio listens on 127.0.0.1:5060; gateways 127.0.0.2/.3:5060; the
 # caller 127.0.0.1:5070). medpool takes Kamailio's place when it is measured, so both front the
 # very same two SIPp gateways with the same caller.
 PROXY_IP=127.0.0.1; PROXY_PORT=5060
@@ -38,7 +32,6 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 ensure_tools() {  # $1 = 1 when Kamailio is needed too
-    if [ "${1:-0}" = 1 ] && [ "$ANCHOR_OK" = 1 ]; then ensure_installed; return; fi
     local need=()
     command -v sipp >/dev/null || need+=(sip-tester)
     command -v dumpcap >/dev/null || need+=(tshark)
@@ -49,6 +42,7 @@ ensure_tools() {  # $1 = 1 when Kamailio is needed too
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
             || { log "apt-get install failed"; exit 1; }
     fi
+    if [ "${1:-0}" = 1 ]; then ensure_kamailio; fi
 }
 
 ensure_medpool() {  # builds when missing; with BENCH_COPY_BIN=1 runs a private copy (a rebuild during the run cannot swap it)
@@ -205,7 +199,8 @@ proc_ticks() {   # CPU ticks (utime+stime, all threads) of PIDs and their childr
     done
     echo "$t"
 }
-machine_cpu_ns() {   # whole-VM CPU time in ns (see the anchor: cpuacct is exact, /proc/stat is sampled)
+machine_cpu_ns() {   # whole-VM CPU time in ns (cpuacct is the scheduler's exact count; /proc/stat is sampled
+                     # per tick and misses short bursts on a tickless VM, so it is the last resort)
     if [ -r /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then cat /sys/fs/cgroup/cpuacct/cpuacct.usage
     elif [ -r /sys/fs/cgroup/cpu.stat ]; then awk '/^usage_usec/{print $2*1000}' /sys/fs/cgroup/cpu.stat
     else awk -v hz="$(getconf CLK_TCK)" '/^cpu /{printf "%.0f\n", ($2+$3+$4+$7+$8+$9)*1e9/hz}' /proc/stat; fi

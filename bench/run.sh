@@ -12,9 +12,9 @@
 #             raised to 4 MiB (x2 by the kernel) by an LD_PRELOAD shim (bench/sipbuf-shim.c, needs cc),
 #             as Kamailio's maxbuffer and SIPp's -buff_size do; shows how much of medpool's CPS
 #             limit is datagrams dropped at its 208 KiB default receive buffer
-#   kamailio  the anchor's proxy mode: Kamailio 5.6, transaction-stateful (tm), record-routing
-#             (rr) dispatcher proxy, round-robin over the same two gateways (config from
-#             ../shared/anchors/kamailio/run.sh, sourced with ANCHOR_LIB_ONLY=1)
+#   kamailio  the anchor: Kamailio 5.6, transaction-stateful (tm), record-routing (rr)
+#             dispatcher proxy, round-robin over the same two gateways (configuration and
+#             helpers in bench/anchors/kamailio/)
 #
 # For each front:
 #   1. CPS: every front is started at once; for each rate in RATES and each of REPEATS repeats,
@@ -28,8 +28,7 @@
 #      the INVITE into the front and the INVITE out to a gateway are paired by the called number
 #      (the caller puts SIPp's call number in the R-URI user; medpool mints a new Call-ID on
 #      leg B but keeps the called number). p50/p90/p99 of (first INVITE out - first INVITE in).
-#   3. RSS per established call (medpool; Kamailio with its dialog module, the anchor's
-#      proxy-dialog mode): RSS_CALLS calls at RSS_RATE held open, resident memory idle, with
+#   3. RSS per established call (medpool; Kamailio with its dialog module, -A WITH_DIALOG): RSS_CALLS calls at RSS_RATE held open, resident memory idle, with
 #      every call up, and RSS_SETTLE s later (when the INVITE transactions, kept 64*T1 = 32 s
 #      after their 2xx, are gone): (settled - idle) / calls.
 #
@@ -37,7 +36,7 @@
 #         RATES="500 1000" DUR=5 REPEATS=1 RSS_CALLS=2000 bench/run.sh    (smoke run)
 # Env:    RATES DUR REPEATS HOLD_MS TARGETS="medpool kamailio" PDD=1 RSS=1 KAM_RSS=1
 #         RSS_CALLS=20000 RSS_RATE=500 RSS_SETTLE=40 RSS_SHORT_T1=1 MEDPOOL_BIN MEDPOOL_ARGS MEDPOOL_LOG=warn
-#         ANCHOR_DIR (default ../shared/anchors/kamailio from the repo) WORK RESULTS_DIR
+#         WORK RESULTS_DIR; Kamailio's: KAM_CHILDREN KAM_SHM_MB PING_INTERVAL FR_TIMER_MS
 # Output: a table on stdout, bench/results/<UTC timestamp>.txt (key=value summary + tables),
 #         raw files (SIPp CSVs/errors, logs, captures) in $WORK.
 # Everything it starts is stopped by PID on exit, also on Ctrl-C.
@@ -243,7 +242,7 @@ print(" ".join(d.get(k, "0") for k in sys.argv[2:]))' "$WORK/uac_$tag.csv" "$@" 
 
 print_results() {
     echo
-    echo "medpool bench: $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO_DIR" diff --quiet 2>/dev/null || echo '+dirty'), SIPp $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1), $( [ "$ANCHOR_OK" = 1 ] && kamailio -v | head -1 | cut -d' ' -f2-3), $(nproc) cores; call hold ${HOLD_MS} ms, ${DUR} s of calls per run, ${REPEATS} repeat(s); load avg at end: $(load_avg)"
+    echo "medpool bench: $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO_DIR" diff --quiet 2>/dev/null || echo '+dirty'), SIPp $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1), $(command -v kamailio >/dev/null && kamailio -v | head -1 | cut -d' ' -f2-3), $(nproc) cores; call hold ${HOLD_MS} ms, ${DUR} s of calls per run, ${REPEATS} repeat(s); load avg at end: $(load_avg)"
     echo "srv = the front (medpool, or Kamailio with all its processes): % of ONE core over the run, CPU seconds, CPU us per call."
     echo "PASS = 0 failed calls, every call created, and calls created at >= 95% of the target rate."
     echo
@@ -255,14 +254,16 @@ print_results() {
 
 main() {
     local t
-    ensure_tools "$(case " $TARGETS " in *" kamailio "*) echo 1;; *) echo 0;; esac)"
+    # Kamailio is needed when it is a front, or for its dialog-module RSS run
+    local kam=0
+    case " $TARGETS " in *" kamailio "*) kam=1;; esac
+    [ "$RSS" = 1 ] && [ "$KAM_RSS" = 1 ] && kam=1
+    ensure_tools "$kam"
     ensure_medpool
     mkdir -p "$WORK" "$RESULTS_DIR"
-    if [ "$ANCHOR_OK" = 1 ]; then
-        write_configs   # the anchor's kamailio.cfg + dispatcher.list (and its own scenarios, unused here)
+    if [ "$kam" = 1 ]; then
+        write_configs   # bench/anchors/kamailio: kamailio.cfg + dispatcher.list in $WORK
         kamailio -c -f "$WORK/kamailio.cfg" >/dev/null 2>"$WORK/kamailio-check.log" || { cat "$WORK/kamailio-check.log"; exit 1; }
-    else
-        case " $TARGETS " in *" kamailio "*) log "no anchor at $ANCHOR_DIR: measuring medpool only"; TARGETS=medpool; KAM_RSS=0;; esac
     fi
     ulimit -n 65536 2>/dev/null || true
     : > "$WORK/results.tsv"; : > "$SUMMARY"
@@ -295,7 +296,7 @@ main() {
             # and the figure is closer to the established dialog alone.
             [ "$RSS_SHORT_T1" = 1 ] && { hold_calls medpool medpool-hold-t1-50ms "" "--t1-ms 50"; sleep 3; } ;;
         esac
-        [ "$KAM_RSS" = 1 ] && [ "$ANCHOR_OK" = 1 ] && hold_calls kamailio kamailio-dialog-hold WITH_DIALOG
+        [ "$KAM_RSS" = 1 ] && hold_calls kamailio kamailio-dialog-hold WITH_DIALOG
     fi
     summary load_at_end "$(load_avg)"
     print_results | tee "$WORK/table.txt"

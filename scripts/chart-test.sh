@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static checks of the container image and the Helm chart, with tools from the package registries
-# only (../shared/tools/k8s-tools.sh: helm 3 and helm 4 from npm packages, kubernetes-validate,
+# only (scripts/k8s-tools.sh: helm 3 and helm 4 from npm packages, kubernetes-validate,
 # yamllint; hadolint and shellcheck from their PyPI wheels, in the same venv).
 #
 #   scripts/chart-test.sh OUTDIR      (chaos-tests/tests/startup_contract.rs runs it)
@@ -27,11 +27,9 @@ say() { printf 'chart-test: %s\n' "$*"; }
 die() { printf 'chart-test: FAILED: %s\n' "$*" >&2; exit 1; }
 
 # ---- tools -------------------------------------------------------------------------------------
-# The workplace's installer (../shared/tools) when present, else the copy kept in scripts/.
-DEFAULT_TOOLS=../shared/tools/k8s-tools.sh
-[ -f "$DEFAULT_TOOLS" ] || DEFAULT_TOOLS=scripts/k8s-tools.sh
-TOOLS_SCRIPT=${MEDPOOL_K8S_TOOLS_SCRIPT:-$DEFAULT_TOOLS}
-[ -f "$TOOLS_SCRIPT" ] || die "$TOOLS_SCRIPT not found (the tools installer lives in shared/tools beside the repository)"
+# The repository's installer (MEDPOOL_K8S_TOOLS_SCRIPT names another one).
+TOOLS_SCRIPT=${MEDPOOL_K8S_TOOLS_SCRIPT:-scripts/k8s-tools.sh}
+[ -f "$TOOLS_SCRIPT" ] || die "$TOOLS_SCRIPT not found"
 TOOLS_DIR=${MEDPOOL_K8S_TOOLS:-$HOME/.cache/medpool-k8s-tools}
 say "installing the chart tools with $TOOLS_SCRIPT into $TOOLS_DIR"
 bash "$TOOLS_SCRIPT" "$TOOLS_DIR" || die "$TOOLS_SCRIPT could not install the tools (see its output above)"

@@ -1,4 +1,4 @@
-//! Network faults between real processes (../shared/NETFAULTS.md): when the runner is root and
+//! Network faults between real processes: when the runner is root and
 //! `ip netns` works, the whole run re-executes itself inside a network namespace it creates
 //! (`medpool-chaos-<pid>`, loopback up) — nodes, forwarder and simulated peers all live on its
 //! 127.0.N.x — and partitions and packet loss are iptables rules *inside* that namespace, deleted

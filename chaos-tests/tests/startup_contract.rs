@@ -1,7 +1,7 @@
 //! The Kubernetes contract of medpool, tested without Kubernetes (issue 7).
 //!
 //! 1. [`chart_lints_renders_validates_and_keeps_its_promises`]: `scripts/chart-test.sh` (tools from
-//!    ../shared/tools/k8s-tools.sh, its output shown) lints the chart strictly with helm 3 and helm 4,
+//!    scripts/k8s-tools.sh, its output shown) lints the chart strictly with helm 3 and helm 4,
 //!    renders the default values and every `helm/medpool/ci/*-values.yaml` (hostNetwork, 5 replicas,
 //!    token and TLS from existing Secrets, metrics), validates every object against the Kubernetes
 //!    schemas of 1.27, 1.31 and 1.37, runs hadolint on the Dockerfile and shellcheck on the hook
@@ -103,14 +103,14 @@ struct Tools {
     python: PathBuf,
 }
 
-/// Installs the tools with ../shared/tools/k8s-tools.sh (its output goes straight to the terminal)
+/// Installs the tools with the repository's scripts/k8s-tools.sh (its output goes straight to the terminal)
 /// once per test process. Fails the test, loudly, when they cannot be installed.
 fn tools() -> Tools {
     static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
     TOOLS
         .get_or_init(|| {
             let script = std::env::var_os("MEDPOOL_K8S_TOOLS_SCRIPT").map_or_else(
-                || repo().join("../shared/tools/k8s-tools.sh"),
+                || repo().join("scripts/k8s-tools.sh"),
                 PathBuf::from,
             );
             let dir = std::env::var_os("MEDPOOL_K8S_TOOLS").map_or_else(

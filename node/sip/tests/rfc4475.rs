@@ -1,6 +1,6 @@
 //! RFC 4475 torture messages at the codec level: each file is parsed as one UDP datagram and put through
 //! the node's front door (`transport::screen`); the outcome must match `EXPECTED.tsv`'s class and answer.
-//! The corpus is copied from ../shared/conformance/rfc4475 (byte for byte; see tests/rfc4475/README.md).
+//! The corpus is RFC 4475's archive, byte for byte (see tests/rfc4475/README.md).
 
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
