@@ -109,10 +109,8 @@ fn tools() -> Tools {
     static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
     TOOLS
         .get_or_init(|| {
-            let script = std::env::var_os("MEDPOOL_K8S_TOOLS_SCRIPT").map_or_else(
-                || repo().join("scripts/k8s-tools.sh"),
-                PathBuf::from,
-            );
+            let script = std::env::var_os("MEDPOOL_K8S_TOOLS_SCRIPT")
+                .map_or_else(|| repo().join("scripts/k8s-tools.sh"), PathBuf::from);
             let dir = std::env::var_os("MEDPOOL_K8S_TOOLS").map_or_else(
                 || {
                     PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
