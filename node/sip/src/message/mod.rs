@@ -3,15 +3,29 @@
 //! message that is only routed costs one scan. Nothing received is rewritten: a header the B2BUA does not
 //! understand can be copied out byte for byte, %-escapes and all.
 //!
-//! Layers: [`parse`] builds the index (framing, folding, compact forms, limits) → the typed accessors here
+//! Flow: [`parse`] builds the index (framing, folding, compact forms, limits) → the typed accessors here
 //! and in [`headers`]/[`uri`] read values → [`crate::check`] decides whether a request is acceptable →
 //! [`builder`] writes new messages.
+//!
+//! Layers: each module imports only modules drawn below it.
+//! ```text
+//!   builder                  new messages and answers (reads SipMessage, headers, uri)
+//!   parse                    bytes → SipMessage (its constructors); Content-Length via headers
+//!   (this module)            SipMessage, Span, StartLine, HeaderEntry and the typed accessors
+//!   headers                  typed header views (Via, name-addr, CSeq, RAck, Session-Expires, ...)
+//!   uri                      sip:/sips:/tel:/other URIs
+//!   syntax · header · method leaves: RFC 3261 §25 basic rules, Params and the error types (ParseError,
+//!                            Defect, HeaderError); header names; methods
+//! ```
+//! `headers::{HeaderError, Params, trim_lws}` and `parse::{Defect, ParseError}` stay available under
+//! those paths (re-exported from [`syntax`]).
 
 pub mod builder;
 pub mod header;
 pub mod headers;
 pub mod method;
 pub mod parse;
+pub mod syntax;
 pub mod uri;
 
 use bytes::Bytes;
@@ -19,7 +33,7 @@ use bytes::Bytes;
 pub use header::HeaderName;
 pub use headers::{CSeq, NameAddr, Params, RAck, SessionExpires, Via};
 pub use method::Method;
-pub use parse::{Defect, ParseError};
+pub use syntax::{Defect, ParseError};
 pub use uri::Uri;
 
 /// A byte range inside a message's buffer. `u32` keeps the index small; messages are far below 4 GiB.

@@ -11,69 +11,10 @@
 use bytes::Bytes;
 use memchr::memchr;
 
+use super::syntax::is_token_char;
+pub use super::syntax::{Defect, ParseError};
 use super::{HeaderEntry, HeaderName, Method, SipMessage, Span, StartLine};
 use crate::limits::Limits;
-
-/// Why a message could not be parsed at all (it is dropped; no answer can be built).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
-    /// Nothing but whitespace.
-    #[error("empty message")]
-    Empty,
-    /// The first line is neither a Request-Line nor a Status-Line.
-    #[error("not a SIP message")]
-    NotSip,
-    /// A Status-Line with a bad version or a status code outside 100..=699.
-    #[error("malformed Status-Line")]
-    BadStatusLine,
-    /// A stream's header section exceeded the size limit before it ended.
-    #[error("header section larger than {0} bytes")]
-    HeaderSectionTooLarge(usize),
-    /// A stream's Content-Length is missing, malformed or duplicated: the stream cannot be framed.
-    #[error("stream framing lost: {0}")]
-    Framing(&'static str),
-}
-
-/// A fault in an otherwise indexed message. Requests with a defect are answered with
-/// [`Defect::status`]; responses with a defect are dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Defect {
-    /// The Request-Line is not `Method SP Request-URI SP SIP/2.0` with single spaces.
-    #[error("malformed Request-Line")]
-    RequestLine,
-    /// The SIP version is not 2.0.
-    #[error("SIP version not supported")]
-    Version,
-    /// A header line without a colon or with a name that is not a token.
-    #[error("malformed header line")]
-    HeaderLine,
-    /// Content-Length is not a decimal number.
-    #[error("malformed Content-Length")]
-    ContentLength,
-    /// Content-Length appears more than once.
-    #[error("more than one Content-Length")]
-    MultipleContentLength,
-    /// Content-Length announces more bytes than the datagram holds.
-    #[error("Content-Length larger than the message")]
-    BodyTruncated,
-    /// A message on a stream without Content-Length (RFC 3261 §18.3).
-    #[error("Content-Length required on stream transports")]
-    MissingContentLength,
-    /// The message, a line or the header count exceeds a [`Limits`] value.
-    #[error("message too large")]
-    TooLarge,
-}
-
-impl Defect {
-    /// The status code a request with this defect is answered with.
-    pub fn status(self) -> u16 {
-        match self {
-            Defect::Version => 505,
-            Defect::TooLarge => 513,
-            _ => 400,
-        }
-    }
-}
 
 /// What the parser learned about the body framing; the stream framer uses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,27 +35,6 @@ pub(crate) struct HeadIndex {
     pub body_start: usize,
     pub body_len: BodyLen,
     pub defect: Option<Defect>,
-}
-
-/// RFC 3261 `token` characters, as a lookup table (the parser's hottest test).
-static TOKEN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-            );
-        i += 1;
-    }
-    t
-};
-
-#[inline]
-pub(crate) fn is_token_char(b: u8) -> bool {
-    TOKEN[b as usize]
 }
 
 #[inline]

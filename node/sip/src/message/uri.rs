@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use super::headers::HeaderError;
+use super::syntax::{HeaderError, Params};
 
 /// The scheme of a URI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,7 +253,7 @@ impl<'a> Uri<'a> {
 
     /// A URI parameter's value: `Some(None)` for a parameter without value (e.g. `lr`).
     pub fn param(&self, name: &str) -> Option<Option<&'a [u8]>> {
-        super::headers::Params(self.params).get(name)
+        Params(self.params).get(name)
     }
 }
 
