@@ -1,7 +1,7 @@
 //! The DialogActor: one ractor actor per call, holding the whole B2BUA state of the call — both legs,
 //! the gateway attempts, the in-dialog requests being relayed between the legs, and the call's timers.
 //! Transactions (retransmissions, absorption) run in the node's transaction layer
-//! ([`crate::sipcore`]); the actor sees their events and decides what the call does.
+//! ([`crate::txlayer`]); the actor sees their events and decides what the call does.
 //!
 //! Life of a call:
 //! ```text
@@ -31,47 +31,20 @@ use tokio::time::Instant;
 
 use crate::cluster::{DialogRecord, LegRecord};
 use crate::config::{ReferPolicy, Trunk};
+use crate::ctx::{NodeCtx, NodeEvent};
 use crate::health::InviteOutcome;
-use crate::node::NodeCtx;
 use crate::routing::Candidate;
-use crate::sipcore::{Envelope, Owner, Side};
+use crate::txlayer::{CallEvent, CallRef, Envelope, Owner, Registry, Side};
 use leg::{Leg, local_response, relay_request_parts, relay_response};
 
 /// Messages a call receives.
+// Transaction events are most of a call's messages and carry their message inline, as before
+// they were a variant of their own: boxing them would allocate once per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum DialogMsg {
-    /// An in-dialog request from one side (its server transaction exists).
-    Request {
-        /// Which leg it came on.
-        side: Side,
-        /// Its server transaction.
-        key: ServerKey,
-        /// The request.
-        env: Envelope,
-    },
-    /// An ACK for a 2xx (or for a non-2xx the transaction layer did not absorb).
-    Ack {
-        /// Which leg.
-        side: Side,
-        /// The ACK.
-        env: Envelope,
-    },
-    /// A CANCEL for the call's INVITE.
-    Cancel {
-        /// The CANCEL's server transaction.
-        key: ServerKey,
-        /// The CANCEL.
-        env: Envelope,
-    },
-    /// A response to one of our client transactions.
-    Response {
-        /// The client transaction.
-        key: ClientKey,
-        /// Status code.
-        status: u16,
-        /// The response.
-        env: Envelope,
-    },
+    /// A transaction event of the call (from the transaction layer).
+    Tx(CallEvent),
     /// The call's shard moved to another node. A call written down (answered) goes on there: this
     /// actor stops without a word. A call still being set up is known nowhere else: it is ended
     /// here (503 + Retry-After to the caller, CANCEL to the gateway), never left half-open.
@@ -84,18 +57,6 @@ pub enum DialogMsg {
     RecordCheck {
         /// Checks left after this one.
         left: u8,
-    },
-    /// A 2xx on leg B after its transaction ended (to be ACKed again).
-    StrayAnswer {
-        /// The response.
-        env: Envelope,
-    },
-    /// A client transaction ended.
-    ClientEnded {
-        /// Which.
-        key: ClientKey,
-        /// How.
-        outcome: Outcome,
     },
     /// The fast-failover timer of attempt `attempt` fired.
     FastFailover {
@@ -113,6 +74,34 @@ pub enum DialogMsg {
     Hangup,
     /// Report the call's state.
     Info(RpcReplyPort<CallInfo>),
+}
+
+impl From<CallEvent> for DialogMsg {
+    fn from(e: CallEvent) -> Self {
+        DialogMsg::Tx(e)
+    }
+}
+
+impl TryFrom<DialogMsg> for CallEvent {
+    type Error = DialogMsg;
+    fn try_from(m: DialogMsg) -> Result<Self, DialogMsg> {
+        match m {
+            DialogMsg::Tx(e) => Ok(e),
+            other => Err(other),
+        }
+    }
+}
+
+/// The DialogActor behind a registry entry (the registry holds only calls in its call maps).
+pub fn actor_of(call: &CallRef) -> ActorRef<DialogMsg> {
+    ActorRef::from(call.get_cell())
+}
+
+impl Registry {
+    /// Every call's actor (for shutdown and admin).
+    pub fn call_actors(&self) -> Vec<ActorRef<DialogMsg>> {
+        self.all_calls().iter().map(actor_of).collect()
+    }
 }
 
 /// What the admin API and tests see of a call.
@@ -358,7 +347,7 @@ impl Call {
                         self.mark_stored();
                     }
                     tracing::debug!(parent: &self.span, status, "answered");
-                    self.ctx.publish(crate::node::NodeEvent::CallAnswered {
+                    self.ctx.publish(NodeEvent::CallAnswered {
                         call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
                         gateway: self.current().map(|a| a.trunk.clone()).unwrap_or_default(),
                     });
@@ -410,10 +399,10 @@ impl Call {
     ) -> Option<ClientKey> {
         let leg = self.leg(side)?;
         let env = Envelope::outgoing(bytes, leg.next_hop(), leg.transport)?;
-        let key = crate::sipcore::client_key_of_request(&env.msg)?;
+        let key = crate::txlayer::client_key_of_request(&env.msg)?;
         self.ctx
             .registry
-            .add_client(key.clone(), Owner::Dialog(myself.clone()));
+            .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
         if let Err(e) = self
             .ctx
             .driver
@@ -455,10 +444,10 @@ impl Call {
             let number = att.number;
             let call_id = att.leg.call_id.clone();
             self.attempts.push(att);
-            self.ctx.registry.add_leg_b(&call_id, myself.clone());
+            self.ctx.registry.add_leg_b(&call_id, myself.get_derived());
             self.ctx
                 .registry
-                .add_client(key.clone(), Owner::Dialog(myself.clone()));
+                .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
             if let Err(e) = self.ctx.driver.start_client(
                 key.clone(),
                 env,
@@ -584,7 +573,7 @@ impl Call {
             b.body(ct, Bytes::copy_from_slice(a.body()));
         }
         let invite = Envelope::outgoing(b.build(), peer, transport)?;
-        let key = crate::sipcore::client_key_of_request(&invite.msg)?;
+        let key = crate::txlayer::client_key_of_request(&invite.msg)?;
         let number = self.attempts.len() as u32 + 1;
         let span = tracing::info_span!(
             parent: &self.span,
@@ -715,7 +704,7 @@ impl Call {
             let key = att.key.cancel_key();
             self.ctx
                 .registry
-                .add_client(key.clone(), Owner::Dialog(myself.clone()));
+                .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
             let reliable = env.transport.is_reliable();
             if self
                 .ctx
@@ -763,11 +752,11 @@ impl Call {
             b"SIP;cause=200;text=\"Call completed elsewhere\"",
         );
         if let Some(env) = Envelope::outgoing(b.build(), leg.next_hop(), leg.transport)
-            && let Some(key) = crate::sipcore::client_key_of_request(&env.msg)
+            && let Some(key) = crate::txlayer::client_key_of_request(&env.msg)
         {
             self.ctx
                 .registry
-                .add_client(key.clone(), Owner::Dialog(myself.clone()));
+                .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
             if self
                 .ctx
                 .driver
@@ -876,7 +865,7 @@ impl Actor for DialogActor {
             &call_id,
             remote_tag.as_deref().unwrap_or_default(),
             shard,
-            myself.clone(),
+            myself.get_derived(),
         );
         let local_tag = ids::new_tag(shard);
         let to = msg.header(HeaderName::To).unwrap_or_default();
@@ -991,7 +980,7 @@ impl Actor for DialogActor {
             .unrecorded_calls
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tracing::debug!(parent: &st.span, via = ?st.a_invite.as_ref().and_then(|e| e.via), "call started");
-        st.ctx.publish(crate::node::NodeEvent::CallStarted {
+        st.ctx.publish(NodeEvent::CallStarted {
             call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
             shard: st.shard,
             trunk: st.inbound.name.clone(),
@@ -1079,7 +1068,7 @@ impl Actor for DialogActor {
             .call_ended(&st.inbound.name, st.last_status, st.started.elapsed());
         st.span.record("sip.status", st.last_status);
         tracing::debug!(parent: &st.span, status = st.last_status, cause = ?st.history.last(), "call ended");
-        st.ctx.publish(crate::node::NodeEvent::CallEnded {
+        st.ctx.publish(NodeEvent::CallEnded {
             call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
             status: st.last_status,
             cause: st
@@ -1098,8 +1087,10 @@ impl Actor for DialogActor {
         st: &mut Call,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            DialogMsg::Response { key, status, env } => on_response(st, &myself, key, status, env),
-            DialogMsg::StrayAnswer { env } => st.reack_b(&env),
+            DialogMsg::Tx(CallEvent::Response { key, status, env }) => {
+                on_response(st, &myself, key, status, env)
+            }
+            DialogMsg::Tx(CallEvent::StrayAnswer { env }) => st.reack_b(&env),
             DialogMsg::ShardReleased if st.phase == Phase::Ending => {
                 // Already ending (a BYE or CANCEL under way): it finishes here, and its record is
                 // removed with it, so that the new owner's copy, if any, follows (RecordCheck).
@@ -1167,7 +1158,9 @@ impl Actor for DialogActor {
                 st.phase = Phase::Ending;
                 st.maybe_finish(&myself);
             }
-            DialogMsg::ClientEnded { key, outcome } => on_client_ended(st, &myself, key, outcome),
+            DialogMsg::Tx(CallEvent::ClientEnded { key, outcome }) => {
+                on_client_ended(st, &myself, key, outcome)
+            }
             DialogMsg::FastFailover { attempt } => {
                 let idx = st.attempts.iter().position(|a| a.number == attempt);
                 if let Some(idx) = idx
@@ -1182,7 +1175,7 @@ impl Actor for DialogActor {
                     st.attempt_failed(&myself, 408, None, "fast failover: no provisional in time");
                 }
             }
-            DialogMsg::Cancel { key, env } => {
+            DialogMsg::Tx(CallEvent::Cancel { key, env }) => {
                 let ok = local_response(&env, 200, Some(&st.a.local_tag), &[]);
                 if let Some(e) = env.reply(ok) {
                     let _ = st.ctx.driver.respond(&key, 200, e);
@@ -1197,8 +1190,10 @@ impl Actor for DialogActor {
                     st.maybe_finish(&myself);
                 }
             }
-            DialogMsg::Request { side, key, env } => on_request(st, &myself, side, key, env),
-            DialogMsg::Ack { side, env } => on_ack(st, &myself, side, env),
+            DialogMsg::Tx(CallEvent::Request { side, key, env }) => {
+                on_request(st, &myself, side, key, env)
+            }
+            DialogMsg::Tx(CallEvent::Ack { side, env }) => on_ack(st, &myself, side, env),
             DialogMsg::Retransmit2xx { interval } => {
                 if st.phase == Phase::Answered
                     && let Some((status, env)) = st.a_2xx.clone()
@@ -1947,9 +1942,9 @@ fn restored(
         &a.call_id,
         a.remote_tag.as_deref().unwrap_or_default(),
         rec.shard,
-        myself.clone(),
+        myself.get_derived(),
     );
-    ctx.registry.add_leg_b(&b.call_id, myself);
+    ctx.registry.add_leg_b(&b.call_id, myself.get_derived());
     let gateway_active = config
         .trunk(&rec.trunk)
         .and_then(|t| ctx.gateways.try_acquire(t).then(|| t.name.clone()));
