@@ -209,3 +209,102 @@ impl Call {
         Some(key)
     }
 }
+
+/// What sets one call apart at its start; everything else starts the same for every call. A new
+/// call has leg A and its INVITE; a call rebuilt from its record also has its answered leg B.
+pub(super) struct CallSeed {
+    /// The node.
+    pub(super) ctx: Arc<NodeCtx>,
+    /// The call's root span and leg A's.
+    pub(super) span: tracing::Span,
+    pub(super) a_span: tracing::Span,
+    pub(super) shard: u16,
+    pub(super) inbound: Trunk,
+    pub(super) a: Leg,
+    pub(super) a_key: ServerKey,
+    /// The caller's INVITE (none for a rebuilt call: it was answered on another node).
+    pub(super) a_invite: Option<Envelope>,
+    pub(super) a_cseq_invite: u32,
+    pub(super) called: String,
+    pub(super) calling: String,
+    /// A rebuilt call's leg B, answered and confirmed.
+    pub(super) answered_b: Option<Attempt>,
+    /// The gateway slot the call holds (a rebuilt call takes its own at once).
+    pub(super) gateway_active: Option<String>,
+    pub(super) history: Vec<(String, String)>,
+}
+
+impl Call {
+    /// The one way a call's state is built: for a new INVITE (phase Calling, nothing answered) and
+    /// for a call rebuilt from its record (confirmed, answered, written down).
+    pub(super) fn new(seed: CallSeed) -> Call {
+        let confirmed = seed.answered_b.is_some();
+        Call {
+            ctx: seed.ctx,
+            span: seed.span,
+            a_span: seed.a_span,
+            shard: seed.shard,
+            inbound: seed.inbound,
+            a: seed.a,
+            a_invite: seed.a_invite,
+            a_key: seed.a_key,
+            a_cseq_invite: seed.a_cseq_invite,
+            phase: if confirmed {
+                Phase::Confirmed
+            } else {
+                Phase::Calling
+            },
+            plan: Vec::new(),
+            next_candidate: 0,
+            attempts: seed.answered_b.into_iter().collect(),
+            history: seed.history,
+            called: seed.called,
+            calling: seed.calling,
+            a_final_sent: confirmed,
+            a_2xx: None,
+            a_answered: confirmed,
+            answered_after: None,
+            pdd_recorded: confirmed,
+            ack_b: None,
+            relays: Vec::new(),
+            pending_ack_b: Vec::new(),
+            pending_ack_a: Vec::new(),
+            bye_keys: Vec::new(),
+            started: Instant::now(),
+            last_status: if confirmed { 200 } else { 0 },
+            gateway_active: seed.gateway_active,
+            session_refresh: None,
+            stored: confirmed,
+            store_retry: false,
+            ended: false,
+        }
+    }
+
+    /// What the admin API and tests see of the call.
+    pub(super) fn info(&self) -> CallInfo {
+        let tag = |t: &Option<Bytes>| {
+            t.as_ref()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .unwrap_or_default()
+        };
+        CallInfo {
+            a_call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
+            b_call_id: self
+                .current()
+                .map(|a| String::from_utf8_lossy(&a.leg.call_id).into_owned()),
+            phase: self.phase,
+            attempts: self.history.clone(),
+            shard: self.shard,
+            inbound_trunk: self.inbound.name.clone(),
+            gateway: self.current().map(|a| a.trunk.clone()),
+            called: self.called.clone(),
+            calling: self.calling.clone(),
+            age: self.started.elapsed(),
+            answered_after: self.answered_after,
+            a_tags: (self.a.local_tag.clone(), tag(&self.a.remote_tag)),
+            b_tags: self
+                .current()
+                .map(|a| (a.leg.local_tag.clone(), tag(&a.leg.remote_tag))),
+        }
+    }
+}

@@ -14,10 +14,18 @@
 //! re-INVITE / UPDATE / INFO / NOTIFY / MESSAGE / OPTIONS / PRACK / REFER ─► relayed to the other leg,
 //!   with that leg's dialog identifiers and CSeq; the answer is relayed back.
 //! ```
+//!
+//! Files, one concern each: `actor` (the messages and the dispatch: which concern handles what),
+//! `call` (the state, built by one constructor for new and rebuilt calls), `outbound` (the leg-B
+//! INVITE, a pure function), `setup` (answers to the caller, gateway attempts and failover),
+//! `relay` (in-dialog requests between the legs, the session-timer refresh), `teardown` (BYE, the
+//! end, what a stopped call gives back), `record` (the replicated record and rebuilding a call
+//! from it), `spans` (trace spans), `leg` (one leg's dialog identifiers and message builders).
 
 mod actor;
 mod call;
 pub mod leg;
+mod outbound;
 mod record;
 mod relay;
 mod setup;

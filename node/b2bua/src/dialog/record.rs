@@ -10,7 +10,6 @@ use medpool_sip::ids;
 use medpool_sip::transaction::{ClientKey, ServerKey};
 use medpool_sip::transport::Transport;
 use ractor::{ActorProcessingErr, ActorRef};
-use tokio::time::Instant;
 
 use super::actor::*;
 use super::call::*;
@@ -113,7 +112,7 @@ pub(super) fn leg_from_record(r: &LegRecord) -> Result<Leg, RestoreError> {
 pub(super) fn restored(
     ctx: Arc<NodeCtx>,
     rec: DialogRecord,
-    myself: ActorRef<DialogMsg>,
+    myself: &ActorRef<DialogMsg>,
 ) -> Result<Call, ActorProcessingErr> {
     let config = ctx.config();
     let inbound = config
@@ -159,18 +158,19 @@ pub(super) fn restored(
         .trunk(&rec.trunk)
         .and_then(|t| ctx.gateways.try_acquire(t).then(|| t.name.clone()));
     ctx.count_inbound(&inbound.name);
-    Ok(Call {
+    Ok(Call::new(CallSeed {
+        ctx,
         span,
         a_span,
         shard: rec.shard,
         inbound,
-        a_cseq_invite: 0,
+        a,
         a_key,
         a_invite: None,
-        phase: Phase::Confirmed,
-        plan: Vec::new(),
-        next_candidate: 0,
-        attempts: vec![Attempt {
+        a_cseq_invite: 0,
+        called: String::new(),
+        calling: String::new(),
+        answered_b: Some(Attempt {
             span: b_span,
             tx_span: tracing::Span::none(),
             leg: b,
@@ -184,28 +184,55 @@ pub(super) fn restored(
             abandoned: false,
             answered: true,
             settled: true,
-        }],
-        history: vec![(rec.trunk.clone(), "restored on this node".into())],
-        called: String::new(),
-        calling: String::new(),
-        a_final_sent: true,
-        a_2xx: None,
-        a_answered: true,
-        answered_after: None,
-        pdd_recorded: true,
-        ack_b: None,
-        relays: Vec::new(),
-        pending_ack_b: Vec::new(),
-        pending_ack_a: Vec::new(),
-        bye_keys: Vec::new(),
-        started: Instant::now(),
-        last_status: 200,
+        }),
         gateway_active,
-        session_refresh: None,
-        stored: true,
-        store_retry: false,
-        ended: false,
-        a,
-        ctx,
-    })
+        history: vec![(rec.trunk.clone(), "restored on this node".into())],
+    }))
+}
+
+/// A rebuilt call watches its record for the old owner's removal, which may land up to its retry
+/// window after the move.
+pub(super) fn watch_record(myself: &ActorRef<DialogMsg>) {
+    drop(
+        myself.send_after(RECORD_CHECK_EVERY, || DialogMsg::RecordCheck {
+            left: RECORD_CHECKS - 1,
+        }),
+    );
+}
+
+/// Tries again to write the record of an answered call this node could not write yet.
+pub(super) fn on_store_record(st: &mut Call) {
+    st.store_retry = false;
+    if !st.stored
+        && st.phase != Phase::Ending
+        && let Some(rec) = st.record()
+        && st.ctx.store.store(rec)
+    {
+        st.mark_stored();
+    }
+}
+
+/// A rebuilt call whose record is gone was ended by its old node: it stops without a word.
+pub(super) fn on_record_check(st: &mut Call, myself: &ActorRef<DialogMsg>, left: u8) {
+    let call_id = String::from_utf8_lossy(&st.a.call_id).into_owned();
+    if st.phase == Phase::Confirmed && !st.ctx.store.contains(st.shard, &call_id) {
+        tracing::debug!(parent: &st.span, "record gone: the call ended on its old node");
+        myself.stop(Some("record removed".into()));
+    } else {
+        let every = if left > 0 {
+            RECORD_CHECK_EVERY
+        } else {
+            RECORD_CHECK_SLOW
+        };
+        let left = left.saturating_sub(1);
+        drop(myself.send_after(every, move || DialogMsg::RecordCheck { left }));
+    }
+}
+
+/// An answered call whose record this node could not write yet: try again shortly.
+pub(super) fn retry_store_later(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+    if st.a_answered && !st.stored && !st.store_retry && st.phase != Phase::Ending {
+        st.store_retry = true;
+        drop(myself.send_after(STORE_RETRY_EVERY, || DialogMsg::StoreRecord));
+    }
 }

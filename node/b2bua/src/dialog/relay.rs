@@ -337,3 +337,31 @@ pub(super) fn on_request(
         None => respond_local(st, 503, &[]),
     }
 }
+
+/// The session timer is due and we are the refresher on leg B: an UPDATE with Session-Expires.
+pub(super) fn on_session_refresh(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+    if matches!(st.phase, Phase::Confirmed)
+        && let Some(interval) = st.session_refresh
+        && let Some(b) = st.confirmed_b()
+    {
+        let mut leg = b.leg.clone();
+        leg.local_cseq += 1;
+        let cseq = leg.local_cseq;
+        let branch = ids::new_branch(st.shard);
+        let mut req = leg.request(&st.ctx.me, b"UPDATE", cseq, &branch);
+        req.header(
+            HeaderName::Contact,
+            st.ctx.me.contact(leg.transport).as_bytes(),
+        );
+        req.header_fmt(
+            HeaderName::SessionExpires,
+            format_args!("{};refresher=uac", interval.as_secs() * 2),
+        );
+        req.header(HeaderName::Supported, b"timer");
+        if let Some(cur) = st.leg_mut(Side::B) {
+            cur.local_cseq = cseq;
+        }
+        let _ = st.send_request(myself, Side::B, req.build());
+        drop(myself.send_after(interval, || DialogMsg::SessionRefresh));
+    }
+}

@@ -4,16 +4,16 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use medpool_sip::message::builder::{MessageBuilder, quote_display, reason_phrase};
-use medpool_sip::message::uri::escape_user;
-use medpool_sip::transaction::{ClientKey, Outcome};
-use medpool_sip::transport::Transport;
+use medpool_sip::message::builder::{MessageBuilder, reason_phrase};
+use medpool_sip::transaction::{ClientKey, Outcome, ServerKey};
 use medpool_sip::{HeaderName, Method, SipMessage, ids};
 use ractor::ActorRef;
 
 use super::actor::*;
 use super::call::*;
 use super::leg::{Leg, local_response, relay_response};
+use super::outbound::{OutboundIds, outbound_invite};
+use super::spans::call_span;
 use crate::config::Trunk;
 use crate::ctx::NodeEvent;
 use crate::health::InviteOutcome;
@@ -144,110 +144,24 @@ impl Call {
 
     pub(super) fn build_attempt(&self, trunk: &Trunk) -> Option<Attempt> {
         let inv = self.a_invite.as_ref()?;
-        let a = &inv.msg;
-        let me = self.me();
-        let transport = match trunk.transport {
-            crate::config::Transport::Udp => Transport::Udp,
-            crate::config::Transport::Tcp => Transport::Tcp,
+        let ids = OutboundIds {
+            call_id: ids::new_call_id(self.shard),
+            tag: ids::new_tag(self.shard),
+            branch: ids::new_branch(self.shard),
         };
-        let ip = trunk.address.ip()?;
-        let peer = std::net::SocketAddr::new(ip, trunk.port);
-        let host = match ip {
-            std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", trunk.port),
-            std::net::IpAddr::V4(v4) => format!("{v4}:{}", trunk.port),
-        };
-        let called = trunk.called_out_number(&self.called).into_owned();
-        let calling = trunk.calling_out_number(&self.calling).into_owned();
-        let user_phone = called.starts_with('+') || called.bytes().all(|b| b.is_ascii_digit());
-        let ruri = format!(
-            "sip:{}@{host}{}",
-            escape_user(called.as_bytes()),
-            if user_phone && !called.is_empty() {
-                ";user=phone"
-            } else {
-                ""
-            }
-        );
-        let call_id = ids::new_call_id(self.shard);
-        let tag = ids::new_tag(self.shard);
-        let branch = ids::new_branch(self.shard);
-        let display = a
-            .from()
-            .and_then(|f| f.ok())
-            .and_then(|f| f.display_unquoted());
-        let mut from = Vec::with_capacity(96);
-        if let Some(d) = display.filter(|d| !d.is_empty()) {
-            from.extend_from_slice(&quote_display(&d));
-            from.push(b' ');
-        }
-        let my_host = me
-            .hostport
-            .rsplit_once(':')
-            .map_or(me.hostport.as_str(), |(h, _)| h);
-        from.extend_from_slice(
-            format!(
-                "<sip:{}@{my_host}>;tag={tag}",
-                escape_user(calling.as_bytes())
-            )
-            .as_bytes(),
-        );
-        let to = format!("<sip:{}@{host}>", escape_user(called.as_bytes()));
-        let mf = a
-            .max_forwards()
-            .and_then(|r| r.ok())
-            .map_or(70, |m| m.saturating_sub(1).min(70));
-        let mut b = MessageBuilder::request_method(Method::Invite, ruri.as_bytes());
-        b.header(HeaderName::Via, me.via(transport, &branch).as_bytes())
-            .header_fmt(HeaderName::MaxForwards, format_args!("{mf}"))
-            .header(HeaderName::From, &from)
-            .header(HeaderName::To, to.as_bytes())
-            .header(HeaderName::CallId, call_id.as_bytes())
-            .header(HeaderName::CSeq, b"1 INVITE")
-            .header(HeaderName::Contact, me.contact(transport).as_bytes())
-            .header(
-                HeaderName::Allow,
-                medpool_sip::check::ALLOWED_METHODS.as_bytes(),
-            );
-        let mut supported: Vec<&[u8]> = a
-            .supported()
-            .filter(|t| {
-                medpool_sip::check::SUPPORTED_OPTIONS
-                    .iter()
-                    .any(|s| t.eq_ignore_ascii_case(s.as_bytes()))
-            })
-            .collect();
-        let want_timer = trunk.session_expires.is_some() && a.session_expires().is_none();
-        if want_timer && !supported.iter().any(|t| t.eq_ignore_ascii_case(b"timer")) {
-            supported.push(b"timer");
-        }
-        if !supported.is_empty() {
-            b.header(HeaderName::Supported, &supported.join(&b", "[..]));
-        }
-        b.copy_headers(a, HeaderName::Require);
-        if want_timer {
-            if let Some(se) = trunk.session_expires {
-                b.header_fmt(HeaderName::SessionExpires, format_args!("{se}"));
-                b.header_fmt(HeaderName::MinSe, format_args!("{}", trunk.min_se));
-            }
-        } else {
-            b.copy_headers(a, HeaderName::SessionExpires);
-            b.copy_headers(a, HeaderName::MinSe);
-        }
-        if trunk.forward_pai || self.inbound.forward_pai {
-            b.copy_headers(a, HeaderName::PAssertedIdentity);
-            b.copy_headers(a, HeaderName::Privacy);
-        }
-        if trunk.forward_history_info {
-            b.copy_headers(a, HeaderName::HistoryInfo);
-            b.copy_headers(a, HeaderName::Diversion);
-        }
-        if !a.body().is_empty() {
-            let ct = a
-                .header(HeaderName::ContentType)
-                .unwrap_or(b"application/sdp");
-            b.body(ct, Bytes::copy_from_slice(a.body()));
-        }
-        let invite = Envelope::outgoing(b.build(), peer, transport)?;
+        let branch = ids.branch.clone();
+        let out = outbound_invite(
+            self.me(),
+            &inv.msg,
+            trunk,
+            self.inbound.forward_pai,
+            &self.called,
+            &self.calling,
+            ids,
+        )?;
+        let leg = out.leg;
+        let call_id = String::from_utf8_lossy(&leg.call_id).into_owned();
+        let invite = Envelope::outgoing(out.bytes, leg.peer, leg.transport)?;
         let key = crate::txlayer::client_key_of_request(&invite.msg)?;
         let number = self.attempts.len() as u32 + 1;
         let span = tracing::info_span!(
@@ -269,19 +183,7 @@ impl Call {
         Some(Attempt {
             span,
             tx_span,
-            leg: Leg {
-                call_id: Bytes::from(call_id),
-                local_tag: tag,
-                local_uri: Bytes::from(from),
-                remote_uri: Bytes::from(to),
-                remote_tag: None,
-                remote_target: Bytes::from(ruri),
-                route_set: Vec::new(),
-                peer,
-                transport,
-                local_cseq: 1,
-                remote_cseq: 0,
-            },
+            leg,
             trunk: trunk.name.clone(),
             invite,
             key,
@@ -589,5 +491,224 @@ pub(super) fn on_client_ended(
     st.bye_keys.retain(|k| *k != key);
     if before != st.bye_keys.len() || st.phase == Phase::Ending {
         st.maybe_finish(myself);
+    }
+}
+
+/// The state of a call for a new INVITE, registered before the actor runs (its release unregisters
+/// it): a CANCEL or an in-dialog request handled right after the spawn finds the call, and a call
+/// that ends at once leaves nothing behind.
+pub(super) fn new_call(args: DialogArgs, myself: &ActorRef<DialogMsg>) -> Call {
+    let DialogArgs {
+        ctx,
+        key,
+        env,
+        inbound,
+        shard,
+    } = args;
+    let msg = &env.msg;
+    let call_id = Bytes::copy_from_slice(msg.call_id().and_then(|c| c.ok()).unwrap_or_default());
+    let remote_tag = msg.from_tag().map(Bytes::copy_from_slice);
+    ctx.registry.add_call(
+        key.clone(),
+        &call_id,
+        remote_tag.as_deref().unwrap_or_default(),
+        shard,
+        myself.get_derived(),
+    );
+    let local_tag = ids::new_tag(shard);
+    let to = msg.header(HeaderName::To).unwrap_or_default();
+    let mut local_uri = to.to_vec();
+    local_uri.extend_from_slice(b";tag=");
+    local_uri.extend_from_slice(local_tag.as_bytes());
+    let remote_target = msg
+        .contacts()
+        .next()
+        .and_then(|c| c.ok())
+        .map(|c| Bytes::copy_from_slice(c.uri))
+        .unwrap_or_else(|| Bytes::copy_from_slice(msg.request_uri_bytes().unwrap_or_default()));
+    let route_set = msg
+        .record_routes()
+        .flatten()
+        .map(|r| Bytes::copy_from_slice(r.raw))
+        .collect();
+    let cseq = msg.cseq().and_then(|c| c.ok()).map_or(0, |c| c.seq);
+    let called_raw = msg
+        .request_uri_bytes()
+        .and_then(|u| crate::translate::number_from_uri(&String::from_utf8_lossy(u)))
+        .unwrap_or_default();
+    let called = inbound.normalize_number(&called_raw).into_owned();
+    let calling_src = msg
+        .p_asserted_identities()
+        .next()
+        .and_then(|p| p.ok())
+        .map(|p| p.uri)
+        .or_else(|| msg.from().and_then(|f| f.ok()).map(|f| f.uri))
+        .map(|u| crate::translate::number_from_uri(&String::from_utf8_lossy(u)).unwrap_or_default())
+        .unwrap_or_default();
+    let calling = inbound.normalize_number(&calling_src).into_owned();
+    let a = Leg {
+        call_id,
+        local_tag,
+        local_uri: Bytes::from(local_uri),
+        remote_uri: Bytes::copy_from_slice(msg.header(HeaderName::From).unwrap_or_default()),
+        remote_tag,
+        remote_target,
+        route_set,
+        peer: env.reply_peer(),
+        transport: env.transport,
+        local_cseq: 0,
+        remote_cseq: cseq,
+    };
+    let span = call_span(
+        &ctx,
+        &String::from_utf8_lossy(&a.call_id),
+        shard,
+        &inbound.name,
+        &called,
+        &calling,
+        env.traceparent.as_deref(),
+    );
+    let a_span = tracing::info_span!(parent: &span, "leg", leg.side = "A", sip.call_id = %String::from_utf8_lossy(&a.call_id), leg.trunk = %inbound.name);
+    Call::new(CallSeed {
+        ctx,
+        span,
+        a_span,
+        shard,
+        inbound,
+        a,
+        a_key: key,
+        a_invite: Some(env),
+        a_cseq_invite: cseq,
+        called,
+        calling,
+        answered_b: None,
+        gateway_active: None,
+        history: Vec::new(),
+    })
+}
+
+/// A new call starts: it counts as unrecorded, answers 100, and calls its first gateway (or fails
+/// at once: Max-Forwards exhausted, no route, every gateway at capacity).
+pub(super) fn start(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+    // Until its record is written, only this node can finish the call (see `mark_stored`).
+    st.ctx
+        .unrecorded_calls
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    tracing::debug!(parent: &st.span, via = ?st.a_invite.as_ref().and_then(|e| e.via), "call started");
+    st.ctx.publish(NodeEvent::CallStarted {
+        call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
+        shard: st.shard,
+        trunk: st.inbound.name.clone(),
+    });
+    // 100 Trying at once (RFC 3261 §16.2 practice for a B2BUA: stops the caller's retransmissions).
+    if let Some(inv) = st.a_invite.clone() {
+        let trying = local_response(&inv, 100, None, &[]);
+        st.respond_a(100, trying);
+    }
+    let config = st.ctx.config();
+    let msg_mf = st
+        .a_invite
+        .as_ref()
+        .and_then(|e| e.msg.max_forwards())
+        .and_then(|r| r.ok());
+    if msg_mf == Some(0) {
+        st.fail_a(483, &[]);
+        st.maybe_finish(myself);
+        return;
+    }
+    let random = rand::random::<u64>();
+    match crate::routing::select(&config, &st.called, &st.inbound, &st.ctx.gateways, random) {
+        Ok(plan) => {
+            st.plan = plan.candidates;
+            if !st.try_next(myself) {
+                let retry = config.node.retry_after.to_string();
+                st.fail_a(503, &[(HeaderName::RetryAfter, retry.as_bytes())]);
+                st.maybe_finish(myself);
+            }
+        }
+        Err(no_route) => {
+            tracing::debug!(called = %st.called, %no_route, "no route");
+            let status = no_route.status();
+            let retry = config.node.retry_after.to_string();
+            let extra: &[(HeaderName, &[u8])] = if status == 503 {
+                &[(HeaderName::RetryAfter, retry.as_bytes())]
+            } else {
+                &[]
+            };
+            st.fail_a(status, extra);
+            st.maybe_finish(myself);
+        }
+    }
+}
+
+/// The caller cancelled: 200 to the CANCEL; unless the caller has its final answer, 487 and every
+/// attempt cancelled.
+pub(super) fn on_cancel(
+    st: &mut Call,
+    myself: &ActorRef<DialogMsg>,
+    key: &ServerKey,
+    env: &Envelope,
+) {
+    let ok = local_response(env, 200, Some(&st.a.local_tag), &[]);
+    if let Some(e) = env.reply(ok) {
+        let _ = st.ctx.driver.respond(key, 200, e);
+    }
+    if !st.a_final_sent {
+        st.fail_a(487, &[]);
+        for i in 0..st.attempts.len() {
+            st.attempts[i].abandoned = true;
+            st.cancel_attempt(i, myself);
+        }
+        st.history.push(("caller".into(), "cancelled".into()));
+        st.maybe_finish(myself);
+    }
+}
+
+/// Attempt `attempt` had no provisional answer in time: CANCEL it and fail over.
+pub(super) fn on_fast_failover(st: &mut Call, myself: &ActorRef<DialogMsg>, attempt: u32) {
+    let idx = st.attempts.iter().position(|a| a.number == attempt);
+    if let Some(idx) = idx
+        && !st.attempts[idx].abandoned
+        && !st.attempts[idx].got_18x
+        && !st.attempts[idx].answered
+        && st.phase == Phase::Calling
+    {
+        let trunk = st.attempts[idx].trunk.clone();
+        st.gateway_outcome(&trunk, InviteOutcome::Timeout);
+        st.cancel_attempt(idx, myself);
+        st.attempt_failed(myself, 408, None, "fast failover: no provisional in time");
+    }
+}
+
+/// The caller has not ACKed our 2xx yet: send it again (doubling up to T2), or, after 64*T1, end the
+/// call (RFC 3261 §13.3.1.4).
+pub(super) fn on_retransmit_2xx(st: &mut Call, myself: &ActorRef<DialogMsg>, interval: Duration) {
+    if st.phase == Phase::Answered
+        && let Some((status, env)) = st.a_2xx.clone()
+    {
+        if st
+            .ctx
+            .driver
+            .respond(&st.a_key, status, env.clone())
+            .is_err()
+        {
+            let _ = st
+                .ctx
+                .transports
+                .send_now(env.transport, env.peer, env.msg.bytes());
+        }
+        let t = st.ctx.timers;
+        if st.started.elapsed() > t.t1 * 64 + Duration::from_secs(1) && interval >= t.t2 {
+            // No ACK in 64*T1: end the call (RFC 3261 §13.3.1.4).
+            st.history.push(("caller".into(), "no ACK for 2xx".into()));
+            st.bye_all(myself, None);
+        } else {
+            let next = (interval * 2).min(t.t2);
+            drop(
+                myself.send_after(interval, move || DialogMsg::Retransmit2xx {
+                    interval: next,
+                }),
+            );
+        }
     }
 }
