@@ -31,6 +31,8 @@ pub mod gateways;
 pub mod health;
 pub mod node;
 pub mod routing;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod trace;
 pub mod translate;
 pub mod txlayer;

@@ -447,7 +447,7 @@ fn respond(
     }
 }
 
-async fn handle_core(ctx: &Arc<NodeCtx>, ev: CoreEvent) {
+pub(crate) async fn handle_core(ctx: &Arc<NodeCtx>, ev: CoreEvent) {
     match ev {
         CoreEvent::Unrouted { key, env } => unrouted(ctx, key, env).await,
         CoreEvent::OrphanAnswer { env } => orphan_answer(ctx, &env),

@@ -31,6 +31,8 @@ mod relay;
 mod setup;
 mod spans;
 mod teardown;
+#[cfg(test)]
+mod tests;
 
 pub use actor::{DialogActor, DialogArgs, DialogMsg, DialogStart, actor_of, spawn, spawn_restored};
 pub use call::{Call, CallInfo, Phase};
