@@ -16,7 +16,7 @@
 //!   4  gateway   dialog          the actors (GatewayActor; DialogActor, one per call)
 //!   3  ctx       gateways        NodeCtx (what the actors share); the gateway table
 //!   2  txlayer                   transaction events: Envelope, Registry, SipIo, Wire (no actor type)
-//!   1  config routing translate health cluster trace      pure: no I/O, no actors
+//!   1  config routing translate health ingress cluster trace   pure: no I/O, no actors
 //! ```
 //! The transaction-event layer hands events up through ractor's `DerivedActorRef` of its own event
 //! types, so it never names an actor; the node context and the gateway table name none either. The
@@ -29,6 +29,7 @@ pub mod dialog;
 pub mod gateway;
 pub mod gateways;
 pub mod health;
+pub mod ingress;
 pub mod node;
 pub mod routing;
 #[cfg(test)]

@@ -16,11 +16,12 @@ use medpool_sip::{HeaderName, Method, ids};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{DialogStore, Relay, ShardOwnership};
-use crate::config::{PoolConfig, UnknownSource};
+use crate::config::PoolConfig;
 use crate::ctx::{CtxSettings, Me};
 pub use crate::ctx::{Forwarded, Histogram, NodeCtx, NodeEvent, PDD_BUCKETS, Stats};
 use crate::dialog::{self, DialogArgs, DialogMsg, leg::local_response};
 use crate::gateway;
+use crate::ingress::{Arrival, Ingress, Ownership, ingress, unowned};
 use crate::txlayer::{CoreEvent, Envelope, client_key, server_key};
 
 impl NodeCtx {
@@ -319,85 +320,83 @@ async fn feed(
         || config
             .trunk_for_source(inb.source.ip(), inb.source.port())
             .is_some();
-    if !known {
-        if inb.msg.is_request() {
-            ctx.stats.refused_sources.fetch_add(1, Ordering::Relaxed);
-            if config.node.unknown_source == UnknownSource::Reject
-                && inb.msg.method() != Some(Method::Ack)
-            {
-                let env = Envelope {
-                    msg: inb.msg.clone(),
-                    peer: inb.source,
-                    transport: inb.transport,
-                    via: None,
-                    traceparent: traceparent.clone(),
-                };
-                let bytes = local_response(&env, 403, Some(&ids::new_tag(0)), &[]);
-                answer(ctx, transports, &inb, None, bytes).await;
-            }
-        }
-        return; // a response from nobody we talk to is dropped too
+    if !known && inb.msg.is_request() {
+        ctx.stats.refused_sources.fetch_add(1, Ordering::Relaxed);
     }
+    let arrival = Arrival {
+        is_request: inb.msg.is_request(),
+        is_ack: inb.msg.method() == Some(Method::Ack),
+        new_call: inb.msg.method() == Some(Method::Invite) && inb.msg.to_tag().is_none(),
+        reliable: inb.transport.is_reliable(),
+        forwarded: via.is_some(),
+        known_source: known,
+        // Answers to this node's own gateway probes are node-local: every node probes every
+        // gateway, so they are never forwarded to the owner of the shard their branch names.
+        // So are answers to any client transaction of this node (a call in set-up whose shard just
+        // moved away ends here, and needs its gateway's answers to do so).
+        own_answer: known
+            && !inb.msg.is_request()
+            && client_key(&inb.msg).is_some_and(|k| ctx.registry.has_client(&k)),
+    };
     // Any node, any message: act only for shards this node owns under a valid lease; forward the rest.
-    let shard = ids::shard_of(&inb.msg, ctx.shards.shard_count());
-    // Answers to this node's own gateway probes are node-local: every node probes every gateway,
-    // so they are never forwarded to the owner of the shard their branch names.
-    // So are answers to any client transaction of this node (a call in set-up whose shard just
-    // moved away ends here, and needs its gateway's answers to do so).
-    let own_answer =
-        !inb.msg.is_request() && client_key(&inb.msg).is_some_and(|k| ctx.registry.has_client(&k));
-    if !own_answer && !ctx.shards.may_act(shard) {
-        let me = ctx.shards.node_id();
-        match ctx.shards.owner(shard) {
-            Some(owner) if owner != me && via.is_none() => {
-                let t = if inb.transport.is_reliable() {
-                    "tcp"
-                } else {
-                    "udp"
-                };
-                // A short span on the receiving node; the owner's spans continue its trace.
-                let span = tracing::info_span!(
-                    "sip.forward",
-                    sip.method = inb
-                        .msg
-                        .method_bytes()
-                        .map(String::from_utf8_lossy)
-                        .unwrap_or_default()
-                        .as_ref(),
-                    sip.status = inb.msg.status().unwrap_or(0),
-                    shard,
-                    owner,
-                    node = me,
-                );
-                let tp = crate::trace::traceparent(&span);
-                if ctx
-                    .relay
-                    .forward(owner, shard, inb.msg.bytes(), inb.source, t, tp)
-                {
-                    ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                    ctx.note_relayed_invite(&inb.msg);
-                    return;
-                }
-                // The owner's queue is full or it cannot be reached: counted, then handled below.
-                ctx.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
+    let shard = if known {
+        ids::shard_of(&inb.msg, ctx.shards.shard_count())
+    } else {
+        0
+    };
+    let me = ctx.shards.node_id();
+    let ownership = if !known || arrival.own_answer || ctx.shards.may_act(shard) {
+        Ownership {
+            may_act: true,
+            owner: None,
+            me,
+            taking_over: false,
         }
-        // Nobody can take it now (no owner, lease lapsed, owner unreachable): a new call is told to
-        // come back; anything else is dropped and its sender retransmits.
-        let new_call = inb.msg.method() == Some(Method::Invite) && inb.msg.to_tag().is_none();
-        if new_call && !inb.transport.is_reliable() && ctx.shards.taking_over(shard) {
+    } else {
+        Ownership {
+            may_act: false,
+            owner: ctx.shards.owner(shard),
+            me,
+            taking_over: ctx.shards.taking_over(shard),
+        }
+    };
+    let mut decision = ingress(&arrival, config.node.unknown_source, &ownership);
+    if let Ingress::ForwardTo(owner) = decision {
+        if forward(ctx, &inb, shard, owner) {
+            return;
+        }
+        // The owner's queue is full or it cannot be reached: counted, then handled as if nobody
+        // could take it.
+        ctx.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
+        decision = unowned(&arrival, &ownership);
+    }
+    match decision {
+        Ingress::HandleHere => {}
+        Ingress::ForwardTo(_) | Ingress::Drop => return,
+        Ingress::Refuse403 => {
+            let env = Envelope {
+                msg: inb.msg.clone(),
+                peer: inb.source,
+                transport: inb.transport,
+                via: None,
+                traceparent: traceparent.clone(),
+            };
+            let bytes = local_response(&env, 403, Some(&ids::new_tag(0)), &[]);
+            answer(ctx, transports, &inb, None, bytes).await;
+            return;
+        }
+        Ingress::HoldForHandOver => {
             // This node is taking the shard over (behind its hand-over fence, normally a few ms):
-            // the caller's retransmission, 500 ms on, finds it acting. Over TCP nothing is resent,
-            // so a new call there is still told to come back.
+            // the caller's retransmission, 500 ms on, finds it acting.
             ctx.stats.held_for_takeover.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if new_call && let Some(a) = overload_answer(&inb.msg, inb.source, config.node.retry_after)
-        {
-            answer(ctx, transports, &inb, via, a).await;
+        Ingress::Refuse503 => {
+            if let Some(a) = overload_answer(&inb.msg, inb.source, config.node.retry_after) {
+                answer(ctx, transports, &inb, via, a).await;
+            }
+            return;
         }
-        return;
     }
     if inb.msg.is_request() {
         let Some(key) = server_key(&inb.msg) else {
@@ -431,6 +430,40 @@ async fn feed(
             traceparent: traceparent.clone(),
         };
         ctx.driver.on_response(key, status, env);
+    }
+}
+
+/// Hands a message to the owner of its shard; false when it cannot be delivered.
+fn forward(ctx: &NodeCtx, inb: &Inbound, shard: u16, owner: u64) -> bool {
+    let t = if inb.transport.is_reliable() {
+        "tcp"
+    } else {
+        "udp"
+    };
+    // A short span on the receiving node; the owner's spans continue its trace.
+    let span = tracing::info_span!(
+        "sip.forward",
+        sip.method = inb
+            .msg
+            .method_bytes()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+            .as_ref(),
+        sip.status = inb.msg.status().unwrap_or(0),
+        shard,
+        owner,
+        node = ctx.shards.node_id(),
+    );
+    let tp = crate::trace::traceparent(&span);
+    if ctx
+        .relay
+        .forward(owner, shard, inb.msg.bytes(), inb.source, t, tp)
+    {
+        ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        ctx.note_relayed_invite(&inb.msg);
+        true
+    } else {
+        false
     }
 }
 
