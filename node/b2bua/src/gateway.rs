@@ -1,12 +1,11 @@
-//! Gateway health and load, per node: one GatewayActor per gateway trunk sends SIP OPTIONS every
-//! interval and folds the answers (and the INVITE outcomes calls report) into the pure hysteresis of
-//! [`crate::health`]; the [`Gateways`] table publishes each gateway's state in atomics that routing
-//! reads without a round trip ([`crate::health::HealthView`]), and counts active calls and CPS against
-//! the trunk's capacity.
+//! The GatewayActor: one per gateway trunk on each node. It sends SIP OPTIONS every interval and
+//! folds the answers (and the INVITE outcomes calls report) into the pure hysteresis of
+//! [`crate::health`], then publishes the result in the gateway's [`GatewayHandle`] in the
+//! [`Gateways`] table ([`crate::gateways`], re-exported here).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use medpool_sip::message::builder::MessageBuilder;
@@ -17,182 +16,18 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
 use crate::config::{Side, Trunk};
-use crate::health::{
-    GatewayView, HealthState, HealthView, InviteOutcome, ProbeOutcome, TokenBucket, Transition,
-    on_invite, on_probe,
-};
-use crate::node::NodeCtx;
-use crate::sipcore::{Envelope, Owner};
-
-/// An operator's choice for a gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminState {
-    /// In service.
-    Enabled,
-    /// No new calls; existing calls continue (drain and disable behave the same for new calls).
-    Disabled,
-}
-
-/// Shared, lock-free state of one gateway on this node.
-#[derive(Debug)]
-pub struct GatewayHandle {
-    /// The trunk's name.
-    pub name: String,
-    up: AtomicBool,
-    enabled: AtomicBool,
-    active: AtomicU32,
-    max_calls: Option<u32>,
-    cps: Option<Mutex<TokenBucket>>,
-    epoch: Instant,
-    /// Last OPTIONS round trip in microseconds (0 = none yet).
-    pub last_rtt_us: AtomicU64,
-    /// Last OPTIONS answer status (0 = none / timeout).
-    pub last_status: AtomicU32,
-    /// Consecutive failures.
-    pub failures: AtomicU32,
-    actor: Mutex<Option<ActorRef<GatewayMsg>>>,
-}
-
-impl GatewayHandle {
-    fn new(trunk: &Trunk) -> GatewayHandle {
-        GatewayHandle {
-            name: trunk.name.clone(),
-            up: AtomicBool::new(true),
-            enabled: AtomicBool::new(true),
-            active: AtomicU32::new(0),
-            max_calls: trunk.max_calls,
-            cps: trunk.max_cps.map(|c| Mutex::new(TokenBucket::for_cps(c))),
-            epoch: Instant::now(),
-            last_rtt_us: AtomicU64::new(0),
-            last_status: AtomicU32::new(0),
-            failures: AtomicU32::new(0),
-            actor: Mutex::new(None),
-        }
-    }
-    /// Whether the gateway is up (health).
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-    /// Whether an operator allows new calls.
-    pub fn is_enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
-    }
-    /// Active calls through it on this node.
-    pub fn active_calls(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
-    }
-    fn view(&self) -> GatewayView {
-        let active = self.active_calls();
-        let full = self.max_calls.is_some_and(|m| active >= m);
-        let no_token = self
-            .cps
-            .as_ref()
-            .and_then(|b| b.lock().ok().map(|b| !b.has_token(self.epoch.elapsed())))
-            .unwrap_or(false);
-        GatewayView {
-            up: self.is_up(),
-            enabled: self.is_enabled(),
-            active_calls: active,
-            at_capacity: full || no_token,
-        }
-    }
-}
-
-/// Every gateway of this node, by trunk name.
-#[derive(Debug, Default)]
-pub struct Gateways {
-    table: std::sync::RwLock<BTreeMap<String, Arc<GatewayHandle>>>,
-}
-
-impl HealthView for Gateways {
-    fn view(&self, trunk: &str) -> GatewayView {
-        self.get(trunk).map(|h| h.view()).unwrap_or_default()
-    }
-}
-
-impl Gateways {
-    /// The handle of a trunk.
-    pub fn get(&self, trunk: &str) -> Option<Arc<GatewayHandle>> {
-        self.table.read().ok().and_then(|t| t.get(trunk).cloned())
-    }
-    /// Every handle.
-    pub fn all(&self) -> Vec<Arc<GatewayHandle>> {
-        self.table
-            .read()
-            .map(|t| t.values().cloned().collect())
-            .unwrap_or_default()
-    }
-    /// Takes one call slot (capacity and CPS) on a trunk; false when it is full.
-    pub fn try_acquire(&self, trunk: &Trunk) -> bool {
-        let Some(h) = self.get(&trunk.name) else {
-            return true; // not a gateway we track (e.g. an internal trunk as target)
-        };
-        if !h.is_enabled() {
-            return false;
-        }
-        if let Some(m) = h.max_calls
-            && h.active_calls() >= m
-        {
-            return false;
-        }
-        if let Some(b) = &h.cps
-            && let Ok(mut b) = b.lock()
-            && !b.try_take(h.epoch.elapsed())
-        {
-            return false;
-        }
-        h.active.fetch_add(1, Ordering::Relaxed);
-        true
-    }
-    /// Gives a call slot back.
-    pub fn release(&self, trunk: &str) {
-        if let Some(h) = self.get(trunk) {
-            let _ = h
-                .active
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                    Some(v.saturating_sub(1))
-                });
-        }
-    }
-    /// A call reports how an INVITE to the gateway went (passive health).
-    pub fn invite_outcome(&self, trunk: &str, outcome: InviteOutcome) {
-        if let Some(h) = self.get(trunk)
-            && let Ok(a) = h.actor.lock()
-            && let Some(a) = a.as_ref()
-        {
-            let _ = a.cast(GatewayMsg::Invite(outcome));
-        }
-    }
-    /// Enables or disables new calls to a gateway.
-    pub fn set_admin(&self, trunk: &str, state: AdminState) -> bool {
-        match self.get(trunk) {
-            Some(h) => {
-                h.enabled
-                    .store(state == AdminState::Enabled, Ordering::Relaxed);
-                true
-            }
-            None => false,
-        }
-    }
-}
+use crate::ctx::NodeCtx;
+pub use crate::gateways::{AdminState, GatewayHandle, Gateways};
+use crate::health::{HealthState, InviteOutcome, ProbeOutcome, Transition, on_invite, on_probe};
+use crate::txlayer::{Envelope, Owner, ProbeEvent};
 
 /// Messages of a GatewayActor.
 #[derive(Debug)]
 pub enum GatewayMsg {
     /// Time to probe.
     Probe,
-    /// The probe with this key was answered.
-    ProbeAnswer {
-        /// The OPTIONS transaction.
-        key: ClientKey,
-        /// Status.
-        status: u16,
-    },
-    /// The probe's transaction failed (transport error or Timer F).
-    ProbeFailed {
-        /// The OPTIONS transaction.
-        key: ClientKey,
-    },
+    /// An answer to, or the failure of, a probe (from the transaction layer).
+    Tx(ProbeEvent),
     /// No answer within the probe timeout.
     ProbeTimeout {
         /// Probe sequence number.
@@ -200,6 +35,38 @@ pub enum GatewayMsg {
     },
     /// A call's INVITE outcome.
     Invite(InviteOutcome),
+}
+
+impl From<ProbeEvent> for GatewayMsg {
+    fn from(e: ProbeEvent) -> Self {
+        GatewayMsg::Tx(e)
+    }
+}
+
+impl TryFrom<GatewayMsg> for ProbeEvent {
+    type Error = GatewayMsg;
+    fn try_from(m: GatewayMsg) -> Result<Self, GatewayMsg> {
+        match m {
+            GatewayMsg::Tx(e) => Ok(e),
+            other => Err(other),
+        }
+    }
+}
+
+impl From<InviteOutcome> for GatewayMsg {
+    fn from(o: InviteOutcome) -> Self {
+        GatewayMsg::Invite(o)
+    }
+}
+
+impl TryFrom<GatewayMsg> for InviteOutcome {
+    type Error = GatewayMsg;
+    fn try_from(m: GatewayMsg) -> Result<Self, GatewayMsg> {
+        match m {
+            GatewayMsg::Invite(o) => Ok(o),
+            other => Err(other),
+        }
+    }
 }
 
 /// Arguments of a GatewayActor.
@@ -265,7 +132,7 @@ impl Actor for GatewayActor {
         args: GatewayArgs,
     ) -> Result<GatewayState, ActorProcessingErr> {
         if let Ok(mut a) = args.handle.actor.lock() {
-            *a = Some(myself.clone());
+            *a = Some(myself.get_derived());
         }
         if let Some(interval) = args.trunk.options_interval() {
             drop(myself.send_interval(interval, || GatewayMsg::Probe));
@@ -331,7 +198,7 @@ impl Actor for GatewayActor {
                 let key = ClientKey::new(branch.as_bytes(), b"OPTIONS");
                 st.ctx
                     .registry
-                    .add_client(key.clone(), Owner::Gateway(myself.clone()));
+                    .add_client(key.clone(), Owner::Gateway(myself.get_derived()));
                 if st
                     .ctx
                     .driver
@@ -347,7 +214,7 @@ impl Actor for GatewayActor {
                     myself.send_after(st.probe_timeout(), move || GatewayMsg::ProbeTimeout { seq }),
                 );
             }
-            GatewayMsg::ProbeAnswer { key, status } => {
+            GatewayMsg::Tx(ProbeEvent::Answer { key, status }) => {
                 if status < 200 {
                     return Ok(());
                 }
@@ -366,7 +233,7 @@ impl Actor for GatewayActor {
                     st.apply(t);
                 }
             }
-            GatewayMsg::ProbeFailed { key } => {
+            GatewayMsg::Tx(ProbeEvent::Failed { key }) => {
                 if st.outstanding.as_ref().is_some_and(|(k, _, _)| *k == key) {
                     st.outstanding = None;
                     st.handle.last_status.store(0, Ordering::Relaxed);
@@ -398,9 +265,7 @@ impl Actor for GatewayActor {
 pub async fn start_all(ctx: &Arc<NodeCtx>, trunks: &[Trunk]) -> Result<(), ractor::SpawnErr> {
     for trunk in trunks.iter().filter(|t| t.side == Side::Gateway) {
         let handle = Arc::new(GatewayHandle::new(trunk));
-        if let Ok(mut t) = ctx.gateways.table.write() {
-            t.insert(trunk.name.clone(), handle.clone());
-        }
+        ctx.gateways.insert(handle.clone());
         Actor::spawn(
             None,
             GatewayActor,
@@ -440,10 +305,8 @@ pub async fn reconcile(
             {
                 a.stop(Some("configuration changed".into()));
             }
-            if !new.contains_key(name)
-                && let Ok(mut t) = ctx.gateways.table.write()
-            {
-                t.remove(name);
+            if !new.contains_key(name) {
+                ctx.gateways.remove(name);
             }
         }
     }
@@ -456,9 +319,7 @@ pub async fn reconcile(
             handle.active.store(prev.active_calls(), Ordering::Relaxed);
             handle.enabled.store(prev.is_enabled(), Ordering::Relaxed);
         }
-        if let Ok(mut t) = ctx.gateways.table.write() {
-            t.insert(name.clone(), handle.clone());
-        }
+        ctx.gateways.insert(handle.clone());
         Actor::spawn(
             None,
             GatewayActor,

@@ -1,25 +1,39 @@
 //! medpool-b2bua: the back-to-back user agent of one node.
 //!
 //! ```text
-//!   medpool-sip transports ─► node (dispatcher) ─► sipcore (transaction Driver + Registry)
+//!   medpool-sip transports ─► node (dispatcher) ─► txlayer (transaction Driver + Registry)
 //!                                   │                     │ events by key / dialog
 //!                                   ├─ new INVITE ─► dialog::DialogActor (one per call)
 //!                                   │                     ├─ routing + translate (pure): which gateway, which numbers
-//!                                   │                     └─ gateway::Gateways (health view, capacity)
+//!                                   │                     └─ gateways::Gateways (health view, capacity)
 //!                                   └─ gateway::GatewayActor (one per gateway: OPTIONS, passive health)
 //!   config (TOML → validated PoolConfig)        cluster (traits: shard ownership, dialog store)
 //! ```
-//! Pure cores: [`config`], [`routing`], [`translate`], [`health`]. Actors and tasks: [`dialog`],
-//! [`gateway`], [`node`]. The pool is reached only through [`cluster`]'s traits, so this crate never
-//! depends on Raft.
+//!
+//! Layers, each importing only from the layers below it:
+//! ```text
+//!   5  node                      dispatcher, start, shutdown; shard adopt/release, config apply
+//!   4  gateway   dialog          the actors (GatewayActor; DialogActor, one per call)
+//!   3  ctx       gateways        NodeCtx (what the actors share); the gateway table
+//!   2  txlayer                   transaction events: Envelope, Registry, SipIo, Wire (no actor type)
+//!   1  config routing translate health ingress cluster trace   pure: no I/O, no actors
+//! ```
+//! The transaction-event layer hands events up through ractor's `DerivedActorRef` of its own event
+//! types, so it never names an actor; the node context and the gateway table name none either. The
+//! pool is reached only through [`cluster`]'s traits, so this crate never depends on Raft.
 
 pub mod cluster;
 pub mod config;
+pub mod ctx;
 pub mod dialog;
 pub mod gateway;
+pub mod gateways;
 pub mod health;
+pub mod ingress;
 pub mod node;
 pub mod routing;
-pub mod sipcore;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod trace;
 pub mod translate;
+pub mod txlayer;

@@ -3,197 +3,28 @@
 //! unknown dialog 481, ...), the GatewayActors, and the single shutdown path.
 //!
 //! Supervision: the dispatcher task owns nothing but the inbound queue; every call is a DialogActor and
-//! every gateway a GatewayActor; they find each other through [`crate::sipcore::Registry`].
+//! every gateway a GatewayActor; they find each other through [`crate::txlayer::Registry`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use medpool_sip::transaction::{DriverConfig, TimerConfig};
+use medpool_sip::transaction::TimerConfig;
 use medpool_sip::transport::{self, Inbound, TransportConfig, Transports, overload_answer};
-use medpool_sip::{HeaderName, Method, SipMessage, ids};
+use medpool_sip::{HeaderName, Method, ids};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{DialogStore, Relay, ShardOwnership};
-use crate::config::{PoolConfig, UnknownSource};
-use crate::dialog::{self, DialogArgs, DialogMsg, leg::Me, leg::local_response};
-use crate::gateway::{self, Gateways};
-use crate::sipcore::{CoreEvent, Envelope, Registry, SipIo, TxDriver, client_key, server_key};
-
-/// Something that happened on this node, for `WatchEvents` and logs. Published on a bounded
-/// broadcast channel: a slow watcher misses events (and is told how many), it never slows calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeEvent {
-    /// A call was accepted.
-    CallStarted {
-        /// Leg A Call-ID.
-        call_id: String,
-        /// Its shard.
-        shard: u16,
-        /// The trunk it came in on.
-        trunk: String,
-    },
-    /// A call was answered.
-    CallAnswered {
-        /// Leg A Call-ID.
-        call_id: String,
-        /// The gateway trunk.
-        gateway: String,
-    },
-    /// A call ended.
-    CallEnded {
-        /// Leg A Call-ID.
-        call_id: String,
-        /// The last final status on leg A (200 for an answered call).
-        status: u16,
-        /// Who or what ended it.
-        cause: String,
-    },
-    /// A gateway's health changed.
-    Gateway {
-        /// Trunk name.
-        name: String,
-        /// Up or down.
-        up: bool,
-    },
-}
-
-/// How long a forwarded new-call INVITE is waited for at shutdown, at most (Timer B).
-const RELAY_WAIT_MAX: Duration = Duration::from_secs(32);
-/// How many hung-up legs B are remembered at most (see `NodeCtx::leg_hung_up`).
-const HUNG_UP_TRACK_MAX: usize = 65_536;
-/// How many forwarded INVITEs are tracked at most (beyond that, the older ones are not waited for).
-const RELAY_TRACK_MAX: usize = 16_384;
-
-/// Counters of what the node did (exported as metrics by the binary).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Calls accepted (a DialogActor started).
-    pub calls_started: AtomicU64,
-    /// Calls that were answered (2xx + ACK).
-    pub calls_answered: AtomicU64,
-    /// Calls that ended.
-    pub calls_ended: AtomicU64,
-    /// New INVITEs refused with 503 (node or trunk capacity, draining).
-    pub calls_refused_capacity: AtomicU64,
-    /// Requests from unknown sources.
-    pub refused_sources: AtomicU64,
-    /// Gateway state changes.
-    pub gateway_transitions: AtomicU64,
-    /// Messages forwarded to the owner of their shard.
-    pub forwarded: AtomicU64,
-    /// Messages that could not be forwarded (peer queue full or unreachable): new calls among them
-    /// were answered 503, the rest dropped for their senders to retransmit.
-    pub forward_failures: AtomicU64,
-    /// New UDP INVITEs left unanswered while this node was taking their shard over (behind the
-    /// hand-over fence): the caller's retransmission finds the shard served.
-    pub held_for_takeover: AtomicU64,
-    /// 2xx answers to our INVITEs that no call knew any more, ACKed and hung up.
-    pub orphan_answers: AtomicU64,
-    /// Calls rebuilt from replicated records after a shard moved here.
-    pub calls_restored: AtomicU64,
-    /// Post-dial delay (INVITE in → first 18x or 2xx relayed to the caller).
-    pub post_dial_delay: Histogram,
-}
-
-/// Upper bounds (seconds) of the post-dial-delay histogram buckets.
-pub const PDD_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
-
-/// A lock-free histogram with the fixed [`PDD_BUCKETS`] (cumulative counts are computed at scrape).
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Count per bucket (not cumulative), plus one overflow bucket.
-    pub buckets: [AtomicU64; 11],
-    /// Sum of observations in microseconds.
-    pub sum_us: AtomicU64,
-    /// Number of observations.
-    pub count: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = PDD_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(PDD_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Everything a node's actors share.
-pub struct NodeCtx {
-    /// The transaction layer.
-    pub driver: TxDriver,
-    /// SIP identifier → actor routing.
-    pub registry: Arc<Registry>,
-    /// Send handle.
-    pub transports: Transports,
-    config: RwLock<Arc<PoolConfig>>,
-    /// Gateway health and load.
-    pub gateways: Gateways,
-    /// Our address in Via and Contact.
-    pub me: Me,
-    /// Shard ownership.
-    pub shards: Arc<dyn ShardOwnership>,
-    /// Confirmed-dialog store.
-    pub store: Arc<dyn DialogStore>,
-    /// SIP timers.
-    pub timers: TimerConfig,
-    /// Counters.
-    pub stats: Stats,
-    draining: AtomicBool,
-    /// Calls started here whose record is not written (being set up, or ending before they were
-    /// answered): only this node can finish them, so a shutdown waits for them.
-    pub(crate) unrecorded_calls: std::sync::atomic::AtomicUsize,
-    /// New-call INVITEs this node received and forwarded to their shard's owner, whose final answer
-    /// has not come back through it yet (branch → when): the owner's answers leave from this node,
-    /// so a shutdown waits for them (see [`NodeCtx::relayed_answer`]).
-    relayed_invites: std::sync::Mutex<std::collections::HashMap<Vec<u8>, tokio::time::Instant>>,
-    /// Legs this node hung up lately, with their call or as orphans (Call-ID → when): a 2xx of
-    /// theirs that comes again is only ACKed.
-    orphan_legs: std::sync::Mutex<std::collections::HashMap<bytes::Bytes, tokio::time::Instant>>,
-    inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
-    inbound_cps: std::sync::Mutex<std::collections::BTreeMap<String, crate::health::TokenBucket>>,
-    epoch: tokio::time::Instant,
-    /// Moving SIP between pool nodes.
-    pub relay: Arc<dyn Relay>,
-    /// Call and gateway events.
-    pub events: tokio::sync::broadcast::Sender<NodeEvent>,
-    trusted_forwarders: Vec<std::net::IpAddr>,
-    /// Keep only the last two digits of phone numbers in traces.
-    pub redact_numbers: bool,
-    forward_tx: mpsc::Sender<Forwarded>,
-}
-
-impl std::fmt::Debug for NodeCtx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeCtx")
-            .field("me", &self.me)
-            .finish_non_exhaustive()
-    }
-}
+use crate::config::PoolConfig;
+use crate::ctx::{CtxSettings, Me};
+pub use crate::ctx::{Forwarded, Histogram, NodeCtx, NodeEvent, PDD_BUCKETS, Stats};
+use crate::dialog::{self, DialogArgs, DialogMsg, leg::local_response};
+use crate::gateway;
+use crate::ingress::{Arrival, Ingress, Ownership, ingress, unowned};
+use crate::txlayer::{CoreEvent, Envelope, client_key, server_key};
 
 impl NodeCtx {
-    /// The current pool configuration.
-    pub fn config(&self) -> Arc<PoolConfig> {
-        self.config
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
-    }
-    /// Replaces the pool configuration (new calls use it; calls in progress keep theirs).
-    pub fn set_config(&self, config: PoolConfig) {
-        if let Ok(mut c) = self.config.write() {
-            *c = Arc::new(config);
-        }
-    }
-
     /// Replaces the configuration and brings the gateway actors in line with it (new gateways are
     /// probed, removed ones stopped).
     pub async fn apply_config(self: &Arc<Self>, config: PoolConfig) {
@@ -203,92 +34,6 @@ impl NodeCtx {
         if let Err(e) = gateway::reconcile(self, &old.trunks, &trunks).await {
             tracing::error!(error = %e, "cannot start a gateway actor for the new configuration");
         }
-    }
-    /// How many calls are in progress on this node.
-    pub fn active_calls(&self) -> usize {
-        self.registry.calls()
-    }
-    /// How many calls only this node can finish: started here and not (yet) written down — in
-    /// set-up, or ending before they were answered (e.g. ACK + BYE to a gateway's 2xx that crossed
-    /// our CANCEL after their shard moved). A shutdown waits for them.
-    pub fn unrecorded_calls(&self) -> usize {
-        self.unrecorded_calls.load(Ordering::SeqCst)
-    }
-    /// Notes a message the owner of its shard asked this node to send on its behalf (an answer to
-    /// a request this node received and forwarded): a final answer to a forwarded new-call INVITE
-    /// is no longer waited for.
-    pub fn relayed_answer(&self, bytes: &bytes::Bytes) {
-        let Ok(mut pending) = self.relayed_invites.lock() else {
-            return;
-        };
-        if pending.is_empty() {
-            return;
-        }
-        if let Ok(m) = SipMessage::parse(bytes.clone())
-            && m.status().is_some_and(|s| s >= 200)
-            && let Some(branch) = m.top_branch()
-        {
-            pending.remove(branch);
-        }
-    }
-    /// Forwarded new-call INVITEs still waiting for their final answer to come back through this
-    /// node (those older than Timer B, 32 s, are forgotten).
-    pub fn relayed_pending(&self) -> usize {
-        let Ok(mut pending) = self.relayed_invites.lock() else {
-            return 0;
-        };
-        pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
-        pending.len()
-    }
-    /// Notes a leg B that its call hung up as it ended: a 2xx of it resent afterwards (the gateway
-    /// missed our ACK) is only ACKed, not hung up a second time.
-    pub(crate) fn leg_hung_up(&self, call_id: &[u8]) {
-        let _ = self.first_orphan_answer(&bytes::Bytes::copy_from_slice(call_id));
-    }
-    /// Whether this is the first orphan 2xx of this leg lately (see `orphan_answer`).
-    fn first_orphan_answer(&self, call_id: &bytes::Bytes) -> bool {
-        let Ok(mut seen) = self.orphan_legs.lock() else {
-            return false;
-        };
-        // Swept only when full, and emptied when a sweep frees too little: never a sweep per call.
-        // (A leg forgotten early only means a late 2xx of it gets a second, harmless BYE.)
-        if seen.len() >= HUNG_UP_TRACK_MAX {
-            seen.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX * 2);
-            if seen.len() >= HUNG_UP_TRACK_MAX / 2 {
-                seen.clear();
-            }
-        }
-        seen.insert(call_id.clone(), tokio::time::Instant::now())
-            .is_none()
-    }
-    fn note_relayed_invite(&self, msg: &SipMessage) {
-        if msg.method() != Some(Method::Invite) || msg.to_tag().is_some() {
-            return;
-        }
-        let Some(branch) = msg.top_branch() else {
-            return;
-        };
-        if let Ok(mut pending) = self.relayed_invites.lock() {
-            if pending.len() >= RELAY_TRACK_MAX {
-                pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
-                if pending.len() >= RELAY_TRACK_MAX / 2 {
-                    // That many calls in set-up through one node: stop tracking the older ones
-                    // rather than sweep the table on every new call.
-                    pending.clear();
-                }
-            }
-            pending.insert(branch.to_vec(), tokio::time::Instant::now());
-        }
-    }
-    /// Takes a message another node forwarded (false when the queue is full: the peer retransmits).
-    pub fn inject(&self, inbound: Inbound, via: u64, traceparent: Option<String>) -> bool {
-        self.forward_tx
-            .try_send(Forwarded {
-                inbound,
-                via,
-                traceparent,
-            })
-            .is_ok()
     }
 
     /// This node now owns `shard`: rebuild a DialogActor for every confirmed dialog recorded in it.
@@ -318,49 +63,9 @@ impl NodeCtx {
     pub fn release_shard(&self, shard: u16) -> usize {
         let calls = self.registry.calls_of(shard);
         for a in &calls {
-            let _ = a.cast(DialogMsg::ShardReleased);
+            let _ = dialog::actor_of(a).cast(DialogMsg::ShardReleased);
         }
         calls.len()
-    }
-
-    pub(crate) fn count_inbound(&self, trunk: &str) {
-        if let Ok(mut m) = self.inbound_calls.lock() {
-            *m.entry(trunk.to_owned()).or_insert(0) += 1;
-        }
-    }
-
-    pub(crate) fn call_answered(&self) {
-        self.stats.calls_answered.fetch_add(1, Ordering::Relaxed);
-    }
-    /// Active calls per inbound trunk.
-    pub fn inbound_active(&self) -> std::collections::BTreeMap<String, u32> {
-        self.inbound_calls
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
-    }
-
-    /// Publishes an event (no receiver is fine).
-    pub fn publish(&self, event: NodeEvent) {
-        let _ = self.events.send(event);
-    }
-
-    pub(crate) fn call_ended(&self, inbound: &str, _status: u16, _duration: Duration) {
-        self.stats.calls_ended.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut m) = self.inbound_calls.lock()
-            && let Some(n) = m.get_mut(inbound)
-        {
-            *n = n.saturating_sub(1);
-        }
-    }
-    pub(crate) fn gateway_changed(&self, trunk: &str, up: bool) {
-        self.stats
-            .gateway_transitions
-            .fetch_add(1, Ordering::Relaxed);
-        let _ = self.events.send(NodeEvent::Gateway {
-            name: trunk.to_owned(),
-            up,
-        });
     }
 }
 
@@ -435,62 +140,39 @@ pub async fn start(
         .await
         .map_err(|source| NodeError::Bind { addr, source })?;
     let sip_addr = running.transports.udp_local();
-    let registry = Arc::new(Registry::default());
-    let (core_tx, core_rx) = mpsc::channel(opts.sip.queue);
-    let (forward_tx, forward_rx) = mpsc::channel(opts.sip.queue);
-    let io = Arc::new(SipIo::new(
-        running.transports.clone(),
-        registry.clone(),
-        core_tx,
-        relay.clone(),
-    ));
-    let driver = TxDriver::new(
-        DriverConfig {
-            timers: opts.timers,
-            max_transactions: opts.max_transactions,
-        },
-        io,
-    );
     let hostport = opts
         .advertise
         .clone()
         .unwrap_or_else(|| sip_addr.to_string());
-    let ctx = Arc::new(NodeCtx {
-        driver,
-        registry,
-        transports: running.transports.clone(),
-        config: RwLock::new(Arc::new(config.clone())),
-        gateways: Gateways::default(),
+    let settings = CtxSettings {
         me: Me {
             hostport,
             local: sip_addr.to_string(),
         },
-        shards,
-        store,
         timers: opts.timers,
-        stats: Stats::default(),
-        draining: AtomicBool::new(false),
-        unrecorded_calls: std::sync::atomic::AtomicUsize::new(0),
-        relayed_invites: std::sync::Mutex::new(std::collections::HashMap::new()),
-        orphan_legs: std::sync::Mutex::new(std::collections::HashMap::new()),
-        inbound_calls: std::sync::Mutex::new(Default::default()),
-        inbound_cps: std::sync::Mutex::new(Default::default()),
-        relay,
-        events: tokio::sync::broadcast::channel(4096).0,
-        forward_tx,
+        max_transactions: opts.max_transactions,
+        queue: opts.sip.queue,
         trusted_forwarders: opts.trusted_forwarders.clone(),
         redact_numbers: opts.redact_numbers,
-        epoch: tokio::time::Instant::now(),
-    });
+    };
+    let (ctx, queues) = NodeCtx::new(
+        settings,
+        Arc::new(running.transports.clone()),
+        config.clone(),
+        shards,
+        store,
+        relay,
+    );
     gateway::start_all(&ctx, &config.trunks)
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     let mut tasks = running.tasks;
     tasks.push(tokio::spawn(dispatch(
         ctx.clone(),
+        running.transports,
         running.inbound,
-        forward_rx,
-        core_rx,
+        queues.forwarded,
+        queues.core,
         stop_rx,
     )));
     tracing::info!(%sip_addr, "node started");
@@ -549,19 +231,9 @@ impl RunningNode {
     }
 }
 
-/// A message another node received for a shard this node owns.
-#[derive(Debug)]
-pub struct Forwarded {
-    /// The message and its original source.
-    pub inbound: Inbound,
-    /// The node that received it (answers leave from there).
-    pub via: u64,
-    /// W3C trace context of the forwarding node's span.
-    pub traceparent: Option<String>,
-}
-
 async fn dispatch(
     ctx: Arc<NodeCtx>,
+    transports: Transports,
     mut inbound: mpsc::Receiver<Inbound>,
     mut forwarded: mpsc::Receiver<Forwarded>,
     mut core_rx: mpsc::Receiver<CoreEvent>,
@@ -573,13 +245,13 @@ async fn dispatch(
             _ = stop.changed() => break,
             Some(ev) = core_rx.recv() => handle_core(&ctx, ev).await,
             Some(f) = forwarded.recv() => {
-                feed(&ctx, f.inbound, Some(f.via), f.traceparent).await;
+                feed(&ctx, &transports, f.inbound, Some(f.via), f.traceparent).await;
                 while let Ok(ev) = core_rx.try_recv() {
                     handle_core(&ctx, ev).await;
                 }
             }
             Some(inb) = inbound.recv() => {
-                feed(&ctx, inb, None, None).await;
+                feed(&ctx, &transports, inb, None, None).await;
                 // Requests the transaction layer just passed up are handled before the next message, so
                 // a CANCEL never overtakes the INVITE it cancels.
                 while let Ok(ev) = core_rx.try_recv() {
@@ -592,7 +264,13 @@ async fn dispatch(
 }
 
 /// Sends a stateless answer to a message received here or forwarded to us.
-async fn answer(ctx: &NodeCtx, inb: &Inbound, via: Option<u64>, bytes: bytes::Bytes) {
+async fn answer(
+    ctx: &NodeCtx,
+    transports: &Transports,
+    inb: &Inbound,
+    via: Option<u64>,
+    bytes: bytes::Bytes,
+) {
     match via {
         Some(node) => {
             let env = Envelope {
@@ -610,7 +288,7 @@ async fn answer(ctx: &NodeCtx, inb: &Inbound, via: Option<u64>, bytes: bytes::By
             ctx.relay.send_via(node, bytes, env.reply_peer(), t);
         }
         None => {
-            let _ = ctx.transports.send_response(inb, bytes).await;
+            let _ = transports.send_response(inb, bytes).await;
         }
     }
 }
@@ -618,7 +296,13 @@ async fn answer(ctx: &NodeCtx, inb: &Inbound, via: Option<u64>, bytes: bytes::By
 /// The header a trusted forwarder uses to name a message's real source.
 pub const SOURCE_HEADER: &str = "X-Medpool-Source";
 
-async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>, traceparent: Option<String>) {
+async fn feed(
+    ctx: &Arc<NodeCtx>,
+    transports: &Transports,
+    mut inb: Inbound,
+    via: Option<u64>,
+    traceparent: Option<String>,
+) {
     let config = ctx.config();
     if via.is_none()
         && ctx.trusted_forwarders.contains(&inb.source.ip())
@@ -636,85 +320,83 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>, traceparen
         || config
             .trunk_for_source(inb.source.ip(), inb.source.port())
             .is_some();
-    if !known {
-        if inb.msg.is_request() {
-            ctx.stats.refused_sources.fetch_add(1, Ordering::Relaxed);
-            if config.node.unknown_source == UnknownSource::Reject
-                && inb.msg.method() != Some(Method::Ack)
-            {
-                let env = Envelope {
-                    msg: inb.msg.clone(),
-                    peer: inb.source,
-                    transport: inb.transport,
-                    via: None,
-                    traceparent: traceparent.clone(),
-                };
-                let bytes = local_response(&env, 403, Some(&ids::new_tag(0)), &[]);
-                answer(ctx, &inb, None, bytes).await;
-            }
-        }
-        return; // a response from nobody we talk to is dropped too
+    if !known && inb.msg.is_request() {
+        ctx.stats.refused_sources.fetch_add(1, Ordering::Relaxed);
     }
+    let arrival = Arrival {
+        is_request: inb.msg.is_request(),
+        is_ack: inb.msg.method() == Some(Method::Ack),
+        new_call: inb.msg.method() == Some(Method::Invite) && inb.msg.to_tag().is_none(),
+        reliable: inb.transport.is_reliable(),
+        forwarded: via.is_some(),
+        known_source: known,
+        // Answers to this node's own gateway probes are node-local: every node probes every
+        // gateway, so they are never forwarded to the owner of the shard their branch names.
+        // So are answers to any client transaction of this node (a call in set-up whose shard just
+        // moved away ends here, and needs its gateway's answers to do so).
+        own_answer: known
+            && !inb.msg.is_request()
+            && client_key(&inb.msg).is_some_and(|k| ctx.registry.has_client(&k)),
+    };
     // Any node, any message: act only for shards this node owns under a valid lease; forward the rest.
-    let shard = ids::shard_of(&inb.msg, ctx.shards.shard_count());
-    // Answers to this node's own gateway probes are node-local: every node probes every gateway,
-    // so they are never forwarded to the owner of the shard their branch names.
-    // So are answers to any client transaction of this node (a call in set-up whose shard just
-    // moved away ends here, and needs its gateway's answers to do so).
-    let own_answer =
-        !inb.msg.is_request() && client_key(&inb.msg).is_some_and(|k| ctx.registry.has_client(&k));
-    if !own_answer && !ctx.shards.may_act(shard) {
-        let me = ctx.shards.node_id();
-        match ctx.shards.owner(shard) {
-            Some(owner) if owner != me && via.is_none() => {
-                let t = if inb.transport.is_reliable() {
-                    "tcp"
-                } else {
-                    "udp"
-                };
-                // A short span on the receiving node; the owner's spans continue its trace.
-                let span = tracing::info_span!(
-                    "sip.forward",
-                    sip.method = inb
-                        .msg
-                        .method_bytes()
-                        .map(String::from_utf8_lossy)
-                        .unwrap_or_default()
-                        .as_ref(),
-                    sip.status = inb.msg.status().unwrap_or(0),
-                    shard,
-                    owner,
-                    node = me,
-                );
-                let tp = crate::trace::traceparent(&span);
-                if ctx
-                    .relay
-                    .forward(owner, shard, inb.msg.bytes(), inb.source, t, tp)
-                {
-                    ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                    ctx.note_relayed_invite(&inb.msg);
-                    return;
-                }
-                // The owner's queue is full or it cannot be reached: counted, then handled below.
-                ctx.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
+    let shard = if known {
+        ids::shard_of(&inb.msg, ctx.shards.shard_count())
+    } else {
+        0
+    };
+    let me = ctx.shards.node_id();
+    let ownership = if !known || arrival.own_answer || ctx.shards.may_act(shard) {
+        Ownership {
+            may_act: true,
+            owner: None,
+            me,
+            taking_over: false,
         }
-        // Nobody can take it now (no owner, lease lapsed, owner unreachable): a new call is told to
-        // come back; anything else is dropped and its sender retransmits.
-        let new_call = inb.msg.method() == Some(Method::Invite) && inb.msg.to_tag().is_none();
-        if new_call && !inb.transport.is_reliable() && ctx.shards.taking_over(shard) {
+    } else {
+        Ownership {
+            may_act: false,
+            owner: ctx.shards.owner(shard),
+            me,
+            taking_over: ctx.shards.taking_over(shard),
+        }
+    };
+    let mut decision = ingress(&arrival, config.node.unknown_source, &ownership);
+    if let Ingress::ForwardTo(owner) = decision {
+        if forward(ctx, &inb, shard, owner) {
+            return;
+        }
+        // The owner's queue is full or it cannot be reached: counted, then handled as if nobody
+        // could take it.
+        ctx.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
+        decision = unowned(&arrival, &ownership);
+    }
+    match decision {
+        Ingress::HandleHere => {}
+        Ingress::ForwardTo(_) | Ingress::Drop => return,
+        Ingress::Refuse403 => {
+            let env = Envelope {
+                msg: inb.msg.clone(),
+                peer: inb.source,
+                transport: inb.transport,
+                via: None,
+                traceparent: traceparent.clone(),
+            };
+            let bytes = local_response(&env, 403, Some(&ids::new_tag(0)), &[]);
+            answer(ctx, transports, &inb, None, bytes).await;
+            return;
+        }
+        Ingress::HoldForHandOver => {
             // This node is taking the shard over (behind its hand-over fence, normally a few ms):
-            // the caller's retransmission, 500 ms on, finds it acting. Over TCP nothing is resent,
-            // so a new call there is still told to come back.
+            // the caller's retransmission, 500 ms on, finds it acting.
             ctx.stats.held_for_takeover.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if new_call && let Some(a) = overload_answer(&inb.msg, inb.source, config.node.retry_after)
-        {
-            answer(ctx, &inb, via, a).await;
+        Ingress::Refuse503 => {
+            if let Some(a) = overload_answer(&inb.msg, inb.source, config.node.retry_after) {
+                answer(ctx, transports, &inb, via, a).await;
+            }
+            return;
         }
-        return;
     }
     if inb.msg.is_request() {
         let Some(key) = server_key(&inb.msg) else {
@@ -733,7 +415,7 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>, traceparen
             && medpool_sip::transport::is_new_call(&inb.msg)
             && let Some(a) = overload_answer(&inb.msg, inb.source, config.node.retry_after)
         {
-            answer(ctx, &inb, via, a).await;
+            answer(ctx, transports, &inb, via, a).await;
         }
     } else {
         let Some(key) = client_key(&inb.msg) else {
@@ -751,6 +433,40 @@ async fn feed(ctx: &Arc<NodeCtx>, mut inb: Inbound, via: Option<u64>, traceparen
     }
 }
 
+/// Hands a message to the owner of its shard; false when it cannot be delivered.
+fn forward(ctx: &NodeCtx, inb: &Inbound, shard: u16, owner: u64) -> bool {
+    let t = if inb.transport.is_reliable() {
+        "tcp"
+    } else {
+        "udp"
+    };
+    // A short span on the receiving node; the owner's spans continue its trace.
+    let span = tracing::info_span!(
+        "sip.forward",
+        sip.method = inb
+            .msg
+            .method_bytes()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+            .as_ref(),
+        sip.status = inb.msg.status().unwrap_or(0),
+        shard,
+        owner,
+        node = ctx.shards.node_id(),
+    );
+    let tp = crate::trace::traceparent(&span);
+    if ctx
+        .relay
+        .forward(owner, shard, inb.msg.bytes(), inb.source, t, tp)
+    {
+        ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        ctx.note_relayed_invite(&inb.msg);
+        true
+    } else {
+        false
+    }
+}
+
 fn respond(
     ctx: &NodeCtx,
     key: &medpool_sip::transaction::ServerKey,
@@ -764,7 +480,7 @@ fn respond(
     }
 }
 
-async fn handle_core(ctx: &Arc<NodeCtx>, ev: CoreEvent) {
+pub(crate) async fn handle_core(ctx: &Arc<NodeCtx>, ev: CoreEvent) {
     match ev {
         CoreEvent::Unrouted { key, env } => unrouted(ctx, key, env).await,
         CoreEvent::OrphanAnswer { env } => orphan_answer(ctx, &env),
@@ -803,7 +519,7 @@ fn orphan_answer(ctx: &NodeCtx, env: &Envelope) {
         b"SIP;cause=200;text=\"Call completed elsewhere\"",
     );
     if let Some(env) = Envelope::outgoing(bye.build(), leg.next_hop(), leg.transport)
-        && let Some(key) = crate::sipcore::client_key_of_request(&env.msg)
+        && let Some(key) = crate::txlayer::client_key_of_request(&env.msg)
     {
         let _ = ctx
             .driver

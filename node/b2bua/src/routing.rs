@@ -223,6 +223,7 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
     use crate::health::{AllUp, GatewayView};
@@ -509,5 +510,30 @@ trunks = ["pbx"]
         let pbx = c.trunk("pbx").unwrap().clone();
         let plan = select(&c, "+4930", &pbx, &AllUp, 0).unwrap();
         assert_eq!(names(&plan), ["gw1", "gw2"]);
+    }
+
+    #[test]
+    fn the_example_file_routes_the_pbx_to_the_gateways_and_the_gateways_to_the_pbx() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/medpool.toml");
+        let c = PoolConfig::load(path).unwrap();
+        // SIPp's uac: from 127.0.0.1 on some port, calling "service".
+        let pbx = c
+            .trunk_for_source(IpAddr::V4(Ipv4Addr::LOCALHOST), 40123)
+            .unwrap();
+        let called = pbx.normalize_number("service");
+        let plan = select(&c, &called, pbx, &AllUp, 7).unwrap();
+        assert_eq!(plan.route, "to-gateways");
+        let mut tried: Vec<&str> = plan.candidates.iter().map(|c| c.trunk.as_str()).collect();
+        tried.sort_unstable();
+        assert_eq!(tried, ["gw1", "gw2"]);
+        assert!(plan.candidates.iter().all(|c| c.priority == 1));
+        // A gateway's own calls go to the PBX.
+        let from_gw = c
+            .trunk_for_source(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 21)), 5060)
+            .unwrap();
+        let plan = select(&c, "+4930", from_gw, &AllUp, 7).unwrap();
+        assert_eq!(plan.route, "from-pstn");
+        assert_eq!(plan.candidates[0].trunk, "pbx");
     }
 }

@@ -31,7 +31,7 @@ pub struct NodeSettings {
     /// default 20000).
     pub max_calls: u32,
     /// Trunks one call is offered to at most, the first attempt included (`max_tries`,
-    /// default 3). [`crate::routing::select`] cuts its plan to this length.
+    /// default 3). Route selection cuts its plan to this length.
     pub max_tries: u32,
     /// What a request from an address that is no configured trunk gets (`unknown_source`,
     /// default [`UnknownSource::Reject`]).

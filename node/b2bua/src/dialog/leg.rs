@@ -10,7 +10,8 @@ use medpool_sip::message::headers::trim_lws;
 use medpool_sip::transport::Transport;
 use medpool_sip::{HeaderName, Method, SipMessage};
 
-use crate::sipcore::Envelope;
+pub use crate::ctx::Me;
+use crate::txlayer::Envelope;
 
 /// Headers copied from a request or response on one leg to its counterpart on the other.
 pub const RELAYED_HEADERS: &[HeaderName] = &[
@@ -63,43 +64,6 @@ pub struct Leg {
     pub local_cseq: u32,
     /// The last CSeq the peer used.
     pub remote_cseq: u32,
-}
-
-/// Our identity on the wire: the address in Via and Contact.
-#[derive(Debug, Clone)]
-pub struct Me {
-    /// `host:port` for Via sent-by and Contact.
-    pub hostport: String,
-    /// This node's own `host:port` (its SIP listen address): node-local traffic such as gateway
-    /// probes puts it in Via, so the answers come back to this node and not to the pool address.
-    pub local: String,
-}
-
-impl Me {
-    /// A Via value with a new branch.
-    pub fn via(&self, transport: Transport, branch: &str) -> String {
-        format!(
-            "SIP/2.0/{} {};branch={branch};rport",
-            transport.as_str(),
-            self.hostport
-        )
-    }
-    /// A Via value naming this node itself (not the pool address).
-    pub fn local_via(&self, transport: Transport, branch: &str) -> String {
-        format!(
-            "SIP/2.0/{} {};branch={branch};rport",
-            transport.as_str(),
-            self.local
-        )
-    }
-
-    /// Our Contact value.
-    pub fn contact(&self, transport: Transport) -> String {
-        match transport {
-            Transport::Udp => format!("<sip:{}>", self.hostport),
-            Transport::Tcp => format!("<sip:{};transport=tcp>", self.hostport),
-        }
-    }
 }
 
 /// Where to send requests for a URI: its host when it is an IP literal, else `fallback`.

@@ -1,0 +1,453 @@
+//! What a node's actors share: [`NodeCtx`] (the transaction layer, the routing registry, the wire,
+//! the configuration, the gateway table, the pool's traits, counters and events), and the node's
+//! identity on the wire ([`Me`]). It sits between the transaction-event layer below and the actors
+//! above (gateways, calls), and names none of them: what needs an actor type (adopting or releasing
+//! a shard, applying a configuration) is in the `node` module.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use medpool_sip::Method;
+use medpool_sip::SipMessage;
+use medpool_sip::transaction::{DriverConfig, TimerConfig};
+use medpool_sip::transport::{Inbound, Transport};
+use tokio::sync::mpsc;
+
+use crate::cluster::{DialogStore, Relay, ShardOwnership};
+use crate::config::PoolConfig;
+use crate::gateways::Gateways;
+use crate::txlayer::{CoreEvent, Registry, SipIo, TxDriver, Wire};
+
+/// Something that happened on this node, for `WatchEvents` and logs. Published on a bounded
+/// broadcast channel: a slow watcher misses events (and is told how many), it never slows calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A call was accepted.
+    CallStarted {
+        /// Leg A Call-ID.
+        call_id: String,
+        /// Its shard.
+        shard: u16,
+        /// The trunk it came in on.
+        trunk: String,
+    },
+    /// A call was answered.
+    CallAnswered {
+        /// Leg A Call-ID.
+        call_id: String,
+        /// The gateway trunk.
+        gateway: String,
+    },
+    /// A call ended.
+    CallEnded {
+        /// Leg A Call-ID.
+        call_id: String,
+        /// The last final status on leg A (200 for an answered call).
+        status: u16,
+        /// Who or what ended it.
+        cause: String,
+    },
+    /// A gateway's health changed.
+    Gateway {
+        /// Trunk name.
+        name: String,
+        /// Up or down.
+        up: bool,
+    },
+}
+
+/// How long a forwarded new-call INVITE is waited for at shutdown, at most (Timer B).
+const RELAY_WAIT_MAX: Duration = Duration::from_secs(32);
+/// How many hung-up legs B are remembered at most (see `NodeCtx::leg_hung_up`).
+const HUNG_UP_TRACK_MAX: usize = 65_536;
+/// How many forwarded INVITEs are tracked at most (beyond that, the older ones are not waited for).
+const RELAY_TRACK_MAX: usize = 16_384;
+
+/// Counters of what the node did (exported as metrics by the binary).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Calls accepted (a DialogActor started).
+    pub calls_started: AtomicU64,
+    /// Calls that were answered (2xx + ACK).
+    pub calls_answered: AtomicU64,
+    /// Calls that ended.
+    pub calls_ended: AtomicU64,
+    /// New INVITEs refused with 503 (node or trunk capacity, draining).
+    pub calls_refused_capacity: AtomicU64,
+    /// Requests from unknown sources.
+    pub refused_sources: AtomicU64,
+    /// Gateway state changes.
+    pub gateway_transitions: AtomicU64,
+    /// Messages forwarded to the owner of their shard.
+    pub forwarded: AtomicU64,
+    /// Messages that could not be forwarded (peer queue full or unreachable): new calls among them
+    /// were answered 503, the rest dropped for their senders to retransmit.
+    pub forward_failures: AtomicU64,
+    /// New UDP INVITEs left unanswered while this node was taking their shard over (behind the
+    /// hand-over fence): the caller's retransmission finds the shard served.
+    pub held_for_takeover: AtomicU64,
+    /// 2xx answers to our INVITEs that no call knew any more, ACKed and hung up.
+    pub orphan_answers: AtomicU64,
+    /// Calls rebuilt from replicated records after a shard moved here.
+    pub calls_restored: AtomicU64,
+    /// Post-dial delay (INVITE in → first 18x or 2xx relayed to the caller).
+    pub post_dial_delay: Histogram,
+}
+
+/// Upper bounds (seconds) of the post-dial-delay histogram buckets.
+pub const PDD_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A lock-free histogram with the fixed [`PDD_BUCKETS`] (cumulative counts are computed at scrape).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Count per bucket (not cumulative), plus one overflow bucket.
+    pub buckets: [AtomicU64; 11],
+    /// Sum of observations in microseconds.
+    pub sum_us: AtomicU64,
+    /// Number of observations.
+    pub count: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = PDD_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(PDD_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Our identity on the wire: the address in Via and Contact.
+#[derive(Debug, Clone)]
+pub struct Me {
+    /// `host:port` for Via sent-by and Contact.
+    pub hostport: String,
+    /// This node's own `host:port` (its SIP listen address): node-local traffic such as gateway
+    /// probes puts it in Via, so the answers come back to this node and not to the pool address.
+    pub local: String,
+}
+
+impl Me {
+    /// A Via value with a new branch.
+    pub fn via(&self, transport: Transport, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport.as_str(),
+            self.hostport
+        )
+    }
+    /// A Via value naming this node itself (not the pool address).
+    pub fn local_via(&self, transport: Transport, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport.as_str(),
+            self.local
+        )
+    }
+
+    /// Our Contact value.
+    pub fn contact(&self, transport: Transport) -> String {
+        match transport {
+            Transport::Udp => format!("<sip:{}>", self.hostport),
+            Transport::Tcp => format!("<sip:{};transport=tcp>", self.hostport),
+        }
+    }
+}
+
+/// Everything a node's actors share.
+pub struct NodeCtx {
+    /// The transaction layer.
+    pub driver: TxDriver,
+    /// SIP identifier → actor routing.
+    pub registry: Arc<Registry>,
+    /// Send handle: the node's transports (a channel in unit tests).
+    pub transports: Arc<dyn Wire>,
+    config: RwLock<Arc<PoolConfig>>,
+    /// Gateway health and load.
+    pub gateways: Gateways,
+    /// Our address in Via and Contact.
+    pub me: Me,
+    /// Shard ownership.
+    pub shards: Arc<dyn ShardOwnership>,
+    /// Confirmed-dialog store.
+    pub store: Arc<dyn DialogStore>,
+    /// SIP timers.
+    pub timers: TimerConfig,
+    /// Counters.
+    pub stats: Stats,
+    pub(crate) draining: AtomicBool,
+    /// Calls started here whose record is not written (being set up, or ending before they were
+    /// answered): only this node can finish them, so a shutdown waits for them.
+    pub(crate) unrecorded_calls: std::sync::atomic::AtomicUsize,
+    /// New-call INVITEs this node received and forwarded to their shard's owner, whose final answer
+    /// has not come back through it yet (branch → when): the owner's answers leave from this node,
+    /// so a shutdown waits for them (see [`NodeCtx::relayed_answer`]).
+    pub(crate) relayed_invites:
+        std::sync::Mutex<std::collections::HashMap<Vec<u8>, tokio::time::Instant>>,
+    /// Legs this node hung up lately, with their call or as orphans (Call-ID → when): a 2xx of
+    /// theirs that comes again is only ACKed.
+    pub(crate) orphan_legs:
+        std::sync::Mutex<std::collections::HashMap<bytes::Bytes, tokio::time::Instant>>,
+    pub(crate) inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
+    pub(crate) inbound_cps:
+        std::sync::Mutex<std::collections::BTreeMap<String, crate::health::TokenBucket>>,
+    pub(crate) epoch: tokio::time::Instant,
+    /// Moving SIP between pool nodes.
+    pub relay: Arc<dyn Relay>,
+    /// Call and gateway events.
+    pub events: tokio::sync::broadcast::Sender<NodeEvent>,
+    pub(crate) trusted_forwarders: Vec<std::net::IpAddr>,
+    /// Keep only the last two digits of phone numbers in traces.
+    pub redact_numbers: bool,
+    pub(crate) forward_tx: mpsc::Sender<Forwarded>,
+}
+
+impl std::fmt::Debug for NodeCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCtx")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeCtx {
+    /// The current pool configuration.
+    pub fn config(&self) -> Arc<PoolConfig> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+    /// Replaces the pool configuration (new calls use it; calls in progress keep theirs).
+    pub fn set_config(&self, config: PoolConfig) {
+        if let Ok(mut c) = self.config.write() {
+            *c = Arc::new(config);
+        }
+    }
+
+    /// How many calls are in progress on this node.
+    pub fn active_calls(&self) -> usize {
+        self.registry.calls()
+    }
+    /// How many calls only this node can finish: started here and not (yet) written down — in
+    /// set-up, or ending before they were answered (e.g. ACK + BYE to a gateway's 2xx that crossed
+    /// our CANCEL after their shard moved). A shutdown waits for them.
+    pub fn unrecorded_calls(&self) -> usize {
+        self.unrecorded_calls.load(Ordering::SeqCst)
+    }
+    /// Notes a message the owner of its shard asked this node to send on its behalf (an answer to
+    /// a request this node received and forwarded): a final answer to a forwarded new-call INVITE
+    /// is no longer waited for.
+    pub fn relayed_answer(&self, bytes: &bytes::Bytes) {
+        let Ok(mut pending) = self.relayed_invites.lock() else {
+            return;
+        };
+        if pending.is_empty() {
+            return;
+        }
+        if let Ok(m) = SipMessage::parse(bytes.clone())
+            && m.status().is_some_and(|s| s >= 200)
+            && let Some(branch) = m.top_branch()
+        {
+            pending.remove(branch);
+        }
+    }
+    /// Forwarded new-call INVITEs still waiting for their final answer to come back through this
+    /// node (those older than Timer B, 32 s, are forgotten).
+    pub fn relayed_pending(&self) -> usize {
+        let Ok(mut pending) = self.relayed_invites.lock() else {
+            return 0;
+        };
+        pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
+        pending.len()
+    }
+    /// Notes a leg B that its call hung up as it ended: a 2xx of it resent afterwards (the gateway
+    /// missed our ACK) is only ACKed, not hung up a second time.
+    pub(crate) fn leg_hung_up(&self, call_id: &[u8]) {
+        let _ = self.first_orphan_answer(&bytes::Bytes::copy_from_slice(call_id));
+    }
+    /// Whether this is the first orphan 2xx of this leg lately (see `orphan_answer`).
+    pub(crate) fn first_orphan_answer(&self, call_id: &bytes::Bytes) -> bool {
+        let Ok(mut seen) = self.orphan_legs.lock() else {
+            return false;
+        };
+        // Swept only when full, and emptied when a sweep frees too little: never a sweep per call.
+        // (A leg forgotten early only means a late 2xx of it gets a second, harmless BYE.)
+        if seen.len() >= HUNG_UP_TRACK_MAX {
+            seen.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX * 2);
+            if seen.len() >= HUNG_UP_TRACK_MAX / 2 {
+                seen.clear();
+            }
+        }
+        seen.insert(call_id.clone(), tokio::time::Instant::now())
+            .is_none()
+    }
+    pub(crate) fn note_relayed_invite(&self, msg: &SipMessage) {
+        if msg.method() != Some(Method::Invite) || msg.to_tag().is_some() {
+            return;
+        }
+        let Some(branch) = msg.top_branch() else {
+            return;
+        };
+        if let Ok(mut pending) = self.relayed_invites.lock() {
+            if pending.len() >= RELAY_TRACK_MAX {
+                pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
+                if pending.len() >= RELAY_TRACK_MAX / 2 {
+                    // That many calls in set-up through one node: stop tracking the older ones
+                    // rather than sweep the table on every new call.
+                    pending.clear();
+                }
+            }
+            pending.insert(branch.to_vec(), tokio::time::Instant::now());
+        }
+    }
+    /// Takes a message another node forwarded (false when the queue is full: the peer retransmits).
+    pub fn inject(&self, inbound: Inbound, via: u64, traceparent: Option<String>) -> bool {
+        self.forward_tx
+            .try_send(Forwarded {
+                inbound,
+                via,
+                traceparent,
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn count_inbound(&self, trunk: &str) {
+        if let Ok(mut m) = self.inbound_calls.lock() {
+            *m.entry(trunk.to_owned()).or_insert(0) += 1;
+        }
+    }
+
+    pub(crate) fn call_answered(&self) {
+        self.stats.calls_answered.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Active calls per inbound trunk.
+    pub fn inbound_active(&self) -> std::collections::BTreeMap<String, u32> {
+        self.inbound_calls
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Publishes an event (no receiver is fine).
+    pub fn publish(&self, event: NodeEvent) {
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn call_ended(&self, inbound: &str, _status: u16, _duration: Duration) {
+        self.stats.calls_ended.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.inbound_calls.lock()
+            && let Some(n) = m.get_mut(inbound)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+    pub(crate) fn gateway_changed(&self, trunk: &str, up: bool) {
+        self.stats
+            .gateway_transitions
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = self.events.send(NodeEvent::Gateway {
+            name: trunk.to_owned(),
+            up,
+        });
+    }
+}
+
+/// How a [`NodeCtx`] is set up (besides its pool parts and configuration).
+#[derive(Debug, Clone)]
+pub(crate) struct CtxSettings {
+    /// Our identity on the wire.
+    pub me: Me,
+    /// SIP timers.
+    pub timers: TimerConfig,
+    /// Most live transactions.
+    pub max_transactions: usize,
+    /// Capacity of the dispatcher's queues.
+    pub queue: usize,
+    /// Load balancers trusted to name a message's real source.
+    pub trusted_forwarders: Vec<IpAddr>,
+    /// Keep only the last two digits of phone numbers in traces.
+    pub redact_numbers: bool,
+}
+
+/// The queues a [`NodeCtx`] feeds the node's dispatcher through.
+#[derive(Debug)]
+pub(crate) struct CtxQueues {
+    /// Requests and answers the transaction layer found no owner for.
+    pub core: mpsc::Receiver<CoreEvent>,
+    /// Messages other pool nodes forwarded here.
+    pub forwarded: mpsc::Receiver<Forwarded>,
+}
+
+impl NodeCtx {
+    /// A node context over `wire`: its transaction layer, registry and gateway table start empty.
+    pub(crate) fn new(
+        settings: CtxSettings,
+        wire: Arc<dyn Wire>,
+        config: PoolConfig,
+        shards: Arc<dyn ShardOwnership>,
+        store: Arc<dyn DialogStore>,
+        relay: Arc<dyn Relay>,
+    ) -> (Arc<NodeCtx>, CtxQueues) {
+        let registry = Arc::new(Registry::default());
+        let (core_tx, core) = mpsc::channel(settings.queue);
+        let (forward_tx, forwarded) = mpsc::channel(settings.queue);
+        let io = Arc::new(SipIo::new(
+            wire.clone(),
+            registry.clone(),
+            core_tx,
+            relay.clone(),
+        ));
+        let driver = TxDriver::new(
+            DriverConfig {
+                timers: settings.timers,
+                max_transactions: settings.max_transactions,
+            },
+            io,
+        );
+        let ctx = Arc::new(NodeCtx {
+            driver,
+            registry,
+            transports: wire,
+            config: RwLock::new(Arc::new(config)),
+            gateways: Gateways::default(),
+            me: settings.me,
+            shards,
+            store,
+            timers: settings.timers,
+            stats: Stats::default(),
+            draining: AtomicBool::new(false),
+            unrecorded_calls: std::sync::atomic::AtomicUsize::new(0),
+            relayed_invites: std::sync::Mutex::new(std::collections::HashMap::new()),
+            orphan_legs: std::sync::Mutex::new(std::collections::HashMap::new()),
+            inbound_calls: std::sync::Mutex::new(Default::default()),
+            inbound_cps: std::sync::Mutex::new(Default::default()),
+            relay,
+            events: tokio::sync::broadcast::channel(4096).0,
+            forward_tx,
+            trusted_forwarders: settings.trusted_forwarders,
+            redact_numbers: settings.redact_numbers,
+            epoch: tokio::time::Instant::now(),
+        });
+        (ctx, CtxQueues { core, forwarded })
+    }
+}
+
+/// A message another node received for a shard this node owns.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The message and its original source.
+    pub inbound: Inbound,
+    /// The node that received it (answers leave from there).
+    pub via: u64,
+    /// W3C trace context of the forwarding node's span.
+    pub traceparent: Option<String>,
+}

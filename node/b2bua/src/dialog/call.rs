@@ -1,0 +1,310 @@
+//! The state of one call ([`Call`]): both legs, the gateway attempts, the relayed requests, and
+//! the helpers every concern reads it through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use medpool_sip::transaction::{ClientKey, ServerKey};
+use ractor::ActorRef;
+use tokio::time::Instant;
+
+use super::actor::*;
+use super::leg::{self, Leg};
+use crate::config::Trunk;
+use crate::ctx::NodeCtx;
+use crate::routing::Candidate;
+use crate::txlayer::{Envelope, Owner, Side};
+
+/// What the admin API and tests see of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    /// Leg A Call-ID.
+    pub a_call_id: String,
+    /// Leg B Call-ID (of the current attempt).
+    pub b_call_id: Option<String>,
+    /// Phase.
+    pub phase: Phase,
+    /// Gateway trunks tried, with what happened.
+    pub attempts: Vec<(String, String)>,
+    /// Shard of the call.
+    pub shard: u16,
+    /// The trunk it came in on.
+    pub inbound_trunk: String,
+    /// The gateway trunk of the current attempt.
+    pub gateway: Option<String>,
+    /// Normalised called number.
+    pub called: String,
+    /// Normalised calling number.
+    pub calling: String,
+    /// Time since the INVITE arrived (or since the call was restored here).
+    pub age: Duration,
+    /// Time from the INVITE to the answer, when answered.
+    pub answered_after: Option<Duration>,
+    /// Leg A: our tag and the peer's.
+    pub a_tags: (String, String),
+    /// Leg B: our tag and the peer's, when there is a leg B.
+    pub b_tags: Option<(String, String)>,
+}
+
+/// Where a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Choosing / calling a gateway.
+    Calling,
+    /// A provisional response was relayed to the caller.
+    Early,
+    /// 2xx relayed, waiting for the caller's ACK.
+    Answered,
+    /// Established.
+    Confirmed,
+    /// Ending (BYE or CANCEL under way).
+    Ending,
+}
+
+/// One gateway attempt on leg B.
+#[derive(Debug)]
+pub(super) struct Attempt {
+    /// This leg B attempt's span, and its INVITE transaction's (closed at the final answer).
+    pub(super) span: tracing::Span,
+    pub(super) tx_span: tracing::Span,
+    pub(super) leg: Leg,
+    pub(super) trunk: String,
+    pub(super) invite: Envelope,
+    pub(super) key: ClientKey,
+    pub(super) number: u32,
+    pub(super) got_100: bool,
+    pub(super) got_18x: bool,
+    pub(super) cancel_sent: bool,
+    /// Abandoned (failover or caller cancel): a late 2xx is ACKed and BYE'd.
+    pub(super) abandoned: bool,
+    pub(super) answered: bool,
+    /// A final response arrived or the transaction ended: nothing more can come that needs us.
+    pub(super) settled: bool,
+}
+
+/// An in-dialog request being relayed: answer `server` on `from` when `client` gets its final.
+#[derive(Debug)]
+pub(super) struct Relay {
+    /// The relayed transaction's span (closed at the final answer).
+    pub(super) span: tracing::Span,
+    pub(super) client: ClientKey,
+    pub(super) from: Side,
+    pub(super) server: ServerKey,
+    pub(super) request: Envelope,
+    /// For a relayed INVITE answered 2xx: the CSeq to ACK on the far leg with the caller's ACK.
+    pub(super) invite_cseq: Option<u32>,
+}
+
+/// The state of one call.
+pub struct Call {
+    pub(super) ctx: Arc<NodeCtx>,
+    /// The call's root span (one trace per call); legs and transactions are its children.
+    pub(super) span: tracing::Span,
+    /// Leg A's span.
+    pub(super) a_span: tracing::Span,
+    pub(super) shard: u16,
+    pub(super) inbound: Trunk,
+    pub(super) a: Leg,
+    pub(super) a_invite: Option<Envelope>,
+    pub(super) a_key: ServerKey,
+    pub(super) a_cseq_invite: u32,
+    pub(super) phase: Phase,
+    pub(super) plan: Vec<Candidate>,
+    pub(super) next_candidate: usize,
+    pub(super) attempts: Vec<Attempt>,
+    pub(super) history: Vec<(String, String)>,
+    pub(super) called: String,
+    pub(super) calling: String,
+    pub(super) a_final_sent: bool,
+    pub(super) a_2xx: Option<(u16, Envelope)>,
+    /// A 2xx went to the caller: leg A is (or was) a confirmed dialog.
+    pub(super) a_answered: bool,
+    /// INVITE → 2xx time.
+    pub(super) answered_after: Option<Duration>,
+    /// The post-dial delay was recorded.
+    pub(super) pdd_recorded: bool,
+    pub(super) ack_b: Option<Envelope>,
+    pub(super) relays: Vec<Relay>,
+    /// A relayed re-INVITE answered 2xx on the A side, waiting for A's ACK: (A's CSeq, B's CSeq).
+    pub(super) pending_ack_b: Vec<(u32, u32)>,
+    pub(super) pending_ack_a: Vec<(u32, u32)>,
+    pub(super) bye_keys: Vec<ClientKey>,
+    pub(super) started: Instant,
+    pub(super) last_status: u16,
+    pub(super) gateway_active: Option<String>,
+    pub(super) session_refresh: Option<Duration>,
+    /// The call's record was taken for writing (or the call was rebuilt from it).
+    pub(super) stored: bool,
+    /// A [`DialogMsg::StoreRecord`] retry is scheduled.
+    pub(super) store_retry: bool,
+    /// The call really ended (both legs done); stops for a shard move or a shutdown leave it false,
+    /// and only an ended call's record is removed.
+    pub(super) ended: bool,
+}
+
+impl Call {
+    pub(super) fn me(&self) -> &leg::Me {
+        &self.ctx.me
+    }
+
+    pub(super) fn current(&self) -> Option<&Attempt> {
+        self.attempts.iter().rev().find(|a| !a.abandoned)
+    }
+
+    pub(super) fn current_mut(&mut self) -> Option<&mut Attempt> {
+        self.attempts.iter_mut().rev().find(|a| !a.abandoned)
+    }
+
+    pub(super) fn confirmed_b(&self) -> Option<&Attempt> {
+        self.attempts.iter().find(|a| a.answered && !a.abandoned)
+    }
+
+    pub(super) fn leg(&self, side: Side) -> Option<&Leg> {
+        match side {
+            Side::A => Some(&self.a),
+            Side::B => self
+                .attempts
+                .iter()
+                .rev()
+                .find(|a| !a.abandoned)
+                .map(|a| &a.leg),
+        }
+    }
+
+    pub(super) fn leg_mut(&mut self, side: Side) -> Option<&mut Leg> {
+        match side {
+            Side::A => Some(&mut self.a),
+            Side::B => self
+                .attempts
+                .iter_mut()
+                .rev()
+                .find(|a| !a.abandoned)
+                .map(|a| &mut a.leg),
+        }
+    }
+
+    /// Sends a request on a leg in its own client transaction, routed back to this actor.
+    pub(super) fn send_request(
+        &mut self,
+        myself: &ActorRef<DialogMsg>,
+        side: Side,
+        bytes: Bytes,
+    ) -> Option<ClientKey> {
+        let leg = self.leg(side)?;
+        let env = Envelope::outgoing(bytes, leg.next_hop(), leg.transport)?;
+        let key = crate::txlayer::client_key_of_request(&env.msg)?;
+        self.ctx
+            .registry
+            .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
+        if let Err(e) = self
+            .ctx
+            .driver
+            .start_client(key.clone(), env, leg.transport.is_reliable())
+        {
+            tracing::warn!(error = %e, "could not start a client transaction");
+            self.ctx.registry.remove_client(&key);
+            return None;
+        }
+        Some(key)
+    }
+}
+
+/// What sets one call apart at its start; everything else starts the same for every call. A new
+/// call has leg A and its INVITE; a call rebuilt from its record also has its answered leg B.
+pub(super) struct CallSeed {
+    /// The node.
+    pub(super) ctx: Arc<NodeCtx>,
+    /// The call's root span and leg A's.
+    pub(super) span: tracing::Span,
+    pub(super) a_span: tracing::Span,
+    pub(super) shard: u16,
+    pub(super) inbound: Trunk,
+    pub(super) a: Leg,
+    pub(super) a_key: ServerKey,
+    /// The caller's INVITE (none for a rebuilt call: it was answered on another node).
+    pub(super) a_invite: Option<Envelope>,
+    pub(super) a_cseq_invite: u32,
+    pub(super) called: String,
+    pub(super) calling: String,
+    /// A rebuilt call's leg B, answered and confirmed.
+    pub(super) answered_b: Option<Attempt>,
+    /// The gateway slot the call holds (a rebuilt call takes its own at once).
+    pub(super) gateway_active: Option<String>,
+    pub(super) history: Vec<(String, String)>,
+}
+
+impl Call {
+    /// The one way a call's state is built: for a new INVITE (phase Calling, nothing answered) and
+    /// for a call rebuilt from its record (confirmed, answered, written down).
+    pub(super) fn new(seed: CallSeed) -> Call {
+        let confirmed = seed.answered_b.is_some();
+        Call {
+            ctx: seed.ctx,
+            span: seed.span,
+            a_span: seed.a_span,
+            shard: seed.shard,
+            inbound: seed.inbound,
+            a: seed.a,
+            a_invite: seed.a_invite,
+            a_key: seed.a_key,
+            a_cseq_invite: seed.a_cseq_invite,
+            phase: if confirmed {
+                Phase::Confirmed
+            } else {
+                Phase::Calling
+            },
+            plan: Vec::new(),
+            next_candidate: 0,
+            attempts: seed.answered_b.into_iter().collect(),
+            history: seed.history,
+            called: seed.called,
+            calling: seed.calling,
+            a_final_sent: confirmed,
+            a_2xx: None,
+            a_answered: confirmed,
+            answered_after: None,
+            pdd_recorded: confirmed,
+            ack_b: None,
+            relays: Vec::new(),
+            pending_ack_b: Vec::new(),
+            pending_ack_a: Vec::new(),
+            bye_keys: Vec::new(),
+            started: Instant::now(),
+            last_status: if confirmed { 200 } else { 0 },
+            gateway_active: seed.gateway_active,
+            session_refresh: None,
+            stored: confirmed,
+            store_retry: false,
+            ended: false,
+        }
+    }
+
+    /// What the admin API and tests see of the call.
+    pub(super) fn info(&self) -> CallInfo {
+        let tag = |t: &Option<Bytes>| {
+            t.as_ref()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .unwrap_or_default()
+        };
+        CallInfo {
+            a_call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
+            b_call_id: self
+                .current()
+                .map(|a| String::from_utf8_lossy(&a.leg.call_id).into_owned()),
+            phase: self.phase,
+            attempts: self.history.clone(),
+            shard: self.shard,
+            inbound_trunk: self.inbound.name.clone(),
+            gateway: self.current().map(|a| a.trunk.clone()),
+            called: self.called.clone(),
+            calling: self.calling.clone(),
+            age: self.started.elapsed(),
+            answered_after: self.answered_after,
+            a_tags: (self.a.local_tag.clone(), tag(&self.a.remote_tag)),
+            b_tags: self
+                .current()
+                .map(|a| (a.leg.local_tag.clone(), tag(&a.leg.remote_tag))),
+        }
+    }
+}

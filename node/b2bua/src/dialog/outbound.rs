@@ -1,0 +1,166 @@
+//! The outbound (leg-B) INVITE, as a pure function of the caller's INVITE, the gateway trunk and
+//! the identifiers it is given: the Request-URI and To from the called number as the trunk wants
+//! it, From with the calling number and the caller's display name, the caller's SDP, the options
+//! both sides support, a session timer when the trunk asks for one, and the identity and history
+//! headers the trunks allow through. No clock, no randomness, no I/O.
+
+use bytes::Bytes;
+use medpool_sip::message::builder::{MessageBuilder, quote_display};
+use medpool_sip::message::uri::escape_user;
+use medpool_sip::transport::Transport;
+use medpool_sip::{HeaderName, Method, SipMessage};
+
+use super::leg::{Leg, Me};
+use crate::config::Trunk;
+
+/// The identifiers a new leg B is minted with (random in production, fixed in tests).
+#[derive(Debug, Clone)]
+pub(super) struct OutboundIds {
+    /// Our Call-ID on leg B.
+    pub(super) call_id: String,
+    /// Our From tag.
+    pub(super) tag: String,
+    /// The INVITE's Via branch.
+    pub(super) branch: String,
+}
+
+/// A leg-B INVITE and the leg it opens.
+#[derive(Debug)]
+pub(super) struct OutboundInvite {
+    /// The INVITE.
+    pub(super) bytes: Bytes,
+    /// The leg (not yet answered: no remote tag).
+    pub(super) leg: Leg,
+}
+
+/// Builds the INVITE to `trunk` for the caller's INVITE `a`, with `called` and `calling` as the
+/// inbound trunk normalised them. None when the trunk has no IP address.
+pub(super) fn outbound_invite(
+    me: &Me,
+    a: &SipMessage,
+    trunk: &Trunk,
+    inbound_forward_pai: bool,
+    called: &str,
+    calling: &str,
+    ids: OutboundIds,
+) -> Option<OutboundInvite> {
+    let transport = match trunk.transport {
+        crate::config::Transport::Udp => Transport::Udp,
+        crate::config::Transport::Tcp => Transport::Tcp,
+    };
+    let ip = trunk.address.ip()?;
+    let peer = std::net::SocketAddr::new(ip, trunk.port);
+    let host = match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", trunk.port),
+        std::net::IpAddr::V4(v4) => format!("{v4}:{}", trunk.port),
+    };
+    let called = trunk.called_out_number(called).into_owned();
+    let calling = trunk.calling_out_number(calling).into_owned();
+    let user_phone = called.starts_with('+') || called.bytes().all(|b| b.is_ascii_digit());
+    let ruri = format!(
+        "sip:{}@{host}{}",
+        escape_user(called.as_bytes()),
+        if user_phone && !called.is_empty() {
+            ";user=phone"
+        } else {
+            ""
+        }
+    );
+    let OutboundIds {
+        call_id,
+        tag,
+        branch,
+    } = ids;
+    let display = a
+        .from()
+        .and_then(|f| f.ok())
+        .and_then(|f| f.display_unquoted());
+    let mut from = Vec::with_capacity(96);
+    if let Some(d) = display.filter(|d| !d.is_empty()) {
+        from.extend_from_slice(&quote_display(&d));
+        from.push(b' ');
+    }
+    let my_host = me
+        .hostport
+        .rsplit_once(':')
+        .map_or(me.hostport.as_str(), |(h, _)| h);
+    from.extend_from_slice(
+        format!(
+            "<sip:{}@{my_host}>;tag={tag}",
+            escape_user(calling.as_bytes())
+        )
+        .as_bytes(),
+    );
+    let to = format!("<sip:{}@{host}>", escape_user(called.as_bytes()));
+    let mf = a
+        .max_forwards()
+        .and_then(|r| r.ok())
+        .map_or(70, |m| m.saturating_sub(1).min(70));
+    let mut b = MessageBuilder::request_method(Method::Invite, ruri.as_bytes());
+    b.header(HeaderName::Via, me.via(transport, &branch).as_bytes())
+        .header_fmt(HeaderName::MaxForwards, format_args!("{mf}"))
+        .header(HeaderName::From, &from)
+        .header(HeaderName::To, to.as_bytes())
+        .header(HeaderName::CallId, call_id.as_bytes())
+        .header(HeaderName::CSeq, b"1 INVITE")
+        .header(HeaderName::Contact, me.contact(transport).as_bytes())
+        .header(
+            HeaderName::Allow,
+            medpool_sip::check::ALLOWED_METHODS.as_bytes(),
+        );
+    let mut supported: Vec<&[u8]> = a
+        .supported()
+        .filter(|t| {
+            medpool_sip::check::SUPPORTED_OPTIONS
+                .iter()
+                .any(|s| t.eq_ignore_ascii_case(s.as_bytes()))
+        })
+        .collect();
+    let want_timer = trunk.session_expires.is_some() && a.session_expires().is_none();
+    if want_timer && !supported.iter().any(|t| t.eq_ignore_ascii_case(b"timer")) {
+        supported.push(b"timer");
+    }
+    if !supported.is_empty() {
+        b.header(HeaderName::Supported, &supported.join(&b", "[..]));
+    }
+    b.copy_headers(a, HeaderName::Require);
+    if want_timer {
+        if let Some(se) = trunk.session_expires {
+            b.header_fmt(HeaderName::SessionExpires, format_args!("{se}"));
+            b.header_fmt(HeaderName::MinSe, format_args!("{}", trunk.min_se));
+        }
+    } else {
+        b.copy_headers(a, HeaderName::SessionExpires);
+        b.copy_headers(a, HeaderName::MinSe);
+    }
+    if trunk.forward_pai || inbound_forward_pai {
+        b.copy_headers(a, HeaderName::PAssertedIdentity);
+        b.copy_headers(a, HeaderName::Privacy);
+    }
+    if trunk.forward_history_info {
+        b.copy_headers(a, HeaderName::HistoryInfo);
+        b.copy_headers(a, HeaderName::Diversion);
+    }
+    if !a.body().is_empty() {
+        let ct = a
+            .header(HeaderName::ContentType)
+            .unwrap_or(b"application/sdp");
+        b.body(ct, Bytes::copy_from_slice(a.body()));
+    }
+    Some(OutboundInvite {
+        bytes: b.build(),
+        leg: Leg {
+            call_id: Bytes::from(call_id),
+            local_tag: tag,
+            local_uri: Bytes::from(from),
+            remote_uri: Bytes::from(to),
+            remote_tag: None,
+            remote_target: Bytes::from(ruri),
+            route_set: Vec::new(),
+            peer,
+            transport,
+            local_cseq: 1,
+            remote_cseq: 0,
+        },
+    })
+}

@@ -1,0 +1,238 @@
+//! The call's replicated record: written once the caller has its 2xx, retried while it cannot be,
+//! removed when the call really ends, and read back to rebuild a call on the node that takes its
+//! shard over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use medpool_sip::ids;
+use medpool_sip::transaction::{ClientKey, ServerKey};
+use medpool_sip::transport::Transport;
+use ractor::{ActorProcessingErr, ActorRef};
+
+use super::actor::*;
+use super::call::*;
+use super::leg::Leg;
+use super::spans::*;
+use crate::cluster::{DialogRecord, LegRecord};
+use crate::ctx::NodeCtx;
+use crate::txlayer::Envelope;
+
+/// How far above the recorded CSeq a new owner starts its own requests on each leg: the old owner may
+/// have sent in-dialog requests after the record was written (DESIGN.md "Failover").
+pub const CSEQ_SKIP: u32 = 1000;
+
+/// How often an answered call retries writing a record this node could not write at once.
+pub(super) const STORE_RETRY_EVERY: Duration = Duration::from_millis(250);
+/// How often a rebuilt call checks that its record still exists: every 2 s for as long as the old
+/// owner may still be ending the call and retrying its removal (its transactions, up to 32 s, then
+/// its write retries), then every 30 s for the rest of its life (a cheap read of the local state).
+pub(super) const RECORD_CHECK_EVERY: Duration = Duration::from_secs(2);
+pub(super) const RECORD_CHECKS: u8 = 30;
+pub(super) const RECORD_CHECK_SLOW: Duration = Duration::from_secs(30);
+
+impl Call {
+    /// The call's record was taken for writing: from here on the pool, not only this node, knows it.
+    pub(super) fn mark_stored(&mut self) {
+        if !self.stored {
+            self.stored = true;
+            self.ctx
+                .unrecorded_calls
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    pub(super) fn record(&self) -> Option<DialogRecord> {
+        let b = self.confirmed_b()?;
+        let leg_rec = |l: &Leg| LegRecord {
+            call_id: String::from_utf8_lossy(&l.call_id).into_owned(),
+            remote_tag: l
+                .remote_tag
+                .as_ref()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .unwrap_or_default(),
+            local_tag: l.local_tag.clone(),
+            remote_target: String::from_utf8_lossy(&l.remote_target).into_owned(),
+            route_set: l
+                .route_set
+                .iter()
+                .map(|r| String::from_utf8_lossy(r).into_owned())
+                .collect(),
+            peer: l.peer.to_string(),
+            transport: l.transport.as_str().to_ascii_lowercase(),
+            local_cseq: l.local_cseq,
+            local_uri: String::from_utf8_lossy(&l.local_uri).into_owned(),
+            remote_uri: String::from_utf8_lossy(&l.remote_uri).into_owned(),
+        };
+        Some(DialogRecord {
+            shard: self.shard,
+            a: leg_rec(&self.a),
+            b: leg_rec(&b.leg),
+            trunk: b.trunk.clone(),
+            inbound: self.inbound.name.clone(),
+            traceparent: crate::trace::traceparent(&self.span),
+        })
+    }
+}
+
+/// Why a record cannot be carried on here.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RestoreError {
+    #[error("dialog record names trunk {0:?}, which the configuration no longer has")]
+    UnknownTrunk(String),
+    #[error("dialog record has a malformed address {0:?}")]
+    BadAddress(String),
+}
+
+pub(super) fn leg_from_record(r: &LegRecord) -> Result<Leg, RestoreError> {
+    let peer = r
+        .peer
+        .parse()
+        .map_err(|_| RestoreError::BadAddress(r.peer.clone()))?;
+    Ok(Leg {
+        call_id: Bytes::from(r.call_id.clone()),
+        local_tag: r.local_tag.clone(),
+        local_uri: Bytes::from(r.local_uri.clone()),
+        remote_uri: Bytes::from(r.remote_uri.clone()),
+        remote_tag: Some(Bytes::from(r.remote_tag.clone())),
+        remote_target: Bytes::from(r.remote_target.clone()),
+        route_set: r.route_set.iter().map(|x| Bytes::from(x.clone())).collect(),
+        peer,
+        transport: if r.transport == "tcp" {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        },
+        local_cseq: r.local_cseq.saturating_add(CSEQ_SKIP),
+        remote_cseq: 0,
+    })
+}
+
+pub(super) fn restored(
+    ctx: Arc<NodeCtx>,
+    rec: DialogRecord,
+    myself: &ActorRef<DialogMsg>,
+) -> Result<Call, ActorProcessingErr> {
+    let config = ctx.config();
+    let inbound = config
+        .trunk(&rec.inbound)
+        .cloned()
+        .ok_or_else(|| RestoreError::UnknownTrunk(rec.inbound.clone()))?;
+    let a = leg_from_record(&rec.a)?;
+    let b = leg_from_record(&rec.b)?;
+    let span = call_span(
+        &ctx,
+        &rec.a.call_id,
+        rec.shard,
+        &rec.inbound,
+        "",
+        "",
+        rec.traceparent.as_deref(),
+    );
+    span.record("call.restored", true);
+    span.record("call.gateway", rec.trunk.as_str());
+    tracing::debug!(parent: &span, node = ctx.shards.node_id(), "call taken over by this node");
+    let a_span = tracing::info_span!(parent: &span, "leg", leg.side = "A", sip.call_id = %rec.a.call_id, leg.trunk = %rec.inbound);
+    let b_span = tracing::info_span!(parent: &span, "leg", leg.side = "B", sip.call_id = %rec.b.call_id, leg.trunk = %rec.trunk);
+    // Identifiers for the original INVITE transactions, which died with the old owner.
+    let branch = ids::new_branch(rec.shard);
+    let a_key = ServerKey::from_parts(branch.as_bytes(), ctx.me.hostport.as_bytes(), b"INVITE")
+        .map_err(|e| ActorProcessingErr::from(e.to_string()))?;
+    let invite = Envelope::outgoing(
+        b.request(&ctx.me, b"INVITE", 1, &branch).build(),
+        b.peer,
+        b.transport,
+    )
+    .ok_or_else(|| ActorProcessingErr::from("cannot rebuild the INVITE"))?;
+    let key = ClientKey::new(branch.as_bytes(), b"INVITE");
+    ctx.registry.add_call(
+        a_key.clone(),
+        &a.call_id,
+        a.remote_tag.as_deref().unwrap_or_default(),
+        rec.shard,
+        myself.get_derived(),
+    );
+    ctx.registry.add_leg_b(&b.call_id, myself.get_derived());
+    let gateway_active = config
+        .trunk(&rec.trunk)
+        .and_then(|t| ctx.gateways.try_acquire(t).then(|| t.name.clone()));
+    ctx.count_inbound(&inbound.name);
+    Ok(Call::new(CallSeed {
+        ctx,
+        span,
+        a_span,
+        shard: rec.shard,
+        inbound,
+        a,
+        a_key,
+        a_invite: None,
+        a_cseq_invite: 0,
+        called: String::new(),
+        calling: String::new(),
+        answered_b: Some(Attempt {
+            span: b_span,
+            tx_span: tracing::Span::none(),
+            leg: b,
+            trunk: rec.trunk.clone(),
+            invite,
+            key,
+            number: 1,
+            got_100: true,
+            got_18x: true,
+            cancel_sent: false,
+            abandoned: false,
+            answered: true,
+            settled: true,
+        }),
+        gateway_active,
+        history: vec![(rec.trunk.clone(), "restored on this node".into())],
+    }))
+}
+
+/// A rebuilt call watches its record for the old owner's removal, which may land up to its retry
+/// window after the move.
+pub(super) fn watch_record(myself: &ActorRef<DialogMsg>) {
+    drop(
+        myself.send_after(RECORD_CHECK_EVERY, || DialogMsg::RecordCheck {
+            left: RECORD_CHECKS - 1,
+        }),
+    );
+}
+
+/// Tries again to write the record of an answered call this node could not write yet.
+pub(super) fn on_store_record(st: &mut Call) {
+    st.store_retry = false;
+    if !st.stored
+        && st.phase != Phase::Ending
+        && let Some(rec) = st.record()
+        && st.ctx.store.store(rec)
+    {
+        st.mark_stored();
+    }
+}
+
+/// A rebuilt call whose record is gone was ended by its old node: it stops without a word.
+pub(super) fn on_record_check(st: &mut Call, myself: &ActorRef<DialogMsg>, left: u8) {
+    let call_id = String::from_utf8_lossy(&st.a.call_id).into_owned();
+    if st.phase == Phase::Confirmed && !st.ctx.store.contains(st.shard, &call_id) {
+        tracing::debug!(parent: &st.span, "record gone: the call ended on its old node");
+        myself.stop(Some("record removed".into()));
+    } else {
+        let every = if left > 0 {
+            RECORD_CHECK_EVERY
+        } else {
+            RECORD_CHECK_SLOW
+        };
+        let left = left.saturating_sub(1);
+        drop(myself.send_after(every, move || DialogMsg::RecordCheck { left }));
+    }
+}
+
+/// An answered call whose record this node could not write yet: try again shortly.
+pub(super) fn retry_store_later(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+    if st.a_answered && !st.stored && !st.store_retry && st.phase != Phase::Ending {
+        st.store_retry = true;
+        drop(myself.send_after(STORE_RETRY_EVERY, || DialogMsg::StoreRecord));
+    }
+}

@@ -1,0 +1,367 @@
+//! In-dialog relay: a request on one leg goes out on the other, in that leg's dialog, and its
+//! answer comes back; ACKs of relayed re-INVITEs follow.
+
+use bytes::Bytes;
+use medpool_sip::transaction::{ClientKey, ServerKey};
+use medpool_sip::{HeaderName, Method, SipMessage, ids};
+use ractor::ActorRef;
+
+use super::actor::*;
+use super::call::*;
+use super::leg::{local_response, relay_request_parts, relay_response};
+use super::setup::*;
+use crate::config::ReferPolicy;
+use crate::txlayer::{Envelope, Side};
+
+pub(super) fn on_response(
+    st: &mut Call,
+    myself: &ActorRef<DialogMsg>,
+    key: ClientKey,
+    status: u16,
+    env: Envelope,
+) {
+    // 1. A leg-B INVITE attempt?
+    if let Some(idx) = st.attempts.iter().position(|a| a.key == key) {
+        on_invite_response(st, myself, idx, status, env);
+        return;
+    }
+    // 2. A relayed in-dialog request.
+    if let Some(pos) = st.relays.iter().position(|r| r.client == key) {
+        if status < 200 {
+            if status > 100 {
+                let r = &st.relays[pos];
+                let tag = match r.from {
+                    Side::A => st.a.local_tag.clone(),
+                    Side::B => st
+                        .leg(Side::B)
+                        .map(|l| l.local_tag.clone())
+                        .unwrap_or_default(),
+                };
+                let bytes = relay_response(
+                    &st.ctx.me,
+                    &r.request,
+                    status,
+                    env.msg.reason_phrase().unwrap_or_default(),
+                    &tag,
+                    Some(&env.msg),
+                    None,
+                );
+                if let Some(e) = r.request.reply(bytes) {
+                    let _ = st.ctx.driver.respond(&r.server, status, e);
+                }
+            }
+            return;
+        }
+        let r = st.relays.remove(pos);
+        r.span.record("sip.status", status);
+        let tag = match r.from {
+            Side::A => st.a.local_tag.clone(),
+            Side::B => st
+                .leg(Side::B)
+                .map(|l| l.local_tag.clone())
+                .unwrap_or_default(),
+        };
+        let to_side = match r.from {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        };
+        if (200..300).contains(&status) {
+            // Target refresh on the far leg (RFC 3261 §12.2.1.2).
+            let is_refresh = matches!(
+                r.request.msg.method(),
+                Some(Method::Invite | Method::Update)
+            );
+            if is_refresh && let Some(leg) = st.leg_mut(to_side) {
+                leg.learn_remote(&env.msg, None);
+            }
+            if let Some(cseq) = r.invite_cseq {
+                let a_cseq = r
+                    .request
+                    .msg
+                    .cseq()
+                    .and_then(|c| c.ok())
+                    .map_or(0, |c| c.seq);
+                match r.from {
+                    Side::A => st.pending_ack_b.push((a_cseq, cseq)),
+                    Side::B => st.pending_ack_a.push((a_cseq, cseq)),
+                }
+            }
+        }
+        let bytes = relay_response(
+            &st.ctx.me,
+            &r.request,
+            status,
+            env.msg.reason_phrase().unwrap_or_default(),
+            &tag,
+            Some(&env.msg),
+            None,
+        );
+        if let Some(e) = r.request.reply(bytes) {
+            let _ = st.ctx.driver.respond(&r.server, status, e);
+        }
+        st.maybe_finish(myself);
+        return;
+    }
+    // 3. Our BYE / CANCEL / refresh: nothing to relay.
+    if status >= 200 {
+        st.bye_keys.retain(|k| *k != key);
+        st.maybe_finish(myself);
+    }
+}
+
+pub(super) fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, env: Envelope) {
+    let cseq = env.msg.cseq().and_then(|c| c.ok()).map_or(0, |c| c.seq);
+    match side {
+        Side::A if st.phase == Phase::Answered && cseq == st.a_cseq_invite => {
+            st.phase = Phase::Confirmed;
+            st.a_invite = None; // the INVITE is no longer needed: keep the established call small
+            if let Some(idx) = st.attempts.iter().position(|a| a.answered && !a.abandoned) {
+                st.a_2xx = None;
+                // End-to-end ACK: the caller's ACK may carry the SDP answer to a late offer.
+                send_ack_b(st, idx, 1, Some(&env.msg), true);
+            }
+            if !st.stored
+                && let Some(rec) = st.record()
+                && st.ctx.store.store(rec)
+            {
+                st.mark_stored();
+            }
+            st.ctx.call_answered();
+            if let Some(half) = st.session_refresh {
+                drop(myself.send_after(half, || DialogMsg::SessionRefresh));
+            }
+        }
+        Side::A => {
+            if let Some(pos) = st.pending_ack_b.iter().position(|(a, _)| *a == cseq) {
+                let (_, b_cseq) = st.pending_ack_b.remove(pos);
+                if let Some(idx) = st.attempts.iter().position(|a| a.answered && !a.abandoned) {
+                    send_ack_b(st, idx, b_cseq, Some(&env.msg), false);
+                }
+            }
+        }
+        Side::B => {
+            if let Some(pos) = st.pending_ack_a.iter().position(|(b, _)| *b == cseq) {
+                let (_, a_cseq) = st.pending_ack_a.remove(pos);
+                let branch = ids::new_branch(st.shard);
+                let mut b = st.a.request(&st.ctx.me, b"ACK", a_cseq, &branch);
+                if !env.msg.body().is_empty() {
+                    let ct = env
+                        .msg
+                        .header(HeaderName::ContentType)
+                        .unwrap_or(b"application/sdp");
+                    b.body(ct, Bytes::copy_from_slice(env.msg.body()));
+                }
+                let hop = st.a.next_hop();
+                let _ = st.ctx.transports.send_now(st.a.transport, hop, b.build());
+            }
+        }
+    }
+}
+
+/// Sends an ACK on a leg-B attempt (end to end: `body` is the caller's ACK, which may carry the SDP
+/// answer to a late offer). `keep` remembers it to re-ACK retransmitted 2xx.
+pub(super) fn send_ack_b(
+    st: &mut Call,
+    idx: usize,
+    cseq: u32,
+    body: Option<&SipMessage>,
+    keep: bool,
+) {
+    let att = &st.attempts[idx];
+    let branch = ids::new_branch(st.shard);
+    let mut b = att.leg.request(&st.ctx.me, b"ACK", cseq, &branch);
+    if let Some(src) = body
+        && !src.body().is_empty()
+    {
+        let ct = src
+            .header(HeaderName::ContentType)
+            .unwrap_or(b"application/sdp");
+        b.body(ct, Bytes::copy_from_slice(src.body()));
+    }
+    let hop = att.leg.next_hop();
+    let transport = att.leg.transport;
+    if let Some(ack) = Envelope::outgoing(b.build(), hop, transport) {
+        let _ = st.ctx.transports.send_now(transport, hop, ack.msg.bytes());
+        if keep {
+            st.ack_b = Some(ack);
+        }
+    }
+}
+
+pub(super) fn on_request(
+    st: &mut Call,
+    myself: &ActorRef<DialogMsg>,
+    side: Side,
+    key: ServerKey,
+    env: Envelope,
+) {
+    let method = env.msg.method().unwrap_or(Method::Other);
+    let my_tag = match side {
+        Side::A => st.a.local_tag.clone(),
+        Side::B => st
+            .leg(Side::B)
+            .map(|l| l.local_tag.clone())
+            .unwrap_or_default(),
+    };
+    let respond_local = |st: &Call, status: u16, extra: &[(HeaderName, &[u8])]| {
+        let bytes = local_response(&env, status, Some(&my_tag), extra);
+        if let Some(e) = env.reply(bytes) {
+            let _ = st.ctx.driver.respond(&key, status, e);
+        }
+    };
+    // CSeq must grow within a dialog (RFC 3261 §12.2.2).
+    let cseq = env.msg.cseq().and_then(|c| c.ok()).map_or(0, |c| c.seq);
+    if let Some(leg) = st.leg_mut(side) {
+        if cseq < leg.remote_cseq && method != Method::Ack {
+            let _ = leg;
+            respond_local(st, 500, &[]);
+            return;
+        }
+        leg.remote_cseq = leg.remote_cseq.max(cseq);
+    }
+    if method == Method::Bye {
+        respond_local(st, 200, &[]);
+        st.history.push((
+            if side == Side::A { "caller" } else { "gateway" }.into(),
+            "BYE".into(),
+        ));
+        if st.phase == Phase::Confirmed || st.phase == Phase::Answered || st.phase == Phase::Ending
+        {
+            st.bye_all(myself, Some(side));
+        } else {
+            // BYE in an early dialog: end the call.
+            st.fail_a(487, &[]);
+            for i in 0..st.attempts.len() {
+                st.attempts[i].abandoned = true;
+                st.cancel_attempt(i, myself);
+            }
+            st.phase = Phase::Ending;
+            st.maybe_finish(myself);
+        }
+        return;
+    }
+    if method == Method::Refer {
+        let policy_trunk = match side {
+            Side::A => st.current().map(|a| a.trunk.clone()).unwrap_or_default(),
+            Side::B => st.current().map(|a| a.trunk.clone()).unwrap_or_default(),
+        };
+        let pass = st
+            .ctx
+            .config()
+            .trunk(&policy_trunk)
+            .is_some_and(|t| t.refer == ReferPolicy::Pass);
+        if !pass {
+            respond_local(st, 403, &[]);
+            return;
+        }
+    }
+    let to_side = match side {
+        Side::A => Side::B,
+        Side::B => Side::A,
+    };
+    let Some(far) = st.leg(to_side).cloned() else {
+        respond_local(st, 481, &[]);
+        return;
+    };
+    if far.remote_tag.is_none() && method != Method::Prack && method != Method::Update {
+        respond_local(st, 491, &[]);
+        return;
+    }
+    if st.phase == Phase::Ending {
+        respond_local(st, 481, &[]);
+        return;
+    }
+    // Relay: the same method on the far leg, in its dialog, with its CSeq (PRACK maps its RAck).
+    let mut leg = far;
+    let method_bytes = env.msg.method_bytes().unwrap_or_default().to_vec();
+    leg.local_cseq += 1;
+    let cseq_far = leg.local_cseq;
+    let branch = ids::new_branch(st.shard);
+    let mut b = leg.request(&st.ctx.me, &method_bytes, cseq_far, &branch);
+    if matches!(
+        method,
+        Method::Invite | Method::Update | Method::Subscribe | Method::Notify | Method::Refer
+    ) {
+        b.header(
+            HeaderName::Contact,
+            st.ctx.me.contact(leg.transport).as_bytes(),
+        );
+    }
+    if method == Method::Prack
+        && let Some(Ok(rack)) = env.msg.rack()
+    {
+        {
+            let inv_cseq = st.current().map_or(1, |a| {
+                a.invite
+                    .msg
+                    .cseq()
+                    .and_then(|c| c.ok())
+                    .map_or(1, |c| c.seq)
+            });
+            b.header_fmt(
+                HeaderName::RAck,
+                format_args!("{} {} INVITE", rack.rseq, inv_cseq),
+            );
+        }
+    }
+    if method == Method::Refer {
+        b.copy_headers(&env.msg, HeaderName::ReferTo);
+        b.copy_headers(&env.msg, HeaderName::ReferredBy);
+    }
+    relay_request_parts(&mut b, &env.msg, &[]);
+    if let Some(l) = st.leg_mut(to_side) {
+        l.local_cseq = cseq_far;
+    }
+    match st.send_request(myself, to_side, b.build()) {
+        Some(client) => st.relays.push(Relay {
+            span: {
+                let parent = if to_side == Side::A {
+                    &st.a_span
+                } else {
+                    st.current().map_or(&st.span, |a| &a.span)
+                };
+                tracing::info_span!(
+                    parent: parent,
+                    "sip.transaction",
+                    sip.method = %String::from_utf8_lossy(&method_bytes),
+                    sip.relayed_from = if side == Side::A { "A" } else { "B" },
+                    sip.status = tracing::field::Empty,
+                )
+            },
+            client,
+            from: side,
+            server: key,
+            request: env,
+            invite_cseq: (method == Method::Invite).then_some(cseq_far),
+        }),
+        None => respond_local(st, 503, &[]),
+    }
+}
+
+/// The session timer is due and we are the refresher on leg B: an UPDATE with Session-Expires.
+pub(super) fn on_session_refresh(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+    if matches!(st.phase, Phase::Confirmed)
+        && let Some(interval) = st.session_refresh
+        && let Some(b) = st.confirmed_b()
+    {
+        let mut leg = b.leg.clone();
+        leg.local_cseq += 1;
+        let cseq = leg.local_cseq;
+        let branch = ids::new_branch(st.shard);
+        let mut req = leg.request(&st.ctx.me, b"UPDATE", cseq, &branch);
+        req.header(
+            HeaderName::Contact,
+            st.ctx.me.contact(leg.transport).as_bytes(),
+        );
+        req.header_fmt(
+            HeaderName::SessionExpires,
+            format_args!("{};refresher=uac", interval.as_secs() * 2),
+        );
+        req.header(HeaderName::Supported, b"timer");
+        if let Some(cur) = st.leg_mut(Side::B) {
+            cur.local_cseq = cseq;
+        }
+        let _ = st.send_request(myself, Side::B, req.build());
+        drop(myself.send_after(interval, || DialogMsg::SessionRefresh));
+    }
+}

@@ -1,0 +1,714 @@
+//! Setting a call up: answering the caller, choosing and calling gateways, failing over, and the
+//! leg-B INVITE's answers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use medpool_sip::message::builder::{MessageBuilder, reason_phrase};
+use medpool_sip::transaction::{ClientKey, Outcome, ServerKey};
+use medpool_sip::{HeaderName, Method, SipMessage, ids};
+use ractor::ActorRef;
+
+use super::actor::*;
+use super::call::*;
+use super::leg::{Leg, local_response, relay_response};
+use super::outbound::{OutboundIds, outbound_invite};
+use super::spans::call_span;
+use crate::config::Trunk;
+use crate::ctx::NodeEvent;
+use crate::health::InviteOutcome;
+use crate::txlayer::{Envelope, Owner};
+
+impl Call {
+    /// Answers the caller's INVITE (final or provisional) through its server transaction.
+    pub(super) fn respond_a(&mut self, status: u16, bytes: Bytes) {
+        let Some(inv) = &self.a_invite else { return };
+        if status > 100 && status < 300 && !self.pdd_recorded {
+            self.pdd_recorded = true;
+            self.ctx
+                .stats
+                .post_dial_delay
+                .observe(self.started.elapsed());
+        }
+        if let Some(env) = inv.reply(bytes) {
+            if status >= 200 {
+                self.a_final_sent = true;
+                if (200..300).contains(&status) {
+                    self.a_2xx = Some((status, env.clone()));
+                    self.a_answered = true;
+                    self.answered_after = Some(self.started.elapsed());
+                    // Written down as soon as the caller has its 2xx, not at its ACK: a shard that
+                    // moves in between (a drain) must not lose a call the caller considers up. The
+                    // new owner carries it on as confirmed (the ACK is then absorbed there).
+                    if !self.stored
+                        && let Some(rec) = self.record()
+                        && self.ctx.store.store(rec)
+                    {
+                        self.mark_stored();
+                    }
+                    tracing::debug!(parent: &self.span, status, "answered");
+                    self.ctx.publish(NodeEvent::CallAnswered {
+                        call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
+                        gateway: self.current().map(|a| a.trunk.clone()).unwrap_or_default(),
+                    });
+                }
+            }
+            self.last_status = status;
+            if let Err(e) = self.ctx.driver.respond(&self.a_key, status, env) {
+                tracing::debug!(error = %e, status, "could not answer the caller's INVITE");
+            }
+        }
+    }
+
+    /// Relays a gateway's response to the caller's INVITE (same status and reason, its body and headers).
+    pub(super) fn relay_to_a(&mut self, status: u16, from: &SipMessage, rseq: Option<u32>) {
+        let Some(inv) = self.a_invite.clone() else {
+            return;
+        };
+        let reason = from.reason_phrase().unwrap_or_default().to_vec();
+        let bytes = relay_response(
+            &self.ctx.me,
+            &inv,
+            status,
+            &reason,
+            &self.a.local_tag,
+            Some(from),
+            rseq,
+        );
+        self.respond_a(status, bytes);
+    }
+
+    pub(super) fn fail_a(&mut self, status: u16, extra: &[(HeaderName, &[u8])]) {
+        if self.a_final_sent {
+            return;
+        }
+        let Some(inv) = self.a_invite.clone() else {
+            return;
+        };
+        let bytes = local_response(&inv, status, Some(&self.a.local_tag), extra);
+        self.respond_a(status, bytes);
+        self.phase = Phase::Ending;
+    }
+
+    pub(super) fn gateway_outcome(&self, trunk: &str, outcome: InviteOutcome) {
+        self.ctx.gateways.invite_outcome(trunk, outcome);
+    }
+
+    /// Starts the next gateway attempt; false when the route is exhausted.
+    pub(super) fn try_next(&mut self, myself: &ActorRef<DialogMsg>) -> bool {
+        let config = self.ctx.config();
+        while self.next_candidate < self.plan.len() {
+            let cand = self.plan[self.next_candidate].clone();
+            self.next_candidate += 1;
+            let Some(trunk) = config.trunk(&cand.trunk).cloned() else {
+                continue;
+            };
+            if !self.ctx.gateways.try_acquire(&trunk) {
+                self.history
+                    .push((trunk.name.clone(), "at capacity".into()));
+                continue;
+            }
+            if let Some(prev) = self.gateway_active.replace(trunk.name.clone()) {
+                self.ctx.gateways.release(&prev);
+            }
+            let Some(att) = self.build_attempt(&trunk) else {
+                continue;
+            };
+            let key = att.key.clone();
+            let env = att.invite.clone();
+            let number = att.number;
+            let call_id = att.leg.call_id.clone();
+            self.attempts.push(att);
+            self.ctx.registry.add_leg_b(&call_id, myself.get_derived());
+            self.ctx
+                .registry
+                .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
+            if let Err(e) = self.ctx.driver.start_client(
+                key.clone(),
+                env,
+                trunk.transport == crate::config::Transport::Tcp,
+            ) {
+                tracing::warn!(error = %e, "could not start the INVITE to the gateway");
+                self.ctx.registry.remove_client(&key);
+                self.history.push((trunk.name.clone(), "overloaded".into()));
+                continue;
+            }
+            if let Some(ff) = trunk.fast_failover() {
+                drop(myself.send_after(ff, move || DialogMsg::FastFailover { attempt: number }));
+            }
+            tracing::debug!(trunk = %trunk.name, attempt = number, "calling gateway");
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn build_attempt(&self, trunk: &Trunk) -> Option<Attempt> {
+        let inv = self.a_invite.as_ref()?;
+        let ids = OutboundIds {
+            call_id: ids::new_call_id(self.shard),
+            tag: ids::new_tag(self.shard),
+            branch: ids::new_branch(self.shard),
+        };
+        let branch = ids.branch.clone();
+        let out = outbound_invite(
+            self.me(),
+            &inv.msg,
+            trunk,
+            self.inbound.forward_pai,
+            &self.called,
+            &self.calling,
+            ids,
+        )?;
+        let leg = out.leg;
+        let call_id = String::from_utf8_lossy(&leg.call_id).into_owned();
+        let invite = Envelope::outgoing(out.bytes, leg.peer, leg.transport)?;
+        let key = crate::txlayer::client_key_of_request(&invite.msg)?;
+        let number = self.attempts.len() as u32 + 1;
+        let span = tracing::info_span!(
+            parent: &self.span,
+            "leg",
+            leg.side = "B",
+            leg.attempt = number,
+            leg.trunk = %trunk.name,
+            sip.call_id = %call_id,
+            sip.status = tracing::field::Empty,
+        );
+        let tx_span = tracing::info_span!(parent: &span, "sip.transaction", sip.method = "INVITE", sip.branch = %branch, sip.status = tracing::field::Empty);
+        self.span.record("call.gateway", trunk.name.as_str());
+        self.span.record("call.b_call_id", call_id.as_str());
+        if number > 1 {
+            self.span.record("call.failovers", number - 1);
+            tracing::debug!(parent: &self.span, attempt = number, trunk = %trunk.name, "failover to the next gateway");
+        }
+        Some(Attempt {
+            span,
+            tx_span,
+            leg,
+            trunk: trunk.name.clone(),
+            invite,
+            key,
+            number,
+            got_100: false,
+            got_18x: false,
+            cancel_sent: false,
+            abandoned: false,
+            answered: false,
+            settled: false,
+        })
+    }
+
+    /// The current attempt failed before any provisional reached the caller: fail over or give up.
+    pub(super) fn attempt_failed(
+        &mut self,
+        myself: &ActorRef<DialogMsg>,
+        status: u16,
+        response: Option<&SipMessage>,
+        why: &str,
+    ) {
+        let trunk = self.current().map(|a| a.trunk.clone()).unwrap_or_default();
+        if let Some(cur) = self.current_mut() {
+            cur.abandoned = true;
+        }
+        self.history.push((trunk.clone(), why.to_owned()));
+        let failover_allowed = self
+            .ctx
+            .config()
+            .trunk(&trunk)
+            .is_some_and(|t| t.is_failover_code(status));
+        if self.phase == Phase::Calling && failover_allowed && self.try_next(myself) {
+            return;
+        }
+        if self.a_final_sent {
+            return;
+        }
+        // Give up: relay the final answer, mapped per the trunk.
+        let mapped = self
+            .ctx
+            .config()
+            .trunk(&trunk)
+            .map_or(status, |t| t.map_response(status));
+        let Some(inv) = self.a_invite.clone() else {
+            return;
+        };
+        let reason = if mapped == status {
+            response
+                .and_then(|r| r.reason_phrase())
+                .filter(|r| !r.is_empty())
+                .map(<[u8]>::to_vec)
+        } else {
+            None
+        }
+        .unwrap_or_else(|| reason_phrase(mapped).as_bytes().to_vec());
+        let bytes = relay_response(
+            self.me(),
+            &inv,
+            mapped,
+            &reason,
+            &self.a.local_tag,
+            response,
+            None,
+        );
+        self.respond_a(mapped, bytes);
+        self.phase = Phase::Ending;
+        self.maybe_finish(myself);
+    }
+
+    pub(super) fn cancel_attempt(&mut self, idx: usize, myself: &ActorRef<DialogMsg>) {
+        let att = &mut self.attempts[idx];
+        if att.cancel_sent || att.answered {
+            return;
+        }
+        if !self.ctx.driver.may_cancel(&att.key) {
+            return; // no provisional yet: CANCEL when one arrives (RFC 3261 §9.1)
+        }
+        att.cancel_sent = true;
+        let inv = &att.invite.msg;
+        let mut b = MessageBuilder::request_method(
+            Method::Cancel,
+            inv.request_uri_bytes().unwrap_or_default(),
+        );
+        if let Some(Ok(v)) = inv.top_via() {
+            b.header(HeaderName::Via, v.raw);
+        }
+        b.header(HeaderName::MaxForwards, b"70");
+        b.copy_headers(inv, HeaderName::Route);
+        b.copy_headers(inv, HeaderName::From);
+        b.copy_headers(inv, HeaderName::To);
+        b.copy_headers(inv, HeaderName::CallId);
+        let seq = inv.cseq().and_then(|c| c.ok()).map_or(1, |c| c.seq);
+        b.header_fmt(HeaderName::CSeq, format_args!("{seq} CANCEL"));
+        if let Some(env) = Envelope::outgoing(b.build(), att.invite.peer, att.invite.transport) {
+            let key = att.key.cancel_key();
+            self.ctx
+                .registry
+                .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
+            let reliable = env.transport.is_reliable();
+            if self
+                .ctx
+                .driver
+                .start_client(key.clone(), env, reliable)
+                .is_err()
+            {
+                self.ctx.registry.remove_client(&key);
+            }
+        }
+    }
+
+    /// Sends the leg-B ACK again for a retransmitted 2xx of the answer we took (none yet: the ACK
+    /// goes when it can, e.g. once the caller's ACK brings a late offer's answer).
+    pub(super) fn reack_b(&self, env: &Envelope) {
+        if let Some(ack) = &self.ack_b
+            && env.msg.call_id().and_then(|c| c.ok()) == ack.msg.call_id().and_then(|c| c.ok())
+        {
+            let _ = self
+                .ctx
+                .transports
+                .send_now(ack.transport, ack.peer, ack.msg.bytes());
+        }
+    }
+}
+
+pub(super) fn on_invite_response(
+    st: &mut Call,
+    myself: &ActorRef<DialogMsg>,
+    idx: usize,
+    status: u16,
+    env: Envelope,
+) {
+    let trunk = st.attempts[idx].trunk.clone();
+    if status >= 200 {
+        // A final answer: nothing more can come on this INVITE that needs the call.
+        st.attempts[idx].settled = true;
+        let att = &mut st.attempts[idx];
+        att.tx_span.record("sip.status", status);
+        att.span.record("sip.status", status);
+        att.tx_span = tracing::Span::none();
+    } else {
+        tracing::debug!(parent: &st.attempts[idx].tx_span, status, "provisional");
+    }
+    if st.attempts[idx].abandoned {
+        // A late answer to an attempt we gave up on.
+        if (200..300).contains(&status) && !st.attempts[idx].answered {
+            st.ack_and_bye(idx, &env, myself);
+        } else if status > 100 && status < 200 {
+            st.cancel_attempt(idx, myself);
+        }
+        st.maybe_finish(myself);
+        return;
+    }
+    match status {
+        100 => st.attempts[idx].got_100 = true,
+        101..=199 if st.a_final_sent => {} // the caller has its final answer: nothing after it
+        101..=199 => {
+            let first = !st.attempts[idx].got_18x;
+            st.attempts[idx].got_18x = true;
+            if first {
+                st.gateway_outcome(&trunk, InviteOutcome::Answered(status));
+            }
+            st.attempts[idx]
+                .leg
+                .learn_remote(&env.msg, env.msg.to_tag());
+            let rseq = env.msg.rseq().and_then(|r| r.ok());
+            if st.a_invite.is_some() {
+                st.relay_to_a(status, &env.msg, rseq);
+                if st.phase == Phase::Calling {
+                    st.phase = Phase::Early;
+                }
+            }
+        }
+        200..=299 if st.attempts[idx].answered => {
+            // The gateway sent its 2xx again (our ACK was lost; the INVITE transaction hands
+            // retransmissions up, RFC 6026 §8.4): ACK it again. Never mistake it for a new answer.
+            st.reack_b(&env);
+        }
+        200..=299 => {
+            if !st.attempts[idx].got_18x {
+                st.gateway_outcome(&trunk, InviteOutcome::Answered(status));
+            }
+            st.attempts[idx].answered = true;
+            if st.a_final_sent {
+                // The caller cancelled (or the call was refused) while the 200 was on its way: ACK and BYE.
+                st.attempts[idx].abandoned = true;
+                st.ack_and_bye(idx, &env, myself);
+                st.maybe_finish(myself);
+                return;
+            }
+            st.attempts[idx].leg.learn_from_answer(&env.msg);
+            // Session timer: when the gateway makes us (the UAC on leg B) the refresher.
+            if let Some(Ok(se)) = env.msg.session_expires()
+                && se.refresher == Some(medpool_sip::message::headers::Refresher::Uac)
+                && st
+                    .a_invite
+                    .as_ref()
+                    .is_some_and(|a| a.msg.session_expires().is_none())
+            {
+                let half = Duration::from_secs(u64::from(se.delta.max(2)) / 2);
+                st.session_refresh = Some(half);
+            }
+            st.relay_to_a(status, &env.msg, None);
+            st.phase = Phase::Answered;
+            if !st.a.transport.is_reliable() {
+                let t1 = st.ctx.timers.t1;
+                drop(myself.send_after(t1, move || DialogMsg::Retransmit2xx { interval: t1 * 2 }));
+            }
+        }
+        _ => {
+            // A non-2xx final (the transaction layer ACKed it).
+            let outcome = InviteOutcome::Answered(status);
+            if !st.attempts[idx].got_18x || status == 503 {
+                st.gateway_outcome(&trunk, outcome);
+            }
+            if st.attempts[idx].got_18x || st.phase != Phase::Calling {
+                // After a provisional reached the caller there is no failover: relay the answer.
+                st.attempts[idx].abandoned = true;
+                st.history.push((trunk.clone(), format!("{status}")));
+                if !st.a_final_sent
+                    && let Some(inv) = st.a_invite.clone()
+                {
+                    let mapped = st
+                        .ctx
+                        .config()
+                        .trunk(&trunk)
+                        .map_or(status, |t| t.map_response(status));
+                    let reason = if mapped == status {
+                        env.msg.reason_phrase().unwrap_or_default().to_vec()
+                    } else {
+                        reason_phrase(mapped).as_bytes().to_vec()
+                    };
+                    let bytes = relay_response(
+                        &st.ctx.me,
+                        &inv,
+                        mapped,
+                        &reason,
+                        &st.a.local_tag,
+                        Some(&env.msg),
+                        None,
+                    );
+                    st.respond_a(mapped, bytes);
+                }
+                st.phase = Phase::Ending;
+                st.maybe_finish(myself);
+            } else {
+                st.attempt_failed(myself, status, Some(&env.msg), &format!("{status}"));
+            }
+        }
+    }
+}
+
+pub(super) fn on_client_ended(
+    st: &mut Call,
+    myself: &ActorRef<DialogMsg>,
+    key: ClientKey,
+    outcome: Outcome,
+) {
+    if let Some(idx) = st.attempts.iter().position(|a| a.key == key) {
+        let was_settled = st.attempts[idx].settled;
+        st.attempts[idx].settled = true;
+        let att = &st.attempts[idx];
+        if was_settled || att.abandoned {
+            st.maybe_finish(myself);
+            return;
+        }
+        if outcome != Outcome::Completed && !att.abandoned && !att.answered {
+            let trunk = att.trunk.clone();
+            let (gw, status, why) = match outcome {
+                Outcome::TransportError => (InviteOutcome::TransportError, 503, "transport error"),
+                _ => (InviteOutcome::Timeout, 408, "timeout"),
+            };
+            st.gateway_outcome(&trunk, gw);
+            if st.attempts[idx].got_18x || st.phase != Phase::Calling {
+                st.attempts[idx].abandoned = true;
+                st.fail_a(status, &[]);
+                st.maybe_finish(myself);
+            } else {
+                st.attempt_failed(myself, status, None, why);
+            }
+        }
+        st.maybe_finish(myself);
+        return;
+    }
+    if let Some(pos) = st.relays.iter().position(|r| r.client == key)
+        && outcome != Outcome::Completed
+    {
+        let r = st.relays.remove(pos);
+        let status = if outcome == Outcome::Timeout {
+            408
+        } else {
+            503
+        };
+        let tag = st.a.local_tag.clone();
+        let bytes = local_response(&r.request, status, Some(&tag), &[]);
+        if let Some(e) = r.request.reply(bytes) {
+            let _ = st.ctx.driver.respond(&r.server, status, e);
+        }
+        if r.request.msg.method() == Some(Method::Bye)
+            || outcome == Outcome::Timeout && r.request.msg.method() == Some(Method::Invite)
+        {
+            st.bye_all(myself, None);
+        }
+    }
+    let before = st.bye_keys.len();
+    st.bye_keys.retain(|k| *k != key);
+    if before != st.bye_keys.len() || st.phase == Phase::Ending {
+        st.maybe_finish(myself);
+    }
+}
+
+/// The state of a call for a new INVITE, registered before the actor runs (its release unregisters
+/// it): a CANCEL or an in-dialog request handled right after the spawn finds the call, and a call
+/// that ends at once leaves nothing behind.
+pub(super) fn new_call(args: DialogArgs, myself: &ActorRef<DialogMsg>) -> Call {
+    let DialogArgs {
+        ctx,
+        key,
+        env,
+        inbound,
+        shard,
+    } = args;
+    let msg = &env.msg;
+    let call_id = Bytes::copy_from_slice(msg.call_id().and_then(|c| c.ok()).unwrap_or_default());
+    let remote_tag = msg.from_tag().map(Bytes::copy_from_slice);
+    ctx.registry.add_call(
+        key.clone(),
+        &call_id,
+        remote_tag.as_deref().unwrap_or_default(),
+        shard,
+        myself.get_derived(),
+    );
+    let local_tag = ids::new_tag(shard);
+    let to = msg.header(HeaderName::To).unwrap_or_default();
+    let mut local_uri = to.to_vec();
+    local_uri.extend_from_slice(b";tag=");
+    local_uri.extend_from_slice(local_tag.as_bytes());
+    let remote_target = msg
+        .contacts()
+        .next()
+        .and_then(|c| c.ok())
+        .map(|c| Bytes::copy_from_slice(c.uri))
+        .unwrap_or_else(|| Bytes::copy_from_slice(msg.request_uri_bytes().unwrap_or_default()));
+    let route_set = msg
+        .record_routes()
+        .flatten()
+        .map(|r| Bytes::copy_from_slice(r.raw))
+        .collect();
+    let cseq = msg.cseq().and_then(|c| c.ok()).map_or(0, |c| c.seq);
+    let called_raw = msg
+        .request_uri_bytes()
+        .and_then(|u| crate::translate::number_from_uri(&String::from_utf8_lossy(u)))
+        .unwrap_or_default();
+    let called = inbound.normalize_number(&called_raw).into_owned();
+    let calling_src = msg
+        .p_asserted_identities()
+        .next()
+        .and_then(|p| p.ok())
+        .map(|p| p.uri)
+        .or_else(|| msg.from().and_then(|f| f.ok()).map(|f| f.uri))
+        .map(|u| crate::translate::number_from_uri(&String::from_utf8_lossy(u)).unwrap_or_default())
+        .unwrap_or_default();
+    let calling = inbound.normalize_number(&calling_src).into_owned();
+    let a = Leg {
+        call_id,
+        local_tag,
+        local_uri: Bytes::from(local_uri),
+        remote_uri: Bytes::copy_from_slice(msg.header(HeaderName::From).unwrap_or_default()),
+        remote_tag,
+        remote_target,
+        route_set,
+        peer: env.reply_peer(),
+        transport: env.transport,
+        local_cseq: 0,
+        remote_cseq: cseq,
+    };
+    let span = call_span(
+        &ctx,
+        &String::from_utf8_lossy(&a.call_id),
+        shard,
+        &inbound.name,
+        &called,
+        &calling,
+        env.traceparent.as_deref(),
+    );
+    let a_span = tracing::info_span!(parent: &span, "leg", leg.side = "A", sip.call_id = %String::from_utf8_lossy(&a.call_id), leg.trunk = %inbound.name);
+    Call::new(CallSeed {
+        ctx,
+        span,
+        a_span,
+        shard,
+        inbound,
+        a,
+        a_key: key,
+        a_invite: Some(env),
+        a_cseq_invite: cseq,
+        called,
+        calling,
+        answered_b: None,
+        gateway_active: None,
+        history: Vec::new(),
+    })
+}
+
+/// A new call starts: it counts as unrecorded, answers 100, and calls its first gateway (or fails
+/// at once: Max-Forwards exhausted, no route, every gateway at capacity).
+pub(super) fn start(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+    // Until its record is written, only this node can finish the call (see `mark_stored`).
+    st.ctx
+        .unrecorded_calls
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    tracing::debug!(parent: &st.span, via = ?st.a_invite.as_ref().and_then(|e| e.via), "call started");
+    st.ctx.publish(NodeEvent::CallStarted {
+        call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
+        shard: st.shard,
+        trunk: st.inbound.name.clone(),
+    });
+    // 100 Trying at once (RFC 3261 §16.2 practice for a B2BUA: stops the caller's retransmissions).
+    if let Some(inv) = st.a_invite.clone() {
+        let trying = local_response(&inv, 100, None, &[]);
+        st.respond_a(100, trying);
+    }
+    let config = st.ctx.config();
+    let msg_mf = st
+        .a_invite
+        .as_ref()
+        .and_then(|e| e.msg.max_forwards())
+        .and_then(|r| r.ok());
+    if msg_mf == Some(0) {
+        st.fail_a(483, &[]);
+        st.maybe_finish(myself);
+        return;
+    }
+    let random = rand::random::<u64>();
+    match crate::routing::select(&config, &st.called, &st.inbound, &st.ctx.gateways, random) {
+        Ok(plan) => {
+            st.plan = plan.candidates;
+            if !st.try_next(myself) {
+                let retry = config.node.retry_after.to_string();
+                st.fail_a(503, &[(HeaderName::RetryAfter, retry.as_bytes())]);
+                st.maybe_finish(myself);
+            }
+        }
+        Err(no_route) => {
+            tracing::debug!(called = %st.called, %no_route, "no route");
+            let status = no_route.status();
+            let retry = config.node.retry_after.to_string();
+            let extra: &[(HeaderName, &[u8])] = if status == 503 {
+                &[(HeaderName::RetryAfter, retry.as_bytes())]
+            } else {
+                &[]
+            };
+            st.fail_a(status, extra);
+            st.maybe_finish(myself);
+        }
+    }
+}
+
+/// The caller cancelled: 200 to the CANCEL; unless the caller has its final answer, 487 and every
+/// attempt cancelled.
+pub(super) fn on_cancel(
+    st: &mut Call,
+    myself: &ActorRef<DialogMsg>,
+    key: &ServerKey,
+    env: &Envelope,
+) {
+    let ok = local_response(env, 200, Some(&st.a.local_tag), &[]);
+    if let Some(e) = env.reply(ok) {
+        let _ = st.ctx.driver.respond(key, 200, e);
+    }
+    if !st.a_final_sent {
+        st.fail_a(487, &[]);
+        for i in 0..st.attempts.len() {
+            st.attempts[i].abandoned = true;
+            st.cancel_attempt(i, myself);
+        }
+        st.history.push(("caller".into(), "cancelled".into()));
+        st.maybe_finish(myself);
+    }
+}
+
+/// Attempt `attempt` had no provisional answer in time: CANCEL it and fail over.
+pub(super) fn on_fast_failover(st: &mut Call, myself: &ActorRef<DialogMsg>, attempt: u32) {
+    let idx = st.attempts.iter().position(|a| a.number == attempt);
+    if let Some(idx) = idx
+        && !st.attempts[idx].abandoned
+        && !st.attempts[idx].got_18x
+        && !st.attempts[idx].answered
+        && st.phase == Phase::Calling
+    {
+        let trunk = st.attempts[idx].trunk.clone();
+        st.gateway_outcome(&trunk, InviteOutcome::Timeout);
+        st.cancel_attempt(idx, myself);
+        st.attempt_failed(myself, 408, None, "fast failover: no provisional in time");
+    }
+}
+
+/// The caller has not ACKed our 2xx yet: send it again (doubling up to T2), or, after 64*T1, end the
+/// call (RFC 3261 §13.3.1.4).
+pub(super) fn on_retransmit_2xx(st: &mut Call, myself: &ActorRef<DialogMsg>, interval: Duration) {
+    if st.phase == Phase::Answered
+        && let Some((status, env)) = st.a_2xx.clone()
+    {
+        if st
+            .ctx
+            .driver
+            .respond(&st.a_key, status, env.clone())
+            .is_err()
+        {
+            let _ = st
+                .ctx
+                .transports
+                .send_now(env.transport, env.peer, env.msg.bytes());
+        }
+        let t = st.ctx.timers;
+        if st.started.elapsed() > t.t1 * 64 + Duration::from_secs(1) && interval >= t.t2 {
+            // No ACK in 64*T1: end the call (RFC 3261 §13.3.1.4).
+            st.history.push(("caller".into(), "no ACK for 2xx".into()));
+            st.bye_all(myself, None);
+        } else {
+            let next = (interval * 2).min(t.t2);
+            drop(
+                myself.send_after(interval, move || DialogMsg::Retransmit2xx {
+                    interval: next,
+                }),
+            );
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Calls driven without a socket, on paused time: the test plays the caller and the gateways over
+//! the channel wire of [`crate::testkit`]; the transaction layer, the registry and the DialogActor
+//! are the real ones.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use medpool_sip::{HeaderName, Method, SipMessage, ids};
+
+use super::{CSEQ_SKIP, DialogMsg, Phase};
+use crate::cluster::{DialogRecord, DialogStore, LegRecord};
+use crate::testkit::{
+    Expect, GW1, GW2, NODE, PBX, PeerDialog, TestNode, answer, in_dialog, invite,
+};
+
+/// The caller's ACK for the 2xx `ok` to its INVITE.
+fn ack_for(ok: &SipMessage) -> bytes::Bytes {
+    in_dialog(
+        Method::Ack,
+        &format!("sip:{NODE}"),
+        PBX,
+        "z9hG4bK-ack",
+        &PeerDialog {
+            from: ok.header(HeaderName::From).unwrap(),
+            to: ok.header(HeaderName::To).unwrap(),
+            call_id: ok.call_id().unwrap().unwrap(),
+        },
+        1,
+    )
+}
+
+async fn info(node: &TestNode) -> super::CallInfo {
+    let actors = node.ctx.registry.call_actors();
+    assert_eq!(actors.len(), 1, "one call");
+    ractor::call_t!(actors[0], DialogMsg::Info, 1000).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_503_from_the_first_gateway_fails_over_to_the_next() {
+    let mut node = TestNode::new();
+    node.receive(invite("fo-1"), PBX).await;
+    node.expect(PBX, Expect::Status(100)).await;
+    let inv1 = node.expect(GW1, Expect::Request(Method::Invite)).await;
+
+    node.receive(answer(&inv1, 503, "g1", GW1, &[]), GW1).await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+    let inv2 = node.expect(GW2, Expect::Request(Method::Invite)).await;
+    assert_ne!(
+        inv1.call_id().unwrap().unwrap(),
+        inv2.call_id().unwrap().unwrap(),
+        "each attempt is a leg of its own"
+    );
+
+    node.receive(answer(&inv2, 200, "g2", GW2, &[]), GW2).await;
+    let ok = node.expect(PBX, Expect::Status(200)).await;
+    node.receive(ack_for(&ok), PBX).await;
+    node.expect(GW2, Expect::Request(Method::Ack)).await;
+
+    let call = info(&node).await;
+    assert_eq!(call.phase, Phase::Confirmed);
+    assert_eq!(call.gateway.as_deref(), Some("gw2"));
+    assert_eq!(call.attempts, [("gw1".to_owned(), "503".to_owned())]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_crossing_the_gateways_200_ends_in_ack_and_bye_on_leg_b() {
+    let mut node = TestNode::new();
+    let inv_a = invite("cx-1");
+    let inv_a_msg = SipMessage::parse(inv_a.clone()).unwrap();
+    node.receive(inv_a, PBX).await;
+    let inv1 = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    node.receive(answer(&inv1, 180, "g1", GW1, &[]), GW1).await;
+    node.expect(PBX, Expect::Status(180)).await;
+
+    // The caller gives up while the gateway's 200 is on its way.
+    let cancel_a = in_dialog(
+        Method::Cancel,
+        "sip:+15550100@127.0.9.100",
+        PBX,
+        "z9hG4bK-cx-1",
+        &PeerDialog {
+            from: inv_a_msg.header(HeaderName::From).unwrap(),
+            to: inv_a_msg.header(HeaderName::To).unwrap(),
+            call_id: b"cx-1",
+        },
+        1,
+    );
+    node.receive(cancel_a, PBX).await;
+    node.expect(PBX, Expect::Status(487)).await;
+    let cancel_b = node.expect(GW1, Expect::Request(Method::Cancel)).await;
+
+    node.receive(answer(&inv1, 200, "g1", GW1, &[]), GW1).await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+    let bye = node.expect(GW1, Expect::Request(Method::Bye)).await;
+    assert_eq!(
+        bye.call_id().unwrap().unwrap(),
+        inv1.call_id().unwrap().unwrap(),
+        "the leg the crossing 200 set up is hung up"
+    );
+
+    node.receive(answer(&cancel_b, 200, "g1", GW1, &[]), GW1)
+        .await;
+    node.receive(answer(&bye, 200, "g1", GW1, &[]), GW1).await;
+    node.calls_end().await;
+    assert_eq!(node.ctx.unrecorded_calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_rebuilt_from_its_record_answers_a_bye_with_its_cseq_skipped_ahead() {
+    let mut node = TestNode::new();
+    let shard = 7;
+    let b_call_id = ids::new_call_id(shard);
+    let record = DialogRecord {
+        shard,
+        a: LegRecord {
+            call_id: "rb-1".into(),
+            remote_tag: "a-rb-1".into(),
+            local_tag: "n-a".into(),
+            remote_target: format!("sip:alice@{PBX}"),
+            route_set: Vec::new(),
+            peer: PBX.into(),
+            transport: "udp".into(),
+            local_cseq: 5,
+            local_uri: "<sip:+15550100@127.0.9.100>;tag=n-a".into(),
+            remote_uri: format!("<sip:alice@{PBX}>;tag=a-rb-1"),
+        },
+        b: LegRecord {
+            call_id: b_call_id.clone(),
+            remote_tag: "g1".into(),
+            local_tag: "n-b".into(),
+            remote_target: format!("sip:{GW1}"),
+            route_set: Vec::new(),
+            peer: GW1.into(),
+            transport: "udp".into(),
+            local_cseq: 1,
+            local_uri: "<sip:alice@127.0.9.100>;tag=n-b".into(),
+            remote_uri: "<sip:+15550100@127.0.9.21>;tag=g1".into(),
+        },
+        trunk: "gw1".into(),
+        inbound: "pbx".into(),
+        traceparent: None,
+    };
+    assert!(node.pool.store(record.clone()));
+    super::spawn_restored(node.ctx.clone(), record)
+        .await
+        .unwrap();
+    assert_eq!(info(&node).await.phase, Phase::Confirmed);
+
+    // The gateway hangs up on leg B.
+    let bye_b = in_dialog(
+        Method::Bye,
+        &format!("sip:{NODE}"),
+        GW1,
+        "z9hG4bK-gbye",
+        &PeerDialog {
+            from: b"<sip:+15550100@127.0.9.21>;tag=g1",
+            to: b"<sip:alice@127.0.9.100>;tag=n-b",
+            call_id: b_call_id.as_bytes(),
+        },
+        9,
+    );
+    node.receive(bye_b, GW1).await;
+    node.expect(GW1, Expect::Status(200)).await;
+    let bye_a = node.expect(PBX, Expect::Request(Method::Bye)).await;
+    let cseq = bye_a.cseq().unwrap().unwrap().seq;
+    assert!(
+        cseq > 5 + CSEQ_SKIP,
+        "the new owner's requests are above what the old owner may have sent: {cseq}"
+    );
+    assert_eq!(bye_a.call_id().unwrap().unwrap(), b"rb-1");
+    node.receive(answer(&bye_a, 200, "a-rb-1", PBX, &[]), PBX)
+        .await;
+    node.calls_end().await;
+    assert_eq!(node.pool.records(), 0, "an ended call's record goes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_session_timer_refresh_is_an_update_at_half_the_interval_when_we_refresh() {
+    let mut node = TestNode::new();
+    node.receive(invite("st-1"), PBX).await;
+    let inv1 = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    let se: &[(HeaderName, &[u8])] = &[
+        (HeaderName::SessionExpires, b"90;refresher=uac"),
+        (HeaderName::Require, b"timer"),
+    ];
+    node.receive(answer(&inv1, 200, "g1", GW1, se), GW1).await;
+    let ok = node.expect(PBX, Expect::Status(200)).await;
+    node.receive(ack_for(&ok), PBX).await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+    let confirmed = tokio::time::Instant::now();
+
+    let update = node.expect(GW1, Expect::Request(Method::Update)).await;
+    let waited = confirmed.elapsed();
+    assert!(
+        waited >= Duration::from_secs(45) && waited < Duration::from_secs(46),
+        "refreshed after {waited:?}"
+    );
+    assert_eq!(
+        update.header(HeaderName::SessionExpires),
+        Some(&b"90;refresher=uac"[..])
+    );
+    assert_eq!(update.call_id(), inv1.call_id());
+    assert_eq!(update.cseq().unwrap().unwrap().seq, 2);
+    node.receive(answer(&update, 200, "g1", GW1, &[]), GW1)
+        .await;
+    assert_eq!(info(&node).await.phase, Phase::Confirmed);
+}

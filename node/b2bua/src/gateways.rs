@@ -1,0 +1,180 @@
+//! The gateway table of one node: each gateway's state in atomics that routing reads without a round
+//! trip ([`HealthView`]), its operator state, and its active calls and CPS counted against the trunk's
+//! capacity. The GatewayActor (module `gateway`) writes health in; calls take and give back slots;
+//! passive health (INVITE outcomes) goes to the gateway's prober through a
+//! [`ractor::DerivedActorRef`] of [`InviteOutcome`], so this table names no actor type.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ractor::DerivedActorRef;
+use tokio::time::Instant;
+
+use crate::config::Trunk;
+use crate::health::{GatewayView, HealthView, InviteOutcome, TokenBucket};
+
+/// An operator's choice for a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// In service.
+    Enabled,
+    /// No new calls; existing calls continue (drain and disable behave the same for new calls).
+    Disabled,
+}
+
+/// Shared, lock-free state of one gateway on this node.
+#[derive(Debug)]
+pub struct GatewayHandle {
+    /// The trunk's name.
+    pub name: String,
+    pub(crate) up: AtomicBool,
+    pub(crate) enabled: AtomicBool,
+    pub(crate) active: AtomicU32,
+    max_calls: Option<u32>,
+    cps: Option<Mutex<TokenBucket>>,
+    epoch: Instant,
+    /// Last OPTIONS round trip in microseconds (0 = none yet).
+    pub last_rtt_us: AtomicU64,
+    /// Last OPTIONS answer status (0 = none / timeout).
+    pub last_status: AtomicU32,
+    /// Consecutive failures.
+    pub failures: AtomicU32,
+    /// Where the gateway's INVITE outcomes go (its prober, the GatewayActor).
+    pub(crate) actor: Mutex<Option<DerivedActorRef<InviteOutcome>>>,
+}
+
+impl GatewayHandle {
+    pub(crate) fn new(trunk: &Trunk) -> GatewayHandle {
+        GatewayHandle {
+            name: trunk.name.clone(),
+            up: AtomicBool::new(true),
+            enabled: AtomicBool::new(true),
+            active: AtomicU32::new(0),
+            max_calls: trunk.max_calls,
+            cps: trunk.max_cps.map(|c| Mutex::new(TokenBucket::for_cps(c))),
+            epoch: Instant::now(),
+            last_rtt_us: AtomicU64::new(0),
+            last_status: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            actor: Mutex::new(None),
+        }
+    }
+    /// Whether the gateway is up (health).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+    /// Whether an operator allows new calls.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+    /// Active calls through it on this node.
+    pub fn active_calls(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+    fn view(&self) -> GatewayView {
+        let active = self.active_calls();
+        let full = self.max_calls.is_some_and(|m| active >= m);
+        let no_token = self
+            .cps
+            .as_ref()
+            .and_then(|b| b.lock().ok().map(|b| !b.has_token(self.epoch.elapsed())))
+            .unwrap_or(false);
+        GatewayView {
+            up: self.is_up(),
+            enabled: self.is_enabled(),
+            active_calls: active,
+            at_capacity: full || no_token,
+        }
+    }
+}
+
+/// Every gateway of this node, by trunk name.
+#[derive(Debug, Default)]
+pub struct Gateways {
+    table: std::sync::RwLock<BTreeMap<String, Arc<GatewayHandle>>>,
+}
+
+impl HealthView for Gateways {
+    fn view(&self, trunk: &str) -> GatewayView {
+        self.get(trunk).map(|h| h.view()).unwrap_or_default()
+    }
+}
+
+impl Gateways {
+    /// The handle of a trunk.
+    pub fn get(&self, trunk: &str) -> Option<Arc<GatewayHandle>> {
+        self.table.read().ok().and_then(|t| t.get(trunk).cloned())
+    }
+    /// Every handle.
+    pub fn all(&self) -> Vec<Arc<GatewayHandle>> {
+        self.table
+            .read()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
+    }
+    /// Takes one call slot (capacity and CPS) on a trunk; false when it is full.
+    pub fn try_acquire(&self, trunk: &Trunk) -> bool {
+        let Some(h) = self.get(&trunk.name) else {
+            return true; // not a gateway we track (e.g. an internal trunk as target)
+        };
+        if !h.is_enabled() {
+            return false;
+        }
+        if let Some(m) = h.max_calls
+            && h.active_calls() >= m
+        {
+            return false;
+        }
+        if let Some(b) = &h.cps
+            && let Ok(mut b) = b.lock()
+            && !b.try_take(h.epoch.elapsed())
+        {
+            return false;
+        }
+        h.active.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+    /// Gives a call slot back.
+    pub fn release(&self, trunk: &str) {
+        if let Some(h) = self.get(trunk) {
+            let _ = h
+                .active
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(1))
+                });
+        }
+    }
+    /// A call reports how an INVITE to the gateway went (passive health).
+    pub fn invite_outcome(&self, trunk: &str, outcome: InviteOutcome) {
+        if let Some(h) = self.get(trunk)
+            && let Ok(a) = h.actor.lock()
+            && let Some(a) = a.as_ref()
+        {
+            let _ = a.send_message(outcome);
+        }
+    }
+    /// Puts (or replaces) a gateway's handle.
+    pub(crate) fn insert(&self, handle: Arc<GatewayHandle>) {
+        if let Ok(mut t) = self.table.write() {
+            t.insert(handle.name.clone(), handle);
+        }
+    }
+    /// Forgets a gateway.
+    pub(crate) fn remove(&self, trunk: &str) {
+        if let Ok(mut t) = self.table.write() {
+            t.remove(trunk);
+        }
+    }
+    /// Enables or disables new calls to a gateway.
+    pub fn set_admin(&self, trunk: &str, state: AdminState) -> bool {
+        match self.get(trunk) {
+            Some(h) => {
+                h.enabled
+                    .store(state == AdminState::Enabled, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The network below the transaction layer: what sends bytes now. The node's [`Transports`] are the
+//! real one; a test stands in with a channel, so calls run without a bound socket.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use medpool_sip::transport::{FrontDoorStats, Transport, TransportError, Transports};
+
+/// Sends SIP without waiting (for the transaction layer and the calls, which cannot await).
+pub trait Wire: Send + Sync + 'static {
+    /// Sends `bytes` to `dest` now: UDP never waits; TCP uses an open connection or connects in the
+    /// background.
+    fn send_now(
+        &self,
+        transport: Transport,
+        dest: SocketAddr,
+        bytes: Bytes,
+    ) -> Result<(), TransportError>;
+    /// Front-door and traffic counters.
+    fn stats(&self) -> &FrontDoorStats;
+}
+
+impl Wire for Transports {
+    fn send_now(
+        &self,
+        transport: Transport,
+        dest: SocketAddr,
+        bytes: Bytes,
+    ) -> Result<(), TransportError> {
+        Transports::send_now(self, transport, dest, bytes)
+    }
+    fn stats(&self) -> &FrontDoorStats {
+        Transports::stats(self)
+    }
+}
