@@ -8,6 +8,8 @@
 # Fronts (TARGETS):
 #   medpool   one `medpool serve` node (config written by bench/lib.sh: the PBX trunk calls out
 #             over two equal-priority gateways; OPTIONS every 1 s)
+#   medpool_base  a baseline build of medpool (MEDPOOL_BASE_BIN, e.g. the binary of the commit before a
+#             change), on 127.0.0.1:5066 with the same configuration: old and new measured in one run
 #   medpool_bigbuf  diagnostic, not in the default TARGETS: medpool with its UDP socket buffers
 #             raised to 4 MiB (x2 by the kernel) by an LD_PRELOAD shim (bench/sipbuf-shim.c, needs cc),
 #             as Kamailio's maxbuffer and SIPp's -buff_size do; shows how much of medpool's CPS
@@ -36,6 +38,7 @@
 #         RATES="500 1000" DUR=5 REPEATS=1 RSS_CALLS=2000 bench/run.sh    (smoke run)
 # Env:    RATES DUR REPEATS HOLD_MS TARGETS="medpool kamailio" PDD=1 RSS=1 KAM_RSS=1
 #         RSS_CALLS=20000 RSS_RATE=500 RSS_SETTLE=40 RSS_SHORT_T1=1 MEDPOOL_BIN MEDPOOL_ARGS MEDPOOL_LOG=warn
+#         MEDPOOL_BASE_BIN (the binary of the medpool_base front)
 #         WORK RESULTS_DIR; Kamailio's: KAM_CHILDREN KAM_SHM_MB PING_INTERVAL FR_TIMER_MS
 # Output: a table on stdout, bench/results/<UTC timestamp>.txt (key=value summary + tables),
 #         raw files (SIPp CSVs/errors, logs, captures) in $WORK.
@@ -82,12 +85,13 @@ mean_at() {
 
 start_front() {  # $1 = target, $2 = tag, $3 = kamailio extra define or "" ; sets FRONT_PID
     case $1 in
-        medpool|medpool_bigbuf)
-            local pre=""
+        medpool|medpool_bigbuf|medpool_base)
+            local pre="" bin=$MEDPOOL_BIN
             [ "$1" = medpool_bigbuf ] && { pre=$(build_bufshim) || return 1; }
+            [ "$1" = medpool_base ] && bin=$MEDPOOL_BASE_COPY
             write_medpool_config "$WORK/medpool-$2.toml" "options_interval_ms = 1000" "down_after = 2" "up_after = 2"
             # shellcheck disable=SC2086
-            MEDPOOL_PRELOAD=$pre start_medpool "$WORK/medpool-$2.toml" "$2" "$MEDPOOL_LOG" ${MEDPOOL_EXTRA:-} || return 1
+            MEDPOOL_BIN=$bin MEDPOOL_PRELOAD=$pre start_medpool "$WORK/medpool-$2.toml" "$2" "$MEDPOOL_LOG" ${MEDPOOL_EXTRA:-} || return 1
             FRONT_PID=$LAST_PID
             sleep 3 ;;   # first OPTIONS round trips
         kamailio)
@@ -101,7 +105,7 @@ start_front() {  # $1 = target, $2 = tag, $3 = kamailio extra define or "" ; set
 # of the same two gateways, and all are up during the whole CPS sweep: for each rate and repeat
 # the fronts take turns (the order reversed on every other repeat), so that a machine whose load
 # drifts (a shared one) weighs on every front alike. An idle front only answers and sends OPTIONS.
-declare -A FRONT_PORT=([kamailio]=5060 [medpool]=5062 [medpool_bigbuf]=5064)
+declare -A FRONT_PORT=([kamailio]=5060 [medpool]=5062 [medpool_bigbuf]=5064 [medpool_base]=5066)
 declare -A FRONT_PIDS=()
 use_front() { PROXY_PORT=${FRONT_PORT[$1]}; FRONT_PID=${FRONT_PIDS[$1]:-}; }
 
@@ -261,6 +265,12 @@ main() {
     ensure_tools "$kam"
     ensure_medpool
     mkdir -p "$WORK" "$RESULTS_DIR"
+    case " $TARGETS " in *" medpool_base "*)
+        [ -x "${MEDPOOL_BASE_BIN:-}" ] || { log "TARGETS has medpool_base: set MEDPOOL_BASE_BIN to a medpool binary"; exit 1; }
+        MEDPOOL_BASE_COPY=$WORK/medpool-base.bin; cp "$MEDPOOL_BASE_BIN" "$MEDPOOL_BASE_COPY"
+        log "medpool_base binary: $MEDPOOL_BASE_BIN, sha256 $(sha256sum "$MEDPOOL_BASE_BIN" | cut -c1-16)"
+        summary medpool_base.binary "$MEDPOOL_BASE_BIN" ;;
+    esac
     if [ "$kam" = 1 ]; then
         write_configs   # bench/anchors/kamailio: kamailio.cfg + dispatcher.list in $WORK
         kamailio -c -f "$WORK/kamailio.cfg" >/dev/null 2>"$WORK/kamailio-check.log" || { cat "$WORK/kamailio-check.log"; exit 1; }
