@@ -92,6 +92,9 @@ pub struct Stats {
     pub orphan_answers: AtomicU64,
     /// Calls rebuilt from replicated records after a shard moved here.
     pub calls_restored: AtomicU64,
+    /// Actors (calls, gateway probers) that died without stopping cleanly (a panic): their
+    /// supervisor and their state's drop gave back what they held.
+    pub actors_failed: AtomicU64,
     /// Post-dial delay (INVITE in → first 18x or 2xx relayed to the caller).
     pub post_dial_delay: Histogram,
 }
@@ -208,6 +211,8 @@ pub struct NodeCtx {
     /// Keep only the last two digits of phone numbers in traces.
     pub redact_numbers: bool,
     pub(crate) forward_tx: mpsc::Sender<Forwarded>,
+    /// The actor every call and gateway prober is linked to (set once the node has started it).
+    pub(crate) supervisor: std::sync::OnceLock<ractor::ActorCell>,
 }
 
 impl std::fmt::Debug for NodeCtx {
@@ -233,6 +238,21 @@ impl NodeCtx {
         }
     }
 
+    /// The supervisor new actors are linked to.
+    pub(crate) fn supervisor(&self) -> Option<ractor::ActorCell> {
+        self.supervisor.get().cloned()
+    }
+    /// Whether a shutdown has nothing left to wait for: no call in progress (when `bye_calls`: it
+    /// hangs them up and waits for them), no transaction waiting for a final answer, no call only
+    /// this node can finish, no answer to a forwarded new call still to leave from here.
+    /// Transactions lingering after their answer (Timers D, J, K, L, M) only absorb
+    /// retransmissions and need not hold the process.
+    pub fn nothing_to_wait_for(&self, bye_calls: bool) -> bool {
+        (!bye_calls || self.active_calls() == 0)
+            && self.driver.unfinished() == 0
+            && self.unrecorded_calls() == 0
+            && self.relayed_pending() == 0
+    }
     /// How many calls are in progress on this node.
     pub fn active_calls(&self) -> usize {
         self.registry.calls()
@@ -436,6 +456,7 @@ impl NodeCtx {
             trusted_forwarders: settings.trusted_forwarders,
             redact_numbers: settings.redact_numbers,
             epoch: tokio::time::Instant::now(),
+            supervisor: std::sync::OnceLock::new(),
         });
         (ctx, CtxQueues { core, forwarded })
     }

@@ -261,20 +261,25 @@ impl Actor for GatewayActor {
     }
 }
 
+/// Starts a GatewayActor, linked to the node's supervisor (when it has one).
+async fn spawn(args: GatewayArgs) -> Result<ActorRef<GatewayMsg>, ractor::SpawnErr> {
+    let (actor, _handle) = match args.ctx.supervisor() {
+        Some(sup) => Actor::spawn_linked(None, GatewayActor, args, sup).await?,
+        None => Actor::spawn(None, GatewayActor, args).await?,
+    };
+    Ok(actor)
+}
+
 /// Builds the gateway table for a configuration and starts one actor per gateway trunk.
 pub async fn start_all(ctx: &Arc<NodeCtx>, trunks: &[Trunk]) -> Result<(), ractor::SpawnErr> {
     for trunk in trunks.iter().filter(|t| t.side == Side::Gateway) {
         let handle = Arc::new(GatewayHandle::new(trunk));
         ctx.gateways.insert(handle.clone());
-        Actor::spawn(
-            None,
-            GatewayActor,
-            GatewayArgs {
-                ctx: ctx.clone(),
-                trunk: trunk.clone(),
-                handle,
-            },
-        )
+        spawn(GatewayArgs {
+            ctx: ctx.clone(),
+            trunk: trunk.clone(),
+            handle,
+        })
         .await?;
     }
     Ok(())
@@ -320,15 +325,11 @@ pub async fn reconcile(
             handle.enabled.store(prev.is_enabled(), Ordering::Relaxed);
         }
         ctx.gateways.insert(handle.clone());
-        Actor::spawn(
-            None,
-            GatewayActor,
-            GatewayArgs {
-                ctx: ctx.clone(),
-                trunk: trunk.clone(),
-                handle,
-            },
-        )
+        spawn(GatewayArgs {
+            ctx: ctx.clone(),
+            trunk: trunk.clone(),
+            handle,
+        })
         .await?;
     }
     Ok(())

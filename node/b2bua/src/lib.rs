@@ -13,7 +13,8 @@
 //! Layers, each importing only from the layers below it:
 //! ```text
 //!   5  node                      dispatcher, start, shutdown; shard adopt/release, config apply
-//!   4  gateway   dialog          the actors (GatewayActor; DialogActor, one per call)
+//!   4  gateway   dialog  supervisor   the actors (GatewayActor; DialogActor, one per call), linked to
+//!                                the supervisor, which sweeps what a dead one left registered
 //!   3  ctx       gateways        NodeCtx (what the actors share); the gateway table
 //!   2  txlayer                   transaction events: Envelope, Registry, SipIo, Wire (no actor type)
 //!   1  config routing translate health ingress cluster trace   pure: no I/O, no actors
@@ -32,6 +33,7 @@ pub mod health;
 pub mod ingress;
 pub mod node;
 pub mod routing;
+pub mod supervisor;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod trace;

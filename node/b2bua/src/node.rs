@@ -124,6 +124,7 @@ pub struct RunningNode {
     pub sip_addr: SocketAddr,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    supervisor: ractor::ActorRef<()>,
 }
 
 /// Starts a node: binds SIP, starts the dispatcher and the gateway actors.
@@ -163,6 +164,9 @@ pub async fn start(
         store,
         relay,
     );
+    let supervisor = crate::supervisor::start(&ctx)
+        .await
+        .map_err(|e| NodeError::Spawn(e.to_string()))?;
     gateway::start_all(&ctx, &config.trunks)
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
@@ -181,6 +185,7 @@ pub async fn start(
         sip_addr,
         stop_tx,
         tasks,
+        supervisor,
     })
 }
 
@@ -197,27 +202,10 @@ impl RunningNode {
             }
         }
         let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            let busy_calls = if bye_calls {
-                self.ctx.active_calls()
-            } else {
-                0
-            };
-            // Wait for transactions still waiting for a final answer, and for calls only this node can
-            // finish (a gateway answer already received but not yet handled by its call must still be
-            // ACKed and, if the call was given up, BYEd). Transactions lingering after their answer
-            // (Timers D, J, K, L, M) only absorb retransmissions and need not hold the process.
-            // So are forwarded new calls whose answers (from their owner) still have to leave from
-            // here: a node that exits first loses them, and the caller, hearing nothing, resends its
-            // INVITE, which may then start a second call at the shard's new owner.
-            if (busy_calls == 0
-                && self.ctx.driver.unfinished() == 0
-                && self.ctx.unrecorded_calls() == 0
-                && self.ctx.relayed_pending() == 0)
-                || tokio::time::Instant::now() >= deadline
-            {
-                break;
-            }
+        // Forwarded new calls whose answers (from their owner) still have to leave from here are
+        // waited for too: a node that exits first loses them, and the caller, hearing nothing,
+        // resends its INVITE, which may then start a second call at the shard's new owner.
+        while !self.ctx.nothing_to_wait_for(bye_calls) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = self.stop_tx.send(true);
@@ -227,6 +215,7 @@ impl RunningNode {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
+        self.supervisor.stop(None);
         tracing::info!("node stopped");
     }
 }

@@ -16,8 +16,9 @@ use medpool_sip::{HeaderName, Method, SipMessage};
 use tokio::sync::mpsc;
 
 use crate::cluster::{NoRelay, SingleNode};
-use crate::config::PoolConfig;
+use crate::config::{PoolConfig, Side};
 use crate::ctx::{CtxQueues, CtxSettings, Me, NodeCtx};
+use crate::gateways::GatewayHandle;
 use crate::txlayer::{Envelope, Wire, client_key, server_key};
 
 /// A message the node put on the wire.
@@ -97,7 +98,8 @@ pub(crate) fn addr(s: &str) -> SocketAddr {
 }
 
 impl TestNode {
-    pub(crate) fn new() -> TestNode {
+    /// A node context with its supervisor and its gateway table (no prober actors: no OPTIONS).
+    pub(crate) async fn new() -> TestNode {
         let (tx, sent) = mpsc::channel(1024);
         let wire = Arc::new(ChannelWire {
             tx,
@@ -124,6 +126,15 @@ impl TestNode {
             pool.clone(),
             Arc::new(NoRelay),
         );
+        crate::supervisor::start(&ctx).await.unwrap();
+        for trunk in ctx
+            .config()
+            .trunks
+            .iter()
+            .filter(|t| t.side == Side::Gateway)
+        {
+            ctx.gateways.insert(Arc::new(GatewayHandle::new(trunk)));
+        }
         TestNode {
             ctx,
             pool,

@@ -52,6 +52,9 @@ pub enum DialogMsg {
     Hangup,
     /// Report the call's state.
     Info(RpcReplyPort<CallInfo>),
+    /// Test hook: the call panics (to show what its supervisor and its state's drop give back).
+    #[cfg(test)]
+    PanicForTest,
 }
 
 impl From<CallEvent> for DialogMsg {
@@ -138,10 +141,10 @@ impl Actor for DialogActor {
 
     async fn post_stop(
         &self,
-        myself: ActorRef<DialogMsg>,
+        _myself: ActorRef<DialogMsg>,
         st: &mut Call,
     ) -> Result<(), ActorProcessingErr> {
-        teardown::release(st, &myself);
+        st.release();
         Ok(())
     }
 
@@ -175,17 +178,30 @@ impl Actor for DialogActor {
             DialogMsg::Info(reply) => {
                 let _ = reply.send(st.info());
             }
+            #[cfg(test)]
+            DialogMsg::PanicForTest => panic!("a panic planted by a test"),
         }
         record::retry_store_later(st, me);
         Ok(())
     }
 }
 
+/// Starts a DialogActor, linked to the node's supervisor (when it has one).
+async fn spawn_call(
+    ctx: &NodeCtx,
+    start: DialogStart,
+) -> Result<ActorRef<DialogMsg>, ractor::SpawnErr> {
+    let (actor, _handle) = match ctx.supervisor() {
+        Some(sup) => Actor::spawn_linked(None, DialogActor, start, sup).await?,
+        None => Actor::spawn(None, DialogActor, start).await?,
+    };
+    Ok(actor)
+}
+
 /// Spawns the actor for a new call.
 pub async fn spawn(args: DialogArgs) -> Result<ActorRef<DialogMsg>, ractor::SpawnErr> {
-    let (actor, _handle) =
-        Actor::spawn(None, DialogActor, DialogStart::New(Box::new(args))).await?;
-    Ok(actor)
+    let ctx = args.ctx.clone();
+    spawn_call(&ctx, DialogStart::New(Box::new(args))).await
 }
 
 /// Rebuilds a confirmed call from its replicated record (failover, drain).
@@ -193,11 +209,5 @@ pub async fn spawn_restored(
     ctx: Arc<NodeCtx>,
     record: DialogRecord,
 ) -> Result<ActorRef<DialogMsg>, ractor::SpawnErr> {
-    let (actor, _handle) = Actor::spawn(
-        None,
-        DialogActor,
-        DialogStart::Restored(ctx, Box::new(record)),
-    )
-    .await?;
-    Ok(actor)
+    spawn_call(&ctx.clone(), DialogStart::Restored(ctx, Box::new(record))).await
 }

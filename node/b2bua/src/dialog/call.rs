@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use medpool_sip::transaction::{ClientKey, ServerKey};
-use ractor::ActorRef;
+use ractor::{ActorId, ActorRef};
 use tokio::time::Instant;
 
 use super::actor::*;
@@ -141,6 +141,10 @@ pub struct Call {
     /// The call really ended (both legs done); stops for a shard move or a shutdown leave it false,
     /// and only an ended call's record is removed.
     pub(super) ended: bool,
+    /// The actor the call runs in (its registry entries name it).
+    pub(super) actor: ActorId,
+    /// What the call held on the node was given back (see `Call::release`).
+    pub(super) released: bool,
 }
 
 impl Call {
@@ -232,6 +236,8 @@ pub(super) struct CallSeed {
     /// The gateway slot the call holds (a rebuilt call takes its own at once).
     pub(super) gateway_active: Option<String>,
     pub(super) history: Vec<(String, String)>,
+    /// The actor the call runs in.
+    pub(super) actor: ActorId,
 }
 
 impl Call {
@@ -277,6 +283,8 @@ impl Call {
             stored: confirmed,
             store_retry: false,
             ended: false,
+            actor: seed.actor,
+            released: false,
         }
     }
 

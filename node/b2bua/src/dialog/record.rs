@@ -187,6 +187,7 @@ pub(super) fn restored(
         }),
         gateway_active,
         history: vec![(rec.trunk.clone(), "restored on this node".into())],
+        actor: myself.get_id(),
     }))
 }
 

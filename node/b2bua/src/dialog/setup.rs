@@ -584,6 +584,7 @@ pub(super) fn new_call(args: DialogArgs, myself: &ActorRef<DialogMsg>) -> Call {
         answered_b: None,
         gateway_active: None,
         history: Vec::new(),
+        actor: myself.get_id(),
     })
 }
 

@@ -139,52 +139,74 @@ pub(super) fn on_hangup(st: &mut Call, myself: &ActorRef<DialogMsg>) {
     }
 }
 
-/// The call stopped: unregister it, give back its gateway slot and counts, remove the record of a
-/// call that really ended, and tell the node.
-pub(super) fn release(st: &mut Call, myself: &ActorRef<DialogMsg>) {
-    let reg = &st.ctx.registry;
-    reg.remove_call(
-        &st.a_key,
-        &st.a.call_id,
-        st.a.remote_tag.as_deref().unwrap_or_default(),
-        st.shard,
-        myself.get_id(),
-    );
-    for att in &st.attempts {
-        reg.remove_leg_b(&att.leg.call_id);
-    }
-    if let Some(g) = st.gateway_active.take() {
-        st.ctx.gateways.release(&g);
-    }
-    if st.stored && st.ended {
-        st.ctx
-            .store
-            .remove(st.shard, &String::from_utf8_lossy(&st.a.call_id));
-    }
-    if st.ended {
-        // Its answered legs B were hung up with it (or never confirmed): a late copy of their
-        // 2xx is only ACKed by the node (`CoreEvent::OrphanAnswer`).
-        for att in st.attempts.iter().filter(|a| a.answered) {
-            st.ctx.leg_hung_up(&att.leg.call_id);
+impl Call {
+    /// The call stopped: unregister it, give back its gateway slot and counts, remove the record of
+    /// a call that really ended, and tell the node. Once: the actor's `post_stop` calls it, and so
+    /// does dropping the state of a call that died without one (a panic: ractor skips `post_stop`
+    /// then, but drops the state), so whatever way a call ends, what it held goes back.
+    pub(super) fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
         }
+        let reg = &self.ctx.registry;
+        reg.remove_call(
+            &self.a_key,
+            &self.a.call_id,
+            self.a.remote_tag.as_deref().unwrap_or_default(),
+            self.shard,
+            self.actor,
+        );
+        for att in &self.attempts {
+            reg.remove_leg_b(&att.leg.call_id);
+        }
+        if let Some(g) = self.gateway_active.take() {
+            self.ctx.gateways.release(&g);
+        }
+        if self.stored && self.ended {
+            self.ctx
+                .store
+                .remove(self.shard, &String::from_utf8_lossy(&self.a.call_id));
+        }
+        if self.ended {
+            // Its answered legs B were hung up with it (or never confirmed): a late copy of their
+            // 2xx is only ACKed by the node (`CoreEvent::OrphanAnswer`).
+            for att in self.attempts.iter().filter(|a| a.answered) {
+                self.ctx.leg_hung_up(&att.leg.call_id);
+            }
+        }
+        if !self.stored {
+            // Counted in post_start (calls rebuilt here start stored and are never counted).
+            self.ctx
+                .unrecorded_calls
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.ctx
+            .call_ended(&self.inbound.name, self.last_status, self.started.elapsed());
+        self.span.record("sip.status", self.last_status);
+        tracing::debug!(parent: &self.span, status = self.last_status, cause = ?self.history.last(), "call ended");
+        self.ctx.publish(NodeEvent::CallEnded {
+            call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
+            status: self.last_status,
+            cause: self
+                .history
+                .last()
+                .map(|(who, what)| format!("{who}: {what}"))
+                .unwrap_or_default(),
+        });
     }
-    if !st.stored {
-        // Counted in post_start (calls rebuilt here start stored and are never counted).
-        st.ctx
-            .unrecorded_calls
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // The actor died without its post_stop (a panic). Its caller, if still waiting for a final
+        // answer, is told (the INVITE's server transaction must end); its legs B end by their
+        // transactions' timers, a late 2xx being ACKed and hung up by the node (orphan answer).
+        tracing::error!(parent: &self.span, "the call's actor died: what it held is given back");
+        self.history.push(("node".into(), "call failed".into()));
+        self.fail_a(500, &[]);
+        self.release();
     }
-    st.ctx
-        .call_ended(&st.inbound.name, st.last_status, st.started.elapsed());
-    st.span.record("sip.status", st.last_status);
-    tracing::debug!(parent: &st.span, status = st.last_status, cause = ?st.history.last(), "call ended");
-    st.ctx.publish(NodeEvent::CallEnded {
-        call_id: String::from_utf8_lossy(&st.a.call_id).into_owned(),
-        status: st.last_status,
-        cause: st
-            .history
-            .last()
-            .map(|(who, what)| format!("{who}: {what}"))
-            .unwrap_or_default(),
-    });
 }

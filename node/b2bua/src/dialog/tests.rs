@@ -38,7 +38,7 @@ async fn info(node: &TestNode) -> super::CallInfo {
 
 #[tokio::test(start_paused = true)]
 async fn a_503_from_the_first_gateway_fails_over_to_the_next() {
-    let mut node = TestNode::new();
+    let mut node = TestNode::new().await;
     node.receive(invite("fo-1"), PBX).await;
     node.expect(PBX, Expect::Status(100)).await;
     let inv1 = node.expect(GW1, Expect::Request(Method::Invite)).await;
@@ -65,7 +65,7 @@ async fn a_503_from_the_first_gateway_fails_over_to_the_next() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancel_crossing_the_gateways_200_ends_in_ack_and_bye_on_leg_b() {
-    let mut node = TestNode::new();
+    let mut node = TestNode::new().await;
     let inv_a = invite("cx-1");
     let inv_a_msg = SipMessage::parse(inv_a.clone()).unwrap();
     node.receive(inv_a, PBX).await;
@@ -108,7 +108,7 @@ async fn a_cancel_crossing_the_gateways_200_ends_in_ack_and_bye_on_leg_b() {
 
 #[tokio::test(start_paused = true)]
 async fn a_call_rebuilt_from_its_record_answers_a_bye_with_its_cseq_skipped_ahead() {
-    let mut node = TestNode::new();
+    let mut node = TestNode::new().await;
     let shard = 7;
     let b_call_id = ids::new_call_id(shard);
     let record = DialogRecord {
@@ -177,7 +177,7 @@ async fn a_call_rebuilt_from_its_record_answers_a_bye_with_its_cseq_skipped_ahea
 
 #[tokio::test(start_paused = true)]
 async fn the_session_timer_refresh_is_an_update_at_half_the_interval_when_we_refresh() {
-    let mut node = TestNode::new();
+    let mut node = TestNode::new().await;
     node.receive(invite("st-1"), PBX).await;
     let inv1 = node.expect(GW1, Expect::Request(Method::Invite)).await;
     let se: &[(HeaderName, &[u8])] = &[
@@ -205,4 +205,96 @@ async fn the_session_timer_refresh_is_an_update_at_half_the_interval_when_we_ref
     node.receive(answer(&update, 200, "g1", GW1, &[]), GW1)
         .await;
     assert_eq!(info(&node).await.phase, Phase::Confirmed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_panics_gives_back_what_it_held_and_the_others_go_on() {
+    let mut node = TestNode::new().await;
+    node.receive(invite("pa-1"), PBX).await;
+    let inv1 = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    node.receive(invite("pa-2"), PBX).await;
+    let inv2 = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    let gw1 = node.ctx.gateways.get("gw1").unwrap();
+    assert_eq!(node.ctx.active_calls(), 2);
+    assert_eq!(gw1.active_calls(), 2);
+    assert_eq!(node.ctx.unrecorded_calls(), 2);
+    assert_eq!(node.ctx.inbound_active()["pbx"], 2);
+
+    // Call 1 dies in a panic: ractor skips its post_stop.
+    let mut doomed = None;
+    for actor in node.ctx.registry.call_actors() {
+        let call = ractor::call_t!(actor, DialogMsg::Info, 1000).unwrap();
+        if call.a_call_id == "pa-1" {
+            doomed = Some(actor);
+        }
+    }
+    doomed.unwrap().cast(DialogMsg::PanicForTest).unwrap();
+    // Its caller is told (its INVITE's transaction must end), and the supervisor hears of it.
+    node.expect(PBX, Expect::Status(500)).await;
+    for _ in 0..100 {
+        if node
+            .ctx
+            .stats
+            .actors_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        node.ctx
+            .stats
+            .actors_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(node.ctx.active_calls(), 1, "its registry entries are gone");
+    assert!(
+        !node
+            .ctx
+            .registry
+            .is_our_leg_b(inv1.call_id().unwrap().unwrap())
+    );
+    assert_eq!(gw1.active_calls(), 1, "its gateway slot is free");
+    assert_eq!(node.ctx.inbound_active()["pbx"], 1);
+    assert_eq!(
+        node.ctx.unrecorded_calls(),
+        1,
+        "shutdown no longer waits for it"
+    );
+    // The gateway's late answer to the dead call's INVITE ends that transaction.
+    node.receive(answer(&inv1, 486, "g1", GW1, &[]), GW1).await;
+
+    // Call 2 goes on: answered, confirmed, hung up.
+    node.receive(answer(&inv2, 200, "g2", GW1, &[]), GW1).await;
+    let ok = node.expect(PBX, Expect::Status(200)).await;
+    assert_eq!(ok.call_id().unwrap().unwrap(), b"pa-2");
+    node.receive(ack_for(&ok), PBX).await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+    let bye_a = in_dialog(
+        Method::Bye,
+        &format!("sip:{NODE}"),
+        PBX,
+        "z9hG4bK-pa-2-bye",
+        &PeerDialog {
+            from: ok.header(HeaderName::From).unwrap(),
+            to: ok.header(HeaderName::To).unwrap(),
+            call_id: b"pa-2",
+        },
+        2,
+    );
+    node.receive(bye_a, PBX).await;
+    node.expect(PBX, Expect::Status(200)).await;
+    let bye_b = node.expect(GW1, Expect::Request(Method::Bye)).await;
+    node.receive(answer(&bye_b, 200, "g2", GW1, &[]), GW1).await;
+    node.calls_end().await;
+    assert_eq!(gw1.active_calls(), 0);
+    assert!(
+        node.ctx.nothing_to_wait_for(true),
+        "a shutdown now has nothing to wait for: unrecorded {}, unfinished {}",
+        node.ctx.unrecorded_calls(),
+        node.ctx.driver.unfinished()
+    );
 }
