@@ -38,6 +38,7 @@ compile_error!(
 pub mod audit;
 mod b64;
 pub mod command;
+pub mod error;
 pub mod grpc;
 pub mod network;
 pub mod pool;
@@ -47,6 +48,7 @@ pub mod store;
 pub mod typ;
 
 pub use command::{Command, CommandResult, Rejection};
+pub use error::{NotAppended, WriteError};
 pub use rebalance::plan_moves;
 pub use state::{
     DEFAULT_SHARD_COUNT, NodeRecord, NodeState, ShardEntry, ShardId, State, VersionedConfig, apply,

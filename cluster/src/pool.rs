@@ -35,8 +35,9 @@ use tonic::transport::Channel;
 
 use crate::audit::{AuditLog, Change, Record, unix_us};
 use crate::command::{Command, CommandResult};
-use crate::grpc::{ClusterService, PoolHooks};
-use crate::network::{GrpcNetwork, client, decode, encode};
+pub use crate::error::{NotAppended, WriteError};
+use crate::grpc::{ClusterService, PoolHooks, read_write_reply};
+use crate::network::{GrpcNetwork, client, encode};
 use crate::rebalance::plan_moves;
 use crate::state::{NodeState, ShardEntry};
 use crate::store::{self, StateReader};
@@ -177,17 +178,6 @@ pub enum PoolError {
     },
 }
 
-/// A write that did not commit.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// No leader known, or the leader is unreachable: the outcome is unknown when `maybe_applied`.
-    #[error("no leader reachable ({0})")]
-    NoLeader(String),
-    /// The state machine refused the command.
-    #[error("refused: {0}")]
-    Refused(String),
-}
-
 /// One node's pool runtime.
 pub struct Pool {
     opts: PoolOptions,
@@ -288,14 +278,12 @@ impl PoolHooks for Hooks {
             None => LeaseReply::default(),
         }
     }
-    async fn write(&self, cmd: Command) -> Result<CommandResult, String> {
+    async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
         match self.0.upgrade() {
-            Some(p) => match p.write(cmd).await {
-                Ok(r) => Ok(r),
-                Err(WriteError::Refused(r)) => Err(format!("refused: {r}")),
-                Err(e) => Err(format!("unknown: {e}")),
-            },
-            None => Err("shutting down".into()),
+            Some(p) => p.write(cmd).await,
+            None => Err(WriteError::NotAppended(NotAppended::AtLeader(
+                "shutting down".into(),
+            ))),
         }
     }
     async fn info(&self) -> Vec<u8> {
@@ -616,15 +604,8 @@ impl Pool {
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             match self.write_once(cmd.clone()).await {
-                Err(WriteError::NoLeader(why))
-                    if why.starts_with("retry:") && Instant::now() < deadline =>
-                {
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(WriteError::NoLeader(why)) => {
-                    return Err(WriteError::NoLeader(
-                        why.trim_start_matches("retry: ").to_owned(),
-                    ));
                 }
                 other => return other,
             }
@@ -638,42 +619,42 @@ impl Pool {
                 Ok(r) => r.data,
                 // Nothing was appended: safe to try again (possibly at another leader).
                 Err(e) if e.forward_to_leader().is_some() => {
-                    return Err(WriteError::NoLeader(format!("retry: {e}")));
+                    return Err(WriteError::NotAppended(NotAppended::NotLeader(
+                        e.to_string(),
+                    )));
                 }
-                Err(e) => return Err(WriteError::NoLeader(e.to_string())),
+                Err(e) => return Err(WriteError::MaybeApplied(e.to_string())),
             }
         } else {
             let Some(leader) = leader else {
-                return Err(WriteError::NoLeader("retry: no leader".into()));
+                return Err(WriteError::NotAppended(NotAppended::NoLeader));
             };
             let Some(mut c) = self.client_for(leader) else {
-                return Err(WriteError::NoLeader("retry: leader address unknown".into()));
+                return Err(WriteError::NotAppended(NotAppended::LeaderAddressUnknown));
             };
-            let data = encode(&cmd).map_err(|e| WriteError::Refused(e.to_string()))?;
+            // Serializing our own command cannot fail; if it did, nothing was sent.
+            let data = encode(&cmd)
+                .map_err(|e| WriteError::NotAppended(NotAppended::Unsendable(e.to_string())))?;
             let reply = match tokio::time::timeout(
                 Duration::from_secs(5),
                 c.client_write(RaftPayload { data }),
             )
             .await
             {
-                Err(_) => return Err(WriteError::NoLeader("leader timed out".into())),
+                Err(_) => return Err(WriteError::MaybeApplied("leader timed out".into())),
                 // The request never reached the leader: safe to retry.
                 Ok(Err(e)) if e.code() == tonic::Code::Unavailable => {
-                    return Err(WriteError::NoLeader(format!("retry: {}", e.message())));
+                    return Err(WriteError::NotAppended(NotAppended::LeaderUnreachable(
+                        e.message().to_owned(),
+                    )));
                 }
-                Ok(Err(e)) => return Err(WriteError::NoLeader(e.message().to_owned())),
+                Ok(Err(e)) => return Err(WriteError::MaybeApplied(e.message().to_owned())),
                 Ok(Ok(r)) => r.into_inner(),
             };
-            let r: Result<CommandResult, String> =
-                decode(&reply.data).map_err(|e| WriteError::Refused(e.to_string()))?;
-            match r {
-                Ok(r) => r,
-                Err(e) if e.starts_with("refused") => return Err(WriteError::Refused(e)),
-                Err(e) => return Err(WriteError::NoLeader(e)),
-            }
+            read_write_reply(reply)?
         };
         match result {
-            CommandResult::Rejected(r) => Err(WriteError::Refused(r.to_string())),
+            CommandResult::Rejected(r) => Err(WriteError::Refused(r)),
             ok => Ok(ok),
         }
     }
