@@ -4,7 +4,7 @@
 //! ```text
 //!   medpool (node/)  ── proposes Commands, reads State, serves the internal gRPC ──┐
 //!  ───────────────────────────────────────────────────────────────────────────────┼──
-//!   pool.rs               bootstrap/join, leases, failure detector, rebalancer,     │
+//!   pool/                 bootstrap/join, leases, failure detector, rebalancer,     │
 //!                         shard watcher, dialog group commit, SIP forwarding       │
 //!   network.rs grpc.rs    RaftNetworkV2 client / internal gRPC service (tonic)     │
 //!   audit.rs              the node's own report (--audit-file): leases, acting set │
