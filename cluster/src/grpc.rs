@@ -5,14 +5,17 @@
 use std::sync::Arc;
 
 use medpool_proto::cluster::cluster_server::{Cluster, ClusterServer};
+use medpool_proto::cluster::write_failure::Kind;
+use medpool_proto::cluster::write_reply::Outcome;
 use medpool_proto::cluster::{
     ForwardAck, InfoReply, InfoRequest, JoinReply, JoinRequest, LeaseReply, LeaseRequest,
-    RaftPayload, SipForward,
+    RaftPayload, SipForward, WriteFailure, WriteReply,
 };
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
-use crate::command::Command;
+use crate::command::{Command, CommandResult};
+use crate::error::{NotAppended, WriteError};
 use crate::network::{MAX_MESSAGE, SnapshotEnvelope, decode, encode};
 use crate::typ::{Raft, Snapshot, TypeConfig};
 
@@ -26,7 +29,7 @@ pub trait PoolHooks: Send + Sync + 'static {
     /// A lease heartbeat (served by the leader).
     async fn lease(&self, req: LeaseRequest) -> LeaseReply;
     /// A write, carried to the leader when this node is not it.
-    async fn write(&self, cmd: Command) -> Result<crate::command::CommandResult, String>;
+    async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError>;
     /// The pool as this node sees it (JSON).
     async fn info(&self) -> Vec<u8>;
 }
@@ -54,6 +57,48 @@ fn payload<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> 
     encode(v)
         .map(|data| Response::new(RaftPayload { data }))
         .map_err(|e| Status::internal(e.to_string()))
+}
+
+/// A write's outcome as the leader sends it back: applied or refused (a [`CommandResult`], a
+/// refusal as [`CommandResult::Rejected`]), or a typed failure.
+pub fn write_reply(r: Result<CommandResult, WriteError>) -> Result<WriteReply, serde_json::Error> {
+    let failure = |kind: Kind, detail: String| {
+        Outcome::Failure(WriteFailure {
+            kind: kind.into(),
+            detail,
+        })
+    };
+    let outcome = match r {
+        Ok(result) => Outcome::Result(encode(&result)?),
+        Err(WriteError::Refused(rejection)) => {
+            Outcome::Result(encode(&CommandResult::Rejected(rejection))?)
+        }
+        Err(WriteError::NotAppended(why)) => failure(Kind::NotAppended, why.to_string()),
+        Err(WriteError::MaybeApplied(why)) => failure(Kind::MaybeApplied, why),
+    };
+    Ok(WriteReply {
+        outcome: Some(outcome),
+    })
+}
+
+/// A write's outcome as received from the leader ([`write_reply`]'s inverse). The leader's "not
+/// appended" becomes [`NotAppended::AtLeader`] (it already retried); an answer that cannot be
+/// read, or names no outcome, may hide an applied command.
+pub fn read_write_reply(reply: WriteReply) -> Result<CommandResult, WriteError> {
+    match reply.outcome {
+        Some(Outcome::Result(data)) => match decode::<CommandResult>(&data) {
+            Ok(CommandResult::Rejected(r)) => Err(WriteError::Refused(r)),
+            Ok(result) => Ok(result),
+            Err(e) => Err(WriteError::MaybeApplied(format!("bad answer: {e}"))),
+        },
+        Some(Outcome::Failure(f)) => match Kind::try_from(f.kind) {
+            Ok(Kind::NotAppended) => Err(WriteError::NotAppended(NotAppended::AtLeader(f.detail))),
+            Ok(Kind::MaybeApplied | Kind::Unspecified) | Err(_) => {
+                Err(WriteError::MaybeApplied(f.detail))
+            }
+        },
+        None => Err(WriteError::MaybeApplied("empty answer".into())),
+    }
 }
 
 #[tonic::async_trait]
@@ -104,9 +149,11 @@ impl Cluster for ClusterService {
     async fn client_write(
         &self,
         req: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    ) -> Result<Response<WriteReply>, Status> {
         let cmd: Command = decode(&req.into_inner().data).map_err(bad)?;
-        payload(&self.hooks.write(cmd).await)
+        write_reply(self.hooks.write(cmd).await)
+            .map(Response::new)
+            .map_err(|e| Status::internal(e.to_string()))
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {

@@ -4,7 +4,7 @@
 //! ```text
 //!   medpool (node/)  ── proposes Commands, reads State, serves the internal gRPC ──┐
 //!  ───────────────────────────────────────────────────────────────────────────────┼──
-//!   pool.rs               bootstrap/join, leases, failure detector, rebalancer,     │
+//!   pool/                 bootstrap/join, leases, failure detector, rebalancer,     │
 //!                         shard watcher, dialog group commit, SIP forwarding       │
 //!   network.rs grpc.rs    RaftNetworkV2 client / internal gRPC service (tonic)     │
 //!   audit.rs              the node's own report (--audit-file): leases, acting set │
@@ -38,6 +38,7 @@ compile_error!(
 pub mod audit;
 mod b64;
 pub mod command;
+pub mod error;
 pub mod grpc;
 pub mod network;
 pub mod pool;
@@ -47,6 +48,7 @@ pub mod store;
 pub mod typ;
 
 pub use command::{Command, CommandResult, Rejection};
+pub use error::{NotAppended, WriteError};
 pub use rebalance::plan_moves;
 pub use state::{
     DEFAULT_SHARD_COUNT, NodeRecord, NodeState, ShardEntry, ShardId, State, VersionedConfig, apply,

@@ -361,12 +361,15 @@ async fn a_config_change_racing_the_leaders_death_is_applied_everywhere_or_nowhe
         Err(medpool_cluster::pool::WriteError::Refused(_)) => {
             assert_eq!(version, None, "refused means nothing changed")
         }
-        Err(medpool_cluster::pool::WriteError::NoLeader(_)) => {
+        Err(
+            medpool_cluster::pool::WriteError::NotAppended(_)
+            | medpool_cluster::pool::WriteError::MaybeApplied(_),
+        ) => {
             println!("outcome unknown to the caller; the pool settled on {version:?}")
         }
     }
     // The pool still takes writes (a first attempt may meet a leader still settling in).
-    let mut next = Err(medpool_cluster::pool::WriteError::NoLeader(
+    let mut next = Err(medpool_cluster::pool::WriteError::MaybeApplied(
         "not tried".into(),
     ));
     for _ in 0..5 {

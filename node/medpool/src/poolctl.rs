@@ -67,23 +67,17 @@ async fn write(server: &str, cmd: &Command) -> Outcome {
         }
         Ok(Ok(r)) => r.into_inner(),
     };
-    match medpool_cluster::network::decode::<Result<medpool_cluster::CommandResult, String>>(
-        &reply.data,
-    ) {
-        Ok(Ok(r)) => {
+    match medpool_cluster::grpc::read_write_reply(reply) {
+        Ok(r) => {
             println!("{r:?}");
             Outcome::Ok
         }
-        Ok(Err(e)) if e.starts_with("refused") => {
+        Err(e @ medpool_cluster::WriteError::Refused(_)) => {
             eprintln!("medpool: {e}");
             Outcome::Refused
         }
-        Ok(Err(e)) => {
-            eprintln!("medpool: {e}");
-            Outcome::Unknown
-        }
         Err(e) => {
-            eprintln!("medpool: bad answer: {e}");
+            eprintln!("medpool: {e}");
             Outcome::Unknown
         }
     }

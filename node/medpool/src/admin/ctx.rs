@@ -17,7 +17,7 @@ use openraft::ChangeMembers;
 use openraft::async_runtime::watch::WatchReceiver;
 
 use super::diff;
-use super::error::AdminError;
+use super::error::{AdminError, NoLeader};
 use super::peers::Peers;
 
 /// Longest wait for a write to commit.
@@ -244,7 +244,7 @@ impl AdminCtx {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if self.leader().is_none() {
-                return Err(AdminError::NoLeader("no leader".into()));
+                return Err(AdminError::NoLeader(NoLeader::Unknown));
             }
         }
         // A leader that lost its quorum never commits: give up (outcome unknown) rather than hang.
@@ -344,7 +344,7 @@ impl AdminCtx {
             && let Err(e) = pool.raft().change_membership(change, false).await
         {
             return Err(if e.forward_to_leader().is_some() {
-                AdminError::NoLeader(e.to_string())
+                AdminError::NoLeader(NoLeader::NotLeader(e.to_string()))
             } else {
                 AdminError::OutcomeUnknown(e.to_string())
             });

@@ -11,13 +11,22 @@
 //! | no leader / no quorum (nothing was changed) | `UNAVAILABLE` |
 //! | the leader was lost during a write (it may or may not be applied) | `UNKNOWN` |
 //! | another node answered with an error | that node's code |
+//!
+//! Every status built here also carries [`ERROR_KIND_KEY`] (a trailer naming the [`AdminError`]
+//! variant, e.g. `no-leader`), so a client can tell this server's `UNAVAILABLE` ("no leader") from
+//! its transport's (no connection) without reading the message.
 
 use medpool_b2bua::config::ConfigError;
-use medpool_cluster::pool::WriteError;
+use medpool_cluster::{NotAppended, Rejection, WriteError};
 use tonic::{Code, Status};
 
 /// gRPC metadata key (a trailer) naming the configuration field an `INVALID_ARGUMENT` is about.
 pub const FIELD_PATH_KEY: &str = "medpool-field-path";
+
+/// gRPC metadata key (a trailer) on every error this server answers: which kind of [`AdminError`]
+/// it is ([`AdminError::kind`]; a forwarded node's answer keeps that node's kind). Absent from a
+/// status the client's own transport made up (no connection, TLS failure).
+pub const ERROR_KIND_KEY: &str = "medpool-error-kind";
 
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +99,10 @@ pub enum AdminError {
     SingleNode(&'static str),
     /// The pool's state machine refused the command (nothing changed).
     #[error("refused by the pool: {0}")]
-    Refused(String),
+    Refused(Rejection),
     /// No leader, or no quorum: nothing was changed.
     #[error("no leader or no quorum ({0}); nothing was changed, try again")]
-    NoLeader(String),
+    NoLeader(NoLeader),
     /// The write may or may not have been applied (the leader was lost during it).
     #[error("outcome unknown: {0}; check with `medpool ctl status` before trying again")]
     OutcomeUnknown(String),
@@ -108,6 +117,27 @@ pub enum AdminError {
         /// Its answer.
         status: Status,
     },
+}
+
+/// Why no leader could take a change (nothing was changed).
+#[derive(Debug, thiserror::Error)]
+pub enum NoLeader {
+    /// No leader is known (after waiting a moment for an election).
+    #[error("no leader")]
+    Unknown,
+    /// The leader's admin address is not in this node's applied state.
+    #[error("leader {0} has no admin address")]
+    NoAdminAddress(u64),
+    /// A request forwarded to the leader reached a node that is no longer it.
+    #[error("leadership moved during the request")]
+    Moved,
+    /// Raft refused a membership change here: this node is not (or no longer) the leader
+    /// (openraft's text).
+    #[error("{0}")]
+    NotLeader(String),
+    /// The pool appended nothing: no leader, or its address is not known yet.
+    #[error("{0}")]
+    Pool(NotAppended),
 }
 
 fn version_text(v: Option<u64>) -> String {
@@ -148,9 +178,41 @@ impl AdminError {
     }
 }
 
+impl AdminError {
+    /// The value of [`ERROR_KIND_KEY`] for this error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AdminError::InvalidConfig { .. } => "invalid-config",
+            AdminError::BadRequest { .. } => "bad-request",
+            AdminError::CallNotFound { .. } => "call-not-found",
+            AdminError::GatewayNotFound(_) => "gateway-not-found",
+            AdminError::NodeNotFound(_) => "node-not-found",
+            AdminError::StaleVersion { .. } => "stale-version",
+            AdminError::NodeOwnsShards { .. } => "node-owns-shards",
+            AdminError::RemoveLeader(_) => "remove-leader",
+            AdminError::NotVoter(_) => "not-voter",
+            AdminError::NoOtherVoter => "no-other-voter",
+            AdminError::SingleNode(_) => "single-node",
+            AdminError::Refused(_) => "refused",
+            AdminError::NoLeader(_) => "no-leader",
+            AdminError::OutcomeUnknown(_) => "outcome-unknown",
+            AdminError::Unauthenticated(_) => "unauthenticated",
+            AdminError::Peer { .. } => "peer",
+        }
+    }
+}
+
 impl From<AdminError> for Status {
     fn from(e: AdminError) -> Status {
         let mut status = Status::new(e.code(), e.to_string());
+        let kind = match &e {
+            AdminError::Peer { status, .. } => status.metadata().get(ERROR_KIND_KEY).cloned(),
+            _ => None,
+        };
+        status.metadata_mut().insert(
+            ERROR_KIND_KEY,
+            kind.unwrap_or_else(|| tonic::metadata::MetadataValue::from_static(e.kind())),
+        );
         if let AdminError::InvalidConfig { field, .. } = &e
             && !field.is_empty()
             && let Ok(v) = field.parse()
@@ -172,19 +234,19 @@ impl From<ConfigError> for AdminError {
 
 impl From<WriteError> for AdminError {
     /// `Pool::write` retries for a few seconds what never reached the log; what it gives up on is
-    /// either "no leader" / "leader address unknown" (nothing was appended: `UNAVAILABLE`) or
-    /// something that may have been appended (`UNKNOWN`). Anything not known to be harmless is
-    /// reported as unknown: a false "unknown" only makes an operator look, a false "nothing
-    /// changed" could make them apply twice.
+    /// either known to have changed nothing before any request left this node (no leader, its
+    /// address unknown: `UNAVAILABLE`) or not known to be harmless: a transport failure or a
+    /// leader's own failure may come after the command was sent, so it is reported as unknown. A
+    /// false "unknown" only makes an operator look; a false "nothing changed" could make them apply
+    /// twice.
     fn from(e: WriteError) -> AdminError {
         match e {
-            WriteError::Refused(why) => {
-                AdminError::Refused(why.strip_prefix("refused: ").unwrap_or(&why).to_owned())
-            }
-            WriteError::NoLeader(why) if why == "no leader" || why == "leader address unknown" => {
-                AdminError::NoLeader(why)
-            }
-            WriteError::NoLeader(why) => AdminError::OutcomeUnknown(why),
+            WriteError::Refused(rejection) => AdminError::Refused(rejection),
+            WriteError::NotAppended(
+                why @ (NotAppended::NoLeader | NotAppended::LeaderAddressUnknown),
+            ) => AdminError::NoLeader(NoLeader::Pool(why)),
+            WriteError::NotAppended(why) => AdminError::OutcomeUnknown(why.to_string()),
+            WriteError::MaybeApplied(why) => AdminError::OutcomeUnknown(why),
         }
     }
 }
@@ -221,17 +283,58 @@ mod tests {
             .to_string(),
             "no call with Call-ID \"x\" (nodes 3 did not answer)"
         );
+        let no_leader = Status::from(AdminError::from(WriteError::NotAppended(
+            NotAppended::NoLeader,
+        )));
+        assert_eq!(no_leader.code(), Code::Unavailable);
         assert_eq!(
-            AdminError::from(WriteError::NoLeader("no leader".into())).code(),
+            no_leader.message(),
+            "no leader or no quorum (no leader); nothing was changed, try again"
+        );
+        assert_eq!(
+            no_leader
+                .metadata()
+                .get(ERROR_KIND_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some("no-leader")
+        );
+        assert_eq!(
+            AdminError::from(WriteError::NotAppended(NotAppended::LeaderAddressUnknown)).code(),
             Code::Unavailable
         );
         assert_eq!(
-            AdminError::from(WriteError::NoLeader("leader timed out".into())).code(),
+            AdminError::from(WriteError::NotAppended(NotAppended::LeaderUnreachable(
+                "connection refused".into()
+            )))
+            .code(),
             Code::Unknown
         );
         assert_eq!(
-            AdminError::from(WriteError::Refused("refused: stale".into())).code(),
-            Code::FailedPrecondition
+            AdminError::from(WriteError::MaybeApplied("leader timed out".into())).code(),
+            Code::Unknown
+        );
+        let refused = Status::from(AdminError::from(WriteError::Refused(
+            Rejection::StaleConfigVersion {
+                expected: Some(1),
+                current: Some(2),
+            },
+        )));
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert_eq!(
+            refused.message(),
+            "refused by the pool: configuration version Some(2) is current, the change was based on Some(1)"
+        );
+        // A forwarded answer keeps the kind the other node gave it.
+        let peer = Status::from(AdminError::Peer {
+            node: 2,
+            status: no_leader,
+        });
+        assert_eq!(peer.code(), Code::Unavailable);
+        assert_eq!(
+            peer.metadata()
+                .get(ERROR_KIND_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some("no-leader")
         );
         assert_eq!(
             Status::from(AdminError::Unauthenticated("no token")).code(),

@@ -14,7 +14,7 @@ use super::calls;
 use super::convert;
 use super::ctx::{AdminCtx, Mode};
 use super::diff;
-use super::error::AdminError;
+use super::error::{AdminError, NoLeader};
 use super::events;
 
 /// How long a write forwarded to the leader may take (membership changes, leadership transfer).
@@ -135,11 +135,11 @@ impl AdminService {
         let leader = self
             .ctx
             .leader()
-            .ok_or_else(|| AdminError::NoLeader("no leader".into()))?;
+            .ok_or_else(|| AdminError::NoLeader(NoLeader::Unknown))?;
         let addr = self
             .ctx
             .admin_addr_of(leader)
-            .ok_or_else(|| AdminError::NoLeader(format!("leader {leader} has no admin address")))?;
+            .ok_or_else(|| AdminError::NoLeader(NoLeader::NoAdminAddress(leader)))?;
         Ok((leader, addr))
     }
 
@@ -548,7 +548,7 @@ impl MedpoolAdmin for AdminService {
             return Ok(Response::new(r));
         }
         if req.forwarded {
-            return Err(AdminError::NoLeader("leadership moved during the request".into()).into());
+            return Err(AdminError::NoLeader(NoLeader::Moved).into());
         }
         self.ctx.node_record(req.node)?;
         let (leader, addr) = self.leader_addr()?;
@@ -600,7 +600,7 @@ impl MedpoolAdmin for AdminService {
             return Ok(Response::new(r));
         }
         if req.forwarded {
-            return Err(AdminError::NoLeader("leadership moved during the request".into()).into());
+            return Err(AdminError::NoLeader(NoLeader::Moved).into());
         }
         if let Some(to) = req.to {
             self.ctx.node_record(to)?;

@@ -1,0 +1,182 @@
+//! Dialog-record group commit: confirmed calls' records (and their removals) queue here, and a
+//! batcher writes everything that arrives within a few milliseconds as one
+//! [`Command::OwnerDialogBatch`], retrying a batch that finds no leader for
+//! [`DIALOG_RETRY_FOR`]. [`Pool::flush_dialogs`] waits for the queue to drain on the way out.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::command::Command;
+
+use super::Pool;
+
+/// How long a dialog batch that cannot be written (no leader reachable) is retried.
+pub const DIALOG_RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// What the dialog group commit did.
+#[derive(Debug, Default)]
+pub struct DialogStats {
+    /// Raft entries written for dialog records.
+    pub batches: std::sync::atomic::AtomicU64,
+    /// Records written (upserts + removals).
+    pub records: std::sync::atomic::AtomicU64,
+    /// Bytes of record payload written (before encoding into the log).
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Batches that did not commit.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Batch sizes: ≤1, ≤4, ≤16, ≤64, ≤256, more.
+    pub sizes: [std::sync::atomic::AtomicU64; 6],
+}
+
+pub(super) enum DialogOp {
+    Upsert(u16, String, Vec<u8>),
+    Remove(u16, String),
+}
+
+impl Pool {
+    /// The confirmed dialog records of a shard.
+    pub fn dialogs_of(&self, shard: u16) -> Vec<Vec<u8>> {
+        self.reader
+            .read(|s| s.dialogs_of(shard).map(|(_, v)| v.to_vec()).collect())
+    }
+    /// Queues a dialog record write (group-committed). Returns whether it was queued: a node whose
+    /// lease lapsed never writes (it may have been frozen while another node took its calls over),
+    /// and a full queue refuses. A node that holds its lease may write the record of a call it
+    /// started while acting for the shard even if the shard has just moved (a call answered in the
+    /// instant of a drain): the write goes as [`Command::OwnerDialogBatch`], so once the writer no
+    /// longer owns the shard it can only add a call the new owner does not know — which the new
+    /// owner then rebuilds as a late record — and never overwrite one.
+    pub fn dialog_upsert(&self, shard: u16, call_id: String, record: Vec<u8>) -> bool {
+        if !self.holds_lease() {
+            return false;
+        }
+        self.queue_dialog_op(DialogOp::Upsert(shard, call_id, record))
+    }
+    /// Queues the removal of an ended call's record. Not fenced: a node stops the calls of a shard it
+    /// releases without removing their records (they move with the shard), so a removal only ever
+    /// comes from a call that really ended, and the new owner must not rebuild it.
+    pub fn dialog_remove(&self, shard: u16, call_id: String) {
+        self.queue_dialog_op(DialogOp::Remove(shard, call_id));
+    }
+    /// Whether the applied state holds a record for this call.
+    pub fn dialog_exists(&self, shard: u16, call_id: &str) -> bool {
+        self.reader.read(|s| s.dialog(shard, call_id).is_some())
+    }
+    pub(super) fn queue_dialog_op(&self, op: DialogOp) -> bool {
+        // Counted before it is queued, so that `flush_dialogs` never sees an empty count while a
+        // record is on its way.
+        self.dialogs_pending.fetch_add(1, Ordering::SeqCst);
+        if self.dialogs.try_send(op).is_err() {
+            self.dialogs_pending.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("dialog write queue full: a record was not replicated");
+            return false;
+        }
+        true
+    }
+    /// Waits, at most `limit`, until every dialog record queued so far has been written (or given
+    /// up). Called on the way out, before [`Pool::shutdown`]: a call answered in the last instant
+    /// before a node stops (SIGTERM, or its own store failing) still reaches the others. A follower
+    /// whose own Raft failed still writes through the leader; a leader whose Raft failed cannot,
+    /// and its last records are lost (RELIABILITY.md, known limits).
+    pub async fn flush_dialogs(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let pending = self.dialogs_pending.load(Ordering::SeqCst);
+            if pending == 0 || Instant::now() >= deadline {
+                return pending;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub(super) async fn dialog_batcher(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<DialogOp>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let first = tokio::select! {
+                op = rx.recv() => match op { Some(op) => op, None => return },
+                _ = stop.changed() => return,
+            };
+            // Group commit: everything that arrives within a few ms (up to a few hundred records) goes
+            // into one Raft entry.
+            let mut upserts = Vec::new();
+            let mut removes = Vec::new();
+            let mut next = Some(first);
+            let deadline = Instant::now() + Duration::from_millis(5);
+            while let Some(op) = next.take() {
+                match op {
+                    DialogOp::Upsert(s, c, r) => upserts.push((s, c, r)),
+                    DialogOp::Remove(s, c) => removes.push((s, c)),
+                }
+                if upserts.len() + removes.len() >= 512 {
+                    break;
+                }
+                if let Ok(Some(op)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                    next = Some(op);
+                }
+            }
+            use std::sync::atomic::Ordering::Relaxed;
+            let n = upserts.len() + removes.len();
+            let bytes: usize = upserts
+                .iter()
+                .map(|(_, c, r)| c.len() + r.len())
+                .sum::<usize>()
+                + removes.iter().map(|(_, c)| c.len()).sum::<usize>();
+            let bucket = [1, 4, 16, 64, 256]
+                .iter()
+                .position(|b| n <= *b)
+                .unwrap_or(5);
+            let st = &self.dialog_stats;
+            st.sizes[bucket].fetch_add(1, Relaxed);
+            // Written as the shards' owner: if the shards move before the entry commits (the write is
+            // retried across a partition), it only adds calls the new owner never heard of.
+            let command = Command::OwnerDialogBatch {
+                writer: self.opts.node_id,
+                upserts,
+                removes,
+            };
+            // A batch that cannot be written (no leader reachable: an election, a partition) is
+            // retried, so a call answered just before the cut still reaches the node that takes its
+            // shard over (as a late record). After DIALOG_RETRY_FOR it is dropped, loudly.
+            let first = Instant::now();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.write(command.clone()).await {
+                    Ok(_) => {
+                        st.batches.fetch_add(1, Relaxed);
+                        st.records.fetch_add(n as u64, Relaxed);
+                        st.bytes.fetch_add(bytes as u64, Relaxed);
+                        if first.elapsed() > backoff {
+                            tracing::info!(
+                                records = n,
+                                after_ms = first.elapsed().as_millis() as u64,
+                                "dialog records replicated after retries"
+                            );
+                        }
+                        break;
+                    }
+                    Err(e) if first.elapsed() >= DIALOG_RETRY_FOR => {
+                        st.failed.fetch_add(1, Relaxed);
+                        tracing::warn!(error = %e, records = n, "dialog records not replicated: given up");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "dialog records not replicated yet: retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+            self.dialogs_pending.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
+}

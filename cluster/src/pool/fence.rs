@@ -1,0 +1,350 @@
+//! The shard watcher and the hand-over fence: they keep the acting set (the shards this node acts
+//! for) and the node side in line with the applied shard map.
+//!
+//! Per pass of the watcher: released shards leave the acting set, then the node side hears
+//! `released`, then `acting_epoch` moves to the map's epoch; shards adopted from nobody, or from a
+//! node that is down, enter the acting set at once; shards adopted from a live node wait behind the
+//! hand-over fence; entering shards are added to the set before the node side hears `adopted`.
+//!
+//! # Why the fence is safe
+//!
+//! Shards adopted from a node that is not down (a rebalance after a rejoin, a drain) enter the
+//! acting set only once that node reports `acting_epoch >=` our map epoch at adoption (it has
+//! applied the move and taken the shards out of its own acting set), or once L + margin has passed
+//! since adoption. Why the old owner's lease is over by then: the move committed before we applied
+//! it (commit ≤ adoption). A lease granted for a heartbeat sent before the commit expires before
+//! commit + L ≤ adoption + L. A heartbeat sent after the commit carries the sender's acting epoch:
+//! the leader grants it only when that epoch is as new as the leader's map, i.e. only once the old
+//! owner has applied the move *and* cleared its acting bits — such a lease no longer lets it act
+//! for these shards. The margin covers what the L bound leaves out: a leader grants against its
+//! *applied* map, which can trail the commit (and our adoption) by a moment, and a deposed leader
+//! grants for up to L/2 after its last quorum acknowledgement (the same margin a new leader waits
+//! before declaring a silent node down). A node declared down meanwhile needs no more waiting: it is
+//! declared down only after L + margin of silence, and a new leader waits as long, so its lease is
+//! over.
+//!
+//! Adoptions whose previous owner is not known for certain (the first pass, a node catching up on
+//! old data or a snapshot, several moves applied at once) are fenced against every live node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use medpool_proto::cluster::InfoRequest;
+use openraft::async_runtime::watch::WatchReceiver;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::audit::{Change, Record, unix_us};
+use crate::state::{NodeState, ShardEntry};
+use crate::typ::NodeId;
+
+use super::{Pool, PoolInfo};
+
+/// How long a shard's new owner keeps watching for records its old owner wrote late (a dialog
+/// batch retried across a partition: the old owner retries for
+/// [`DIALOG_RETRY_FOR`](super::DIALOG_RETRY_FOR)).
+pub const LATE_WINDOW: Duration = Duration::from_secs(20);
+
+/// How long one Info request of the hand-over fence may take.
+const FENCE_RPC: Duration = Duration::from_millis(200);
+
+/// What the shard watcher reads of the applied state in one pass.
+struct MapView {
+    mine: BTreeSet<u16>,
+    shards: Vec<ShardEntry>,
+    epoch: u64,
+    down: BTreeSet<NodeId>,
+    /// Other nodes not down.
+    live: BTreeSet<NodeId>,
+    writes: Vec<u64>,
+}
+
+/// Shards adopted from nodes that may still be acting for them: their acting bits wait.
+#[derive(Debug)]
+struct Fence {
+    shards: BTreeSet<u16>,
+    /// Our map epoch when we adopted them.
+    epoch: u64,
+    since: Instant,
+    /// The previous owners (for the log).
+    from: BTreeSet<NodeId>,
+    /// Those that have not yet reported `acting_epoch >= epoch`.
+    waiting: BTreeSet<NodeId>,
+}
+
+/// What the hand-over fence did.
+#[derive(Debug, Default)]
+pub struct FenceStats {
+    /// Fences passed (groups of shards adopted from a live node).
+    pub passed: AtomicU64,
+    /// Of those, fences that ended because L + margin elapsed rather than on the old owner's word.
+    pub timed_out: AtomicU64,
+}
+
+impl Pool {
+    /// Whether this node may act for `shard` now: it owns it, it is in the acting set (the shard
+    /// watcher took it over, past any hand-over fence) and the node holds a valid lease (fencing).
+    pub fn may_act(&self, shard: u16) -> bool {
+        self.acting(shard) && self.owner(shard) == Some(self.opts.node_id) && self.holds_lease()
+    }
+    /// Whether this node took `shard` over less than [`LATE_WINDOW`] ago: records of calls its old
+    /// owner set up just before losing it (retried across a partition) may still arrive.
+    pub fn recently_taken(&self, shard: u16) -> bool {
+        self.taken_at_ms
+            .get(usize::from(shard))
+            .map(|t| t.load(Ordering::SeqCst))
+            .is_some_and(|t| t != 0 && self.now_ms() + 1 - t < LATE_WINDOW.as_millis() as u64)
+    }
+    /// Whether `shard` is in this node's acting set (see [`Pool::may_act`]).
+    pub fn acting(&self, shard: u16) -> bool {
+        self.acting
+            .get(usize::from(shard))
+            .is_some_and(|b| b.load(Ordering::SeqCst))
+    }
+    /// The map epoch whose releases the acting set reflects ([`PoolInfo::acting_epoch`]).
+    pub fn acting_epoch(&self) -> u64 {
+        self.acting_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Keeps the acting set and the node side in line with the applied shard map. Per pass:
+    /// released shards leave the acting set, then the node side hears `released`, then
+    /// `acting_epoch` moves to the map's epoch; shards adopted from nobody, or from a node that is
+    /// down, enter the acting set at once; shards adopted from a live node wait behind a hand-over
+    /// fence ([`Pool::pass_fences`]); entering shards are added to the set before the node side
+    /// hears `adopted`.
+    pub(super) async fn shard_watcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut metrics = self.raft.metrics();
+        // The shards the applied map gave this node at the last pass (acting, or behind a fence).
+        let mut owned: BTreeSet<u16> = BTreeSet::new();
+        // Every shard's owner and epoch at the last pass (empty before the first pass).
+        let mut prev: Vec<ShardEntry> = Vec::new();
+        let mut fences: Vec<Fence> = Vec::new();
+        let mut writes: Vec<u64> = Vec::new();
+        // When each shard was taken over: only a recent take-over can still receive the old owner's
+        // late records (its group commit flushes within milliseconds).
+        let mut taken: BTreeMap<u16, Instant> = BTreeMap::new();
+        let me = self.opts.node_id;
+        loop {
+            // One consistent read: the shards, their owners, the epoch and the nodes' states belong to
+            // the same applied state.
+            let view = self.reader.read(|s| MapView {
+                mine: s.shards_of(me).into_iter().collect(),
+                shards: s.shards().to_vec(),
+                epoch: s.shards().iter().map(|e| e.epoch).sum(),
+                down: s
+                    .nodes()
+                    .iter()
+                    .filter(|(_, n)| n.state == NodeState::Down)
+                    .map(|(id, _)| *id)
+                    .collect(),
+                live: s
+                    .nodes()
+                    .iter()
+                    .filter(|(id, n)| **id != me && n.state != NodeState::Down)
+                    .map(|(id, _)| *id)
+                    .collect(),
+                writes: s.dialog_writes(),
+            });
+            // Records that arrive for a shard after this node took it over (the old owner's last group
+            // commit lands after the move): adopt the shard again; calls already here are skipped.
+            let grown: Vec<u16> = view
+                .mine
+                .iter()
+                .copied()
+                .filter(|s| owned.contains(s))
+                .filter(|s| taken.get(s).is_some_and(|t| t.elapsed() < LATE_WINDOW))
+                .filter(|s| view.writes.get(usize::from(*s)) > writes.get(usize::from(*s)))
+                .collect();
+            taken.retain(|_, t| t.elapsed() < LATE_WINDOW);
+            if !grown.is_empty()
+                && let Some(sink) = self.sink()
+            {
+                sink.late_records(grown);
+            }
+            // Releases: out of the acting set first (may_act is false from here on), then the node side
+            // stops its calls, then acting_epoch tells the new owners' fences.
+            let released: Vec<u16> = owned.difference(&view.mine).copied().collect();
+            if !released.is_empty() {
+                for f in &mut fences {
+                    for s in &released {
+                        f.shards.remove(s);
+                    }
+                }
+                fences.retain(|f| !f.shards.is_empty());
+                let was_acting: Vec<u16> = released
+                    .iter()
+                    .copied()
+                    .filter(|s| {
+                        self.acting
+                            .get(usize::from(*s))
+                            .is_some_and(|b| b.swap(false, Ordering::SeqCst))
+                    })
+                    .collect();
+                if !was_acting.is_empty() {
+                    self.audit_acting(view.epoch, Change::Remove(was_acting.clone()));
+                    if let Some(sink) = self.sink() {
+                        sink.released(was_acting);
+                    }
+                }
+            }
+            self.acting_epoch.store(view.epoch, Ordering::SeqCst);
+            // Adoptions: from nobody or from a node that is down, at once (a node is declared down
+            // after L + margin of silence, and a new leader waits as long: its lease is over); from a
+            // live node, behind a fence. The previous owner is the one of the last pass when the shard
+            // moved exactly once since; otherwise (first pass, a node catching up on old data, a
+            // snapshot, several moves applied at once) it is unknown: any live node might be acting.
+            let mut entering: Vec<u16> = Vec::new();
+            let mut fenced: BTreeMap<BTreeSet<NodeId>, BTreeSet<u16>> = BTreeMap::new();
+            for s in view.mine.difference(&owned).copied() {
+                let i = usize::from(s);
+                let known = prev
+                    .get(i)
+                    .filter(|p| view.shards.get(i).is_some_and(|e| e.epoch == p.epoch + 1));
+                let from: BTreeSet<NodeId> = match known {
+                    Some(p) => p
+                        .owner
+                        .filter(|o| *o != me && !view.down.contains(o))
+                        .into_iter()
+                        .collect(),
+                    None => view.live.clone(),
+                };
+                if from.is_empty() {
+                    entering.push(s);
+                } else {
+                    fenced.entry(from).or_default().insert(s);
+                }
+            }
+            let since = Instant::now();
+            for (from, shards) in fenced {
+                fences.push(Fence {
+                    shards,
+                    epoch: view.epoch,
+                    since,
+                    waiting: from.clone(),
+                    from,
+                });
+            }
+            if !fences.is_empty() {
+                entering.extend(self.pass_fences(&mut fences, &view.down).await);
+            }
+            if !entering.is_empty() {
+                entering.sort_unstable();
+                // Reported (time read) before the bits are set: the report never claims less.
+                self.audit_acting(view.epoch, Change::Add(entering.clone()));
+                let at = Instant::now();
+                for s in &entering {
+                    if let Some(b) = self.acting.get(usize::from(*s)) {
+                        b.store(true, Ordering::SeqCst);
+                    }
+                    taken.insert(*s, at);
+                    if let Some(t) = self.taken_at_ms.get(usize::from(*s)) {
+                        t.store(self.now_ms() + 1, Ordering::SeqCst);
+                    }
+                }
+                if let Some(sink) = self.sink() {
+                    sink.adopted(entering);
+                }
+            }
+            owned = view.mine;
+            writes = view.writes;
+            prev = view.shards;
+            // A pending fence is looked at again soon (it normally clears within milliseconds).
+            let poll = if fences.is_empty() {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_millis(10)
+            };
+            tokio::select! {
+                r = metrics.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// The hand-over fence. Shards adopted from a node that is not down (a rebalance after a rejoin, a
+    /// drain) enter the acting set only once that node reports `acting_epoch >=` our map epoch at
+    /// adoption (it has applied the move and taken the shards out of its own acting set), or once
+    /// L + margin has passed since adoption. Why its lease is over by then: the move committed before
+    /// we applied it (commit ≤ adoption). A lease granted for a heartbeat sent before the commit
+    /// expires before commit + L ≤ adoption + L. A heartbeat sent after the commit carries the
+    /// sender's acting epoch: the leader grants it only when that epoch is as new as the leader's
+    /// map, i.e. only once the old owner has applied the move *and* cleared its acting bits — such a
+    /// lease no longer lets it act for these shards. The margin covers what the L bound leaves out: a
+    /// leader grants against its *applied* map, which can trail the commit (and our adoption) by a
+    /// moment, and a deposed leader grants for up to L/2 after its last quorum acknowledgement (the
+    /// same margin a new leader waits before declaring a silent node down). A node declared down
+    /// meanwhile needs no more waiting. Returns the shards whose fence is over.
+    async fn pass_fences(&self, fences: &mut Vec<Fence>, down: &BTreeSet<NodeId>) -> Vec<u16> {
+        let max = self.opts.lease + self.opts.margin;
+        let ask: BTreeSet<NodeId> = fences
+            .iter()
+            .filter(|f| f.since.elapsed() < max)
+            .flat_map(|f| f.waiting.iter().copied())
+            .filter(|n| !down.contains(n))
+            .collect();
+        let replies: BTreeMap<NodeId, u64> = futures_util::future::join_all(
+            ask.into_iter()
+                .map(|n| async move { (n, self.acting_epoch_of(n).await) }),
+        )
+        .await
+        .into_iter()
+        .filter_map(|(n, e)| Some((n, e?)))
+        .collect();
+        let mut done = Vec::new();
+        fences.retain_mut(|f| {
+            f.waiting
+                .retain(|n| !down.contains(n) && replies.get(n).is_none_or(|e| *e < f.epoch));
+            let waited = f.since.elapsed();
+            if !f.waiting.is_empty() && waited < max {
+                return true;
+            }
+            let old_owner = f
+                .from
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let timed_out = !f.waiting.is_empty();
+            self.fence_stats.passed.fetch_add(1, Ordering::Relaxed);
+            if timed_out {
+                self.fence_stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::info!(
+                wait_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                old_owner,
+                shards = f.shards.len(),
+                timed_out,
+                "hand-over fence"
+            );
+            done.extend(f.shards.iter().copied());
+            false
+        });
+        done
+    }
+
+    /// A node's acting epoch, from its Info (None when it does not answer in time).
+    async fn acting_epoch_of(&self, node: NodeId) -> Option<u64> {
+        let mut c = self.client_for(node)?;
+        let reply = tokio::time::timeout(FENCE_RPC, c.info(InfoRequest {}))
+            .await
+            .ok()?
+            .ok()?;
+        let info: PoolInfo = serde_json::from_slice(&reply.get_ref().json).ok()?;
+        (info.node_id == node).then_some(info.acting_epoch)
+    }
+
+    /// Reports an acting-set change (the time is read now).
+    pub(super) fn audit_acting(&self, epoch: u64, change: Change) {
+        if let Some(a) = &self.audit {
+            a.write(&Record::Acting {
+                node: self.opts.node_id,
+                at_us: unix_us(SystemTime::now()),
+                epoch,
+                change,
+            });
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The pool runtime of one node: the openraft instance over the redb store, the internal gRPC
+//! server, and the tasks that keep the node in its pool. This module owns the lifecycle (start,
+//! attach, shutdown) and the [`Pool`] handle; each concern lives in its own file below.
+//!
+//! ```text
+//!  every L/4: node ──Lease──► leader        leader: silent > L + margin ⇒ SetNodeState(Down)
+//!  lease valid until sent_at + L            leader: plan_moves(state, alive) ⇒ MoveShards
+//!  may_act(s) = owner(s) == me              watcher: applied shard map changed ⇒
+//!             ∧ acting[s] ∧ lease             clear acting bits, released; fence; set bits, adopted
+//! ```
+//!
+//! ```text
+//!   mod.rs         lifecycle: start (store, Raft, internal server, tasks), attach, shutdown
+//!   hooks.rs       what this node answers on the internal service (join, forward, lease, write)
+//!  ───────────────────────────────────────────────────────────────────────────────────────────
+//!   membership.rs  bootstrap and join          detector.rs  the leader's failure detector
+//!   lease.rs       lease heartbeats, grants    fence.rs     shard watcher, hand-over fence
+//!   commit.rs      dialog group commit         forward.rs   SIP forwarding between nodes
+//!   write.rs       writes through the leader   info.rs      status (PoolInfo), config audit
+//! ```
+//!
+//! The files of the middle row each add methods to [`Pool`]; they call one another only through
+//! those methods (a write from membership, a lease check from the fence), never through shared
+//! mutable state other than the `Pool`'s own fields.
+//!
+//! The acting set is the shard watcher's: it clears a released shard's bit before telling the node
+//! side, and sets an adopted shard's bit only after the hand-over fence (when the shard comes from a
+//! live node: until that node reports it has released it, or its lease must be over). With
+//! [`PoolOptions::audit`] the node reports its leases and acting-set changes ([`crate::audit`]).
+//! The node side (SIP, calls) is reached only through [`PoolSink`]; this crate knows nothing of SIP.
+
+mod commit;
+mod detector;
+mod fence;
+mod forward;
+mod hooks;
+mod info;
+mod lease;
+mod membership;
+mod write;
+
+pub use crate::error::{NotAppended, WriteError};
+pub use commit::{DIALOG_RETRY_FOR, DialogStats};
+pub use fence::{FenceStats, LATE_WINDOW};
+pub use info::PoolInfo;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use medpool_proto::cluster::SipForward;
+use medpool_proto::cluster::cluster_client::ClusterClient;
+use openraft::async_runtime::watch::WatchReceiver;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::audit::{AuditLog, Record, unix_us};
+use crate::grpc::ClusterService;
+use crate::network::{GrpcNetwork, client};
+use crate::store::{self, StateReader};
+use crate::typ::{NodeAddrs, NodeId, Raft};
+
+use commit::DialogOp;
+use hooks::Hooks;
+
+/// How a node joins its pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// This node's id (stable across restarts).
+    pub node_id: NodeId,
+    /// This node's addresses.
+    pub addrs: NodeAddrs,
+    /// The internal gRPC listen address.
+    pub raft_listen: SocketAddr,
+    /// Where the Raft log and state live.
+    pub data_dir: PathBuf,
+    /// Members to join through (`host:port` of their internal service); empty = bootstrap a new pool.
+    pub join: Vec<String>,
+    /// Shards of a new pool.
+    pub shard_count: u16,
+    /// Voters (3 by default, at most 5); later nodes are learners.
+    pub max_voters: usize,
+    /// Lease length L.
+    pub lease: Duration,
+    /// Safety margin added to L before a silent node is declared down.
+    pub margin: Duration,
+    /// Build a snapshot after this many log entries (then older entries are purged).
+    pub snapshot_logs: u64,
+    /// Append the node's audit report (leases, acting set, leadership, configuration versions) to
+    /// this file; see [`crate::audit`] for the format.
+    pub audit: Option<PathBuf>,
+}
+
+impl PoolOptions {
+    /// Defaults for a node: 1024 shards, 3 voters, L = 2 s, margin 1 s, snapshot every 5000 entries.
+    pub fn new(
+        node_id: NodeId,
+        addrs: NodeAddrs,
+        raft_listen: SocketAddr,
+        data_dir: PathBuf,
+        join: Vec<String>,
+    ) -> PoolOptions {
+        PoolOptions {
+            node_id,
+            addrs,
+            raft_listen,
+            data_dir,
+            join,
+            shard_count: crate::state::DEFAULT_SHARD_COUNT,
+            max_voters: 3,
+            lease: Duration::from_secs(2),
+            margin: Duration::from_secs(1),
+            snapshot_logs: 5000,
+            audit: None,
+        }
+    }
+}
+
+/// Now, as the tokio instant the node uses and as Unix microseconds for the audit report.
+fn now_pair() -> (Instant, u64) {
+    let at = Instant::now();
+    (at, unix_us(SystemTime::now()))
+}
+
+/// The node side of the pool: where forwarded SIP goes and who hears about shard moves.
+pub trait PoolSink: Send + Sync + 'static {
+    /// A SIP message forwarded by another node (for a shard we own), or an answer to send from here.
+    fn deliver(&self, msg: SipForward) -> bool;
+    /// This node now owns these shards.
+    fn adopted(&self, shards: Vec<u16>);
+    /// This node no longer owns these shards (stop acting for them at once).
+    fn released(&self, shards: Vec<u16>);
+    /// Dialog records arrived for shards this node took over recently (the old owner's last group
+    /// commit landed after the move): rebuild the calls that are not here yet.
+    fn late_records(&self, shards: Vec<u16>);
+}
+
+/// Why the pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The store could not be opened.
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The internal port could not be bound.
+    #[error("cannot listen on {addr} (internal): {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// One node's pool runtime.
+pub struct Pool {
+    opts: PoolOptions,
+    raft: Raft,
+    reader: StateReader,
+    epoch: Instant,
+    /// Our lease: valid until this instant.
+    lease_until: Mutex<Option<Instant>>,
+    /// Leader only: when each node was last heard.
+    heard: Mutex<BTreeMap<NodeId, Instant>>,
+    /// Leader only: since when this node has been leader (term, instant).
+    leading_since: Mutex<Option<(u64, Instant)>>,
+    clients: Mutex<HashMap<NodeId, ClusterClient<Channel>>>,
+    /// One ordered queue per peer node for forwarded SIP: a 180 and the 200 behind it must leave in
+    /// that order (separate concurrent RPCs could overtake each other).
+    forwarders: Mutex<HashMap<NodeId, mpsc::Sender<SipForward>>>,
+    dialogs: mpsc::Sender<DialogOp>,
+    /// Dialog operations queued or in a batch not yet written (see [`Pool::flush_dialogs`]).
+    dialogs_pending: AtomicUsize,
+    sink: Mutex<Option<Arc<dyn PoolSink>>>,
+    stop: watch::Sender<bool>,
+    /// The acting set, one bit per possible shard number (64 KiB; indexable by any `u16`, so it
+    /// needs no resizing when the pool's shard count is learnt). Only the shard watcher changes it.
+    acting: Box<[AtomicBool]>,
+    /// When this node last took each shard over (ms since `epoch`, plus one; 0 = never).
+    taken_at_ms: Box<[AtomicU64]>,
+    /// The map epoch whose releases the acting set reflects (see [`PoolInfo::acting_epoch`]).
+    acting_epoch: AtomicU64,
+    audit: Option<AuditLog>,
+    /// Dialog group-commit counters.
+    pub dialog_stats: DialogStats,
+    /// Hand-over fence counters.
+    pub fence_stats: FenceStats,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("node_id", &self.opts.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Opens the store, starts Raft and the internal server, then bootstraps or joins in the
+    /// background. Call [`Pool::attach`] to connect the node side.
+    pub async fn start(opts: PoolOptions) -> Result<Arc<Pool>, PoolError> {
+        let (log, sm) = store::open(&opts.data_dir)?;
+        let reader = sm.reader();
+        let config = openraft::Config {
+            cluster_name: "medpool".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_logs.max(1)),
+            max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| PoolError::Raft(e.to_string()))?;
+        let raft = Raft::new(opts.node_id, Arc::new(config), GrpcNetwork, log, sm)
+            .await
+            .map_err(|e| PoolError::Raft(e.to_string()))?;
+        let (dialogs, dialog_rx) = mpsc::channel(65536);
+        let (stop, stop_rx) = watch::channel(false);
+        let pool = Arc::new(Pool {
+            opts: opts.clone(),
+            raft: raft.clone(),
+            reader,
+            epoch: Instant::now(),
+            lease_until: Mutex::new(None),
+            heard: Mutex::new(BTreeMap::new()),
+            leading_since: Mutex::new(None),
+            clients: Mutex::new(HashMap::new()),
+            forwarders: Mutex::new(HashMap::new()),
+            dialogs,
+            dialogs_pending: AtomicUsize::new(0),
+            sink: Mutex::new(None),
+            stop,
+            acting: (0..=u16::MAX).map(|_| AtomicBool::new(false)).collect(),
+            taken_at_ms: (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
+            acting_epoch: AtomicU64::new(0),
+            audit: opts.audit.as_deref().map(AuditLog::open),
+            dialog_stats: DialogStats::default(),
+            fence_stats: FenceStats::default(),
+        });
+        if cfg!(feature = "planted-fault-skip-lease") {
+            tracing::warn!(
+                node = opts.node_id,
+                "PLANTED FAULT planted-fault-skip-lease: leases last 1 hour instead of {} ms; this \
+                 build is for fault-injection tests only and breaks the pool's safety",
+                opts.lease.as_millis()
+            );
+        }
+        if let Some(a) = &pool.audit {
+            a.write(&Record::Start {
+                node: opts.node_id,
+                at_us: unix_us(SystemTime::now()),
+                pid: std::process::id(),
+                lease_ms: u64::try_from(opts.lease.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+        let listener = tokio::net::TcpListener::bind(opts.raft_listen)
+            .await
+            .map_err(|source| PoolError::Bind {
+                addr: opts.raft_listen,
+                source,
+            })?;
+        let service = ClusterService::server(raft, Arc::new(Hooks(Arc::downgrade(&pool))));
+        let mut srv_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let incoming = tokio_stream_listener(listener);
+            let r = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = srv_stop.changed().await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "internal gRPC server stopped");
+            }
+        });
+        tokio::spawn(pool.clone().membership_task(stop_rx.clone()));
+        tokio::spawn(pool.clone().lease_task(stop_rx.clone()));
+        tokio::spawn(pool.clone().leader_task(stop_rx.clone()));
+        if pool.audit.is_some() {
+            tokio::spawn(pool.clone().audit_config_task(stop_rx.clone()));
+        }
+        tokio::spawn(pool.clone().dialog_batcher(dialog_rx, stop_rx));
+        Ok(pool)
+    }
+
+    /// Connects the node side and starts watching the shard map for it.
+    pub fn attach(self: &Arc<Self>, sink: Arc<dyn PoolSink>) {
+        if let Ok(mut s) = self.sink.lock() {
+            *s = Some(sink);
+        }
+        tokio::spawn(self.clone().shard_watcher(self.stop.subscribe()));
+    }
+
+    fn sink(&self) -> Option<Arc<dyn PoolSink>> {
+        self.sink.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.opts.node_id
+    }
+    /// The Raft handle (metrics, admin).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+    /// Read access to the applied state.
+    pub fn state(&self) -> &StateReader {
+        &self.reader
+    }
+    /// Shards of the pool (default until bootstrapped).
+    pub fn shard_count(&self) -> u16 {
+        match self.reader.read(|s| s.shard_count()) {
+            0 => self.opts.shard_count,
+            n => n,
+        }
+    }
+    /// The owner of a shard in the applied map.
+    pub fn owner(&self, shard: u16) -> Option<NodeId> {
+        self.reader.read(|s| s.owner_of(shard))
+    }
+
+    fn client_for(&self, node: NodeId) -> Option<ClusterClient<Channel>> {
+        if let Some(c) = self.clients.lock().ok().and_then(|c| c.get(&node).cloned()) {
+            return Some(c);
+        }
+        let addr = self
+            .reader
+            .read(|s| s.node(node).map(|n| n.addresses.raft_addr.clone()))?;
+        let c = client(&addr).ok()?;
+        if let Ok(mut m) = self.clients.lock() {
+            m.insert(node, c.clone());
+        }
+        Some(c)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Waits until Raft stops on a fatal error — its log or state machine could not be written (a
+    /// full or failing disk) — and returns the error. A node whose Raft is gone can neither follow
+    /// the shard map nor replicate calls: it must stop, so that the others take its shards over.
+    pub async fn fatal(&self) -> String {
+        let mut m = self.raft.metrics();
+        loop {
+            if let Err(e) = &m.borrow_watched().running_state {
+                return e.to_string();
+            }
+            if m.changed().await.is_err() {
+                return "Raft stopped".to_owned();
+            }
+        }
+    }
+
+    /// Stops the pool's tasks and Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures_util::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((r, l))
+    })
+}
