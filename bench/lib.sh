@@ -17,8 +17,8 @@ HOLD_MS=${HOLD_MS:-1000}
 # shellcheck source=anchors/kamailio/anchor.sh
 source "$BENCH_DIR/anchors/kamailio/anchor.sh"   # write_configs, start_kamailio, wait_gateways_up, kam_rpc
 
-# Addresses (Kamailio listens on 127.0.0.1:5060; gateways 127.0.0.2/.3:5060; the
-# caller 127.0.0.1:5070). medpool takes Kamailio's place when it is measured, so both front the
+# Addresses: Kamailio listens on 127.0.0.1:5060, the gateways on 127.0.0.2/.3:5060, the
+# caller on 127.0.0.1:5070. medpool takes Kamailio's place when it is measured, so both front the
 # very same two SIPp gateways with the same caller.
 PROXY_IP=127.0.0.1; PROXY_PORT=5060
 GW1_IP=127.0.0.2;   GW2_IP=127.0.0.3; GW_PORT=5060

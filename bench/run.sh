@@ -30,9 +30,10 @@
 #      the INVITE into the front and the INVITE out to a gateway are paired by the called number
 #      (the caller puts SIPp's call number in the R-URI user; medpool mints a new Call-ID on
 #      leg B but keeps the called number). p50/p90/p99 of (first INVITE out - first INVITE in).
-#   3. RSS per established call (medpool; Kamailio with its dialog module, -A WITH_DIALOG): RSS_CALLS calls at RSS_RATE held open, resident memory idle, with
-#      every call up, and RSS_SETTLE s later (when the INVITE transactions, kept 64*T1 = 32 s
-#      after their 2xx, are gone): (settled - idle) / calls.
+#   3. RSS per established call (medpool; Kamailio with its dialog module, -A WITH_DIALOG):
+#      RSS_CALLS calls at RSS_RATE held open, resident memory idle, with every call up, and
+#      RSS_SETTLE s later (when the INVITE transactions, kept 64*T1 = 32 s after their 2xx, are
+#      gone): (settled - idle) / calls.
 #
 # Usage:  bench/run.sh                       (full run: about 25-40 min)
 #         RATES="500 1000" DUR=5 REPEATS=1 RSS_CALLS=2000 bench/run.sh    (smoke run)

@@ -41,6 +41,11 @@ fn failover_on_503_from_the_first_gateway() {
     assert_eq!(gw1.dialogs_with_request("ACK"), 1, "medpool ACKs the 503");
     assert_eq!(second.len(), 1, "the call completed on gw2: {second:?}");
     assert!(second[0].1 >= first[0].1, "gw2 is tried after gw1's 503");
+    // medpool answers the caller's BYE at once and only then sends leg B's BYE: wait for gw2's
+    // answer rather than read its trace the moment the caller is done (see calls.rs, byes_answered).
+    common::wait_until(Duration::from_secs(30), || {
+        gw2.responses_sent(200, "BYE") >= 1
+    });
     assert_eq!(
         gw2.responses_sent(200, "BYE"),
         1,

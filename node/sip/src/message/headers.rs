@@ -3,7 +3,7 @@
 //! is parsed on access from the received bytes and validated as RFC 3261 §25 says, with linear whitespace
 //! (including folded line breaks) allowed wherever the grammar allows it.
 
-use super::Method;
+use super::method::Method;
 pub use super::syntax::{HeaderError, Params, trim_lws};
 use super::syntax::{closing_quote, is_lws, is_token_char, trim_start_lws};
 use super::uri::{Scheme, Uri, parse_hostport};
