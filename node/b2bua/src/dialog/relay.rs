@@ -6,10 +6,10 @@ use medpool_sip::transaction::{ClientKey, ServerKey};
 use medpool_sip::{HeaderName, Method, SipMessage, ids};
 use ractor::ActorRef;
 
-use super::actor::*;
-use super::call::*;
+use super::call::{Call, Relay};
 use super::leg::{local_response, relay_request_parts, relay_response};
-use super::setup::*;
+use super::msg::{DialogMsg, Phase};
+use super::setup::on_invite_response;
 use crate::config::ReferPolicy;
 use crate::txlayer::{Envelope, Side};
 

@@ -9,9 +9,9 @@ use medpool_sip::transaction::{ClientKey, Outcome, ServerKey};
 use medpool_sip::{HeaderName, Method, SipMessage, ids};
 use ractor::ActorRef;
 
-use super::actor::*;
-use super::call::*;
+use super::call::{Attempt, Call, CallSeed};
 use super::leg::{Leg, local_response, relay_response};
+use super::msg::{DialogArgs, DialogMsg, Phase};
 use super::outbound::{OutboundIds, outbound_invite};
 use super::spans::call_span;
 use crate::config::Trunk;
