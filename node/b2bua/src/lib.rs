@@ -15,6 +15,7 @@
 //!   5  node                      dispatcher, start, shutdown; shard adopt/release, config apply
 //!   4  gateway   dialog  supervisor   the actors (GatewayActor; DialogActor, one per call), linked to
 //!                                the supervisor, which sweeps what a dead one left registered
+//!                                (and starts a dead gateway prober again)
 //!   3  ctx       gateways        NodeCtx (what the actors share); the gateway table
 //!   2  txlayer                   transaction events: Envelope, Registry, SipIo, Wire (no actor type)
 //!   1  config routing translate health ingress cluster trace   pure: no I/O, no actors
