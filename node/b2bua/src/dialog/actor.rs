@@ -68,7 +68,9 @@ impl Actor for DialogActor {
                 }
                 CallEvent::StrayAnswer { env } => st.reack_b(&env),
                 CallEvent::ClientEnded { key, outcome } => {
-                    setup::on_client_ended(st, me, key, outcome);
+                    if !setup::on_attempt_ended(st, me, &key, outcome) {
+                        relay::on_client_ended(st, me, key, outcome);
+                    }
                 }
                 CallEvent::Cancel { key, env } => setup::on_cancel(st, me, &key, &env),
                 CallEvent::Request { side, key, env } => relay::on_request(st, me, side, key, env),
