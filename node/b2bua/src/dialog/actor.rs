@@ -64,7 +64,10 @@ impl Actor for DialogActor {
         match msg {
             DialogMsg::Tx(event) => match event {
                 CallEvent::Response { key, status, env } => {
-                    relay::on_response(st, me, key, status, env);
+                    match st.attempts.iter().position(|a| a.key == key) {
+                        Some(idx) => setup::on_invite_response(st, me, idx, status, env),
+                        None => relay::on_response(st, me, key, status, env),
+                    }
                 }
                 CallEvent::StrayAnswer { env } => st.reack_b(&env),
                 CallEvent::ClientEnded { key, outcome } => {

@@ -22,8 +22,8 @@
 //! `relay` (in-dialog requests between the legs, the session-timer refresh), `teardown` (BYE, the
 //! end, what a stopped call gives back), `record` (the replicated record and rebuilding a call
 //! from it), `spans` (trace spans), `leg` (one leg's dialog identifiers and message builders).
-//! They import in one direction: `msg` → `call` (with `leg`, `outbound`, `spans`) → `setup` →
-//! `relay` → `teardown`, `record` → `actor`.
+//! They import in one direction: `msg` → `call` (with `leg`, `outbound`, `spans`) → `setup`,
+//! `relay` → `teardown` (which ACKs through `relay`), `record` → `actor`.
 
 mod actor;
 mod call;

@@ -9,7 +9,6 @@ use ractor::ActorRef;
 use super::call::{Call, Relay};
 use super::leg::{local_response, relay_request_parts, relay_response};
 use super::msg::{DialogMsg, Phase};
-use super::setup::on_invite_response;
 use crate::config::ReferPolicy;
 use crate::txlayer::{Envelope, Side};
 
@@ -20,12 +19,7 @@ pub(super) fn on_response(
     status: u16,
     env: Envelope,
 ) {
-    // 1. A leg-B INVITE attempt?
-    if let Some(idx) = st.attempts.iter().position(|a| a.key == key) {
-        on_invite_response(st, myself, idx, status, env);
-        return;
-    }
-    // 2. A relayed in-dialog request.
+    // 1. A relayed in-dialog request (a leg-B INVITE's answers are set-up's).
     if let Some(pos) = st.relays.iter().position(|r| r.client == key) {
         if status < 200 {
             if status > 100 {
@@ -102,7 +96,7 @@ pub(super) fn on_response(
         st.maybe_finish(myself);
         return;
     }
-    // 3. Our BYE / CANCEL / refresh: nothing to relay.
+    // 2. Our BYE / CANCEL / refresh: nothing to relay.
     if status >= 200 {
         st.bye_keys.retain(|k| *k != key);
         st.maybe_finish(myself);
