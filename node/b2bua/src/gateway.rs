@@ -35,6 +35,9 @@ pub enum GatewayMsg {
     },
     /// A call's INVITE outcome.
     Invite(InviteOutcome),
+    /// Test hook: the prober panics (to show its supervisor restarts it).
+    #[cfg(test)]
+    PanicForTest,
 }
 
 impl From<ProbeEvent> for GatewayMsg {
@@ -256,8 +259,27 @@ impl Actor for GatewayActor {
                 st.health = h;
                 st.apply(t);
             }
+            #[cfg(test)]
+            GatewayMsg::PanicForTest => panic!("a panic planted by a test"),
         }
         Ok(())
+    }
+}
+
+/// Starts a new prober for a gateway whose prober died (its health starts over, as after a
+/// configuration change; its call count and operator state are the handle's and carry on).
+pub(crate) async fn restart(ctx: &Arc<NodeCtx>, handle: Arc<GatewayHandle>) {
+    let Some(trunk) = ctx.config().trunk(&handle.name).cloned() else {
+        return; // removed from the configuration meanwhile
+    };
+    if let Err(e) = spawn(GatewayArgs {
+        ctx: ctx.clone(),
+        trunk,
+        handle,
+    })
+    .await
+    {
+        tracing::error!(error = %e, "cannot restart a gateway prober");
     }
 }
 

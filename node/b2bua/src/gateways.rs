@@ -60,6 +60,13 @@ impl GatewayHandle {
             actor: Mutex::new(None),
         }
     }
+    /// The actor id of the gateway's prober (its GatewayActor), when it has one.
+    pub(crate) fn prober(&self) -> Option<ractor::ActorId> {
+        self.actor
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().map(|a| a.get_id()))
+    }
     /// Whether the gateway is up (health).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)

@@ -10,15 +10,18 @@
 //!   config (TOML → validated PoolConfig)        cluster (traits: shard ownership, dialog store)
 //! ```
 //!
-//! Layers, each importing only from the layers below it:
+//! Layers, each importing only from the layers below it (or beside it, without a cycle):
 //! ```text
-//!   5  node                      dispatcher, start, shutdown; shard adopt/release, config apply
-//!   4  gateway   dialog  supervisor   the actors (GatewayActor; DialogActor, one per call), linked to
-//!                                the supervisor, which sweeps what a dead one left registered
-//!   3  ctx       gateways        NodeCtx (what the actors share); the gateway table
-//!   2  txlayer                   transaction events: Envelope, Registry, SipIo, Wire (no actor type)
+//!   5  node                   dispatcher, start, shutdown; shard adopt/release, config apply
+//!   4  dialog  gateway        the actors: DialogActor (one per call), GatewayActor (one per gateway)
+//!      supervisor             every actor is linked to it: it sweeps what a dead one left
+//!                             registered and starts a dead gateway prober again (→ gateway)
+//!   3  ctx  gateways          NodeCtx (what the actors share); the gateway table
+//!   2  txlayer                transaction events: Envelope, Registry, SipIo, Wire (no actor type)
 //!   1  config routing translate health ingress cluster trace   pure: no I/O, no actors
 //! ```
+//! Tests only: `testkit` (a node context over a channel wire, no socket) sits on top of all.
+//!
 //! The transaction-event layer hands events up through ractor's `DerivedActorRef` of its own event
 //! types, so it never names an actor; the node context and the gateway table name none either. The
 //! pool is reached only through [`cluster`]'s traits, so this crate never depends on Raft.

@@ -2,8 +2,8 @@
 //! An actor that dies without stopping cleanly (a panic: ractor then skips its `post_stop`) is
 //! swept out of the routing registry here, whatever it had registered; a call gives back its
 //! gateway slot, its counts and its place in the shutdown wait when its state is dropped (see
-//! `dialog::Call::release`), which ractor does whichever way the actor ended. The supervisor
-//! names no actor type: it sees only cells.
+//! `dialog::Call::release`), which ractor does whichever way the actor ended. A gateway's prober
+//! that died is started again, so that the gateway's health does not freeze.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -11,6 +11,7 @@ use std::sync::{Arc, Weak};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::ctx::NodeCtx;
+use crate::gateway;
 
 /// The supervisor actor.
 #[derive(Debug)]
@@ -43,6 +44,14 @@ impl Actor for Supervisor {
             let leftovers = ctx.registry.forget_actor(cell.get_id());
             ctx.stats.actors_failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(actor = %cell.get_id(), %error, leftovers, "an actor died");
+            if let Some(handle) = ctx
+                .gateways
+                .all()
+                .into_iter()
+                .find(|h| h.prober() == Some(cell.get_id()))
+            {
+                gateway::restart(&ctx, handle).await;
+            }
         }
         Ok(())
     }
@@ -53,4 +62,43 @@ pub(crate) async fn start(ctx: &Arc<NodeCtx>) -> Result<ActorRef<()>, ractor::Sp
     let (sup, _handle) = Actor::spawn(None, Supervisor, Arc::downgrade(ctx)).await?;
     let _ = ctx.supervisor.set(sup.get_cell());
     Ok(sup)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::gateway::GatewayMsg;
+    use crate::testkit::TestNode;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_prober_that_panics_is_started_again() {
+        let node = TestNode::new().await;
+        let trunks = node.ctx.config().trunks.clone();
+        gateway::start_all(&node.ctx, &trunks).await.unwrap();
+        let gw1 = node.ctx.gateways.get("gw1").unwrap();
+        let first = gw1.prober().unwrap();
+        let gw2 = node.ctx.gateways.get("gw2").unwrap().prober().unwrap();
+        let actor: ractor::ActorRef<GatewayMsg> =
+            ractor::ActorRef::from(gw1.actor.lock().unwrap().as_ref().unwrap().get_cell());
+        actor.cast(GatewayMsg::PanicForTest).unwrap();
+        for _ in 0..100 {
+            if gw1.prober().is_some_and(|p| p != first) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let second = gw1.prober().unwrap();
+        assert_ne!(first, second, "a new prober took over");
+        assert_eq!(node.ctx.stats.actors_failed.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            node.ctx.gateways.get("gw2").unwrap().prober(),
+            Some(gw2),
+            "the other gateway's prober is untouched"
+        );
+        gateway::stop_all(&node.ctx);
+    }
 }

@@ -3,109 +3,15 @@
 //! of its own: it only routes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use medpool_sip::transaction::ServerKey;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::call::{Call, CallInfo, Phase};
+use super::call::Call;
+use super::msg::{DialogArgs, DialogMsg, DialogStart, Phase};
 use super::{record, relay, setup, teardown};
 use crate::cluster::DialogRecord;
-use crate::config::Trunk;
 use crate::ctx::NodeCtx;
-use crate::txlayer::{CallEvent, CallRef, Envelope, Registry};
-
-/// Messages a call receives.
-// Transaction events are most of a call's messages and carry their message inline, as before
-// they were a variant of their own: boxing them would allocate once per message.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum DialogMsg {
-    /// A transaction event of the call (from the transaction layer).
-    Tx(CallEvent),
-    /// The call's shard moved to another node. A call written down (answered) goes on there: this
-    /// actor stops without a word. A call still being set up is known nowhere else: it is ended
-    /// here (503 + Retry-After to the caller, CANCEL to the gateway), never left half-open.
-    ShardReleased,
-    /// Time to try writing the call's record again (this node could not write it when the call was
-    /// answered: its lease had lapsed, or the write queue was full).
-    StoreRecord,
-    /// A call rebuilt from its record checks that the record still exists (`left` checks to go):
-    /// its old node may have ended the call in the instant the shard moved.
-    RecordCheck {
-        /// Checks left after this one.
-        left: u8,
-    },
-    /// The fast-failover timer of attempt `attempt` fired.
-    FastFailover {
-        /// Attempt number.
-        attempt: u32,
-    },
-    /// Time to retransmit the 2xx to the caller (no ACK yet).
-    Retransmit2xx {
-        /// Interval used this time.
-        interval: Duration,
-    },
-    /// The session timer refresh is due (we are the refresher on leg B).
-    SessionRefresh,
-    /// Hang the call up: BYE both confirmed legs (admin or shutdown).
-    Hangup,
-    /// Report the call's state.
-    Info(RpcReplyPort<CallInfo>),
-    /// Test hook: the call panics (to show what its supervisor and its state's drop give back).
-    #[cfg(test)]
-    PanicForTest,
-}
-
-impl From<CallEvent> for DialogMsg {
-    fn from(e: CallEvent) -> Self {
-        DialogMsg::Tx(e)
-    }
-}
-
-impl TryFrom<DialogMsg> for CallEvent {
-    type Error = DialogMsg;
-    fn try_from(m: DialogMsg) -> Result<Self, DialogMsg> {
-        match m {
-            DialogMsg::Tx(e) => Ok(e),
-            other => Err(other),
-        }
-    }
-}
-
-/// The DialogActor behind a registry entry (the registry holds only calls in its call maps).
-pub fn actor_of(call: &CallRef) -> ActorRef<DialogMsg> {
-    ActorRef::from(call.get_cell())
-}
-
-impl Registry {
-    /// Every call's actor (for shutdown and admin).
-    pub fn call_actors(&self) -> Vec<ActorRef<DialogMsg>> {
-        self.all_calls().iter().map(actor_of).collect()
-    }
-}
-
-/// How a DialogActor starts.
-pub enum DialogStart {
-    /// A new INVITE.
-    New(Box<DialogArgs>),
-    /// A confirmed dialog taken over from another node (its shard moved here).
-    Restored(Arc<NodeCtx>, Box<DialogRecord>),
-}
-
-/// Arguments of a new call.
-pub struct DialogArgs {
-    /// The node.
-    pub ctx: Arc<NodeCtx>,
-    /// The INVITE's server transaction.
-    pub key: ServerKey,
-    /// The INVITE.
-    pub env: Envelope,
-    /// The trunk it came in on.
-    pub inbound: Trunk,
-    /// The call's shard.
-    pub shard: u16,
-}
+use crate::txlayer::CallEvent;
 
 /// The actor (behaviour only; the state is [`Call`]).
 pub struct DialogActor;
@@ -158,11 +64,16 @@ impl Actor for DialogActor {
         match msg {
             DialogMsg::Tx(event) => match event {
                 CallEvent::Response { key, status, env } => {
-                    relay::on_response(st, me, key, status, env);
+                    match st.attempts.iter().position(|a| a.key == key) {
+                        Some(idx) => setup::on_invite_response(st, me, idx, status, env),
+                        None => relay::on_response(st, me, key, status, env),
+                    }
                 }
                 CallEvent::StrayAnswer { env } => st.reack_b(&env),
                 CallEvent::ClientEnded { key, outcome } => {
-                    setup::on_client_ended(st, me, key, outcome);
+                    if !setup::on_attempt_ended(st, me, &key, outcome) {
+                        relay::on_client_ended(st, me, key, outcome);
+                    }
                 }
                 CallEvent::Cancel { key, env } => setup::on_cancel(st, me, &key, &env),
                 CallEvent::Request { side, key, env } => relay::on_request(st, me, side, key, env),

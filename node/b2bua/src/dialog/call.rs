@@ -9,58 +9,12 @@ use medpool_sip::transaction::{ClientKey, ServerKey};
 use ractor::{ActorId, ActorRef};
 use tokio::time::Instant;
 
-use super::actor::*;
 use super::leg::{self, Leg};
+use super::msg::{CallInfo, DialogMsg, Phase};
 use crate::config::Trunk;
 use crate::ctx::NodeCtx;
 use crate::routing::Candidate;
 use crate::txlayer::{Envelope, Owner, Side};
-
-/// What the admin API and tests see of a call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallInfo {
-    /// Leg A Call-ID.
-    pub a_call_id: String,
-    /// Leg B Call-ID (of the current attempt).
-    pub b_call_id: Option<String>,
-    /// Phase.
-    pub phase: Phase,
-    /// Gateway trunks tried, with what happened.
-    pub attempts: Vec<(String, String)>,
-    /// Shard of the call.
-    pub shard: u16,
-    /// The trunk it came in on.
-    pub inbound_trunk: String,
-    /// The gateway trunk of the current attempt.
-    pub gateway: Option<String>,
-    /// Normalised called number.
-    pub called: String,
-    /// Normalised calling number.
-    pub calling: String,
-    /// Time since the INVITE arrived (or since the call was restored here).
-    pub age: Duration,
-    /// Time from the INVITE to the answer, when answered.
-    pub answered_after: Option<Duration>,
-    /// Leg A: our tag and the peer's.
-    pub a_tags: (String, String),
-    /// Leg B: our tag and the peer's, when there is a leg B.
-    pub b_tags: Option<(String, String)>,
-}
-
-/// Where a call is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Choosing / calling a gateway.
-    Calling,
-    /// A provisional response was relayed to the caller.
-    Early,
-    /// 2xx relayed, waiting for the caller's ACK.
-    Answered,
-    /// Established.
-    Confirmed,
-    /// Ending (BYE or CANCEL under way).
-    Ending,
-}
 
 /// One gateway attempt on leg B.
 #[derive(Debug)]

@@ -15,16 +15,20 @@
 //!   with that leg's dialog identifiers and CSeq; the answer is relayed back.
 //! ```
 //!
-//! Files, one concern each: `actor` (the messages and the dispatch: which concern handles what),
+//! Files, one concern each: `msg` (what the actor takes and reports), `actor` (the dispatch:
+//! which concern handles what),
 //! `call` (the state, built by one constructor for new and rebuilt calls), `outbound` (the leg-B
 //! INVITE, a pure function), `setup` (answers to the caller, gateway attempts and failover),
 //! `relay` (in-dialog requests between the legs, the session-timer refresh), `teardown` (BYE, the
 //! end, what a stopped call gives back), `record` (the replicated record and rebuilding a call
 //! from it), `spans` (trace spans), `leg` (one leg's dialog identifiers and message builders).
+//! They import in one direction: `msg` → `call` (with `leg`, `outbound`, `spans`) → `setup`,
+//! `relay` → `teardown` (which ACKs through `relay`), `record` → `actor`.
 
 mod actor;
 mod call;
 pub mod leg;
+mod msg;
 mod outbound;
 mod record;
 mod relay;
@@ -34,6 +38,7 @@ mod teardown;
 #[cfg(test)]
 mod tests;
 
-pub use actor::{DialogActor, DialogArgs, DialogMsg, DialogStart, actor_of, spawn, spawn_restored};
-pub use call::{Call, CallInfo, Phase};
+pub use actor::{DialogActor, spawn, spawn_restored};
+pub use call::Call;
+pub use msg::{CallInfo, DialogArgs, DialogMsg, DialogStart, Phase, actor_of};
 pub use record::CSEQ_SKIP;

@@ -164,3 +164,72 @@ pub(super) fn outbound_invite(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::PoolConfig;
+    use crate::testkit::{CONFIG, NODE};
+
+    fn ids() -> OutboundIds {
+        OutboundIds {
+            call_id: "b-1@medpool".into(),
+            tag: "t-1".into(),
+            branch: "z9hG4bK-b-1".into(),
+        }
+    }
+    fn me() -> Me {
+        Me {
+            hostport: NODE.into(),
+            local: NODE.into(),
+        }
+    }
+
+    #[test]
+    fn the_leg_b_invite_carries_the_numbers_the_trunk_wants_and_the_callers_offer() {
+        let config = PoolConfig::from_toml_str(CONFIG, "test.toml").unwrap();
+        let gw1 = config.trunk("gw1").unwrap();
+        let caller = SipMessage::parse(crate::testkit::invite("o-1")).unwrap();
+        let out =
+            outbound_invite(&me(), &caller, gw1, false, "+15550100", "+15550111", ids()).unwrap();
+        let inv = SipMessage::parse(out.bytes).unwrap();
+        assert_eq!(inv.method(), Some(Method::Invite));
+        assert_eq!(
+            inv.request_uri_bytes().unwrap(),
+            b"sip:+15550100@127.0.9.21:5060;user=phone"
+        );
+        assert_eq!(inv.call_id().unwrap().unwrap(), b"b-1@medpool");
+        assert_eq!(inv.from_tag(), Some(&b"t-1"[..]));
+        assert_eq!(inv.top_branch(), Some(&b"z9hG4bK-b-1"[..]));
+        assert_eq!(inv.cseq().unwrap().unwrap().seq, 1);
+        assert_eq!(inv.max_forwards().unwrap().unwrap(), 69);
+        assert_eq!(inv.body(), caller.body());
+        assert!(
+            String::from_utf8_lossy(inv.header(HeaderName::From).unwrap())
+                .starts_with("<sip:+15550111@127.0.9.100>")
+        );
+        assert_eq!(inv.session_expires().map(|s| s.is_ok()), None);
+        let leg = out.leg;
+        assert_eq!(leg.peer, "127.0.9.21:5060".parse().unwrap());
+        assert_eq!(leg.local_tag, "t-1");
+        assert_eq!((leg.local_cseq, leg.remote_tag), (1, None));
+    }
+
+    #[test]
+    fn a_trunk_with_a_session_timer_asks_for_one_when_the_caller_did_not() {
+        let text = CONFIG.replace(
+            "address = \"127.0.9.21\"",
+            "address = \"127.0.9.21\"\nsession_expires = 1800",
+        );
+        let config = PoolConfig::from_toml_str(&text, "test.toml").unwrap();
+        let gw1 = config.trunk("gw1").unwrap();
+        let caller = SipMessage::parse(crate::testkit::invite("o-2")).unwrap();
+        let out = outbound_invite(&me(), &caller, gw1, false, "+15550100", "", ids()).unwrap();
+        let inv = SipMessage::parse(out.bytes).unwrap();
+        assert_eq!(inv.session_expires().unwrap().unwrap().delta, 1800);
+        assert!(inv.supported().any(|t| t.eq_ignore_ascii_case(b"timer")));
+        assert_eq!(inv.header(HeaderName::MinSe), Some(&b"90"[..]));
+    }
+}

@@ -11,10 +11,10 @@ use medpool_sip::transaction::{ClientKey, ServerKey};
 use medpool_sip::transport::Transport;
 use ractor::{ActorProcessingErr, ActorRef};
 
-use super::actor::*;
-use super::call::*;
+use super::call::{Attempt, Call, CallSeed};
 use super::leg::Leg;
-use super::spans::*;
+use super::msg::{DialogMsg, Phase};
+use super::spans::call_span;
 use crate::cluster::{DialogRecord, LegRecord};
 use crate::ctx::NodeCtx;
 use crate::txlayer::Envelope;

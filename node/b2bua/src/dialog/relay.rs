@@ -2,14 +2,13 @@
 //! answer comes back; ACKs of relayed re-INVITEs follow.
 
 use bytes::Bytes;
-use medpool_sip::transaction::{ClientKey, ServerKey};
+use medpool_sip::transaction::{ClientKey, Outcome, ServerKey};
 use medpool_sip::{HeaderName, Method, SipMessage, ids};
 use ractor::ActorRef;
 
-use super::actor::*;
-use super::call::*;
+use super::call::{Call, Relay};
 use super::leg::{local_response, relay_request_parts, relay_response};
-use super::setup::*;
+use super::msg::{DialogMsg, Phase};
 use crate::config::ReferPolicy;
 use crate::txlayer::{Envelope, Side};
 
@@ -20,12 +19,7 @@ pub(super) fn on_response(
     status: u16,
     env: Envelope,
 ) {
-    // 1. A leg-B INVITE attempt?
-    if let Some(idx) = st.attempts.iter().position(|a| a.key == key) {
-        on_invite_response(st, myself, idx, status, env);
-        return;
-    }
-    // 2. A relayed in-dialog request.
+    // 1. A relayed in-dialog request (a leg-B INVITE's answers are set-up's).
     if let Some(pos) = st.relays.iter().position(|r| r.client == key) {
         if status < 200 {
             if status > 100 {
@@ -102,7 +96,7 @@ pub(super) fn on_response(
         st.maybe_finish(myself);
         return;
     }
-    // 3. Our BYE / CANCEL / refresh: nothing to relay.
+    // 2. Our BYE / CANCEL / refresh: nothing to relay.
     if status >= 200 {
         st.bye_keys.retain(|k| *k != key);
         st.maybe_finish(myself);
@@ -363,5 +357,41 @@ pub(super) fn on_session_refresh(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         }
         let _ = st.send_request(myself, Side::B, req.build());
         drop(myself.send_after(interval, || DialogMsg::SessionRefresh));
+    }
+}
+
+/// One of the call's other client transactions ended (a relayed request, or our BYE): a relayed
+/// request that got no final answer is answered 408/503 on the leg it came from (a BYE or an
+/// INVITE that timed out ends the call); our BYEs done, the call may finish.
+pub(super) fn on_client_ended(
+    st: &mut Call,
+    myself: &ActorRef<DialogMsg>,
+    key: ClientKey,
+    outcome: Outcome,
+) {
+    if let Some(pos) = st.relays.iter().position(|r| r.client == key)
+        && outcome != Outcome::Completed
+    {
+        let r = st.relays.remove(pos);
+        let status = if outcome == Outcome::Timeout {
+            408
+        } else {
+            503
+        };
+        let tag = st.a.local_tag.clone();
+        let bytes = local_response(&r.request, status, Some(&tag), &[]);
+        if let Some(e) = r.request.reply(bytes) {
+            let _ = st.ctx.driver.respond(&r.server, status, e);
+        }
+        if r.request.msg.method() == Some(Method::Bye)
+            || outcome == Outcome::Timeout && r.request.msg.method() == Some(Method::Invite)
+        {
+            st.bye_all(myself, None);
+        }
+    }
+    let before = st.bye_keys.len();
+    st.bye_keys.retain(|k| *k != key);
+    if before != st.bye_keys.len() || st.phase == Phase::Ending {
+        st.maybe_finish(myself);
     }
 }

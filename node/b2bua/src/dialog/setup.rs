@@ -9,9 +9,9 @@ use medpool_sip::transaction::{ClientKey, Outcome, ServerKey};
 use medpool_sip::{HeaderName, Method, SipMessage, ids};
 use ractor::ActorRef;
 
-use super::actor::*;
-use super::call::*;
+use super::call::{Attempt, Call, CallSeed};
 use super::leg::{Leg, local_response, relay_response};
+use super::msg::{DialogArgs, DialogMsg, Phase};
 use super::outbound::{OutboundIds, outbound_invite};
 use super::spans::call_span;
 use crate::config::Trunk;
@@ -435,19 +435,21 @@ pub(super) fn on_invite_response(
     }
 }
 
-pub(super) fn on_client_ended(
+/// A leg-B INVITE's transaction ended (true when `key` is one): a timeout or transport error
+/// before any answer fails the attempt over, or ends the call.
+pub(super) fn on_attempt_ended(
     st: &mut Call,
     myself: &ActorRef<DialogMsg>,
-    key: ClientKey,
+    key: &ClientKey,
     outcome: Outcome,
-) {
-    if let Some(idx) = st.attempts.iter().position(|a| a.key == key) {
+) -> bool {
+    if let Some(idx) = st.attempts.iter().position(|a| a.key == *key) {
         let was_settled = st.attempts[idx].settled;
         st.attempts[idx].settled = true;
         let att = &st.attempts[idx];
         if was_settled || att.abandoned {
             st.maybe_finish(myself);
-            return;
+            return true;
         }
         if outcome != Outcome::Completed && !att.abandoned && !att.answered {
             let trunk = att.trunk.clone();
@@ -465,33 +467,9 @@ pub(super) fn on_client_ended(
             }
         }
         st.maybe_finish(myself);
-        return;
+        return true;
     }
-    if let Some(pos) = st.relays.iter().position(|r| r.client == key)
-        && outcome != Outcome::Completed
-    {
-        let r = st.relays.remove(pos);
-        let status = if outcome == Outcome::Timeout {
-            408
-        } else {
-            503
-        };
-        let tag = st.a.local_tag.clone();
-        let bytes = local_response(&r.request, status, Some(&tag), &[]);
-        if let Some(e) = r.request.reply(bytes) {
-            let _ = st.ctx.driver.respond(&r.server, status, e);
-        }
-        if r.request.msg.method() == Some(Method::Bye)
-            || outcome == Outcome::Timeout && r.request.msg.method() == Some(Method::Invite)
-        {
-            st.bye_all(myself, None);
-        }
-    }
-    let before = st.bye_keys.len();
-    st.bye_keys.retain(|k| *k != key);
-    if before != st.bye_keys.len() || st.phase == Phase::Ending {
-        st.maybe_finish(myself);
-    }
+    false
 }
 
 /// The state of a call for a new INVITE, registered before the actor runs (its release unregisters

@@ -4,10 +4,10 @@
 use medpool_sip::{HeaderName, ids};
 use ractor::ActorRef;
 
-use super::actor::*;
-use super::call::*;
+use super::call::Call;
 use super::leg::Leg;
-use super::relay::*;
+use super::msg::{DialogMsg, Phase};
+use super::relay::send_ack_b;
 use crate::ctx::NodeEvent;
 use crate::txlayer::{Envelope, Owner, Side};
 
