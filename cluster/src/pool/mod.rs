@@ -42,7 +42,7 @@ mod write;
 pub use crate::error::{NotAppended, WriteError};
 pub use commit::{DIALOG_RETRY_FOR, DialogStats};
 pub use fence::{FenceStats, LATE_WINDOW};
-pub use info::PoolInfo;
+pub use info::{NodeInfo, PoolInfo};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
