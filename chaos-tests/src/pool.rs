@@ -177,7 +177,10 @@ pub fn status_table(info: &PoolInfo) -> String {
         "STATE",
         "SHARDS"
     );
-    for (id, _sip, state, shards) in &info.nodes {
+    for medpool_cluster::pool::NodeInfo {
+        id, state, shards, ..
+    } in &info.nodes
+    {
         out.push_str(&format!("  {id:<5} {state:<8} {shards:>6}\n"));
     }
     out
@@ -186,8 +189,8 @@ pub fn status_table(info: &PoolInfo) -> String {
 fn node_row(info: &PoolInfo, id: usize) -> Option<(&str, usize)> {
     info.nodes
         .iter()
-        .find(|n| n.0 == id as u64)
-        .map(|n| (n.2.as_str(), n.3))
+        .find(|n| n.id == id as u64)
+        .map(|n| (n.state.as_str(), n.shards))
 }
 
 fn is_active(state: &str) -> bool {

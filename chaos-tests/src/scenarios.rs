@@ -363,7 +363,7 @@ async fn rolling_restart(w: &mut World, f: &mut Faults) -> StepResult<()> {
         let mut drained = false;
         for _ in 0..300 {
             if let Ok(s) = w.pool.status(asked).await
-                && s.nodes.iter().any(|n| n.0 == i as u64 && n.3 == 0)
+                && s.nodes.iter().any(|n| n.id == i as u64 && n.shards == 0)
             {
                 drained = true;
                 break;

@@ -98,7 +98,7 @@ async fn three(net: u8) -> Vec<Member> {
             let i = ms[0].pool.info();
             i.nodes.len() == 3
                 && i.unowned == 0
-                && i.nodes.iter().all(|n| n.2 == "Active" && n.3 > 0)
+                && i.nodes.iter().all(|n| n.state == "Active" && n.shards > 0)
         },
     )
     .await;
@@ -114,9 +114,9 @@ async fn nodes_join_and_share_the_shards_evenly() {
     let ms = three(71).await;
     let info = ms[0].pool.info();
     // The rebalancer moves as few shards as it can: no node above ceil(64/3) = 22, every shard owned.
-    let total: usize = info.nodes.iter().map(|n| n.3).sum();
+    let total: usize = info.nodes.iter().map(|n| n.shards).sum();
     assert_eq!(total, 64, "{:?}", info.nodes);
-    for (_, _, _, shards) in &info.nodes {
+    for shards in info.nodes.iter().map(|n| &n.shards) {
         assert!(
             (20..=22).contains(shards),
             "uneven shard map: {:?}",
@@ -176,7 +176,7 @@ async fn leader_loss_elects_a_new_leader_and_moves_the_dead_nodes_shards() {
         || {
             let i = live[0].pool.info();
             i.leader.is_some_and(|l| l != old)
-                && i.nodes.iter().any(|n| n.0 == old && n.2 == "Down")
+                && i.nodes.iter().any(|n| n.id == old && n.state == "Down")
                 && had
                     .iter()
                     .all(|s| live[0].pool.owner(*s).is_some_and(|o| o != old))

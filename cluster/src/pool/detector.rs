@@ -1,13 +1,14 @@
 //! The leader's failure detector and rebalancer: every 200 ms the leader reads who it has heard
-//! from (lease heartbeats), declares nodes silent for longer than L + margin down and heard ones
-//! back, plans shard moves, and proposes those decisions to its own Raft only.
+//! from (lease heartbeats) and asks [`judge`] what follows (nodes down or back, the alive set), then
+//! plans shard moves; it proposes those decisions to its own Raft only.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::audit::Record;
 use crate::command::Command;
@@ -15,6 +16,7 @@ use crate::rebalance::plan_moves;
 use crate::state::NodeState;
 use crate::typ::NodeId;
 
+use super::judge::{Observation, judge};
 use super::{Pool, now_pair};
 
 impl Pool {
@@ -71,48 +73,35 @@ impl Pool {
             if !self.reader.read(|s| s.is_bootstrapped()) {
                 continue;
             }
-            let window = self.opts.lease + self.opts.margin;
             let heard = self.heard.lock().map(|h| h.clone()).unwrap_or_default();
-            let nodes = self.reader.read(|s| s.nodes().clone());
-            let heard_recently =
-                |id: &NodeId| *id == me || heard.get(id).is_some_and(|t| t.elapsed() < window);
-            // A new leader knows who is alive once it has heard from every node, or once L + margin
-            // has passed (then silence means down). Until then it moves nothing.
-            let settled = since.elapsed() >= window
-                || nodes
-                    .iter()
-                    .all(|(id, n)| n.state == NodeState::Down || heard_recently(id));
-            if !settled {
+            let nodes: BTreeMap<NodeId, NodeState> = self
+                .reader
+                .read(|s| s.nodes().iter().map(|(id, n)| (*id, n.state)).collect());
+            let judgement = judge(&Observation {
+                me,
+                nodes: &nodes,
+                heard: &heard,
+                leading_since: since,
+                now: Instant::now(),
+                window: self.opts.lease + self.opts.margin,
+            });
+            if !judgement.settled {
                 continue;
             }
-            let mut alive = BTreeSet::new();
-            for (id, rec) in &nodes {
-                let recent = heard_recently(id);
-                match rec.state {
-                    NodeState::Active | NodeState::Draining if !recent => {
-                        tracing::warn!(
-                            node = id,
-                            "node silent for longer than lease + margin: down"
-                        );
-                        self.write_as_leader(Command::SetNodeState {
-                            id: *id,
-                            state: NodeState::Down,
-                        })
-                        .await;
-                    }
-                    NodeState::Down if recent => {
-                        self.write_as_leader(Command::SetNodeState {
-                            id: *id,
-                            state: NodeState::Active,
-                        })
-                        .await;
-                    }
-                    _ => {}
+            for command in judgement.commands {
+                if let Command::SetNodeState {
+                    id,
+                    state: NodeState::Down,
+                } = &command
+                {
+                    tracing::warn!(
+                        node = id,
+                        "node silent for longer than lease + margin: down"
+                    );
                 }
-                if recent {
-                    alive.insert(*id);
-                }
+                self.write_as_leader(command).await;
             }
+            let alive = judgement.alive;
             let moves = self.reader.read(|s| plan_moves(s, &alive));
             if !moves.is_empty() {
                 tracing::info!(moves = moves.len(), "rebalancing shards");

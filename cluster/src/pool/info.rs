@@ -27,8 +27,8 @@ pub struct PoolInfo {
     pub lease: bool,
     /// Configuration version.
     pub config_version: Option<u64>,
-    /// Every node: id, SIP address, state, shards owned.
-    pub nodes: Vec<(NodeId, String, String, usize)>,
+    /// Every node of the applied state.
+    pub nodes: Vec<NodeInfo>,
     /// Shards without an owner.
     pub unowned: usize,
     /// Confirmed dialogs recorded.
@@ -48,6 +48,27 @@ pub struct PoolInfo {
     pub acting: usize,
 }
 
+/// One node as [`PoolInfo`] lists it. On the wire (JSON) it is the array
+/// `[id, sip_addr, state, shards]`, as before it had names: nodes of different versions read each
+/// other's status during a rolling upgrade (the hand-over fence asks for it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: NodeId,
+    /// Its SIP address.
+    pub sip_addr: String,
+    /// Its state (`Active`, `Draining`, `Down`).
+    pub state: String,
+    /// How many shards it owns.
+    pub shards: usize,
+}
+
+impl serde::Serialize for NodeInfo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.id, &self.sip_addr, &self.state, self.shards).serialize(s)
+    }
+}
+
 impl Pool {
     /// A status snapshot.
     pub fn info(&self) -> PoolInfo {
@@ -56,13 +77,11 @@ impl Pool {
             let nodes = s
                 .nodes()
                 .iter()
-                .map(|(id, n)| {
-                    (
-                        *id,
-                        n.addresses.sip_addr.clone(),
-                        format!("{:?}", n.state),
-                        s.shards_of(*id).len(),
-                    )
+                .map(|(id, n)| NodeInfo {
+                    id: *id,
+                    sip_addr: n.addresses.sip_addr.clone(),
+                    state: format!("{:?}", n.state),
+                    shards: s.shards_of(*id).len(),
                 })
                 .collect();
             let unowned = s.shards().iter().filter(|e| e.owner.is_none()).count();
@@ -111,5 +130,25 @@ impl Pool {
                 _ = stop.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::NodeInfo;
+
+    #[test]
+    fn a_node_travels_as_the_array_older_nodes_read() {
+        let n = NodeInfo {
+            id: 2,
+            sip_addr: "10.0.0.2:5060".into(),
+            state: "Active".into(),
+            shards: 5,
+        };
+        let json = serde_json::to_string(&n).unwrap();
+        assert_eq!(json, r#"[2,"10.0.0.2:5060","Active",5]"#);
+        assert_eq!(serde_json::from_str::<NodeInfo>(&json).unwrap(), n);
     }
 }

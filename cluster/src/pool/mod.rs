@@ -17,6 +17,8 @@
 //!   lease.rs       lease heartbeats, grants    fence.rs     shard watcher, hand-over fence
 //!   commit.rs      dialog group commit         forward.rs   SIP forwarding between nodes
 //!   write.rs       writes through the leader   info.rs      status (PoolInfo), config audit
+//!  ───────────────────────────────────────────────────────────────────────────────────────────
+//!   judge.rs       the failure detector's judgement: pure, no clock, no I/O
 //! ```
 //!
 //! The files of the middle row each add methods to [`Pool`]; they call one another only through
@@ -35,6 +37,7 @@ mod fence;
 mod forward;
 mod hooks;
 mod info;
+mod judge;
 mod lease;
 mod membership;
 mod write;
@@ -42,7 +45,7 @@ mod write;
 pub use crate::error::{NotAppended, WriteError};
 pub use commit::{DIALOG_RETRY_FOR, DialogStats};
 pub use fence::{FenceStats, LATE_WINDOW};
-pub use info::PoolInfo;
+pub use info::{NodeInfo, PoolInfo};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

@@ -492,13 +492,16 @@ async fn status(raft: SocketAddr) -> Option<PoolInfo> {
 fn row(info: &PoolInfo, id: usize) -> Option<(&str, usize)> {
     info.nodes
         .iter()
-        .find(|n| n.0 == id as u64)
-        .map(|n| (n.2.as_str(), n.3))
+        .find(|n| n.id == id as u64)
+        .map(|n| (n.state.as_str(), n.shards))
 }
 
 fn table(info: &PoolInfo) -> String {
     let mut out = String::from("  NODE  STATE     SHARDS\n");
-    for (id, _, state, shards) in &info.nodes {
+    for medpool_cluster::pool::NodeInfo {
+        id, state, shards, ..
+    } in &info.nodes
+    {
         let lead = if info.leader == Some(*id) {
             "  (leader)"
         } else {

@@ -326,7 +326,11 @@ impl Collector for NodeCollector {
                 &[(Vec::new(), committed - applied)],
             )?;
             let me = info.node_id;
-            let owned = info.nodes.iter().find(|n| n.0 == me).map_or(0, |n| n.3);
+            let owned = info
+                .nodes
+                .iter()
+                .find(|n| n.id == me)
+                .map_or(0, |n| n.shards);
             gauge(
                 &mut e,
                 "medpool_shards_owned",

@@ -101,7 +101,13 @@ pub async fn status(server: &str) -> Outcome {
                 "{:<6} {:<24} {:<10} {:>6}",
                 "NODE", "SIP", "STATE", "SHARDS"
             );
-            for (id, sip, state, shards) in &i.nodes {
+            for medpool_cluster::pool::NodeInfo {
+                id,
+                sip_addr: sip,
+                state,
+                shards,
+            } in &i.nodes
+            {
                 println!("{id:<6} {sip:<24} {state:<10} {shards:>6}");
             }
             Outcome::Ok
