@@ -404,7 +404,9 @@ fn chart_lints_renders_validates_and_keeps_its_promises() {
     let token = b64decode(s(&secret["data"]["token"]));
     assert!(token.len() >= 32, "a random token of 48 characters");
     assert!(
-        hook_script(c, "preStop").contains("medpool ctl --server 127.0.0.1:7001 node drain"),
+        hook_script(c, "preStop").contains(
+            "medpool ctl --server 127.0.0.1:7001 --timeout \"${left}\" node drain \"${id}\" --wait"
+        ),
         "the default preStop drains through the admin API"
     );
     assert!(
@@ -506,8 +508,9 @@ fn chart_lints_renders_validates_and_keeps_its_promises() {
         "without caKey the certificate is its own CA"
     );
     assert!(
-        hook_script(c, "preStop")
-            .contains("medpool ctl --server https://127.0.0.1:7001 node drain"),
+        hook_script(c, "preStop").contains(
+            "medpool ctl --server https://127.0.0.1:7001 --timeout \"${left}\" node drain"
+        ),
         "the hooks speak TLS to a TLS admin port"
     );
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
