@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use medpool_cluster::pool::PoolInfo;
-use medpool_proto::cluster::InfoRequest;
 use tokio::task::JoinHandle;
 
 /// Now, in Unix µs (the clock the nodes' audit reports use).
@@ -33,14 +32,12 @@ pub struct Sample {
     pub config_version: Option<u64>,
 }
 
-/// A node's pool status over its internal service (2 s timeout).
+/// A node's pool status over its internal service (2 s timeout): medpool-harness's
+/// [`status`](medpool_harness::status::status), with the error as text.
 pub async fn info(raft: SocketAddr) -> Result<PoolInfo, String> {
-    let mut c = medpool_cluster::network::client(&raft.to_string()).map_err(|e| e.to_string())?;
-    let reply = tokio::time::timeout(Duration::from_secs(2), c.info(InfoRequest {}))
+    medpool_harness::status::status(raft)
         .await
-        .map_err(|_| "no answer in 2 s".to_owned())?
-        .map_err(|e| e.message().to_owned())?;
-    serde_json::from_slice(&reply.into_inner().json).map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Polls every node; stopped when dropped.

@@ -2,15 +2,18 @@
 //! bootstrapping and the others joining through it, all advertising the Service address 127.0.N.100
 //! and trusting it as a forwarder; the standard configuration (internal trunk `pbx` = the caller on
 //! 127.0.N.50 any port, gateways `gw1`/`gw2` on 127.0.N.21/.22:5060); and the waits a test needs,
-//! read from each node's pool status (medpool-cluster's Info over the internal service) and logs.
+//! read from each node's pool status (medpool-cluster's Info over the internal service, through
+//! medpool-harness's [`status`](medpool_harness::status) helpers, shared with `medpool demo`) and logs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use medpool_cluster::pool::PoolInfo;
-use medpool_proto::cluster::InfoRequest;
+use medpool_harness::status::{is_active, node_row};
 use tokio::time::Instant;
+
+pub use medpool_harness::status::{field, status_table};
 
 use crate::HarnessError;
 use crate::process::{NodeProcess, NodeSpec};
@@ -152,51 +155,6 @@ pub struct Setup {
     pub data_dirs: std::collections::BTreeMap<usize, PathBuf>,
 }
 
-/// The number in `key=<n>` within a log line.
-pub fn field(line: &str, key: &str) -> Option<usize> {
-    let at = line.find(&format!("{key}="))? + key.len() + 1;
-    let digits: String = line[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-/// The status as a table: one line per node. (The SIP address a node records is the one it
-/// advertises: with a Service in front, the same for every node, so it is left out.)
-pub fn status_table(info: &PoolInfo) -> String {
-    let mut out = format!(
-        "  (seen by node {}: leader {}, term {}, unowned shards {}, dialogs {})\n  {:<5} {:<8} {:>6}\n",
-        info.node_id,
-        info.leader
-            .map_or_else(|| "none".to_owned(), |l| l.to_string()),
-        info.term,
-        info.unowned,
-        info.dialogs,
-        "NODE",
-        "STATE",
-        "SHARDS"
-    );
-    for medpool_cluster::pool::NodeInfo {
-        id, state, shards, ..
-    } in &info.nodes
-    {
-        out.push_str(&format!("  {id:<5} {state:<8} {shards:>6}\n"));
-    }
-    out
-}
-
-fn node_row(info: &PoolInfo, id: usize) -> Option<(&str, usize)> {
-    info.nodes
-        .iter()
-        .find(|n| n.id == id as u64)
-        .map(|n| (n.state.as_str(), n.shards))
-}
-
-fn is_active(state: &str) -> bool {
-    state.eq_ignore_ascii_case("active")
-}
-
 impl LocalPool {
     /// Starts `size` nodes on `net` and waits until the pool has converged (every node active with
     /// shards, having adopted them and holding its lease; no unowned shard).
@@ -304,17 +262,7 @@ impl LocalPool {
 
     /// Node `i`'s view of the pool.
     pub async fn status(&self, i: usize) -> Result<PoolInfo, HarnessError> {
-        let server = self.net.node_raft(i).to_string();
-        let err = |reason: String| HarnessError::Status {
-            server: server.clone(),
-            reason,
-        };
-        let mut c = medpool_cluster::network::client(&server).map_err(|e| err(e.to_string()))?;
-        let reply = tokio::time::timeout(Duration::from_secs(2), c.info(InfoRequest {}))
-            .await
-            .map_err(|_| err("no answer in 2 s".to_owned()))?
-            .map_err(|e| err(e.message().to_owned()))?;
-        serde_json::from_slice(&reply.into_inner().json).map_err(|e| err(e.to_string()))
+        medpool_harness::status::status(self.net.node_raft(i)).await
     }
 
     /// Waits until, as `members[0]` sees it, every member is active with shards, no shard is

@@ -24,8 +24,8 @@
 //! Service name to the test's Service. The Service is a UDP forwarder at 127.0.90.100:5060 that
 //! sends each client's traffic to one ready pod (sessionAffinity ClientIP) and names the real source
 //! in `X-Medpool-Source` (the chart's `sip.trustedForwarders`), which kube-proxy does by keeping
-//! the source address. A pod is ready when its own `medpool pool status` shows a leader and itself
-//! Active (what the gRPC readiness probe reports once the admin API serves grpc.health.v1).
+//! the source address. A pod is ready when its own `medpool ctl -o json status` shows a leader and
+//! itself Active (what the gRPC readiness probe reports once the admin API serves grpc.health.v1).
 //!
 //! Every process is stopped by PID in a guard's `Drop`, also when a test panics. Addresses:
 //! 127.0.90.x (Service .100, gateways .21/.22, PBXs .50/.51) and 127.0.91-93.1 (pods).
@@ -255,26 +255,11 @@ fn hook_script(c: &Value, hook: &str) -> String {
 }
 
 fn b64decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-    {
-        let v = ALPHABET
-            .iter()
-            .position(|a| *a == c)
-            .unwrap_or_else(|| panic!("not base64: {text}")) as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
+    use base64::Engine as _;
+    let compact: String = text.split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .unwrap_or_else(|e| panic!("not base64 ({e}): {text}"))
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -417,7 +402,9 @@ fn chart_lints_renders_validates_and_keeps_its_promises() {
     let token = b64decode(s(&secret["data"]["token"]));
     assert!(token.len() >= 32, "a random token of 48 characters");
     assert!(
-        hook_script(c, "preStop").contains("medpool ctl --server 127.0.0.1:7001 node drain"),
+        hook_script(c, "preStop").contains(
+            "medpool ctl --server 127.0.0.1:7001 --timeout \"${left}\" node drain \"${id}\" --wait"
+        ),
         "the default preStop drains through the admin API"
     );
     assert!(
@@ -519,8 +506,9 @@ fn chart_lints_renders_validates_and_keeps_its_promises() {
         "without caKey the certificate is its own CA"
     );
     assert!(
-        hook_script(c, "preStop")
-            .contains("medpool ctl --server https://127.0.0.1:7001 node drain"),
+        hook_script(c, "preStop").contains(
+            "medpool ctl --server https://127.0.0.1:7001 --timeout \"${left}\" node drain"
+        ),
         "the hooks speak TLS to a TLS admin port"
     );
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
@@ -530,7 +518,7 @@ fn chart_lints_renders_validates_and_keeps_its_promises() {
         );
     }
 
-    // --- metrics, ServiceMonitor, drain over the internal service, existing ConfigMap
+    // --- metrics, ServiceMonitor, existing ConfigMap
     let objs = load("metrics");
     let sts = find(&objs, "StatefulSet", "medpool");
     let c = container(sts);
@@ -583,10 +571,12 @@ fn chart_lints_renders_validates_and_keeps_its_promises() {
             .any(|v| v["configMap"]["name"] == "medpool-pool-config")
     );
     let pre = hook_script(c, "preStop");
-    assert!(pre.contains("medpool pool drain \"${id}\" --server 127.0.0.1:7000"));
+    assert!(pre.contains(
+        "medpool ctl --server 127.0.0.1:7001 --timeout \"${left}\" node drain \"${id}\" --wait"
+    ));
     assert!(
         hook_script(c, "postStart")
-            .contains("medpool pool undrain \"${id}\" --server 127.0.0.1:7000")
+            .contains("medpool ctl --server 127.0.0.1:7001 node undrain \"${id}\"")
     );
 
     // --- the image
@@ -904,14 +894,19 @@ fn common_properties(set: &str, objs: &[Value]) {
         "{}",
         ctx("own id")
     );
-    assert!(pre.contains("node drain \"${id}\"") || pre.contains("pool drain \"${id}\""));
     assert!(
-        pre.contains(&format!(
-            "medpool pool status --server 127.0.0.1:{internal}"
-        )) && pre.contains("$1 == id { print $4 }")
-            && pre.contains("if [ \"${shards}\" = 0 ]"),
+        pre.contains("medpool ctl --server ")
+            && pre.contains("node drain \"${id}\" --wait; then")
+            && pre.contains("drained (no shard left)"),
         "{}",
-        ctx("the preStop waits until the node owns no shard")
+        ctx(
+            "the preStop drains with `medpool ctl node drain --wait`: done when the node owns no shard"
+        )
+    );
+    assert!(
+        !pre.contains("medpool pool") && !pre.contains("awk"),
+        "{}",
+        ctx("the hooks use `medpool ctl` only")
     );
     let deadline: u64 = pre
         .split("$(date +%s) + ")
@@ -1304,12 +1299,6 @@ impl Pod {
             .map(|(_, v)| v.as_str())
     }
 
-    fn internal(&self) -> String {
-        let listen = self.env("MEDPOOL_RAFT_LISTEN").unwrap();
-        assert!(listen.starts_with(&self.ip), "{listen}");
-        listen.to_owned()
-    }
-
     fn log_file(&self) -> PathBuf {
         self.dir.join(format!("medpool.{}.log", self.starts))
     }
@@ -1390,9 +1379,31 @@ impl Pod {
         (status.is_some_and(|s| s.success()), out)
     }
 
-    /// The pod's own view of the pool.
+    /// The pod's own view of the pool (`medpool ctl -o json status` in the container's environment,
+    /// as the hooks run it: the admin token comes from there).
     fn status(&self, bin: &Path) -> Option<PoolStatus> {
-        pool_status(bin, &self.internal())
+        let admin = self.env("MEDPOOL_ADMIN_LISTEN").unwrap();
+        assert!(admin.starts_with(&self.ip), "{admin}");
+        let o = Command::new(bin)
+            .args([
+                "ctl",
+                "-o",
+                "json",
+                "--timeout",
+                "3",
+                "--server",
+                admin,
+                "status",
+            ])
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            return None;
+        }
+        PoolStatus::parse(&String::from_utf8_lossy(&o.stdout))
     }
 
     fn log_tail(&self, n: usize) -> String {
@@ -1437,7 +1448,7 @@ fn shard_moves(pods: &[Pod]) -> String {
         .join("\n")
 }
 
-/// `medpool pool status`, parsed.
+/// `medpool ctl -o json status`, parsed.
 #[derive(Debug, Clone)]
 struct PoolStatus {
     leader: Option<u64>,
@@ -1448,53 +1459,36 @@ struct PoolStatus {
 }
 
 impl PoolStatus {
+    fn parse(text: &str) -> Option<Self> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        let mut nodes = Vec::new();
+        for n in v["nodes"].as_array()? {
+            nodes.push((
+                n["id"].as_u64()?,
+                n["state"].as_str()?.to_owned(),
+                n["shards"].as_u64()?,
+            ));
+        }
+        Some(PoolStatus {
+            leader: v["leader"].as_u64(),
+            unowned: v["unowned_shards"].as_u64()?,
+            nodes,
+            text: text.to_owned(),
+        })
+    }
     fn state_of(&self, id: u64) -> Option<&str> {
         self.nodes.iter().find(|n| n.0 == id).map(|n| n.1.as_str())
     }
     fn shards_of(&self, id: u64) -> Option<u64> {
         self.nodes.iter().find(|n| n.0 == id).map(|n| n.2)
     }
-    /// Every node Active and owning shards again, every shard owned.
+    /// Every node active and owning shards again, every shard owned.
     fn ready(&self, nodes: usize) -> bool {
         self.leader.is_some()
             && self.unowned == 0
             && self.nodes.len() == nodes
-            && self.nodes.iter().all(|n| n.1 == "Active" && n.2 > 0)
+            && self.nodes.iter().all(|n| n.1 == "active" && n.2 > 0)
     }
-}
-
-fn pool_status(bin: &Path, server: &str) -> Option<PoolStatus> {
-    let o = Command::new(bin)
-        .args(["pool", "status", "--server", server])
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    if !o.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    let mut lines = text.lines();
-    let head = lines.next()?;
-    let field = |key: &str| {
-        head.split(" · ")
-            .find_map(|p| p.strip_prefix(key))
-            .map(str::trim)
-    };
-    let leader = field("leader ").and_then(|l| l.parse().ok());
-    let unowned = field("unowned shards ")?.parse().ok()?;
-    let mut nodes = Vec::new();
-    for l in lines.skip(1) {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        if w.len() >= 4 {
-            nodes.push((w[0].parse().ok()?, w[2].to_owned(), w[3].parse().ok()?));
-        }
-    }
-    Some(PoolStatus {
-        leader,
-        unowned,
-        nodes,
-        text,
-    })
 }
 
 fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
@@ -1706,16 +1700,6 @@ impl Sipp {
 
 // ------------------------------------------------------------------------------------------------
 
-/// Does this medpool have `medpool ctl` (the admin API)? The chart's default preStop uses it.
-fn binary_has_ctl(bin: &Path) -> bool {
-    Command::new(bin)
-        .args(["ctl", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[test]
 fn startup_contract_rolling_restart_under_load() {
     let _one = serial();
@@ -1729,21 +1713,13 @@ fn startup_contract_rolling_restart_under_load() {
 
     // Render the chart with the test's values: its pool configuration seed (trunks on 127.0.90.x)
     // and the Service stand-in as trusted SIP forwarder. Everything else is the chart's default.
-    let ctl = binary_has_ctl(&bin);
-    let mut values = format!(
+    let values = format!(
         "sip:\n  trustedForwarders:\n    - \"{SERVICE_IP}\"\nconfig:\n  seed: |\n{}",
         seed_config()
             .lines()
             .map(|l| format!("    {l}\n"))
             .collect::<String>()
     );
-    if !ctl {
-        eprintln!(
-            "NOTE: this medpool has no `medpool ctl` yet (admin API): the chart is rendered with \
-             drain.method=pool, so the hooks drain and undrain over the internal service"
-        );
-        values.push_str("drain:\n  method: pool\n");
-    }
     let values_file = root.join("values.yaml");
     std::fs::write(&values_file, &values).unwrap();
     let objects = render(&tools, &values_file, &root.join("rendered.yaml"));
@@ -1808,7 +1784,7 @@ fn startup_contract_rolling_restart_under_load() {
                 p.log_tail(40)
             );
         }
-        if let Some(st) = pods.iter().find_map(|p| pool_status(&bin, &p.internal())) {
+        if let Some(st) = pods.iter().find_map(|p| p.status(&bin)) {
             eprintln!("--- pool status ---\n{}", st.text);
         }
         eprintln!(
@@ -1878,7 +1854,7 @@ fn startup_contract_rolling_restart_under_load() {
         service.set_ready(
             i,
             p.status(&bin)
-                .is_some_and(|s| s.state_of(i as u64) == Some("Active")),
+                .is_some_and(|s| s.state_of(i as u64) == Some("active")),
         );
     }
 
@@ -1992,7 +1968,7 @@ fn startup_contract_rolling_restart_under_load() {
             || {
                 pods[i]
                     .status(&bin)
-                    .filter(|s| s.leader.is_some() && s.state_of(me) == Some("Active"))
+                    .filter(|s| s.leader.is_some() && s.state_of(me) == Some("active"))
             },
         ) {
             fail(&pods, format!("{name} after its restart: {e}"));

@@ -126,10 +126,11 @@ Checks that cannot be expressed in values.schema.json. They fail the render with
 {{- end }}
 
 {{/*
-The preStop hook: drain this node, then wait until the pool shows it owning no shard (its calls now
-live on the other nodes), at most drain.timeoutSeconds. It never fails the hook: the kubelet sends
-SIGTERM afterwards anyway, and medpool's own shutdown lets what is left finish. Its output goes to
-the container's log when PID 1 is medpool (the image's entrypoint).
+The preStop hook: drain this node and wait until it owns no shard (its calls now live on the other
+nodes), at most drain.timeoutSeconds, with `medpool ctl node drain --wait` (exit 0 once the node owns
+no shard; the drain is idempotent, so a failed attempt is simply repeated). It never fails the hook:
+the kubelet sends SIGTERM afterwards anyway, and medpool's own shutdown lets what is left finish. Its
+output goes to the container's log when PID 1 is medpool (the image's entrypoint).
 Runs with the container's environment: POD_NAME (<fullname>-<ordinal>; the node id is the ordinal), and
 MEDPOOL_ADMIN_TOKEN for the admin API.
 */}}
@@ -138,18 +139,12 @@ if [ "$(cat /proc/1/comm 2>/dev/null)" = medpool ]; then exec >>/proc/1/fd/2 2>&
 id="${MEDPOOL_NODE_ID:-${POD_NAME##*-}}"
 deadline=$(( $(date +%s) + {{ int .Values.drain.timeoutSeconds }} ))
 echo "preStop: draining node ${id}"
-{{- if eq .Values.drain.method "ctl" }}
-until medpool ctl --server {{ include "medpool.adminLocal" . }} node drain "${id}"; do
-{{- else }}
-until medpool pool drain "${id}" --server 127.0.0.1:{{ int .Values.internal.port }}; do
-{{- end }}
-  if [ "$(date +%s)" -ge "${deadline}" ]; then echo "preStop: drain of node ${id} not accepted in time"; exit 0; fi
-  sleep 1
-done
 while :; do
-  shards=$(medpool pool status --server 127.0.0.1:{{ int .Values.internal.port }} 2>/dev/null | awk -v id="${id}" '$1 == id { print $4 }')
-  if [ "${shards}" = 0 ]; then echo "preStop: node ${id} drained (no shard left)"; exit 0; fi
-  if [ "$(date +%s)" -ge "${deadline}" ]; then echo "preStop: node ${id} still owns ${shards:-?} shards after {{ int .Values.drain.timeoutSeconds }} s"; exit 0; fi
+  left=$(( deadline - $(date +%s) ))
+  if [ "${left}" -le 0 ]; then echo "preStop: node ${id} not drained after {{ int .Values.drain.timeoutSeconds }} s"; exit 0; fi
+  if timeout "${left}" medpool ctl --server {{ include "medpool.adminLocal" . }} --timeout "${left}" node drain "${id}" --wait; then
+    echo "preStop: node ${id} drained (no shard left)"; exit 0
+  fi
   sleep 1
 done
 {{- end }}
@@ -164,11 +159,7 @@ not rejoin), so without this it would stay drained after a rolling restart.
 if [ "$(cat /proc/1/comm 2>/dev/null)" = medpool ]; then exec >>/proc/1/fd/2 2>&1; fi
 id="${MEDPOOL_NODE_ID:-${POD_NAME##*-}}"
 deadline=$(( $(date +%s) + {{ int .Values.drain.timeoutSeconds }} ))
-{{- if eq .Values.drain.method "ctl" }}
 until medpool ctl --server {{ include "medpool.adminLocal" . }} node undrain "${id}" >/dev/null 2>&1; do
-{{- else }}
-until medpool pool undrain "${id}" --server 127.0.0.1:{{ int .Values.internal.port }} >/dev/null 2>&1; do
-{{- end }}
   if [ "$(date +%s)" -ge "${deadline}" ]; then echo "postStart: node ${id} could not be made active"; exit 0; fi
   sleep 1
 done

@@ -12,22 +12,21 @@
 //! The story: start a 3-node pool, hold calls up through the Service address, SIGKILL the node that
 //! carries the caller's traffic, watch the survivors take its shards and rebuild its calls, then
 //! re-INVITE and hang up every call and print a summary. Node logs go to files in a temporary
-//! folder (kept with `--keep`). Children are SIGKILLed if the demo itself fails midway.
+//! folder (kept with `--keep`). The nodes are started by medpool-harness, as the tests start them
+//! (same environment rule); they are stopped by PID if the demo itself fails midway.
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::Path;
 use std::time::Duration;
 
 use medpool_cluster::pool::PoolInfo;
-use medpool_proto::cluster::InfoRequest;
+use medpool_harness::HarnessError;
+use medpool_harness::process::{NodeProcess, NodeSpec};
+use medpool_harness::status::{field, is_active, node_row};
 use medpool_simpeer::{
     Caller, CallerConfig, Forwarder, ForwarderConfig, Gateway, GatewayConfig, Summary,
 };
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 /// `medpool demo` flags.
@@ -58,16 +57,9 @@ pub enum DemoError {
     /// A simulated peer could not start (is another demo running?).
     #[error(transparent)]
     Peer(#[from] medpool_simpeer::SimpeerError),
-    /// A node exited on its own.
-    #[error("node {node} exited; the end of its log ({log}):\n{tail}")]
-    NodeExited {
-        /// Which node.
-        node: usize,
-        /// Its log file.
-        log: String,
-        /// The end of its log.
-        tail: String,
-    },
+    /// A node could not start, exited on its own, or did not log what was awaited in time.
+    #[error(transparent)]
+    Node(#[from] HarnessError),
     /// Something did not happen in time.
     #[error("timed out waiting for {0}")]
     Timeout(String),
@@ -106,21 +98,12 @@ pub async fn run(args: DemoArgs) -> Result<bool, DemoError> {
 
     let mut nodes = Vec::new();
     for i in 0..3 {
-        let join = if i == 0 { None } else { Some(raft(0)) };
-        let spec = NodeSpec {
-            id: i,
-            sip: sip(i),
-            raft: raft(i),
-            join,
-            service,
-            dir: dir.clone(),
-            config: config.clone(),
-        };
-        let node = Node::spawn(&exe, spec)?;
-        node.wait_for(0, "medpool ready", READY).await?;
+        let spec = node_spec(i, raft, sip(i), service, &dir, &config);
+        let mut node = NodeProcess::spawn(&exe, spec)?;
+        node.wait_for_line(0, "medpool ready", READY).await?;
         say(&format!(
             "  node {i} started (pid {}), SIP {}",
-            node.pid,
+            node.pid(),
             sip(i)
         ));
         nodes.push(node);
@@ -166,11 +149,11 @@ pub async fn run(args: DemoArgs) -> Result<bool, DemoError> {
         .and_then(|b| (0..3).find(|&i| sip(i) == b))
         .unwrap_or(1);
     let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
-    let marks: Vec<usize> = nodes.iter().map(Node::lines).collect();
+    let marks: Vec<usize> = nodes.iter().map(|n| n.log().len()).collect();
     let was_leader = before.as_ref().and_then(|b| b.leader) == Some(victim as u64);
     say(&format!(
         "\nSIGKILL node {victim} (pid {}): it receives the PBX's traffic{}.",
-        nodes[victim].pid,
+        nodes[victim].pid(),
         if was_leader {
             " and leads the pool"
         } else {
@@ -178,7 +161,7 @@ pub async fn run(args: DemoArgs) -> Result<bool, DemoError> {
         }
     ));
     let killed = Instant::now();
-    nodes[victim].kill().await;
+    tokio::task::block_in_place(|| nodes[victim].kill9());
     fwd.mark_dead(sip(victim));
     say(if was_leader {
         "The Service re-pins the PBX's flow to a live node. The survivors elect a new leader, which\n\
@@ -192,7 +175,7 @@ pub async fn run(args: DemoArgs) -> Result<bool, DemoError> {
     for &s in &survivors {
         let left = Duration::from_secs(10).saturating_sub(killed.elapsed());
         let line = nodes[s]
-            .wait_for(marks[s], "shards adopted", left)
+            .wait_for_line(marks[s], "shards adopted", left)
             .await
             .ok();
         if let Some(line) = line {
@@ -220,9 +203,7 @@ pub async fn run(args: DemoArgs) -> Result<bool, DemoError> {
 
     let ledger = caller.ledger();
     say("\nStopping the nodes (SIGTERM) and the peers.");
-    for n in &mut nodes {
-        n.stop().await;
-    }
+    stop_all(&mut nodes);
     drop(caller);
     drop(fwd);
     if args.keep {
@@ -296,204 +277,47 @@ fn pool_config(net: u8) -> String {
     )
 }
 
-/// One node's command line.
-struct NodeSpec {
-    id: usize,
+/// Node `i`'s flags: node 0 bootstraps, the others join through it; all advertise the Service and
+/// trust it as a forwarder. Logs and data in `dir`.
+fn node_spec(
+    i: usize,
+    raft: impl Fn(usize) -> SocketAddr,
     sip: SocketAddr,
-    raft: SocketAddr,
-    join: Option<SocketAddr>,
     service: SocketAddr,
-    dir: PathBuf,
-    config: PathBuf,
+    dir: &Path,
+    config: &Path,
+) -> NodeSpec {
+    NodeSpec {
+        id: i as u64,
+        sip,
+        raft: raft(i),
+        join: if i == 0 { Vec::new() } else { vec![raft(0)] },
+        data_dir: dir.join(format!("node{i}")),
+        config: config.to_owned(),
+        advertise: service,
+        trusted_forwarder: service.ip(),
+        log_file: dir.join(format!("node{i}.log")),
+        extra: Vec::new(),
+    }
 }
 
-/// A child `medpool serve` process and its captured stderr (also written to `node<N>.log`).
-struct Node {
-    id: usize,
-    pid: u32,
-    child: Child,
-    log: PathBuf,
-    lines: Arc<Mutex<Vec<String>>>,
-    changed: tokio::sync::watch::Receiver<usize>,
+/// Stops every node still running (SIGTERM, SIGKILL after a grace), off the runtime's workers.
+fn stop_all(nodes: &mut [NodeProcess]) {
+    tokio::task::block_in_place(|| {
+        for n in nodes {
+            n.stop();
+        }
+    });
 }
 
-impl Node {
-    fn spawn(exe: &Path, spec: NodeSpec) -> Result<Node, DemoError> {
-        let log = spec.dir.join(format!("node{}.log", spec.id));
-        let data = spec.dir.join(format!("node{}", spec.id));
-        let mut cmd = Command::new(exe);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&spec.config)
-            .args(["--sip-listen", &spec.sip.to_string()])
-            .args(["--raft-listen", &spec.raft.to_string()])
-            .args(["--node-id", &spec.id.to_string()])
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--advertise", &spec.service.to_string()])
-            .args(["--trusted-forwarders", &spec.service.ip().to_string()])
-            .args([
-                "--shutdown-grace",
-                "2",
-                "--log",
-                "info",
-                "--log-format",
-                "human",
-            ]);
-        if let Some(j) = spec.join {
-            cmd.args(["--join", &j.to_string()]);
-        }
-        // Settings from the caller's environment must not leak into the demo's nodes.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("MEDPOOL_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| DemoError::Io {
-                what: format!("start node {}", spec.id),
-                source,
-            })?;
-        let pid = child.id().unwrap_or(0);
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, changed) = tokio::sync::watch::channel(0);
-        if let Some(stderr) = child.stderr.take() {
-            let lines = Arc::clone(&lines);
-            let mut file = std::fs::File::create(&log).ok();
-            tokio::spawn(async move {
-                let mut reader = tokio::io::BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    if let Some(f) = file.as_mut() {
-                        let _ = writeln!(f, "{line}");
-                    }
-                    let n = {
-                        let mut l = lines.lock().unwrap_or_else(PoisonError::into_inner);
-                        l.push(line);
-                        l.len()
-                    };
-                    tx.send_replace(n);
-                }
-            });
-        }
-        Ok(Node {
-            id: spec.id,
-            pid,
-            child,
-            log,
-            lines,
-            changed,
-        })
-    }
-
-    fn lines(&self) -> usize {
-        self.lines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    fn find(&self, from: usize, pattern: &str) -> Option<String> {
-        self.lines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .skip(from)
-            .find(|l| l.contains(pattern))
-            .cloned()
-    }
-
-    fn tail(&self) -> String {
-        let l = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        let ours: Vec<&str> = l
-            .iter()
-            .filter(|l| !l.contains(" openraft::"))
-            .map(String::as_str)
-            .collect();
-        ours[ours.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// Waits for a line (from line number `from` on) containing `pattern`.
-    async fn wait_for(
-        &self,
-        from: usize,
-        pattern: &str,
-        within: Duration,
-    ) -> Result<String, DemoError> {
-        let deadline = Instant::now() + within;
-        let mut changed = self.changed.clone();
-        loop {
-            if let Some(l) = self.find(from, pattern) {
-                return Ok(l);
-            }
-            if Instant::now() >= deadline {
-                return Err(DemoError::Timeout(format!(
-                    "{pattern:?} from node {} (log {})",
-                    self.id,
-                    self.log.display()
-                )));
-            }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) | Err(_) => {}
-                Ok(Err(_)) => {
-                    return Err(DemoError::NodeExited {
-                        node: self.id,
-                        log: self.log.display().to_string(),
-                        tail: self.tail(),
-                    });
-                }
-            }
-        }
-    }
-
-    /// SIGKILL.
-    async fn kill(&mut self) {
-        let _ = self.child.kill().await;
-    }
-
-    /// SIGTERM (through `kill -TERM`), then SIGKILL after 5 s, or at once when `kill` is missing.
-    async fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let term = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .is_ok_and(|s| s.success());
-        if term
-            && tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-                .await
-                .is_ok()
-        {
-            return;
-        }
-        let _ = self.child.kill().await;
-    }
+/// A node's id (its index in the demo).
+fn id_of(n: &NodeProcess) -> usize {
+    n.spec.id as usize
 }
 
 /// A node's view of the pool, or `None` when it does not answer.
 async fn status(raft: SocketAddr) -> Option<PoolInfo> {
-    let mut c = medpool_cluster::network::client(&raft.to_string()).ok()?;
-    let r = tokio::time::timeout(Duration::from_secs(2), c.info(InfoRequest {}))
-        .await
-        .ok()?
-        .ok()?;
-    serde_json::from_slice(&r.into_inner().json).ok()
-}
-
-fn row(info: &PoolInfo, id: usize) -> Option<(&str, usize)> {
-    info.nodes
-        .iter()
-        .find(|n| n.id == id as u64)
-        .map(|n| (n.state.as_str(), n.shards))
+    medpool_harness::status::status(raft).await.ok()
 }
 
 fn table(info: &PoolInfo) -> String {
@@ -512,20 +336,10 @@ fn table(info: &PoolInfo) -> String {
     out
 }
 
-/// The number after `key=` in a log line.
-fn field(line: &str, key: &str) -> Option<usize> {
-    let at = line.find(&format!("{key}="))? + key.len() + 1;
-    let digits: String = line[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
 /// Waits until every node is active with shards (as node 0 sees it), has adopted them and holds
 /// its lease (a node acts on its shards only with a lease: before, their new calls get 503).
 async fn wait_converged(
-    nodes: &[Node],
+    nodes: &[NodeProcess],
     raft: impl Fn(usize) -> SocketAddr,
 ) -> Result<PoolInfo, DemoError> {
     let deadline = Instant::now() + READY;
@@ -534,10 +348,10 @@ async fn wait_converged(
             let mut serving = info.unowned == 0;
             for n in nodes {
                 serving = serving
-                    && row(&info, n.id)
-                        .is_some_and(|(s, shards)| s.eq_ignore_ascii_case("active") && shards > 0)
-                    && n.find(0, "shards adopted").is_some()
-                    && status(raft(n.id)).await.is_some_and(|own| own.lease);
+                    && node_row(&info, id_of(n))
+                        .is_some_and(|(s, shards)| is_active(s) && shards > 0)
+                    && n.log().position(0, "shards adopted").is_some()
+                    && status(raft(id_of(n))).await.is_some_and(|own| own.lease);
             }
             if serving {
                 return Ok(info);
@@ -553,7 +367,7 @@ async fn wait_converged(
 /// Prints the shard map each time it changes (as a survivor sees it) until the victim is down with
 /// no shard and none is unowned; returns how long that took and the final map.
 async fn watch_failover(
-    nodes: &[Node],
+    nodes: &[NodeProcess],
     survivor: SocketAddr,
     victim: usize,
     killed: Instant,
@@ -564,7 +378,8 @@ async fn watch_failover(
             let now: Vec<String> = nodes
                 .iter()
                 .filter_map(|n| {
-                    row(&info, n.id).map(|(s, c)| format!("node {} {} {c}", n.id, s.to_lowercase()))
+                    node_row(&info, id_of(n))
+                        .map(|(s, c)| format!("node {} {} {c}", id_of(n), s.to_lowercase()))
                 })
                 .collect();
             let now = now.join(" · ");
@@ -575,8 +390,7 @@ async fn watch_failover(
                 ));
                 last = now;
             }
-            let done = row(&info, victim)
-                .is_some_and(|(s, c)| !s.eq_ignore_ascii_case("active") && c == 0);
+            let done = node_row(&info, victim).is_some_and(|(s, c)| !is_active(s) && c == 0);
             if done && info.unowned == 0 {
                 return Ok((killed.elapsed(), info));
             }

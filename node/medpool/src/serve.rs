@@ -1,5 +1,10 @@
-//! `medpool serve`: load the configuration, start the node, wait for SIGTERM/SIGINT, shut down
-//! through the node's single shutdown path.
+//! `medpool serve`: its flags, and running a node. [`run`] loads the configuration, starts the node
+//! (B2BUA, pool when `--raft-listen` is given, admin API, metrics), waits for the caller's shutdown
+//! future (SIGTERM/SIGINT in the binary, a test's trigger in process) or a fatal Raft failure, and
+//! shuts down through the node's single shutdown path. Nothing here installs signal handlers.
+//!
+//! The pool configuration is kept equal to the pool's replicated one by [`config_sync`], which wakes
+//! on every change of the pool's Raft metrics (an applied entry, a new leader) instead of polling.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +15,114 @@ use medpool_b2bua::node::{self, NodeCtx, NodeError, NodeOptions};
 use medpool_cluster::pool::{Pool, PoolOptions};
 use medpool_cluster::{Command, NodeAddrs};
 
-use crate::pool::{NodeSink, PoolAdapter};
 use medpool_sip::transaction::TimerConfig;
 use medpool_sip::transport::TransportConfig;
+use openraft::async_runtime::watch::WatchReceiver;
 
-use crate::cli::ServeArgs;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::admin::{AdminListener, AdminServer};
+use crate::pool::{NodeSink, PoolAdapter};
+use crate::telemetry::LogArgs;
+
+/// `medpool serve` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Pool configuration file (TOML). Default: ./medpool.toml when it exists, else an empty pool.
+    #[arg(long, env = "MEDPOOL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// SIP listen address (UDP and TCP).
+    #[arg(long, env = "MEDPOOL_SIP_LISTEN", default_value = "127.0.0.1:5060")]
+    pub sip_listen: SocketAddr,
+    /// Address advertised in Via and Contact (`host:port`); default: the SIP listen address.
+    #[arg(long, env = "MEDPOOL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Data folder (Raft log and snapshots in a pool).
+    #[arg(long, env = "MEDPOOL_DATA_DIR", default_value = "./medpool-data")]
+    pub data_dir: PathBuf,
+    /// Number of shards of a new pool (fixed for its life).
+    #[arg(long, env = "MEDPOOL_SHARDS", default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..))]
+    pub shards: u16,
+    /// On SIGTERM/SIGINT, send BYE to every call in progress (default: let calls and transactions finish).
+    #[arg(long, env = "MEDPOOL_BYE_ON_SHUTDOWN")]
+    pub bye_on_shutdown: bool,
+    /// Longest wait for calls/transactions to finish at shutdown, in seconds.
+    #[arg(long, env = "MEDPOOL_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
+    /// Capacity of the inbound SIP queue; beyond it requests are answered 503.
+    #[arg(long, env = "MEDPOOL_SIP_QUEUE", default_value_t = 8192)]
+    pub sip_queue: usize,
+    /// Most live SIP transactions; beyond it requests are answered 503.
+    #[arg(long, env = "MEDPOOL_MAX_TRANSACTIONS", default_value_t = 1_000_000)]
+    pub max_transactions: usize,
+    /// SIP load balancers trusted to name a message's real source in `X-Medpool-Source` (comma-separated IPs).
+    #[arg(long, env = "MEDPOOL_TRUSTED_FORWARDERS", value_delimiter = ',')]
+    pub trusted_forwarders: Vec<std::net::IpAddr>,
+    /// In traces, keep only the last two digits of phone numbers.
+    #[arg(long, env = "MEDPOOL_TRACE_REDACT_NUMBERS")]
+    pub trace_redact_numbers: bool,
+    /// Prometheus metrics address (`GET /metrics`); off when not given.
+    #[arg(long, env = "MEDPOOL_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// SIP timer T1 in milliseconds (RFC 3261 default 500).
+    #[arg(long, env = "MEDPOOL_T1_MS", default_value_t = 500)]
+    pub t1_ms: u64,
+    /// Pool membership (omit `--raft-listen` for the embedded single-node pool).
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    /// The admin gRPC API.
+    #[command(flatten)]
+    pub admin: crate::admin::AdminArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Raft pool flags. A node runs in a pool when `--raft-listen` is given.
+#[derive(Debug, Clone, Args)]
+pub struct PoolArgs {
+    /// Internal gRPC address (Raft, SIP forwarding, join): turns pool mode on.
+    #[arg(long, env = "MEDPOOL_RAFT_LISTEN")]
+    pub raft_listen: Option<std::net::SocketAddr>,
+    /// Address other nodes reach the internal service on (default: --raft-listen).
+    #[arg(long, env = "MEDPOOL_RAFT_ADVERTISE")]
+    pub raft_advertise: Option<String>,
+    /// This node's id (stable across restarts). Default: the ordinal of a StatefulSet hostname
+    /// (`<name>-<ordinal>`), else 0.
+    #[arg(long, env = "MEDPOOL_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Members to join through, `host:port` of their internal service, comma-separated. Empty: this
+    /// node bootstraps a new pool (node 0 of a StatefulSet does; the others join `<name>-0`).
+    #[arg(long, env = "MEDPOOL_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// With a StatefulSet: the headless Service's domain (e.g. `medpool-peers.default.svc.cluster.local`);
+    /// node id and join address are derived from the hostname.
+    #[arg(long, env = "MEDPOOL_PEER_DOMAIN")]
+    pub peer_domain: Option<String>,
+    /// An /etc/hosts-style file whose names override DNS for internal addresses (tests that start
+    /// nodes as a StatefulSet would, without Kubernetes DNS).
+    #[arg(long, env = "MEDPOOL_HOSTS_FILE")]
+    pub hosts_file: Option<std::path::PathBuf>,
+    /// Raft voters (the first nodes); later nodes are learners. 1 to 5.
+    #[arg(long, env = "MEDPOOL_VOTERS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub voters: u8,
+    /// Lease length L in milliseconds.
+    #[arg(long, env = "MEDPOOL_LEASE_MS", default_value_t = 2000)]
+    pub lease_ms: u64,
+    /// Margin added to L before the leader declares a silent node down, in milliseconds.
+    #[arg(long, env = "MEDPOOL_LEASE_MARGIN_MS", default_value_t = 1000)]
+    pub lease_margin_ms: u64,
+    /// Append this node's audit report to PATH (created if missing): its leases, the shards it may
+    /// act for, leadership and configuration versions, one line each with Unix-microsecond times,
+    /// for fault-injection tests that check at most one node acts for a shard at a time. Pool mode
+    /// only; the format is documented in medpool-cluster's `audit` module.
+    #[arg(long, env = "MEDPOOL_AUDIT_FILE", value_name = "PATH")]
+    pub audit_file: Option<PathBuf>,
+}
 
 /// Why `serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +162,6 @@ pub enum ServeError {
         /// The error.
         why: String,
     },
-    /// Signal handlers could not be installed.
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
     /// The admin API could not start.
     #[error("{0}")]
     Admin(#[from] crate::admin::AdminStartError),
@@ -70,8 +175,111 @@ fn load_config(args: &ServeArgs) -> Result<PoolConfig, ConfigError> {
     }
 }
 
-/// Runs a node until SIGTERM or SIGINT.
-pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+/// What a node listens on that must be bound before it starts: the admin API's port (the pool
+/// records its real address, so it is bound before the pool starts). SIP and the internal service
+/// are bound by the node and the pool themselves.
+pub struct Listeners {
+    /// The admin API.
+    pub admin: AdminListener,
+}
+
+impl Listeners {
+    /// Binds what `args` names (`--admin-listen`, default next to the SIP address).
+    pub async fn bind(args: &ServeArgs) -> Result<Listeners, ServeError> {
+        Ok(Listeners {
+            admin: crate::admin::bind(&args.admin, args.sip_listen).await?,
+        })
+    }
+}
+
+/// A started node: what [`run`] waits on. Addresses are the bound ones (port 0 resolved).
+pub struct Serving {
+    running: node::RunningNode,
+    pool: Option<Arc<Pool>>,
+    admin: AdminServer,
+    data_dir: PathBuf,
+    shutdown_grace: Duration,
+    bye_on_shutdown: bool,
+}
+
+impl Serving {
+    /// The SIP address the node listens on.
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.running.sip_addr
+    }
+
+    /// The admin API's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.addr
+    }
+
+    /// Runs until `shutdown` completes (or the pool's Raft fails), then shuts the node down: calls
+    /// and transactions finish (at most `--shutdown-grace`), the admin API stops, the last dialog
+    /// records are written and the pool stops.
+    pub async fn until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let Serving {
+            running,
+            pool,
+            admin,
+            data_dir,
+            shutdown_grace,
+            bye_on_shutdown,
+        } = self;
+        let raft_failed = async {
+            match &pool {
+                Some(p) => p.fatal().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut failure = None;
+        tokio::select! {
+            () = shutdown => {}
+            why = raft_failed => {
+                tracing::error!(
+                    error = %why,
+                    data_dir = %data_dir.display(),
+                    "the pool's Raft store failed: this node stops so that the others take its shards \
+                     over; fix the cause (e.g. free space in the data folder) and start it again"
+                );
+                failure = Some(why);
+            }
+        }
+        running.shutdown(shutdown_grace, bye_on_shutdown).await;
+        admin.shutdown().await;
+        if let Some(pool) = pool {
+            // Records of calls answered in the last instant (still in the group commit) go out first;
+            // when this node's own Raft failed they still go through the leader.
+            let unwritten = pool.flush_dialogs(Duration::from_secs(3)).await;
+            if unwritten > 0 {
+                tracing::warn!(
+                    records = unwritten,
+                    "dialog records not written before stopping"
+                );
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), pool.shutdown()).await;
+        }
+        match failure {
+            Some(why) => Err(ServeError::RaftFailed {
+                data_dir: data_dir.display().to_string(),
+                why,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs a node on `listeners` until `shutdown` completes: [`start`], then [`Serving::until`].
+pub async fn run(
+    args: ServeArgs,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    start(args, listeners).await?.until(shutdown).await
+}
+
+/// Starts a node: configuration, data folder, the B2BUA, the pool when `--raft-listen` is given,
+/// metrics, the admin API. Prints the `medpool ready` line when it serves.
+pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, ServeError> {
     let config = load_config(&args)?;
     std::fs::create_dir_all(&args.data_dir).map_err(|source| ServeError::DataDir {
         path: args.data_dir.display().to_string(),
@@ -102,14 +310,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
     let trunks = config.trunks.len();
     let routes = config.routes.len();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(ServeError::Signals)?;
     let config_text = args
         .config
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok());
-    // Bound before the pool starts, so that the pool records the admin API's real address.
-    let admin_listener = crate::admin::bind(&args.admin, args.sip_listen).await?;
+    let admin_listener = listeners.admin;
     let (running, pool) = match args.pool.raft_listen {
         None => {
             let single = Arc::new(SingleNode::new(args.shards));
@@ -180,52 +385,14 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             None => String::new(),
         }
     );
-    let raft_failed = async {
-        match &pool {
-            Some(p) => p.fatal().await,
-            None => std::future::pending().await,
-        }
-    };
-    let mut failure = None;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        why = raft_failed => {
-            tracing::error!(
-                error = %why,
-                data_dir = %args.data_dir.display(),
-                "the pool's Raft store failed: this node stops so that the others take its shards \
-                 over; fix the cause (e.g. free space in the data folder) and start it again"
-            );
-            failure = Some(why);
-        }
-    }
-    running
-        .shutdown(
-            Duration::from_secs(args.shutdown_grace),
-            args.bye_on_shutdown,
-        )
-        .await;
-    admin.shutdown().await;
-    if let Some(pool) = pool {
-        // Records of calls answered in the last instant (still in the group commit) go out first;
-        // when this node's own Raft failed they still go through the leader.
-        let unwritten = pool.flush_dialogs(Duration::from_secs(3)).await;
-        if unwritten > 0 {
-            tracing::warn!(
-                records = unwritten,
-                "dialog records not written before stopping"
-            );
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), pool.shutdown()).await;
-    }
-    match failure {
-        Some(why) => Err(ServeError::RaftFailed {
-            data_dir: args.data_dir.display().to_string(),
-            why,
-        }),
-        None => Ok(()),
-    }
+    Ok(Serving {
+        running,
+        pool,
+        admin,
+        data_dir: args.data_dir.clone(),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        bye_on_shutdown: args.bye_on_shutdown,
+    })
 }
 
 /// The node id from a StatefulSet hostname `<name>-<ordinal>`.
@@ -285,15 +452,24 @@ fn pool_options(
 }
 
 /// Keeps the node's configuration equal to the pool's: the file seeds an empty pool; afterwards every
-/// node applies the replicated version (versions only grow).
+/// node applies the replicated version (versions only grow). Wakes on every change of the pool's Raft
+/// metrics (each applied entry, each change of leader), so a new version is applied as soon as this
+/// node has applied it, and a failed seed is tried again when the pool changes (e.g. elects a leader).
 async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option<String>) {
+    let mut changes = pool.raft().metrics();
     let mut applied: Option<u64> = None;
     let mut seeded = false;
     loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let current = pool
-            .state()
-            .read(|s| s.config().map(|c| (c.version, c.body.clone())));
+        // The body is copied only when its version is new (entries are applied by the thousand
+        // under load, each waking this loop).
+        let current = pool.state().read(|s| {
+            s.config().map(|c| {
+                (
+                    c.version,
+                    (applied != Some(c.version)).then(|| c.body.clone()),
+                )
+            })
+        });
         match current {
             None => {
                 if !seeded
@@ -307,7 +483,8 @@ async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option<String>) {
                     seeded = pool.write(cmd).await.is_ok();
                 }
             }
-            Some((version, body)) if applied != Some(version) => {
+            Some((_, None)) => {}
+            Some((version, Some(body))) => {
                 let text = String::from_utf8_lossy(&body);
                 match PoolConfig::from_toml_str(&text, &format!("pool configuration v{version}")) {
                     Ok(c) => {
@@ -321,7 +498,10 @@ async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option<String>) {
                     }
                 }
             }
-            _ => {}
+        }
+        if changes.changed().await.is_err() {
+            // The pool's Raft has stopped: nothing more will change.
+            return;
         }
     }
 }

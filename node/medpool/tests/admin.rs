@@ -147,14 +147,12 @@ fn single_node_pool_serves_the_admin_api_with_health_reflection_and_a_token() {
     std::fs::write(&config, &toml).unwrap();
 
     // An admin port beyond loopback without a token: refused at start, with the reason.
-    let out = std::process::Command::new(bin())
+    let out = medpool_harness::medpool_command(bin())
         .args(["serve", "--config"])
         .arg(&config)
         .args(["--sip-listen", &format!("127.0.{n}.2:5060")])
         .args(["--admin-listen", "0.0.0.0:7001", "--data-dir"])
         .arg(dir.file("data-open"))
-        .env_remove("MEDPOOL_ADMIN_TOKEN")
-        .env_remove("MEDPOOL_ADMIN_TOKEN_FILE")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -216,12 +216,9 @@ impl AdminCtx {
                     .await?;
                 match r {
                     CommandResult::ConfigSet { version } => {
-                        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-                        while self.config().0 < Some(version)
-                            && tokio::time::Instant::now() < deadline
-                        {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
+                        // Applied by the leader; wait (briefly) for this node's copy.
+                        self.wait_until(Duration::from_secs(2), |c| c.config().0 >= Some(version))
+                            .await;
                         Ok((version, changes))
                     }
                     other => Err(AdminError::OutcomeUnknown(format!(
@@ -291,10 +288,10 @@ impl AdminCtx {
         };
         self.write(Command::SetNodeState { id, state }).await?;
         // The leader applied it; wait (briefly) for this node's copy so the answer shows it.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while self.node_record(id)?.0 != state && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait_until(Duration::from_secs(2), |c| {
+            c.node_record(id).map_or(true, |(now, _)| now == state)
+        })
+        .await;
         let (state, shards) = self.node_record(id)?;
         Ok(pb::NodeReply {
             node: id,
@@ -398,24 +395,41 @@ impl AdminCtx {
             .transfer_leader(target)
             .await
             .map_err(|e| AdminError::OutcomeUnknown(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        self.wait_until(Duration::from_secs(3), |c| c.leader() == Some(target))
+            .await;
+        let m = pool.raft().metrics().borrow_watched().clone();
+        if m.current_leader == Some(target) {
+            Ok(pb::TransferLeaderReply {
+                previous: Some(me),
+                leader: Some(target),
+                term: m.current_term,
+            })
+        } else {
+            Err(AdminError::OutcomeUnknown(format!(
+                "leadership did not move to node {target} within 3 s (leader now: {})",
+                m.current_leader
+                    .map_or_else(|| "none".to_owned(), |l| l.to_string())
+            )))
+        }
+    }
+
+    /// Waits at most `limit` until `cond` holds; `cond` is checked again each time the pool's Raft
+    /// metrics change (an entry applied, a new leader or term), never on a timer. Answers whether it
+    /// held. In the single-node pool nothing changes behind the caller's back: `cond` is checked once.
+    pub async fn wait_until(&self, limit: Duration, mut cond: impl FnMut(&Self) -> bool) -> bool {
+        let Some(pool) = self.pool() else {
+            return cond(self);
+        };
+        let mut changes = pool.raft().metrics();
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let m = pool.raft().metrics().borrow_watched().clone();
-            if m.current_leader == Some(target) {
-                return Ok(pb::TransferLeaderReply {
-                    previous: Some(me),
-                    leader: Some(target),
-                    term: m.current_term,
-                });
+            if cond(self) {
+                return true;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(AdminError::OutcomeUnknown(format!(
-                    "leadership did not move to node {target} within 3 s (leader now: {})",
-                    m.current_leader
-                        .map_or_else(|| "none".to_owned(), |l| l.to_string())
-                )));
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return cond(self),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -565,10 +565,9 @@ impl MedpoolAdmin for AdminService {
             .await
             .map_err(|e| Self::forwarded_error(leader, e))?;
         // The leader applied it; wait (briefly) for this node's copy to agree.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while self.ctx.node_record(req.node).is_ok() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.ctx
+            .wait_until(Duration::from_secs(2), |c| c.node_record(req.node).is_err())
+            .await;
         Ok(Response::new(r))
     }
 

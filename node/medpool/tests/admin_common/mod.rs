@@ -38,22 +38,6 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_medpool")
 }
 
-/// Environment variables of medpool that must not leak from the developer's shell into a test.
-const CLEAN_ENV: [&str; 12] = [
-    "MEDPOOL_CONFIG",
-    "MEDPOOL_SIP_LISTEN",
-    "MEDPOOL_DATA_DIR",
-    "MEDPOOL_ADMIN",
-    "MEDPOOL_ADMIN_LISTEN",
-    "MEDPOOL_ADMIN_TOKEN",
-    "MEDPOOL_ADMIN_TOKEN_FILE",
-    "MEDPOOL_ADMIN_TLS_CERT",
-    "MEDPOOL_ADMIN_TLS_KEY",
-    "MEDPOOL_ADMIN_TLS_CA",
-    "MEDPOOL_RAFT_LISTEN",
-    "MEDPOOL_JOIN",
-];
-
 /// One `medpool serve` process.
 pub struct Node {
     pub id: u64,
@@ -66,17 +50,14 @@ pub struct Node {
 impl Node {
     /// Starts a node with `args` after `serve`, waits for "medpool ready" (panics after 30 s).
     pub fn start(name: &str, id: u64, ip: &str, args: &[String], env: &[(&str, &str)]) -> Node {
-        let mut cmd = Command::new(bin());
+        // The environment rule every harness shares (medpool-harness): no inherited MEDPOOL_* or
+        // OTEL_* variable reaches the node; `env` is the test's own.
+        let mut cmd = medpool_harness::medpool_command(bin());
         cmd.arg("serve").args(args);
-        for k in CLEAN_ENV {
-            cmd.env_remove(k);
-        }
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -190,15 +171,12 @@ impl CtlRun {
 
 /// Runs `medpool ctl --server SERVER ARGS` with the token (if any) in the environment.
 pub fn ctl(server: &str, token: Option<&str>, args: &[&str]) -> CtlRun {
-    let mut cmd = Command::new(bin());
+    let mut cmd = medpool_harness::medpool_command(bin());
     cmd.arg("ctl").arg("--server").arg(server).args(args);
-    for k in CLEAN_ENV {
-        cmd.env_remove(k);
-    }
     if let Some(t) = token {
         cmd.env("MEDPOOL_ADMIN_TOKEN", t);
     }
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let out = cmd.output().unwrap();
     CtlRun {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -283,8 +283,9 @@ impl MedpoolNode {
         let config = dir.file("medpool.toml");
         std::fs::write(&config, config_toml).unwrap();
         let data = dir.file("data");
-        let log_filter = std::env::var("MEDPOOL_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_medpool"))
+        // The environment rule every harness shares (medpool-harness): no inherited MEDPOOL_* or
+        // OTEL_* variable reaches the node; `envs` are the test's own.
+        let mut child = medpool_harness::medpool_command(env!("CARGO_BIN_EXE_medpool"))
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -295,14 +296,9 @@ impl MedpoolNode {
             .arg("--log-format")
             .arg("human")
             .arg("--log")
-            .arg(&log_filter)
+            .arg(medpool_harness::process::log_filter())
             .args(extra_args)
             .envs(envs.iter().copied())
-            .env_remove("MEDPOOL_CONFIG")
-            .env_remove("MEDPOOL_SIP_LISTEN")
-            .env_remove("MEDPOOL_DATA_DIR")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
