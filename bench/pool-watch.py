@@ -1,53 +1,58 @@
 #!/usr/bin/env python3
-"""Helper of bench/pool.sh: watches a medpool pool through `medpool pool status` (never run alone).
+"""Helper of bench/pool.sh: watches a medpool pool through `medpool ctl -o json status --local` (never run alone).
 
   pool-watch.py leader  --bin MEDPOOL --servers A,B,...
         prints the leader's node id as the first reachable server sees it ("none" / "?" otherwise)
   pool-watch.py kill    --bin MEDPOOL --servers A[,B] --pid PID --node N [--interval 0.05] [--timeout 30] [--trace FILE]
-        sends SIGKILL to PID (node N) and polls `pool status --server A` every --interval seconds (B is
-        polled instead while A does not answer) until it shows `unowned shards 0`, node N with STATE
-        Down and SHARDS 0. Prints one line of key=value: kill->down and kill->all-owned times (the end
+        sends SIGKILL to PID (node N) and polls `ctl status --local` on A every --interval seconds (B is
+        polled instead while A does not answer) until it shows no unowned shard, node N with state
+        Down and 0 shards. Prints one line of key=value: kill->down and kill->all-owned times (the end
         of the first poll that showed it: an upper bound; `..._lo` = the end of the poll before it, a
         lower bound), the first leader other than N seen (leader_after) and when (leader_seen_s), polls made and their durations.
   pool-watch.py rejoin  --bin MEDPOOL --servers A[,B] --node N --self S [--interval 0.1] [--timeout 60] [--trace FILE]
-        polls until A shows node N Active with SHARDS > 0 and unowned 0, and node N itself (server S)
+        polls until A shows node N Active with shards > 0 and none unowned, and node N itself (server S)
         shows itself Active and knows a leader. Prints key=value: seconds to Active, to shards back.
+  pool-watch.py show    --bin MEDPOOL --servers A
+        prints A's view as the text pool.sh parses: `node I · leader L · term T · applied A · config vC ·
+        dialogs D · unowned shards U`, then a header and one `ID SIP STATE SHARDS` row per node.
 All times are from time.monotonic(). Every poll's output is appended to --trace (evidence).
 """
 import argparse
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 
-HEAD = re.compile(r'^node (\d+) · leader (\S+) · term (\d+) · applied (\S+) · config v(\S+) · dialogs (\d+) · unowned shards (\d+)')
-ROW = re.compile(r'^(\d+)\s+(\S+)\s+(Active|Draining|Down|\S+)\s+(\d+)\s*$')
+def admin_of(server):
+    """A node's admin API from its internal address (pool.sh: same IP, port 7001, medpool's default)."""
+    host = server.rsplit(':', 1)[0]
+    return f'{host}:7001'
 
 
 def status(binary, server, timeout=2.0):
-    """One `pool status` call: (dict or None, t_start, t_end, raw text)."""
+    """One `medpool ctl status --local` call on the node whose internal address is `server` (its own
+    view, no fan-out): (dict or None, t_start, t_end, raw text)."""
     t0 = time.monotonic()
     try:
-        p = subprocess.run([binary, 'pool', 'status', '--server', server], capture_output=True, text=True,
-                           timeout=timeout)
+        p = subprocess.run([binary, 'ctl', '-o', 'json', '--timeout', str(max(1, int(timeout))),
+                            '--server', admin_of(server), 'status', '--local'],
+                           capture_output=True, text=True, timeout=timeout)
         out = p.stdout + p.stderr
     except subprocess.TimeoutExpired:
         return None, t0, time.monotonic(), 'timeout'
     t1 = time.monotonic()
-    lines = out.splitlines()
-    if not lines:
+    try:
+        j = json.loads(p.stdout)
+    except ValueError:
         return None, t0, t1, out
-    m = HEAD.match(lines[0])
-    if not m:
-        return None, t0, t1, out
-    st = {'node': int(m.group(1)), 'leader': m.group(2), 'term': int(m.group(3)), 'applied': m.group(4),
-          'config': m.group(5), 'dialogs': int(m.group(6)), 'unowned': int(m.group(7)), 'nodes': {}}
-    for ln in lines[1:]:
-        r = ROW.match(ln)
-        if r:
-            st['nodes'][int(r.group(1))] = (r.group(2), r.group(3), int(r.group(4)))
+    opt = lambda v: '-' if v is None else str(v)
+    st = {'node': j['node_id'], 'leader': 'none' if j.get('leader') is None else str(j['leader']),
+          'term': j['term'], 'applied': opt(j.get('applied_index')), 'config': opt(j.get('config_version')),
+          'dialogs': j['dialogs'], 'unowned': j['unowned_shards'], 'nodes': {}}
+    for n in j['nodes']:
+        st['nodes'][n['id']] = (n['sip_addr'], n['state'].capitalize(), n['shards'])
     return st, t0, t1, out
 
 
@@ -147,9 +152,23 @@ def cmd_rejoin(a):
     return 0 if selfok is not None else 1
 
 
+def cmd_show(a):
+    server = a.servers.split(',')[0]
+    st, _, _, out = status(a.bin, server)
+    if not st:
+        print(out.rstrip())
+        return 1
+    print(f"node {st['node']} · leader {st['leader']} · term {st['term']} · applied {st['applied']} · "
+          f"config v{st['config']} · dialogs {st['dialogs']} · unowned shards {st['unowned']}")
+    print(f"{'NODE':<6} {'SIP':<24} {'STATE':<10} {'SHARDS':>6}")
+    for i, (sip, state, shards) in sorted(st['nodes'].items()):
+        print(f"{i:<6} {sip:<24} {state:<10} {shards:>6}")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('cmd', choices=['leader', 'kill', 'rejoin'])
+    ap.add_argument('cmd', choices=['leader', 'kill', 'rejoin', 'show'])
     ap.add_argument('--bin', required=True)
     ap.add_argument('--servers', required=True)
     ap.add_argument('--pid', type=int)
@@ -159,7 +178,7 @@ def main():
     ap.add_argument('--timeout', type=float, default=30.0)
     ap.add_argument('--trace')
     a = ap.parse_args()
-    return {'leader': cmd_leader, 'kill': cmd_kill, 'rejoin': cmd_rejoin}[a.cmd](a)
+    return {'leader': cmd_leader, 'kill': cmd_kill, 'rejoin': cmd_rejoin, 'show': cmd_show}[a.cmd](a)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@
 #   failover  For each lease setting in LEASE_SETS ("lease_ms:margin_ms"): a fresh 3-node pool; RUNS
 #             runs. Each run SIGKILLs one node (every 3rd run, starting with the first, the current
 #             leader as `pool status` names it; the other runs a follower, rotating over node ids),
-#             then polls `medpool pool status` on a survivor (the leader when it survived) every
+#             then polls `medpool ctl status --local` on a survivor (the leader when it survived) every
 #             POLL_MS ms until it shows `unowned shards 0` and the dead node Down with 0 shards
 #             (bench/pool-watch.py kill). The time is kill -> end of the first poll showing it (an
 #             upper bound; the end of the poll before it is the lower bound, also recorded). Then
@@ -112,7 +112,7 @@ start_node() {
     log "node $id did not start:"; cat "$logf" >&2; return 1
 }
 
-pool_status() { "$MEDPOOL_BIN" pool status --server "$1" 2>&1; }
+pool_status() { python3 "$WATCH" show --bin "$MEDPOOL_BIN" --servers "$1" 2>&1; }
 
 # wait_pool <server> <timeout s> : until 3 nodes Active, each with shards, none unowned
 wait_pool() {

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!   status    a node's view of the pool (Info over its internal service) and its rows
-//!   process   NodeSpec (the flags of a pool node), NodeProcess (stderr captured, stopped by PID)
+//!   process   MedpoolProcess (any medpool child: stderr captured, waits for a line, stopped by
+//!             PID, its log printed when a test panics); NodeSpec + NodeProcess (a pool node)
 //!     │
 //!   env       THE rule for a child's environment: every inherited MEDPOOL_* and OTEL_* variable
 //!             is removed (flags decide; traces go where a test says), NO_COLOR=1

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -93,11 +93,13 @@ impl NodeSpec {
     }
 }
 
-/// A node's captured stderr.
+/// A node's captured stderr. Waiters are woken on each new line: async ones through a watch,
+/// blocking ones (plain `#[test]`s) through a condition variable.
 #[derive(Debug)]
 pub struct Log {
     lines: Mutex<Vec<String>>,
     count: watch::Sender<usize>,
+    grew: Condvar,
 }
 
 impl Log {
@@ -146,6 +148,16 @@ impl Log {
         lines[from..].join("\n")
     }
 
+    /// Everything so far, one line each.
+    pub fn text(&self) -> String {
+        let lines = self.lock();
+        let mut out = lines.join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out
+    }
+
     /// The last `n` lines written by medpool itself (openraft's chatter left out).
     pub fn medpool_tail(&self, n: usize) -> String {
         let lines = self.lock();
@@ -159,41 +171,56 @@ impl Log {
     }
 }
 
-/// A running (or killed) node process. Dropping it stops the process.
+/// A running (or killed) `medpool` child process: any subcommand and flags, in the environment
+/// of [`crate::env`] plus the caller's own variables, stderr captured into a [`Log`] (and appended
+/// to a file when one is given). Dropping it stops the process (SIGTERM, SIGKILL after its grace)
+/// and, while a test panics, prints the end of its log.
 #[derive(Debug)]
-pub struct NodeProcess {
-    /// Its flags.
-    pub spec: NodeSpec,
+pub struct MedpoolProcess {
     name: String,
     child: Option<Child>,
     log: Arc<Log>,
+    log_file: Option<PathBuf>,
     reader: Option<std::thread::JoinHandle<()>>,
+    grace: Duration,
+    tail_on_panic: usize,
 }
 
-impl NodeProcess {
-    /// Starts `bin serve ...` for `spec`.
-    pub fn spawn(bin: &Path, spec: NodeSpec) -> Result<NodeProcess, HarnessError> {
-        let name = format!("medpool node {} ({})", spec.id, spec.sip);
+impl MedpoolProcess {
+    /// Starts `bin ARGS` with `envs` on top of the environment rule. `grace`: how long SIGTERM
+    /// is given before SIGKILL when stopped.
+    pub fn spawn(
+        bin: &Path,
+        name: &str,
+        args: &[String],
+        envs: &[(String, String)],
+        log_file: Option<PathBuf>,
+        grace: Duration,
+    ) -> Result<MedpoolProcess, HarnessError> {
         let mut child = medpool_command(bin)
-            .args(spec.args())
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| HarnessError::Spawn {
-                what: name.clone(),
+                what: name.to_owned(),
                 source,
             })?;
         let (count, _) = watch::channel(0);
         let log = Arc::new(Log {
             lines: Mutex::new(Vec::new()),
             count,
+            grew: Condvar::new(),
         });
         // Appended: a node restarted several times in a soak keeps every run's log in one file.
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log_file)
-            .ok();
+        let mut file = log_file.as_ref().and_then(|f| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .ok()
+        });
         let reader = child.stderr.take().map(|stderr| {
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
@@ -207,17 +234,33 @@ impl NodeProcess {
                         lines.push(line);
                         lines.len()
                     };
+                    log.grew.notify_all();
                     log.count.send_replace(n);
                 }
+                // The end of the stream wakes blocking waiters too (they look for an exit).
+                log.grew.notify_all();
             })
         });
-        Ok(NodeProcess {
-            spec,
-            name,
+        Ok(MedpoolProcess {
+            name: name.to_owned(),
             child: Some(child),
             log,
+            log_file,
             reader,
+            grace,
+            tail_on_panic: TAIL_ON_PANIC,
         })
+    }
+
+    /// Its name in messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Lines of its log printed when a test panics while it is dropped (default 60).
+    pub fn with_tail_on_panic(mut self, lines: usize) -> Self {
+        self.tail_on_panic = lines;
+        self
     }
 
     /// The process id (0 once reaped).
@@ -237,6 +280,14 @@ impl NodeProcess {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    fn exited_error(&mut self) -> Option<HarnessError> {
+        self.exited().map(|status| HarnessError::Exited {
+            node: self.name.clone(),
+            status: status.to_string(),
+            tail: self.log.tail(30),
+        })
+    }
+
     /// Waits until a line from number `from` on contains `pattern`; fails at once if the process
     /// exits, or after `within`.
     pub async fn wait_for_line(
@@ -251,12 +302,8 @@ impl NodeProcess {
             if let Some(line) = self.log.matching(from, pattern).into_iter().next() {
                 return Ok(line);
             }
-            if let Some(status) = self.exited() {
-                return Err(HarnessError::Exited {
-                    node: self.name.clone(),
-                    status: status.to_string(),
-                    tail: self.log.tail(30),
-                });
+            if let Some(e) = self.exited_error() {
+                return Err(e);
             }
             if Instant::now() >= deadline {
                 return Err(HarnessError::Timeout {
@@ -267,6 +314,51 @@ impl NodeProcess {
             // Wake on a new line, or every 200 ms to notice an exit.
             let wake = deadline.min(Instant::now() + Duration::from_millis(200));
             let _ = tokio::time::timeout_at(wake, changes.changed()).await;
+        }
+    }
+
+    /// [`MedpoolProcess::wait_for_line`] for a test without a runtime: blocks the thread.
+    #[allow(
+        clippy::disallowed_types,
+        clippy::disallowed_methods,
+        reason = "a blocking wait on a real process outside any runtime: real time, not tokio time"
+    )]
+    pub fn wait_for_line_blocking(
+        &mut self,
+        from: usize,
+        pattern: &str,
+        within: Duration,
+    ) -> Result<String, HarnessError> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            {
+                let lines = self.log.lock();
+                if let Some(l) = lines.iter().skip(from).find(|l| l.contains(pattern)) {
+                    return Ok(l.clone());
+                }
+                let now = std::time::Instant::now();
+                if now < deadline {
+                    // Woken by a new line or the end of the stream; at most 200 ms to notice an exit.
+                    let wait = (deadline - now).min(Duration::from_millis(200));
+                    let _ = self
+                        .log
+                        .grew
+                        .wait_timeout(lines, wait)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+            if let Some(l) = self.log.matching(from, pattern).into_iter().next() {
+                return Ok(l);
+            }
+            if let Some(e) = self.exited_error() {
+                return Err(e);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!("{:?} in the log of {}", pattern, self.name),
+                    after: within,
+                });
+            }
         }
     }
 
@@ -303,7 +395,7 @@ impl NodeProcess {
         }
     }
 
-    /// SIGTERM, then SIGKILL after a grace; returns how it ended. Blocking (it runs in `Drop`).
+    /// SIGTERM, then SIGKILL after the grace; returns how it ended. Blocking (it runs in `Drop`).
     #[allow(
         clippy::disallowed_methods,
         reason = "waiting for a real process to exit, outside any runtime: real time, not tokio time"
@@ -324,8 +416,11 @@ impl NodeProcess {
                     if let Ok(Some(s)) = child.try_wait() {
                         break Some(s);
                     }
-                    if waited >= STOP_GRACE {
-                        eprintln!("{} did not stop within {STOP_GRACE:?}: SIGKILL", self.name);
+                    if waited >= self.grace {
+                        eprintln!(
+                            "{} did not stop within {:?}: SIGKILL",
+                            self.name, self.grace
+                        );
                         let _ = child.kill();
                         break child.wait().ok();
                     }
@@ -341,17 +436,85 @@ impl NodeProcess {
     }
 }
 
-impl Drop for NodeProcess {
+impl Drop for MedpoolProcess {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
             eprintln!(
-                "--- {} (log {}), last {TAIL_ON_PANIC} lines but openraft's ---\n{}\n--- end of {} ---",
+                "--- {} (log {}), last {} lines but openraft's ---\n{}\n--- end of {} ---",
                 self.name,
-                self.spec.log_file.display(),
-                self.log.medpool_tail(TAIL_ON_PANIC),
+                self.log_file
+                    .as_ref()
+                    .map_or_else(|| "in memory".to_owned(), |f| f.display().to_string()),
+                self.tail_on_panic,
+                self.log.medpool_tail(self.tail_on_panic),
                 self.name
             );
         }
+    }
+}
+
+/// A running (or killed) pool node: a [`MedpoolProcess`] of `medpool serve` with the flags of its
+/// [`NodeSpec`]. Dropping it stops the process.
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// Its flags.
+    pub spec: NodeSpec,
+    process: MedpoolProcess,
+}
+
+impl NodeProcess {
+    /// Starts `bin serve ...` for `spec`.
+    pub fn spawn(bin: &Path, spec: NodeSpec) -> Result<NodeProcess, HarnessError> {
+        let name = format!("medpool node {} ({})", spec.id, spec.sip);
+        let process = MedpoolProcess::spawn(
+            bin,
+            &name,
+            &spec.args(),
+            &[],
+            Some(spec.log_file.clone()),
+            STOP_GRACE,
+        )?;
+        Ok(NodeProcess { spec, process })
+    }
+
+    /// The process id (0 once reaped).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Its captured stderr.
+    pub fn log(&self) -> &Log {
+        self.process.log()
+    }
+
+    /// How it ended, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.process.exited()
+    }
+
+    /// See [`MedpoolProcess::wait_for_line`].
+    pub async fn wait_for_line(
+        &mut self,
+        from: usize,
+        pattern: &str,
+        within: Duration,
+    ) -> Result<String, HarnessError> {
+        self.process.wait_for_line(from, pattern, within).await
+    }
+
+    /// See [`MedpoolProcess::signal`].
+    pub fn signal(&self, signal: &str) -> Result<(), HarnessError> {
+        self.process.signal(signal)
+    }
+
+    /// SIGKILL (the fault).
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    /// SIGTERM, then SIGKILL after a grace; returns how it ended.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        self.process.stop()
     }
 }

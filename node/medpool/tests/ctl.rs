@@ -83,6 +83,14 @@ fn ctl_runs_a_three_node_pool() {
     assert_eq!(rows.iter().filter(|r| r.contains(" leader ")).count(), 1);
     assert!(rows.iter().all(|r| r.contains("active")));
     eprintln!("--- ctl status ---\n{}", table.stdout);
+    // `status --local`: the answering node's own view (what scripts poll): the same three nodes.
+    let local = pool
+        .ctl(3, &["-o", "json", "status", "--local"])
+        .expect(0)
+        .json();
+    assert_eq!(local["node_id"], 3, "{local}");
+    assert_eq!(local["nodes"].as_array().map(Vec::len), Some(3), "{local}");
+    assert_eq!(local["unowned_shards"], 0, "{local}");
 
     // A call placed by SIPp shows in `calls ls` and `calls show`; `calls hangup` ends it and the
     // caller sees the BYE (its scenario waits for it and answers 200).

@@ -88,7 +88,11 @@ pub struct CtlArgs {
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
     /// Nodes, leader, term, indexes, shards per node, configuration version.
-    Status,
+    Status {
+        /// Only this node's own view (no other node is asked: nothing waits for a dead one).
+        #[arg(long)]
+        local: bool,
+    },
     /// Calls in progress.
     Calls {
         /// What to do.
@@ -156,7 +160,7 @@ pub async fn run(args: CtlArgs) -> Exit {
 impl Ctl {
     async fn dispatch(&self, command: CtlCommand) -> Result<(), CtlError> {
         match command {
-            CtlCommand::Status => self.status().await,
+            CtlCommand::Status { local } => self.status(local).await,
             CtlCommand::Calls { command } => self.calls(command).await,
             CtlCommand::Gateways { command } => self.gateways(command).await,
             CtlCommand::Config { command } => self.config(command).await,

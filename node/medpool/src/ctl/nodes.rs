@@ -65,12 +65,12 @@ impl Ctl {
         }
     }
 
-    pub(super) async fn status(&self) -> Result<(), CtlError> {
+    pub(super) async fn status(&self, local: bool) -> Result<(), CtlError> {
         let mut c = self.client.clone();
         let r = self
             .call(
                 false,
-                c.pool_status(pb::PoolStatusRequest { local_only: false }),
+                c.pool_status(pb::PoolStatusRequest { local_only: local }),
             )
             .await?;
         if self.json() {

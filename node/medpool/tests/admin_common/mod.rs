@@ -22,82 +22,59 @@
     missing_docs
 )]
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread::JoinHandle;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use medpool_harness::process::MedpoolProcess;
 
 use serde_json::Value;
 
-use crate::common::{ChildGuard, TestDir, wait_until};
+use crate::common::{TestDir, wait_until};
 
 /// The medpool binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_medpool")
 }
 
-/// One `medpool serve` process.
+/// One `medpool serve` process (medpool-harness's [`MedpoolProcess`]: the shared environment rule,
+/// stderr captured, stopped by PID on drop, the end of its log printed when a test panics).
 pub struct Node {
     pub id: u64,
     pub ip: String,
-    guard: ChildGuard,
-    log: Arc<Mutex<String>>,
-    reader: Option<JoinHandle<()>>,
+    process: MedpoolProcess,
 }
 
 impl Node {
     /// Starts a node with `args` after `serve`, waits for "medpool ready" (panics after 30 s).
     pub fn start(name: &str, id: u64, ip: &str, args: &[String], env: &[(&str, &str)]) -> Node {
-        // The environment rule every harness shares (medpool-harness): no inherited MEDPOOL_* or
-        // OTEL_* variable reaches the node; `env` is the test's own.
-        let mut cmd = medpool_harness::medpool_command(bin());
-        cmd.arg("serve").args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin()));
-        let stderr = child.stderr.take().unwrap();
-        let guard = ChildGuard::new(child, name, "TERM", Duration::from_secs(8));
-        let log = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel::<()>();
-        let reader = {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                let mut ready_tx = Some(ready_tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if line.contains("medpool ready")
-                        && let Some(tx) = ready_tx.take()
-                    {
-                        let _ = tx.send(());
-                    }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            })
-        };
-        let mut node = Node {
-            id,
-            ip: ip.to_owned(),
-            guard,
-            log,
-            reader: Some(reader),
-        };
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let status = node.guard.try_wait();
+        let mut argv = vec!["serve".to_owned()];
+        argv.extend(args.iter().cloned());
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut process = MedpoolProcess::spawn(
+            Path::new(bin()),
+            name,
+            &argv,
+            &env,
+            None,
+            Duration::from_secs(8),
+        )
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin()))
+        .with_tail_on_panic(150);
+        if let Err(e) = process.wait_for_line_blocking(0, "medpool ready", Duration::from_secs(30))
+        {
             panic!(
-                "{name} did not print \"medpool ready\" within 30 s (exit status: {status:?})\n{}",
-                node.log()
+                "{name} did not print \"medpool ready\" within 30 s: {e}\n{}",
+                process.log().text()
             );
         }
-        node
+        Node {
+            id,
+            ip: ip.to_owned(),
+            process,
+        }
     }
 
     pub fn admin(&self) -> String {
@@ -109,42 +86,17 @@ impl Node {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log().text()
     }
 
     /// SIGKILL now (a crash).
     pub fn kill(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(self.guard.pid().to_string())
-            .status();
-        self.guard.wait_timeout(Duration::from_secs(5));
+        self.process.kill9();
     }
 
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
-        self.guard.stop();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.guard.stop();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let from = lines.len().saturating_sub(150);
-            eprintln!(
-                "--- node {} ({}) stderr, last {} lines ---\n{}\n--- end ---",
-                self.id,
-                self.ip,
-                lines.len() - from,
-                lines[from..].join("\n")
-            );
-        }
+        self.process.stop();
     }
 }
 

@@ -31,15 +31,15 @@
 )]
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use medpool_harness::process::MedpoolProcess;
 
 /// The SIPp scenarios of this crate (`tests/sipp/`).
 pub fn scenario(name: &str) -> PathBuf {
@@ -239,12 +239,11 @@ pub fn require_sipp() {
 
 /// A running `medpool serve`: its own config file and data folder in a [`TestDir`], SIP on
 /// `127.0.n.1:5060`, stderr kept in memory for failure messages. Dropping it sends SIGTERM and
-/// waits (SIGKILL after a few seconds).
+/// waits (SIGKILL after a few seconds). The process is medpool-harness's [`MedpoolProcess`] (the
+/// environment rule every harness shares: no inherited MEDPOOL_* or OTEL_* variable).
 pub struct MedpoolNode {
     pub n: u8,
-    guard: ChildGuard,
-    log: Arc<Mutex<String>>,
-    reader: Option<JoinHandle<()>>,
+    process: MedpoolProcess,
 }
 
 impl MedpoolNode {
@@ -283,69 +282,43 @@ impl MedpoolNode {
         let config = dir.file("medpool.toml");
         std::fs::write(&config, config_toml).unwrap();
         let data = dir.file("data");
-        // The environment rule every harness shares (medpool-harness): no inherited MEDPOOL_* or
-        // OTEL_* variable reaches the node; `envs` are the test's own.
-        let mut child = medpool_harness::medpool_command(env!("CARGO_BIN_EXE_medpool"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--sip-listen")
-            .arg(sip)
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--log-format")
-            .arg("human")
-            .arg("--log")
-            .arg(medpool_harness::process::log_filter())
-            .args(extra_args)
-            .envs(envs.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_medpool")));
-        let stderr = child.stderr.take().unwrap();
-        let guard = ChildGuard::new(
-            child,
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--sip-listen".into(),
+            sip.to_owned(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--log-format".into(),
+            "human".into(),
+            "--log".into(),
+            medpool_harness::process::log_filter(),
+        ];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut process = MedpoolProcess::spawn(
+            Path::new(env!("CARGO_BIN_EXE_medpool")),
             &format!("medpool node {n}"),
-            "TERM",
+            &args,
+            &envs,
+            None,
             Duration::from_secs(8),
-        );
-        let log = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel::<()>();
-        let reader = {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                let mut ready_tx = Some(ready_tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if line.contains("medpool ready")
-                        && let Some(tx) = ready_tx.take()
-                    {
-                        let _ = tx.send(());
-                    }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            })
-        };
-        let mut node = Self {
-            n,
-            guard,
-            log,
-            reader: Some(reader),
-        };
-        match ready_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(()) => node,
-            Err(_) => {
-                let status = node.guard.try_wait();
-                panic!(
-                    "medpool node {n} did not print \"medpool ready\" within 30 s \
-                     (exit status: {status:?})\n--- config ---\n{config_toml}\n--- stderr ---\n{}",
-                    node.log()
-                );
-            }
+        )
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_medpool")))
+        .with_tail_on_panic(300);
+        if let Err(e) = process.wait_for_line_blocking(0, "medpool ready", Duration::from_secs(30))
+        {
+            panic!(
+                "medpool node {n} did not print \"medpool ready\" within 30 s ({e})\n\
+                 --- config ---\n{config_toml}\n--- stderr ---\n{}",
+                process.log().text()
+            );
         }
+        Self { n, process }
     }
 
     /// The node's SIP address.
@@ -355,12 +328,12 @@ impl MedpoolNode {
 
     /// Everything the node wrote on stderr so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log().text()
     }
 
     /// Panics (with the log) if the process has exited.
     pub fn assert_running(&mut self) {
-        if let Some(status) = self.guard.try_wait() {
+        if let Some(status) = self.process.exited() {
             panic!(
                 "medpool node {} exited ({status}) while it should be serving\n--- stderr ---\n{}",
                 self.n,
@@ -371,32 +344,7 @@ impl MedpoolNode {
 
     /// SIGTERM, then waits for the exit; returns how it ended.
     pub fn stop(mut self) -> Option<ExitStatus> {
-        let status = self.guard.stop();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        status
-    }
-}
-
-impl Drop for MedpoolNode {
-    fn drop(&mut self) {
-        self.guard.stop();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let from = lines.len().saturating_sub(300);
-            eprintln!(
-                "--- medpool node {} stderr (last {} of {} lines) ---\n{}\n--- end of medpool stderr ---",
-                self.n,
-                lines.len() - from,
-                lines.len(),
-                lines[from..].join("\n")
-            );
-        }
+        self.process.stop()
     }
 }
 
