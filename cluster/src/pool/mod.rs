@@ -64,8 +64,9 @@ use tonic::transport::Channel;
 use crate::audit::{AuditLog, Record, unix_us};
 use crate::grpc::ClusterService;
 use crate::network::{GrpcNetwork, client};
+use crate::store::Raft;
 use crate::store::{self, StateReader};
-use crate::typ::{NodeAddrs, NodeId, Raft};
+use crate::typ::{NodeAddrs, NodeId};
 
 use commit::DialogOp;
 use hooks::Hooks;
