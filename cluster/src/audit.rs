@@ -59,7 +59,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::typ::NodeId;
+use crate::ids::NodeId;
 
 /// A change of the acting set.
 #[derive(Debug, Clone, PartialEq, Eq)]

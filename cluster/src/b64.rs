@@ -3,7 +3,8 @@
 //! serde's default for `Vec<u8>` is a sequence of numbers: in JSON that is 3–4 characters per
 //! byte. These helpers write base64 text when the format is human-readable (JSON, our log and
 //! snapshot codec) and plain bytes otherwise (postcard, bincode), and read either form back (plus
-//! the number-sequence form, so older encodings still decode).
+//! the number-sequence form, so older encodings still decode). The codec is the `base64` crate's
+//! standard alphabet with padding.
 //!
 //! Use with `#[serde(with = "crate::b64::bytes")]` on a `Vec<u8>` field, or
 //! `crate::b64::keyed_records` / `crate::b64::record_map` on the dialog containers.
@@ -11,6 +12,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -20,86 +24,25 @@ type KeyedRecords = Vec<(u16, String, Vec<u8>)>;
 /// The dialog table: `(shard, Call-ID) -> record`.
 type RecordMap = BTreeMap<(u16, String), Vec<u8>>;
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// Standard base64 (RFC 4648 alphabet) with padding. Decoding requires the padding and, like the
+/// codec this crate used before, ignores the unused low bits of the last character (stored data
+/// written by either decodes).
+const ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical)
+        .with_decode_allow_trailing_bits(true),
+);
 
 /// Standard base64 with padding.
 pub(crate) fn encode(input: &[u8]) -> String {
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b0 = chunk[0];
-        let b1 = chunk.get(1).copied().unwrap_or(0);
-        let b2 = chunk.get(2).copied().unwrap_or(0);
-        let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        out.push(char::from(ALPHABET[(n >> 18) as usize & 63]));
-        out.push(char::from(ALPHABET[(n >> 12) as usize & 63]));
-        out.push(if chunk.len() > 1 {
-            char::from(ALPHABET[(n >> 6) as usize & 63])
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            char::from(ALPHABET[n as usize & 63])
-        } else {
-            '='
-        });
-    }
-    out
-}
-
-/// Why a base64 text did not decode.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum DecodeError {
-    /// The length is not a multiple of 4.
-    #[error("base64 length {0} is not a multiple of 4")]
-    Length(usize),
-    /// A character outside the alphabet, or padding in the wrong place.
-    #[error("invalid base64 character at offset {0}")]
-    Character(usize),
-}
-
-fn sextet(c: u8) -> Option<u32> {
-    match c {
-        b'A'..=b'Z' => Some(u32::from(c - b'A')),
-        b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-        b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    }
+    ENGINE.encode(input)
 }
 
 /// Decodes standard base64 with padding.
-pub(crate) fn decode(input: &str) -> Result<Vec<u8>, DecodeError> {
-    let bytes = input.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return Err(DecodeError::Length(bytes.len()));
-    }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    let quads = bytes.len() / 4;
-    for (q, quad) in bytes.chunks(4).enumerate() {
-        let last = q + 1 == quads;
-        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return Err(DecodeError::Character(q * 4 + 4 - pad));
-        }
-        let mut n = 0u32;
-        for (i, &c) in quad.iter().enumerate() {
-            let v = if i >= 4 - pad {
-                0
-            } else {
-                sextet(c).ok_or(DecodeError::Character(q * 4 + i))?
-            };
-            n = (n << 6) | v;
-        }
-        out.push((n >> 16) as u8);
-        if pad < 2 {
-            out.push((n >> 8) as u8);
-        }
-        if pad < 1 {
-            out.push(n as u8);
-        }
-    }
-    Ok(out)
+pub(crate) fn decode(input: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    ENGINE.decode(input)
 }
 
 /// Borrowed bytes that serialize as base64 text or raw bytes.
@@ -249,7 +192,7 @@ pub(crate) mod record_map {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::{DecodeError, decode, encode};
+    use super::{decode, encode};
 
     #[test]
     fn round_trips_every_length_and_byte() {
@@ -280,9 +223,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_text() {
-        assert_eq!(decode("abc"), Err(DecodeError::Length(3)));
-        assert!(matches!(decode("ab!d"), Err(DecodeError::Character(2))));
+        assert!(decode("abc").is_err());
+        assert!(decode("ab!d").is_err());
         assert!(decode("a===").is_err());
         assert!(decode("Zg==Zg==").is_err());
+        assert!(decode("Zg").is_err(), "padding is required");
+    }
+
+    #[test]
+    fn reads_what_the_hand_written_codec_accepted() {
+        // Unused low bits in the last character were ignored.
+        assert_eq!(decode("Zh==").unwrap(), b"f");
+        assert_eq!(decode("Zm9=").unwrap(), b"fo");
     }
 }

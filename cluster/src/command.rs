@@ -10,8 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{NodeState, ShardId};
-use crate::typ::{NodeAddrs, NodeId};
+use crate::ids::{NodeAddrs, NodeId, NodeState, ShardId};
 
 /// A change to the replicated [`State`](crate::state::State).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

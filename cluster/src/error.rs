@@ -13,7 +13,7 @@ pub enum WriteError {
     NotAppended(NotAppended),
     /// The command may have reached the log (the leader was lost or timed out during the write):
     /// its outcome is unknown.
-    #[error("no leader reachable ({0})")]
+    #[error("outcome unknown ({0})")]
     MaybeApplied(String),
     /// The state machine refused the command; the state did not change.
     #[error("refused: {0}")]

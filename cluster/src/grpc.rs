@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::command::{Command, CommandResult};
 use crate::error::{NotAppended, WriteError};
 use crate::network::{MAX_MESSAGE, SnapshotEnvelope, decode, encode};
-use crate::typ::{Raft, Snapshot, TypeConfig};
+use crate::store::Raft;
+use crate::typ::{Snapshot, TypeConfig};
 
 /// What the pool layer answers on the internal service.
 #[tonic::async_trait]

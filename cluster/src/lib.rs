@@ -2,24 +2,36 @@
 //! replicates: nodes, the shard map, the pool configuration and confirmed-dialog records.
 //!
 //! ```text
-//!   medpool (node/)  ── proposes Commands, reads State, serves the internal gRPC ──┐
-//!  ───────────────────────────────────────────────────────────────────────────────┼──
-//!   pool/                 bootstrap/join, leases, failure detector, rebalancer,     │
-//!                         shard watcher, dialog group commit, SIP forwarding       │
-//!   network.rs grpc.rs    RaftNetworkV2 client / internal gRPC service (tonic)     │
-//!   audit.rs              the node's own report (--audit-file): leases, acting set │
-//!  ────────────────────────────────────────────────────────────────────────────────┘
-//!   store/                what openraft persists, one redb file in the data dir
-//!     log.rs              RaftLogStorage + RaftLogReader: vote, committed, entries
-//!     sm.rs               RaftStateMachine + snapshot builder over `State`
-//!   typ.rs                TypeConfig: NodeId = u64, Node = NodeAddrs, D = Command,
-//!                         R = CommandResult, snapshot data = serialized State
-//!  ─────────────────────────────────────────────────────────────────────────────────
-//!   command.rs            Command, CommandResult, Rejection        pure data
-//!   state.rs              State + apply(&mut State, Command)        pure, deterministic
-//!   rebalance.rs          plan_moves(&State, alive)                 pure, deterministic
+//!   medpool (node/)  ── proposes Commands, reads State, serves the internal gRPC
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   pool/          one node's runtime: lifecycle, writes through the leader, bootstrap/join,
+//!                  leases, failure detector + rebalancer, shard watcher and hand-over fence,
+//!                  dialog group commit, SIP forwarding, status (pool/mod.rs draws its files)
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   grpc.rs        the internal gRPC service (tonic) and what it asks of the pool (PoolHooks)
+//!   audit.rs       the node's own report (--audit-file): leases, acting set
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   network.rs     RaftNetworkV2 client over the internal service; the wire codec
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   store/         what openraft persists, one redb file in the data dir; the Raft type
+//!     log.rs       RaftLogStorage + RaftLogReader: vote, committed, entries
+//!     sm.rs        RaftStateMachine + snapshot builder over `State`
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   typ.rs         TypeConfig: NodeId = u64, Node = NodeAddrs, D = Command,
+//!                  R = CommandResult, snapshot data = serialized State
+//!   rebalance.rs   plan_moves(&State, alive)                     pure, deterministic
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   state.rs       State + apply(&mut State, Command)            pure, deterministic
+//!   error.rs       WriteError: not appended / maybe applied / refused (with its Rejection)
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   command.rs     Command, CommandResult, Rejection             pure data
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   ids.rs         NodeId, NodeAddrs, NodeState, ShardId         leaves: import nothing of
+//!   b64.rs         opaque bytes in serde (base64 text in JSON)   this crate
 //! ```
 //!
+//! A module imports only from rows below its own (never from its row or above).
+
 //! What it owns: the Raft log and snapshots on disk, the replicated state and its rules, the
 //! shard rebalancing plan. What it never touches: SIP, dialogs' meaning (records are opaque
 //! bytes), the configuration's meaning (opaque bytes, validated by the b2bua before it is
@@ -40,6 +52,7 @@ mod b64;
 pub mod command;
 pub mod error;
 pub mod grpc;
+pub mod ids;
 pub mod network;
 pub mod pool;
 pub mod rebalance;
@@ -53,5 +66,6 @@ pub use rebalance::plan_moves;
 pub use state::{
     DEFAULT_SHARD_COUNT, NodeRecord, NodeState, ShardEntry, ShardId, State, VersionedConfig, apply,
 };
+pub use store::Raft;
 pub use store::{DbClosed, LogStore, StateMachineStore, StateReader, StoreError, open};
-pub use typ::{NodeAddrs, NodeId, Raft, TypeConfig};
+pub use typ::{NodeAddrs, NodeId, TypeConfig};

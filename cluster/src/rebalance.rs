@@ -11,8 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::ids::NodeId;
 use crate::state::{NodeState, ShardId, State};
-use crate::typ::NodeId;
 
 /// Plans the moves that rebalance the shard map over `alive` nodes.
 ///
@@ -81,8 +81,8 @@ mod tests {
 
     use super::*;
     use crate::command::{Command, CommandResult};
+    use crate::ids::NodeAddrs;
     use crate::state::apply;
-    use crate::typ::NodeAddrs;
 
     /// A small deterministic generator for test inputs (the library itself has no randomness).
     struct Lcg(u64);

@@ -11,24 +11,11 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandResult, Rejection};
-use crate::typ::{NodeAddrs, NodeId};
-
-/// A shard's number: `0..shard_count`.
-pub type ShardId = u16;
+use crate::ids::{NodeAddrs, NodeId};
+pub use crate::ids::{NodeState, ShardId};
 
 /// Shards of a pool unless configured otherwise.
 pub const DEFAULT_SHARD_COUNT: u16 = 1024;
-
-/// A node's part in the pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum NodeState {
-    /// Serving: may own shards.
-    Active,
-    /// Handing its shards over before it stops; receives no new ones.
-    Draining,
-    /// Declared dead by the leader (silent for longer than lease + margin).
-    Down,
-}
 
 /// What the pool knows of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

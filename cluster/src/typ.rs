@@ -5,37 +5,8 @@
 //! operators reach it on; a log entry's application data is a [`Command`] and applying one yields
 //! a [`CommandResult`]. Snapshots are the serialized [`State`](crate::state::State) as bytes.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
 use crate::command::{Command, CommandResult};
-use crate::store::StateMachineStore;
-
-/// A node's id in the pool: stable across restarts (a StatefulSet ordinal, or `--node-id`).
-pub type NodeId = u64;
-
-/// Where a node is reached: the `Node` of the Raft membership and the addresses in its
-/// [`NodeRecord`](crate::state::NodeRecord).
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct NodeAddrs {
-    /// `host:port` of the internal gRPC service (Raft RPCs, forwarding, join). Never the admin API.
-    pub raft_addr: String,
-    /// `host:port` this node receives SIP on.
-    pub sip_addr: String,
-    /// `host:port` of the node's admin API (HTTP).
-    pub admin_addr: String,
-}
-
-impl fmt::Display for NodeAddrs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "raft={} sip={} admin={}",
-            self.raft_addr, self.sip_addr, self.admin_addr
-        )
-    }
-}
+pub use crate::ids::{NodeAddrs, NodeId};
 
 openraft::declare_raft_types!(
     /// The pool's openraft type configuration.
@@ -50,8 +21,6 @@ openraft::declare_raft_types!(
 /// [`crate::store::sm`]).
 pub type SnapshotData = Vec<u8>;
 
-/// A running Raft node over our storage.
-pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
 /// `(term, leader, index)` of a log entry.
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 /// A Raft log entry.

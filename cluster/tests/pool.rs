@@ -572,3 +572,24 @@ async fn hand_overs_never_let_two_nodes_act_for_a_shard_by_their_own_reports() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushing_dialogs_waits_until_every_queued_record_is_written() {
+    let m = member(93, 0, false, 5000).await;
+    until(
+        "the single node acts for its shards",
+        Duration::from_secs(15),
+        || m.pool.holds_lease() && m.pool.may_act(0),
+    )
+    .await;
+    for i in 0..20 {
+        assert!(m.pool.dialog_upsert(0, format!("call-{i}"), vec![1, 2, 3]));
+    }
+    assert_eq!(m.pool.flush_dialogs(Duration::from_secs(10)).await, 0);
+    for i in 0..20 {
+        assert!(m.pool.dialog_exists(0, &format!("call-{i}")), "call-{i}");
+    }
+    // Nothing queued: the flush returns at once.
+    assert_eq!(m.pool.flush_dialogs(Duration::from_secs(10)).await, 0);
+    m.pool.shutdown().await;
+}

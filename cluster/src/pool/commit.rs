@@ -4,7 +4,6 @@
 //! [`DIALOG_RETRY_FOR`]. [`Pool::flush_dialogs`] waits for the queue to drain on the way out.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -69,9 +68,9 @@ impl Pool {
     pub(super) fn queue_dialog_op(&self, op: DialogOp) -> bool {
         // Counted before it is queued, so that `flush_dialogs` never sees an empty count while a
         // record is on its way.
-        self.dialogs_pending.fetch_add(1, Ordering::SeqCst);
+        self.dialogs_pending.send_modify(|n| *n += 1);
         if self.dialogs.try_send(op).is_err() {
-            self.dialogs_pending.fetch_sub(1, Ordering::SeqCst);
+            self.dialogs_pending.send_modify(|n| *n -= 1);
             tracing::warn!("dialog write queue full: a record was not replicated");
             return false;
         }
@@ -83,14 +82,10 @@ impl Pool {
     /// whose own Raft failed still writes through the leader; a leader whose Raft failed cannot,
     /// and its last records are lost (RELIABILITY.md, known limits).
     pub async fn flush_dialogs(&self, limit: Duration) -> usize {
-        let deadline = Instant::now() + limit;
-        loop {
-            let pending = self.dialogs_pending.load(Ordering::SeqCst);
-            if pending == 0 || Instant::now() >= deadline {
-                return pending;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut pending = self.dialogs_pending.subscribe();
+        // The sender lives as long as `self`: waiting ends on an empty count or at the limit.
+        let _ = tokio::time::timeout(limit, pending.wait_for(|n| *n == 0)).await;
+        *self.dialogs_pending.borrow()
     }
 
     pub(super) async fn dialog_batcher(
@@ -176,7 +171,7 @@ impl Pool {
                     }
                 }
             }
-            self.dialogs_pending.fetch_sub(n, Ordering::SeqCst);
+            self.dialogs_pending.send_modify(|p| *p -= n);
         }
     }
 }

@@ -50,7 +50,7 @@ pub use info::{NodeInfo, PoolInfo};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -64,8 +64,9 @@ use tonic::transport::Channel;
 use crate::audit::{AuditLog, Record, unix_us};
 use crate::grpc::ClusterService;
 use crate::network::{GrpcNetwork, client};
+use crate::store::Raft;
 use crate::store::{self, StateReader};
-use crate::typ::{NodeAddrs, NodeId, Raft};
+use crate::typ::{NodeAddrs, NodeId};
 
 use commit::DialogOp;
 use hooks::Hooks;
@@ -179,7 +180,7 @@ pub struct Pool {
     forwarders: Mutex<HashMap<NodeId, mpsc::Sender<SipForward>>>,
     dialogs: mpsc::Sender<DialogOp>,
     /// Dialog operations queued or in a batch not yet written (see [`Pool::flush_dialogs`]).
-    dialogs_pending: AtomicUsize,
+    dialogs_pending: watch::Sender<usize>,
     sink: Mutex<Option<Arc<dyn PoolSink>>>,
     stop: watch::Sender<bool>,
     /// The acting set, one bit per possible shard number (64 KiB; indexable by any `u16`, so it
@@ -237,7 +238,7 @@ impl Pool {
             clients: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
             dialogs,
-            dialogs_pending: AtomicUsize::new(0),
+            dialogs_pending: watch::Sender::new(0),
             sink: Mutex::new(None),
             stop,
             acting: (0..=u16::MAX).map(|_| AtomicBool::new(false)).collect(),

@@ -32,6 +32,9 @@ use tokio::sync::watch;
 pub use self::log::LogStore;
 pub use self::sm::{SnapshotBuilder, StateMachineStore, StateReader};
 
+/// A running Raft node over our storage.
+pub type Raft = openraft::Raft<crate::typ::TypeConfig, StateMachineStore>;
+
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "raft.redb";
 
