@@ -175,3 +175,48 @@ impl Cluster for ClusterService {
         Ok(Response::new(self.hooks.lease(req.into_inner()).await))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Rejection;
+
+    /// What the follower reads back from what the leader answered.
+    fn round_trip(r: Result<CommandResult, WriteError>) -> Result<CommandResult, WriteError> {
+        read_write_reply(write_reply(r).unwrap_or_default())
+    }
+
+    #[test]
+    fn a_write_outcome_keeps_its_type_across_the_internal_rpc() {
+        assert_eq!(
+            round_trip(Ok(CommandResult::ConfigSet { version: 3 })),
+            Ok(CommandResult::ConfigSet { version: 3 })
+        );
+        let stale = Rejection::StaleConfigVersion {
+            expected: Some(1),
+            current: Some(2),
+        };
+        assert_eq!(
+            round_trip(Err(WriteError::Refused(stale.clone()))),
+            Err(WriteError::Refused(stale))
+        );
+        // The leader's "not appended" is final at the follower (the leader already retried).
+        let at_leader = round_trip(Err(WriteError::NotAppended(NotAppended::NoLeader)));
+        assert_eq!(
+            at_leader,
+            Err(WriteError::NotAppended(NotAppended::AtLeader(
+                "no leader".into()
+            )))
+        );
+        assert!(at_leader.is_err_and(|e| !e.is_retryable()));
+        assert_eq!(
+            round_trip(Err(WriteError::MaybeApplied("leader lost".into()))),
+            Err(WriteError::MaybeApplied("leader lost".into()))
+        );
+        // An answer naming no outcome may hide an applied command.
+        assert!(matches!(
+            read_write_reply(WriteReply { outcome: None }),
+            Err(WriteError::MaybeApplied(_))
+        ));
+    }
+}

@@ -183,3 +183,63 @@ impl Registry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use medpool_sip::transaction::{ClientKey, ServerKey};
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+    use super::*;
+    use crate::txlayer::CallEvent;
+
+    /// An actor that takes call events and does nothing with them.
+    struct Sink;
+    impl Actor for Sink {
+        type Msg = CallEvent;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<CallEvent>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    fn invite_key(branch: &str) -> ServerKey {
+        ServerKey::from_parts(branch.as_bytes(), b"127.0.0.1:5060", b"INVITE").unwrap()
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_dead_actor_removes_every_entry_that_routes_to_it_and_no_other() {
+        let (a, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let (b, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let reg = Registry::default();
+        for (actor, n) in [(&a, "1"), (&b, "2")] {
+            let call: CallRef = actor.get_derived();
+            reg.add_call(
+                invite_key(&format!("z9hG4bK-{n}")),
+                format!("a-{n}").as_bytes(),
+                b"tag",
+                7,
+                call.clone(),
+            );
+            reg.add_leg_b(format!("b-{n}").as_bytes(), call.clone());
+            reg.add_client(
+                ClientKey::new(format!("z9hG4bK-c{n}").as_bytes(), b"INVITE"),
+                Owner::Dialog(call),
+            );
+        }
+        assert_eq!((reg.calls(), reg.calls_of(7).len()), (2, 2));
+
+        // Leg A, the INVITE, leg B, the client transaction and the shard entry.
+        assert_eq!(reg.forget_actor(a.get_id()), 5);
+        assert_eq!((reg.calls(), reg.calls_of(7).len()), (1, 1));
+        assert!(!reg.has_call(b"a-1", b"tag") && reg.has_call(b"a-2", b"tag"));
+        assert!(!reg.is_our_leg_b(b"b-1") && reg.is_our_leg_b(b"b-2"));
+        assert!(!reg.has_client(&ClientKey::new(b"z9hG4bK-c1", b"INVITE")));
+        assert!(reg.has_client(&ClientKey::new(b"z9hG4bK-c2", b"INVITE")));
+        assert_eq!(reg.forget_actor(a.get_id()), 0, "nothing left of it");
+        a.stop(None);
+        b.stop(None);
+    }
+}
