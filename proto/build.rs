@@ -2,7 +2,7 @@
 //!
 //! Two passes: `cluster.proto` (node to node) and `admin.proto` (operators). Only the admin pass
 //! writes a file descriptor set, which the admin port serves through gRPC server reflection: the
-//! internal service is never described to operators (STYLE.md item 13).
+//! internal service is never described to operators.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

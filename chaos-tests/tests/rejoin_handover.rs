@@ -4,8 +4,8 @@
 //! places new calls steadily (50 a second for 2 s) while the killed node is restarted on its data
 //! folder and rejoins: the pool hands shards back to it (old owners release them, the new owner
 //! adopts them and needs its lease to act). Every new call must be answered 200; a 503 during the
-//! hand-over is a refused call. DESIGN.md: "a joining node receives shards with minimal moves";
-//! "Drain: ... so a rolling restart loses no call".
+//! hand-over is a refused call. The rebalancer gives a joining node shards with minimal moves,
+//! and a drain or a rolling restart must lose no call.
 
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 

@@ -1,4 +1,4 @@
-//! The invariants, one a file (STYLE.md item 15). Each reads the [`Observations`] of a whole run —
+//! The invariants, one a file. Each reads the [`Observations`] of a whole run —
 //! the callers' ledgers, the gateways' counts, the nodes' own audit reports, the sampler's outside
 //! view and the convergence checks after each healing — and returns a [`Verdict`].
 //!

@@ -120,7 +120,7 @@ impl Pool {
                 None => false,
             };
             if granted {
-                // The lease counts from when the heartbeat was *sent* (DESIGN.md "Ownership and fencing").
+                // The lease counts from when the heartbeat was *sent* (ARCHITECTURE.md, "The pool": leases).
                 let len = lease_len(self.opts.lease);
                 if let Ok(mut l) = self.lease_until.lock() {
                     *l = Some(sent + len);

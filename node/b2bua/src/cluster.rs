@@ -30,7 +30,7 @@ pub trait ShardOwnership: Send + Sync + 'static {
 }
 
 /// Moving SIP between nodes: a message received here for a shard another node owns goes to that owner,
-/// and the owner's answers to it leave from the node that received it (DESIGN.md "Routing a message").
+/// and the owner's answers to it leave from the node that received it (ARCHITECTURE.md, "The life of a message").
 pub trait Relay: Send + Sync + 'static {
     /// Hands a received message to `owner`; false when it cannot be delivered (the caller drops it or
     /// answers 503; peers retransmit).
@@ -74,7 +74,7 @@ impl Relay for NoRelay {
     }
 }
 
-/// What another node needs to carry an established call on (DESIGN.md "confirmed dialogs").
+/// What another node needs to carry an established call on (ARCHITECTURE.md, "The pool": records).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DialogRecord {
     /// Shard of the call.

@@ -187,6 +187,9 @@ pub struct NodeCtx {
     /// Counters.
     pub stats: Stats,
     pub(crate) draining: AtomicBool,
+    /// Woken (while draining) when something a shutdown waits for may have finished: a call
+    /// released, a record taken, a forwarded INVITE's answer relayed. See [`NodeCtx::progressed`].
+    progress: tokio::sync::Notify,
     /// Calls started here whose record is not written (being set up, or ending before they were
     /// answered): only this node can finish them, so a shutdown waits for them.
     pub(crate) unrecorded_calls: std::sync::atomic::AtomicUsize,
@@ -253,6 +256,48 @@ impl NodeCtx {
             && self.unrecorded_calls() == 0
             && self.relayed_pending() == 0
     }
+    /// Something [`NodeCtx::nothing_to_wait_for`] counts may have finished: wakes a waiting
+    /// shutdown. Free before a shutdown starts (nobody waits then).
+    pub(crate) fn progressed(&self) {
+        if self.draining.load(Ordering::Relaxed) {
+            self.progress.notify_waiters();
+        }
+    }
+    /// Waits until [`NodeCtx::nothing_to_wait_for`] holds or `deadline` passes, woken by the
+    /// node's own progress and the transaction layer's, never by a timer: the shutdown's wait.
+    /// Returns whether it holds.
+    pub async fn until_nothing_to_wait_for(
+        &self,
+        bye_calls: bool,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let driver = self.driver.progress();
+        loop {
+            let ours = self.progress.notified();
+            let theirs = driver.notified();
+            tokio::pin!(ours, theirs);
+            // Registered before the check: a step between the check and the wait still wakes us.
+            ours.as_mut().enable();
+            theirs.as_mut().enable();
+            if self.nothing_to_wait_for(bye_calls) {
+                return true;
+            }
+            // A forwarded INVITE whose answer never comes is forgotten after RELAY_WAIT_MAX: that
+            // instant is a change too.
+            let expiry = self
+                .relayed_expiry()
+                .map_or(deadline, |at| at.min(deadline));
+            tokio::select! {
+                () = ours => {}
+                () = theirs => {}
+                () = tokio::time::sleep_until(expiry) => {
+                    if expiry >= deadline {
+                        return self.nothing_to_wait_for(bye_calls);
+                    }
+                }
+            }
+        }
+    }
     /// How many calls are in progress on this node.
     pub fn active_calls(&self) -> usize {
         self.registry.calls()
@@ -276,8 +321,10 @@ impl NodeCtx {
         if let Ok(m) = SipMessage::parse(bytes.clone())
             && m.status().is_some_and(|s| s >= 200)
             && let Some(branch) = m.top_branch()
+            && pending.remove(branch).is_some()
         {
-            pending.remove(branch);
+            drop(pending);
+            self.progressed();
         }
     }
     /// Forwarded new-call INVITEs still waiting for their final answer to come back through this
@@ -288,6 +335,11 @@ impl NodeCtx {
         };
         pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
         pending.len()
+    }
+    /// When the oldest forwarded INVITE still waited for is forgotten.
+    fn relayed_expiry(&self) -> Option<tokio::time::Instant> {
+        let pending = self.relayed_invites.lock().ok()?;
+        pending.values().min().map(|at| *at + RELAY_WAIT_MAX)
     }
     /// Notes a leg B that its call hung up as it ended: a 2xx of it resent afterwards (the gateway
     /// missed our ACK) is only ACKed, not hung up a second time.
@@ -445,6 +497,7 @@ impl NodeCtx {
             timers: settings.timers,
             stats: Stats::default(),
             draining: AtomicBool::new(false),
+            progress: tokio::sync::Notify::new(),
             unrecorded_calls: std::sync::atomic::AtomicUsize::new(0),
             relayed_invites: std::sync::Mutex::new(std::collections::HashMap::new()),
             orphan_legs: std::sync::Mutex::new(std::collections::HashMap::new()),

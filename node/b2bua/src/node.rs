@@ -205,9 +205,9 @@ impl RunningNode {
         // Forwarded new calls whose answers (from their owner) still have to leave from here are
         // waited for too: a node that exits first loses them, and the caller, hearing nothing,
         // resends its INVITE, which may then start a second call at the shard's new owner.
-        while !self.ctx.nothing_to_wait_for(bye_calls) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.ctx
+            .until_nothing_to_wait_for(bye_calls, deadline)
+            .await;
         let _ = self.stop_tx.send(true);
         for a in self.ctx.registry.call_actors() {
             a.stop(None);

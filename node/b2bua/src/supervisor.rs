@@ -42,6 +42,7 @@ impl Actor for Supervisor {
             && let Some(ctx) = ctx.upgrade()
         {
             let leftovers = ctx.registry.forget_actor(cell.get_id());
+            ctx.progressed();
             ctx.stats.actors_failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(actor = %cell.get_id(), %error, leftovers, "an actor died");
             if let Some(handle) = ctx

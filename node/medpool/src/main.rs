@@ -1,4 +1,4 @@
-//! The `medpool` binary. Thin by design (STYLE.md item 1): it parses the command line and hands it to
+//! The `medpool` binary. Thin by design (library first): it parses the command line and hands it to
 //! the library ([`medpool::cli::run`]), where everything else lives.
 
 use clap::Parser;

@@ -1,6 +1,10 @@
-//! `serve::run` in process: a node started on 127.0.0.1:0 (SIP and admin API) inside the test's own
+//! `serve::run` in process: a node started on port 0 (SIP and admin API) inside the test's own
 //! runtime, answering a SIP OPTIONS, then stopped through its shutdown future — no process, no
-//! signal. What a test of the node as a library looks like (STYLE.md item 1).
+//! signal. What a test of the node as a library looks like.
+//!
+//! Its addresses are loopback addresses no other test uses: the node binds UDP on port 0 and then
+//! TCP on the same port, which on 127.0.0.1 another test's TCP socket may already hold (seen once
+//! as `AddrInUse` in a full run). On an address of its own the kernel's UDP pick is free for TCP.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::time::Duration;
@@ -17,9 +21,9 @@ fn serve_args(data_dir: &std::path::Path, config: &std::path::Path) -> serve::Se
         "--config",
         &config.display().to_string(),
         "--sip-listen",
-        "127.0.0.1:0",
+        "127.0.93.1:0",
         "--admin-listen",
-        "127.0.0.1:0",
+        "127.0.93.2:0",
         "--data-dir",
         &data_dir.display().to_string(),
         "--shutdown-grace",
@@ -39,7 +43,7 @@ async fn a_node_runs_in_process_and_stops_through_its_shutdown_future() {
     // The test's socket is a known peer (an unknown source is answered 403).
     std::fs::write(
         &config,
-        "[[trunk]]\nname = \"test\"\naddress = \"127.0.0.1\"\nside = \"internal\"\n\
+        "[[trunk]]\nname = \"test\"\naddress = \"127.0.93.3\"\nside = \"internal\"\n\
          match_any_port = true\n",
     )
     .unwrap();
@@ -58,7 +62,7 @@ async fn a_node_runs_in_process_and_stops_through_its_shutdown_future() {
     }));
 
     // It serves: OPTIONS is answered 200 and the admin port accepts connections.
-    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer = UdpSocket::bind("127.0.93.3:0").await.unwrap();
     let me = peer.local_addr().unwrap();
     let options = format!(
         "OPTIONS sip:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-inproc-1\r\n\

@@ -1,7 +1,7 @@
 //! The caller's ledger: what happened to each call, and the summary table a test or the demo prints.
 //!
 //! A request whose transaction timed out (no final answer within 64·T1) is recorded as *unknown*,
-//! not as a failure: the far side may or may not have acted on it (STYLE.md item 15).
+//! not as a failure: the far side may or may not have acted on it.
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! Identifiers that carry their shard (DESIGN.md "Routing a message to its dialog").
+//! Identifiers that carry their shard (ARCHITECTURE.md, "The life of a message").
 //!
 //! Every tag, Call-ID and Via branch the pool mints starts with `mp` and four hex digits of the shard,
 //! then random characters: `z9hG4bKmp03ff-…` (branch), `mp03ff…` (tag, Call-ID). [`shard_of`] finds the

@@ -20,7 +20,7 @@ use crate::ctx::NodeCtx;
 use crate::txlayer::Envelope;
 
 /// How far above the recorded CSeq a new owner starts its own requests on each leg: the old owner may
-/// have sent in-dialog requests after the record was written (DESIGN.md "Failover").
+/// have sent in-dialog requests after the record was written (ARCHITECTURE.md, "The pool": failover).
 pub const CSEQ_SKIP: u32 = 1000;
 
 /// How often an answered call retries writing a record this node could not write at once.
@@ -40,6 +40,7 @@ impl Call {
             self.ctx
                 .unrecorded_calls
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            self.ctx.progressed();
         }
     }
 

@@ -184,6 +184,8 @@ impl Call {
             .call_ended(&self.inbound.name, self.last_status, self.started.elapsed());
         self.span.record("sip.status", self.last_status);
         tracing::debug!(parent: &self.span, status = self.last_status, cause = ?self.history.last(), "call ended");
+        // A shutdown may be waiting for this call (or its unrecorded count).
+        self.ctx.progressed();
         self.ctx.publish(NodeEvent::CallEnded {
             call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
             status: self.last_status,

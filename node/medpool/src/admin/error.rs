@@ -1,5 +1,5 @@
 //! What an admin request can fail with, and the one place where that becomes a gRPC status
-//! (STYLE.md item 6). Every RPC, the authentication interceptor and the fan-out to other nodes
+//! (typed, mapped to gRPC codes in this one place). Every RPC, the authentication interceptor and the fan-out to other nodes
 //! return [`AdminError`]; only `From<AdminError> for tonic::Status` below picks codes:
 //!
 //! | error | code |

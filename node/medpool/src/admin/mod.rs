@@ -16,7 +16,7 @@
 //!                                          └─ convert.rs domain → proto
 //!          error.rs    AdminError → gRPC status codes: the one place
 //! ```
-//! Never touched from here: the internal Raft/forwarding service (STYLE.md item 13) — the admin
+//! Never touched from here: the internal Raft/forwarding service (a separate port, never exposed to operators) — the admin
 //! API is a separate server on its own port with its own descriptor set.
 
 pub mod auth;

@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 
 use super::output::Output;
 use crate::admin::auth::{AddToken, SecretText, Token};
-use crate::admin::error::FIELD_PATH_KEY;
+use crate::admin::error::{ERROR_KIND_KEY, FIELD_PATH_KEY};
 
 /// How a command ended, as an exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,11 +187,11 @@ impl Ctl {
     }
 }
 
-/// Whether an `UNAVAILABLE` came from the transport (no connection) rather than the server: a
-/// status the server sent carries its response headers as metadata; one made by the client when it
-/// could not connect carries none. (Never told apart by the message's text.)
+/// Whether an `UNAVAILABLE` came from the transport (no connection) rather than the server: every
+/// status the admin server sends names its error kind in [`ERROR_KIND_KEY`] (e.g. `no-leader`); one
+/// made by the client when it could not connect carries none. (Never told apart by the text.)
 fn is_transport(s: &Status) -> bool {
-    s.code() == Code::Unavailable && s.metadata().is_empty()
+    s.code() == Code::Unavailable && s.metadata().get(ERROR_KIND_KEY).is_none()
 }
 
 #[cfg(test)]
@@ -218,8 +218,16 @@ mod tests {
         let mut from_server = Status::unavailable("whatever the text");
         from_server
             .metadata_mut()
-            .insert("content-type", "application/grpc".parse().unwrap());
+            .insert(ERROR_KIND_KEY, "no-leader".parse().unwrap());
         assert!(!is_transport(&from_server));
+        let mut headers_only = Status::unavailable("tcp connect error");
+        headers_only
+            .metadata_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        assert!(
+            is_transport(&headers_only),
+            "only the kind says the server answered"
+        );
         assert!(!is_transport(&Status::unknown("lost")));
     }
 }

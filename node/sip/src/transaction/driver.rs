@@ -248,6 +248,8 @@ where
             }),
             wake: Notify::new(),
             retransmissions: std::sync::atomic::AtomicU64::new(0),
+            progress: Notify::new(),
+            progress_watched: std::sync::atomic::AtomicBool::new(false),
         });
         let task = tokio::spawn(run_timers(Arc::clone(&shared)));
         Self {
@@ -511,6 +513,17 @@ where
                 .count()
     }
 
+    /// A notification woken after every step of any transaction (a message in or out, a timer,
+    /// a transport error), from the first call on: what a graceful shutdown awaits, with
+    /// [`Driver::unfinished`] as its condition, instead of polling. Register the `notified()`
+    /// future (`Notified::enable`) before checking the condition, so no step is missed.
+    pub fn progress(&self) -> &Notify {
+        self.shared
+            .progress_watched
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        &self.shared.progress
+    }
+
     /// Whether no transaction is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -526,6 +539,10 @@ struct Shared<M, Io> {
     wake: Notify,
     /// Messages sent again: timer retransmissions and answers to retransmitted requests.
     retransmissions: std::sync::atomic::AtomicU64,
+    /// Wakes whoever waits for transactions to finish ([`Driver::progress`]) after every step,
+    /// once somebody has asked to be woken (`progress_watched`): no cost on the hot path before.
+    progress: Notify,
+    progress_watched: std::sync::atomic::AtomicBool,
 }
 
 struct Table<M> {
@@ -821,6 +838,12 @@ where
         }
         for key in failed {
             self.transport_error(&key);
+        }
+        if self
+            .progress_watched
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.progress.notify_waiters();
         }
     }
 

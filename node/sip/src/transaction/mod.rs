@@ -1,6 +1,6 @@
 //! RFC 3261 §17 transactions, with the RFC 6026 corrections for 2xx responses to INVITE.
 //!
-//! Two layers, after STYLE.md item 4 ("pure cores, thin shells"):
+//! Two layers, pure cores, thin shells:
 //!
 //! ```text
 //!   TU (B2BUA core) ◄──TuEvent──┐          ┌── start_client / respond ── TU
