@@ -298,3 +298,37 @@ async fn a_call_that_panics_gives_back_what_it_held_and_the_others_go_on() {
         node.ctx.driver.unfinished()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_shutdown_wakes_when_the_last_call_ends_not_at_its_deadline() {
+    let mut node = TestNode::new().await;
+    node.receive(invite("sd-1"), PBX).await;
+    let inv = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    assert!(
+        !node.ctx.nothing_to_wait_for(false),
+        "a call in set-up holds a shutdown"
+    );
+
+    // The shutdown's wait, as `RunningNode::shutdown` runs it (draining first).
+    node.ctx
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let grace = Duration::from_secs(10);
+    let ctx = std::sync::Arc::clone(&node.ctx);
+    let waiter = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let held = ctx.until_nothing_to_wait_for(false, started + grace).await;
+        (held, started.elapsed())
+    });
+
+    // The gateway refuses (486 is no failover code): the call ends, its transactions complete.
+    node.receive(answer(&inv, 486, "g1", GW1, &[]), GW1).await;
+    node.expect(PBX, Expect::Status(486)).await;
+    let (held, waited) = waiter.await.unwrap();
+    assert!(held, "nothing left to wait for");
+    // On paused time an unwoken waiter would only return at its deadline.
+    assert!(
+        waited < grace,
+        "woken by the call's end, not by its deadline: {waited:?}"
+    );
+}
