@@ -22,7 +22,7 @@
 //! unlocked, so the TU may call back into the driver from `deliver`. Only
 //! [`TransactionIo::build_ack`] runs with the table locked.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
@@ -36,7 +36,8 @@ use super::key::{ClientKey, KeyMethod, ServerKey, TransactionKey};
 use super::machine::{Action, Actions, ClientEvent, Outcome, ServerEvent, State};
 use super::server_invite::ServerInvite;
 use super::server_non_invite::ServerNonInvite;
-use super::timers::{TimerConfig, TimerId};
+use super::timers::TimerConfig;
+use super::wheel::{TimerSlots, Wheel};
 
 /// What the driver needs from the outside world. `M` is the caller's message type.
 pub trait TransactionIo<M>: Send + Sync + 'static {
@@ -604,53 +605,6 @@ impl ServerMachine {
             Self::Invite(m) => m.state(),
             Self::NonInvite(m) => m.state(),
         }
-    }
-}
-
-/// The running timers of one transaction: where each sits in the [`Wheel`].
-#[derive(Default)]
-struct TimerSlots([Option<(Instant, u64)>; TimerId::ALL.len()]);
-
-/// All running timers of the driver, by deadline; the sequence number keeps equal deadlines in the
-/// order they were set and makes every entry unique.
-#[derive(Default)]
-struct Wheel {
-    entries: BTreeMap<(Instant, u64), (TransactionKey, TimerId)>,
-    next_seq: u64,
-}
-
-impl Wheel {
-    /// (Re)start timer `id` of `key` at `at`; returns whether it is now the earliest timer (the timer
-    /// task must be woken).
-    fn start(
-        &mut self,
-        slots: &mut TimerSlots,
-        key: &TransactionKey,
-        id: TimerId,
-        at: Instant,
-    ) -> bool {
-        self.stop(slots, id);
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.entries.insert((at, seq), (key.clone(), id));
-        slots.0[id.index()] = Some((at, seq));
-        self.entries.first_key_value().map(|(k, _)| k.1) == Some(seq)
-    }
-
-    fn stop(&mut self, slots: &mut TimerSlots, id: TimerId) {
-        if let Some(at) = slots.0[id.index()].take() {
-            self.entries.remove(&at);
-        }
-    }
-
-    fn stop_all(&mut self, slots: &mut TimerSlots) {
-        for id in TimerId::ALL {
-            self.stop(slots, id);
-        }
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.entries.first_key_value().map(|((at, _), _)| *at)
     }
 }
 

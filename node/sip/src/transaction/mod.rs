@@ -20,7 +20,8 @@
 //!   state machines. Each is built with `(TimerConfig, reliable)` and returns its first actions.
 //! - [`key`]: [`ClientKey`], [`ServerKey`] and [`TransactionKey`], the RFC 3261 17.1.3 / 17.2.3
 //!   matching rules (with the RFC 2543 fallback), built from byte slices the codec supplies.
-//! - [`driver`]: [`Driver`], generic over an opaque message type and a [`TransactionIo`].
+//! - [`driver`]: [`Driver`], generic over an opaque message type and a [`TransactionIo`]; its timer
+//!   wheel (deadline-ordered timers and each transaction's slots) is `wheel.rs`, below it.
 //!
 //! This module never parses a message and knows nothing of dialogs, actors or the cluster.
 
@@ -32,6 +33,7 @@ pub mod machine;
 pub mod server_invite;
 pub mod server_non_invite;
 pub mod timers;
+mod wheel;
 
 #[cfg(test)]
 mod tests;
