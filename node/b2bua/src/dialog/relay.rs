@@ -23,38 +23,12 @@ pub(super) fn on_response(
     if let Some(pos) = st.relays.iter().position(|r| r.client == key) {
         if status < 200 {
             if status > 100 {
-                let r = &st.relays[pos];
-                let tag = match r.from {
-                    Side::A => st.a.local_tag.clone(),
-                    Side::B => st
-                        .leg(Side::B)
-                        .map(|l| l.local_tag.clone())
-                        .unwrap_or_default(),
-                };
-                let bytes = relay_response(
-                    &st.ctx.me,
-                    &r.request,
-                    status,
-                    env.msg.reason_phrase().unwrap_or_default(),
-                    &tag,
-                    Some(&env.msg),
-                    None,
-                );
-                if let Some(e) = r.request.reply(bytes) {
-                    let _ = st.ctx.driver.respond(&r.server, status, e);
-                }
+                answer_relayed(st, &st.relays[pos], status, &env);
             }
             return;
         }
         let r = st.relays.remove(pos);
         r.span.record("sip.status", status);
-        let tag = match r.from {
-            Side::A => st.a.local_tag.clone(),
-            Side::B => st
-                .leg(Side::B)
-                .map(|l| l.local_tag.clone())
-                .unwrap_or_default(),
-        };
         let to_side = match r.from {
             Side::A => Side::B,
             Side::B => Side::A,
@@ -81,18 +55,7 @@ pub(super) fn on_response(
                 }
             }
         }
-        let bytes = relay_response(
-            &st.ctx.me,
-            &r.request,
-            status,
-            env.msg.reason_phrase().unwrap_or_default(),
-            &tag,
-            Some(&env.msg),
-            None,
-        );
-        if let Some(e) = r.request.reply(bytes) {
-            let _ = st.ctx.driver.respond(&r.server, status, e);
-        }
+        answer_relayed(st, &r, status, &env);
         st.maybe_finish(myself);
         return;
     }
@@ -100,6 +63,30 @@ pub(super) fn on_response(
     if status >= 200 {
         st.bye_keys.retain(|k| *k != key);
         st.maybe_finish(myself);
+    }
+}
+
+/// Answers relayed request `r` on the side it came from with the far side's response `env`,
+/// under our tag on that side.
+fn answer_relayed(st: &Call, r: &Relay, status: u16, env: &Envelope) {
+    let tag = match r.from {
+        Side::A => st.a.local_tag.clone(),
+        Side::B => st
+            .leg(Side::B)
+            .map(|l| l.local_tag.clone())
+            .unwrap_or_default(),
+    };
+    let bytes = relay_response(
+        &st.ctx.me,
+        &r.request,
+        status,
+        env.msg.reason_phrase().unwrap_or_default(),
+        &tag,
+        Some(&env.msg),
+        None,
+    );
+    if let Some(e) = r.request.reply(bytes) {
+        let _ = st.ctx.driver.respond(&r.server, status, e);
     }
 }
 
