@@ -72,6 +72,10 @@ pub fn ingress(arrival: &Arrival, unknown: UnknownSource, own: &Ownership) -> In
     match own.owner {
         // A forwarded message is never forwarded again.
         Some(owner) if owner != own.me && !arrival.forwarded => Ingress::ForwardTo(owner),
+        // The shard moved on while the message was on its way here (a hand-over in flight): a new
+        // call over UDP is left to its retransmission, which the first node forwards to the new
+        // owner; over TCP nothing is resent, so it is told to come back (below).
+        Some(owner) if owner != own.me && arrival.new_call && !arrival.reliable => Ingress::Drop,
         _ => unowned(arrival, own),
     }
 }
@@ -178,7 +182,9 @@ mod tests {
             ("an in-dialog request for another node's shard", in_dialog(), Reject, owned_by(Some(PEER)), ForwardTo(PEER)),
             ("a response for another node's shard", response(), Reject, owned_by(Some(PEER)), ForwardTo(PEER)),
             ("an answer to our own client transaction stays here", own_answer, Reject, owned_by(Some(PEER)), HandleHere),
-            ("a forwarded message is never forwarded again", forwarded(new_call()), Reject, owned_by(Some(PEER)), Refuse503),
+            ("a forwarded UDP new call whose shard moved on: left to its retransmission", forwarded(new_call()), Reject, owned_by(Some(PEER)), Drop),
+            ("a forwarded TCP new call whose shard moved on is never forwarded again", forwarded(tcp(new_call())), Reject, owned_by(Some(PEER)), Refuse503),
+            ("a forwarded in-dialog request is never forwarded again", forwarded(in_dialog()), Reject, owned_by(Some(PEER)), Drop),
             ("a new call on a shard with no owner", new_call(), Reject, owned_by(None), Refuse503),
             ("a new call on our shard with a lapsed lease", new_call(), Reject, owned_by(Some(ME)), Refuse503),
             ("an in-dialog request nobody can take", in_dialog(), Reject, owned_by(None), Drop),
