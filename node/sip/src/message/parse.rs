@@ -169,6 +169,7 @@ pub(crate) fn index_head(
     let mut broken = false; // after a malformed line, keep scanning for the end but index no more
     let mut cl_count = 0u32;
     let mut body_len = BodyLen::Missing;
+    let mut terminated = false; // the empty line that ends the header section was seen
     loop {
         if pos >= buf.len() {
             // Input ended without the empty line.
@@ -184,8 +185,9 @@ pub(crate) fn index_head(
             }
         };
         let e = content_end(buf, lf, pos);
-        if e == pos {
+        if e == pos && lf < buf.len() {
             pos = next;
+            terminated = true;
             break;
         }
         if e - pos > limits.max_line_length {
@@ -260,6 +262,11 @@ pub(crate) fn index_head(
     }
     if cl_count > 1 {
         body_len = BodyLen::Bad(Defect::MultipleContentLength);
+    }
+    if datagram && !terminated {
+        // A datagram cut inside its header section (RFC 3261 §7: the empty line is mandatory): what
+        // arrived cannot be told apart from a message whose later headers were lost.
+        defect.get_or_insert(Defect::Unterminated);
     }
     Ok(HeadIndex {
         start,
@@ -345,6 +352,26 @@ mod tests {
             Some(&Defect::Version)
         );
         assert!(p("INVITE sip:a@b SIP/2.0\r\n\r\n").defect().is_none());
+    }
+
+    #[test]
+    fn a_datagram_cut_inside_its_headers_is_defective() {
+        let whole =
+            "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: c\r\n\r\n";
+        assert!(p(whole).defect().is_none());
+        // Cut after a header line, inside one, and with a lone CR where the empty line should be.
+        for cut in [
+            "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n",
+            "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: c",
+            "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: c\r\n\r",
+        ] {
+            let defect = p(cut).defect().copied();
+            assert_eq!(defect.map(Defect::status), Some(400), "{cut:?}");
+        }
+        assert_eq!(
+            p("OPTIONS sip:a@b SIP/2.0\r\nCall-ID: c\r\n").defect(),
+            Some(&Defect::Unterminated)
+        );
     }
 
     #[test]

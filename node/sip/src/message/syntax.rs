@@ -52,6 +52,9 @@ pub enum Defect {
     /// A message on a stream without Content-Length (RFC 3261 §18.3).
     #[error("Content-Length required on stream transports")]
     MissingContentLength,
+    /// A datagram whose header section ends without the empty line (a truncated message).
+    #[error("header section not ended by an empty line")]
+    Unterminated,
     /// The message, a line or the header count exceeds a [`crate::Limits`] value.
     #[error("message too large")]
     TooLarge,
