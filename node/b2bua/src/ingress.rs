@@ -3,7 +3,33 @@
 //! source, 503 to a new call nobody can take now) or dropped for its sender to retransmit. The node
 //! gathers the facts ([`Arrival`], [`Ownership`]) and acts on the answer ([`Ingress`]).
 
+use std::net::{IpAddr, SocketAddr};
+
+use medpool_sip::SipMessage;
+
 use crate::config::UnknownSource;
+
+/// The header a trusted forwarder (an L7 SIP load balancer) uses to name a message's real source.
+pub const SOURCE_HEADER: &str = "X-Medpool-Source";
+
+/// The source a message is judged by: where it came from, or — when that is one of the `trusted`
+/// forwarders — the source the forwarder names in [`SOURCE_HEADER`]. A forwarder appends its copy,
+/// so only the **last** one counts (the last line, and the last item of a comma-joined line); a
+/// copy the sender wrote itself comes earlier and is ignored. A forwarded message whose last copy
+/// cannot be read keeps the forwarder's own address, which is no trunk's, so it is refused. From
+/// any other source the header means nothing. No copy is ever relayed: the other leg's messages are
+/// built from a list of relayed headers that does not name it.
+pub fn real_source(msg: &SipMessage, source: SocketAddr, trusted: &[IpAddr]) -> SocketAddr {
+    if !trusted.contains(&source.ip()) {
+        return source;
+    }
+    msg.other_header(SOURCE_HEADER)
+        .last()
+        .and_then(|line| line.rsplit(|&b| b == b',').next())
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<SocketAddr>().ok())
+        .unwrap_or(source)
+}
 
 /// What the node knows of a message when it decides where it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,6 +125,46 @@ mod tests {
 
     const ME: u64 = 1;
     const PEER: u64 = 2;
+
+    fn options_with(sources: &[&str]) -> SipMessage {
+        let mut m = String::from(
+            "OPTIONS sip:n SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK1\r\nCall-ID: c\r\n",
+        );
+        for s in sources {
+            m.push_str(&format!("{SOURCE_HEADER}: {s}\r\n"));
+        }
+        m.push_str("\r\n");
+        SipMessage::parse(m.into_bytes()).unwrap()
+    }
+
+    #[test]
+    fn only_a_trusted_forwarders_last_copy_names_the_source() {
+        let lb: SocketAddr = "10.0.0.9:5060".parse().unwrap();
+        let trusted = [lb.ip()];
+        let real: SocketAddr = "192.0.2.7:5070".parse().unwrap();
+        let forged = "198.51.100.1:5060";
+        // (copies in order, from a trusted forwarder?, the source judged)
+        let table: &[(&[&str], bool, SocketAddr)] = &[
+            (&["192.0.2.7:5070"], true, real),
+            // The caller's own copy first, the balancer's appended: the balancer's wins.
+            (&[forged, "192.0.2.7:5070"], true, real),
+            // One line joined by the balancer: its item is the last.
+            (&["198.51.100.1:5060, 192.0.2.7:5070"], true, real),
+            // A copy from anyone else is ignored.
+            (&["192.0.2.7:5070"], false, lb),
+            // The balancer's copy unreadable: its own address (no trunk's) is kept.
+            (&[forged, "not-an-address"], true, lb),
+            (&[], true, lb),
+        ];
+        for (copies, from_trusted, want) in table {
+            let t: &[IpAddr] = if *from_trusted { &trusted } else { &[] };
+            assert_eq!(
+                real_source(&options_with(copies), lb, t),
+                *want,
+                "{copies:?} trusted={from_trusted}"
+            );
+        }
+    }
 
     fn new_call() -> Arrival {
         Arrival {

@@ -21,7 +21,7 @@ use crate::ctx::{CtxSettings, Me};
 pub use crate::ctx::{Forwarded, Histogram, NodeCtx, NodeEvent, PDD_BUCKETS, Stats};
 use crate::dialog::{self, DialogArgs, DialogMsg, leg::local_response};
 use crate::gateway;
-use crate::ingress::{Arrival, Ingress, Ownership, ingress, unowned};
+use crate::ingress::{Arrival, Ingress, Ownership, ingress, real_source, unowned};
 use crate::txlayer::{CoreEvent, Envelope, client_key, server_key};
 
 impl NodeCtx {
@@ -282,9 +282,6 @@ async fn answer(
     }
 }
 
-/// The header a trusted forwarder uses to name a message's real source.
-pub const SOURCE_HEADER: &str = "X-Medpool-Source";
-
 async fn feed(
     ctx: &Arc<NodeCtx>,
     transports: &Transports,
@@ -293,16 +290,8 @@ async fn feed(
     traceparent: Option<String>,
 ) {
     let config = ctx.config();
-    if via.is_none()
-        && ctx.trusted_forwarders.contains(&inb.source.ip())
-        && let Some(src) = inb
-            .msg
-            .other_header(SOURCE_HEADER)
-            .next()
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<std::net::SocketAddr>().ok())
-    {
-        inb.source = src;
+    if via.is_none() {
+        inb.source = real_source(&inb.msg, inb.source, &ctx.trusted_forwarders);
     }
     // Peers are checked by the node that received the message; forwarded messages were checked there.
     let known = via.is_some()

@@ -190,23 +190,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// `datagram` with `X-Medpool-Source: source` inserted right after its start line. Datagrams that do
-/// not start with a line (keep-alive CRLFs, garbage) are returned unchanged.
+/// `datagram` with `X-Medpool-Source: source` appended as its last header line (a balancer appends:
+/// medpool believes the last copy, so a copy the sender wrote itself cannot win). Datagrams without
+/// a complete header section (keep-alive CRLFs, a truncated message, garbage) are returned unchanged.
 pub fn with_source_header(datagram: &[u8], source: SocketAddr) -> Vec<u8> {
     let starts_with_text = datagram.first().is_some_and(|b| !b.is_ascii_whitespace());
-    let Some(eol) = memchr_newline(datagram).filter(|_| starts_with_text) else {
+    let Some(at) = end_of_last_header(datagram).filter(|_| starts_with_text) else {
         return datagram.to_vec();
     };
     let line = format!("{SOURCE_HEADER}: {source}\r\n");
     let mut out = Vec::with_capacity(datagram.len() + line.len());
-    out.extend_from_slice(&datagram[..=eol]);
+    out.extend_from_slice(&datagram[..at]);
     out.extend_from_slice(line.as_bytes());
-    out.extend_from_slice(&datagram[eol + 1..]);
+    out.extend_from_slice(&datagram[at..]);
     out
 }
 
-fn memchr_newline(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+/// Where the empty line that ends the header section starts (just after the last header's line end).
+fn end_of_last_header(b: &[u8]) -> Option<usize> {
+    let crlf = b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 2);
+    let lf = b.windows(2).position(|w| w == b"\n\n").map(|i| i + 1);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 impl State {

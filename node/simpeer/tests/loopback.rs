@@ -66,14 +66,17 @@ async fn calls_through_the_forwarder_come_back_through_it() {
 }
 
 #[test]
-fn the_source_header_goes_right_after_the_start_line() {
+fn the_source_header_is_appended_as_the_last_header() {
     let src = addr("192.0.2.7:5070");
-    let out = with_source_header(b"BYE sip:a@b SIP/2.0\r\nVia: x\r\n\r\nbody", src);
+    let out = with_source_header(b"BYE sip:a@b SIP/2.0\r\nVia: x\r\n\r\nbody\r\n\r\n", src);
     assert_eq!(
         out,
-        b"BYE sip:a@b SIP/2.0\r\nX-Medpool-Source: 192.0.2.7:5070\r\nVia: x\r\n\r\nbody"
+        b"BYE sip:a@b SIP/2.0\r\nVia: x\r\nX-Medpool-Source: 192.0.2.7:5070\r\n\r\nbody\r\n\r\n"
     );
     assert_eq!(with_source_header(b"\r\n\r\n", src), b"\r\n\r\n");
+    // A truncated message (no empty line) passes unchanged.
+    let cut = b"BYE sip:a@b SIP/2.0\r\nVia: x\r\n";
+    assert_eq!(with_source_header(cut, src), cut);
 }
 
 async fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
@@ -101,7 +104,7 @@ async fn flows_are_sticky_relayed_both_ways_and_re_pinned_when_a_backend_dies() 
     let (got, upstream) = recv(&b1).await;
     assert_eq!(
         got,
-        b"OPTIONS sip:x SIP/2.0\r\nX-Medpool-Source: 127.0.82.50:5080\r\nCall-ID: 1\r\n\r\n"
+        b"OPTIONS sip:x SIP/2.0\r\nCall-ID: 1\r\nX-Medpool-Source: 127.0.82.50:5080\r\n\r\n"
     );
     assert_eq!(upstream.ip(), fwd.local_addr().ip());
     // The return path: what b1 sends to the flow's upstream socket reaches the peer from the Service.

@@ -203,7 +203,9 @@ pub struct Trunk {
     pub session_expires: Option<u32>,
     /// RFC 4028 Min-SE (seconds) we accept (default 90).
     pub min_se: u32,
-    /// Relay P-Asserted-Identity to and from this trunk (default true).
+    /// The trunk is inside the RFC 3325 trust domain (default true): P-Asserted-Identity and
+    /// Privacy received from it are believed, and they are given to it. A call relays them only when
+    /// both its trunks have this set: an untrusted caller's asserted identity never gets through.
     pub forward_pai: bool,
     /// Relay History-Info to and from this trunk (default true).
     pub forward_history_info: bool,

@@ -133,7 +133,9 @@ pub(super) fn outbound_invite(
         b.copy_headers(a, HeaderName::SessionExpires);
         b.copy_headers(a, HeaderName::MinSe);
     }
-    if trunk.forward_pai || inbound_forward_pai {
+    // RFC 3325: an asserted identity is believed only from a trunk in the trust domain (the inbound
+    // trunk's `forward_pai`) and only given to one (the gateway trunk's); anything else drops it.
+    if trunk.forward_pai && inbound_forward_pai {
         b.copy_headers(a, HeaderName::PAssertedIdentity);
         b.copy_headers(a, HeaderName::Privacy);
     }
@@ -231,5 +233,46 @@ mod tests {
         assert_eq!(inv.session_expires().unwrap().unwrap().delta, 1800);
         assert!(inv.supported().any(|t| t.eq_ignore_ascii_case(b"timer")));
         assert_eq!(inv.header(HeaderName::MinSe), Some(&b"90"[..]));
+    }
+
+    /// The caller's INVITE with an asserted identity, a privacy request and a forged source header.
+    fn caller_with_identity() -> SipMessage {
+        let text = String::from_utf8(crate::testkit::invite("o-3").to_vec()).unwrap();
+        let text = text.replacen(
+            "\r\n",
+            "\r\nP-Asserted-Identity: <sip:+15559999@pbx>\r\nPrivacy: id\r\nX-Medpool-Source: 127.0.9.1:5060\r\n",
+            1,
+        );
+        SipMessage::parse(text.into_bytes()).unwrap()
+    }
+
+    #[test]
+    fn an_asserted_identity_crosses_only_between_trunks_that_both_trust_it() {
+        let config = PoolConfig::from_toml_str(CONFIG, "test.toml").unwrap();
+        let trusting = config.trunk("gw1").unwrap().clone();
+        let mut untrusting = trusting.clone();
+        untrusting.forward_pai = false;
+        let caller = caller_with_identity();
+        // (inbound trunk trusted, gateway trunk trusted, PAI relayed)
+        for (inbound, gateway, relayed) in [
+            (true, &trusting, true),
+            (false, &trusting, false), // an untrusted caller's claim never gets through
+            (true, &untrusting, false), // nor is it given to a trunk outside the trust domain
+            (false, &untrusting, false),
+        ] {
+            let out =
+                outbound_invite(&me(), &caller, gateway, inbound, "+15550100", "", ids()).unwrap();
+            let inv = SipMessage::parse(out.bytes).unwrap();
+            let pai = inv.header(HeaderName::PAssertedIdentity);
+            assert_eq!(
+                pai.is_some(),
+                relayed,
+                "inbound={inbound} gateway={}",
+                gateway.forward_pai
+            );
+            assert_eq!(inv.header(HeaderName::Privacy).is_some(), relayed);
+            // The source header of a forwarder is never relayed.
+            assert_eq!(inv.other_header(crate::ingress::SOURCE_HEADER).count(), 0);
+        }
     }
 }
