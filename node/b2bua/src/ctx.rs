@@ -90,6 +90,9 @@ pub struct Stats {
     pub held_for_takeover: AtomicU64,
     /// 2xx answers to our INVITEs that no call knew any more, ACKed and hung up.
     pub orphan_answers: AtomicU64,
+    /// 2xx answers no call knew whose Call-ID this pool did not mint (its MAC fails) or that came
+    /// from no trunk: ignored, never ACKed or hung up.
+    pub forged_answers: AtomicU64,
     /// Calls rebuilt from replicated records after a shard moved here.
     pub calls_restored: AtomicU64,
     /// Actors (calls, gateway probers) that died without stopping cleanly (a panic): their

@@ -467,9 +467,19 @@ pub(crate) async fn handle_core(ctx: &Arc<NodeCtx>, ev: CoreEvent) {
 
 /// ACKs a 2xx to one of our INVITEs that no call knows any more (its call ended or moved before
 /// the gateway answered: an abandoned attempt whose late answer outlived its call) and hangs the
-/// leg up, so that it is not left up at the gateway. A resent copy is only ACKed again.
+/// leg up, so that it is not left up at the gateway. A resent copy is only ACKed again. Only a 2xx
+/// whose Call-ID this pool minted (its MAC holds) and that came from a trunk is acted on, and only
+/// towards that trunk ([`orphan_target`]): a forged 2xx cannot make the node send to a third party.
 fn orphan_answer(ctx: &NodeCtx, env: &Envelope) {
     let Some(mut leg) = dialog::leg::Leg::from_answer(&env.msg, env.peer, env.transport) else {
+        return;
+    };
+    if !ids::is_minted_call_id(&leg.call_id) {
+        ctx.stats.forged_answers.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let Some(target) = orphan_target(&ctx.config(), env.peer, leg.next_hop()) else {
+        ctx.stats.forged_answers.fetch_add(1, Ordering::Relaxed);
         return;
     };
     let shard = ids::shard_in(&leg.call_id).unwrap_or(0);
@@ -481,7 +491,7 @@ fn orphan_answer(ctx: &NodeCtx, env: &Envelope) {
     let ack = leg
         .request(&ctx.me, b"ACK", leg.local_cseq, &ids::new_branch(shard))
         .build();
-    let _ = ctx.transports.send_now(leg.transport, leg.next_hop(), ack);
+    let _ = ctx.transports.send_now(leg.transport, target, ack);
     if !ctx.first_orphan_answer(&leg.call_id) {
         return;
     }
@@ -496,12 +506,36 @@ fn orphan_answer(ctx: &NodeCtx, env: &Envelope) {
         HeaderName::Reason,
         b"SIP;cause=200;text=\"Call completed elsewhere\"",
     );
-    if let Some(env) = Envelope::outgoing(bye.build(), leg.next_hop(), leg.transport)
+    if let Some(env) = Envelope::outgoing(bye.build(), target, leg.transport)
         && let Some(key) = crate::txlayer::client_key_of_request(&env.msg)
     {
         let _ = ctx
             .driver
             .start_client(key, env, leg.transport.is_reliable());
+    }
+}
+
+/// Where the ACK and BYE for an orphan 2xx that came `from` may go: its `next_hop` (Contact or
+/// Record-Route) when that is an address of the same trunk, else back where it came from; nowhere
+/// when it came from no trunk.
+fn orphan_target(
+    config: &PoolConfig,
+    from: SocketAddr,
+    next_hop: SocketAddr,
+) -> Option<SocketAddr> {
+    let trunk_of = |ip: std::net::IpAddr| {
+        let ip = ip.to_canonical();
+        config
+            .trunks
+            .iter()
+            .find(|t| t.address.ip().map(|a| a.to_canonical()) == Some(ip))
+            .map(|t| t.name.as_str())
+    };
+    let came_from = trunk_of(from.ip())?;
+    if trunk_of(next_hop.ip()) == Some(came_from) {
+        Some(next_hop)
+    } else {
+        Some(from)
     }
 }
 
@@ -636,3 +670,6 @@ async fn new_call(ctx: &Arc<NodeCtx>, key: medpool_sip::transaction::ServerKey, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -128,6 +128,12 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
+            "medpool_forged_answers",
+            "2xx answers no call knew whose Call-ID this pool did not mint or that came from no trunk: ignored",
+            &one(s.forged_answers.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
             "medpool_gateway_transitions",
             "Gateway up/down changes",
             &one(s.gateway_transitions.load(Relaxed)),

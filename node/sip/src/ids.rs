@@ -9,8 +9,17 @@
 //!   tags are minted in that same shard so a CANCEL and every later request find the INVITE's shard.
 //!
 //! An identifier that merely looks like ours but names a shard ≥ S falls back to the Call-ID hash.
+//!
+//! A Call-ID we mint also ends in a MAC of the rest (SipHash-2-4 under the pool's key, 8 characters):
+//! [`is_minted_call_id`] tells our Call-IDs from forged look-alikes, so a 2xx that no call knows is
+//! acted on (ACK and BYE) only when it answers an INVITE this pool really sent. The key is the
+//! pool's ([`set_mac_key`]); until one is set, a random key of this process.
+
+use std::hash::Hasher;
+use std::sync::{PoisonError, RwLock};
 
 use rand::Rng;
+use siphasher::sip::SipHasher24;
 
 use crate::message::SipMessage;
 use crate::message::headers::MAGIC_COOKIE;
@@ -48,9 +57,66 @@ pub fn new_tag(shard: u16) -> String {
     minted("", shard, 12, &mut rand::rng())
 }
 
-/// A new Call-ID in `shard`.
+/// Characters of a Call-ID's MAC.
+const MAC_LEN: usize = 8;
+
+/// The MAC key now (k0, k1) and the one before it (accepted while calls minted under it may live).
+static MAC_KEYS: std::sync::OnceLock<RwLock<[(u64, u64); 2]>> = std::sync::OnceLock::new();
+
+fn key_cell() -> &'static RwLock<[(u64, u64); 2]> {
+    MAC_KEYS.get_or_init(|| {
+        let mut rng = rand::rng();
+        let k = (rng.random(), rng.random());
+        RwLock::new([k, k])
+    })
+}
+
+fn keys() -> [(u64, u64); 2] {
+    *key_cell().read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Makes `key` the MAC key of the Call-IDs minted from now on (the pool's shared secret, so that any
+/// node recognises the Call-IDs of every other); the previous key stays accepted.
+pub fn set_mac_key(key: [u8; 16]) {
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&key[..8]);
+    let k0 = u64::from_le_bytes(k);
+    k.copy_from_slice(&key[8..]);
+    let new = (k0, u64::from_le_bytes(k));
+    let mut keys = key_cell().write().unwrap_or_else(PoisonError::into_inner);
+    if keys[0] != new {
+        *keys = [new, keys[0]];
+    }
+}
+
+fn mac(key: (u64, u64), data: &[u8]) -> [u8; MAC_LEN] {
+    let mut h = SipHasher24::new_with_keys(key.0, key.1);
+    h.write(data);
+    let mut v = h.finish();
+    let mut out = [0u8; MAC_LEN];
+    for c in &mut out {
+        *c = ALPHABET[(v % ALPHABET.len() as u64) as usize];
+        v /= ALPHABET.len() as u64;
+    }
+    out
+}
+
+/// A new Call-ID in `shard`, ending in its MAC.
 pub fn new_call_id(shard: u16) -> String {
-    minted("", shard, 24, &mut rand::rng())
+    let mut id = minted("", shard, 16, &mut rand::rng());
+    let tag = mac(keys()[0], id.as_bytes());
+    id.extend(tag.iter().map(|&b| b as char));
+    id
+}
+
+/// Whether `id` is a Call-ID this pool minted (its MAC holds under the current or previous key),
+/// not merely one that looks like it.
+pub fn is_minted_call_id(id: &[u8]) -> bool {
+    if shard_in(id).is_none() || id.len() < PREFIX.len() + 4 + MAC_LEN {
+        return false;
+    }
+    let (body, tag) = id.split_at(id.len() - MAC_LEN);
+    keys().iter().any(|&k| mac(k, body) == tag)
 }
 
 /// The shard carried by one of our identifiers (after any `z9hG4bK`), if it is one.
@@ -115,6 +181,29 @@ mod tests {
         assert_ne!(new_tag(3), new_tag(3));
         assert_eq!(shard_in(b"z9hG4bK776asdhds"), None);
         assert_eq!(shard_in(b"mpXYZW"), None);
+    }
+
+    #[test]
+    fn a_minted_call_id_is_told_from_a_look_alike() {
+        let id = new_call_id(42);
+        assert!(is_minted_call_id(id.as_bytes()));
+        assert_eq!(shard_in(id.as_bytes()), Some(42));
+        // Same shape, another MAC; one character changed; too short; not ours at all.
+        let mut forged = id.clone().into_bytes();
+        let last = forged.len() - 1;
+        forged[last] = if forged[last] == b'a' { b'b' } else { b'a' };
+        assert!(!is_minted_call_id(&forged));
+        let mut body = id.clone().into_bytes();
+        body[8] = if body[8] == b'x' { b'y' } else { b'x' };
+        assert!(!is_minted_call_id(&body));
+        assert!(!is_minted_call_id(b"mp002a"));
+        assert!(!is_minted_call_id(b"c1@example.com"));
+        // A new pool key: new Call-IDs use it, and those minted under the old one are still ours.
+        set_mac_key(*b"0123456789abcdef");
+        let after = new_call_id(42);
+        assert!(is_minted_call_id(after.as_bytes()));
+        assert!(is_minted_call_id(id.as_bytes()));
+        assert_ne!(&after[after.len() - MAC_LEN..], &id[id.len() - MAC_LEN..]);
     }
 
     #[test]

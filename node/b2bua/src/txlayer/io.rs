@@ -25,6 +25,8 @@ fn is_our_invite_2xx(status: u16, response: &SipMessage) -> bool {
             .call_id()
             .and_then(|c| c.ok())
             .is_some_and(|c| medpool_sip::ids::shard_in(c).is_some())
+    // Whether this pool really minted it is checked where it is acted on (the node counts
+    // forged look-alikes there).
 }
 
 /// The transaction layer's I/O: sends through the wire, routes events through the registry.
