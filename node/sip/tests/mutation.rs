@@ -1,5 +1,7 @@
 //! A bounded mutation test in the normal test run: at least 1,000,000 inputs derived from the RFC 4475
-//! corpus and typical INVITE / 200 / BYE messages by seeded random mutations (byte flips, insertions of
+//! corpus, the door corpus (`tests/corpus`: what the security tests and scanners such as sipvicious
+//! send — truncated datagrams, forged answers, forwarded-source copies, flood junk) and typical
+//! INVITE / 200 / BYE messages by seeded random mutations (byte flips, insertions of
 //! SIP-significant bytes, deletions, duplications, truncations, splices) go through every parsing path
 //! (`medpool_sip::fuzzing::exercise`). Any panic fails the test and prints the seed and the input.
 //! `MEDPOOL_MUTATIONS=n` changes the count (never below the default in CI).
@@ -113,14 +115,17 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], out: &mut Vec<u8>) {
 
 #[test]
 fn a_million_mutated_messages_never_panic() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rfc4475");
     let mut seeds: Vec<Vec<u8>> = TYPICAL.iter().map(|s| s.to_vec()).collect();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "dat") {
-            seeds.push(std::fs::read(p).unwrap());
+    for dir in ["tests/rfc4475", "tests/corpus"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "dat") {
+                seeds.push(std::fs::read(p).unwrap());
+            }
         }
     }
+    assert!(seeds.len() > TYPICAL.len() + 49 + 10, "both corpora read");
     let n: u64 = std::env::var("MEDPOOL_MUTATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
