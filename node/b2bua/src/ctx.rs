@@ -12,12 +12,14 @@ use std::time::Duration;
 use medpool_sip::Method;
 use medpool_sip::SipMessage;
 use medpool_sip::transaction::{DriverConfig, TimerConfig};
+use medpool_sip::transport::gate::SourceGate;
 use medpool_sip::transport::{Inbound, Transport};
 use tokio::sync::mpsc;
 
 use crate::cluster::{DialogStore, Relay, ShardOwnership};
 use crate::config::PoolConfig;
 use crate::gateways::Gateways;
+use crate::sources::source_policy;
 use crate::txlayer::{CoreEvent, Registry, SipIo, TxDriver, Wire};
 
 /// Something that happened on this node, for `WatchEvents` and logs. Published on a bounded
@@ -214,6 +216,8 @@ pub struct NodeCtx {
     /// Call and gateway events.
     pub events: tokio::sync::broadcast::Sender<NodeEvent>,
     pub(crate) trusted_forwarders: Vec<std::net::IpAddr>,
+    /// The SIP front door's source policy (see [`crate::sources`]).
+    gate: Arc<SourceGate>,
     /// Keep only the last two digits of phone numbers in traces.
     pub redact_numbers: bool,
     pub(crate) forward_tx: mpsc::Sender<Forwarded>,
@@ -239,6 +243,8 @@ impl NodeCtx {
     }
     /// Replaces the pool configuration (new calls use it; calls in progress keep theirs).
     pub fn set_config(&self, config: PoolConfig) {
+        self.gate
+            .set(source_policy(&config, &self.trusted_forwarders));
         if let Ok(mut c) = self.config.write() {
             *c = Arc::new(config);
         }
@@ -451,6 +457,8 @@ pub(crate) struct CtxSettings {
     pub trusted_forwarders: Vec<IpAddr>,
     /// Keep only the last two digits of phone numbers in traces.
     pub redact_numbers: bool,
+    /// The SIP front door's source policy, kept in line with the configuration.
+    pub gate: Arc<SourceGate>,
 }
 
 /// The queues a [`NodeCtx`] feeds the node's dispatcher through.
@@ -472,6 +480,9 @@ impl NodeCtx {
         store: Arc<dyn DialogStore>,
         relay: Arc<dyn Relay>,
     ) -> (Arc<NodeCtx>, CtxQueues) {
+        settings
+            .gate
+            .set(source_policy(&config, &settings.trusted_forwarders));
         let registry = Arc::new(Registry::default());
         let (core_tx, core) = mpsc::channel(settings.queue);
         let (forward_tx, forwarded) = mpsc::channel(settings.queue);
@@ -510,6 +521,7 @@ impl NodeCtx {
             events: tokio::sync::broadcast::channel(4096).0,
             forward_tx,
             trusted_forwarders: settings.trusted_forwarders,
+            gate: settings.gate,
             redact_numbers: settings.redact_numbers,
             epoch: tokio::time::Instant::now(),
             supervisor: std::sync::OnceLock::new(),

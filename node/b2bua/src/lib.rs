@@ -18,7 +18,7 @@
 //!                             registered and starts a dead gateway prober again (→ gateway)
 //!   3  ctx  gateways          NodeCtx (what the actors share); the gateway table
 //!   2  txlayer                transaction events: Envelope, Registry, SipIo, Wire (no actor type)
-//!   1  config routing translate health ingress cluster trace   pure: no I/O, no actors
+//!   1  config routing translate health ingress sources cluster trace   pure: no I/O, no actors
 //! ```
 //! Tests only: `testkit` (a node context over a channel wire, no socket) sits on top of all.
 //!
@@ -36,6 +36,7 @@ pub mod health;
 pub mod ingress;
 pub mod node;
 pub mod routing;
+pub mod sources;
 pub mod supervisor;
 #[cfg(test)]
 pub(crate) mod testkit;

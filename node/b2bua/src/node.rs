@@ -137,6 +137,11 @@ pub async fn start(
 ) -> Result<RunningNode, NodeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let addr = opts.sip.listen;
+    // The front door checks sources from the first datagram on (before the context exists).
+    opts.sip.gate.set(crate::sources::source_policy(
+        &config,
+        &opts.trusted_forwarders,
+    ));
     let running = transport::start(opts.sip.clone(), stop_rx.clone())
         .await
         .map_err(|source| NodeError::Bind { addr, source })?;
@@ -155,6 +160,7 @@ pub async fn start(
         queue: opts.sip.queue,
         trusted_forwarders: opts.trusted_forwarders.clone(),
         redact_numbers: opts.redact_numbers,
+        gate: opts.sip.gate.clone(),
     };
     let (ctx, queues) = NodeCtx::new(
         settings,

@@ -116,6 +116,7 @@ impl TestNode {
             queue: 1024,
             trusted_forwarders: Vec::new(),
             redact_numbers: false,
+            gate: Default::default(),
         };
         let config = PoolConfig::from_toml_str(CONFIG, "test.toml").unwrap();
         let (ctx, queues) = NodeCtx::new(

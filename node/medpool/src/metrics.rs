@@ -239,6 +239,36 @@ impl Collector for NodeCollector {
             "Requests answered 503 because the inbound queue was full",
             &one(fd.overloaded.load(Relaxed)),
         )?;
+        let gate = &fd.gate;
+        for (name, help, value) in [
+            (
+                "medpool_sip_unknown_source",
+                "UDP datagrams from sources that are no configured trunk (never queued)",
+                &gate.unknown,
+            ),
+            (
+                "medpool_sip_forbidden_sent",
+                "403s sent to unknown sources (a small global budget; none under a flood)",
+                &gate.forbidden,
+            ),
+            (
+                "medpool_sip_rate_limited",
+                "New requests over their source's rate/burst (503 or dropped)",
+                &gate.rate_limited,
+            ),
+            (
+                "medpool_sip_reserve_refused",
+                "New requests refused because only the queue's reserve for calls in progress was left",
+                &gate.reserve_refused,
+            ),
+            (
+                "medpool_sip_answers_suppressed",
+                "Answers (400, 503) to floods not sent because their global budget was used up",
+                &gate.unanswered,
+            ),
+        ] {
+            counter(&mut e, name, help, &one(value.load(Relaxed)))?;
+        }
         counter(
             &mut e,
             "medpool_sip_retransmissions",

@@ -25,6 +25,7 @@
 //! address = "192.0.2.21"        # IP literal (or host name: resolved by the caller, not matched)
 //! side = "gateway"              # "internal" or "gateway"
 //! # port = 5060, transport = "udp" | "tcp", match_any_port, max_calls, max_cps,
+//! # rate = 5000, burst = rate (new requests a second per source address, checked before queueing),
 //! # failover_codes = [408, 503, 504], fast_failover_ms = 10000 (0 = off), refer = "refuse" | "pass",
 //! # session_expires, min_se = 90, forward_pai = true, forward_history_info = true,
 //! # options_interval_ms (5000 for gateways, 0 = off), down_after = 3, up_after = 2, weight = 1,

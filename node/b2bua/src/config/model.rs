@@ -189,6 +189,14 @@ pub struct Trunk {
     pub max_calls: Option<u32>,
     /// New calls per second towards this trunk at most (per node), `None` = no limit.
     pub max_cps: Option<u32>,
+    /// New requests (INVITE, OPTIONS, ... outside a dialog) one source address of this trunk may
+    /// start per second, checked on the receive path before anything is queued (`rate`, default
+    /// [`Trunk::DEFAULT_RATE`]). Over it: 503 with Retry-After, or nothing under a flood.
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+    /// How many new requests one source may send at once above `rate` (`burst`, default: `rate`).
+    #[serde(default = "default_rate")]
+    pub burst: u32,
     /// Final responses from this trunk (before any provisional answer) that move the call
     /// to the next trunk of the route (default 408, 503, 504). Timeouts and transport errors
     /// always do.
@@ -232,7 +240,15 @@ pub struct Trunk {
     pub response_map: Vec<ResponseRule>,
 }
 
+fn default_rate() -> u32 {
+    Trunk::DEFAULT_RATE
+}
+
 impl Trunk {
+    /// The default `rate` (and `burst`): far above what one real peer starts, low enough that one
+    /// source cannot fill the node's queue alone.
+    pub const DEFAULT_RATE: u32 = 5_000;
+
     /// The fast-failover timer, `None` when off.
     pub fn fast_failover(&self) -> Option<Duration> {
         (self.fast_failover_ms > 0).then(|| Duration::from_millis(u64::from(self.fast_failover_ms)))

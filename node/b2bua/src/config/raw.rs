@@ -55,6 +55,8 @@ pub(super) struct RawTrunk {
     pub match_any_port: Option<bool>,
     pub max_calls: Option<i64>,
     pub max_cps: Option<i64>,
+    pub rate: Option<i64>,
+    pub burst: Option<i64>,
     pub failover_codes: Option<Vec<i64>>,
     pub fast_failover_ms: Option<i64>,
     pub refer: Option<ReferPolicy>,

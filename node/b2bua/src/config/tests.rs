@@ -74,6 +74,10 @@ fn minimal_file_gets_defaults() {
     assert_eq!((gw1.down_after, gw1.up_after, gw1.weight), (3, 2, 1));
     assert_eq!(gw1.max_calls, None);
     assert_eq!(gw1.max_cps, None);
+    assert_eq!(
+        (gw1.rate, gw1.burst),
+        (Trunk::DEFAULT_RATE, Trunk::DEFAULT_RATE)
+    );
     assert!(gw1.usages.is_none());
     assert!(gw1.is_failover_code(503) && !gw1.is_failover_code(486));
     assert_eq!(
@@ -104,6 +108,7 @@ side = "gateway"
 match_any_port = true
 max_calls = 10
 max_cps = 5
+rate = 40
 failover_codes = [503]
 fast_failover_ms = 0
 refer = "pass"
@@ -154,6 +159,7 @@ trunks = [{ trunk = "gw", priority = 4 }]
     );
     assert!(gw.match_any_port);
     assert_eq!((gw.max_calls, gw.max_cps), (Some(10), Some(5)));
+    assert_eq!((gw.rate, gw.burst), (40, 40), "burst defaults to rate");
     assert_eq!(gw.failover_codes, [503]);
     assert_eq!(gw.fast_failover(), None);
     assert_eq!(gw.refer, ReferPolicy::Pass);
@@ -599,6 +605,14 @@ fn numeric_ranges() {
     assert_eq!(
         trunk("max_cps = 0"),
         "test.toml:16: trunk[2].max_cps: 0 out of range 1-1000000"
+    );
+    assert_eq!(
+        trunk("rate = 0"),
+        "test.toml:16: trunk[2].rate: 0 out of range 1-1000000"
+    );
+    assert_eq!(
+        trunk("burst = 2000000"),
+        "test.toml:16: trunk[2].burst: 2000000 out of range 1-1000000"
     );
     assert_eq!(
         trunk("min_se = 30"),

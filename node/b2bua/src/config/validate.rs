@@ -245,6 +245,7 @@ impl Validator<'_, '_> {
             }
         };
         let gateway = t.side == Side::Gateway;
+        let rate = self.range(&path.k("rate"), t.rate, Trunk::DEFAULT_RATE, 1, 1_000_000)?;
         let failover_codes = match &t.failover_codes {
             None => DEFAULT_FAILOVER_CODES.to_vec(),
             Some(codes) => codes
@@ -297,6 +298,8 @@ impl Validator<'_, '_> {
             match_any_port: t.match_any_port.unwrap_or(!gateway),
             max_calls: self.opt_range(&path.k("max_calls"), t.max_calls, 1, 10_000_000)?,
             max_cps: self.opt_range(&path.k("max_cps"), t.max_cps, 1, 1_000_000)?,
+            rate,
+            burst: self.range(&path.k("burst"), t.burst, rate, 1, 1_000_000)?,
             failover_codes,
             fast_failover_ms: self.range(
                 &path.k("fast_failover_ms"),

@@ -7,9 +7,16 @@
 //! Retry-After (never queued without limit) and a response is dropped (its sender retransmits).
 //! One bad peer never stops a listener: errors are logged at debug and the loop goes on.
 //!
+//! Over UDP the source is checked first, before the datagram is parsed ([`gate`]): an unknown source
+//! is dropped unparsed (or, under `Reject`, answered 403 within a small global budget); a known
+//! source's requests that start something new draw from that source's token bucket; answers to
+//! malformed requests are rate limited; and new requests may not fill the last
+//! [`reserved_slots`] of the queue, which stay for responses and in-dialog requests.
+//!
 //! TLS will plug in as a third [`Transport`] variant beside TCP, sharing the stream framing and the
 //! connection table.
 
+pub mod gate;
 pub mod tcp;
 pub mod udp;
 
@@ -71,6 +78,23 @@ pub struct FrontDoorStats {
     pub dropped_responses: std::sync::atomic::AtomicU64,
     /// Messages in and out, by method and status class.
     pub traffic: SipTraffic,
+    /// Source screening (see [`gate`]).
+    pub gate: GateStats,
+}
+
+/// Counters of the source gate.
+#[derive(Debug, Default)]
+pub struct GateStats {
+    /// Datagrams from unknown sources (never queued; most never parsed).
+    pub unknown: std::sync::atomic::AtomicU64,
+    /// 403s sent to unknown sources (within [`gate::FORBIDDEN_BUDGET`]).
+    pub forbidden: std::sync::atomic::AtomicU64,
+    /// New requests over their source's budget (answered 503 or dropped).
+    pub rate_limited: std::sync::atomic::AtomicU64,
+    /// New requests refused because only the queue's reserve was left.
+    pub reserve_refused: std::sync::atomic::AtomicU64,
+    /// Answers (400, 503, ...) not sent because their global budget was used up.
+    pub unanswered: std::sync::atomic::AtomicU64,
 }
 
 /// Every method the codec classifies, in [`Method`] order (the index of the counters).
@@ -180,6 +204,21 @@ fn answer_or_drop(msg: &SipMessage, rej: &Rejection, source: SocketAddr) -> Scre
 /// under overload; anything in a dialog is dropped and retransmitted instead.
 pub fn is_new_call(msg: &SipMessage) -> bool {
     msg.method() == Some(Method::Invite) && msg.to_tag().is_none()
+}
+
+/// Whether a request starts something new (a transaction outside any dialog: INVITE, OPTIONS,
+/// REGISTER, ... without a To tag), so it draws from its source's budget. Responses, ACK, CANCEL
+/// and requests in a dialog never do.
+pub fn starts_something_new(msg: &SipMessage) -> bool {
+    msg.is_request()
+        && !matches!(msg.method(), Some(Method::Ack | Method::Cancel))
+        && msg.to_tag().is_none()
+}
+
+/// The slots at the end of a queue of `capacity` that new requests may not take: they stay for
+/// responses and in-dialog requests, so a burst of new requests never starves calls in progress.
+pub fn reserved_slots(capacity: usize) -> usize {
+    capacity / 4
 }
 
 /// The 503 a request gets when the node cannot take it now (RFC 3261 §21.5.4).
@@ -317,6 +356,8 @@ pub struct TransportConfig {
     pub tcp_idle_timeout: std::time::Duration,
     /// Timeout to open an outgoing TCP connection.
     pub tcp_connect_timeout: std::time::Duration,
+    /// The sources served and their budgets, set by the user (default: everyone, no limit).
+    pub gate: Arc<gate::SourceGate>,
 }
 
 impl Default for TransportConfig {
@@ -329,6 +370,7 @@ impl Default for TransportConfig {
             max_connections: 4096,
             tcp_idle_timeout: std::time::Duration::from_secs(300),
             tcp_connect_timeout: std::time::Duration::from_secs(5),
+            gate: Arc::new(gate::SourceGate::default()),
         }
     }
 }

@@ -1,18 +1,22 @@
-//! The UDP listener: one socket, one receive loop. Each datagram is parsed on its own; nothing a peer
-//! sends can stop the loop.
+//! The UDP listener: one socket, one receive loop. Each datagram's source is checked before it is
+//! parsed ([`super::gate`]); each is parsed on its own; nothing a peer sends can stop the loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::gate::{Door, NewRequest, SourceClass, UnknownPolicy};
 use super::{
     FrontDoorStats, Inbound, Screened, Transport, TransportConfig, overload_answer, screen,
 };
-use crate::SipMessage;
+use crate::check::can_answer;
+use crate::message::builder::response_to;
+use crate::{Method, SipMessage};
 
 /// Socket buffer size asked for (the kernel caps it at net.core.rmem_max / wmem_max): the default
 /// ~200 KiB drops datagrams in bursts of a few thousand calls per second.
@@ -35,6 +39,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// Receives datagrams until `shutdown` turns true.
+///
+/// Per datagram, in this order: the source ([`Door::classify`], no parse yet): an unknown source is
+/// dropped, or answered 403 within the global budget ([`Door::may_forbid`]); a known source's
+/// datagram is parsed and screened; a request that starts something new takes a token from its
+/// source's bucket and may not use the queue's reserve; everything else is queued as long as
+/// there is room.
 pub async fn receive_loop(
     socket: Arc<UdpSocket>,
     config: TransportConfig,
@@ -45,6 +55,9 @@ pub async fn receive_loop(
     // One buffer larger than any legal datagram; a datagram longer than the limit is still read whole so
     // it can be answered 513.
     let mut buf = vec![0u8; 65536];
+    let start = tokio::time::Instant::now();
+    let mut door = Door::new(config.gate.clone(), Duration::ZERO);
+    let reserve = super::reserved_slots(tx.max_capacity());
     loop {
         let (n, source) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
@@ -61,6 +74,21 @@ pub async fn receive_loop(
         if data.iter().all(|&b| b == b'\r' || b == b'\n') {
             continue; // keep-alive
         }
+        let now = start.elapsed();
+        let entry = match door.classify(source) {
+            SourceClass::Unknown(policy) => {
+                stats.gate.unknown.fetch_add(1, Ordering::Relaxed);
+                if policy == UnknownPolicy::Reject {
+                    let loaded = tx.capacity() < tx.max_capacity() / 2;
+                    if door.may_forbid(now, loaded) {
+                        forbid(&socket, data, source, &config, &stats);
+                    }
+                }
+                continue;
+            }
+            SourceClass::Known(entry) => Some(entry),
+            SourceClass::Unlimited => None,
+        };
         let parsed = SipMessage::parse_datagram(Bytes::copy_from_slice(data), &config.limits);
         if let Ok(m) = &parsed {
             stats.traffic.count_in(m);
@@ -68,6 +96,36 @@ pub async fn receive_loop(
         match screen(parsed, source) {
             Screened::Pass(msg) => {
                 let is_request = msg.is_request();
+                if super::starts_something_new(&msg) {
+                    let verdict = match entry {
+                        Some(entry) => door.new_request(entry, source, now),
+                        None => NewRequest::Admit,
+                    };
+                    let refuse = match verdict {
+                        NewRequest::Admit if tx.capacity() > reserve => None,
+                        NewRequest::Admit => {
+                            stats.gate.reserve_refused.fetch_add(1, Ordering::Relaxed);
+                            Some(true)
+                        }
+                        NewRequest::Refuse => {
+                            stats.gate.rate_limited.fetch_add(1, Ordering::Relaxed);
+                            Some(true)
+                        }
+                        NewRequest::Drop => {
+                            stats.gate.rate_limited.fetch_add(1, Ordering::Relaxed);
+                            stats.gate.unanswered.fetch_add(1, Ordering::Relaxed);
+                            Some(false)
+                        }
+                    };
+                    if let Some(answer) = refuse {
+                        if answer
+                            && let Some(a) = overload_answer(&msg, source, config.retry_after_secs)
+                        {
+                            let _ = socket.try_send_to(&a, reply_target(&msg, source));
+                        }
+                        continue;
+                    }
+                }
                 let inbound = Inbound {
                     msg,
                     source,
@@ -94,6 +152,11 @@ pub async fn receive_loop(
             }
             Screened::Answer(bytes) => {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
+                if !door.may_answer_error(now) {
+                    // Junk at a high rate is not reflected back.
+                    stats.gate.unanswered.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 // The answer's top Via tells where it goes; recompute from the parsed answer.
                 let dest = SipMessage::parse(bytes.clone())
                     .ok()
@@ -110,6 +173,32 @@ pub async fn receive_loop(
                 tracing::debug!(%source, why, "dropped datagram");
             }
         }
+    }
+}
+
+/// Answers a request from an unknown source 403 (its budget was checked): parsed only now; an ACK,
+/// a response or anything that cannot be answered gets nothing.
+fn forbid(
+    socket: &UdpSocket,
+    data: &[u8],
+    source: SocketAddr,
+    config: &TransportConfig,
+    stats: &FrontDoorStats,
+) {
+    let Ok(msg) = SipMessage::parse_datagram(Bytes::copy_from_slice(data), &config.limits) else {
+        return;
+    };
+    if !msg.is_request() || msg.method() == Some(Method::Ack) || !can_answer(&msg) {
+        return;
+    }
+    let tag = crate::ids::new_tag(0);
+    let answer = response_to(&msg, 403, b"Forbidden", Some(&tag), Some(source)).build();
+    stats.traffic.count_out(&answer);
+    if socket
+        .try_send_to(&answer, reply_target(&msg, source))
+        .is_ok()
+    {
+        stats.gate.forbidden.fetch_add(1, Ordering::Relaxed);
     }
 }
 
