@@ -8,7 +8,9 @@
 # For the default values and every helm/medpool/ci/*-values.yaml:
 #   helm lint --strict (helm 3 and helm 4), helm template (both; the renders must agree), NOTES.txt,
 #   yamllint of the render, kubernetes-validate --strict against Kubernetes 1.27, 1.31 and 1.37,
-#   shellcheck of the preStop/postStart hook scripts.
+#   the hook scripts (preStop/postStart) through shellcheck; the doors of each render (check_doors: every
+#   pod's internal TLS files traced to its own Secret and Certificate, the NetworkPolicy's rules,
+#   the admin and viewer tokens).
 # Then: hadolint on the Dockerfile, and values the chart must refuse (schema and render checks).
 # Leaves OUTDIR/<set>.yaml and OUTDIR/<set>.json (the rendered objects, for the property checks
 # in Rust) and OUTDIR/tools.env (paths of the tools). Exits non-zero on the first failure, saying
@@ -83,6 +85,162 @@ for d in docs:
 PY
 }
 
+# The doors of each render (issue 15): internal mutual TLS per pod, the NetworkPolicy, the admin
+# tokens. For every pod of the StatefulSet, resolves the container's $(POD_NAME) paths the way the
+# kubelet does and follows them through the volume mounts to the Secret and key each file comes
+# from; with cert-manager, to the Certificate that writes that Secret. $3 = the install output
+# (NOTES). Prints one line per pod; exits non-zero naming what is wrong.
+check_doors() {  # $1 = set name, $2 = rendered JSON, $3 = install output
+  "$VENV/bin/python" - "$1" "$2" "$3" <<'PY'
+import json, sys
+name, docs, notes = sys.argv[1], json.load(open(sys.argv[2])), open(sys.argv[3]).read()
+def fail(msg):
+    sys.exit(f"chart-test: FAILED: [{name}] {msg}")
+def one(kind):
+    objs = [d for d in docs if d["kind"] == kind]
+    if len(objs) != 1:
+        fail(f"expected one {kind}, found {len(objs)}")
+    return objs[0]
+sts = one("StatefulSet")
+full, ns = sts["metadata"]["name"], sts["metadata"]["namespace"]
+replicas = sts["spec"]["replicas"]
+pod = sts["spec"]["template"]["spec"]
+c = pod["containers"][0]
+env_list = [e["name"] for e in c["env"]]
+env = {e["name"]: e for e in c["env"]}
+val = lambda k: env[k].get("value") if k in env else None
+mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+vols = {v["name"]: v for v in pod["volumes"]}
+certs = [d for d in docs if d["kind"] == "Certificate"]
+selector = sts["spec"]["selector"]["matchLabels"]
+pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+peers = sts["spec"]["serviceName"]
+files = {"MEDPOOL_INTERNAL_TLS_CERT": "tls.crt", "MEDPOOL_INTERNAL_TLS_KEY": "tls.key",
+         "MEDPOOL_INTERNAL_TLS_CA": "ca.crt"}
+expect = {  # what each value set must give
+    "default": dict(tls=True, prefix=f"{full}-internal-tls", certs=False, netpol=True),
+    "existing-secret-tls": dict(tls=True, prefix="medpool-node-tls", certs=False, netpol=True),
+    "cert-manager": dict(tls=True, prefix=f"{full}-internal-tls", certs=True, netpol=True),
+    "insecure-internal": dict(tls=False, netpol=False),
+}.get(name, {})
+
+# --- internal TLS
+tls = "MEDPOOL_INSECURE_INTERNAL" not in env
+if "tls" in expect and expect["tls"] != tls:
+    fail(f"internal TLS expected {expect['tls']}, rendered {tls}")
+if not tls:
+    if val("MEDPOOL_INSECURE_INTERNAL") != "true":
+        fail("MEDPOOL_INSECURE_INTERNAL must be \"true\"")
+    if any(k in env for k in files) or "internal-tls" in vols or certs:
+        fail("internal TLS files, volume or Certificates rendered with internalTls.enabled=false")
+    if "WARNING: internalTls.enabled=false" not in notes or "--insecure-internal" not in notes:
+        fail("NOTES.txt does not warn about --insecure-internal")
+    print(f"chart-test: [{name}] internal port: --insecure-internal, NOTES warns")
+else:
+    if not all(k in env for k in files):
+        fail(f"internal TLS: {sorted(set(files) - set(env))} missing")
+    if min(env_list.index(k) for k in files) < env_list.index("POD_NAME"):
+        fail("POD_NAME must be defined before the TLS paths that use it")
+    secrets = []
+    for i in range(replicas):
+        pod_name = f"{full}-{i}"
+        from_secret = set()
+        for k, f in files.items():
+            path = val(k).replace("$(POD_NAME)", pod_name)
+            owner = max((m for m in mounts.items() if path.startswith(m[1] + "/")),
+                        key=lambda m: len(m[1]), default=None)
+            if owner is None:
+                fail(f"{pod_name}: {k}={path} is under no volume mount")
+            vol = vols[owner[0]]
+            rel = path[len(owner[1]) + 1:]
+            hits = [(src["secret"]["name"], item["key"])
+                    for src in vol.get("projected", {}).get("sources", []) if "secret" in src
+                    for item in src["secret"].get("items", []) if item["path"] == rel]
+            if len(hits) != 1 or hits[0][1] != f:
+                fail(f"{pod_name}: {path} comes from {hits}, expected one Secret's key {f}")
+            from_secret.add(hits[0][0])
+        if len(from_secret) != 1:
+            fail(f"{pod_name}: its TLS files come from several Secrets {from_secret}")
+        secret = from_secret.pop()
+        if "prefix" in expect and secret != f"{expect['prefix']}-{i}":
+            fail(f"{pod_name}: Secret {secret}, expected {expect['prefix']}-{i}")
+        secrets.append(secret)
+        line = f"{pod_name}: {val('MEDPOOL_INTERNAL_TLS_CERT').replace('$(POD_NAME)', pod_name)} <- Secret {secret}"
+        if certs:
+            mine = [x for x in certs if x["spec"]["secretName"] == secret]
+            if len(mine) != 1:
+                fail(f"{pod_name}: {len(mine)} Certificates write Secret {secret}")
+            spec = mine[0]["spec"]
+            want = [f"node-{i}.medpool.internal", f"{pod_name}.{peers}.{ns}.svc.cluster.local"]
+            if spec.get("dnsNames") != want:
+                fail(f"{pod_name}: Certificate dnsNames {spec.get('dnsNames')}, expected {want}")
+            if not {"server auth", "client auth"} <= set(spec.get("usages", [])):
+                fail(f"{pod_name}: Certificate usages {spec.get('usages')} lack server/client auth")
+            if not spec.get("issuerRef", {}).get("name"):
+                fail(f"{pod_name}: Certificate without issuerRef.name")
+            line += f" <- Certificate {mine[0]['metadata']['name']} ({', '.join(want)})"
+        print(f"chart-test: [{name}] {line}")
+    if len(set(secrets)) != replicas:
+        fail(f"pods share internal TLS Secrets: {secrets}")
+    if certs and len(certs) != replicas:
+        fail(f"{len(certs)} Certificates for {replicas} pods")
+    if "certs" in expect and expect["certs"] != bool(certs):
+        fail(f"Certificates expected: {expect['certs']}, rendered {len(certs)}")
+
+# --- NetworkPolicy
+pols = [d for d in docs if d["kind"] == "NetworkPolicy"]
+if "netpol" in expect and expect["netpol"] != bool(pols):
+    fail(f"NetworkPolicy expected: {expect['netpol']}, rendered {len(pols)}")
+ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+for pol in pols:
+    spec = pol["spec"]
+    target = spec["podSelector"]["matchLabels"]
+    if any(pod_labels.get(k) != v for k, v in target.items()) or not set(selector) <= set(target):
+        fail(f"NetworkPolicy selects {target}, not the pool's pods")
+    if spec["policyTypes"] != ["Ingress"]:
+        fail(f"policyTypes {spec['policyTypes']}")
+    def rules(port, proto="TCP"):
+        return [r for r in spec["ingress"]
+                if any(p["port"] == port and p.get("protocol", "TCP") == proto for p in r["ports"])]
+    own = {"podSelector": {"matchLabels": target}}
+    internal = rules(ports["internal"])
+    if len(internal) != 1 or internal[0].get("from") != [own]:
+        fail(f"the internal port must admit only the pool's own pods, rules: {internal}")
+    admin = rules(ports["admin"])
+    if len(admin) != 1 or not admin[0].get("from") or admin[0]["from"][0] != own:
+        fail(f"the admin port must admit the pool's pods and the configured peers only, rules: {admin}")
+    if any(r.get("from") == [] or "from" not in r for r in admin):
+        fail("the admin port is open to everyone")
+    for proto in ("UDP", "TCP"):
+        if len(rules(ports["sip-udp"], proto)) != 1:
+            fail(f"SIP over {proto} is not admitted")
+    if "metrics" in ports and len(rules(ports["metrics"])) != 1:
+        fail("the metrics port is not admitted")
+    covered = {(p["port"], p.get("protocol", "TCP")) for r in spec["ingress"] for p in r["ports"]}
+    declared = {(p["containerPort"], p.get("protocol", "TCP")) for p in c["ports"]}
+    if covered != declared:
+        fail(f"NetworkPolicy ports {sorted(covered)} differ from the container's {sorted(declared)}")
+    print(f"chart-test: [{name}] NetworkPolicy: internal <- own pods; admin <- own pods + "
+          f"{len(admin[0]['from']) - 1} peer(s); SIP <- {[f['ipBlock']['cidr'] for f in rules(ports['sip-udp'], 'UDP')[0].get('from', [])] or 'everywhere'}"
+          + (f"; metrics <- {rules(ports['metrics'])[0]['from']}" if "metrics" in ports else ""))
+
+# --- admin tokens: the admin token always; the viewer token from the same Secret when enabled
+tok = env["MEDPOOL_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+if "MEDPOOL_ADMIN_VIEWER_TOKEN" in env:
+    view = env["MEDPOOL_ADMIN_VIEWER_TOKEN"]["valueFrom"]["secretKeyRef"]
+    if view["name"] != tok["name"] or view["key"] == tok["key"]:
+        fail(f"viewer token {view} must be another key of the admin token's Secret {tok}")
+    made = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == tok["name"]]
+    if made and not {tok["key"], view["key"]} <= set(made[0]["data"]):
+        fail(f"Secret {tok['name']} lacks {tok['key']} or {view['key']}")
+    if made and made[0]["data"][tok["key"]] == made[0]["data"][view["key"]]:
+        fail("the viewer token equals the admin token")
+    print(f"chart-test: [{name}] admin tokens: {tok['name']}/{tok['key']} (admin), {view['name']}/{view['key']} (viewer)")
+else:
+    print(f"chart-test: [{name}] admin token: {tok['name']}/{tok['key']} (no viewer token)")
+PY
+}
+
 sets=()
 for f in "$CHART"/ci/*-values.yaml; do sets+=("$(basename "$f" -values.yaml)"); done
 [ ${#sets[@]} -ge 4 ] || die "expected at least 4 value sets in $CHART/ci, found ${#sets[@]}"
@@ -98,8 +256,8 @@ for set in "${sets[@]}"; do
     || die "[$set] helm 3 template"
   "$HELM4" template "$RELEASE" "$CHART" -f "$values" --namespace "$NAMESPACE" >"$OUT/$set.helm4.yaml" \
     || die "[$set] helm 4 template"
-  # The random admin token differs between renders; everything else must be identical.
-  if ! diff <(grep -v '^  token: ' "$OUT/$set.yaml") <(grep -v '^  token: ' "$OUT/$set.helm4.yaml") >"$OUT/$set.diff"; then
+  # The random admin tokens differ between renders; everything else must be identical.
+  if ! diff <(grep -Ev '^  (viewer-)?token: ' "$OUT/$set.yaml") <(grep -Ev '^  (viewer-)?token: ' "$OUT/$set.helm4.yaml") >"$OUT/$set.diff"; then
     cat "$OUT/$set.diff"; die "[$set] helm 3 and helm 4 render differently"
   fi
   # NOTES.txt is rendered only by install/upgrade: a client-side dry run (helm 4 needs no cluster).
@@ -110,6 +268,8 @@ for set in "${sets[@]}"; do
   "$VENV/bin/yamllint" -d '{extends: relaxed, rules: {line-length: {max: 160}, indentation: disable}}' \
     "$OUT/$set.yaml" || die "[$set] yamllint"
   yaml_to_json "$OUT/$set.yaml" "$OUT/$set.json"
+  say "[$set] doors: internal TLS per pod, NetworkPolicy, admin tokens"
+  check_doors "$set" "$OUT/$set.json" "$OUT/$set.install.txt" || die "[$set] door checks"
   for v in "${K8S_VERSIONS[@]}"; do
     say "[$set] kubernetes-validate --strict, Kubernetes $v"
     # ServiceMonitor is a CRD (Prometheus Operator) that no Kubernetes schema knows: validated by the
@@ -148,4 +308,10 @@ refuse 'pdb.maxUnavailable (2) exceeds' --set pdb.maxUnavailable=2
 refuse 'needs metrics.enabled' --set metrics.serviceMonitor.enabled=true
 refuse 'admin.tls.enabled needs admin.tls.existingSecret' --set admin.tls.enabled=true
 refuse 'needs a token' --set admin.token.create=false
+refuse 'internalTls.certManager.issuerRef.name is required' --set internalTls.certManager.enabled=true
+refuse 'internalTls.certManager.enabled needs internalTls.enabled' \
+  --set internalTls.enabled=false --set internalTls.certManager.enabled=true
+refuse 'internalTls.certManager.issuerRef.kind' --set internalTls.certManager.issuerRef.kind=Vault
+refuse 'networkPolicy.sip.cidrs' --set 'networkPolicy.sip.cidrs[0]=everyone'
+refuse 'admin.viewerToken.value must differ' --set admin.token.value=same --set admin.viewerToken.value=same
 say "all chart checks passed (${#sets[@]} value sets: ${sets[*]}; Kubernetes ${K8S_VERSIONS[*]})"

@@ -58,6 +58,21 @@ app.kubernetes.io/part-of: medpool
 {{- default (printf "%s-admin" (include "medpool.fullname" .)) .Values.admin.token.existingSecret }}
 {{- end }}
 
+{{/* The per-node internal TLS Secrets are <prefix>-<ordinal>. */}}
+{{- define "medpool.internalTlsPrefix" -}}
+{{- default (printf "%s-internal-tls" (include "medpool.fullname" .)) .Values.internalTls.existingSecretPrefix }}
+{{- end }}
+
+{{/* Where each pod finds the internal TLS files: <dir>/<pod name>/{tls.crt,tls.key,ca.crt}. */}}
+{{- define "medpool.internalTlsDir" -}}
+/etc/medpool/internal-tls
+{{- end }}
+
+{{/* The key of the viewer token in the token Secret. */}}
+{{- define "medpool.viewerTokenKey" -}}
+{{- ternary .Values.admin.viewerToken.existingSecretKey "viewer-token" (not (empty .Values.admin.token.existingSecret)) }}
+{{- end }}
+
 {{- define "medpool.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "medpool.fullname" .) .Values.serviceAccount.name }}
@@ -114,6 +129,18 @@ Checks that cannot be expressed in values.schema.json. They fail the render with
 {{- end }}
 {{- if and .Values.admin.token.existingSecret .Values.admin.token.value }}
 {{- fail "admin.token.value and admin.token.existingSecret exclude each other" }}
+{{- end }}
+{{- if and .Values.admin.token.existingSecret .Values.admin.viewerToken.value }}
+{{- fail "admin.viewerToken.value and admin.token.existingSecret exclude each other (put the viewer token in that Secret, key admin.viewerToken.existingSecretKey)" }}
+{{- end }}
+{{- if and .Values.admin.viewerToken.value (eq .Values.admin.viewerToken.value .Values.admin.token.value) }}
+{{- fail "admin.viewerToken.value must differ from admin.token.value (a viewer would be an admin)" }}
+{{- end }}
+{{- if and .Values.internalTls.certManager.enabled (not .Values.internalTls.enabled) }}
+{{- fail "internalTls.certManager.enabled needs internalTls.enabled: the certificates would not be used" }}
+{{- end }}
+{{- if and .Values.internalTls.enabled .Values.internalTls.certManager.enabled (not .Values.internalTls.certManager.issuerRef.name) }}
+{{- fail "internalTls.certManager.issuerRef.name is required with internalTls.certManager.enabled (a cert-manager CA Issuer dedicated to this pool)" }}
 {{- end }}
 {{- if and .Values.pdb.enabled (gt (int .Values.pdb.maxUnavailable) (div (sub (int .Values.voters) 1) 2)) }}
 {{- fail (printf "pdb.maxUnavailable (%d) exceeds what %d voters survive (%d): a voluntary disruption could take the pool's quorum" (int .Values.pdb.maxUnavailable) (int .Values.voters) (div (sub (int .Values.voters) 1) 2)) }}

@@ -4,7 +4,8 @@
 //! of the issue (InvalidArgument naming the field, NotFound, FailedPrecondition, Unauthenticated,
 //! Unavailable) is reached.
 //!
-//! Test numbers (loopback blocks 127.0.n.x): 201 single node, 202 pool, 203 TLS.
+//! Test numbers (loopback blocks 127.0.n.x): 201 single node, 202 pool, 203 TLS, 154 viewer and
+//! admin tokens.
 #![allow(
     clippy::unwrap_used,
     clippy::panic,
@@ -1214,5 +1215,345 @@ fn admin_port_over_tls() {
     assert!(ok.stdout.contains("pool (single)"), "{ok:?}");
     let bad = admin_common::ctl(&format!("https://{ip}:7001"), None, &["status"]);
     assert_eq!(bad.code, 3, "{bad:?}");
+    drop(node);
+}
+
+// ------------------------------------------------------------------------------------------------
+
+const VIEWER: &str = "test-viewer-token-93ad";
+
+/// Calls every RPC a viewer may not call; each answer must be PERMISSION_DENIED.
+async fn writes_refused(c: &mut Admin, call_id: &str, config: &str) -> Vec<(&'static str, Status)> {
+    let node = pb::NodeRequest {
+        node: 0,
+        forwarded: false,
+    };
+    vec![
+        (
+            "HangupCall",
+            code(
+                c.hangup_call(pb::HangupCallRequest {
+                    call_id: call_id.to_owned(),
+                    local_only: false,
+                })
+                .await,
+            ),
+        ),
+        (
+            "ApplyConfig",
+            code(
+                c.apply_config(pb::ApplyConfigRequest {
+                    body: config.to_owned(),
+                    name: "viewer.toml".into(),
+                    expected_version: None,
+                })
+                .await,
+            ),
+        ),
+        (
+            "SetGatewayState",
+            code(
+                c.set_gateway_state(pb::SetGatewayStateRequest {
+                    name: "gw1".into(),
+                    state: pb::GatewayAdminState::Disabled.into(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        ("DrainNode", code(c.drain_node(node).await)),
+        ("UndrainNode", code(c.undrain_node(node).await)),
+        ("RemoveNode", code(c.remove_node(node).await)),
+        (
+            "TransferLeader",
+            code(
+                c.transfer_leader(pb::TransferLeaderRequest {
+                    to: None,
+                    forwarded: false,
+                })
+                .await,
+            ),
+        ),
+        (
+            "SetLogLevel",
+            code(
+                c.set_log_level(pb::SetLogLevelRequest {
+                    filter: "debug".into(),
+                })
+                .await,
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn a_viewer_token_reads_and_only_the_admin_token_writes() {
+    let n = 154;
+    let dir = TestDir::new("admin-viewer");
+    let toml = PoolSpec::new(n).toml();
+    let config = dir.file("pool.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let viewer_file = dir.file("viewer-token");
+    std::fs::write(&viewer_file, format!("{VIEWER}\n")).unwrap();
+    let ip = format!("127.0.{n}.1");
+    let args: Vec<String> = vec![
+        "--config".into(),
+        config.display().to_string(),
+        "--sip-listen".into(),
+        format!("{ip}:5060"),
+        "--data-dir".into(),
+        dir.file("data").display().to_string(),
+        "--admin-listen".into(),
+        format!("{ip}:7001"),
+        "--admin-viewer-token-file".into(),
+        viewer_file.display().to_string(),
+        "--shutdown-grace".into(),
+        "2".into(),
+    ];
+
+    // A viewer token alone (no admin token) is refused at start, naming the flags.
+    let out = medpool_harness::medpool_command(bin())
+        .arg("serve")
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve must refuse: {err}");
+    assert!(
+        err.contains("--admin-viewer-token-file") && err.contains("MEDPOOL_ADMIN_TOKEN"),
+        "{err}"
+    );
+    // So is a viewer token equal to the admin token.
+    let out = medpool_harness::medpool_command(bin())
+        .arg("serve")
+        .args(&args)
+        .env("MEDPOOL_ADMIN_TOKEN", VIEWER)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve must refuse: {err}");
+    assert!(
+        err.contains("viewer token") && err.contains("admin"),
+        "{err}"
+    );
+
+    let node = Node::start(
+        "viewer node",
+        0,
+        &ip,
+        &args,
+        &[("MEDPOOL_ADMIN_TOKEN", TOKEN)],
+    );
+    let addr = node.admin();
+    let gw1 = gateway(&dir, n, 1, "uas_answer.xml");
+    let gw2 = gateway(&dir, n, 2, "uas_answer.xml");
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+
+    // The viewer watches events from before the call.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let mut w = admin(&addr, Some(VIEWER));
+    let watching = rt.block_on(w.watch_events(pb::WatchEventsRequest { local_only: false }));
+    let mut stream = watching.expect("a viewer may watch").into_inner();
+    rt.spawn(async move {
+        while let Ok(Some(e)) = stream.message().await {
+            sink.lock().unwrap().push(e);
+        }
+    });
+
+    // One call that stays up until the pool hangs it up.
+    gw1.wait_for_probes(1, Duration::from_secs(10));
+    gw2.wait_for_probes(1, Duration::from_secs(10));
+    let caller = Sipp::uac(
+        "caller",
+        "uac_call_remote_bye.xml",
+        &ip,
+        5070,
+        &format!("{ip}:5060"),
+    )
+    .arg("-recv_timeout")
+    .arg("120000")
+    .arg("-timeout")
+    .arg("180s")
+    .spawn(&dir);
+
+    let mut v = admin(&addr, Some(VIEWER));
+    let mut calls = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            calls = rt
+                .block_on(v.list_calls(pb::ListCallsRequest {
+                    phase: pb::CallPhase::Confirmed.into(),
+                    ..Default::default()
+                }))
+                .expect("a viewer may list calls")
+                .into_inner()
+                .calls;
+            calls.len() == 1
+        }),
+        "1 confirmed call expected, got {calls:#?}"
+    );
+    let call_id = calls[0].call_id.clone();
+    wait_event(&events, "call started (viewer's watch)", |k| {
+        matches!(k, Kind::CallStarted(_))
+    });
+
+    rt.block_on(async {
+        // Reads: status, show, gateways, configuration show and validate, reflection.
+        let st = v
+            .pool_status(pb::PoolStatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.config_version, Some(1));
+        let got = v
+            .get_call(pb::GetCallRequest {
+                call_id: call_id.clone(),
+                local_only: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.call_id, call_id);
+        let g = v
+            .list_gateways(pb::ListGatewaysRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(g.gateways.len(), 2);
+        let cfg = v
+            .get_config(pb::GetConfigRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(cfg.body, toml);
+        let changed = toml.replace("max_calls = 100", "max_calls = 150");
+        let d = v
+            .validate_config(pb::ValidateConfigRequest {
+                body: changed.clone(),
+                name: "new.toml".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.diff.len(), 1);
+        assert!(
+            reflection_services(&addr, Some(VIEWER))
+                .await
+                .unwrap()
+                .iter()
+                .any(|s| s == "medpool.admin.v1.MedpoolAdmin")
+        );
+
+        // Writes: every one PERMISSION_DENIED with the typed kind, naming the method; nothing changed.
+        for (method, s) in writes_refused(&mut v, &call_id, &changed).await {
+            assert_eq!(s.code(), Code::PermissionDenied, "{method}: {s:?}");
+            assert_eq!(
+                s.metadata()
+                    .get("medpool-error-kind")
+                    .and_then(|k| k.to_str().ok()),
+                Some("permission-denied"),
+                "{method}: {s:?}"
+            );
+            assert!(s.message().contains(method), "{method}: {s:?}");
+        }
+        let st = v
+            .pool_status(pb::PoolStatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.config_version, Some(1));
+        let l = v
+            .list_calls(pb::ListCallsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(l.calls.len(), 1, "the call is still up: {l:#?}");
+        let g = v
+            .list_gateways(pb::ListGatewaysRequest {
+                name: "gw1".into(),
+                local_only: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(g.gateways[0].admin(), pb::GatewayAdminState::Enabled);
+
+        // No token, a wrong token: UNAUTHENTICATED, for reads and writes alike.
+        for t in [None, Some("not-a-token")] {
+            let mut c = admin(&addr, t);
+            let s = code(c.list_calls(pb::ListCallsRequest::default()).await);
+            assert_eq!(s.code(), Code::Unauthenticated, "{t:?}: {s:?}");
+            let s = code(
+                c.hangup_call(pb::HangupCallRequest {
+                    call_id: call_id.clone(),
+                    local_only: false,
+                })
+                .await,
+            );
+            assert_eq!(s.code(), Code::Unauthenticated, "{t:?}: {s:?}");
+        }
+        // Health stays open.
+        assert_eq!(health(&addr, "").await.unwrap(), ServingStatus::Serving);
+    });
+
+    // `medpool ctl` with the viewer token: lists, cannot hang up or apply (exit 4, "permission
+    // denied"); with the admin token it hangs up.
+    let listed = admin_common::ctl(&addr, Some(VIEWER), &["calls", "list"]).expect(0);
+    assert!(listed.stdout.contains(&call_id), "{listed:?}");
+    let refused = admin_common::ctl(&addr, Some(VIEWER), &["calls", "hangup", &call_id]).expect(4);
+    assert!(
+        refused.stderr.contains("permission denied") && refused.stderr.contains("HangupCall"),
+        "{refused:?}"
+    );
+    let changed_file = dir.file("changed.toml");
+    std::fs::write(
+        &changed_file,
+        toml.replace("max_calls = 100", "max_calls = 150"),
+    )
+    .unwrap();
+    let refused = admin_common::ctl(
+        &addr,
+        Some(VIEWER),
+        &[
+            "config",
+            "apply",
+            "--yes",
+            "-f",
+            &changed_file.display().to_string(),
+        ],
+    )
+    .expect(4);
+    assert!(refused.stderr.contains("permission denied"), "{refused:?}");
+    let wrong = admin_common::ctl(&addr, Some("not-a-token"), &["calls", "list"]).expect(4);
+    assert!(wrong.stderr.contains("unauthenticated"), "{wrong:?}");
+    assert_eq!(caller.dialogs_with_request("BYE"), 0);
+
+    admin_common::ctl(&addr, Some(TOKEN), &["calls", "hangup", &call_id]).expect(0);
+    assert!(
+        wait_until(Duration::from_secs(10), || caller
+            .dialogs_with_request("BYE")
+            == 1),
+        "the caller should have received the BYE"
+    );
+    let applied = admin_common::ctl(
+        &addr,
+        Some(TOKEN),
+        &[
+            "config",
+            "apply",
+            "--yes",
+            "-f",
+            &changed_file.display().to_string(),
+        ],
+    )
+    .expect(0);
+    let st = rt
+        .block_on(admin(&addr, Some(VIEWER)).pool_status(pb::PoolStatusRequest::default()))
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.config_version, Some(2), "{applied:?}");
+    drop(caller);
     drop(node);
 }

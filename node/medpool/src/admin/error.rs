@@ -8,6 +8,7 @@
 //! | unknown call, gateway or node | `NOT_FOUND` |
 //! | stale configuration version, refused by the pool, single-node pool, owns shards | `FAILED_PRECONDITION` |
 //! | no or bad token | `UNAUTHENTICATED` |
+//! | the viewer token on a write (auth.rs's table) | `PERMISSION_DENIED` |
 //! | no leader / no quorum (nothing was changed) | `UNAVAILABLE` |
 //! | the leader was lost during a write (it may or may not be applied) | `UNKNOWN` |
 //! | another node answered with an error | that node's code |
@@ -109,6 +110,9 @@ pub enum AdminError {
     /// No or bad bearer token.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// The viewer token on an RPC that needs the admin token (the method's name).
+    #[error("permission denied: {0} needs the admin token; the viewer token may only read")]
+    PermissionDenied(String),
     /// Another node answered with an error (its code is kept).
     #[error("node {node}: {}", .status.message())]
     Peer {
@@ -173,6 +177,7 @@ impl AdminError {
             AdminError::NoLeader(_) => Code::Unavailable,
             AdminError::OutcomeUnknown(_) => Code::Unknown,
             AdminError::Unauthenticated(_) => Code::Unauthenticated,
+            AdminError::PermissionDenied(_) => Code::PermissionDenied,
             AdminError::Peer { status, .. } => status.code(),
         }
     }
@@ -197,6 +202,7 @@ impl AdminError {
             AdminError::NoLeader(_) => "no-leader",
             AdminError::OutcomeUnknown(_) => "outcome-unknown",
             AdminError::Unauthenticated(_) => "unauthenticated",
+            AdminError::PermissionDenied(_) => "permission-denied",
             AdminError::Peer { .. } => "peer",
         }
     }

@@ -6,7 +6,8 @@
 //! ```text
 //!  medpool ctl / grpcurl ──► admin port (--admin-listen, optional TLS)
 //!       │  grpc.health.v1 (open: Kubernetes probes)    reflection v1 + v1alpha (token)
-//!       └─ auth.rs     bearer token, required beyond loopback, checked whenever configured
+//!       └─ auth.rs     bearer tokens (admin: all; viewer: reads), required beyond loopback,
+//!                      checked whenever configured; the method → scope table
 //!          service.rs  one method per RPC ─┬─ ctx.rs     this node + its pool (Raft or single-node):
 //!                                          │             config, node states, membership, leadership
 //!                                          ├─ calls.rs   this node's DialogActors (Info, Hangup)
@@ -38,12 +39,11 @@ use clap::Args;
 use medpool_proto::admin::medpool_admin_server::MedpoolAdminServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
-use auth::{CheckToken, Token, TokenError};
+use auth::{Guard, Token, TokenError, Tokens};
 use ctx::AdminCtx;
 use peers::Peers;
 
@@ -70,6 +70,14 @@ pub struct AdminArgs {
     /// visible to every user of the host).
     #[arg(long, env = "MEDPOOL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<auth::SecretText>,
+    /// File holding a read-only ("viewer") bearer token: status, calls, gateways, configuration
+    /// show/validate, events; no hang-up, apply, gateway state, node or leadership change. Needs an
+    /// admin token too.
+    #[arg(long, env = "MEDPOOL_ADMIN_VIEWER_TOKEN_FILE")]
+    pub admin_viewer_token_file: Option<PathBuf>,
+    /// The viewer token itself (prefer the environment variable or the file).
+    #[arg(long, env = "MEDPOOL_ADMIN_VIEWER_TOKEN", hide_env_values = true)]
+    pub admin_viewer_token: Option<auth::SecretText>,
     /// TLS certificate chain (PEM) of the admin port; with --admin-tls-key turns TLS on.
     #[arg(long, env = "MEDPOOL_ADMIN_TLS_CERT", requires = "admin_tls_key")]
     pub admin_tls_cert: Option<PathBuf>,
@@ -118,7 +126,7 @@ pub struct AdminListener {
     listener: TcpListener,
     /// The bound address.
     pub addr: SocketAddr,
-    token: Option<Token>,
+    tokens: Tokens,
     tls: Option<(ServerTlsConfig, ClientTlsConfig)>,
 }
 
@@ -138,10 +146,16 @@ pub async fn bind(
         args.admin_token_file.as_deref(),
         args.admin_token.as_ref().map(|t| t.0.as_str()),
     )?;
+    let viewer = Token::load_named(
+        args.admin_viewer_token_file.as_deref(),
+        args.admin_viewer_token.as_ref().map(|t| t.0.as_str()),
+        "MEDPOOL_ADMIN_VIEWER_TOKEN",
+    )?;
+    let tokens = Tokens::new(token, viewer)?;
     let wanted = args
         .admin_listen
         .unwrap_or_else(|| SocketAddr::new(sip_listen.ip(), DEFAULT_ADMIN_PORT));
-    auth::check_listen(wanted, token.as_ref())?;
+    auth::check_listen(wanted, tokens.admin())?;
     let tls = match (&args.admin_tls_cert, &args.admin_tls_key) {
         (Some(cert), Some(key)) => {
             let cert_pem = read(cert)?;
@@ -188,7 +202,7 @@ pub async fn bind(
     Ok(AdminListener {
         listener,
         addr,
-        token,
+        tokens,
         tls,
     })
 }
@@ -206,7 +220,7 @@ impl AdminListener {
     /// The client side of the fan-out (same token, same trust).
     fn peers(&self) -> Peers {
         Peers::new(
-            self.token.clone(),
+            self.tokens.admin().cloned(),
             self.tls.as_ref().map(|(_, c)| c.clone()),
             PEER_TIMEOUT,
         )
@@ -240,9 +254,10 @@ pub fn start(
     let AdminListener {
         listener,
         addr,
-        token,
+        tokens,
         tls,
     } = listener;
+    let tokens = Arc::new(tokens);
     let ctx = Arc::new(AdminCtx::new(node, mode, peers, addr.to_string()));
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -253,9 +268,9 @@ pub fn start(
         .register_encoded_file_descriptor_set(medpool_proto::admin::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let admin = MedpoolAdminServer::with_interceptor(
-        service::AdminService::new(ctx.clone()),
-        CheckToken(token.clone()),
+    let admin = Guard::new(
+        MedpoolAdminServer::new(service::AdminService::new(ctx.clone())),
+        tokens.clone(),
     );
     let mut builder = Server::builder();
     if let Some((server_tls, _)) = tls {
@@ -263,14 +278,8 @@ pub fn start(
     }
     let router = builder
         .add_service(health)
-        .add_service(InterceptedService::new(
-            reflection_v1,
-            CheckToken(token.clone()),
-        ))
-        .add_service(InterceptedService::new(
-            reflection_v1alpha,
-            CheckToken(token),
-        ))
+        .add_service(Guard::new(reflection_v1, tokens.clone()))
+        .add_service(Guard::new(reflection_v1alpha, tokens))
         .add_service(admin);
     let (stop, mut stop_rx) = watch::channel(false);
     tokio::spawn(report_health(ctx, reporter, stop.subscribe()));

@@ -55,6 +55,7 @@ fn describe(s: &Status) -> String {
         Code::InvalidArgument | Code::FailedPrecondition => "refused",
         Code::NotFound => "not found",
         Code::Unauthenticated => "unauthenticated",
+        Code::PermissionDenied => "permission denied",
         Code::Unavailable => "unavailable",
         Code::Unknown => "outcome unknown",
         _ => "error",
