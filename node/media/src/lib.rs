@@ -6,8 +6,12 @@
 //!
 //! Layers (a module imports only modules drawn below it; none imports one above, so no cycles):
 //! ```text
-//!   sdp                          parse a body into a light view; rewrite only the lines it must
+//!   sdp · rtp · g711             leaves: SDP view and rewriter; RTP/RTCP header views; G.711 tables
 //! ```
 //! - [`sdp`]: SDP view and rewriter (RFC 8866, RFC 3264 offer/answer fields, RFC 3605, RFC 5761).
+//! - [`rtp`]: zero-copy RTP/RTCP header views and in-place setters (RFC 3550, RFC 5761 demux).
+//! - [`g711`]: A-law ↔ µ-law by G.711's tables, and to/from 16-bit linear.
 
+pub mod g711;
+pub mod rtp;
 pub mod sdp;
