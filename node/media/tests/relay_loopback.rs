@@ -84,6 +84,7 @@ async fn a_thousand_packets_each_way_arrive_once_and_in_order() {
         .await
         .unwrap();
     let (to_a, to_b) = (s.local(Leg::A).rtp, s.local(Leg::B).rtp);
+    assert_eq!(s.idle_ms(), None, "no packet yet");
     assert_eq!(to_a.ip(), ip(10));
     assert!(to_a.port() % 2 == 0 && s.local(Leg::A).rtcp.port() == to_a.port() + 1);
 
@@ -138,6 +139,7 @@ async fn a_thousand_packets_each_way_arrive_once_and_in_order() {
         assert_eq!(c.latches, 1);
         assert!(c.last_packet_ms.is_some());
     }
+    assert!(s.idle_ms().is_some());
     s.close().await;
     assert_eq!(relay.sessions(), 0);
     assert_eq!(relay.ports().pairs_in_use(), 0);

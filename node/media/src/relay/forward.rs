@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use crate::pt_map::{Applied, PayloadMap};
 use crate::rtp::{self, RtcpPacket, RtpPacketMut};
+use crate::sdp::Sdp;
 use crate::stats::{DirectionCounters, SeqTracker, SessionCounters};
 
 /// The two legs of a session.
@@ -65,6 +66,28 @@ pub struct LegPlan {
 }
 
 impl LegPlan {
+    /// Where the peer that wrote `sdp` receives the media of its `m=` section `index`: the
+    /// section's (or the session's) `c=` address and the `m=` port; `a=rtcp` with its address
+    /// (or the same one); `a=rtcp-mux` as written (an offerer's `a=rtcp-mux` binds only once the
+    /// answer accepts it: the caller clears it otherwise). `None` when the section does not exist,
+    /// is disabled (port 0), or its address is not an IP address.
+    pub fn from_sdp(sdp: &Sdp<'_>, index: usize) -> Option<LegPlan> {
+        let m = sdp.media.get(index)?;
+        if m.port == 0 {
+            return None;
+        }
+        let ip = m.effective_connection(sdp)?.ip()?;
+        let rtcp = m.rtcp.as_ref().map(|r| {
+            let rip = r.connection.as_ref().and_then(|c| c.ip()).unwrap_or(ip);
+            SocketAddr::new(rip, r.port)
+        });
+        Some(LegPlan {
+            rtp: Some(SocketAddr::new(ip, m.port)),
+            rtcp,
+            rtcp_mux: m.rtcp_mux,
+        })
+    }
+
     /// The RTCP destination the plan implies.
     pub fn rtcp_destination(&self) -> Option<SocketAddr> {
         if self.rtcp_mux {
@@ -447,6 +470,22 @@ mod tests {
             (s.malformed, s.unroutable, s.packets, s.stray),
             (3, 1, 1, 0)
         );
+    }
+
+    #[test]
+    fn a_leg_plan_comes_from_the_peer_sdp() {
+        let body = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:4444 IN IP4 192.0.2.9\r\nm=video 0 RTP/AVP 31\r\nm=audio 5000 RTP/AVP 0\r\nc=IN IP6 2001:db8::5\r\na=rtcp-mux\r\nm=audio 6000 RTP/AVP 0\r\nc=IN IP4 gw.example.net\r\na=rtcp:6002\r\n";
+        let sdp = Sdp::parse(body).unwrap();
+        let p = LegPlan::from_sdp(&sdp, 0).unwrap();
+        assert_eq!(p.rtp, Some(addr("192.0.2.1:4000")));
+        assert_eq!(p.rtcp, Some(addr("192.0.2.9:4444")));
+        assert!(!p.rtcp_mux);
+        assert_eq!(LegPlan::from_sdp(&sdp, 1), None, "port 0: disabled");
+        let p = LegPlan::from_sdp(&sdp, 2).unwrap();
+        assert_eq!(p.rtp, Some(addr("[2001:db8::5]:5000")));
+        assert_eq!(p.rtcp_destination(), p.rtp);
+        assert_eq!(LegPlan::from_sdp(&sdp, 3), None, "not an IP address");
+        assert_eq!(LegPlan::from_sdp(&sdp, 4), None);
     }
 
     #[test]

@@ -221,6 +221,16 @@ impl Session {
         l[leg.index()]
     }
 
+    /// How long ago (ms) the last packet arrived in either direction; `None` before the first.
+    /// With [`Session::elapsed_ms`] this is what a media timeout checks.
+    pub fn idle_ms(&self) -> Option<u64> {
+        let now = self.elapsed_ms();
+        [Leg::A, Leg::B]
+            .into_iter()
+            .filter_map(|l| self.counters(l).last_packet_age_ms(now))
+            .min()
+    }
+
     /// Milliseconds since the session opened (the clock of `last_packet_ms`).
     pub fn elapsed_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
