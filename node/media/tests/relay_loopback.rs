@@ -329,3 +329,109 @@ async fn a_full_range_refuses_new_sessions_and_released_ports_are_reused() {
     assert_eq!(relay.sessions(), 0);
     assert_eq!(relay.ports().pairs_in_use(), 0);
 }
+
+fn sdp(ip_last: u8, port: u16, m: &str) -> String {
+    format!(
+        "v=0\r\no=peer 7 7 IN IP4 127.0.155.{ip_last}\r\ns=-\r\nc=IN IP4 127.0.155.{ip_last}\r\nt=0 0\r\n{}",
+        m.replace("PORT", &port.to_string())
+    )
+}
+
+/// The library end to end: both peers' SDP → a plan (addresses, payload routes) → a session;
+/// the offer rewritten towards B points at the relay; audio is translated A-law → µ-law and
+/// telephone-events cross from PT 101 on A's side to PT 96 on B's, and back.
+#[tokio::test]
+async fn sdp_to_plan_to_relay_with_dtmf_across_a_payload_type_change() {
+    use medpool_media::dtmf::{self, TelephoneEvent};
+    use medpool_media::sdp::Sdp;
+
+    let relay = relay(70, 20000, 20019);
+    let (pa, pb) = (peer(71).await, peer(72).await);
+    let offer = sdp(
+        71,
+        pa.local_addr().unwrap().port(),
+        "m=audio PORT RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\n",
+    );
+    let answer = sdp(
+        72,
+        pb.local_addr().unwrap().port(),
+        "m=audio PORT RTP/AVP 0 96\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\n",
+    );
+    let (offer, answer) = (
+        Sdp::parse(offer.as_bytes()).unwrap(),
+        Sdp::parse(answer.as_bytes()).unwrap(),
+    );
+    let (ma, mb) = (&offer.media[0], &answer.media[0]);
+    let plan = SessionPlan {
+        a: LegPlan::from_sdp(&offer, 0).unwrap(),
+        b: LegPlan::from_sdp(&answer, 0).unwrap(),
+        a_to_b: PayloadMap::between(ma, mb),
+        b_to_a: PayloadMap::between(mb, ma),
+    };
+    assert_eq!(plan.a.rtp, Some(pa.local_addr().unwrap()));
+    let s = relay.open(plan).await.unwrap();
+
+    // The offer as B's side sees it: the relay's address and leg B's port, version bumped.
+    let mut rw = offer.rewrite();
+    rw.bump_origin_version().connection(ip(70));
+    rw.media(0).unwrap().port(s.local(Leg::B).rtp.port());
+    let towards_b = rw.finish();
+    let seen = Sdp::parse(&towards_b).unwrap();
+    assert_eq!(seen.connection.as_ref().unwrap().ip(), Some(ip(70)));
+    assert_eq!(seen.media[0].port, s.local(Leg::B).rtp.port());
+    assert_eq!(seen.origin.version, 8);
+
+    let (to_a, to_b) = (s.local(Leg::A).rtp, s.local(Leg::B).rtp);
+    let te_a = dtmf::telephone_event_pt(ma, 8000).unwrap();
+    let te_b = dtmf::telephone_event_pt(mb, 8000).unwrap();
+    assert_eq!((te_a, te_b), (101, 96));
+
+    // Audio: A-law from A, µ-law at B.
+    pa.send_to(&rtp(8, 1, 1, &[0xD5; 160]), to_a).await.unwrap();
+    let got = recv(&pb).await.0;
+    let v = RtpPacket::parse(&got).unwrap();
+    assert_eq!((v.payload_type(), v.payload()), (0, &[0xFE; 160][..]));
+
+    // A '9' from A: start (marker), continuation, three end packets.
+    for (i, (end, dur)) in [
+        (false, 160u16),
+        (false, 320),
+        (true, 480),
+        (true, 480),
+        (true, 480),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut p = rtp(te_a, 2 + i as u16, 1, &dtmf::encode(9, end, 10, dur));
+        if i == 0 {
+            p[1] |= 0x80;
+        }
+        pa.send_to(&p, to_a).await.unwrap();
+        let got = recv(&pb).await.0;
+        let v = RtpPacket::parse(&got).unwrap();
+        assert_eq!(v.payload_type(), te_b);
+        assert_eq!(v.marker(), i == 0);
+        let e = TelephoneEvent::parse(v.payload()).unwrap();
+        assert_eq!(
+            (e.digit(), e.end(), e.volume(), e.duration()),
+            (Some('9'), end, 10, dur)
+        );
+    }
+    // And a '#' from B arrives at A as 101.
+    pb.send_to(&rtp(te_b, 1, 2, &dtmf::encode(11, true, 5, 800)), to_b)
+        .await
+        .unwrap();
+    let got = recv(&pa).await.0;
+    let v = RtpPacket::parse(&got).unwrap();
+    assert_eq!(v.payload_type(), te_a);
+    assert_eq!(
+        TelephoneEvent::parse(v.payload()).unwrap().digit(),
+        Some('#')
+    );
+    assert_eq!(
+        s.counters(Leg::A).translated,
+        1,
+        "events are renumbered, not translated"
+    );
+}
