@@ -509,4 +509,57 @@ mod tests {
         assert_eq!(s.last_packet_ms, Some(100));
         assert_eq!(c.from_b.snapshot().packets, 0);
     }
+
+    #[test]
+    fn random_datagrams_never_panic_and_every_one_is_accounted_for() {
+        let c = SessionCounters::default();
+        let mut p = plan();
+        p.a_to_b
+            .insert(
+                8,
+                PtRoute {
+                    pt: 0,
+                    translate: Some((Law::A, Law::Mu)),
+                },
+            )
+            .unwrap();
+        let mut f = Forwarder::new(p);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let sources = [
+            addr("192.0.2.1:4000"),
+            addr("192.0.2.1:4001"),
+            addr("192.0.2.66:1"),
+        ];
+        let mut buf = [0u8; 300];
+        let total = 20_000;
+        for _ in 0..total {
+            let len = (next() % 300) as usize;
+            for b in buf[..len].iter_mut() {
+                *b = next() as u8;
+            }
+            // Half the datagrams look like RTP/RTCP version 2, so the deeper paths run too.
+            if len > 0 && next() % 2 == 0 {
+                buf[0] = 0x80 | (buf[0] & 0x3f);
+            }
+            let port = if next() % 2 == 0 {
+                Port::Rtp
+            } else {
+                Port::Rtcp
+            };
+            let src = sources[(next() % 3) as usize];
+            let _ = f.on_datagram(Leg::A, port, src, &mut buf[..len], &c, 0);
+        }
+        let s = c.from_a.snapshot();
+        assert_eq!(s.packets + s.rtcp_packets + s.stray + s.malformed, total);
+        assert!(
+            s.packets > 0 && s.rtcp_packets > 0 && s.stray > 0 && s.malformed > 0,
+            "{s:?}"
+        );
+    }
 }
