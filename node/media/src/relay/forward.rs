@@ -70,19 +70,23 @@ impl LegPlan {
     /// section's (or the session's) `c=` address and the `m=` port; `a=rtcp` with its address
     /// (or the same one); `a=rtcp-mux` as written (an offerer's `a=rtcp-mux` binds only once the
     /// answer accepts it: the caller clears it otherwise). `None` when the section does not exist,
-    /// is disabled (port 0), or its address is not an IP address.
+    /// is disabled (port 0), or its address is not an IP address; an unspecified address
+    /// (`0.0.0.0`, `::`) gives a plan without destinations (the leg latches).
     pub fn from_sdp(sdp: &Sdp<'_>, index: usize) -> Option<LegPlan> {
         let m = sdp.media.get(index)?;
         if m.port == 0 {
             return None;
         }
         let ip = m.effective_connection(sdp)?.ip()?;
-        let rtcp = m.rtcp.as_ref().map(|r| {
+        // 0.0.0.0 / :: (RFC 2543 hold, or ICE's placeholder) names no destination: the leg's
+        // packets go wherever its peer's first packet comes from.
+        let usable = |a: SocketAddr| (!a.ip().is_unspecified() && a.port() != 0).then_some(a);
+        let rtcp = m.rtcp.as_ref().and_then(|r| {
             let rip = r.connection.as_ref().and_then(|c| c.ip()).unwrap_or(ip);
-            SocketAddr::new(rip, r.port)
+            usable(SocketAddr::new(rip, r.port))
         });
         Some(LegPlan {
-            rtp: Some(SocketAddr::new(ip, m.port)),
+            rtp: usable(SocketAddr::new(ip, m.port)),
             rtcp,
             rtcp_mux: m.rtcp_mux,
         })
@@ -238,8 +242,10 @@ impl Forwarder {
         let out = leg.other();
         let peer = self.plan.leg(out);
         let latched = self.legs[out.index()].latched;
+        // Never towards an unspecified address or port 0 (a hand-made plan may hold one).
+        let usable = |a: &SocketAddr| !a.ip().is_unspecified() && a.port() != 0;
         let route = if !is_rtcp || peer.rtcp_mux {
-            latched[0].or(peer.rtp).map(|dest| Route {
+            latched[0].or(peer.rtp).filter(usable).map(|dest| Route {
                 leg: out,
                 port: Port::Rtp,
                 dest,
@@ -486,6 +492,31 @@ mod tests {
         assert_eq!(p.rtcp_destination(), p.rtp);
         assert_eq!(LegPlan::from_sdp(&sdp, 3), None, "not an IP address");
         assert_eq!(LegPlan::from_sdp(&sdp, 4), None);
+        let hold = b"v=0\r\no=- 1 2 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n";
+        let hold = Sdp::parse(hold).unwrap();
+        assert_eq!(
+            LegPlan::from_sdp(&hold, 0),
+            Some(LegPlan {
+                rtp: None,
+                rtcp: None,
+                rtcp_mux: false
+            })
+        );
+        // A hand-made plan naming 0.0.0.0 sends nothing there.
+        let c = SessionCounters::default();
+        let mut p = plan();
+        p.b.rtp = Some(addr("0.0.0.0:5000"));
+        let mut f = Forwarder::new(p);
+        let r = f.on_datagram(
+            Leg::A,
+            Port::Rtp,
+            addr("192.0.2.1:4000"),
+            &mut rtp(0, 1, &[1]),
+            &c,
+            0,
+        );
+        assert_eq!(r, None);
+        assert_eq!(c.from_a.snapshot().unroutable, 1);
     }
 
     #[test]
