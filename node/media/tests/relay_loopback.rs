@@ -2,6 +2,7 @@
 //! latching, stray sources, translation on and off, RTCP with and without rtcp-mux, and the port
 //! range (full → typed error, released ports reused).
 //!
+//! The tests run on a two-worker runtime, so the relay task and the peers really run in parallel.
 //! Each test has its own listen address so tests running in parallel never share a port. Every
 //! receive has a 5 s guard so a lost packet fails the test instead of hanging it; nothing asserts
 //! on timing.
@@ -75,7 +76,7 @@ fn plan(a: SocketAddr, b: SocketAddr) -> SessionPlan {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_packets_each_way_arrive_once_and_in_order() {
     let relay = relay(10, 20000, 20019);
     let (pa, pb) = (peer(11).await, peer(12).await);
@@ -145,7 +146,7 @@ async fn a_thousand_packets_each_way_arrive_once_and_in_order() {
     assert_eq!(relay.ports().pairs_in_use(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latches_to_the_nat_source_and_drops_a_stray_one() {
     let relay = relay(20, 20000, 20019);
     // A's SDP names an address A never sends from (A is behind NAT).
@@ -198,7 +199,7 @@ async fn latches_to_the_nat_source_and_drops_a_stray_one() {
     assert_eq!(s.counters(Leg::A).latches, 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn translates_a_law_to_mu_law_only_when_the_plan_says_so() {
     let relay = relay(30, 20000, 20019);
     let (pa, pb) = (peer(31).await, peer(32).await);
@@ -248,7 +249,7 @@ async fn translates_a_law_to_mu_law_only_when_the_plan_says_so() {
     assert_eq!(s.counters(Leg::A).translated, 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtcp_is_relayed_with_and_without_rtcp_mux() {
     let relay = relay(50, 20000, 20019);
     let (pa, pa_rtcp, pb) = (peer(51).await, peer(51).await, peer(52).await);
@@ -277,7 +278,7 @@ async fn rtcp_is_relayed_with_and_without_rtcp_mux() {
     assert_eq!(s.counters(Leg::B).packets, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_range_refuses_new_sessions_and_released_ports_are_reused() {
     // Four pairs: two sessions.
     let relay = relay(40, 20000, 20007);
@@ -340,7 +341,7 @@ fn sdp(ip_last: u8, port: u16, m: &str) -> String {
 /// The library end to end: both peers' SDP → a plan (addresses, payload routes) → a session;
 /// the offer rewritten towards B points at the relay; audio is translated A-law → µ-law and
 /// telephone-events cross from PT 101 on A's side to PT 96 on B's, and back.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdp_to_plan_to_relay_with_dtmf_across_a_payload_type_change() {
     use medpool_media::dtmf::{self, TelephoneEvent};
     use medpool_media::sdp::Sdp;

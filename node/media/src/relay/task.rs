@@ -76,28 +76,34 @@ pub(crate) async fn run(
     let mut fwd = Forwarder::new(plan.borrow_and_update().clone());
     let mut buf = [0u8; MAX_DATAGRAM];
     loop {
-        let (leg, port, ready) = tokio::select! {
-            // A new plan applies before the packets that arrive after it.
-            biased;
+        // Unbiased: a busy socket cannot starve the others (select picks among ready branches
+        // at random).
+        let ready = tokio::select! {
+            // `changed` marks the new plan seen: take it here.
             changed = plan.changed() => {
                 if changed.is_err() {
                     break;
                 }
                 fwd.update(plan.borrow_and_update().clone());
                 publish_latched(&fwd, &shared);
-                continue;
+                None
             }
-            r = legs[0].rtp.readable() => (Leg::A, Port::Rtp, r),
-            r = legs[0].rtcp.readable() => (Leg::A, Port::Rtcp, r),
-            r = legs[1].rtp.readable() => (Leg::B, Port::Rtp, r),
-            r = legs[1].rtcp.readable() => (Leg::B, Port::Rtcp, r),
+            r = legs[0].rtp.readable() => Some((Leg::A, Port::Rtp, r)),
+            r = legs[0].rtcp.readable() => Some((Leg::A, Port::Rtcp, r)),
+            r = legs[1].rtp.readable() => Some((Leg::B, Port::Rtp, r)),
+            r = legs[1].rtcp.readable() => Some((Leg::B, Port::Rtcp, r)),
+        };
+        let Some((leg, port, ready)) = ready else {
+            continue;
         };
         if let Err(e) = ready {
             // Only when the I/O driver is gone (runtime shutting down).
             tracing::debug!(error = %e, "media socket readiness");
             break;
         }
-        drain(&legs, leg, port, &mut fwd, &shared, start, &mut buf);
+        drain(
+            &legs, leg, port, &mut plan, &mut fwd, &shared, start, &mut buf,
+        );
     }
     // Sockets closed and ports back in the allocator before the session stops counting as
     // running, so `Relay::wait_idle` and `Session::close` see the ports free.
@@ -111,10 +117,12 @@ fn publish_latched(fwd: &Forwarder, shared: &Shared) {
     *l = now;
 }
 
+#[allow(clippy::too_many_arguments)]
 fn drain(
     legs: &[LegSockets; 2],
     leg: Leg,
     port: Port,
+    plan: &mut watch::Receiver<SessionPlan>,
     fwd: &mut Forwarder,
     shared: &Shared,
     start: Instant,
@@ -131,6 +139,13 @@ fn drain(
                 continue;
             }
         };
+        // A plan published before this packet was received applies to it (checked after the
+        // receive, so a peer that sent after the update is never handled by the old plan; one
+        // atomic load when unchanged). A closed channel is noticed by the task's select.
+        if plan.has_changed().unwrap_or(false) {
+            fwd.update(plan.borrow_and_update().clone());
+            publish_latched(fwd, shared);
+        }
         let counters = &shared.counters;
         if len == MAX_DATAGRAM {
             match leg {
