@@ -6,6 +6,8 @@
 //!
 //! Layers (a module imports only modules drawn below it; none imports one above, so no cycles):
 //! ```text
+//!   relay                        the data path: port allocator, per-datagram forwarding, session
+//!                                tasks, the runtime (its own layers: see the module)
 //!   pt_map                       payload-type routes between legs (renumbering, G.711 translation)
 //!   dtmf                         RFC 4733 telephone-event view; its payload type from a leg's SDP
 //!   sdp · rtp · g711 · stats     leaves: SDP view and rewriter; RTP/RTCP header views; G.711
@@ -17,10 +19,12 @@
 //! - [`stats`]: per-direction counters (atomics) and the sequence tracker that feeds them.
 //! - [`dtmf`]: RFC 4733 telephone-event payloads; which payload type each leg uses.
 //! - [`pt_map`]: one direction's payload-type routes, built from both legs' SDP, applied in place.
+//! - [`relay`]: relay sessions of two legs on tokio tasks; symmetric-RTP latching; port range.
 
 pub mod dtmf;
 pub mod g711;
 pub mod pt_map;
+pub mod relay;
 pub mod rtp;
 pub mod sdp;
 pub mod stats;

@@ -94,6 +94,9 @@ pub struct DirectionCounters {
     rtcp_packets: AtomicU64,
     rtcp_bytes: AtomicU64,
     translated: AtomicU64,
+    latches: AtomicU64,
+    unroutable: AtomicU64,
+    send_failed: AtomicU64,
     /// Milliseconds since the session started at the last accepted packet, plus one (0 = never).
     last_packet: AtomicU64,
 }
@@ -123,6 +126,12 @@ pub struct DirectionSnapshot {
     pub rtcp_bytes: u64,
     /// RTP packets whose payload was translated (G.711).
     pub translated: u64,
+    /// Times the leg latched onto a source address (the first packet, and after each re-plan).
+    pub latches: u64,
+    /// Accepted packets dropped because the other leg had no address to send to yet.
+    pub unroutable: u64,
+    /// Packets the socket refused to send (buffer full or an error), dropped.
+    pub send_failed: u64,
     /// Milliseconds since the session started at the last accepted packet (RTP or RTCP).
     pub last_packet_ms: Option<u64>,
 }
@@ -176,6 +185,21 @@ impl DirectionCounters {
         self.translated.fetch_add(1, Relaxed);
     }
 
+    /// Counts a latch onto a source address.
+    pub fn record_latch(&self) {
+        self.latches.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a packet with nowhere to go.
+    pub fn record_unroutable(&self) {
+        self.unroutable.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a packet the socket did not send.
+    pub fn record_send_failed(&self) {
+        self.send_failed.fetch_add(1, Relaxed);
+    }
+
     fn touch(&self, now_ms: u64) {
         self.last_packet
             .fetch_max(now_ms.saturating_add(1), Relaxed);
@@ -196,6 +220,9 @@ impl DirectionCounters {
             rtcp_packets: self.rtcp_packets.load(Relaxed),
             rtcp_bytes: self.rtcp_bytes.load(Relaxed),
             translated: self.translated.load(Relaxed),
+            latches: self.latches.load(Relaxed),
+            unroutable: self.unroutable.load(Relaxed),
+            send_failed: self.send_failed.load(Relaxed),
             last_packet_ms: last.checked_sub(1),
         }
     }
@@ -299,7 +326,11 @@ mod tests {
         c.record_malformed();
         c.record_translated();
         c.record_rtcp(52, 0);
+        c.record_latch();
+        c.record_unroutable();
+        c.record_send_failed();
         let s = c.snapshot();
+        assert_eq!((s.latches, s.unroutable, s.send_failed), (1, 1, 1));
         assert_eq!(
             (
                 s.stray,

@@ -490,8 +490,9 @@ mod tests {
         let body = b"v=0\no=- 1 1 IN IP4 192.0.2.1\ns=-\nt=0 0\nm=audio 4000 RTP/AVP 0";
         let sdp = Sdp::parse(body).unwrap();
         let mut rw = sdp.rewrite();
-        rw.connection(Ipv4Addr::new(127, 0, 155, 2).into());
+        // Attributes first, then the connection: c= still goes before them.
         rw.media(0).unwrap().ptime(Some(20)).rtcp_mux(true);
+        rw.connection(Ipv4Addr::new(127, 0, 155, 2).into());
         let out = rw.finish();
         assert_eq!(
             out,

@@ -53,8 +53,9 @@ struct MediaLineEdit {
 pub struct Rewrite<'s, 'a> {
     sdp: &'s Sdp<'a>,
     edits: Vec<Edit>,
-    /// (insert after this line, text without ending), in insertion order.
-    inserts: Vec<(usize, Vec<u8>)>,
+    /// (insert after this line, order class, text without ending): at one place, `c=` lines
+    /// (class 0) come before attributes (class 1), each class in insertion order.
+    inserts: Vec<(usize, u8, Vec<u8>)>,
     media_lines: Vec<MediaLineEdit>,
     version: Option<u64>,
 }
@@ -131,7 +132,7 @@ impl<'s, 'a> Rewrite<'s, 'a> {
                 {
                     after = lines.m + 1;
                 }
-                self.inserts.push((after, connection_line(ip)));
+                self.inserts.push((after, 0, connection_line(ip)));
             }
         }
     }
@@ -195,8 +196,8 @@ impl<'s, 'a> Rewrite<'s, 'a> {
         let sdp = self.sdp;
         let raw = sdp.raw;
         let mut out = Vec::with_capacity(raw.len() + 128);
-        let mut inserts: Vec<&(usize, Vec<u8>)> = self.inserts.iter().collect();
-        inserts.sort_by_key(|(after, _)| *after);
+        let mut inserts: Vec<&(usize, u8, Vec<u8>)> = self.inserts.iter().collect();
+        inserts.sort_by_key(|(after, class, _)| (*after, *class));
         let mut next_insert = 0;
         for (i, l) in sdp.lines.iter().enumerate() {
             let eol = &raw[l.content_end..l.end];
@@ -222,7 +223,7 @@ impl<'s, 'a> Rewrite<'s, 'a> {
             }
             let mut here = Vec::new();
             while next_insert < inserts.len() && inserts[next_insert].0 == i {
-                here.push(&inserts[next_insert].1);
+                here.push(&inserts[next_insert].2);
                 next_insert += 1;
             }
             if here.is_empty() {
@@ -351,7 +352,7 @@ impl MediaRewrite<'_, '_, '_> {
             (Some(l), None) => self.rw.edits[l] = Edit::Delete,
             (None, Some(t)) => {
                 let after = self.rw.section_tail(self.index);
-                self.rw.inserts.push((after, t));
+                self.rw.inserts.push((after, 1, t));
             }
             (None, None) => {}
         }
@@ -421,14 +422,14 @@ impl MediaRewrite<'_, '_, '_> {
                 if let Some((head, tail)) = values.split_first() {
                     self.rw.edits[first] = Edit::Replace(line(head));
                     for v in tail {
-                        self.rw.inserts.push((first, line(v)));
+                        self.rw.inserts.push((first, 1, line(v)));
                     }
                 }
             }
             None => {
                 let after = self.rw.section_tail(self.index);
                 for v in values {
-                    self.rw.inserts.push((after, line(v)));
+                    self.rw.inserts.push((after, 1, line(v)));
                 }
             }
         }

@@ -1,0 +1,247 @@
+//! The relay data path: sessions of two legs, each with a local RTP and RTCP socket from the
+//! node's port range, forwarding between the legs' peers on tokio tasks.
+//!
+//! ```text
+//!   Relay (runtime)      open(plan) → Session: leases two port pairs, binds four sockets,
+//!     │                  spawns the session's task; counts sessions; bounded by the range
+//!     ├─ task            one per session: readable → drain into one buffer → Forwarder → try_send_to
+//!     │    └─ forward    pure per-datagram decision: latching, RTP/RTCP demux, PT routes, counters
+//!     └─ ports           port range and pair allocator (bounded, released pairs reused last)
+//! ```
+//! Packets never pass through an actor or a channel: the socket's readiness wakes the session's
+//! own task, which forwards in place. The [`Session`] handle updates the plan (a watch channel)
+//! and reads counters (relaxed atomics); dropping or closing it ends the task and releases the
+//! ports.
+//!
+//! Not yet: batching with `recvmmsg`/`sendmmsg` (the crate denies `unsafe`; the place for it is
+//! `task::drain`) and several sessions per task.
+
+pub mod forward;
+pub mod ports;
+mod task;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use forward::{Leg, LegPlan, Port, Route, SessionPlan};
+pub use ports::{PortAllocator, PortError, PortPair, PortRange};
+pub use task::MAX_DATAGRAM;
+
+use crate::stats::DirectionSnapshot;
+use task::{LegSockets, Running, Shared};
+
+/// Times a bind of a leased pair may fail with "address in use" (another process holds the
+/// port) before opening a session gives up.
+const BIND_ATTEMPTS: usize = 8;
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// No free port pair (the caller refuses the call, e.g. with 503).
+    #[error("media ports exhausted")]
+    PortsExhausted,
+    /// A socket could not be bound.
+    #[error("binding media port {port}: {source}")]
+    Bind {
+        /// The port.
+        port: u16,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the relay listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// The local address media sockets bind to.
+    pub listen: IpAddr,
+    /// The port range.
+    pub ports: PortRange,
+}
+
+/// The node's relay runtime: opens sessions. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    listen: IpAddr,
+    ports: PortAllocator,
+    sessions: Arc<watch::Sender<usize>>,
+}
+
+/// A leg's local media addresses (what the rewritten SDP advertises, with the advertised IP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalLeg {
+    /// The RTP socket's address.
+    pub rtp: SocketAddr,
+    /// The RTCP socket's address.
+    pub rtcp: SocketAddr,
+}
+
+impl Relay {
+    /// A relay over `config`'s range; nothing is bound until a session opens.
+    pub fn new(config: RelayConfig) -> Self {
+        Relay {
+            listen: config.listen,
+            ports: PortAllocator::new(config.ports),
+            sessions: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// Sessions running now.
+    pub fn sessions(&self) -> usize {
+        *self.sessions.borrow()
+    }
+
+    /// Waits until no session is running (every handle closed or dropped, every task ended and
+    /// its ports released).
+    pub async fn wait_idle(&self) {
+        let mut rx = self.sessions.subscribe();
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// The port allocator (ports in use and free).
+    pub fn ports(&self) -> &PortAllocator {
+        &self.ports
+    }
+
+    async fn bind_leg(&self) -> Result<LegSockets, RelayError> {
+        let mut last = None;
+        for _ in 0..BIND_ATTEMPTS {
+            let lease = self.ports.lease().map_err(|_| RelayError::PortsExhausted)?;
+            match bind_pair(self.listen, lease.pair()).await {
+                Ok((rtp, rtcp)) => {
+                    return Ok(LegSockets {
+                        rtp,
+                        rtcp,
+                        _lease: lease,
+                    });
+                }
+                // Another process holds the port: the lease goes back (to the end of the queue)
+                // and the next pair is tried.
+                Err((port, source)) if source.kind() == std::io::ErrorKind::AddrInUse => {
+                    last = Some(RelayError::Bind { port, source });
+                }
+                Err((port, source)) => return Err(RelayError::Bind { port, source }),
+            }
+        }
+        Err(last.unwrap_or(RelayError::PortsExhausted))
+    }
+
+    /// Opens a session: two legs with their own port pairs, relaying per `plan`. Must be called
+    /// inside a tokio runtime (it spawns the session's task).
+    pub async fn open(&self, plan: SessionPlan) -> Result<Session, RelayError> {
+        let a = self.bind_leg().await?;
+        let b = self.bind_leg().await?;
+        let local = |l: &LegSockets| -> Result<LocalLeg, RelayError> {
+            let port = l._lease.pair().rtp;
+            let map = |e| RelayError::Bind { port, source: e };
+            Ok(LocalLeg {
+                rtp: l.rtp.local_addr().map_err(map)?,
+                rtcp: l.rtcp.local_addr().map_err(map)?,
+            })
+        };
+        let local = [local(&a)?, local(&b)?];
+        let (tx, rx) = watch::channel(plan);
+        let shared = Arc::new(Shared::default());
+        let start = Instant::now();
+        let running = Running::new(self.sessions.clone());
+        let task = tokio::spawn(task::run([a, b], rx, shared.clone(), start, running));
+        Ok(Session {
+            plan: tx,
+            shared,
+            local,
+            start,
+            task,
+        })
+    }
+}
+
+async fn bind_pair(
+    ip: IpAddr,
+    pair: PortPair,
+) -> Result<(UdpSocket, UdpSocket), (u16, std::io::Error)> {
+    let rtp = UdpSocket::bind((ip, pair.rtp))
+        .await
+        .map_err(|e| (pair.rtp, e))?;
+    let rtcp = UdpSocket::bind((ip, pair.rtcp()))
+        .await
+        .map_err(|e| (pair.rtcp(), e))?;
+    Ok((rtp, rtcp))
+}
+
+/// A running relay session. Dropping it ends the session (the task stops and the ports are
+/// released); [`Session::close`] also waits for that.
+#[derive(Debug)]
+pub struct Session {
+    plan: watch::Sender<SessionPlan>,
+    shared: Arc<Shared>,
+    local: [LocalLeg; 2],
+    start: Instant,
+    task: JoinHandle<()>,
+}
+
+impl Session {
+    /// A leg's local addresses.
+    pub fn local(&self, leg: Leg) -> LocalLeg {
+        self.local[leg.index()]
+    }
+
+    /// Replaces the plan (new peer addresses, payload routes). A leg whose peer changed latches
+    /// again on its next packet.
+    pub fn update(&self, plan: SessionPlan) {
+        self.plan.send_replace(plan);
+    }
+
+    /// The current plan.
+    pub fn plan(&self) -> SessionPlan {
+        self.plan.borrow().clone()
+    }
+
+    /// Counters of the packets arriving on `leg`.
+    pub fn counters(&self, leg: Leg) -> DirectionSnapshot {
+        match leg {
+            Leg::A => self.shared.counters.from_a.snapshot(),
+            Leg::B => self.shared.counters.from_b.snapshot(),
+        }
+    }
+
+    /// The sources latched on `leg`'s (RTP, RTCP) ports.
+    pub fn latched(&self, leg: Leg) -> [Option<SocketAddr>; 2] {
+        let l = self
+            .shared
+            .latched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        l[leg.index()]
+    }
+
+    /// How long ago (ms) the last packet arrived in either direction; `None` before the first.
+    /// With [`Session::elapsed_ms`] this is what a media timeout checks.
+    pub fn idle_ms(&self) -> Option<u64> {
+        let now = self.elapsed_ms();
+        [Leg::A, Leg::B]
+            .into_iter()
+            .filter_map(|l| self.counters(l).last_packet_age_ms(now))
+            .min()
+    }
+
+    /// Milliseconds since the session opened (the clock of `last_packet_ms`).
+    pub fn elapsed_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Ends the session and waits until its task has stopped and its ports are free again.
+    pub async fn close(self) {
+        let Session { plan, task, .. } = self;
+        drop(plan);
+        if let Err(e) = task.await {
+            tracing::debug!(error = %e, "media session task");
+        }
+    }
+}
