@@ -182,6 +182,14 @@ pub enum Problem {
         "priority is set per route (route.trunks = [{{ trunk = \"...\", priority = 1 }}]), not per trunk"
     )]
     PriorityIsPerRoute,
+    /// A codec name that is not an SDP encoding name (`codecs`).
+    #[error(
+        "invalid codec {0:?}: expected an encoding name such as \"PCMU\" (no spaces, no /rate)"
+    )]
+    BadCodec(String),
+    /// A codec listed twice (`codecs`).
+    #[error("codec {0:?} is listed twice")]
+    DuplicateCodec(String),
     /// Min-SE larger than the session interval.
     #[error("session_expires {session_expires} is below min_se {min_se}")]
     SessionExpiresBelowMinSe {

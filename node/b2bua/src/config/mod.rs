@@ -30,7 +30,8 @@
 //! # session_expires, min_se = 90, forward_pai = true, forward_history_info = true,
 //! # options_interval_ms (5000 for gateways, 0 = off), down_after = 3, up_after = 2, weight = 1,
 //! # usages = ["local"], normalize / called_out / calling_out = [{ pattern = "^00", replace = "+" }],
-//! # response_map = [{ from = 486, to = 480 }]
+//! # response_map = [{ from = 486, to = 480 }],
+//! # media = "relay" | "bypass", codecs = ["PCMU", "PCMA"] (default: the offer's), media_timeout = 60
 //!
 //! [[route]]
 //! name = "all"
@@ -54,8 +55,8 @@ use toml::de::{DeTable, DeValue};
 
 pub use error::{ConfigError, Location, Problem};
 pub use model::{
-    HostPort, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy, ResponseRule, Route,
-    RouteTarget, Side, Transport, Trunk, UnknownSource,
+    HostPort, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy,
+    ResponseRule, Route, RouteTarget, Side, Transport, Trunk, UnknownSource,
 };
 pub use pattern::Pattern;
 

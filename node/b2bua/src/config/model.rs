@@ -238,6 +238,36 @@ pub struct Trunk {
     pub calling_out: Vec<NumberRule>,
     /// Response code translation for final responses relayed back from this trunk.
     pub response_map: Vec<ResponseRule>,
+    /// What the node does with the media of calls on this trunk (`media`, default
+    /// [`MediaMode::Relay`]). A call bypasses only when both its trunks say `bypass` and no
+    /// G.711 translation is needed.
+    #[serde(default)]
+    pub media: MediaMode,
+    /// The audio codecs (encoding names as in `a=rtpmap`, e.g. `"PCMU"`, matched without regard
+    /// to case) offers towards this trunk may carry, in order of preference (`codecs`); empty
+    /// (the default) passes the offer's list on. `telephone-event` is always kept when offered.
+    #[serde(default)]
+    pub codecs: Vec<String>,
+    /// Seconds without media in either direction after which a relayed call on this trunk is
+    /// hung up (`media_timeout`, default 60; 0 = never). A call on hold is exempt.
+    #[serde(default = "default_media_timeout")]
+    pub media_timeout: u32,
+}
+
+/// What the node does with a call's media (`trunk.media`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaMode {
+    /// Anchor the media: both peers send RTP to this node, which relays it (the default).
+    #[default]
+    Relay,
+    /// Let the peers' media flow directly (SDP passed on unchanged), when the other trunk of the
+    /// call allows it too and no translation is needed.
+    Bypass,
+}
+
+fn default_media_timeout() -> u32 {
+    Trunk::DEFAULT_MEDIA_TIMEOUT
 }
 
 fn default_rate() -> u32 {
@@ -248,6 +278,14 @@ impl Trunk {
     /// The default `rate` (and `burst`): far above what one real peer starts, low enough that one
     /// source cannot fill the node's queue alone.
     pub const DEFAULT_RATE: u32 = 5_000;
+
+    /// The default `media_timeout` (seconds).
+    pub const DEFAULT_MEDIA_TIMEOUT: u32 = 60;
+
+    /// The media inactivity timeout, `None` when off.
+    pub fn media_timeout(&self) -> Option<Duration> {
+        (self.media_timeout > 0).then(|| Duration::from_secs(u64::from(self.media_timeout)))
+    }
 
     /// The fast-failover timer, `None` when off.
     pub fn fast_failover(&self) -> Option<Duration> {

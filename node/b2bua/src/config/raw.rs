@@ -9,7 +9,7 @@ use std::fmt;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::model::{ReferPolicy, Side, UnknownSource};
+use super::model::{MediaMode, ReferPolicy, Side, UnknownSource};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +79,9 @@ pub(super) struct RawTrunk {
     pub calling_out: Vec<RawRule>,
     #[serde(default)]
     pub response_map: Vec<RawResponseRule>,
+    pub media: Option<MediaMode>,
+    pub codecs: Option<Vec<String>>,
+    pub media_timeout: Option<i64>,
 }
 
 /// `{ pattern = "...", replace = "..." }`.

@@ -733,3 +733,47 @@ fn read_error_names_the_file() {
     );
     assert!(e.location().is_none());
 }
+
+#[test]
+fn media_keys_default_to_relay_the_offers_codecs_and_60_s() {
+    let c = load(&format!("{BASE}{ROUTE}")).unwrap();
+    let gw1 = c.trunk("gw1").unwrap();
+    assert_eq!(gw1.media, MediaMode::Relay);
+    assert!(gw1.codecs.is_empty());
+    assert_eq!(
+        gw1.media_timeout(),
+        Some(std::time::Duration::from_secs(60))
+    );
+    let c = load(&format!(
+        "{BASE}[[trunk]]\nname = \"gw2\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\nmedia = \"bypass\"\ncodecs = [\"PCMU\", \"pcma\"]\nmedia_timeout = 0\n{ROUTE}"
+    ))
+    .unwrap();
+    let gw2 = c.trunk("gw2").unwrap();
+    assert_eq!(gw2.media, MediaMode::Bypass);
+    assert_eq!(gw2.codecs, ["PCMU", "pcma"]);
+    assert_eq!(gw2.media_timeout(), None);
+}
+
+#[test]
+fn bad_media_keys_are_named() {
+    let trunk = "[[trunk]]\nname = \"gw2\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\n";
+    let e = error_of(&format!("{trunk}media = \"anchor\"\n"));
+    assert!(e.starts_with("test.toml:16: trunk[2].media: "), "{e}");
+    let e = error_of(&format!("{trunk}codecs = [\"PCMU\", \"PCMU/8000\"]\n"));
+    assert!(
+        e.starts_with("test.toml:16: trunk[2].codecs[1]: invalid codec \"PCMU/8000\""),
+        "{e}"
+    );
+    let e = error_of(&format!("{trunk}codecs = [\"PCMU\", \"pcmu\"]\n"));
+    assert!(
+        e.starts_with("test.toml:16: trunk[2].codecs[1]: codec \"pcmu\" is listed twice"),
+        "{e}"
+    );
+    let e = error_of(&format!("{trunk}codecs = [\"\"]\n"));
+    assert!(e.starts_with("test.toml:16: trunk[2].codecs[0]: "), "{e}");
+    let e = error_of(&format!("{trunk}media_timeout = -1\n"));
+    assert!(
+        e.starts_with("test.toml:16: trunk[2].media_timeout: -1 out of range 0-86400"),
+        "{e}"
+    );
+}

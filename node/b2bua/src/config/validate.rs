@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use super::error::{ConfigError, Problem};
 use super::model::{
-    HostPort, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy, ResponseRule, Route,
-    RouteTarget, Side, Transport, Trunk, UnknownSource,
+    HostPort, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy,
+    ResponseRule, Route, RouteTarget, Side, Transport, Trunk, UnknownSource,
 };
 use super::pattern::Pattern;
 use super::raw::{RawConfig, RawNode, RawResponseRule, RawRoute, RawRule, RawTransport, RawTrunk};
@@ -289,6 +289,7 @@ impl Validator<'_, '_> {
             }
             response_map.push(rule);
         }
+        let codecs = self.codecs(&path.k("codecs"), t.codecs.as_deref().unwrap_or_default())?;
         Ok(Trunk {
             name: t.name.clone(),
             address,
@@ -328,7 +329,31 @@ impl Validator<'_, '_> {
             called_out: self.rules(&path.k("called_out"), &t.called_out)?,
             calling_out: self.rules(&path.k("calling_out"), &t.calling_out)?,
             response_map,
+            media: t.media.unwrap_or(MediaMode::Relay),
+            codecs,
+            media_timeout: self.range(
+                &path.k("media_timeout"),
+                t.media_timeout,
+                Trunk::DEFAULT_MEDIA_TIMEOUT,
+                0,
+                86_400,
+            )?,
         })
+    }
+
+    /// `codecs`: encoding names (one SDP token each), none twice.
+    fn codecs(&self, path: &FieldPath, raw: &[String]) -> Result<Vec<String>> {
+        let mut seen = BTreeSet::new();
+        for (j, c) in raw.iter().enumerate() {
+            self.non_empty(&path.i(j), c)?;
+            if c.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
+                return Err(self.err(&path.i(j), Problem::BadCodec(c.clone())));
+            }
+            if !seen.insert(c.to_ascii_uppercase()) {
+                return Err(self.err(&path.i(j), Problem::DuplicateCodec(c.clone())));
+            }
+        }
+        Ok(raw.to_vec())
     }
 
     fn rules(&self, path: &FieldPath, raw: &[RawRule]) -> Result<Vec<NumberRule>> {
