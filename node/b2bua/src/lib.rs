@@ -19,6 +19,7 @@
 //!   3  ctx  gateways          NodeCtx (what the actors share); the gateway table
 //!   2  txlayer                transaction events: Envelope, Registry, SipIo, Wire (no actor type)
 //!   1  config routing translate health ingress sources cluster trace   pure: no I/O, no actors
+//!      media                  the call's media plan: SDP offer/answer rewriting, relay plans
 //! ```
 //! Tests only: `testkit` (a node context over a channel wire, no socket) sits on top of all.
 //!
@@ -34,6 +35,7 @@ pub mod gateway;
 pub mod gateways;
 pub mod health;
 pub mod ingress;
+pub mod media;
 pub mod node;
 pub mod routing;
 pub mod sources;

@@ -110,11 +110,11 @@ impl Relay {
         &self.ports
     }
 
-    async fn bind_leg(&self) -> Result<LegSockets, RelayError> {
+    fn bind_leg(&self) -> Result<LegSockets, RelayError> {
         let mut last = None;
         for _ in 0..BIND_ATTEMPTS {
             let lease = self.ports.lease().map_err(|_| RelayError::PortsExhausted)?;
-            match bind_pair(self.listen, lease.pair()).await {
+            match bind_pair(self.listen, lease.pair()) {
                 Ok((rtp, rtcp)) => {
                     return Ok(LegSockets {
                         rtp,
@@ -136,8 +136,15 @@ impl Relay {
     /// Opens a session: two legs with their own port pairs, relaying per `plan`. Must be called
     /// inside a tokio runtime (it spawns the session's task).
     pub async fn open(&self, plan: SessionPlan) -> Result<Session, RelayError> {
-        let a = self.bind_leg().await?;
-        let b = self.bind_leg().await?;
+        self.open_now(plan)
+    }
+
+    /// [`Relay::open`] for callers that cannot await (an actor's synchronous handler): binding a
+    /// UDP socket never blocks, so the session opens at once. Must be called inside a tokio
+    /// runtime (it registers the sockets and spawns the session's task).
+    pub fn open_now(&self, plan: SessionPlan) -> Result<Session, RelayError> {
+        let a = self.bind_leg()?;
+        let b = self.bind_leg()?;
         let local = |l: &LegSockets| -> Result<LocalLeg, RelayError> {
             let port = l._lease.pair().rtp;
             let map = |e| RelayError::Bind { port, source: e };
@@ -162,17 +169,17 @@ impl Relay {
     }
 }
 
-async fn bind_pair(
-    ip: IpAddr,
-    pair: PortPair,
-) -> Result<(UdpSocket, UdpSocket), (u16, std::io::Error)> {
-    let rtp = UdpSocket::bind((ip, pair.rtp))
-        .await
-        .map_err(|e| (pair.rtp, e))?;
-    let rtcp = UdpSocket::bind((ip, pair.rtcp()))
-        .await
-        .map_err(|e| (pair.rtcp(), e))?;
-    Ok((rtp, rtcp))
+fn bind_one(ip: IpAddr, port: u16) -> Result<UdpSocket, (u16, std::io::Error)> {
+    let bind = || -> std::io::Result<UdpSocket> {
+        let s = std::net::UdpSocket::bind((ip, port))?;
+        s.set_nonblocking(true)?;
+        UdpSocket::from_std(s)
+    };
+    bind().map_err(|e| (port, e))
+}
+
+fn bind_pair(ip: IpAddr, pair: PortPair) -> Result<(UdpSocket, UdpSocket), (u16, std::io::Error)> {
+    Ok((bind_one(ip, pair.rtp)?, bind_one(ip, pair.rtcp())?))
 }
 
 /// A running relay session. Dropping it ends the session (the task stops and the ports are

@@ -467,6 +467,40 @@ mod tests {
     }
 
     #[test]
+    fn retype_offers_the_other_g711_law_in_place_of_the_first() {
+        let sdp = Sdp::parse(AC).unwrap();
+        let mut rw = sdp.rewrite();
+        rw.media(0)
+            .unwrap()
+            .payloads(&[(8, 0), (96, 96)])
+            .unwrap()
+            .retype(8, 0, "PCMU/8000")
+            .unwrap();
+        let out = String::from_utf8(rw.finish()).unwrap();
+        assert!(out.contains("m=audio 6010 RTP/AVP 0 96\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\n"), "{out}");
+        // A static payload type without an a=rtpmap line gets one.
+        let bare = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\na=sendrecv\r\n";
+        let sdp = Sdp::parse(bare).unwrap();
+        let mut rw = sdp.rewrite();
+        rw.media(0)
+            .unwrap()
+            .payloads(&[(8, 0)])
+            .unwrap()
+            .retype(8, 0, "PCMU/8000")
+            .unwrap();
+        let out = String::from_utf8(rw.finish()).unwrap();
+        assert!(
+            out.ends_with("m=audio 4000 RTP/AVP 0\r\na=sendrecv\r\na=rtpmap:0 PCMU/8000\r\n"),
+            "{out}"
+        );
+        let mut rw = sdp.rewrite();
+        assert_eq!(
+            rw.media(0).unwrap().retype(9, 0, "PCMU/8000").err(),
+            Some(RewriteError::UnknownPayload(9))
+        );
+    }
+
+    #[test]
     fn a_relay_rewrite_gives_exactly_the_expected_body() {
         let sdp = Sdp::parse(AC).unwrap();
         let mut rw = sdp.rewrite();

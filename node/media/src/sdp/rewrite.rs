@@ -346,6 +346,50 @@ impl MediaRewrite<'_, '_, '_> {
         Ok(self)
     }
 
+    /// Gives payload type `from` (its number in the parsed body) the `a=rtpmap` value `rtpmap`
+    /// (`<encoding>/<clock rate>[/<channels>]`) under number `to`: its `a=rtpmap` line is
+    /// replaced (or one is added), its `a=fmtp` lines are removed. For G.711 translation, where
+    /// the relay offers one law in place of the other. Call it after [`MediaRewrite::payloads`]
+    /// with the same `from → to` (or alone when the number stays the same).
+    pub fn retype(&mut self, from: u8, to: u8, rtpmap: &str) -> Result<&mut Self, RewriteError> {
+        if to > 127 {
+            return Err(RewriteError::PayloadOutOfRange(to));
+        }
+        if rtpmap.is_empty() || !is_token(rtpmap.as_bytes()) {
+            return Err(RewriteError::BadValue);
+        }
+        let m = &self.rw.sdp.media[self.index];
+        let offered = m.payload_types().ok_or(RewriteError::NotRtp)?;
+        if !offered.contains(&from) {
+            return Err(RewriteError::UnknownPayload(from));
+        }
+        let raw = self.rw.sdp.raw;
+        let mut replaced = false;
+        for &(line, off, len) in &m.lines.format_scoped {
+            let l = &self.rw.sdp.lines[line];
+            let content = &raw[l.start..l.content_end];
+            let format = std::str::from_utf8(&content[off..off + len])
+                .ok()
+                .and_then(parse_payload_type);
+            if format != Some(from) {
+                continue;
+            }
+            if content.starts_with(b"a=rtpmap:") {
+                self.rw.edits[line] = Edit::Replace(format!("a=rtpmap:{to} {rtpmap}").into_bytes());
+                replaced = true;
+            } else if content.starts_with(b"a=fmtp:") {
+                self.rw.edits[line] = Edit::Delete;
+            }
+        }
+        if !replaced {
+            let after = self.rw.section_tail(self.index);
+            self.rw
+                .inserts
+                .push((after, 1, format!("a=rtpmap:{to} {rtpmap}").into_bytes()));
+        }
+        Ok(self)
+    }
+
     fn set_attribute(&mut self, existing: Option<usize>, text: Option<Vec<u8>>) {
         match (existing, text) {
             (Some(l), Some(t)) => self.rw.edits[l] = Edit::Replace(t),

@@ -1,0 +1,566 @@
+//! The media of a call, as pure functions of SDP bodies and trunk settings: whether a call's media
+//! is relayed or bypasses the node, how an offer or an answer is rewritten for the other leg (its
+//! addresses pointing at the node's relay endpoint, the codecs the receiving trunk accepts, G.711
+//! translation when the legs share no law), and the relay session's plan from both peers' SDP.
+//! Also the handle of the node's relay runtime ([`MediaRuntime`]), which the calls open their
+//! sessions with; this module opens nothing itself.
+//!
+//! What the rewriting touches: the `c=` lines, the relayed section's `m=` port (and `a=rtcp`),
+//! the `m=` port of other sections (set to 0: the relay carries one audio stream), and — only when
+//! the receiving trunk's `codecs` demand it — the payload list and the `a=rtpmap`/`a=fmtp` lines
+//! of the payload types it drops or translates. Every other line goes on byte for byte, the `o=`
+//! version included (the node's rewriting is the same for every SDP of a call, so the peer's own
+//! versioning stays right).
+//!
+//! The call keeps a [`MediaPlan`] (serde-friendly: the last SDP each peer sent, as received),
+//! from which the relay's [`SessionPlan`] is rebuilt at every offer or answer. It is what a
+//! dialog record will carry for media failover (a new owner opens its own endpoints and sends
+//! both peers an offer rebuilt from it).
+
+use std::net::{IpAddr, SocketAddr};
+
+use medpool_media::pt_map::PayloadMap;
+use medpool_media::relay::{LegPlan, Relay, SessionPlan};
+use medpool_media::sdp::{Direction, Media, RewriteError, Sdp, SdpError};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{MediaMode, Trunk};
+
+/// The node's relay runtime: where sessions are opened and what address SDP advertises.
+#[derive(Debug, Clone)]
+pub struct MediaRuntime {
+    /// Opens relay sessions (port range, listen address).
+    pub relay: Relay,
+    /// The address put in rewritten SDP (`--media-advertise`).
+    pub advertise: IpAddr,
+}
+
+/// Why an SDP body cannot be relayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    /// The body is not valid SDP.
+    #[error("SDP: {0}")]
+    Sdp(#[from] SdpError),
+    /// No RTP audio section with a port: nothing the relay can carry (T.38 and video are not
+    /// relayed yet).
+    #[error("no RTP audio stream to relay")]
+    NoAudio,
+    /// The offer has none of the codecs the receiving trunk accepts, and no G.711 law to translate.
+    #[error("no codec of the offer is accepted by the trunk")]
+    NoCommonCodec,
+    /// The rewrite could not be applied.
+    #[error("SDP rewrite: {0}")]
+    Rewrite(#[from] RewriteError),
+}
+
+/// The relay endpoint a rewritten SDP points at: the advertised address and the leg's ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The address peers send to (`--media-advertise`).
+    pub ip: IpAddr,
+    /// The RTP port.
+    pub rtp: u16,
+    /// The RTCP port.
+    pub rtcp: u16,
+}
+
+/// What a call remembers of its media (what a dialog record will carry for media failover).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaPlan {
+    /// The last SDP leg A's peer sent (offer or answer), as received.
+    pub a_sdp: Option<Vec<u8>>,
+    /// The last SDP leg B's peer sent, as received.
+    pub b_sdp: Option<Vec<u8>>,
+}
+
+impl MediaPlan {
+    /// The relay session's plan: each peer's addresses from its last SDP, payload routes between
+    /// them (renumbering, G.711 translation), RTCP multiplexed only when both sides said so.
+    pub fn session_plan(&self) -> SessionPlan {
+        fn parse(b: &Option<Vec<u8>>) -> Option<Sdp<'_>> {
+            b.as_deref().and_then(|b| Sdp::parse(b).ok())
+        }
+        let (a, b) = (parse(&self.a_sdp), parse(&self.b_sdp));
+        let leg = |s: &Option<Sdp<'_>>| {
+            s.as_ref()
+                .and_then(|s| relayed_index(s).and_then(|i| LegPlan::from_sdp(s, i)))
+                .unwrap_or_default()
+        };
+        let (mut la, mut lb) = (leg(&a), leg(&b));
+        let mux = la.rtcp_mux && lb.rtcp_mux;
+        la.rtcp_mux = mux;
+        lb.rtcp_mux = mux;
+        let media = |s: &Option<Sdp<'_>>| -> Option<usize> { s.as_ref().and_then(relayed_index) };
+        let (a_to_b, b_to_a) = match (&a, &b, media(&a), media(&b)) {
+            (Some(a), Some(b), Some(ia), Some(ib)) => (
+                PayloadMap::between(&a.media[ia], &b.media[ib]),
+                PayloadMap::between(&b.media[ib], &a.media[ia]),
+            ),
+            _ => (PayloadMap::new(), PayloadMap::new()),
+        };
+        SessionPlan {
+            a: la,
+            b: lb,
+            a_to_b,
+            b_to_a,
+        }
+    }
+
+    /// Whether the call is on hold: a peer's last SDP makes its stream one-way or inactive, or
+    /// points it at `0.0.0.0` (RFC 2543 hold). A held call is exempt from the media timeout.
+    pub fn on_hold(&self) -> bool {
+        [&self.a_sdp, &self.b_sdp]
+            .into_iter()
+            .flatten()
+            .any(|b| Sdp::parse(b).is_ok_and(|s| held(&s)))
+    }
+}
+
+fn held(s: &Sdp<'_>) -> bool {
+    let Some(i) = relayed_index(s) else {
+        return false;
+    };
+    let m = &s.media[i];
+    m.effective_direction(s) != Direction::SendRecv
+        || m.effective_connection(s)
+            .and_then(|c| c.ip())
+            .is_some_and(|ip| ip.is_unspecified())
+}
+
+/// The `m=` section the relay carries: the first RTP audio section with a port.
+fn relayed_index(s: &Sdp<'_>) -> Option<usize> {
+    s.media
+        .iter()
+        .position(|m| m.kind.eq_ignore_ascii_case("audio") && m.is_rtp() && m.port != 0)
+}
+
+/// The G.711 laws and their static payload types.
+const LAWS: [(&str, u8); 2] = [("PCMU", 0), ("PCMA", 8)];
+
+fn other_law(name: &str) -> Option<(&'static str, u8)> {
+    match LAWS
+        .iter()
+        .position(|(n, _)| n.eq_ignore_ascii_case(name))?
+    {
+        0 => Some(LAWS[1]),
+        _ => Some(LAWS[0]),
+    }
+}
+
+fn is_event(m: &Media<'_>, pt: u8) -> bool {
+    m.encoding_of(pt)
+        .is_some_and(|e| e.eq_ignore_ascii_case("telephone-event"))
+}
+
+/// The payload list an offer gets towards a trunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Codecs {
+    /// The offer's list as it is (no `codecs` on the trunk, or every offered codec accepted).
+    Unchanged,
+    /// These payload types, in this order (the trunk's preference; telephone-event kept).
+    Keep(Vec<u8>),
+    /// G.711 translation: offer law `to` (its static payload type) in place of the offered `from`
+    /// payload type; telephone-event kept.
+    Translate {
+        from: u8,
+        to: (&'static str, u8),
+        events: Vec<u8>,
+    },
+}
+
+/// Which codecs an offer's section `m` gets towards a trunk accepting `accepted` (in order; empty
+/// = anything): those it offers, in the trunk's order; if it offers none and a G.711 law the trunk
+/// accepts is the other law of one it offers, that law with translation.
+fn choose(m: &Media<'_>, accepted: &[String]) -> Result<Codecs, MediaError> {
+    if accepted.is_empty() {
+        return Ok(Codecs::Unchanged);
+    }
+    let offered = m.payload_types().ok_or(MediaError::NoAudio)?;
+    let events: Vec<u8> = offered
+        .iter()
+        .copied()
+        .filter(|&pt| is_event(m, pt))
+        .collect();
+    let mut keep = Vec::new();
+    for name in accepted {
+        for &pt in &offered {
+            if !keep.contains(&pt)
+                && m.encoding_of(pt)
+                    .is_some_and(|e| e.eq_ignore_ascii_case(name))
+            {
+                keep.push(pt);
+            }
+        }
+    }
+    if keep.iter().any(|&pt| !is_event(m, pt)) {
+        for pt in events {
+            if !keep.contains(&pt) {
+                keep.push(pt);
+            }
+        }
+        if keep == offered {
+            return Ok(Codecs::Unchanged);
+        }
+        return Ok(Codecs::Keep(keep));
+    }
+    for name in accepted {
+        let Some((offered_law, _)) = other_law(name) else {
+            continue;
+        };
+        let Some(from) = offered.iter().copied().find(|&pt| {
+            m.encoding_of(pt)
+                .is_some_and(|e| e.eq_ignore_ascii_case(offered_law))
+        }) else {
+            continue;
+        };
+        let Some(to) = LAWS
+            .iter()
+            .copied()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        else {
+            continue;
+        };
+        return Ok(Codecs::Translate { from, to, events });
+    }
+    Err(MediaError::NoCommonCodec)
+}
+
+/// Whether a call between `inbound` and `gateway` with the caller's `offer` (none: a late offer)
+/// bypasses the node: both trunks say `bypass` and the offer needs no translation towards the
+/// gateway. An offer that is not valid SDP bypasses too (nothing to translate it with).
+pub fn bypasses(inbound: &Trunk, gateway: &Trunk, offer: Option<&[u8]>) -> bool {
+    if inbound.media != MediaMode::Bypass || gateway.media != MediaMode::Bypass {
+        return false;
+    }
+    let Some(offer) = offer else {
+        return true;
+    };
+    let Ok(sdp) = Sdp::parse(offer) else {
+        return true;
+    };
+    !relayed_index(&sdp).is_some_and(|i| {
+        matches!(
+            choose(&sdp.media[i], &gateway.codecs),
+            Ok(Codecs::Translate { .. })
+        )
+    })
+}
+
+/// An offer rewritten for the other leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The new body.
+    pub body: Vec<u8>,
+    /// Whether the relay translates G.711 for it.
+    pub translates: bool,
+}
+
+/// Points every `c=` at the endpoint, the relayed section's port (and `a=rtcp`) at its ports, and
+/// disables the other sections.
+fn point_at(
+    sdp: &Sdp<'_>,
+    rw: &mut medpool_media::sdp::Rewrite<'_, '_>,
+    relayed: usize,
+    at: Endpoint,
+) -> Result<(), MediaError> {
+    rw.connection(at.ip);
+    for (i, m) in sdp.media.iter().enumerate() {
+        if i == relayed {
+            let mut mr = rw.media(i)?;
+            mr.port(at.rtp);
+            if let Some(r) = &m.rtcp {
+                mr.rtcp(Some((at.rtcp, r.connection.as_ref().map(|_| at.ip))));
+            }
+        } else if m.port != 0 {
+            rw.media(i)?.port(0);
+        }
+    }
+    Ok(())
+}
+
+/// The offer a peer sent, rewritten for the other leg's peer, whose trunk accepts `accepted`
+/// codecs (empty: any): it points at the node's endpoint `at` on that leg.
+pub fn offer_towards(
+    offer: &[u8],
+    at: Endpoint,
+    accepted: &[String],
+) -> Result<Rewritten, MediaError> {
+    let sdp = Sdp::parse(offer)?;
+    let relayed = relayed_index(&sdp).ok_or(MediaError::NoAudio)?;
+    let choice = choose(&sdp.media[relayed], accepted)?;
+    let mut rw = sdp.rewrite();
+    point_at(&sdp, &mut rw, relayed, at)?;
+    let translates = matches!(choice, Codecs::Translate { .. });
+    match choice {
+        Codecs::Unchanged => {}
+        Codecs::Keep(pts) => {
+            let map: Vec<(u8, u8)> = pts.iter().map(|&pt| (pt, pt)).collect();
+            rw.media(relayed)?.payloads(&map)?;
+        }
+        Codecs::Translate {
+            from,
+            to: (name, to),
+            events,
+        } => {
+            let mut map = vec![(from, to)];
+            map.extend(events.iter().map(|&pt| (pt, pt)));
+            let mut mr = rw.media(relayed)?;
+            mr.payloads(&map)?;
+            mr.retype(from, to, &format!("{name}/8000"))?;
+        }
+    }
+    Ok(Rewritten {
+        body: rw.finish(),
+        translates,
+    })
+}
+
+/// The answer a peer sent, rewritten for the offerer: it points at the node's endpoint `at` on
+/// the offerer's leg, and a G.711 law the offerer did not offer (the relay translates it) is named
+/// as the offerer's law again.
+pub fn answer_towards(answer: &[u8], offer: &[u8], at: Endpoint) -> Result<Vec<u8>, MediaError> {
+    let sdp = Sdp::parse(answer)?;
+    let Some(relayed) = relayed_index(&sdp) else {
+        // The answerer refused the stream (port 0): nothing to point anywhere but the addresses.
+        let mut rw = sdp.rewrite();
+        rw.connection(at.ip);
+        return Ok(rw.finish());
+    };
+    let mut rw = sdp.rewrite();
+    point_at(&sdp, &mut rw, relayed, at)?;
+    let original = Sdp::parse(offer).ok();
+    let offered = original
+        .as_ref()
+        .and_then(|o| relayed_index(o).map(|i| &o.media[i]));
+    if let Some(offered) = offered {
+        let m = &sdp.media[relayed];
+        let pts = m.payload_types().unwrap_or_default();
+        let mut map = Vec::with_capacity(pts.len());
+        let mut retype = None;
+        for &pt in &pts {
+            let enc = m.encoding_of(pt).unwrap_or_default();
+            let direct = offered.payload_types().unwrap_or_default().contains(&pt)
+                && offered
+                    .encoding_of(pt)
+                    .is_some_and(|e| e.eq_ignore_ascii_case(enc));
+            match other_law(enc).filter(|_| !direct) {
+                Some((law, _)) => match offered.payload_type_of(law, 8000) {
+                    Some(back) if retype.is_none() => {
+                        map.push((pt, back));
+                        retype = Some((pt, back, law));
+                    }
+                    _ => map.push((pt, pt)),
+                },
+                None => map.push((pt, pt)),
+            }
+        }
+        if let Some((pt, back, law)) = retype {
+            let mut mr = rw.media(relayed)?;
+            mr.payloads(&map)?;
+            mr.retype(pt, back, &format!("{law}/8000"))?;
+        }
+    }
+    Ok(rw.finish())
+}
+
+/// The endpoint of a relay leg as SDP advertises it.
+pub fn endpoint(advertise: IpAddr, local_rtp: SocketAddr, local_rtcp: SocketAddr) -> Endpoint {
+    Endpoint {
+        ip: advertise,
+        rtp: local_rtp.port(),
+        rtcp: local_rtcp.port(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::PoolConfig;
+
+    fn sdp(ip: &str, port: u16, fmts: &str, attrs: &str) -> Vec<u8> {
+        format!(
+            "v=0\r\no=pbx 1 7 IN IP4 {ip}\r\ns=call\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {fmts}\r\n{attrs}a=x-vendor:keep me\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn at(port: u16) -> Endpoint {
+        Endpoint {
+            ip: "192.0.2.100".parse().unwrap(),
+            rtp: port,
+            rtcp: port + 1,
+        }
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    const PCMA_ONLY: &str =
+        "a=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n";
+
+    #[test]
+    fn an_offer_points_at_the_relay_and_keeps_every_other_line() {
+        let offer = sdp(
+            "10.0.0.5",
+            4000,
+            "0 8 101",
+            "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n",
+        );
+        let out = offer_towards(&offer, at(20000), &[]).unwrap();
+        assert!(!out.translates);
+        assert_eq!(
+            text(&out.body),
+            text(&offer)
+                .replace("c=IN IP4 10.0.0.5", "c=IN IP4 192.0.2.100")
+                .replace("m=audio 4000", "m=audio 20000")
+        );
+    }
+
+    #[test]
+    fn a_second_section_is_disabled_and_rtcp_follows_the_relay() {
+        let mut offer = sdp("10.0.0.5", 4000, "0", "a=rtcp:4001 IN IP4 10.0.0.5\r\n");
+        offer.extend_from_slice(b"m=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n");
+        let out = text(&offer_towards(&offer, at(20000), &[]).unwrap().body);
+        assert!(
+            out.contains("m=audio 20000 RTP/AVP 0\r\na=rtcp:20001 IN IP4 192.0.2.100\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("m=video 0 RTP/AVP 96\r\n"), "{out}");
+    }
+
+    /// (offered formats, trunk codecs, formats offered to the trunk, translates)
+    #[test]
+    fn the_trunks_codecs_choose_what_is_offered_and_when_to_translate() {
+        let attrs = "a=rtpmap:18 G729/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let cases: &[(&str, &[&str], &str, bool)] = &[
+            ("0 8 101", &[], "0 8 101", false),
+            ("0 8 101", &["PCMA"], "8 101", false),
+            ("0 8 18 101", &["g729", "PCMU"], "18 0 101", false),
+            ("8 101", &["PCMU"], "0 101", true),
+            ("0", &["PCMA"], "8", true),
+            ("8 0", &["PCMU", "PCMA"], "0 8", false),
+            ("18 8", &["PCMU"], "0", true),
+        ];
+        for (fmts, codecs, expect, translates) in cases {
+            let codecs: Vec<String> = codecs.iter().map(|s| s.to_string()).collect();
+            let out =
+                offer_towards(&sdp("10.0.0.5", 4000, fmts, attrs), at(20000), &codecs).unwrap();
+            let body = text(&out.body);
+            assert!(
+                body.contains(&format!("m=audio 20000 RTP/AVP {expect}\r\n")),
+                "{fmts} {codecs:?}: {body}"
+            );
+            assert_eq!(out.translates, *translates, "{fmts} {codecs:?}");
+        }
+        let none = offer_towards(
+            &sdp("10.0.0.5", 4000, "18", attrs),
+            at(20000),
+            &["PCMU".into()],
+        );
+        assert_eq!(none, Err(MediaError::NoCommonCodec));
+    }
+
+    #[test]
+    fn a_translated_answer_names_the_offerers_law_and_the_plan_translates() {
+        let offer = sdp("10.0.0.5", 4000, "8 101", PCMA_ONLY);
+        let towards_b = offer_towards(&offer, at(20002), &["PCMU".into()]).unwrap();
+        assert!(
+            text(&towards_b.body)
+                .contains("m=audio 20002 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n")
+        );
+        let answer = sdp(
+            "10.0.1.9",
+            6000,
+            "0 101",
+            "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
+        );
+        let towards_a = text(&answer_towards(&answer, &offer, at(20000)).unwrap());
+        assert!(
+            towards_a.contains("c=IN IP4 192.0.2.100\r\nt=0 0\r\nm=audio 20000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n"),
+            "{towards_a}"
+        );
+        let plan = MediaPlan {
+            a_sdp: Some(offer),
+            b_sdp: Some(answer),
+        }
+        .session_plan();
+        assert_eq!(plan.a.rtp, Some("10.0.0.5:4000".parse().unwrap()));
+        assert_eq!(plan.b.rtp, Some("10.0.1.9:6000".parse().unwrap()));
+        assert!(plan.a_to_b.translates() && plan.b_to_a.translates());
+    }
+
+    #[test]
+    fn an_untranslated_answer_only_moves_addresses_and_the_plan_never_touches_payloads() {
+        let offer = sdp("10.0.0.5", 4000, "0 101", PCMA_ONLY);
+        let answer = sdp(
+            "10.0.1.9",
+            6000,
+            "0 101",
+            "a=rtpmap:101 telephone-event/8000\r\n",
+        );
+        let towards_a = answer_towards(&answer, &offer, at(20000)).unwrap();
+        assert_eq!(
+            text(&towards_a),
+            text(&answer)
+                .replace("c=IN IP4 10.0.1.9", "c=IN IP4 192.0.2.100")
+                .replace("m=audio 6000", "m=audio 20000")
+        );
+        let plan = MediaPlan {
+            a_sdp: Some(offer),
+            b_sdp: Some(answer),
+        }
+        .session_plan();
+        assert!(plan.a_to_b.is_identity() && plan.b_to_a.is_identity());
+        assert!(!plan.a.rtcp_mux && !plan.b.rtcp_mux);
+    }
+
+    #[test]
+    fn hold_is_read_from_either_peers_last_sdp() {
+        let live = sdp("10.0.0.5", 4000, "0", "a=sendrecv\r\n");
+        let mut plan = MediaPlan {
+            a_sdp: Some(live.clone()),
+            b_sdp: Some(live.clone()),
+        };
+        assert!(!plan.on_hold());
+        for held in [
+            sdp("10.0.0.5", 4000, "0", "a=sendonly\r\n"),
+            sdp("10.0.0.5", 4000, "0", "a=inactive\r\n"),
+            sdp("0.0.0.0", 4000, "0", ""),
+        ] {
+            plan.b_sdp = Some(held);
+            assert!(plan.on_hold());
+        }
+    }
+
+    #[test]
+    fn bypass_needs_both_trunks_and_no_translation() {
+        let text = crate::testkit::CONFIG
+            .replace(
+                "side = \"internal\"",
+                "side = \"internal\"\nmedia = \"bypass\"",
+            )
+            .replace(
+                "address = \"127.0.9.21\"",
+                "address = \"127.0.9.21\"\nmedia = \"bypass\"\ncodecs = [\"PCMU\"]",
+            );
+        let config = PoolConfig::from_toml_str(&text, "test.toml").unwrap();
+        let (pbx, gw1, gw2) = (
+            config.trunk("pbx").unwrap(),
+            config.trunk("gw1").unwrap(),
+            config.trunk("gw2").unwrap(),
+        );
+        let pcmu = sdp("10.0.0.5", 4000, "0", "");
+        let pcma = sdp("10.0.0.5", 4000, "8", "");
+        assert!(bypasses(pbx, gw1, Some(&pcmu)));
+        assert!(bypasses(pbx, gw1, None));
+        assert!(
+            !bypasses(pbx, gw1, Some(&pcma)),
+            "A-law needs translation towards gw1"
+        );
+        assert!(!bypasses(pbx, gw2, Some(&pcmu)), "gw2 relays");
+        assert!(!bypasses(gw2, gw1, Some(&pcmu)));
+    }
+}
