@@ -223,6 +223,9 @@ pub struct NodeCtx {
     pub(crate) forward_tx: mpsc::Sender<Forwarded>,
     /// The actor every call and gateway prober is linked to (set once the node has started it).
     pub(crate) supervisor: std::sync::OnceLock<ractor::ActorCell>,
+    /// The media relay runtime; `None`: signalling only (SDP passes unchanged, as with
+    /// `media = "bypass"` on every trunk).
+    pub media: Option<crate::media::MediaRuntime>,
 }
 
 impl std::fmt::Debug for NodeCtx {
@@ -459,6 +462,8 @@ pub(crate) struct CtxSettings {
     pub redact_numbers: bool,
     /// The SIP front door's source policy, kept in line with the configuration.
     pub gate: Arc<SourceGate>,
+    /// The media relay runtime (none: signalling only).
+    pub media: Option<crate::media::MediaRuntime>,
 }
 
 /// The queues a [`NodeCtx`] feeds the node's dispatcher through.
@@ -525,6 +530,7 @@ impl NodeCtx {
             redact_numbers: settings.redact_numbers,
             epoch: tokio::time::Instant::now(),
             supervisor: std::sync::OnceLock::new(),
+            media: settings.media,
         });
         (ctx, CtxQueues { core, forwarded })
     }

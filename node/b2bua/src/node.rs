@@ -85,6 +85,33 @@ pub struct NodeOptions {
     pub trusted_forwarders: Vec<std::net::IpAddr>,
     /// Keep only the last two digits of phone numbers in traces.
     pub redact_numbers: bool,
+    /// The media relay (`None`: signalling only, SDP passed on unchanged).
+    pub media: Option<MediaOptions>,
+}
+
+/// Where the node relays media.
+#[derive(Debug, Clone)]
+pub struct MediaOptions {
+    /// The address media sockets bind to; `None`: the SIP listen address's IP.
+    pub listen: Option<std::net::IpAddr>,
+    /// The address put in SDP; `None`: the media listen address.
+    pub advertise: Option<std::net::IpAddr>,
+    /// The UDP port range of the relay endpoints.
+    pub ports: medpool_media::relay::PortRange,
+}
+
+impl MediaOptions {
+    /// The relay runtime for a node whose SIP listens on `sip_ip`.
+    pub fn runtime(&self, sip_ip: std::net::IpAddr) -> crate::media::MediaRuntime {
+        let listen = self.listen.unwrap_or(sip_ip);
+        crate::media::MediaRuntime {
+            relay: medpool_media::relay::Relay::new(medpool_media::relay::RelayConfig {
+                listen,
+                ports: self.ports,
+            }),
+            advertise: self.advertise.unwrap_or(listen),
+        }
+    }
 }
 
 impl Default for NodeOptions {
@@ -96,6 +123,7 @@ impl Default for NodeOptions {
             max_transactions: 1_000_000,
             trusted_forwarders: Vec::new(),
             redact_numbers: false,
+            media: None,
         }
     }
 }
@@ -161,6 +189,7 @@ pub async fn start(
         trusted_forwarders: opts.trusted_forwarders.clone(),
         redact_numbers: opts.redact_numbers,
         gate: opts.sip.gate.clone(),
+        media: opts.media.as_ref().map(|m| m.runtime(sip_addr.ip())),
     };
     let (ctx, queues) = NodeCtx::new(
         settings,

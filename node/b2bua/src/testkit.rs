@@ -117,6 +117,7 @@ impl TestNode {
             trusted_forwarders: Vec::new(),
             redact_numbers: false,
             gate: Default::default(),
+            media: None,
         };
         let config = PoolConfig::from_toml_str(CONFIG, "test.toml").unwrap();
         let (ctx, queues) = NodeCtx::new(

@@ -74,6 +74,9 @@ pub struct ServeArgs {
     /// Pool membership (omit `--raft-listen` for the embedded single-node pool).
     #[command(flatten)]
     pub pool: PoolArgs,
+    /// The media relay.
+    #[command(flatten)]
+    pub media: MediaArgs,
     /// The admin gRPC API.
     #[command(flatten)]
     pub admin: crate::admin::AdminArgs,
@@ -122,6 +125,38 @@ pub struct PoolArgs {
     /// only; the format is documented in medpool-cluster's `audit` module.
     #[arg(long, env = "MEDPOOL_AUDIT_FILE", value_name = "PATH")]
     pub audit_file: Option<PathBuf>,
+}
+
+/// Media relay flags: where RTP is received and what address SDP advertises.
+#[derive(Debug, Clone, Args)]
+pub struct MediaArgs {
+    /// Address the media relay binds its UDP ports on; default: the SIP listen address's IP.
+    #[arg(long, env = "MEDPOOL_MEDIA_LISTEN")]
+    pub media_listen: Option<std::net::IpAddr>,
+    /// Address put in the SDP the node sends (peers send RTP to it); default: --media-listen.
+    /// Behind NAT or in Kubernetes: the pod's or the host's reachable IP.
+    #[arg(long, env = "MEDPOOL_MEDIA_ADVERTISE")]
+    pub media_advertise: Option<std::net::IpAddr>,
+    /// UDP port range of the relay, `LOW-HIGH` (RTP on even ports, RTCP on the next odd one; two
+    /// pairs per relayed call). A full range refuses new relayed calls with 503.
+    #[arg(long, env = "MEDPOOL_MEDIA_PORTS", default_value = "20000-29999", value_parser = parse_port_range)]
+    pub media_ports: medpool_media::relay::PortRange,
+}
+
+impl MediaArgs {
+    /// The node's media options.
+    pub fn options(&self) -> medpool_b2bua::node::MediaOptions {
+        medpool_b2bua::node::MediaOptions {
+            listen: self.media_listen,
+            advertise: self.media_advertise,
+            ports: self.media_ports,
+        }
+    }
+}
+
+fn parse_port_range(s: &str) -> Result<medpool_media::relay::PortRange, String> {
+    medpool_media::relay::PortRange::parse(s)
+        .map_err(|e| format!("{e} (expected LOW-HIGH, e.g. 20000-29999)"))
 }
 
 /// Why `serve` stopped with an error.
@@ -307,6 +342,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
         max_transactions: args.max_transactions,
         trusted_forwarders: args.trusted_forwarders.clone(),
         redact_numbers: args.trace_redact_numbers,
+        media: Some(args.media.options()),
     };
     let trunks = config.trunks.len();
     let routes = config.routes.len();
