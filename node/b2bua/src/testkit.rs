@@ -98,8 +98,14 @@ pub(crate) fn addr(s: &str) -> SocketAddr {
 }
 
 impl TestNode {
-    /// A node context with its supervisor and its gateway table (no prober actors: no OPTIONS).
+    /// A node context with its supervisor and its gateway table (no prober actors: no OPTIONS),
+    /// signalling only (no media relay).
     pub(crate) async fn new() -> TestNode {
+        Self::with(CONFIG, None).await
+    }
+
+    /// A node context with configuration `config` and the media relay `media`.
+    pub(crate) async fn with(config: &str, media: Option<crate::media::MediaRuntime>) -> TestNode {
         let (tx, sent) = mpsc::channel(1024);
         let wire = Arc::new(ChannelWire {
             tx,
@@ -117,9 +123,9 @@ impl TestNode {
             trusted_forwarders: Vec::new(),
             redact_numbers: false,
             gate: Default::default(),
-            media: None,
+            media,
         };
-        let config = PoolConfig::from_toml_str(CONFIG, "test.toml").unwrap();
+        let config = PoolConfig::from_toml_str(config, "test.toml").unwrap();
         let (ctx, queues) = NodeCtx::new(
             settings,
             wire,
@@ -221,6 +227,11 @@ pub(crate) enum Expect {
 
 /// A new call's INVITE from the pbx.
 pub(crate) fn invite(call_id: &str) -> Bytes {
+    invite_with(call_id, b"v=0\r\n")
+}
+
+/// A new call's INVITE from the pbx with `sdp` as its body (empty: none, a late offer).
+pub(crate) fn invite_with(call_id: &str, sdp: &[u8]) -> Bytes {
     let mut b = MessageBuilder::request_method(Method::Invite, b"sip:+15550100@127.0.9.100");
     b.header(
         HeaderName::Via,
@@ -234,8 +245,10 @@ pub(crate) fn invite(call_id: &str) -> Bytes {
     .header(HeaderName::To, b"<sip:+15550100@127.0.9.100>")
     .header(HeaderName::CallId, call_id.as_bytes())
     .header(HeaderName::CSeq, b"1 INVITE")
-    .header(HeaderName::Contact, format!("<sip:alice@{PBX}>").as_bytes())
-    .body(b"application/sdp", Bytes::from_static(b"v=0\r\n"));
+    .header(HeaderName::Contact, format!("<sip:alice@{PBX}>").as_bytes());
+    if !sdp.is_empty() {
+        b.body(b"application/sdp", Bytes::copy_from_slice(sdp));
+    }
     b.build()
 }
 

@@ -8,7 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::call::Call;
 use super::msg::{DialogArgs, DialogMsg, DialogStart, Phase};
-use super::{record, relay, setup, teardown};
+use super::{media, record, relay, setup, teardown};
 use crate::cluster::DialogRecord;
 use crate::ctx::NodeCtx;
 use crate::txlayer::CallEvent;
@@ -85,6 +85,7 @@ impl Actor for DialogActor {
             DialogMsg::FastFailover { attempt } => setup::on_fast_failover(st, me, attempt),
             DialogMsg::Retransmit2xx { interval } => setup::on_retransmit_2xx(st, me, interval),
             DialogMsg::SessionRefresh => relay::on_session_refresh(st, me),
+            DialogMsg::MediaCheck => media::on_media_check(st, me),
             DialogMsg::Hangup => teardown::on_hangup(st, me),
             DialogMsg::Info(reply) => {
                 let _ = reply.send(st.info());

@@ -35,6 +35,8 @@ pub(super) struct Attempt {
     pub(super) answered: bool,
     /// A final response arrived or the transaction ended: nothing more can come that needs us.
     pub(super) settled: bool,
+    /// The attempt's media goes through the node's relay (else its SDP passes unchanged).
+    pub(super) relayed: bool,
 }
 
 /// An in-dialog request being relayed: answer `server` on `from` when `client` gets its final.
@@ -48,6 +50,8 @@ pub(super) struct Relay {
     pub(super) request: Envelope,
     /// For a relayed INVITE answered 2xx: the CSeq to ACK on the far leg with the caller's ACK.
     pub(super) invite_cseq: Option<u32>,
+    /// The request carried an SDP offer (so an SDP in its answer is the answer to it).
+    pub(super) offered: bool,
 }
 
 /// The state of one call.
@@ -99,6 +103,17 @@ pub struct Call {
     pub(super) actor: ActorId,
     /// What the call held on the node was given back (see `Call::release`).
     pub(super) released: bool,
+    /// The call's media: the last SDP of each peer (see [`crate::media`]).
+    pub(super) media: crate::media::MediaPlan,
+    /// The relay session, once a relayed attempt opened it (closed when the call is released).
+    pub(super) media_session: Option<medpool_media::relay::Session>,
+    /// The media timeout (the shorter of the call's trunks'), when the media is relayed.
+    pub(super) media_timeout: Option<Duration>,
+    /// Since when the media timeout counts silence: the answer, the last offer or answer, or the
+    /// last check that found the call on hold (silence before them does not count).
+    pub(super) media_counted_from: Instant,
+    /// Why the last gateway candidate could not be tried for media reasons, if it could not.
+    pub(super) media_refusal: Option<super::media::MediaRefusal>,
 }
 
 impl Call {
@@ -239,6 +254,11 @@ impl Call {
             ended: false,
             actor: seed.actor,
             released: false,
+            media: Default::default(),
+            media_session: None,
+            media_timeout: None,
+            media_counted_from: Instant::now(),
+            media_refusal: None,
         }
     }
 

@@ -178,13 +178,14 @@ impl Leg {
 /// Builds a response on a leg to `request` (received on it), relaying what matters from `from`
 /// (the other leg's response): body and content type, the relayed headers, Contact when it is a 1xx/2xx
 /// to a dialog-forming or target-refreshing request, and the request's Record-Route on dialog creation.
+/// `from` comes with the body to put in place of its own, if any (SDP rewritten for the relay).
 pub fn relay_response(
     me: &Me,
     request: &Envelope,
     status: u16,
     reason: &[u8],
     to_tag: &str,
-    from: Option<&SipMessage>,
+    from: Option<(&SipMessage, Option<&[u8]>)>,
     rseq: Option<u32>,
 ) -> Bytes {
     let req = &request.msg;
@@ -206,14 +207,20 @@ pub fn relay_response(
     if let Some(rseq) = rseq {
         b.header_fmt(HeaderName::RSeq, format_args!("{rseq}"));
     }
-    if let Some(src) = from {
-        relay_request_parts(&mut b, src, &[]);
+    if let Some((src, body)) = from {
+        relay_request_parts(&mut b, src, &[], body);
     }
     b.build()
 }
 
-/// Copies the relayed headers and the body of `src` onto a request or response being built.
-pub fn relay_request_parts(b: &mut MessageBuilder, src: &SipMessage, skip: &[HeaderName]) {
+/// Copies the relayed headers and the body of `src` (or `body` in its place, with its content
+/// type) onto a request or response being built.
+pub fn relay_request_parts(
+    b: &mut MessageBuilder,
+    src: &SipMessage,
+    skip: &[HeaderName],
+    body: Option<&[u8]>,
+) {
     for h in RELAYED_HEADERS.iter().filter(|h| !skip.contains(h)) {
         b.copy_headers(src, *h);
     }
@@ -222,11 +229,12 @@ pub fn relay_request_parts(b: &mut MessageBuilder, src: &SipMessage, skip: &[Hea
             b.header_named(name.as_bytes(), v);
         }
     }
-    if !src.body().is_empty() {
+    let body = body.unwrap_or(src.body());
+    if !body.is_empty() {
         let ct = src
             .header(HeaderName::ContentType)
             .unwrap_or(b"application/sdp");
-        b.body(ct, Bytes::copy_from_slice(src.body()));
+        b.body(ct, Bytes::copy_from_slice(body));
     }
 }
 

@@ -19,15 +19,19 @@
 //! which concern handles what),
 //! `call` (the state, built by one constructor for new and rebuilt calls), `outbound` (the leg-B
 //! INVITE, a pure function), `setup` (answers to the caller, gateway attempts and failover),
-//! `relay` (in-dialog requests between the legs, the session-timer refresh), `teardown` (BYE, the
+//! `relay` (in-dialog requests between the legs, the session-timer refresh), `media` (the relay
+//! session, SDP of offers and answers rewritten for the other leg, the media timeout), `teardown` (BYE, the
 //! end, what a stopped call gives back), `record` (the replicated record and rebuilding a call
 //! from it), `spans` (trace spans), `leg` (one leg's dialog identifiers and message builders).
-//! They import in one direction: `msg` → `call` (with `leg`, `outbound`, `spans`) → `setup`,
+//! They import in one direction: `msg` → `call` (with `leg`, `outbound`, `spans`) → `media` → `setup`,
 //! `relay` → `teardown` (which ACKs through `relay`), `record` → `actor`.
 
 mod actor;
 mod call;
 pub mod leg;
+mod media;
+#[cfg(test)]
+mod media_tests;
 mod msg;
 mod outbound;
 mod record;

@@ -46,6 +46,8 @@ pub enum DialogMsg {
     },
     /// The session timer refresh is due (we are the refresher on leg B).
     SessionRefresh,
+    /// Time to check that the call's relayed media still flows (the media timeout).
+    MediaCheck,
     /// Hang the call up: BYE both confirmed legs (admin or shutdown).
     Hangup,
     /// Report the call's state.

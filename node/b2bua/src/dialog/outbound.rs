@@ -34,7 +34,10 @@ pub(super) struct OutboundInvite {
 }
 
 /// Builds the INVITE to `trunk` for the caller's INVITE `a`, with `called` and `calling` as the
-/// inbound trunk normalised them. None when the trunk has no IP address.
+/// inbound trunk normalised them, and the caller's body or `body` in its place (the offer rewritten
+/// for the relay; empty: none). None when the trunk has no IP address.
+// The INVITE is a pure function of all of these; a struct for them would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn outbound_invite(
     me: &Me,
     a: &SipMessage,
@@ -43,6 +46,7 @@ pub(super) fn outbound_invite(
     called: &str,
     calling: &str,
     ids: OutboundIds,
+    body: Option<&[u8]>,
 ) -> Option<OutboundInvite> {
     let transport = match trunk.transport {
         crate::config::Transport::Udp => Transport::Udp,
@@ -143,11 +147,12 @@ pub(super) fn outbound_invite(
         b.copy_headers(a, HeaderName::HistoryInfo);
         b.copy_headers(a, HeaderName::Diversion);
     }
-    if !a.body().is_empty() {
+    let body = body.unwrap_or(a.body());
+    if !body.is_empty() {
         let ct = a
             .header(HeaderName::ContentType)
             .unwrap_or(b"application/sdp");
-        b.body(ct, Bytes::copy_from_slice(a.body()));
+        b.body(ct, Bytes::copy_from_slice(body));
     }
     Some(OutboundInvite {
         bytes: b.build(),
@@ -194,8 +199,17 @@ mod tests {
         let config = PoolConfig::from_toml_str(CONFIG, "test.toml").unwrap();
         let gw1 = config.trunk("gw1").unwrap();
         let caller = SipMessage::parse(crate::testkit::invite("o-1")).unwrap();
-        let out =
-            outbound_invite(&me(), &caller, gw1, false, "+15550100", "+15550111", ids()).unwrap();
+        let out = outbound_invite(
+            &me(),
+            &caller,
+            gw1,
+            false,
+            "+15550100",
+            "+15550111",
+            ids(),
+            None,
+        )
+        .unwrap();
         let inv = SipMessage::parse(out.bytes).unwrap();
         assert_eq!(inv.method(), Some(Method::Invite));
         assert_eq!(
@@ -228,7 +242,8 @@ mod tests {
         let config = PoolConfig::from_toml_str(&text, "test.toml").unwrap();
         let gw1 = config.trunk("gw1").unwrap();
         let caller = SipMessage::parse(crate::testkit::invite("o-2")).unwrap();
-        let out = outbound_invite(&me(), &caller, gw1, false, "+15550100", "", ids()).unwrap();
+        let out =
+            outbound_invite(&me(), &caller, gw1, false, "+15550100", "", ids(), None).unwrap();
         let inv = SipMessage::parse(out.bytes).unwrap();
         assert_eq!(inv.session_expires().unwrap().unwrap().delta, 1800);
         assert!(inv.supported().any(|t| t.eq_ignore_ascii_case(b"timer")));
@@ -260,8 +275,17 @@ mod tests {
             (true, &untrusting, false), // nor is it given to a trunk outside the trust domain
             (false, &untrusting, false),
         ] {
-            let out =
-                outbound_invite(&me(), &caller, gateway, inbound, "+15550100", "", ids()).unwrap();
+            let out = outbound_invite(
+                &me(),
+                &caller,
+                gateway,
+                inbound,
+                "+15550100",
+                "",
+                ids(),
+                None,
+            )
+            .unwrap();
             let inv = SipMessage::parse(out.bytes).unwrap();
             let pai = inv.header(HeaderName::PAssertedIdentity);
             assert_eq!(

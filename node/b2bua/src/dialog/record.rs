@@ -172,6 +172,7 @@ pub(super) fn restored(
         called: String::new(),
         calling: String::new(),
         answered_b: Some(Attempt {
+            relayed: false,
             span: b_span,
             tx_span: tracing::Span::none(),
             leg: b,

@@ -21,9 +21,23 @@ pub(super) fn on_response(
 ) {
     // 1. A relayed in-dialog request (a leg-B INVITE's answers are set-up's).
     if let Some(pos) = st.relays.iter().position(|r| r.client == key) {
+        let from_side = match st.relays[pos].from {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        };
+        let body = if (101..300).contains(&status)
+            && matches!(
+                st.relays[pos].request.msg.method(),
+                Some(Method::Invite | Method::Update)
+            ) {
+            let offered = st.relays[pos].offered;
+            st.media_sdp_of(from_side, &env.msg, !offered)
+        } else {
+            None
+        };
         if status < 200 {
             if status > 100 {
-                answer_relayed(st, &st.relays[pos], status, &env);
+                answer_relayed(st, &st.relays[pos], status, &env, body.as_deref());
             }
             return;
         }
@@ -55,7 +69,7 @@ pub(super) fn on_response(
                 }
             }
         }
-        answer_relayed(st, &r, status, &env);
+        answer_relayed(st, &r, status, &env, body.as_deref());
         st.maybe_finish(myself);
         return;
     }
@@ -66,9 +80,9 @@ pub(super) fn on_response(
     }
 }
 
-/// Answers relayed request `r` on the side it came from with the far side's response `env`,
-/// under our tag on that side.
-fn answer_relayed(st: &Call, r: &Relay, status: u16, env: &Envelope) {
+/// Answers relayed request `r` on the side it came from with the far side's response `env` (its
+/// body, or `body` in its place), under our tag on that side.
+fn answer_relayed(st: &Call, r: &Relay, status: u16, env: &Envelope, body: Option<&[u8]>) {
     let tag = match r.from {
         Side::A => st.a.local_tag.clone(),
         Side::B => st
@@ -82,7 +96,7 @@ fn answer_relayed(st: &Call, r: &Relay, status: u16, env: &Envelope) {
         status,
         env.msg.reason_phrase().unwrap_or_default(),
         &tag,
-        Some(&env.msg),
+        Some((&env.msg, body)),
         None,
     );
     if let Some(e) = r.request.reply(bytes) {
@@ -99,8 +113,10 @@ pub(super) fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, en
             if let Some(idx) = st.attempts.iter().position(|a| a.answered && !a.abandoned) {
                 st.a_2xx = None;
                 // End-to-end ACK: the caller's ACK may carry the SDP answer to a late offer.
-                send_ack_b(st, idx, 1, Some(&env.msg), true);
+                let sdp = st.media_sdp_of(Side::A, &env.msg, false);
+                send_ack_b(st, idx, 1, Some(&env.msg), sdp.as_deref(), true);
             }
+            st.start_media_timeout(myself);
             if !st.stored
                 && let Some(rec) = st.record()
                 && st.ctx.store.store(rec)
@@ -116,7 +132,8 @@ pub(super) fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, en
             if let Some(pos) = st.pending_ack_b.iter().position(|(a, _)| *a == cseq) {
                 let (_, b_cseq) = st.pending_ack_b.remove(pos);
                 if let Some(idx) = st.attempts.iter().position(|a| a.answered && !a.abandoned) {
-                    send_ack_b(st, idx, b_cseq, Some(&env.msg), false);
+                    let sdp = st.media_sdp_of(Side::A, &env.msg, false);
+                    send_ack_b(st, idx, b_cseq, Some(&env.msg), sdp.as_deref(), false);
                 }
             }
         }
@@ -124,13 +141,15 @@ pub(super) fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, en
             if let Some(pos) = st.pending_ack_a.iter().position(|(b, _)| *b == cseq) {
                 let (_, a_cseq) = st.pending_ack_a.remove(pos);
                 let branch = ids::new_branch(st.shard);
+                let sdp = st.media_sdp_of(Side::B, &env.msg, false);
                 let mut b = st.a.request(&st.ctx.me, b"ACK", a_cseq, &branch);
-                if !env.msg.body().is_empty() {
+                let body = sdp.as_deref().unwrap_or(env.msg.body());
+                if !body.is_empty() {
                     let ct = env
                         .msg
                         .header(HeaderName::ContentType)
                         .unwrap_or(b"application/sdp");
-                    b.body(ct, Bytes::copy_from_slice(env.msg.body()));
+                    b.body(ct, Bytes::copy_from_slice(body));
                 }
                 let hop = st.a.next_hop();
                 let _ = st.ctx.transports.send_now(st.a.transport, hop, b.build());
@@ -140,24 +159,27 @@ pub(super) fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, en
 }
 
 /// Sends an ACK on a leg-B attempt (end to end: `body` is the caller's ACK, which may carry the SDP
-/// answer to a late offer). `keep` remembers it to re-ACK retransmitted 2xx.
+/// answer to a late offer; `sdp` goes in place of its body when given). `keep` remembers it to
+/// re-ACK retransmitted 2xx.
 pub(super) fn send_ack_b(
     st: &mut Call,
     idx: usize,
     cseq: u32,
     body: Option<&SipMessage>,
+    sdp: Option<&[u8]>,
     keep: bool,
 ) {
     let att = &st.attempts[idx];
     let branch = ids::new_branch(st.shard);
     let mut b = att.leg.request(&st.ctx.me, b"ACK", cseq, &branch);
-    if let Some(src) = body
-        && !src.body().is_empty()
-    {
-        let ct = src
-            .header(HeaderName::ContentType)
-            .unwrap_or(b"application/sdp");
-        b.body(ct, Bytes::copy_from_slice(src.body()));
+    if let Some(src) = body {
+        let content = sdp.unwrap_or(src.body());
+        if !content.is_empty() {
+            let ct = src
+                .header(HeaderName::ContentType)
+                .unwrap_or(b"application/sdp");
+            b.body(ct, Bytes::copy_from_slice(content));
+        }
     }
     let hop = att.leg.next_hop();
     let transport = att.leg.transport;
@@ -289,7 +311,26 @@ pub(super) fn on_request(
         b.copy_headers(&env.msg, HeaderName::ReferTo);
         b.copy_headers(&env.msg, HeaderName::ReferredBy);
     }
-    relay_request_parts(&mut b, &env.msg, &[]);
+    // An offer in a re-INVITE or UPDATE (hold, resume, a codec change) is rewritten for the
+    // far leg, and the relay follows the offerer at once (RFC 3264 §8: it listens there now).
+    let offered = matches!(method, Method::Invite | Method::Update)
+        && super::media::sdp_body(&env.msg).is_some();
+    let body = if offered {
+        let sdp = super::media::sdp_body(&env.msg)
+            .unwrap_or_default()
+            .to_vec();
+        match st.media_sdp(side, &sdp, true) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(parent: &st.span, error = %e, "an offer the relay cannot carry");
+                respond_local(st, 488, &[]);
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    relay_request_parts(&mut b, &env.msg, &[], body.as_deref());
     if let Some(l) = st.leg_mut(to_side) {
         l.local_cseq = cseq_far;
     }
@@ -314,6 +355,7 @@ pub(super) fn on_request(
             server: key,
             request: env,
             invite_cseq: (method == Method::Invite).then_some(cseq_far),
+            offered,
         }),
         None => respond_local(st, 503, &[]),
     }

@@ -11,6 +11,7 @@ use ractor::ActorRef;
 
 use super::call::{Attempt, Call, CallSeed};
 use super::leg::{Leg, local_response, relay_response};
+use super::media::{AttemptMedia, MediaRefusal};
 use super::msg::{DialogArgs, DialogMsg, Phase};
 use super::outbound::{OutboundIds, outbound_invite};
 use super::spans::call_span;
@@ -60,8 +61,15 @@ impl Call {
         }
     }
 
-    /// Relays a gateway's response to the caller's INVITE (same status and reason, its body and headers).
-    pub(super) fn relay_to_a(&mut self, status: u16, from: &SipMessage, rseq: Option<u32>) {
+    /// Relays a gateway's response to the caller's INVITE (same status and reason, its headers, and
+    /// its body or `body` in its place).
+    pub(super) fn relay_to_a(
+        &mut self,
+        status: u16,
+        from: &SipMessage,
+        rseq: Option<u32>,
+        body: Option<&[u8]>,
+    ) {
         let Some(inv) = self.a_invite.clone() else {
             return;
         };
@@ -72,7 +80,7 @@ impl Call {
             status,
             &reason,
             &self.a.local_tag,
-            Some(from),
+            Some((from, body)),
             rseq,
         );
         self.respond_a(status, bytes);
@@ -103,6 +111,18 @@ impl Call {
             let Some(trunk) = config.trunk(&cand.trunk).cloned() else {
                 continue;
             };
+            let media = match self.attempt_media(&trunk) {
+                Ok(m) => m,
+                Err(refusal) => {
+                    self.media_refusal = Some(refusal);
+                    let why = match refusal {
+                        MediaRefusal::Ports => "media ports exhausted",
+                        MediaRefusal::Offer => "offer not acceptable to the trunk",
+                    };
+                    self.history.push((trunk.name.clone(), why.into()));
+                    continue;
+                }
+            };
             if !self.ctx.gateways.try_acquire(&trunk) {
                 self.history
                     .push((trunk.name.clone(), "at capacity".into()));
@@ -111,7 +131,7 @@ impl Call {
             if let Some(prev) = self.gateway_active.replace(trunk.name.clone()) {
                 self.ctx.gateways.release(&prev);
             }
-            let Some(att) = self.build_attempt(&trunk) else {
+            let Some(att) = self.build_attempt(&trunk, media) else {
                 continue;
             };
             let key = att.key.clone();
@@ -142,7 +162,7 @@ impl Call {
         false
     }
 
-    pub(super) fn build_attempt(&self, trunk: &Trunk) -> Option<Attempt> {
+    pub(super) fn build_attempt(&self, trunk: &Trunk, media: AttemptMedia) -> Option<Attempt> {
         let inv = self.a_invite.as_ref()?;
         let ids = OutboundIds {
             call_id: ids::new_call_id(self.shard),
@@ -158,6 +178,10 @@ impl Call {
             &self.called,
             &self.calling,
             ids,
+            match &media {
+                AttemptMedia::Bypass => None,
+                AttemptMedia::Relayed(body) => Some(body),
+            },
         )?;
         let leg = out.leg;
         let call_id = String::from_utf8_lossy(&leg.call_id).into_owned();
@@ -194,6 +218,7 @@ impl Call {
             abandoned: false,
             answered: false,
             settled: false,
+            relayed: matches!(media, AttemptMedia::Relayed(_)),
         })
     }
 
@@ -245,7 +270,7 @@ impl Call {
             mapped,
             &reason,
             &self.a.local_tag,
-            response,
+            response.map(|r| (r, None)),
             None,
         );
         self.respond_a(mapped, bytes);
@@ -292,6 +317,16 @@ impl Call {
                 self.ctx.registry.remove_client(&key);
             }
         }
+    }
+
+    /// The SDP of a gateway's 18x or 2xx to our INVITE, rewritten for the caller: the answer to the
+    /// caller's offer, or (a late offer: the caller's INVITE had none) the gateway's offer.
+    pub(super) fn media_from_gateway(&mut self, msg: &SipMessage) -> Option<Bytes> {
+        let caller_offered = self
+            .a_invite
+            .as_ref()
+            .is_some_and(|e| super::media::sdp_body(&e.msg).is_some());
+        self.media_sdp_of(crate::txlayer::Side::B, msg, !caller_offered)
     }
 
     /// Sends the leg-B ACK again for a retransmitted 2xx of the answer we took (none yet: the ACK
@@ -350,7 +385,8 @@ pub(super) fn on_invite_response(
                 .learn_remote(&env.msg, env.msg.to_tag());
             let rseq = env.msg.rseq().and_then(|r| r.ok());
             if st.a_invite.is_some() {
-                st.relay_to_a(status, &env.msg, rseq);
+                let body = st.media_from_gateway(&env.msg);
+                st.relay_to_a(status, &env.msg, rseq, body.as_deref());
                 if st.phase == Phase::Calling {
                     st.phase = Phase::Early;
                 }
@@ -385,7 +421,8 @@ pub(super) fn on_invite_response(
                 let half = Duration::from_secs(u64::from(se.delta.max(2)) / 2);
                 st.session_refresh = Some(half);
             }
-            st.relay_to_a(status, &env.msg, None);
+            let body = st.media_from_gateway(&env.msg);
+            st.relay_to_a(status, &env.msg, None, body.as_deref());
             st.phase = Phase::Answered;
             if !st.a.transport.is_reliable() {
                 let t1 = st.ctx.timers.t1;
@@ -421,7 +458,7 @@ pub(super) fn on_invite_response(
                         mapped,
                         &reason,
                         &st.a.local_tag,
-                        Some(&env.msg),
+                        Some((&env.msg, None)),
                         None,
                     );
                     st.respond_a(mapped, bytes);
@@ -601,7 +638,11 @@ pub(super) fn start(st: &mut Call, myself: &ActorRef<DialogMsg>) {
             st.plan = plan.candidates;
             if !st.try_next(myself) {
                 let retry = config.node.retry_after.to_string();
-                st.fail_a(503, &[(HeaderName::RetryAfter, retry.as_bytes())]);
+                if st.media_refusal == Some(MediaRefusal::Offer) {
+                    st.fail_a(488, &[]);
+                } else {
+                    st.fail_a(503, &[(HeaderName::RetryAfter, retry.as_bytes())]);
+                }
                 st.maybe_finish(myself);
             }
         }

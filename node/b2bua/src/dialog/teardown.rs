@@ -18,7 +18,7 @@ impl Call {
         att.leg.learn_from_answer(&env.msg);
         att.answered = true;
         let cseq = env.msg.cseq().and_then(|c| c.ok()).map_or(1, |c| c.seq);
-        send_ack_b(self, idx, cseq, None, false);
+        send_ack_b(self, idx, cseq, None, None, false);
         let leg = self.attempts[idx].leg.clone();
         self.send_bye_on(&leg, myself);
     }
@@ -103,7 +103,7 @@ pub(super) fn on_shard_released(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         if st.phase == Phase::Answered
             && let Some(idx) = st.attempts.iter().position(|a| a.answered && !a.abandoned)
         {
-            send_ack_b(st, idx, 1, None, true);
+            send_ack_b(st, idx, 1, None, None, true);
         }
         for i in 0..st.attempts.len() {
             if !st.attempts[i].answered {
@@ -148,6 +148,7 @@ impl Call {
         if std::mem::replace(&mut self.released, true) {
             return;
         }
+        self.close_media();
         let reg = &self.ctx.registry;
         reg.remove_call(
             &self.a_key,
