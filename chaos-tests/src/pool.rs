@@ -66,6 +66,7 @@ options_interval_ms = 1000
 down_after = 3
 up_after = 1
 usages = ["inbound"]
+media = "bypass"
 "#,
             n = k + 1,
             ip = a.ip(),
@@ -84,6 +85,9 @@ address = "{pbx}"
 side = "internal"
 match_any_port = true
 usages = ["outbound"]
+# The simulated peers send no RTP yet: signalling only (a relayed call would be hung up by the
+# media timeout). The media invariant (issue 14) turns the relay on.
+media = "bypass"
 {gw1}{gw2}
 [[route]]
 name = "from-pstn"
