@@ -12,7 +12,7 @@
 //! | `127.0.n.22:5060`    | gateway `gw2`                                                |
 //! | `127.0.n.99:5070`    | a caller that is no configured trunk                         |
 //!
-//! Test numbers in use: calls.rs 11-22, failover.rs 31-34, rfc4475_udp.rs 41, admin.rs 201-203
+//! Test numbers in use: calls.rs 11-22, failover.rs 31-34, media.rs 156, rfc4475_udp.rs 41, admin.rs 201-203
 //! and ctl.rs 211 (3-node pools: admin_common/mod.rs).
 //!
 //! Every process a test starts is owned by a guard whose `Drop` stops it by PID and waits for it,
@@ -593,6 +593,12 @@ impl Sipp {
         self
     }
 
+    /// A scenario file outside tests/sipp (e.g. one a test wrote into its folder).
+    pub fn scenario_path(mut self, path: PathBuf) -> Self {
+        self.scenario = path;
+        self
+    }
+
     /// Any other SIPp arguments.
     pub fn arg(mut self, a: &str) -> Self {
         self.extra.push(a.to_owned());
@@ -762,6 +768,13 @@ impl SippProcess {
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
         self.guard.try_wait().is_none()
+    }
+
+    /// The full message trace so far (`-trace_msg`: every message with its body).
+    pub fn message_log(&self) -> String {
+        std::fs::read(&self.messages)
+            .map(|t| String::from_utf8_lossy(&t).into_owned())
+            .unwrap_or_default()
     }
 
     /// Every message in the short trace so far.

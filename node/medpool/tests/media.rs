@@ -1,0 +1,251 @@
+//! The media plane end to end: a real `medpool serve`, a SIPp caller that plays G.711 A-law
+//! audio (SIPp's own `g711a.pcap`, with `play_pcap_audio`) once the call is answered, and a SIPp
+//! gateway that echoes every RTP packet it receives back to its sender (`-rtp_echo`).
+//!
+//! - Relay (the default): the SDP reaching the gateway and the one reaching the caller point at
+//!   medpool, so the caller's audio can only reach the gateway, and its echo the caller, through
+//!   medpool's relay; the echo arriving at the caller's media port proves the round trip.
+//! - Bypass (`media = "bypass"` on both trunks): the SDP reaching the gateway is the caller's own.
+//!
+//! How the echo is seen: SIPp keeps its media port bound but does not read it (without
+//! `-rtp_echo`), so what arrives there stays queued in the socket; the kernel shows that queue
+//! (and what overflowed it) in `/proc/net/udp`, which the test reads while the call runs.
+//!
+//! Addresses (test number 156, see tests/common): one test per node address so the tests run in
+//! parallel: node 127.0.156.{1,2}, gateway 127.0.156.{21,22} (media port 42000), caller SIP on the
+//! node's address, caller media 127.0.156.{50,51}:40000.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    missing_docs
+)]
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{MedpoolNode, Sipp, TestDir, sleep_ms};
+
+const N: u8 = 156;
+const CALLER_MEDIA_PORT: u16 = 40000;
+const GW_MEDIA_PORT: u16 = 42000;
+
+/// SIPp's G.711 A-law capture (Debian's sip-tester ships it).
+fn g711a_pcap() -> PathBuf {
+    let candidates = [
+        "/usr/share/sip-tester/g711a.pcap",
+        "/usr/share/sipp/pcap/g711a.pcap",
+        "/usr/local/share/sipp/pcap/g711a.pcap",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "SIPp's g711a.pcap is not installed (looked in {candidates:?}): install Debian's \
+                 sip-tester (`apt-get install -y sip-tester`), which ships it"
+            )
+        })
+}
+
+fn config(node: &str, gw: &str, bypass: bool) -> String {
+    let media = if bypass { "media = \"bypass\"\n" } else { "" };
+    format!(
+        r#"# test media (written by tests/media.rs)
+[node]
+max_calls = 10
+
+[[trunk]]
+name = "pbx"
+address = "{node}"
+side = "internal"
+match_any_port = true
+usages = ["outbound"]
+{media}
+[[trunk]]
+name = "gw1"
+address = "{gw}"
+port = 5060
+side = "gateway"
+options_interval_ms = 500
+{media}
+[[route]]
+name = "to-gateway"
+pattern = '.*'
+usage = "outbound"
+trunks = ["gw1"]
+"#
+    )
+}
+
+/// The receive queue (bytes) and the drops of the UDP socket bound to `addr`, from
+/// /proc/net/udp; `None` when no socket is bound there.
+fn udp_queue(addr: SocketAddrV4) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/net/udp").unwrap();
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(addr.ip().octets()),
+        addr.port()
+    );
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&want.as_str()) {
+            return None;
+        }
+        let rx = f.get(4)?.split(':').nth(1)?;
+        let drops = f.last()?.parse().ok()?;
+        Some((u64::from_str_radix(rx, 16).ok()?, drops))
+    })
+}
+
+/// The SDP of the first message in a SIPp message trace that starts with `first_line` (as
+/// sent or received): its `c=` address and `m=audio` port.
+fn sdp_in(log: &str, first_line: &str) -> Option<(String, u16)> {
+    let at = log.find(first_line)?;
+    let msg = &log[at..];
+    let c = msg
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("c=IN IP4 "))?
+        .trim()
+        .to_owned();
+    let port = msg
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("m=audio "))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((c, port))
+}
+
+struct Outcome {
+    /// (c=, m= port) of the INVITE the gateway received.
+    at_gateway: (String, u16),
+    /// (c=, m= port) of the 200 the caller received.
+    at_caller: (String, u16),
+    /// The largest receive queue (bytes) seen on the caller's media port, and its drops.
+    echo: (u64, u64),
+}
+
+/// One call with audio from a caller at `node`'s address (media at `caller_media`) through the
+/// node at `node` to the echoing gateway at `gw`.
+fn talk(dir: &TestDir, node: &str, gw: &str, caller_media: &str, bypass: bool) -> Outcome {
+    let scenario = dir.file("uac_pcap.xml");
+    let template = std::fs::read_to_string(common::scenario("uac_pcap_template.xml")).unwrap();
+    std::fs::write(
+        &scenario,
+        template.replace("PCAP_FILE", &g711a_pcap().display().to_string()),
+    )
+    .unwrap();
+    let gateway = Sipp::uas("gw1", "uas_answer_pcma.xml", gw)
+        .arg("-rtp_echo")
+        .arg("-mi")
+        .arg(gw)
+        .arg("-mp")
+        .arg(&GW_MEDIA_PORT.to_string())
+        .spawn(dir);
+    let node_sip = format!("{node}:5060");
+    let _medpool = MedpoolNode::start_at(
+        dir,
+        N,
+        &node_sip,
+        &config(node, gw, bypass),
+        &["--shutdown-grace", "3"],
+        &[],
+    );
+    gateway.wait_for_probes(1, Duration::from_secs(10));
+
+    let media: SocketAddrV4 =
+        SocketAddrV4::new(caller_media.parse::<Ipv4Addr>().unwrap(), CALLER_MEDIA_PORT);
+    let mut caller = Sipp::uac("caller", "uac_pcap_template.xml", node, 5070, &node_sip)
+        .scenario_path(scenario)
+        .arg("-mi")
+        .arg(caller_media)
+        .arg("-mp")
+        .arg(&CALLER_MEDIA_PORT.to_string())
+        .spawn(dir);
+    // Watch the caller's media port while the call runs (SIPp closes it when it exits).
+    let mut echo = (0, 0);
+    let start = Instant::now();
+    while caller.running() && start.elapsed() < Duration::from_secs(40) {
+        if let Some((rx, drops)) = udp_queue(media) {
+            echo = (echo.0.max(rx), echo.1.max(drops));
+        }
+        sleep_ms(50);
+    }
+    caller.expect_success(Duration::from_secs(5));
+    let at_gateway = sdp_in(&gateway.message_log(), "INVITE sip:").unwrap_or_else(|| {
+        panic!(
+            "no SDP in the INVITE at the gateway:\n{}",
+            gateway.message_log()
+        )
+    });
+    let at_caller = sdp_in(&caller.message_log(), "SIP/2.0 200 OK")
+        .unwrap_or_else(|| panic!("no SDP in the 200 at the caller:\n{}", caller.message_log()));
+    Outcome {
+        at_gateway,
+        at_caller,
+        echo,
+    }
+}
+
+#[test]
+fn relayed_audio_comes_back_through_medpool() {
+    let dir = TestDir::new("media-relay");
+    let (node, gw) = ("127.0.156.1", "127.0.156.21");
+    let o = talk(&dir, node, gw, "127.0.156.50", false);
+    println!(
+        "relay: gateway saw {:?}, caller saw {:?}, echo at the caller: {} bytes queued, {} dropped",
+        o.at_gateway, o.at_caller, o.echo.0, o.echo.1
+    );
+    assert_eq!(
+        o.at_gateway.0, node,
+        "the gateway is told to send its RTP to medpool"
+    );
+    assert!(
+        (20000..=29999).contains(&o.at_gateway.1),
+        "{:?}",
+        o.at_gateway
+    );
+    assert_eq!(
+        o.at_caller.0, node,
+        "the caller is told to send its RTP to medpool"
+    );
+    assert!(
+        (20000..=29999).contains(&o.at_caller.1),
+        "{:?}",
+        o.at_caller
+    );
+    assert_ne!(o.at_caller.1, o.at_gateway.1, "one relay endpoint per leg");
+    assert!(
+        o.echo.0 > 0 || o.echo.1 > 0,
+        "the gateway's echo of the caller's audio never reached the caller's media port"
+    );
+}
+
+#[test]
+fn with_bypass_the_gateway_gets_the_callers_own_sdp() {
+    let dir = TestDir::new("media-bypass");
+    let (node, gw) = ("127.0.156.2", "127.0.156.22");
+    let o = talk(&dir, node, gw, "127.0.156.51", true);
+    println!(
+        "bypass: gateway saw {:?}, caller saw {:?}, echo at the caller: {} bytes queued, {} dropped",
+        o.at_gateway, o.at_caller, o.echo.0, o.echo.1
+    );
+    assert_eq!(
+        o.at_gateway,
+        ("127.0.156.51".to_owned(), CALLER_MEDIA_PORT),
+        "the caller's own media address"
+    );
+    assert_eq!(
+        o.at_caller,
+        (gw.to_owned(), GW_MEDIA_PORT),
+        "the gateway's own"
+    );
+    assert!(o.echo.0 > 0 || o.echo.1 > 0, "the echo came back directly");
+}
