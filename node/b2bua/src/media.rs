@@ -363,6 +363,44 @@ pub fn answer_towards(answer: &[u8], offer: &[u8], at: Endpoint) -> Result<Vec<u
     Ok(rw.finish())
 }
 
+/// Packets, bytes and sequence-gap losses of one direction of a leg.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaCounts {
+    /// RTP packets.
+    pub packets: u64,
+    /// RTP bytes (headers included).
+    pub bytes: u64,
+    /// Packets lost (sequence gaps).
+    pub lost: u64,
+}
+
+/// One leg's media as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegMedia {
+    /// The node's endpoint for this leg, as SDP advertises it.
+    pub local: SocketAddr,
+    /// Where the leg's peer sends from (once latched) or said it receives (its SDP).
+    pub remote: Option<SocketAddr>,
+    /// The first codec of the peer's last SDP (`PCMA/8000`); empty when unknown.
+    pub codec: String,
+    /// What the peer sent to the node.
+    pub received: MediaCounts,
+    /// What the node relayed to the peer (what the other leg's peer sent, forwarded).
+    pub sent: MediaCounts,
+    /// Milliseconds since the peer's last packet; `None` before its first.
+    pub last_packet_age_ms: Option<u64>,
+}
+
+/// The first codec (`<encoding>/<clock rate>`) of the relayed section of `sdp`.
+pub fn codec_of(sdp: &[u8]) -> Option<String> {
+    let s = Sdp::parse(sdp).ok()?;
+    let m = &s.media[relayed_index(&s)?];
+    let pt = *m.payload_types()?.first()?;
+    let enc = m.encoding_of(pt)?;
+    let clock = m.rtpmap(pt).and_then(|r| r.clock_rate).unwrap_or(8000);
+    Some(format!("{enc}/{clock}"))
+}
+
 /// The endpoint of a relay leg as SDP advertises it.
 pub fn endpoint(advertise: IpAddr, local_rtp: SocketAddr, local_rtcp: SocketAddr) -> Endpoint {
     Endpoint {

@@ -123,6 +123,37 @@ fn sdp_in(log: &str, first_line: &str) -> Option<(String, u16)> {
     Some((c, port))
 }
 
+/// `medpool ctl --server <node>:7001 -o json ARGS` (the admin API's default port on the node's IP).
+fn ctl_json(node: &str, args: &[&str]) -> serde_json::Value {
+    let out = medpool_harness::medpool_command(std::path::Path::new(env!("CARGO_BIN_EXE_medpool")))
+        .arg("ctl")
+        .arg("--server")
+        .arg(format!("{node}:7001"))
+        .arg("-o")
+        .arg("json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "medpool ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `calls show` of the node's only call, as JSON.
+fn show_the_call(node: &str) -> serde_json::Value {
+    let list = ctl_json(node, &["calls", "list"]);
+    let id = list
+        .pointer("/calls/0/call_id")
+        .or_else(|| list.pointer("/0/call_id"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("no call in {list}"))
+        .to_owned();
+    ctl_json(node, &["calls", "show", &id])
+}
+
 struct Outcome {
     /// (c=, m= port) of the INVITE the gateway received.
     at_gateway: (String, u16),
@@ -130,6 +161,8 @@ struct Outcome {
     at_caller: (String, u16),
     /// The largest receive queue (bytes) seen on the caller's media port, and its drops.
     echo: (u64, u64),
+    /// `medpool ctl calls show` of the call, taken once the echo reached the caller.
+    show: Option<serde_json::Value>,
 }
 
 /// One call with audio from a caller at `node`'s address (media at `caller_media`) through the
@@ -171,10 +204,16 @@ fn talk(dir: &TestDir, node: &str, gw: &str, caller_media: &str, bypass: bool) -
         .spawn(dir);
     // Watch the caller's media port while the call runs (SIPp closes it when it exits).
     let mut echo = (0, 0);
+    let mut show = None;
     let start = Instant::now();
     while caller.running() && start.elapsed() < Duration::from_secs(40) {
         if let Some((rx, drops)) = udp_queue(media) {
             echo = (echo.0.max(rx), echo.1.max(drops));
+        }
+        // A second into the echo, what the admin API says of the call's media.
+        if show.is_none() && echo.0 > 0 && start.elapsed() > Duration::from_secs(2) {
+            sleep_ms(1000);
+            show = Some(show_the_call(node));
         }
         sleep_ms(50);
     }
@@ -191,6 +230,7 @@ fn talk(dir: &TestDir, node: &str, gw: &str, caller_media: &str, bypass: bool) -
         at_gateway,
         at_caller,
         echo,
+        show,
     }
 }
 
@@ -226,6 +266,37 @@ fn relayed_audio_comes_back_through_medpool() {
         o.echo.0 > 0 || o.echo.1 > 0,
         "the gateway's echo of the caller's audio never reached the caller's media port"
     );
+    // The admin API's view of both legs' media, mid-call.
+    let show = o.show.expect("calls show was taken during the call");
+    println!("calls show: {show}");
+    let leg = |l: &str| {
+        show.get(l)
+            .and_then(|v| v.get("media"))
+            .unwrap_or_else(|| panic!("no media on leg {l}: {show}"))
+    };
+    let (a, b) = (leg("a"), leg("b"));
+    assert_eq!(a["local"], format!("{node}:{}", o.at_caller.1));
+    assert_eq!(b["local"], format!("{node}:{}", o.at_gateway.1));
+    assert_eq!(
+        a["remote"],
+        format!("127.0.156.50:{CALLER_MEDIA_PORT}"),
+        "latched to the caller"
+    );
+    assert_eq!(b["remote"], format!("{gw}:{GW_MEDIA_PORT}"));
+    assert_eq!(
+        (a["codec"].as_str(), b["codec"].as_str()),
+        (Some("PCMA/8000"), Some("PCMA/8000"))
+    );
+    let packets = |m: &serde_json::Value, dir: &str| m[dir]["packets"].as_u64().unwrap();
+    assert!(
+        packets(a, "received") > 0,
+        "the caller's audio reached medpool"
+    );
+    assert!(
+        packets(b, "received") > 0,
+        "the gateway's echo reached medpool"
+    );
+    assert!(packets(a, "sent") > 0 && packets(b, "sent") > 0);
 }
 
 #[test]
@@ -248,4 +319,9 @@ fn with_bypass_the_gateway_gets_the_callers_own_sdp() {
         "the gateway's own"
     );
     assert!(o.echo.0 > 0 || o.echo.1 > 0, "the echo came back directly");
+    let show = o.show.expect("calls show was taken during the call");
+    assert!(
+        show["a"]["media"].is_null() && show["b"]["media"].is_null(),
+        "no relayed media: {show}"
+    );
 }

@@ -11,7 +11,7 @@ use super::msg::{DialogArgs, DialogMsg, DialogStart, Phase};
 use super::{media, record, relay, setup, teardown};
 use crate::cluster::DialogRecord;
 use crate::ctx::NodeCtx;
-use crate::txlayer::CallEvent;
+use crate::txlayer::{CallEvent, Side};
 
 /// The actor (behaviour only; the state is [`Call`]).
 pub struct DialogActor;
@@ -88,7 +88,10 @@ impl Actor for DialogActor {
             DialogMsg::MediaCheck => media::on_media_check(st, me),
             DialogMsg::Hangup => teardown::on_hangup(st, me),
             DialogMsg::Info(reply) => {
-                let _ = reply.send(st.info());
+                let mut info = st.info();
+                info.a_media = st.leg_media(Side::A);
+                info.b_media = st.leg_media(Side::B);
+                let _ = reply.send(info);
             }
             #[cfg(test)]
             DialogMsg::PanicForTest => panic!("a panic planted by a test"),

@@ -287,6 +287,9 @@ impl Call {
             b_tags: self
                 .current()
                 .map(|a| (a.leg.local_tag.clone(), tag(&a.leg.remote_tag))),
+            // Filled in by the actor (the media concern sits above this file).
+            a_media: None,
+            b_media: None,
         }
     }
 }

@@ -205,6 +205,46 @@ impl Call {
         }
     }
 
+    /// What the admin API shows of `side`'s media (none when the media is not relayed).
+    pub(super) fn leg_media(&self, side: Side) -> Option<media::LegMedia> {
+        if !self.relaying() {
+            return None;
+        }
+        let s = self.media_session.as_ref()?;
+        let at = self.endpoint(side)?;
+        let leg = media_leg(side);
+        let sdp = match side {
+            Side::A => self.media.a_sdp.as_deref(),
+            Side::B => self.media.b_sdp.as_deref(),
+        };
+        let plan = s.plan();
+        let remote = s.latched(leg)[0].or(match side {
+            Side::A => plan.a.rtp,
+            Side::B => plan.b.rtp,
+        });
+        let counts = |l: MediaLeg| {
+            let c = s.counters(l);
+            (
+                media::MediaCounts {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    lost: c.lost,
+                },
+                c.last_packet_age_ms(s.elapsed_ms()),
+            )
+        };
+        let (received, age) = counts(leg);
+        let (sent, _) = counts(leg.other());
+        Some(media::LegMedia {
+            local: std::net::SocketAddr::new(at.ip, at.rtp),
+            remote,
+            codec: sdp.and_then(media::codec_of).unwrap_or_default(),
+            received,
+            sent,
+            last_packet_age_ms: age,
+        })
+    }
+
     /// Closes the relay session (the call ended, however it ended).
     pub(super) fn close_media(&mut self) {
         // Dropping the handle ends the session's task, which releases its ports.

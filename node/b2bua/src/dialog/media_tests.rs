@@ -149,6 +149,23 @@ async fn the_offer_and_the_answer_point_at_the_relay_and_keep_every_other_line()
         pointed(&ans, GW_MEDIA, 6000, "192.0.2.1", a_port)
     );
 
+    // What the admin API sees of each leg's media.
+    let actors = node.ctx.registry.call_actors();
+    let info = ractor::call_t!(actors[0], super::DialogMsg::Info, 1000).unwrap();
+    let (a, b) = (info.a_media.unwrap(), info.b_media.unwrap());
+    assert_eq!(a.local, format!("192.0.2.1:{a_port}").parse().unwrap());
+    assert_eq!(b.local, format!("192.0.2.1:{b_port}").parse().unwrap());
+    assert_eq!(a.remote, Some(format!("{PBX_MEDIA}:4000").parse().unwrap()));
+    assert_eq!(b.remote, Some(format!("{GW_MEDIA}:6000").parse().unwrap()));
+    assert_eq!(
+        (a.codec.as_str(), b.codec.as_str()),
+        ("PCMU/8000", "PCMU/8000")
+    );
+    assert_eq!(
+        (a.received.packets, a.sent.packets, a.last_packet_age_ms),
+        (0, 0, None)
+    );
+
     // The caller hangs up: the session ends and its ports are free again.
     node.receive(from_caller(Method::Ack, &ok, 1, "z9hG4bK-m1-ack", b""), PBX)
         .await;

@@ -136,6 +136,10 @@ pub struct CallInfo {
     pub a_tags: (String, String),
     /// Leg B: our tag and the peer's, when there is a leg B.
     pub b_tags: Option<(String, String)>,
+    /// Leg A's relayed media (none: not relayed).
+    pub a_media: Option<crate::media::LegMedia>,
+    /// Leg B's relayed media (none: not relayed).
+    pub b_media: Option<crate::media::LegMedia>,
 }
 
 /// Where a call is.

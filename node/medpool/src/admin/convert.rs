@@ -64,6 +64,7 @@ pub fn call(info: CallInfo, node_id: u64) -> pb::Call {
             local_tag: tags.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
             remote_tag: tags.as_ref().map(|t| t.1.clone()).unwrap_or_default(),
             trunk: info.gateway.clone().unwrap_or_default(),
+            media: info.b_media.as_ref().map(leg_media),
         }),
         (None, _) => None,
     };
@@ -83,9 +84,27 @@ pub fn call(info: CallInfo, node_id: u64) -> pb::Call {
             local_tag: info.a_tags.0,
             remote_tag: info.a_tags.1,
             trunk: info.inbound_trunk,
+            media: info.a_media.as_ref().map(leg_media),
         }),
         b,
         attempts,
+    }
+}
+
+/// A leg's relayed media.
+fn leg_media(m: &medpool_b2bua::media::LegMedia) -> pb::LegMedia {
+    let counters = |c: &medpool_b2bua::media::MediaCounts| pb::MediaCounters {
+        packets: c.packets,
+        bytes: c.bytes,
+        lost: c.lost,
+    };
+    pb::LegMedia {
+        local: m.local.to_string(),
+        remote: m.remote.map(|r| r.to_string()).unwrap_or_default(),
+        codec: m.codec.clone(),
+        received: Some(counters(&m.received)),
+        sent: Some(counters(&m.sent)),
+        last_packet_age_ms: m.last_packet_age_ms,
     }
 }
 

@@ -204,6 +204,9 @@ impl Ctl {
                 dash(&l.local_tag),
                 dash(&l.remote_tag)
             );
+            if let Some(m) = &l.media {
+                out!("{}", media_line(m));
+            }
         };
         if let Some(a) = &c.a {
             leg("A", a);
@@ -289,7 +292,42 @@ fn leg_json(l: &pb::Leg) -> Value {
         "local_tag": l.local_tag,
         "remote_tag": l.remote_tag,
         "trunk": l.trunk,
+        "media": l.media.as_ref().map(media_json),
     })
+}
+
+fn counters_json(c: Option<&pb::MediaCounters>) -> Value {
+    let c = c.cloned().unwrap_or_default();
+    json!({"packets": c.packets, "bytes": c.bytes, "lost": c.lost})
+}
+
+fn media_json(m: &pb::LegMedia) -> Value {
+    json!({
+        "local": m.local,
+        "remote": m.remote,
+        "codec": m.codec,
+        "received": counters_json(m.received.as_ref()),
+        "sent": counters_json(m.sent.as_ref()),
+        "last_packet_age_ms": m.last_packet_age_ms,
+    })
+}
+
+/// `  media   local … ⇄ remote … · codec · in … · out …` for `calls show`.
+fn media_line(m: &pb::LegMedia) -> String {
+    let c = |c: Option<&pb::MediaCounters>| {
+        let c = c.cloned().unwrap_or_default();
+        format!("{} pkts {} B {} lost", c.packets, c.bytes, c.lost)
+    };
+    format!(
+        "  media   {} ⇄ {} · {} · in {} · out {} · last packet {}",
+        m.local,
+        dash(&m.remote),
+        dash(&m.codec),
+        c(m.received.as_ref()),
+        c(m.sent.as_ref()),
+        m.last_packet_age_ms
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms ago"))
+    )
 }
 
 fn call_json(c: &pb::Call) -> Value {
