@@ -436,3 +436,35 @@ async fn sdp_to_plan_to_relay_with_dtmf_across_a_payload_type_change() {
         "events are renumbered, not translated"
     );
 }
+
+/// The runtime's totals count every session's packets, those of ended sessions too. (On
+/// 127.0.156.20x: written with the B2BUA's media wiring, whose tests use that block.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_totals_keep_what_ended_sessions_relayed() {
+    let at = |last: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 156, last));
+    let relay = Relay::new(RelayConfig {
+        listen: at(200),
+        ports: PortRange::new(20000, 20019).unwrap(),
+    });
+    let pa = UdpSocket::bind(SocketAddr::new(at(201), 0)).await.unwrap();
+    let pb = UdpSocket::bind(SocketAddr::new(at(202), 0)).await.unwrap();
+    for round in 1..=2u64 {
+        let s = relay
+            .open(plan(pa.local_addr().unwrap(), pb.local_addr().unwrap()))
+            .await
+            .unwrap();
+        let to_a = s.local(Leg::A).rtp;
+        for seq in 0..5u16 {
+            pa.send_to(&rtp(0, seq, 7, &[0xFF; 160]), to_a)
+                .await
+                .unwrap();
+            recv(&pb).await;
+        }
+        let during = relay.totals();
+        assert_eq!((during.packets, during.bytes), (5 * round, 5 * round * 172));
+        s.close().await;
+        let after = relay.totals();
+        assert_eq!(after, during, "an ended session's packets stay counted");
+    }
+    assert_eq!(relay.totals().latches, 2);
+}

@@ -163,6 +163,33 @@ struct Outcome {
     echo: (u64, u64),
     /// `medpool ctl calls show` of the call, taken once the echo reached the caller.
     show: Option<serde_json::Value>,
+    /// The node's metrics once the call was over.
+    metrics: String,
+}
+
+/// `GET /metrics` from `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The value of an unlabelled metric (`name{} 3` or `name_total{} 3`).
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        let n = n.strip_suffix("{}").unwrap_or(n);
+        if n == name || n == format!("{name}_total") {
+            v.trim().parse::<f64>().ok().map(|f| f as u64)
+        } else {
+            None
+        }
+    })
 }
 
 /// One call with audio from a caller at `node`'s address (media at `caller_media`) through the
@@ -188,7 +215,12 @@ fn talk(dir: &TestDir, node: &str, gw: &str, caller_media: &str, bypass: bool) -
         N,
         &node_sip,
         &config(node, gw, bypass),
-        &["--shutdown-grace", "3"],
+        &[
+            "--shutdown-grace",
+            "3",
+            "--metrics-listen",
+            &format!("{node}:9156"),
+        ],
         &[],
     );
     gateway.wait_for_probes(1, Duration::from_secs(10));
@@ -218,6 +250,12 @@ fn talk(dir: &TestDir, node: &str, gw: &str, caller_media: &str, bypass: bool) -
         sleep_ms(50);
     }
     caller.expect_success(Duration::from_secs(5));
+    // The call is over: its session closes (the gateway's 200 to the BYE may still be on its way).
+    let mut metrics = String::new();
+    common::wait_until(Duration::from_secs(10), || {
+        metrics = scrape(&format!("{node}:9156"));
+        metric(&metrics, "medpool_media_sessions") == Some(0)
+    });
     let at_gateway = sdp_in(&gateway.message_log(), "INVITE sip:").unwrap_or_else(|| {
         panic!(
             "no SDP in the INVITE at the gateway:\n{}",
@@ -231,6 +269,7 @@ fn talk(dir: &TestDir, node: &str, gw: &str, caller_media: &str, bypass: bool) -
         at_caller,
         echo,
         show,
+        metrics,
     }
 }
 
@@ -297,6 +336,16 @@ fn relayed_audio_comes_back_through_medpool() {
         "the gateway's echo reached medpool"
     );
     assert!(packets(a, "sent") > 0 && packets(b, "sent") > 0);
+    // Prometheus: what the relay carried, and nothing left running.
+    let m = |name: &str| {
+        metric(&o.metrics, name).unwrap_or_else(|| panic!("no {name} in\n{}", o.metrics))
+    };
+    assert!(m("medpool_media_packets") >= packets(a, "received") + packets(b, "received"));
+    assert!(m("medpool_media_bytes") > 0);
+    assert_eq!(m("medpool_media_latches"), 2, "one per leg");
+    assert_eq!(m("medpool_media_sessions"), 0);
+    assert_eq!(m("medpool_media_ports_in_use"), 0);
+    assert_eq!(m("medpool_media_ports_free"), 10000);
 }
 
 #[test]

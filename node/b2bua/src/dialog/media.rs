@@ -272,6 +272,10 @@ pub(super) fn on_media_check(st: &mut Call, myself: &ActorRef<DialogMsg>) {
     } else if idle >= timeout {
         tracing::info!(parent: &st.span, idle_ms = idle.as_millis() as u64, "no media: the call is hung up");
         st.history.push(("media".into(), "timeout".into()));
+        st.ctx
+            .stats
+            .media_timeouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         st.bye_all(myself, None);
     } else {
         drop(myself.send_after(timeout - idle, || DialogMsg::MediaCheck));

@@ -1,6 +1,6 @@
 //! Calls with the media relay, on paused time: the test plays the caller and the gateways over the
 //! channel wire of [`crate::testkit`] and reads the SDP the node sends each of them. The relay
-//! sessions are real (they bind UDP ports on 127.0.156.x, one address per test); no RTP is sent
+//! sessions are real (they bind UDP ports on 127.0.156.10x, one address per test); no RTP is sent
 //! here (`node/medpool/tests/media.rs` sends it end to end).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -21,11 +21,12 @@ use crate::testkit::{CONFIG, Expect, GW1, GW2, NODE, PBX, TestNode, invite_with}
 const PBX_MEDIA: &str = "10.0.0.5";
 const GW_MEDIA: &str = "10.0.1.9";
 
-fn ip(last: u8) -> IpAddr {
-    format!("127.0.156.{last}").parse().unwrap()
+/// The relay's listen address of test `k`: 127.0.156.(100 + k).
+fn ip(k: u8) -> IpAddr {
+    format!("127.0.156.{}", 100 + u16::from(k)).parse().unwrap()
 }
 
-/// A node relaying on 127.0.156.`last`, ports `low..=high`, advertising 192.0.2.`last`.
+/// A node relaying on 127.0.156.(100 + `last`), ports `low..=high`, advertising 192.0.2.`last`.
 async fn node_with(config: &str, last: u8, low: u16, high: u16) -> (TestNode, Relay) {
     let relay = Relay::new(RelayConfig {
         listen: ip(last),
@@ -322,6 +323,13 @@ async fn media_that_never_flows_ends_the_call_after_the_trunks_timeout() {
     node.expect(PBX, Expect::Request(Method::Bye)).await;
     node.receive(crate::testkit::answer(&bye, 200, "g1", GW1, &[]), GW1)
         .await;
+    assert_eq!(
+        node.ctx
+            .stats
+            .media_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     drop(relay);
 }
 
@@ -413,6 +421,13 @@ async fn a_full_port_range_refuses_a_new_call_with_503_and_spares_the_establishe
         "the established call keeps its session"
     );
     assert_eq!(relay.ports().pairs_in_use(), 2);
+    assert_eq!(
+        node.ctx
+            .stats
+            .media_ports_exhausted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -641,6 +641,12 @@ pub(super) fn start(st: &mut Call, myself: &ActorRef<DialogMsg>) {
                 if st.media_refusal == Some(MediaRefusal::Offer) {
                     st.fail_a(488, &[]);
                 } else {
+                    if st.media_refusal == Some(MediaRefusal::Ports) {
+                        st.ctx
+                            .stats
+                            .media_ports_exhausted
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     st.fail_a(503, &[(HeaderName::RetryAfter, retry.as_bytes())]);
                 }
                 st.maybe_finish(myself);

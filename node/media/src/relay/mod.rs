@@ -71,6 +71,70 @@ pub struct Relay {
     listen: IpAddr,
     ports: PortAllocator,
     sessions: Arc<watch::Sender<usize>>,
+    book: Arc<Book>,
+}
+
+/// What every session relayed since the runtime started (what metrics export): the sum over
+/// both directions of all sessions, ended ones included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayTotals {
+    /// RTP packets received from the peers.
+    pub packets: u64,
+    /// RTP bytes received from the peers.
+    pub bytes: u64,
+    /// RTCP packets received.
+    pub rtcp_packets: u64,
+    /// Packets lost on the way to the node (sequence gaps).
+    pub lost: u64,
+    /// Packets from a source other than the latched one (dropped).
+    pub stray: u64,
+    /// Packets whose G.711 payload was translated.
+    pub translated: u64,
+    /// Times a leg latched to a source.
+    pub latches: u64,
+    /// Packets that could not be sent on.
+    pub send_failed: u64,
+}
+
+impl RelayTotals {
+    fn add(&mut self, c: &DirectionSnapshot) {
+        self.packets += c.packets;
+        self.bytes += c.bytes;
+        self.rtcp_packets += c.rtcp_packets;
+        self.lost += c.lost;
+        self.stray += c.stray;
+        self.translated += c.translated;
+        self.latches += c.latches;
+        self.send_failed += c.send_failed;
+    }
+
+    fn add_session(&mut self, s: &Shared) {
+        self.add(&s.counters.from_a.snapshot());
+        self.add(&s.counters.from_b.snapshot());
+    }
+}
+
+/// The sessions' counters, for [`Relay::totals`]: those of running sessions are read where
+/// they are; an ended session's are added to `ended` when the book is next swept (at an open or
+/// a read), so the book holds at most the running sessions plus those ended since.
+#[derive(Debug, Default)]
+struct Book {
+    ended: std::sync::Mutex<(RelayTotals, Vec<Arc<Shared>>)>,
+}
+
+impl Book {
+    /// Moves ended sessions (nobody but the book holds their counters) into the totals.
+    fn sweep(book: &mut (RelayTotals, Vec<Arc<Shared>>)) {
+        let (totals, live) = book;
+        live.retain(|s| {
+            if Arc::strong_count(s) == 1 {
+                totals.add_session(s);
+                false
+            } else {
+                true
+            }
+        });
+    }
 }
 
 /// A leg's local media addresses (what the rewritten SDP advertises, with the advertised IP).
@@ -89,7 +153,19 @@ impl Relay {
             listen: config.listen,
             ports: PortAllocator::new(config.ports),
             sessions: Arc::new(watch::Sender::new(0)),
+            book: Arc::new(Book::default()),
         }
+    }
+
+    /// What every session relayed since the runtime started.
+    pub fn totals(&self) -> RelayTotals {
+        let mut book = self.book.ended.lock().unwrap_or_else(|p| p.into_inner());
+        Book::sweep(&mut book);
+        let mut t = book.0;
+        for s in &book.1 {
+            t.add_session(s);
+        }
+        t
     }
 
     /// Sessions running now.
@@ -156,6 +232,14 @@ impl Relay {
         let local = [local(&a)?, local(&b)?];
         let (tx, rx) = watch::channel(plan);
         let shared = Arc::new(Shared::default());
+        {
+            let mut book = self.book.ended.lock().unwrap_or_else(|p| p.into_inner());
+            // Swept when it holds twice the running sessions: amortised O(1) per open.
+            if book.1.len() >= 2 * self.sessions() + 64 {
+                Book::sweep(&mut book);
+            }
+            book.1.push(shared.clone());
+        }
         let start = Instant::now();
         let running = Running::new(self.sessions.clone());
         let task = tokio::spawn(task::run([a, b], rx, shared.clone(), start, running));
