@@ -468,3 +468,41 @@ async fn an_offer_the_relay_cannot_carry_is_refused_with_488() {
     node.expect(PBX, Expect::Status(488)).await;
     drop(relay);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_late_offer_in_a_reliable_183_is_answered_in_the_prack() {
+    let (mut node, _relay) = node_with(CONFIG, 11, 30000, 30099).await;
+    node.receive(invite_with("m-13", b""), PBX).await;
+    let inv = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    let gw_offer = pcmu(GW_MEDIA, 6000, "");
+    let mut b = response_to(&inv, 183, b"Session Progress", Some("g1"), None);
+    b.header(HeaderName::Contact, format!("<sip:{GW1}>").as_bytes())
+        .header(HeaderName::Require, b"100rel")
+        .header(HeaderName::RSeq, b"1")
+        .body(b"application/sdp", Bytes::copy_from_slice(&gw_offer));
+    node.receive(b.build(), GW1).await;
+    let p183 = node.expect(PBX, Expect::Status(183)).await;
+    let a_port = media_of(&p183).1;
+    assert_eq!(
+        text(p183.body()),
+        pointed(&gw_offer, GW_MEDIA, 6000, "192.0.2.11", a_port)
+    );
+    // The caller's PRACK answers the offer: the gateway gets it pointed at leg B.
+    let answer = pcmu(PBX_MEDIA, 4000, "");
+    let prack = {
+        let text = String::from_utf8(
+            from_caller(Method::Prack, &p183, 2, "z9hG4bK-m13-prack", &answer).to_vec(),
+        )
+        .unwrap();
+        Bytes::from(text.replacen("\r\n", "\r\nRAck: 1 1 INVITE\r\n", 1))
+    };
+    node.receive(prack, PBX).await;
+    let prack_b = node.expect(GW1, Expect::Request(Method::Prack)).await;
+    let (c, b_port, _) = media_of(&prack_b);
+    assert_eq!(c, "192.0.2.11");
+    assert_ne!(a_port, b_port);
+    assert_eq!(
+        text(prack_b.body()),
+        pointed(&answer, PBX_MEDIA, 4000, "192.0.2.11", b_port)
+    );
+}

@@ -327,6 +327,9 @@ pub(super) fn on_request(
                 return;
             }
         }
+    } else if method == Method::Prack {
+        // With a late offer, the PRACK carries the answer to the reliable 18x's offer.
+        st.media_sdp_of(side, &env.msg, false)
     } else {
         None
     };
