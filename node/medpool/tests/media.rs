@@ -53,7 +53,18 @@ fn g711a_pcap() -> PathBuf {
         })
 }
 
-fn config(node: &str, gw: &str, bypass: bool) -> String {
+/// The gateway side of a test: extra keys on its trunk and its SIPp scenario.
+struct Gateway<'a> {
+    keys: &'a str,
+    scenario: &'a str,
+}
+
+const PCMA_GATEWAY: Gateway<'static> = Gateway {
+    keys: "",
+    scenario: "uas_answer_pcma.xml",
+};
+
+fn config(node: &str, gw: &str, bypass: bool, gw_keys: &str) -> String {
     let media = if bypass { "media = \"bypass\"\n" } else { "" };
     format!(
         r#"# test media (written by tests/media.rs)
@@ -73,7 +84,7 @@ address = "{gw}"
 port = 5060
 side = "gateway"
 options_interval_ms = 500
-{media}
+{media}{gw_keys}
 [[route]]
 name = "to-gateway"
 pattern = '.*'
@@ -157,6 +168,10 @@ fn show_the_call(node: &str) -> serde_json::Value {
 struct Outcome {
     /// (c=, m= port) of the INVITE the gateway received.
     at_gateway: (String, u16),
+    /// The whole INVITE the gateway received.
+    invite_at_gateway: String,
+    /// The whole 200 the caller received.
+    ok_at_caller: String,
     /// (c=, m= port) of the 200 the caller received.
     at_caller: (String, u16),
     /// The largest receive queue (bytes) seen on the caller's media port, and its drops.
@@ -194,7 +209,14 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 
 /// One call with audio from a caller at `node`'s address (media at `caller_media`) through the
 /// node at `node` to the echoing gateway at `gw`.
-fn talk(dir: &TestDir, node: &str, gw: &str, caller_media: &str, bypass: bool) -> Outcome {
+fn talk(
+    dir: &TestDir,
+    node: &str,
+    gw: &str,
+    caller_media: &str,
+    bypass: bool,
+    gateway_side: &Gateway<'_>,
+) -> Outcome {
     let scenario = dir.file("uac_pcap.xml");
     let template = std::fs::read_to_string(common::scenario("uac_pcap_template.xml")).unwrap();
     std::fs::write(
@@ -202,7 +224,7 @@ fn talk(dir: &TestDir, node: &str, gw: &str, caller_media: &str, bypass: bool) -
         template.replace("PCAP_FILE", &g711a_pcap().display().to_string()),
     )
     .unwrap();
-    let gateway = Sipp::uas("gw1", "uas_answer_pcma.xml", gw)
+    let gateway = Sipp::uas("gw1", gateway_side.scenario, gw)
         .arg("-rtp_echo")
         .arg("-mi")
         .arg(gw)
@@ -214,7 +236,7 @@ fn talk(dir: &TestDir, node: &str, gw: &str, caller_media: &str, bypass: bool) -
         dir,
         N,
         &node_sip,
-        &config(node, gw, bypass),
+        &config(node, gw, bypass, gateway_side.keys),
         &[
             "--shutdown-grace",
             "3",
@@ -264,7 +286,17 @@ fn talk(dir: &TestDir, node: &str, gw: &str, caller_media: &str, bypass: bool) -
     });
     let at_caller = sdp_in(&caller.message_log(), "SIP/2.0 200 OK")
         .unwrap_or_else(|| panic!("no SDP in the 200 at the caller:\n{}", caller.message_log()));
+    let from = |log: String, start: &str| {
+        let at = log.find(start).unwrap_or(0);
+        log[at..]
+            .split("\n\n\n")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
     Outcome {
+        invite_at_gateway: from(gateway.message_log(), "INVITE sip:"),
+        ok_at_caller: from(caller.message_log(), "SIP/2.0 200 OK"),
         at_gateway,
         at_caller,
         echo,
@@ -277,7 +309,7 @@ fn talk(dir: &TestDir, node: &str, gw: &str, caller_media: &str, bypass: bool) -
 fn relayed_audio_comes_back_through_medpool() {
     let dir = TestDir::new("media-relay");
     let (node, gw) = ("127.0.156.1", "127.0.156.21");
-    let o = talk(&dir, node, gw, "127.0.156.50", false);
+    let o = talk(&dir, node, gw, "127.0.156.50", false, &PCMA_GATEWAY);
     println!(
         "relay: gateway saw {:?}, caller saw {:?}, echo at the caller: {} bytes queued, {} dropped",
         o.at_gateway, o.at_caller, o.echo.0, o.echo.1
@@ -352,7 +384,7 @@ fn relayed_audio_comes_back_through_medpool() {
 fn with_bypass_the_gateway_gets_the_callers_own_sdp() {
     let dir = TestDir::new("media-bypass");
     let (node, gw) = ("127.0.156.2", "127.0.156.22");
-    let o = talk(&dir, node, gw, "127.0.156.51", true);
+    let o = talk(&dir, node, gw, "127.0.156.51", true, &PCMA_GATEWAY);
     println!(
         "bypass: gateway saw {:?}, caller saw {:?}, echo at the caller: {} bytes queued, {} dropped",
         o.at_gateway, o.at_caller, o.echo.0, o.echo.1
@@ -372,5 +404,73 @@ fn with_bypass_the_gateway_gets_the_callers_own_sdp() {
     assert!(
         show["a"]["media"].is_null() && show["b"]["media"].is_null(),
         "no relayed media: {show}"
+    );
+}
+
+/// The caller offers only A-law; the gateway's trunk takes only µ-law (`codecs = ["PCMU"]`) and
+/// its SIPp answers µ-law: the gateway is offered µ-law, the caller is answered A-law, and the
+/// relay translates both ways (the gateway echoes µ-law, the caller gets A-law back).
+#[test]
+fn a_law_caller_and_mu_law_gateway_talk_through_translation() {
+    let dir = TestDir::new("media-translate");
+    let (node, gw) = ("127.0.156.3", "127.0.156.23");
+    let o = talk(
+        &dir,
+        node,
+        gw,
+        "127.0.156.52",
+        false,
+        &Gateway {
+            keys: "codecs = [\"PCMU\"]\n",
+            scenario: "uas_answer.xml",
+        },
+    );
+    println!(
+        "translate: INVITE at the gateway:\n{}\n200 at the caller:\n{}",
+        o.invite_at_gateway, o.ok_at_caller
+    );
+    assert!(
+        o.invite_at_gateway.contains("m=audio"),
+        "{}",
+        o.invite_at_gateway
+    );
+    let m_line = |msg: &str| {
+        msg.lines()
+            .find(|l| l.trim_start().starts_with("m=audio"))
+            .map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        m_line(&o.invite_at_gateway),
+        "0 101",
+        "offered µ-law in place of A-law"
+    );
+    assert!(o.invite_at_gateway.contains("a=rtpmap:0 PCMU/8000"));
+    assert!(!o.invite_at_gateway.contains("PCMA"));
+    assert_eq!(
+        m_line(&o.ok_at_caller),
+        "8",
+        "answered A-law, the caller's own codec"
+    );
+    assert!(o.ok_at_caller.contains("a=rtpmap:8 PCMA/8000"));
+    assert!(
+        o.echo.0 > 0 || o.echo.1 > 0,
+        "the echo came back to the caller"
+    );
+    let show = o.show.expect("calls show was taken during the call");
+    assert_eq!(show["a"]["media"]["codec"], "PCMA/8000");
+    assert_eq!(show["b"]["media"]["codec"], "PCMU/8000");
+    let translated = metric(&o.metrics, "medpool_media_translated_packets").unwrap();
+    let packets = metric(&o.metrics, "medpool_media_packets").unwrap();
+    println!("translated {translated} of {packets} packets");
+    assert_eq!(
+        metric(&o.metrics, "medpool_media_sessions"),
+        Some(0),
+        "the call's session closed"
+    );
+    assert!(translated > 0, "the relay translated");
+    assert!(
+        translated * 10 >= packets * 9,
+        "nearly every packet (all but telephone-events) is translated: {translated} of {packets}"
     );
 }
