@@ -263,7 +263,15 @@ fn point_at(
     relayed: usize,
     at: Endpoint,
 ) -> Result<(), MediaError> {
-    rw.connection(at.ip);
+    // A peer that points its stream at 0.0.0.0 (RFC 2543 hold) asks not to be sent media: the
+    // other side is told the same.
+    let unspecified = sdp.media[relayed]
+        .effective_connection(sdp)
+        .and_then(|c| c.ip())
+        .is_some_and(|ip| ip.is_unspecified());
+    if !unspecified {
+        rw.connection(at.ip);
+    }
     for (i, m) in sdp.media.iter().enumerate() {
         if i == relayed {
             let mut mr = rw.media(i)?;
@@ -455,6 +463,14 @@ mod tests {
                 .replace("c=IN IP4 10.0.0.5", "c=IN IP4 192.0.2.100")
                 .replace("m=audio 4000", "m=audio 20000")
         );
+    }
+
+    #[test]
+    fn an_rfc_2543_hold_keeps_its_unspecified_address() {
+        let offer = sdp("0.0.0.0", 4000, "0", "");
+        let out = text(&offer_towards(&offer, at(20000), &[]).unwrap().body);
+        assert!(out.contains("c=IN IP4 0.0.0.0\r\n"), "{out}");
+        assert!(out.contains("m=audio 20000 RTP/AVP 0\r\n"), "{out}");
     }
 
     #[test]

@@ -112,7 +112,8 @@ pub struct Call {
     /// Since when the media timeout counts silence: the answer, the last offer or answer, or the
     /// last check that found the call on hold (silence before them does not count).
     pub(super) media_counted_from: Instant,
-    /// Why the last gateway candidate could not be tried for media reasons, if it could not.
+    /// Why the last gateway candidate could not be tried for media reasons, if it could not
+    /// (cleared by a candidate skipped for another reason).
     pub(super) media_refusal: Option<super::media::MediaRefusal>,
 }
 

@@ -126,6 +126,8 @@ impl Call {
             if !self.ctx.gateways.try_acquire(&trunk) {
                 self.history
                     .push((trunk.name.clone(), "at capacity".into()));
+                // A gateway that may take the offer later: the caller gets 503, not 488.
+                self.media_refusal = None;
                 continue;
             }
             if let Some(prev) = self.gateway_active.replace(trunk.name.clone()) {
