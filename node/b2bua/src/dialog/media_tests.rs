@@ -506,3 +506,86 @@ async fn a_late_offer_in_a_reliable_183_is_answered_in_the_prack() {
         pointed(&answer, PBX_MEDIA, 4000, "192.0.2.11", b_port)
     );
 }
+
+/// An UPDATE from the gateway changing codec and address mid-call: the caller gets it pointed at
+/// leg A (filtered by the caller's trunk `codecs`), the caller's answer reaches the gateway pointed
+/// at leg B, and the relay follows the gateway's new address.
+#[tokio::test(start_paused = true)]
+async fn an_update_from_the_gateway_moves_its_media_and_the_relay_follows() {
+    let config = CONFIG.replace(
+        "side = \"internal\"",
+        "side = \"internal\"\ncodecs = [\"PCMA\"]",
+    );
+    let (mut node, relay) = node_with(&config, 12, 30000, 30099).await;
+    let offer = sdp(PBX_MEDIA, 4000, "8 0", "");
+    let (inv, ok) = answered_call(&mut node, "m-14", &offer, &sdp(GW_MEDIA, 6000, "8", "")).await;
+    let (a_port, b_port) = (media_of(&ok).1, media_of(&inv).1);
+    node.receive(
+        from_caller(Method::Ack, &ok, 1, "z9hG4bK-m14-ack", b""),
+        PBX,
+    )
+    .await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+
+    // The gateway's UPDATE: a new port, A-law and µ-law offered; the pbx trunk takes A-law only.
+    let mut b = MessageBuilder::request_method(Method::Update, format!("sip:{NODE}").as_bytes());
+    b.header(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP {GW1};branch=z9hG4bK-m14-upd").as_bytes(),
+    )
+    .header(HeaderName::MaxForwards, b"70")
+    .header(HeaderName::From, inv.header(HeaderName::To).unwrap())
+    .header(HeaderName::To, inv.header(HeaderName::From).unwrap())
+    .header(HeaderName::CallId, inv.call_id().unwrap().unwrap())
+    .header(HeaderName::CSeq, b"1 UPDATE")
+    .header(HeaderName::Contact, format!("<sip:{GW1}>").as_bytes());
+    // The gateway's To tag is the one it answered with.
+    let upd_text = String::from_utf8(
+        b.body(
+            b"application/sdp",
+            Bytes::from(sdp(GW_MEDIA, 6100, "0 8", "")),
+        )
+        .build()
+        .to_vec(),
+    )
+    .unwrap()
+    .replacen(
+        &format!(
+            "From: {}",
+            String::from_utf8_lossy(inv.header(HeaderName::To).unwrap())
+        ),
+        &format!(
+            "From: {};tag=g1",
+            String::from_utf8_lossy(inv.header(HeaderName::To).unwrap())
+        ),
+        1,
+    );
+    node.receive(Bytes::from(upd_text), GW1).await;
+    let upd_a = node.expect(PBX, Expect::Request(Method::Update)).await;
+    assert_eq!(
+        media_of(&upd_a),
+        ("192.0.2.12".to_owned(), a_port, "8".to_owned())
+    );
+
+    let mut r = response_to(&upd_a, 200, b"OK", None, None);
+    r.body(
+        b"application/sdp",
+        Bytes::from(sdp(PBX_MEDIA, 4000, "8", "")),
+    );
+    node.receive(r.build(), PBX).await;
+    let ok_b = node.expect(GW1, Expect::Status(200)).await;
+    assert_eq!(
+        media_of(&ok_b),
+        ("192.0.2.12".to_owned(), b_port, "8".to_owned())
+    );
+    // The relay now sends to the gateway's new port.
+    let actors = node.ctx.registry.call_actors();
+    let info = ractor::call_t!(actors[0], super::DialogMsg::Info, 1000).unwrap();
+    let b = info.b_media.unwrap();
+    assert_eq!(b.remote, Some(format!("{GW_MEDIA}:6100").parse().unwrap()));
+    assert_eq!(
+        b.codec, "PCMU/8000",
+        "the gateway's last SDP lists mu-law first"
+    );
+    assert_eq!(relay.sessions(), 1, "the same session, updated");
+}
