@@ -105,6 +105,7 @@ impl Call {
     /// gateway) with the caller's offer rewritten for the trunk.
     pub(super) fn attempt_media(&mut self, trunk: &Trunk) -> Result<AttemptMedia, MediaRefusal> {
         let Some(rt) = self.ctx.media.clone() else {
+            self.span.record("media.mode", "none");
             return Ok(AttemptMedia::Bypass);
         };
         let offer = self
@@ -112,8 +113,10 @@ impl Call {
             .as_ref()
             .and_then(|e| sdp_body(&e.msg).map(<[u8]>::to_vec));
         if media::bypasses(&self.inbound, trunk, offer.as_deref()) {
+            self.span.record("media.mode", "bypass");
             return Ok(AttemptMedia::Bypass);
         }
+        self.span.record("media.mode", "relay");
         if self.media_session.is_none() {
             match rt.relay.open_now(SessionPlan::default()) {
                 Ok(s) => self.media_session = Some(s),
@@ -136,6 +139,7 @@ impl Call {
                 let at = self.endpoint(Side::B).ok_or(MediaRefusal::Ports)?;
                 match media::offer_towards(o, at, &trunk.codecs) {
                     Ok(r) => {
+                        self.span.record("media.translated", r.translates);
                         self.media.a_sdp = Some(o.clone());
                         Bytes::from(r.body)
                     }
@@ -245,8 +249,15 @@ impl Call {
         })
     }
 
-    /// Closes the relay session (the call ended, however it ended).
+    /// Closes the relay session (the call ended, however it ended), noting on the call's span
+    /// what it relayed.
     pub(super) fn close_media(&mut self) {
+        if let Some(s) = &self.media_session {
+            let (a, b) = (s.counters(MediaLeg::A), s.counters(MediaLeg::B));
+            self.span.record("media.packets_a", a.packets);
+            self.span.record("media.packets_b", b.packets);
+            self.span.record("media.lost", a.lost + b.lost);
+        }
         // Dropping the handle ends the session's task, which releases its ports.
         self.media_session = None;
     }

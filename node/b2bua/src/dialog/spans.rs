@@ -35,6 +35,11 @@ pub(super) fn call_span(
         call.failovers = tracing::field::Empty,
         sip.status = tracing::field::Empty,
         call.restored = tracing::field::Empty,
+        media.mode = tracing::field::Empty,
+        media.translated = tracing::field::Empty,
+        media.packets_a = tracing::field::Empty,
+        media.packets_b = tracing::field::Empty,
+        media.lost = tracing::field::Empty,
     );
     if let Some(tp) = traceparent {
         crate::trace::set_parent(&span, tp);
