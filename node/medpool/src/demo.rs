@@ -256,19 +256,20 @@ fn say(s: &str) {
 }
 
 /// The pool configuration of the demo: the PBX on 127.0.NET.50 (internal, any port), gateways gw1
-/// and gw2 on .21 and .22:5060 shared equally.
+/// and gw2 on .21 and .22:5060 shared equally. Media bypass: the simulated peers send no RTP (a
+/// relayed call would be hung up by the media timeout), and the story is signalling failover.
 fn pool_config(net: u8) -> String {
     let gw = |n: u8| {
         format!(
             "[[trunk]]\nname = \"gw{n}\"\naddress = \"127.0.{net}.{}\"\nport = 5060\nside = \"gateway\"\n\
-             options_interval_ms = 1000\ndown_after = 3\nup_after = 1\nusages = [\"inbound\"]\n\n",
+             options_interval_ms = 1000\ndown_after = 3\nup_after = 1\nusages = [\"inbound\"]\nmedia = \"bypass\"\n\n",
             20 + n
         )
     };
     format!(
         "# medpool demo\n[node]\nmax_calls = 20000\n\n\
          [[trunk]]\nname = \"pbx\"\naddress = \"127.0.{net}.50\"\nside = \"internal\"\nmatch_any_port = true\n\
-         usages = [\"outbound\"]\n\n{}{}\
+         usages = [\"outbound\"]\nmedia = \"bypass\"\n\n{}{}\
          [[route]]\nname = \"from-pstn\"\npattern = '.*'\nusage = \"inbound\"\ntrunks = [\"pbx\"]\n\n\
          [[route]]\nname = \"to-gateways\"\npattern = '.*'\nusage = \"outbound\"\n\
          trunks = [{{ trunk = \"gw1\", priority = 1 }}, {{ trunk = \"gw2\", priority = 1 }}]\n",
