@@ -158,6 +158,22 @@ impl Call {
         }
     }
 
+    /// Closes the relay session (the call ended, however it ended), noting on the call's span
+    /// what it relayed.
+    pub(super) fn close_media(&mut self) {
+        if let Some(s) = &self.media_session {
+            let (a, b) = (
+                s.counters(medpool_media::relay::Leg::A),
+                s.counters(medpool_media::relay::Leg::B),
+            );
+            self.span.record("media.packets_a", a.packets);
+            self.span.record("media.packets_b", b.packets);
+            self.span.record("media.lost", a.lost + b.lost);
+        }
+        // Dropping the handle ends the session's task, which releases its ports.
+        self.media_session = None;
+    }
+
     /// Sends a request on a leg in its own client transaction, routed back to this actor.
     pub(super) fn send_request(
         &mut self,

@@ -248,19 +248,6 @@ impl Call {
             last_packet_age_ms: age,
         })
     }
-
-    /// Closes the relay session (the call ended, however it ended), noting on the call's span
-    /// what it relayed.
-    pub(super) fn close_media(&mut self) {
-        if let Some(s) = &self.media_session {
-            let (a, b) = (s.counters(MediaLeg::A), s.counters(MediaLeg::B));
-            self.span.record("media.packets_a", a.packets);
-            self.span.record("media.packets_b", b.packets);
-            self.span.record("media.lost", a.lost + b.lost);
-        }
-        // Dropping the handle ends the session's task, which releases its ports.
-        self.media_session = None;
-    }
 }
 
 /// The media timeout is due: a call whose media stopped both ways for the trunk's timeout (and is

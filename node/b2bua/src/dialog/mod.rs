@@ -24,7 +24,8 @@
 //! end, what a stopped call gives back), `record` (the replicated record and rebuilding a call
 //! from it), `spans` (trace spans), `leg` (one leg's dialog identifiers and message builders).
 //! They import in one direction: `msg` → `call` (with `leg`, `outbound`, `spans`) → `media` → `setup`,
-//! `relay` → `teardown` (which ACKs through `relay`), `record` → `actor`.
+//! `relay` → `teardown` (which ACKs through `relay`; `media` hangs a silent call up through it),
+//! `record` → `actor`.
 
 mod actor;
 mod call;
