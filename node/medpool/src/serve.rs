@@ -134,7 +134,8 @@ pub struct MediaArgs {
     #[arg(long, env = "MEDPOOL_MEDIA_LISTEN")]
     pub media_listen: Option<std::net::IpAddr>,
     /// Address put in the SDP the node sends (peers send RTP to it); default: --media-listen.
-    /// Behind NAT or in Kubernetes: the pod's or the host's reachable IP.
+    /// Behind NAT or in Kubernetes: the pod's or the host's reachable IP. Needed when media
+    /// listens on 0.0.0.0 or ::, else the relay is off (SDP passes unchanged).
     #[arg(long, env = "MEDPOOL_MEDIA_ADVERTISE")]
     pub media_advertise: Option<std::net::IpAddr>,
     /// UDP port range of the relay, `LOW-HIGH` (RTP on even ports, RTCP on the next odd one; two
@@ -144,13 +145,36 @@ pub struct MediaArgs {
 }
 
 impl MediaArgs {
-    /// The node's media options.
-    pub fn options(&self) -> medpool_b2bua::node::MediaOptions {
-        medpool_b2bua::node::MediaOptions {
-            listen: self.media_listen,
-            advertise: self.media_advertise,
+    /// The node's media options for a node whose SIP listens on `sip_ip`; `None` (the relay off:
+    /// SDP passes unchanged, with a warning) when media listens on a wildcard address (`0.0.0.0`,
+    /// `::`, e.g. a container's default) and no `--media-advertise` says what peers can reach: a
+    /// wildcard address in SDP would mean "do not send". An explicit wildcard `--media-advertise`
+    /// is an error.
+    pub fn options(
+        &self,
+        sip_ip: std::net::IpAddr,
+    ) -> Result<Option<medpool_b2bua::node::MediaOptions>, ServeError> {
+        let listen = self.media_listen.unwrap_or(sip_ip);
+        let advertise = match self.media_advertise {
+            Some(ip) if ip.is_unspecified() => {
+                return Err(ServeError::MediaAdvertise { advertise: ip });
+            }
+            Some(ip) => ip,
+            None if !listen.is_unspecified() => listen,
+            None => {
+                tracing::warn!(
+                    %listen,
+                    "media relay off: media listens on a wildcard address and no --media-advertise \
+                     names the address peers send RTP to (SDP passes unchanged)"
+                );
+                return Ok(None);
+            }
+        };
+        Ok(Some(medpool_b2bua::node::MediaOptions {
+            listen: Some(listen),
+            advertise: Some(advertise),
             ports: self.media_ports,
-        }
+        }))
     }
 }
 
@@ -200,6 +224,14 @@ pub enum ServeError {
     /// The admin API could not start.
     #[error("{0}")]
     Admin(#[from] crate::admin::AdminStartError),
+    /// `--media-advertise` is a wildcard address (peers cannot send to it).
+    #[error(
+        "--media-advertise {advertise}: a wildcard address in SDP means \"do not send\"; give the address peers send RTP to"
+    )]
+    MediaAdvertise {
+        /// The address given.
+        advertise: std::net::IpAddr,
+    },
 }
 
 fn load_config(args: &ServeArgs) -> Result<PoolConfig, ConfigError> {
@@ -320,6 +352,15 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
         path: args.data_dir.display().to_string(),
         source,
     })?;
+    // The flag wins; else the pool configuration's `[node] advertised_address` (e.g. a Service address).
+    let advertise = args.advertise.clone().or_else(|| {
+        config
+            .node
+            .advertised_address
+            .as_ref()
+            .map(ToString::to_string)
+    });
+    let media = args.media.options(args.sip_listen.ip())?;
     let opts = NodeOptions {
         sip: TransportConfig {
             listen: args.sip_listen,
@@ -327,14 +368,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
             retry_after_secs: config.node.retry_after,
             ..TransportConfig::default()
         },
-        // The flag wins; else the pool configuration's `[node] advertised_address` (e.g. a Service address).
-        advertise: args.advertise.clone().or_else(|| {
-            config
-                .node
-                .advertised_address
-                .as_ref()
-                .map(ToString::to_string)
-        }),
+        advertise,
         timers: TimerConfig {
             t1: Duration::from_millis(args.t1_ms.max(1)),
             ..TimerConfig::default()
@@ -342,7 +376,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
         max_transactions: args.max_transactions,
         trusted_forwarders: args.trusted_forwarders.clone(),
         redact_numbers: args.trace_redact_numbers,
-        media: Some(args.media.options()),
+        media,
     };
     let trunks = config.trunks.len();
     let routes = config.routes.len();
@@ -539,5 +573,52 @@ async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option<String>) {
             // The pool's Raft has stopped: nothing more will change.
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn media(listen: Option<&str>, advertise: Option<&str>) -> MediaArgs {
+        MediaArgs {
+            media_listen: listen.map(|s| s.parse().unwrap()),
+            media_advertise: advertise.map(|s| s.parse().unwrap()),
+            media_ports: medpool_media::relay::PortRange::parse("20000-29999").unwrap(),
+        }
+    }
+
+    #[test]
+    fn media_advertises_the_listen_address_unless_it_is_a_wildcard() {
+        let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+        let o = media(None, None).options(ip("10.0.0.7")).unwrap().unwrap();
+        assert_eq!(
+            (o.listen, o.advertise),
+            (Some(ip("10.0.0.7")), Some(ip("10.0.0.7")))
+        );
+        let o = media(Some("10.0.0.8"), None)
+            .options(ip("10.0.0.7"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (o.listen, o.advertise),
+            (Some(ip("10.0.0.8")), Some(ip("10.0.0.8")))
+        );
+        // A container listening on every address: the relay needs to be told what to advertise.
+        assert!(media(None, None).options(ip("0.0.0.0")).unwrap().is_none());
+        let o = media(None, Some("192.0.2.5"))
+            .options(ip("0.0.0.0"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (o.listen, o.advertise),
+            (Some(ip("0.0.0.0")), Some(ip("192.0.2.5")))
+        );
+        assert!(matches!(
+            media(None, Some("::")).options(ip("10.0.0.7")),
+            Err(ServeError::MediaAdvertise { .. })
+        ));
     }
 }
