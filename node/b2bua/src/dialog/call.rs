@@ -52,6 +52,9 @@ pub(super) struct Relay {
     pub(super) invite_cseq: Option<u32>,
     /// The request carried an SDP offer (so an SDP in its answer is the answer to it).
     pub(super) offered: bool,
+    /// The offerer's SDP before the offer, to restore if the far side rejects it (relayed
+    /// media only).
+    pub(super) media_undo: Option<Option<Vec<u8>>>,
 }
 
 /// The state of one call.

@@ -94,6 +94,21 @@ impl Call {
         }
     }
 
+    /// The last SDP `side`'s peer sent (kept to undo an offer the far side rejects).
+    pub(super) fn last_sdp(&self, side: Side) -> Option<Vec<u8>> {
+        match side {
+            Side::A => self.media.a_sdp.clone(),
+            Side::B => self.media.b_sdp.clone(),
+        }
+    }
+
+    /// An offer from `side` was rejected (a non-2xx final answer, RFC 3264 §8: the session stays
+    /// as it was): its previous SDP holds again, and the relay follows.
+    pub(super) fn offer_rejected(&mut self, side: Side, previous: Option<Vec<u8>>) {
+        *self.sdp_of(side) = previous;
+        self.update_session();
+    }
+
     fn update_session(&self) {
         if let Some(s) = &self.media_session {
             s.update(self.media.session_plan());

@@ -589,3 +589,59 @@ async fn an_update_from_the_gateway_moves_its_media_and_the_relay_follows() {
     );
     assert_eq!(relay.sessions(), 1, "the same session, updated");
 }
+
+/// A re-INVITE the gateway rejects leaves the media as it was (RFC 3264 §8): the relay goes back
+/// to the caller's previous address.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_re_invite_leaves_the_media_as_it_was() {
+    let (mut node, _relay) = node_with(CONFIG, 13, 30000, 30099).await;
+    let (_, ok) = answered_call(
+        &mut node,
+        "m-15",
+        &pcmu(PBX_MEDIA, 4000, ""),
+        &pcmu(GW_MEDIA, 6000, ""),
+    )
+    .await;
+    node.receive(
+        from_caller(Method::Ack, &ok, 1, "z9hG4bK-m15-ack", b""),
+        PBX,
+    )
+    .await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+    let a_remote = |node: &TestNode| {
+        let actors = node.ctx.registry.call_actors();
+        let actor = actors[0].clone();
+        async move {
+            ractor::call_t!(actor, super::DialogMsg::Info, 1000)
+                .unwrap()
+                .a_media
+                .unwrap()
+                .remote
+        }
+    };
+    node.receive(
+        from_caller(
+            Method::Invite,
+            &ok,
+            2,
+            "z9hG4bK-m15-move",
+            &pcmu(PBX_MEDIA, 4100, ""),
+        ),
+        PBX,
+    )
+    .await;
+    let reinv = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    assert_eq!(
+        a_remote(&node).await,
+        Some(format!("{PBX_MEDIA}:4100").parse().unwrap()),
+        "the offerer listens at its new address from its offer on"
+    );
+    node.receive(crate::testkit::answer(&reinv, 488, "g1", GW1, &[]), GW1)
+        .await;
+    node.expect(PBX, Expect::Status(488)).await;
+    assert_eq!(
+        a_remote(&node).await,
+        Some(format!("{PBX_MEDIA}:4000").parse().unwrap()),
+        "rejected: back to the previous address"
+    );
+}

@@ -43,6 +43,11 @@ pub(super) fn on_response(
         }
         let r = st.relays.remove(pos);
         r.span.record("sip.status", status);
+        if status >= 300
+            && let Some(previous) = r.media_undo.clone()
+        {
+            st.offer_rejected(r.from, previous);
+        }
         let to_side = match r.from {
             Side::A => Side::B,
             Side::B => Side::A,
@@ -315,6 +320,7 @@ pub(super) fn on_request(
     // far leg, and the relay follows the offerer at once (RFC 3264 §8: it listens there now).
     let offered = matches!(method, Method::Invite | Method::Update)
         && super::media::sdp_body(&env.msg).is_some();
+    let media_undo = (offered && st.relaying()).then(|| st.last_sdp(side));
     let body = if offered {
         let sdp = super::media::sdp_body(&env.msg)
             .unwrap_or_default()
@@ -359,6 +365,7 @@ pub(super) fn on_request(
             request: env,
             invite_cseq: (method == Method::Invite).then_some(cseq_far),
             offered,
+            media_undo,
         }),
         None => respond_local(st, 503, &[]),
     }
@@ -405,6 +412,9 @@ pub(super) fn on_client_ended(
         && outcome != Outcome::Completed
     {
         let r = st.relays.remove(pos);
+        if let Some(previous) = r.media_undo.clone() {
+            st.offer_rejected(r.from, previous);
+        }
         let status = if outcome == Outcome::Timeout {
             408
         } else {
