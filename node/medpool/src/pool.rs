@@ -183,3 +183,17 @@ impl PoolSink for NodeSink {
         tracing::info!(shards = shards.len(), stopped, "shards released");
     }
 }
+
+/// The leader's check of a pool configuration before it is proposed: the B2BUA's own rules (the
+/// same as `medpool ctl config validate`).
+#[derive(Debug)]
+pub struct B2buaConfigCheck;
+
+impl medpool_cluster::pool::ConfigValidator for B2buaConfigCheck {
+    fn validate(&self, body: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+        medpool_b2bua::config::PoolConfig::from_toml_str(text, "proposed pool configuration")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
