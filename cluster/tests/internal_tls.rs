@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use medpool_cluster::network::{encode, snapshot_chunks};
-use medpool_cluster::pool::{Pool, PoolInfo, PoolOptions, PoolSink};
+use medpool_cluster::pool::{ConfigValidator, Pool, PoolInfo, PoolOptions, PoolSink};
 use medpool_cluster::tls::{InternalTls, TlsFiles, node_name};
 use medpool_cluster::typ::{SnapshotMeta, TypeConfig, Vote};
 use medpool_cluster::{Command, NodeAddrs, NodeState};
+use medpool_cluster::{Rejection, WriteError};
 use medpool_proto::cluster::cluster_client::ClusterClient;
 use medpool_proto::cluster::{
     InfoRequest, JoinRequest, LeaseRequest, RaftPayload, SipForward, SnapshotChunk,
@@ -91,24 +92,41 @@ impl PoolSink for Quiet {
     fn released(&self, _shards: Vec<u16>) {}
 }
 
+/// Node `id`'s internal address; the pools of the tests here are apart by `base`.
+fn addr_in(base: u64, id: u64) -> String {
+    format!("{NET}.{}:7000", base + id + 1)
+}
+
 fn raft_addr(id: u64) -> String {
-    format!("{NET}.{}:7000", id + 1)
+    addr_in(0, id)
 }
 
 async fn member(ca: &TestCa, dir: &Path, id: u64, join: bool) -> Arc<Pool> {
+    member_in(ca, dir, 0, id, join, None).await
+}
+
+async fn member_in(
+    ca: &TestCa,
+    dir: &Path,
+    base: u64,
+    id: u64,
+    join: bool,
+    validator: Option<Arc<dyn ConfigValidator>>,
+) -> Arc<Pool> {
     let data = dir.join(format!("node{id}"));
     let files = ca.files(dir, &format!("node{id}"), &[node_name(id)]);
     let mut opts = PoolOptions::new(
         id,
         NodeAddrs {
-            raft_addr: raft_addr(id),
-            sip_addr: format!("{NET}.{}:5060", id + 1),
+            raft_addr: addr_in(base, id),
+            sip_addr: format!("{NET}.{}:5060", base + id + 1),
             admin_addr: String::new(),
         },
-        raft_addr(id).parse().unwrap(),
+        addr_in(base, id).parse().unwrap(),
         data,
-        if join { vec![raft_addr(0)] } else { vec![] },
+        if join { vec![addr_in(base, 0)] } else { vec![] },
     );
+    opts.config_validator = validator;
     opts.lease = Duration::from_millis(500);
     opts.margin = Duration::from_millis(250);
     opts.shard_count = 16;
@@ -470,6 +488,62 @@ async fn only_members_speak_on_the_internal_port_each_for_itself() {
         .unwrap();
     follower.write(Command::Noop).await.unwrap();
     for n in [n0, n1, n2] {
+        n.shutdown().await;
+    }
+}
+
+/// Refuses any configuration that mentions "toll-fraud".
+#[derive(Debug)]
+struct NoFraud;
+
+impl ConfigValidator for NoFraud {
+    fn validate(&self, body: &[u8]) -> Result<(), String> {
+        if body.windows(10).any(|w| w == b"toll-fraud") {
+            return Err("route \"toll-fraud\" is not allowed".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_is_proposed_only_after_the_leaders_own_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("medpool test pool CA");
+    let (base, v) = (20, || Some(Arc::new(NoFraud) as Arc<dyn ConfigValidator>));
+    let n0 = member_in(&ca, dir.path(), base, 0, false, v()).await;
+    let n1 = member_in(&ca, dir.path(), base, 1, true, v()).await;
+    until("two members with a leader", Duration::from_secs(20), || {
+        n0.info().leader.is_some() && n1.info().nodes.len() == 2 && n0.info().nodes.len() == 2
+    })
+    .await;
+    let follower = if n0.info().leader == Some(0) {
+        &n1
+    } else {
+        &n0
+    };
+    // Sent by a follower: the leader validates it and refuses it, typed.
+    let bad = follower
+        .write(Command::SetConfig {
+            expected_version: None,
+            body: b"[[route]]\nname = \"toll-fraud\"\n".to_vec(),
+        })
+        .await;
+    assert!(
+        matches!(
+            bad,
+            Err(WriteError::Refused(Rejection::InvalidConfig { .. }))
+        ),
+        "{bad:?}"
+    );
+    assert_eq!(n0.info().config_version, None);
+    let good = follower
+        .write(Command::SetConfig {
+            expected_version: None,
+            body: b"# fine\n".to_vec(),
+        })
+        .await;
+    assert!(good.is_ok(), "{good:?}");
+    for n in [n0, n1] {
         n.shutdown().await;
     }
 }

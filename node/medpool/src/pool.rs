@@ -197,3 +197,17 @@ impl medpool_cluster::pool::ConfigValidator for B2buaConfigCheck {
             .map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use medpool_cluster::pool::ConfigValidator;
+
+    use super::B2buaConfigCheck;
+
+    #[test]
+    fn the_leader_refuses_a_configuration_the_b2bua_would_refuse() {
+        assert_eq!(B2buaConfigCheck.validate(b"# nothing configured\n"), Ok(()));
+        assert!(B2buaConfigCheck.validate(b"[[trunk]]\nname = 7\n").is_err());
+        assert!(B2buaConfigCheck.validate(&[0xff, 0xfe]).is_err());
+    }
+}

@@ -67,3 +67,47 @@ async fn part_of_the_tls_material_is_refused_naming_what_is_missing() {
     .await;
     assert!(text.contains("--internal-tls-key"), "{text}");
 }
+
+/// `medpool ctl status` against `admin` (the binary, as an operator runs it).
+fn ctl_status(admin: std::net::SocketAddr) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medpool"))
+        .args(["ctl", "--server", &admin.to_string(), "status"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicitly_insecure_internal_port_is_reported_by_ctl_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = serve_args(
+        &dir.path().join("data"),
+        &["--raft-listen", "127.0.151.210:7000", "--insecure-internal"],
+    );
+    let listeners = serve::Listeners::bind(&args).await.expect("admin port");
+    let node = serve::start(args, listeners).await.expect("node starts");
+    let admin = node.admin_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(node.until(async {
+        let _ = stopped.await;
+    }));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut status = String::new();
+    while std::time::Instant::now() < deadline {
+        status = tokio::task::spawn_blocking(move || ctl_status(admin))
+            .await
+            .unwrap();
+        if status.contains("insecure internal port") {
+            break;
+        }
+        // The node bootstraps its pool first (its own record appears in status then).
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    println!("{status}");
+    assert!(
+        status.contains("warning: node 0: insecure internal port 127.0.151.210:7000"),
+        "{status}"
+    );
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+}
