@@ -91,9 +91,9 @@ async fn an_explicitly_insecure_internal_port_is_reported_by_ctl_status() {
     let serving = tokio::spawn(node.until(async {
         let _ = stopped.await;
     }));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut status = String::new();
-    while std::time::Instant::now() < deadline {
+    while tokio::time::Instant::now() < deadline {
         status = tokio::task::spawn_blocking(move || ctl_status(admin))
             .await
             .unwrap();
