@@ -64,29 +64,25 @@ pub struct SnapshotHeader {
     pub meta: SnapshotMeta,
 }
 
-/// A snapshot as chunks: the header in the first, the data in pieces of at most `chunk` bytes (at
-/// least one chunk, even for empty data).
+/// A snapshot as chunks, made one at a time as they are sent: the header in the first, the data
+/// in pieces of at most `chunk` bytes (at least one chunk, even for empty data).
 pub fn snapshot_chunks(
     vote: Vote,
     meta: SnapshotMeta,
-    data: &[u8],
+    data: SnapshotData,
     chunk: usize,
-) -> Result<Vec<SnapshotChunk>, serde_json::Error> {
-    let header = encode(&SnapshotHeader { vote, meta })?;
-    let mut out: Vec<SnapshotChunk> = data
-        .chunks(chunk.max(1))
-        .map(|d| SnapshotChunk {
-            header: Vec::new(),
-            data: d.to_vec(),
-        })
-        .collect();
-    if out.is_empty() {
-        out.push(SnapshotChunk::default());
-    }
-    if let Some(first) = out.first_mut() {
-        first.header = header;
-    }
-    Ok(out)
+) -> Result<impl Iterator<Item = SnapshotChunk> + Send + 'static, serde_json::Error> {
+    let mut header = encode(&SnapshotHeader { vote, meta })?;
+    let chunk = chunk.max(1);
+    let count = data.len().div_ceil(chunk).max(1);
+    Ok((0..count).map(move |i| {
+        let from = (i * chunk).min(data.len());
+        let to = (from + chunk).min(data.len());
+        SnapshotChunk {
+            header: std::mem::take(&mut header),
+            data: data[from..to].to_vec(),
+        }
+    }))
 }
 
 /// Why a chunked snapshot was refused.
@@ -458,7 +454,7 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         let ttl = option.hard_ttl().max(Duration::from_secs(30));
         let target = self.target;
         let network = |e: String| StreamingError::Network(NetworkError::from_string(e));
-        let chunks = snapshot_chunks(vote, snapshot.meta, &snapshot.snapshot, SNAPSHOT_CHUNK)
+        let chunks = snapshot_chunks(vote, snapshot.meta, snapshot.snapshot, SNAPSHOT_CHUNK)
             .map_err(|e| network(e.to_string()))?;
         let client = self.client().map_err(StreamingError::Unreachable)?;
         let fut = client.install_snapshot(futures_util::stream::iter(chunks));
@@ -501,7 +497,9 @@ mod tests {
     fn a_snapshot_larger_than_one_chunk_arrives_whole() {
         let (vote, meta) = header();
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        let chunks = snapshot_chunks(vote, meta, &data, 4096).unwrap();
+        let chunks: Vec<_> = snapshot_chunks(vote, meta, data.clone(), 4096)
+            .unwrap()
+            .collect();
         assert_eq!(chunks.len(), 3);
         assert!(chunks[1].header.is_empty() && chunks[2].header.is_empty());
         let mut a = SnapshotAssembly::new(1 << 20);
@@ -512,12 +510,21 @@ mod tests {
         assert_eq!(got, data);
         assert_eq!(h.vote, vote);
         assert_eq!(h.meta, header().1);
+        // An empty snapshot is one chunk, its header.
+        let (vote, meta) = header();
+        let mut empty = SnapshotAssembly::new(10);
+        for c in snapshot_chunks(vote, meta, Vec::new(), 4096).unwrap() {
+            empty.push(c).unwrap();
+        }
+        assert_eq!(empty.finish().unwrap().1, Vec::<u8>::new());
     }
 
     #[test]
     fn a_snapshot_beyond_the_receivers_cap_or_out_of_order_is_refused() {
         let (vote, meta) = header();
-        let chunks = snapshot_chunks(vote, meta, &[7u8; 3000], 1000).unwrap();
+        let chunks: Vec<_> = snapshot_chunks(vote, meta, vec![7u8; 3000], 1000)
+            .unwrap()
+            .collect();
         let mut a = SnapshotAssembly::new(2500);
         let mut results = chunks.clone().into_iter().map(|c| a.push(c));
         assert!(results.by_ref().take(2).all(|r| r.is_ok()));

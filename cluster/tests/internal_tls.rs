@@ -337,7 +337,9 @@ async fn attack(c: &mut ClusterClient<Channel>, victim: u64) -> Vec<(&'static st
         last_log_id: None,
         last_membership: Default::default(),
     };
-    let chunks: Vec<SnapshotChunk> = snapshot_chunks(vote, meta, &[b'{'; 4000], 1000).unwrap();
+    let chunks: Vec<SnapshotChunk> = snapshot_chunks(vote, meta, vec![b'{'; 4000], 1000)
+        .unwrap()
+        .collect();
     record(
         "install-snapshot",
         c.install_snapshot(futures_util::stream::iter(chunks))
