@@ -60,9 +60,17 @@ pub struct State {
     /// late record and a removal in the same pass cancel out.
     #[serde(default)]
     dialog_writes: Vec<u64>,
+    /// The pool-wide secret ([`Command::SetPoolSecret`]); `None` in pools bootstrapped before it.
+    #[serde(default)]
+    pool_secret: Option<[u8; 32]>,
 }
 
 impl State {
+    /// The pool-wide secret, set once right after bootstrap (`None` in older pools).
+    pub fn pool_secret(&self) -> Option<[u8; 32]> {
+        self.pool_secret
+    }
+
     /// Whether [`Command::Bootstrap`] has created the shard map.
     pub fn is_bootstrapped(&self) -> bool {
         !self.shards.is_empty()
@@ -199,6 +207,13 @@ pub fn apply(state: &mut State, command: Command) -> CommandResult {
 fn try_apply(state: &mut State, command: Command) -> Result<CommandResult, Rejection> {
     match command {
         Command::Noop => Ok(CommandResult::Done),
+        Command::SetPoolSecret { secret } => {
+            if state.pool_secret.is_some() {
+                return Err(Rejection::PoolSecretExists);
+            }
+            state.pool_secret = Some(secret);
+            Ok(CommandResult::Done)
+        }
         Command::Bootstrap { shard_count } => {
             if state.is_bootstrapped() {
                 return Err(Rejection::AlreadyBootstrapped {

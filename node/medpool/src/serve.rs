@@ -122,6 +122,64 @@ pub struct PoolArgs {
     /// only; the format is documented in medpool-cluster's `audit` module.
     #[arg(long, env = "MEDPOOL_AUDIT_FILE", value_name = "PATH")]
     pub audit_file: Option<PathBuf>,
+    /// Internal port (mutual TLS): this node's certificate chain, PEM. Its certificate must name
+    /// `node-<id>.medpool.internal` (DNS SAN). With --internal-tls-key and --internal-tls-ca.
+    #[arg(long, env = "MEDPOOL_INTERNAL_TLS_CERT", value_name = "FILE")]
+    pub internal_tls_cert: Option<PathBuf>,
+    /// Internal port (mutual TLS): this node's private key, PEM.
+    #[arg(long, env = "MEDPOOL_INTERNAL_TLS_KEY", value_name = "FILE")]
+    pub internal_tls_key: Option<PathBuf>,
+    /// Internal port (mutual TLS): the pool CA's certificate, PEM (peers must present certificates
+    /// it signed).
+    #[arg(long, env = "MEDPOOL_INTERNAL_TLS_CA", value_name = "FILE")]
+    pub internal_tls_ca: Option<PathBuf>,
+    /// Serve the internal port over plain TCP on a non-loopback --raft-listen (no authentication:
+    /// whoever reaches the port can control the pool). Reported in the ready line and status.
+    #[arg(long, env = "MEDPOOL_INSECURE_INTERNAL")]
+    pub insecure_internal: bool,
+}
+
+impl PoolArgs {
+    /// The internal port's TLS material: all three files, or none. Refuses a non-loopback
+    /// `raft_listen` without it unless --insecure-internal is given (checked before anything binds).
+    fn internal_tls(
+        &self,
+        raft_listen: SocketAddr,
+    ) -> Result<Option<Arc<medpool_cluster::tls::InternalTls>>, ServeError> {
+        use medpool_cluster::tls::{InternalTls, TlsFiles};
+        let files = match (
+            &self.internal_tls_cert,
+            &self.internal_tls_key,
+            &self.internal_tls_ca,
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            (cert, key, _) => {
+                return Err(ServeError::InternalTlsIncomplete {
+                    missing: if cert.is_none() {
+                        "--internal-tls-cert"
+                    } else if key.is_none() {
+                        "--internal-tls-key"
+                    } else {
+                        "--internal-tls-ca"
+                    },
+                });
+            }
+        };
+        let Some(files) = files else {
+            if !raft_listen.ip().is_loopback() && !self.insecure_internal {
+                return Err(ServeError::InsecureInternal { addr: raft_listen });
+            }
+            return Ok(None);
+        };
+        InternalTls::load(files)
+            .map(Some)
+            .map_err(ServeError::InternalTls)
+    }
 }
 
 /// Why `serve` stopped with an error.
@@ -152,6 +210,40 @@ pub enum ServeError {
     /// The pool could not start.
     #[error("{0}")]
     Pool(medpool_cluster::pool::PoolError),
+    /// A non-loopback internal address without TLS material or --insecure-internal.
+    #[error(
+        "--raft-listen {addr} is not a loopback address: give the internal port's TLS material \
+         (--internal-tls-cert, --internal-tls-key, --internal-tls-ca) or allow plain TCP \
+         explicitly with --insecure-internal"
+    )]
+    InsecureInternal {
+        /// The internal address.
+        addr: SocketAddr,
+    },
+    /// Some of the internal TLS flags are given, not all.
+    #[error(
+        "{missing} is missing: the internal port's TLS needs --internal-tls-cert, \
+         --internal-tls-key and --internal-tls-ca together"
+    )]
+    InternalTlsIncomplete {
+        /// The flag not given.
+        missing: &'static str,
+    },
+    /// The internal TLS material cannot be used (the message names the file).
+    #[error("internal TLS (--internal-tls-cert/--internal-tls-key/--internal-tls-ca): {0}")]
+    InternalTls(medpool_cluster::tls::TlsError),
+    /// This node's certificate does not name its node id.
+    #[error(
+        "--internal-tls-cert {cert}: the certificate is not valid for {name} (node {node}'s name)"
+    )]
+    InternalTlsWrongNode {
+        /// The certificate file.
+        cert: String,
+        /// The name it must carry.
+        name: String,
+        /// This node's id.
+        node: u64,
+    },
     /// The pool's Raft stopped on a fatal error (its store could not be written).
     #[error(
         "the pool's Raft store in {data_dir} failed ({why}): stopped so that the other nodes take this node's shards over"
@@ -375,12 +467,19 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
         admin.addr,
         match &pool {
             Some(p) => format!(
-                " node={} raft={}",
+                " node={} raft={} internal={}",
                 p.node_id(),
                 args.pool
                     .raft_listen
                     .map(|a| a.to_string())
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if p.internal_tls() {
+                    "mtls"
+                } else if p.insecure_internal() {
+                    "INSECURE"
+                } else {
+                    "loopback"
+                }
             ),
             None => String::new(),
         }
@@ -429,6 +528,16 @@ fn pool_options(
         .raft_advertise
         .clone()
         .unwrap_or_else(|| raft_listen.to_string());
+    let tls = p.internal_tls(raft_listen)?;
+    if let Some(t) = &tls
+        && !t.names_node(node_id)
+    {
+        return Err(ServeError::InternalTlsWrongNode {
+            cert: t.files().cert.display().to_string(),
+            name: medpool_cluster::tls::node_name(node_id),
+            node: node_id,
+        });
+    }
     Ok(PoolOptions {
         node_id,
         addrs: NodeAddrs {
@@ -448,6 +557,9 @@ fn pool_options(
         margin: Duration::from_millis(p.lease_margin_ms),
         snapshot_logs: 5000,
         audit: p.audit_file.clone(),
+        tls,
+        insecure_internal: p.insecure_internal,
+        config_validator: Some(Arc::new(crate::pool::B2buaConfigCheck)),
     })
 }
 
