@@ -38,6 +38,10 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(sock.into())
 }
 
+/// Datagrams read in one go once the socket is readable, before the loop looks at the shutdown
+/// signal again (reading until the socket is empty costs one wake-up per burst, not per datagram).
+const DRAIN_BATCH: usize = 256;
+
 /// Receives datagrams until `shutdown` turns true.
 ///
 /// Per datagram, in this order: the source ([`Door::classify`], no parse yet): an unknown source is
@@ -55,24 +59,60 @@ pub async fn receive_loop(
     // One buffer larger than any legal datagram; a datagram longer than the limit is still read whole so
     // it can be answered 513.
     let mut buf = vec![0u8; 65536];
-    let start = tokio::time::Instant::now();
-    let mut door = Door::new(config.gate.clone(), Duration::ZERO);
-    let reserve = super::reserved_slots(tx.max_capacity());
+    let mut rx = Receiver {
+        start: tokio::time::Instant::now(),
+        door: Door::new(config.gate.clone(), Duration::ZERO),
+        reserve: super::reserved_slots(tx.max_capacity()),
+        socket,
+        config,
+        tx,
+        stats,
+    };
     loop {
-        let (n, source) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP port-unreachable surfaces here on Linux as ConnectionRefused: not fatal.
-                    tracing::debug!(error = %e, "udp receive error");
-                    continue;
-                }
+        tokio::select! {
+            r = rx.socket.readable() => if let Err(e) = r {
+                tracing::debug!(error = %e, "udp socket not readable");
+                continue;
             },
             _ = shutdown.changed() => break,
-        };
-        let data = &buf[..n];
+        }
+        for _ in 0..DRAIN_BATCH {
+            match rx.socket.try_recv_from(&mut buf) {
+                Ok((n, source)) => rx.on_datagram(&buf[..n], source),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ICMP port-unreachable surfaces here on Linux as ConnectionRefused: not fatal.
+                Err(e) => tracing::debug!(error = %e, "udp receive error"),
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The receive loop's state.
+struct Receiver {
+    socket: Arc<UdpSocket>,
+    config: TransportConfig,
+    tx: mpsc::Sender<Inbound>,
+    stats: Arc<FrontDoorStats>,
+    door: Door,
+    start: tokio::time::Instant,
+    reserve: usize,
+}
+
+impl Receiver {
+    fn on_datagram(&mut self, data: &[u8], source: SocketAddr) {
+        let Receiver {
+            socket,
+            config,
+            tx,
+            stats,
+            door,
+            start,
+            reserve,
+        } = self;
+        let reserve = *reserve;
         if data.iter().all(|&b| b == b'\r' || b == b'\n') {
-            continue; // keep-alive
+            return; // keep-alive
         }
         let now = start.elapsed();
         let entry = match door.classify(source) {
@@ -81,10 +121,10 @@ pub async fn receive_loop(
                 if policy == UnknownPolicy::Reject {
                     let loaded = tx.capacity() < tx.max_capacity() / 2;
                     if door.may_forbid(now, loaded) {
-                        forbid(&socket, data, source, &config, &stats);
+                        forbid(socket, data, source, config, stats);
                     }
                 }
-                continue;
+                return;
             }
             SourceClass::Known(entry) => Some(entry),
             SourceClass::Unlimited => None,
@@ -92,40 +132,40 @@ pub async fn receive_loop(
         let parsed = SipMessage::parse_datagram(Bytes::copy_from_slice(data), &config.limits);
         if let Ok(m) = &parsed {
             stats.traffic.count_in(m);
+            // A request that starts something new pays first (before the checks: a source over its
+            // budget costs no more than the parse).
+            if super::starts_something_new(m) {
+                let verdict = match entry {
+                    Some(entry) => door.new_request(entry, source, now),
+                    None => NewRequest::Admit,
+                };
+                let answer = match verdict {
+                    NewRequest::Admit if tx.capacity() > reserve => None,
+                    NewRequest::Admit => {
+                        stats.gate.reserve_refused.fetch_add(1, Ordering::Relaxed);
+                        Some(true)
+                    }
+                    NewRequest::Refuse => {
+                        stats.gate.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        Some(true)
+                    }
+                    NewRequest::Drop => {
+                        stats.gate.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        stats.gate.unanswered.fetch_add(1, Ordering::Relaxed);
+                        Some(false)
+                    }
+                };
+                if let Some(answer) = answer {
+                    if answer && let Some(a) = overload_answer(m, source, config.retry_after_secs) {
+                        let _ = socket.try_send_to(&a, reply_target(m, source));
+                    }
+                    return;
+                }
+            }
         }
         match screen(parsed, source) {
             Screened::Pass(msg) => {
                 let is_request = msg.is_request();
-                if super::starts_something_new(&msg) {
-                    let verdict = match entry {
-                        Some(entry) => door.new_request(entry, source, now),
-                        None => NewRequest::Admit,
-                    };
-                    let refuse = match verdict {
-                        NewRequest::Admit if tx.capacity() > reserve => None,
-                        NewRequest::Admit => {
-                            stats.gate.reserve_refused.fetch_add(1, Ordering::Relaxed);
-                            Some(true)
-                        }
-                        NewRequest::Refuse => {
-                            stats.gate.rate_limited.fetch_add(1, Ordering::Relaxed);
-                            Some(true)
-                        }
-                        NewRequest::Drop => {
-                            stats.gate.rate_limited.fetch_add(1, Ordering::Relaxed);
-                            stats.gate.unanswered.fetch_add(1, Ordering::Relaxed);
-                            Some(false)
-                        }
-                    };
-                    if let Some(answer) = refuse {
-                        if answer
-                            && let Some(a) = overload_answer(&msg, source, config.retry_after_secs)
-                        {
-                            let _ = socket.try_send_to(&a, reply_target(&msg, source));
-                        }
-                        continue;
-                    }
-                }
                 let inbound = Inbound {
                     msg,
                     source,
@@ -155,7 +195,7 @@ pub async fn receive_loop(
                 if !door.may_answer_error(now) {
                     // Junk at a high rate is not reflected back.
                     stats.gate.unanswered.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                    return;
                 }
                 // The answer's top Via tells where it goes; recompute from the parsed answer.
                 let dest = SipMessage::parse(bytes.clone())
