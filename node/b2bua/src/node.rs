@@ -30,6 +30,9 @@ impl NodeCtx {
     pub async fn apply_config(self: &Arc<Self>, config: PoolConfig) {
         let old = self.config();
         let trunks = config.trunks.clone();
+        if let Some(tcp) = self.transports.tcp() {
+            tcp.set_listed_ips(trunk_ips(&trunks));
+        }
         self.set_config(config);
         if let Err(e) = gateway::reconcile(self, &old.trunks, &trunks).await {
             tracing::error!(error = %e, "cannot start a gateway actor for the new configuration");
@@ -67,6 +70,12 @@ impl NodeCtx {
         }
         calls.len()
     }
+}
+
+/// The trunks' IP addresses: the SIP TCP door gives each its own connection cap, outside the
+/// budget unknown addresses share (a trunk named by host name is not listed).
+fn trunk_ips(trunks: &[crate::config::Trunk]) -> Vec<std::net::IpAddr> {
+    trunks.iter().filter_map(|t| t.address.ip()).collect()
 }
 
 /// How to run a node.
@@ -140,6 +149,10 @@ pub async fn start(
     let running = transport::start(opts.sip.clone(), stop_rx.clone())
         .await
         .map_err(|source| NodeError::Bind { addr, source })?;
+    running
+        .transports
+        .tcp()
+        .set_listed_ips(trunk_ips(&config.trunks));
     let sip_addr = running.transports.udp_local();
     let hostport = opts
         .advertise

@@ -220,6 +220,12 @@ impl Transports {
         &self.stats
     }
 
+    /// The TCP connections: their counts, what was refused or closed and why
+    /// ([`tcp::TcpPool::stats`]), and the hook for listed peers ([`tcp::TcpPool::set_listed_ips`]).
+    pub fn tcp(&self) -> &tcp::TcpPool {
+        &self.tcp
+    }
+
     /// The local UDP address.
     pub fn udp_local(&self) -> SocketAddr {
         self.udp
@@ -311,12 +317,9 @@ pub struct TransportConfig {
     pub queue: usize,
     /// Retry-After seconds in the 503 sent when the queue is full.
     pub retry_after_secs: u32,
-    /// Most TCP connections open at once (in and out).
-    pub max_connections: usize,
-    /// A TCP connection with no traffic for this long is closed.
-    pub tcp_idle_timeout: std::time::Duration,
-    /// Timeout to open an outgoing TCP connection.
-    pub tcp_connect_timeout: std::time::Duration,
+    /// TCP connection caps (per address, inbound, outbound) and timeouts (message, idle, write,
+    /// connect): see [`tcp::TcpLimits`].
+    pub tcp: tcp::TcpLimits,
 }
 
 impl Default for TransportConfig {
@@ -326,9 +329,7 @@ impl Default for TransportConfig {
             limits: crate::Limits::default(),
             queue: 4096,
             retry_after_secs: 5,
-            max_connections: 4096,
-            tcp_idle_timeout: std::time::Duration::from_secs(300),
-            tcp_connect_timeout: std::time::Duration::from_secs(5),
+            tcp: tcp::TcpLimits::default(),
         }
     }
 }
