@@ -163,3 +163,57 @@ fn four_thousand_idle_connections_from_one_address_do_not_stop_a_trunks_tcp_call
         knocks.load(Ordering::Relaxed)
     );
 }
+
+/// The metrics port (`--metrics-listen`) serves at most `MAX_SCRAPES` connections at once: one
+/// more is closed at accept, a silent one is cut off after `SCRAPE_TIMEOUT`, and a freed slot serves
+/// a scrape again.
+#[tokio::test]
+async fn the_metrics_port_holds_a_bounded_number_of_connections() {
+    use medpool::metrics::{MAX_SCRAPES, serve};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let registry = Arc::new(prometheus_client::registry::Registry::default());
+    let addr = serve("127.0.153.3:0".parse().unwrap(), registry)
+        .await
+        .unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..MAX_SCRAPES {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // One more is closed at once, before any answer.
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    extra
+        .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut got))
+        .await
+        .expect("the connection over the cap is closed");
+    assert!(got.is_empty(), "no answer over the cap");
+
+    // A silent connection is cut off by the scrape timeout.
+    let mut first = silent.remove(0);
+    let mut b = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), first.read_to_end(&mut b)).await;
+    assert!(
+        closed.is_ok(),
+        "a silent connection is closed by the server"
+    );
+
+    // Its slot serves a scrape again.
+    let mut answered = false;
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut r = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut r)).await;
+        if r.starts_with(b"HTTP/1.1 200 OK") {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "a scrape is answered once a slot is free");
+}

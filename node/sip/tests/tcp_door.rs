@@ -344,3 +344,81 @@ async fn a_peer_that_never_reads_loses_its_connection_and_blocks_nobody() {
         .unwrap();
     assert_eq!(tcp.open_outbound(), 2);
 }
+
+#[tokio::test]
+async fn messages_sent_while_connecting_share_one_connection() {
+    let (running, _stop) = start(TcpLimits::default()).await;
+    let t = running.transports.clone();
+    let gw = TcpListener::bind("127.0.153.23:0").await.unwrap();
+    let gw_addr = gw.local_addr().unwrap();
+    // A burst towards a destination with no connection yet (as the transaction layer sends).
+    for i in 0..50u8 {
+        t.send_now(
+            Transport::Tcp,
+            gw_addr,
+            Bytes::from(vec![b'a' + i % 26; 10]),
+        )
+        .unwrap();
+    }
+    let (mut s, _) = gw.accept().await.unwrap();
+    let mut got = vec![0u8; 500];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        t.tcp().open_outbound(),
+        1,
+        "one connection, not one per message"
+    );
+    let second = tokio::time::timeout(Duration::from_millis(300), gw.accept()).await;
+    assert!(second.is_err(), "no second connection was opened");
+}
+
+#[tokio::test]
+async fn the_idle_clock_runs_from_the_last_complete_message_not_the_last_byte() {
+    let limits = TcpLimits {
+        idle_timeout: Duration::from_secs(2),
+        // Far away: only the idle clock can end this connection.
+        message_timeout: Duration::from_secs(600),
+        ..TcpLimits::default()
+    };
+    let (running, _stop) = start(limits).await;
+    let node = running.transports.udp_local();
+    let tcp = running.transports.tcp();
+    let mut s = connect_from("127.0.153.13", node).await;
+    let options = b"OPTIONS sip:n@127.0.153.2 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.153.13;branch=z9hG4bK-idle-1\r\nFrom: <sip:a@127.0.153.13>;tag=1\r\nTo: <sip:n@127.0.153.2>\r\nCall-ID: idle-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    // Complete messages keep the connection: 3 s of them, one every 200 ms.
+    for _ in 0..15 {
+        s.write_all(options).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(tcp.open_inbound(), 1, "complete messages keep it open");
+    // Bytes of a message that never ends do not: the idle clock closes it.
+    let mut sent = 0usize;
+    let started = Instant::now();
+    while tcp
+        .stats()
+        .closed_idle
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        if s.write_all(b"X").await.is_err() {
+            break;
+        }
+        sent += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a trickle of bytes kept the connection for 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sent > 5, "bytes kept coming ({sent})");
+    assert!(eventually(Duration::from_secs(5), || tcp.open_inbound() == 0).await);
+    assert_eq!(
+        tcp.stats()
+            .closed_idle
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}

@@ -92,6 +92,10 @@ pub struct TcpPool {
 struct Inner {
     config: TransportConfig,
     conns: Mutex<HashMap<SocketAddr, Conn>>,
+    /// Destinations being connected to, with what was sent to them meanwhile (one connect per
+    /// destination at a time). At most `max_outbound` entries (each holds an outbound slot) of at
+    /// most [`WRITE_QUEUE`] messages.
+    connecting: Mutex<HashMap<SocketAddr, Vec<Bytes>>>,
     admission: Mutex<Admission>,
     next_id: AtomicU64,
     tx: mpsc::Sender<Inbound>,
@@ -196,6 +200,7 @@ impl TcpPool {
             inner: Arc::new(Inner {
                 config,
                 conns: Mutex::new(HashMap::new()),
+                connecting: Mutex::new(HashMap::new()),
                 admission: Mutex::new(Admission::default()),
                 next_id: AtomicU64::new(0),
                 tx,
@@ -413,9 +418,12 @@ impl TcpPool {
                 (true, Some(since)) if !completed => Some(since),
                 (true, _) => Some(now),
             };
+            let idle_end = last_complete + limits.idle_timeout;
             let (deadline, waiting) = match message_since {
-                Some(since) => (since + limits.message_timeout, Wait::Message),
-                None => (last_complete + limits.idle_timeout, Wait::Idle),
+                Some(since) if since + limits.message_timeout < idle_end => {
+                    (since + limits.message_timeout, Wait::Message)
+                }
+                _ => (idle_end, Wait::Idle),
             };
             let buf = framer.buffer();
             buf.reserve(8192);
@@ -513,35 +521,64 @@ impl TcpPool {
     }
 
     /// Sends on the connection to `dest`, opening one (within the outbound budget) when there is none.
+    /// While a connection to `dest` is being opened, later sends wait in its queue (they are sent
+    /// once it is open, dropped if it cannot be opened) instead of opening more.
     pub async fn send(&self, dest: SocketAddr, bytes: Bytes) -> Result<(), TransportError> {
-        let wtx = match self.existing(dest) {
-            Some(w) => w,
-            None => {
-                let admitted = self
-                    .inner
-                    .admission
-                    .lock()
-                    .map_err(|_| Refusal::OutboundFull)
-                    .and_then(|mut a| a.admit_outbound(&self.inner.config.tcp));
-                let slot = match admitted {
-                    Ok(slot) => self.guard(slot),
-                    Err(why) => {
-                        self.inner.tcp_stats.refused(why);
-                        return Err(TransportError::TooManyConnections);
-                    }
-                };
-                // The slot is held while connecting (and given back if that fails).
-                let stream = tokio::time::timeout(
-                    self.inner.config.tcp.connect_timeout,
-                    TcpStream::connect(dest),
-                )
-                .await
-                .map_err(|_| TransportError::ConnectTimeout)?
-                .map_err(|e| TransportError::Io(e.kind()))?;
-                self.adopt(stream, dest, slot)
+        if let Some(w) = self.existing(dest) {
+            return w.try_send(bytes).map_err(|_| TransportError::Busy);
+        }
+        let slot = {
+            let Ok(mut connecting) = self.inner.connecting.lock() else {
+                return Err(TransportError::Busy);
+            };
+            if let Some(waiting) = connecting.get_mut(&dest) {
+                if waiting.len() >= WRITE_QUEUE {
+                    return Err(TransportError::Busy);
+                }
+                waiting.push(bytes);
+                return Ok(());
+            }
+            let admitted = self
+                .inner
+                .admission
+                .lock()
+                .map_err(|_| Refusal::OutboundFull)
+                .and_then(|mut a| a.admit_outbound(&self.inner.config.tcp));
+            match admitted {
+                Ok(slot) => {
+                    connecting.insert(dest, Vec::new());
+                    self.guard(slot)
+                }
+                Err(why) => {
+                    self.inner.tcp_stats.refused(why);
+                    return Err(TransportError::TooManyConnections);
+                }
             }
         };
-        wtx.try_send(bytes).map_err(|_| TransportError::Busy)
+        // The slot is held while connecting (and given back if that fails).
+        let connected = tokio::time::timeout(
+            self.inner.config.tcp.connect_timeout,
+            TcpStream::connect(dest),
+        )
+        .await;
+        let connected = match connected {
+            Err(_) => Err(TransportError::ConnectTimeout),
+            Ok(Err(e)) => Err(TransportError::Io(e.kind())),
+            Ok(Ok(stream)) => Ok(self.adopt(stream, dest, slot)),
+        };
+        let waiting = self
+            .inner
+            .connecting
+            .lock()
+            .ok()
+            .and_then(|mut c| c.remove(&dest))
+            .unwrap_or_default();
+        let wtx = connected?;
+        let first = wtx.try_send(bytes).map_err(|_| TransportError::Busy);
+        for b in waiting {
+            let _ = wtx.try_send(b);
+        }
+        first
     }
 }
 
