@@ -31,7 +31,7 @@ impl NodeCtx {
         let old = self.config();
         let trunks = config.trunks.clone();
         if let Some(tcp) = self.transports.tcp() {
-            tcp.set_listed_ips(trunk_ips(&trunks));
+            tcp.set_listed_ips(listed_ips(&trunks, &self.trusted_forwarders));
         }
         self.set_config(config);
         if let Err(e) = gateway::reconcile(self, &old.trunks, &trunks).await {
@@ -72,10 +72,18 @@ impl NodeCtx {
     }
 }
 
-/// The trunks' IP addresses: the SIP TCP door gives each its own connection cap, outside the
-/// budget unknown addresses share (a trunk named by host name is not listed).
-fn trunk_ips(trunks: &[crate::config::Trunk]) -> Vec<std::net::IpAddr> {
-    trunks.iter().filter_map(|t| t.address.ip()).collect()
+/// The addresses the SIP TCP door gives a connection cap of their own, outside the budget unknown
+/// addresses share: the trunks' IPs (a trunk named by host name is not listed) and the trusted
+/// forwarders (a balancer carries many callers' connections).
+fn listed_ips(
+    trunks: &[crate::config::Trunk],
+    forwarders: &[std::net::IpAddr],
+) -> Vec<std::net::IpAddr> {
+    trunks
+        .iter()
+        .filter_map(|t| t.address.ip())
+        .chain(forwarders.iter().copied())
+        .collect()
 }
 
 /// How to run a node.
@@ -152,7 +160,7 @@ pub async fn start(
     running
         .transports
         .tcp()
-        .set_listed_ips(trunk_ips(&config.trunks));
+        .set_listed_ips(listed_ips(&config.trunks, &opts.trusted_forwarders));
     let sip_addr = running.transports.udp_local();
     let hostport = opts
         .advertise
