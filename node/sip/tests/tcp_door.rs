@@ -422,3 +422,67 @@ async fn the_idle_clock_runs_from_the_last_complete_message_not_the_last_byte() 
         1
     );
 }
+
+#[tokio::test]
+async fn a_response_whose_connection_is_gone_never_waits_on_a_connect() {
+    let limits = TcpLimits {
+        connect_timeout: Duration::from_secs(60),
+        ..TcpLimits::default()
+    };
+    let (running, _stop) = start(limits).await;
+    let node = running.transports.udp_local();
+    let t = running.transports.clone();
+    let mut inbound = running.inbound;
+
+    // A request over TCP from 127.0.153.14:P, whose Via names the same port.
+    let client = TcpSocket::new_v4().unwrap();
+    client.set_reuseaddr(true).unwrap();
+    client.bind("127.0.153.14:0".parse().unwrap()).unwrap();
+    let mut client = client.connect(node).await.unwrap();
+    let me = client.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS sip:n@127.0.153.2 SIP/2.0\r\nVia: SIP/2.0/TCP {me};branch=z9hG4bK-hole-1\r\nFrom: <sip:a@{me}>;tag=1\r\nTo: <sip:n@127.0.153.2>\r\nCall-ID: hole-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    client.write_all(options.as_bytes()).await.unwrap();
+    let request = tokio::time::timeout(Duration::from_secs(5), inbound.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // The peer goes away, and its address becomes a black hole: a listener that never accepts,
+    // its accept queue full, so SYNs to it are never answered.
+    drop(client);
+    assert!(eventually(Duration::from_secs(5), || t.tcp().open_inbound() == 0).await);
+    let hole = TcpSocket::new_v4().unwrap();
+    hole.set_reuseaddr(true).unwrap();
+    hole.bind(me).unwrap();
+    let _hole = hole.listen(1).unwrap();
+    let mut fillers = Vec::new();
+    let mut full = false;
+    for _ in 0..16 {
+        match tokio::time::timeout(Duration::from_millis(500), connect_from_async(me)).await {
+            Ok(s) => fillers.push(s),
+            Err(_) => {
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "the black hole still answers SYNs");
+
+    // The answer is handed off at once; the connect (to the black hole) runs in the background.
+    let answer = Bytes::from_static(b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let sent =
+        tokio::time::timeout(Duration::from_secs(10), t.send_response(&request, answer)).await;
+    assert!(
+        matches!(sent, Ok(Ok(()))),
+        "the caller waited on the connect ({sent:?})"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || t.tcp().open_outbound() == 1).await,
+        "a connection is being opened"
+    );
+}
+
+async fn connect_from_async(to: SocketAddr) -> std::io::Result<TcpStream> {
+    try_connect_from("127.0.153.15", to).await
+}

@@ -272,20 +272,31 @@ impl Transports {
     }
 
     /// Sends a response to a request that arrived from `source` on `transport` (RFC 3261 §18.2.2): over
-    /// TCP on the connection it came on, over UDP to [`response_target`].
+    /// TCP on the connection it came on — when that is gone, a new one is opened in the background to
+    /// the source address at the Via's sent-by port, so the caller never waits on a connect (a peer
+    /// that drops SYNs would hold it for the connect timeout) — and over UDP to [`response_target`].
     pub async fn send_response(
         &self,
         request: &Inbound,
         bytes: Bytes,
     ) -> Result<(), TransportError> {
-        let dest = match request.transport {
-            Transport::Tcp => request.source,
-            Transport::Udp => match request.msg.top_via() {
-                Some(Ok(v)) => response_target(&v, request.source),
-                _ => request.source,
-            },
-        };
-        self.send(request.transport, dest, bytes).await
+        match request.transport {
+            Transport::Tcp => {
+                self.stats.traffic.count_out(&bytes);
+                let sent_by = match request.msg.top_via() {
+                    Some(Ok(v)) => SocketAddr::new(request.source.ip(), v.port.unwrap_or(5060)),
+                    _ => request.source,
+                };
+                self.tcp.send_on(request.source, sent_by, bytes)
+            }
+            Transport::Udp => {
+                let dest = match request.msg.top_via() {
+                    Some(Ok(v)) => response_target(&v, request.source),
+                    _ => request.source,
+                };
+                self.send(request.transport, dest, bytes).await
+            }
+        }
     }
 }
 

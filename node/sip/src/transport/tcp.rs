@@ -503,6 +503,20 @@ impl TcpPool {
             .filter(|w| !w.is_closed())
     }
 
+    /// Sends on the open connection to `conn` (a response on the connection its request came on);
+    /// when that is gone, as [`TcpPool::send_now`] to `fallback`. Never waits.
+    pub fn send_on(
+        &self,
+        conn: SocketAddr,
+        fallback: SocketAddr,
+        bytes: Bytes,
+    ) -> Result<(), TransportError> {
+        match self.existing(conn) {
+            Some(w) => w.try_send(bytes).map_err(|_| TransportError::Busy),
+            None => self.send_now(fallback, bytes),
+        }
+    }
+
     /// Sends on the open connection to `dest`; when there is none, connects in the background and sends
     /// then (a failure is logged; the transaction layer's timers notice the silence).
     pub fn send_now(&self, dest: SocketAddr, bytes: Bytes) -> Result<(), TransportError> {
