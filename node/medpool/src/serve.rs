@@ -17,6 +17,7 @@ use medpool_cluster::{Command, NodeAddrs};
 
 use medpool_sip::transaction::TimerConfig;
 use medpool_sip::transport::TransportConfig;
+use medpool_sip::transport::tcp::TcpLimits;
 use openraft::async_runtime::watch::WatchReceiver;
 
 use std::future::Future;
@@ -71,6 +72,9 @@ pub struct ServeArgs {
     /// SIP timer T1 in milliseconds (RFC 3261 default 500).
     #[arg(long, env = "MEDPOOL_T1_MS", default_value_t = 500)]
     pub t1_ms: u64,
+    /// SIP over TCP: connection caps and timeouts.
+    #[command(flatten)]
+    pub sip_tcp: SipTcpArgs,
     /// Pool membership (omit `--raft-listen` for the embedded single-node pool).
     #[command(flatten)]
     pub pool: PoolArgs,
@@ -179,6 +183,50 @@ impl PoolArgs {
         InternalTls::load(files)
             .map(Some)
             .map_err(ServeError::InternalTls)
+    }
+}
+
+/// SIP over TCP: connection caps (checked at accept) and timeouts. Defaults suit a node serving a
+/// few trunks; every value must be at least 1.
+#[derive(Debug, Clone, Args)]
+pub struct SipTcpArgs {
+    /// Inbound SIP TCP connections from addresses that are no trunk, all together.
+    #[arg(long, env = "MEDPOOL_SIP_TCP_MAX_INBOUND", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sip_tcp_max_inbound: u32,
+    /// Inbound SIP TCP connections from one address that is no trunk (an IPv6 /64).
+    #[arg(long, env = "MEDPOOL_SIP_TCP_MAX_PER_IP", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sip_tcp_max_per_ip: u32,
+    /// Inbound SIP TCP connections from one trunk address (outside --sip-tcp-max-inbound).
+    #[arg(long, env = "MEDPOOL_SIP_TCP_MAX_PER_TRUNK_IP", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sip_tcp_max_per_trunk_ip: u32,
+    /// SIP TCP connections this node opens (to gateways and trunks), a budget of their own.
+    #[arg(long, env = "MEDPOOL_SIP_TCP_MAX_OUTBOUND", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sip_tcp_max_outbound: u32,
+    /// Milliseconds a SIP message may take to arrive whole over TCP, from its first byte.
+    #[arg(long, env = "MEDPOOL_SIP_TCP_MESSAGE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sip_tcp_message_timeout_ms: u64,
+    /// Seconds a SIP TCP connection may go without a complete message before it is closed.
+    #[arg(long, env = "MEDPOOL_SIP_TCP_IDLE_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sip_tcp_idle_timeout: u64,
+    /// Milliseconds one SIP TCP write may take; a peer that does not read for longer is cut off.
+    #[arg(long, env = "MEDPOOL_SIP_TCP_WRITE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sip_tcp_write_timeout_ms: u64,
+}
+
+impl SipTcpArgs {
+    /// The SIP transport's TCP limits.
+    pub fn limits(&self) -> TcpLimits {
+        let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
+        TcpLimits {
+            max_inbound: n(self.sip_tcp_max_inbound),
+            max_inbound_per_ip: n(self.sip_tcp_max_per_ip),
+            max_inbound_per_listed_ip: n(self.sip_tcp_max_per_trunk_ip),
+            max_outbound: n(self.sip_tcp_max_outbound),
+            message_timeout: Duration::from_millis(self.sip_tcp_message_timeout_ms),
+            idle_timeout: Duration::from_secs(self.sip_tcp_idle_timeout),
+            write_timeout: Duration::from_millis(self.sip_tcp_write_timeout_ms),
+            ..TcpLimits::default()
+        }
     }
 }
 
@@ -382,6 +430,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
             listen: args.sip_listen,
             queue: args.sip_queue,
             retry_after_secs: config.node.retry_after,
+            tcp: args.sip_tcp.limits(),
             ..TransportConfig::default()
         },
         // The flag wins; else the pool configuration's `[node] advertised_address` (e.g. a Service address).
