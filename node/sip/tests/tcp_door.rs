@@ -98,6 +98,10 @@ async fn caps_are_checked_at_accept_and_listed_peers_and_outbound_have_their_own
         "two connections over the per-address cap are refused"
     );
     assert_eq!(tcp.open_inbound(), 3);
+    assert_eq!(
+        tcp.stats().refused_by_reason(),
+        [("inbound_full", 0), ("per_ip", 2), ("outbound_full", 0)]
+    );
     for s in &mut from9 {
         if closed_by_node(s).await {
             refused += 1;

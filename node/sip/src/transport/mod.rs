@@ -273,7 +273,8 @@ impl Transports {
     }
 
     /// Sends bytes to `dest`. UDP sends never wait (a full socket buffer drops the datagram, as the
-    /// network would); TCP reuses the connection to `dest` or opens one.
+    /// network would); TCP reuses the connection to `dest` or opens one (waiting for the connect; while
+    /// another send is opening it, the bytes wait in its queue: see [`tcp::TcpPool::send`]).
     pub async fn send(
         &self,
         transport: Transport,

@@ -72,6 +72,39 @@ pub struct TcpStats {
 }
 
 impl TcpStats {
+    /// Connections refused, by reason (labels for an exporter): `inbound_full`, `per_ip`,
+    /// `outbound_full`.
+    pub fn refused_by_reason(&self) -> [(&'static str, u64); 3] {
+        [
+            (
+                "inbound_full",
+                self.refused_inbound_full.load(Ordering::Relaxed),
+            ),
+            ("per_ip", self.refused_per_ip.load(Ordering::Relaxed)),
+            (
+                "outbound_full",
+                self.refused_outbound_full.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+
+    /// Connections the node closed, by reason (labels for an exporter): `message_timeout`, `idle`,
+    /// `write_timeout`, `framing`.
+    pub fn closed_by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            (
+                "message_timeout",
+                self.closed_message_timeout.load(Ordering::Relaxed),
+            ),
+            ("idle", self.closed_idle.load(Ordering::Relaxed)),
+            (
+                "write_timeout",
+                self.closed_write_timeout.load(Ordering::Relaxed),
+            ),
+            ("framing", self.closed_framing.load(Ordering::Relaxed)),
+        ]
+    }
+
     fn refused(&self, why: Refusal) {
         match why {
             Refusal::InboundFull => &self.refused_inbound_full,
