@@ -269,6 +269,40 @@ impl Collector for NodeCollector {
         ] {
             counter(&mut e, name, help, &one(value.load(Relaxed)))?;
         }
+        if let Some(tcp) = ctx.transports.tcp() {
+            let reasons = |rows: &[(&'static str, u64)]| -> Vec<(Labels, u64)> {
+                rows.iter()
+                    .map(|(reason, v)| (vec![("reason", (*reason).to_owned())], *v))
+                    .collect()
+            };
+            counter(
+                &mut e,
+                "medpool_sip_tcp_refused",
+                "TCP connections reset at accept or not opened, by the cap that refused them",
+                &reasons(&tcp.stats().refused_by_reason()),
+            )?;
+            counter(
+                &mut e,
+                "medpool_sip_tcp_closed",
+                "TCP connections closed by the door (message deadline, idle, write timeout, framing)",
+                &reasons(&tcp.stats().closed_by_reason()),
+            )?;
+            gauge(
+                &mut e,
+                "medpool_sip_tcp_connections",
+                "Open SIP TCP connections by direction",
+                &[
+                    (
+                        vec![("direction", "inbound".to_owned())],
+                        tcp.open_inbound() as i64,
+                    ),
+                    (
+                        vec![("direction", "outbound".to_owned())],
+                        tcp.open_outbound() as i64,
+                    ),
+                ],
+            )?;
+        }
         counter(
             &mut e,
             "medpool_sip_retransmissions",
