@@ -485,6 +485,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
                 running.ctx.clone(),
                 config_text.clone(),
             ));
+            tokio::spawn(mac_key_sync(pool.clone()));
             (running, Some(pool))
         }
     };
@@ -662,6 +663,26 @@ async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option<String>) {
         }
         if changes.changed().await.is_err() {
             // The pool's Raft has stopped: nothing more will change.
+            return;
+        }
+    }
+}
+
+/// Keys the MAC of the Call-IDs this node mints with the pool's secret once the pool has one
+/// (made at bootstrap, replicated, kept across restarts), so that any node recognises any node's
+/// Call-IDs in a late 2xx, also after a failover or a restart. Until then, and in a pool
+/// bootstrapped before secrets existed, the key is this process's own.
+async fn mac_key_sync(pool: Arc<Pool>) {
+    let mut changes = pool.raft().metrics();
+    loop {
+        if let Some(secret) = pool.pool_secret() {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&secret[..16]);
+            medpool_sip::ids::set_mac_key(key);
+            tracing::debug!("Call-ID MAC keyed with the pool's secret");
+            return;
+        }
+        if changes.changed().await.is_err() {
             return;
         }
     }
