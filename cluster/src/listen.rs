@@ -74,7 +74,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
     }
 }
 
-/// A plain TLS server stream.
+/// A TLS connection accepted by the internal port.
 pub type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
 
 type Incoming<S> = Pin<Box<dyn Stream<Item = Result<Capped<S>, std::io::Error>> + Send>>;
