@@ -8,6 +8,8 @@
 //!                  leases, failure detector + rebalancer, shard watcher and hand-over fence,
 //!                  dialog group commit, SIP forwarding, status (pool/mod.rs draws its files)
 //!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   body_cap.rs    per-RPC caps on a request's size, before tonic decodes it (a tower layer)
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
 //!   grpc.rs        the internal gRPC service (tonic) and what it asks of the pool (PoolHooks)
 //!   audit.rs       the node's own report (--audit-file): leases, acting set
 //!  ─────────────────────────────────────────────────────────────────────────────────────────
@@ -56,6 +58,7 @@ compile_error!(
 pub mod admit;
 pub mod audit;
 mod b64;
+pub mod body_cap;
 pub mod command;
 pub mod error;
 pub mod grpc;

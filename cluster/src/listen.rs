@@ -74,7 +74,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
     }
 }
 
-/// A plain TLS server stream.
+/// A TLS connection accepted by the internal port.
 pub type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
 
 type Incoming<S> = Pin<Box<dyn Stream<Item = Result<Capped<S>, std::io::Error>> + Send>>;
@@ -110,9 +110,13 @@ fn stream_of<S: Send + 'static>(rx: mpsc::Receiver<Capped<S>>) -> Incoming<S> {
 
 /// Plain TCP connections (loopback, or `--insecure-internal`).
 pub fn plain(listener: TcpListener) -> Incoming<TcpStream> {
+    plain_capped(listener, MAX_CONNECTIONS)
+}
+
+fn plain_capped(listener: TcpListener, max: usize) -> Incoming<TcpStream> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let slots = Arc::new(Semaphore::new(max));
         let mut backoff = Duration::from_millis(10);
         loop {
             let next = tokio::select! {
@@ -171,4 +175,33 @@ pub fn tls(listener: TcpListener, material: Arc<InternalTls>) -> Incoming<TlsCon
         }
     });
     stream_of(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_beyond_the_cap_waits_for_a_slot() {
+        let listener = TcpListener::bind("127.0.151.240:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = plain_capped(listener, 2);
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let first = incoming.next().await.unwrap().unwrap();
+        let _second = incoming.next().await.unwrap().unwrap();
+        // The third is connected (the kernel's backlog) but not handed to the server.
+        let third = tokio::time::timeout(Duration::from_millis(200), incoming.next()).await;
+        assert!(third.is_err(), "a third connection beyond a cap of 2");
+        // A slot frees when a connection is dropped.
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await;
+        assert!(matches!(third, Ok(Some(Ok(_)))));
+    }
 }

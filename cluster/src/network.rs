@@ -32,11 +32,13 @@ use crate::typ::{
 };
 
 /// Largest gRPC message on the internal port: an AppendEntries of at most
-/// [`MAX_PAYLOAD_ENTRIES`] entries, each within its command's cap. Other messages are checked
-/// against their own, smaller caps ([`MAX_SMALL`]); snapshots travel in chunks.
+/// [`MAX_PAYLOAD_ENTRIES`] entries, each within its command's cap (a dialog batch of 2 MiB is
+/// under 3 MiB encoded). Other messages are checked against their own, smaller caps
+/// ([`MAX_SMALL`]) once decoded (tonic applies one limit to a whole service: only members, past the
+/// TLS handshake, can send that much); snapshots travel in chunks.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Most log entries in one AppendEntries (openraft's `max_payload_entries`).
-pub const MAX_PAYLOAD_ENTRIES: u64 = 24;
+pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
 /// Cap of every internal message other than AppendEntries and snapshot chunks (a write, a join,
 /// a lease, a vote, a forwarded SIP message, an answer).
 pub const MAX_SMALL: usize = 4 * 1024 * 1024;
@@ -238,8 +240,10 @@ impl Dialer {
         expect: Expect,
     ) -> Result<ClusterClient<Channel>, tonic::transport::Error> {
         let addr = resolve_override(addr);
+        // A TLS connection needs its handshake too (one more round trip, signatures to check).
+        let connect = if self.tls.is_some() { 1500 } else { 500 };
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(500))
+            .connect_timeout(Duration::from_millis(connect))
             .local_address(SOURCE.get().copied())
             .tcp_nodelay(true);
         let channel = match &self.tls {

@@ -378,6 +378,30 @@ mod tests {
     }
 
     #[test]
+    fn the_pool_secret_is_set_once_and_survives_a_snapshot() {
+        let mut s = State::default();
+        assert_eq!(s.pool_secret(), None);
+        let first = [7u8; 32];
+        assert_eq!(
+            apply(&mut s, Command::SetPoolSecret { secret: first }),
+            CommandResult::Done
+        );
+        assert_eq!(
+            rejected(apply(&mut s, Command::SetPoolSecret { secret: [9u8; 32] })),
+            Rejection::PoolSecretExists
+        );
+        assert_eq!(s.pool_secret(), Some(first));
+        let json = serde_json::to_vec(&s).unwrap();
+        let back: State = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.pool_secret(), Some(first));
+        // A state written before the secret existed reads as having none.
+        let mut old: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        old.as_object_mut().unwrap().remove("pool_secret");
+        let old: State = serde_json::from_value(old).unwrap();
+        assert_eq!(old.pool_secret(), None);
+    }
+
+    #[test]
     fn bootstrap_once() {
         let mut s = State::default();
         assert!(!s.is_bootstrapped());

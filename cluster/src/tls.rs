@@ -341,3 +341,52 @@ impl ServerCertVerifier for AnyMember {
         self.0.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    use super::*;
+
+    fn ca() -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.der().clone(), Issuer::new(params, key))
+    }
+
+    fn leaf(issuer: &Issuer<'static, KeyPair>, name: &str) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_join_address_may_be_any_member_but_only_of_the_pool_ca() {
+        let (pool_ca, pool) = ca();
+        let (_, stranger) = ca();
+        let mut roots = RootCertStore::empty();
+        roots.add(pool_ca).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        let any = AnyMember(inner);
+        let asked = ServerName::try_from("medpool.internal").unwrap();
+        let now = UnixTime::now();
+        let member = leaf(&pool, &node_name(3));
+        assert!(
+            any.verify_server_cert(&member, &[], &asked, &[], now)
+                .is_ok()
+        );
+        assert!(cert_names_node(&member, 3) && !cert_names_node(&member, 4));
+        let outsider = leaf(&stranger, &node_name(3));
+        assert!(
+            any.verify_server_cert(&outsider, &[], &asked, &[], now)
+                .is_err()
+        );
+    }
+}

@@ -471,6 +471,25 @@ async fn only_members_speak_on_the_internal_port_each_for_itself() {
             println!("{who} → node {target}: refused {refused:?}");
         }
     }
+    // Oversized requests end before they are decoded (the cap of each RPC), whoever sends them.
+    let mut c = attackers[2].1.client(0);
+    let big_vote = c
+        .vote(RaftPayload {
+            data: vec![b' '; 5 << 20],
+        })
+        .await;
+    assert!(big_vote.is_err(), "a 5 MiB vote was taken");
+    let big_write = c
+        .client_write(RaftPayload {
+            data: vec![b' '; 9 << 20],
+        })
+        .await;
+    assert!(big_write.is_err(), "a 9 MiB write was taken");
+    println!(
+        "oversized: vote {:?}, write {:?}",
+        big_vote.err().map(|s| s.code()),
+        big_write.err().map(|s| s.code())
+    );
     // A certificate of the pool naming no member still reads what names no node.
     assert!(attackers[2].1.client(0).info(InfoRequest {}).await.is_ok());
 

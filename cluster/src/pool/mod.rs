@@ -321,6 +321,7 @@ impl Pool {
             .http2_max_header_list_size(MAX_HEADER_LIST)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .layer(crate::body_cap::BodyCapLayer)
             .add_service(service);
         let mut srv_stop = stop_rx.clone();
         let stopped = async move {
