@@ -60,7 +60,8 @@ pub struct State {
     /// late record and a removal in the same pass cancel out.
     #[serde(default)]
     dialog_writes: Vec<u64>,
-    /// The pool-wide secret ([`Command::SetPoolSecret`]); `None` in pools bootstrapped before it.
+    /// The pool-wide secret ([`Command::SetPoolSecret`]); `None` in a pool bootstrapped before
+    /// secrets existed until its leader writes one.
     #[serde(default)]
     pool_secret: Option<[u8; 32]>,
 }

@@ -59,7 +59,7 @@ impl Pool {
             })
             .await;
         // The pool-wide secret, made here once (this node's record is not in yet: the pool is
-        // new). Pools bootstrapped before it existed never get one.
+        // new). A pool bootstrapped before secrets existed gets one from its leader's task.
         if self.reader.read(|s| s.pool_secret().is_none())
             && let Some(secret) = new_secret()
         {
@@ -187,7 +187,7 @@ impl Pool {
 }
 
 /// 32 random bytes from the system's generator (`None` if it fails: the pool then has no secret).
-fn new_secret() -> Option<[u8; 32]> {
+pub(super) fn new_secret() -> Option<[u8; 32]> {
     use ring::rand::SecureRandom;
     let mut secret = [0u8; 32];
     match ring::rand::SystemRandom::new().fill(&mut secret) {
