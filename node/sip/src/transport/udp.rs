@@ -126,7 +126,13 @@ impl Receiver {
                 }
                 return;
             }
-            SourceClass::Known(entry) => Some(entry),
+            SourceClass::Known(entry) => {
+                if !door.may_parse(entry, source, now) {
+                    stats.gate.unparsed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Some(entry)
+            }
             SourceClass::Unlimited => None,
         };
         let parsed = SipMessage::parse_datagram(Bytes::copy_from_slice(data), &config.limits);
