@@ -197,12 +197,12 @@ impl Receiver {
                 }
             }
             Screened::Answer(bytes) => {
-                stats.rejected.fetch_add(1, Ordering::Relaxed);
                 if !door.may_answer_error(now) {
                     // Junk at a high rate is not reflected back.
                     stats.gate.unanswered.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
                 // The answer's top Via tells where it goes; recompute from the parsed answer.
                 let dest = SipMessage::parse(bytes.clone())
                     .ok()
