@@ -262,6 +262,11 @@ impl Collector for NodeCollector {
                 &gate.reserve_refused,
             ),
             (
+                "medpool_sip_unparsed",
+                "Datagrams from a known source over its budget dropped unparsed",
+                &gate.unparsed,
+            ),
+            (
                 "medpool_sip_answers_suppressed",
                 "Answers (400, 503) to floods not sent because their global budget was used up",
                 &gate.unanswered,

@@ -95,6 +95,9 @@ pub struct GateStats {
     pub reserve_refused: std::sync::atomic::AtomicU64,
     /// Answers (400, 503, ...) not sent because their global budget was used up.
     pub unanswered: std::sync::atomic::AtomicU64,
+    /// Datagrams from known sources over their budget dropped unparsed
+    /// ([`gate::OVER_BUDGET_PARSE`]).
+    pub unparsed: std::sync::atomic::AtomicU64,
 }
 
 /// Every method the codec classifies, in [`Method`] order (the index of the counters).

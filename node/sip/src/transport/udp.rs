@@ -126,7 +126,13 @@ impl Receiver {
                 }
                 return;
             }
-            SourceClass::Known(entry) => Some(entry),
+            SourceClass::Known(entry) => {
+                if !door.may_parse(entry, source, now) {
+                    stats.gate.unparsed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Some(entry)
+            }
             SourceClass::Unlimited => None,
         };
         let parsed = SipMessage::parse_datagram(Bytes::copy_from_slice(data), &config.limits);
@@ -191,12 +197,12 @@ impl Receiver {
                 }
             }
             Screened::Answer(bytes) => {
-                stats.rejected.fetch_add(1, Ordering::Relaxed);
                 if !door.may_answer_error(now) {
                     // Junk at a high rate is not reflected back.
                     stats.gate.unanswered.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
                 // The answer's top Via tells where it goes; recompute from the parsed answer.
                 let dest = SipMessage::parse(bytes.clone())
                     .ok()
@@ -246,5 +252,136 @@ fn reply_target(msg: &SipMessage, source: SocketAddr) -> SocketAddr {
     match msg.top_via() {
         Some(Ok(v)) => super::response_target(&v, source),
         _ => source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The receive loop on real loopback sockets (block 127.0.152.0/24): what is queued, what is
+    //! answered, what is dropped, by source.
+
+    use std::time::Duration;
+
+    use super::super::gate::{Budget, SourceGate, SourcePolicy};
+    use super::super::{Running, TransportConfig, start};
+    use super::*;
+
+    const NODE: &str = "127.0.152.40:0";
+    const KNOWN: &str = "127.0.152.50";
+    const UNKNOWN: &str = "127.0.152.51:5071";
+
+    fn request(method: &str, from: &str, n: u32, to_tag: &str) -> String {
+        format!(
+            "{method} sip:100@127.0.152.40 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKt{n};rport\r\n\
+             From: <sip:a@{from}>;tag=f{n}\r\nTo: <sip:100@127.0.152.40>{to_tag}\r\nCall-ID: t{n}@x\r\n\
+             CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    async fn node(policy: SourcePolicy) -> (Running, tokio::sync::watch::Sender<bool>) {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let config = TransportConfig {
+            listen: NODE.parse().unwrap(),
+            gate: Arc::new(SourceGate::new(policy)),
+            ..TransportConfig::default()
+        };
+        (start(config, shutdown).await.unwrap(), stop)
+    }
+
+    /// Answers that reach `sock` within `wait`, by status.
+    async fn answers(sock: &UdpSocket, wait: Duration) -> Vec<u16> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(Ok(n)) = tokio::time::timeout(wait, sock.recv(&mut buf)).await {
+            let status = buf[..n]
+                .strip_prefix(b"SIP/2.0 ")
+                .and_then(|r| std::str::from_utf8(r.get(..3)?).ok()?.parse().ok())
+                .unwrap_or(0);
+            got.push(status);
+        }
+        got
+    }
+
+    fn queued(running: &mut Running) -> usize {
+        std::iter::from_fn(|| running.inbound.try_recv().ok()).count()
+    }
+
+    #[tokio::test]
+    async fn unknown_sources_are_never_queued_and_get_only_a_few_403s() {
+        let mut p = SourcePolicy::closed(UnknownPolicy::Reject);
+        p.add_any_port(KNOWN.parse().unwrap(), Budget { rate: 1, burst: 1 });
+        let (mut running, _stop) = node(p).await;
+        let to = running.transports.udp_local();
+        let sock = UdpSocket::bind(UNKNOWN).await.unwrap();
+        sock.connect(to).await.unwrap();
+        for n in 0..300 {
+            sock.send(request("INVITE", UNKNOWN, n, "").as_bytes())
+                .await
+                .unwrap();
+        }
+        let got = answers(&sock, Duration::from_millis(300)).await;
+        assert!(
+            !got.is_empty() && got.len() <= 10 && got.iter().all(|s| *s == 403),
+            "answers to 300 INVITEs from an unknown source: {got:?}"
+        );
+        assert_eq!(
+            queued(&mut running),
+            0,
+            "nothing from an unknown source is queued"
+        );
+        let gate = &running.stats.gate;
+        assert_eq!(gate.unknown.load(Ordering::Relaxed), 300);
+        assert_eq!(gate.forbidden.load(Ordering::Relaxed), got.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn unknown_sources_get_nothing_with_drop() {
+        let (mut running, _stop) = node(SourcePolicy::closed(UnknownPolicy::Drop)).await;
+        let to = running.transports.udp_local();
+        let sock = UdpSocket::bind("127.0.152.51:5072").await.unwrap();
+        sock.connect(to).await.unwrap();
+        for n in 0..20 {
+            sock.send(request("OPTIONS", "127.0.152.51:5072", n, "").as_bytes())
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            answers(&sock, Duration::from_millis(300)).await,
+            Vec::<u16>::new()
+        );
+        assert_eq!(queued(&mut running), 0);
+    }
+
+    #[tokio::test]
+    async fn a_known_source_pays_for_new_requests_only() {
+        let mut p = SourcePolicy::closed(UnknownPolicy::Drop);
+        p.add_any_port(KNOWN.parse().unwrap(), Budget { rate: 1, burst: 2 });
+        let (mut running, _stop) = node(p).await;
+        let to = running.transports.udp_local();
+        let from = format!("{KNOWN}:5073");
+        let sock = UdpSocket::bind(&from).await.unwrap();
+        sock.connect(to).await.unwrap();
+        for n in 0..10 {
+            sock.send(request("INVITE", &from, n, "").as_bytes())
+                .await
+                .unwrap();
+        }
+        for n in 10..60 {
+            sock.send(request("BYE", &from, n, ";tag=mp1").as_bytes())
+                .await
+                .unwrap();
+        }
+        let got = answers(&sock, Duration::from_millis(300)).await;
+        assert_eq!(
+            got,
+            vec![503; 8],
+            "the burst of 2 INVITEs passes, the other 8 are refused 503"
+        );
+        assert_eq!(
+            queued(&mut running),
+            2 + 50,
+            "2 INVITEs and every in-dialog BYE are queued"
+        );
+        assert_eq!(running.stats.gate.rate_limited.load(Ordering::Relaxed), 8);
     }
 }
