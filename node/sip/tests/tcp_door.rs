@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use medpool_sip::transport::gate::{Budget, SourceGate, SourcePolicy, UnknownPolicy};
 use medpool_sip::transport::tcp::TcpLimits;
 use medpool_sip::transport::{self, Running, Transport, TransportConfig, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -489,4 +490,104 @@ async fn a_response_whose_connection_is_gone_never_waits_on_a_connect() {
 
 async fn connect_from_async(to: SocketAddr) -> std::io::Result<TcpStream> {
     try_connect_from("127.0.153.15", to).await
+}
+
+/// A request over TCP from `from_ip` (its Via names it), new or in a dialog.
+fn request(method: &str, n: u32, in_dialog: bool) -> Vec<u8> {
+    let to_tag = if in_dialog { ";tag=mp0001x" } else { "" };
+    format!(
+        "{method} sip:gw@127.0.153.40 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.153.40:5060;branch=z9hG4bK-g{n}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@127.0.153.40>;tag=f{n}\r\nTo: <sip:b@127.0.153.40>{to_tag}\r\n\
+         Call-ID: gate-{n}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Reads what the node answered on `s` within `wait` (status codes of the responses).
+async fn statuses(s: &mut TcpStream, wait: Duration) -> Vec<u16> {
+    let mut got = Vec::new();
+    let end = Instant::now() + wait;
+    let mut buf = vec![0u8; 65536];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(end, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .filter_map(|l| l.strip_prefix("SIP/2.0 "))
+        .filter_map(|l| l.get(..3)?.parse().ok())
+        .collect()
+}
+
+async fn start_gated(unknown: UnknownPolicy) -> (Running, watch::Sender<bool>) {
+    let mut policy = SourcePolicy::closed(unknown);
+    policy.add_any_port(
+        "127.0.153.40".parse().unwrap(),
+        Budget { rate: 1, burst: 2 },
+    );
+    let (stop, rx) = watch::channel(false);
+    let config = TransportConfig {
+        listen: NODE.parse().unwrap(),
+        gate: std::sync::Arc::new(SourceGate::new(policy)),
+        ..TransportConfig::default()
+    };
+    (transport::start(config, rx).await.unwrap(), stop)
+}
+
+#[tokio::test]
+async fn the_source_gate_holds_over_tcp_before_anything_is_queued() {
+    // unknown_source = "drop": a stranger does not even keep a connection.
+    let (mut running, _stop) = start_gated(UnknownPolicy::Drop).await;
+    let node = running.transports.udp_local();
+    let mut stranger = connect_from("127.0.153.41", node).await;
+    let _ = stranger.write_all(&request("OPTIONS", 1, false)).await;
+    assert!(closed_by_node(&mut stranger).await, "reset at accept");
+    assert!(running.inbound.try_recv().is_err(), "nothing queued");
+
+    // A trunk's new requests draw from its budget (burst 2): the rest get 503 and are not queued;
+    // its in-dialog requests are never charged.
+    let mut trunk = connect_from("127.0.153.40", node).await;
+    for n in 0..4 {
+        trunk
+            .write_all(&request("INVITE", 10 + n, false))
+            .await
+            .unwrap();
+    }
+    trunk.write_all(&request("BYE", 20, true)).await.unwrap();
+    let answered = statuses(&mut trunk, Duration::from_millis(500)).await;
+    assert_eq!(answered, [503, 503], "two over the budget");
+    let mut queued = Vec::new();
+    while let Ok(i) = running.inbound.try_recv() {
+        queued.push(i.msg.method().map(|m| m.as_str().to_owned()));
+    }
+    assert_eq!(
+        queued,
+        [
+            Some("INVITE".into()),
+            Some("INVITE".into()),
+            Some("BYE".into())
+        ]
+    );
+    let gate = &running.stats.gate;
+    assert_eq!(
+        gate.rate_limited.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+
+    // unknown_source = "reject": a stranger's request is answered 403 on its own connection and
+    // never queued.
+    let (mut running, _stop) = start_gated(UnknownPolicy::Reject).await;
+    let node = running.transports.udp_local();
+    let mut stranger = connect_from("127.0.153.41", node).await;
+    stranger
+        .write_all(&request("OPTIONS", 2, false))
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses(&mut stranger, Duration::from_millis(500)).await,
+        [403]
+    );
+    assert!(running.inbound.try_recv().is_err(), "nothing queued");
 }

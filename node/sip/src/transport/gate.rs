@@ -127,6 +127,12 @@ impl SourcePolicy {
         self.unknown
     }
 
+    /// Whether any source on `ip` may be served (an open policy, or an entry for the IP on some
+    /// port): what a TCP accept can tell before it knows which requests come.
+    pub fn knows_ip(&self, ip: IpAddr) -> bool {
+        self.open || self.ips.contains_key(&ip.to_canonical())
+    }
+
     /// Who `source` is.
     pub fn classify(&self, source: SocketAddr) -> SourceClass {
         let Some(e) = self.ips.get(&source.ip().to_canonical()) else {

@@ -35,12 +35,14 @@ use tokio::time::Instant;
 use admission::{Admission, Slot};
 pub use admission::{Refusal, TcpLimits};
 
+use super::gate::{Bucket, SourceClass, UnknownPolicy};
 use super::{
     FrontDoorStats, Inbound, Screened, Transport, TransportConfig, TransportError, overload_answer,
     screen,
 };
 use crate::check::{Rejection, rejection_response};
 use crate::framing::{Frame, PONG, StreamFramer};
+use crate::message::builder::response_to;
 
 /// Queue depth of one connection's writer.
 const WRITE_QUEUE: usize = 1024;
@@ -135,7 +137,13 @@ struct Inner {
     stats: Arc<FrontDoorStats>,
     tcp_stats: TcpStats,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The clock of the connections' token buckets starts here.
+    started: Instant,
 }
+
+/// A connection's budget of new requests: the policy entry it was made for and its bucket.
+#[derive(Debug, Default)]
+struct ConnBudget(Option<(usize, Bucket)>);
 
 /// An entry of the connection table: the writer's queue, and which connection it is (a newer
 /// connection from the same address replaces the entry; the older one must not remove it).
@@ -240,6 +248,7 @@ impl TcpPool {
                 stats,
                 tcp_stats: TcpStats::default(),
                 shutdown,
+                started: Instant::now(),
             }),
         }
     }
@@ -321,6 +330,17 @@ impl TcpPool {
                 },
                 _ = shutdown.changed() => break,
             };
+            let policy = self.inner.config.gate.current();
+            if !policy.knows_ip(peer.ip()) && policy.unknown() == UnknownPolicy::Drop {
+                // No trunk on that address, and unknown sources get nothing: not even a connection.
+                self.inner
+                    .stats
+                    .gate
+                    .unknown
+                    .fetch_add(1, Ordering::Relaxed);
+                reset(&stream);
+                continue;
+            }
             let admitted = self
                 .inner
                 .admission
@@ -386,6 +406,7 @@ impl TcpPool {
         let mut closed = live.closed.subscribe();
         let mut last_complete = Instant::now();
         let mut message_since: Option<Instant> = None;
+        let mut budget = ConnBudget::default();
         loop {
             // Drain every complete frame before reading more.
             let mut completed = false;
@@ -398,7 +419,7 @@ impl TcpPool {
                     }
                     Ok(Some(Frame::Message(msg))) => {
                         completed = true;
-                        self.deliver(msg, peer, &wtx);
+                        self.deliver(msg, peer, &wtx, &mut budget);
                     }
                     Ok(Some(Frame::Fatal(msg))) => {
                         if let Some(d) = msg.defect() {
@@ -484,8 +505,17 @@ impl TcpPool {
         }
     }
 
-    fn deliver(&self, msg: crate::SipMessage, peer: SocketAddr, wtx: &mpsc::Sender<Bytes>) {
+    fn deliver(
+        &self,
+        msg: crate::SipMessage,
+        peer: SocketAddr,
+        wtx: &mpsc::Sender<Bytes>,
+        budget: &mut ConnBudget,
+    ) {
         self.inner.stats.traffic.count_in(&msg);
+        if msg.is_request() && !self.admit_request(&msg, peer, wtx, budget) {
+            return;
+        }
         match screen(Ok(msg), peer) {
             Screened::Pass(msg) => {
                 let is_request = msg.is_request();
@@ -523,6 +553,62 @@ impl TcpPool {
                     .parse_errors
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, why, "dropped tcp message");
+            }
+        }
+    }
+
+    /// The source gate for a request on a connection (the trunk check before anything is queued,
+    /// as over UDP): an unknown source's request is dropped, or answered 403 on its own connection
+    /// (over TCP an answer cannot be reflected to a third party); a known source's new request
+    /// takes a token from its trunk's budget, kept per connection (connections per address are
+    /// capped), and over it is answered 503 with Retry-After. Whether the request may be queued.
+    fn admit_request(
+        &self,
+        msg: &crate::SipMessage,
+        peer: SocketAddr,
+        wtx: &mpsc::Sender<Bytes>,
+        budget: &mut ConnBudget,
+    ) -> bool {
+        let gate = &self.inner.stats.gate;
+        let policy = self.inner.config.gate.current();
+        match policy.classify(peer) {
+            SourceClass::Unlimited => true,
+            SourceClass::Unknown(how) => {
+                gate.unknown.fetch_add(1, Ordering::Relaxed);
+                if how == UnknownPolicy::Reject
+                    && msg.method() != Some(crate::Method::Ack)
+                    && crate::check::can_answer(msg)
+                {
+                    let tag = crate::ids::new_tag(0);
+                    let answer =
+                        response_to(msg, 403, b"Forbidden", Some(&tag), Some(peer)).build();
+                    self.inner.stats.traffic.count_out(&answer);
+                    if wtx.try_send(answer).is_ok() {
+                        gate.forbidden.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                false
+            }
+            SourceClass::Known(entry) => {
+                if !super::starts_something_new(msg) {
+                    return true;
+                }
+                let Some(b) = policy.budget(entry) else {
+                    return true;
+                };
+                let now = self.inner.started.elapsed();
+                let bucket = match &mut budget.0 {
+                    Some((e, bucket)) if *e == entry => bucket,
+                    slot => &mut slot.insert((entry, Bucket::new(b, now))).1,
+                };
+                if bucket.try_take(now) {
+                    return true;
+                }
+                gate.rate_limited.fetch_add(1, Ordering::Relaxed);
+                if let Some(a) = overload_answer(msg, peer, self.inner.config.retry_after_secs) {
+                    let _ = wtx.try_send(a);
+                }
+                false
             }
         }
     }
