@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+# The front door's scanner test (node/medpool/tests/sipvicious.rs): svmap, svwar, svcrack.
+command -v svmap >/dev/null 2>&1 || need+=(sipvicious)
 # The chaos suite's network faults (a namespace of its own, iptables inside it) need root; without
 # root it reports those scenarios NOT RUN.
 if [ "$(id -u)" -eq 0 ]; then

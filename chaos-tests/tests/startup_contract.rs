@@ -1712,9 +1712,11 @@ fn startup_contract_rolling_restart_under_load() {
     let root = scratch.path();
 
     // Render the chart with the test's values: its pool configuration seed (trunks on 127.0.90.x)
-    // and the Service stand-in as trusted SIP forwarder. Everything else is the chart's default.
+    // and the Service stand-in as trusted SIP forwarder; the internal port without TLS (this
+    // stand-in for the kubelet does not fill the projected volume of per-node certificates, and its
+    // pods listen on loopback, where a node allows that). Everything else is the chart's default.
     let values = format!(
-        "sip:\n  trustedForwarders:\n    - \"{SERVICE_IP}\"\nconfig:\n  seed: |\n{}",
+        "internalTls:\n  enabled: false\nsip:\n  trustedForwarders:\n    - \"{SERVICE_IP}\"\nconfig:\n  seed: |\n{}",
         seed_config()
             .lines()
             .map(|l| format!("    {l}\n"))

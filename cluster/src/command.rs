@@ -82,6 +82,12 @@ pub enum Command {
         /// `(shard, Call-ID)` to delete; absent keys are ignored.
         removes: Vec<(ShardId, String)>,
     },
+    /// Sets the pool-wide secret (32 random bytes, made by the node that bootstraps the pool),
+    /// once: refused when the pool already has one.
+    SetPoolSecret {
+        /// The secret.
+        secret: [u8; 32],
+    },
     /// Changes nothing (a barrier, or a probe that the leader can still commit).
     Noop,
 }
@@ -124,6 +130,7 @@ impl fmt::Display for Command {
                 upserts.len(),
                 removes.len()
             ),
+            Command::SetPoolSecret { .. } => f.write_str("SetPoolSecret"),
             Command::Noop => f.write_str("Noop"),
         }
     }
@@ -214,6 +221,15 @@ pub enum Rejection {
         node: NodeId,
         /// How many shards it owns.
         shards: u32,
+    },
+    /// [`Command::SetPoolSecret`] on a pool that has its secret.
+    #[error("the pool already has its secret")]
+    PoolSecretExists,
+    /// [`Command::SetConfig`] with a configuration the leader's validation refused.
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// The validation's account (for people; the variant is the type).
+        reason: String,
     },
     /// [`Command::SetConfig`] based on a version that is no longer current.
     #[error("configuration version {current:?} is current, the change was based on {expected:?}")]

@@ -1,6 +1,12 @@
 //! The internal gRPC service (`medpool.cluster.v1.Cluster`) a node serves to the other nodes of its
-//! pool: Raft RPCs into the local openraft instance, writes carried to the leader, and the pool's own
+//! pool: Raft RPCs into the local openraft instance, writes sent to the leader, and the pool's own
 //! calls (join, SIP forwarding, leases) handed to [`PoolHooks`]. Never served on the admin port.
+//!
+//! Over mutual TLS (crate::listen, crate::tls) every request that names a node is refused unless
+//! the client certificate is valid for that node's name ([`crate::tls::node_name`]): a join's and a
+//! lease's node id, a forward's `via_node`, the candidate of a vote, the leader of an append, a
+//! snapshot or a leader transfer, the node a write speaks for ([`crate::admit`]). Each message type
+//! has its cap; snapshots arrive in chunks. [`Denied`] becomes a gRPC status in one place here.
 
 use std::sync::Arc;
 
@@ -9,16 +15,28 @@ use medpool_proto::cluster::write_failure::Kind;
 use medpool_proto::cluster::write_reply::Outcome;
 use medpool_proto::cluster::{
     ForwardAck, InfoReply, InfoRequest, JoinReply, JoinRequest, LeaseReply, LeaseRequest,
-    RaftPayload, SipForward, WriteFailure, WriteReply,
+    RaftPayload, SipForward, SnapshotChunk, WriteFailure, WriteReply,
 };
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
-use tonic::{Request, Response, Status};
+use rustls::pki_types::CertificateDer;
+use tonic::{Request, Response, Status, Streaming};
 
+use crate::admit::{Denied, admit_write, cap};
 use crate::command::{Command, CommandResult};
 use crate::error::{NotAppended, WriteError};
-use crate::network::{MAX_MESSAGE, SnapshotEnvelope, decode, encode};
+use crate::network::{
+    MAX_MESSAGE, MAX_SMALL, MAX_SNAPSHOT, SnapshotAssembly, SnapshotRefused, decode, encode,
+};
 use crate::store::Raft;
-use crate::typ::{Snapshot, TypeConfig};
+use crate::tls::cert_names_node;
+use crate::typ::{NodeId, Snapshot, TypeConfig};
+
+/// Largest forwarded SIP message (a SIP message over TCP is at most 64 KiB here).
+pub const MAX_SIP_FORWARD: usize = 64 * 1024;
+/// Largest address or name field of a join or a forward.
+pub const MAX_FIELD: usize = 256;
+/// Largest serialized write (a command within its own caps, base64 and JSON included).
+pub const MAX_WRITE: usize = 2 * MAX_SMALL;
 
 /// What the pool layer answers on the internal service.
 #[tonic::async_trait]
@@ -29,7 +47,9 @@ pub trait PoolHooks: Send + Sync + 'static {
     async fn forward(&self, msg: SipForward) -> ForwardAck;
     /// A lease heartbeat (served by the leader).
     async fn lease(&self, req: LeaseRequest) -> LeaseReply;
-    /// A write, carried to the leader when this node is not it.
+    /// A write another node sent (admitted by [`admit_write`]): proposed when this node leads
+    /// (a configuration only after the leader's validation), else refused as not appended
+    /// ([`NotAppended::NotLeader`]): writes are never relayed.
     async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError>;
     /// The pool as this node sees it (JSON).
     async fn info(&self) -> Vec<u8>;
@@ -39,19 +59,67 @@ pub trait PoolHooks: Send + Sync + 'static {
 pub struct ClusterService {
     raft: Raft,
     hooks: Arc<dyn PoolHooks>,
+    mtls: bool,
 }
 
 impl ClusterService {
     /// A tonic server for `raft` with the pool's `hooks`, with the internal message-size limits.
-    pub fn server(raft: Raft, hooks: Arc<dyn PoolHooks>) -> ClusterServer<ClusterService> {
-        ClusterServer::new(ClusterService { raft, hooks })
+    /// `mtls`: connections arrive over mutual TLS (crate::listen::tls), and each request is checked
+    /// against its client certificate; without it nothing is checked (loopback, or an explicitly
+    /// insecure internal port).
+    pub fn server(
+        raft: Raft,
+        hooks: Arc<dyn PoolHooks>,
+        mtls: bool,
+    ) -> ClusterServer<ClusterService> {
+        ClusterServer::new(ClusterService { raft, hooks, mtls })
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The end-entity certificate the request's connection presented (`None` without TLS).
+    fn cert<T>(&self, req: &Request<T>) -> Result<Option<CertificateDer<'static>>, Denied> {
+        if !self.mtls {
+            return Ok(None);
+        }
+        req.peer_certs()
+            .and_then(|c| c.first().cloned())
+            .map(Some)
+            .ok_or(Denied::NoCertificate)
+    }
+
+    /// Refuses the request unless its certificate speaks for `node` (anything goes without TLS).
+    fn must_be<T>(&self, req: &Request<T>, node: NodeId) -> Result<(), Status> {
+        match self.cert(req)? {
+            Some(c) if !cert_names_node(&c, node) => Err(Denied::NotThatNode { node }.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl From<Denied> for Status {
+    fn from(d: Denied) -> Status {
+        match d {
+            Denied::TooLarge { .. } => Status::invalid_argument(d.to_string()),
+            Denied::NoCertificate | Denied::NotThatNode { .. } | Denied::LeaderOnly { .. } => {
+                Status::permission_denied(d.to_string())
+            }
+        }
+    }
+}
+
+impl From<SnapshotRefused> for Status {
+    fn from(r: SnapshotRefused) -> Status {
+        Status::invalid_argument(r.to_string())
     }
 }
 
 fn bad(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
+}
+
+fn small(what: &'static str, req: &Request<RaftPayload>) -> Result<(), Status> {
+    Ok(cap(what, req.get_ref().data.len(), MAX_SMALL)?)
 }
 
 fn payload<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
@@ -74,6 +142,7 @@ pub fn write_reply(r: Result<CommandResult, WriteError>) -> Result<WriteReply, s
         Err(WriteError::Refused(rejection)) => {
             Outcome::Result(encode(&CommandResult::Rejected(rejection))?)
         }
+        Err(WriteError::NotAppended(NotAppended::NotLeader(why))) => failure(Kind::NotLeader, why),
         Err(WriteError::NotAppended(why)) => failure(Kind::NotAppended, why.to_string()),
         Err(WriteError::MaybeApplied(why)) => failure(Kind::MaybeApplied, why),
     };
@@ -94,6 +163,7 @@ pub fn read_write_reply(reply: WriteReply) -> Result<CommandResult, WriteError> 
         },
         Some(Outcome::Failure(f)) => match Kind::try_from(f.kind) {
             Ok(Kind::NotAppended) => Err(WriteError::NotAppended(NotAppended::AtLeader(f.detail))),
+            Ok(Kind::NotLeader) => Err(WriteError::NotAppended(NotAppended::NotLeader(f.detail))),
             Ok(Kind::MaybeApplied | Kind::Unspecified) | Err(_) => {
                 Err(WriteError::MaybeApplied(f.detail))
             }
@@ -108,12 +178,15 @@ impl Cluster for ClusterService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().data).map_err(bad)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.get_ref().data).map_err(bad)?;
+        self.must_be(&req, rpc.vote.leader_id().node_id)?;
         payload(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().data).map_err(bad)?;
+        small("vote", &req)?;
+        let rpc: VoteRequest<TypeConfig> = decode(&req.get_ref().data).map_err(bad)?;
+        self.must_be(&req, rpc.vote.leader_id().node_id)?;
         payload(&self.raft.vote(rpc).await)
     }
 
@@ -121,7 +194,9 @@ impl Cluster for ClusterService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: TransferLeaderRequest<TypeConfig> = decode(&req.into_inner().data).map_err(bad)?;
+        small("transfer-leader", &req)?;
+        let rpc: TransferLeaderRequest<TypeConfig> = decode(&req.get_ref().data).map_err(bad)?;
+        self.must_be(&req, rpc.from_leader().leader_id().node_id)?;
         let r: Result<_, crate::typ::RaftError> = self
             .raft
             .handle_transfer_leader(rpc)
@@ -132,16 +207,32 @@ impl Cluster for ClusterService {
 
     async fn install_snapshot(
         &self,
-        req: Request<RaftPayload>,
+        req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let env: SnapshotEnvelope = decode(&req.into_inner().data).map_err(bad)?;
+        // Only a member reads on; which member is known from the first chunk's header.
+        let cert = self.cert(&req)?;
+        let mut chunks = req.into_inner();
+        let mut assembly = SnapshotAssembly::new(MAX_SNAPSHOT);
+        let mut checked = false;
+        while let Some(chunk) = chunks.message().await? {
+            assembly.push(chunk)?;
+            if !checked && let Some(leader) = assembly.leader() {
+                if let Some(c) = &cert
+                    && !cert_names_node(c, leader)
+                {
+                    return Err(Denied::NotThatNode { node: leader }.into());
+                }
+                checked = true;
+            }
+        }
+        let (header, data) = assembly.finish()?;
         let snapshot = Snapshot {
-            meta: env.meta,
-            snapshot: env.data,
+            meta: header.meta,
+            snapshot: data,
         };
         let r: Result<_, crate::typ::RaftError> = self
             .raft
-            .install_full_snapshot(env.vote, snapshot)
+            .install_full_snapshot(header.vote, snapshot)
             .await
             .map_err(crate::typ::RaftError::Fatal);
         payload(&r)
@@ -151,27 +242,46 @@ impl Cluster for ClusterService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<WriteReply>, Status> {
-        let cmd: Command = decode(&req.into_inner().data).map_err(bad)?;
+        cap("write", req.get_ref().data.len(), MAX_WRITE)?;
+        let cert = self.cert(&req)?;
+        let cmd: Command = decode(&req.get_ref().data).map_err(bad)?;
+        admit_write(&cmd, |node| {
+            cert.as_ref().is_none_or(|c| cert_names_node(c, node))
+        })?;
         write_reply(self.hooks.write(cmd).await)
             .map(Response::new)
             .map_err(|e| Status::internal(e.to_string()))
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let r = req.get_ref();
+        for f in [&r.raft_addr, &r.sip_addr, &r.admin_addr] {
+            cap("join address", f.len(), MAX_FIELD)?;
+        }
+        self.must_be(&req, r.node_id)?;
         Ok(Response::new(self.hooks.join(req.into_inner()).await))
     }
 
     async fn forward(&self, req: Request<SipForward>) -> Result<Response<ForwardAck>, Status> {
+        let m = req.get_ref();
+        cap("forwarded SIP message", m.message.len(), MAX_SIP_FORWARD)?;
+        for f in [&m.peer, &m.transport, &m.traceparent] {
+            cap("forward field", f.len(), MAX_FIELD)?;
+        }
+        self.must_be(&req, m.via_node)?;
         Ok(Response::new(self.hooks.forward(req.into_inner()).await))
     }
 
-    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
+    async fn info(&self, req: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
+        // Any member (with TLS, the handshake already asked for a certificate of the pool CA).
+        self.cert(&req)?;
         Ok(Response::new(InfoReply {
             json: self.hooks.info().await,
         }))
     }
 
     async fn lease(&self, req: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {
+        self.must_be(&req, req.get_ref().node_id)?;
         Ok(Response::new(self.hooks.lease(req.into_inner()).await))
     }
 }

@@ -8,10 +8,18 @@
 //!                  leases, failure detector + rebalancer, shard watcher and hand-over fence,
 //!                  dialog group commit, SIP forwarding, status (pool/mod.rs draws its files)
 //!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   body_cap.rs    per-RPC caps on a request's size, before tonic decodes it (a tower layer)
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
 //!   grpc.rs        the internal gRPC service (tonic) and what it asks of the pool (PoolHooks)
 //!   audit.rs       the node's own report (--audit-file): leases, acting set
 //!  ─────────────────────────────────────────────────────────────────────────────────────────
-//!   network.rs     RaftNetworkV2 client over the internal service; the wire codec
+//!   network.rs     RaftNetworkV2 client over the internal service (plain or mutual TLS); the
+//!                  wire codec; snapshots in chunks
+//!   listen.rs      the internal port's accept loop: connection cap, accept backoff, TLS handshake
+//!   admit.rs       Denied (typed refusals), what a write from another node may be     pure
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   tls.rs         the internal port's mutual TLS material (PEM files, reloaded on change) and
+//!                  the node-id name a certificate carries: node-<id>.medpool.internal
 //!  ─────────────────────────────────────────────────────────────────────────────────────────
 //!   store/         what openraft persists, one redb file in the data dir; the Raft type
 //!     log.rs       RaftLogStorage + RaftLogReader: vote, committed, entries
@@ -47,17 +55,21 @@ compile_error!(
     "the planted-fault-skip-lease feature is a test-only fault (leases last an hour): never in release builds"
 );
 
+pub mod admit;
 pub mod audit;
 mod b64;
+pub mod body_cap;
 pub mod command;
 pub mod error;
 pub mod grpc;
 pub mod ids;
+pub mod listen;
 pub mod network;
 pub mod pool;
 pub mod rebalance;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod typ;
 
 pub use command::{Command, CommandResult, Rejection};

@@ -60,9 +60,18 @@ pub struct State {
     /// late record and a removal in the same pass cancel out.
     #[serde(default)]
     dialog_writes: Vec<u64>,
+    /// The pool-wide secret ([`Command::SetPoolSecret`]); `None` in a pool bootstrapped before
+    /// secrets existed until its leader writes one.
+    #[serde(default)]
+    pool_secret: Option<[u8; 32]>,
 }
 
 impl State {
+    /// The pool-wide secret, set once right after bootstrap (`None` in older pools).
+    pub fn pool_secret(&self) -> Option<[u8; 32]> {
+        self.pool_secret
+    }
+
     /// Whether [`Command::Bootstrap`] has created the shard map.
     pub fn is_bootstrapped(&self) -> bool {
         !self.shards.is_empty()
@@ -199,6 +208,13 @@ pub fn apply(state: &mut State, command: Command) -> CommandResult {
 fn try_apply(state: &mut State, command: Command) -> Result<CommandResult, Rejection> {
     match command {
         Command::Noop => Ok(CommandResult::Done),
+        Command::SetPoolSecret { secret } => {
+            if state.pool_secret.is_some() {
+                return Err(Rejection::PoolSecretExists);
+            }
+            state.pool_secret = Some(secret);
+            Ok(CommandResult::Done)
+        }
         Command::Bootstrap { shard_count } => {
             if state.is_bootstrapped() {
                 return Err(Rejection::AlreadyBootstrapped {
@@ -360,6 +376,30 @@ mod tests {
 
     fn rejected(r: CommandResult) -> Rejection {
         r.into_result().unwrap_err()
+    }
+
+    #[test]
+    fn the_pool_secret_is_set_once_and_survives_a_snapshot() {
+        let mut s = State::default();
+        assert_eq!(s.pool_secret(), None);
+        let first = [7u8; 32];
+        assert_eq!(
+            apply(&mut s, Command::SetPoolSecret { secret: first }),
+            CommandResult::Done
+        );
+        assert_eq!(
+            rejected(apply(&mut s, Command::SetPoolSecret { secret: [9u8; 32] })),
+            Rejection::PoolSecretExists
+        );
+        assert_eq!(s.pool_secret(), Some(first));
+        let json = serde_json::to_vec(&s).unwrap();
+        let back: State = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.pool_secret(), Some(first));
+        // A state written before the secret existed reads as having none.
+        let mut old: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        old.as_object_mut().unwrap().remove("pool_secret");
+        let old: State = serde_json::from_value(old).unwrap();
+        assert_eq!(old.pool_secret(), None);
     }
 
     #[test]

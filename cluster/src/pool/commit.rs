@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::admit::MAX_DIALOG_BYTES;
 use crate::command::Command;
 
 use super::Pool;
@@ -104,12 +105,20 @@ impl Pool {
             let mut removes = Vec::new();
             let mut next = Some(first);
             let deadline = Instant::now() + Duration::from_millis(5);
+            let mut size = 0usize;
             while let Some(op) = next.take() {
                 match op {
-                    DialogOp::Upsert(s, c, r) => upserts.push((s, c, r)),
-                    DialogOp::Remove(s, c) => removes.push((s, c)),
+                    DialogOp::Upsert(s, c, r) => {
+                        size += c.len() + r.len();
+                        upserts.push((s, c, r));
+                    }
+                    DialogOp::Remove(s, c) => {
+                        size += c.len();
+                        removes.push((s, c));
+                    }
                 }
-                if upserts.len() + removes.len() >= 512 {
+                // Well within what the leader admits from another node (crate::admit).
+                if upserts.len() + removes.len() >= 512 || size >= MAX_DIALOG_BYTES / 2 {
                     break;
                 }
                 if let Ok(Some(op)) = tokio::time::timeout_at(deadline, rx.recv()).await {

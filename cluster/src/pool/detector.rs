@@ -73,6 +73,14 @@ impl Pool {
             if !self.reader.read(|s| s.is_bootstrapped()) {
                 continue;
             }
+            // A pool bootstrapped before pool secrets existed gets one from its leader (a new pool
+            // has it from its bootstrap; the first SetPoolSecret wins, a second is refused).
+            if self.reader.read(|s| s.pool_secret().is_none())
+                && let Some(secret) = super::membership::new_secret()
+            {
+                self.write_as_leader(Command::SetPoolSecret { secret })
+                    .await;
+            }
             let heard = self.heard.lock().map(|h| h.clone()).unwrap_or_default();
             let nodes: BTreeMap<NodeId, NodeState> = self
                 .reader

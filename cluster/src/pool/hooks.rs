@@ -41,7 +41,7 @@ impl PoolHooks for Hooks {
     }
     async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
         match self.0.upgrade() {
-            Some(p) => p.write(cmd).await,
+            Some(p) => p.write_from_peer(cmd).await,
             None => Err(WriteError::NotAppended(NotAppended::AtLeader(
                 "shutting down".into(),
             ))),

@@ -12,7 +12,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::watch;
 
 use crate::command::Command;
-use crate::network::client;
+use crate::tls::Expect;
 use crate::typ::{NodeAddrs, NodeId};
 
 use super::Pool;
@@ -58,6 +58,13 @@ impl Pool {
                 shard_count: self.opts.shard_count,
             })
             .await;
+        // The pool-wide secret, made here once (this node's record is not in yet: the pool is
+        // new). A pool bootstrapped before secrets existed gets one from its leader's task.
+        if self.reader.read(|s| s.pool_secret().is_none())
+            && let Some(secret) = new_secret()
+        {
+            let _ = self.write(Command::SetPoolSecret { secret }).await;
+        }
         self.write(Command::AddNode {
             id: self.opts.node_id,
             addresses: self.opts.addrs.clone(),
@@ -74,14 +81,23 @@ impl Pool {
             sip_addr: self.opts.addrs.sip_addr.clone(),
             admin_addr: self.opts.addrs.admin_addr.clone(),
         };
-        let mut targets: Vec<String> = self.opts.join.clone();
+        // A join address is any member of the pool (its node id is not known); the leader it
+        // names is verified as that node.
+        let mut targets: Vec<(String, Expect)> = self
+            .opts
+            .join
+            .iter()
+            .map(|a| (a.clone(), Expect::AnyMember))
+            .collect();
         let mut tried = 0;
-        while let Some(addr) = targets.pop() {
+        while let Some((addr, expect)) = targets.pop() {
             tried += 1;
             if tried > 8 {
                 break;
             }
-            let Ok(mut c) = client(&addr) else { continue };
+            let Ok(mut c) = self.dialer.client(&addr, expect) else {
+                continue;
+            };
             match tokio::time::timeout(Duration::from_secs(10), c.join(req.clone())).await {
                 Ok(Ok(r)) => {
                     let r = r.into_inner();
@@ -89,7 +105,7 @@ impl Pool {
                         return true;
                     }
                     if !r.leader_addr.is_empty() && r.leader_addr != addr {
-                        targets.push(r.leader_addr);
+                        targets.push((r.leader_addr, Expect::Node(r.leader_id)));
                     } else if !r.error.is_empty() {
                         tracing::debug!(%addr, error = %r.error, "join refused");
                     }
@@ -166,6 +182,19 @@ impl Pool {
                 ..JoinReply::default()
             },
             Err(e) => fail(e.to_string()),
+        }
+    }
+}
+
+/// 32 random bytes from the system's generator (`None` if it fails: the pool then has no secret).
+pub(super) fn new_secret() -> Option<[u8; 32]> {
+    use ring::rand::SecureRandom;
+    let mut secret = [0u8; 32];
+    match ring::rand::SystemRandom::new().fill(&mut secret) {
+        Ok(()) => Some(secret),
+        Err(_) => {
+            tracing::error!("no random bytes for the pool secret");
+            None
         }
     }
 }

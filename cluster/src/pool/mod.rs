@@ -63,9 +63,10 @@ use tonic::transport::Channel;
 
 use crate::audit::{AuditLog, Record, unix_us};
 use crate::grpc::ClusterService;
-use crate::network::{GrpcNetwork, client};
+use crate::network::{Dialer, GrpcNetwork, MAX_PAYLOAD_ENTRIES};
 use crate::store::Raft;
 use crate::store::{self, StateReader};
+use crate::tls::{Expect, InternalTls};
 use crate::typ::{NodeAddrs, NodeId};
 
 use commit::DialogOp;
@@ -97,6 +98,24 @@ pub struct PoolOptions {
     /// Append the node's audit report (leases, acting set, leadership, configuration versions) to
     /// this file; see [`crate::audit`] for the format.
     pub audit: Option<PathBuf>,
+    /// The internal port's mutual-TLS material (certificate, key, pool CA); `None`: plain TCP.
+    pub tls: Option<Arc<InternalTls>>,
+    /// Plain TCP on a non-loopback internal address was asked for explicitly (`--insecure-internal`):
+    /// reported in status. The caller refuses a non-loopback address without TLS unless it is set.
+    pub insecure_internal: bool,
+    /// The leader's check of a configuration before it proposes [`Command::SetConfig`]
+    /// (`None`: not checked here).
+    ///
+    /// [`Command::SetConfig`]: crate::command::Command::SetConfig
+    pub config_validator: Option<Arc<dyn ConfigValidator>>,
+}
+
+/// The leader's validation of a pool configuration (the medpool binary's, with the b2bua's
+/// configuration rules: this crate never reads a configuration). An `Err` carries the reason for
+/// people; the write is refused with [`crate::Rejection::InvalidConfig`].
+pub trait ConfigValidator: Send + Sync + std::fmt::Debug + 'static {
+    /// Checks a configuration body.
+    fn validate(&self, body: &[u8]) -> Result<(), String>;
 }
 
 impl PoolOptions {
@@ -120,9 +139,17 @@ impl PoolOptions {
             margin: Duration::from_secs(1),
             snapshot_logs: 5000,
             audit: None,
+            tls: None,
+            insecure_internal: false,
+            config_validator: None,
         }
     }
 }
+
+/// Most concurrent HTTP/2 streams a peer may open on one connection to the internal port.
+const MAX_STREAMS: u32 = 256;
+/// Largest HTTP/2 header list on the internal port.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// Now, as the tokio instant the node uses and as Unix microseconds for the audit report.
 fn now_pair() -> (Instant, u64) {
@@ -175,6 +202,8 @@ pub struct Pool {
     /// Leader only: since when this node has been leader (term, instant).
     leading_since: Mutex<Option<(u64, Instant)>>,
     clients: Mutex<HashMap<NodeId, ClusterClient<Channel>>>,
+    /// How connections to peers are made (mutual TLS with this node's material, or plain TCP).
+    dialer: Dialer,
     /// One ordered queue per peer node for forwarded SIP: a 180 and the 200 behind it must leave in
     /// that order (separate concurrent RPCs could overtake each other).
     forwarders: Mutex<HashMap<NodeId, mpsc::Sender<SipForward>>>,
@@ -218,13 +247,22 @@ impl Pool {
             election_timeout_max: 800,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_logs.max(1)),
             max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),
+            // Bounds an AppendEntries message (each entry is within its command's cap).
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         }
         .validate()
         .map_err(|e| PoolError::Raft(e.to_string()))?;
-        let raft = Raft::new(opts.node_id, Arc::new(config), GrpcNetwork, log, sm)
-            .await
-            .map_err(|e| PoolError::Raft(e.to_string()))?;
+        let dialer = Dialer::new(opts.tls.clone());
+        let raft = Raft::new(
+            opts.node_id,
+            Arc::new(config),
+            GrpcNetwork::new(dialer.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| PoolError::Raft(e.to_string()))?;
         let (dialogs, dialog_rx) = mpsc::channel(65536);
         let (stop, stop_rx) = watch::channel(false);
         let pool = Arc::new(Pool {
@@ -236,6 +274,7 @@ impl Pool {
             heard: Mutex::new(BTreeMap::new()),
             leading_since: Mutex::new(None),
             clients: Mutex::new(HashMap::new()),
+            dialer,
             forwarders: Mutex::new(HashMap::new()),
             dialogs,
             dialogs_pending: watch::Sender::new(0),
@@ -270,20 +309,42 @@ impl Pool {
                 addr: opts.raft_listen,
                 source,
             })?;
-        let service = ClusterService::server(raft, Arc::new(Hooks(Arc::downgrade(&pool))));
+        let service = ClusterService::server(
+            raft,
+            Arc::new(Hooks(Arc::downgrade(&pool))),
+            opts.tls.is_some(),
+        );
+        // HTTP/2 limits of the internal server: a member needs a few streams at a time (Raft
+        // replication, forwarding, writes); a dead peer is noticed by keepalive.
+        let router = tonic::transport::Server::builder()
+            .max_concurrent_streams(MAX_STREAMS)
+            .http2_max_header_list_size(MAX_HEADER_LIST)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .layer(crate::body_cap::BodyCapLayer)
+            .add_service(service);
         let mut srv_stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let incoming = tokio_stream_listener(listener);
-            let r = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = srv_stop.changed().await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "internal gRPC server stopped");
+        let stopped = async move {
+            let _ = srv_stop.changed().await;
+        };
+        match &opts.tls {
+            Some(material) => {
+                let incoming = crate::listen::tls(listener, material.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+                        tracing::error!(error = %e, "internal gRPC server stopped");
+                    }
+                });
             }
-        });
+            None => {
+                let incoming = crate::listen::plain(listener);
+                tokio::spawn(async move {
+                    if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+                        tracing::error!(error = %e, "internal gRPC server stopped");
+                    }
+                });
+            }
+        }
         tokio::spawn(pool.clone().membership_task(stop_rx.clone()));
         tokio::spawn(pool.clone().lease_task(stop_rx.clone()));
         tokio::spawn(pool.clone().leader_task(stop_rx.clone()));
@@ -304,6 +365,22 @@ impl Pool {
 
     fn sink(&self) -> Option<Arc<dyn PoolSink>> {
         self.sink.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// The pool-wide secret (32 bytes made when the pool was bootstrapped, kept in the Raft
+    /// state); `None` in pools bootstrapped before it existed.
+    pub fn pool_secret(&self) -> Option<[u8; 32]> {
+        self.reader.read(|s| s.pool_secret())
+    }
+
+    /// Whether the internal port speaks mutual TLS.
+    pub fn internal_tls(&self) -> bool {
+        self.opts.tls.is_some()
+    }
+
+    /// Whether the internal port was explicitly made insecure (plain TCP beyond loopback).
+    pub fn insecure_internal(&self) -> bool {
+        self.opts.tls.is_none() && self.opts.insecure_internal
     }
 
     /// This node's id.
@@ -337,7 +414,7 @@ impl Pool {
         let addr = self
             .reader
             .read(|s| s.node(node).map(|n| n.addresses.raft_addr.clone()))?;
-        let c = client(&addr).ok()?;
+        let c = self.dialer.client(&addr, Expect::Node(node)).ok()?;
         if let Ok(mut m) = self.clients.lock() {
             m.insert(node, c.clone());
         }
@@ -368,16 +445,4 @@ impl Pool {
         let _ = self.stop.send(true);
         let _ = self.raft.shutdown().await;
     }
-}
-
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl futures_util::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
-    futures_util::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| {
-            let _ = s.set_nodelay(true);
-            s
-        });
-        Some((r, l))
-    })
 }

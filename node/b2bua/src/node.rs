@@ -30,6 +30,9 @@ impl NodeCtx {
     pub async fn apply_config(self: &Arc<Self>, config: PoolConfig) {
         let old = self.config();
         let trunks = config.trunks.clone();
+        if let Some(tcp) = self.transports.tcp() {
+            tcp.set_listed_ips(listed_ips(&trunks, &self.trusted_forwarders));
+        }
         self.set_config(config);
         if let Err(e) = gateway::reconcile(self, &old.trunks, &trunks).await {
             tracing::error!(error = %e, "cannot start a gateway actor for the new configuration");
@@ -67,6 +70,20 @@ impl NodeCtx {
         }
         calls.len()
     }
+}
+
+/// The addresses the SIP TCP door gives a connection cap of their own, outside the budget unknown
+/// addresses share: the trunks' IPs (a trunk named by host name is not listed) and the trusted
+/// forwarders (a balancer carries many callers' connections).
+fn listed_ips(
+    trunks: &[crate::config::Trunk],
+    forwarders: &[std::net::IpAddr],
+) -> Vec<std::net::IpAddr> {
+    trunks
+        .iter()
+        .filter_map(|t| t.address.ip())
+        .chain(forwarders.iter().copied())
+        .collect()
 }
 
 /// How to run a node.
@@ -173,6 +190,10 @@ pub async fn start(
     let running = transport::start(opts.sip.clone(), stop_rx.clone())
         .await
         .map_err(|source| NodeError::Bind { addr, source })?;
+    running
+        .transports
+        .tcp()
+        .set_listed_ips(listed_ips(&config.trunks, &opts.trusted_forwarders));
     let sip_addr = running.transports.udp_local();
     let hostport = opts
         .advertise

@@ -262,12 +262,51 @@ impl Collector for NodeCollector {
                 &gate.reserve_refused,
             ),
             (
+                "medpool_sip_unparsed",
+                "Datagrams from a known source over its budget dropped unparsed",
+                &gate.unparsed,
+            ),
+            (
                 "medpool_sip_answers_suppressed",
                 "Answers (400, 503) to floods not sent because their global budget was used up",
                 &gate.unanswered,
             ),
         ] {
             counter(&mut e, name, help, &one(value.load(Relaxed)))?;
+        }
+        if let Some(tcp) = ctx.transports.tcp() {
+            let reasons = |rows: &[(&'static str, u64)]| -> Vec<(Labels, u64)> {
+                rows.iter()
+                    .map(|(reason, v)| (vec![("reason", (*reason).to_owned())], *v))
+                    .collect()
+            };
+            counter(
+                &mut e,
+                "medpool_sip_tcp_refused",
+                "TCP connections reset at accept or not opened, by the cap that refused them",
+                &reasons(&tcp.stats().refused_by_reason()),
+            )?;
+            counter(
+                &mut e,
+                "medpool_sip_tcp_closed",
+                "TCP connections closed by the door (message deadline, idle, write timeout, framing)",
+                &reasons(&tcp.stats().closed_by_reason()),
+            )?;
+            gauge(
+                &mut e,
+                "medpool_sip_tcp_connections",
+                "Open SIP TCP connections by direction",
+                &[
+                    (
+                        vec![("direction", "inbound".to_owned())],
+                        tcp.open_inbound() as i64,
+                    ),
+                    (
+                        vec![("direction", "outbound".to_owned())],
+                        tcp.open_outbound() as i64,
+                    ),
+                ],
+            )?;
         }
         counter(
             &mut e,
@@ -542,52 +581,80 @@ pub fn registry(ctx: Arc<NodeCtx>, pool: Option<Arc<Pool>>) -> Registry {
     r
 }
 
+/// Scrapes served at once; a connection beyond them is closed at accept.
+pub const MAX_SCRAPES: usize = 16;
+/// Time one scrape may take, reading the request and writing the answer together.
+pub const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves `GET /metrics` (Prometheus text format) until the process ends. Tiny HTTP/1.1: one
-/// request per connection, bounded request size.
+/// request per connection, bounded request size, at most [`MAX_SCRAPES`] connections at once, each
+/// cut off after [`SCRAPE_TIMEOUT`]; failed accepts (EMFILE, ...) are retried with a growing backoff.
 pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
-            };
-            let registry = registry.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                while n < buf.len() {
-                    match tokio::time::timeout(
-                        std::time::Duration::from_secs(5),
-                        sock.read(&mut buf[n..]),
-                    )
-                    .await
-                    {
-                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-                        Ok(Ok(k)) => n += k,
-                    }
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let (status, body) = if req.starts_with("GET /metrics ") {
-                    let mut out = String::new();
-                    match prometheus_client::encoding::text::encode(&mut out, &registry) {
-                        Ok(()) => ("200 OK", out),
-                        Err(_) => ("500 Internal Server Error", String::new()),
-                    }
-                } else {
-                    ("404 Not Found", "not found\n".to_owned())
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
-            });
-        }
-    });
+    tokio::spawn(accept_loop(listener, registry));
     Ok(local)
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
+    use medpool_sip::transport::tcp::{
+        ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, is_connection_error,
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                sock
+            }
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "metrics accept failed, backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("metrics connection refused: {MAX_SCRAPES} scrapes in progress");
+            continue;
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, scrape(sock, &registry)).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Reads one request (at most 4 KiB of head) and answers it.
+async fn scrape(mut sock: tokio::net::TcpStream, registry: &Registry) {
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() {
+        match sock.read(&mut buf[n..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(k) => n += k,
+        }
+        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let (status, body) = if req.starts_with("GET /metrics ") {
+        let mut out = String::new();
+        match prometheus_client::encoding::text::encode(&mut out, registry) {
+            Ok(()) => ("200 OK", out),
+            Err(_) => ("500 Internal Server Error", String::new()),
+        }
+    } else {
+        ("404 Not Found", "not found\n".to_owned())
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = sock.write_all(head.as_bytes()).await;
+    let _ = sock.write_all(body.as_bytes()).await;
 }

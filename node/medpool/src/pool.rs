@@ -183,3 +183,31 @@ impl PoolSink for NodeSink {
         tracing::info!(shards = shards.len(), stopped, "shards released");
     }
 }
+
+/// The leader's check of a pool configuration before it is proposed: the B2BUA's own rules (the
+/// same as `medpool ctl config validate`).
+#[derive(Debug)]
+pub struct B2buaConfigCheck;
+
+impl medpool_cluster::pool::ConfigValidator for B2buaConfigCheck {
+    fn validate(&self, body: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+        medpool_b2bua::config::PoolConfig::from_toml_str(text, "proposed pool configuration")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use medpool_cluster::pool::ConfigValidator;
+
+    use super::B2buaConfigCheck;
+
+    #[test]
+    fn the_leader_refuses_a_configuration_the_b2bua_would_refuse() {
+        assert_eq!(B2buaConfigCheck.validate(b"# nothing configured\n"), Ok(()));
+        assert!(B2buaConfigCheck.validate(b"[[trunk]]\nname = 7\n").is_err());
+        assert!(B2buaConfigCheck.validate(&[0xff, 0xfe]).is_err());
+    }
+}

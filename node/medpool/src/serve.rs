@@ -17,6 +17,7 @@ use medpool_cluster::{Command, NodeAddrs};
 
 use medpool_sip::transaction::TimerConfig;
 use medpool_sip::transport::TransportConfig;
+use medpool_sip::transport::tcp::TcpLimits;
 use openraft::async_runtime::watch::WatchReceiver;
 
 use std::future::Future;
@@ -71,6 +72,9 @@ pub struct ServeArgs {
     /// SIP timer T1 in milliseconds (RFC 3261 default 500).
     #[arg(long, env = "MEDPOOL_T1_MS", default_value_t = 500)]
     pub t1_ms: u64,
+    /// SIP over TCP: connection caps and timeouts.
+    #[command(flatten)]
+    pub sip_tcp: SipTcpArgs,
     /// Pool membership (omit `--raft-listen` for the embedded single-node pool).
     #[command(flatten)]
     pub pool: PoolArgs,
@@ -125,6 +129,108 @@ pub struct PoolArgs {
     /// only; the format is documented in medpool-cluster's `audit` module.
     #[arg(long, env = "MEDPOOL_AUDIT_FILE", value_name = "PATH")]
     pub audit_file: Option<PathBuf>,
+    /// Internal port (mutual TLS): this node's certificate chain, PEM. Its certificate must name
+    /// `node-<id>.medpool.internal` (DNS SAN). With --internal-tls-key and --internal-tls-ca.
+    #[arg(long, env = "MEDPOOL_INTERNAL_TLS_CERT", value_name = "FILE")]
+    pub internal_tls_cert: Option<PathBuf>,
+    /// Internal port (mutual TLS): this node's private key, PEM.
+    #[arg(long, env = "MEDPOOL_INTERNAL_TLS_KEY", value_name = "FILE")]
+    pub internal_tls_key: Option<PathBuf>,
+    /// Internal port (mutual TLS): the pool CA's certificate, PEM (peers must present certificates
+    /// it signed).
+    #[arg(long, env = "MEDPOOL_INTERNAL_TLS_CA", value_name = "FILE")]
+    pub internal_tls_ca: Option<PathBuf>,
+    /// Serve the internal port over plain TCP on a non-loopback --raft-listen (no authentication:
+    /// whoever reaches the port can control the pool). Reported in the ready line and status.
+    #[arg(long, env = "MEDPOOL_INSECURE_INTERNAL")]
+    pub insecure_internal: bool,
+}
+
+impl PoolArgs {
+    /// The internal port's TLS material: all three files, or none. Refuses a non-loopback
+    /// `raft_listen` without it unless --insecure-internal is given (checked before anything binds).
+    fn internal_tls(
+        &self,
+        raft_listen: SocketAddr,
+    ) -> Result<Option<Arc<medpool_cluster::tls::InternalTls>>, ServeError> {
+        use medpool_cluster::tls::{InternalTls, TlsFiles};
+        let files = match (
+            &self.internal_tls_cert,
+            &self.internal_tls_key,
+            &self.internal_tls_ca,
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            (cert, key, _) => {
+                return Err(ServeError::InternalTlsIncomplete {
+                    missing: if cert.is_none() {
+                        "--internal-tls-cert"
+                    } else if key.is_none() {
+                        "--internal-tls-key"
+                    } else {
+                        "--internal-tls-ca"
+                    },
+                });
+            }
+        };
+        let Some(files) = files else {
+            if !raft_listen.ip().is_loopback() && !self.insecure_internal {
+                return Err(ServeError::InsecureInternal { addr: raft_listen });
+            }
+            return Ok(None);
+        };
+        InternalTls::load(files)
+            .map(Some)
+            .map_err(ServeError::InternalTls)
+    }
+}
+
+/// SIP over TCP: connection caps (checked at accept) and timeouts. Defaults suit a node serving a
+/// few trunks; every value must be at least 1.
+#[derive(Debug, Clone, Args)]
+pub struct SipTcpArgs {
+    /// Inbound SIP TCP connections from addresses that are no trunk, all together.
+    #[arg(long, env = "MEDPOOL_SIP_TCP_MAX_INBOUND", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sip_tcp_max_inbound: u32,
+    /// Inbound SIP TCP connections from one address that is no trunk (an IPv6 /64).
+    #[arg(long, env = "MEDPOOL_SIP_TCP_MAX_PER_IP", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sip_tcp_max_per_ip: u32,
+    /// Inbound SIP TCP connections from one trunk address (outside --sip-tcp-max-inbound).
+    #[arg(long, env = "MEDPOOL_SIP_TCP_MAX_PER_TRUNK_IP", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sip_tcp_max_per_trunk_ip: u32,
+    /// SIP TCP connections this node opens (to gateways and trunks), a budget of their own.
+    #[arg(long, env = "MEDPOOL_SIP_TCP_MAX_OUTBOUND", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sip_tcp_max_outbound: u32,
+    /// Milliseconds a SIP message may take to arrive whole over TCP, from its first byte.
+    #[arg(long, env = "MEDPOOL_SIP_TCP_MESSAGE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sip_tcp_message_timeout_ms: u64,
+    /// Seconds a SIP TCP connection may go without a complete message before it is closed.
+    #[arg(long, env = "MEDPOOL_SIP_TCP_IDLE_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sip_tcp_idle_timeout: u64,
+    /// Milliseconds one SIP TCP write may take; a peer that does not read for longer is cut off.
+    #[arg(long, env = "MEDPOOL_SIP_TCP_WRITE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sip_tcp_write_timeout_ms: u64,
+}
+
+impl SipTcpArgs {
+    /// The SIP transport's TCP limits.
+    pub fn limits(&self) -> TcpLimits {
+        let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
+        TcpLimits {
+            max_inbound: n(self.sip_tcp_max_inbound),
+            max_inbound_per_ip: n(self.sip_tcp_max_per_ip),
+            max_inbound_per_listed_ip: n(self.sip_tcp_max_per_trunk_ip),
+            max_outbound: n(self.sip_tcp_max_outbound),
+            message_timeout: Duration::from_millis(self.sip_tcp_message_timeout_ms),
+            idle_timeout: Duration::from_secs(self.sip_tcp_idle_timeout),
+            write_timeout: Duration::from_millis(self.sip_tcp_write_timeout_ms),
+            ..TcpLimits::default()
+        }
+    }
 }
 
 /// Media relay flags: where RTP is received and what address SDP advertises.
@@ -211,6 +317,40 @@ pub enum ServeError {
     /// The pool could not start.
     #[error("{0}")]
     Pool(medpool_cluster::pool::PoolError),
+    /// A non-loopback internal address without TLS material or --insecure-internal.
+    #[error(
+        "--raft-listen {addr} is not a loopback address: give the internal port's TLS material \
+         (--internal-tls-cert, --internal-tls-key, --internal-tls-ca) or allow plain TCP \
+         explicitly with --insecure-internal"
+    )]
+    InsecureInternal {
+        /// The internal address.
+        addr: SocketAddr,
+    },
+    /// Some of the internal TLS flags are given, not all.
+    #[error(
+        "{missing} is missing: the internal port's TLS needs --internal-tls-cert, \
+         --internal-tls-key and --internal-tls-ca together"
+    )]
+    InternalTlsIncomplete {
+        /// The flag not given.
+        missing: &'static str,
+    },
+    /// The internal TLS material cannot be used (the message names the file).
+    #[error("internal TLS (--internal-tls-cert/--internal-tls-key/--internal-tls-ca): {0}")]
+    InternalTls(medpool_cluster::tls::TlsError),
+    /// This node's certificate does not name its node id.
+    #[error(
+        "--internal-tls-cert {cert}: the certificate is not valid for {name} (node {node}'s name)"
+    )]
+    InternalTlsWrongNode {
+        /// The certificate file.
+        cert: String,
+        /// The name it must carry.
+        name: String,
+        /// This node's id.
+        node: u64,
+    },
     /// The pool's Raft stopped on a fatal error (its store could not be written).
     #[error(
         "the pool's Raft store in {data_dir} failed ({why}): stopped so that the other nodes take this node's shards over"
@@ -366,6 +506,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
             listen: args.sip_listen,
             queue: args.sip_queue,
             retry_after_secs: config.node.retry_after,
+            tcp: args.sip_tcp.limits(),
             ..TransportConfig::default()
         },
         advertise,
@@ -414,6 +555,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
                 running.ctx.clone(),
                 config_text.clone(),
             ));
+            tokio::spawn(mac_key_sync(pool.clone()));
             (running, Some(pool))
         }
     };
@@ -445,12 +587,19 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
         admin.addr,
         match &pool {
             Some(p) => format!(
-                " node={} raft={}",
+                " node={} raft={} internal={}",
                 p.node_id(),
                 args.pool
                     .raft_listen
                     .map(|a| a.to_string())
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if p.internal_tls() {
+                    "mtls"
+                } else if p.insecure_internal() {
+                    "INSECURE"
+                } else {
+                    "loopback"
+                }
             ),
             None => String::new(),
         }
@@ -499,6 +648,16 @@ fn pool_options(
         .raft_advertise
         .clone()
         .unwrap_or_else(|| raft_listen.to_string());
+    let tls = p.internal_tls(raft_listen)?;
+    if let Some(t) = &tls
+        && !t.names_node(node_id)
+    {
+        return Err(ServeError::InternalTlsWrongNode {
+            cert: t.files().cert.display().to_string(),
+            name: medpool_cluster::tls::node_name(node_id),
+            node: node_id,
+        });
+    }
     Ok(PoolOptions {
         node_id,
         addrs: NodeAddrs {
@@ -518,6 +677,9 @@ fn pool_options(
         margin: Duration::from_millis(p.lease_margin_ms),
         snapshot_logs: 5000,
         audit: p.audit_file.clone(),
+        tls,
+        insecure_internal: p.insecure_internal,
+        config_validator: Some(Arc::new(crate::pool::B2buaConfigCheck)),
     })
 }
 
@@ -571,6 +733,26 @@ async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option<String>) {
         }
         if changes.changed().await.is_err() {
             // The pool's Raft has stopped: nothing more will change.
+            return;
+        }
+    }
+}
+
+/// Keys the MAC of the Call-IDs this node mints with the pool's secret once the pool has one
+/// (made at bootstrap, replicated, kept across restarts), so that any node recognises any node's
+/// Call-IDs in a late 2xx, also after a failover or a restart. Until then, and in a pool
+/// bootstrapped before secrets existed, the key is this process's own.
+async fn mac_key_sync(pool: Arc<Pool>) {
+    let mut changes = pool.raft().metrics();
+    loop {
+        if let Some(secret) = pool.pool_secret() {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&secret[..16]);
+            medpool_sip::ids::set_mac_key(key);
+            tracing::debug!("Call-ID MAC keyed with the pool's secret");
+            return;
+        }
+        if changes.changed().await.is_err() {
             return;
         }
     }

@@ -25,10 +25,19 @@ pub enum Frame {
 pub const PONG: &[u8] = b"\r\n";
 
 /// Accumulates bytes of one connection and yields frames.
+///
+/// The search for the end of a header section resumes where the previous one stopped, and once a
+/// header section is indexed its message length is kept: each byte received is looked at a bounded
+/// number of times, however the peer splits its writes (a peer trickling one byte at a time costs
+/// O(1) per byte, not a rescan of everything buffered).
 #[derive(Debug)]
 pub struct StreamFramer {
     buf: BytesMut,
     limits: Limits,
+    /// The search for CRLFCRLF resumes here: no earlier offset starts one.
+    scanned: usize,
+    /// The current message's whole length (head + body) once its head was indexed.
+    need: Option<usize>,
 }
 
 impl StreamFramer {
@@ -37,6 +46,8 @@ impl StreamFramer {
         StreamFramer {
             buf: BytesMut::with_capacity(4096),
             limits,
+            scanned: 0,
+            need: None,
         }
     }
 
@@ -45,16 +56,48 @@ impl StreamFramer {
         &mut self.buf
     }
 
+    /// Whether part of a message is buffered (more than the CRLFs of a keep-alive): the time a
+    /// message may take to arrive whole runs while this holds.
+    pub fn in_message(&self) -> bool {
+        self.need.is_some() || self.buf.iter().take(4).any(|b| !matches!(b, b'\r' | b'\n'))
+    }
+
     /// Takes the next frame, `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, ParseError> {
-        // Keep-alives and stray CRLFs between messages.
+        let total = match self.need {
+            Some(n) => n,
+            None => {
+                if let Some(ping) = self.skip_keepalives() {
+                    return Ok(ping);
+                }
+                match self.find_head()? {
+                    Head::Length(total) => total,
+                    Head::Fatal(frame) => return Ok(Some(frame)),
+                    Head::NotYet => return Ok(None),
+                }
+            }
+        };
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        self.need = None;
+        self.scanned = 0;
+        let bytes = self.buf.split_to(total).freeze();
+        SipMessage::parse_datagram(bytes, &self.limits).map(|m| Some(Frame::Message(m)))
+    }
+
+    /// Keep-alives and stray CRLFs between messages: `Some(frame)` when the caller returns that
+    /// (a ping, or `None` = wait for more), `None` when a message starts at the buffer's head.
+    fn skip_keepalives(&mut self) -> Option<Option<Frame>> {
         loop {
             if self.buf.starts_with(b"\r\n\r\n") {
                 self.buf.advance(4);
-                return Ok(Some(Frame::Ping));
+                self.scanned = 0;
+                return Some(Some(Frame::Ping));
             }
             if self.buf.starts_with(b"\r\n") && self.buf.len() > 2 && self.buf[2] != b'\r' {
                 self.buf.advance(2); // a pong, or a CRLF before a start line (§7.5)
+                self.scanned = 0;
                 continue;
             }
             if self.buf.is_empty()
@@ -62,28 +105,31 @@ impl StreamFramer {
                 || self.buf.as_ref() == b"\r\n\r"
                 || self.buf.as_ref() == b"\r"
             {
-                return Ok(None);
+                return Some(None);
             }
-            break;
+            return None;
         }
-        let Some(head_end) = memchr::memmem::find(&self.buf, b"\r\n\r\n") else {
+    }
+
+    /// Looks for the end of the header section from where the last look stopped.
+    fn find_head(&mut self) -> Result<Head, ParseError> {
+        let from = self.scanned.min(self.buf.len());
+        let Some(at) = memchr::memmem::find(&self.buf[from..], b"\r\n\r\n") else {
             if self.buf.len() > self.limits.max_message_size {
                 return Err(ParseError::HeaderSectionTooLarge(
                     self.limits.max_message_size,
                 ));
             }
-            return Ok(None);
+            // The last three bytes may begin a CRLFCRLF that the next read completes.
+            self.scanned = self.buf.len().saturating_sub(3);
+            return Ok(Head::NotYet);
         };
-        let head_len = head_end + 4;
+        let head_len = from + at + 4;
         let head = index_head(&self.buf[..head_len], &self.limits, false)?;
         let fatal = match head.body_len {
             BodyLen::Known(n) if head_len + n <= self.limits.max_message_size => {
-                if self.buf.len() < head_len + n {
-                    return Ok(None);
-                }
-                let bytes = self.buf.split_to(head_len + n).freeze();
-                return SipMessage::parse_datagram(bytes, &self.limits)
-                    .map(|m| Some(Frame::Message(m)));
+                self.need = Some(head_len + n);
+                return Ok(Head::Length(head_len + n));
             }
             BodyLen::Known(_) => Defect::TooLarge,
             BodyLen::Missing => Defect::MissingContentLength,
@@ -91,10 +137,21 @@ impl StreamFramer {
         };
         let bytes = self.buf.split_to(head_len).freeze();
         self.buf.clear();
+        self.scanned = 0;
         let mut msg = SipMessage::parse_datagram(bytes, &self.limits)?;
         msg.defect = Some(fatal);
-        Ok(Some(Frame::Fatal(msg)))
+        Ok(Head::Fatal(Frame::Fatal(msg)))
     }
+}
+
+/// What the look for a header section's end found.
+enum Head {
+    /// Not there yet.
+    NotYet,
+    /// The message's whole length (head and body).
+    Length(usize),
+    /// A message after which the stream cannot be framed (the buffer was emptied).
+    Fatal(Frame),
 }
 
 #[cfg(test)]
@@ -147,5 +204,50 @@ mod tests {
         assert!(f.next_frame().unwrap().is_none());
         f.buffer().extend_from_slice(&[b'X'; 200]);
         assert!(f.next_frame().is_err());
+    }
+
+    #[test]
+    fn the_scan_resumes_where_it_stopped() {
+        let mut f = StreamFramer::new(Limits::default());
+        f.buffer()
+            .extend_from_slice(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n");
+        assert!(f.next_frame().unwrap().is_none());
+        let first = f.scanned;
+        assert_eq!(first, f.buf.len() - 3, "the next look starts near the end");
+        // A header trickled in byte by byte: every look starts at most three bytes back.
+        for &b in b"X-Pad: 0123456789\r\n".iter() {
+            f.buffer().extend_from_slice(&[b]);
+            assert!(f.next_frame().unwrap().is_none());
+            assert_eq!(f.scanned, f.buf.len() - 3);
+        }
+        assert!(f.in_message());
+        // The end of the head split over two reads ("\r\n" + "\r\n"), then a body in pieces:
+        // the head is indexed once and its length kept.
+        f.buffer().extend_from_slice(b"l: 4\r\n\r");
+        assert!(f.next_frame().unwrap().is_none());
+        f.buffer().extend_from_slice(b"\nbo");
+        assert!(f.next_frame().unwrap().is_none());
+        let need = f.need.expect("the head was indexed");
+        assert_eq!(need, f.buf.len() + 2);
+        f.buffer().extend_from_slice(b"dy");
+        assert!(matches!(f.next_frame().unwrap(), Some(Frame::Message(m)) if m.body() == b"body"));
+        assert_eq!((f.scanned, f.need), (0, None));
+        assert!(!f.in_message());
+    }
+
+    #[test]
+    fn keepalive_crlfs_are_not_part_of_a_message() {
+        let mut f = StreamFramer::new(Limits::default());
+        f.buffer().extend_from_slice(b"\r\n");
+        assert!(f.next_frame().unwrap().is_none());
+        assert!(
+            !f.in_message(),
+            "a lone CRLF is a keep-alive, not a message begun"
+        );
+        f.buffer().extend_from_slice(b"\r\n");
+        assert!(matches!(f.next_frame().unwrap(), Some(Frame::Ping)));
+        f.buffer().extend_from_slice(b"O");
+        assert!(f.next_frame().unwrap().is_none());
+        assert!(f.in_message());
     }
 }

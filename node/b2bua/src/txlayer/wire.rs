@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use medpool_sip::transport::tcp::TcpPool;
 use medpool_sip::transport::{FrontDoorStats, Transport, TransportError, Transports};
 
 /// Sends SIP without waiting (for the transaction layer and the calls, which cannot await).
@@ -18,6 +19,10 @@ pub trait Wire: Send + Sync + 'static {
     ) -> Result<(), TransportError>;
     /// Front-door and traffic counters.
     fn stats(&self) -> &FrontDoorStats;
+    /// The TCP connections (counts, refusals, the hook for trunk addresses), when real ones exist.
+    fn tcp(&self) -> Option<&TcpPool> {
+        None
+    }
 }
 
 impl Wire for Transports {
@@ -31,5 +36,8 @@ impl Wire for Transports {
     }
     fn stats(&self) -> &FrontDoorStats {
         Transports::stats(self)
+    }
+    fn tcp(&self) -> Option<&TcpPool> {
+        Some(Transports::tcp(self))
     }
 }

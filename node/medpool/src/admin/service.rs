@@ -100,6 +100,7 @@ impl AdminService {
                                     st.active_calls = active_calls;
                                     st.version = version.clone();
                                     st.applied_index = m.last_applied.map(|l| l.index);
+                                    st.internal_port = internal_port(pool).to_owned();
                                 }
                                 st
                             })
@@ -192,6 +193,7 @@ impl MedpoolAdmin for AdminService {
                     slot.active_calls = theirs.active_calls;
                     slot.version = theirs.version;
                     slot.applied_index = theirs.applied_index;
+                    slot.internal_port = theirs.internal_port;
                 }
             }
         }
@@ -618,5 +620,16 @@ impl MedpoolAdmin for AdminService {
             .await
             .map_err(|e| Self::forwarded_error(leader, e))?;
         Ok(Response::new(r))
+    }
+}
+
+/// How this node's internal port is served (`NodeStatus.internal_port`).
+fn internal_port(pool: &medpool_cluster::pool::Pool) -> &'static str {
+    if pool.internal_tls() {
+        "mtls"
+    } else if pool.insecure_internal() {
+        "insecure"
+    } else {
+        "loopback"
     }
 }

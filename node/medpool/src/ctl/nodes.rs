@@ -136,6 +136,14 @@ impl Ctl {
             ]);
         }
         t.print();
+        for n in r.nodes.iter().filter(|n| n.internal_port == "insecure") {
+            out!(
+                "warning: node {}: insecure internal port {} (plain TCP, --insecure-internal): \
+                 anyone who reaches it can control the pool",
+                n.id,
+                n.raft_addr
+            );
+        }
         Ok(())
     }
 
@@ -269,6 +277,7 @@ fn status_json(r: &pb::PoolStatusReply) -> Value {
             "active_calls": n.active_calls,
             "applied_index": n.applied_index,
             "version": n.version,
+            "internal_port": n.internal_port,
             "sip_addr": n.sip_addr,
             "raft_addr": n.raft_addr,
             "admin_addr": n.admin_addr,

@@ -12,8 +12,9 @@
 //! | `127.0.n.22:5060`    | gateway `gw2`                                                |
 //! | `127.0.n.99:5070`    | a caller that is no configured trunk                         |
 //!
-//! Test numbers in use: calls.rs 11-22, failover.rs 31-34, media.rs 156, rfc4475_udp.rs 41, admin.rs 201-203
-//! and ctl.rs 211 (3-node pools: admin_common/mod.rs).
+//! Test numbers in use: calls.rs 11-22, failover.rs 31-34, rfc4475_udp.rs 41, flood.rs and
+//! sipvicious.rs 152, tcp_door.rs 153, media.rs 156, admin.rs 201-203 and ctl.rs 211 (3-node pools:
+//! admin_common/mod.rs).
 //!
 //! Every process a test starts is owned by a guard whose `Drop` stops it by PID and waits for it,
 //! also when the test panics; a panicking test prints medpool's log and each SIPp's errors.
@@ -324,6 +325,11 @@ impl MedpoolNode {
     /// The node's SIP address.
     pub fn addr(&self) -> String {
         node_addr(self.n)
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Everything the node wrote on stderr so far.

@@ -47,14 +47,26 @@ pub enum SourceClass {
 }
 
 /// The sources a node talks to, with their budgets. Built by the user, read by the receive loops.
+///
+/// One map lookup per datagram: every described IP has one [`IpEntry`] (its exact ports, its
+/// any-port entry, whether it is unlimited).
 #[derive(Debug, Clone)]
 pub struct SourcePolicy {
-    exact: HashMap<SocketAddr, usize>,
-    any_port: HashMap<IpAddr, usize>,
-    unlimited: HashMap<IpAddr, ()>,
+    ips: HashMap<IpAddr, IpEntry>,
     budgets: Vec<Budget>,
     unknown: UnknownPolicy,
     open: bool,
+}
+
+/// What the policy says about one IP.
+#[derive(Debug, Clone, Default)]
+struct IpEntry {
+    /// Exact ports and their entries.
+    ports: Vec<(u16, usize)>,
+    /// Unlimited on any port (a trusted forwarder).
+    unlimited: bool,
+    /// The entry of any other port.
+    any_port: Option<usize>,
 }
 
 impl SourcePolicy {
@@ -69,9 +81,7 @@ impl SourcePolicy {
     /// Nobody is served until added; unknown sources get `unknown`.
     pub fn closed(unknown: UnknownPolicy) -> Self {
         Self {
-            exact: HashMap::new(),
-            any_port: HashMap::new(),
-            unlimited: HashMap::new(),
+            ips: HashMap::new(),
             budgets: Vec::new(),
             unknown,
             open: false,
@@ -82,19 +92,21 @@ impl SourcePolicy {
     /// same address replaces the first.
     pub fn add_exact(&mut self, addr: SocketAddr, budget: Budget) {
         let i = self.push(budget);
-        self.exact.insert(canonical(addr), i);
+        let e = self.ips.entry(addr.ip().to_canonical()).or_default();
+        e.ports.retain(|(p, _)| *p != addr.port());
+        e.ports.push((addr.port(), i));
     }
 
     /// Serves `ip` on any source port with `budget` (an exact entry for one of its ports wins).
     pub fn add_any_port(&mut self, ip: IpAddr, budget: Budget) {
         let i = self.push(budget);
-        self.any_port.insert(ip.to_canonical(), i);
+        self.ips.entry(ip.to_canonical()).or_default().any_port = Some(i);
     }
 
     /// Serves `ip` on any port with no limit (a trusted forwarder in front of the node, which
     /// carries many callers' traffic).
     pub fn add_unlimited(&mut self, ip: IpAddr) {
-        self.unlimited.insert(ip.to_canonical(), ());
+        self.ips.entry(ip.to_canonical()).or_default().unlimited = true;
     }
 
     fn push(&mut self, budget: Budget) -> usize {
@@ -115,19 +127,28 @@ impl SourcePolicy {
         self.unknown
     }
 
+    /// Whether any source on `ip` may be served (an open policy, or an entry for the IP on some
+    /// port): what a TCP accept can tell before it knows which requests come.
+    pub fn knows_ip(&self, ip: IpAddr) -> bool {
+        self.open || self.ips.contains_key(&ip.to_canonical())
+    }
+
     /// Who `source` is.
     pub fn classify(&self, source: SocketAddr) -> SourceClass {
-        let source = canonical(source);
-        if let Some(&i) = self.exact.get(&source) {
-            return SourceClass::Known(i);
-        }
-        if self.unlimited.contains_key(&source.ip()) {
-            return SourceClass::Unlimited;
-        }
-        if let Some(&i) = self.any_port.get(&source.ip()) {
-            return SourceClass::Known(i);
-        }
-        if self.open {
+        let Some(e) = self.ips.get(&source.ip().to_canonical()) else {
+            return if self.open {
+                SourceClass::Unlimited
+            } else {
+                SourceClass::Unknown(self.unknown)
+            };
+        };
+        if let Some((_, i)) = e.ports.iter().find(|(p, _)| *p == source.port()) {
+            SourceClass::Known(*i)
+        } else if e.unlimited {
+            SourceClass::Unlimited
+        } else if let Some(i) = e.any_port {
+            SourceClass::Known(i)
+        } else if self.open {
             SourceClass::Unlimited
         } else {
             SourceClass::Unknown(self.unknown)
@@ -231,6 +252,13 @@ impl Bucket {
         }
     }
 
+    /// Whether a token is there at `now` (none is taken).
+    pub fn has_token(&self, now: Duration) -> bool {
+        let mut b = *self;
+        b.refill(now);
+        b.micro >= MICRO
+    }
+
     /// Whether the bucket is full at `now` (then it is the same as a new one, and may be forgotten).
     pub fn is_full(&self, now: Duration) -> bool {
         let mut b = *self;
@@ -272,13 +300,30 @@ pub enum NewRequest {
     Drop,
 }
 
+/// Datagrams a second a source that is over its new-request budget may still have parsed (its
+/// responses and in-dialog requests); beyond them its datagrams are dropped unparsed, so a flood
+/// from a known address costs the node no more than one from an unknown one.
+pub const OVER_BUDGET_PARSE: Budget = Budget {
+    rate: 2_000,
+    burst: 2_000,
+};
+
+/// What a door holds for one source: its entry, its new-request bucket, and its parse budget
+/// while it is over that bucket.
+#[derive(Debug, Clone, Copy)]
+struct SourceState {
+    entry: usize,
+    new: Bucket,
+    parse: Bucket,
+}
+
 /// One receive loop's view of the gate and its token buckets. Owned by the loop alone.
 #[derive(Debug)]
 pub struct Door {
     gate: Arc<SourceGate>,
     generation: u64,
     policy: Arc<SourcePolicy>,
-    buckets: HashMap<SocketAddr, (usize, Bucket)>,
+    buckets: HashMap<SocketAddr, SourceState>,
     overflow: HashMap<usize, Bucket>,
     forbidden: Bucket,
     errors: Bucket,
@@ -347,15 +392,19 @@ impl Door {
         };
         let source = canonical(source);
         let admitted = match self.buckets.get_mut(&source) {
-            Some((e, b)) if *e == entry => b.try_take(now),
+            Some(st) if st.entry == entry => st.new.try_take(now),
             _ => {
                 if self.buckets.len() >= MAX_SOURCES {
-                    self.buckets.retain(|_, (_, b)| !b.is_full(now));
+                    self.buckets.retain(|_, st| !st.new.is_full(now));
                 }
                 if self.buckets.len() < MAX_SOURCES {
-                    let mut b = Bucket::new(budget, now);
-                    let ok = b.try_take(now);
-                    self.buckets.insert(source, (entry, b));
+                    let mut st = SourceState {
+                        entry,
+                        new: Bucket::new(budget, now),
+                        parse: Bucket::new(OVER_BUDGET_PARSE, now),
+                    };
+                    let ok = st.new.try_take(now);
+                    self.buckets.insert(source, st);
                     ok
                 } else {
                     self.overflow
@@ -371,6 +420,15 @@ impl Door {
             NewRequest::Refuse
         } else {
             NewRequest::Drop
+        }
+    }
+
+    /// Whether a datagram from `source` (of entry `entry`) is worth parsing: always, unless the
+    /// source is over its new-request budget; then within [`OVER_BUDGET_PARSE`].
+    pub fn may_parse(&mut self, entry: usize, source: SocketAddr, now: Duration) -> bool {
+        match self.buckets.get_mut(&canonical(source)) {
+            Some(st) if st.entry == entry && !st.new.has_token(now) => st.parse.try_take(now),
+            _ => true,
         }
     }
 
@@ -455,6 +513,28 @@ mod tests {
             door.new_request(1, flooder, t + 100 * MS),
             NewRequest::Admit
         );
+    }
+
+    #[test]
+    fn a_source_over_its_budget_has_only_a_few_datagrams_a_second_parsed() {
+        let gate = Arc::new(SourceGate::new(policy()));
+        let mut door = Door::new(gate, Duration::ZERO);
+        let flooder = addr("10.0.0.1:6666");
+        let caller = addr("10.0.0.1:5070");
+        assert!(door.may_parse(1, flooder, Duration::ZERO), "a new source");
+        for _ in 0..3 {
+            door.new_request(1, flooder, Duration::ZERO);
+        }
+        let parsed = (0..10_000)
+            .filter(|_| door.may_parse(1, flooder, Duration::ZERO))
+            .count();
+        assert_eq!(parsed, OVER_BUDGET_PARSE.burst as usize);
+        assert!(
+            door.may_parse(1, caller, Duration::ZERO),
+            "the other sources are not touched"
+        );
+        // Its next token (100 ms later at 10/s) makes it an ordinary source again.
+        assert!(door.may_parse(1, flooder, 100 * MS));
     }
 
     #[test]

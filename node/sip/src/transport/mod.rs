@@ -95,6 +95,9 @@ pub struct GateStats {
     pub reserve_refused: std::sync::atomic::AtomicU64,
     /// Answers (400, 503, ...) not sent because their global budget was used up.
     pub unanswered: std::sync::atomic::AtomicU64,
+    /// Datagrams from known sources over their budget dropped unparsed
+    /// ([`gate::OVER_BUDGET_PARSE`]).
+    pub unparsed: std::sync::atomic::AtomicU64,
 }
 
 /// Every method the codec classifies, in [`Method`] order (the index of the counters).
@@ -259,6 +262,12 @@ impl Transports {
         &self.stats
     }
 
+    /// The TCP connections: their counts, what was refused or closed and why
+    /// ([`tcp::TcpPool::stats`]), and the hook for listed peers ([`tcp::TcpPool::set_listed_ips`]).
+    pub fn tcp(&self) -> &tcp::TcpPool {
+        &self.tcp
+    }
+
     /// The local UDP address.
     pub fn udp_local(&self) -> SocketAddr {
         self.udp
@@ -267,7 +276,8 @@ impl Transports {
     }
 
     /// Sends bytes to `dest`. UDP sends never wait (a full socket buffer drops the datagram, as the
-    /// network would); TCP reuses the connection to `dest` or opens one.
+    /// network would); TCP reuses the connection to `dest` or opens one (waiting for the connect; while
+    /// another send is opening it, the bytes wait in its queue: see [`tcp::TcpPool::send`]).
     pub async fn send(
         &self,
         transport: Transport,
@@ -305,20 +315,31 @@ impl Transports {
     }
 
     /// Sends a response to a request that arrived from `source` on `transport` (RFC 3261 §18.2.2): over
-    /// TCP on the connection it came on, over UDP to [`response_target`].
+    /// TCP on the connection it came on — when that is gone, a new one is opened in the background to
+    /// the source address at the Via's sent-by port, so the caller never waits on a connect (a peer
+    /// that drops SYNs would hold it for the connect timeout) — and over UDP to [`response_target`].
     pub async fn send_response(
         &self,
         request: &Inbound,
         bytes: Bytes,
     ) -> Result<(), TransportError> {
-        let dest = match request.transport {
-            Transport::Tcp => request.source,
-            Transport::Udp => match request.msg.top_via() {
-                Some(Ok(v)) => response_target(&v, request.source),
-                _ => request.source,
-            },
-        };
-        self.send(request.transport, dest, bytes).await
+        match request.transport {
+            Transport::Tcp => {
+                self.stats.traffic.count_out(&bytes);
+                let sent_by = match request.msg.top_via() {
+                    Some(Ok(v)) => SocketAddr::new(request.source.ip(), v.port.unwrap_or(5060)),
+                    _ => request.source,
+                };
+                self.tcp.send_on(request.source, sent_by, bytes)
+            }
+            Transport::Udp => {
+                let dest = match request.msg.top_via() {
+                    Some(Ok(v)) => response_target(&v, request.source),
+                    _ => request.source,
+                };
+                self.send(request.transport, dest, bytes).await
+            }
+        }
     }
 }
 
@@ -350,12 +371,9 @@ pub struct TransportConfig {
     pub queue: usize,
     /// Retry-After seconds in the 503 sent when the queue is full.
     pub retry_after_secs: u32,
-    /// Most TCP connections open at once (in and out).
-    pub max_connections: usize,
-    /// A TCP connection with no traffic for this long is closed.
-    pub tcp_idle_timeout: std::time::Duration,
-    /// Timeout to open an outgoing TCP connection.
-    pub tcp_connect_timeout: std::time::Duration,
+    /// TCP connection caps (per address, inbound, outbound) and timeouts (message, idle, write,
+    /// connect): see [`tcp::TcpLimits`].
+    pub tcp: tcp::TcpLimits,
     /// The sources served and their budgets, set by the user (default: everyone, no limit).
     pub gate: Arc<gate::SourceGate>,
 }
@@ -367,9 +385,7 @@ impl Default for TransportConfig {
             limits: crate::Limits::default(),
             queue: 4096,
             retry_after_secs: 5,
-            max_connections: 4096,
-            tcp_idle_timeout: std::time::Duration::from_secs(300),
-            tcp_connect_timeout: std::time::Duration::from_secs(5),
+            tcp: tcp::TcpLimits::default(),
             gate: Arc::new(gate::SourceGate::default()),
         }
     }

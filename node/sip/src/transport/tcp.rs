@@ -1,27 +1,121 @@
 //! TCP: an accept loop, one reader task and one writer task per connection, and a table of open
 //! connections keyed by the peer's address so that responses and later requests reuse them (RFC 3261
-//! §18.2.2, RFC 5923-style reuse). Connections are bounded in number, closed after an idle timeout, and
-//! answer RFC 5626 CRLF keep-alive pings. A framing error closes only that connection.
+//! §18.2.2, RFC 5626-style reuse). A framing error closes only that connection; RFC 5626 CRLF
+//! keep-alive pings are answered.
+//!
+//! No peer can hold more than its share ([`admission`] keeps the budgets):
+//! - **at accept**: a connection beyond its address's cap or the unlisted total is reset at once,
+//!   before any byte is read; listed peers (the user's trunks, [`TcpPool::set_listed_ips`]) have a
+//!   cap of their own outside that total; connections this node opens have a separate budget;
+//! - **while reading**: a message must arrive whole within `message_timeout` of its first byte, and
+//!   a connection with no complete message for `idle_timeout` is closed (bytes do not restart that
+//!   clock, complete messages do); the framer resumes its scan where it stopped;
+//! - **while writing**: one write may take `write_timeout`; a peer that stops reading loses its
+//!   connection (reset, its queued bytes dropped), and a full per-connection queue refuses a send
+//!   ([`TransportError::Busy`]) instead of waiting: nobody else's sends wait on it.
+//!
+//! Accept errors (EMFILE, ENFILE, ENOBUFS, ...) are retried with an exponential backoff up to
+//! [`ACCEPT_BACKOFF_MAX`]; errors of one connection (reset before accept) are not. Everything refused
+//! or closed is counted in [`TcpStats`].
+
+pub mod admission;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
+use admission::{Admission, Slot};
+pub use admission::{Refusal, TcpLimits};
+
+use super::gate::{Bucket, SourceClass, UnknownPolicy};
 use super::{
     FrontDoorStats, Inbound, Screened, Transport, TransportConfig, TransportError, overload_answer,
     screen,
 };
 use crate::check::{Rejection, rejection_response};
 use crate::framing::{Frame, PONG, StreamFramer};
+use crate::message::builder::response_to;
 
 /// Queue depth of one connection's writer.
 const WRITE_QUEUE: usize = 1024;
+
+/// First wait after a failed accept; doubled on each failure in a row.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest wait after failed accepts.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What the TCP door refused or closed, and why (for metrics).
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    /// Connections reset at accept: unlisted peers held `max_inbound`.
+    pub refused_inbound_full: AtomicU64,
+    /// Connections reset at accept: the address held its cap.
+    pub refused_per_ip: AtomicU64,
+    /// Connections not opened: this node held `max_outbound`.
+    pub refused_outbound_full: AtomicU64,
+    /// Connections closed because a message did not arrive whole within `message_timeout`.
+    pub closed_message_timeout: AtomicU64,
+    /// Connections closed after `idle_timeout` without a complete message.
+    pub closed_idle: AtomicU64,
+    /// Connections reset because a write took longer than `write_timeout` (the peer did not read).
+    pub closed_write_timeout: AtomicU64,
+    /// Connections closed because the stream could not be framed.
+    pub closed_framing: AtomicU64,
+    /// Failed accepts (retried with backoff when not about one connection).
+    pub accept_errors: AtomicU64,
+}
+
+impl TcpStats {
+    /// Connections refused, by reason (labels for an exporter): `inbound_full`, `per_ip`,
+    /// `outbound_full`.
+    pub fn refused_by_reason(&self) -> [(&'static str, u64); 3] {
+        [
+            (
+                "inbound_full",
+                self.refused_inbound_full.load(Ordering::Relaxed),
+            ),
+            ("per_ip", self.refused_per_ip.load(Ordering::Relaxed)),
+            (
+                "outbound_full",
+                self.refused_outbound_full.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+
+    /// Connections the node closed, by reason (labels for an exporter): `message_timeout`, `idle`,
+    /// `write_timeout`, `framing`.
+    pub fn closed_by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            (
+                "message_timeout",
+                self.closed_message_timeout.load(Ordering::Relaxed),
+            ),
+            ("idle", self.closed_idle.load(Ordering::Relaxed)),
+            (
+                "write_timeout",
+                self.closed_write_timeout.load(Ordering::Relaxed),
+            ),
+            ("framing", self.closed_framing.load(Ordering::Relaxed)),
+        ]
+    }
+
+    fn refused(&self, why: Refusal) {
+        match why {
+            Refusal::InboundFull => &self.refused_inbound_full,
+            Refusal::PerIpFull => &self.refused_per_ip,
+            Refusal::OutboundFull => &self.refused_outbound_full,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// The shared connection table and settings.
 #[derive(Clone, Debug)]
@@ -32,10 +126,108 @@ pub struct TcpPool {
 #[derive(Debug)]
 struct Inner {
     config: TransportConfig,
-    conns: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    conns: Mutex<HashMap<SocketAddr, Conn>>,
+    /// Destinations being connected to, with what was sent to them meanwhile (one connect per
+    /// destination at a time). At most `max_outbound` entries (each holds an outbound slot) of at
+    /// most [`WRITE_QUEUE`] messages.
+    connecting: Mutex<HashMap<SocketAddr, Vec<Bytes>>>,
+    admission: Mutex<Admission>,
+    next_id: AtomicU64,
     tx: mpsc::Sender<Inbound>,
     stats: Arc<FrontDoorStats>,
+    tcp_stats: TcpStats,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The clock of the connections' token buckets starts here.
+    started: Instant,
+}
+
+/// A connection's budget of new requests: the policy entry it was made for and its bucket.
+#[derive(Debug, Default)]
+struct ConnBudget(Option<(usize, Bucket)>);
+
+/// An entry of the connection table: the writer's queue, and which connection it is (a newer
+/// connection from the same address replaces the entry; the older one must not remove it).
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// A budget slot, given back when dropped.
+#[derive(Debug)]
+struct SlotGuard {
+    inner: Arc<Inner>,
+    slot: Slot,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Ok(mut a) = self.inner.admission.lock() {
+            a.release(self.slot);
+        }
+    }
+}
+
+/// One open connection, shared by its reader and writer: when both are gone its table entry and its
+/// budget slot are given back.
+#[derive(Debug)]
+struct Live {
+    id: u64,
+    peer: SocketAddr,
+    /// Turns true when either half wants the whole connection gone now.
+    closed: watch::Sender<bool>,
+    slot: SlotGuard,
+}
+
+impl Live {
+    fn inner(&self) -> &Inner {
+        &self.slot.inner
+    }
+
+    /// Both halves stop now.
+    fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// New sends no longer find this connection.
+    fn forget(&self) {
+        if let Ok(mut c) = self.inner().conns.lock()
+            && c.get(&self.peer).is_some_and(|e| e.id == self.id)
+        {
+            c.remove(&self.peer);
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.forget();
+    }
+}
+
+/// Why a reader stopped waiting.
+#[derive(Clone, Copy, Debug)]
+enum Wait {
+    /// For the rest of a message begun.
+    Message,
+    /// For a next message.
+    Idle,
+}
+
+/// Whether an accept error is about one connection only (retry at once) rather than the process
+/// or system (back off).
+pub fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Resets a connection (SO_LINGER 0): no FIN handshake, queued bytes dropped.
+fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 impl TcpPool {
@@ -49,58 +241,154 @@ impl TcpPool {
             inner: Arc::new(Inner {
                 config,
                 conns: Mutex::new(HashMap::new()),
+                connecting: Mutex::new(HashMap::new()),
+                admission: Mutex::new(Admission::default()),
+                next_id: AtomicU64::new(0),
                 tx,
                 stats,
+                tcp_stats: TcpStats::default(),
                 shutdown,
+                started: Instant::now(),
             }),
         }
     }
 
-    /// How many connections are open.
+    /// How many connections are open (in and out).
     pub fn open_connections(&self) -> usize {
-        self.inner.conns.lock().map(|c| c.len()).unwrap_or(0)
+        self.open_inbound() + self.open_outbound()
+    }
+
+    /// Accepted connections open.
+    pub fn open_inbound(&self) -> usize {
+        self.inner
+            .admission
+            .lock()
+            .map(|a| a.inbound())
+            .unwrap_or(0)
+    }
+
+    /// Connections this node opened (or is opening) that are open.
+    pub fn open_outbound(&self) -> usize {
+        self.inner
+            .admission
+            .lock()
+            .map(|a| a.outbound())
+            .unwrap_or(0)
+    }
+
+    /// What was refused or closed, and why.
+    pub fn stats(&self) -> &TcpStats {
+        &self.inner.tcp_stats
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &TcpLimits {
+        &self.inner.config.tcp
+    }
+
+    /// The hook for the user's trusted peers (a B2BUA's trunk addresses): these addresses get
+    /// `max_inbound_per_listed_ip` connections each, outside the unlisted total. Replaces the
+    /// previous list; open connections keep the budget they were admitted in.
+    pub fn set_listed_ips(&self, ips: impl IntoIterator<Item = IpAddr>) {
+        if let Ok(mut a) = self.inner.admission.lock() {
+            a.set_listed(ips);
+        }
+    }
+
+    fn guard(&self, slot: Slot) -> SlotGuard {
+        SlotGuard {
+            inner: self.inner.clone(),
+            slot,
+        }
     }
 
     pub(crate) async fn accept_loop(self, listener: tokio::net::TcpListener) {
         let mut shutdown = self.inner.shutdown.clone();
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        x
+                    }
                     Err(e) => {
-                        tracing::debug!(error = %e, "tcp accept error");
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        self.inner.tcp_stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                        if is_connection_error(&e) {
+                            tracing::debug!(error = %e, "tcp accept error");
+                            continue;
+                        }
+                        // EMFILE and friends: wait (longer each time in a row) instead of spinning.
+                        tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "tcp accept failed, backing off");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => break,
+                        }
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                         continue;
                     }
                 },
                 _ = shutdown.changed() => break,
             };
-            if self.open_connections() >= self.inner.config.max_connections {
-                tracing::debug!(%peer, "tcp connection refused: limit reached");
-                drop(stream);
+            let policy = self.inner.config.gate.current();
+            if !policy.knows_ip(peer.ip()) && policy.unknown() == UnknownPolicy::Drop {
+                // No trunk on that address, and unknown sources get nothing: not even a connection.
+                self.inner
+                    .stats
+                    .gate
+                    .unknown
+                    .fetch_add(1, Ordering::Relaxed);
+                reset(&stream);
                 continue;
             }
-            self.adopt(stream, peer);
+            let admitted = self
+                .inner
+                .admission
+                .lock()
+                .map_err(|_| Refusal::InboundFull)
+                .and_then(|mut a| a.admit_inbound(peer.ip(), &self.inner.config.tcp));
+            match admitted {
+                Ok(slot) => {
+                    let guard = self.guard(slot);
+                    self.adopt(stream, peer, guard);
+                }
+                Err(why) => {
+                    self.inner.tcp_stats.refused(why);
+                    tracing::debug!(%peer, %why, "tcp connection refused");
+                    reset(&stream);
+                }
+            }
         }
     }
 
     /// Registers a connection and starts its reader and writer.
-    fn adopt(&self, stream: TcpStream, peer: SocketAddr) -> mpsc::Sender<Bytes> {
+    fn adopt(&self, stream: TcpStream, peer: SocketAddr, slot: SlotGuard) -> mpsc::Sender<Bytes> {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (wtx, wrx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let live = Arc::new(Live {
+            id,
+            peer,
+            closed: watch::Sender::new(false),
+            slot,
+        });
         if let Ok(mut c) = self.inner.conns.lock() {
-            c.insert(peer, wtx.clone());
+            c.insert(
+                peer,
+                Conn {
+                    id,
+                    tx: wtx.clone(),
+                },
+            );
         }
-        tokio::spawn(writer(wr, wrx));
+        tokio::spawn(writer(wr, wrx, live.clone()));
         let pool = self.clone();
         let wtx2 = wtx.clone();
         tokio::spawn(async move {
-            pool.reader(rd, peer, wtx2).await;
-            if let Ok(mut c) = pool.inner.conns.lock() {
-                c.remove(&peer);
-            }
+            pool.reader(rd, &live, wtx2).await;
+            // New sends open a new connection; the writer sends what is queued, then closes.
+            live.forget();
         });
         wtx
     }
@@ -108,21 +396,31 @@ impl TcpPool {
     async fn reader(
         &self,
         mut rd: tokio::net::tcp::OwnedReadHalf,
-        peer: SocketAddr,
+        live: &Live,
         wtx: mpsc::Sender<Bytes>,
     ) {
-        let cfg = &self.inner.config;
-        let mut framer = StreamFramer::new(cfg.limits);
+        let peer = live.peer;
+        let limits = self.inner.config.tcp;
+        let mut framer = StreamFramer::new(self.inner.config.limits);
         let mut shutdown = self.inner.shutdown.clone();
+        let mut closed = live.closed.subscribe();
+        let mut last_complete = Instant::now();
+        let mut message_since: Option<Instant> = None;
+        let mut budget = ConnBudget::default();
         loop {
             // Drain every complete frame before reading more.
+            let mut completed = false;
             loop {
                 match framer.next_frame() {
                     Ok(None) => break,
                     Ok(Some(Frame::Ping)) => {
+                        completed = true;
                         let _ = wtx.try_send(Bytes::from_static(PONG));
                     }
-                    Ok(Some(Frame::Message(msg))) => self.deliver(msg, peer, &wtx),
+                    Ok(Some(Frame::Message(msg))) => {
+                        completed = true;
+                        self.deliver(msg, peer, &wtx, &mut budget);
+                    }
                     Ok(Some(Frame::Fatal(msg))) => {
                         if let Some(d) = msg.defect() {
                             let rej = Rejection {
@@ -143,6 +441,10 @@ impl TcpPool {
                             .stats
                             .parse_errors
                             .fetch_add(1, Ordering::Relaxed);
+                        self.inner
+                            .tcp_stats
+                            .closed_framing
+                            .fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                     Err(e) => {
@@ -150,30 +452,70 @@ impl TcpPool {
                             .stats
                             .parse_errors
                             .fetch_add(1, Ordering::Relaxed);
+                        self.inner
+                            .tcp_stats
+                            .closed_framing
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%peer, error = %e, "tcp framing error, closing");
                         return;
                     }
                 }
             }
+            // The clocks: a message begun must end within `message_timeout` of its first byte; with
+            // none begun, the next must come within `idle_timeout` of the last complete one.
+            let now = Instant::now();
+            if completed {
+                last_complete = now;
+            }
+            message_since = match (framer.in_message(), message_since) {
+                (false, _) => None,
+                (true, Some(since)) if !completed => Some(since),
+                (true, _) => Some(now),
+            };
+            let idle_end = last_complete + limits.idle_timeout;
+            let (deadline, waiting) = match message_since {
+                Some(since) if since + limits.message_timeout < idle_end => {
+                    (since + limits.message_timeout, Wait::Message)
+                }
+                _ => (idle_end, Wait::Idle),
+            };
             let buf = framer.buffer();
             buf.reserve(8192);
             let read = tokio::select! {
-                r = tokio::time::timeout(cfg.tcp_idle_timeout, rd.read_buf(buf)) => r,
-                _ = shutdown.changed() => return,
+                r = tokio::time::timeout_at(deadline, rd.read_buf(buf)) => r,
+                _ = shutdown.changed() => {
+                    live.close();
+                    return;
+                }
+                _ = closed.wait_for(|c| *c) => return,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(_)) => {}
                 Err(_) => {
-                    tracing::debug!(%peer, "tcp connection idle, closing");
+                    let counter = match waiting {
+                        Wait::Message => &self.inner.tcp_stats.closed_message_timeout,
+                        Wait::Idle => &self.inner.tcp_stats.closed_idle,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, ?waiting, "tcp connection timed out, closing");
                     return;
                 }
             }
         }
     }
 
-    fn deliver(&self, msg: crate::SipMessage, peer: SocketAddr, wtx: &mpsc::Sender<Bytes>) {
+    fn deliver(
+        &self,
+        msg: crate::SipMessage,
+        peer: SocketAddr,
+        wtx: &mpsc::Sender<Bytes>,
+        budget: &mut ConnBudget,
+    ) {
         self.inner.stats.traffic.count_in(&msg);
+        if msg.is_request() && !self.admit_request(&msg, peer, wtx, budget) {
+            return;
+        }
         match screen(Ok(msg), peer) {
             Screened::Pass(msg) => {
                 let is_request = msg.is_request();
@@ -215,18 +557,91 @@ impl TcpPool {
         }
     }
 
-    /// Sends on the open connection to `dest`; when there is none, connects in the background and sends
-    /// then (a failure is logged; the transaction layer's timers notice the silence).
-    pub fn send_now(&self, dest: SocketAddr, bytes: Bytes) -> Result<(), TransportError> {
-        let existing = self
-            .inner
+    /// The source gate for a request on a connection (the trunk check before anything is queued,
+    /// as over UDP): an unknown source's request is dropped, or answered 403 on its own connection
+    /// (over TCP an answer cannot be reflected to a third party); a known source's new request
+    /// takes a token from its trunk's budget, kept per connection (connections per address are
+    /// capped), and over it is answered 503 with Retry-After. Whether the request may be queued.
+    fn admit_request(
+        &self,
+        msg: &crate::SipMessage,
+        peer: SocketAddr,
+        wtx: &mpsc::Sender<Bytes>,
+        budget: &mut ConnBudget,
+    ) -> bool {
+        let gate = &self.inner.stats.gate;
+        let policy = self.inner.config.gate.current();
+        match policy.classify(peer) {
+            SourceClass::Unlimited => true,
+            SourceClass::Unknown(how) => {
+                gate.unknown.fetch_add(1, Ordering::Relaxed);
+                if how == UnknownPolicy::Reject
+                    && msg.method() != Some(crate::Method::Ack)
+                    && crate::check::can_answer(msg)
+                {
+                    let tag = crate::ids::new_tag(0);
+                    let answer =
+                        response_to(msg, 403, b"Forbidden", Some(&tag), Some(peer)).build();
+                    self.inner.stats.traffic.count_out(&answer);
+                    if wtx.try_send(answer).is_ok() {
+                        gate.forbidden.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                false
+            }
+            SourceClass::Known(entry) => {
+                if !super::starts_something_new(msg) {
+                    return true;
+                }
+                let Some(b) = policy.budget(entry) else {
+                    return true;
+                };
+                let now = self.inner.started.elapsed();
+                let bucket = match &mut budget.0 {
+                    Some((e, bucket)) if *e == entry => bucket,
+                    slot => &mut slot.insert((entry, Bucket::new(b, now))).1,
+                };
+                if bucket.try_take(now) {
+                    return true;
+                }
+                gate.rate_limited.fetch_add(1, Ordering::Relaxed);
+                if let Some(a) = overload_answer(msg, peer, self.inner.config.retry_after_secs) {
+                    let _ = wtx.try_send(a);
+                }
+                false
+            }
+        }
+    }
+
+    fn existing(&self, dest: SocketAddr) -> Option<mpsc::Sender<Bytes>> {
+        self.inner
             .conns
             .lock()
             .ok()
-            .and_then(|c| c.get(&dest).cloned());
-        match existing {
-            Some(w) if !w.is_closed() => w.try_send(bytes).map_err(|_| TransportError::Busy),
-            _ => {
+            .and_then(|c| c.get(&dest).map(|e| e.tx.clone()))
+            .filter(|w| !w.is_closed())
+    }
+
+    /// Sends on the open connection to `conn` (a response on the connection its request came on);
+    /// when that is gone, as [`TcpPool::send_now`] to `fallback`. Never waits.
+    pub fn send_on(
+        &self,
+        conn: SocketAddr,
+        fallback: SocketAddr,
+        bytes: Bytes,
+    ) -> Result<(), TransportError> {
+        match self.existing(conn) {
+            Some(w) => w.try_send(bytes).map_err(|_| TransportError::Busy),
+            None => self.send_now(fallback, bytes),
+        }
+    }
+
+    /// Sends on the open connection to `dest`; when there is none, connects in the background and sends
+    /// then (a failure is logged; the transaction layer's timers notice the silence).
+    pub fn send_now(&self, dest: SocketAddr, bytes: Bytes) -> Result<(), TransportError> {
+        match self.existing(dest) {
+            Some(w) => w.try_send(bytes).map_err(|_| TransportError::Busy),
+            None => {
                 let pool = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = pool.send(dest, bytes).await {
@@ -238,39 +653,106 @@ impl TcpPool {
         }
     }
 
-    /// Sends on the connection to `dest`, opening one when there is none.
+    /// Sends on the connection to `dest`, opening one (within the outbound budget) when there is none.
+    /// While a connection to `dest` is being opened, later sends wait in its queue (they are sent
+    /// once it is open, dropped if it cannot be opened) instead of opening more.
     pub async fn send(&self, dest: SocketAddr, bytes: Bytes) -> Result<(), TransportError> {
-        let existing = self
-            .inner
-            .conns
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&dest).cloned());
-        let wtx = match existing {
-            Some(w) if !w.is_closed() => w,
-            _ => {
-                if self.open_connections() >= self.inner.config.max_connections {
+        if let Some(w) = self.existing(dest) {
+            return w.try_send(bytes).map_err(|_| TransportError::Busy);
+        }
+        let slot = {
+            let Ok(mut connecting) = self.inner.connecting.lock() else {
+                return Err(TransportError::Busy);
+            };
+            if let Some(waiting) = connecting.get_mut(&dest) {
+                if waiting.len() >= WRITE_QUEUE {
+                    return Err(TransportError::Busy);
+                }
+                waiting.push(bytes);
+                return Ok(());
+            }
+            let admitted = self
+                .inner
+                .admission
+                .lock()
+                .map_err(|_| Refusal::OutboundFull)
+                .and_then(|mut a| a.admit_outbound(&self.inner.config.tcp));
+            match admitted {
+                Ok(slot) => {
+                    connecting.insert(dest, Vec::new());
+                    self.guard(slot)
+                }
+                Err(why) => {
+                    self.inner.tcp_stats.refused(why);
                     return Err(TransportError::TooManyConnections);
                 }
-                let stream = tokio::time::timeout(
-                    self.inner.config.tcp_connect_timeout,
-                    TcpStream::connect(dest),
-                )
-                .await
-                .map_err(|_| TransportError::ConnectTimeout)?
-                .map_err(|e| TransportError::Io(e.kind()))?;
-                self.adopt(stream, dest)
             }
         };
-        wtx.try_send(bytes).map_err(|_| TransportError::Busy)
+        // The slot is held while connecting (and given back if that fails).
+        let connected = tokio::time::timeout(
+            self.inner.config.tcp.connect_timeout,
+            TcpStream::connect(dest),
+        )
+        .await;
+        let connected = match connected {
+            Err(_) => Err(TransportError::ConnectTimeout),
+            Ok(Err(e)) => Err(TransportError::Io(e.kind())),
+            Ok(Ok(stream)) => Ok(self.adopt(stream, dest, slot)),
+        };
+        let waiting = self
+            .inner
+            .connecting
+            .lock()
+            .ok()
+            .and_then(|mut c| c.remove(&dest))
+            .unwrap_or_default();
+        let wtx = connected?;
+        let first = wtx.try_send(bytes).map_err(|_| TransportError::Busy);
+        for b in waiting {
+            let _ = wtx.try_send(b);
+        }
+        first
     }
 }
 
-async fn writer(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(b) = rx.recv().await {
-        if wr.write_all(&b).await.is_err() {
-            break;
+/// Writes what the connection's queue holds, one write at most `write_timeout` long. Ends when the
+/// queue's senders are all gone (then closes gracefully), or at once when the connection is closed,
+/// a write fails or takes too long (then resets it: a peer that does not read gets no more of the
+/// node's memory or time).
+async fn writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+    live: Arc<Live>,
+) {
+    let limit = live.inner().config.tcp.write_timeout;
+    let mut closed = live.closed.subscribe();
+    let abort = loop {
+        let bytes = tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => break true,
+            b = rx.recv() => match b {
+                Some(b) => b,
+                None => break false,
+            },
+        };
+        match tokio::time::timeout(limit, wr.write_all(&bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break true,
+            Err(_) => {
+                live.inner()
+                    .tcp_stats
+                    .closed_write_timeout
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %live.peer, "tcp write timed out (the peer does not read), resetting");
+                break true;
+            }
         }
+    };
+    if abort {
+        reset(wr.as_ref());
+    } else {
+        let _ = tokio::time::timeout(limit, wr.shutdown()).await;
     }
-    let _ = wr.shutdown().await;
+    live.forget();
+    live.close();
 }

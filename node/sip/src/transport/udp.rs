@@ -38,6 +38,10 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(sock.into())
 }
 
+/// Datagrams read in one go once the socket is readable, before the loop looks at the shutdown
+/// signal again (reading until the socket is empty costs one wake-up per burst, not per datagram).
+const DRAIN_BATCH: usize = 256;
+
 /// Receives datagrams until `shutdown` turns true.
 ///
 /// Per datagram, in this order: the source ([`Door::classify`], no parse yet): an unknown source is
@@ -55,24 +59,60 @@ pub async fn receive_loop(
     // One buffer larger than any legal datagram; a datagram longer than the limit is still read whole so
     // it can be answered 513.
     let mut buf = vec![0u8; 65536];
-    let start = tokio::time::Instant::now();
-    let mut door = Door::new(config.gate.clone(), Duration::ZERO);
-    let reserve = super::reserved_slots(tx.max_capacity());
+    let mut rx = Receiver {
+        start: tokio::time::Instant::now(),
+        door: Door::new(config.gate.clone(), Duration::ZERO),
+        reserve: super::reserved_slots(tx.max_capacity()),
+        socket,
+        config,
+        tx,
+        stats,
+    };
     loop {
-        let (n, source) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP port-unreachable surfaces here on Linux as ConnectionRefused: not fatal.
-                    tracing::debug!(error = %e, "udp receive error");
-                    continue;
-                }
+        tokio::select! {
+            r = rx.socket.readable() => if let Err(e) = r {
+                tracing::debug!(error = %e, "udp socket not readable");
+                continue;
             },
             _ = shutdown.changed() => break,
-        };
-        let data = &buf[..n];
+        }
+        for _ in 0..DRAIN_BATCH {
+            match rx.socket.try_recv_from(&mut buf) {
+                Ok((n, source)) => rx.on_datagram(&buf[..n], source),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ICMP port-unreachable surfaces here on Linux as ConnectionRefused: not fatal.
+                Err(e) => tracing::debug!(error = %e, "udp receive error"),
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The receive loop's state.
+struct Receiver {
+    socket: Arc<UdpSocket>,
+    config: TransportConfig,
+    tx: mpsc::Sender<Inbound>,
+    stats: Arc<FrontDoorStats>,
+    door: Door,
+    start: tokio::time::Instant,
+    reserve: usize,
+}
+
+impl Receiver {
+    fn on_datagram(&mut self, data: &[u8], source: SocketAddr) {
+        let Receiver {
+            socket,
+            config,
+            tx,
+            stats,
+            door,
+            start,
+            reserve,
+        } = self;
+        let reserve = *reserve;
         if data.iter().all(|&b| b == b'\r' || b == b'\n') {
-            continue; // keep-alive
+            return; // keep-alive
         }
         let now = start.elapsed();
         let entry = match door.classify(source) {
@@ -81,51 +121,57 @@ pub async fn receive_loop(
                 if policy == UnknownPolicy::Reject {
                     let loaded = tx.capacity() < tx.max_capacity() / 2;
                     if door.may_forbid(now, loaded) {
-                        forbid(&socket, data, source, &config, &stats);
+                        forbid(socket, data, source, config, stats);
                     }
                 }
-                continue;
+                return;
             }
-            SourceClass::Known(entry) => Some(entry),
+            SourceClass::Known(entry) => {
+                if !door.may_parse(entry, source, now) {
+                    stats.gate.unparsed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Some(entry)
+            }
             SourceClass::Unlimited => None,
         };
         let parsed = SipMessage::parse_datagram(Bytes::copy_from_slice(data), &config.limits);
         if let Ok(m) = &parsed {
             stats.traffic.count_in(m);
+            // A request that starts something new pays first (before the checks: a source over its
+            // budget costs no more than the parse).
+            if super::starts_something_new(m) {
+                let verdict = match entry {
+                    Some(entry) => door.new_request(entry, source, now),
+                    None => NewRequest::Admit,
+                };
+                let answer = match verdict {
+                    NewRequest::Admit if tx.capacity() > reserve => None,
+                    NewRequest::Admit => {
+                        stats.gate.reserve_refused.fetch_add(1, Ordering::Relaxed);
+                        Some(true)
+                    }
+                    NewRequest::Refuse => {
+                        stats.gate.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        Some(true)
+                    }
+                    NewRequest::Drop => {
+                        stats.gate.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        stats.gate.unanswered.fetch_add(1, Ordering::Relaxed);
+                        Some(false)
+                    }
+                };
+                if let Some(answer) = answer {
+                    if answer && let Some(a) = overload_answer(m, source, config.retry_after_secs) {
+                        let _ = socket.try_send_to(&a, reply_target(m, source));
+                    }
+                    return;
+                }
+            }
         }
         match screen(parsed, source) {
             Screened::Pass(msg) => {
                 let is_request = msg.is_request();
-                if super::starts_something_new(&msg) {
-                    let verdict = match entry {
-                        Some(entry) => door.new_request(entry, source, now),
-                        None => NewRequest::Admit,
-                    };
-                    let refuse = match verdict {
-                        NewRequest::Admit if tx.capacity() > reserve => None,
-                        NewRequest::Admit => {
-                            stats.gate.reserve_refused.fetch_add(1, Ordering::Relaxed);
-                            Some(true)
-                        }
-                        NewRequest::Refuse => {
-                            stats.gate.rate_limited.fetch_add(1, Ordering::Relaxed);
-                            Some(true)
-                        }
-                        NewRequest::Drop => {
-                            stats.gate.rate_limited.fetch_add(1, Ordering::Relaxed);
-                            stats.gate.unanswered.fetch_add(1, Ordering::Relaxed);
-                            Some(false)
-                        }
-                    };
-                    if let Some(answer) = refuse {
-                        if answer
-                            && let Some(a) = overload_answer(&msg, source, config.retry_after_secs)
-                        {
-                            let _ = socket.try_send_to(&a, reply_target(&msg, source));
-                        }
-                        continue;
-                    }
-                }
                 let inbound = Inbound {
                     msg,
                     source,
@@ -151,12 +197,12 @@ pub async fn receive_loop(
                 }
             }
             Screened::Answer(bytes) => {
-                stats.rejected.fetch_add(1, Ordering::Relaxed);
                 if !door.may_answer_error(now) {
                     // Junk at a high rate is not reflected back.
                     stats.gate.unanswered.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                    return;
                 }
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
                 // The answer's top Via tells where it goes; recompute from the parsed answer.
                 let dest = SipMessage::parse(bytes.clone())
                     .ok()
@@ -206,5 +252,136 @@ fn reply_target(msg: &SipMessage, source: SocketAddr) -> SocketAddr {
     match msg.top_via() {
         Some(Ok(v)) => super::response_target(&v, source),
         _ => source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The receive loop on real loopback sockets (block 127.0.152.0/24): what is queued, what is
+    //! answered, what is dropped, by source.
+
+    use std::time::Duration;
+
+    use super::super::gate::{Budget, SourceGate, SourcePolicy};
+    use super::super::{Running, TransportConfig, start};
+    use super::*;
+
+    const NODE: &str = "127.0.152.40:0";
+    const KNOWN: &str = "127.0.152.50";
+    const UNKNOWN: &str = "127.0.152.51:5071";
+
+    fn request(method: &str, from: &str, n: u32, to_tag: &str) -> String {
+        format!(
+            "{method} sip:100@127.0.152.40 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKt{n};rport\r\n\
+             From: <sip:a@{from}>;tag=f{n}\r\nTo: <sip:100@127.0.152.40>{to_tag}\r\nCall-ID: t{n}@x\r\n\
+             CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    async fn node(policy: SourcePolicy) -> (Running, tokio::sync::watch::Sender<bool>) {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let config = TransportConfig {
+            listen: NODE.parse().unwrap(),
+            gate: Arc::new(SourceGate::new(policy)),
+            ..TransportConfig::default()
+        };
+        (start(config, shutdown).await.unwrap(), stop)
+    }
+
+    /// Answers that reach `sock` within `wait`, by status.
+    async fn answers(sock: &UdpSocket, wait: Duration) -> Vec<u16> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(Ok(n)) = tokio::time::timeout(wait, sock.recv(&mut buf)).await {
+            let status = buf[..n]
+                .strip_prefix(b"SIP/2.0 ")
+                .and_then(|r| std::str::from_utf8(r.get(..3)?).ok()?.parse().ok())
+                .unwrap_or(0);
+            got.push(status);
+        }
+        got
+    }
+
+    fn queued(running: &mut Running) -> usize {
+        std::iter::from_fn(|| running.inbound.try_recv().ok()).count()
+    }
+
+    #[tokio::test]
+    async fn unknown_sources_are_never_queued_and_get_only_a_few_403s() {
+        let mut p = SourcePolicy::closed(UnknownPolicy::Reject);
+        p.add_any_port(KNOWN.parse().unwrap(), Budget { rate: 1, burst: 1 });
+        let (mut running, _stop) = node(p).await;
+        let to = running.transports.udp_local();
+        let sock = UdpSocket::bind(UNKNOWN).await.unwrap();
+        sock.connect(to).await.unwrap();
+        for n in 0..300 {
+            sock.send(request("INVITE", UNKNOWN, n, "").as_bytes())
+                .await
+                .unwrap();
+        }
+        let got = answers(&sock, Duration::from_millis(300)).await;
+        assert!(
+            !got.is_empty() && got.len() <= 10 && got.iter().all(|s| *s == 403),
+            "answers to 300 INVITEs from an unknown source: {got:?}"
+        );
+        assert_eq!(
+            queued(&mut running),
+            0,
+            "nothing from an unknown source is queued"
+        );
+        let gate = &running.stats.gate;
+        assert_eq!(gate.unknown.load(Ordering::Relaxed), 300);
+        assert_eq!(gate.forbidden.load(Ordering::Relaxed), got.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn unknown_sources_get_nothing_with_drop() {
+        let (mut running, _stop) = node(SourcePolicy::closed(UnknownPolicy::Drop)).await;
+        let to = running.transports.udp_local();
+        let sock = UdpSocket::bind("127.0.152.51:5072").await.unwrap();
+        sock.connect(to).await.unwrap();
+        for n in 0..20 {
+            sock.send(request("OPTIONS", "127.0.152.51:5072", n, "").as_bytes())
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            answers(&sock, Duration::from_millis(300)).await,
+            Vec::<u16>::new()
+        );
+        assert_eq!(queued(&mut running), 0);
+    }
+
+    #[tokio::test]
+    async fn a_known_source_pays_for_new_requests_only() {
+        let mut p = SourcePolicy::closed(UnknownPolicy::Drop);
+        p.add_any_port(KNOWN.parse().unwrap(), Budget { rate: 1, burst: 2 });
+        let (mut running, _stop) = node(p).await;
+        let to = running.transports.udp_local();
+        let from = format!("{KNOWN}:5073");
+        let sock = UdpSocket::bind(&from).await.unwrap();
+        sock.connect(to).await.unwrap();
+        for n in 0..10 {
+            sock.send(request("INVITE", &from, n, "").as_bytes())
+                .await
+                .unwrap();
+        }
+        for n in 10..60 {
+            sock.send(request("BYE", &from, n, ";tag=mp1").as_bytes())
+                .await
+                .unwrap();
+        }
+        let got = answers(&sock, Duration::from_millis(300)).await;
+        assert_eq!(
+            got,
+            vec![503; 8],
+            "the burst of 2 INVITEs passes, the other 8 are refused 503"
+        );
+        assert_eq!(
+            queued(&mut running),
+            2 + 50,
+            "2 INVITEs and every in-dialog BYE are queued"
+        );
+        assert_eq!(running.stats.gate.rate_limited.load(Ordering::Relaxed), 8);
     }
 }
