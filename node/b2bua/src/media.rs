@@ -599,6 +599,10 @@ mod tests {
             .replace(
                 "address = \"127.0.9.21\"",
                 "address = \"127.0.9.21\"\nmedia = \"bypass\"\ncodecs = [\"PCMU\"]",
+            )
+            .replace(
+                "address = \"127.0.9.22\"",
+                "address = \"127.0.9.22\"\nmedia = \"relay\"",
             );
         let config = PoolConfig::from_toml_str(&text, "test.toml").unwrap();
         let (pbx, gw1, gw2) = (

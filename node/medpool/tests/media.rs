@@ -65,7 +65,11 @@ const PCMA_GATEWAY: Gateway<'static> = Gateway {
 };
 
 fn config(node: &str, gw: &str, bypass: bool, gw_keys: &str) -> String {
-    let media = if bypass { "media = \"bypass\"\n" } else { "" };
+    let media = if bypass {
+        "media = \"bypass\"\n"
+    } else {
+        "media = \"relay\"\n"
+    };
     format!(
         r#"# test media (written by tests/media.rs)
 [node]

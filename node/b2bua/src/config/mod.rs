@@ -31,7 +31,7 @@
 //! # options_interval_ms (5000 for gateways, 0 = off), down_after = 3, up_after = 2, weight = 1,
 //! # usages = ["local"], normalize / called_out / calling_out = [{ pattern = "^00", replace = "+" }],
 //! # response_map = [{ from = 486, to = 480 }],
-//! # media = "relay" | "bypass", codecs = ["PCMU", "PCMA"] (default: the offer's), media_timeout = 60
+//! # media = "bypass" | "relay", codecs = ["PCMU", "PCMA"] (default: the offer's), media_timeout = 60
 //!
 //! [[route]]
 //! name = "all"

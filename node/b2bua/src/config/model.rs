@@ -239,8 +239,9 @@ pub struct Trunk {
     /// Response code translation for final responses relayed back from this trunk.
     pub response_map: Vec<ResponseRule>,
     /// What the node does with the media of calls on this trunk (`media`, default
-    /// [`MediaMode::Relay`]). A call bypasses only when both its trunks say `bypass` and no
-    /// G.711 translation is needed.
+    /// [`MediaMode::Bypass`] until media failover exists: a relayed call's media would not survive
+    /// its node). A call bypasses only when both its trunks say `bypass` and no G.711 translation
+    /// is needed.
     #[serde(default)]
     pub media: MediaMode,
     /// The audio codecs (encoding names as in `a=rtpmap`, e.g. `"PCMU"`, matched without regard
@@ -258,11 +259,12 @@ pub struct Trunk {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MediaMode {
-    /// Anchor the media: both peers send RTP to this node, which relays it (the default).
-    #[default]
+    /// Anchor the media: both peers send RTP to this node, which relays it.
     Relay,
     /// Let the peers' media flow directly (SDP passed on unchanged), when the other trunk of the
-    /// call allows it too and no translation is needed.
+    /// call allows it too and no translation is needed. The default for now: a relayed call's
+    /// media does not yet move with the call when its node dies (its signalling does).
+    #[default]
     Bypass,
 }
 

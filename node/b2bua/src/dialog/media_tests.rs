@@ -17,6 +17,12 @@ use medpool_sip::{HeaderName, Method, SipMessage};
 use crate::media::MediaRuntime;
 use crate::testkit::{CONFIG, Expect, GW1, GW2, NODE, PBX, TestNode, invite_with};
 
+/// `config` with the caller's trunk relaying media (the default is bypass: a call is relayed
+/// when either of its trunks says `relay`).
+fn relayed(config: &str) -> String {
+    config.replacen("name = \"pbx\"", "name = \"pbx\"\nmedia = \"relay\"", 1)
+}
+
 /// The caller's media address and the gateways'.
 const PBX_MEDIA: &str = "10.0.0.5";
 const GW_MEDIA: &str = "10.0.1.9";
@@ -128,7 +134,7 @@ async fn answered_call(
 
 #[tokio::test(start_paused = true)]
 async fn the_offer_and_the_answer_point_at_the_relay_and_keep_every_other_line() {
-    let (mut node, relay) = node_with(CONFIG, 1, 30000, 30099).await;
+    let (mut node, relay) = node_with(&relayed(CONFIG), 1, 30000, 30099).await;
     let offer = pcmu(PBX_MEDIA, 4000, "a=sendrecv\r\n");
     let ans = pcmu(GW_MEDIA, 6000, "");
     let (inv, ok) = answered_call(&mut node, "m-1", &offer, &ans).await;
@@ -185,7 +191,7 @@ async fn the_offer_and_the_answer_point_at_the_relay_and_keep_every_other_line()
 
 #[tokio::test(start_paused = true)]
 async fn a_late_offer_comes_in_the_2xx_and_its_answer_in_the_ack() {
-    let (mut node, relay) = node_with(CONFIG, 2, 30000, 30099).await;
+    let (mut node, relay) = node_with(&relayed(CONFIG), 2, 30000, 30099).await;
     node.receive(invite_with("m-2", b""), PBX).await;
     let inv = node.expect(GW1, Expect::Request(Method::Invite)).await;
     assert!(inv.body().is_empty(), "no offer to the gateway either");
@@ -224,7 +230,7 @@ async fn a_late_offer_comes_in_the_2xx_and_its_answer_in_the_ack() {
 
 #[tokio::test(start_paused = true)]
 async fn a_re_invite_puts_the_call_on_hold_and_a_held_call_outlives_the_media_timeout() {
-    let (mut node, _relay) = node_with(CONFIG, 3, 30000, 30099).await;
+    let (mut node, _relay) = node_with(&relayed(CONFIG), 3, 30000, 30099).await;
     let offer = pcmu(PBX_MEDIA, 4000, "");
     let (inv, ok) = answered_call(&mut node, "m-3", &offer, &pcmu(GW_MEDIA, 6000, "")).await;
     let b_port = media_of(&inv).1;
@@ -303,7 +309,7 @@ async fn media_that_never_flows_ends_the_call_after_the_trunks_timeout() {
         "address = \"127.0.9.21\"",
         "address = \"127.0.9.21\"\nmedia_timeout = 5",
     );
-    let (mut node, relay) = node_with(&config, 4, 30000, 30099).await;
+    let (mut node, relay) = node_with(&relayed(&config), 4, 30000, 30099).await;
     let (_, ok) = answered_call(
         &mut node,
         "m-4",
@@ -359,7 +365,7 @@ async fn a_law_only_towards_a_mu_law_trunk_is_offered_as_mu_law_and_answered_as_
         "address = \"127.0.9.21\"",
         "address = \"127.0.9.21\"\ncodecs = [\"PCMU\"]",
     );
-    let (mut node, _relay) = node_with(&config, 6, 30000, 30099).await;
+    let (mut node, _relay) = node_with(&relayed(&config), 6, 30000, 30099).await;
     let offer = sdp(
         PBX_MEDIA,
         4000,
@@ -385,7 +391,7 @@ async fn a_law_only_towards_a_mu_law_trunk_is_offered_as_mu_law_and_answered_as_
     assert!(text(ok.body()).contains("a=rtpmap:8 PCMA/8000\r\n"));
 
     // The same caller towards a trunk that accepts A-law: nothing is touched but addresses.
-    let mut node2 = node_with(CONFIG, 7, 30000, 30099).await.0;
+    let mut node2 = node_with(&relayed(CONFIG), 7, 30000, 30099).await.0;
     node2.receive(invite_with("m-7", &offer), PBX).await;
     let inv = node2.expect(GW1, Expect::Request(Method::Invite)).await;
     let port = media_of(&inv).1;
@@ -398,7 +404,7 @@ async fn a_law_only_towards_a_mu_law_trunk_is_offered_as_mu_law_and_answered_as_
 #[tokio::test(start_paused = true)]
 async fn a_full_port_range_refuses_a_new_call_with_503_and_spares_the_established_one() {
     // Two RTP/RTCP pairs: one relayed call.
-    let (mut node, relay) = node_with(CONFIG, 8, 30000, 30003).await;
+    let (mut node, relay) = node_with(&relayed(CONFIG), 8, 30000, 30003).await;
     let (_, ok) = answered_call(
         &mut node,
         "m-8",
@@ -432,7 +438,7 @@ async fn a_full_port_range_refuses_a_new_call_with_503_and_spares_the_establishe
 
 #[tokio::test(start_paused = true)]
 async fn failover_to_the_next_gateway_reuses_the_leg_b_endpoint() {
-    let (mut node, relay) = node_with(CONFIG, 9, 30000, 30099).await;
+    let (mut node, relay) = node_with(&relayed(CONFIG), 9, 30000, 30099).await;
     node.receive(invite_with("m-10", &pcmu(PBX_MEDIA, 4000, "")), PBX)
         .await;
     let inv1 = node.expect(GW1, Expect::Request(Method::Invite)).await;
@@ -457,7 +463,7 @@ async fn an_offer_the_relay_cannot_carry_is_refused_with_488() {
         "address = \"127.0.9.21\"",
         "address = \"127.0.9.21\"\ncodecs = [\"G729\"]",
     );
-    let (mut node, relay) = node_with(&config, 10, 30000, 30099).await;
+    let (mut node, relay) = node_with(&relayed(&config), 10, 30000, 30099).await;
     // gw1 takes only G.729, gw2 takes anything: the call goes to gw2.
     node.receive(invite_with("m-11", &pcmu(PBX_MEDIA, 4000, "")), PBX)
         .await;
@@ -471,7 +477,7 @@ async fn an_offer_the_relay_cannot_carry_is_refused_with_488() {
 
 #[tokio::test(start_paused = true)]
 async fn a_late_offer_in_a_reliable_183_is_answered_in_the_prack() {
-    let (mut node, _relay) = node_with(CONFIG, 11, 30000, 30099).await;
+    let (mut node, _relay) = node_with(&relayed(CONFIG), 11, 30000, 30099).await;
     node.receive(invite_with("m-13", b""), PBX).await;
     let inv = node.expect(GW1, Expect::Request(Method::Invite)).await;
     let gw_offer = pcmu(GW_MEDIA, 6000, "");
@@ -516,7 +522,7 @@ async fn an_update_from_the_gateway_moves_its_media_and_the_relay_follows() {
         "side = \"internal\"",
         "side = \"internal\"\ncodecs = [\"PCMA\"]",
     );
-    let (mut node, relay) = node_with(&config, 12, 30000, 30099).await;
+    let (mut node, relay) = node_with(&relayed(&config), 12, 30000, 30099).await;
     let offer = sdp(PBX_MEDIA, 4000, "8 0", "");
     let (inv, ok) = answered_call(&mut node, "m-14", &offer, &sdp(GW_MEDIA, 6000, "8", "")).await;
     let (a_port, b_port) = (media_of(&ok).1, media_of(&inv).1);
@@ -594,7 +600,7 @@ async fn an_update_from_the_gateway_moves_its_media_and_the_relay_follows() {
 /// to the caller's previous address.
 #[tokio::test(start_paused = true)]
 async fn a_rejected_re_invite_leaves_the_media_as_it_was() {
-    let (mut node, _relay) = node_with(CONFIG, 13, 30000, 30099).await;
+    let (mut node, _relay) = node_with(&relayed(CONFIG), 13, 30000, 30099).await;
     let (_, ok) = answered_call(
         &mut node,
         "m-15",
