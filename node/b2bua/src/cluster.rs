@@ -91,6 +91,11 @@ pub struct DialogRecord {
     /// the same trace.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// The call's media plan when its media is relayed (none: signalling only, or a record written
+    /// before media failover existed). A new owner with a relay re-anchors the call's media on
+    /// itself from it (README.md, "Media").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<crate::media::MediaPlan>,
 }
 
 /// One leg of a confirmed dialog.

@@ -106,6 +106,12 @@ pub struct Stats {
     pub media_timeouts: AtomicU64,
     /// New calls refused with 503 because the media port range was full.
     pub media_ports_exhausted: AtomicU64,
+    /// Calls rebuilt here whose media was moved onto this node's relay (both legs' re-INVITEs
+    /// answered 2xx).
+    pub media_reanchored: AtomicU64,
+    /// Re-anchoring re-INVITEs (one per leg) that failed: a non-2xx answer, no answer, or no
+    /// relay port; the call goes on with signalling only on that leg.
+    pub media_reanchor_failed: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the post-dial-delay histogram buckets.

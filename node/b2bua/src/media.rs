@@ -10,17 +10,19 @@
 //! the receiving trunk's `codecs` demand it — the payload list and the `a=rtpmap`/`a=fmtp` lines
 //! of the payload types it drops or translates. Every other line goes on byte for byte, the `o=`
 //! version included (the node's rewriting is the same for every SDP of a call, so the peer's own
-//! versioning stays right).
+//! versioning stays right) — until a new owner re-anchors the call after a failover: from then
+//! on the versions each peer gets are raised by the plan's bump for that direction
+//! ([`MediaPlan::numbered`]), so they stay above the re-anchoring offer's.
 //!
 //! The call keeps a [`MediaPlan`] (serde-friendly: the last SDP each peer sent, as received),
-//! from which the relay's [`SessionPlan`] is rebuilt at every offer or answer. It is what a
-//! dialog record will carry for media failover (a new owner opens its own endpoints and sends
-//! both peers an offer rebuilt from it).
+//! from which the relay's [`SessionPlan`] is rebuilt at every offer or answer. The dialog record
+//! carries it for media failover: a new owner opens its own endpoints and sends both peers an
+//! offer rebuilt from it ([`MediaPlan::reanchor_offer`]).
 
 use std::net::{IpAddr, SocketAddr};
 
 use medpool_media::pt_map::PayloadMap;
-use medpool_media::relay::{LegPlan, Relay, SessionPlan};
+use medpool_media::relay::{Leg, LegPlan, Relay, SessionPlan};
 use medpool_media::sdp::{Direction, Media, RewriteError, Sdp, SdpError};
 use serde::{Deserialize, Serialize};
 
@@ -64,13 +66,63 @@ pub struct Endpoint {
     pub rtcp: u16,
 }
 
-/// What a call remembers of its media (what a dialog record will carry for media failover).
+/// What a call remembers of its media, and what its dialog record carries for media failover:
+/// from it a new owner rebuilds both peers' view of the session (addresses, codecs, payload-type
+/// maps, hold, translation) and the relay's plan.
+///
+/// In a record (JSON) each SDP is a string: about 250–400 bytes per peer for a typical audio
+/// offer, plus the two version bumps (omitted while 0).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaPlan {
     /// The last SDP leg A's peer sent (offer or answer), as received.
+    #[serde(default, with = "sdp_text")]
     pub a_sdp: Option<Vec<u8>>,
     /// The last SDP leg B's peer sent, as received.
+    #[serde(default, with = "sdp_text")]
     pub b_sdp: Option<Vec<u8>>,
+    /// How far above leg B's peer's own `o=` version the SDP the node sends leg A's peer is
+    /// numbered: 0 until a new owner re-anchors the call, one more at every re-anchoring (the
+    /// re-anchoring offer is new SDP to the peer: RFC 3264 §8 wants a higher version, and every
+    /// later SDP must stay above it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub a_bump: u64,
+    /// The same towards leg B's peer (above leg A's peer's own versions).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub b_bump: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// An SDP body in a record: a string when it is UTF-8 (SDP is text: the record stays small and
+/// readable), else its bytes.
+mod sdp_text {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Body {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v.as_deref().map(std::str::from_utf8) {
+            None => s.serialize_none(),
+            Some(Ok(t)) => s.serialize_some(t),
+            Some(Err(_)) => s.serialize_some(v),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<Body>::deserialize(d)?.map(|b| match b {
+            Body::Text(t) => t.into_bytes(),
+            Body::Bytes(b) => b,
+        }))
+    }
 }
 
 impl MediaPlan {
@@ -104,6 +156,63 @@ impl MediaPlan {
             a_to_b,
             b_to_a,
         }
+    }
+
+    /// Whether the plan has anything to re-anchor: both peers' SDP.
+    pub fn complete(&self) -> bool {
+        self.a_sdp.is_some() && self.b_sdp.is_some()
+    }
+
+    /// The SDP the node sends `to`'s peer, numbered above everything it sent that peer before:
+    /// `body` (already rewritten) with its `o=` version raised by that direction's bump.
+    pub fn numbered(&self, to: Leg, body: Vec<u8>) -> Vec<u8> {
+        let bump = match to {
+            Leg::A => self.a_bump,
+            Leg::B => self.b_bump,
+        };
+        if bump == 0 {
+            return body;
+        }
+        let Ok(sdp) = Sdp::parse(&body) else {
+            return body;
+        };
+        let mut rw = sdp.rewrite();
+        rw.origin_version(sdp.origin.version.saturating_add(bump));
+        rw.finish()
+    }
+
+    /// The offer with which a new owner re-anchors `to`'s peer on the node's endpoint `at`: what
+    /// that peer last heard from the call — the other peer's last SDP, with its codecs, payload
+    /// types, direction (a hold stays a hold) and G.711 law as that peer knows them — pointing at
+    /// `at`, its `o=` version one above the last one that peer saw (the bumps are raised by
+    /// [`MediaPlan::reanchored`] first). Should the other peer's SDP not map onto that peer's
+    /// (a payload list it cannot rename), it is offered as a new offer towards a trunk accepting
+    /// `accepted` codecs instead.
+    pub fn reanchor_offer(
+        &self,
+        to: Leg,
+        at: Endpoint,
+        accepted: &[String],
+    ) -> Result<Vec<u8>, MediaError> {
+        let (theirs, other) = match to {
+            Leg::A => (&self.a_sdp, &self.b_sdp),
+            Leg::B => (&self.b_sdp, &self.a_sdp),
+        };
+        let (Some(theirs), Some(other)) = (theirs, other) else {
+            return Err(MediaError::NoAudio);
+        };
+        let body = match answer_towards(other, theirs, at) {
+            Ok(b) => b,
+            Err(_) => offer_towards(other, at, accepted)?.body,
+        };
+        Ok(self.numbered(to, body))
+    }
+
+    /// A new owner re-anchors the call: every SDP it sends either peer from here on is numbered
+    /// one above what the old owner sent.
+    pub fn reanchored(&mut self) {
+        self.a_bump = self.a_bump.saturating_add(1);
+        self.b_bump = self.b_bump.saturating_add(1);
     }
 
     /// Whether the call is on hold: a peer's last SDP makes its stream one-way or inactive, or
@@ -539,6 +648,7 @@ mod tests {
         let plan = MediaPlan {
             a_sdp: Some(offer),
             b_sdp: Some(answer),
+            ..Default::default()
         }
         .session_plan();
         assert_eq!(plan.a.rtp, Some("10.0.0.5:4000".parse().unwrap()));
@@ -565,10 +675,57 @@ mod tests {
         let plan = MediaPlan {
             a_sdp: Some(offer),
             b_sdp: Some(answer),
+            ..Default::default()
         }
         .session_plan();
         assert!(plan.a_to_b.is_identity() && plan.b_to_a.is_identity());
         assert!(!plan.a.rtcp_mux && !plan.b.rtcp_mux);
+    }
+
+    #[test]
+    fn a_reanchoring_offer_is_what_the_peer_last_heard_pointed_here_and_numbered_above_it() {
+        // The caller offered A-law only; the gateway, on a mu-law trunk, answered mu-law and holds.
+        let a_sdp = sdp("10.0.0.5", 4000, "8 101", PCMA_ONLY);
+        let b_sdp = sdp(
+            "10.0.1.9",
+            6000,
+            "0 101",
+            "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=recvonly\r\n",
+        );
+        let mut plan = MediaPlan {
+            a_sdp: Some(a_sdp.clone()),
+            b_sdp: Some(b_sdp.clone()),
+            ..Default::default()
+        };
+        plan.reanchored();
+        let to_a = text(&plan.reanchor_offer(Leg::A, at(31000), &[]).unwrap());
+        assert!(
+            to_a.starts_with("v=0\r\no=pbx 1 8 IN IP4 10.0.1.9\r\n"),
+            "{to_a}"
+        );
+        assert!(
+            to_a.contains("c=IN IP4 192.0.2.100\r\nt=0 0\r\nm=audio 31000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\n"),
+            "the caller hears of its own law: {to_a}"
+        );
+        assert!(to_a.contains("a=recvonly\r\n"), "the hold stays: {to_a}");
+        let to_b = text(&plan.reanchor_offer(Leg::B, at(31002), &[]).unwrap());
+        assert!(to_b.contains("o=pbx 1 8 IN IP4 10.0.0.5\r\n"), "{to_b}");
+        assert!(
+            to_b.contains("m=audio 31002 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"),
+            "the gateway hears of its own law: {to_b}"
+        );
+        assert!(plan.session_plan().a_to_b.translates(), "still translated");
+
+        // Every later SDP is numbered above; with no bump, nothing changes.
+        assert_eq!(
+            text(&plan.numbered(Leg::B, a_sdp.clone())),
+            text(&a_sdp).replace("o=pbx 1 7 ", "o=pbx 1 8 ")
+        );
+        assert_eq!(MediaPlan::default().numbered(Leg::B, a_sdp.clone()), a_sdp);
+        // Nothing to re-anchor from half a plan.
+        plan.b_sdp = None;
+        assert!(!plan.complete());
+        assert!(plan.reanchor_offer(Leg::A, at(31000), &[]).is_err());
     }
 
     #[test]
@@ -577,6 +734,7 @@ mod tests {
         let mut plan = MediaPlan {
             a_sdp: Some(live.clone()),
             b_sdp: Some(live.clone()),
+            ..Default::default()
         };
         assert!(!plan.on_hold());
         for held in [

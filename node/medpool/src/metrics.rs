@@ -541,6 +541,16 @@ fn media_metrics(
             "New calls refused with 503 because the media port range was full",
             s.media_ports_exhausted.load(Relaxed),
         ),
+        (
+            "medpool_media_reanchored",
+            "Calls taken over whose media was moved onto this node (media failover)",
+            s.media_reanchored.load(Relaxed),
+        ),
+        (
+            "medpool_media_reanchor_failures",
+            "Re-anchoring re-INVITEs that failed (the leg goes on with signalling only)",
+            s.media_reanchor_failed.load(Relaxed),
+        ),
     ];
     for (name, help, v) in rows {
         counter(e, name, help, &one(v))?;

@@ -39,6 +39,7 @@ impl Actor for DialogActor {
     ) -> Result<(), ActorProcessingErr> {
         if st.phase == Phase::Confirmed {
             record::watch_record(&myself);
+            media::start_reanchor(st, &myself);
         } else {
             setup::start(st, &myself);
         }
@@ -69,7 +70,11 @@ impl Actor for DialogActor {
                         None => relay::on_response(st, me, key, status, env),
                     }
                 }
-                CallEvent::StrayAnswer { env } => st.reack_b(&env),
+                CallEvent::StrayAnswer { env } => {
+                    if !media::reack_reanchor(st, &env) {
+                        st.reack_b(&env);
+                    }
+                }
                 CallEvent::ClientEnded { key, outcome } => {
                     if !setup::on_attempt_ended(st, me, &key, outcome) {
                         relay::on_client_ended(st, me, key, outcome);
@@ -86,6 +91,7 @@ impl Actor for DialogActor {
             DialogMsg::Retransmit2xx { interval } => setup::on_retransmit_2xx(st, me, interval),
             DialogMsg::SessionRefresh => relay::on_session_refresh(st, me),
             DialogMsg::MediaCheck => media::on_media_check(st, me),
+            DialogMsg::Reanchor { side, tries } => media::on_reanchor_retry(st, me, side, tries),
             DialogMsg::Hangup => teardown::on_hangup(st, me),
             DialogMsg::Info(reply) => {
                 let mut info = st.info();

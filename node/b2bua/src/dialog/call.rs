@@ -118,6 +118,28 @@ pub struct Call {
     /// Why the last gateway candidate could not be tried for media reasons, if it could not
     /// (cleared by a candidate skipped for another reason).
     pub(super) media_refusal: Option<super::media::MediaRefusal>,
+    /// The written record no longer holds the call's media plan, and rewriting it failed: the
+    /// [`DialogMsg::StoreRecord`] retry writes it again.
+    pub(super) record_stale: bool,
+    /// A rebuilt call's re-INVITEs moving its media onto this node, until their final answers
+    /// (at most one per leg).
+    pub(super) reanchors: Vec<Reanchor>,
+    /// The ACKs of the re-anchoring re-INVITEs' 2xx, sent again for a retransmitted 2xx (at most
+    /// one per leg).
+    pub(super) reanchor_acks: Vec<Envelope>,
+    /// A re-anchoring re-INVITE failed: the call goes on with signalling only where it did.
+    pub(super) reanchor_failed: bool,
+}
+
+/// A re-INVITE moving one leg's media onto this node (media failover).
+#[derive(Debug)]
+pub(super) struct Reanchor {
+    pub(super) side: Side,
+    /// Its transaction (none while waiting to try again after a 491).
+    pub(super) key: Option<ClientKey>,
+    pub(super) cseq: u32,
+    /// Tries so far after a 491 (glare).
+    pub(super) tries: u8,
 }
 
 impl Call {
@@ -279,6 +301,10 @@ impl Call {
             media_timeout: None,
             media_counted_from: Instant::now(),
             media_refusal: None,
+            record_stale: false,
+            reanchors: Vec::new(),
+            reanchor_acks: Vec::new(),
+            reanchor_failed: false,
         }
     }
 

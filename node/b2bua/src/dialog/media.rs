@@ -1,21 +1,25 @@
 //! The call's media through the node's relay: the session (opened with the first relayed gateway
 //! attempt, reused by the next ones, closed with the call), every offer and answer rewritten for
-//! the other leg (the pure rules are in [`crate::media`]), and the media timeout. Nothing here
-//! touches a packet: the relay session's own task carries them.
+//! the other leg (the pure rules are in [`crate::media`]), the media timeout, and media failover:
+//! a call rebuilt from a record with a media plan opens its own session and re-INVITEs both legs
+//! onto it ([`start_reanchor`]). Nothing here touches a packet: the relay session's own task
+//! carries them.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use medpool_media::relay::{Leg as MediaLeg, RelayError, SessionPlan};
-use medpool_sip::{HeaderName, SipMessage};
+use medpool_sip::transaction::{ClientKey, Outcome};
+use medpool_sip::{HeaderName, SipMessage, ids};
 use ractor::ActorRef;
+use rand::Rng;
 use tokio::time::Instant;
 
-use super::call::Call;
+use super::call::{Call, Reanchor};
 use super::msg::{DialogMsg, Phase};
 use crate::config::Trunk;
 use crate::media::{self, Endpoint, MediaError};
-use crate::txlayer::Side;
+use crate::txlayer::{Envelope, Side};
 
 /// What a new gateway attempt does with the media.
 #[derive(Debug)]
@@ -105,8 +109,12 @@ impl Call {
     /// An offer from `side` was rejected (a non-2xx final answer, RFC 3264 §8: the session stays
     /// as it was): its previous SDP holds again, and the relay follows.
     pub(super) fn offer_rejected(&mut self, side: Side, previous: Option<Vec<u8>>) {
+        let changed = *self.sdp_of(side) != previous;
         *self.sdp_of(side) = previous;
         self.update_session();
+        if changed {
+            self.media_changed();
+        }
     }
 
     fn update_session(&self) {
@@ -189,10 +197,15 @@ impl Call {
             (false, Some(their_offer)) => media::answer_towards(body, &their_offer, at)?,
             _ => media::offer_towards(body, at, &self.codecs_of(to))?.body,
         };
+        let out = self.media.numbered(media_leg(to), out);
+        let changed = self.sdp_of(from).as_deref() != Some(body);
         *self.sdp_of(from) = Some(body.to_vec());
         // New media (a resume, a new address): silence counts from here.
         self.media_counted_from = Instant::now();
         self.update_session();
+        if changed {
+            self.media_changed();
+        }
         Ok(Some(Bytes::from(out)))
     }
 
@@ -292,5 +305,264 @@ pub(super) fn on_media_check(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         st.bye_all(myself, None);
     } else {
         drop(myself.send_after(timeout - idle, || DialogMsg::MediaCheck));
+    }
+}
+
+/// How many times a re-anchoring re-INVITE is sent again after a 491 (glare) before the leg is
+/// left with signalling only.
+const REANCHOR_GLARE_TRIES: u8 = 3;
+
+/// A call rebuilt from a record with a media plan, on a node with a relay: the media moves onto
+/// this node (make-before-break is impossible here: the old node is gone). It opens a session
+/// aimed at both peers' last addresses and re-INVITEs both legs with an offer pointing at its
+/// own endpoints, numbered above what each peer saw (see [`crate::media::MediaPlan`]). A node
+/// without a relay, or a record without a plan, carries the signalling only, as before.
+pub(super) fn start_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+    let Some(rt) = st.ctx.media.clone() else {
+        return;
+    };
+    if st.media_session.is_some() || !st.media.complete() || st.phase != Phase::Confirmed {
+        return;
+    }
+    match rt.relay.open_now(st.media.session_plan()) {
+        Ok(s) => st.media_session = Some(s),
+        Err(e) => {
+            tracing::warn!(parent: &st.span, error = %e, "cannot open a media session: the call goes on with signalling only");
+            st.history
+                .push(("media".into(), format!("not re-anchored: {e}")));
+            count(&st.ctx.stats.media_reanchor_failed, 2);
+            st.reanchor_failed = true;
+            return;
+        }
+    }
+    st.span.record("media.mode", "relay");
+    if let Some(a) = st.current_mut() {
+        a.relayed = true;
+    }
+    let gateway = st
+        .current()
+        .and_then(|a| st.ctx.config().trunk(&a.trunk).cloned());
+    st.media_timeout = [
+        st.inbound.media_timeout(),
+        gateway.and_then(|t| t.media_timeout()),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    st.media.reanchored();
+    for side in [Side::A, Side::B] {
+        send_reanchor(st, myself, side, 0);
+    }
+}
+
+fn count(c: &std::sync::atomic::AtomicU64, n: u64) {
+    c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Sends the re-anchoring re-INVITE on `side` (try `tries` after a glare).
+fn send_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, tries: u8) {
+    let Some(at) = st.endpoint(side) else {
+        return reanchor_failed(st, side, "no relay session");
+    };
+    let body = match st
+        .media
+        .reanchor_offer(media_leg(side), at, &st.codecs_of(side))
+    {
+        Ok(b) => b,
+        Err(e) => return reanchor_failed(st, side, &e.to_string()),
+    };
+    let Some(mut leg) = st.leg(side).cloned() else {
+        return;
+    };
+    leg.local_cseq += 1;
+    let cseq = leg.local_cseq;
+    let branch = ids::new_branch(st.shard);
+    let mut b = leg.request(&st.ctx.me, b"INVITE", cseq, &branch);
+    b.header(
+        HeaderName::Contact,
+        st.ctx.me.contact(leg.transport).as_bytes(),
+    );
+    b.body(b"application/sdp", Bytes::from(body));
+    if let Some(l) = st.leg_mut(side) {
+        l.local_cseq = cseq;
+    }
+    match st.send_request(myself, side, b.build()) {
+        Some(key) => st.reanchors.push(Reanchor {
+            side,
+            key: Some(key),
+            cseq,
+            tries,
+        }),
+        None => reanchor_failed(st, side, "cannot send the re-INVITE"),
+    }
+}
+
+/// A re-anchoring re-INVITE failed: the leg goes on with signalling only (its media may still
+/// flow some other way: the call is never hung up for it).
+fn reanchor_failed(st: &mut Call, side: Side, why: &str) {
+    tracing::warn!(parent: &st.span, side = ?side, why, "media not re-anchored on this leg: the call goes on with signalling only");
+    st.history.push((
+        "media".into(),
+        format!("leg {side:?} not re-anchored: {why}"),
+    ));
+    count(&st.ctx.stats.media_reanchor_failed, 1);
+    st.reanchor_failed = true;
+}
+
+/// A 491 on a re-anchoring re-INVITE: try again after a random delay (RFC 3261 §14.1: 2.1–4 s
+/// when this node minted the leg's Call-ID, leg B; 0–2 s otherwise).
+pub(super) fn on_reanchor_retry(
+    st: &mut Call,
+    myself: &ActorRef<DialogMsg>,
+    side: Side,
+    tries: u8,
+) {
+    let Some(pos) = st
+        .reanchors
+        .iter()
+        .position(|r| r.side == side && r.key.is_none())
+    else {
+        return;
+    };
+    st.reanchors.remove(pos);
+    if st.phase == Phase::Confirmed && st.media_session.is_some() {
+        send_reanchor(st, myself, side, tries);
+    }
+    reanchor_settled(st, myself);
+}
+
+/// A response to one of the call's client transactions: whether it was a re-anchoring re-INVITE's
+/// (then handled here). A 2xx is ACKed, its SDP becomes the peer's in the plan and the relay
+/// follows; a 491 is tried again later; any other final answer leaves the leg as it was.
+pub(super) fn on_reanchor_response(
+    st: &mut Call,
+    myself: &ActorRef<DialogMsg>,
+    key: &ClientKey,
+    status: u16,
+    env: &Envelope,
+) -> bool {
+    let Some(pos) = st
+        .reanchors
+        .iter()
+        .position(|r| r.key.as_ref() == Some(key))
+    else {
+        return false;
+    };
+    if status < 200 {
+        return true;
+    }
+    let r = st.reanchors.remove(pos);
+    if (200..300).contains(&status) {
+        send_reanchor_ack(st, &r);
+        if let Some(leg) = st.leg_mut(r.side) {
+            leg.learn_remote(&env.msg, None);
+        }
+        match sdp_body(&env.msg) {
+            Some(answer) => {
+                *st.sdp_of(r.side) = Some(answer.to_vec());
+                st.update_session();
+            }
+            None => reanchor_failed(st, r.side, "a 2xx without SDP"),
+        }
+    } else if status == 491 && r.tries < REANCHOR_GLARE_TRIES {
+        let ms = match r.side {
+            Side::B => rand::rng().random_range(2100..=4000),
+            Side::A => rand::rng().random_range(0..=2000),
+        };
+        let (side, tries) = (r.side, r.tries + 1);
+        tracing::debug!(parent: &st.span, side = ?side, ms, "re-anchoring re-INVITE met a 491: tried again later");
+        // Kept, without a transaction, until the retry: the re-anchoring is not over.
+        st.reanchors.push(Reanchor {
+            key: None,
+            tries,
+            ..r
+        });
+        drop(
+            myself.send_after(Duration::from_millis(ms), move || DialogMsg::Reanchor {
+                side,
+                tries,
+            }),
+        );
+        return true;
+    } else {
+        reanchor_failed(st, r.side, &format!("answered {status}"));
+    }
+    reanchor_settled(st, myself);
+    true
+}
+
+/// A re-anchoring re-INVITE's transaction ended without a final answer (timeout, transport).
+pub(super) fn on_reanchor_ended(
+    st: &mut Call,
+    myself: &ActorRef<DialogMsg>,
+    key: &ClientKey,
+    outcome: Outcome,
+) {
+    if outcome == Outcome::Completed {
+        return;
+    }
+    if let Some(pos) = st
+        .reanchors
+        .iter()
+        .position(|r| r.key.as_ref() == Some(key))
+    {
+        let r = st.reanchors.remove(pos);
+        reanchor_failed(st, r.side, &format!("{outcome:?}"));
+        reanchor_settled(st, myself);
+    }
+}
+
+/// ACKs a re-anchoring re-INVITE's 2xx (kept, one per leg, for a retransmitted 2xx).
+fn send_reanchor_ack(st: &mut Call, r: &Reanchor) {
+    let Some(leg) = st.leg(r.side) else {
+        return;
+    };
+    let branch = ids::new_branch(st.shard);
+    let ack = leg.request(&st.ctx.me, b"ACK", r.cseq, &branch).build();
+    let (hop, transport) = (leg.next_hop(), leg.transport);
+    if let Some(ack) = Envelope::outgoing(ack, hop, transport) {
+        let _ = st.ctx.transports.send_now(transport, hop, ack.msg.bytes());
+        let call_id = ack.msg.call_id().and_then(|c| c.ok()).map(<[u8]>::to_vec);
+        st.reanchor_acks
+            .retain(|a| a.msg.call_id().and_then(|c| c.ok()).map(<[u8]>::to_vec) != call_id);
+        st.reanchor_acks.push(ack);
+    }
+}
+
+/// A retransmitted 2xx of a re-anchoring re-INVITE: its ACK again. Whether it was one.
+pub(super) fn reack_reanchor(st: &Call, env: &Envelope) -> bool {
+    let key = |m: &SipMessage| {
+        (
+            m.call_id().and_then(|c| c.ok()).map(<[u8]>::to_vec),
+            m.cseq().and_then(|c| c.ok()).map(|c| c.seq),
+        )
+    };
+    let Some(ack) = st
+        .reanchor_acks
+        .iter()
+        .find(|a| key(&a.msg) == key(&env.msg))
+    else {
+        return false;
+    };
+    let _ = st
+        .ctx
+        .transports
+        .send_now(ack.transport, ack.peer, ack.msg.bytes());
+    true
+}
+
+/// Once both re-anchoring re-INVITEs are answered: the new plan is written to the record, and a
+/// call whose legs both moved counts as re-anchored and gets its media timeout.
+fn reanchor_settled(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+    if !st.reanchors.is_empty() {
+        return;
+    }
+    st.media_changed();
+    if !st.reanchor_failed {
+        count(&st.ctx.stats.media_reanchored, 1);
+        st.history
+            .push(("media".into(), "re-anchored on this node".into()));
+        tracing::info!(parent: &st.span, "media re-anchored on this node");
+        st.start_media_timeout(myself);
     }
 }

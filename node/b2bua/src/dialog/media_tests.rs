@@ -19,13 +19,13 @@ use crate::testkit::{CONFIG, Expect, GW1, GW2, NODE, PBX, TestNode, invite_with}
 
 /// `config` with the caller's trunk relaying media (the default is bypass: a call is relayed
 /// when either of its trunks says `relay`).
-fn relayed(config: &str) -> String {
+pub(super) fn relayed(config: &str) -> String {
     config.replacen("name = \"pbx\"", "name = \"pbx\"\nmedia = \"relay\"", 1)
 }
 
 /// The caller's media address and the gateways'.
-const PBX_MEDIA: &str = "10.0.0.5";
-const GW_MEDIA: &str = "10.0.1.9";
+pub(super) const PBX_MEDIA: &str = "10.0.0.5";
+pub(super) const GW_MEDIA: &str = "10.0.1.9";
 
 /// The relay's listen address of test `k`: 127.0.156.(100 + k).
 fn ip(k: u8) -> IpAddr {
@@ -45,14 +45,14 @@ async fn node_with(config: &str, last: u8, low: u16, high: u16) -> (TestNode, Re
     (TestNode::with(config, Some(rt)).await, relay)
 }
 
-fn sdp(ip: &str, port: u16, fmts: &str, attrs: &str) -> Vec<u8> {
+pub(super) fn sdp(ip: &str, port: u16, fmts: &str, attrs: &str) -> Vec<u8> {
     format!(
         "v=0\r\no=peer 42 1 IN IP4 {ip}\r\ns=call\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {fmts}\r\n{attrs}a=x-keep:this line\r\n"
     )
     .into_bytes()
 }
 
-fn pcmu(ip: &str, port: u16, attrs: &str) -> Vec<u8> {
+pub(super) fn pcmu(ip: &str, port: u16, attrs: &str) -> Vec<u8> {
     sdp(
         ip,
         port,
@@ -62,7 +62,13 @@ fn pcmu(ip: &str, port: u16, attrs: &str) -> Vec<u8> {
 }
 
 /// A response to `req` from a peer at `contact` with an SDP body.
-fn answer_sdp(req: &SipMessage, status: u16, tag: &str, contact: &str, body: &[u8]) -> Bytes {
+pub(super) fn answer_sdp(
+    req: &SipMessage,
+    status: u16,
+    tag: &str,
+    contact: &str,
+    body: &[u8],
+) -> Bytes {
     let mut b = response_to(req, status, b"X", Some(tag), None);
     b.header(HeaderName::Contact, format!("<sip:{contact}>").as_bytes());
     if !body.is_empty() {
@@ -72,7 +78,13 @@ fn answer_sdp(req: &SipMessage, status: u16, tag: &str, contact: &str, body: &[u
 }
 
 /// A request from the caller in the dialog of the 2xx `ok`, with an SDP body (or none).
-fn from_caller(method: Method, ok: &SipMessage, cseq: u32, branch: &str, body: &[u8]) -> Bytes {
+pub(super) fn from_caller(
+    method: Method,
+    ok: &SipMessage,
+    cseq: u32,
+    branch: &str,
+    body: &[u8],
+) -> Bytes {
     let name = method.as_str();
     let mut b = MessageBuilder::request_method(method, format!("sip:{NODE}").as_bytes());
     b.header(
@@ -92,7 +104,7 @@ fn from_caller(method: Method, ok: &SipMessage, cseq: u32, branch: &str, body: &
 }
 
 /// (c= address, m= port, m= formats) of a message's SDP.
-fn media_of(msg: &SipMessage) -> (String, u16, String) {
+pub(super) fn media_of(msg: &SipMessage) -> (String, u16, String) {
     let sdp = Sdp::parse(msg.body()).unwrap();
     let m = &sdp.media[0];
     (
@@ -102,12 +114,12 @@ fn media_of(msg: &SipMessage) -> (String, u16, String) {
     )
 }
 
-fn text(b: &[u8]) -> String {
+pub(super) fn text(b: &[u8]) -> String {
     String::from_utf8(b.to_vec()).unwrap()
 }
 
 /// `body` as the node would send it: pointed at `ip`:`port`, nothing else changed.
-fn pointed(body: &[u8], from_ip: &str, from_port: u16, ip: &str, port: u16) -> String {
+pub(super) fn pointed(body: &[u8], from_ip: &str, from_port: u16, ip: &str, port: u16) -> String {
     text(body)
         .replace(&format!("c=IN IP4 {from_ip}"), &format!("c=IN IP4 {ip}"))
         .replace(
@@ -118,7 +130,7 @@ fn pointed(body: &[u8], from_ip: &str, from_port: u16, ip: &str, port: u16) -> S
 
 /// Sets up a call with the caller's `offer` and the gateway's `ans`; returns the INVITE to gw1,
 /// the 200 the caller got, and the node.
-async fn answered_call(
+pub(super) async fn answered_call(
     node: &mut TestNode,
     call_id: &str,
     offer: &[u8],

@@ -20,7 +20,8 @@
 //! `call` (the state, built by one constructor for new and rebuilt calls), `outbound` (the leg-B
 //! INVITE, a pure function), `setup` (answers to the caller, gateway attempts and failover),
 //! `relay` (in-dialog requests between the legs, the session-timer refresh), `media` (the relay
-//! session, SDP of offers and answers rewritten for the other leg, the media timeout), `teardown` (BYE, the
+//! session, SDP of offers and answers rewritten for the other leg, the media timeout, and a rebuilt
+//! call's re-INVITEs moving its media onto this node), `teardown` (BYE, the
 //! end, what a stopped call gives back), `record` (the replicated record and rebuilding a call
 //! from it), `spans` (trace spans), `leg` (one leg's dialog identifiers and message builders).
 //! They import in one direction: `msg` → `call` (with `leg`, `outbound`, `spans`) → `media` → `setup`,
@@ -31,6 +32,8 @@ mod actor;
 mod call;
 pub mod leg;
 mod media;
+#[cfg(test)]
+mod media_failover_tests;
 #[cfg(test)]
 mod media_tests;
 mod msg;

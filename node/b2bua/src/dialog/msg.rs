@@ -11,7 +11,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use crate::cluster::DialogRecord;
 use crate::config::Trunk;
 use crate::ctx::NodeCtx;
-use crate::txlayer::{CallEvent, CallRef, Envelope, Registry};
+use crate::txlayer::{CallEvent, CallRef, Envelope, Registry, Side};
 
 /// Messages a call receives.
 // Transaction events are most of a call's messages and carry their message inline, as before
@@ -48,6 +48,14 @@ pub enum DialogMsg {
     SessionRefresh,
     /// Time to check that the call's relayed media still flows (the media timeout).
     MediaCheck,
+    /// Time to send a rebuilt call's re-anchoring re-INVITE on `side` again (its last one met a
+    /// 491: glare, RFC 3261 §14.1).
+    Reanchor {
+        /// The leg.
+        side: Side,
+        /// Tries so far.
+        tries: u8,
+    },
     /// Hang the call up: BYE both confirmed legs (admin or shutdown).
     Hangup,
     /// Report the call's state.

@@ -73,6 +73,8 @@ impl Call {
             trunk: b.trunk.clone(),
             inbound: self.inbound.name.clone(),
             traceparent: crate::trace::traceparent(&self.span),
+            media: (self.media.a_sdp.is_some() || self.media.b_sdp.is_some())
+                .then(|| self.media.clone()),
         })
     }
 }
@@ -159,7 +161,7 @@ pub(super) fn restored(
         .trunk(&rec.trunk)
         .and_then(|t| ctx.gateways.try_acquire(t).then(|| t.name.clone()));
     ctx.count_inbound(&inbound.name);
-    Ok(Call::new(CallSeed {
+    let mut call = Call::new(CallSeed {
         ctx,
         span,
         a_span,
@@ -190,7 +192,10 @@ pub(super) fn restored(
         gateway_active,
         history: vec![(rec.trunk.clone(), "restored on this node".into())],
         actor: myself.get_id(),
-    }))
+    });
+    // The media plan: re-anchored on this node's relay once the call runs (`post_start`).
+    call.media = rec.media.unwrap_or_default();
+    Ok(call)
 }
 
 /// A rebuilt call watches its record for the old owner's removal, which may land up to its retry
@@ -203,15 +208,32 @@ pub(super) fn watch_record(myself: &ActorRef<DialogMsg>) {
     );
 }
 
-/// Tries again to write the record of an answered call this node could not write yet.
+/// Tries again to write the record of an answered call this node could not write yet (or could
+/// not rewrite after its media plan changed).
 pub(super) fn on_store_record(st: &mut Call) {
     st.store_retry = false;
-    if !st.stored
+    if (!st.stored || st.record_stale)
         && st.phase != Phase::Ending
         && let Some(rec) = st.record()
         && st.ctx.store.store(rec)
     {
+        st.record_stale = false;
         st.mark_stored();
+    }
+}
+
+impl Call {
+    /// The call's media plan changed (an offer or an answer with new SDP, an offer undone, a
+    /// re-anchoring): a written record is written again (replacing the old one; the pool
+    /// group-commits record writes), so a new owner re-anchors from what the peers last said.
+    /// One write per SDP change, never per packet; before the record's first write, nothing.
+    pub(super) fn media_changed(&mut self) {
+        if !self.stored || self.phase != Phase::Confirmed {
+            return;
+        }
+        if let Some(rec) = self.record() {
+            self.record_stale = !self.ctx.store.store(rec);
+        }
     }
 }
 
@@ -234,7 +256,11 @@ pub(super) fn on_record_check(st: &mut Call, myself: &ActorRef<DialogMsg>, left:
 
 /// An answered call whose record this node could not write yet: try again shortly.
 pub(super) fn retry_store_later(st: &mut Call, myself: &ActorRef<DialogMsg>) {
-    if st.a_answered && !st.stored && !st.store_retry && st.phase != Phase::Ending {
+    if st.a_answered
+        && (!st.stored || st.record_stale)
+        && !st.store_retry
+        && st.phase != Phase::Ending
+    {
         st.store_retry = true;
         drop(myself.send_after(STORE_RETRY_EVERY, || DialogMsg::StoreRecord));
     }

@@ -19,6 +19,10 @@ pub(super) fn on_response(
     status: u16,
     env: Envelope,
 ) {
+    // 0. A re-INVITE moving the media onto this node (a rebuilt call).
+    if super::media::on_reanchor_response(st, myself, &key, status, &env) {
+        return;
+    }
     // 1. A relayed in-dialog request (a leg-B INVITE's answers are set-up's).
     if let Some(pos) = st.relays.iter().position(|r| r.client == key) {
         let from_side = match st.relays[pos].from {
@@ -279,6 +283,15 @@ pub(super) fn on_request(
         respond_local(st, 481, &[]);
         return;
     }
+    // Our own re-INVITEs moving the media here are in progress: an offer now would cross them
+    // (RFC 3261 §14.2: 491, the offerer tries again later).
+    if !st.reanchors.is_empty()
+        && (method == Method::Invite
+            || method == Method::Update && super::media::sdp_body(&env.msg).is_some())
+    {
+        respond_local(st, 491, &[]);
+        return;
+    }
     // Relay: the same method on the far leg, in its dialog, with its CSeq (PRACK maps its RAck).
     let mut leg = far;
     let method_bytes = env.msg.method_bytes().unwrap_or_default().to_vec();
@@ -408,6 +421,7 @@ pub(super) fn on_client_ended(
     key: ClientKey,
     outcome: Outcome,
 ) {
+    super::media::on_reanchor_ended(st, myself, &key, outcome);
     if let Some(pos) = st.relays.iter().position(|r| r.client == key)
         && outcome != Outcome::Completed
     {
