@@ -28,6 +28,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{MediaMode, Trunk};
 
+/// How long a relayed call's session keeps relaying on a node that handed the call's shard over
+/// alive (a drain, a rebalance): time for the new owner to rebuild the call and re-INVITE both
+/// peers onto its own relay (make before break). Its ports are held that much longer.
+pub const MEDIA_HANDOVER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The node's relay runtime: where sessions are opened and what address SDP advertises.
 #[derive(Debug, Clone)]
 pub struct MediaRuntime {

@@ -129,6 +129,9 @@ pub struct Call {
     pub(super) reanchor_acks: Vec<Envelope>,
     /// A re-anchoring re-INVITE failed: the call goes on with signalling only where it did.
     pub(super) reanchor_failed: bool,
+    /// The call stops here because its shard moved to a live node: its relay session outlives it
+    /// by [`crate::media::MEDIA_HANDOVER`].
+    pub(super) media_handover: bool,
 }
 
 /// A re-INVITE moving one leg's media onto this node (media failover).
@@ -195,8 +198,19 @@ impl Call {
             self.span.record("media.packets_b", b.packets);
             self.span.record("media.lost", a.lost + b.lost);
         }
-        // Dropping the handle ends the session's task, which releases its ports.
-        self.media_session = None;
+        // Dropping the handle ends the session's task, which releases its ports. A call whose
+        // shard was handed over (a drain, a rebalance) keeps relaying for a while: make before
+        // break, while the new owner re-INVITEs the peers onto its own relay.
+        let session = self.media_session.take();
+        if self.media_handover
+            && let Some(s) = session
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                tokio::time::sleep(crate::media::MEDIA_HANDOVER).await;
+                drop(s);
+            });
+        }
     }
 
     /// Sends a request on a leg in its own client transaction, routed back to this actor.
@@ -305,6 +319,7 @@ impl Call {
             reanchors: Vec::new(),
             reanchor_acks: Vec::new(),
             reanchor_failed: false,
+            media_handover: false,
         }
     }
 

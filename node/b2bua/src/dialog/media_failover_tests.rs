@@ -356,3 +356,44 @@ async fn a_node_without_a_relay_rebuilds_a_relayed_call_with_signalling_only() {
     };
     assert_eq!(first.msg.method(), Some(Method::Bye), "{:?}", first.msg);
 }
+
+/// A drain (the shard handed over alive): the old node's session keeps relaying while the new
+/// owner re-INVITEs the peers onto its own, then ends (make before break).
+#[tokio::test(start_paused = true)]
+async fn a_handed_over_call_keeps_relaying_on_the_old_node_until_the_new_one_took_it() {
+    let pbx_rtp = UdpSocket::bind((ip(12), 0)).await.unwrap();
+    let gw_rtp = UdpSocket::bind((ip(13), 0)).await.unwrap();
+    let (pa, ga) = (pbx_rtp.local_addr().unwrap(), gw_rtp.local_addr().unwrap());
+    let (mut old, old_relay) = relay_node(7).await;
+    let offer = pcmu("127.0.157.12", pa.port(), "");
+    let ans = pcmu("127.0.157.13", ga.port(), "");
+    let (rec, _ok) = confirmed_call(&mut old, "fo-5", &offer, &ans).await;
+    let i = info(&old).await;
+    let (a_old, b_old) = (i.a_media.unwrap().local, i.b_media.unwrap().local);
+
+    // The shard moves: the call stops on the old node, its session does not (yet).
+    assert_eq!(old.ctx.release_shard(rec.shard), 1);
+    old.calls_end().await;
+    assert_eq!(old_relay.sessions(), 1);
+    assert_eq!(carried(&pbx_rtp, a_old, &gw_rtp).await, b_old);
+
+    let (mut node, _relay) = relay_node(8).await;
+    assert!(node.pool.store(rec.clone()));
+    super::spawn_restored(node.ctx.clone(), rec).await.unwrap();
+    let reinv_a = node.expect(PBX, Expect::Request(Method::Invite)).await;
+    let reinv_b = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    // While the re-INVITEs are out, the old relay still carries the media.
+    assert_eq!(carried(&gw_rtp, b_old, &pbx_rtp).await, a_old);
+    node.receive(answer_sdp(&reinv_a, 200, "a-fo-5", PBX, &offer), PBX)
+        .await;
+    node.receive(answer_sdp(&reinv_b, 200, "g1", GW1, &ans), GW1)
+        .await;
+    let (a_new, b_new) = (
+        SocketAddr::new(ip(8), media_of(&reinv_a).1),
+        SocketAddr::new(ip(8), media_of(&reinv_b).1),
+    );
+    assert_eq!(carried(&pbx_rtp, a_new, &gw_rtp).await, b_new);
+    tokio::time::timeout(crate::media::MEDIA_HANDOVER * 2, old_relay.wait_idle())
+        .await
+        .expect("the old node's session ends after the hand-over");
+}

@@ -90,6 +90,9 @@ pub(super) fn on_shard_released(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         tracing::debug!(parent: &st.span, "shard moved while the call ends: it ends here");
     } else if st.stored {
         tracing::debug!(parent: &st.span, "shard moved: the call goes on at its new owner");
+        // Its media keeps flowing through here until the new owner has moved it (make before
+        // break; the new owner re-INVITEs both peers onto its own relay).
+        st.media_handover = st.relaying();
         myself.stop(Some("shard moved".into()));
     } else if st.a_answered {
         // Answered while this node could not write the record (a frozen node waking up
