@@ -57,6 +57,15 @@ pub(super) struct Relay {
     pub(super) media_undo: Option<Option<Vec<u8>>>,
 }
 
+/// Why a gateway attempt cannot relay the call's media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MediaRefusal {
+    /// No free relay ports (the caller gets 503 with Retry-After).
+    Ports,
+    /// The caller's offer cannot be relayed to this trunk (the caller gets 488).
+    Offer,
+}
+
 /// The state of one call.
 pub struct Call {
     pub(super) ctx: Arc<NodeCtx>,
@@ -117,7 +126,7 @@ pub struct Call {
     pub(super) media_counted_from: Instant,
     /// Why the last gateway candidate could not be tried for media reasons, if it could not
     /// (cleared by a candidate skipped for another reason).
-    pub(super) media_refusal: Option<super::media::MediaRefusal>,
+    pub(super) media_refusal: Option<MediaRefusal>,
     /// The written record no longer holds the call's media plan, and rewriting it failed: the
     /// [`DialogMsg::StoreRecord`] retry writes it again.
     pub(super) record_stale: bool,

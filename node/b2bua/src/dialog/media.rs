@@ -15,7 +15,7 @@ use ractor::ActorRef;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::call::{Call, Reanchor};
+use super::call::{Call, MediaRefusal, Reanchor};
 use super::msg::{DialogMsg, Phase};
 use crate::config::Trunk;
 use crate::media::{self, Endpoint, MediaError};
@@ -28,15 +28,6 @@ pub(super) enum AttemptMedia {
     Bypass,
     /// Relayed: the leg-B INVITE carries this body (empty: a late offer).
     Relayed(Bytes),
-}
-
-/// Why a gateway attempt cannot relay the call's media.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum MediaRefusal {
-    /// No free relay ports (the caller gets 503 with Retry-After).
-    Ports,
-    /// The caller's offer cannot be relayed to this trunk (the caller gets 488).
-    Offer,
 }
 
 fn media_leg(side: Side) -> MediaLeg {

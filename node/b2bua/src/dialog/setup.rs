@@ -9,9 +9,9 @@ use medpool_sip::transaction::{ClientKey, Outcome, ServerKey};
 use medpool_sip::{HeaderName, Method, SipMessage, ids};
 use ractor::ActorRef;
 
-use super::call::{Attempt, Call, CallSeed};
+use super::call::{Attempt, Call, CallSeed, MediaRefusal};
 use super::leg::{Leg, local_response, relay_response};
-use super::media::{AttemptMedia, MediaRefusal};
+use super::media::AttemptMedia;
 use super::msg::{DialogArgs, DialogMsg, Phase};
 use super::outbound::{OutboundIds, outbound_invite};
 use super::spans::call_span;
