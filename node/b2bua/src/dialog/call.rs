@@ -94,7 +94,11 @@ pub struct Call {
     pub(super) answered_after: Option<Duration>,
     /// The post-dial delay was recorded.
     pub(super) pdd_recorded: bool,
+    /// The ACK sent on leg B for the answered INVITE, sent again for a retransmitted 2xx.
     pub(super) ack_b: Option<Envelope>,
+    /// The ACK sent on leg B for the latest relayed re-INVITE's 2xx (likewise: a retransmitted
+    /// 2xx gets the ACK of its own CSeq, never the first INVITE's).
+    pub(super) reinvite_ack_b: Option<Envelope>,
     pub(super) relays: Vec<Relay>,
     /// A relayed re-INVITE answered 2xx on the A side, waiting for A's ACK: (A's CSeq, B's CSeq).
     pub(super) pending_ack_b: Vec<(u32, u32)>,
@@ -306,6 +310,7 @@ impl Call {
             answered_after: None,
             pdd_recorded: confirmed,
             ack_b: None,
+            reinvite_ack_b: None,
             relays: Vec::new(),
             pending_ack_b: Vec::new(),
             pending_ack_a: Vec::new(),

@@ -168,15 +168,15 @@ pub(super) fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, en
 }
 
 /// Sends an ACK on a leg-B attempt (end to end: `body` is the caller's ACK, which may carry the SDP
-/// answer to a late offer; `sdp` goes in place of its body when given). `keep` remembers it to
-/// re-ACK retransmitted 2xx.
+/// answer to a late offer; `sdp` goes in place of its body when given). It is kept to ACK a
+/// retransmitted 2xx again: as the INVITE's ACK when `initial`, else as the latest re-INVITE's.
 pub(super) fn send_ack_b(
     st: &mut Call,
     idx: usize,
     cseq: u32,
     body: Option<&SipMessage>,
     sdp: Option<&[u8]>,
-    keep: bool,
+    initial: bool,
 ) {
     let att = &st.attempts[idx];
     let branch = ids::new_branch(st.shard);
@@ -194,8 +194,10 @@ pub(super) fn send_ack_b(
     let transport = att.leg.transport;
     if let Some(ack) = Envelope::outgoing(b.build(), hop, transport) {
         let _ = st.ctx.transports.send_now(transport, hop, ack.msg.bytes());
-        if keep {
+        if initial {
             st.ack_b = Some(ack);
+        } else {
+            st.reinvite_ack_b = Some(ack);
         }
     }
 }

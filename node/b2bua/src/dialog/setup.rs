@@ -334,8 +334,18 @@ impl Call {
     /// Sends the leg-B ACK again for a retransmitted 2xx of the answer we took (none yet: the ACK
     /// goes when it can, e.g. once the caller's ACK brings a late offer's answer).
     pub(super) fn reack_b(&self, env: &Envelope) {
-        if let Some(ack) = &self.ack_b
-            && env.msg.call_id().and_then(|c| c.ok()) == ack.msg.call_id().and_then(|c| c.ok())
+        // The ACK of the very INVITE the 2xx answers: same Call-ID and CSeq number.
+        let id = |m: &SipMessage| {
+            (
+                m.call_id().and_then(|c| c.ok()).map(<[u8]>::to_vec),
+                m.cseq().and_then(|c| c.ok()).map(|c| c.seq),
+            )
+        };
+        let answered = id(&env.msg);
+        if let Some(ack) = [&self.ack_b, &self.reinvite_ack_b]
+            .into_iter()
+            .flatten()
+            .find(|ack| id(&ack.msg) == answered)
         {
             let _ = self
                 .ctx

@@ -333,3 +333,60 @@ async fn a_waiting_shutdown_wakes_when_the_last_call_ends_not_at_its_deadline() 
         "woken by the call's end, not by its deadline: {waited:?}"
     );
 }
+
+/// The caller's in-dialog `method` with CSeq `cseq` in the dialog of its 2xx `ok`.
+fn from_caller(method: Method, ok: &SipMessage, branch: &str, cseq: u32) -> bytes::Bytes {
+    in_dialog(
+        method,
+        &format!("sip:{NODE}"),
+        PBX,
+        branch,
+        &PeerDialog {
+            from: ok.header(HeaderName::From).unwrap(),
+            to: ok.header(HeaderName::To).unwrap(),
+            call_id: ok.call_id().unwrap().unwrap(),
+        },
+        cseq,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_2xx_the_gateway_sends_again_gets_the_ack_of_its_own_invite() {
+    let mut node = TestNode::new().await;
+    node.receive(invite("ra-1"), PBX).await;
+    let inv_b = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    let ok_b = answer(&inv_b, 200, "g1", GW1, &[]);
+    node.receive(ok_b.clone(), GW1).await;
+    let ok = node.expect(PBX, Expect::Status(200)).await;
+    node.receive(ack_for(&ok), PBX).await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+
+    // The caller re-INVITEs; the gateway answers; the caller's ACK goes on to leg B.
+    node.receive(from_caller(Method::Invite, &ok, "z9hG4bK-re1", 2), PBX)
+        .await;
+    let reinv_b = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    let b_seq = reinv_b.cseq().unwrap().unwrap().seq;
+    assert!(b_seq > 1);
+    let ok2_b = answer(&reinv_b, 200, "g1", GW1, &[]);
+    node.receive(ok2_b.clone(), GW1).await;
+    node.expect(PBX, Expect::Status(200)).await;
+    node.receive(from_caller(Method::Ack, &ok, "z9hG4bK-ack2", 2), PBX)
+        .await;
+    let ack2 = node.expect(GW1, Expect::Request(Method::Ack)).await;
+    assert_eq!(ack2.cseq().unwrap().unwrap().seq, b_seq);
+
+    // Long after both INVITE transactions ended, the gateway sends each 2xx again (its ACKs were
+    // lost): each gets the ACK of its own INVITE.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    node.receive(ok2_b, GW1).await;
+    let again = node.expect(GW1, Expect::Request(Method::Ack)).await;
+    assert_eq!(
+        again.cseq().unwrap().unwrap().seq,
+        b_seq,
+        "the re-INVITE's ACK"
+    );
+    node.receive(ok_b, GW1).await;
+    let again = node.expect(GW1, Expect::Request(Method::Ack)).await;
+    assert_eq!(again.cseq().unwrap().unwrap().seq, 1, "the INVITE's ACK");
+    assert_eq!(info(&node).await.phase, Phase::Confirmed);
+}
