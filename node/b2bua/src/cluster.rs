@@ -22,8 +22,10 @@ pub trait ShardOwnership: Send + Sync + 'static {
     fn recently_taken(&self, _shard: u16) -> bool {
         false
     }
-    /// Whether this node owns `shard` under a valid lease but does not act for it yet: it waits
-    /// for the old owner to report the shard released (a hand-over fence, normally milliseconds).
+    /// Whether this node owns `shard` in its shard map but does not act for it yet: it waits for
+    /// the old owner to report the shard released (a hand-over fence, normally milliseconds), or
+    /// for its first lease after a restart (also milliseconds). A new UDP call meanwhile is left
+    /// to its retransmission rather than refused.
     fn taking_over(&self, _shard: u16) -> bool {
         false
     }

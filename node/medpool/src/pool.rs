@@ -37,9 +37,11 @@ impl ShardOwnership for PoolAdapter {
         self.pool.recently_taken(shard)
     }
     fn taking_over(&self, shard: u16) -> bool {
-        self.pool.owner(shard) == Some(self.pool.node_id())
-            && self.pool.holds_lease()
-            && !self.pool.acting(shard)
+        // Not `holds_lease`: a node that just restarted is given its shards before its first lease
+        // heartbeat is answered, and a new call in those milliseconds was refused 503 (seen in
+        // startup_contract's rolling restart). Shards it already acts for are not "taking over":
+        // with a lapsed lease they still refuse (503), so a node cut off does not silently drop.
+        self.pool.owner(shard) == Some(self.pool.node_id()) && !self.pool.acting(shard)
     }
 }
 
