@@ -84,8 +84,8 @@ pub struct Stats {
     pub gateway_transitions: AtomicU64,
     /// Messages forwarded to the owner of their shard.
     pub forwarded: AtomicU64,
-    /// Messages that could not be forwarded (peer queue full or unreachable): new calls among them
-    /// were answered 503, the rest dropped for their senders to retransmit.
+    /// Messages that could not be forwarded (peer queue full or unreachable): new calls over TCP
+    /// among them were answered 503, the rest dropped for their senders to retransmit.
     pub forward_failures: AtomicU64,
     /// New UDP INVITEs left unanswered while this node was taking their shard over (behind the
     /// hand-over fence): the caller's retransmission finds the shard served.

@@ -399,10 +399,16 @@ async fn feed(
         if forward(ctx, &inb, shard, owner) {
             return;
         }
-        // The owner's queue is full or it cannot be reached: counted, then handled as if nobody
-        // could take it.
+        // The owner's queue is full or it cannot be reached (it is restarting: its connection is
+        // being made again): counted. A new call over UDP is left to its retransmission, 500 ms
+        // on, which is forwarded again (a 503 here ended calls in rolling restarts); over TCP
+        // nothing is resent, so it is handled as if nobody could take it (503).
         ctx.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
-        decision = unowned(&arrival, &ownership);
+        decision = if arrival.new_call && !arrival.reliable {
+            Ingress::Drop
+        } else {
+            unowned(&arrival, &ownership)
+        };
     }
     match decision {
         Ingress::HandleHere => {}
