@@ -49,8 +49,14 @@ impl Net {
     }
 }
 
-/// The pool configuration every node is started with.
+/// The pool configuration every node is started with: signalling only (`media = "bypass"`).
 pub fn pool_config(net: Net) -> String {
+    pool_config_with(net, false)
+}
+
+/// The pool configuration, with every trunk's media relayed (`relay`) or bypassed.
+pub fn pool_config_with(net: Net, relay: bool) -> String {
+    let media = if relay { "relay" } else { "bypass" };
     let pbx = net.ip(50);
     let gw = |k: usize| {
         let a = net.gateway(k);
@@ -66,7 +72,7 @@ options_interval_ms = 1000
 down_after = 3
 up_after = 1
 usages = ["inbound"]
-media = "bypass"
+media = "{media}"
 "#,
             n = k + 1,
             ip = a.ip(),
@@ -85,9 +91,9 @@ address = "{pbx}"
 side = "internal"
 match_any_port = true
 usages = ["outbound"]
-# The simulated peers send no RTP yet: signalling only (a relayed call would be hung up by the
-# media timeout). The media invariant (issue 14) turns the relay on.
-media = "bypass"
+# "relay" when the simulated peers send RTP (the media tests and the chaos suite's media
+# invariant); "bypass" otherwise (a relayed call without RTP would end at the media timeout).
+media = "{media}"
 {gw1}{gw2}
 [[route]]
 name = "from-pstn"
@@ -102,7 +108,7 @@ usage = "outbound"
 trunks = [{{ trunk = "gw1", priority = 1 }}, {{ trunk = "gw2", priority = 1 }}]
 "#,
         gw1 = gw(0),
-        gw2 = gw(1)
+        gw2 = gw(1),
     )
 }
 
@@ -157,6 +163,8 @@ pub struct Setup {
     pub audit: bool,
     /// Data folders placed elsewhere (e.g. on a small tmpfs), by node index.
     pub data_dirs: std::collections::BTreeMap<usize, PathBuf>,
+    /// Every trunk relays media (the peers send RTP); otherwise media bypasses the pool.
+    pub media_relay: bool,
 }
 
 impl LocalPool {
@@ -181,9 +189,11 @@ impl LocalPool {
                 source,
             })?;
         let config = dir.path().join("medpool.toml");
-        std::fs::write(&config, pool_config(net)).map_err(|source| HarnessError::File {
-            path: config.clone(),
-            source,
+        std::fs::write(&config, pool_config_with(net, setup.media_relay)).map_err(|source| {
+            HarnessError::File {
+                path: config.clone(),
+                source,
+            }
         })?;
         eprintln!(
             "[pool 127.0.{}.x] binary {} · data and logs in {}",

@@ -12,6 +12,12 @@
 //! in a dialog (BYE, re-INVITE, UPDATE, ...) are answered 200; a BYE marks the call ended by the far
 //! side. Every identifier (Call-ID, tags, branches) derives from the seed and the call's number, so a
 //! run can be replayed with the same seed.
+//!
+//! With [`CallerConfig::rtp`] on, each call gets an RTP leg of its own (a [`Role::Source`], see
+//! [`crate::rtp`]) before its INVITE: the offer names the leg's socket, the answer tells it where
+//! to send; a re-INVITE from the far side (a new anchor after a failover) moves it, and
+//! [`Caller::reinvite_all_with`] holds, resumes or changes the codec. The legs' counts are read with
+//! [`Caller::rtp_stats`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -28,8 +34,10 @@ use tokio::time::Instant;
 
 use crate::error::{SimpeerError, bind_udp};
 use crate::ledger::{CallRecord, Outcome};
+use crate::rtp::{LegStats, Negotiated, Role, RtpLeg, combine, read_sdp};
 use crate::sdp;
 use crate::uas::{ResponseRouting, T2, Uas};
+use medpool_media::sdp::Direction;
 
 /// How to run a caller.
 #[derive(Debug, Clone)]
@@ -52,6 +60,8 @@ pub struct CallerConfig {
     pub t1: Duration,
     /// How long a transaction waits for a final answer (64·T1 by default).
     pub timeout: Duration,
+    /// Each call sends and checks RTP (see the module documentation).
+    pub rtp: bool,
 }
 
 impl CallerConfig {
@@ -67,6 +77,7 @@ impl CallerConfig {
             rps: 200,
             t1: crate::uas::T1,
             timeout: crate::uas::T1 * 64,
+            rtp: false,
         }
     }
 }
@@ -103,6 +114,10 @@ struct Call {
     dialog: Option<Dialog>,
     /// The last ACK sent: its CSeq number, bytes and destination (sent again on a retransmitted final).
     last_ack: Option<(u32, Bytes, SocketAddr)>,
+    /// The call's RTP leg (with [`CallerConfig::rtp`]).
+    rtp: Option<Arc<RtpLeg>>,
+    /// The direction and payload type the caller offers.
+    want: (Direction, u8),
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +130,17 @@ struct Dialog {
     routes: Vec<Vec<u8>>,
     /// Where in-dialog requests go.
     dest: SocketAddr,
+}
+
+/// One call's RTP leg as [`Caller::rtp_stats`] shows it.
+#[derive(Debug, Clone)]
+pub struct CallMedia {
+    /// The call's number.
+    pub index: usize,
+    /// What SDP negotiated last (`remote`: the anchor the caller sends to).
+    pub negotiated: Negotiated,
+    /// What the leg saw.
+    pub stats: LegStats,
 }
 
 /// A response and the address it came from.
@@ -187,6 +213,8 @@ impl Caller {
                     sdp_version: 0,
                     dialog: None,
                     last_ack: None,
+                    rtp: None,
+                    want: (Direction::SendRecv, 0),
                 });
             }
             first
@@ -210,6 +238,52 @@ impl Caller {
                 targets.into_iter(),
                 self.inner.cfg.rps,
                 |inner, i| async move { inner.in_dialog(i, Method::Invite).await },
+            )
+            .await;
+        done.into_iter().filter(|ok| *ok).count()
+    }
+
+    /// As [`Caller::reinvite_all`], offering `direction` (e.g. `sendonly` to hold, `sendrecv` to
+    /// resume) and one G.711 payload type (0 PCMU, 8 PCMA) from now on.
+    pub async fn reinvite_all_with(&self, direction: Direction, payload_type: u8) -> usize {
+        {
+            let mut calls = lock(&self.inner.calls);
+            for c in &mut calls.list {
+                c.want = (direction, payload_type);
+            }
+        }
+        self.reinvite_all().await
+    }
+
+    /// The RTP leg of each call that had one: what is negotiated and what it saw, by call number.
+    pub fn rtp_stats(&self) -> Vec<CallMedia> {
+        lock(&self.inner.calls)
+            .list
+            .iter()
+            .filter_map(|c| {
+                c.rtp.as_ref().map(|l| CallMedia {
+                    index: c.record.index,
+                    negotiated: l.negotiated(),
+                    stats: l.stats(),
+                })
+            })
+            .collect()
+    }
+
+    /// Sends BYE in the calls of `indices` that are up, and waits for each outcome. Returns how
+    /// many were answered 2xx.
+    pub async fn hangup(&self, indices: &[usize]) -> usize {
+        let live = self.live_calls();
+        let targets: Vec<usize> = indices
+            .iter()
+            .copied()
+            .filter(|i| live.contains(i))
+            .collect();
+        let done = self
+            .paced(
+                targets.into_iter(),
+                self.inner.cfg.rps,
+                |inner, i| async move { inner.in_dialog(i, Method::Bye).await },
             )
             .await;
         done.into_iter().filter(|ok| *ok).count()
@@ -294,9 +368,82 @@ impl Inner {
         format!("<sip:{}@{}>", self.cfg.calling, self.local).into_bytes()
     }
 
+    /// Call `index`'s SDP (an offer, or an answer with `answering` = the far side's direction and
+    /// payload types): its RTP leg's port, or a made-up one without a leg.
     fn offer(&self, index: usize, version: u32) -> Bytes {
-        let port = 10_000u16.wrapping_add((index as u16).wrapping_mul(2));
-        sdp::audio(self.cfg.seed ^ index as u64, version, self.local.ip(), port)
+        self.media_sdp(index, version, None)
+    }
+
+    fn media_sdp(
+        &self,
+        index: usize,
+        version: u32,
+        answering: Option<(SocketAddr, Direction, Vec<u8>)>,
+    ) -> Bytes {
+        let session = self.cfg.seed ^ index as u64;
+        let ip = self.local.ip();
+        let (leg, want) = {
+            let calls = lock(&self.calls);
+            match calls.list.get(index) {
+                Some(c) => (c.rtp.clone(), c.want),
+                None => (None, (Direction::SendRecv, 0)),
+            }
+        };
+        let Some(leg) = leg else {
+            let port = 10_000u16.wrapping_add((index as u16).wrapping_mul(2));
+            return sdp::audio(session, version, ip, port);
+        };
+        let port = leg.local_addr().port();
+        match answering {
+            Some((remote, theirs, pts)) => {
+                let pt = pts
+                    .iter()
+                    .copied()
+                    .find(|p| *p == want.1)
+                    .or(pts.first().copied())
+                    .unwrap_or(0);
+                let direction = combine(want.0, theirs);
+                leg.negotiate(Negotiated {
+                    remote: Some(remote),
+                    direction,
+                    payload_type: pt,
+                });
+                sdp::audio_with(session, version, ip, port, pt, direction)
+            }
+            None => sdp::audio_with(session, version, ip, port, want.1, want.0),
+        }
+    }
+
+    /// The far side answered our offer in call `index`: its leg follows the answer.
+    fn media_answered(&self, index: usize, answer: &[u8]) {
+        let (leg, want) = {
+            let calls = lock(&self.calls);
+            match calls.list.get(index) {
+                Some(c) => (c.rtp.clone(), c.want),
+                None => return,
+            }
+        };
+        if let (Some(leg), Some((remote, theirs, pts))) = (leg, read_sdp(answer)) {
+            leg.negotiate(Negotiated {
+                remote: Some(remote),
+                direction: combine(want.0, theirs),
+                payload_type: pts.first().copied().unwrap_or(want.1),
+            });
+        }
+    }
+
+    /// Stops call `index`'s RTP (the call ended); its counts stay readable.
+    fn media_ended(&self, index: usize) {
+        let leg = lock(&self.calls)
+            .list
+            .get(index)
+            .and_then(|c| c.rtp.clone());
+        if let Some(leg) = leg {
+            leg.negotiate(Negotiated {
+                remote: None,
+                ..leg.negotiated()
+            });
+        }
     }
 
     /// Sends the first INVITE of call `index` and records the outcome.
@@ -310,6 +457,19 @@ impl Inner {
             c.sdp_version = 1;
             (c.record.call_id.clone(), c.from_tag.clone())
         };
+        if self.cfg.rtp {
+            let token = self.cfg.seed.rotate_left(17)
+                ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                | 1;
+            match RtpLeg::start(self.local.ip(), Role::Source, Some(token)).await {
+                Ok(leg) => {
+                    if let Some(c) = lock(&self.calls).list.get_mut(index) {
+                        c.rtp = Some(Arc::new(leg));
+                    }
+                }
+                Err(e) => tracing::warn!("caller: no RTP leg for call {index}: {e}"),
+            }
+        }
         let target = self.cfg.target;
         let ruri = format!("sip:{}@{target}", self.cfg.called);
         let branch = self.branch(index, 1, "i");
@@ -334,6 +494,7 @@ impl Inner {
                 answered_by = Some((from, retry_after));
                 let status = resp.status().unwrap_or(0);
                 if (200..300).contains(&status) {
+                    self.media_answered(index, resp.body());
                     let dialog = Dialog::from_2xx(&resp, target);
                     let ack = self.ack_2xx(&call_id, &from_tag, &dialog, 1, index);
                     let mut calls = lock(&self.calls);
@@ -396,6 +557,12 @@ impl Inner {
         let result = match outcome {
             Ok((resp, _)) => {
                 let status = resp.status().unwrap_or(0);
+                if method == Method::Invite && (200..300).contains(&status) {
+                    self.media_answered(index, resp.body());
+                }
+                if method == Method::Bye {
+                    self.media_ended(index);
+                }
                 if method == Method::Invite {
                     ack = Some(if (200..300).contains(&status) {
                         self.ack_2xx(&call_id, &from_tag, &dialog, cseq, index)
@@ -585,14 +752,19 @@ impl Inner {
             return;
         }
         let Some(method) = req.method() else { return };
-        if method == Method::Ack {
-            self.uas.ack(&req);
-            return;
-        }
         let call = req
             .call_id()
             .and_then(Result::ok)
             .and_then(|id| lock(&self.calls).by_id.get(id).copied());
+        if method == Method::Ack {
+            self.uas.ack(&req);
+            if let Some(i) = call
+                && !req.body().is_empty()
+            {
+                self.media_answered(i, req.body());
+            }
+            return;
+        }
         let in_dialog = req.to_tag().is_some();
         let status = match (method, call) {
             (Method::Options, _) => 200,
@@ -601,6 +773,7 @@ impl Inner {
                 if let Some(c) = lock(&self.calls).list.get_mut(i) {
                     c.record.ended_by_far_side = true;
                 }
+                self.media_ended(i);
                 200
             }
             (_, Some(i)) => {
@@ -629,8 +802,12 @@ impl Inner {
                     None => (0, 1),
                 }
             };
+            let body = match call {
+                Some(_) => self.media_sdp(index, version, read_sdp(req.body())),
+                None => sdp::audio(self.cfg.seed, version, self.local.ip(), 10_000),
+            };
             b.header(HeaderName::Contact, &self.contact())
-                .body(sdp::CONTENT_TYPE, self.offer(index, version));
+                .body(sdp::CONTENT_TYPE, body);
         }
         self.uas.answer(&req, from, b.build()).await;
     }

@@ -4,6 +4,12 @@
 //! or UPDATE in a known dialog (Call-ID and its To-tag) → 200 with SDP; BYE in a known dialog → 200; ACK → nothing (it stops
 //! the 2xx retransmissions); an in-dialog request for a dialog it does not know → 481; anything else
 //! → 200. A retransmitted request gets the answer already sent. It counts what it did.
+//!
+//! With [`GatewayConfig::rtp`] on, each call gets an RTP leg of its own (a [`Role::Reflector`],
+//! see [`crate::rtp`]): the SDP answer names the leg's socket, chooses the offer's first G.711
+//! payload type and mirrors its direction; a re-INVITE or UPDATE with an offer (a new anchor after
+//! a failover, hold, resume, a codec change) moves the leg; an offer in an ACK (late offer)
+//! completes it. A BYE ends the leg; its counts are kept in [`Gateway::rtp_stats`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use crate::error::{SimpeerError, bind_udp};
+use crate::rtp::{LegStats, Negotiated, Role, RtpLeg, read_sdp};
 use crate::sdp;
 use crate::uas::{ResponseRouting, Uas};
 
@@ -30,6 +37,8 @@ pub struct GatewayConfig {
     pub bind: SocketAddr,
     /// Where its answers go.
     pub routing: ResponseRouting,
+    /// Each call gets an RTP leg that echoes the caller's stream (see the module documentation).
+    pub rtp: bool,
 }
 
 impl GatewayConfig {
@@ -38,6 +47,7 @@ impl GatewayConfig {
         GatewayConfig {
             bind,
             routing: ResponseRouting::Source,
+            rtp: false,
         }
     }
 }
@@ -79,6 +89,10 @@ struct Stats {
     cseq_out_of_order: AtomicU64,
     dropped_silent: AtomicU64,
     silent: std::sync::atomic::AtomicBool,
+    /// The RTP legs of the calls up, by Call-ID.
+    legs: std::sync::Mutex<HashMap<Vec<u8>, RtpLeg>>,
+    /// The counts of the legs that ended.
+    legs_done: std::sync::Mutex<LegStats>,
 }
 
 /// A running gateway. Dropping it stops it.
@@ -97,6 +111,10 @@ struct Dialog {
     last_cseq: u32,
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct State {
     sock: Arc<UdpSocket>,
     local: SocketAddr,
@@ -104,6 +122,7 @@ struct State {
     stats: Arc<Stats>,
     dialogs: HashMap<Vec<u8>, Dialog>,
     next_tag: u64,
+    rtp: bool,
 }
 
 impl Gateway {
@@ -119,6 +138,7 @@ impl Gateway {
             stats: Arc::clone(&stats),
             dialogs: HashMap::new(),
             next_tag: 0,
+            rtp: cfg.rtp,
         };
         let task = tokio::spawn(state.run());
         Ok(Gateway { local, stats, task })
@@ -155,6 +175,23 @@ impl Gateway {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .cloned()
+            .collect()
+    }
+
+    /// The RTP counts of every call so far (ended and up), summed.
+    pub fn rtp_stats(&self) -> LegStats {
+        let mut total = lock(&self.stats.legs_done).clone();
+        for leg in lock(&self.stats.legs).values() {
+            total.add(&leg.stats());
+        }
+        total
+    }
+
+    /// The RTP counts of each call up, by Call-ID.
+    pub fn rtp_legs(&self) -> Vec<(String, LegStats)> {
+        lock(&self.stats.legs)
+            .iter()
+            .map(|(id, leg)| (String::from_utf8_lossy(id).into_owned(), leg.stats()))
             .collect()
     }
 
@@ -238,7 +275,12 @@ impl State {
             return;
         }
         match method {
-            Method::Ack => self.uas.ack(&req),
+            Method::Ack => {
+                self.uas.ack(&req);
+                if !req.body().is_empty() {
+                    self.media_answered(&call_id, req.body());
+                }
+            }
             Method::Options => {
                 self.stats.options.fetch_add(1, Ordering::Relaxed);
                 let a = self.answer_bytes(&req, 200, Some("gwopt"), from, None);
@@ -255,7 +297,8 @@ impl State {
                     return self.unknown_dialog(&req, from).await;
                 };
                 d.sdp_version += 1;
-                let body = sdp::audio(d.session, d.sdp_version, local_ip, 20_000);
+                let (session, version) = (d.session, d.sdp_version);
+                let body = self.media_offered(&call_id, req.body(), session, version, local_ip);
                 let counter = if method == Method::Invite {
                     &self.stats.reinvites
                 } else {
@@ -275,6 +318,10 @@ impl State {
                 }
                 self.dialogs.remove(&call_id);
                 self.set_active(&call_id, false);
+                if let Some(leg) = lock(&self.stats.legs).remove(&call_id) {
+                    let mut done = lock(&self.stats.legs_done);
+                    done.add(&leg.stats());
+                }
                 self.stats.byes.fetch_add(1, Ordering::Relaxed);
                 let a = self.answer_bytes(&req, 200, None, from, None);
                 self.uas.answer(&req, from, a).await;
@@ -338,7 +385,15 @@ impl State {
         let last_cseq = req.cseq().and_then(Result::ok).map_or(0, |c| c.seq);
         let trying = self.answer_bytes(&req, 100, None, from, None);
         let ringing = self.answer_bytes(&req, 180, Some(&tag), from, None);
-        let body = sdp::audio(session, 1, self.local.ip(), 20_000);
+        if self.rtp {
+            match RtpLeg::start(self.local.ip(), Role::Reflector, None).await {
+                Ok(leg) => {
+                    lock(&self.stats.legs).insert(call_id.clone(), leg);
+                }
+                Err(e) => tracing::warn!("gateway: no RTP leg: {e}"),
+            }
+        }
+        let body = self.media_offered(&call_id, req.body(), session, 1, self.local.ip());
         let ok = self.answer_bytes(&req, 200, Some(&tag), from, Some(body));
         self.dialogs.insert(
             call_id.clone(),
@@ -354,6 +409,52 @@ impl State {
         self.set_active(&call_id, true);
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.uas.answer(&req, from, ok).await;
+    }
+}
+
+impl State {
+    /// The SDP of an answer to `offer` (or of an offer, when the request had none), moving the
+    /// call's RTP leg to what the offer says. Without a leg: PCMU on a fixed port.
+    fn media_offered(
+        &self,
+        call_id: &[u8],
+        offer: &[u8],
+        session: u64,
+        version: u32,
+        ip: std::net::IpAddr,
+    ) -> Bytes {
+        let legs = lock(&self.stats.legs);
+        let Some(leg) = legs.get(call_id) else {
+            return sdp::audio(session, version, ip, 20_000);
+        };
+        let port = leg.local_addr().port();
+        let Some((remote, dir, pts)) = read_sdp(offer) else {
+            // No offer: ours goes in the answer; the ACK brings the far side's.
+            let neg = leg.negotiated();
+            return sdp::audio_with(session, version, ip, port, neg.payload_type, neg.direction);
+        };
+        let pt = pts.into_iter().find(|p| *p == 0 || *p == 8).unwrap_or(0);
+        let direction = dir.reversed();
+        leg.negotiate(Negotiated {
+            remote: Some(remote),
+            direction,
+            payload_type: pt,
+        });
+        sdp::audio_with(session, version, ip, port, pt, direction)
+    }
+
+    /// An answer to our offer arrived (in an ACK): the leg follows it.
+    fn media_answered(&self, call_id: &[u8], answer: &[u8]) {
+        let legs = lock(&self.stats.legs);
+        let (Some(leg), Some((remote, dir, pts))) = (legs.get(call_id), read_sdp(answer)) else {
+            return;
+        };
+        let neg = leg.negotiated();
+        leg.negotiate(Negotiated {
+            remote: Some(remote),
+            direction: crate::rtp::combine(neg.direction, dir),
+            payload_type: pts.first().copied().unwrap_or(neg.payload_type),
+        });
     }
 }
 

@@ -17,8 +17,11 @@
 //! - [`uas`]: the server-side transaction behaviour the caller and the gateway share.
 //! - [`ledger`]: per-call outcomes and the summary table.
 //! - [`sdp`]: the small SDP bodies the peers offer and answer.
+//! - [`rtp`]: per-call RTP legs (a 20 ms G.711 stream, echoed by the gateway) and the check of
+//!   every packet (loss, duplicates, reordering, timestamps, another call's packets, gaps).
 //!
-//! It speaks to the pool only over UDP with medpool-sip's codec; it never links the B2BUA, the
+//! It speaks to the pool only over UDP with medpool-sip's codec (and reads SDP and RTP with
+//! medpool-media's views); it never links the B2BUA, the
 //! cluster or the binary. Every task it starts is aborted when its owner is dropped.
 
 pub mod caller;
@@ -26,10 +29,11 @@ pub mod error;
 pub mod forwarder;
 pub mod gateway;
 pub mod ledger;
+pub mod rtp;
 pub mod sdp;
 pub mod uas;
 
-pub use caller::{Caller, CallerConfig};
+pub use caller::{CallMedia, Caller, CallerConfig};
 pub use error::SimpeerError;
 pub use forwarder::{Forwarder, ForwarderConfig, ForwarderCounts};
 pub use gateway::{Gateway, GatewayConfig, GatewayCounts};

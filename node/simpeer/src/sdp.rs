@@ -1,8 +1,10 @@
-//! The SDP bodies the simulated peers offer and answer: one audio stream, PCMU, on the peer's IP.
+//! The SDP bodies the simulated peers offer and answer: one audio stream, PCMU or PCMA, on the
+//! peer's IP.
 
 use std::net::IpAddr;
 
 use bytes::Bytes;
+use medpool_media::sdp::Direction;
 
 /// The content type of an SDP body.
 pub const CONTENT_TYPE: &[u8] = b"application/sdp";
@@ -10,9 +12,28 @@ pub const CONTENT_TYPE: &[u8] = b"application/sdp";
 /// A session description with one PCMU audio stream at `ip:port`; `version` is the `o=` line's
 /// session version (raise it for every new offer or answer of the same session).
 pub fn audio(session: u64, version: u32, ip: IpAddr, port: u16) -> Bytes {
+    audio_with(session, version, ip, port, 0, Direction::SendRecv)
+}
+
+/// As [`audio`], with one G.711 payload type (0 PCMU or 8 PCMA; anything else is written as PCMU)
+/// and a direction.
+pub fn audio_with(
+    session: u64,
+    version: u32,
+    ip: IpAddr,
+    port: u16,
+    payload_type: u8,
+    direction: Direction,
+) -> Bytes {
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let (pt, name) = if payload_type == 8 {
+        (8, "PCMA")
+    } else {
+        (0, "PCMU")
+    };
+    let dir = direction.as_str();
     Bytes::from(format!(
         "v=0\r\no=simpeer {session} {version} IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
-         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+         m=audio {port} RTP/AVP {pt}\r\na=rtpmap:{pt} {name}/8000\r\na={dir}\r\n"
     ))
 }

@@ -114,6 +114,18 @@ impl Call {
         }
     }
 
+    /// [`Call::update_session`] for a pending offer: new peer addresses, the current payload
+    /// routes.
+    fn update_session_addresses(&self) {
+        if let Some(s) = &self.media_session {
+            let current = s.plan();
+            let mut plan = self.media.session_plan();
+            plan.a_to_b = current.a_to_b;
+            plan.b_to_a = current.b_to_a;
+            s.update(plan);
+        }
+    }
+
     /// Media for a new attempt towards `trunk`: bypass, or the relay (opening the call's session
     /// on the first relayed attempt; a later attempt reuses its leg-B endpoint for the new
     /// gateway) with the caller's offer rewritten for the trunk.
@@ -170,7 +182,8 @@ impl Call {
 
     /// SDP `body` that came from `from`'s peer — an offer when `offer`, else the answer to the
     /// other leg's last offer — rewritten for the other leg's peer: `Ok(None)` when the media is
-    /// not relayed (it passes unchanged). The relay session follows the new plan.
+    /// not relayed (it passes unchanged). The relay session follows: an offer's addresses at once,
+    /// its payload routes once the answer completes the exchange.
     pub(super) fn media_sdp(
         &mut self,
         from: Side,
@@ -193,7 +206,15 @@ impl Call {
         *self.sdp_of(from) = Some(body.to_vec());
         // New media (a resume, a new address): silence counts from here.
         self.media_counted_from = Instant::now();
-        self.update_session();
+        // An offer moves the offerer's address at once (RFC 3264 §8: it listens there from its
+        // offer on) but keeps the payload routes both peers agreed on until the answer: routes
+        // built from a new offer and the old answer could see two laws and translate (a codec
+        // change PCMU → PCMA would turn the gateway's last µ-law packets into A-law).
+        if offer {
+            self.update_session_addresses();
+        } else {
+            self.update_session();
+        }
         if changed {
             self.media_changed();
         }
