@@ -22,7 +22,7 @@ use medpool_proto::admin::medpool_admin_client::MedpoolAdminClient;
 use medpool_proto::admin::{ApplyConfigRequest, NodeRequest, TransferLeaderRequest};
 use rand::Rng;
 
-use crate::pool::pool_config;
+use crate::pool::pool_config_with;
 use crate::world::{NODES, StepResult, TMPFS_NODE, World, step};
 
 /// Faults injected, by kind.
@@ -512,7 +512,7 @@ async fn disk_full(w: &mut World, f: &mut Faults) -> StepResult<()> {
 /// The pool configuration with a real change each time (the gateways' probe interval alternates).
 fn changed_config(w: &mut World) -> String {
     w.config_changes += 1;
-    pool_config(w.net).replacen(
+    pool_config_with(w.net, true).replacen(
         "options_interval_ms = 1000",
         &format!(
             "options_interval_ms = {}",

@@ -2,7 +2,9 @@
 //! audit report), the Service-like forwarder in front of it (probing the nodes every 200 ms, as a
 //! load balancer's health check would), two simulated gateways, callers on the internal trunk, the
 //! status sampler, and — inside the runner's namespace — the firewall and a small tmpfs holding
-//! node 2's data folder. Everything a scenario observes is accumulated in [`Observations`].
+//! node 2's data folder. Every trunk relays media and every call carries RTP both ways (the
+//! callers send a 20 ms stream, the gateways echo it: medpool-simpeer's `rtp`). Everything a
+//! scenario observes is accumulated in [`Observations`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,9 +86,14 @@ impl World {
     /// sampler; waits until the pool has converged.
     pub async fn start(opts: WorldOptions) -> Result<World, HarnessError> {
         let net = opts.net;
-        let gw1 = Gateway::start(GatewayConfig::new(net.gateway(0))).await?;
+        let gw1 = Gateway::start(GatewayConfig {
+            rtp: true,
+            ..GatewayConfig::new(net.gateway(0))
+        })
+        .await?;
         let gw2 = Gateway::start(GatewayConfig {
             routing: ResponseRouting::ViaSentBy,
+            rtp: true,
             ..GatewayConfig::new(net.gateway(1))
         })
         .await?;
@@ -97,6 +104,7 @@ impl World {
         .await?;
         let mut setup = Setup {
             audit: true,
+            media_relay: true,
             ..Setup::default()
         };
         let tmpfs = if opts.netns {
@@ -117,6 +125,10 @@ impl World {
         };
         let pool = LocalPool::start_with(net, NODES, setup).await?;
         let sampler = Sampler::start((0..NODES).map(|i| net.node_raft(i)).collect());
+        let mut obs = Observations::default();
+        if let Ok(info) = pool.status(0).await {
+            obs.shards = (info.nodes.iter().map(|n| n.shards).sum::<usize>() + info.unowned) as u16;
+        }
         Ok(World {
             seed: opts.seed,
             rng: SmallRng::seed_from_u64(opts.seed),
@@ -126,7 +138,7 @@ impl World {
             gws: vec![gw1, gw2],
             firewall: opts.netns.then(Firewall::default),
             tmpfs,
-            obs: Observations::default(),
+            obs,
             label: String::new(),
             config_changes: 0,
             sampler,
@@ -142,6 +154,7 @@ impl World {
         let seed = self.seed ^ (u64::from(port) << 40) ^ self.rng.random::<u32>() as u64;
         let cfg = CallerConfig {
             cps,
+            rtp: true,
             ..CallerConfig::new(self.net.caller(port), self.net.service(), seed)
         };
         let c = Arc::new(
@@ -312,13 +325,24 @@ impl World {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         for (label, c) in self.callers.drain(..) {
+            let mut media: std::collections::BTreeMap<usize, _> = c
+                .rtp_stats()
+                .into_iter()
+                .map(|m| (m.index, m.stats))
+                .collect();
             self.obs
                 .calls
                 .extend(c.ledger().into_iter().map(|record| CallFate {
                     scenario: label.clone(),
+                    media: media.remove(&record.index),
                     record,
                 }));
         }
+        let mut gw_media = medpool_simpeer::rtp::LegStats::default();
+        for g in &self.gws {
+            gw_media.add(&g.rtp_stats());
+        }
+        self.obs.gateway_media = gw_media;
         let counts: Vec<_> = self.gws.iter().map(Gateway::counts).collect();
         self.obs.gateway_byes = counts.iter().map(|c| c.byes).sum();
         self.obs.gateway_calls = counts.iter().map(|c| c.calls).sum();

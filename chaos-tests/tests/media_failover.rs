@@ -383,4 +383,14 @@ async fn relayed_audio_resumes_after_the_anchor_is_killed() {
         Summary::of(&caller.ledger())
     );
     assert_eq!(ended, ANCHORED, "[{name}] calls hung up after the failover");
+    let counts: Vec<_> = w.gws.iter().map(Gateway::counts).collect();
+    eprintln!("[{name}] gateways: {counts:?}");
+    assert!(
+        counts
+            .iter()
+            .all(|c| c.cseq_out_of_order == 0 && c.unknown_dialog == 0),
+        "[{name}] in-dialog requests out of CSeq order or for unknown dialogs at the gateways: \
+         {counts:?}; logs in {}",
+        w.pool.dir().display()
+    );
 }

@@ -10,15 +10,18 @@
 //! | [`one_leader_per_term`] | one leader per Raft term |
 //! | [`config_grows`] | configuration versions only grow on every node |
 //! | [`converges`] | after healing, every shard owned, every node active, new calls served |
+//! | [`media_resumes`] | every surviving call's RTP flows both ways again within its shard's failover + 1 s; no packet reaches another call |
 
 pub mod config_grows;
 pub mod converges;
+pub mod media_resumes;
 pub mod no_call_lost;
 pub mod no_pool_teardown;
 pub mod one_leader_per_term;
 pub mod single_actor;
 
 use medpool_simpeer::CallRecord;
+use medpool_simpeer::rtp::LegStats;
 
 use crate::audit::Event;
 use crate::observe::Sample;
@@ -30,6 +33,8 @@ pub struct CallFate {
     pub scenario: String,
     /// What the caller saw.
     pub record: CallRecord,
+    /// What the call's RTP leg at the caller saw (`None`: the call had none).
+    pub media: Option<LegStats>,
 }
 
 /// What a scenario's healing led to.
@@ -68,6 +73,10 @@ pub struct Observations {
     pub convergence: Vec<Convergence>,
     /// When observation ended (Unix µs).
     pub end_us: u64,
+    /// The pool's shard count (to find a call's shard).
+    pub shards: u16,
+    /// The gateways' RTP legs, summed.
+    pub gateway_media: LegStats,
 }
 
 /// One invariant's result.
@@ -97,5 +106,6 @@ pub fn check_all(obs: &Observations) -> Vec<Verdict> {
         one_leader_per_term::check(obs),
         config_grows::check(obs),
         converges::check(obs),
+        media_resumes::check(obs),
     ]
 }

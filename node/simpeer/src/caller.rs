@@ -439,10 +439,7 @@ impl Inner {
             .get(index)
             .and_then(|c| c.rtp.clone());
         if let Some(leg) = leg {
-            leg.negotiate(Negotiated {
-                remote: None,
-                ..leg.negotiated()
-            });
+            leg.stop();
         }
     }
 
@@ -521,15 +518,33 @@ impl Inner {
         result.is_success()
     }
 
-    /// Sends a re-INVITE or a BYE in call `index`'s dialog and records the outcome.
+    /// Sends a re-INVITE or a BYE in call `index`'s dialog and records the outcome. A re-INVITE
+    /// answered 491 (glare: the far side's own re-INVITE crossed it, e.g. a new anchor's after a
+    /// failover) is sent again, as RFC 3261 §14.1 says for the Call-ID's owner, after 2.1-4 s,
+    /// twice at most.
     async fn in_dialog(self: Arc<Self>, index: usize, method: Method) -> bool {
+        let mut tries: u64 = 0;
+        loop {
+            let (ok, status) = Arc::clone(&self).in_dialog_once(index, method).await;
+            if method != Method::Invite || status != Some(491) || tries >= 2 {
+                return ok;
+            }
+            tries += 1;
+            let spread =
+                (self.cfg.seed ^ (index as u64) << 8 ^ tries).wrapping_mul(0x9e37_79b9) % 1900;
+            tokio::time::sleep(Duration::from_millis(2100 + spread)).await;
+        }
+    }
+
+    /// One in-dialog transaction; returns whether it got a 2xx and the final status.
+    async fn in_dialog_once(self: Arc<Self>, index: usize, method: Method) -> (bool, Option<u16>) {
         let (call_id, from_tag, dialog, cseq, version) = {
             let mut calls = lock(&self.calls);
             let Some(c) = calls.list.get_mut(index) else {
-                return false;
+                return (false, None);
             };
             let Some(d) = c.dialog.clone() else {
-                return false;
+                return (false, None);
             };
             c.cseq += 1;
             if method == Method::Invite {
@@ -543,6 +558,10 @@ impl Inner {
                 c.sdp_version,
             )
         };
+        if method == Method::Bye {
+            // A UA stops its media when it hangs up.
+            self.media_ended(index);
+        }
         let kind = if method == Method::Invite { "r" } else { "b" };
         let branch = self.branch(index, cseq, kind);
         let mut b = self.dialog_request(method, &dialog, &branch, &call_id, &from_tag, cseq);
@@ -559,9 +578,6 @@ impl Inner {
                 let status = resp.status().unwrap_or(0);
                 if method == Method::Invite && (200..300).contains(&status) {
                     self.media_answered(index, resp.body());
-                }
-                if method == Method::Bye {
-                    self.media_ended(index);
                 }
                 if method == Method::Invite {
                     ack = Some(if (200..300).contains(&status) {
@@ -588,7 +604,11 @@ impl Inner {
                 c.record.bye = Some(result);
             }
         }
-        result.is_success()
+        let status = match result {
+            Outcome::Final(s) => Some(s),
+            Outcome::Unknown => None,
+        };
+        (result.is_success(), status)
     }
 
     fn dialog_request(

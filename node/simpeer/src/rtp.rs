@@ -95,6 +95,8 @@ pub struct LegStats {
     pub gaps: Vec<Gap>,
     /// The last round trip a source measured from an echo (µs).
     pub last_rtt_us: Option<u64>,
+    /// When the leg was stopped (its call ended; µs since the Unix epoch).
+    pub stopped_us: Option<u64>,
 }
 
 impl LegStats {
@@ -213,6 +215,13 @@ impl RtpLeg {
     /// Applies a new negotiation (a new offer or answer took effect).
     pub fn negotiate(&self, neg: Negotiated) {
         lock(&self.shared).neg = neg;
+    }
+
+    /// Stops sending (the call ended) and notes when; the counts stay readable.
+    pub fn stop(&self) {
+        let mut s = lock(&self.shared);
+        s.neg.remote = None;
+        s.stats.stopped_us.get_or_insert(now_us());
     }
 
     /// What it saw so far.

@@ -39,7 +39,7 @@ impl Actor for DialogActor {
     ) -> Result<(), ActorProcessingErr> {
         if st.phase == Phase::Confirmed {
             record::watch_record(&myself);
-            media::start_reanchor(st, &myself);
+            media::start_reanchor_when_acting(st, &myself, media::ACTING_CHECKS);
         } else {
             setup::start(st, &myself);
         }
@@ -91,6 +91,7 @@ impl Actor for DialogActor {
             DialogMsg::Retransmit2xx { interval } => setup::on_retransmit_2xx(st, me, interval),
             DialogMsg::SessionRefresh => relay::on_session_refresh(st, me),
             DialogMsg::MediaCheck => media::on_media_check(st, me),
+            DialogMsg::StartReanchor { left } => media::start_reanchor_when_acting(st, me, left),
             DialogMsg::Reanchor { side, tries } => media::on_reanchor_retry(st, me, side, tries),
             DialogMsg::Hangup => teardown::on_hangup(st, me),
             DialogMsg::Info(reply) => {

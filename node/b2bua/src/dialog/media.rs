@@ -324,6 +324,34 @@ pub(super) fn on_media_check(st: &mut Call, myself: &ActorRef<DialogMsg>) {
 /// left with signalling only.
 const REANCHOR_GLARE_TRIES: u8 = 3;
 
+/// How often a rebuilt call checks whether its node acts for its shard yet.
+const ACTING_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How many times it checks (10 s) before it gives the re-anchoring up.
+pub(super) const ACTING_CHECKS: u8 = 100;
+
+/// A rebuilt call re-anchors its media only once its node may act for its shard (owns it and holds
+/// its lease): a restarted node is given shards before its first lease, and its copy of the shard
+/// map may still be catching up — a re-INVITE sent then would race the real owner's (the gateway
+/// saw two nodes' re-INVITEs with the same CSeq). Checked every 100 ms, for 10 s at most; a call
+/// whose node never acts is stopped by the shard's release.
+pub(super) fn start_reanchor_when_acting(st: &mut Call, myself: &ActorRef<DialogMsg>, left: u8) {
+    if st.ctx.shards.may_act(st.shard) {
+        start_reanchor(st, myself);
+    } else if left == 0 {
+        tracing::warn!(parent: &st.span, "this node never came to act for the call's shard: its media is not re-anchored");
+        st.history.push((
+            "media".into(),
+            "not re-anchored: shard not acted for".into(),
+        ));
+    } else {
+        drop(
+            myself.send_after(ACTING_CHECK_EVERY, move || DialogMsg::StartReanchor {
+                left: left - 1,
+            }),
+        );
+    }
+}
+
 /// A call rebuilt from a record with a media plan, on a node with a relay: the media moves onto
 /// this node (make-before-break is impossible here: the old node is gone). It opens a session
 /// aimed at both peers' last addresses and re-INVITEs both legs with an offer pointing at its

@@ -48,6 +48,12 @@ pub enum DialogMsg {
     SessionRefresh,
     /// Time to check that the call's relayed media still flows (the media timeout).
     MediaCheck,
+    /// A rebuilt call checks again whether its node acts for its shard yet (it re-anchors its
+    /// media only then); `left` checks remain.
+    StartReanchor {
+        /// Checks left.
+        left: u8,
+    },
     /// Time to send a rebuilt call's re-anchoring re-INVITE on `side` again (its last one met a
     /// 491: glare, RFC 3261 §14.1).
     Reanchor {
