@@ -170,6 +170,8 @@ fn show_the_call(node: &str) -> serde_json::Value {
 }
 
 struct Outcome {
+    /// `ctl status` (PoolStatus) taken during the call.
+    status: Option<serde_json::Value>,
     /// (c=, m= port) of the INVITE the gateway received.
     at_gateway: (String, u16),
     /// The whole INVITE the gateway received.
@@ -263,6 +265,7 @@ fn talk(
     // Watch the caller's media port while the call runs (SIPp closes it when it exits).
     let mut echo = (0, 0);
     let mut show = None;
+    let mut status = None;
     let start = Instant::now();
     while caller.running() && start.elapsed() < Duration::from_secs(40) {
         if let Some((rx, drops)) = udp_queue(media) {
@@ -272,6 +275,7 @@ fn talk(
         if show.is_none() && echo.0 > 0 && start.elapsed() > Duration::from_secs(2) {
             sleep_ms(1000);
             show = Some(show_the_call(node));
+            status = Some(ctl_json(node, &["status"]));
         }
         sleep_ms(50);
     }
@@ -305,6 +309,7 @@ fn talk(
         at_caller,
         echo,
         show,
+        status,
         metrics,
     }
 }
@@ -372,6 +377,18 @@ fn relayed_audio_comes_back_through_medpool() {
         "the gateway's echo reached medpool"
     );
     assert!(packets(a, "sent") > 0 && packets(b, "sent") > 0);
+    // PoolStatus: the node's relay ports in use (two legs, an RTP/RTCP pair each) mid-call.
+    let status = o.status.expect("ctl status was taken during the call");
+    let me = &status["nodes"][0];
+    assert_eq!(
+        (
+            me["media_ports_in_use"].as_u64(),
+            me["media_ports_free"].as_u64(),
+            me["media_sessions"].as_u64()
+        ),
+        (Some(4), Some(9996), Some(1)),
+        "{status}"
+    );
     // Prometheus: what the relay carried, and nothing left running.
     let m = |name: &str| {
         metric(&o.metrics, name).unwrap_or_else(|| panic!("no {name} in\n{}", o.metrics))

@@ -38,6 +38,7 @@ impl AdminService {
         let me = ctx.node_id();
         let active_calls = u32::try_from(ctx.node.active_calls()).unwrap_or(u32::MAX);
         let version = env!("CARGO_PKG_VERSION").to_owned();
+        let media = media_status(&ctx.node);
         match &ctx.mode {
             Mode::Single(_) => {
                 let (config_version, _) = ctx.config();
@@ -65,6 +66,9 @@ impl AdminService {
                         holds_lease: true,
                         active_calls,
                         version,
+                        media_ports_in_use: media.map(|m| m.0),
+                        media_ports_free: media.map(|m| m.1),
+                        media_sessions: media.map(|m| m.2),
                         ..Default::default()
                     }],
                 }
@@ -101,6 +105,9 @@ impl AdminService {
                                     st.version = version.clone();
                                     st.applied_index = m.last_applied.map(|l| l.index);
                                     st.internal_port = internal_port(pool).to_owned();
+                                    st.media_ports_in_use = media.map(|m| m.0);
+                                    st.media_ports_free = media.map(|m| m.1);
+                                    st.media_sessions = media.map(|m| m.2);
                                 }
                                 st
                             })
@@ -158,6 +165,18 @@ impl AdminService {
     }
 }
 
+/// This node's relay: (ports in use, ports free, sessions) — ports counted one by one, an RTP/RTCP
+/// pair as two; `None` without a relay.
+fn media_status(node: &medpool_b2bua::ctx::NodeCtx) -> Option<(u32, u32, u32)> {
+    let relay = &node.media.as_ref()?.relay;
+    let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    Some((
+        n(relay.ports().pairs_in_use() * 2),
+        n(relay.ports().free_pairs() * 2),
+        n(relay.sessions()),
+    ))
+}
+
 type Answer<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
@@ -194,6 +213,9 @@ impl MedpoolAdmin for AdminService {
                     slot.version = theirs.version;
                     slot.applied_index = theirs.applied_index;
                     slot.internal_port = theirs.internal_port;
+                    slot.media_ports_in_use = theirs.media_ports_in_use;
+                    slot.media_ports_free = theirs.media_ports_free;
+                    slot.media_sessions = theirs.media_sessions;
                 }
             }
         }

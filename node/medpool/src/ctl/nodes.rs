@@ -94,7 +94,16 @@ impl Ctl {
             r.node_id
         );
         let mut t = Table::new(&[
-            "NODE", "STATE", "ROLE", "SHARDS", "CALLS", "LEASE", "APPLIED", "SIP", "ADMIN",
+            "NODE",
+            "STATE",
+            "ROLE",
+            "SHARDS",
+            "CALLS",
+            "LEASE",
+            "APPLIED",
+            "MEDIA PORTS",
+            "SIP",
+            "ADMIN",
             "VERSION",
         ]);
         for n in &r.nodes {
@@ -104,6 +113,11 @@ impl Ctl {
                 "voter"
             } else {
                 "learner"
+            };
+            let media_ports = match (n.reachable, n.media_ports_in_use, n.media_ports_free) {
+                (false, ..) => "?".to_owned(),
+                (true, Some(used), Some(free)) => format!("{used}/{}", used + free),
+                _ => "-".to_owned(),
             };
             let (calls, lease, applied) = if n.reachable {
                 (
@@ -126,6 +140,7 @@ impl Ctl {
                 calls,
                 lease,
                 applied,
+                media_ports,
                 n.sip_addr.clone(),
                 dash(&n.admin_addr),
                 if n.reachable {
@@ -278,6 +293,9 @@ fn status_json(r: &pb::PoolStatusReply) -> Value {
             "applied_index": n.applied_index,
             "version": n.version,
             "internal_port": n.internal_port,
+            "media_ports_in_use": n.media_ports_in_use,
+            "media_ports_free": n.media_ports_free,
+            "media_sessions": n.media_sessions,
             "sip_addr": n.sip_addr,
             "raft_addr": n.raft_addr,
             "admin_addr": n.admin_addr,
