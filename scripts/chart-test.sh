@@ -216,13 +216,39 @@ for pol in pols:
             fail(f"SIP over {proto} is not admitted")
     if "metrics" in ports and len(rules(ports["metrics"])) != 1:
         fail("the metrics port is not admitted")
-    covered = {(p["port"], p.get("protocol", "TCP")) for r in spec["ingress"] for p in r["ports"]}
+    media = [r for r in spec["ingress"] if any("endPort" in p for p in r["ports"])]
+    if "MEDPOOL_MEDIA_PORTS" in env:
+        low, high = (int(x) for x in val("MEDPOOL_MEDIA_PORTS").split("-"))
+        want = [{"port": low, "endPort": high, "protocol": "UDP"}]
+        if len(media) != 1 or media[0]["ports"] != want:
+            fail(f"the media ports {low}-{high}/UDP must have one rule, rules: {media}")
+    elif media:
+        fail(f"media port rules without the relay: {media}")
+    covered = {(p["port"], p.get("protocol", "TCP")) for r in spec["ingress"] if r not in media
+               for p in r["ports"]}
     declared = {(p["containerPort"], p.get("protocol", "TCP")) for p in c["ports"]}
     if covered != declared:
         fail(f"NetworkPolicy ports {sorted(covered)} differ from the container's {sorted(declared)}")
     print(f"chart-test: [{name}] NetworkPolicy: internal <- own pods; admin <- own pods + "
           f"{len(admin[0]['from']) - 1} peer(s); SIP <- {[f['ipBlock']['cidr'] for f in rules(ports['sip-udp'], 'UDP')[0].get('from', [])] or 'everywhere'}"
           + (f"; metrics <- {rules(ports['metrics'])[0]['from']}" if "metrics" in ports else ""))
+
+# --- media relay: every address of the pod; SDP names the pod's IP, or the node's in hostNetwork
+if "MEDPOOL_MEDIA_PORTS" in env:
+    adv = val("MEDPOOL_MEDIA_ADVERTISE")
+    host = pod.get("hostNetwork", False)
+    want = "$(HOST_IP)" if host else "$(POD_IP)"
+    if val("MEDPOOL_MEDIA_LISTEN") != "0.0.0.0" or adv != want:
+        fail(f"media: listen {val('MEDPOOL_MEDIA_LISTEN')}, advertise {adv}; expected 0.0.0.0 and {want}")
+    var = want[2:-1]
+    if var not in env or env_list.index(var) > env_list.index("MEDPOOL_MEDIA_ADVERTISE"):
+        fail(f"{var} must be defined before MEDPOOL_MEDIA_ADVERTISE")
+    src = env[var]["valueFrom"]["fieldRef"]["fieldPath"]
+    if src != ("status.hostIP" if host else "status.podIP"):
+        fail(f"{var} comes from {src}")
+    print(f"chart-test: [{name}] media relay: ports {val('MEDPOOL_MEDIA_PORTS')}, SDP names {adv} <- {src}")
+else:
+    print(f"chart-test: [{name}] media relay off")
 
 # --- admin tokens: the admin token always; the viewer token from the same Secret when enabled
 tok = env["MEDPOOL_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
@@ -314,4 +340,8 @@ refuse 'internalTls.certManager.enabled needs internalTls.enabled' \
 refuse 'internalTls.certManager.issuerRef.kind' --set internalTls.certManager.issuerRef.kind=Vault
 refuse 'networkPolicy.sip.cidrs' --set 'networkPolicy.sip.cidrs[0]=everyone'
 refuse 'admin.viewerToken.value must differ' --set admin.token.value=same --set admin.viewerToken.value=same
+refuse 'media.ports' --set media.ports=lots
+refuse 'media.ports (30000-20000): LOW must not be above HIGH' --set media.ports=30000-20000
+refuse 'must not hold the pod' --set media.ports=5000-6000
+refuse 'media.advertise' --set media.advertise=the-pod
 say "all chart checks passed (${#sets[@]} value sets: ${sets[*]}; Kubernetes ${K8S_VERSIONS[*]})"

@@ -110,6 +110,22 @@ the kubelet from the env var defined before it.
 {{- end }}
 
 {{/*
+The media relay's advertised address, as the container's environment spells it.
+*/}}
+{{- define "medpool.mediaAdvertise" -}}
+{{- $a := .Values.media.advertise | default (ternary "hostIP" "podIP" .Values.hostNetwork.enabled) }}
+{{- if eq $a "podIP" }}$(POD_IP){{ else if eq $a "hostIP" }}$(HOST_IP){{ else }}{{ $a }}{{ end }}
+{{- end }}
+
+{{/*
+The relay's port range: a list of two ints, low and high.
+*/}}
+{{- define "medpool.mediaPorts" -}}
+{{- $r := splitList "-" .Values.media.ports }}
+{{- printf "%d %d" (index $r 0 | int) (index $r 1 | int) }}
+{{- end }}
+
+{{/*
 Checks that cannot be expressed in values.schema.json. They fail the render with a message.
 */}}
 {{- define "medpool.validate" -}}
@@ -144,6 +160,17 @@ Checks that cannot be expressed in values.schema.json. They fail the render with
 {{- end }}
 {{- if and .Values.pdb.enabled (gt (int .Values.pdb.maxUnavailable) (div (sub (int .Values.voters) 1) 2)) }}
 {{- fail (printf "pdb.maxUnavailable (%d) exceeds what %d voters survive (%d): a voluntary disruption could take the pool's quorum" (int .Values.pdb.maxUnavailable) (int .Values.voters) (div (sub (int .Values.voters) 1) 2)) }}
+{{- end }}
+{{- if .Values.media.enabled }}
+{{- $m := splitList " " (include "medpool.mediaPorts" .) }}
+{{- if gt (index $m 0 | int) (index $m 1 | int) }}
+{{- fail (printf "media.ports (%s): LOW must not be above HIGH" .Values.media.ports) }}
+{{- end }}
+{{- range list (int .Values.sip.port) (int .Values.internal.port) (int .Values.admin.port) (int .Values.metrics.port) }}
+{{- if and (ge . (index $m 0 | int)) (le . (index $m 1 | int)) }}
+{{- fail (printf "media.ports (%s) must not hold the pod's port %d" $.Values.media.ports .) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- $ports := list (int .Values.sip.port) (int .Values.internal.port) (int .Values.admin.port) }}
 {{- if .Values.metrics.enabled }}{{ $ports = append $ports (int .Values.metrics.port) }}{{ end }}
