@@ -239,8 +239,8 @@ pub struct Trunk {
     /// Response code translation for final responses relayed back from this trunk.
     pub response_map: Vec<ResponseRule>,
     /// What the node does with the media of calls on this trunk (`media`, default
-    /// [`MediaMode::Bypass`] until media failover is proven end to end across a killed node). A
-    /// call bypasses only when both its trunks say `bypass` and no G.711 translation is needed.
+    /// [`MediaMode::Relay`], as a Mediation Server anchors media). A call bypasses only when both
+    /// its trunks say `bypass` and no G.711 translation is needed.
     #[serde(default)]
     pub media: MediaMode,
     /// The audio codecs (encoding names as in `a=rtpmap`, e.g. `"PCMU"`, matched without regard
@@ -258,12 +258,12 @@ pub struct Trunk {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MediaMode {
-    /// Anchor the media: both peers send RTP to this node, which relays it.
+    /// Anchor the media: both peers send RTP to this node, which relays it (the default). When
+    /// the node dies, the node that takes the call over re-INVITEs both legs onto its own relay.
+    #[default]
     Relay,
     /// Let the peers' media flow directly (SDP passed on unchanged), when the other trunk of the
-    /// call allows it too and no translation is needed. The default until media failover (a
-    /// rebuilt call re-INVITEs both legs onto its new node's relay) is proven across processes.
-    #[default]
+    /// call allows it too and no translation is needed.
     Bypass,
 }
 

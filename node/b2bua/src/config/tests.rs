@@ -735,21 +735,21 @@ fn read_error_names_the_file() {
 }
 
 #[test]
-fn media_keys_default_to_bypass_the_offers_codecs_and_60_s() {
+fn media_keys_default_to_relay_the_offers_codecs_and_60_s() {
     let c = load(&format!("{BASE}{ROUTE}")).unwrap();
     let gw1 = c.trunk("gw1").unwrap();
-    assert_eq!(gw1.media, MediaMode::Bypass);
+    assert_eq!(gw1.media, MediaMode::Relay);
     assert!(gw1.codecs.is_empty());
     assert_eq!(
         gw1.media_timeout(),
         Some(std::time::Duration::from_secs(60))
     );
     let c = load(&format!(
-        "{BASE}[[trunk]]\nname = \"gw2\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\nmedia = \"relay\"\ncodecs = [\"PCMU\", \"pcma\"]\nmedia_timeout = 0\n{ROUTE}"
+        "{BASE}[[trunk]]\nname = \"gw2\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\nmedia = \"bypass\"\ncodecs = [\"PCMU\", \"pcma\"]\nmedia_timeout = 0\n{ROUTE}"
     ))
     .unwrap();
     let gw2 = c.trunk("gw2").unwrap();
-    assert_eq!(gw2.media, MediaMode::Relay);
+    assert_eq!(gw2.media, MediaMode::Bypass);
     assert_eq!(gw2.codecs, ["PCMU", "pcma"]);
     assert_eq!(gw2.media_timeout(), None);
 }

@@ -329,7 +329,7 @@ impl Validator<'_, '_> {
             called_out: self.rules(&path.k("called_out"), &t.called_out)?,
             calling_out: self.rules(&path.k("calling_out"), &t.calling_out)?,
             response_map,
-            media: t.media.unwrap_or(MediaMode::Bypass),
+            media: t.media.unwrap_or(MediaMode::Relay),
             codecs,
             media_timeout: self.range(
                 &path.k("media_timeout"),
