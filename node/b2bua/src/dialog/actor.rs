@@ -8,7 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::call::Call;
 use super::msg::{DialogArgs, DialogMsg, DialogStart, Phase};
-use super::{media, record, relay, setup, teardown};
+use super::{media, record, relay, session, setup, teardown};
 use crate::cluster::DialogRecord;
 use crate::ctx::NodeCtx;
 use crate::txlayer::{CallEvent, Side};
@@ -40,6 +40,9 @@ impl Actor for DialogActor {
         if st.phase == Phase::Confirmed {
             record::watch_record(&myself);
             media::start_reanchor(st, &myself);
+            // A rebuilt call's timer: refreshed at once when it is ours (the last refresh is
+            // unknown here), watched either way.
+            st.start_session_timer(&myself, true);
         } else {
             setup::start(st, &myself);
         }
@@ -72,7 +75,7 @@ impl Actor for DialogActor {
                 }
                 CallEvent::StrayAnswer { env } => {
                     if !media::reack_reanchor(st, &env) {
-                        st.reack_b(&env);
+                        st.on_stray_answer(&env, me);
                     }
                 }
                 CallEvent::ClientEnded { key, outcome } => {
@@ -89,7 +92,8 @@ impl Actor for DialogActor {
             DialogMsg::RecordCheck { left } => record::on_record_check(st, me, left),
             DialogMsg::FastFailover { attempt } => setup::on_fast_failover(st, me, attempt),
             DialogMsg::Retransmit2xx { interval } => setup::on_retransmit_2xx(st, me, interval),
-            DialogMsg::SessionRefresh => relay::on_session_refresh(st, me),
+            DialogMsg::SessionRefresh => session::on_session_refresh(st, me),
+            DialogMsg::SessionCheck => session::on_session_check(st, me),
             DialogMsg::MediaCheck => media::on_media_check(st, me),
             DialogMsg::Reanchor { side, tries } => media::on_reanchor_retry(st, me, side, tries),
             DialogMsg::Hangup => teardown::on_hangup(st, me),

@@ -46,6 +46,8 @@ pub enum DialogMsg {
     },
     /// The session timer refresh is due (we are the refresher on leg B).
     SessionRefresh,
+    /// Time to check whether the session expired without a refresh (RFC 4028 §10).
+    SessionCheck,
     /// Time to check that the call's relayed media still flows (the media timeout).
     MediaCheck,
     /// Time to send a rebuilt call's re-anchoring re-INVITE on `side` again (its last one met a

@@ -75,6 +75,7 @@ impl Call {
             traceparent: crate::trace::traceparent(&self.span),
             media: (self.media.a_sdp.is_some() || self.media.b_sdp.is_some())
                 .then(|| self.media.clone()),
+            session_timer: self.session.map(Into::into),
         })
     }
 }
@@ -188,10 +189,14 @@ pub(super) fn restored(
             abandoned: false,
             answered: true,
             settled: true,
+            timer_retried: false,
+            early: Vec::new(),
+            extra_answers: Vec::new(),
         }),
         gateway_active,
         history: vec![(rec.trunk.clone(), "restored on this node".into())],
         actor: myself.get_id(),
+        session: rec.session_timer.map(Into::into),
     });
     // The media plan: re-anchored on this node's relay once the call runs (`post_start`).
     call.media = rec.media.unwrap_or_default();
@@ -228,6 +233,12 @@ impl Call {
     /// group-commits record writes), so a new owner re-anchors from what the peers last said.
     /// One write per SDP change, never per packet; before the record's first write, nothing.
     pub(super) fn media_changed(&mut self) {
+        self.record_changed();
+    }
+
+    /// What the record holds changed (the media plan, the session timer): a written record is
+    /// written again; before its first write, nothing.
+    pub(super) fn record_changed(&mut self) {
         if !self.stored || self.phase != Phase::Confirmed {
             return;
         }
