@@ -252,12 +252,18 @@ pub fn relay_request_parts(
             b.header_named(name.as_bytes(), v);
         }
     }
-    let body = body.unwrap_or(src.body());
+    // Rewritten SDP goes in place of the SDP part of a multipart body (the rest kept).
+    let body = match body {
+        Some(sdp) => {
+            super::body::with_sdp(src, sdp).map_or_else(|| Bytes::copy_from_slice(sdp), Bytes::from)
+        }
+        None => Bytes::copy_from_slice(src.body()),
+    };
     if !body.is_empty() {
         let ct = src
             .header(HeaderName::ContentType)
             .unwrap_or(b"application/sdp");
-        b.body(ct, Bytes::copy_from_slice(body));
+        b.body(ct, body);
     }
 }
 

@@ -44,18 +44,10 @@ fn other(side: Side) -> Side {
     }
 }
 
-/// The SDP body of a message: its body when it is `application/sdp` (or untyped), else none.
+/// The SDP of a message: its body when it is `application/sdp` (or untyped), the SDP part of a
+/// `multipart/mixed` body (see `body`), else none.
 pub(super) fn sdp_body(msg: &SipMessage) -> Option<&[u8]> {
-    let body = msg.body();
-    if body.is_empty() {
-        return None;
-    }
-    let sdp = msg.header(HeaderName::ContentType).is_none_or(|ct| {
-        ct.split(|&b| b == b';')
-            .next()
-            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"application/sdp"))
-    });
-    sdp.then_some(body)
+    super::body::sdp_of(msg)
 }
 
 impl Call {

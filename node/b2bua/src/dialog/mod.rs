@@ -31,6 +31,7 @@
 //! `forks` and `session` hang a call up through it) → `record` → `actor`.
 
 mod actor;
+mod body;
 mod call;
 mod forks;
 pub mod leg;

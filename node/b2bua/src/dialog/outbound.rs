@@ -188,12 +188,19 @@ pub(super) fn outbound_invite(
         b.copy_headers(a, HeaderName::HistoryInfo);
         b.copy_headers(a, HeaderName::Diversion);
     }
-    let body = body.unwrap_or(a.body());
+    // The relayed offer in place of the caller's SDP: its whole body, or its SDP part (a PIDF-LO
+    // beside it goes unchanged). No offer to put in (a late offer): the caller's body as it is.
+    let body = match body.filter(|b| !b.is_empty()) {
+        Some(sdp) => {
+            super::body::with_sdp(a, sdp).map_or_else(|| Bytes::copy_from_slice(sdp), Bytes::from)
+        }
+        None => Bytes::copy_from_slice(a.body()),
+    };
     if !body.is_empty() {
         let ct = a
             .header(HeaderName::ContentType)
             .unwrap_or(b"application/sdp");
-        b.body(ct, Bytes::copy_from_slice(body));
+        b.body(ct, body);
     }
     Some(OutboundInvite {
         bytes: b.build(),

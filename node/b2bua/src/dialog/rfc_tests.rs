@@ -596,3 +596,50 @@ async fn pai_is_translated_like_from_and_location_passes_unchanged() {
         Some(&b"100 ;code=\"Cannot Process Location\""[..])
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_relayed_call_rewrites_only_the_sdp_part_beside_the_pidf_lo() {
+    use medpool_media::relay::{PortRange, Relay, RelayConfig};
+    let relay = Relay::new(RelayConfig {
+        listen: "127.0.152.200".parse().unwrap(),
+        ports: PortRange::new(40100, 40109).unwrap(),
+    });
+    let rt = crate::media::MediaRuntime {
+        relay,
+        advertise: "192.0.2.7".parse().unwrap(),
+    };
+    let config = CONFIG.replacen("name = \"pbx\"", "name = \"pbx\"\nmedia = \"relay\"", 1);
+    let mut node = TestNode::with(&config, Some(rt)).await;
+    let sdp = "v=0\r\no=pbx 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
+               m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+    let body = PIDF.replace("v=0\r\n\r\n", &format!("{sdp}\r\n"));
+    let inv_a = with_headers(
+        crate::testkit::invite_with("geo-relay", b""),
+        "Geolocation: <cid:loc1@pbx.example>",
+    );
+    let text = String::from_utf8(inv_a.to_vec()).unwrap().replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: multipart/mixed;boundary=boundary1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    node.receive(Bytes::from(text), PBX).await;
+    let inv_b = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    let out = String::from_utf8_lossy(inv_b.body()).into_owned();
+    assert_eq!(
+        inv_b.header(HeaderName::ContentType),
+        Some(&b"multipart/mixed;boundary=boundary1"[..])
+    );
+    let pidf_part = &PIDF[PIDF.find("Content-Type: application/pidf+xml").unwrap()..];
+    assert!(
+        out.ends_with(pidf_part),
+        "the PIDF-LO part unchanged:\n{out}"
+    );
+    assert!(
+        !out.contains("c=IN IP4 10.0.0.5"),
+        "the offer points at the relay:\n{out}"
+    );
+    assert!(out.contains("c=IN IP4 192.0.2.7"), "{out}");
+    assert!(out.starts_with("--boundary1\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n"));
+}
