@@ -25,8 +25,9 @@
 //! session, SDP of offers and answers rewritten for the other leg, the media timeout, and a rebuilt
 //! call's re-INVITEs moving its media onto this node), `teardown` (BYE, the
 //! end, what a stopped call gives back), `record` (the replicated record and rebuilding a call
-//! from it), `spans` (trace spans), `leg` (one leg's dialog identifiers and message builders).
-//! They import in one direction: `msg` → `call` (with `leg`, `outbound`, `spans`) → `media` →
+//! from it), `spans` (trace spans), `leg` (one leg's dialog identifiers and message builders),
+//! `body` (a body's SDP, plain or the part of a multipart body beside a PIDF-LO; pure).
+//! They import in one direction: `body` → `msg` → `call` (with `leg`, `outbound`, `spans`) → `media` →
 //! `forks`, `session` → `setup`, `relay` → `teardown` (which ACKs through `relay`; `media`,
 //! `forks` and `session` hang a call up through it) → `record` → `actor`.
 

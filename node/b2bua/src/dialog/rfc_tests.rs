@@ -642,4 +642,13 @@ async fn a_relayed_call_rewrites_only_the_sdp_part_beside_the_pidf_lo() {
     );
     assert!(out.contains("c=IN IP4 192.0.2.7"), "{out}");
     assert!(out.starts_with("--boundary1\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n"));
+    // Sent again after a 422: the same body.
+    node.receive(
+        answer(&inv_b, 422, "g1", GW1, &[(HeaderName::MinSe, b"180")]),
+        GW1,
+    )
+    .await;
+    let again = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    assert_eq!(again.body(), inv_b.body());
+    assert_eq!(again.session_expires().unwrap().unwrap().delta, 180);
 }

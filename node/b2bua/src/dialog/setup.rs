@@ -398,7 +398,9 @@ impl Call {
             branch: ids::new_branch(self.shard),
             cseq,
         };
-        let body = (!old.body().is_empty()).then(|| old.body());
+        // The offer the first INVITE carried (rewritten for the relay, if it was); outbound_invite
+        // puts it in place of the caller's SDP again, in a multipart body too.
+        let body = super::body::sdp_of(old);
         let ask = super::outbound::SessionAsk {
             interval,
             min_se: min_se.max(trunk.min_se),
