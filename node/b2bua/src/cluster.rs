@@ -98,6 +98,21 @@ pub struct DialogRecord {
     /// itself from it (README.md, "Media").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<crate::media::MediaPlan>,
+    /// The call's RFC 4028 session timer, when it has one (none: no timer, or a record written
+    /// before the timer was recorded). A new owner refreshes when `we_refresh`, and watches for
+    /// the session's expiry either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_timer: Option<SessionTimerRecord>,
+}
+
+/// A call's session timer as its record keeps it (RFC 4028).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionTimerRecord {
+    /// The session interval in seconds (the last Session-Expires agreed).
+    pub interval: u32,
+    /// This node refreshes the session on leg B (the caller asked for no timer; the gateway made
+    /// us the refresher). False: a peer refreshes, its refreshes pass through; we only watch.
+    pub we_refresh: bool,
 }
 
 /// One leg of a confirmed dialog.

@@ -144,6 +144,52 @@ pub fn number_from_uri(uri: &str) -> Option<String> {
     (!user.is_empty()).then(|| number_from_user(user))
 }
 
+/// A name-addr or addr-spec header value (P-Asserted-Identity, From, ...) with the number of its
+/// `sip:`/`sips:` user part or `tel:` subscriber replaced by `number` (escaped for the URI); the
+/// display name, host, URI parameters (`;user=phone`, `;phone-context=...`) and header
+/// parameters are kept as written. `None` when the URI has no number to replace (no user part,
+/// another scheme).
+///
+/// ```
+/// use medpool_b2bua::translate::with_number;
+/// assert_eq!(
+///     with_number("\"Alice\" <sip:0301234;npdi@pbx;user=phone>", "+49301234").as_deref(),
+///     Some("\"Alice\" <sip:+49301234;npdi@pbx;user=phone>")
+/// );
+/// assert_eq!(with_number("<tel:4711;phone-context=x>", "+4930 4711").as_deref(), Some("<tel:+4930%204711;phone-context=x>"));
+/// assert_eq!(with_number("<sip:pbx.example>", "1"), None);
+/// ```
+pub fn with_number(value: &str, number: &str) -> Option<String> {
+    // The URI: inside the angle brackets when there are some, else the whole value.
+    let (start, end) = match (value.find('<'), value.rfind('>')) {
+        (Some(s), Some(e)) if s < e => (s + 1, e),
+        _ => (0, value.len()),
+    };
+    let uri = &value[start..end];
+    let colon = uri.find(':')?;
+    let scheme = uri[..colon].trim();
+    let rest_at = start + colon + 1;
+    let rest = &value[rest_at..end];
+    let user_len = if scheme.eq_ignore_ascii_case("tel") {
+        rest.find([';', '?']).unwrap_or(rest.len())
+    } else if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
+        let at = rest.find('@')?;
+        // The number ends at its parameters or a password.
+        rest[..at].find([';', ':']).unwrap_or(at)
+    } else {
+        return None;
+    };
+    if user_len == 0 {
+        return None;
+    }
+    let escaped = medpool_sip::message::uri::escape_user(number.as_bytes());
+    let mut out = String::with_capacity(value.len() + number.len());
+    out.push_str(&value[..rest_at]);
+    out.push_str(&escaped);
+    out.push_str(&value[rest_at + user_len..]);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +294,32 @@ mod tests {
         assert_eq!(number_from_uri("sip:@example.com"), None);
         assert_eq!(number_from_uri("mailto:a@b"), None);
         assert_eq!(number_from_uri("nonsense"), None);
+    }
+
+    #[test]
+    fn numbers_replaced_in_identities() {
+        assert_eq!(
+            with_number("<sip:+15559999@pbx.example>", "0015559999").as_deref(),
+            Some("<sip:0015559999@pbx.example>")
+        );
+        assert_eq!(
+            with_number("sip:alice:pw@example.com", "4711").as_deref(),
+            Some("sip:4711:pw@example.com")
+        );
+        assert_eq!(
+            with_number("tel:+1-201-555-0123", "+12015550123").as_deref(),
+            Some("tel:+12015550123")
+        );
+        assert_eq!(
+            with_number("\"A\" <tel:7042;phone-context=example.com>;x=1", "+17042").as_deref(),
+            Some("\"A\" <tel:+17042;phone-context=example.com>;x=1")
+        );
+        assert_eq!(with_number("sip:example.com", "1"), None);
+        assert_eq!(with_number("<mailto:a@b>", "1"), None);
+        assert_eq!(with_number("<sip:@example.com>", "1"), None);
+        // The number taken out and put back: the same value.
+        let v = "<sip:+15550100@gw;user=phone>";
+        let n = number_from_uri(v).unwrap();
+        assert_eq!(with_number(v, &n).as_deref(), Some(v));
     }
 }

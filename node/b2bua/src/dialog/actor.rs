@@ -8,7 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::call::Call;
 use super::msg::{DialogArgs, DialogMsg, DialogStart, Phase};
-use super::{media, record, relay, setup, teardown};
+use super::{media, record, relay, session, setup, teardown};
 use crate::cluster::DialogRecord;
 use crate::ctx::NodeCtx;
 use crate::txlayer::{CallEvent, Side};
@@ -39,7 +39,7 @@ impl Actor for DialogActor {
     ) -> Result<(), ActorProcessingErr> {
         if st.phase == Phase::Confirmed {
             record::watch_record(&myself);
-            media::start_reanchor_when_acting(st, &myself, media::ACTING_CHECKS);
+            record::take_over_when_acting(st, &myself, record::ACTING_CHECKS);
         } else {
             setup::start(st, &myself);
         }
@@ -72,7 +72,7 @@ impl Actor for DialogActor {
                 }
                 CallEvent::StrayAnswer { env } => {
                     if !media::reack_reanchor(st, &env) {
-                        st.reack_b(&env);
+                        st.on_stray_answer(&env, me);
                     }
                 }
                 CallEvent::ClientEnded { key, outcome } => {
@@ -89,9 +89,10 @@ impl Actor for DialogActor {
             DialogMsg::RecordCheck { left } => record::on_record_check(st, me, left),
             DialogMsg::FastFailover { attempt } => setup::on_fast_failover(st, me, attempt),
             DialogMsg::Retransmit2xx { interval } => setup::on_retransmit_2xx(st, me, interval),
-            DialogMsg::SessionRefresh => relay::on_session_refresh(st, me),
+            DialogMsg::SessionRefresh => session::on_session_refresh(st, me),
+            DialogMsg::SessionCheck => session::on_session_check(st, me),
             DialogMsg::MediaCheck => media::on_media_check(st, me),
-            DialogMsg::StartReanchor { left } => media::start_reanchor_when_acting(st, me, left),
+            DialogMsg::TakeOver { left } => record::take_over_when_acting(st, me, left),
             DialogMsg::Reanchor { side, tries } => media::on_reanchor_retry(st, me, side, tries),
             DialogMsg::Hangup => teardown::on_hangup(st, me),
             DialogMsg::Info(reply) => {

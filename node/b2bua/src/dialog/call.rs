@@ -37,6 +37,14 @@ pub(super) struct Attempt {
     pub(super) settled: bool,
     /// The attempt's media goes through the node's relay (else its SDP passes unchanged).
     pub(super) relayed: bool,
+    /// The INVITE was sent again after a 422 (Session Interval Too Small): once per attempt.
+    pub(super) timer_retried: bool,
+    /// The early dialogs of this attempt, one per To tag of its 18x (forking; at most
+    /// [`super::forks::MAX_EARLY_DIALOGS`]).
+    pub(super) early: Vec<super::forks::EarlyDialog>,
+    /// 2xx answers from other forks than the one that won: ACKed and hung up, their ACK kept for a
+    /// retransmitted 2xx (at most [`super::forks::MAX_EXTRA_ANSWERS`]).
+    pub(super) extra_answers: Vec<super::forks::ExtraAnswer>,
 }
 
 /// An in-dialog request being relayed: answer `server` on `from` when `client` gets its final.
@@ -107,7 +115,16 @@ pub struct Call {
     pub(super) started: Instant,
     pub(super) last_status: u16,
     pub(super) gateway_active: Option<String>,
-    pub(super) session_refresh: Option<Duration>,
+    /// The RFC 4028 session timer, once an answer set one up (see `session`).
+    pub(super) session: Option<super::session::SessionTimer>,
+    /// When the session is torn down unless refreshed before.
+    pub(super) session_deadline: Option<Instant>,
+    /// A [`DialogMsg::SessionCheck`] is scheduled.
+    pub(super) session_check_armed: bool,
+    /// Our refresh in flight on leg B.
+    pub(super) session_refresh_key: Option<ClientKey>,
+    /// The Min-SE our refreshes carry (the gateway trunk's, raised by a 422).
+    pub(super) session_min_se: u32,
     /// The call's record was taken for writing (or the call was rebuilt from it).
     pub(super) stored: bool,
     /// A [`DialogMsg::StoreRecord`] retry is scheduled.
@@ -276,6 +293,8 @@ pub(super) struct CallSeed {
     pub(super) history: Vec<(String, String)>,
     /// The actor the call runs in.
     pub(super) actor: ActorId,
+    /// A rebuilt call's session timer (from its record).
+    pub(super) session: Option<super::session::SessionTimer>,
 }
 
 impl Call {
@@ -318,7 +337,11 @@ impl Call {
             started: Instant::now(),
             last_status: if confirmed { 200 } else { 0 },
             gateway_active: seed.gateway_active,
-            session_refresh: None,
+            session: seed.session,
+            session_deadline: None,
+            session_check_armed: false,
+            session_refresh_key: None,
+            session_min_se: 90,
             stored: confirmed,
             store_retry: false,
             ended: false,

@@ -37,7 +37,15 @@ pub const RELAYED_OTHER: &[&str] = &[
     "Info-Package",
     "Recv-Info",
     "Content-Disposition",
+    "Geolocation",
+    "Geolocation-Routing",
+    "Geolocation-Error",
 ];
+
+/// RFC 6442 location conveyance (E911): relayed unchanged on the leg-B INVITE, as on every
+/// in-dialog request and response ([`RELAYED_OTHER`]); a PIDF-LO body travels with the body.
+pub const GEOLOCATION_HEADERS: &[&str] =
+    &["Geolocation", "Geolocation-Routing", "Geolocation-Error"];
 
 /// One side of the call.
 #[derive(Debug, Clone)]
@@ -148,12 +156,27 @@ impl Leg {
 
     /// Takes the dialog as a 2xx to our INVITE establishes it (RFC 3261 §12.1.2): the peer's target
     /// and tag, its To value, and the route set (Record-Route reversed).
+    /// The 2xx's To tag wins over any early dialog's (forking: RFC 3261 §13.2.2.4).
     pub fn learn_from_answer(&mut self, answer: &SipMessage) {
-        self.learn_remote(answer, answer.to_tag());
-        self.route_set = uac_route_set(answer);
-        if let Some(Ok(t)) = answer.to() {
-            self.remote_uri = Bytes::copy_from_slice(t.raw);
+        match answer.to_tag() {
+            Some(tag) => self.enter_dialog(answer, tag),
+            None => {
+                self.learn_remote(answer, None);
+                self.route_set = uac_route_set(answer);
+            }
         }
+    }
+
+    /// Takes the dialog (early or confirmed) a response to our INVITE with To tag `tag` sets up:
+    /// the tag and the To value carrying it, the peer's target (its Contact, when it has one) and
+    /// the route set (Record-Route reversed), in place of any other fork's.
+    pub fn enter_dialog(&mut self, msg: &SipMessage, tag: &[u8]) {
+        self.learn_remote(msg, None);
+        self.remote_tag = Some(Bytes::copy_from_slice(tag));
+        if let Some(to) = msg.header(HeaderName::To) {
+            self.remote_uri = Bytes::copy_from_slice(to);
+        }
+        self.route_set = uac_route_set(msg);
     }
 
     /// Learns the peer's target (its Contact) from a message it sent, and — on the UAC side of a leg,
@@ -229,12 +252,18 @@ pub fn relay_request_parts(
             b.header_named(name.as_bytes(), v);
         }
     }
-    let body = body.unwrap_or(src.body());
+    // Rewritten SDP goes in place of the SDP part of a multipart body (the rest kept).
+    let body = match body {
+        Some(sdp) => {
+            super::body::with_sdp(src, sdp).map_or_else(|| Bytes::copy_from_slice(sdp), Bytes::from)
+        }
+        None => Bytes::copy_from_slice(src.body()),
+    };
     if !body.is_empty() {
         let ct = src
             .header(HeaderName::ContentType)
             .unwrap_or(b"application/sdp");
-        b.body(ct, Bytes::copy_from_slice(body));
+        b.body(ct, body);
     }
 }
 

@@ -44,18 +44,10 @@ fn other(side: Side) -> Side {
     }
 }
 
-/// The SDP body of a message: its body when it is `application/sdp` (or untyped), else none.
+/// The SDP of a message: its body when it is `application/sdp` (or untyped), the SDP part of a
+/// `multipart/mixed` body (see `body`), else none.
 pub(super) fn sdp_body(msg: &SipMessage) -> Option<&[u8]> {
-    let body = msg.body();
-    if body.is_empty() {
-        return None;
-    }
-    let sdp = msg.header(HeaderName::ContentType).is_none_or(|ct| {
-        ct.split(|&b| b == b';')
-            .next()
-            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"application/sdp"))
-    });
-    sdp.then_some(body)
+    super::body::sdp_of(msg)
 }
 
 impl Call {
@@ -323,34 +315,6 @@ pub(super) fn on_media_check(st: &mut Call, myself: &ActorRef<DialogMsg>) {
 /// How many times a re-anchoring re-INVITE is sent again after a 491 (glare) before the leg is
 /// left with signalling only.
 const REANCHOR_GLARE_TRIES: u8 = 3;
-
-/// How often a rebuilt call checks whether its node acts for its shard yet.
-const ACTING_CHECK_EVERY: Duration = Duration::from_millis(100);
-/// How many times it checks (10 s) before it gives the re-anchoring up.
-pub(super) const ACTING_CHECKS: u8 = 100;
-
-/// A rebuilt call re-anchors its media only once its node may act for its shard (owns it and holds
-/// its lease): a restarted node is given shards before its first lease, and its copy of the shard
-/// map may still be catching up — a re-INVITE sent then would race the real owner's (the gateway
-/// saw two nodes' re-INVITEs with the same CSeq). Checked every 100 ms, for 10 s at most; a call
-/// whose node never acts is stopped by the shard's release.
-pub(super) fn start_reanchor_when_acting(st: &mut Call, myself: &ActorRef<DialogMsg>, left: u8) {
-    if st.ctx.shards.may_act(st.shard) {
-        start_reanchor(st, myself);
-    } else if left == 0 {
-        tracing::warn!(parent: &st.span, "this node never came to act for the call's shard: its media is not re-anchored");
-        st.history.push((
-            "media".into(),
-            "not re-anchored: shard not acted for".into(),
-        ));
-    } else {
-        drop(
-            myself.send_after(ACTING_CHECK_EVERY, move || DialogMsg::StartReanchor {
-                left: left - 1,
-            }),
-        );
-    }
-}
 
 /// A call rebuilt from a record with a media plan, on a node with a relay: the media moves onto
 /// this node (make-before-break is impossible here: the old node is gone). It opens a session

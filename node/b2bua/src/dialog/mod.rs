@@ -19,17 +19,22 @@
 //! which concern handles what),
 //! `call` (the state, built by one constructor for new and rebuilt calls), `outbound` (the leg-B
 //! INVITE, a pure function), `setup` (answers to the caller, gateway attempts and failover),
-//! `relay` (in-dialog requests between the legs, the session-timer refresh), `media` (the relay
+//! `relay` (in-dialog requests between the legs), `session` (the RFC 4028 session timer: who
+//! refreshes, the refresh, the expiry teardown), `forks` (leg B's early dialogs, one per fork, and
+//! the 2xx of a fork that lost: ACK and BYE), `media` (the relay
 //! session, SDP of offers and answers rewritten for the other leg, the media timeout, and a rebuilt
 //! call's re-INVITEs moving its media onto this node), `teardown` (BYE, the
 //! end, what a stopped call gives back), `record` (the replicated record and rebuilding a call
-//! from it), `spans` (trace spans), `leg` (one leg's dialog identifiers and message builders).
-//! They import in one direction: `msg` → `call` (with `leg`, `outbound`, `spans`) → `media` → `setup`,
-//! `relay` → `teardown` (which ACKs through `relay`; `media` hangs a silent call up through it),
-//! `record` → `actor`.
+//! from it), `spans` (trace spans), `leg` (one leg's dialog identifiers and message builders),
+//! `body` (a body's SDP, plain or the part of a multipart body beside a PIDF-LO; pure).
+//! They import in one direction: `body` → `msg` → `call` (with `leg`, `outbound`, `spans`) → `media` →
+//! `forks`, `session` → `setup`, `relay` → `teardown` (which ACKs through `relay`; `media`,
+//! `forks` and `session` hang a call up through it) → `record` → `actor`.
 
 mod actor;
+mod body;
 mod call;
+mod forks;
 pub mod leg;
 mod media;
 #[cfg(test)]
@@ -40,6 +45,9 @@ mod msg;
 mod outbound;
 mod record;
 mod relay;
+#[cfg(test)]
+mod rfc_tests;
+mod session;
 mod setup;
 mod spans;
 mod teardown;

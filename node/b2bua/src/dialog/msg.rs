@@ -46,11 +46,13 @@ pub enum DialogMsg {
     },
     /// The session timer refresh is due (we are the refresher on leg B).
     SessionRefresh,
+    /// Time to check whether the session expired without a refresh (RFC 4028 §10).
+    SessionCheck,
     /// Time to check that the call's relayed media still flows (the media timeout).
     MediaCheck,
     /// A rebuilt call checks again whether its node acts for its shard yet (it re-anchors its
-    /// media only then); `left` checks remain.
-    StartReanchor {
+    /// media and takes its session timer up only then); `left` checks remain.
+    TakeOver {
         /// Checks left.
         left: u8,
     },

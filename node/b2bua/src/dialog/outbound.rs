@@ -22,6 +22,17 @@ pub(super) struct OutboundIds {
     pub(super) tag: String,
     /// The INVITE's Via branch.
     pub(super) branch: String,
+    /// The INVITE's CSeq (1; the next one when it is sent again after a 422).
+    pub(super) cseq: u32,
+}
+
+/// The session timer an INVITE asks for in place of the trunk's or the caller's (after a 422).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SessionAsk {
+    /// Session-Expires, seconds.
+    pub(super) interval: u32,
+    /// Min-SE, seconds.
+    pub(super) min_se: u32,
 }
 
 /// A leg-B INVITE and the leg it opens.
@@ -35,18 +46,20 @@ pub(super) struct OutboundInvite {
 
 /// Builds the INVITE to `trunk` for the caller's INVITE `a`, with `called` and `calling` as the
 /// inbound trunk normalised them, and the caller's body or `body` in its place (the offer rewritten
-/// for the relay; empty: none). None when the trunk has no IP address.
+/// for the relay; empty: none), and the session timer of `timer` when given (a retry after a 422).
+/// None when the trunk has no IP address.
 // The INVITE is a pure function of all of these; a struct for them would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn outbound_invite(
     me: &Me,
     a: &SipMessage,
     trunk: &Trunk,
-    inbound_forward_pai: bool,
+    inbound: &Trunk,
     called: &str,
     calling: &str,
     ids: OutboundIds,
     body: Option<&[u8]>,
+    timer: Option<SessionAsk>,
 ) -> Option<OutboundInvite> {
     let transport = match trunk.transport {
         crate::config::Transport::Udp => Transport::Udp,
@@ -74,6 +87,7 @@ pub(super) fn outbound_invite(
         call_id,
         tag,
         branch,
+        cseq,
     } = ids;
     let display = a
         .from()
@@ -106,7 +120,7 @@ pub(super) fn outbound_invite(
         .header(HeaderName::From, &from)
         .header(HeaderName::To, to.as_bytes())
         .header(HeaderName::CallId, call_id.as_bytes())
-        .header(HeaderName::CSeq, b"1 INVITE")
+        .header_fmt(HeaderName::CSeq, format_args!("{cseq} INVITE"))
         .header(HeaderName::Contact, me.contact(transport).as_bytes())
         .header(
             HeaderName::Allow,
@@ -120,7 +134,8 @@ pub(super) fn outbound_invite(
                 .any(|s| t.eq_ignore_ascii_case(s.as_bytes()))
         })
         .collect();
-    let want_timer = trunk.session_expires.is_some() && a.session_expires().is_none();
+    let want_timer =
+        timer.is_some() || trunk.session_expires.is_some() && a.session_expires().is_none();
     if want_timer && !supported.iter().any(|t| t.eq_ignore_ascii_case(b"timer")) {
         supported.push(b"timer");
     }
@@ -128,7 +143,10 @@ pub(super) fn outbound_invite(
         b.header(HeaderName::Supported, &supported.join(&b", "[..]));
     }
     b.copy_headers(a, HeaderName::Require);
-    if want_timer {
+    if let Some(ask) = timer {
+        b.header_fmt(HeaderName::SessionExpires, format_args!("{}", ask.interval));
+        b.header_fmt(HeaderName::MinSe, format_args!("{}", ask.min_se));
+    } else if want_timer {
         if let Some(se) = trunk.session_expires {
             b.header_fmt(HeaderName::SessionExpires, format_args!("{se}"));
             b.header_fmt(HeaderName::MinSe, format_args!("{}", trunk.min_se));
@@ -139,20 +157,50 @@ pub(super) fn outbound_invite(
     }
     // RFC 3325: an asserted identity is believed only from a trunk in the trust domain (the inbound
     // trunk's `forward_pai`) and only given to one (the gateway trunk's); anything else drops it.
-    if trunk.forward_pai && inbound_forward_pai {
-        b.copy_headers(a, HeaderName::PAssertedIdentity);
+    // Its number is translated as From's is (the inbound dial plan, then the trunk's
+    // `calling_out`); the rest of each identity is kept.
+    if trunk.forward_pai && inbound.forward_pai {
+        let identities = a
+            .header_values(HeaderName::PAssertedIdentity)
+            .flat_map(medpool_sip::message::headers::split_commas)
+            .filter(|v| !v.is_empty());
+        for v in identities {
+            let text = String::from_utf8_lossy(v);
+            let translated = crate::translate::number_from_uri(&text).and_then(|n| {
+                let out = trunk
+                    .calling_out_number(&inbound.normalize_number(&n))
+                    .into_owned();
+                crate::translate::with_number(&text, &out)
+            });
+            match translated {
+                Some(t) => b.header(HeaderName::PAssertedIdentity, t.as_bytes()),
+                None => b.header(HeaderName::PAssertedIdentity, v),
+            };
+        }
         b.copy_headers(a, HeaderName::Privacy);
+    }
+    for name in super::leg::GEOLOCATION_HEADERS {
+        for v in a.other_header(name) {
+            b.header_named(name.as_bytes(), v);
+        }
     }
     if trunk.forward_history_info {
         b.copy_headers(a, HeaderName::HistoryInfo);
         b.copy_headers(a, HeaderName::Diversion);
     }
-    let body = body.unwrap_or(a.body());
+    // The relayed offer in place of the caller's SDP: its whole body, or its SDP part (a PIDF-LO
+    // beside it goes unchanged). No offer to put in (a late offer): the caller's body as it is.
+    let body = match body.filter(|b| !b.is_empty()) {
+        Some(sdp) => {
+            super::body::with_sdp(a, sdp).map_or_else(|| Bytes::copy_from_slice(sdp), Bytes::from)
+        }
+        None => Bytes::copy_from_slice(a.body()),
+    };
     if !body.is_empty() {
         let ct = a
             .header(HeaderName::ContentType)
             .unwrap_or(b"application/sdp");
-        b.body(ct, Bytes::copy_from_slice(body));
+        b.body(ct, body);
     }
     Some(OutboundInvite {
         bytes: b.build(),
@@ -166,7 +214,7 @@ pub(super) fn outbound_invite(
             route_set: Vec::new(),
             peer,
             transport,
-            local_cseq: 1,
+            local_cseq: cseq,
             remote_cseq: 0,
         },
     })
@@ -185,6 +233,7 @@ mod tests {
             call_id: "b-1@medpool".into(),
             tag: "t-1".into(),
             branch: "z9hG4bK-b-1".into(),
+            cseq: 1,
         }
     }
     fn me() -> Me {
@@ -203,10 +252,11 @@ mod tests {
             &me(),
             &caller,
             gw1,
-            false,
+            gw1,
             "+15550100",
             "+15550111",
             ids(),
+            None,
             None,
         )
         .unwrap();
@@ -243,7 +293,7 @@ mod tests {
         let gw1 = config.trunk("gw1").unwrap();
         let caller = SipMessage::parse(crate::testkit::invite("o-2")).unwrap();
         let out =
-            outbound_invite(&me(), &caller, gw1, false, "+15550100", "", ids(), None).unwrap();
+            outbound_invite(&me(), &caller, gw1, gw1, "+15550100", "", ids(), None, None).unwrap();
         let inv = SipMessage::parse(out.bytes).unwrap();
         assert_eq!(inv.session_expires().unwrap().unwrap().delta, 1800);
         assert!(inv.supported().any(|t| t.eq_ignore_ascii_case(b"timer")));
@@ -270,10 +320,10 @@ mod tests {
         let caller = caller_with_identity();
         // (inbound trunk trusted, gateway trunk trusted, PAI relayed)
         for (inbound, gateway, relayed) in [
-            (true, &trusting, true),
-            (false, &trusting, false), // an untrusted caller's claim never gets through
-            (true, &untrusting, false), // nor is it given to a trunk outside the trust domain
-            (false, &untrusting, false),
+            (&trusting, &trusting, true),
+            (&untrusting, &trusting, false), // an untrusted caller's claim never gets through
+            (&trusting, &untrusting, false), // nor is it given to a trunk outside the trust domain
+            (&untrusting, &untrusting, false),
         ] {
             let out = outbound_invite(
                 &me(),
@@ -284,6 +334,7 @@ mod tests {
                 "",
                 ids(),
                 None,
+                None,
             )
             .unwrap();
             let inv = SipMessage::parse(out.bytes).unwrap();
@@ -291,7 +342,8 @@ mod tests {
             assert_eq!(
                 pai.is_some(),
                 relayed,
-                "inbound={inbound} gateway={}",
+                "inbound={} gateway={}",
+                inbound.forward_pai,
                 gateway.forward_pai
             );
             assert_eq!(inv.header(HeaderName::Privacy).is_some(), relayed);

@@ -75,6 +75,7 @@ impl Call {
             traceparent: crate::trace::traceparent(&self.span),
             media: (self.media.a_sdp.is_some() || self.media.b_sdp.is_some())
                 .then(|| self.media.clone()),
+            session_timer: self.session.map(Into::into),
         })
     }
 }
@@ -188,10 +189,14 @@ pub(super) fn restored(
             abandoned: false,
             answered: true,
             settled: true,
+            timer_retried: false,
+            early: Vec::new(),
+            extra_answers: Vec::new(),
         }),
         gateway_active,
         history: vec![(rec.trunk.clone(), "restored on this node".into())],
         actor: myself.get_id(),
+        session: rec.session_timer.map(Into::into),
     });
     // The media plan: re-anchored on this node's relay once the call runs (`post_start`).
     call.media = rec.media.unwrap_or_default();
@@ -228,6 +233,12 @@ impl Call {
     /// group-commits record writes), so a new owner re-anchors from what the peers last said.
     /// One write per SDP change, never per packet; before the record's first write, nothing.
     pub(super) fn media_changed(&mut self) {
+        self.record_changed();
+    }
+
+    /// What the record holds changed (the media plan, the session timer): a written record is
+    /// written again; before its first write, nothing.
+    pub(super) fn record_changed(&mut self) {
         if !self.stored || self.phase != Phase::Confirmed {
             return;
         }
@@ -263,5 +274,34 @@ pub(super) fn retry_store_later(st: &mut Call, myself: &ActorRef<DialogMsg>) {
     {
         st.store_retry = true;
         drop(myself.send_after(STORE_RETRY_EVERY, || DialogMsg::StoreRecord));
+    }
+}
+
+/// How often a rebuilt call checks whether its node acts for its shard yet.
+const ACTING_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How many times it checks (10 s) before it gives its own initiatives up.
+pub(super) const ACTING_CHECKS: u8 = 100;
+
+/// A rebuilt call takes its own initiatives — re-anchoring its media onto this node's relay, its
+/// session timer (refreshing at once when the refresh is ours: when the old owner last refreshed
+/// is unknown here) — only once its node may act for its shard (owns it and holds its lease): a
+/// restarted node is given shards before its first lease, and its copy of the shard map may still
+/// be catching up; a re-INVITE sent then raced the real owner's (the gateway saw two nodes'
+/// re-INVITEs with the same CSeq). Checked every 100 ms, for 10 s at most; a call whose node never
+/// acts is stopped by the shard's release.
+pub(super) fn take_over_when_acting(st: &mut Call, myself: &ActorRef<DialogMsg>, left: u8) {
+    if st.ctx.shards.may_act(st.shard) {
+        super::media::start_reanchor(st, myself);
+        st.start_session_timer(myself, true);
+    } else if left == 0 {
+        tracing::warn!(parent: &st.span, "this node never came to act for the call's shard: no re-anchoring, no session timer");
+        st.history
+            .push(("take-over".into(), "shard never acted for".into()));
+    } else {
+        drop(
+            myself.send_after(ACTING_CHECK_EVERY, move || DialogMsg::TakeOver {
+                left: left - 1,
+            }),
+        );
     }
 }

@@ -23,6 +23,10 @@ pub(super) fn on_response(
     if super::media::on_reanchor_response(st, myself, &key, status, &env) {
         return;
     }
+    // 0'. Our session refresh.
+    if super::session::on_refresh_response(st, myself, &key, status, &env) {
+        return;
+    }
     // 1. A relayed in-dialog request (a leg-B INVITE's answers are set-up's).
     if let Some(pos) = st.relays.iter().position(|r| r.client == key) {
         let from_side = match st.relays[pos].from {
@@ -64,6 +68,10 @@ pub(super) fn on_response(
             );
             if is_refresh && let Some(leg) = st.leg_mut(to_side) {
                 leg.learn_remote(&env.msg, None);
+            }
+            // A session refresh passing through (RFC 4028 §10: any 2xx re-INVITE or UPDATE).
+            if is_refresh {
+                st.session_refreshed(&env.msg);
             }
             if let Some(cseq) = r.invite_cseq {
                 let a_cseq = r
@@ -123,7 +131,14 @@ pub(super) fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, en
                 st.a_2xx = None;
                 // End-to-end ACK: the caller's ACK may carry the SDP answer to a late offer.
                 let sdp = st.media_sdp_of(Side::A, &env.msg, false);
-                send_ack_b(st, idx, 1, Some(&env.msg), sdp.as_deref(), true);
+                send_ack_b(
+                    st,
+                    idx,
+                    st.attempts[idx].invite_cseq(),
+                    Some(&env.msg),
+                    sdp.as_deref(),
+                    true,
+                );
             }
             st.start_media_timeout(myself);
             if !st.stored
@@ -133,9 +148,7 @@ pub(super) fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, en
                 st.mark_stored();
             }
             st.ctx.call_answered();
-            if let Some(half) = st.session_refresh {
-                drop(myself.send_after(half, || DialogMsg::SessionRefresh));
-            }
+            st.start_session_timer(myself, false);
         }
         Side::A => {
             if let Some(pos) = st.pending_ack_b.iter().position(|(a, _)| *a == cseq) {
@@ -255,8 +268,10 @@ pub(super) fn on_request(
         return;
     }
     if method == Method::Refer {
+        // The policy of the trunk the REFER came from: the caller's (inbound) trunk for leg A,
+        // the gateway's for leg B (`refer`: "REFER handling for requests from this trunk").
         let policy_trunk = match side {
-            Side::A => st.current().map(|a| a.trunk.clone()).unwrap_or_default(),
+            Side::A => st.inbound.name.clone(),
             Side::B => st.current().map(|a| a.trunk.clone()).unwrap_or_default(),
         };
         let pass = st
@@ -386,34 +401,6 @@ pub(super) fn on_request(
     }
 }
 
-/// The session timer is due and we are the refresher on leg B: an UPDATE with Session-Expires.
-pub(super) fn on_session_refresh(st: &mut Call, myself: &ActorRef<DialogMsg>) {
-    if matches!(st.phase, Phase::Confirmed)
-        && let Some(interval) = st.session_refresh
-        && let Some(b) = st.confirmed_b()
-    {
-        let mut leg = b.leg.clone();
-        leg.local_cseq += 1;
-        let cseq = leg.local_cseq;
-        let branch = ids::new_branch(st.shard);
-        let mut req = leg.request(&st.ctx.me, b"UPDATE", cseq, &branch);
-        req.header(
-            HeaderName::Contact,
-            st.ctx.me.contact(leg.transport).as_bytes(),
-        );
-        req.header_fmt(
-            HeaderName::SessionExpires,
-            format_args!("{};refresher=uac", interval.as_secs() * 2),
-        );
-        req.header(HeaderName::Supported, b"timer");
-        if let Some(cur) = st.leg_mut(Side::B) {
-            cur.local_cseq = cseq;
-        }
-        let _ = st.send_request(myself, Side::B, req.build());
-        drop(myself.send_after(interval, || DialogMsg::SessionRefresh));
-    }
-}
-
 /// One of the call's other client transactions ended (a relayed request, or our BYE): a relayed
 /// request that got no final answer is answered 408/503 on the leg it came from (a BYE or an
 /// INVITE that timed out ends the call); our BYEs done, the call may finish.
@@ -424,6 +411,9 @@ pub(super) fn on_client_ended(
     outcome: Outcome,
 ) {
     super::media::on_reanchor_ended(st, myself, &key, outcome);
+    if super::session::on_refresh_ended(st, myself, &key, outcome) {
+        return;
+    }
     if let Some(pos) = st.relays.iter().position(|r| r.client == key)
         && outcome != Outcome::Completed
     {

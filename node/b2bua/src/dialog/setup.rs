@@ -170,13 +170,14 @@ impl Call {
             call_id: ids::new_call_id(self.shard),
             tag: ids::new_tag(self.shard),
             branch: ids::new_branch(self.shard),
+            cseq: 1,
         };
         let branch = ids.branch.clone();
         let out = outbound_invite(
             self.me(),
             &inv.msg,
             trunk,
-            self.inbound.forward_pai,
+            &self.inbound,
             &self.called,
             &self.calling,
             ids,
@@ -184,6 +185,7 @@ impl Call {
                 AttemptMedia::Bypass => None,
                 AttemptMedia::Relayed(body) => Some(body),
             },
+            None,
         )?;
         let leg = out.leg;
         let call_id = String::from_utf8_lossy(&leg.call_id).into_owned();
@@ -221,6 +223,9 @@ impl Call {
             answered: false,
             settled: false,
             relayed: matches!(media, AttemptMedia::Relayed(_)),
+            timer_retried: false,
+            early: Vec::new(),
+            extra_answers: Vec::new(),
         })
     }
 
@@ -355,6 +360,99 @@ impl Call {
     }
 }
 
+impl Call {
+    /// Attempt `idx` was refused 422 (Session Interval Too Small): its INVITE goes again, once,
+    /// with Session-Expires and Min-SE raised to the 422's Min-SE (RFC 4028 §7.4), as a new
+    /// transaction of the same leg (same Call-ID and From tag, the next CSeq). False when it
+    /// cannot (retried already, no larger Min-SE, the caller gone): the 422 is then an answer
+    /// like any other.
+    fn retry_with_larger_interval(
+        &mut self,
+        idx: usize,
+        env: &Envelope,
+        myself: &ActorRef<DialogMsg>,
+    ) -> bool {
+        let att = &self.attempts[idx];
+        if att.timer_retried || self.a_final_sent {
+            return false;
+        }
+        let Some(min_se) = env.msg.min_se().and_then(Result::ok) else {
+            return false;
+        };
+        let old = &att.invite.msg;
+        let asked = old
+            .session_expires()
+            .and_then(Result::ok)
+            .map_or(0, |s| s.delta);
+        let Some(interval) = super::session::raised(asked, min_se) else {
+            return false;
+        };
+        let config = self.ctx.config();
+        let (Some(trunk), Some(inv)) = (config.trunk(&att.trunk), self.a_invite.as_ref()) else {
+            return false;
+        };
+        let cseq = old.cseq().and_then(Result::ok).map_or(1, |c| c.seq) + 1;
+        let ids = OutboundIds {
+            call_id: String::from_utf8_lossy(&att.leg.call_id).into_owned(),
+            tag: att.leg.local_tag.clone(),
+            branch: ids::new_branch(self.shard),
+            cseq,
+        };
+        // The offer the first INVITE carried (rewritten for the relay, if it was); outbound_invite
+        // puts it in place of the caller's SDP again, in a multipart body too.
+        let body = super::body::sdp_of(old);
+        let ask = super::outbound::SessionAsk {
+            interval,
+            min_se: min_se.max(trunk.min_se),
+        };
+        let Some(out) = outbound_invite(
+            self.me(),
+            &inv.msg,
+            trunk,
+            &self.inbound,
+            &self.called,
+            &self.calling,
+            ids,
+            body,
+            Some(ask),
+        ) else {
+            return false;
+        };
+        let Some(invite) = Envelope::outgoing(out.bytes, out.leg.peer, out.leg.transport) else {
+            return false;
+        };
+        let Some(key) = crate::txlayer::client_key_of_request(&invite.msg) else {
+            return false;
+        };
+        let reliable = out.leg.transport.is_reliable();
+        self.ctx
+            .registry
+            .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
+        if let Err(e) = self
+            .ctx
+            .driver
+            .start_client(key.clone(), invite.clone(), reliable)
+        {
+            tracing::debug!(error = %e, "could not send the INVITE again after a 422");
+            self.ctx.registry.remove_client(&key);
+            return false;
+        }
+        let trunk_name = trunk.name.clone();
+        let att = &mut self.attempts[idx];
+        att.timer_retried = true;
+        att.settled = false;
+        att.leg = out.leg;
+        att.invite = invite;
+        att.key = key;
+        att.tx_span = tracing::info_span!(parent: &att.span, "sip.transaction", sip.method = "INVITE", sip.status = tracing::field::Empty);
+        self.history.push((
+            trunk_name,
+            format!("422: sent again with Session-Expires {interval}"),
+        ));
+        true
+    }
+}
+
 pub(super) fn on_invite_response(
     st: &mut Call,
     myself: &ActorRef<DialogMsg>,
@@ -377,6 +475,8 @@ pub(super) fn on_invite_response(
         // A late answer to an attempt we gave up on.
         if (200..300).contains(&status) && !st.attempts[idx].answered {
             st.ack_and_bye(idx, &env, myself);
+        } else if (200..300).contains(&status) {
+            st.on_answer_again(idx, &env, myself);
         } else if status > 100 && status < 200 {
             st.cancel_attempt(idx, myself);
         }
@@ -392,9 +492,7 @@ pub(super) fn on_invite_response(
             if first {
                 st.gateway_outcome(&trunk, InviteOutcome::Answered(status));
             }
-            st.attempts[idx]
-                .leg
-                .learn_remote(&env.msg, env.msg.to_tag());
+            st.attempts[idx].on_early(&env.msg);
             let rseq = env.msg.rseq().and_then(|r| r.ok());
             if st.a_invite.is_some() {
                 let body = st.media_from_gateway(&env.msg);
@@ -407,7 +505,8 @@ pub(super) fn on_invite_response(
         200..=299 if st.attempts[idx].answered => {
             // The gateway sent its 2xx again (our ACK was lost; the INVITE transaction hands
             // retransmissions up, RFC 6026 §8.4): ACK it again. Never mistake it for a new answer.
-            st.reack_b(&env);
+            // A 2xx from another fork is ACKed and hung up.
+            st.on_answer_again(idx, &env, myself);
         }
         200..=299 => {
             if !st.attempts[idx].got_18x {
@@ -422,16 +521,17 @@ pub(super) fn on_invite_response(
                 return;
             }
             st.attempts[idx].leg.learn_from_answer(&env.msg);
-            // Session timer: when the gateway makes us (the UAC on leg B) the refresher.
-            if let Some(Ok(se)) = env.msg.session_expires()
-                && se.refresher == Some(medpool_sip::message::headers::Refresher::Uac)
-                && st
-                    .a_invite
-                    .as_ref()
-                    .is_some_and(|a| a.msg.session_expires().is_none())
-            {
-                let half = Duration::from_secs(u64::from(se.delta.max(2)) / 2);
-                st.session_refresh = Some(half);
+            // The session timer the answer set up (before the record is written with it).
+            st.session_answered(&env.msg);
+            // Our refreshes' Min-SE: the trunk's, or what a 422 raised it to.
+            let asked_min_se = st.attempts[idx]
+                .invite
+                .msg
+                .min_se()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            if let Some(t) = st.ctx.config().trunk(&trunk) {
+                st.session_min_se = t.min_se.max(asked_min_se);
             }
             let body = st.media_from_gateway(&env.msg);
             st.relay_to_a(status, &env.msg, None, body.as_deref());
@@ -441,6 +541,7 @@ pub(super) fn on_invite_response(
                 drop(myself.send_after(t1, move || DialogMsg::Retransmit2xx { interval: t1 * 2 }));
             }
         }
+        422 if st.retry_with_larger_interval(idx, &env, myself) => {}
         _ => {
             // A non-2xx final (the transaction layer ACKed it).
             let outcome = InviteOutcome::Answered(status);
@@ -612,6 +713,7 @@ pub(super) fn new_call(args: DialogArgs, myself: &ActorRef<DialogMsg>) -> Call {
         gateway_active: None,
         history: Vec::new(),
         actor: myself.get_id(),
+        session: None,
     })
 }
 
@@ -641,6 +743,24 @@ pub(super) fn start(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         .and_then(|r| r.ok());
     if msg_mf == Some(0) {
         st.fail_a(483, &[]);
+        st.maybe_finish(myself);
+        return;
+    }
+    // A session interval below what the inbound trunk accepts: 422 with our Min-SE (RFC 4028 §8.1).
+    let caller_se = st
+        .a_invite
+        .as_ref()
+        .and_then(|e| e.msg.session_expires())
+        .and_then(Result::ok);
+    if let Some(se) = caller_se
+        && se.delta < st.inbound.min_se
+    {
+        let min_se = st.inbound.min_se.to_string();
+        st.history.push((
+            "caller".into(),
+            format!("Session-Expires {} too small", se.delta),
+        ));
+        st.fail_a(422, &[(HeaderName::MinSe, min_se.as_bytes())]);
         st.maybe_finish(myself);
         return;
     }

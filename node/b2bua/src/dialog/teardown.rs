@@ -106,7 +106,7 @@ pub(super) fn on_shard_released(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         if st.phase == Phase::Answered
             && let Some(idx) = st.attempts.iter().position(|a| a.answered && !a.abandoned)
         {
-            send_ack_b(st, idx, 1, None, None, true);
+            send_ack_b(st, idx, st.attempts[idx].invite_cseq(), None, None, true);
         }
         for i in 0..st.attempts.len() {
             if !st.attempts[i].answered {

@@ -141,6 +141,7 @@ async fn a_call_rebuilt_from_its_record_answers_a_bye_with_its_cseq_skipped_ahea
         inbound: "pbx".into(),
         traceparent: None,
         media: None,
+        session_timer: None,
     };
     assert!(node.pool.store(record.clone()));
     super::spawn_restored(node.ctx.clone(), record)
