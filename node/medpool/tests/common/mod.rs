@@ -378,6 +378,11 @@ pub struct PoolSpec {
     pub fast_failover_ms: u32,
     /// Pattern of the `to-gateways` route.
     pub pattern: String,
+    /// Every trunk's `media`: "bypass" by default here — these tests' SIPp peers send no RTP and
+    /// their scenarios expect no re-INVITE, which a relayed call moved to another node sends to
+    /// re-anchor its media. The relay (medpool's default) is tested in media.rs, real_ua.rs and
+    /// the chaos tests, whose peers send RTP.
+    pub media: &'static str,
 }
 
 impl PoolSpec {
@@ -396,6 +401,7 @@ impl PoolSpec {
             up_after: 2,
             fast_failover_ms: 2000,
             pattern: ".*".to_owned(),
+            media: "bypass",
         }
     }
 
@@ -416,6 +422,7 @@ impl PoolSpec {
         writeln!(s, "side = \"internal\"").unwrap();
         writeln!(s, "match_any_port = true").unwrap();
         writeln!(s, "usages = [\"outbound\"]").unwrap();
+        writeln!(s, "media = \"{}\"", self.media).unwrap();
         if let Some(m) = self.pbx_max_calls {
             writeln!(s, "max_calls = {m}").unwrap();
         }
@@ -433,6 +440,7 @@ impl PoolSpec {
             writeln!(s, "failover_codes = [408, 503, 504]").unwrap();
             writeln!(s, "fast_failover_ms = {}", self.fast_failover_ms).unwrap();
             writeln!(s, "usages = [\"inbound\"]").unwrap();
+            writeln!(s, "media = \"{}\"", self.media).unwrap();
             if let Some(m) = self.gw_max_calls[usize::from(k - 1)] {
                 writeln!(s, "max_calls = {m}").unwrap();
             }
