@@ -19,7 +19,8 @@
 //! which concern handles what),
 //! `call` (the state, built by one constructor for new and rebuilt calls), `outbound` (the leg-B
 //! INVITE, a pure function), `setup` (answers to the caller, gateway attempts and failover),
-//! `relay` (in-dialog requests between the legs, the session-timer refresh), `media` (the relay
+//! `relay` (in-dialog requests between the legs, the session-timer refresh; `refer_event` renumbers
+//! a relayed REFER's NOTIFYs, pure), `media` (the relay
 //! session, SDP of offers and answers rewritten for the other leg, the media timeout, and a rebuilt
 //! call's re-INVITEs moving its media onto this node), `teardown` (BYE, the
 //! end, what a stopped call gives back), `record` (the replicated record and rebuilding a call
@@ -39,6 +40,7 @@ mod media_tests;
 mod msg;
 mod outbound;
 mod record;
+mod refer_event;
 mod relay;
 mod setup;
 mod spans;
