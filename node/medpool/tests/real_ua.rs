@@ -5,8 +5,8 @@
 //! capture of the case's loopback block: the SIP of both legs and the RTP reaching each UA), in
 //! the UAs' own events, and in `medpool ctl calls show`.
 //!
-//! Cases: a basic call, hold and resume, a blind transfer (REFER), DTMF (RFC 4733), each with
-//! baresip on both ends; then linphone as the callee and as the caller. What linphone cannot do
+//! Cases: a basic call (both directions), hold and resume, a blind transfer (REFER), DTMF (RFC
+//! 4733), each with baresip on both ends; then linphone as the callee and as the caller. What linphone cannot do
 //! here is said by the test that would need it (see README "Real user agents").
 //!
 //! Addresses: 127.0.154.0/24, one /28 per case (tests/ua/scene.rs). Each case is bounded: every
@@ -670,5 +670,40 @@ fn linphone_caller() {
 
     carol.hangup();
     bob.expect_event("CALL_CLOSED", 2, STEP);
+    scene.expect_no_calls(STEP);
+}
+
+/// The other direction: bob (behind gw1) calls alice (number "alice", route `from-pstn` to the
+/// pbx trunk); bob hangs up. Both legs on the wire, RTP both ways, `calls show` names gw1 as the
+/// inbound trunk.
+#[test]
+fn baresip_call_from_the_gateway_side() {
+    let scene = Scene::start("inbound", SceneSpec::new(7));
+    let (alice, bob) = alice_and_bob(&scene);
+    bob.dial(&scene.dial_uri("alice"));
+    bob.expect_event("CALL_ESTABLISHED", 1, STEP);
+    alice.expect_event("CALL_ESTABLISHED", 1, STEP);
+    expect_rtp_both_ways(&scene, ALICE, 25);
+    expect_rtp_both_ways(&scene, BOB, 25);
+    let show = scene.show_the_call();
+    println!("calls show: {show}");
+    assert_eq!(show["inbound_trunk"], "gw1", "{show}");
+    assert_eq!(show["b"]["trunk"], "pbx", "{show}");
+
+    bob.hangup();
+    alice.expect_event("CALL_CLOSED", 1, STEP);
+    scene.expect_on_leg(ALICE, "200 BYE from alice", 1, STEP, |m| {
+        m.status() == Some(200) && m.cseq_method() == "BYE"
+    });
+    assert_in_order(
+        &scene,
+        BOB,
+        &["← INVITE", "→ 200 INVITE", "← ACK", "← BYE", "→ 200 BYE"],
+    );
+    assert_in_order(
+        &scene,
+        ALICE,
+        &["→ INVITE", "← 200 INVITE", "→ ACK", "→ BYE", "← 200 BYE"],
+    );
     scene.expect_no_calls(STEP);
 }

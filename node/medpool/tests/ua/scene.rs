@@ -139,27 +139,36 @@ impl Scene {
         self.dir.path()
     }
 
-    /// Waits until the gateway UA at `host` has answered one of medpool's OPTIONS probes (seen on
-    /// the wire), so that calls are routed to it. Any answer will do: medpool counts a response as
-    /// alive, and baresip answers a probe without a user part (`sip:<ip>:5060`) 404.
+    /// Waits until the gateway UA at `host` (bob: gw1, carol: gw2) has answered one of medpool's
+    /// OPTIONS probes and `ctl gateways ls` shows its gateway up after that answer, so that calls
+    /// are routed to it. Any answer will do: medpool counts a response as alive, and baresip
+    /// answers a probe without a user part (`sip:<ip>:5060`) 404.
     pub fn wait_gateway_up(&self, host: u8) {
-        let ip = self.ip(host);
-        let node = self.ip(NODE);
-        let up = || {
-            self.capture.sip().iter().any(|m| {
-                m.status().is_some()
-                    && m.cseq_method() == "OPTIONS"
-                    && m.src.ip().to_string() == ip
-                    && m.dst.ip().to_string() == node
-            })
+        let gateway = match host {
+            BOB => "gw1",
+            CAROL => "gw2",
+            _ => panic!("host {host} is no gateway"),
         };
+        let mut last = Value::Null;
+        let up = wait_until(Duration::from_secs(10), || {
+            let ls = self.ctl_json(&["gateways", "ls"]);
+            let Some(g) = ls["gateways"]
+                .as_array()
+                .and_then(|gs| gs.iter().find(|g| g["name"] == gateway))
+                .cloned()
+            else {
+                return false;
+            };
+            last = g;
+            last["up"] == true && last["last_options_status"].as_u64().unwrap_or(0) != 0
+        });
         assert!(
-            wait_until(Duration::from_secs(10), up),
-            "the UA at {ip} answered none of medpool's OPTIONS probes within 10 s\n{}",
+            up,
+            "gateway {gateway} (the UA at {}) is not up after an answered probe within 10 s: \
+             {last}\n{}",
+            self.ip(host),
             self.sip_ladder()
         );
-        // The node counts a gateway up after `up_after` answered probes: one more interval.
-        std::thread::sleep(Duration::from_millis(600));
     }
 
     /// SIP messages between `host` and the node (both directions), OPTIONS probes left out.
