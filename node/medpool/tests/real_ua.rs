@@ -5,8 +5,8 @@
 //! capture of the case's loopback block: the SIP of both legs and the RTP reaching each UA), in
 //! the UAs' own events, and in `medpool ctl calls show`.
 //!
-//! Cases: a basic call (both directions), hold and resume, a blind transfer (REFER), DTMF (RFC
-//! 4733), each with baresip on both ends; then linphone as the callee and as the caller. What linphone cannot do
+//! Cases: a basic call (both directions), hold and resume (one side, both sides: `a=inactive`), a
+//! blind transfer (REFER), DTMF (RFC 4733), each with baresip on both ends; then linphone as the callee and as the caller. What linphone cannot do
 //! here is said by the test that would need it (see README "Real user agents").
 //!
 //! Addresses: 127.0.154.0/24, one /28 per case (tests/ua/scene.rs). Each case is bounded: every
@@ -705,5 +705,113 @@ fn baresip_call_from_the_gateway_side() {
         ALICE,
         &["→ INVITE", "← 200 INVITE", "→ ACK", "→ BYE", "← 200 BYE"],
     );
+    scene.expect_no_calls(STEP);
+}
+
+/// The SDP directions of the 2xx answers to INVITEs on the leg to `host`, sent by the UA
+/// (`from_ua`) or by the node, retransmissions counted once.
+fn answers(scene: &Scene, host: u8, from_ua: bool) -> Vec<&'static str> {
+    let ip = scene.ip(host);
+    let mut seen: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for m in scene.leg(host) {
+        if m.status() != Some(200) || m.cseq_method() != "INVITE" {
+            continue;
+        }
+        if (m.src.ip().to_string() == ip) != from_ua {
+            continue;
+        }
+        let key = format!("{} {}", m.call_id(), m.header("CSeq", None).unwrap_or(""));
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        out.push(m.sdp_direction().unwrap_or("no SDP"));
+    }
+    out
+}
+
+/// Both hold: alice holds bob, then bob holds alice while held, then both resume. Every offer and
+/// every answer crosses medpool with its direction unchanged — the answers to a hold are
+/// `recvonly` or `inactive` (RFC 3264 §6.1), whatever each baresip picks.
+#[test]
+fn baresip_both_sides_hold() {
+    let scene = Scene::start("both-hold", SceneSpec::new(8));
+    let (alice, bob) = alice_and_bob(&scene);
+    alice.dial(&scene.dial_uri(BOB_NUMBER));
+    alice.expect_event("CALL_ESTABLISHED", 1, STEP);
+    bob.expect_event("CALL_ESTABLISHED", 1, STEP);
+    let answered_by = |host: u8, n: usize, what: &str| {
+        let ip = scene.ip(host);
+        scene.expect_on_leg(host, what, n, STEP, |m| {
+            m.status() == Some(200) && m.cseq_method() == "INVITE" && m.src.ip().to_string() == ip
+        });
+    };
+    alice.hold();
+    answered_by(BOB, 2, "bob's answer to alice's hold");
+    bob.hold();
+    answered_by(ALICE, 1, "alice's answer to bob's hold");
+    bob.resume();
+    answered_by(ALICE, 2, "alice's answer to bob's resume");
+    alice.resume();
+    answered_by(BOB, 3, "bob's answer to alice's resume");
+    // ... and every answer relayed: three 2xx from the node to alice, two to bob.
+    let node = scene.ip(NODE);
+    let relayed_to = |host: u8, n: usize| {
+        scene.expect_on_leg(host, "the node's 2xx to INVITEs", n, STEP, |m| {
+            m.status() == Some(200) && m.cseq_method() == "INVITE" && m.src.ip().to_string() == node
+        });
+    };
+    relayed_to(ALICE, 3);
+    relayed_to(BOB, 2);
+
+    let offers = (
+        reinvites(&scene, ALICE, false),
+        reinvites(&scene, BOB, true),
+    );
+    let offers_back = (
+        reinvites(&scene, BOB, false),
+        reinvites(&scene, ALICE, true),
+    );
+    let bob_answers = (answers(&scene, BOB, true), answers(&scene, ALICE, false));
+    let alice_answers = (answers(&scene, ALICE, true), answers(&scene, BOB, false));
+    println!(
+        "alice's offers {:?} reached bob as {:?}, bob answered {:?} reaching alice as {:?}",
+        offers.0, offers.1, bob_answers.0, bob_answers.1
+    );
+    println!(
+        "bob's offers {:?} reached alice as {:?}, alice answered {:?} reaching bob as {:?}",
+        offers_back.0, offers_back.1, alice_answers.0, alice_answers.1
+    );
+    assert_eq!(offers.0, offers.1, "alice's offers relayed unchanged");
+    assert_eq!(
+        offers_back.0, offers_back.1,
+        "bob's offers relayed unchanged"
+    );
+    assert_eq!(
+        bob_answers.0, bob_answers.1,
+        "bob's answers relayed unchanged"
+    );
+    assert_eq!(
+        alice_answers.0, alice_answers.1,
+        "alice's answers relayed unchanged"
+    );
+    assert_eq!(offers.0, ["sendonly", "sendrecv"]);
+    assert_eq!(offers_back.0, ["sendonly", "sendrecv"]);
+    // bob's answers: the first call's, alice's hold, alice's resume.
+    assert_eq!(bob_answers.0.len(), 3, "{bob_answers:?}");
+    assert!(
+        matches!(bob_answers.0[1], "recvonly" | "inactive"),
+        "an answer to a hold: {bob_answers:?}"
+    );
+    // alice's answers to bob's hold (while she holds him) and resume.
+    assert_eq!(alice_answers.0.len(), 2, "{alice_answers:?}");
+    assert!(
+        matches!(alice_answers.0[0], "recvonly" | "inactive"),
+        "an answer to a hold: {alice_answers:?}"
+    );
+
+    alice.hangup();
+    bob.expect_event("CALL_CLOSED", 1, STEP);
     scene.expect_no_calls(STEP);
 }
