@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md documents it. Installs what the tests need when it is missing
-# (SIPp from Debian's sip-tester; iproute2 and iptables for the chaos suite when root), then: formatting, clippy with warnings as errors, every test.
+# (SIPp from Debian's sip-tester; baresip and linphone-cli for the real user agents; iproute2 and iptables for the chaos suite when root), then: formatting, clippy with warnings as errors, every test.
 # Usage: scripts/test.sh            (CI calls exactly this through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,9 @@ need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 # The front door's scanner test (node/medpool/tests/sipvicious.rs): svmap, svwar, svcrack.
 command -v svmap >/dev/null 2>&1 || need+=(sipvicious)
+# Real SIP user agents (node/medpool/tests/real_ua.rs): baresip and linphone's daemon.
+command -v baresip >/dev/null 2>&1 || need+=(baresip)
+command -v linphone-daemon >/dev/null 2>&1 || need+=(linphone-cli)
 # The chaos suite's network faults (a namespace of its own, iptables inside it) need root; without
 # root it reports those scenarios NOT RUN.
 if [ "$(id -u)" -eq 0 ]; then

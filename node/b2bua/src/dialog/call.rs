@@ -108,6 +108,8 @@ pub struct Call {
     /// 2xx gets the ACK of its own CSeq, never the first INVITE's).
     pub(super) reinvite_ack_b: Option<Envelope>,
     pub(super) relays: Vec<Relay>,
+    /// REFERs relayed in this call, so their NOTIFYs name the right CSeq on each leg.
+    pub(super) refers: Vec<super::refer_event::ReferIds>,
     /// A relayed re-INVITE answered 2xx on the A side, waiting for A's ACK: (A's CSeq, B's CSeq).
     pub(super) pending_ack_b: Vec<(u32, u32)>,
     pub(super) pending_ack_a: Vec<(u32, u32)>,
@@ -331,6 +333,7 @@ impl Call {
             ack_b: None,
             reinvite_ack_b: None,
             relays: Vec::new(),
+            refers: Vec::new(),
             pending_ack_b: Vec::new(),
             pending_ack_a: Vec::new(),
             bye_keys: Vec::new(),

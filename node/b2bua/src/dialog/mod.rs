@@ -19,9 +19,10 @@
 //! which concern handles what),
 //! `call` (the state, built by one constructor for new and rebuilt calls), `outbound` (the leg-B
 //! INVITE, a pure function), `setup` (answers to the caller, gateway attempts and failover),
-//! `relay` (in-dialog requests between the legs), `session` (the RFC 4028 session timer: who
-//! refreshes, the refresh, the expiry teardown), `forks` (leg B's early dialogs, one per fork, and
-//! the 2xx of a fork that lost: ACK and BYE), `media` (the relay
+//! `relay` (in-dialog requests between the legs; `refer_event` renumbers a relayed REFER's NOTIFYs,
+//! pure), `session` (the RFC 4028 session timer: who refreshes, the refresh, the expiry teardown),
+//! `forks` (leg B's early dialogs, one per fork, and the 2xx of a fork that lost: ACK and BYE),
+//! `media` (the relay
 //! session, SDP of offers and answers rewritten for the other leg, the media timeout, and a rebuilt
 //! call's re-INVITEs moving its media onto this node), `teardown` (BYE, the
 //! end, what a stopped call gives back), `record` (the replicated record and rebuilding a call
@@ -44,6 +45,7 @@ mod media_tests;
 mod msg;
 mod outbound;
 mod record;
+mod refer_event;
 mod relay;
 #[cfg(test)]
 mod rfc_tests;

@@ -369,7 +369,30 @@ pub(super) fn on_request(
     } else {
         None
     };
-    relay_request_parts(&mut b, &env.msg, &[], body.as_deref());
+    // A REFER's NOTIFY names the REFER's CSeq on this leg: renumbered for the far leg.
+    let event = (method == Method::Notify)
+        .then(|| env.msg.header(HeaderName::Event))
+        .flatten()
+        .and_then(|e| super::refer_event::renumbered(&st.refers, side, e));
+    if let Some(e) = &event {
+        b.header(HeaderName::Event, e);
+    }
+    let skip: &[HeaderName] = if event.is_some() {
+        &[HeaderName::Event]
+    } else {
+        &[]
+    };
+    relay_request_parts(&mut b, &env.msg, skip, body.as_deref());
+    if method == Method::Refer {
+        super::refer_event::remember(
+            &mut st.refers,
+            super::refer_event::ReferIds {
+                notifier: to_side,
+                there: cseq_far,
+                here: cseq,
+            },
+        );
+    }
     if let Some(l) = st.leg_mut(to_side) {
         l.local_cseq = cseq_far;
     }
