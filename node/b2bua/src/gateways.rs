@@ -218,3 +218,95 @@ impl Gateways {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::capacity::{Division, PoolGateways};
+    use crate::config::PoolConfig;
+
+    /// Node 2 of a pool of `current`, whose last stable members were `stable`; gw1 disabled when
+    /// `disabled`.
+    struct View {
+        current: Vec<u64>,
+        stable: Vec<u64>,
+        disabled: bool,
+    }
+
+    impl PoolGateways for View {
+        fn division(&self) -> Division {
+            Division {
+                me: 2,
+                generation: 1,
+                current: self.current.iter().copied().collect::<BTreeSet<_>>(),
+                stable: self.stable.iter().copied().collect::<BTreeSet<_>>(),
+            }
+        }
+        fn admin(&self, _: &str) -> AdminState {
+            if self.disabled {
+                AdminState::Disabled
+            } else {
+                AdminState::Enabled
+            }
+        }
+    }
+
+    fn gw1() -> Trunk {
+        let toml = "[[trunk]]\nname = \"gw1\"\naddress = \"127.0.153.21\"\nside = \"gateway\"\n\
+                    max_calls = 30\n";
+        PoolConfig::from_toml_str(toml, "test")
+            .unwrap()
+            .trunk("gw1")
+            .cloned()
+            .unwrap()
+    }
+
+    fn table(view: View) -> (Gateways, Trunk) {
+        let t = gw1();
+        let g = Gateways::default();
+        g.insert(Arc::new(GatewayHandle::new(&t)));
+        assert!(g.capacity.attach(Arc::new(view)));
+        (g, t)
+    }
+
+    #[test]
+    fn a_node_takes_calls_up_to_its_share_and_carried_calls_beyond_it() {
+        let (g, t) = table(View {
+            current: vec![1, 2, 3],
+            stable: vec![1, 2, 3],
+            disabled: false,
+        });
+        assert_eq!(g.ceilings("gw1"), (Some(10), None));
+        assert_eq!((0..15).filter(|_| g.try_acquire(&t)).count(), 10);
+        assert!(g.view("gw1").at_capacity);
+        assert!(g.carry(&t), "a carried call counts even beyond the share");
+        assert_eq!(g.get("gw1").unwrap().active_calls(), 11);
+        g.release("gw1");
+        assert!(!g.try_acquire(&t), "at its share again: still no new call");
+        g.release("gw1");
+        assert!(g.try_acquire(&t));
+    }
+
+    #[test]
+    fn a_share_grows_only_with_a_stable_division_and_a_disabled_gateway_takes_nothing() {
+        // Node 3 died: the new division (1, 2) is not stable yet, so node 2 keeps 10.
+        let (g, t) = table(View {
+            current: vec![1, 2],
+            stable: vec![1, 2, 3],
+            disabled: false,
+        });
+        assert_eq!(g.ceilings("gw1"), (Some(10), None));
+        assert_eq!((0..20).filter(|_| g.try_acquire(&t)).count(), 10);
+        let (g, t) = table(View {
+            current: vec![1, 2],
+            stable: vec![1, 2, 3],
+            disabled: true,
+        });
+        assert!(!g.try_acquire(&t));
+        assert!(!g.view("gw1").enabled);
+    }
+}

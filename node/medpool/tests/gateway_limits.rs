@@ -182,6 +182,11 @@ fn a_gateways_limit_holds_for_the_whole_pool_and_its_state_is_replicated() {
         answered, 40,
         "the new calls go to gw2 (gw1 {g1:?}, gw2 {g2:?})"
     );
+    eprintln!(
+        "after node 3's death: gw1 peak {}, shares {:?}",
+        gw1.peak_active(),
+        shares(&pool, 1)
+    );
 
     // Node 3 comes back; every call is hung up; the three shares come back.
     pool.nodes.retain(|n| n.id != 3);
