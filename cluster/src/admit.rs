@@ -5,16 +5,20 @@
 //! A write over the wire is one of:
 //! - the sender's own business: its own record (`AddNode` with its id), its dialog records
 //!   (`OwnerDialogBatch` with itself as writer; `DialogBatch`; both within [`MAX_DIALOG_RECORDS`]
-//!   and [`MAX_DIALOG_BYTES`]), the pool's first entries (`Bootstrap`, `SetPoolSecret`: each applies
+//!   and [`MAX_DIALOG_BYTES`]), its report that it settled in a capacity generation
+//!   (`CapacitySettled` with its id), the pool's first entries (`Bootstrap`, `SetPoolSecret`: each applies
 //!   once), `Noop`;
 //! - an operator's action relayed from the sender's admin API (which checked the operator's
 //!   token): drain/undrain (`SetNodeState` to Active or Draining), `RemoveNode`, `SetConfig`
-//!   (within [`MAX_CONFIG_BYTES`], and validated by the leader itself before it is proposed).
+//!   (within [`MAX_CONFIG_BYTES`], and validated by the leader itself before it is proposed),
+//!   a gateway's enable/disable/drain (`SetGatewayAdmin`, its name within
+//!   [`MAX_GATEWAY_NAME`]).
 //!
 //! Never from another node: `MoveShards` and `SetNodeState(Down)` (the leader's rebalancer and
 //! failure detector write them locally).
 
 use crate::command::Command;
+use crate::division::MAX_GATEWAY_NAME;
 use crate::ids::{NodeId, NodeState};
 use crate::tls::node_name;
 
@@ -112,6 +116,10 @@ pub fn admit_write(cmd: &Command, speaks_for: impl Fn(NodeId) -> bool) -> Result
             command: "MoveShards",
         }),
         Command::SetConfig { body, .. } => cap("configuration", body.len(), MAX_CONFIG_BYTES),
+        Command::SetGatewayAdmin { gateway, .. } => {
+            cap("gateway name", gateway.len(), MAX_GATEWAY_NAME)
+        }
+        Command::CapacitySettled { node, .. } => must_be(*node),
         Command::DialogBatch { upserts, removes } => dialog_caps(upserts, removes),
         Command::OwnerDialogBatch {
             writer,
@@ -155,6 +163,15 @@ mod tests {
             admit_write(&batch(1, 3, 10), only(2)),
             Err(Denied::NotThatNode { node: 1 })
         );
+        let settled = |node| Command::CapacitySettled {
+            node,
+            generation: 4,
+        };
+        assert_eq!(admit_write(&settled(2), only(2)), Ok(()));
+        assert_eq!(
+            admit_write(&settled(1), only(2)),
+            Err(Denied::NotThatNode { node: 1 })
+        );
         assert!(matches!(
             admit_write(&batch(2, MAX_DIALOG_RECORDS + 1, 1), only(2)),
             Err(Denied::TooLarge { .. })
@@ -196,6 +213,17 @@ mod tests {
             state: NodeState::Draining,
         };
         assert_eq!(admit_write(&drain, only(2)), Ok(()));
+        // A gateway's state, relayed for an operator; a name beyond its cap.
+        let gw = |name: String| Command::SetGatewayAdmin {
+            gateway: name,
+            node: None,
+            state: crate::division::GatewayAdmin::Disabled,
+        };
+        assert_eq!(admit_write(&gw("gw1".into()), only(2)), Ok(()));
+        assert!(matches!(
+            admit_write(&gw("g".repeat(MAX_GATEWAY_NAME + 1)), anyone),
+            Err(Denied::TooLarge { .. })
+        ));
         let big = Command::SetConfig {
             expected_version: None,
             body: vec![b' '; MAX_CONFIG_BYTES + 1],

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::division::GatewayAdmin;
 use crate::ids::{NodeAddrs, NodeId, NodeState, ShardId};
 
 /// A change to the replicated [`State`](crate::state::State).
@@ -90,6 +91,26 @@ pub enum Command {
     },
     /// Changes nothing (a barrier, or a probe that the leader can still commit).
     Noop,
+    /// An operator's choice for a gateway: pool-wide (`node: None`, which also clears every
+    /// per-node choice for it) or for one node. The gateway name is not checked here (this crate
+    /// does not read the configuration): the admin API checks it before it proposes.
+    SetGatewayAdmin {
+        /// The gateway trunk's name (at most [`MAX_GATEWAY_NAME`](crate::division::MAX_GATEWAY_NAME) bytes).
+        gateway: String,
+        /// Only this node.
+        node: Option<NodeId>,
+        /// The choice.
+        state: GatewayAdmin,
+    },
+    /// `node` is within its share of every gateway in the capacity division's `generation`,
+    /// every shard is with a member and the node counts the calls it carried over (see
+    /// [`crate::division`]). Written by the node itself.
+    CapacitySettled {
+        /// The node.
+        node: NodeId,
+        /// The generation it settled in.
+        generation: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -132,6 +153,14 @@ impl fmt::Display for Command {
             ),
             Command::SetPoolSecret { .. } => f.write_str("SetPoolSecret"),
             Command::Noop => f.write_str("Noop"),
+            Command::SetGatewayAdmin {
+                gateway,
+                node,
+                state,
+            } => write!(f, "SetGatewayAdmin({gateway}, node={node:?}, {state:?})"),
+            Command::CapacitySettled { node, generation } => {
+                write!(f, "CapacitySettled({node}, generation={generation})")
+            }
         }
     }
 }
@@ -230,6 +259,23 @@ pub enum Rejection {
     InvalidConfig {
         /// The validation's account (for people; the variant is the type).
         reason: String,
+    },
+    /// [`Command::CapacitySettled`] for a generation that is not the current one.
+    #[error("capacity generation {current} is current, the node settled in {generation}")]
+    StaleGeneration {
+        /// The generation named.
+        generation: u64,
+        /// The current one.
+        current: u64,
+    },
+    /// [`Command::CapacitySettled`] from a node that is not a member of the current generation.
+    #[error("node {0} does not share gateway capacity in this generation")]
+    NotACapacityMember(NodeId),
+    /// [`Command::SetGatewayAdmin`] for a new gateway when the pool keeps as many as it may.
+    #[error("the pool keeps the states of at most {max} gateways")]
+    TooManyGatewayStates {
+        /// The bound.
+        max: usize,
     },
     /// [`Command::SetConfig`] based on a version that is no longer current.
     #[error("configuration version {current:?} is current, the change was based on {expected:?}")]

@@ -34,6 +34,8 @@
 //!  ─────────────────────────────────────────────────────────────────────────────────────────
 //!   command.rs     Command, CommandResult, Rejection             pure data
 //!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   division.rs    gateway capacity division, gateway states     pure data and rules
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
 //!   ids.rs         NodeId, NodeAddrs, NodeState, ShardId         leaves: import nothing of
 //!   b64.rs         opaque bytes in serde (base64 text in JSON)   this crate
 //! ```
@@ -60,6 +62,7 @@ pub mod audit;
 mod b64;
 pub mod body_cap;
 pub mod command;
+pub mod division;
 pub mod error;
 pub mod grpc;
 pub mod ids;

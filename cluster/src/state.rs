@@ -11,6 +11,7 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandResult, Rejection};
+use crate::division::{Division, GatewayAdmin, GatewayStates, MAX_GATEWAY_STATES};
 use crate::ids::{NodeAddrs, NodeId};
 pub use crate::ids::{NodeState, ShardId};
 
@@ -64,12 +65,36 @@ pub struct State {
     /// secrets existed until its leader writes one.
     #[serde(default)]
     pool_secret: Option<[u8; 32]>,
+    /// Who shares gateway capacity ([`crate::division`]); the default in a pool from before it.
+    #[serde(default)]
+    division: Division,
+    /// Operators' gateway states, by gateway name (at most
+    /// [`MAX_GATEWAY_STATES`](crate::division::MAX_GATEWAY_STATES)).
+    #[serde(default)]
+    gateways: BTreeMap<String, GatewayStates>,
 }
 
 impl State {
     /// The pool-wide secret, set once right after bootstrap (`None` in older pools).
     pub fn pool_secret(&self) -> Option<[u8; 32]> {
         self.pool_secret
+    }
+
+    /// Who shares gateway capacity, generation by generation.
+    pub fn division(&self) -> &Division {
+        &self.division
+    }
+
+    /// The operator's state of a gateway on `node` (enabled unless one was set).
+    pub fn gateway_admin(&self, gateway: &str, node: NodeId) -> GatewayAdmin {
+        self.gateways
+            .get(gateway)
+            .map_or(GatewayAdmin::Enabled, |g| g.on(node))
+    }
+
+    /// Every gateway an operator set a state for.
+    pub fn gateway_states(&self) -> &BTreeMap<String, GatewayStates> {
+        &self.gateways
     }
 
     /// Whether [`Command::Bootstrap`] has created the shard map.
@@ -206,7 +231,49 @@ pub fn apply(state: &mut State, command: Command) -> CommandResult {
 }
 
 fn try_apply(state: &mut State, command: Command) -> Result<CommandResult, Rejection> {
+    let membership = matches!(
+        command,
+        Command::AddNode { .. } | Command::SetNodeState { .. } | Command::RemoveNode { .. }
+    );
+    let result = apply_one(state, command)?;
+    if membership {
+        let active = state.active_nodes();
+        state.division.follow(active);
+    }
+    Ok(result)
+}
+
+fn apply_one(state: &mut State, command: Command) -> Result<CommandResult, Rejection> {
     match command {
+        Command::SetGatewayAdmin {
+            gateway,
+            node,
+            state: to,
+        } => {
+            if !state.gateways.contains_key(&gateway) && state.gateways.len() >= MAX_GATEWAY_STATES
+            {
+                return Err(Rejection::TooManyGatewayStates {
+                    max: MAX_GATEWAY_STATES,
+                });
+            }
+            if let Some(n) = node
+                && !state.nodes.contains_key(&n)
+            {
+                return Err(Rejection::UnknownNode(n));
+            }
+            state.gateways.entry(gateway).or_default().set(node, to);
+            Ok(CommandResult::Done)
+        }
+        Command::CapacitySettled { node, generation } => {
+            match state.division.settle(node, generation) {
+                Ok(true) => Ok(CommandResult::Done),
+                Ok(false) => Err(Rejection::NotACapacityMember(node)),
+                Err(current) => Err(Rejection::StaleGeneration {
+                    generation,
+                    current,
+                }),
+            }
+        }
         Command::Noop => Ok(CommandResult::Done),
         Command::SetPoolSecret { secret } => {
             if state.pool_secret.is_some() {
@@ -376,6 +443,96 @@ mod tests {
 
     fn rejected(r: CommandResult) -> Rejection {
         r.into_result().unwrap_err()
+    }
+
+    #[test]
+    fn membership_changes_start_capacity_generations_that_settle() {
+        let mut s = State::default();
+        add(&mut s, 1);
+        assert_eq!(s.division().generation, 1);
+        assert!(s.division().stable.is_empty());
+        let settle = |s: &mut State, node, generation| {
+            apply(s, Command::CapacitySettled { node, generation })
+        };
+        assert_eq!(settle(&mut s, 1, 1), CommandResult::Done);
+        assert!(s.division().is_stable());
+        add(&mut s, 2);
+        add(&mut s, 2); // a restarted node's AddNode: the active set is the same
+        assert_eq!(s.division().generation, 2);
+        assert_eq!(
+            rejected(settle(&mut s, 2, 1)),
+            Rejection::StaleGeneration {
+                generation: 1,
+                current: 2
+            }
+        );
+        assert_eq!(
+            rejected(settle(&mut s, 9, 2)),
+            Rejection::NotACapacityMember(9)
+        );
+        assert_eq!(settle(&mut s, 2, 2), CommandResult::Done);
+        assert_eq!(s.division().stable, BTreeSet::from([1]));
+        assert_eq!(settle(&mut s, 1, 2), CommandResult::Done);
+        assert_eq!(s.division().stable, BTreeSet::from([1, 2]));
+        let down = Command::SetNodeState {
+            id: 2,
+            state: NodeState::Down,
+        };
+        assert_eq!(apply(&mut s, down), CommandResult::Done);
+        assert_eq!(s.division().generation, 3);
+        assert_eq!(s.division().members, BTreeSet::from([1]));
+        assert_eq!(s.division().stable, BTreeSet::from([1, 2]));
+        // A refused membership command starts no generation.
+        let _ = apply(&mut s, Command::RemoveNode { id: 7 });
+        assert_eq!(s.division().generation, 3);
+    }
+
+    #[test]
+    fn gateway_states_are_kept_per_gateway_and_bounded() {
+        let mut s = State::default();
+        add(&mut s, 1);
+        add(&mut s, 2);
+        let set = |gateway: &str, node, state| Command::SetGatewayAdmin {
+            gateway: gateway.into(),
+            node,
+            state,
+        };
+        assert_eq!(
+            apply(&mut s, set("gw1", None, GatewayAdmin::Disabled)),
+            CommandResult::Done
+        );
+        assert_eq!(
+            apply(&mut s, set("gw1", Some(2), GatewayAdmin::Enabled)),
+            CommandResult::Done
+        );
+        assert_eq!(s.gateway_admin("gw1", 1), GatewayAdmin::Disabled);
+        assert_eq!(s.gateway_admin("gw1", 2), GatewayAdmin::Enabled);
+        assert_eq!(s.gateway_admin("gw2", 1), GatewayAdmin::Enabled);
+        assert_eq!(
+            rejected(apply(&mut s, set("gw1", Some(5), GatewayAdmin::Draining))),
+            Rejection::UnknownNode(5)
+        );
+        let json = serde_json::to_vec(&s).unwrap();
+        let back: State = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            back, s,
+            "gateway states and the division survive a snapshot"
+        );
+        for i in 1..MAX_GATEWAY_STATES {
+            let _ = apply(&mut s, set(&format!("g{i}"), None, GatewayAdmin::Draining));
+        }
+        assert_eq!(
+            rejected(apply(&mut s, set("one-more", None, GatewayAdmin::Draining))),
+            Rejection::TooManyGatewayStates {
+                max: MAX_GATEWAY_STATES
+            }
+        );
+        assert_eq!(
+            apply(&mut s, set("gw1", None, GatewayAdmin::Enabled)),
+            CommandResult::Done,
+            "a known gateway's state still changes"
+        );
+        assert_eq!(s.gateway_admin("gw1", 2), GatewayAdmin::Enabled);
     }
 
     #[test]

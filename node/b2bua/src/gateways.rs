@@ -2,7 +2,9 @@
 //! trip ([`HealthView`]), its operator state, and its active calls and CPS counted against the trunk's
 //! capacity. The GatewayActor (module `gateway`) writes health in; calls take and give back slots;
 //! passive health (INVITE outcomes) goes to the gateway's prober through a
-//! [`ractor::DerivedActorRef`] of [`InviteOutcome`], so this table names no actor type.
+//! [`ractor::DerivedActorRef`] of [`InviteOutcome`], so this table names no actor type. In a pool
+//! a gateway's ceilings are this node's share of the trunk's limits and its operator state is the
+//! pool's ([`crate::capacity`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -11,17 +13,10 @@ use std::sync::{Arc, Mutex};
 use ractor::DerivedActorRef;
 use tokio::time::Instant;
 
+pub use crate::capacity::AdminState;
+use crate::capacity::{Capacity, CpsGate};
 use crate::config::Trunk;
-use crate::health::{GatewayView, HealthView, InviteOutcome, TokenBucket};
-
-/// An operator's choice for a gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminState {
-    /// In service.
-    Enabled,
-    /// No new calls; existing calls continue (drain and disable behave the same for new calls).
-    Disabled,
-}
+use crate::health::{GatewayView, HealthView, InviteOutcome};
 
 /// Shared, lock-free state of one gateway on this node.
 #[derive(Debug)]
@@ -32,7 +27,8 @@ pub struct GatewayHandle {
     pub(crate) enabled: AtomicBool,
     pub(crate) active: AtomicU32,
     max_calls: Option<u32>,
-    cps: Option<Mutex<TokenBucket>>,
+    max_cps: Option<u32>,
+    cps: CpsGate,
     epoch: Instant,
     /// Last OPTIONS round trip in microseconds (0 = none yet).
     pub last_rtt_us: AtomicU64,
@@ -52,7 +48,8 @@ impl GatewayHandle {
             enabled: AtomicBool::new(true),
             active: AtomicU32::new(0),
             max_calls: trunk.max_calls,
-            cps: trunk.max_cps.map(|c| Mutex::new(TokenBucket::for_cps(c))),
+            max_cps: trunk.max_cps,
+            cps: CpsGate::default(),
             epoch: Instant::now(),
             last_rtt_us: AtomicU64::new(0),
             last_status: AtomicU32::new(0),
@@ -79,17 +76,19 @@ impl GatewayHandle {
     pub fn active_calls(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
     }
-    fn view(&self) -> GatewayView {
+    /// The trunk's limits for the whole pool: `max_calls`, `max_cps`.
+    pub fn limits(&self) -> (Option<u32>, Option<u32>) {
+        (self.max_calls, self.max_cps)
+    }
+    fn view(&self, capacity: &Capacity) -> GatewayView {
         let active = self.active_calls();
-        let full = self.max_calls.is_some_and(|m| active >= m);
-        let no_token = self
-            .cps
-            .as_ref()
-            .and_then(|b| b.lock().ok().map(|b| !b.has_token(self.epoch.elapsed())))
-            .unwrap_or(false);
+        let (calls, cps) = capacity.limits(&self.name, self.max_calls, self.max_cps);
+        let full = calls.is_some_and(|m| active >= m);
+        let no_token = cps.is_some_and(|c| !self.cps.has_token(c, self.epoch.elapsed()));
         GatewayView {
             up: self.is_up(),
-            enabled: self.is_enabled(),
+            enabled: self.is_enabled()
+                && capacity.admin(&self.name).is_none_or(|a| a.takes_calls()),
             active_calls: active,
             at_capacity: full || no_token,
         }
@@ -100,11 +99,17 @@ impl GatewayHandle {
 #[derive(Debug, Default)]
 pub struct Gateways {
     table: std::sync::RwLock<BTreeMap<String, Arc<GatewayHandle>>>,
+    /// Where this node's share of each gateway's limits, and the pool's gateway states, come from.
+    pub capacity: Capacity,
+    /// Woken when a call gives its slot back (the pool's settle check waits for it).
+    pub released: tokio::sync::Notify,
 }
 
 impl HealthView for Gateways {
     fn view(&self, trunk: &str) -> GatewayView {
-        self.get(trunk).map(|h| h.view()).unwrap_or_default()
+        self.get(trunk)
+            .map(|h| h.view(&self.capacity))
+            .unwrap_or_default()
     }
 }
 
@@ -125,22 +130,49 @@ impl Gateways {
         let Some(h) = self.get(&trunk.name) else {
             return true; // not a gateway we track (e.g. an internal trunk as target)
         };
-        if !h.is_enabled() {
-            return false;
-        }
-        if let Some(m) = h.max_calls
-            && h.active_calls() >= m
+        if !h.is_enabled()
+            || self
+                .capacity
+                .admin(&h.name)
+                .is_some_and(|a| !a.takes_calls())
         {
             return false;
         }
-        if let Some(b) = &h.cps
-            && let Ok(mut b) = b.lock()
-            && !b.try_take(h.epoch.elapsed())
+        let (calls, cps) = self.capacity.limits(&h.name, h.max_calls, h.max_cps);
+        let ceiling = calls.unwrap_or(u32::MAX);
+        if h.active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v < ceiling).then_some(v + 1)
+            })
+            .is_err()
         {
             return false;
         }
-        h.active.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = cps
+            && !h.cps.try_take(c, h.epoch.elapsed())
+        {
+            self.release(&h.name);
+            return false;
+        }
         true
+    }
+    /// Counts a call carried over from another node (rebuilt here from its record) against the
+    /// gateway: always, even beyond this node's share (it then takes no new call until it is
+    /// within it again). False when the gateway is not one we track.
+    pub fn carry(&self, trunk: &Trunk) -> bool {
+        match self.get(&trunk.name) {
+            Some(h) => {
+                h.active.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+    /// This node's ceilings (its share, in a pool) of calls and calls per second for a gateway.
+    pub fn ceilings(&self, trunk: &str) -> (Option<u32>, Option<u32>) {
+        self.get(trunk)
+            .map(|h| self.capacity.limits(&h.name, h.max_calls, h.max_cps))
+            .unwrap_or_default()
     }
     /// Gives a call slot back.
     pub fn release(&self, trunk: &str) {
@@ -150,6 +182,7 @@ impl Gateways {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                     Some(v.saturating_sub(1))
                 });
+            self.released.notify_one();
         }
     }
     /// A call reports how an INVITE to the gateway went (passive health).
@@ -183,5 +216,97 @@ impl Gateways {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::capacity::{Division, PoolGateways};
+    use crate::config::PoolConfig;
+
+    /// Node 2 of a pool of `current`, whose last stable members were `stable`; gw1 disabled when
+    /// `disabled`.
+    struct View {
+        current: Vec<u64>,
+        stable: Vec<u64>,
+        disabled: bool,
+    }
+
+    impl PoolGateways for View {
+        fn division(&self) -> Division {
+            Division {
+                me: 2,
+                generation: 1,
+                current: self.current.iter().copied().collect::<BTreeSet<_>>(),
+                stable: self.stable.iter().copied().collect::<BTreeSet<_>>(),
+            }
+        }
+        fn admin(&self, _: &str) -> AdminState {
+            if self.disabled {
+                AdminState::Disabled
+            } else {
+                AdminState::Enabled
+            }
+        }
+    }
+
+    fn gw1() -> Trunk {
+        let toml = "[[trunk]]\nname = \"gw1\"\naddress = \"127.0.153.21\"\nside = \"gateway\"\n\
+                    max_calls = 30\n";
+        PoolConfig::from_toml_str(toml, "test")
+            .unwrap()
+            .trunk("gw1")
+            .cloned()
+            .unwrap()
+    }
+
+    fn table(view: View) -> (Gateways, Trunk) {
+        let t = gw1();
+        let g = Gateways::default();
+        g.insert(Arc::new(GatewayHandle::new(&t)));
+        assert!(g.capacity.attach(Arc::new(view)));
+        (g, t)
+    }
+
+    #[test]
+    fn a_node_takes_calls_up_to_its_share_and_carried_calls_beyond_it() {
+        let (g, t) = table(View {
+            current: vec![1, 2, 3],
+            stable: vec![1, 2, 3],
+            disabled: false,
+        });
+        assert_eq!(g.ceilings("gw1"), (Some(10), None));
+        assert_eq!((0..15).filter(|_| g.try_acquire(&t)).count(), 10);
+        assert!(g.view("gw1").at_capacity);
+        assert!(g.carry(&t), "a carried call counts even beyond the share");
+        assert_eq!(g.get("gw1").unwrap().active_calls(), 11);
+        g.release("gw1");
+        assert!(!g.try_acquire(&t), "at its share again: still no new call");
+        g.release("gw1");
+        assert!(g.try_acquire(&t));
+    }
+
+    #[test]
+    fn a_share_grows_only_with_a_stable_division_and_a_disabled_gateway_takes_nothing() {
+        // Node 3 died: the new division (1, 2) is not stable yet, so node 2 keeps 10.
+        let (g, t) = table(View {
+            current: vec![1, 2],
+            stable: vec![1, 2, 3],
+            disabled: false,
+        });
+        assert_eq!(g.ceilings("gw1"), (Some(10), None));
+        assert_eq!((0..20).filter(|_| g.try_acquire(&t)).count(), 10);
+        let (g, t) = table(View {
+            current: vec![1, 2],
+            stable: vec![1, 2, 3],
+            disabled: true,
+        });
+        assert!(!g.try_acquire(&t));
+        assert!(!g.view("gw1").enabled);
     }
 }

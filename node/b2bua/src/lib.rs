@@ -20,6 +20,7 @@
 //!   2  txlayer                transaction events: Envelope, Registry, SipIo, Wire (no actor type)
 //!   1  config routing translate health ingress sources cluster trace   pure: no I/O, no actors
 //!      media                  the call's media plan: SDP offer/answer rewriting, relay plans
+//!      capacity               this node's share of a gateway's pool-wide limits; gateway states
 //! ```
 //! Tests only: `testkit` (a node context over a channel wire, no socket) sits on top of all.
 //!
@@ -27,6 +28,7 @@
 //! types, so it never names an actor; the node context and the gateway table name none either. The
 //! pool is reached only through [`cluster`]'s traits, so this crate never depends on Raft.
 
+pub mod capacity;
 pub mod cluster;
 pub mod config;
 pub mod ctx;

@@ -13,6 +13,8 @@
 //!    └── demo      `medpool demo`: a 3-node pool as child processes, simulated peers
 //!    │
 //!   pool       adapters between the B2BUA's traits and medpool-cluster's Pool
+//!   capacity   the pool's gateway capacity division and gateway states for the B2BUA;
+//!              reporting this node settled in a new division
 //!   metrics    Prometheus /metrics of a node and its pool
 //!   admin      the admin gRPC API (→ telemetry, to change the log filter)
 //!    │
@@ -20,6 +22,7 @@
 //! ```
 
 pub mod admin;
+pub mod capacity;
 pub mod cli;
 pub mod ctl;
 pub mod demo;

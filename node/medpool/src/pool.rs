@@ -116,6 +116,8 @@ impl Relay for PoolAdapter {
 pub struct NodeSink {
     /// Set once the node has started.
     pub node: OnceLock<Arc<NodeCtx>>,
+    /// Shard adoptions under way (the capacity settle task waits until none is).
+    pub adoptions: Arc<crate::capacity::Adoptions>,
 }
 
 impl PoolSink for NodeSink {
@@ -153,7 +155,9 @@ impl PoolSink for NodeSink {
         let Some(node) = self.node.get().cloned() else {
             return;
         };
+        let guard = self.adoptions.start();
         tokio::spawn(async move {
+            let _guard = guard;
             let mut restored = 0;
             for s in &shards {
                 restored += node.adopt_shard(*s).await;
@@ -165,7 +169,9 @@ impl PoolSink for NodeSink {
         let Some(node) = self.node.get().cloned() else {
             return;
         };
+        let guard = self.adoptions.start();
         tokio::spawn(async move {
+            let _guard = guard;
             let mut restored = 0;
             for s in &shards {
                 restored += node.adopt_shard(*s).await;

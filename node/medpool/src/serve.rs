@@ -547,8 +547,22 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
             let adapter = Arc::new(PoolAdapter { pool: pool.clone() });
             let running =
                 node::start(opts, config, adapter.clone(), adapter.clone(), adapter).await?;
+            // Gateway capacity is the pool's (shares, replicated gateway states) before the node
+            // acts for any shard: the shard watcher starts with `attach`.
+            running
+                .ctx
+                .gateways
+                .capacity
+                .attach(Arc::new(crate::capacity::PoolCapacity {
+                    pool: pool.clone(),
+                }));
             let sink = Arc::new(NodeSink::default());
             let _ = sink.node.set(running.ctx.clone());
+            tokio::spawn(crate::capacity::settle_task(
+                pool.clone(),
+                running.ctx.clone(),
+                sink.adoptions.clone(),
+            ));
             pool.attach(sink);
             tokio::spawn(config_sync(
                 pool.clone(),

@@ -80,6 +80,8 @@ pub struct GatewayCounts {
 #[derive(Debug, Default)]
 struct Stats {
     active_ids: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The most calls up at once (answered, not yet ended by a BYE).
+    peak: AtomicU64,
     calls: AtomicU64,
     byes: AtomicU64,
     reinvites: AtomicU64,
@@ -193,6 +195,23 @@ impl Gateway {
             .iter()
             .map(|(id, leg)| (String::from_utf8_lossy(id).into_owned(), leg.stats()))
             .collect()
+    }
+
+    /// The most calls it held at once (answered 200, not yet ended by a BYE) since it started or
+    /// since [`Gateway::reset_peak`].
+    pub fn peak_active(&self) -> u64 {
+        self.stats.peak.load(Ordering::Relaxed)
+    }
+
+    /// Starts counting the peak again from the calls held now.
+    pub fn reset_peak(&self) {
+        let now = self
+            .stats
+            .active_ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len() as u64;
+        self.stats.peak.store(now, Ordering::Relaxed);
     }
 
     /// Silences the gateway (`true`: every datagram is dropped unanswered, as by a dead box) or
@@ -370,6 +389,9 @@ impl State {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if active {
             ids.insert(id);
+            self.stats
+                .peak
+                .fetch_max(ids.len() as u64, Ordering::Relaxed);
         } else {
             ids.remove(&id);
         }

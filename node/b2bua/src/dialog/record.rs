@@ -160,7 +160,7 @@ pub(super) fn restored(
     ctx.registry.add_leg_b(&b.call_id, myself.get_derived());
     let gateway_active = config
         .trunk(&rec.trunk)
-        .and_then(|t| ctx.gateways.try_acquire(t).then(|| t.name.clone()));
+        .and_then(|t| ctx.gateways.carry(t).then(|| t.name.clone()));
     ctx.count_inbound(&inbound.name);
     let mut call = Call::new(CallSeed {
         ctx,

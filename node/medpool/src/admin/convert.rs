@@ -108,15 +108,19 @@ fn leg_media(m: &medpool_b2bua::media::LegMedia) -> pb::LegMedia {
     }
 }
 
-/// A gateway as this node sees it.
+/// A gateway as this node sees it; `shares` are this node's ceilings of calls and calls per second.
 pub fn gateway(
     h: &GatewayHandle,
     trunk: Option<&Trunk>,
-    admin: pb::GatewayAdminState,
+    (admin, admin_replicated): (pb::GatewayAdminState, bool),
+    shares: (Option<u32>, Option<u32>),
     node_id: u64,
 ) -> pb::GatewayHealth {
     use std::sync::atomic::Ordering::Relaxed;
     pb::GatewayHealth {
+        share_calls: shares.0,
+        share_cps: shares.1,
+        admin_replicated,
         node_id,
         name: h.name.clone(),
         up: h.is_up(),

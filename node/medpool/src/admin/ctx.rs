@@ -10,6 +10,7 @@ use std::time::Duration;
 use medpool_b2bua::config::PoolConfig;
 use medpool_b2bua::gateway::AdminState;
 use medpool_b2bua::node::NodeCtx;
+use medpool_cluster::division::GatewayAdmin;
 use medpool_cluster::pool::Pool;
 use medpool_cluster::{Command, CommandResult, NodeState};
 use medpool_proto::admin::{self as pb, GatewayAdminState};
@@ -66,7 +67,8 @@ pub struct AdminCtx {
     pub mode: Mode,
     /// The other nodes' admin APIs.
     pub peers: Peers,
-    /// Gateways an operator disabled or drained on this node (absent: enabled).
+    /// Gateways an operator disabled or drained on this node (absent: enabled); the single-node
+    /// pool's only (a pool keeps them in its Raft state).
     gateway_admin: Mutex<BTreeMap<String, GatewayAdminState>>,
     /// This node's admin API address.
     pub admin_addr: String,
@@ -433,24 +435,35 @@ impl AdminCtx {
         }
     }
 
-    /// The operator's choice for a gateway on this node.
-    pub fn gateway_admin(&self, name: &str) -> GatewayAdminState {
-        self.gateway_admin
+    /// The operator's choice for a gateway on this node, and whether it is the pool's (replicated)
+    /// rather than this node's own.
+    pub fn gateway_admin(&self, name: &str) -> (GatewayAdminState, bool) {
+        if let Some(pool) = self.pool() {
+            let me = pool.node_id();
+            let state = pool.state().read(|s| s.gateway_admin(name, me));
+            return (to_pb(state), true);
+        }
+        let state = self
+            .gateway_admin
             .lock()
             .ok()
             .and_then(|m| m.get(name).copied())
-            .unwrap_or(GatewayAdminState::Enabled)
+            .unwrap_or(GatewayAdminState::Enabled);
+        (state, false)
     }
 
-    /// Enables, disables or drains a gateway on this node.
-    pub fn set_gateway_admin(
+    /// Enables, disables or drains a gateway: in a pool through the Raft log (pool-wide, or for
+    /// node `node`), answering the nodes it now holds on; in the single-node pool on this node.
+    pub async fn set_gateway_admin(
         &self,
         name: &str,
+        node: Option<u64>,
         state: GatewayAdminState,
-    ) -> Result<(), AdminError> {
+    ) -> Result<Vec<u64>, AdminError> {
         let admin = match state {
-            GatewayAdminState::Enabled => AdminState::Enabled,
-            GatewayAdminState::Disabled | GatewayAdminState::Draining => AdminState::Disabled,
+            GatewayAdminState::Enabled => GatewayAdmin::Enabled,
+            GatewayAdminState::Disabled => GatewayAdmin::Disabled,
+            GatewayAdminState::Draining => GatewayAdmin::Draining,
             GatewayAdminState::Unspecified => {
                 return Err(AdminError::BadRequest {
                     field: "state",
@@ -458,16 +471,55 @@ impl AdminCtx {
                 });
             }
         };
-        if !self.node.gateways.set_admin(name, admin) {
+        // The pool does not read configurations: the name is checked here, against this node's.
+        if self.node.gateways.get(name).is_none() {
             return Err(AdminError::GatewayNotFound(name.to_owned()));
         }
-        if let Ok(mut m) = self.gateway_admin.lock() {
-            if state == GatewayAdminState::Enabled {
-                m.remove(name);
-            } else {
-                m.insert(name.to_owned(), state);
+        let Some(pool) = self.pool() else {
+            let local = match admin {
+                GatewayAdmin::Enabled => AdminState::Enabled,
+                GatewayAdmin::Disabled => AdminState::Disabled,
+                GatewayAdmin::Draining => AdminState::Draining,
+            };
+            self.node.gateways.set_admin(name, local);
+            if let Ok(mut m) = self.gateway_admin.lock() {
+                if state == GatewayAdminState::Enabled {
+                    m.remove(name);
+                } else {
+                    m.insert(name.to_owned(), state);
+                }
             }
+            return Ok(vec![self.node_id()]);
+        };
+        let members: Vec<u64> = pool.state().read(|s| {
+            s.nodes()
+                .iter()
+                .filter(|(_, n)| n.state != NodeState::Down)
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        if let Some(n) = node
+            && pool.state().read(|s| s.node(n).is_none())
+        {
+            return Err(AdminError::NodeNotFound(n));
         }
-        Ok(())
+        self.write(Command::SetGatewayAdmin {
+            gateway: name.to_owned(),
+            node,
+            state: admin,
+        })
+        .await?;
+        Ok(match node {
+            Some(n) => vec![n],
+            None => members,
+        })
+    }
+}
+
+fn to_pb(state: GatewayAdmin) -> GatewayAdminState {
+    match state {
+        GatewayAdmin::Enabled => GatewayAdminState::Enabled,
+        GatewayAdmin::Disabled => GatewayAdminState::Disabled,
+        GatewayAdmin::Draining => GatewayAdminState::Draining,
     }
 }

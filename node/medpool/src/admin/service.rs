@@ -32,6 +32,54 @@ impl AdminService {
         AdminService { ctx }
     }
 
+    /// After a gateway state was committed: the nodes of `nodes` that show it within 3 s (each
+    /// applies the Raft entry in its own time), and those that did not (or did not answer).
+    async fn confirm_gateway_state(
+        &self,
+        name: &str,
+        state: GatewayAdminState,
+        nodes: Vec<u64>,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let me = self.ctx.node_id();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut confirmed = Vec::new();
+        let mut waiting: Vec<u64> = nodes;
+        loop {
+            if waiting.contains(&me) && self.ctx.gateway_admin(name).0 == state {
+                confirmed.push(me);
+                waiting.retain(|n| *n != me);
+            }
+            let targets: Vec<(u64, String)> = self
+                .ctx
+                .others()
+                .into_iter()
+                .filter(|(id, _)| waiting.contains(id))
+                .collect();
+            let ask = pb::ListGatewaysRequest {
+                name: name.to_owned(),
+                local_only: true,
+            };
+            let g = self
+                .ctx
+                .peers
+                .gather(targets, |mut c| {
+                    let ask = ask.clone();
+                    async move { c.list_gateways(ask).await }
+                })
+                .await;
+            for (id, r) in g.answers {
+                if r.gateways.iter().any(|h| h.admin() == state) {
+                    confirmed.push(id);
+                    waiting.retain(|n| *n != id);
+                }
+            }
+            if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+                return (confirmed, waiting);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The pool as this node sees it, its own entry filled in, the others' marked unreachable.
     fn status_here(&self) -> pb::PoolStatusReply {
         let ctx = &self.ctx;
@@ -399,6 +447,7 @@ impl MedpoolAdmin for AdminService {
                     h,
                     config.trunk(&h.name),
                     self.ctx.gateway_admin(&h.name),
+                    self.ctx.node.gateways.ceilings(&h.name),
                     me,
                 )
             })
@@ -454,53 +503,26 @@ impl MedpoolAdmin for AdminService {
             .into());
         }
         let me = self.ctx.node_id();
-        let mut nodes = Vec::new();
-        let mut not_found = None;
-        if req.local_only || req.node.is_none_or(|n| n == me) {
-            match self.ctx.set_gateway_admin(&req.name, req.state()) {
-                Ok(()) => {
-                    tracing::info!(gateway = %req.name, state = ?req.state(), "gateway state set by an operator");
-                    nodes.push(me);
-                }
-                Err(e) => not_found = Some(e),
-            }
-        }
-        let mut unavailable = Vec::new();
-        if !req.local_only {
-            let mut targets = self.ctx.others();
-            if let Some(n) = req.node {
-                if n != me && !targets.iter().any(|(id, _)| *id == n) {
-                    return Err(AdminError::NodeNotFound(n).into());
-                }
-                targets.retain(|(id, _)| *id == n);
-            }
-            let ask = pb::SetGatewayStateRequest {
-                local_only: true,
-                node: None,
-                ..req.clone()
-            };
-            let g = self
-                .ctx
-                .peers
-                .gather(targets, |mut c| {
-                    let ask = ask.clone();
-                    async move { c.set_gateway_state(ask).await }
-                })
-                .await;
-            nodes.extend(g.answers.into_iter().map(|(id, _)| id));
-            unavailable = g.unavailable;
-            for (id, e) in g.errors {
-                if e.code() == Code::NotFound {
-                    continue;
-                }
-                unavailable.push(id);
-            }
-        }
-        if nodes.is_empty() && unavailable.is_empty() {
-            return Err(not_found
-                .unwrap_or(AdminError::GatewayNotFound(req.name))
-                .into());
-        }
+        // In a pool the choice is one Raft write, applied on every node (and on a node that
+        // restarts or joins later); a request relayed by a node of an older version
+        // (`local_only`) is that node's own choice.
+        let node = match (self.ctx.pool().is_some(), req.local_only, req.node) {
+            (true, true, _) => Some(me),
+            (true, false, n) => n,
+            (false, _, Some(n)) if n != me => return Err(AdminError::NodeNotFound(n).into()),
+            (false, _, _) => None,
+        };
+        let nodes = self
+            .ctx
+            .set_gateway_admin(&req.name, node, req.state())
+            .await?;
+        tracing::info!(gateway = %req.name, state = ?req.state(), node = ?node, "gateway state set by an operator");
+        let (mut nodes, mut unavailable) = if self.ctx.pool().is_some() && !req.local_only {
+            self.confirm_gateway_state(&req.name, req.state(), nodes)
+                .await
+        } else {
+            (nodes, Vec::new())
+        };
         nodes.sort_unstable();
         unavailable.sort_unstable();
         Ok(Response::new(pb::SetGatewayStateReply {

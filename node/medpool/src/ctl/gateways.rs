@@ -1,4 +1,5 @@
-//! `medpool ctl gateways …`: health on every node; enable, disable, drain.
+//! `medpool ctl gateways …`: health on every node, each node's share of the pool-wide limits;
+//! enable, disable, drain (in a pool: written to the pool's Raft log, kept across restarts).
 
 use clap::{Args, Subcommand};
 use medpool_proto::admin as pb;
@@ -17,11 +18,11 @@ pub enum GatewaysCommand {
         /// Only this gateway.
         name: Option<String>,
     },
-    /// Allow new calls to a gateway again.
+    /// Allow new calls to a gateway again (pool-wide: replicated, kept across restarts).
     Enable(GatewayTarget),
-    /// No new calls to a gateway (calls in progress go on).
+    /// No new calls to a gateway (calls in progress go on; pool-wide, kept across restarts).
     Disable(GatewayTarget),
-    /// No new calls; calls in progress finish (shown as draining until they have).
+    /// No new calls; calls in progress finish (shown as draining; pool-wide, kept across restarts).
     Drain(GatewayTarget),
 }
 
@@ -30,7 +31,7 @@ pub enum GatewaysCommand {
 pub struct GatewayTarget {
     /// The gateway trunk.
     pub name: String,
-    /// Only on this node (default: every node).
+    /// Only on this node (default: every node; a later pool-wide choice replaces it).
     #[arg(long)]
     pub node: Option<u64>,
 }
@@ -71,8 +72,8 @@ impl Ctl {
             return Ok(());
         }
         let mut t = Table::new(&[
-            "GATEWAY", "NODE", "HEALTH", "ADMIN", "CALLS", "MAX", "CPS", "OPTIONS", "RTT", "FAILS",
-            "ADDRESS",
+            "GATEWAY", "NODE", "HEALTH", "ADMIN", "CALLS", "SHARE", "MAX", "CPS", "OPTIONS", "RTT",
+            "FAILS", "ADDRESS",
         ]);
         for g in &r.gateways {
             t.row(vec![
@@ -81,6 +82,7 @@ impl Ctl {
                 if g.up { "up" } else { "down" }.to_owned(),
                 word(g.admin().as_str_name(), "GATEWAY_ADMIN_STATE_"),
                 g.active_calls.to_string(),
+                share(g.share_calls, g.share_cps),
                 g.max_calls
                     .map_or_else(|| "-".to_owned(), |m| m.to_string()),
                 g.max_cps.map_or_else(|| "-".to_owned(), |m| m.to_string()),
@@ -143,6 +145,15 @@ impl Ctl {
     }
 }
 
+/// This node's share of the pool-wide limits: `calls` or `calls/cps` ("-": unlimited).
+fn share(calls: Option<u32>, cps: Option<u32>) -> String {
+    let one = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    match cps {
+        None => one(calls),
+        Some(_) => format!("{}/{}", one(calls), one(cps)),
+    }
+}
+
 fn gateway_json(g: &pb::GatewayHealth) -> Value {
     json!({
         "name": g.name,
@@ -152,6 +163,9 @@ fn gateway_json(g: &pb::GatewayHealth) -> Value {
         "active_calls": g.active_calls,
         "max_calls": g.max_calls,
         "max_cps": g.max_cps,
+        "share_calls": g.share_calls,
+        "share_cps": g.share_cps,
+        "admin_replicated": g.admin_replicated,
         "last_options_status": g.last_options_status,
         "last_rtt_us": g.last_rtt_us,
         "consecutive_failures": g.consecutive_failures,
