@@ -99,7 +99,11 @@ impl Call {
     }
 
     pub(super) fn gateway_outcome(&self, trunk: &str, outcome: InviteOutcome) {
-        self.ctx.gateways.invite_outcome(trunk, outcome);
+        // A trunk named by DNS: the outcome is its target's (the latest attempt on the trunk).
+        let peer = self.attempts.iter().rev().find(|a| a.trunk == trunk);
+        if !peer.is_some_and(|a| self.ctx.dns.invite_outcome(trunk, a.leg.peer, outcome)) {
+            self.ctx.gateways.invite_outcome(trunk, outcome);
+        }
     }
 
     /// Starts the next gateway attempt; false when the route is exhausted.
@@ -108,8 +112,15 @@ impl Call {
         while self.next_candidate < self.plan.len() {
             let cand = self.plan[self.next_candidate].clone();
             self.next_candidate += 1;
-            let Some(trunk) = config.trunk(&cand.trunk).cloned() else {
+            let Some(trunk) = config.trunk(&cand.trunk) else {
                 continue;
+            };
+            let trunk = match self.ctx.dns.bind(trunk, &cand) {
+                Ok(t) => t,
+                Err(why) => {
+                    self.history.push((trunk.name.clone(), why.to_string()));
+                    continue;
+                }
             };
             let media = match self.attempt_media(&trunk) {
                 Ok(m) => m,
@@ -645,9 +656,16 @@ pub(super) fn start(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         return;
     }
     let random = rand::random::<u64>();
-    match crate::routing::select(&config, &st.called, &st.inbound, &st.ctx.gateways, random) {
+    let health = crate::dns::WithTargets {
+        gateways: &st.ctx.gateways,
+        dns: &st.ctx.dns,
+    };
+    match crate::routing::select(&config, &st.called, &st.inbound, &health, random) {
         Ok(plan) => {
-            st.plan = plan.candidates;
+            st.plan = st
+                .ctx
+                .dns
+                .expand(plan.candidates, random, config.node.max_tries);
             if !st.try_next(myself) {
                 let retry = config.node.retry_after.to_string();
                 if st.media_refusal == Some(MediaRefusal::Offer) {
