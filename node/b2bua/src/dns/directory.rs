@@ -288,11 +288,13 @@ impl Directory {
         self.entries.read().ok()?.get(trunk).map(view_of)
     }
 
-    /// Whether any target of `trunk` is up; `None` when the trunk is not named by DNS.
+    /// Whether any target of `trunk` is up; `None` when the trunk is not named by DNS or has no
+    /// target (unresolved: it keeps its place in the plan, so that the call records why it was
+    /// skipped there).
     fn any_target_up(&self, trunk: &str) -> Option<bool> {
         let entries = self.entries.read().ok()?;
         let e = entries.get(trunk)?;
-        Some(e.health.values().any(|h| h.is_up()))
+        (!e.health.is_empty()).then(|| e.health.values().any(|h| h.is_up()))
     }
 
     /// The plan with each candidate trunk named by DNS replaced by its targets, in RFC 2782 order
@@ -552,7 +554,7 @@ impl Weighted for Ranked {
 }
 
 /// Route selection's view of the gateways with the trunks named by DNS: such a trunk is up when
-/// any of its targets is (and down while it has none).
+/// any of its targets is (one without targets keeps the gateway table's view).
 #[derive(Debug)]
 pub struct WithTargets<'a, H> {
     /// The gateway table.
