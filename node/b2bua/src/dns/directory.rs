@@ -495,6 +495,26 @@ impl Directory {
             .map(|t| t.name.as_str())
     }
 
+    /// Test hook: `trunk` (named by DNS) has resolved to `targets`.
+    #[cfg(test)]
+    pub(crate) fn set_answer(&self, trunk: &Trunk, targets: Vec<Target>) {
+        if let Ok(mut e) = self.entries.write() {
+            e.entry(trunk.name.clone()).or_insert_with(|| Entry {
+                trunk: trunk.clone(),
+                cache: Cache::default(),
+                health: BTreeMap::new(),
+            });
+        }
+        self.publish(
+            trunk,
+            Outcome::Answer {
+                value: targets,
+                ttl: Duration::from_secs(60),
+            },
+            Instant::now(),
+        );
+    }
+
     /// The resolver, or why there is none.
     fn resolver(&self) -> Result<Resolver, LookupError> {
         self.resolver.clone().map_err(|detail| LookupError::Server {
@@ -641,23 +661,7 @@ trunks = ["sbc", "gw"]
     fn directory(config: &PoolConfig, targets: Vec<Target>) -> Directory {
         let dir = Directory::new(Err("no resolver in unit tests".into()));
         for (name, answer) in [("sbc", targets), ("any", vec![target("10.0.9.9", 5060, 1)])] {
-            let trunk = config.trunk(name).unwrap().clone();
-            dir.entries.write().unwrap().insert(
-                name.to_owned(),
-                Entry {
-                    trunk: trunk.clone(),
-                    cache: Cache::default(),
-                    health: BTreeMap::new(),
-                },
-            );
-            dir.publish(
-                &trunk,
-                Outcome::Answer {
-                    value: answer,
-                    ttl: Duration::from_secs(60),
-                },
-                Instant::now(),
-            );
+            dir.set_answer(config.trunk(name).unwrap(), answer);
         }
         dir
     }
