@@ -285,6 +285,11 @@ fn calls_go_to_the_lowest_priority_srv_target_and_fail_over_when_it_dies() {
     .spawn(&dir);
     pbx.expect_success(CALL_TIMEOUT);
     assert_eq!(gw_a.calls_received().len(), 3, "priority 10 takes them all");
+    assert!(
+        gw_a.message_log()
+            .contains("INVITE sip:service@sbc.medpool.test SIP/2.0"),
+        "the Request-URI keeps the trunk's name (RFC 3263)"
+    );
     assert_eq!(
         gw_b.calls_received().len(),
         0,

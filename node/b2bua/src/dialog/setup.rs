@@ -13,7 +13,7 @@ use super::call::{Attempt, Call, CallSeed, MediaRefusal};
 use super::leg::{Leg, local_response, relay_response};
 use super::media::AttemptMedia;
 use super::msg::{DialogArgs, DialogMsg, Phase};
-use super::outbound::{OutboundIds, outbound_invite};
+use super::outbound::{OutboundIds, outbound_invite_to};
 use super::spans::call_span;
 use crate::config::Trunk;
 use crate::ctx::NodeEvent;
@@ -115,6 +115,7 @@ impl Call {
             let Some(trunk) = config.trunk(&cand.trunk) else {
                 continue;
             };
+            let uri_host = crate::dns::Directory::uri_host(trunk);
             let trunk = match self.ctx.dns.bind(trunk, &cand) {
                 Ok(t) => t,
                 Err(why) => {
@@ -144,7 +145,7 @@ impl Call {
             if let Some(prev) = self.gateway_active.replace(trunk.name.clone()) {
                 self.ctx.gateways.release(&prev);
             }
-            let Some(att) = self.build_attempt(&trunk, media) else {
+            let Some(att) = self.build_attempt(&trunk, uri_host.as_deref(), media) else {
                 continue;
             };
             let key = att.key.clone();
@@ -175,7 +176,12 @@ impl Call {
         false
     }
 
-    pub(super) fn build_attempt(&self, trunk: &Trunk, media: AttemptMedia) -> Option<Attempt> {
+    pub(super) fn build_attempt(
+        &self,
+        trunk: &Trunk,
+        uri_host: Option<&str>,
+        media: AttemptMedia,
+    ) -> Option<Attempt> {
         let inv = self.a_invite.as_ref()?;
         let ids = OutboundIds {
             call_id: ids::new_call_id(self.shard),
@@ -183,10 +189,11 @@ impl Call {
             branch: ids::new_branch(self.shard),
         };
         let branch = ids.branch.clone();
-        let out = outbound_invite(
+        let out = outbound_invite_to(
             self.me(),
             &inv.msg,
             trunk,
+            uri_host,
             self.inbound.forward_pai,
             &self.called,
             &self.calling,

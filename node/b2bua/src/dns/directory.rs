@@ -363,6 +363,19 @@ impl Directory {
         }
     }
 
+    /// The host of the Request-URI and To of calls to `trunk` (RFC 3263: the name stays in the
+    /// URI, the INVITE goes to the resolved address): the name, with the trunk's port when it
+    /// gave one (A/AAAA only); `None` for an IP literal.
+    pub fn uri_host(trunk: &Trunk) -> Option<String> {
+        let name = trunk.address.to_string();
+        let name = name.strip_suffix('.').unwrap_or(&name);
+        match trunk.lookup {
+            Lookup::Literal => None,
+            Lookup::Address => Some(format!("{name}:{}", trunk.port)),
+            Lookup::Naptr | Lookup::Srv => Some(name.to_owned()),
+        }
+    }
+
     /// Reports an INVITE outcome to the prober of the target at `peer` of `trunk` (passive
     /// health); false when `trunk` is not named by DNS or `peer` is none of its targets.
     pub fn invite_outcome(&self, trunk: &str, peer: SocketAddr, outcome: InviteOutcome) -> bool {
