@@ -2,9 +2,8 @@
 //! `dnsmasq`, started by each test on its own address with the NAPTR, SRV and A records the test
 //! writes, and named to medpool with `--dns-server`. SIPp plays the gateways and the callers.
 //!
-//! Addresses: this file owns `127.0.151.0/24` (test number 151 of tests/common/mod.rs's table is
-//! flood.rs's, whose node uses `127.0.151.1`; the tests here use the block's other addresses). Each
-//! test has a slice of its own, so they run in parallel:
+//! Addresses: `127.0.151.0/24` below `.200` (internal_tls.rs uses `.201` and up). Each test has a
+//! slice of its own, so they run in parallel:
 //!
 //! | test                    | node      | dnsmasq       | others                                   |
 //! |-------------------------|-----------|---------------|------------------------------------------|
