@@ -11,6 +11,7 @@
 //! | records change          | .41:5060  | .42:5353      | caller .41:5070; targets .51, .52         |
 //! | stale answer, unresolved| .81:5060  | .82:5353      | caller .81:5070; target .91; backup .92   |
 //! | second address is trunk | .61:5060  | .62:5353      | pbx .63; targets .71, .72; stranger .73   |
+//! | NAPTR picks TCP         | .101:5060 | .102:5353     | caller .101:5070; TCP target .111         |
 //!
 //! Every process is stopped by PID (its guard's `Drop`), also when a test fails.
 #![allow(
@@ -579,4 +580,78 @@ trunks = ["pbx"]
     .spawn(&dir);
     stranger.expect_success(CALL_TIMEOUT);
     assert_eq!(pbx.calls_received().len(), 1, "the stranger got nowhere");
+}
+
+/// Without `port` and `transport`, NAPTR chooses the transport (RFC 3263 §4.1): `SIP+D2T` comes
+/// first by order, so the trunk's target is its TCP SRV target, probed and called over TCP, though
+/// a UDP SRV name exists too.
+#[test]
+fn naptr_chooses_the_transport() {
+    let dir = TestDir::new("dns-naptr-tcp");
+    let dns = Dnsmasq::start(
+        &dir,
+        "dnsmasq",
+        "127.0.151.102",
+        2,
+        &[
+            naptr(
+                "sbc.medpool.test",
+                10,
+                "SIP+D2T",
+                "_sip._tcp.sbc.medpool.test",
+            ),
+            naptr(
+                "sbc.medpool.test",
+                20,
+                "SIP+D2U",
+                "_sip._udp.sbc.medpool.test",
+            ),
+            srv(
+                "_sip._tcp.sbc.medpool.test",
+                "tcp.medpool.test",
+                5060,
+                10,
+                10,
+            ),
+            srv(
+                "_sip._udp.sbc.medpool.test",
+                "udp.medpool.test",
+                5060,
+                10,
+                10,
+            ),
+            host("tcp.medpool.test", "127.0.151.111"),
+            host("udp.medpool.test", "127.0.151.112"),
+        ],
+    );
+    let gw = Sipp::uas("gw-tcp", "uas_answer.xml", "127.0.151.111")
+        .tcp()
+        .spawn(&dir);
+    let toml = config("127.0.151.101", "", "", "\"sbc\"");
+    let _node = start_node(&dir, "127.0.151.101:5060", &dns.ip, &toml);
+    let shown = wait_for_gateway(
+        "127.0.151.101",
+        "sbc",
+        &["resolved", "127.0.151.111:5060/tcp"],
+        PROBE_TIMEOUT,
+    );
+    assert!(
+        !shown.contains("127.0.151.112"),
+        "the UDP name is not used: {shown}"
+    );
+    gw.wait_for_probes(2, PROBE_TIMEOUT);
+    let mut pbx = Sipp::uac(
+        "caller",
+        "uac_call.xml",
+        "127.0.151.101",
+        5070,
+        "127.0.151.101:5060",
+    )
+    .spawn(&dir);
+    pbx.expect_success(CALL_TIMEOUT);
+    assert_eq!(gw.calls_received().len(), 1, "the call went over TCP");
+    assert!(
+        gw.message_log().contains("SIP/2.0/TCP"),
+        "the INVITE's Via says TCP"
+    );
 }
