@@ -1,6 +1,6 @@
 //! Keeps the node in line with its DNS directory ([`crate::dns`]): whenever a trunk's resolved
 //! targets change, the SIP front door learns the new addresses (source gate, TCP connection caps)
-//! without a restart, every new target gets a prober of its own (a GatewayActor addressed to it,
+//! without a restart, every new target of a gateway trunk gets a prober of its own (a GatewayActor addressed to it,
 //! named `trunk@ip:port`), and the prober of a target that is gone is stopped.
 
 use std::collections::BTreeMap;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::config::Side;
 use crate::ctx::NodeCtx;
 use crate::gateway::{self, GatewayArgs, GatewayHandle};
 
@@ -40,6 +41,9 @@ async fn sync(ctx: &Arc<NodeCtx>, probers: &mut BTreeMap<String, Arc<GatewayHand
     let targets = ctx.dns.probe_targets();
     let mut current = BTreeMap::new();
     for (trunk, _target, handle) in targets {
+        if trunk.side != Side::Gateway {
+            continue; // internal trunks are not probed (as with an IP literal)
+        }
         let name = trunk.name.clone();
         let running = probers.get(&name).is_some_and(|h| Arc::ptr_eq(h, &handle));
         if !running {

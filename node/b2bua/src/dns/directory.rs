@@ -179,11 +179,25 @@ impl Directory {
         });
         for (name, trunk) in wanted {
             if let Some((_, _)) = refreshers.get(name) {
-                // Same name: the entry keeps its answer; only the settings the calls read change.
+                // Same name: the entry keeps its answer. Other settings changed (probing, limits):
+                // its targets get new health handles, so new probers (health starts over, as for a
+                // changed gateway with an IP literal).
                 if let Ok(mut e) = self.entries.write()
                     && let Some(entry) = e.get_mut(name)
+                    && entry.trunk != *trunk
                 {
                     entry.trunk = trunk.clone();
+                    let targets = entry.cache.answer().cloned().unwrap_or_default();
+                    entry.health = targets
+                        .iter()
+                        .map(|t| {
+                            (
+                                key(t),
+                                Arc::new(GatewayHandle::new(&target_trunk(trunk, t))),
+                            )
+                        })
+                        .collect();
+                    changed = true;
                 }
                 continue;
             }
@@ -806,6 +820,41 @@ trunks = ["sbc", "gw"]
         );
         assert_eq!(after[1].target.addr.to_string(), "10.0.2.3:5070");
         assert!(dir.ips().iter().all(|ip| ip.to_string() != "10.0.2.1"));
+    }
+
+    #[tokio::test]
+    async fn changed_probing_settings_give_the_targets_new_probers_and_the_same_answer() {
+        let config = config();
+        let dir = Arc::new(Directory::new(Err("no resolver in unit tests".into())));
+        dir.reconcile(&config);
+        let sbc = config.trunk("sbc").unwrap();
+        dir.set_answer(sbc, vec![target("10.0.2.1", 5070, 10)]);
+        let before = dir.view("sbc").unwrap().targets[0].health.clone();
+        dir.reconcile(&config);
+        let same = dir.view("sbc").unwrap().targets[0].health.clone();
+        assert!(Arc::ptr_eq(&before, &same), "nothing changed: same prober");
+        let text = CONFIG.replace(
+            "name = \"sbc\"\naddress = \"sbc.example.net\"\n",
+            "name = \"sbc\"\naddress = \"sbc.example.net\"\noptions_interval_ms = 700\n",
+        );
+        let changed = PoolConfig::from_toml_str(&text, "t.toml").unwrap();
+        assert_ne!(changed.trunk("sbc"), config.trunk("sbc"));
+        dir.reconcile(&changed);
+        let view = dir.view("sbc").unwrap();
+        assert_eq!(view.targets.len(), 1, "the answer is kept");
+        assert!(
+            !Arc::ptr_eq(&before, &view.targets[0].health),
+            "a new handle"
+        );
+        // A trunk that now has an IP literal is forgotten.
+        let literal = PoolConfig::from_toml_str(
+            &CONFIG.replace("\"sbc.example.net\"", "\"10.0.3.3\""),
+            "t.toml",
+        )
+        .unwrap();
+        dir.reconcile(&literal);
+        assert!(dir.view("sbc").is_none());
+        dir.stop();
     }
 
     #[test]
