@@ -35,8 +35,9 @@ impl NodeCtx {
             ips.extend(self.dns.ips());
             tcp.set_listed_ips(ips);
         }
-        self.dns.reconcile(&config);
         self.set_config(config);
+        // After the configuration is in place: the DNS sync that follows reads it.
+        self.dns.reconcile(&self.config());
         if let Err(e) = gateway::reconcile(self, &old.trunks, &trunks).await {
             tracing::error!(error = %e, "cannot start a gateway actor for the new configuration");
         }

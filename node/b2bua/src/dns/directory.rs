@@ -148,7 +148,8 @@ impl Directory {
 
     /// Brings the lookups in line with `config`: a trunk with a host name that is new, or whose
     /// name, port, transport or lookup changed, is looked up afresh by a new background task; a
-    /// trunk that is gone (or now has an IP literal) is stopped and forgotten.
+    /// trunk that is gone (or now has an IP literal) is stopped and forgotten. Subscribers are
+    /// told in any case (the node's sync then reads the configuration now in force).
     pub fn reconcile(self: &Arc<Self>, config: &PoolConfig) {
         self.stale_max_secs
             .store(u64::from(config.node.dns_stale_max), Ordering::Relaxed);
@@ -165,7 +166,6 @@ impl Directory {
         let Ok(mut refreshers) = self.refreshers.lock() else {
             return;
         };
-        let mut changed = false;
         refreshers.retain(|name, (trunk, task)| {
             let keep = wanted.get(name.as_str()).is_some_and(|t| same(t, trunk));
             if !keep {
@@ -173,7 +173,6 @@ impl Directory {
                 if let Ok(mut e) = self.entries.write() {
                     e.remove(name);
                 }
-                changed = true;
             }
             keep
         });
@@ -197,7 +196,6 @@ impl Directory {
                             )
                         })
                         .collect();
-                    changed = true;
                 }
                 continue;
             }
@@ -213,12 +211,9 @@ impl Directory {
             }
             let task = tokio::spawn(refresh(self.clone(), trunk.clone()));
             refreshers.insert(name.to_owned(), (trunk.clone(), task.abort_handle()));
-            changed = true;
         }
         drop(refreshers);
-        if changed {
-            self.bump();
-        }
+        self.bump();
     }
 
     /// Stops every background lookup (node shutdown).
