@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+# node/medpool/tests/dns.rs: a real DNS server with NAPTR, SRV and A records (dnsmasq-base: the
+# program only, without the system service the dnsmasq package would start on port 53).
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 # The front door's scanner test (node/medpool/tests/sipvicious.rs): svmap, svwar, svcrack.
 command -v svmap >/dev/null 2>&1 || need+=(sipvicious)
 # Real SIP user agents (node/medpool/tests/real_ua.rs): baresip and linphone's daemon.

@@ -191,6 +191,8 @@ pub struct NodeCtx {
     config: RwLock<Arc<PoolConfig>>,
     /// Gateway health and load.
     pub gateways: Gateways,
+    /// Trunks named by DNS: their resolved targets (RFC 3263).
+    pub dns: Arc<crate::dns::Directory>,
     /// Our address in Via and Contact.
     pub me: Me,
     /// Shard ownership.
@@ -256,11 +258,27 @@ impl NodeCtx {
     }
     /// Replaces the pool configuration (new calls use it; calls in progress keep theirs).
     pub fn set_config(&self, config: PoolConfig) {
-        self.gate
-            .set(source_policy(&config, &self.trusted_forwarders));
+        self.gate.set(self.source_policy(&config));
         if let Ok(mut c) = self.config.write() {
             *c = Arc::new(config);
         }
+    }
+
+    /// The front door's source policy for `config`: its trunks, the trusted forwarders and the
+    /// resolved addresses of the trunks named by DNS.
+    pub(crate) fn source_policy(
+        &self,
+        config: &PoolConfig,
+    ) -> medpool_sip::transport::gate::SourcePolicy {
+        let mut policy = source_policy(config, &self.trusted_forwarders);
+        self.dns.add_sources(config, &mut policy);
+        policy
+    }
+
+    /// Sets the front door's source policy again from the current configuration (the resolved
+    /// addresses of the trunks named by DNS changed).
+    pub(crate) fn refresh_sources(&self) {
+        self.gate.set(self.source_policy(&self.config()));
     }
 
     /// The supervisor new actors are linked to.
@@ -474,6 +492,8 @@ pub(crate) struct CtxSettings {
     pub gate: Arc<SourceGate>,
     /// The media relay runtime (none: signalling only).
     pub media: Option<crate::media::MediaRuntime>,
+    /// The DNS directory of the trunks named by DNS.
+    pub dns: Arc<crate::dns::Directory>,
 }
 
 /// The queues a [`NodeCtx`] feeds the node's dispatcher through.
@@ -520,6 +540,7 @@ impl NodeCtx {
             transports: wire,
             config: RwLock::new(Arc::new(config)),
             gateways: Gateways::default(),
+            dns: settings.dns,
             me: settings.me,
             shards,
             store,

@@ -284,7 +284,7 @@ pub(crate) async fn restart(ctx: &Arc<NodeCtx>, handle: Arc<GatewayHandle>) {
 }
 
 /// Starts a GatewayActor, linked to the node's supervisor (when it has one).
-async fn spawn(args: GatewayArgs) -> Result<ActorRef<GatewayMsg>, ractor::SpawnErr> {
+pub(crate) async fn spawn(args: GatewayArgs) -> Result<ActorRef<GatewayMsg>, ractor::SpawnErr> {
     let (actor, _handle) = match args.ctx.supervisor() {
         Some(sup) => Actor::spawn_linked(None, GatewayActor, args, sup).await?,
         None => Actor::spawn(None, GatewayActor, args).await?,

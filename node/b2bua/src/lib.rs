@@ -13,10 +13,12 @@
 //! Layers, each importing only from the layers below it (or beside it, without a cycle):
 //! ```text
 //!   5  node                   dispatcher, start, shutdown; shard adopt/release, config apply
+//!      dns_sync               starts the probers of DNS-resolved targets, feeds the source gate
 //!   4  dialog  gateway        the actors: DialogActor (one per call), GatewayActor (one per gateway)
 //!      supervisor             every actor is linked to it: it sweeps what a dead one left
 //!                             registered and starts a dead gateway prober again (→ gateway)
 //!   3  ctx  gateways          NodeCtx (what the actors share); the gateway table
+//!      dns                    trunks named by DNS: lookups (RFC 3263), their cache, targets
 //!   2  txlayer                transaction events: Envelope, Registry, SipIo, Wire (no actor type)
 //!   1  config routing translate health ingress sources cluster trace   pure: no I/O, no actors
 //!      media                  the call's media plan: SDP offer/answer rewriting, relay plans
@@ -33,6 +35,8 @@ pub mod cluster;
 pub mod config;
 pub mod ctx;
 pub mod dialog;
+pub mod dns;
+pub mod dns_sync;
 pub mod gateway;
 pub mod gateways;
 pub mod health;

@@ -31,9 +31,13 @@ impl NodeCtx {
         let old = self.config();
         let trunks = config.trunks.clone();
         if let Some(tcp) = self.transports.tcp() {
-            tcp.set_listed_ips(listed_ips(&trunks, &self.trusted_forwarders));
+            let mut ips = listed_ips(&trunks, &self.trusted_forwarders);
+            ips.extend(self.dns.ips());
+            tcp.set_listed_ips(ips);
         }
         self.set_config(config);
+        // After the configuration is in place: the DNS sync that follows reads it.
+        self.dns.reconcile(&self.config());
         if let Err(e) = gateway::reconcile(self, &old.trunks, &trunks).await {
             tracing::error!(error = %e, "cannot start a gateway actor for the new configuration");
         }
@@ -74,8 +78,9 @@ impl NodeCtx {
 
 /// The addresses the SIP TCP door gives a connection cap of their own, outside the budget unknown
 /// addresses share: the trunks' IPs (a trunk named by host name is not listed) and the trusted
-/// forwarders (a balancer carries many callers' connections).
-fn listed_ips(
+/// forwarders (a balancer carries many callers' connections). The resolved addresses of trunks
+/// named by DNS are added by the caller (`dns_sync`).
+pub(crate) fn listed_ips(
     trunks: &[crate::config::Trunk],
     forwarders: &[std::net::IpAddr],
 ) -> Vec<std::net::IpAddr> {
@@ -104,6 +109,8 @@ pub struct NodeOptions {
     pub redact_numbers: bool,
     /// The media relay (`None`: signalling only, SDP passed on unchanged).
     pub media: Option<MediaOptions>,
+    /// The DNS server trunks named by DNS are looked up at (`None`: the system's resolver).
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// Where the node relays media.
@@ -141,6 +148,7 @@ impl Default for NodeOptions {
             trusted_forwarders: Vec::new(),
             redact_numbers: false,
             media: None,
+            dns_server: None,
         }
     }
 }
@@ -211,6 +219,12 @@ pub async fn start(
         redact_numbers: opts.redact_numbers,
         gate: opts.sip.gate.clone(),
         media: opts.media.as_ref().map(|m| m.runtime(sip_addr.ip())),
+        dns: Arc::new(crate::dns::Directory::new(
+            crate::dns::Resolver::new(opts.dns_server).map_err(|e| {
+                tracing::error!(error = %e, "no DNS resolver: trunks named by DNS stay unresolved");
+                e.to_string()
+            }),
+        )),
     };
     let (ctx, queues) = NodeCtx::new(
         settings,
@@ -226,7 +240,12 @@ pub async fn start(
     gateway::start_all(&ctx, &config.trunks)
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
+    ctx.dns.reconcile(&config);
     let mut tasks = running.tasks;
+    tasks.push(tokio::spawn(crate::dns_sync::run(
+        ctx.clone(),
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(dispatch(
         ctx.clone(),
         running.transports,
@@ -252,6 +271,8 @@ impl RunningNode {
         self.ctx.draining.store(true, Ordering::Relaxed);
         // No more probes: they would keep the transaction table busy.
         gateway::stop_all(&self.ctx);
+        self.ctx.dns.stop();
+        crate::dns_sync::stop_probers(&self.ctx);
         if bye_calls {
             for a in self.ctx.registry.call_actors() {
                 let _ = a.cast(DialogMsg::Hangup);
@@ -351,8 +372,9 @@ async fn feed(
     }
     // Peers are checked by the node that received the message; forwarded messages were checked there.
     let known = via.is_some()
-        || config
-            .trunk_for_source(inb.source.ip(), inb.source.port())
+        || ctx
+            .dns
+            .trunk_for_source(&config, inb.source.ip(), inb.source.port())
             .is_some();
     if !known && inb.msg.is_request() {
         ctx.stats.refused_sources.fetch_add(1, Ordering::Relaxed);
@@ -540,7 +562,7 @@ fn orphan_answer(ctx: &NodeCtx, env: &Envelope) {
         ctx.stats.forged_answers.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let Some(target) = orphan_target(&ctx.config(), env.peer, leg.next_hop()) else {
+    let Some(target) = orphan_target(&ctx.config(), &ctx.dns, env.peer, leg.next_hop()) else {
         ctx.stats.forged_answers.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -582,17 +604,11 @@ fn orphan_answer(ctx: &NodeCtx, env: &Envelope) {
 /// when it came from no trunk.
 fn orphan_target(
     config: &PoolConfig,
+    dns: &crate::dns::Directory,
     from: SocketAddr,
     next_hop: SocketAddr,
 ) -> Option<SocketAddr> {
-    let trunk_of = |ip: std::net::IpAddr| {
-        let ip = ip.to_canonical();
-        config
-            .trunks
-            .iter()
-            .find(|t| t.address.ip().map(|a| a.to_canonical()) == Some(ip))
-            .map(|t| t.name.as_str())
-    };
+    let trunk_of = |ip: std::net::IpAddr| dns.trunk_of_ip(config, ip);
     let came_from = trunk_of(from.ip())?;
     if trunk_of(next_hop.ip()) == Some(came_from) {
         Some(next_hop)
@@ -655,8 +671,9 @@ async fn new_call(ctx: &Arc<NodeCtx>, key: medpool_sip::transaction::ServerKey, 
         respond(ctx, &key, &env, 482, &[]);
         return;
     }
-    let Some(inbound) = config
-        .trunk_for_source(env.peer.ip(), env.peer.port())
+    let Some(inbound) = ctx
+        .dns
+        .trunk_for_source(&config, env.peer.ip(), env.peer.port())
         .cloned()
     else {
         respond(ctx, &key, &env, 403, &[]);

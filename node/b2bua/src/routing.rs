@@ -37,6 +37,18 @@ pub struct Candidate {
     pub priority: u32,
     /// Whether it was up when the plan was made (false: tried only as a last resort).
     pub up: bool,
+    /// For a trunk named by DNS: the resolved address this attempt goes to (one candidate per
+    /// target, see `crate::dns`); `None` for a trunk with an IP literal, or one not resolved.
+    pub resolved: Option<ResolvedAddr>,
+}
+
+/// One resolved address of a trunk named by DNS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedAddr {
+    /// Where the INVITE goes.
+    pub addr: std::net::SocketAddr,
+    /// Over what.
+    pub transport: crate::config::Transport,
 }
 
 /// Why no plan could be made.
@@ -184,6 +196,7 @@ pub fn order_trunks(
             trunk: e.trunk.to_owned(),
             priority: e.priority,
             up: e.up,
+            resolved: None,
         })
         .collect()
 }

@@ -52,6 +52,21 @@ impl Actor for Supervisor {
                 .find(|h| h.prober() == Some(cell.get_id()))
             {
                 gateway::restart(&ctx, handle).await;
+            } else if let Some((trunk, _, handle)) = ctx
+                .dns
+                .probe_targets()
+                .into_iter()
+                .find(|(_, _, h)| h.prober() == Some(cell.get_id()))
+            {
+                // The prober of a DNS-resolved target: the same handle, a new actor.
+                let args = gateway::GatewayArgs {
+                    ctx: ctx.clone(),
+                    trunk,
+                    handle,
+                };
+                if let Err(e) = gateway::spawn(args).await {
+                    tracing::error!(error = %e, "cannot restart a DNS target's prober");
+                }
             }
         }
         Ok(())
@@ -74,6 +89,42 @@ mod tests {
     use super::*;
     use crate::gateway::GatewayMsg;
     use crate::testkit::TestNode;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_prober_of_a_dns_target_that_panics_is_started_again() {
+        let node = TestNode::new().await;
+        let mut trunk = node.ctx.config().trunk("gw1").unwrap().clone();
+        trunk.lookup = crate::config::Lookup::Naptr;
+        let target = crate::dns::Target {
+            host: "gw.example.net".into(),
+            addr: "127.0.0.99:5060".parse().unwrap(),
+            transport: crate::config::Transport::Udp,
+            priority: 10,
+            weight: 10,
+        };
+        node.ctx.dns.set_answer(&trunk, vec![target.clone()]);
+        let (probe, _, handle) = node.ctx.dns.probe_targets().pop().unwrap();
+        gateway::spawn(gateway::GatewayArgs {
+            ctx: node.ctx.clone(),
+            trunk: probe,
+            handle: handle.clone(),
+        })
+        .await
+        .unwrap();
+        let first = handle.prober().unwrap();
+        let actor: ractor::ActorRef<GatewayMsg> =
+            ractor::ActorRef::from(handle.actor.lock().unwrap().as_ref().unwrap().get_cell());
+        actor.cast(GatewayMsg::PanicForTest).unwrap();
+        for _ in 0..100 {
+            if handle.prober().is_some_and(|p| p != first) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let second = handle.prober().unwrap();
+        assert_ne!(second, first, "a new prober for the same target");
+        assert_eq!(handle.name, "gw1@127.0.0.99:5060");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_gateway_prober_that_panics_is_started_again() {

@@ -124,6 +124,9 @@ impl TestNode {
             redact_numbers: false,
             gate: Default::default(),
             media,
+            dns: Arc::new(crate::dns::Directory::new(Err(
+                "no DNS in unit tests".into()
+            ))),
         };
         let config = PoolConfig::from_toml_str(config, "test.toml").unwrap();
         let (ctx, queues) = NodeCtx::new(

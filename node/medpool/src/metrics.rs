@@ -357,6 +357,68 @@ impl Collector for NodeCollector {
             "Probe/INVITE failures in a row",
             &gw(&|g| i64::from(g.failures.load(Relaxed))),
         )?;
+        // Trunks named by DNS.
+        {
+            use medpool_b2bua::dns::Status;
+            let d = &ctx.dns.stats;
+            counter(
+                &mut e,
+                "medpool_dns_lookups",
+                "DNS lookups of trunk names (the NAPTR/SRV/A chain counting once)",
+                &one(d.lookups.load(Relaxed)),
+            )?;
+            counter(
+                &mut e,
+                "medpool_dns_lookup_failures",
+                "DNS lookups of trunk names that failed",
+                &one(d.failures.load(Relaxed)),
+            )?;
+            counter(
+                &mut e,
+                "medpool_dns_stale_kept",
+                "Failed DNS lookups after which the trunk's expired answer was kept (stale)",
+                &one(d.stale_kept.load(Relaxed)),
+            )?;
+            let views = ctx.dns.views();
+            let per = |f: &dyn Fn(&medpool_b2bua::dns::TrunkView) -> i64| -> Vec<(Labels, i64)> {
+                views
+                    .iter()
+                    .map(|v| (vec![("trunk", v.trunk.clone())], f(v)))
+                    .collect()
+            };
+            gauge(
+                &mut e,
+                "medpool_dns_stale",
+                "1 while a trunk named by DNS uses an expired answer because its DNS server fails",
+                &per(&|v| i64::from(matches!(v.status, Status::Stale { .. }))),
+            )?;
+            gauge(
+                &mut e,
+                "medpool_dns_unresolved",
+                "1 while a trunk named by DNS has no usable answer (calls skip it)",
+                &per(&|v| i64::from(matches!(v.status, Status::Unresolved { .. }))),
+            )?;
+            let targets: Vec<(Labels, i64)> = views
+                .iter()
+                .flat_map(|v| {
+                    v.targets.iter().map(|t| {
+                        (
+                            vec![
+                                ("trunk", v.trunk.clone()),
+                                ("target", t.target.addr.to_string()),
+                            ],
+                            i64::from(t.health.is_up()),
+                        )
+                    })
+                })
+                .collect();
+            gauge(
+                &mut e,
+                "medpool_dns_target_up",
+                "1 when a resolved target of a trunk named by DNS is up",
+                &targets,
+            )?;
+        }
         if let Some(media) = &ctx.media {
             media_metrics(&mut e, media, s)?;
         }

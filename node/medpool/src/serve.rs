@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// SIP load balancers trusted to name a message's real source in `X-Medpool-Source` (comma-separated IPs).
     #[arg(long, env = "MEDPOOL_TRUSTED_FORWARDERS", value_delimiter = ',')]
     pub trusted_forwarders: Vec<std::net::IpAddr>,
+    /// The DNS server (`IP:PORT`) trunks named by DNS are looked up at, instead of the system
+    /// resolver's (`/etc/resolv.conf`).
+    #[arg(long, env = "MEDPOOL_DNS_SERVER")]
+    pub dns_server: Option<std::net::SocketAddr>,
     /// In traces, keep only the last two digits of phone numbers.
     #[arg(long, env = "MEDPOOL_TRACE_REDACT_NUMBERS")]
     pub trace_redact_numbers: bool,
@@ -518,6 +522,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
         trusted_forwarders: args.trusted_forwarders.clone(),
         redact_numbers: args.trace_redact_numbers,
         media,
+        dns_server: args.dns_server,
     };
     let trunks = config.trunks.len();
     let routes = config.routes.len();

@@ -19,10 +19,11 @@
 //! unknown_source = "reject"     # "reject" (403) or "drop" for requests from unknown peers
 //! retry_after = 5               # Retry-After seconds on an overload 503
 //! advertised_address = "sip.example.net:5060"   # our Contact / Record-Route; default: listen address
+//! dns_stale_max = 3600          # seconds a DNS-named trunk keeps its last answer while DNS fails
 //!
 //! [[trunk]]
 //! name = "gw1"                  # unique
-//! address = "192.0.2.21"        # IP literal (or host name: resolved by the caller, not matched)
+//! address = "192.0.2.21"        # IP literal, or host name: NAPTR/SRV/A per RFC 3263 (see `Lookup`)
 //! side = "gateway"              # "internal" or "gateway"
 //! # port = 5060, transport = "udp" | "tcp", match_any_port, max_calls, max_cps,
 //! # rate = 5000, burst = rate (new requests a second per source address, checked before queueing),
@@ -55,7 +56,7 @@ use toml::de::{DeTable, DeValue};
 
 pub use error::{ConfigError, Location, Problem};
 pub use model::{
-    HostPort, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy,
+    HostPort, Lookup, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy,
     ResponseRule, Route, RouteTarget, Side, Transport, Trunk, UnknownSource,
 };
 pub use pattern::Pattern;

@@ -42,6 +42,22 @@ pub struct NodeSettings {
     /// Address put in our Contact and Record-Route (`advertised_address = "host:port"`);
     /// `None` means the node's own SIP listen address.
     pub advertised_address: Option<HostPort>,
+    /// Seconds a trunk named by DNS keeps its last good answer after its records expired while
+    /// the DNS server fails to answer (`dns_stale_max`, default
+    /// [`NodeSettings::DEFAULT_DNS_STALE_MAX`]; 0 = not at all: the trunk is unresolved as soon
+    /// as its records expire unrenewed).
+    #[serde(default = "default_dns_stale_max")]
+    pub dns_stale_max: u32,
+}
+
+fn default_dns_stale_max() -> u32 {
+    NodeSettings::DEFAULT_DNS_STALE_MAX
+}
+
+impl NodeSettings {
+    /// The default `dns_stale_max`: one hour, long enough to ride out a DNS outage, short
+    /// enough that a trunk whose records were withdrawn stops being called the same day.
+    pub const DEFAULT_DNS_STALE_MAX: u32 = 3_600;
 }
 
 impl Default for NodeSettings {
@@ -52,6 +68,7 @@ impl Default for NodeSettings {
             unknown_source: UnknownSource::Reject,
             retry_after: 5,
             advertised_address: None,
+            dns_stale_max: NodeSettings::DEFAULT_DNS_STALE_MAX,
         }
     }
 }
@@ -87,9 +104,9 @@ impl fmt::Display for HostPort {
 
 /// The address of a peer: an IP literal, or a DNS name kept as written.
 ///
-/// Configuration is pure, so names are not resolved here: the caller resolves them before
-/// sending, and [`PoolConfig::trunk_for_source`] only recognises trunks written with an IP
-/// literal.
+/// Configuration is pure, so names are not resolved here: the node's `dns` module resolves
+/// them (RFC 3263) and recognises their addresses as sources; [`PoolConfig::trunk_for_source`]
+/// only recognises trunks written with an IP literal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerAddress {
     /// An IPv4 or IPv6 literal.
@@ -115,6 +132,24 @@ impl fmt::Display for PeerAddress {
             PeerAddress::Host(host) => f.write_str(host),
         }
     }
+}
+
+/// How the address of a trunk is found (RFC 3263 §4), fixed by validation from what the trunk
+/// names: an IP literal is used as is; a host name is looked up, the more of it the less the
+/// trunk fixes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lookup {
+    /// `address` is an IP literal: no lookup.
+    #[default]
+    Literal,
+    /// A host name without `port` and `transport`: NAPTR picks the transport, its SRV the
+    /// targets; without NAPTR, SRV for UDP then TCP; without SRV, A/AAAA on port 5060/UDP.
+    Naptr,
+    /// A host name with `transport` but no `port`: SRV for that transport, else A/AAAA on 5060.
+    Srv,
+    /// A host name with a `port`: A/AAAA only (RFC 3263 §4.2).
+    Address,
 }
 
 /// SIP transport towards a trunk. (`"tls"` is reserved and refused by validation for now.)
@@ -178,8 +213,12 @@ pub struct Trunk {
     pub address: PeerAddress,
     /// The peer's SIP port (default 5060).
     pub port: u16,
-    /// The transport we use towards it (default UDP).
+    /// The transport we use towards it (default UDP; for a host name without `transport`,
+    /// whichever its DNS records choose, see [`Lookup`]).
     pub transport: Transport,
+    /// How `address` is turned into the addresses calls and probes go to.
+    #[serde(default)]
+    pub lookup: Lookup,
     /// Internal side or gateway.
     pub side: Side,
     /// Requests from `address` on any source port belong to this trunk (default: true for

@@ -32,6 +32,7 @@ pub(super) struct RawNode {
     pub unknown_source: Option<UnknownSource>,
     pub retry_after: Option<i64>,
     pub advertised_address: Option<String>,
+    pub dns_stale_max: Option<i64>,
 }
 
 /// The transports a file may name; `tls` is known but not yet supported.

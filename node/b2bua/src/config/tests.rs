@@ -145,6 +145,7 @@ trunks = [{ trunk = "gw", priority = 4 }]
                 host: PeerAddress::Ip(IpAddr::V6("2001:db8::1".parse().unwrap())),
                 port: 5070
             }),
+            dns_stale_max: NodeSettings::DEFAULT_DNS_STALE_MAX,
         }
     );
     assert_eq!(
@@ -775,5 +776,39 @@ fn bad_media_keys_are_named() {
     assert!(
         e.starts_with("test.toml:16: trunk[2].media_timeout: -1 out of range 0-86400"),
         "{e}"
+    );
+}
+
+#[test]
+fn a_host_name_is_looked_up_as_much_as_the_trunk_leaves_open() {
+    let lookup = |extra: &str| {
+        let text = format!(
+            "{BASE}[[trunk]]\nname = \"x\"\naddress = \"sbc.example.net\"\nside = \"gateway\"\n{extra}\n{ROUTE}"
+        );
+        load(&text).unwrap().trunk("x").unwrap().lookup
+    };
+    assert_eq!(lookup(""), Lookup::Naptr, "no port, no transport: NAPTR");
+    assert_eq!(lookup("transport = \"tcp\""), Lookup::Srv);
+    assert_eq!(lookup("port = 5080"), Lookup::Address, "RFC 3263 §4.2");
+    assert_eq!(lookup("port = 5080\ntransport = \"tcp\""), Lookup::Address);
+    let c = load(&format!("{BASE}{ROUTE}")).unwrap();
+    assert_eq!(c.trunk("gw1").unwrap().lookup, Lookup::Literal);
+    assert_eq!(
+        c.node.dns_stale_max,
+        NodeSettings::DEFAULT_DNS_STALE_MAX,
+        "one hour unless set"
+    );
+}
+
+#[test]
+fn dns_stale_max_is_bounded_and_named() {
+    let c = load("[node]\ndns_stale_max = 0\n").unwrap();
+    assert_eq!(c.node.dns_stale_max, 0);
+    let e = load("[node]\ndns_stale_max = 700000\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "test.toml:2: node.dns_stale_max: 700000 out of range 0-604800"
     );
 }

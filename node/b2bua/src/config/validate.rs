@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use super::error::{ConfigError, Problem};
 use super::model::{
-    HostPort, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy,
+    HostPort, Lookup, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy,
     ResponseRule, Route, RouteTarget, Side, Transport, Trunk, UnknownSource,
 };
 use super::pattern::Pattern;
@@ -163,6 +163,13 @@ impl Validator<'_, '_> {
                 86_400,
             )?,
             advertised_address,
+            dns_stale_max: self.range(
+                &path.k("dns_stale_max"),
+                raw.dns_stale_max,
+                defaults.dns_stale_max,
+                0,
+                604_800,
+            )?,
         })
     }
 
@@ -244,6 +251,12 @@ impl Validator<'_, '_> {
                 ));
             }
         };
+        let lookup = match (&address, t.port, t.transport) {
+            (PeerAddress::Ip(_), _, _) => Lookup::Literal,
+            (PeerAddress::Host(_), Some(_), _) => Lookup::Address,
+            (PeerAddress::Host(_), None, Some(_)) => Lookup::Srv,
+            (PeerAddress::Host(_), None, None) => Lookup::Naptr,
+        };
         let gateway = t.side == Side::Gateway;
         let rate = self.range(&path.k("rate"), t.rate, Trunk::DEFAULT_RATE, 1, 1_000_000)?;
         let failover_codes = match &t.failover_codes {
@@ -295,6 +308,7 @@ impl Validator<'_, '_> {
             address,
             port,
             transport,
+            lookup,
             side: t.side,
             match_any_port: t.match_any_port.unwrap_or(!gateway),
             max_calls: self.opt_range(&path.k("max_calls"), t.max_calls, 1, 10_000_000)?,

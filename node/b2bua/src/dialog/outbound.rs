@@ -61,15 +61,37 @@ pub(super) fn outbound_invite(
     body: Option<&[u8]>,
     timer: Option<SessionAsk>,
 ) -> Option<OutboundInvite> {
+    outbound_invite_to(
+        me, a, trunk, None, inbound, called, calling, ids, body, timer,
+    )
+}
+
+/// [`outbound_invite`] with the host of the Request-URI and To given: the domain of a trunk named
+/// by DNS (RFC 3263: the URI keeps the name, the INVITE goes to the resolved `trunk` address);
+/// `None`: the trunk's `ip:port`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn outbound_invite_to(
+    me: &Me,
+    a: &SipMessage,
+    trunk: &Trunk,
+    uri_host: Option<&str>,
+    inbound: &Trunk,
+    called: &str,
+    calling: &str,
+    ids: OutboundIds,
+    body: Option<&[u8]>,
+    timer: Option<SessionAsk>,
+) -> Option<OutboundInvite> {
     let transport = match trunk.transport {
         crate::config::Transport::Udp => Transport::Udp,
         crate::config::Transport::Tcp => Transport::Tcp,
     };
     let ip = trunk.address.ip()?;
     let peer = std::net::SocketAddr::new(ip, trunk.port);
-    let host = match ip {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", trunk.port),
-        std::net::IpAddr::V4(v4) => format!("{v4}:{}", trunk.port),
+    let host = match (uri_host, ip) {
+        (Some(name), _) => name.to_owned(),
+        (None, std::net::IpAddr::V6(v6)) => format!("[{v6}]:{}", trunk.port),
+        (None, std::net::IpAddr::V4(v4)) => format!("{v4}:{}", trunk.port),
     };
     let called = trunk.called_out_number(called).into_owned();
     let calling = trunk.calling_out_number(calling).into_owned();
@@ -241,6 +263,36 @@ mod tests {
             hostport: NODE.into(),
             local: NODE.into(),
         }
+    }
+
+    #[test]
+    fn a_trunk_named_by_dns_keeps_its_domain_in_the_request_uri() {
+        let config = PoolConfig::from_toml_str(CONFIG, "test.toml").unwrap();
+        let gw1 = config.trunk("gw1").unwrap();
+        let caller = SipMessage::parse(crate::testkit::invite("o-1")).unwrap();
+        let out = outbound_invite_to(
+            &me(),
+            &caller,
+            gw1,
+            Some("sbc.example.net"),
+            gw1,
+            "+15550100",
+            "",
+            ids(),
+            None,
+            None,
+        )
+        .unwrap();
+        let inv = SipMessage::parse(out.bytes).unwrap();
+        let ruri = String::from_utf8_lossy(inv.request_uri_bytes().unwrap()).into_owned();
+        assert_eq!(ruri, "sip:+15550100@sbc.example.net;user=phone");
+        let to = String::from_utf8_lossy(inv.header(HeaderName::To).unwrap()).into_owned();
+        assert_eq!(to, "<sip:+15550100@sbc.example.net>");
+        assert_eq!(
+            out.leg.peer,
+            "127.0.9.21:5060".parse().unwrap(),
+            "sent to the address"
+        );
     }
 
     #[test]

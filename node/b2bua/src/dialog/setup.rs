@@ -13,7 +13,7 @@ use super::call::{Attempt, Call, CallSeed, MediaRefusal};
 use super::leg::{Leg, local_response, relay_response};
 use super::media::AttemptMedia;
 use super::msg::{DialogArgs, DialogMsg, Phase};
-use super::outbound::{OutboundIds, outbound_invite};
+use super::outbound::{OutboundIds, outbound_invite, outbound_invite_to};
 use super::spans::call_span;
 use crate::config::Trunk;
 use crate::ctx::NodeEvent;
@@ -99,7 +99,11 @@ impl Call {
     }
 
     pub(super) fn gateway_outcome(&self, trunk: &str, outcome: InviteOutcome) {
-        self.ctx.gateways.invite_outcome(trunk, outcome);
+        // A trunk named by DNS: the outcome is its target's (the latest attempt on the trunk).
+        let peer = self.attempts.iter().rev().find(|a| a.trunk == trunk);
+        if !peer.is_some_and(|a| self.ctx.dns.invite_outcome(trunk, a.leg.peer, outcome)) {
+            self.ctx.gateways.invite_outcome(trunk, outcome);
+        }
     }
 
     /// Starts the next gateway attempt; false when the route is exhausted.
@@ -108,8 +112,16 @@ impl Call {
         while self.next_candidate < self.plan.len() {
             let cand = self.plan[self.next_candidate].clone();
             self.next_candidate += 1;
-            let Some(trunk) = config.trunk(&cand.trunk).cloned() else {
+            let Some(trunk) = config.trunk(&cand.trunk) else {
                 continue;
+            };
+            let uri_host = crate::dns::Directory::uri_host(trunk);
+            let trunk = match self.ctx.dns.bind(trunk, &cand) {
+                Ok(t) => t,
+                Err(why) => {
+                    self.history.push((trunk.name.clone(), why.to_string()));
+                    continue;
+                }
             };
             let media = match self.attempt_media(&trunk) {
                 Ok(m) => m,
@@ -133,7 +145,7 @@ impl Call {
             if let Some(prev) = self.gateway_active.replace(trunk.name.clone()) {
                 self.ctx.gateways.release(&prev);
             }
-            let Some(att) = self.build_attempt(&trunk, media) else {
+            let Some(att) = self.build_attempt(&trunk, uri_host.as_deref(), media) else {
                 continue;
             };
             let key = att.key.clone();
@@ -164,7 +176,12 @@ impl Call {
         false
     }
 
-    pub(super) fn build_attempt(&self, trunk: &Trunk, media: AttemptMedia) -> Option<Attempt> {
+    pub(super) fn build_attempt(
+        &self,
+        trunk: &Trunk,
+        uri_host: Option<&str>,
+        media: AttemptMedia,
+    ) -> Option<Attempt> {
         let inv = self.a_invite.as_ref()?;
         let ids = OutboundIds {
             call_id: ids::new_call_id(self.shard),
@@ -173,10 +190,11 @@ impl Call {
             cseq: 1,
         };
         let branch = ids.branch.clone();
-        let out = outbound_invite(
+        let out = outbound_invite_to(
             self.me(),
             &inv.msg,
             trunk,
+            uri_host,
             &self.inbound,
             &self.called,
             &self.calling,
@@ -765,9 +783,16 @@ pub(super) fn start(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         return;
     }
     let random = rand::random::<u64>();
-    match crate::routing::select(&config, &st.called, &st.inbound, &st.ctx.gateways, random) {
+    let health = crate::dns::WithTargets {
+        gateways: &st.ctx.gateways,
+        dns: &st.ctx.dns,
+    };
+    match crate::routing::select(&config, &st.called, &st.inbound, &health, random) {
         Ok(plan) => {
-            st.plan = plan.candidates;
+            st.plan = st
+                .ctx
+                .dns
+                .expand(plan.candidates, random, config.node.max_tries);
             if !st.try_next(myself) {
                 let retry = config.node.retry_after.to_string();
                 if st.media_refusal == Some(MediaRefusal::Offer) {

@@ -26,6 +26,7 @@ fn late_ok(call_id: &str, contact: &str) -> Bytes {
 #[test]
 fn an_orphan_answer_goes_back_only_to_the_trunk_it_came_from() {
     let config = PoolConfig::from_toml_str(CONFIG, "test.toml").unwrap();
+    let dns = crate::dns::Directory::new(Err("no DNS here".into()));
     let a = |s: &str| s.parse::<SocketAddr>().unwrap();
     // (came from, its next hop, where the ACK and BYE go)
     let table = [
@@ -36,7 +37,7 @@ fn an_orphan_answer_goes_back_only_to_the_trunk_it_came_from() {
     ];
     for (from, hop, want) in table {
         assert_eq!(
-            orphan_target(&config, a(from), a(hop)),
+            orphan_target(&config, &dns, a(from), a(hop)),
             want,
             "{from} → {hop}"
         );

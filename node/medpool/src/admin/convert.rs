@@ -143,6 +143,34 @@ pub fn gateway(
     }
 }
 
+/// A gateway trunk named by DNS: up when any resolved target is; its address followed by its
+/// DNS status and targets, e.g. `sbc.example.net:5060/udp (resolved: 192.0.2.1:5070/udp up,
+/// 192.0.2.2:5070/udp down)` or `… (unresolved (…))`, `… (stale, kept 3590 s more (…): …)`.
+pub fn gateway_dns(g: &mut pb::GatewayHealth, view: Option<medpool_b2bua::dns::TrunkView>) {
+    let Some(v) = view else {
+        return;
+    };
+    g.up = v.targets.iter().any(|t| t.health.is_up());
+    let targets: Vec<String> = v
+        .targets
+        .iter()
+        .map(|t| {
+            let transport = match t.target.transport {
+                Transport::Udp => "udp",
+                Transport::Tcp => "tcp",
+            };
+            let up = if t.health.is_up() { "up" } else { "down" };
+            format!("{}/{transport} {up}", t.target.addr)
+        })
+        .collect();
+    let status = v.status_text();
+    g.address = if targets.is_empty() {
+        format!("{} ({status})", g.address)
+    } else {
+        format!("{} ({status}: {})", g.address, targets.join(", "))
+    };
+}
+
 /// A node's state in the pool.
 pub fn node_state(s: NodeState) -> pb::NodeState {
     match s {

@@ -443,13 +443,15 @@ impl MedpoolAdmin for AdminService {
             .iter()
             .filter(|h| req.name.is_empty() || h.name == req.name)
             .map(|h| {
-                convert::gateway(
+                let mut g = convert::gateway(
                     h,
                     config.trunk(&h.name),
                     self.ctx.gateway_admin(&h.name),
                     self.ctx.node.gateways.ceilings(&h.name),
                     me,
-                )
+                );
+                convert::gateway_dns(&mut g, self.ctx.node.dns.view(&h.name));
+                g
             })
             .collect();
         let mut unavailable = Vec::new();
