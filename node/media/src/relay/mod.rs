@@ -4,7 +4,8 @@
 //! ```text
 //!   Relay (runtime)      open(plan) → Session: leases two port pairs, binds four sockets,
 //!     │                  spawns the session's task; counts sessions; bounded by the range
-//!     ├─ task            one per session: readable → drain into one buffer → Forwarder → try_send_to
+//!     ├─ task            one per session: readable → drain in batches → Forwarder → try_send_to
+//!     │    ├─ mmsg       a batch of datagrams per receive (recvmmsg; the crate's only unsafe)
 //!     │    └─ forward    pure per-datagram decision: latching, RTP/RTCP demux, PT routes, counters
 //!     └─ ports           port range and pair allocator (bounded, released pairs reused last)
 //! ```
@@ -13,10 +14,11 @@
 //! and reads counters (relaxed atomics); dropping or closing it ends the task and releases the
 //! ports.
 //!
-//! Not yet: batching with `recvmmsg`/`sendmmsg` (the crate denies `unsafe`; the place for it is
-//! `task::drain`) and several sessions per task.
+//! Sends are one `sendto` per packet: consecutive packets leave from different sockets (each
+//! session's), which `sendmmsg` cannot batch.
 
 pub mod forward;
+mod mmsg;
 pub mod ports;
 mod task;
 
@@ -29,8 +31,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use forward::{Leg, LegPlan, Port, Route, SessionPlan};
+pub use mmsg::MAX_DATAGRAM;
 pub use ports::{PortAllocator, PortError, PortPair, PortRange};
-pub use task::MAX_DATAGRAM;
 
 use crate::stats::DirectionSnapshot;
 use task::{LegSockets, Running, Shared};
