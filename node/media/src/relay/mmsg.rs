@@ -3,13 +3,36 @@
 //! receive that fails with `EAGAIN` before it waits again: one system call per received packet
 //! instead of two at the packet rates of RTP (one packet per socket every 20 ms).
 //!
-//! The only `unsafe` of the crate is here: the `recvmmsg` call and reading the kernel's socket
-//! addresses. Elsewhere (not Linux) a batch is one `recv_from`.
+//! Also where a relay socket is registered with the I/O driver for reads only: tokio's own UDP
+//! socket asks for write readiness too, and then every datagram sent wakes the driver once more
+//! when the kernel frees it (`EPOLLOUT` on each freed send buffer). Sends never wait for
+//! readiness: a full send buffer drops the datagram, counted.
+//!
+//! The only `unsafe` of the crate is here: the `recvmmsg` call, reading the kernel's socket
+//! addresses, and the registration (tokio asks its caller to promise the descriptor stays open
+//! while registered, which owning the socket does). Elsewhere (not Linux) a batch is one
+//! `recv_from`.
 
 #![allow(unsafe_code)]
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// A relay socket: non-blocking, registered for read readiness only.
+pub(crate) type RelaySocket = AsyncFd<UdpSocket>;
+
+/// Makes `socket` non-blocking and registers it for read readiness. Must be called inside a
+/// tokio runtime.
+pub(crate) fn register_readable(socket: UdpSocket) -> io::Result<RelaySocket> {
+    socket.set_nonblocking(true)?;
+    // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and the same for as long
+    // as it is registered (it is deregistered before the socket closes, on drop).
+    unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
 
 /// Largest datagram relayed; a datagram that fills the buffer may have been truncated and is
 /// dropped as malformed.
@@ -63,8 +86,9 @@ impl RecvBatch {
     /// Receives up to [`BATCH`] datagrams from `socket` without blocking; `WouldBlock` when none
     /// was queued. Fewer than [`BATCH`] means the queue was empty when the call returned.
     #[cfg(target_os = "linux")]
-    pub(crate) fn recv(&mut self, socket: &impl std::os::fd::AsRawFd) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         use std::mem::{MaybeUninit, size_of};
+        use std::os::fd::AsRawFd;
         let fd = socket.as_raw_fd();
         // SAFETY: all-zero is a valid value of these plain C structs (integers and null pointers).
         let mut addrs: [libc::sockaddr_storage; BATCH] =
@@ -106,8 +130,8 @@ impl RecvBatch {
 
     /// One datagram per call where `recvmmsg` does not exist; never reports a short batch.
     #[cfg(not(target_os = "linux"))]
-    pub(crate) fn recv(&mut self, socket: &tokio::net::UdpSocket) -> io::Result<usize> {
-        let (len, src) = socket.try_recv_from(&mut self.bufs[0])?;
+    pub(crate) fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        let (len, src) = socket.recv_from(&mut self.bufs[0])?;
         self.meta[0] = (len, Some(src), len == MAX_DATAGRAM);
         Ok(BATCH)
     }

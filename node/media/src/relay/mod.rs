@@ -5,7 +5,8 @@
 //!   Relay (runtime)      open(plan) → Session: leases two port pairs, binds four sockets,
 //!     │                  spawns the session's task; counts sessions; bounded by the range
 //!     ├─ task            one per session: readable → drain in batches → Forwarder → try_send_to
-//!     │    ├─ mmsg       a batch of datagrams per receive (recvmmsg; the crate's only unsafe)
+//!     │    ├─ mmsg       sockets registered for reads only; a batch of datagrams per receive
+//!     │    │             (recvmmsg); the crate's only unsafe
 //!     │    └─ forward    pure per-datagram decision: latching, RTP/RTCP demux, PT routes, counters
 //!     └─ ports           port range and pair allocator (bounded, released pairs reused last)
 //! ```
@@ -25,7 +26,6 @@ mod task;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -35,6 +35,7 @@ pub use mmsg::MAX_DATAGRAM;
 pub use ports::{PortAllocator, PortError, PortPair, PortRange};
 
 use crate::stats::DirectionSnapshot;
+use mmsg::RelaySocket;
 use task::{LegSockets, Running, Shared};
 
 /// Times a bind of a leased pair may fail with "address in use" (another process holds the
@@ -227,8 +228,8 @@ impl Relay {
             let port = l._lease.pair().rtp;
             let map = |e| RelayError::Bind { port, source: e };
             Ok(LocalLeg {
-                rtp: l.rtp.local_addr().map_err(map)?,
-                rtcp: l.rtcp.local_addr().map_err(map)?,
+                rtp: l.rtp.get_ref().local_addr().map_err(map)?,
+                rtcp: l.rtcp.get_ref().local_addr().map_err(map)?,
             })
         };
         let local = [local(&a)?, local(&b)?];
@@ -255,16 +256,15 @@ impl Relay {
     }
 }
 
-fn bind_one(ip: IpAddr, port: u16) -> Result<UdpSocket, (u16, std::io::Error)> {
-    let bind = || -> std::io::Result<UdpSocket> {
-        let s = std::net::UdpSocket::bind((ip, port))?;
-        s.set_nonblocking(true)?;
-        UdpSocket::from_std(s)
-    };
+fn bind_one(ip: IpAddr, port: u16) -> Result<RelaySocket, (u16, std::io::Error)> {
+    let bind = || mmsg::register_readable(std::net::UdpSocket::bind((ip, port))?);
     bind().map_err(|e| (port, e))
 }
 
-fn bind_pair(ip: IpAddr, pair: PortPair) -> Result<(UdpSocket, UdpSocket), (u16, std::io::Error)> {
+fn bind_pair(
+    ip: IpAddr,
+    pair: PortPair,
+) -> Result<(RelaySocket, RelaySocket), (u16, std::io::Error)> {
     Ok((bind_one(ip, pair.rtp)?, bind_one(ip, pair.rtcp())?))
 }
 

@@ -1,7 +1,7 @@
 //! The relay task of one session: waits (one waker, registered on its four sockets' read
 //! readiness and on its plan) until a socket is readable, drains it in batches into its worker
 //! thread's buffers (`recvmmsg`: a short batch says the queue is empty, so no receive fails
-//! with `EAGAIN`), lets the [`Forwarder`] decide, and sends with a non-blocking `try_send_to`.
+//! with `EAGAIN`), lets the [`Forwarder`] decide, and sends with a non-blocking `send_to`.
 //! Plan updates arrive on a watch channel; the task ends when the session handle is dropped or
 //! closed, and its sockets and port leases go with it.
 //!
@@ -16,12 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::forward::{Forwarder, Leg, Port, SessionPlan};
-use super::mmsg::{BATCH, Datagram, RecvBatch};
+use super::mmsg::{BATCH, Datagram, RecvBatch, RelaySocket};
 
 use super::ports::PortLease;
 use crate::stats::SessionCounters;
@@ -40,13 +39,13 @@ pub(crate) struct Shared {
 /// A leg's sockets and the port pair they hold.
 #[derive(Debug)]
 pub(crate) struct LegSockets {
-    pub(crate) rtp: UdpSocket,
-    pub(crate) rtcp: UdpSocket,
+    pub(crate) rtp: RelaySocket,
+    pub(crate) rtcp: RelaySocket,
     pub(crate) _lease: PortLease,
 }
 
 impl LegSockets {
-    fn socket(&self, port: Port) -> &UdpSocket {
+    fn socket(&self, port: Port) -> &RelaySocket {
         match port {
             Port::Rtp => &self.rtp,
             Port::Rtcp => &self.rtcp,
@@ -123,8 +122,10 @@ pub(crate) async fn run(
             }
             let mut ready = [false; 4];
             for (i, (leg, port)) in SOCKETS.iter().enumerate() {
-                match legs[leg.index()].socket(*port).poll_recv_ready(cx) {
-                    Poll::Ready(Ok(())) => ready[i] = true,
+                // The guard is dropped without clearing: the drain clears the readiness when it
+                // has seen the queue empty.
+                match legs[leg.index()].socket(*port).poll_read_ready(cx) {
+                    Poll::Ready(Ok(_)) => ready[i] = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Wake::Gone(e)),
                     Poll::Pending => {}
                 }
@@ -202,8 +203,8 @@ impl Ctx<'_> {
         let sock = self.legs[leg.index()].socket(port);
         for _ in 0..DRAIN_BATCH.div_ceil(BATCH) {
             let mut got = 0;
-            let r = sock.try_io(Interest::READABLE, || {
-                got = batch.recv(sock)?;
+            let r = sock.try_io(Interest::READABLE, |s| {
+                got = batch.recv(s)?;
                 if got < BATCH {
                     // The queue was empty when the batch returned: clear the readiness now
                     // (a datagram that arrives later sets it again).
@@ -262,7 +263,8 @@ impl Ctx<'_> {
             return;
         };
         let out = self.legs[route.leg.index()].socket(route.port);
-        if let Err(e) = out.try_send_to(d.buf, route.dest) {
+        // Non-blocking; not registered for write readiness (see `mmsg`): a full buffer drops it.
+        if let Err(e) = out.get_ref().send_to(d.buf, route.dest) {
             from.record_send_failed();
             tracing::debug!(error = %e, dest = %route.dest, "media send");
         }
@@ -276,9 +278,13 @@ mod tests {
 
     async fn leg(alloc: &PortAllocator) -> LegSockets {
         let ip = std::net::Ipv4Addr::new(127, 0, 155, 60);
+        let bind = || {
+            crate::relay::mmsg::register_readable(std::net::UdpSocket::bind((ip, 0)).unwrap())
+                .unwrap()
+        };
         LegSockets {
-            rtp: UdpSocket::bind((ip, 0)).await.unwrap(),
-            rtcp: UdpSocket::bind((ip, 0)).await.unwrap(),
+            rtp: bind(),
+            rtcp: bind(),
             _lease: alloc.lease().unwrap(),
         }
     }
