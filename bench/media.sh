@@ -86,10 +86,10 @@ log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 stop_pid() {   # TERM, then KILL after 5 s; only processes this script started
-    local pid=$1 i
+    local pid=$1
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
     kill -TERM "$pid" 2>/dev/null
-    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
     return 0
@@ -98,8 +98,7 @@ stop_all() { local p; for p in "${STARTED_PIDS[@]}"; do stop_pid "$p"; done; STA
 started() { STARTED_PIDS+=("$1"); }
 udp_bound() { ss -H -uln | awk '{print $4}' | grep -qx "$1"; }
 wait_udp() {   # $1 = ip:port, $2 = pid that must stay alive
-    local i
-    for i in $(seq 100); do udp_bound "$1" && return 0; kill -0 "$2" 2>/dev/null || return 1; sleep 0.1; done
+    for _ in $(seq 100); do udp_bound "$1" && return 0; kill -0 "$2" 2>/dev/null || return 1; sleep 0.1; done
     return 1
 }
 
@@ -177,14 +176,14 @@ EOF
 
 # start_medpool <tag> <relay|bypass> [binary]; sets RELAY_PID
 start_medpool() {
-    local tag=$1 i bin=${3:-$WORK/medpool.bin}
+    local tag=$1 bin=${3:-$WORK/medpool.bin}
     write_medpool_config "$WORK/medpool-$tag.toml" "$2"
     rm -rf "$WORK/mpdata-$tag"
     "${PRIO[@]}" "$bin" serve --config "$WORK/medpool-$tag.toml" --sip-listen "$MP_IP:$MP_SIP_PORT" \
         --data-dir "$WORK/mpdata-$tag" --media-ports "$MEDIA_PORTS" --log "$MEDPOOL_LOG" --shutdown-grace 1 \
         > "$WORK/medpool-$tag.log" 2>&1 &
     RELAY_PID=$!; started "$RELAY_PID"
-    for i in $(seq 150); do
+    for _ in $(seq 150); do
         grep -q "medpool ready" "$WORK/medpool-$tag.log" 2>/dev/null && return 0
         kill -0 "$RELAY_PID" 2>/dev/null || break
         sleep 0.1
@@ -194,13 +193,13 @@ start_medpool() {
 
 # setup_sip <tag> <calls>: sipcalls.py sets the calls up through the node; sets SIP_PID; pairs in $WORK/pairs-<tag>.txt
 setup_sip() {
-    local tag=$1 n=$2 i
+    local tag=$1 n=$2
     : > "$WORK/sip-$tag.out"
     "${PRIO[@]}" python3 "$MEDIA_DIR/sipcalls.py" "$MP_IP:$MP_SIP_PORT" "$PBX_SIP" "$GW_SIP" "$n" "$SOCKETS" \
         "$CALLER_MEDIA_IP" "$CBASE" "$GW_MEDIA_IP" "$GBASE" "$WORK/pairs-$tag.txt" \
         > "$WORK/sip-$tag.out" 2> "$WORK/sip-$tag.err" &
     SIP_PID=$!; started "$SIP_PID"
-    for i in $(seq $(( n / 10 + 300 ))); do
+    for _ in $(seq $(( n / 10 + 300 ))); do
         grep -q '^ready' "$WORK/sip-$tag.out" && { log "    $(tail -1 "$WORK/sip-$tag.err")"; return 0; }
         grep -q '^failed' "$WORK/sip-$tag.out" && break
         kill -0 "$SIP_PID" 2>/dev/null || break
@@ -322,7 +321,8 @@ main() {
     summary uptime_at_start "$(uptime)"
     top -bn1 | head -15 > "$WORK/top-start.txt"
     log "work dir $WORK; relays: $RELAYS; calls: $CALLS; ${WARMUP}s warm-up + ${WINDOW}s window per turn"
-    local n step=0 r order active=($RELAYS) still gen_limited=0
+    local n step=0 r order active still gen_limited=0
+    read -r -a active <<< "$RELAYS"
     declare -A best=() broken=()
     for r in $RELAYS; do best[$r]=0; broken[$r]=0; done
     for n in $CALLS; do
@@ -383,6 +383,7 @@ main() {
         [ -n "$mp" ] && [ -n "$rt" ] && summary target.cpu_per_packet "$(awk -v a="$mp" -v b="$rt" 'BEGIN{printf "medpool/rtpengine = %.2f (target <= 0.50): %s", a / b, (a / b <= 0.5 ? "MET" : "MISSED")}')"
         summary target.clean_calls "$(awk -v a="${best[medpool]}" -v b="${best[rtpengine]}" -v last="${CALLS##* }" 'BEGIN{
             if (b == 0) { print "rtpengine had no clean step: no ratio"; exit }
+            if (a == last && b == last) { print "both clean at the largest step: no ratio (add larger CALLS)"; exit }
             printf "medpool/rtpengine = %d/%d = %.2f (target >= 1.50): %s%s", a, b, a / b, (a / b >= 1.5 ? "MET" : "MISSED"),
                 (a == last ? " (medpool clean at the largest step: a lower bound)" : "") }')"
         local mem
