@@ -4,7 +4,9 @@
 //! ```text
 //!   Relay (runtime)      open(plan) → Session: leases two port pairs, binds four sockets,
 //!     │                  spawns the session's task; counts sessions; bounded by the range
-//!     ├─ task            one per session: readable → drain into one buffer → Forwarder → try_send_to
+//!     ├─ task            one per session: readable → drain in batches → Forwarder → try_send_to
+//!     │    ├─ mmsg       sockets registered for reads only; a batch of datagrams per receive
+//!     │    │             (recvmmsg); the crate's only unsafe
 //!     │    └─ forward    pure per-datagram decision: latching, RTP/RTCP demux, PT routes, counters
 //!     └─ ports           port range and pair allocator (bounded, released pairs reused last)
 //! ```
@@ -13,26 +15,27 @@
 //! and reads counters (relaxed atomics); dropping or closing it ends the task and releases the
 //! ports.
 //!
-//! Not yet: batching with `recvmmsg`/`sendmmsg` (the crate denies `unsafe`; the place for it is
-//! `task::drain`) and several sessions per task.
+//! Sends are one `sendto` per packet: consecutive packets leave from different sockets (each
+//! session's), which `sendmmsg` cannot batch.
 
 pub mod forward;
+mod mmsg;
 pub mod ports;
 mod task;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use forward::{Leg, LegPlan, Port, Route, SessionPlan};
+pub use mmsg::MAX_DATAGRAM;
 pub use ports::{PortAllocator, PortError, PortPair, PortRange};
-pub use task::MAX_DATAGRAM;
 
 use crate::stats::DirectionSnapshot;
+use mmsg::RelaySocket;
 use task::{LegSockets, Running, Shared};
 
 /// Times a bind of a leased pair may fail with "address in use" (another process holds the
@@ -225,8 +228,8 @@ impl Relay {
             let port = l._lease.pair().rtp;
             let map = |e| RelayError::Bind { port, source: e };
             Ok(LocalLeg {
-                rtp: l.rtp.local_addr().map_err(map)?,
-                rtcp: l.rtcp.local_addr().map_err(map)?,
+                rtp: l.rtp.get_ref().local_addr().map_err(map)?,
+                rtcp: l.rtcp.get_ref().local_addr().map_err(map)?,
             })
         };
         let local = [local(&a)?, local(&b)?];
@@ -253,16 +256,15 @@ impl Relay {
     }
 }
 
-fn bind_one(ip: IpAddr, port: u16) -> Result<UdpSocket, (u16, std::io::Error)> {
-    let bind = || -> std::io::Result<UdpSocket> {
-        let s = std::net::UdpSocket::bind((ip, port))?;
-        s.set_nonblocking(true)?;
-        UdpSocket::from_std(s)
-    };
+fn bind_one(ip: IpAddr, port: u16) -> Result<RelaySocket, (u16, std::io::Error)> {
+    let bind = || mmsg::register_readable(std::net::UdpSocket::bind((ip, port))?);
     bind().map_err(|e| (port, e))
 }
 
-fn bind_pair(ip: IpAddr, pair: PortPair) -> Result<(UdpSocket, UdpSocket), (u16, std::io::Error)> {
+fn bind_pair(
+    ip: IpAddr,
+    pair: PortPair,
+) -> Result<(RelaySocket, RelaySocket), (u16, std::io::Error)> {
     Ok((bind_one(ip, pair.rtp)?, bind_one(ip, pair.rtcp())?))
 }
 

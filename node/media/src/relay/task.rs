@@ -1,25 +1,30 @@
-//! The relay task of one session: waits until one of its four sockets is readable, drains it
-//! into one reused buffer, lets the [`Forwarder`] decide, and sends with a non-blocking
-//! `try_send_to`. Plan updates arrive on a watch channel; the task ends when the session handle
-//! is dropped or closed, and its sockets and port leases go with it.
+//! The relay task of one session: waits (one waker, registered on its four sockets' read
+//! readiness and on its plan) until a socket is readable, drains it in batches into its worker
+//! thread's buffers (`recvmmsg`: a short batch says the queue is empty, so no receive fails
+//! with `EAGAIN`), lets the [`Forwarder`] decide, and sends with a non-blocking `send_to`.
+//! Plan updates arrive on a watch channel; the task ends when the session handle is dropped or
+//! closed, and its sockets and port leases go with it.
 //!
-//! Per packet: no allocation, no lock, no await between receive and send.
+//! Per packet: no allocation, no lock, no await between receive and send; one receive system
+//! call per batch and one send per packet.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
-use tokio::net::UdpSocket;
+use tokio::io::Interest;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::forward::{Forwarder, Leg, Port, SessionPlan};
+use super::mmsg::{BATCH, Datagram, RecvBatch, RelaySocket};
+
 use super::ports::PortLease;
 use crate::stats::SessionCounters;
 
-/// Largest datagram relayed; a datagram that fills the buffer may have been truncated and is
-/// dropped as malformed.
-pub const MAX_DATAGRAM: usize = 2048;
 /// Datagrams taken from one socket before the task looks at the others (fairness).
 const DRAIN_BATCH: usize = 32;
 
@@ -34,13 +39,13 @@ pub(crate) struct Shared {
 /// A leg's sockets and the port pair they hold.
 #[derive(Debug)]
 pub(crate) struct LegSockets {
-    pub(crate) rtp: UdpSocket,
-    pub(crate) rtcp: UdpSocket,
+    pub(crate) rtp: RelaySocket,
+    pub(crate) rtcp: RelaySocket,
     pub(crate) _lease: PortLease,
 }
 
 impl LegSockets {
-    fn socket(&self, port: Port) -> &UdpSocket {
+    fn socket(&self, port: Port) -> &RelaySocket {
         match port {
             Port::Rtp => &self.rtp,
             Port::Rtcp => &self.rtcp,
@@ -66,6 +71,37 @@ impl Drop for Running {
     }
 }
 
+/// The session's four sockets, in the order the task looks at them.
+const SOCKETS: [(Leg, Port); 4] = [
+    (Leg::A, Port::Rtp),
+    (Leg::A, Port::Rtcp),
+    (Leg::B, Port::Rtp),
+    (Leg::B, Port::Rtcp),
+];
+
+thread_local! {
+    /// The receive buffers of the sessions that run on this thread: a session's task never
+    /// awaits while it holds them, so one set per worker thread serves every session (a session
+    /// owns no datagram buffer).
+    static BUFFERS: RefCell<RecvBatch> = RefCell::new(RecvBatch::default());
+}
+
+/// What woke the task.
+enum Wake {
+    /// The plan changed (the receiver back, to wait again), or the session handle is gone.
+    Plan(watch::Receiver<SessionPlan>, bool),
+    /// These of [`SOCKETS`] are readable.
+    Readable([bool; 4]),
+    /// The I/O driver is gone (the runtime is shutting down).
+    Gone(io::Error),
+}
+
+/// Waits for the next plan change on its own receiver (the task's receiver is read per packet).
+async fn next_change(mut rx: watch::Receiver<SessionPlan>) -> (watch::Receiver<SessionPlan>, bool) {
+    let open = rx.changed().await.is_ok();
+    (rx, open)
+}
+
 pub(crate) async fn run(
     legs: [LegSockets; 2],
     mut plan: watch::Receiver<SessionPlan>,
@@ -74,36 +110,61 @@ pub(crate) async fn run(
     running: Running,
 ) {
     let mut fwd = Forwarder::new(plan.borrow_and_update().clone());
-    let mut buf = [0u8; MAX_DATAGRAM];
+    // Allocated again only when the plan changes.
+    let mut change = Box::pin(next_change(plan.clone()));
     loop {
-        // Unbiased: a busy socket cannot starve the others (select picks among ready branches
-        // at random).
-        let ready = tokio::select! {
-            // `changed` marks the new plan seen: take it here.
-            changed = plan.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                fwd.update(plan.borrow_and_update().clone());
-                publish_latched(&fwd, &shared);
-                None
+        // One waker for the task, registered on each socket's read readiness (no future per
+        // socket and wait): the plan is looked at first, so a flood on the sockets cannot keep
+        // the task from seeing its session closed.
+        let wake = std::future::poll_fn(|cx| {
+            if let Poll::Ready((rx, open)) = change.as_mut().poll(cx) {
+                return Poll::Ready(Wake::Plan(rx, open));
             }
-            r = legs[0].rtp.readable() => Some((Leg::A, Port::Rtp, r)),
-            r = legs[0].rtcp.readable() => Some((Leg::A, Port::Rtcp, r)),
-            r = legs[1].rtp.readable() => Some((Leg::B, Port::Rtp, r)),
-            r = legs[1].rtcp.readable() => Some((Leg::B, Port::Rtcp, r)),
-        };
-        let Some((leg, port, ready)) = ready else {
-            continue;
-        };
-        if let Err(e) = ready {
-            // Only when the I/O driver is gone (runtime shutting down).
-            tracing::debug!(error = %e, "media socket readiness");
-            break;
+            let mut ready = [false; 4];
+            for (i, (leg, port)) in SOCKETS.iter().enumerate() {
+                // The guard is dropped without clearing: the drain clears the readiness when it
+                // has seen the queue empty.
+                match legs[leg.index()].socket(*port).poll_read_ready(cx) {
+                    Poll::Ready(Ok(_)) => ready[i] = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Wake::Gone(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if ready.contains(&true) {
+                Poll::Ready(Wake::Readable(ready))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match wake {
+            Wake::Plan(_, false) => break,
+            Wake::Plan(rx, true) => {
+                if plan.has_changed().unwrap_or(false) {
+                    fwd.update(plan.borrow_and_update().clone());
+                    publish_latched(&fwd, &shared);
+                }
+                change = Box::pin(next_change(rx));
+            }
+            Wake::Gone(e) => {
+                tracing::debug!(error = %e, "media socket readiness");
+                break;
+            }
+            Wake::Readable(ready) => {
+                let mut ctx = Ctx {
+                    legs: &legs,
+                    plan: &mut plan,
+                    fwd: &mut fwd,
+                    shared: &shared,
+                    start,
+                };
+                BUFFERS.with(|b| match b.try_borrow_mut() {
+                    Ok(mut batch) => ctx.drain_ready(ready, &mut batch),
+                    // Not reachable (nothing re-enters a drain); a batch of its own then.
+                    Err(_) => ctx.drain_ready(ready, &mut RecvBatch::default()),
+                });
+            }
         }
-        drain(
-            &legs, leg, port, &mut plan, &mut fwd, &shared, start, &mut buf,
-        );
     }
     // Sockets closed and ports back in the allocator before the session stops counting as
     // running, so `Relay::wait_idle` and `Session::close` see the ports free.
@@ -117,68 +178,94 @@ fn publish_latched(fwd: &Forwarder, shared: &Shared) {
     *l = now;
 }
 
-#[allow(clippy::too_many_arguments)]
-fn drain(
-    legs: &[LegSockets; 2],
-    leg: Leg,
-    port: Port,
-    plan: &mut watch::Receiver<SessionPlan>,
-    fwd: &mut Forwarder,
-    shared: &Shared,
+/// What draining a socket works with.
+struct Ctx<'a> {
+    legs: &'a [LegSockets; 2],
+    plan: &'a mut watch::Receiver<SessionPlan>,
+    fwd: &'a mut Forwarder,
+    shared: &'a Shared,
     start: Instant,
-    buf: &mut [u8; MAX_DATAGRAM],
-) {
-    let sock = legs[leg.index()].socket(port);
-    for _ in 0..DRAIN_BATCH {
-        let (len, src) = match sock.try_recv_from(buf) {
-            Ok(x) => x,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) => {
+}
+
+impl Ctx<'_> {
+    fn drain_ready(&mut self, ready: [bool; 4], batch: &mut RecvBatch) {
+        for (i, (leg, port)) in SOCKETS.iter().enumerate() {
+            if ready[i] {
+                self.drain(*leg, *port, batch);
+            }
+        }
+    }
+
+    /// Receives what `leg`'s `port` holds, in batches, and forwards it; stops at a short batch
+    /// (the queue is empty: its readiness is cleared) or after [`DRAIN_BATCH`] datagrams
+    /// (fairness: the socket stays ready and is drained again on the next turn).
+    fn drain(&mut self, leg: Leg, port: Port, batch: &mut RecvBatch) {
+        let sock = self.legs[leg.index()].socket(port);
+        for _ in 0..DRAIN_BATCH.div_ceil(BATCH) {
+            let mut got = 0;
+            let r = sock.try_io(Interest::READABLE, |s| {
+                got = batch.recv(s)?;
+                if got < BATCH {
+                    // The queue was empty when the batch returned: clear the readiness now
+                    // (a datagram that arrives later sets it again).
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = r
+                && e.kind() != io::ErrorKind::WouldBlock
+            {
                 // E.g. ECONNREFUSED from an earlier ICMP error: skip it and read on.
                 tracing::debug!(error = %e, "media socket receive");
                 continue;
             }
-        };
+            let now_ms = self.start.elapsed().as_millis() as u64;
+            for i in 0..got {
+                self.forward(leg, port, batch.get(i), now_ms);
+            }
+            if got < BATCH {
+                return;
+            }
+        }
+    }
+
+    fn forward(&mut self, leg: Leg, port: Port, d: Datagram<'_>, now_ms: u64) {
         // A plan published before this packet was received applies to it (checked after the
         // receive, so a peer that sent after the update is never handled by the old plan; one
-        // atomic load when unchanged). A closed channel is noticed by the task's select.
-        if plan.has_changed().unwrap_or(false) {
-            fwd.update(plan.borrow_and_update().clone());
-            publish_latched(fwd, shared);
+        // atomic load when unchanged). A closed channel is noticed by the task's wait.
+        if self.plan.has_changed().unwrap_or(false) {
+            self.fwd.update(self.plan.borrow_and_update().clone());
+            publish_latched(self.fwd, self.shared);
         }
-        let counters = &shared.counters;
-        if len == MAX_DATAGRAM {
-            match leg {
-                Leg::A => counters.from_a.record_malformed(),
-                Leg::B => counters.from_b.record_malformed(),
-            }
-            continue;
-        }
-        let now_ms = start.elapsed().as_millis() as u64;
-        let before = fwd.latched(leg);
-        let route = fwd.on_datagram(leg, port, src, &mut buf[..len], counters, now_ms);
-        if fwd.latched(leg) != before {
-            publish_latched(fwd, shared);
+        let counters = &self.shared.counters;
+        let from = match leg {
+            Leg::A => &counters.from_a,
+            Leg::B => &counters.from_b,
+        };
+        let (Some(src), false) = (d.src, d.truncated) else {
+            from.record_malformed();
+            return;
+        };
+        let before = self.fwd.latched(leg);
+        let route = self
+            .fwd
+            .on_datagram(leg, port, src, d.buf, counters, now_ms);
+        if self.fwd.latched(leg) != before {
+            publish_latched(self.fwd, self.shared);
         } else if route.is_none() && tracing::enabled!(tracing::Level::DEBUG) {
-            let c = match leg {
-                Leg::A => &counters.from_a,
-                Leg::B => &counters.from_b,
-            };
-            let stray = c.snapshot().stray;
+            let stray = from.snapshot().stray;
             if stray.is_power_of_two() {
                 tracing::debug!(?leg, %src, stray, "media packet dropped (stray source, malformed or unroutable)");
             }
         }
         let Some(route) = route else {
-            continue;
+            return;
         };
-        let out = legs[route.leg.index()].socket(route.port);
-        if let Err(e) = out.try_send_to(&buf[..len], route.dest) {
-            let c = match leg {
-                Leg::A => &counters.from_a,
-                Leg::B => &counters.from_b,
-            };
-            c.record_send_failed();
+        let out = self.legs[route.leg.index()].socket(route.port);
+        // Non-blocking; not registered for write readiness (see `mmsg`): a full buffer drops it.
+        if let Err(e) = out.get_ref().send_to(d.buf, route.dest) {
+            from.record_send_failed();
             tracing::debug!(error = %e, dest = %route.dest, "media send");
         }
     }
@@ -191,9 +278,13 @@ mod tests {
 
     async fn leg(alloc: &PortAllocator) -> LegSockets {
         let ip = std::net::Ipv4Addr::new(127, 0, 155, 60);
+        let bind = || {
+            crate::relay::mmsg::register_readable(std::net::UdpSocket::bind((ip, 0)).unwrap())
+                .unwrap()
+        };
         LegSockets {
-            rtp: UdpSocket::bind((ip, 0)).await.unwrap(),
-            rtcp: UdpSocket::bind((ip, 0)).await.unwrap(),
+            rtp: bind(),
+            rtcp: bind(),
             _lease: alloc.lease().unwrap(),
         }
     }
