@@ -1,0 +1,29 @@
+//! SRTP and SRTCP (RFC 3711) with SDES key exchange (RFC 4568): the crypto suites
+//! AES_CM_128_HMAC_SHA1_80 and AES_CM_128_HMAC_SHA1_32, MKI, replay protection and the
+//! roll-over counter. A library only: the relay asks a [`Srtp`] context to protect or unprotect a
+//! datagram in place in its own buffer; nothing here allocates per packet (a new SSRC adds one
+//! entry to a bounded list).
+//!
+//! Layers (a module imports only modules drawn below it):
+//! ```text
+//!   protect        per-leg context: protect/unprotect RTP and RTCP in place (MKI, tag, SRTCP index)
+//!   context        per-SSRC state: RFC 3711 §3.3.1 index estimation, ROC, replay window
+//!   kdf            RFC 3711 §4.3 session-key derivation (AES-CM PRF, key derivation rate 0)
+//!   keys · cm      leaves: SDES key-params (`inline:`), suites, master keys from the OS's random
+//!                  source; AES-128 counter mode (§4.1.1) over a caller's buffer
+//!   error          the typed errors every layer returns
+//! ```
+//! Keys never appear in `Debug` output and are zeroed when dropped.
+
+mod cm;
+mod context;
+mod error;
+mod kdf;
+mod keys;
+mod protect;
+
+pub use context::ReplayWindow;
+pub use error::SrtpError;
+pub use kdf::SessionKeys;
+pub use keys::{CryptoAttribute, KeyParams, MasterKey, Mki, Suite};
+pub use protect::{MAX_SSRCS, Srtp};
