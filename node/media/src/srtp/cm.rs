@@ -6,12 +6,12 @@ use aes::Aes128;
 use aes::cipher::{InnerIvInit, StreamCipher, StreamCipherCoreWrapper};
 
 /// AES-128 counter mode, big-endian 128-bit counter (the low 16 bits never overflow for an
-/// SRTP packet: 2^16 blocks is 1 MiB).
-type AesCtrCore = ctr::CtrCore<Aes128, ctr::flavors::Ctr128BE>;
+/// SRTP packet: 2^16 blocks is 1 MiB). It borrows the key schedule: nothing is copied per packet.
+type AesCtrCore<'a> = ctr::CtrCore<&'a Aes128, ctr::flavors::Ctr128BE>;
 
 /// XORs the AES-CM keystream that starts at counter block `iv` over `data`.
 pub(crate) fn xor_keystream(cipher: &Aes128, iv: &[u8; 16], data: &mut [u8]) {
-    let core = AesCtrCore::inner_iv_init(cipher.clone(), iv.into());
+    let core = AesCtrCore::inner_iv_init(cipher, iv.into());
     let mut ctr = StreamCipherCoreWrapper::from_core(core);
     ctr.apply_keystream(data);
 }

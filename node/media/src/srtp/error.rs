@@ -24,6 +24,9 @@ pub enum SrtpError {
     /// More SSRCs than the context keeps state for.
     #[error("too many SSRCs on one context")]
     TooManySsrcs,
+    /// The master key's lifetime (packets, from its key parameters) is used up: re-key.
+    #[error("master key lifetime reached; re-key")]
+    KeyExpired,
     /// The SRTCP index (2^31 packets) is exhausted: the leg must be re-keyed.
     #[error("SRTCP index exhausted; re-key")]
     IndexExhausted,

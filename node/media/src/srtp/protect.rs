@@ -80,6 +80,10 @@ struct Stream {
 pub struct Srtp {
     suite: Suite,
     mki: Option<Mki>,
+    /// The key's lifetime in packets, counted separately for SRTP and SRTCP.
+    lifetime: u64,
+    rtp_packets: u64,
+    rtcp_packets: u64,
     window: ReplayWindow,
     rtp: Keyed,
     rtcp: Keyed,
@@ -126,6 +130,9 @@ impl Srtp {
         Srtp {
             suite,
             mki: key.mki,
+            lifetime: key.lifetime.unwrap_or(u64::MAX),
+            rtp_packets: 0,
+            rtcp_packets: 0,
             window,
             rtp: Keyed::new(&rtp),
             rtcp: Keyed::new(&rtcp),
@@ -204,6 +211,9 @@ impl Srtp {
         if buf.len() < out_len {
             return Err(SrtpError::NoRoom);
         }
+        if self.rtp_packets >= self.lifetime {
+            return Err(SrtpError::KeyExpired);
+        }
         let seq = u16::from_be_bytes([buf[2], buf[3]]);
         let ssrc = be_u32(&buf[8..12]);
         let slot = self.slot(ssrc)?;
@@ -222,6 +232,7 @@ impl Srtp {
         }
         buf[len + mki_len..out_len].copy_from_slice(&full[..tag_len]);
         state.accept(index);
+        self.rtp_packets += 1;
         Ok(out_len)
     }
 
@@ -240,6 +251,9 @@ impl Srtp {
             && !mki.matches(&buf[body..body + mki_len])
         {
             return Err(SrtpError::UnknownMki);
+        }
+        if self.rtp_packets >= self.lifetime {
+            return Err(SrtpError::KeyExpired);
         }
         let seq = u16::from_be_bytes([buf[2], buf[3]]);
         let ssrc = be_u32(&buf[8..12]);
@@ -264,6 +278,7 @@ impl Srtp {
         let iv = self.rtp.iv(ssrc, index);
         xor_keystream(&self.rtp.cipher, &iv, &mut buf[header..body]);
         self.streams[slot].rtp.accept(index);
+        self.rtp_packets += 1;
         Ok(body)
     }
 
@@ -280,6 +295,9 @@ impl Srtp {
         let out_len = len + SRTCP_INDEX_LEN + mki_len + tag_len;
         if buf.len() < out_len {
             return Err(SrtpError::NoRoom);
+        }
+        if self.rtcp_packets >= self.lifetime {
+            return Err(SrtpError::KeyExpired);
         }
         let ssrc = be_u32(&buf[4..8]);
         let slot = self.slot(ssrc)?;
@@ -299,6 +317,7 @@ impl Srtp {
         }
         buf[e_index + mki_len..out_len].copy_from_slice(&full[..tag_len]);
         self.streams[slot].rtcp_next = index + 1;
+        self.rtcp_packets += 1;
         Ok(out_len)
     }
 
@@ -321,6 +340,9 @@ impl Srtp {
         {
             return Err(SrtpError::UnknownMki);
         }
+        if self.rtcp_packets >= self.lifetime {
+            return Err(SrtpError::KeyExpired);
+        }
         let e_index = be_u32(&buf[body..e_index_end]);
         let encrypted = e_index & 0x8000_0000 != 0;
         let index = u64::from(e_index & MAX_SRTCP_INDEX);
@@ -338,6 +360,7 @@ impl Srtp {
             xor_keystream(&self.rtcp.cipher, &iv, &mut buf[8..body]);
         }
         self.streams[slot].rtcp.accept(index);
+        self.rtcp_packets += 1;
         Ok(body)
     }
 }
@@ -641,6 +664,27 @@ mod tests {
             dbg.contains("<redacted>") && !dbg.contains("cipher"),
             "{dbg}"
         );
+    }
+
+    #[test]
+    fn key_lifetime_is_enforced() {
+        let mut k = key(14, None);
+        k.lifetime = Some(3);
+        let (mut tx, mut rx) = pair(Suite::AesCm128HmacSha1_80, &k);
+        let sent: Vec<Vec<u8>> = (1..=3)
+            .map(|s| protect(&mut tx, &rtp(s, 1)).unwrap())
+            .collect();
+        assert_eq!(protect(&mut tx, &rtp(4, 1)), Err(SrtpError::KeyExpired));
+        for p in &sent {
+            unprotect(&mut rx, p).unwrap();
+        }
+        let mut fourth = Srtp::new(
+            Suite::AesCm128HmacSha1_80,
+            &key(14, None),
+            ReplayWindow::W64,
+        );
+        let p = protect(&mut fourth, &rtp(4, 1)).unwrap();
+        assert_eq!(unprotect(&mut rx, &p), Err(SrtpError::KeyExpired));
     }
 
     #[test]
