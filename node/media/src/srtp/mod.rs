@@ -13,7 +13,10 @@
 //!                  source; AES-128 counter mode (§4.1.1) over a caller's buffer
 //!   error          the typed errors every layer returns
 //! ```
-//! Keys never appear in `Debug` output and are zeroed when dropped.
+//! Keys never appear in `Debug` output. Master keys, session keys and salts and the AES key
+//! schedules are zeroed when dropped; the HMAC-SHA1 state kept per context (the hashed inner and
+//! outer pads, from which the authentication key cannot be read back directly) is not, because
+//! the `hmac` crate does not offer it.
 
 mod cm;
 mod context;
