@@ -6,6 +6,7 @@
 //!
 //! Layers (a module imports only modules drawn below it):
 //! ```text
+//!   sdes           offer/answer: which offered `a=crypto` line to take, the answer's line, an offer
 //!   protect        per-leg context: protect/unprotect RTP and RTCP in place (MKI, tag, SRTCP index)
 //!   context        per-SSRC state: RFC 3711 §3.3.1 index estimation, ROC, replay window
 //!   kdf            RFC 3711 §4.3 session-key derivation (AES-CM PRF, key derivation rate 0)
@@ -24,9 +25,11 @@ mod error;
 mod kdf;
 mod keys;
 mod protect;
+mod sdes;
 
 pub use context::ReplayWindow;
 pub use error::SrtpError;
 pub use kdf::SessionKeys;
 pub use keys::{CryptoAttribute, KeyParams, MasterKey, Mki, Suite};
 pub use protect::{MAX_SSRCS, Srtp};
+pub use sdes::{answer, choose_offer, offer};
