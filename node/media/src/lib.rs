@@ -10,6 +10,8 @@
 //!                                tasks, the runtime (its own layers: see the module)
 //!   pt_map                       payload-type routes between legs (renumbering, G.711 translation)
 //!   dtmf                         RFC 4733 telephone-event view; its payload type from a leg's SDP
+//!   srtp                         SRTP/SRTCP (RFC 3711) with SDES keys (RFC 4568): protect and
+//!                                unprotect in place; its own layers (see the module); no I/O
 //!   sdp · rtp · g711 · stats     leaves: SDP view and rewriter; RTP/RTCP header views; G.711
 //!                                tables; per-direction counters and sequence tracking
 //! ```
@@ -19,6 +21,8 @@
 //! - [`stats`]: per-direction counters (atomics) and the sequence tracker that feeds them.
 //! - [`dtmf`]: RFC 4733 telephone-event payloads; which payload type each leg uses.
 //! - [`pt_map`]: one direction's payload-type routes, built from both legs' SDP, applied in place.
+//! - [`srtp`]: SRTP/SRTCP contexts per leg (AES_CM_128_HMAC_SHA1_80/_32, MKI, replay window,
+//!   ROC), `a=crypto` key parameters, master keys from the OS's secure random source.
 //! - [`relay`]: relay sessions of two legs on tokio tasks; symmetric-RTP latching; port range.
 
 pub mod dtmf;
@@ -27,4 +31,5 @@ pub mod pt_map;
 pub mod relay;
 pub mod rtp;
 pub mod sdp;
+pub mod srtp;
 pub mod stats;
