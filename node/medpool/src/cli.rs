@@ -71,7 +71,12 @@ pub fn run(cli: Cli) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve_until_signal(*args)) {
+            let result = runtime.block_on(serve_until_signal(*args));
+            // Whatever blocking work is still running (a store write stuck on a failed disk, a
+            // resolver thread) must not keep a stopped node alive: the others take its shards over
+            // only once it is gone. Dropping the runtime would wait for it without bound.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("medpool: {e}");
