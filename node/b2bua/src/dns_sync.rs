@@ -34,7 +34,7 @@ async fn sync(ctx: &Arc<NodeCtx>, probers: &mut BTreeMap<String, Arc<GatewayHand
     ctx.refresh_sources();
     if let Some(tcp) = ctx.transports.tcp() {
         let config = ctx.config();
-        let mut ips = crate::node::listed_ips(&config.trunks, &ctx.trusted_forwarders);
+        let mut ips = crate::sources::listed_ips(&config.trunks, &ctx.trusted_forwarders);
         ips.extend(ctx.dns.ips());
         tcp.set_listed_ips(ips);
     }

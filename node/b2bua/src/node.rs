@@ -31,7 +31,7 @@ impl NodeCtx {
         let old = self.config();
         let trunks = config.trunks.clone();
         if let Some(tcp) = self.transports.tcp() {
-            let mut ips = listed_ips(&trunks, &self.trusted_forwarders);
+            let mut ips = crate::sources::listed_ips(&trunks, &self.trusted_forwarders);
             ips.extend(self.dns.ips());
             tcp.set_listed_ips(ips);
         }
@@ -74,21 +74,6 @@ impl NodeCtx {
         }
         calls.len()
     }
-}
-
-/// The addresses the SIP TCP door gives a connection cap of their own, outside the budget unknown
-/// addresses share: the trunks' IPs (a trunk named by host name is not listed) and the trusted
-/// forwarders (a balancer carries many callers' connections). The resolved addresses of trunks
-/// named by DNS are added by the caller (`dns_sync`).
-pub(crate) fn listed_ips(
-    trunks: &[crate::config::Trunk],
-    forwarders: &[std::net::IpAddr],
-) -> Vec<std::net::IpAddr> {
-    trunks
-        .iter()
-        .filter_map(|t| t.address.ip())
-        .chain(forwarders.iter().copied())
-        .collect()
 }
 
 /// How to run a node.
@@ -201,7 +186,10 @@ pub async fn start(
     running
         .transports
         .tcp()
-        .set_listed_ips(listed_ips(&config.trunks, &opts.trusted_forwarders));
+        .set_listed_ips(crate::sources::listed_ips(
+            &config.trunks,
+            &opts.trusted_forwarders,
+        ));
     let sip_addr = running.transports.udp_local();
     let hostport = opts
         .advertise

@@ -35,6 +35,21 @@ pub fn source_policy(config: &PoolConfig, trusted_forwarders: &[IpAddr]) -> Sour
     policy
 }
 
+/// The addresses the SIP TCP door gives a connection cap of their own, outside the budget unknown
+/// addresses share: the trunks' IPs (a trunk named by host name is not listed) and the trusted
+/// forwarders (a balancer carries many callers' connections). The resolved addresses of trunks
+/// named by DNS are added by the caller (`dns_sync`).
+pub(crate) fn listed_ips(
+    trunks: &[crate::config::Trunk],
+    forwarders: &[std::net::IpAddr],
+) -> Vec<std::net::IpAddr> {
+    trunks
+        .iter()
+        .filter_map(|t| t.address.ip())
+        .chain(forwarders.iter().copied())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use medpool_sip::transport::gate::SourceClass;

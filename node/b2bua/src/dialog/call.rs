@@ -40,11 +40,11 @@ pub(super) struct Attempt {
     /// The INVITE was sent again after a 422 (Session Interval Too Small): once per attempt.
     pub(super) timer_retried: bool,
     /// The early dialogs of this attempt, one per To tag of its 18x (forking; at most
-    /// [`super::forks::MAX_EARLY_DIALOGS`]).
-    pub(super) early: Vec<super::forks::EarlyDialog>,
+    /// [`MAX_EARLY_DIALOGS`]).
+    pub(super) early: Vec<EarlyDialog>,
     /// 2xx answers from other forks than the one that won: ACKed and hung up, their ACK kept for a
-    /// retransmitted 2xx (at most [`super::forks::MAX_EXTRA_ANSWERS`]).
-    pub(super) extra_answers: Vec<super::forks::ExtraAnswer>,
+    /// retransmitted 2xx (at most [`MAX_EXTRA_ANSWERS`]).
+    pub(super) extra_answers: Vec<ExtraAnswer>,
 }
 
 /// An in-dialog request being relayed: answer `server` on `from` when `client` gets its final.
@@ -118,7 +118,7 @@ pub struct Call {
     pub(super) last_status: u16,
     pub(super) gateway_active: Option<String>,
     /// The RFC 4028 session timer, once an answer set one up (see `session`).
-    pub(super) session: Option<super::session::SessionTimer>,
+    pub(super) session: Option<SessionTimer>,
     /// When the session is torn down unless refreshed before.
     pub(super) session_deadline: Option<Instant>,
     /// A [`DialogMsg::SessionCheck`] is scheduled.
@@ -296,7 +296,7 @@ pub(super) struct CallSeed {
     /// The actor the call runs in.
     pub(super) actor: ActorId,
     /// A rebuilt call's session timer (from its record).
-    pub(super) session: Option<super::session::SessionTimer>,
+    pub(super) session: Option<SessionTimer>,
 }
 
 impl Call {
@@ -393,4 +393,42 @@ impl Call {
             b_media: None,
         }
     }
+}
+
+// The state `forks` and `session` keep in a call (defined here, below them: they act on a Call).
+
+/// Early dialogs one attempt keeps: a fork beyond them is still relayed to the caller, but leg B
+/// does not switch to it.
+pub(super) const MAX_EARLY_DIALOGS: usize = 16;
+/// 2xx answers from losing forks one attempt remembers (to ACK their retransmissions without
+/// hanging up again); beyond them each is still ACKed and hung up.
+pub(super) const MAX_EXTRA_ANSWERS: usize = 16;
+
+/// One early dialog of leg B: what its 18x said.
+#[derive(Debug, Clone)]
+pub(super) struct EarlyDialog {
+    /// The fork's To tag.
+    pub(super) tag: Bytes,
+    /// Its Contact.
+    pub(super) remote_target: Bytes,
+    /// Its To value (with the tag).
+    pub(super) remote_uri: Bytes,
+    /// Its route set (Record-Route reversed).
+    pub(super) route_set: Vec<Bytes>,
+}
+
+/// A 2xx from a fork that lost: its tag and the ACK we sent it.
+#[derive(Debug)]
+pub(super) struct ExtraAnswer {
+    pub(super) tag: Bytes,
+    pub(super) ack: Envelope,
+}
+
+/// The session timer a call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SessionTimer {
+    /// Session interval, seconds.
+    pub(super) interval: u32,
+    /// This node refreshes leg B; else a peer refreshes (its refreshes pass through the call).
+    pub(super) we_refresh: bool,
 }

@@ -8,37 +8,10 @@ use bytes::Bytes;
 use medpool_sip::{SipMessage, ids};
 use ractor::ActorRef;
 
-use super::call::{Attempt, Call};
+use super::call::{Attempt, Call, EarlyDialog, ExtraAnswer, MAX_EARLY_DIALOGS, MAX_EXTRA_ANSWERS};
 use super::leg::Leg;
 use super::msg::DialogMsg;
 use crate::txlayer::Envelope;
-
-/// Early dialogs one attempt keeps: a fork beyond them is still relayed to the caller, but leg B
-/// does not switch to it.
-pub(super) const MAX_EARLY_DIALOGS: usize = 16;
-/// 2xx answers from losing forks one attempt remembers (to ACK their retransmissions without
-/// hanging up again); beyond them each is still ACKed and hung up.
-pub(super) const MAX_EXTRA_ANSWERS: usize = 16;
-
-/// One early dialog of leg B: what its 18x said.
-#[derive(Debug, Clone)]
-pub(super) struct EarlyDialog {
-    /// The fork's To tag.
-    pub(super) tag: Bytes,
-    /// Its Contact.
-    pub(super) remote_target: Bytes,
-    /// Its To value (with the tag).
-    pub(super) remote_uri: Bytes,
-    /// Its route set (Record-Route reversed).
-    pub(super) route_set: Vec<Bytes>,
-}
-
-/// A 2xx from a fork that lost: its tag and the ACK we sent it.
-#[derive(Debug)]
-pub(super) struct ExtraAnswer {
-    pub(super) tag: Bytes,
-    pub(super) ack: Envelope,
-}
 
 impl Attempt {
     /// The CSeq number of the attempt's INVITE (1, or 2 once sent again after a 422): its ACK's.

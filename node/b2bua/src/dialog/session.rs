@@ -22,7 +22,7 @@ use medpool_sip::{HeaderName, SipMessage, ids};
 use ractor::ActorRef;
 use tokio::time::Instant;
 
-use super::call::Call;
+use super::call::{Call, SessionTimer};
 use super::msg::{DialogMsg, Phase};
 use crate::cluster::SessionTimerRecord;
 use crate::txlayer::{Envelope, Side};
@@ -31,15 +31,6 @@ use crate::txlayer::{Envelope, Side};
 /// (RFC 4028 §4 puts the floor of Min-SE at 90 s; a gateway may still answer less, and the node
 /// follows the peers' choice down to here rather than refresh in a storm).
 pub(super) const MIN_INTERVAL: u32 = 2;
-
-/// The session timer a call runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct SessionTimer {
-    /// Session interval, seconds.
-    pub(super) interval: u32,
-    /// This node refreshes leg B; else a peer refreshes (its refreshes pass through the call).
-    pub(super) we_refresh: bool,
-}
 
 impl From<SessionTimerRecord> for SessionTimer {
     fn from(r: SessionTimerRecord) -> Self {
