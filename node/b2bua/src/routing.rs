@@ -220,11 +220,12 @@ fn weighted_shuffle(entries: &mut [Entry<'_>], rng: &mut SplitMix64) {
 }
 
 /// SplitMix64: a tiny deterministic generator that stretches the caller's one random value
-/// into as many draws as the ordering needs.
-struct SplitMix64(u64);
+/// into as many draws as the ordering needs (the DNS SRV order draws with it too).
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// The next draw.
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -2,6 +2,7 @@
 //! draws within each priority; a target that is down is tried only after every target that is up
 //! (*demote, not remove*, as route selection does with trunks). The caller gives one random value;
 //! the order is a pure function of the records, their health and that value.
+use crate::routing::SplitMix64;
 
 /// What ordering needs of one target: its SRV priority and weight, and whether it is up.
 pub trait Weighted {
@@ -50,19 +51,6 @@ fn draw<T: Weighted>(group: &mut [T], rng: &mut SplitMix64) {
             }
         }
         group[pos..=chosen].rotate_right(1);
-    }
-}
-
-/// SplitMix64: stretches the caller's one random value into as many draws as needed.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 
