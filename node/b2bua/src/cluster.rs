@@ -138,6 +138,10 @@ pub struct LegRecord {
     pub local_uri: String,
     /// The To header value we send on this leg (with the peer's tag).
     pub remote_uri: String,
+    /// The trunk port (`trunk.local_port`) the leg is reached on and sent from; `None` (and in
+    /// records written before it existed): the node's main listener.
+    #[serde(default)]
+    pub local_port: Option<u16>,
 }
 
 /// Where confirmed dialogs are written (replicated, in a pool) and removed when they end.

@@ -144,16 +144,28 @@ impl Histogram {
 }
 
 /// Our identity on the wire: the address in Via and Contact.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Me {
     /// `host:port` for Via sent-by and Contact.
     pub hostport: String,
     /// This node's own `host:port` (its SIP listen address): node-local traffic such as gateway
     /// probes puts it in Via, so the answers come back to this node and not to the pool address.
     pub local: String,
+    /// Our identity on each trunk port this node has bound (`trunk.local_port`), by port.
+    pub trunk_ports: Arc<std::collections::BTreeMap<u16, Me>>,
 }
 
 impl Me {
+    /// Our identity towards a trunk whose `local_port` is `port`: that port's when this node has
+    /// bound it, else the main listener's.
+    pub fn on(&self, port: Option<u16>) -> &Me {
+        port.and_then(|p| self.trunk_ports.get(&p)).unwrap_or(self)
+    }
+    /// The trunk port the node really uses for `port`: `None` (the main listener) when it is not
+    /// bound (a `local_port` added by a reload waits for a restart).
+    pub fn bound(&self, port: Option<u16>) -> Option<u16> {
+        port.filter(|p| self.trunk_ports.contains_key(p))
+    }
     /// A Via value with a new branch.
     pub fn via(&self, transport: Transport, branch: &str) -> String {
         format!(

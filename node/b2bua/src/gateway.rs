@@ -179,7 +179,8 @@ impl Actor for GatewayActor {
                 };
                 st.seq += 1;
                 st.cseq += 1;
-                let me = &st.ctx.me;
+                // From the trunk's own port when it has one (M:N trunking).
+                let me = st.ctx.me.on(st.trunk.local_port);
                 let branch = ids::new_branch(0);
                 let mut b = MessageBuilder::request_method(
                     Method::Options,

@@ -171,6 +171,20 @@ pub enum Problem {
         /// The contested source (`ip:port` or `ip:*`).
         source_address: String,
     },
+    /// Two trunks name the same `local_port`.
+    #[error("local port {port} is already trunk {other:?}'s (one port per trunk)")]
+    LocalPortTaken {
+        /// The trunk defined first.
+        other: String,
+        /// The port.
+        port: u16,
+    },
+    /// `local_address` without `local_port`.
+    #[error("local_address needs a local_port")]
+    LocalAddressWithoutPort,
+    /// `local_address` is not an IP address peers can send to.
+    #[error("{0:?} is not an IP address peers can reach (no host names, no wildcard)")]
+    BadLocalAddress(String),
     /// A trunk lists a usage that no route has.
     #[error("usage {0:?} is not the usage of any route")]
     UnknownUsage(String),

@@ -291,6 +291,16 @@ pub struct Trunk {
     /// hung up (`media_timeout`, default 60; 0 = never). A call on hold is exempt.
     #[serde(default = "default_media_timeout")]
     pub media_timeout: u32,
+    /// The port of this node the trunk is reached on and sent from (`local_port`), bound by every
+    /// node (UDP and TCP) beside its main SIP listener, on the node's SIP IP (or `local_address`):
+    /// Via, Contact and probes towards the trunk carry it, and the trunk's new requests are taken
+    /// only on it (M:N trunking, one port per trunk). `None`: the node's main listener.
+    #[serde(default)]
+    pub local_port: Option<u16>,
+    /// The IP the trunk's `local_port` is bound on and advertised with, in place of the node's SIP
+    /// IP (`local_address`; single-node set-ups, or an address every node of the pool has).
+    #[serde(default)]
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 /// What the node does with a call's media (`trunk.media`).

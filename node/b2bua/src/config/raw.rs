@@ -83,6 +83,8 @@ pub(super) struct RawTrunk {
     pub media: Option<MediaMode>,
     pub codecs: Option<Vec<String>>,
     pub media_timeout: Option<i64>,
+    pub local_port: Option<i64>,
+    pub local_address: Option<String>,
 }
 
 /// `{ pattern = "...", replace = "..." }`.

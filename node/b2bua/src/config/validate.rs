@@ -178,6 +178,7 @@ impl Validator<'_, '_> {
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         let mut exact: BTreeMap<(IpAddr, u16), usize> = BTreeMap::new();
         let mut any_port: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        let mut local_ports: BTreeMap<u16, usize> = BTreeMap::new();
         for (i, t) in raw.iter().enumerate() {
             let path = FieldPath::default().k("trunk").i(i);
             let name_path = path.k("name");
@@ -193,6 +194,17 @@ impl Validator<'_, '_> {
             }
             names.insert(&t.name, i);
             let trunk = self.trunk(&path, t)?;
+            if let Some(port) = trunk.local_port
+                && let Some(other) = local_ports.insert(port, i)
+            {
+                return Err(self.err(
+                    &path.k("local_port"),
+                    Problem::LocalPortTaken {
+                        other: trunks[other].name.clone(),
+                        port,
+                    },
+                ));
+            }
             if let Some(ip) = trunk.address.ip() {
                 let ip = ip.to_canonical();
                 let clash = exact.insert((ip, trunk.port), i).map(|other| {
@@ -303,6 +315,7 @@ impl Validator<'_, '_> {
             response_map.push(rule);
         }
         let codecs = self.codecs(&path.k("codecs"), t.codecs.as_deref().unwrap_or_default())?;
+        let (local_port, local_address) = self.local(path, t)?;
         Ok(Trunk {
             name: t.name.clone(),
             address,
@@ -352,7 +365,34 @@ impl Validator<'_, '_> {
                 0,
                 86_400,
             )?,
+            local_port,
+            local_address,
         })
+    }
+
+    /// `local_port` (a port, 1-65535) and `local_address` (an IP peers can reach, only with a
+    /// `local_port`).
+    fn local(&self, path: &FieldPath, t: &RawTrunk) -> Result<(Option<u16>, Option<IpAddr>)> {
+        let port = match t.local_port {
+            None => None,
+            Some(p) => Some(self.port(&path.k("local_port"), p)?),
+        };
+        let address = match &t.local_address {
+            None => None,
+            Some(text) => {
+                let p = path.k("local_address");
+                let ip = text
+                    .parse::<IpAddr>()
+                    .ok()
+                    .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
+                    .ok_or_else(|| self.err(&p, Problem::BadLocalAddress(text.clone())))?;
+                if port.is_none() {
+                    return Err(self.err(&p, Problem::LocalAddressWithoutPort));
+                }
+                Some(ip)
+            }
+        };
+        Ok((port, address))
     }
 
     /// `codecs`: encoding names (one SDP token each), none twice.

@@ -50,6 +50,7 @@ pub(super) struct OutboundInvite {
 /// None when the trunk has no IP address.
 // The INVITE is a pure function of all of these; a struct for them would only rename them.
 #[allow(clippy::too_many_arguments)]
+#[cfg(test)]
 pub(super) fn outbound_invite(
     me: &Me,
     a: &SipMessage,
@@ -64,6 +65,20 @@ pub(super) fn outbound_invite(
     outbound_invite_to(
         me, a, trunk, None, inbound, called, calling, ids, body, timer,
     )
+}
+
+/// `trunk` addressed to `peer` over `transport` (a trunk named by DNS, bound to the target an
+/// attempt went to), its other settings kept.
+pub(super) fn at_peer(trunk: &Trunk, peer: std::net::SocketAddr, transport: Transport) -> Trunk {
+    let mut bound = trunk.clone();
+    bound.address = crate::config::PeerAddress::Ip(peer.ip());
+    bound.port = peer.port();
+    bound.transport = match transport {
+        Transport::Udp => crate::config::Transport::Udp,
+        Transport::Tcp => crate::config::Transport::Tcp,
+    };
+    bound.lookup = crate::config::Lookup::Literal;
+    bound
 }
 
 /// [`outbound_invite`] with the host of the Request-URI and To given: the domain of a trunk named
@@ -88,6 +103,9 @@ pub(super) fn outbound_invite_to(
     };
     let ip = trunk.address.ip()?;
     let peer = std::net::SocketAddr::new(ip, trunk.port);
+    // The trunk's own port, when it has one and this node bound it.
+    let local_port = me.bound(trunk.local_port);
+    let me = me.on(local_port);
     let host = match (uri_host, ip) {
         (Some(name), _) => name.to_owned(),
         (None, std::net::IpAddr::V6(v6)) => format!("[{v6}]:{}", trunk.port),
@@ -238,6 +256,7 @@ pub(super) fn outbound_invite_to(
             transport,
             local_cseq: cseq,
             remote_cseq: 0,
+            local_port,
         },
     })
 }
@@ -262,6 +281,7 @@ mod tests {
         Me {
             hostport: NODE.into(),
             local: NODE.into(),
+            ..Default::default()
         }
     }
 

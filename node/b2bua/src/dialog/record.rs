@@ -65,6 +65,7 @@ impl Call {
             local_cseq: l.local_cseq,
             local_uri: String::from_utf8_lossy(&l.local_uri).into_owned(),
             remote_uri: String::from_utf8_lossy(&l.remote_uri).into_owned(),
+            local_port: l.local_port,
         };
         Some(DialogRecord {
             shard: self.shard,
@@ -110,6 +111,7 @@ pub(super) fn leg_from_record(r: &LegRecord) -> Result<Leg, RestoreError> {
         },
         local_cseq: r.local_cseq.saturating_add(CSEQ_SKIP),
         remote_cseq: 0,
+        local_port: r.local_port,
     })
 }
 

@@ -23,6 +23,13 @@ pub trait Wire: Send + Sync + 'static {
     fn tcp(&self) -> Option<&TcpPool> {
         None
     }
+    /// Tells every TCP listener which peers are listed (trunks, forwarders): see
+    /// [`TcpPool::set_listed_ips`].
+    fn set_listed_ips(&self, ips: Vec<std::net::IpAddr>) {
+        if let Some(tcp) = self.tcp() {
+            tcp.set_listed_ips(ips);
+        }
+    }
 }
 
 impl Wire for Transports {
