@@ -540,9 +540,30 @@ impl Collector for NodeCollector {
                 "Dialog batches by size bucket",
                 &sizes,
             )?;
+            pool_stages(&mut e)?;
         }
         Ok(())
     }
+}
+
+/// The pool's per-stage counters (medpool_cluster::stats): Raft append, fsync, apply, codec,
+/// replication, dialog commits, snapshots, forwarding, internal RPCs.
+fn pool_stages(e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let rows = medpool_cluster::stats::STATS.rows();
+    let mut start = 0;
+    while let Some(first) = rows.get(start) {
+        let len = rows[start..]
+            .iter()
+            .take_while(|r| r.name == first.name)
+            .count();
+        let series: Vec<(Labels, u64)> = rows[start..start + len]
+            .iter()
+            .map(|r| (vec![(r.label.0, r.label.1.to_owned())], r.value))
+            .collect();
+        counter(e, first.name, first.help, &series)?;
+        start += len;
+    }
+    Ok(())
 }
 
 /// The media relay: what it relayed, its sessions and ports, the calls it refused or ended.
