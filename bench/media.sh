@@ -15,6 +15,14 @@
 #   rtpengine  Debian's rtpengine-daemon, userspace forwarding (no kernel module: --table=-1),
 #              RTPE_THREADS threads, its calls set up through its ng protocol (bench/media/ng.py:
 #              offer + answer per call).
+#   medpool_srtp, rtpengine_srtp  the same relays bridging SRTP on the caller side to RTP on the gateway side,
+#              as a Mediation Server does (AES_CM_128_HMAC_SHA1_80, SDES keys per call and per leg): medpool's
+#              PBX trunk has encryption = "required" and its gateway trunk encryption = "none" (sipcalls.py offers
+#              RTP/SAVP with a=crypto and checks the gateway gets plain RTP/AVP); rtpengine's offer carries
+#              "transport-protocol": "RTP/AVP" towards the gateway (ng.py). The generator (built with libsrtp2)
+#              protects what the caller side sends and unprotects what comes back to it (srtp_fail counts
+#              packets that fail to unprotect: a turn with any is not clean). SRTP=1 measures medpool plain,
+#              medpool_srtp and rtpengine_srtp in one run (the default RELAYS then).
 # Every call: G.711 A-law, 20 ms packets (172 bytes: 12-byte RTP header + 160 bytes), 50 packets/s each way.
 #
 # For each call count N in CALLS, the relays take turns (the order reversed every other step, so a drifting
@@ -35,6 +43,8 @@
 # Usage:  bench/media.sh                                    (full run: about 5-10 min)
 #         RT=1 bench/media.sh                               (on a busy shared machine: see RT below)
 #         CALLS="250 500" WARMUP=1 WINDOW=3 bench/media.sh   (smoke run)
+#         SRTP=1 bench/media.sh                             (SRTP<->RTP: medpool plain, medpool_srtp, rtpengine_srtp)
+#         SRTP=1 CALLS="250" WARMUP=1 WINDOW=3 bench/media.sh (SRTP smoke run)
 # Env:    CALLS="250 500 750 1000 1250 1500 2000 2500 3000" WARMUP=3 WINDOW=10 RELAYS="medpool rtpengine"
 #         SOCKETS=8 (generator sockets per side) RTPE_THREADS=2 MEM_BYPASS=1 MEDPOOL_BIN MEDPOOL_BASE_BIN
 #         NICE=0 (the nice value of the relays, the generator and the call set-up, the same for all: on a
@@ -49,13 +59,15 @@
 #         clean; the highest clean count is still the last of an unbroken run of clean steps)
 #         WORK RESULTS_DIR
 # Output: a table and a summary on stdout; bench/results/media-<UTC stamp>.txt; raw files in $WORK.
-# Installs what it lacks (rtpengine-daemon, gcc, python3, procps with apt-get); builds medpool in release
+# Installs what it lacks (rtpengine-daemon, gcc, python3, procps, libsrtp2-dev for the SRTP relays, with apt-get);
+# builds medpool in release
 # when MEDPOOL_BIN is missing. Everything it starts is stopped by PID on exit, also on Ctrl-C.
 set -u
 CALLS=${CALLS:-"250 500 750 1000 1250 1500 2000 2500 3000"}
 WARMUP=${WARMUP:-3}
 WINDOW=${WINDOW:-10}
-RELAYS=${RELAYS:-"medpool rtpengine"}
+SRTP=${SRTP:-0}
+if [ "$SRTP" = 1 ]; then RELAYS=${RELAYS:-"medpool medpool_srtp rtpengine_srtp"}; else RELAYS=${RELAYS:-"medpool rtpengine"}; fi
 SOCKETS=${SOCKETS:-8}
 RTPE_THREADS=${RTPE_THREADS:-2}
 MEM_BYPASS=${MEM_BYPASS:-1}
@@ -109,19 +121,25 @@ ensure_tools() {
     command -v python3 >/dev/null || need+=(python3)
     command -v ss >/dev/null || need+=(iproute2)
     command -v top >/dev/null || need+=(procps)
+    if [[ " $RELAYS " == *_srtp* ]] && [ ! -e /usr/include/srtp2/srtp.h ]; then need+=(libsrtp2-dev pkg-config); fi
     if [ ${#need[@]} -gt 0 ]; then
         log "installing: ${need[*]}"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
             || { log "apt-get install ${need[*]} failed"; exit 1; }
     fi
-    if [[ " $RELAYS " == *" medpool "* ]]; then ensure_medpool; fi
+    if [[ " $RELAYS " == *" medpool "* || " $RELAYS " == *" medpool_srtp "* ]]; then ensure_medpool; fi
     if [[ " $RELAYS " == *" medpool_base "* ]]; then
         [ -x "${MEDPOOL_BASE_BIN:-}" ] || { log "RELAYS has medpool_base: set MEDPOOL_BASE_BIN to a medpool binary"; exit 1; }
         cp "$MEDPOOL_BASE_BIN" "$WORK/medpool_base.bin" || exit 1
         log "medpool_base binary: $MEDPOOL_BASE_BIN, sha256 $(sha256sum "$MEDPOOL_BASE_BIN" | cut -c1-16)"
     fi
     # batching generator: C (sendmmsg/recvmmsg/SO_TIMESTAMPNS, no runtime between the syscalls), built here
-    gcc -O2 -Wall -o "$WORK/rtpgen" "$MEDIA_DIR/rtpgen.c" || { log "cannot build the generator"; exit 1; }
+    # (with the SRTP relays, built against libsrtp2: the same binary runs the plain turns too)
+    if [[ " $RELAYS " == *_srtp* ]]; then
+        gcc -O2 -Wall -DWITH_SRTP -o "$WORK/rtpgen" "$MEDIA_DIR/rtpgen.c" -lsrtp2 || { log "cannot build the generator with libsrtp2"; exit 1; }
+    else
+        gcc -O2 -Wall -o "$WORK/rtpgen" "$MEDIA_DIR/rtpgen.c" || { log "cannot build the generator"; exit 1; }
+    fi
 }
 
 ensure_medpool() {
@@ -142,7 +160,9 @@ check_free() {
     done
 }
 
-write_medpool_config() {   # $1 = file, $2 = relay | bypass
+write_medpool_config() {   # $1 = file, $2 = relay | bypass, $3 = rtp | srtp (the PBX trunk's media protection)
+    local pbx_enc="" gw_enc=""
+    if [ "${3:-rtp}" = srtp ]; then pbx_enc='encryption = "required"'; gw_enc='encryption = "none"'; fi
     cat > "$1" <<EOF
 # Generated by bench/media.sh: the PBX ($PBX_SIP) calls out over one gateway ($GW_SIP).
 [node]
@@ -156,6 +176,7 @@ match_any_port = true
 usages = ["outbound"]
 media = "$2"
 media_timeout = 0
+$pbx_enc
 
 [[trunk]]
 name = "gw"
@@ -165,6 +186,7 @@ transport = "udp"
 side = "gateway"
 media = "$2"
 media_timeout = 0
+$gw_enc
 
 [[route]]
 name = "out"
@@ -174,10 +196,10 @@ trunks = ["gw"]
 EOF
 }
 
-# start_medpool <tag> <relay|bypass> [binary]; sets RELAY_PID
+# start_medpool <tag> <relay|bypass> [binary] [rtp|srtp]; sets RELAY_PID
 start_medpool() {
     local tag=$1 bin=${3:-$WORK/medpool.bin}
-    write_medpool_config "$WORK/medpool-$tag.toml" "$2"
+    write_medpool_config "$WORK/medpool-$tag.toml" "$2" "${4:-rtp}"
     rm -rf "$WORK/mpdata-$tag"
     "${PRIO[@]}" "$bin" serve --config "$WORK/medpool-$tag.toml" --sip-listen "$MP_IP:$MP_SIP_PORT" \
         --data-dir "$WORK/mpdata-$tag" --media-ports "$MEDIA_PORTS" --log "$MEDPOOL_LOG" --shutdown-grace 1 \
@@ -191,12 +213,13 @@ start_medpool() {
     log "medpool did not start:"; tail -20 "$WORK/medpool-$tag.log" >&2; return 1
 }
 
-# setup_sip <tag> <calls>: sipcalls.py sets the calls up through the node; sets SIP_PID; pairs in $WORK/pairs-<tag>.txt
+# setup_sip <tag> <calls> [rtp|srtp]: sipcalls.py sets the calls up through the node; sets SIP_PID; pairs in
+# $WORK/pairs-<tag>.txt
 setup_sip() {
     local tag=$1 n=$2
     : > "$WORK/sip-$tag.out"
     "${PRIO[@]}" python3 "$MEDIA_DIR/sipcalls.py" "$MP_IP:$MP_SIP_PORT" "$PBX_SIP" "$GW_SIP" "$n" "$SOCKETS" \
-        "$CALLER_MEDIA_IP" "$CBASE" "$GW_MEDIA_IP" "$GBASE" "$WORK/pairs-$tag.txt" \
+        "$CALLER_MEDIA_IP" "$CBASE" "$GW_MEDIA_IP" "$GBASE" "$WORK/pairs-$tag.txt" "${3:-rtp}" \
         > "$WORK/sip-$tag.out" 2> "$WORK/sip-$tag.err" &
     SIP_PID=$!; started "$SIP_PID"
     for _ in $(seq $(( n / 10 + 300 ))); do
@@ -218,39 +241,40 @@ start_rtpengine() {
 }
 
 RESULTS=$WORK/results.tsv
-HEADER="relay	calls	verdict	offered_pps	pps	lost	lossy_calls	misrouted	send_fail	p50_us	p99_us	p999_us	max_us	relay_core_pct	us_per_pkt	gen_core_pct	rss_idle_kib	rss_kib	kib_per_call	setup_s	load"
+HEADER="relay	calls	verdict	offered_pps	pps	lost	lossy_calls	misrouted	send_fail	p50_us	p99_us	p999_us	max_us	relay_core_pct	us_per_pkt	gen_core_pct	rss_idle_kib	rss_kib	kib_per_call	setup_s	load	srtp_fail"
 kv() { tr ' ' '\n' <<< "$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
 
 # run_turn <relay> <calls>: one measured turn; appends a row to $RESULTS
 run_turn() {
-    local relay=$1 n=$2 tag="$1-$2" rss0 rss1 t0 t1 out verdict offered sip_pid="" ok=1
+    local relay=$1 n=$2 tag="$1-$2" rss0 rss1 t0 t1 out verdict offered sip_pid="" ok=1 mode=rtp
+    [[ $relay == *_srtp ]] && mode=srtp
     log "--- $relay, $n calls (load $(load_avg))"
     top -bn1 | head -15 > "$WORK/top-$tag.txt"
     check_free
     t0=$(date +%s.%N)
     case $relay in
-        medpool|medpool_base)
-            start_medpool "$tag" relay "$WORK/$relay.bin" || ok=0
+        medpool|medpool_base|medpool_srtp)
+            start_medpool "$tag" relay "$WORK/${relay%_srtp}.bin" "$mode" || ok=0
             if [ $ok = 1 ]; then
                 rss0=$(rss_kib "$RELAY_PID"); t0=$(date +%s.%N)
-                setup_sip "$tag" "$n" || ok=0; sip_pid=${SIP_PID:-}
+                setup_sip "$tag" "$n" "$mode" || ok=0; sip_pid=${SIP_PID:-}
             fi ;;
-        rtpengine)
+        rtpengine|rtpengine_srtp)
             start_rtpengine "$tag" || ok=0
             if [ $ok = 1 ]; then
                 rss0=$(rss_kib "$RELAY_PID"); t0=$(date +%s.%N)
-                python3 "$MEDIA_DIR/ng.py" "$RTPE_NG" "$n" "$SOCKETS" "$CALLER_MEDIA_IP" "$CBASE" "$GW_MEDIA_IP" "$GBASE" \
+                python3 "$MEDIA_DIR/ng.py" "$RTPE_NG" "$n" "$SOCKETS" "$CALLER_MEDIA_IP" "$CBASE" "$GW_MEDIA_IP" "$GBASE" "$mode" \
                     > "$WORK/pairs-$tag.txt" 2> "$WORK/ng-$tag.err" || { log "    ng: $(tail -2 "$WORK/ng-$tag.err")"; ok=0; }
             fi ;;
     esac
     t1=$(date +%s.%N)
     if [ $ok = 0 ]; then
-        printf '%s\t%s\tSETUP_FAILED%s\n' "$relay" "$n" "$(printf '\t-%.0s' $(seq 18))" >> "$RESULTS"
+        printf '%s\t%s\tSETUP_FAILED%s\n' "$relay" "$n" "$(printf '\t-%.0s' $(seq 19))" >> "$RESULTS"
         [ -n "$sip_pid" ] && stop_pid "$sip_pid"
         stop_pid "$RELAY_PID"
         return 1
     fi
-    out=$("${PRIO[@]}" "$WORK/rtpgen" "$WORK/pairs-$tag.txt" "$SOCKETS" "$CALLER_MEDIA_IP" "$CBASE" "$GW_MEDIA_IP" "$GBASE" "$WARMUP" "$WINDOW" "$RELAY_PID" 2> "$WORK/gen-$tag.err")
+    out=$("${PRIO[@]}" "$WORK/rtpgen" "$WORK/pairs-$tag.txt" "$SOCKETS" "$CALLER_MEDIA_IP" "$CBASE" "$GW_MEDIA_IP" "$GBASE" "$WARMUP" "$WINDOW" "$RELAY_PID" "$mode" 2> "$WORK/gen-$tag.err")
     rss1=$(rss_kib "$RELAY_PID")
     echo "$out" > "$WORK/gen-$tag.out"
     [ -n "$sip_pid" ] && stop_pid "$sip_pid"
@@ -258,16 +282,17 @@ run_turn() {
     [ -n "$out" ] || { log "    generator failed: $(cat "$WORK/gen-$tag.err")"; return 1; }
     offered=$(( n * 100 ))
     verdict=$(awk -v lost="$(kv "$out" lost)" -v mis="$(kv "$out" misrouted)" -v sf="$(kv "$out" send_fail)" \
-        -v p99="$(kv "$out" p99_us)" -v pps="$(kv "$out" pps)" -v off="$offered" -v maxp99="$MAX_P99_US" 'BEGIN {
+        -v p99="$(kv "$out" p99_us)" -v pps="$(kv "$out" pps)" -v off="$offered" -v maxp99="$MAX_P99_US" \
+        -v srtpf="$(kv "$out" srtp_fail)" 'BEGIN {
         if (pps < 0.95 * off || sf > 0) print "GEN_LIMIT"
-        else if (lost == 0 && mis == 0 && p99 <= maxp99) print "CLEAN"
+        else if (lost == 0 && mis == 0 && srtpf + 0 == 0 && p99 <= maxp99) print "CLEAN"
         else print "FAIL" }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%s\t%s\n' \
         "$relay" "$n" "$verdict" "$offered" "$(kv "$out" pps)" "$(kv "$out" lost)" "$(kv "$out" lossy_calls)" \
         "$(kv "$out" misrouted)" "$(kv "$out" send_fail)" "$(kv "$out" p50_us)" "$(kv "$out" p99_us)" \
         "$(kv "$out" p999_us)" "$(kv "$out" max_us)" "$(kv "$out" relay_core_pct)" "$(kv "$out" us_per_pkt)" \
         "$(kv "$out" gen_core_pct)" "$rss0" "$rss1" "$(awk -v a="$rss1" -v b="$rss0" -v n="$n" 'BEGIN{printf "%.2f", (a - b) / n}')" \
-        "$(awk -v a="$t1" -v b="$t0" 'BEGIN{print b == "" ? 0 : a - b}')" "$(load_avg | tr ' ' '/')" >> "$RESULTS"
+        "$(awk -v a="$t1" -v b="$t0" 'BEGIN{print b == "" ? 0 : a - b}')" "$(load_avg | tr ' ' '/')" "$(kv "$out" srtp_fail)" >> "$RESULTS"
     log "    $verdict: $out"
     [ "$verdict" = CLEAN ]
 }
@@ -392,6 +417,19 @@ main() {
             summary target.memory_per_call "$(awk -v m="$mem" 'BEGIN{printf "%.2f KiB per relayed call (relay - bypass; target <= 16): %s", m, (m <= 16 ? "MET" : "MISSED")}')"
         else
             summary target.memory_per_call "not judged: the relay's share needs the bypass turn (MEM_BYPASS=1); the whole node's figure includes dialogs and transactions"
+        fi
+    fi
+    # SRTP<->RTP (issue 16): medpool bridging SRTP to RTP against its plain relay and against rtpengine bridging
+    if [ "$common" -gt 0 ] && [[ " $RELAYS " == *" medpool_srtp "* ]]; then
+        local ms mp_plain rs
+        ms=$(col medpool_srtp "$common" us_per_pkt)
+        if [[ " $RELAYS " == *" medpool "* ]]; then
+            mp_plain=$(col medpool "$common" us_per_pkt)
+            summary target.srtp_cpu_per_packet "$(awk -v a="$ms" -v b="$mp_plain" 'BEGIN{printf "medpool SRTP<->RTP / plain RTP = %.2f (target <= 1.50): %s", a / b, (a / b <= 1.5 ? "MET" : "MISSED")}')"
+        fi
+        if [[ " $RELAYS " == *" rtpengine_srtp "* ]]; then
+            rs=$(col rtpengine_srtp "$common" us_per_pkt)
+            summary srtp.medpool_vs_rtpengine "$(awk -v a="$ms" -v b="$rs" 'BEGIN{printf "SRTP<->RTP CPU per packet, medpool / rtpengine = %.2f", a / b}')"
         fi
     fi
     {

@@ -16,8 +16,18 @@
 // utime+stime of /proc/PID/stat, read at both ends; latencies of the window's packets); 0.5 s of silence to
 // let the last packets arrive. Loss counts every packet sent in either phase.
 //
-// usage: rtpgen PAIRS K CALLER_IP CBASE GW_IP GBASE WARMUP WINDOW RELAY_PID
-//   PAIRS: one line per call, "A_IP A_PORT B_IP B_PORT" (the relay's address for each side)
+// SRTP (MODE srtp; built with -DWITH_SRTP and libsrtp2): the caller side speaks SRTP, AES_CM_128_HMAC_SHA1_80
+// (RFC 3711), the gateway side plain RTP, as a Mediation Server bridges them. Each call's caller side protects
+// what it sends with the key it offered (CALLER_KEY) and unprotects what comes back with the key the relay
+// answered (RELAY_KEY); a packet that fails to unprotect counts in srtp_fail (and is lost). The relay must
+// therefore decrypt leg A's packets (the gateway side checks their plain payload) and encrypt towards leg A.
+// A packet coming back to the caller side is matched to its call by the relay port it came from (symmetric
+// RTP: the relay sends from the port it receives on), before it can be read.
+//
+// usage: rtpgen PAIRS K CALLER_IP CBASE GW_IP GBASE WARMUP WINDOW RELAY_PID [MODE]
+//   PAIRS: one line per call, "A_IP A_PORT B_IP B_PORT" (the relay's address for each side); with MODE srtp,
+//   two more columns "CALLER_KEY RELAY_KEY" (SDES inline key||salt, base64, 30 bytes)
+//   MODE: rtp (default) or srtp
 // Prints one line of key=value pairs.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -33,12 +43,17 @@
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef WITH_SRTP
+#include <srtp2/srtp.h>
+#endif
 
 #define PKT 172
 #define BATCH 64
 #define SLOTS 20
 #define MAXK 256
 #define HIST_US 100000 /* latency histogram: 1 µs buckets up to 100 ms, the rest in the last one */
+#define TAG80 10        /* AES_CM_128_HMAC_SHA1_80's authentication tag */
+#define KEYSALT 30      /* SDES master key (16) || master salt (14) */
 
 static int64_t clock_ns(clockid_t c) {
   struct timespec t;
@@ -85,14 +100,46 @@ static int udp_socket(const char *ip, int port) {
   return fd;
 }
 
+/* base64 (RFC 4648) of an SDES inline key into out; returns the decoded length or -1 */
+static int unbase64(const char *in, unsigned char *out, int cap) {
+  int len = 0, bits = 0;
+  uint32_t acc = 0;
+  for (; *in && *in != '|'; in++) {
+    int v;
+    char c = *in;
+    if (c >= 'A' && c <= 'Z') v = c - 'A';
+    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9') v = c - '0' + 52;
+    else if (c == '+') v = 62;
+    else if (c == '/') v = 63;
+    else if (c == '=') break;
+    else return -1;
+    acc = acc << 6 | (uint32_t)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      if (len == cap) return -1;
+      out[len++] = (unsigned char)(acc >> bits);
+    }
+  }
+  return len;
+}
+
 static void put32(unsigned char *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
 static uint32_t get32(const unsigned char *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
 
 int main(int argc, char **argv) {
-  if (argc != 10) {
-    fprintf(stderr, "usage: rtpgen PAIRS K CALLER_IP CBASE GW_IP GBASE WARMUP WINDOW RELAY_PID\n");
+  if (argc != 10 && argc != 11) {
+    fprintf(stderr, "usage: rtpgen PAIRS K CALLER_IP CBASE GW_IP GBASE WARMUP WINDOW RELAY_PID [rtp|srtp]\n");
     return 2;
   }
+  int srtp = argc == 11 && !strcmp(argv[10], "srtp");
+  if (argc == 11 && !srtp && strcmp(argv[10], "rtp")) { fprintf(stderr, "rtpgen: MODE is rtp or srtp\n"); return 2; }
+#ifndef WITH_SRTP
+  if (srtp) { fprintf(stderr, "rtpgen: built without SRTP (cc -DWITH_SRTP ... -lsrtp2)\n"); return 2; }
+#else
+  if (srtp && srtp_init() != srtp_err_status_ok) { fprintf(stderr, "rtpgen: srtp_init failed\n"); return 1; }
+#endif
   int K = atoi(argv[2]), cbase = atoi(argv[4]), gbase = atoi(argv[6]), pid = atoi(argv[9]);
   double warmup = atof(argv[7]), window = atof(argv[8]);
   if (K < 1 || K > MAXK) { fprintf(stderr, "rtpgen: K must be 1..%d\n", MAXK); return 2; }
@@ -100,10 +147,17 @@ int main(int argc, char **argv) {
   if (!f) { perror("rtpgen: pairs"); return 1; }
   int cap = 1024, n = 0;
   struct sockaddr_in(*dst)[2] = malloc(sizeof *dst * cap);
-  char aip[64], bip[64];
+  unsigned char(*keys)[2][KEYSALT] = malloc(sizeof *keys * cap);
+  char aip[64], bip[64], line[512], ck[128], rk[128];
   int ap, bp;
-  while (fscanf(f, "%63s %d %63s %d", aip, &ap, bip, &bp) == 4) {
-    if (n == cap) { cap *= 2; dst = realloc(dst, sizeof *dst * cap); }
+  while (fgets(line, sizeof line, f)) {
+    int cols = sscanf(line, "%63s %d %63s %d %127s %127s", aip, &ap, bip, &bp, ck, rk);
+    if (cols < 4) continue;
+    if (n == cap) { cap *= 2; dst = realloc(dst, sizeof *dst * cap); keys = realloc(keys, sizeof *keys * cap); }
+    if (srtp && (cols != 6 || unbase64(ck, keys[n][0], KEYSALT) != KEYSALT || unbase64(rk, keys[n][1], KEYSALT) != KEYSALT)) {
+      fprintf(stderr, "rtpgen: call %d: SRTP needs two 30-byte base64 keys after the addresses: %s", n, line);
+      return 1;
+    }
     for (int d = 0; d < 2; d++) {
       dst[n][d] = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(d ? bp : ap)};
       inet_pton(AF_INET, d ? bip : aip, &dst[n][d].sin_addr);
@@ -138,6 +192,34 @@ int main(int argc, char **argv) {
       put32(p + 16, (uint32_t)i);
       p[20] = (unsigned char)d;
     }
+#ifdef WITH_SRTP
+  /* per call: tx protects what the caller side sends, rx unprotects what comes back to it */
+  srtp_t *tx = NULL, *rx = NULL;
+  /* the call a packet arriving on the caller side belongs to, by the relay port it came from (+1: 0 = none) */
+  int *call_of_port = NULL;
+  if (srtp) {
+    tx = calloc((size_t)n, sizeof *tx);
+    rx = calloc((size_t)n, sizeof *rx);
+    call_of_port = calloc(65536, sizeof *call_of_port);
+    for (int i = 0; i < n; i++) {
+      for (int w = 0; w < 2; w++) {
+        srtp_policy_t pol;
+        memset(&pol, 0, sizeof pol);
+        srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80(&pol.rtp);
+        srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80(&pol.rtcp);
+        pol.ssrc.type = w ? ssrc_any_inbound : ssrc_any_outbound;
+        pol.key = keys[i][w];
+        pol.window_size = 1024;
+        if (srtp_create(w ? &rx[i] : &tx[i], &pol) != srtp_err_status_ok) { fprintf(stderr, "rtpgen: srtp_create failed (call %d)\n", i); return 1; }
+      }
+      call_of_port[ntohs(dst[i][0].sin_port)] = i + 1;
+    }
+  }
+#endif
+  /* what goes out: a copy of pkt, protected in place on the caller side with SRTP (room for the tag) */
+  unsigned char(*sbuf)[PKT + 32] = malloc(sizeof *sbuf * BATCH);
+  int sidx[BATCH];
+  long srtp_fail = 0;
   long *sent = calloc((size_t)n * 2, sizeof(long)), *recvd = calloc((size_t)n * 2, sizeof(long));
   uint32_t *hist = calloc(HIST_US + 1, sizeof(uint32_t));
   long send_fail = 0, misrouted = 0, foreign = 0, win_sent = 0, win_recv = 0, late_slots = 0, batches = 0;
@@ -189,6 +271,7 @@ int main(int argc, char **argv) {
                 p[2] = (unsigned char)(tick >> 8); p[3] = (unsigned char)tick;
                 put32(p + 4, (uint32_t)(tick * 160));
                 p[21] = in_window;
+                sidx[cnt] = (int)i;
                 siov[cnt] = (struct iovec){p, PKT};
                 smsg[cnt].msg_hdr = (struct msghdr){.msg_name = &dst[i][d], .msg_namelen = sizeof dst[i][d], .msg_iov = &siov[cnt], .msg_iovlen = 1};
                 smsg[cnt].msg_len = 0;
@@ -199,13 +282,20 @@ int main(int argc, char **argv) {
                   for (int m = 0; m < cnt; m++) {
                     unsigned char *q = siov[m].iov_base;
                     for (int b = 0; b < 8; b++) q[24 + b] = (unsigned char)(ts >> (56 - 8 * b));
+#ifdef WITH_SRTP
+                    if (srtp && d == 0) {
+                      int len = PKT;
+                      memcpy(sbuf[m], q, PKT);
+                      if (srtp_protect(tx[sidx[m]], sbuf[m], &len) != srtp_err_status_ok) { fprintf(stderr, "rtpgen: srtp_protect failed\n"); return 1; }
+                      siov[m] = (struct iovec){sbuf[m], (size_t)len};
+                    }
+#endif
                   }
                   int done = sendmmsg(fd[d][s], smsg, (unsigned)cnt, MSG_DONTWAIT);
                   batches++;
                   if (done < 0) done = 0;
                   for (int m = done; m < cnt; m++) {
-                    unsigned char *q = siov[m].iov_base;
-                    sent[get32(q + 16) * 2 + d]--;
+                    sent[sidx[m] * 2 + d]--;
                     send_fail++;
                   }
                   if (in_window) win_sent += done;
@@ -227,6 +317,14 @@ int main(int argc, char **argv) {
         if (got <= 0) break;
         for (int m = 0; m < got; m++) {
           unsigned char *q = rbuf[m];
+#ifdef WITH_SRTP
+          if (srtp && d == 0) {
+            int c = call_of_port[ntohs(rsrc[m].sin_port)] - 1, len = (int)rmsg[m].msg_len;
+            if (c < 0 || len != PKT + TAG80) { foreign++; continue; }
+            if (srtp_unprotect(rx[c], q, &len) != srtp_err_status_ok) { srtp_fail++; continue; }
+            rmsg[m].msg_len = (unsigned)len;
+          }
+#endif
           if (rmsg[m].msg_len != PKT || memcmp(q + 12, "MBEN", 4)) { foreign++; continue; }
           uint32_t i = get32(q + 16);
           int from = q[20];
@@ -281,11 +379,11 @@ int main(int argc, char **argv) {
                    (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec + ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) / 1e6;
   printf("calls=%d sockets=%d sent=%ld received=%ld lost=%ld lossy_calls=%ld duplicates=%ld misrouted=%ld foreign=%ld send_fail=%ld "
          "late_slots=%ld window_s=%.3f window_sent=%ld window_received=%ld pps=%.0f relay_cpu_s=%.3f relay_core_pct=%.1f "
-         "us_per_pkt=%.3f p50_us=%ld p99_us=%ld p999_us=%ld max_us=%.0f gen_core_pct=%.1f pkts_per_batch=%.1f\n",
+         "us_per_pkt=%.3f p50_us=%ld p99_us=%ld p999_us=%ld max_us=%.0f gen_core_pct=%.1f pkts_per_batch=%.1f mode=%s srtp_fail=%ld\n",
          n, 2 * K, tot_sent, tot_recv, tot_sent - tot_recv > 0 ? tot_sent - tot_recv : 0, lossy_calls, dups, misrouted, foreign, send_fail,
          late_slots, win_s, win_sent, win_recv, win_s > 0 ? (double)win_recv / win_s : 0, relay_cpu,
          relay_cpu >= 0 && win_s > 0 ? 100 * relay_cpu / win_s : -1, relay_cpu >= 0 && win_recv > 0 ? 1e6 * relay_cpu / (double)win_recv : -1,
          pv[0], pv[1], pv[2], (double)max_ns / 1000, win_s > 0 ? 100 * gen_cpu / win_s : -1,
-         batches ? (double)(tot_sent + send_fail) / (double)batches : 0);
+         batches ? (double)(tot_sent + send_fail) / (double)batches : 0, srtp ? "srtp" : "rtp", srtp_fail);
   return 0;
 }

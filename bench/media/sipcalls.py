@@ -2,7 +2,7 @@
 """bench/media/sipcalls.py: sets up relayed calls through a medpool node with real INVITEs, playing both the
 caller (the PBX) and the gateway, and keeps answering until told to stop (OPTIONS probes, BYEs).
 
-    sipcalls.py NODE CALLER GATEWAY CALLS K CALLER_MEDIA_IP CBASE GW_MEDIA_IP GBASE PAIRS_OUT
+    sipcalls.py NODE CALLER GATEWAY CALLS K CALLER_MEDIA_IP CBASE GW_MEDIA_IP GBASE PAIRS_OUT [MODE]
 
 NODE, CALLER and GATEWAY are ip:port. Call i: the caller's offer announces CALLER_MEDIA_IP:CBASE + i % K, the
 gateway's answer GW_MEDIA_IP:GBASE + i % K; the called number is 4000000 + i (the node keeps it on leg B,
@@ -11,9 +11,15 @@ call, "A_IP A_PORT B_IP B_PORT": the node's relay address in the 200 the caller 
 and in the INVITE the gateway got (where the gateway sends); then "ready" is printed on stdout. The process
 then stays, answering, until it gets SIGTERM.
 
+MODE srtp (default rtp): the caller (on a trunk with encryption = "required") offers RTP/SAVP with one a=crypto
+line (AES_CM_128_HMAC_SHA1_80, a fresh key per call) and wants RTP/SAVP with a key in the 200; the gateway (a
+trunk with encryption = "none") must get plain RTP/AVP without a=crypto, and answers plain. Each PAIRS_OUT line
+then also carries "CALLER_KEY RELAY_KEY" (the caller's base64 inline key, the one the node answered).
+
 Per call: INVITE (caller) -> node -> INVITE (gateway) -> 200 with SDP -> ACK; 200 -> caller -> ACK. At most
 WINDOW (env MB_WINDOW, default 100) calls are being set up at once; an INVITE without a final answer is sent
 again every second (UDP), a call without one after 8 s fails the setup."""
+import base64
 import os
 import select
 import signal
@@ -52,9 +58,24 @@ def sdp_media(body):
     return ip, port
 
 
-def sdp(ip, port, sess):
+def sdp(ip, port, sess, key=None):
+    proto, crypto = "RTP/AVP", ""
+    if key:
+        proto, crypto = "RTP/SAVP", f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}\r\n"
     return (f"v=0\r\no=bench {sess} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
-            f"m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\na=sendrecv\r\n").encode()
+            f"m=audio {port} {proto} 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\na=sendrecv\r\n{crypto}").encode()
+
+
+def sdp_crypto(body):
+    """(profile of m=audio, inline key of its AES_CM_128_HMAC_SHA1_80 a=crypto line or None)."""
+    proto, key = None, None
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("m=audio "):
+            parts = line.split()
+            proto = parts[2] if len(parts) > 2 else None
+        elif line.startswith("a=crypto:") and " AES_CM_128_HMAC_SHA1_80 inline:" in line and key is None:
+            key = line.split("inline:")[1].split("|")[0].split()[0]
+    return proto, key
 
 
 def addr(s):
@@ -80,7 +101,9 @@ def response(req_headers, status, extra="", body=b"", to_tag=None):
 
 class Bench:
     def __init__(self, argv):
-        (node, caller, gateway, calls, k, self.cip, cbase, self.gip, gbase, self.out) = argv
+        (node, caller, gateway, calls, k, self.cip, cbase, self.gip, gbase, self.out) = argv[:10]
+        self.srtp = len(argv) > 10 and argv[10] == "srtp"
+        self.keys = {}          # call -> (the caller's key, the node's key) with SRTP
         self.node, self.caller, self.gateway = addr(node), addr(caller), addr(gateway)
         self.calls, self.k, self.cbase, self.gbase = int(calls), int(k), int(cbase), int(gbase)
         self.csock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -97,7 +120,9 @@ class Bench:
         self.failed = []
 
     def invite(self, i):
-        body = sdp(self.cip, self.cbase + i % self.k, i)
+        if self.srtp and i not in self.keys:
+            self.keys[i] = (base64.b64encode(os.urandom(30)).decode(), None)
+        body = sdp(self.cip, self.cbase + i % self.k, i, self.keys[i][0] if self.srtp else None)
         ch, cp = self.caller
         nh, np_ = self.node
         msg = (f"INVITE sip:{4000000 + i}@{nh}:{np_} SIP/2.0\r\n"
@@ -155,6 +180,12 @@ class Bench:
         self.csock.sendto(ack, self.node)
         if i in self.invites:
             del self.invites[i]
+            if self.srtp:
+                proto, key = sdp_crypto(body)
+                if proto != "RTP/SAVP" or key is None:
+                    self.failed.append((i, f"the node answered {proto} without an AES_CM_128_HMAC_SHA1_80 key"))
+                    return
+                self.keys[i] = (self.keys[i][0], key)
             self.a_side[i] = sdp_media(body)
 
     def on_gateway(self, data):
@@ -175,6 +206,8 @@ class Bench:
             if not 0 <= i < self.calls:
                 self.gsock.sendto(response(h, "404 Not Found", to_tag="gw"), self.node_of(h))
                 return
+            if self.srtp and sdp_crypto(body) != ("RTP/AVP", None):
+                self.failed.append((i, f"the gateway got {sdp_crypto(body)}, not plain RTP/AVP"))
             self.b_side[i] = sdp_media(body)
             gh, gp = self.gateway
             ok = response(h, "200 OK", extra=f"Contact: <sip:gw@{gh}:{gp}>",
@@ -234,13 +267,14 @@ class Bench:
             return False
         with open(self.out, "w") as f:
             for i in range(self.calls):
-                f.write("%s %d %s %d\n" % (self.a_side[i] + self.b_side[i]))
+                keys = " %s %s" % self.keys[i] if self.srtp else ""
+                f.write("%s %d %s %d%s\n" % (self.a_side[i] + self.b_side[i] + (keys,)))
         print(f"sipcalls: {self.calls} calls up in {took:.1f} s", file=sys.stderr)
         return True
 
 
 def main():
-    b = Bench(sys.argv[1:11])
+    b = Bench(sys.argv[1:12])
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     ok = b.setup()

@@ -9,6 +9,8 @@ KAM_CHILDREN=${KAM_CHILDREN:-4}   # UDP worker processes
 KAM_SHM_MB=${KAM_SHM_MB:-4096}
 PING_INTERVAL=${PING_INTERVAL:-2} # dispatcher's OPTIONS period (s)
 FR_TIMER_MS=${FR_TIMER_MS:-2000}  # tm: 408 after this long without any answer
+KAM_TLS_PORT=${KAM_TLS_PORT:-5061} # SIP over TLS (-A WITH_TLS)
+KAM_TCP_MAX=${KAM_TCP_MAX:-20000}  # TCP/TLS connections at most (a new connection per call holds one per call up)
 
 # ensure_kamailio : installs Kamailio from Debian when it (or its dispatcher module) is missing
 # (lib.sh's ensure_tools installs SIPp and dumpcap, and calls this when Kamailio is measured)
@@ -22,11 +24,25 @@ ensure_kamailio() {
         || { log "apt-get install failed"; exit 1; }
 }
 
+# ensure_kamailio_tls : Kamailio and its tls module (Debian kamailio-tls-modules), for bench/tls.sh
+ensure_kamailio_tls() {
+    ensure_kamailio
+    [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so ] && return 0
+    log "installing: kamailio-tls-modules"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kamailio-tls-modules >/dev/null \
+        || { log "apt-get install kamailio-tls-modules failed"; exit 1; }
+}
+
+# write_tls_config <cert> <key> <ca> : $WORK/kamailio-tls.cfg (from kamailio-tls.cfg.in) for -A WITH_TLS
+write_tls_config() {
+    sed -e "s|@TLS_CERT@|$1|g; s|@TLS_KEY@|$2|g; s|@TLS_CA@|$3|g" "$ANCHOR_DIR/kamailio-tls.cfg.in" > "$WORK/kamailio-tls.cfg"
+}
+
 # write_configs : $WORK/kamailio.cfg (from kamailio.cfg.in) and $WORK/dispatcher.list
 write_configs() {
     mkdir -p "$WORK"
     local name script=""
-    for name in KAM_CHILDREN PROXY_IP PROXY_PORT SIPP_BUF WORK FR_TIMER_MS PING_INTERVAL; do
+    for name in KAM_CHILDREN PROXY_IP PROXY_PORT SIPP_BUF WORK FR_TIMER_MS PING_INTERVAL KAM_TLS_PORT KAM_TCP_MAX; do
         script+="s|@$name@|${!name}|g;"
     done
     sed -e "$script" "$ANCHOR_DIR/kamailio.cfg.in" > "$WORK/kamailio.cfg"

@@ -349,6 +349,14 @@ impl Baresip {
         }
     }
 
+    /// baresip's whole output so far (its SIP trace included: with TLS, the only place the
+    /// signalling can be read).
+    pub fn log_text(&self) -> String {
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
     /// The end of baresip's own output (SIP trace included).
     pub fn log_tail(&self, chars: usize) -> String {
         let text = std::fs::read(&self.log)

@@ -1,7 +1,9 @@
 //! One case of the real-UA tests: its addresses, medpool's configuration, the running node, the
 //! wire capture, and the admin API's view of the calls (`medpool ctl calls`).
 //!
-//! Addresses: the tests own 127.0.154.0/24; case `k` (1..=15) owns the block 127.0.154.16k/28:
+//! Addresses: the tests own 127.0.154.0/24; case `k` (1..=15) owns the block 127.0.154.16k/28
+//! (another test file names its own /24 in [`SceneSpec::block`] and its RTP ports in
+//! [`SceneSpec::rtp_base`]):
 //!
 //! | host | who                                                                          |
 //! |------|------------------------------------------------------------------------------|
@@ -40,6 +42,19 @@ pub struct SceneSpec {
     pub case: u8,
     /// Extra keys for every trunk (e.g. TLS or SRTP settings).
     pub trunk_keys: String,
+    /// Extra keys of one trunk ("pbx", "gw1", "gw2"), after `trunk_keys`.
+    pub trunk_keys_of: Vec<(&'static str, String)>,
+    /// The port of the `pbx` trunk (alice's; 5061 when she speaks TLS).
+    pub pbx_port: u16,
+    /// The address of the `pbx` trunk when it is not alice's IP (baresip's TLS connections
+    /// come from 127.0.0.1: it does not bind them to its listening address).
+    pub pbx_address: Option<String>,
+    /// The third octet of the tests' /24 (127.0.<block>.0/24).
+    pub block: u8,
+    /// The first of the RTP ports of the tests' UAs (each case takes 128 from here).
+    pub rtp_base: u16,
+    /// Extra arguments of `medpool serve` (e.g. the TLS listener and its certificate).
+    pub node_args: Vec<String>,
 }
 
 impl SceneSpec {
@@ -48,18 +63,24 @@ impl SceneSpec {
         Self {
             case,
             trunk_keys: String::new(),
+            trunk_keys_of: Vec::new(),
+            pbx_port: 5060,
+            pbx_address: None,
+            block: 154,
+            rtp_base: 46_000,
+            node_args: Vec::new(),
         }
     }
 
     /// The IP of `host` in this case's block.
     pub fn ip(&self, host: u8) -> String {
-        format!("127.0.154.{}", 16 * self.case + host)
+        format!("127.0.{}.{}", self.block, 16 * self.case + host)
     }
 
     /// An RTP port range for `host`, apart from every other case's and host's (UAs bind the
     /// wildcard address, so ranges must not overlap across parallel tests): 16 ports.
     pub fn rtp_ports(&self, host: u8) -> (u16, u16) {
-        let lo = 46_000 + u16::from(self.case) * 128 + u16::from(host) * 16;
+        let lo = self.rtp_base + u16::from(self.case) * 128 + u16::from(host) * 16;
         (lo, lo + 15)
     }
 
@@ -67,10 +88,20 @@ impl SceneSpec {
     pub fn toml(&self) -> String {
         let keys = &self.trunk_keys;
         let trunk = |name: &str, host: u8, side: &str, extra: &str| {
+            let own: String = self
+                .trunk_keys_of
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, k)| format!("{k}\n"))
+                .collect();
+            let (address, port) = match (name, &self.pbx_address) {
+                ("pbx", Some(a)) => (a.clone(), self.pbx_port),
+                ("pbx", None) => (self.ip(host), self.pbx_port),
+                _ => (self.ip(host), 5060),
+            };
             format!(
-                "[[trunk]]\nname = \"{name}\"\naddress = \"{}\"\nport = 5060\nside = \"{side}\"\n\
-                 media = \"relay\"\nrefer = \"pass\"\n{extra}{keys}\n",
-                self.ip(host)
+                "[[trunk]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\nside = \"{side}\"\n\
+                 media = \"relay\"\nrefer = \"pass\"\n{extra}{keys}{own}\n"
             )
         };
         let gw =
@@ -110,12 +141,14 @@ impl Scene {
         let net: Ipv4Addr = spec.ip(0).parse().unwrap();
         let capture = Capture::start(net, 28).unwrap_or_else(|e| panic!("{e}"));
         let node_ip = spec.ip(NODE);
+        let mut args = vec!["--shutdown-grace", "2"];
+        args.extend(spec.node_args.iter().map(String::as_str));
         let node = MedpoolNode::start_at(
             &dir,
-            154,
+            spec.block,
             &format!("{node_ip}:5060"),
             &spec.toml(),
-            &["--shutdown-grace", "2"],
+            &args,
             &[],
         );
         Self {
