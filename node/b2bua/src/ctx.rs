@@ -151,6 +151,9 @@ pub struct Me {
     /// This node's own `host:port` (its SIP listen address): node-local traffic such as gateway
     /// probes puts it in Via, so the answers come back to this node and not to the pool address.
     pub local: String,
+    /// `host:port` for Via and Contact over TLS (the advertised host at the TLS listen port);
+    /// `None` when the node has no TLS listener (then `hostport`).
+    pub tls_hostport: Option<String>,
 }
 
 impl Me {
@@ -159,8 +162,16 @@ impl Me {
         format!(
             "SIP/2.0/{} {};branch={branch};rport",
             transport.as_str(),
-            self.hostport
+            self.hostport_for(transport)
         )
+    }
+
+    /// The `host:port` peers reach us on over `transport`.
+    pub fn hostport_for(&self, transport: Transport) -> &str {
+        match (transport, &self.tls_hostport) {
+            (Transport::Tls, Some(h)) => h,
+            _ => &self.hostport,
+        }
     }
     /// A Via value naming this node itself (not the pool address).
     pub fn local_via(&self, transport: Transport, branch: &str) -> String {
@@ -173,9 +184,17 @@ impl Me {
 
     /// Our Contact value.
     pub fn contact(&self, transport: Transport) -> String {
+        self.contact_for(transport, false)
+    }
+
+    /// Our Contact value on a leg whose request was (`sips`) a `sips:` URI: then `sips:` (RFC 3261
+    /// §26.2, RFC 5630 §3.1.3), else `sip:` with the transport named.
+    pub fn contact_for(&self, transport: Transport, sips: bool) -> String {
         match transport {
             Transport::Udp => format!("<sip:{}>", self.hostport),
             Transport::Tcp => format!("<sip:{};transport=tcp>", self.hostport),
+            Transport::Tls if sips => format!("<sips:{}>", self.hostport_for(transport)),
+            Transport::Tls => format!("<sip:{};transport=tls>", self.hostport_for(transport)),
         }
     }
 }

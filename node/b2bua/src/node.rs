@@ -35,11 +35,19 @@ impl NodeCtx {
             ips.extend(self.dns.ips());
             tcp.set_listed_ips(ips);
         }
+        self.apply_tls(&config);
         self.set_config(config);
         // After the configuration is in place: the DNS sync that follows reads it.
         self.dns.reconcile(&self.config());
         if let Err(e) = gateway::reconcile(self, &old.trunks, &trunks).await {
             tracing::error!(error = %e, "cannot start a gateway actor for the new configuration");
+        }
+    }
+
+    /// Hands the TLS trunks' verification rules to the TLS door (see [`crate::sources::tls_view`]).
+    fn apply_tls(&self, config: &PoolConfig) {
+        if let Some(side) = self.transports.tls().and_then(|p| p.tls()) {
+            crate::sources::tls_view(config, side.material().files().ca.as_deref()).apply(side);
         }
     }
 
@@ -190,15 +198,25 @@ pub async fn start(
             &config.trunks,
             &opts.trusted_forwarders,
         ));
+    if let Some(side) = running.transports.tls().and_then(|p| p.tls()) {
+        crate::sources::tls_view(&config, side.material().files().ca.as_deref()).apply(side);
+    }
     let sip_addr = running.transports.udp_local();
     let hostport = opts
         .advertise
         .clone()
         .unwrap_or_else(|| sip_addr.to_string());
+    let tls_hostport = running.transports.tls_local().map(|tls| {
+        let host = hostport
+            .rsplit_once(':')
+            .map_or(hostport.as_str(), |(h, _)| h);
+        format!("{host}:{}", tls.port())
+    });
     let settings = CtxSettings {
         me: Me {
             hostport,
             local: sip_addr.to_string(),
+            tls_hostport,
         },
         timers: opts.timers,
         max_transactions: opts.max_transactions,
@@ -334,12 +352,8 @@ async fn answer(
                 via,
                 traceparent: None,
             };
-            let t = if inb.transport.is_reliable() {
-                "tcp"
-            } else {
-                "udp"
-            };
-            ctx.relay.send_via(node, bytes, env.reply_peer(), t);
+            ctx.relay
+                .send_via(node, bytes, env.reply_peer(), inb.transport.as_lower());
         }
         None => {
             let _ = transports.send_response(inb, bytes).await;
@@ -485,11 +499,7 @@ async fn feed(
 
 /// Hands a message to the owner of its shard; false when it cannot be delivered.
 fn forward(ctx: &NodeCtx, inb: &Inbound, shard: u16, owner: u64) -> bool {
-    let t = if inb.transport.is_reliable() {
-        "tcp"
-    } else {
-        "udp"
-    };
+    let t = inb.transport.as_lower();
     // A short span on the receiving node; the owner's spans continue its trace.
     let span = tracing::info_span!(
         "sip.forward",

@@ -23,6 +23,10 @@ pub trait Wire: Send + Sync + 'static {
     fn tcp(&self) -> Option<&TcpPool> {
         None
     }
+    /// The TLS connections, when the node has a TLS listener or client.
+    fn tls(&self) -> Option<&TcpPool> {
+        None
+    }
 }
 
 impl Wire for Transports {
@@ -36,6 +40,9 @@ impl Wire for Transports {
     }
     fn stats(&self) -> &FrontDoorStats {
         Transports::stats(self)
+    }
+    fn tls(&self) -> Option<&TcpPool> {
+        Transports::tls(self)
     }
     fn tcp(&self) -> Option<&TcpPool> {
         Some(Transports::tcp(self))
