@@ -130,7 +130,7 @@ pub struct LegRecord {
     pub route_set: Vec<String>,
     /// Peer address `ip:port`.
     pub peer: String,
-    /// "udp" or "tcp".
+    /// "udp", "tcp" or "tls".
     pub transport: String,
     /// The highest CSeq we sent on this leg.
     pub local_cseq: u32,

@@ -153,6 +153,9 @@ pub struct Me {
     pub local: String,
     /// Our identity on each trunk port this node has bound (`trunk.local_port`), by port.
     pub trunk_ports: Arc<std::collections::BTreeMap<u16, Me>>,
+    /// `host:port` for Via and Contact over TLS (the advertised host at the TLS listen port);
+    /// `None` when the node has no TLS listener (then `hostport`).
+    pub tls_hostport: Option<String>,
 }
 
 impl Me {
@@ -171,8 +174,16 @@ impl Me {
         format!(
             "SIP/2.0/{} {};branch={branch};rport",
             transport.as_str(),
-            self.hostport
+            self.hostport_for(transport)
         )
+    }
+
+    /// The `host:port` peers reach us on over `transport`.
+    pub fn hostport_for(&self, transport: Transport) -> &str {
+        match (transport, &self.tls_hostport) {
+            (Transport::Tls, Some(h)) => h,
+            _ => &self.hostport,
+        }
     }
     /// A Via value naming this node itself (not the pool address).
     pub fn local_via(&self, transport: Transport, branch: &str) -> String {
@@ -185,9 +196,17 @@ impl Me {
 
     /// Our Contact value.
     pub fn contact(&self, transport: Transport) -> String {
+        self.contact_for(transport, false)
+    }
+
+    /// Our Contact value on a leg whose request was (`sips`) a `sips:` URI: then `sips:` (RFC 3261
+    /// §26.2, RFC 5630 §3.1.3), else `sip:` with the transport named.
+    pub fn contact_for(&self, transport: Transport, sips: bool) -> String {
         match transport {
             Transport::Udp => format!("<sip:{}>", self.hostport),
             Transport::Tcp => format!("<sip:{};transport=tcp>", self.hostport),
+            Transport::Tls if sips => format!("<sips:{}>", self.hostport_for(transport)),
+            Transport::Tls => format!("<sip:{};transport=tls>", self.hostport_for(transport)),
         }
     }
 }

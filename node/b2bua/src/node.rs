@@ -45,11 +45,19 @@ impl NodeCtx {
                 );
             }
         }
+        self.apply_tls(&config);
         self.set_config(config);
         // After the configuration is in place: the DNS sync that follows reads it.
         self.dns.reconcile(&self.config());
         if let Err(e) = gateway::reconcile(self, &old.trunks, &trunks).await {
             tracing::error!(error = %e, "cannot start a gateway actor for the new configuration");
+        }
+    }
+
+    /// Hands the TLS trunks' verification rules to the TLS door (see [`crate::sources::tls_view`]).
+    fn apply_tls(&self, config: &PoolConfig) {
+        if let Some(side) = self.transports.tls().and_then(|p| p.tls()) {
+            crate::sources::tls_view(config, side.material().files().ca.as_deref()).apply(side);
         }
     }
 
@@ -213,6 +221,9 @@ pub async fn start(
             &config.trunks,
             &opts.trusted_forwarders,
         ));
+    if let Some(side) = running.transports.tls().and_then(|p| p.tls()) {
+        crate::sources::tls_view(&config, side.material().files().ca.as_deref()).apply(side);
+    }
     let sip_addr = running.transports.udp_local();
     let hostport = opts
         .advertise
@@ -254,9 +265,16 @@ pub async fn start(
         port_transports.insert(p.port, extra.transports);
     }
     drop(trunk_tx);
+    let tls_hostport = running.transports.tls_local().map(|tls| {
+        let host = hostport
+            .rsplit_once(':')
+            .map_or(hostport.as_str(), |(h, _)| h);
+        format!("{host}:{}", tls.port())
+    });
     let main_me = Me {
         hostport,
         local: sip_addr.to_string(),
+        tls_hostport,
         ..Me::default()
     };
     let me = Me {
@@ -434,12 +452,8 @@ async fn answer(
                 via,
                 traceparent: None,
             };
-            let t = if inb.transport.is_reliable() {
-                "tcp"
-            } else {
-                "udp"
-            };
-            ctx.relay.send_via(node, bytes, env.reply_peer(), t);
+            ctx.relay
+                .send_via(node, bytes, env.reply_peer(), inb.transport.as_lower());
         }
         None => {
             let _ = transports.send_response(inb, bytes).await;
@@ -594,11 +608,7 @@ async fn feed(
 
 /// Hands a message to the owner of its shard; false when it cannot be delivered.
 fn forward(ctx: &NodeCtx, inb: &Inbound, shard: u16, owner: u64) -> bool {
-    let t = if inb.transport.is_reliable() {
-        "tcp"
-    } else {
-        "udp"
-    };
+    let t = inb.transport.as_lower();
     // A short span on the receiving node; the owner's spans continue its trace.
     let span = tracing::info_span!(
         "sip.forward",

@@ -242,6 +242,10 @@ impl Wire for TrunkWire {
         dest: SocketAddr,
         bytes: Bytes,
     ) -> Result<(), TransportError> {
+        // Trunk ports are UDP and TCP: TLS always leaves from the node's TLS listener.
+        if transport == Transport::Tls {
+            return self.main.send_now(transport, dest, bytes);
+        }
         self.toward(dest).send_now(transport, dest, bytes)
     }
     fn stats(&self) -> &FrontDoorStats {
@@ -250,7 +254,13 @@ impl Wire for TrunkWire {
     fn tcp(&self) -> Option<&TcpPool> {
         Some(self.main.tcp())
     }
+    fn tls(&self) -> Option<&TcpPool> {
+        self.main.tls()
+    }
     fn set_listed_ips(&self, ips: Vec<IpAddr>) {
+        if let Some(tls) = self.main.tls() {
+            tls.set_listed_ips(ips.iter().copied());
+        }
         for t in self.ports.values() {
             t.tcp().set_listed_ips(ips.iter().copied());
         }

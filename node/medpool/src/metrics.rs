@@ -308,6 +308,37 @@ impl Collector for NodeCollector {
                 ],
             )?;
         }
+        if let Some(side) = ctx.transports.tls().and_then(|p| p.tls()) {
+            let rows: Vec<(Labels, u64)> = side
+                .handshakes()
+                .into_iter()
+                .map(|(trunk, inbound, result, n)| {
+                    (
+                        vec![
+                            ("trunk", trunk),
+                            (
+                                "direction",
+                                if inbound { "inbound" } else { "outbound" }.to_owned(),
+                            ),
+                            ("result", result.as_str().to_owned()),
+                        ],
+                        n,
+                    )
+                })
+                .collect();
+            counter(
+                &mut e,
+                "medpool_tls_handshakes",
+                "SIP TLS handshakes by trunk (the peer's; unknown for other addresses), direction and result (ok, failed, timeout)",
+                &rows,
+            )?;
+            counter(
+                &mut e,
+                "medpool_tls_client_cert_refused",
+                "Requests over TLS from a mutual-TLS trunk's address whose client certificate met none of its rules (answered 403)",
+                &one(side.refused_requests()),
+            )?;
+        }
         counter(
             &mut e,
             "medpool_sip_retransmissions",

@@ -119,6 +119,9 @@ pub enum Problem {
     /// A route has no trunks.
     #[error("a route needs at least one trunk")]
     NoTrunks,
+    /// A `tls_*` field on a trunk that does not speak TLS.
+    #[error("only for a trunk with transport = \"tls\"")]
+    TlsOnly,
     /// A name is empty.
     #[error("must not be empty")]
     Empty,

@@ -152,7 +152,7 @@ pub enum Lookup {
     Address,
 }
 
-/// SIP transport towards a trunk. (`"tls"` is reserved and refused by validation for now.)
+/// SIP transport towards a trunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
@@ -160,6 +160,8 @@ pub enum Transport {
     Udp,
     /// SIP over TCP.
     Tcp,
+    /// SIP over TLS (RFC 3261 §26): the trunk's certificate is verified (see [`TrunkTls`]).
+    Tls,
 }
 
 /// Which side of the pool a trunk's peer is on.
@@ -301,6 +303,36 @@ pub struct Trunk {
     /// IP (`local_address`; single-node set-ups, or an address every node of the pool has).
     #[serde(default)]
     pub local_address: Option<std::net::IpAddr>,
+    /// How the peer's certificates are checked when the trunk speaks TLS (`tls_*`; only with
+    /// `transport = "tls"`).
+    #[serde(default)]
+    pub tls: TrunkTls,
+}
+
+/// The TLS settings of a trunk (`transport = "tls"`). File paths are kept as written; the node
+/// reads the files (and re-reads them when they change).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrunkTls {
+    /// The name the peer's server certificate must be valid for, also sent as SNI (`tls_name`);
+    /// `None`: the trunk's `address` (its host name, or its IP address).
+    pub name: Option<String>,
+    /// A CA file (PEM) the peer's server certificate must chain to (`tls_ca`); `None`: the node's
+    /// `--sip-tls-ca`.
+    pub ca: Option<String>,
+    /// A CA file (PEM) a client certificate must chain to (`tls_client_ca`); `None`: `tls_ca`,
+    /// else the node's `--sip-tls-ca`.
+    pub client_ca: Option<String>,
+    /// DNS names (subject alternative names) of which a client certificate must carry one
+    /// (`tls_client_names`).
+    pub client_names: Vec<String>,
+}
+
+impl TrunkTls {
+    /// Whether requests over TLS are from this trunk only with a client certificate that meets
+    /// `client_ca`/`client_names` (mutual TLS): set when either is.
+    pub fn requires_client_cert(&self) -> bool {
+        self.client_ca.is_some() || !self.client_names.is_empty()
+    }
 }
 
 /// What the node does with a call's media (`trunk.media`).

@@ -563,13 +563,22 @@ fn failover_and_response_codes_out_of_range() {
 }
 
 #[test]
-fn tls_is_reserved() {
+fn tls_trunks_and_their_fields() {
+    let tls = "[[trunk]]\nname = \"fe\"\naddress = \"10.0.1.2\"\nside = \"internal\"\ntransport = \"tls\"\n";
+    let config = load(&format!(
+        "{BASE}{tls}tls_client_names = [\"fe.example.com\"]\ntls_ca = \"/etc/ca.pem\"\n{ROUTE}"
+    ))
+    .unwrap();
+    let fe = config.trunks.iter().find(|t| t.name == "fe").unwrap();
+    assert_eq!((fe.transport, fe.port), (Transport::Tls, 5061));
+    assert!(fe.tls.requires_client_cert());
+    assert_eq!(fe.tls.ca.as_deref(), Some("/etc/ca.pem"));
     let e = error_of(
-        "[[trunk]]\nname = \"x\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\ntransport = \"tls\"\n",
+        "[[trunk]]\nname = \"x\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\ntls_ca = \"/x.pem\"\n",
     );
     assert_eq!(
         e,
-        r#"test.toml:16: trunk[2].transport: transport "tls" is not yet supported"#
+        r#"test.toml:16: trunk[2].tls_ca: only for a trunk with transport = "tls""#
     );
     let e = error_of(
         "[[trunk]]\nname = \"x\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\ntransport = \"sctp\"\n",

@@ -230,7 +230,12 @@ pub fn relay_response(
         }
         b.header(
             HeaderName::Contact,
-            me.contact(request.transport).as_bytes(),
+            me.contact_for(
+                request.transport,
+                req.request_uri_bytes()
+                    .is_some_and(|u| u.len() >= 5 && u[..5].eq_ignore_ascii_case(b"sips:")),
+            )
+            .as_bytes(),
         );
     }
     if let Some(rseq) = rseq {

@@ -160,7 +160,7 @@ impl Call {
             if let Err(e) = self.ctx.driver.start_client(
                 key.clone(),
                 env,
-                trunk.transport == crate::config::Transport::Tcp,
+                trunk.transport != crate::config::Transport::Udp,
             ) {
                 tracing::warn!(error = %e, "could not start the INVITE to the gateway");
                 self.ctx.registry.remove_client(&key);
