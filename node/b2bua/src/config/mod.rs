@@ -56,8 +56,8 @@ use toml::de::{DeTable, DeValue};
 
 pub use error::{ConfigError, Location, Problem};
 pub use model::{
-    HostPort, Lookup, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy,
-    ResponseRule, Route, RouteTarget, Side, Transport, Trunk, UnknownSource,
+    Encryption, HostPort, Lookup, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig,
+    ReferPolicy, ResponseRule, Route, RouteTarget, Side, Transport, Trunk, UnknownSource,
 };
 pub use pattern::Pattern;
 

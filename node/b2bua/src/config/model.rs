@@ -291,6 +291,25 @@ pub struct Trunk {
     /// hung up (`media_timeout`, default 60; 0 = never). A call on hold is exempt.
     #[serde(default = "default_media_timeout")]
     pub media_timeout: u32,
+    /// Media encryption on this trunk (`encryption`, the Lync/Skype for Business trunk setting;
+    /// default [`Encryption::None`]): SRTP with SDES keys (RFC 4568) on the leg towards it.
+    #[serde(default)]
+    pub encryption: Encryption,
+}
+
+/// Whether a trunk's media is SRTP (`trunk.encryption`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// SRTP only: offers towards the trunk are `RTP/SAVP` with `a=crypto` lines; an offer or an
+    /// answer from it without an acceptable one is refused (488).
+    Required,
+    /// Best-effort SRTP, as common SBCs do: offers are `RTP/AVP` with `a=crypto` lines, and what
+    /// the peer answers (with or without a key) is taken; its offers may be either.
+    Optional,
+    /// Plain RTP: offers carry no keys; an `RTP/SAVP` offer from the trunk is refused (488).
+    #[default]
+    None,
 }
 
 /// What the node does with a call's media (`trunk.media`).

@@ -9,7 +9,7 @@ use std::fmt;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::model::{MediaMode, ReferPolicy, Side, UnknownSource};
+use super::model::{Encryption, MediaMode, ReferPolicy, Side, UnknownSource};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +83,7 @@ pub(super) struct RawTrunk {
     pub media: Option<MediaMode>,
     pub codecs: Option<Vec<String>>,
     pub media_timeout: Option<i64>,
+    pub encryption: Option<Encryption>,
 }
 
 /// `{ pattern = "...", replace = "..." }`.
