@@ -112,6 +112,50 @@ pub struct Stats {
     /// Re-anchoring re-INVITEs (one per leg) that failed: a non-2xx answer, no answer, or no
     /// relay port; the call goes on with signalling only on that leg.
     pub media_reanchor_failed: AtomicU64,
+    /// SRTP packets dropped per trunk (authentication failures, replays), added when a call's
+    /// relay session closes; at most [`SRTP_TRUNKS_MAX`] trunks.
+    pub srtp_by_trunk: std::sync::Mutex<std::collections::BTreeMap<String, SrtpDrops>>,
+}
+
+/// Trunks [`Stats::srtp_by_trunk`] counts at most (configured trunks are far fewer; a trunk
+/// beyond it is not counted).
+pub const SRTP_TRUNKS_MAX: usize = 4096;
+
+/// SRTP packets a trunk's peers sent that the relay dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SrtpDrops {
+    /// Packets whose authentication tag (or MKI) did not match.
+    pub auth_failed: u64,
+    /// Packets replayed or behind the replay window.
+    pub replayed: u64,
+}
+
+impl Stats {
+    /// Adds what a closing session dropped from `trunk`'s peer.
+    pub fn record_srtp_drops(&self, trunk: &str, auth_failed: u64, replayed: u64) {
+        if auth_failed == 0 && replayed == 0 {
+            return;
+        }
+        let mut m = self
+            .srtp_by_trunk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !m.contains_key(trunk) && m.len() >= SRTP_TRUNKS_MAX {
+            return;
+        }
+        let d = m.entry(trunk.to_owned()).or_default();
+        d.auth_failed += auth_failed;
+        d.replayed += replayed;
+    }
+
+    /// SRTP drops per trunk so far.
+    pub fn srtp_drops(&self) -> Vec<(String, SrtpDrops)> {
+        let m = self
+            .srtp_by_trunk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 /// Upper bounds (seconds) of the post-dial-delay histogram buckets.

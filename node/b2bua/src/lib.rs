@@ -23,6 +23,7 @@
 //!   2  txlayer                transaction events: Envelope, Registry, SipIo, Wire (no actor type)
 //!   1  config routing translate health ingress sources cluster trace   pure: no I/O, no actors
 //!      media                  the call's media plan: SDP offer/answer rewriting, relay plans
+//!      srtp                   SRTP per trunk (`encryption`): SDES offer/answer state, keys per leg
 //!      capacity               this node's share of a gateway's pool-wide limits; gateway states
 //! ```
 //! Tests only: `testkit` (a node context over a channel wire, no socket) sits on top of all.
@@ -46,6 +47,7 @@ pub mod media;
 pub mod node;
 pub mod routing;
 pub mod sources;
+pub mod srtp;
 pub mod supervisor;
 #[cfg(test)]
 pub(crate) mod testkit;

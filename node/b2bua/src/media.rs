@@ -58,6 +58,9 @@ pub enum MediaError {
     /// The rewrite could not be applied.
     #[error("SDP rewrite: {0}")]
     Rewrite(#[from] RewriteError),
+    /// The SDP's keys do not meet the trunk's `encryption`.
+    #[error("SRTP: {0}")]
+    Crypto(#[from] crate::srtp::CryptoRefusal),
 }
 
 /// The relay endpoint a rewritten SDP points at: the advertised address and the leg's ports.
@@ -160,6 +163,7 @@ impl MediaPlan {
             b: lb,
             a_to_b,
             b_to_a,
+            ..SessionPlan::default()
         }
     }
 
@@ -346,6 +350,10 @@ pub fn bypasses(inbound: &Trunk, gateway: &Trunk, offer: Option<&[u8]>) -> bool 
     if inbound.media != MediaMode::Bypass || gateway.media != MediaMode::Bypass {
         return false;
     }
+    // Legs that need different protection (SRTP on one, RTP on the other) meet in the relay.
+    if inbound.encryption != gateway.encryption {
+        return false;
+    }
     let Some(offer) = offer else {
         return true;
     };
@@ -511,6 +519,12 @@ pub struct LegMedia {
     pub sent: MediaCounts,
     /// Milliseconds since the peer's last packet; `None` before its first.
     pub last_packet_age_ms: Option<u64>,
+    /// The leg's SRTP suite and whether its packets carry an MKI; `None`: plain RTP.
+    pub srtp: Option<(medpool_media::srtp::Suite, bool)>,
+    /// SRTP packets from the peer that failed authentication (dropped).
+    pub srtp_auth_failed: u64,
+    /// SRTP packets from the peer that were replayed or too old (dropped).
+    pub srtp_replayed: u64,
 }
 
 /// The first codec (`<encoding>/<clock rate>`) of the relayed section of `sdp`.

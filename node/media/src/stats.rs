@@ -97,6 +97,8 @@ pub struct DirectionCounters {
     latches: AtomicU64,
     unroutable: AtomicU64,
     send_failed: AtomicU64,
+    srtp_auth_failed: AtomicU64,
+    srtp_replayed: AtomicU64,
     /// Milliseconds since the session started at the last accepted packet, plus one (0 = never).
     last_packet: AtomicU64,
 }
@@ -132,6 +134,10 @@ pub struct DirectionSnapshot {
     pub unroutable: u64,
     /// Packets the socket refused to send (buffer full or an error), dropped.
     pub send_failed: u64,
+    /// SRTP/SRTCP packets whose authentication tag (or MKI) did not match the leg's key, dropped.
+    pub srtp_auth_failed: u64,
+    /// SRTP/SRTCP packets replayed or behind the replay window, dropped.
+    pub srtp_replayed: u64,
     /// Milliseconds since the session started at the last accepted packet (RTP or RTCP).
     pub last_packet_ms: Option<u64>,
 }
@@ -200,6 +206,16 @@ impl DirectionCounters {
         self.send_failed.fetch_add(1, Relaxed);
     }
 
+    /// Counts an SRTP/SRTCP packet that failed authentication.
+    pub fn record_srtp_auth_failed(&self) {
+        self.srtp_auth_failed.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a replayed (or too old) SRTP/SRTCP packet.
+    pub fn record_srtp_replayed(&self) {
+        self.srtp_replayed.fetch_add(1, Relaxed);
+    }
+
     fn touch(&self, now_ms: u64) {
         self.last_packet
             .fetch_max(now_ms.saturating_add(1), Relaxed);
@@ -223,6 +239,8 @@ impl DirectionCounters {
             latches: self.latches.load(Relaxed),
             unroutable: self.unroutable.load(Relaxed),
             send_failed: self.send_failed.load(Relaxed),
+            srtp_auth_failed: self.srtp_auth_failed.load(Relaxed),
+            srtp_replayed: self.srtp_replayed.load(Relaxed),
             last_packet_ms: last.checked_sub(1),
         }
     }

@@ -368,6 +368,7 @@ async fn sdp_to_plan_to_relay_with_dtmf_across_a_payload_type_change() {
         b: LegPlan::from_sdp(&answer, 0).unwrap(),
         a_to_b: PayloadMap::between(ma, mb),
         b_to_a: PayloadMap::between(mb, ma),
+        ..SessionPlan::default()
     };
     assert_eq!(plan.a.rtp, Some(pa.local_addr().unwrap()));
     let s = relay.open(plan).await.unwrap();

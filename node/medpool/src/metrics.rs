@@ -669,6 +669,25 @@ fn media_metrics(
     for (name, help, v) in rows {
         counter(e, name, help, &one(v))?;
     }
+    let drops = s.srtp_drops();
+    let per_trunk = |f: fn(&medpool_b2bua::ctx::SrtpDrops) -> u64| -> Vec<(Labels, u64)> {
+        drops
+            .iter()
+            .map(|(t, d)| (vec![("trunk", t.clone())], f(d)))
+            .collect()
+    };
+    counter(
+        e,
+        "medpool_srtp_auth_failures",
+        "SRTP/SRTCP packets from a trunk's peers that failed authentication, dropped (counted when the call's relay session closes)",
+        &per_trunk(|d| d.auth_failed),
+    )?;
+    counter(
+        e,
+        "medpool_srtp_replays",
+        "SRTP/SRTCP packets from a trunk's peers that were replayed or too old, dropped (counted when the call's relay session closes)",
+        &per_trunk(|d| d.replayed),
+    )?;
     let ports = media.relay.ports();
     let gauges = [
         (

@@ -33,11 +33,12 @@ use tokio::time::Instant;
 
 use crate::error::SimpeerError;
 use crate::ledger::{CallRecord, Outcome};
-use crate::rtp::{LegStats, Negotiated, Role, RtpLeg, combine, read_sdp};
+use crate::rtp::{LegStats, Negotiated, Role, RtpLeg, combine, read_crypto, read_sdp};
 use crate::sdp;
 use crate::uas::{ResponseRouting, T2, Uas};
 use crate::wire::{TlsOptions, Wire};
 use medpool_media::sdp::Direction;
+use medpool_media::srtp::{CryptoAttribute, Mki, Suite};
 
 /// How to run a caller.
 #[derive(Debug, Clone)]
@@ -64,6 +65,12 @@ pub struct CallerConfig {
     pub rtp: bool,
     /// Speak SIP over TLS to `target` (see [`crate::wire`]); `None`: UDP.
     pub tls: Option<TlsOptions>,
+    /// The calls offer SRTP (`RTP/SAVP`, one `a=crypto` line AES_CM_128_HMAC_SHA1_80 with a fresh
+    /// key per call) and their RTP legs protect and unprotect once the answer brings the far
+    /// side's key. With [`CallerConfig::rtp`] only.
+    pub srtp: bool,
+    /// The SRTP key carries an MKI (`|1:1`), as Lync/Skype for Business offer.
+    pub srtp_mki: bool,
 }
 
 impl CallerConfig {
@@ -81,6 +88,8 @@ impl CallerConfig {
             timeout: crate::uas::T1 * 64,
             rtp: false,
             tls: None,
+            srtp: false,
+            srtp_mki: false,
         }
     }
 }
@@ -381,7 +390,43 @@ impl Inner {
     /// Call `index`'s SDP (an offer, or an answer with `answering` = the far side's direction and
     /// payload types): its RTP leg's port, or a made-up one without a leg.
     fn offer(&self, index: usize, version: u32) -> Bytes {
-        self.media_sdp(index, version, None)
+        self.media_sdp(index, version, None, b"")
+    }
+
+    /// The SRTP key call `index`'s leg offers: its own, or a fresh one (with SRTP configured).
+    fn offer_key(&self, leg: &RtpLeg) -> Option<CryptoAttribute> {
+        if !self.cfg.srtp {
+            return None;
+        }
+        if let Some(k) = leg.local_key() {
+            return Some(k);
+        }
+        let mki = self.cfg.srtp_mki.then(|| Mki::new(1, 1).ok()).flatten();
+        let k = CryptoAttribute::generate(1, Suite::AesCm128HmacSha1_80, mki).ok();
+        leg.set_local_key(k.clone());
+        k
+    }
+
+    /// The SRTP key call `index`'s leg answers an offer carrying `offered` with (its own when
+    /// it fits, else a fresh one); the leg speaks SRTP from the answer on.
+    fn answer_key(
+        &self,
+        leg: &RtpLeg,
+        offered: Option<&CryptoAttribute>,
+    ) -> Option<CryptoAttribute> {
+        let offered = offered.filter(|_| self.cfg.srtp);
+        let ours = offered.and_then(|o| {
+            leg.local_key()
+                .filter(|k| {
+                    k.tag == o.tag
+                        && k.suite == o.suite
+                        && k.key.mki.map(|m| m.len()) == o.key.mki.map(|m| m.len())
+                })
+                .or_else(|| medpool_media::srtp::answer(o).ok())
+        });
+        leg.set_local_key(ours.clone());
+        leg.set_remote_key(offered);
+        ours
     }
 
     fn media_sdp(
@@ -389,6 +434,7 @@ impl Inner {
         index: usize,
         version: u32,
         answering: Option<(SocketAddr, Direction, Vec<u8>)>,
+        offer: &[u8],
     ) -> Bytes {
         let session = self.cfg.seed ^ index as u64;
         let ip = self.local.ip();
@@ -418,9 +464,16 @@ impl Inner {
                     direction,
                     payload_type: pt,
                 });
-                sdp::audio_with(session, version, ip, port, pt, direction)
+                let (offered, savp) = read_crypto(offer);
+                let key = self.answer_key(&leg, offered.as_ref());
+                let body = sdp::audio_with(session, version, ip, port, pt, direction);
+                sdp::secured(body, key.as_ref(), savp)
             }
-            None => sdp::audio_with(session, version, ip, port, want.1, want.0),
+            None => {
+                let key = self.offer_key(&leg);
+                let body = sdp::audio_with(session, version, ip, port, want.1, want.0);
+                sdp::secured(body, key.as_ref(), true)
+            }
         }
     }
 
@@ -434,6 +487,7 @@ impl Inner {
             }
         };
         if let (Some(leg), Some((remote, theirs, pts))) = (leg, read_sdp(answer)) {
+            leg.set_remote_key(read_crypto(answer).0.as_ref());
             leg.negotiate(Negotiated {
                 remote: Some(remote),
                 direction: combine(want.0, theirs),
@@ -833,7 +887,7 @@ impl Inner {
                 }
             };
             let body = match call {
-                Some(_) => self.media_sdp(index, version, read_sdp(req.body())),
+                Some(_) => self.media_sdp(index, version, read_sdp(req.body()), req.body()),
                 None => sdp::audio(self.cfg.seed, version, self.local.ip(), 10_000),
             };
             b.header(HeaderName::Contact, &self.contact())

@@ -17,12 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use medpool_media::srtp::{CryptoAttribute, Suite};
 use medpool_sip::message::builder::{reason_phrase, response_to};
 use medpool_sip::{HeaderName, Method, SipMessage};
 use tokio::task::JoinHandle;
 
 use crate::error::SimpeerError;
-use crate::rtp::{LegStats, Negotiated, Role, RtpLeg, read_sdp};
+use crate::rtp::{LegStats, Negotiated, Role, RtpLeg, read_crypto, read_sdp};
 use crate::sdp;
 use crate::uas::{ResponseRouting, Uas};
 use crate::wire::{TlsOptions, Wire};
@@ -41,6 +42,11 @@ pub struct GatewayConfig {
     pub rtp: bool,
     /// Speak SIP over TLS: listen for TLS connections on `bind` (see [`crate::wire`]); `None`: UDP.
     pub tls: Option<TlsOptions>,
+    /// The legs speak SRTP when the offer carries a supported `a=crypto` line: the answer mirrors
+    /// the offer's profile with a fresh key of the gateway's (an MKI of the same length when the
+    /// offer has one), and the echo is checked and sent protected. A late offer of the gateway's
+    /// own is `RTP/SAVP` with a key. Without it the gateway answers plain RTP.
+    pub srtp: bool,
 }
 
 impl GatewayConfig {
@@ -51,6 +57,7 @@ impl GatewayConfig {
             routing: ResponseRouting::Source,
             rtp: false,
             tls: None,
+            srtp: false,
         }
     }
 }
@@ -128,6 +135,7 @@ struct State {
     dialogs: HashMap<Vec<u8>, Dialog>,
     next_tag: u64,
     rtp: bool,
+    srtp: bool,
 }
 
 impl Gateway {
@@ -147,6 +155,7 @@ impl Gateway {
             dialogs: HashMap::new(),
             next_tag: 0,
             rtp: cfg.rtp,
+            srtp: cfg.srtp,
         };
         let task = tokio::spawn(state.run());
         Ok(Gateway { local, stats, task })
@@ -470,7 +479,17 @@ impl State {
         let Some((remote, dir, pts)) = read_sdp(offer) else {
             // No offer: ours goes in the answer; the ACK brings the far side's.
             let neg = leg.negotiated();
-            return sdp::audio_with(session, version, ip, port, neg.payload_type, neg.direction);
+            let key = if self.srtp {
+                leg.local_key().or_else(|| {
+                    let k = CryptoAttribute::generate(1, Suite::AesCm128HmacSha1_80, None).ok();
+                    leg.set_local_key(k.clone());
+                    k
+                })
+            } else {
+                None
+            };
+            let body = sdp::audio_with(session, version, ip, port, neg.payload_type, neg.direction);
+            return sdp::secured(body, key.as_ref(), true);
         };
         let pt = pts.into_iter().find(|p| *p == 0 || *p == 8).unwrap_or(0);
         let direction = dir.reversed();
@@ -479,7 +498,22 @@ impl State {
             direction,
             payload_type: pt,
         });
-        sdp::audio_with(session, version, ip, port, pt, direction)
+        let (offered, savp) = read_crypto(offer);
+        let offered = offered.filter(|_| self.srtp);
+        // The gateway's own key when it still fits the offered line, else a fresh one.
+        let ours = offered.as_ref().and_then(|o| {
+            leg.local_key()
+                .filter(|k| {
+                    k.tag == o.tag
+                        && k.suite == o.suite
+                        && k.key.mki.map(|m| m.len()) == o.key.mki.map(|m| m.len())
+                })
+                .or_else(|| medpool_media::srtp::answer(o).ok())
+        });
+        leg.set_local_key(ours.clone());
+        leg.set_remote_key(offered.as_ref());
+        let body = sdp::audio_with(session, version, ip, port, pt, direction);
+        sdp::secured(body, ours.as_ref(), savp)
     }
 
     /// An answer to our offer arrived (in an ACK): the leg follows it.
@@ -488,6 +522,7 @@ impl State {
         let (Some(leg), Some((remote, dir, pts))) = (legs.get(call_id), read_sdp(answer)) else {
             return;
         };
+        leg.set_remote_key(read_crypto(answer).0.as_ref());
         let neg = leg.negotiated();
         leg.negotiate(Negotiated {
             remote: Some(remote),

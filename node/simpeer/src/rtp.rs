@@ -16,6 +16,12 @@
 //!   reflector learns the token from the first packet) and the pattern must be intact;
 //! - time: the gaps between packets, the largest and each one longer than [`GAP_REPORTED`].
 //!
+//! A leg may speak SRTP (RFC 3711, keys by SDES): with its own key (what it puts in its SDP) and
+//! the far end's (from the far end's SDP) it protects every packet it sends and unprotects every
+//! packet it receives before any of the checks above, which therefore run on the decrypted
+//! packets; a packet that does not authenticate is counted ([`LegStats::srtp_failed`]) and
+//! dropped.
+//!
 //! The token check assumes the payload is carried untouched (no G.711 translation on the path).
 //! Direction follows SDP: a leg sends only while its direction allows (`sendonly`/`inactive` for
 //! hold). A leg stops when dropped.
@@ -27,6 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use medpool_media::rtp::RtpPacket;
 pub use medpool_media::sdp::Direction;
 use medpool_media::sdp::Sdp;
+use medpool_media::srtp::{CryptoAttribute, ReplayWindow, Srtp, choose_offer};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -97,6 +104,12 @@ pub struct LegStats {
     pub last_rtt_us: Option<u64>,
     /// When the leg was stopped (its call ended; µs since the Unix epoch).
     pub stopped_us: Option<u64>,
+    /// SRTP packets received that authenticated and were decrypted (counted in `received` too).
+    pub srtp_received: u64,
+    /// SRTP packets sent (protected with the leg's own key; counted in `sent` too).
+    pub srtp_sent: u64,
+    /// Datagrams that did not authenticate (or were replays) on an SRTP leg, dropped.
+    pub srtp_failed: u64,
 }
 
 impl LegStats {
@@ -112,6 +125,9 @@ impl LegStats {
         self.corrupt += o.corrupt;
         self.not_rtp += o.not_rtp;
         self.other_source += o.other_source;
+        self.srtp_received += o.srtp_received;
+        self.srtp_sent += o.srtp_sent;
+        self.srtp_failed += o.srtp_failed;
         self.max_gap_us = self.max_gap_us.max(o.max_gap_us);
     }
 
@@ -141,6 +157,27 @@ struct Shared {
     /// Highest sequence seen (extended), and a bitmap of the 64 below it.
     highest: Option<(u64, u32)>,
     window: u64,
+    /// The leg's own SRTP key (what its SDP carries), if it speaks SRTP.
+    ours: Option<CryptoAttribute>,
+    /// The contexts, once the far end's key is known too.
+    srtp: Option<Contexts>,
+}
+
+/// A leg's SRTP contexts: the far end's key unprotects what arrives, the leg's own protects what
+/// it sends.
+struct Contexts {
+    theirs: CryptoAttribute,
+    ours: CryptoAttribute,
+    rx: Srtp,
+    tx: Srtp,
+}
+
+impl std::fmt::Debug for Contexts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contexts")
+            .field("tx", &self.tx)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One call leg's RTP socket and its task.
@@ -192,6 +229,8 @@ impl RtpLeg {
             stats: LegStats::default(),
             highest: None,
             window: 0,
+            ours: None,
+            srtp: None,
         }));
         let ssrc = (u32::from(local.port()) << 16) ^ 0x1d2c_5a5a;
         let task = tokio::spawn(run(sock, Arc::clone(&shared), role, ssrc));
@@ -217,6 +256,49 @@ impl RtpLeg {
         lock(&self.shared).neg = neg;
     }
 
+    /// The leg's own SRTP key (what its SDP offers or answers), if it speaks SRTP.
+    pub fn local_key(&self) -> Option<CryptoAttribute> {
+        lock(&self.shared).ours.clone()
+    }
+
+    /// Sets the leg's own SRTP key (`None`: plain RTP); the contexts follow at
+    /// [`RtpLeg::set_remote_key`].
+    pub fn set_local_key(&self, ours: Option<CryptoAttribute>) {
+        let mut s = lock(&self.shared);
+        if ours.is_none() {
+            s.srtp = None;
+        }
+        s.ours = ours;
+    }
+
+    /// The far end's SRTP key took effect (from its SDP): with the leg's own key, the leg speaks
+    /// SRTP from now on (contexts kept when both keys are unchanged); `None` (or no key of its
+    /// own): plain RTP.
+    pub fn set_remote_key(&self, theirs: Option<&CryptoAttribute>) {
+        let mut s = lock(&self.shared);
+        let (Some(theirs), Some(ours)) = (theirs, s.ours.clone()) else {
+            s.srtp = None;
+            return;
+        };
+        if s.srtp
+            .as_ref()
+            .is_some_and(|c| c.theirs == *theirs && c.ours == ours)
+        {
+            return;
+        }
+        s.srtp = Some(Contexts {
+            rx: Srtp::from_attribute(theirs, ReplayWindow::W128),
+            tx: Srtp::from_attribute(&ours, ReplayWindow::W128),
+            theirs: theirs.clone(),
+            ours,
+        });
+    }
+
+    /// Whether the leg speaks SRTP now (both keys known).
+    pub fn is_secure(&self) -> bool {
+        lock(&self.shared).srtp.is_some()
+    }
+
     /// Stops sending (the call ended) and notes when; the counts stay readable.
     pub fn stop(&self) {
         let mut s = lock(&self.shared);
@@ -239,6 +321,8 @@ impl Drop for RtpLeg {
 async fn run(sock: Arc<UdpSocket>, shared: Arc<Mutex<Shared>>, role: Role, ssrc: u32) {
     let mut buf = vec![0u8; 2048];
     let mut out = vec![0u8; HEADER_LEN + PAYLOAD_LEN];
+    // What goes on the wire: the packet, protected when the leg speaks SRTP.
+    let mut wire = vec![0u8; 2048];
     let mut seq: u16 = (ssrc >> 3) as u16;
     let mut ts: u32 = ssrc.rotate_left(7);
     let mut ticker = tokio::time::interval(PTIME);
@@ -254,12 +338,14 @@ async fn run(sock: Arc<UdpSocket>, shared: Arc<Mutex<Shared>>, role: Role, ssrc:
                 seq = seq.wrapping_add(1);
                 ts = ts.wrapping_add(PAYLOAD_LEN as u32);
                 write_packet(&mut out, pt, seq, ts, ssrc, token, now_us(), None);
-                if sock.send_to(&out, dest).await.is_ok() {
+                let Some(n) = seal(&shared, &out, &mut wire) else { continue };
+                if sock.send_to(&wire[..n], dest).await.is_ok() {
                     lock(&shared).stats.sent += 1;
                 }
             }
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
+                let Some(n) = open(&shared, &mut buf[..n]) else { continue };
                 let echo = on_packet(&shared, &buf[..n], from, role);
                 if let Some((dest, pt, payload_ok)) = echo
                     && payload_ok
@@ -268,11 +354,44 @@ async fn run(sock: Arc<UdpSocket>, shared: Arc<Mutex<Shared>>, role: Role, ssrc:
                     ts = ts.wrapping_add(PAYLOAD_LEN as u32);
                     let payload = RtpPacket::parse(&buf[..n]).map(|p| p.payload().to_vec()).unwrap_or_default();
                     write_packet(&mut out, pt, seq, ts, ssrc, 0, 0, Some(&payload));
-                    if sock.send_to(&out, dest).await.is_ok() {
+                    let Some(n) = seal(&shared, &out, &mut wire) else { continue };
+                    if sock.send_to(&wire[..n], dest).await.is_ok() {
                         lock(&shared).stats.sent += 1;
                     }
                 }
             }
+        }
+    }
+}
+
+/// `packet` as it goes on the wire, in `wire`: protected when the leg speaks SRTP. Its length;
+/// `None` when it cannot be protected (not sent).
+fn seal(shared: &Mutex<Shared>, packet: &[u8], wire: &mut [u8]) -> Option<usize> {
+    wire.get_mut(..packet.len())?.copy_from_slice(packet);
+    let mut s = lock(shared);
+    let Some(c) = s.srtp.as_mut() else {
+        return Some(packet.len());
+    };
+    let n = c.tx.protect_rtp(wire, packet.len()).ok()?;
+    s.stats.srtp_sent += 1;
+    Some(n)
+}
+
+/// A received datagram as the checks see it: unprotected in place when the leg speaks SRTP (its
+/// plain length), or dropped (`None`, counted) when it does not authenticate.
+fn open(shared: &Mutex<Shared>, data: &mut [u8]) -> Option<usize> {
+    let mut s = lock(shared);
+    let Some(c) = s.srtp.as_mut() else {
+        return Some(data.len());
+    };
+    match c.rx.unprotect_rtp(data) {
+        Ok(n) => {
+            s.stats.srtp_received += 1;
+            Some(n)
+        }
+        Err(_) => {
+            s.stats.srtp_failed += 1;
+            None
         }
     }
 }
@@ -435,6 +554,19 @@ pub fn read_sdp(body: &[u8]) -> Option<(SocketAddr, Direction, Vec<u8>)> {
     ))
 }
 
+/// The SRTP key an SDP body's audio stream carries (the first `a=crypto` line this
+/// implementation supports) and whether its profile is `RTP/SAVP`.
+pub fn read_crypto(body: &[u8]) -> (Option<CryptoAttribute>, bool) {
+    let Ok(sdp) = Sdp::parse(body) else {
+        return (None, false);
+    };
+    let Some(m) = sdp.media.iter().find(|m| m.kind == "audio" && m.is_rtp()) else {
+        return (None, false);
+    };
+    let savp = m.proto.eq_ignore_ascii_case("RTP/SAVP");
+    (choose_offer(m.crypto.iter().copied()), savp)
+}
+
 /// The direction a leg takes when it wants `ours` and the other end said `theirs`: it sends only if
 /// both allow it, and receives likewise.
 pub fn combine(ours: Direction, theirs: Direction) -> Direction {
@@ -466,6 +598,8 @@ mod tests {
             stats: LegStats::default(),
             highest: None,
             window: 0,
+            ours: None,
+            srtp: None,
         }
     }
 
@@ -538,5 +672,40 @@ mod tests {
         let held = refl.stats().received;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(refl.stats().received, held);
+    }
+
+    #[tokio::test]
+    async fn an_srtp_source_and_reflector_check_the_decrypted_stream() {
+        use medpool_media::srtp::{Mki, Suite};
+        let ip: IpAddr = "127.0.162.40".parse().unwrap();
+        let src = RtpLeg::start(ip, Role::Source, Some(42)).await.unwrap();
+        let refl = RtpLeg::start(ip, Role::Reflector, None).await.unwrap();
+        let mki = Some(Mki::new(1, 1).unwrap());
+        let a = CryptoAttribute::generate(1, Suite::AesCm128HmacSha1_80, mki).unwrap();
+        let b = CryptoAttribute::generate(1, Suite::AesCm128HmacSha1_80, mki).unwrap();
+        src.set_local_key(Some(a.clone()));
+        refl.set_local_key(Some(b.clone()));
+        src.set_remote_key(Some(&b));
+        refl.set_remote_key(Some(&a));
+        assert!(src.is_secure() && refl.is_secure());
+        let neg = |remote| Negotiated {
+            remote: Some(remote),
+            direction: Direction::SendRecv,
+            payload_type: 0,
+        };
+        src.negotiate(neg(refl.local_addr()));
+        refl.negotiate(neg(src.local_addr()));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (x, y) = (src.stats(), refl.stats());
+        assert!(y.srtp_received >= 5 && x.srtp_received >= 5, "{x:?} {y:?}");
+        assert_eq!(
+            (x.defects(), y.defects(), x.srtp_failed, y.srtp_failed),
+            (0, 0, 0, 0)
+        );
+        // The reflector forgets the source's key: nothing it receives authenticates any more.
+        let wrong = CryptoAttribute::generate(1, Suite::AesCm128HmacSha1_80, mki).unwrap();
+        refl.set_remote_key(Some(&wrong));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(refl.stats().srtp_failed > 0);
     }
 }

@@ -56,8 +56,8 @@ use toml::de::{DeTable, DeValue};
 
 pub use error::{ConfigError, Location, Problem};
 pub use model::{
-    HostPort, Lookup, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy,
-    ResponseRule, Route, RouteTarget, Side, Transport, Trunk, TrunkTls, UnknownSource,
+    Encryption, HostPort, Lookup, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig,
+    ReferPolicy, ResponseRule, Route, RouteTarget, Side, Transport, Trunk, TrunkTls, UnknownSource,
 };
 
 /// The SIP layer's transport for a trunk's `transport`.

@@ -307,6 +307,10 @@ pub struct Trunk {
     /// `transport = "tls"`).
     #[serde(default)]
     pub tls: TrunkTls,
+    /// Media encryption on this trunk (`encryption`, the Lync/Skype for Business trunk setting;
+    /// default [`Encryption::None`]): SRTP with SDES keys (RFC 4568) on the leg towards it.
+    #[serde(default)]
+    pub encryption: Encryption,
 }
 
 /// The TLS settings of a trunk (`transport = "tls"`). File paths are kept as written; the node
@@ -333,6 +337,21 @@ impl TrunkTls {
     pub fn requires_client_cert(&self) -> bool {
         self.client_ca.is_some() || !self.client_names.is_empty()
     }
+}
+
+/// Whether a trunk's media is SRTP (`trunk.encryption`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// SRTP only: offers towards the trunk are `RTP/SAVP` with `a=crypto` lines; an offer or an
+    /// answer from it without an acceptable one is refused (488).
+    Required,
+    /// Best-effort SRTP, as common SBCs do: offers are `RTP/AVP` with `a=crypto` lines, and what
+    /// the peer answers (with or without a key) is taken; its offers may be either.
+    Optional,
+    /// Plain RTP: offers carry no keys; an `RTP/SAVP` offer from the trunk is refused (488).
+    #[default]
+    None,
 }
 
 /// What the node does with a call's media (`trunk.media`).

@@ -9,7 +9,7 @@ use std::fmt;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::model::{MediaMode, ReferPolicy, Side, UnknownSource};
+use super::model::{Encryption, MediaMode, ReferPolicy, Side, UnknownSource};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +89,7 @@ pub(super) struct RawTrunk {
     pub tls_ca: Option<String>,
     pub tls_client_ca: Option<String>,
     pub tls_client_names: Option<Vec<String>>,
+    pub encryption: Option<Encryption>,
 }
 
 /// `{ pattern = "...", replace = "..." }`.

@@ -762,6 +762,18 @@ fn media_keys_default_to_relay_the_offers_codecs_and_60_s() {
     assert_eq!(gw2.media, MediaMode::Bypass);
     assert_eq!(gw2.codecs, ["PCMU", "pcma"]);
     assert_eq!(gw2.media_timeout(), None);
+    assert_eq!(gw1.encryption, crate::config::Encryption::None);
+    for (text, want) in [
+        ("required", crate::config::Encryption::Required),
+        ("optional", crate::config::Encryption::Optional),
+        ("none", crate::config::Encryption::None),
+    ] {
+        let c = load(&format!(
+            "{BASE}[[trunk]]\nname = \"gw2\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\nencryption = \"{text}\"\n{ROUTE}"
+        ))
+        .unwrap();
+        assert_eq!(c.trunk("gw2").unwrap().encryption, want);
+    }
 }
 
 #[test]
@@ -781,6 +793,8 @@ fn bad_media_keys_are_named() {
     );
     let e = error_of(&format!("{trunk}codecs = [\"\"]\n"));
     assert!(e.starts_with("test.toml:16: trunk[2].codecs[0]: "), "{e}");
+    let e = error_of(&format!("{trunk}encryption = \"srtp\"\n"));
+    assert!(e.starts_with("test.toml:16: trunk[2].encryption: "), "{e}");
     let e = error_of(&format!("{trunk}media_timeout = -1\n"));
     assert!(
         e.starts_with("test.toml:16: trunk[2].media_timeout: -1 out of range 0-86400"),

@@ -355,6 +355,7 @@ impl Validator<'_, '_> {
             calling_out: self.rules(&path.k("calling_out"), &t.calling_out)?,
             response_map,
             media: t.media.unwrap_or(MediaMode::Relay),
+            encryption: t.encryption.unwrap_or_default(),
             codecs,
             media_timeout: self.range(
                 &path.k("media_timeout"),

@@ -142,6 +142,11 @@ pub struct Call {
     pub(super) media: crate::media::MediaPlan,
     /// The relay session, once a relayed attempt opened it (closed when the call is released).
     pub(super) media_session: Option<medpool_media::relay::Session>,
+    /// Each leg's SRTP offer/answer state and keys (A, B): in memory only, never in the record.
+    pub(super) srtp: [crate::srtp::SideSrtp; 2],
+    /// The last answer a peer sent was refused by its trunk's `encryption` (no acceptable key on
+    /// a `required` trunk): a gateway's 2xx so refused is hung up and the caller gets 488.
+    pub(super) crypto_refused: bool,
     /// The media timeout (the shorter of the call's trunks'), when the media is relayed.
     pub(super) media_timeout: Option<Duration>,
     /// Since when the media timeout counts silence: the answer, the last offer or answer, or the
@@ -229,6 +234,13 @@ impl Call {
             self.span.record("media.packets_a", a.packets);
             self.span.record("media.packets_b", b.packets);
             self.span.record("media.lost", a.lost + b.lost);
+            // What each leg's peer sent that failed SRTP, on its trunk's count.
+            let gateway = self.current().map(|att| att.trunk.clone());
+            let stats = &self.ctx.stats;
+            stats.record_srtp_drops(&self.inbound.name, a.srtp_auth_failed, a.srtp_replayed);
+            if let Some(t) = gateway {
+                stats.record_srtp_drops(&t, b.srtp_auth_failed, b.srtp_replayed);
+            }
         }
         // Dropping the handle ends the session's task, which releases its ports. A call whose
         // shard was handed over (a drain, a rebalance) keeps relaying for a while: make before
@@ -352,6 +364,8 @@ impl Call {
             released: false,
             media: Default::default(),
             media_session: None,
+            srtp: Default::default(),
+            crypto_refused: false,
             media_timeout: None,
             media_counted_from: Instant::now(),
             media_refusal: None,

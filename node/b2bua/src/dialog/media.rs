@@ -17,8 +17,9 @@ use tokio::time::Instant;
 
 use super::call::{Call, MediaRefusal, Reanchor};
 use super::msg::{DialogMsg, Phase};
-use crate::config::Trunk;
+use crate::config::{Encryption, Trunk};
 use crate::media::{self, Endpoint, MediaError};
+use crate::srtp::{self as keys, SideSrtp};
 use crate::txlayer::{Envelope, Side};
 
 /// What a new gateway attempt does with the media.
@@ -34,6 +35,13 @@ fn media_leg(side: Side) -> MediaLeg {
     match side {
         Side::A => MediaLeg::A,
         Side::B => MediaLeg::B,
+    }
+}
+
+fn idx(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
     }
 }
 
@@ -74,6 +82,29 @@ impl Call {
         }
     }
 
+    /// The `encryption` of `side`'s trunk.
+    fn encryption_of(&self, side: Side) -> Encryption {
+        match side {
+            Side::A => self.inbound.encryption,
+            Side::B => self
+                .current()
+                .and_then(|a| self.ctx.config().trunk(&a.trunk).map(|t| t.encryption))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn srtp_mut(&mut self, side: Side) -> &mut SideSrtp {
+        &mut self.srtp[idx(side)]
+    }
+
+    /// The relay plan from the media plan, with each leg's SRTP keys.
+    fn plan_with_keys(&self) -> SessionPlan {
+        let mut plan = self.media.session_plan();
+        plan.a_srtp = self.srtp[0].keys().cloned();
+        plan.b_srtp = self.srtp[1].keys().cloned();
+        plan
+    }
+
     fn sdp_of(&mut self, side: Side) -> &mut Option<Vec<u8>> {
         match side {
             Side::A => &mut self.media.a_sdp,
@@ -102,7 +133,7 @@ impl Call {
 
     fn update_session(&self) {
         if let Some(s) = &self.media_session {
-            s.update(self.media.session_plan());
+            s.update(self.plan_with_keys());
         }
     }
 
@@ -111,7 +142,7 @@ impl Call {
     fn update_session_addresses(&self) {
         if let Some(s) = &self.media_session {
             let current = s.plan();
-            let mut plan = self.media.session_plan();
+            let mut plan = self.plan_with_keys();
             plan.a_to_b = current.a_to_b;
             plan.b_to_a = current.b_to_a;
             s.update(plan);
@@ -151,15 +182,22 @@ impl Call {
             .min();
         // A new gateway: what the last one said no longer holds.
         self.media.b_sdp = None;
+        self.srtp[1] = SideSrtp::default();
         let body = match &offer {
             None => Bytes::new(),
             Some(o) => {
                 let at = self.endpoint(Side::B).ok_or(MediaRefusal::Ports)?;
-                match media::offer_towards(o, at, &trunk.codecs) {
-                    Ok(r) => {
-                        self.span.record("media.translated", r.translates);
-                        self.media.a_sdp = Some(o.clone());
-                        Bytes::from(r.body)
+                let inbound = self.inbound.encryption;
+                let rewritten = media::offer_towards(o, at, &trunk.codecs).and_then(|r| {
+                    self.srtp[0].on_offer(inbound, o)?;
+                    let (proto, lines) = self.srtp[1].offer(trunk.encryption)?;
+                    Ok((keys::secured(r.body, proto, &lines)?, r.translates))
+                });
+                match rewritten {
+                    Ok((body, translates)) => {
+                        self.span.record("media.translated", translates);
+                        self.media.a_sdp = Some(keys::without_keys(o));
+                        Bytes::from(body)
                     }
                     Err(e) => {
                         tracing::debug!(parent: &self.span, error = %e, trunk = %trunk.name, "the caller's offer cannot be relayed");
@@ -189,11 +227,27 @@ impl Call {
         let Some(at) = self.endpoint(to) else {
             return Ok(None);
         };
+        let answering = !offer && self.sdp_of(to).is_some();
         let out = match (offer, self.sdp_of(to).clone()) {
             (false, Some(their_offer)) => media::answer_towards(body, &their_offer, at)?,
             _ => media::offer_towards(body, at, &self.codecs_of(to))?.body,
         };
+        // SRTP: the sender's key under its trunk's policy, the node's own towards the receiver.
+        let (from_policy, to_policy) = (self.encryption_of(from), self.encryption_of(to));
+        let (proto, lines) = if answering {
+            if let Err(e) = self.srtp_mut(from).on_answer(from_policy, body) {
+                self.crypto_refused = true;
+                tracing::warn!(parent: &self.span, error = %e, side = ?from, "an answer without the SRTP its trunk requires");
+            }
+            self.srtp_mut(to).answer()?
+        } else {
+            self.srtp_mut(from).on_offer(from_policy, body)?;
+            self.srtp_mut(to).offer(to_policy)?
+        };
+        let out = keys::secured(out, proto, &lines)?;
         let out = self.media.numbered(media_leg(to), out);
+        let body = keys::without_keys(body);
+        let body = body.as_slice();
         let changed = self.sdp_of(from).as_deref() != Some(body);
         *self.sdp_of(from) = Some(body.to_vec());
         // New media (a resume, a new address): silence counts from here.
@@ -271,6 +325,7 @@ impl Call {
         };
         let (received, age) = counts(leg);
         let (sent, _) = counts(leg.other());
+        let c = s.counters(leg);
         Some(media::LegMedia {
             local: std::net::SocketAddr::new(at.ip, at.rtp),
             remote,
@@ -278,6 +333,9 @@ impl Call {
             received,
             sent,
             last_packet_age_ms: age,
+            srtp: self.srtp[idx(side)].protection(),
+            srtp_auth_failed: c.srtp_auth_failed,
+            srtp_replayed: c.srtp_replayed,
         })
     }
 }
@@ -328,6 +386,8 @@ pub(super) fn start_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>) {
     if st.media_session.is_some() || !st.media.complete() || st.phase != Phase::Confirmed {
         return;
     }
+    // No key survives a failover (none is in the record): both legs are offered fresh ones.
+    st.srtp = Default::default();
     match rt.relay.open_now(st.media.session_plan()) {
         Ok(s) => st.media_session = Some(s),
         Err(e) => {
@@ -368,10 +428,15 @@ fn send_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, tries:
     let Some(at) = st.endpoint(side) else {
         return reanchor_failed(st, side, "no relay session");
     };
-    let body = match st
+    let policy = st.encryption_of(side);
+    let body = st
         .media
         .reanchor_offer(media_leg(side), at, &st.codecs_of(side))
-    {
+        .and_then(|b| {
+            let (proto, lines) = st.srtp_mut(side).offer(policy)?;
+            Ok(keys::secured(b, proto, &lines)?)
+        });
+    let body = match body {
         Ok(b) => b,
         Err(e) => return reanchor_failed(st, side, &e.to_string()),
     };
@@ -467,8 +532,13 @@ pub(super) fn on_reanchor_response(
         }
         match sdp_body(&env.msg) {
             Some(answer) => {
-                *st.sdp_of(r.side) = Some(answer.to_vec());
+                let policy = st.encryption_of(r.side);
+                let refused = st.srtp_mut(r.side).on_answer(policy, answer).err();
+                *st.sdp_of(r.side) = Some(keys::without_keys(answer));
                 st.update_session();
+                if let Some(e) = refused {
+                    reanchor_failed(st, r.side, &e.to_string());
+                }
             }
             None => reanchor_failed(st, r.side, "a 2xx without SDP"),
         }

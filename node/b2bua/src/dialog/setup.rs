@@ -520,6 +520,8 @@ pub(super) fn on_invite_response(
             let rseq = env.msg.rseq().and_then(|r| r.ok());
             if st.a_invite.is_some() {
                 let body = st.media_from_gateway(&env.msg);
+                // An early answer without the required SRTP: the final answer decides.
+                st.crypto_refused = false;
                 st.relay_to_a(status, &env.msg, rseq, body.as_deref());
                 if st.phase == Phase::Calling {
                     st.phase = Phase::Early;
@@ -558,6 +560,17 @@ pub(super) fn on_invite_response(
                 st.session_min_se = t.min_se.max(asked_min_se);
             }
             let body = st.media_from_gateway(&env.msg);
+            if std::mem::take(&mut st.crypto_refused) {
+                // The gateway answered without the SRTP its trunk requires: it is hung up and the
+                // caller refused, as if the offer had been (RFC 4568 §7.1.3 gives no other way).
+                st.history
+                    .push((trunk.clone(), "answer without the required SRTP".into()));
+                st.attempts[idx].abandoned = true;
+                st.ack_and_bye(idx, &env, myself);
+                st.fail_a(488, &[]);
+                st.maybe_finish(myself);
+                return;
+            }
             st.relay_to_a(status, &env.msg, None, body.as_deref());
             st.phase = Phase::Answered;
             if !st.a.transport.is_reliable() {

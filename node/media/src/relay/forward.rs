@@ -4,7 +4,9 @@
 //! in as milliseconds), no allocation.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use super::secure::LegKeys;
 use crate::pt_map::{Applied, PayloadMap};
 use crate::rtp::{self, RtcpPacket, RtpPacketMut};
 use crate::sdp::Sdp;
@@ -115,6 +117,10 @@ pub struct SessionPlan {
     pub a_to_b: PayloadMap,
     /// Payload-type routes for packets from B to A.
     pub b_to_a: PayloadMap,
+    /// Leg A's SRTP keys (`None`: plain RTP on that leg).
+    pub a_srtp: Option<Arc<LegKeys>>,
+    /// Leg B's SRTP keys.
+    pub b_srtp: Option<Arc<LegKeys>>,
 }
 
 impl SessionPlan {
@@ -122,6 +128,14 @@ impl SessionPlan {
         match leg {
             Leg::A => &self.a,
             Leg::B => &self.b,
+        }
+    }
+
+    /// A leg's SRTP keys, if it is protected.
+    pub fn srtp(&self, leg: Leg) -> Option<&Arc<LegKeys>> {
+        match leg {
+            Leg::A => self.a_srtp.as_ref(),
+            Leg::B => self.b_srtp.as_ref(),
         }
     }
 

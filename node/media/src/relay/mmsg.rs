@@ -64,8 +64,11 @@ impl Default for RecvBatch {
 
 /// One received datagram of a batch.
 pub(crate) struct Datagram<'a> {
-    /// Its bytes (writable: forwarding rewrites in place).
+    /// Its buffer, the datagram first (writable: forwarding rewrites in place, and SRTP
+    /// protection appends its tag after it).
     pub(crate) buf: &'a mut [u8],
+    /// The datagram's length in `buf`.
+    pub(crate) len: usize,
     /// Where it came from (`None`: an address family the relay does not use).
     pub(crate) src: Option<SocketAddr>,
     /// It filled the buffer: it may have been truncated.
@@ -77,7 +80,8 @@ impl RecvBatch {
     pub(crate) fn get(&mut self, i: usize) -> Datagram<'_> {
         let (len, src, truncated) = self.meta[i];
         Datagram {
-            buf: &mut self.bufs[i][..len],
+            buf: &mut self.bufs[i][..],
+            len,
             src,
             truncated,
         }

@@ -7,7 +7,9 @@
 //!     ├─ task            one per session: readable → drain in batches → Forwarder → try_send_to
 //!     │    ├─ mmsg       sockets registered for reads only; a batch of datagrams per receive
 //!     │    │             (recvmmsg); the crate's only unsafe
-//!     │    └─ forward    pure per-datagram decision: latching, RTP/RTCP demux, PT routes, counters
+//!     │    ├─ forward    pure per-datagram decision: latching, RTP/RTCP demux, PT routes, counters
+//!     │    └─ secure     per-leg SRTP contexts from the plan's keys: unprotect on the way in,
+//!     │                  protect (renumbered across source jumps) on the way out
 //!     └─ ports           port range and pair allocator (bounded, released pairs reused last)
 //! ```
 //! Packets never pass through an actor or a channel: the socket's readiness wakes the session's
@@ -21,6 +23,7 @@
 pub mod forward;
 mod mmsg;
 pub mod ports;
+pub mod secure;
 mod task;
 
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +36,7 @@ use tokio::time::Instant;
 pub use forward::{Leg, LegPlan, Port, Route, SessionPlan};
 pub use mmsg::MAX_DATAGRAM;
 pub use ports::{PortAllocator, PortError, PortPair, PortRange};
+pub use secure::LegKeys;
 
 use crate::stats::DirectionSnapshot;
 use mmsg::RelaySocket;
@@ -97,6 +101,10 @@ pub struct RelayTotals {
     pub latches: u64,
     /// Packets that could not be sent on.
     pub send_failed: u64,
+    /// SRTP/SRTCP packets that failed authentication (dropped).
+    pub srtp_auth_failed: u64,
+    /// SRTP/SRTCP packets replayed or too old (dropped).
+    pub srtp_replayed: u64,
 }
 
 impl RelayTotals {
@@ -109,6 +117,8 @@ impl RelayTotals {
         self.translated += c.translated;
         self.latches += c.latches;
         self.send_failed += c.send_failed;
+        self.srtp_auth_failed += c.srtp_auth_failed;
+        self.srtp_replayed += c.srtp_replayed;
     }
 
     fn add_session(&mut self, s: &Shared) {

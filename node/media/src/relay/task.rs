@@ -5,6 +5,10 @@
 //! Plan updates arrive on a watch channel; the task ends when the session handle is dropped or
 //! closed, and its sockets and port leases go with it.
 //!
+//! A leg with SRTP keys in the plan has its packets unprotected as they arrive (a packet that
+//! fails authentication or is replayed is dropped, counted) and protected as they leave towards
+//! it (see `secure`).
+//!
 //! Per packet: no allocation, no lock, no await between receive and send; one receive system
 //! call per batch and one send per packet.
 
@@ -21,6 +25,7 @@ use tokio::time::Instant;
 
 use super::forward::{Forwarder, Leg, Port, SessionPlan};
 use super::mmsg::{BATCH, Datagram, RecvBatch, RelaySocket};
+use super::secure::{Kind, Secure};
 
 use super::ports::PortLease;
 use crate::stats::SessionCounters;
@@ -110,6 +115,8 @@ pub(crate) async fn run(
     running: Running,
 ) {
     let mut fwd = Forwarder::new(plan.borrow_and_update().clone());
+    let mut secure = Secure::default();
+    follow_keys(&mut secure, &plan.borrow());
     // Allocated again only when the plan changes.
     let mut change = Box::pin(next_change(plan.clone()));
     loop {
@@ -142,6 +149,7 @@ pub(crate) async fn run(
             Wake::Plan(rx, true) => {
                 if plan.has_changed().unwrap_or(false) {
                     fwd.update(plan.borrow_and_update().clone());
+                    follow_keys(&mut secure, &plan.borrow());
                     publish_latched(&fwd, &shared);
                 }
                 change = Box::pin(next_change(rx));
@@ -155,6 +163,7 @@ pub(crate) async fn run(
                     legs: &legs,
                     plan: &mut plan,
                     fwd: &mut fwd,
+                    secure: &mut secure,
                     shared: &shared,
                     start,
                 };
@@ -172,6 +181,11 @@ pub(crate) async fn run(
     drop(running);
 }
 
+/// The SRTP contexts follow the plan's keys (kept while the keys stay the same).
+fn follow_keys(secure: &mut Secure, plan: &SessionPlan) {
+    secure.update([plan.srtp(Leg::A), plan.srtp(Leg::B)]);
+}
+
 fn publish_latched(fwd: &Forwarder, shared: &Shared) {
     let now = [fwd.latched(Leg::A), fwd.latched(Leg::B)];
     let mut l = shared.latched.lock().unwrap_or_else(|p| p.into_inner());
@@ -183,6 +197,7 @@ struct Ctx<'a> {
     legs: &'a [LegSockets; 2],
     plan: &'a mut watch::Receiver<SessionPlan>,
     fwd: &'a mut Forwarder,
+    secure: &'a mut Secure,
     shared: &'a Shared,
     start: Instant,
 }
@@ -236,6 +251,7 @@ impl Ctx<'_> {
         // atomic load when unchanged). A closed channel is noticed by the task's wait.
         if self.plan.has_changed().unwrap_or(false) {
             self.fwd.update(self.plan.borrow_and_update().clone());
+            follow_keys(self.secure, &self.plan.borrow());
             publish_latched(self.fwd, self.shared);
         }
         let counters = &self.shared.counters;
@@ -247,10 +263,25 @@ impl Ctx<'_> {
             from.record_malformed();
             return;
         };
+        let mut len = d.len;
+        // RTCP by its port or, multiplexed, by its packet type (in the clear in SRTP and SRTCP).
+        let kind = if port == Port::Rtcp || crate::rtp::is_rtcp(&d.buf[..len]) {
+            Kind::Rtcp
+        } else {
+            Kind::Rtp
+        };
+        // A protected leg's packets are authenticated before anything else looks at them (a
+        // forged packet neither latches nor counts as media).
+        if let Some(s) = self.secure.leg(leg.index()) {
+            match s.unprotect(kind, &mut d.buf[..len], from) {
+                Some(n) => len = n,
+                None => return,
+            }
+        }
         let before = self.fwd.latched(leg);
         let route = self
             .fwd
-            .on_datagram(leg, port, src, d.buf, counters, now_ms);
+            .on_datagram(leg, port, src, &mut d.buf[..len], counters, now_ms);
         if self.fwd.latched(leg) != before {
             publish_latched(self.fwd, self.shared);
         } else if route.is_none() && tracing::enabled!(tracing::Level::DEBUG) {
@@ -262,9 +293,19 @@ impl Ctx<'_> {
         let Some(route) = route else {
             return;
         };
+        if let Some(s) = self.secure.leg(route.leg.index()) {
+            match s.protect(kind, d.buf, len) {
+                Ok(n) => len = n,
+                Err(e) => {
+                    from.record_send_failed();
+                    tracing::debug!(error = %e, "media packet not protected");
+                    return;
+                }
+            }
+        }
         let out = self.legs[route.leg.index()].socket(route.port);
         // Non-blocking; not registered for write readiness (see `mmsg`): a full buffer drops it.
-        if let Err(e) = out.get_ref().send_to(d.buf, route.dest) {
+        if let Err(e) = out.get_ref().send_to(&d.buf[..len], route.dest) {
             from.record_send_failed();
             tracing::debug!(error = %e, dest = %route.dest, "media send");
         }

@@ -128,6 +128,13 @@ fn leg_media(m: &medpool_b2bua::media::LegMedia) -> pb::LegMedia {
         received: Some(counters(&m.received)),
         sent: Some(counters(&m.sent)),
         last_packet_age_ms: m.last_packet_age_ms,
+        srtp_suite: m
+            .srtp
+            .map(|(suite, _)| suite.name().to_owned())
+            .unwrap_or_default(),
+        srtp_mki: m.srtp.is_some_and(|(_, mki)| mki),
+        srtp_auth_failed: m.srtp_auth_failed,
+        srtp_replayed: m.srtp_replayed,
     }
 }
 

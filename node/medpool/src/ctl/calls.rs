@@ -324,7 +324,27 @@ fn media_json(m: &pb::LegMedia) -> Value {
         "received": counters_json(m.received.as_ref()),
         "sent": counters_json(m.sent.as_ref()),
         "last_packet_age_ms": m.last_packet_age_ms,
+        "srtp": (!m.srtp_suite.is_empty()).then(|| json!({
+            "suite": m.srtp_suite,
+            "mki": m.srtp_mki,
+            "auth_failed": m.srtp_auth_failed,
+            "replayed": m.srtp_replayed,
+        })),
     })
+}
+
+/// The leg's media protection for `calls show`: `RTP`, or `SRTP <suite>[ MKI]` with its drops.
+fn protection(m: &pb::LegMedia) -> String {
+    if m.srtp_suite.is_empty() {
+        return "RTP".to_owned();
+    }
+    format!(
+        "SRTP {}{} ({} auth failed, {} replayed)",
+        m.srtp_suite,
+        if m.srtp_mki { " MKI" } else { "" },
+        m.srtp_auth_failed,
+        m.srtp_replayed
+    )
 }
 
 /// `  media   local … ⇄ remote … · codec · in … · out …` for `calls show`.
@@ -334,9 +354,10 @@ fn media_line(m: &pb::LegMedia) -> String {
         format!("{} pkts {} B {} lost", c.packets, c.bytes, c.lost)
     };
     format!(
-        "  media   {} ⇄ {} · {} · in {} · out {} · last packet {}",
+        "  media   {} ⇄ {} · {} · {} · in {} · out {} · last packet {}",
         m.local,
         dash(&m.remote),
+        protection(m),
         dash(&m.codec),
         c(m.received.as_ref()),
         c(m.sent.as_ref()),
