@@ -10,6 +10,15 @@
 //!
 //! So a dialog record is written twice (log, then the next snapshot), never once per apply.
 //!
+//! Control state is durable before it is visible: the committed log id is saved without an fsync
+//! (a restart re-applies only up to the id it finds), so before a control entry (membership, nodes,
+//! the shard map, the configuration: everything but dialog records and no-ops) changes the shared
+//! state, one durable commit makes the saved committed id — which openraft wrote before it asked
+//! for the apply — survive a crash. What a node reads, reports or acts on is then never taken back by
+//! a restart (a node reported configuration version 10, was SIGKILLed before the fsync that
+//! followed the apply, and came back showing 9). Dialog records need no such fsync: the leader
+//! brings the rest.
+//!
 //! Installing a snapshot (from the leader, on a lagging node) stores it and replaces the state.
 
 use std::io;
@@ -218,6 +227,19 @@ async fn store_snapshot(
     .await
 }
 
+/// One durable (fsynced) empty commit: redb commits in order, so it makes the earlier non-durable
+/// ones — the committed log id openraft saved before this apply — survive a crash. One fsync per
+/// apply batch that holds a control entry, which is rare.
+async fn make_committed_durable(db: &Arc<Db>) -> Result<(), StoreError> {
+    blocking(db, |db| {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    })
+    .await
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
@@ -231,30 +253,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let mut control = false;
+        // Whether the committed log id openraft saved (without an fsync) before this apply is
+        // durable yet: made so before the first control entry changes the shared state.
+        let mut durable = false;
         while let Some((entry, responder)) = entries.try_next().await? {
-            control |= is_control(&entry);
+            if !durable && is_control(&entry) {
+                make_committed_durable(&self.db).await?;
+                durable = true;
+            }
             let t = tokio::time::Instant::now();
             let result = write(&self.shared).apply_entry(entry);
             crate::stats::STATS.apply.since(1, 0, t);
             if let Some(responder) = responder {
                 responder.send(result);
             }
-        }
-        if control {
-            // The log store saves the committed log id without an fsync; a restart re-applies only
-            // up to the id it finds. For dialog records that is fine (the leader brings the rest),
-            // but a node must never come back showing an older shard map, membership or
-            // configuration than it had applied (configuration versions only grow on every node).
-            // A durable commit persists the earlier non-durable ones: one fsync per control entry,
-            // which is rare.
-            blocking(&self.db, |db| {
-                let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::Immediate)?;
-                txn.commit()?;
-                Ok(())
-            })
-            .await?;
         }
         Ok(())
     }
@@ -373,6 +385,195 @@ mod tests {
         let (m, d) = read_snapshot(&sm.db).unwrap().unwrap();
         assert_eq!(m.last_log_id.unwrap().index, 5);
         assert_eq!(decode_state(&d).unwrap(), older_state);
+    }
+
+    /// A disk in memory that models a crash: what was written before the last completed
+    /// `sync_data` survives ([`CrashDisk::crash_image`]), nothing after. With `hold`, the next
+    /// sync waits until `release`.
+    #[derive(Debug, Default)]
+    struct CrashDisk {
+        inner: std::sync::Mutex<Platters>,
+        changed: std::sync::Condvar,
+    }
+
+    #[derive(Debug, Default)]
+    struct Platters {
+        written: Vec<u8>,
+        durable: Vec<u8>,
+        hold: bool,
+        /// A sync is waiting on `hold`.
+        held: bool,
+    }
+
+    impl CrashDisk {
+        fn of(image: Vec<u8>) -> Arc<CrashDisk> {
+            Arc::new(CrashDisk {
+                inner: std::sync::Mutex::new(Platters {
+                    written: image.clone(),
+                    durable: image,
+                    ..Platters::default()
+                }),
+                changed: std::sync::Condvar::new(),
+            })
+        }
+        fn platters(&self) -> std::sync::MutexGuard<'_, Platters> {
+            self.inner.lock().unwrap()
+        }
+        fn crash_image(&self) -> Vec<u8> {
+            self.platters().durable.clone()
+        }
+        fn hold(&self) {
+            self.platters().hold = true;
+        }
+        fn release(&self) {
+            self.platters().hold = false;
+            self.changed.notify_all();
+        }
+        /// Waits (up to 10 s) until a sync is held.
+        fn wait_held(&self) -> bool {
+            let guard = self.platters();
+            let (guard, _) = self
+                .changed
+                .wait_timeout_while(guard, std::time::Duration::from_secs(10), |p| !p.held)
+                .unwrap();
+            guard.held
+        }
+    }
+
+    /// redb owns its backend: this shares one disk between a database and the test.
+    #[derive(Debug)]
+    struct Drive(Arc<CrashDisk>);
+
+    fn beyond_end() -> io::Error {
+        io::Error::new(io::ErrorKind::UnexpectedEof, "beyond the end of the disk")
+    }
+
+    impl redb::StorageBackend for Drive {
+        fn len(&self) -> Result<u64, io::Error> {
+            Ok(self.0.platters().written.len() as u64)
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+            let p = self.0.platters();
+            let at = usize::try_from(offset).map_err(|_| beyond_end())?;
+            let from = p.written.get(at..at + out.len()).ok_or_else(beyond_end)?;
+            out.copy_from_slice(from);
+            Ok(())
+        }
+        fn set_len(&self, len: u64) -> Result<(), io::Error> {
+            let len = usize::try_from(len).map_err(|_| beyond_end())?;
+            self.0.platters().written.resize(len, 0);
+            Ok(())
+        }
+        fn sync_data(&self) -> Result<(), io::Error> {
+            let mut p = self.0.platters();
+            while p.hold {
+                p.held = true;
+                self.0.changed.notify_all();
+                p = self.0.changed.wait(p).unwrap();
+            }
+            p.held = false;
+            p.durable = p.written.clone();
+            Ok(())
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+            let mut p = self.0.platters();
+            let at = usize::try_from(offset).map_err(|_| beyond_end())?;
+            let to = p
+                .written
+                .get_mut(at..at + data.len())
+                .ok_or_else(beyond_end)?;
+            to.copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    /// Opens the store on a disk, as [`crate::store::open`] does on a file.
+    fn open_on(disk: &Arc<CrashDisk>) -> (crate::store::LogStore, StateMachineStore) {
+        let db = Database::builder()
+            .create_with_backend(Drive(disk.clone()))
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(crate::store::LOG).unwrap();
+        txn.open_table(crate::store::META).unwrap();
+        txn.open_table(SNAPSHOT).unwrap();
+        txn.commit().unwrap();
+        let db = Arc::new(Db {
+            db,
+            closed: tokio::sync::watch::channel(()).0,
+        });
+        let sm = StateMachineStore::load(db.clone()).unwrap();
+        (crate::store::LogStore::new(db), sm)
+    }
+
+    fn set_config(index: u64, expected_version: Option<u64>) -> Entry {
+        Entry::new_normal(
+            log_id::<TypeConfig>(1, 1, index),
+            Command::SetConfig {
+                expected_version,
+                body: b"version".to_vec(),
+            },
+        )
+    }
+
+    /// What openraft does for committed entries: saves the committed log id (no fsync), then
+    /// applies.
+    async fn commit_and_apply(
+        log: &mut crate::store::LogStore,
+        sm: &mut StateMachineStore,
+        entry: Entry,
+    ) {
+        use openraft::storage::RaftLogStorage;
+        log.save_committed(Some(entry.log_id())).await.unwrap();
+        sm.apply(futures_util::stream::iter([Ok((entry, None))]))
+            .await
+            .unwrap();
+    }
+
+    /// The committed index a node restarted on this disk image re-applies up to.
+    async fn committed_after_crash(image: Vec<u8>) -> Option<u64> {
+        use openraft::storage::RaftLogStorage;
+        let (mut log, _sm) = open_on(&CrashDisk::of(image));
+        log.read_committed().await.unwrap().map(|c| c.index)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn control_state_is_visible_only_once_a_crash_cannot_take_it_back() {
+        let disk = Arc::new(CrashDisk::default());
+        let (mut log, mut sm) = open_on(&disk);
+        let reader = sm.reader();
+        commit_and_apply(&mut log, &mut sm, set_config(1, None)).await;
+        assert_eq!(reader.read(State::config_version), Some(1));
+
+        // Configuration version 2 commits; its fsync is slow.
+        disk.hold();
+        let applying = tokio::spawn(async move {
+            commit_and_apply(&mut log, &mut sm, set_config(2, Some(1))).await;
+        });
+        assert!(
+            tokio::task::spawn_blocking({
+                let disk = disk.clone();
+                move || disk.wait_held()
+            })
+            .await
+            .unwrap(),
+            "the apply never synced the disk"
+        );
+        // A crash now would restart the node at index 1 (version 1): nothing may show version 2 yet.
+        assert_eq!(committed_after_crash(disk.crash_image()).await, Some(1));
+        assert_eq!(
+            reader.read(State::config_version),
+            Some(1),
+            "version 2 was visible before a crash could no longer take it back"
+        );
+
+        disk.release();
+        tokio::time::timeout(std::time::Duration::from_secs(10), applying)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reader.read(State::config_version), Some(2));
+        // From here a crash restarts the node at index 2: version 2 stays.
+        assert_eq!(committed_after_crash(disk.crash_image()).await, Some(2));
     }
 
     #[test]
