@@ -23,6 +23,7 @@
 //!   1  config routing translate health ingress sources cluster trace   pure: no I/O, no actors
 //!      media                  the call's media plan: SDP offer/answer rewriting, relay plans
 //!      capacity               this node's share of a gateway's pool-wide limits; gateway states
+//!      handover               calls in set-up across a planned shard move: who holds them
 //! ```
 //! Tests only: `testkit` (a node context over a channel wire, no socket) sits on top of all.
 //!
@@ -39,6 +40,7 @@ pub mod dns;
 pub mod dns_sync;
 pub mod gateway;
 pub mod gateways;
+pub mod handover;
 pub mod health;
 pub mod ingress;
 pub mod media;
