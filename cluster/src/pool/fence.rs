@@ -271,6 +271,21 @@ impl Pool {
                     .iter()
                     .flat_map(|(_, calls)| calls.iter().map(|(s, _)| *s))
                     .collect();
+                // Before the acting bits: from the first message this node handles for these
+                // shards on, it sends the lingering calls' messages to the node finishing them (a
+                // caller's retransmitted INVITE must not start a second call here).
+                if let Some(sink) = self.sink() {
+                    for (holder, calls) in reports {
+                        let n: usize = calls.iter().map(|(_, ids)| ids.len()).sum();
+                        tracing::info!(
+                            holder,
+                            shards = calls.len(),
+                            call_ids = n,
+                            "hand-over: calls in set-up finish on the previous owner"
+                        );
+                        sink.lingering_at(holder, calls);
+                    }
+                }
                 for s in &entering {
                     if let Some(b) = self.acting.get(usize::from(*s)) {
                         b.store(true, Ordering::SeqCst);
@@ -289,18 +304,6 @@ impl Pool {
                     }
                 }
                 if let Some(sink) = self.sink() {
-                    // Before `adopted`: from the first message this node handles for these shards
-                    // on, it sends the lingering calls' messages to the node finishing them.
-                    for (holder, calls) in reports {
-                        let n: usize = calls.iter().map(|(_, ids)| ids.len()).sum();
-                        tracing::info!(
-                            holder,
-                            shards = calls.len(),
-                            call_ids = n,
-                            "hand-over: calls in set-up finish on the previous owner"
-                        );
-                        sink.lingering_at(holder, calls);
-                    }
                     sink.adopted(entering);
                 }
             }

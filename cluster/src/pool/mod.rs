@@ -175,7 +175,7 @@ pub trait PoolSink: Send + Sync + 'static {
     }
     /// The previous owner `holder` of shards this node is taking over reported these calls
     /// lingering there (by shard, their Call-IDs): their messages go to it. Called before
-    /// `adopted` for those shards.
+    /// those shards enter the acting set.
     fn lingering_at(&self, holder: NodeId, calls: Vec<(u16, Vec<String>)>) {
         let _ = (holder, calls);
     }

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -118,6 +119,9 @@ impl SetUps {
 #[derive(Debug, Default)]
 pub struct Elsewhere {
     inner: Mutex<ElsewhereMaps>,
+    /// Whether any report may still be current: every message of the node checks it, without a
+    /// lock, before it looks anything up.
+    any: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +130,8 @@ struct ElsewhereMaps {
     calls: HashMap<Bytes, (u64, Instant)>,
     /// Shard → (holder, until): answers no transaction here knows go to the holder.
     shards: HashMap<u16, (u64, Instant)>,
+    /// The latest `until` of all entries.
+    last: Option<Instant>,
 }
 
 impl Elsewhere {
@@ -135,6 +141,22 @@ impl Elsewhere {
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
     }
+    /// Looks up in the maps while a report may be current; forgets them all once none is.
+    fn current<R>(&self, now: Instant, f: impl FnOnce(&ElsewhereMaps) -> Option<R>) -> Option<R> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        self.with(|m| {
+            if m.last.is_none_or(|l| l <= now) {
+                m.calls.clear();
+                m.shards.clear();
+                m.last = None;
+                self.any.store(false, Ordering::Release);
+                return None;
+            }
+            f(m)
+        })
+    }
     /// Node `holder` reports `calls` (by shard) lingering there, at `now`. Returns how many
     /// Call-IDs were taken.
     pub fn report(&self, holder: u64, calls: Vec<(u16, Vec<String>)>, now: Instant) -> usize {
@@ -143,6 +165,10 @@ impl Elsewhere {
             m.calls.retain(|_, (_, u)| *u > now);
             m.shards.retain(|_, (_, u)| *u > now);
             let mut taken = 0;
+            if !calls.is_empty() {
+                m.last = Some(until);
+                self.any.store(true, Ordering::Release);
+            }
             for (shard, ids) in calls {
                 m.shards.insert(shard, (holder, until));
                 for id in ids {
@@ -159,10 +185,7 @@ impl Elsewhere {
     /// The node holding the call with this Call-ID, if one reported it lingering (and the report
     /// is still current).
     pub fn holder_of_call(&self, call_id: &[u8], now: Instant) -> Option<u64> {
-        self.with(|m| {
-            if m.calls.is_empty() {
-                return None;
-            }
+        self.current(now, |m| {
             m.calls
                 .get(call_id)
                 .filter(|(_, u)| *u > now)
@@ -171,7 +194,7 @@ impl Elsewhere {
     }
     /// The node finishing set-ups of `shard`, if one reported some (and the report is current).
     pub fn holder_of_shard(&self, shard: u16, now: Instant) -> Option<u64> {
-        self.with(|m| {
+        self.current(now, |m| {
             m.shards
                 .get(&shard)
                 .filter(|(_, u)| *u > now)

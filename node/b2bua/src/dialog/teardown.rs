@@ -165,7 +165,12 @@ pub(super) fn hand_over_once_recorded(st: &mut Call, myself: &ActorRef<DialogMsg
 /// CANCEL to its gateways. A call answered meanwhile goes on (a lingering one hands over once
 /// confirmed; its 2xx retransmissions end it if the caller never ACKs).
 pub(super) fn on_end_set_up(st: &mut Call, myself: &ActorRef<DialogMsg>) {
-    if st.a_final_sent || st.phase == Phase::Ending {
+    // Only a call in set-up: not one answered, recorded or rebuilt here, nor one already ending.
+    if st.a_final_sent
+        || st.a_answered
+        || st.stored
+        || !matches!(st.phase, Phase::Calling | Phase::Early)
+    {
         return;
     }
     st.history.push((
