@@ -3,6 +3,14 @@
 //!   as acting while holding a lease ([`crate::audit::acting_spans`]) never overlap between nodes;
 //! - from the far side: the gateways never received a new in-dialog request whose CSeq was not above
 //!   the dialog's last one (two nodes acting for one call each send their own "next" request).
+//!
+//! Refined for calls in set-up across a planned move (ARCHITECTURE.md, "Hand-over of calls in
+//! set-up"): "acting for a shard" is the acting set, which the old owner leaves at the release, as
+//! before; after it, the old owner still finishes the calls it was setting up (for at most the
+//! linger bound), calls the new owner does not know until the old owner's last act for each — the
+//! record it hands over — and whose messages the new owner sends it. Those are per-call, not
+//! per-shard, actions, so they are not in the audit's acting intervals; the far-side check is what
+//! would see two nodes acting for one such call.
 
 use std::collections::BTreeMap;
 

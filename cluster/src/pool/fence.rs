@@ -25,6 +25,19 @@
 //!
 //! Adoptions whose previous owner is not known for certain (the first pass, a node catching up on
 //! old data or a snapshot, several moves applied at once) are fenced against every live node.
+//!
+//! # Calls in set-up cross the fence on the old owner's side
+//!
+//! The fence separates *new calls* from *calls in set-up*. The old owner's Info, read after its
+//! acting epoch, also names the calls it is still setting up for the shards it released
+//! ([`PoolInfo::lingering`]): they finish there (the B2BUA's linger bound, 32 s), and only when
+//! confirmed is their record written, as an insert-only late record. The new owner, passing the
+//! fence on that report, hands it to its node side (`lingering_at`, before `adopted`), which sends
+//! those calls' messages to the old owner, and keeps its late-record watch on those shards for
+//! [`LINGER_WINDOW`] more. So the acting set still has one node per shard: the old owner acts only
+//! for calls the new owner does not know, and the new owner knows such a call only from the record
+//! the old owner writes as its last act for it. A fence that times out reads no report: a silent
+//! old owner's calls in set-up are not waited for.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -47,8 +60,16 @@ use super::{Pool, PoolInfo};
 /// [`DIALOG_RETRY_FOR`](super::DIALOG_RETRY_FOR)).
 pub const LATE_WINDOW: Duration = Duration::from_secs(20);
 
+/// How long past a take-over the new owner of a shard keeps watching for the records of calls its
+/// previous owner reported still setting up (they finish there, for at most the B2BUA's linger
+/// bound of 32 s, then hand their record over): [`LATE_WINDOW`] counts from the end of this.
+pub const LINGER_WINDOW: Duration = Duration::from_secs(35);
+
 /// How long one Info request of the hand-over fence may take.
 const FENCE_RPC: Duration = Duration::from_millis(200);
+
+/// Calls in set-up a previous owner reported lingering, by shard (their Call-IDs).
+type Lingering = Vec<(u16, Vec<String>)>;
 
 /// What the shard watcher reads of the applied state in one pass.
 struct MapView {
@@ -72,6 +93,8 @@ struct Fence {
     from: BTreeSet<NodeId>,
     /// Those that have not yet reported `acting_epoch >= epoch`.
     waiting: BTreeSet<NodeId>,
+    /// What those that did report still set up for these shards.
+    lingering: Vec<(NodeId, Lingering)>,
 }
 
 /// What the hand-over fence did.
@@ -91,11 +114,15 @@ impl Pool {
     }
     /// Whether this node took `shard` over less than [`LATE_WINDOW`] ago: records of calls its old
     /// owner set up just before losing it (retried across a partition) may still arrive.
+    /// The take-over time of a shard whose previous owner still finishes calls in set-up is moved
+    /// [`LINGER_WINDOW`] into the future: their records may arrive until then.
     pub fn recently_taken(&self, shard: u16) -> bool {
         self.taken_at_ms
             .get(usize::from(shard))
             .map(|t| t.load(Ordering::SeqCst))
-            .is_some_and(|t| t != 0 && self.now_ms() + 1 - t < LATE_WINDOW.as_millis() as u64)
+            .is_some_and(|t| {
+                t != 0 && (self.now_ms() + 1).saturating_sub(t) < LATE_WINDOW.as_millis() as u64
+            })
     }
     /// Whether `shard` is in this node's acting set (see [`Pool::may_act`]).
     pub fn acting(&self, shard: u16) -> bool {
@@ -224,23 +251,56 @@ impl Pool {
                     since,
                     waiting: from.clone(),
                     from,
+                    lingering: Vec::new(),
                 });
             }
+            let mut reports: Vec<(NodeId, Lingering)> = Vec::new();
             if !fences.is_empty() {
-                entering.extend(self.pass_fences(&mut fences, &view.down).await);
+                let (passed, lingering) = self.pass_fences(&mut fences, &view.down).await;
+                entering.extend(passed);
+                reports = lingering;
             }
             if !entering.is_empty() {
                 entering.sort_unstable();
                 // Reported (time read) before the bits are set: the report never claims less.
                 self.audit_acting(view.epoch, Change::Add(entering.clone()));
                 let at = Instant::now();
+                // Shards whose previous owner still finishes calls in set-up: their records (and
+                // the late-record watch) may come until the linger window is over.
+                let lingering: BTreeSet<u16> = reports
+                    .iter()
+                    .flat_map(|(_, calls)| calls.iter().map(|(s, _)| *s))
+                    .collect();
+                // Before the acting bits: from the first message this node handles for these
+                // shards on, it sends the lingering calls' messages to the node finishing them (a
+                // caller's retransmitted INVITE must not start a second call here).
+                if let Some(sink) = self.sink() {
+                    for (holder, calls) in reports {
+                        let n: usize = calls.iter().map(|(_, ids)| ids.len()).sum();
+                        tracing::info!(
+                            holder,
+                            shards = calls.len(),
+                            call_ids = n,
+                            "hand-over: calls in set-up finish on the previous owner"
+                        );
+                        sink.lingering_at(holder, calls);
+                    }
+                }
                 for s in &entering {
                     if let Some(b) = self.acting.get(usize::from(*s)) {
                         b.store(true, Ordering::SeqCst);
                     }
-                    taken.insert(*s, at);
+                    let extra = if lingering.contains(s) {
+                        LINGER_WINDOW
+                    } else {
+                        Duration::ZERO
+                    };
+                    taken.insert(*s, at + extra);
                     if let Some(t) = self.taken_at_ms.get(usize::from(*s)) {
-                        t.store(self.now_ms() + 1, Ordering::SeqCst);
+                        t.store(
+                            self.now_ms() + 1 + extra.as_millis() as u64,
+                            Ordering::SeqCst,
+                        );
                     }
                 }
                 if let Some(sink) = self.sink() {
@@ -276,8 +336,14 @@ impl Pool {
     /// leader grants against its *applied* map, which can trail the commit (and our adoption) by a
     /// moment, and a deposed leader grants for up to L/2 after its last quorum acknowledgement (the
     /// same margin a new leader waits before declaring a silent node down). A node declared down
-    /// meanwhile needs no more waiting. Returns the shards whose fence is over.
-    async fn pass_fences(&self, fences: &mut Vec<Fence>, down: &BTreeSet<NodeId>) -> Vec<u16> {
+    /// meanwhile needs no more waiting. Returns the shards whose fence is over, and what the old
+    /// owners that let them pass reported still setting up for them ([`PoolInfo::lingering`],
+    /// read after their acting epoch: it names every call of the shards they released).
+    async fn pass_fences(
+        &self,
+        fences: &mut Vec<Fence>,
+        down: &BTreeSet<NodeId>,
+    ) -> (Vec<u16>, Vec<(NodeId, Lingering)>) {
         let max = self.opts.lease + self.opts.margin;
         let ask: BTreeSet<NodeId> = fences
             .iter()
@@ -285,7 +351,7 @@ impl Pool {
             .flat_map(|f| f.waiting.iter().copied())
             .filter(|n| !down.contains(n))
             .collect();
-        let replies: BTreeMap<NodeId, u64> = futures_util::future::join_all(
+        let replies: BTreeMap<NodeId, (u64, Lingering)> = futures_util::future::join_all(
             ask.into_iter()
                 .map(|n| async move { (n, self.acting_epoch_of(n).await) }),
         )
@@ -294,9 +360,32 @@ impl Pool {
         .filter_map(|(n, e)| Some((n, e?)))
         .collect();
         let mut done = Vec::new();
+        let mut reports: Vec<(NodeId, Lingering)> = Vec::new();
         fences.retain_mut(|f| {
-            f.waiting
-                .retain(|n| !down.contains(n) && replies.get(n).is_none_or(|e| *e < f.epoch));
+            let mut passed_on: Vec<NodeId> = Vec::new();
+            f.waiting.retain(|n| {
+                let released = replies.get(n).is_some_and(|(e, _)| *e >= f.epoch);
+                if released {
+                    passed_on.push(*n);
+                }
+                !down.contains(n) && !released
+            });
+            // What those that released the shards still set up for them (kept even while the
+            // fence waits for another node: their report was read after their release).
+            for n in passed_on {
+                let calls: Lingering = replies
+                    .get(&n)
+                    .map(|(_, l)| {
+                        l.iter()
+                            .filter(|(s, _)| f.shards.contains(s))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !calls.is_empty() {
+                    f.lingering.push((n, calls));
+                }
+            }
             let waited = f.since.elapsed();
             if !f.waiting.is_empty() && waited < max {
                 return true;
@@ -320,20 +409,22 @@ impl Pool {
                 "hand-over fence"
             );
             done.extend(f.shards.iter().copied());
+            reports.append(&mut f.lingering);
             false
         });
-        done
+        (done, reports)
     }
 
-    /// A node's acting epoch, from its Info (None when it does not answer in time).
-    async fn acting_epoch_of(&self, node: NodeId) -> Option<u64> {
+    /// A node's acting epoch and the calls it still sets up for shards it released, from its Info
+    /// (None when it does not answer in time).
+    async fn acting_epoch_of(&self, node: NodeId) -> Option<(u64, Lingering)> {
         let mut c = self.client_for(node)?;
         let reply = tokio::time::timeout(FENCE_RPC, c.info(InfoRequest {}))
             .await
             .ok()?
             .ok()?;
         let info: PoolInfo = serde_json::from_slice(&reply.get_ref().json).ok()?;
-        (info.node_id == node).then_some(info.acting_epoch)
+        (info.node_id == node).then_some((info.acting_epoch, info.lingering))
     }
 
     /// Reports an acting-set change (the time is read now).

@@ -46,6 +46,13 @@ pub struct PoolInfo {
     /// past any hand-over fence). Equal to its shard count once it has settled.
     #[serde(default)]
     pub acting: usize,
+    /// Calls this node is still setting up for shards it no longer acts for (their shard moved
+    /// away during their set-up: they finish here), by shard, with their Call-IDs (leg A's and
+    /// leg B's). Read after `acting_epoch`, so a hand-over fence that passes on this report sees
+    /// every call of the shards released by then. The new owner sends their messages here
+    /// (ARCHITECTURE.md, "The pool": hand-over of calls in set-up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lingering: Vec<(u16, Vec<String>)>,
 }
 
 /// One node as [`PoolInfo`] lists it. On the wire (JSON) it is the array
@@ -87,6 +94,8 @@ impl Pool {
             let unowned = s.shards().iter().filter(|e| e.owner.is_none()).count();
             (nodes, unowned, s.config_version(), s.dialog_count())
         });
+        let acting_epoch = self.acting_epoch();
+        let lingering = self.sink().map(|s| s.lingering()).unwrap_or_default();
         PoolInfo {
             node_id: self.opts.node_id,
             leader: m.current_leader,
@@ -97,7 +106,7 @@ impl Pool {
             nodes,
             unowned,
             dialogs,
-            acting_epoch: self.acting_epoch(),
+            acting_epoch,
             map_epoch: self.map_epoch(),
             acting: self
                 .reader
@@ -105,6 +114,7 @@ impl Pool {
                 .into_iter()
                 .filter(|s| self.acting(*s))
                 .count(),
+            lingering,
         }
     }
 

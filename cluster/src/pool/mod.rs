@@ -184,6 +184,17 @@ pub trait PoolSink: Send + Sync + 'static {
     /// Dialog records arrived for shards this node took over recently (the old owner's last group
     /// commit landed after the move): rebuild the calls that are not here yet.
     fn late_records(&self, shards: Vec<u16>);
+    /// The calls this node still sets up for shards it no longer acts for (by shard, their
+    /// Call-IDs): reported in [`PoolInfo::lingering`] to the new owners' hand-over fences.
+    fn lingering(&self) -> Vec<(u16, Vec<String>)> {
+        Vec::new()
+    }
+    /// The previous owner `holder` of shards this node is taking over reported these calls
+    /// lingering there (by shard, their Call-IDs): their messages go to it. Called before
+    /// those shards enter the acting set.
+    fn lingering_at(&self, holder: NodeId, calls: Vec<(u16, Vec<String>)>) {
+        let _ = (holder, calls);
+    }
 }
 
 /// Why the pool could not start.

@@ -29,6 +29,14 @@ pub trait ShardOwnership: Send + Sync + 'static {
     fn taking_over(&self, _shard: u16) -> bool {
         false
     }
+    /// Whether shards this node releases now are handed over (a planned move: a drain, a
+    /// rebalance), so that its calls in set-up may finish here: it holds its lease and is not
+    /// marked down, and the new owner's hand-over fence asks it which calls it still sets up.
+    /// False in a failover (this node was declared down, or its lease lapsed): the new owner took
+    /// the shards without asking, and those calls end here.
+    fn hands_over(&self) -> bool {
+        true
+    }
 }
 
 /// Moving SIP between nodes: a message received here for a shard another node owns goes to that owner,
@@ -45,6 +53,24 @@ pub trait Relay: Send + Sync + 'static {
         transport: &str,
         traceparent: Option<String>,
     ) -> bool;
+    /// Hands a message to `owner` as [`Relay::forward`] does, naming `via` as the node that
+    /// received it from the network (its answers leave from there): a node passing a message on
+    /// to the node still setting up its call (a shard's previous owner, see
+    /// [`crate::handover`]) keeps the receiving node's name. The default names this node.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_for(
+        &self,
+        via: u64,
+        owner: u64,
+        shard: u16,
+        message: bytes::Bytes,
+        source: std::net::SocketAddr,
+        transport: &str,
+        traceparent: Option<String>,
+    ) -> bool {
+        let _ = via;
+        self.forward(owner, shard, message, source, transport, traceparent)
+    }
     /// Asks node `via` to send `message` to `dest` from its own socket.
     fn send_via(
         &self,

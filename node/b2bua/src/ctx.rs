@@ -97,6 +97,12 @@ pub struct Stats {
     pub forged_answers: AtomicU64,
     /// Calls rebuilt from replicated records after a shard moved here.
     pub calls_restored: AtomicU64,
+    /// Calls in set-up whose shard moved away: they finished their set-up here (lingering).
+    pub setups_lingering: AtomicU64,
+    /// Of those, calls confirmed after the move whose record was handed to the new owner.
+    pub setups_handed_over: AtomicU64,
+    /// Messages of calls lingering on a shard's previous owner that this node sent on to it.
+    pub sent_to_lingering: AtomicU64,
     /// Actors (calls, gateway probers) that died without stopping cleanly (a panic): their
     /// supervisor and their state's drop gave back what they held.
     pub actors_failed: AtomicU64,
@@ -313,6 +319,12 @@ pub struct NodeCtx {
     /// The media relay runtime; `None`: signalling only (SDP passes unchanged, as with
     /// `media = "bypass"` on every trunk).
     pub media: Option<crate::media::MediaRuntime>,
+    /// Calls in set-up here, by Call-ID: they finish here even when their shard moves away
+    /// (ARCHITECTURE.md, "The pool": hand-over of calls in set-up).
+    pub set_ups: crate::handover::SetUps,
+    /// Calls the previous owner of a shard this node took over still finishes (their messages go
+    /// there).
+    pub elsewhere: crate::handover::Elsewhere,
 }
 
 impl std::fmt::Debug for NodeCtx {
@@ -637,6 +649,8 @@ impl NodeCtx {
             epoch: tokio::time::Instant::now(),
             supervisor: std::sync::OnceLock::new(),
             media: settings.media,
+            set_ups: Default::default(),
+            elsewhere: Default::default(),
         });
         (ctx, CtxQueues { core, forwarded })
     }

@@ -25,6 +25,7 @@
 //!      media                  the call's media plan: SDP offer/answer rewriting, relay plans
 //!      srtp                   SRTP per trunk (`encryption`): SDES offer/answer state, keys per leg
 //!      capacity               this node's share of a gateway's pool-wide limits; gateway states
+//!      handover               calls in set-up across a planned shard move: who holds them
 //! ```
 //! Tests only: `testkit` (a node context over a channel wire, no socket) sits on top of all.
 //!
@@ -41,6 +42,7 @@ pub mod dns;
 pub mod dns_sync;
 pub mod gateway;
 pub mod gateways;
+pub mod handover;
 pub mod health;
 pub mod ingress;
 pub mod media;

@@ -82,9 +82,19 @@ impl NodeCtx {
         n
     }
 
+    /// The calls this node is still setting up for shards it no longer acts for, by shard, with
+    /// their Call-IDs (reported to the new owners: see [`crate::handover`]).
+    pub fn lingering_set_ups(&self) -> Vec<(u16, Vec<String>)> {
+        if self.set_ups.is_empty() {
+            return Vec::new();
+        }
+        self.set_ups.lingering(|shard| !self.shards.may_act(shard))
+    }
+
     /// This node no longer owns `shard`: its answered calls stop here at once, without a word to
-    /// the peers (the new owner carries them on from their records); calls still being set up are
-    /// ended cleanly here, as nobody else knows them (see [`DialogMsg::ShardReleased`]).
+    /// the peers (the new owner carries them on from their records); calls still being set up
+    /// finish here, as nobody else knows them, and hand their record over once confirmed (see
+    /// [`DialogMsg::ShardReleased`]).
     pub fn release_shard(&self, shard: u16) -> usize {
         let calls = self.registry.calls_of(shard);
         for a in &calls {
@@ -93,6 +103,10 @@ impl NodeCtx {
         calls.len()
     }
 }
+
+/// How long before the end of its shutdown grace a stopping node ends the calls it is still
+/// setting up (at most a quarter of the grace).
+const SETUP_END_BEFORE_EXIT: Duration = Duration::from_secs(1);
 
 /// How to run a node.
 #[derive(Debug, Clone)]
@@ -354,9 +368,21 @@ impl RunningNode {
         // Forwarded new calls whose answers (from their owner) still have to leave from here are
         // waited for too: a node that exits first loses them, and the caller, hearing nothing,
         // resends its INVITE, which may then start a second call at the shard's new owner.
-        self.ctx
-            .until_nothing_to_wait_for(bye_calls, deadline)
-            .await;
+        // Calls still being set up near the end (e.g. lingering after a drain moved their shard)
+        // are ended cleanly then (503 + Retry-After, CANCEL), not cut off without a word.
+        let end_set_ups = deadline - (grace / 4).min(SETUP_END_BEFORE_EXIT);
+        if !self
+            .ctx
+            .until_nothing_to_wait_for(bye_calls, end_set_ups)
+            .await
+        {
+            for a in self.ctx.registry.call_actors() {
+                let _ = a.cast(DialogMsg::EndSetUp);
+            }
+            self.ctx
+                .until_nothing_to_wait_for(bye_calls, deadline)
+                .await;
+        }
         let _ = self.stop_tx.send(true);
         for a in self.ctx.registry.call_actors() {
             a.stop(None);
@@ -512,7 +538,37 @@ async fn feed(
         0
     };
     let me = ctx.shards.node_id();
-    let ownership = if !known || arrival.own_answer || ctx.shards.may_act(shard) {
+    let may_act = known && ctx.shards.may_act(shard);
+    // A call in set-up here is handled here whatever its shard (it lingers after a hand-over).
+    let setting_up = known
+        && !may_act
+        && inb.msg.is_request()
+        && inb
+            .msg
+            .call_id()
+            .and_then(Result::ok)
+            .is_some_and(|c| ctx.set_ups.holds(c));
+    // A call the shard's previous owner still sets up is finished there: its messages go there.
+    if may_act
+        && !arrival.own_answer
+        && let Some(holder) = lingering_holder(ctx, &inb, shard, me)
+    {
+        if ctx.relay.forward_for(
+            via.unwrap_or(me),
+            holder,
+            shard,
+            inb.msg.bytes(),
+            inb.source,
+            transport_name(&inb),
+            traceparent.clone(),
+        ) {
+            ctx.stats.sent_to_lingering.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // The holder cannot be reached (it died, and its calls in set-up with it): handled here.
+        ctx.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    let ownership = if !known || arrival.own_answer || may_act || setting_up {
         Ownership {
             may_act: true,
             owner: None,
@@ -604,6 +660,45 @@ async fn feed(
         };
         ctx.driver.on_response(key, status, env);
     }
+}
+
+/// "udp" or "tcp", as the pool's forwarding names a message's transport.
+fn transport_name(inb: &Inbound) -> &'static str {
+    if inb.transport.is_reliable() {
+        "tcp"
+    } else {
+        "udp"
+    }
+}
+
+/// The node still setting up the call `inb` belongs to, when that is the shard's previous owner
+/// (this node took the shard over while the call was in set-up there) and no call or transaction
+/// here knows the message (see [`crate::handover::route`]).
+fn lingering_holder(ctx: &NodeCtx, inb: &Inbound, shard: u16, me: u64) -> Option<u64> {
+    let call_id = inb.msg.call_id().and_then(Result::ok)?;
+    let is_request = inb.msg.is_request();
+    let facts = crate::handover::Facts {
+        is_request,
+        call_id,
+        shard,
+        known_here: false,
+        me,
+    };
+    // The table first: it is empty but in the seconds after a hand-over.
+    let crate::handover::Route::Holder(holder) =
+        crate::handover::route(&ctx.elsewhere, &facts, tokio::time::Instant::now())
+    else {
+        return None;
+    };
+    // Answers to transactions here were handled as this node's own (`own_answer`); a request of
+    // a call here (rebuilt from the record the holder handed over) stays here.
+    let known_here = is_request
+        && (ctx.registry.is_our_leg_b(call_id)
+            || inb
+                .msg
+                .from_tag()
+                .is_some_and(|tag| ctx.registry.has_call(call_id, tag)));
+    (!known_here).then_some(holder)
 }
 
 /// Hands a message to the owner of its shard; false when it cannot be delivered.

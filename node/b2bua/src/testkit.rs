@@ -106,12 +106,23 @@ impl TestNode {
 
     /// A node context with configuration `config` and the media relay `media`.
     pub(crate) async fn with(config: &str, media: Option<crate::media::MediaRuntime>) -> TestNode {
+        let pool = Arc::new(SingleNode::new(1024));
+        Self::with_pool(config, media, pool.clone(), pool).await
+    }
+
+    /// A node context whose shard ownership is `shards` (e.g. a shard that moves), keeping its
+    /// records in `pool` (which several test nodes may share, as the pool's nodes share records).
+    pub(crate) async fn with_pool(
+        config: &str,
+        media: Option<crate::media::MediaRuntime>,
+        shards: Arc<dyn crate::cluster::ShardOwnership>,
+        pool: Arc<SingleNode>,
+    ) -> TestNode {
         let (tx, sent) = mpsc::channel(1024);
         let wire = Arc::new(ChannelWire {
             tx,
             stats: FrontDoorStats::default(),
         });
-        let pool = Arc::new(SingleNode::new(1024));
         let settings = CtxSettings {
             me: Me {
                 hostport: NODE.to_owned(),
@@ -134,7 +145,7 @@ impl TestNode {
             settings,
             wire,
             config,
-            pool.clone(),
+            shards,
             pool.clone(),
             Arc::new(NoRelay),
         );

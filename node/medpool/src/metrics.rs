@@ -98,6 +98,24 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
+            "medpool_setups_lingering",
+            "Calls in set-up whose shard moved away in a planned move: they finished here",
+            &one(s.setups_lingering.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_setups_handed_over",
+            "Calls set up here after their shard moved away, whose record went to the new owner",
+            &one(s.setups_handed_over.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "medpool_sent_to_lingering",
+            "Messages sent on to the previous owner of a shard, which still sets their call up",
+            &one(s.sent_to_lingering.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
             "medpool_refused_sources",
             "Requests from addresses that are no configured trunk",
             &one(s.refused_sources.load(Relaxed)),

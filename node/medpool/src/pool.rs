@@ -43,6 +43,15 @@ impl ShardOwnership for PoolAdapter {
         // with a lapsed lease they still refuse (503), so a node cut off does not silently drop.
         self.pool.owner(shard) == Some(self.pool.node_id()) && !self.pool.acting(shard)
     }
+    fn hands_over(&self) -> bool {
+        let me = self.pool.node_id();
+        self.pool.holds_lease()
+            && self.pool.state().read(|s| {
+                s.nodes()
+                    .get(&me)
+                    .is_some_and(|n| n.state != medpool_cluster::state::NodeState::Down)
+            })
+    }
 }
 
 impl DialogStore for PoolAdapter {
@@ -82,6 +91,26 @@ impl Relay for PoolAdapter {
         transport: &str,
         traceparent: Option<String>,
     ) -> bool {
+        self.forward_for(
+            self.pool.node_id(),
+            owner,
+            shard,
+            message,
+            source,
+            transport,
+            traceparent,
+        )
+    }
+    fn forward_for(
+        &self,
+        via: u64,
+        owner: u64,
+        shard: u16,
+        message: Bytes,
+        source: SocketAddr,
+        transport: &str,
+        traceparent: Option<String>,
+    ) -> bool {
         self.pool.forward(
             owner,
             SipForward {
@@ -89,7 +118,7 @@ impl Relay for PoolAdapter {
                 peer: source.to_string(),
                 transport: transport.to_owned(),
                 shard: u32::from(shard),
-                via_node: self.pool.node_id(),
+                via_node: via,
                 traceparent: traceparent.unwrap_or_default(),
                 send: false,
             },
@@ -181,6 +210,18 @@ impl PoolSink for NodeSink {
                 );
             }
         });
+    }
+    fn lingering(&self) -> Vec<(u16, Vec<String>)> {
+        let Some(node) = self.node.get() else {
+            return Vec::new();
+        };
+        node.lingering_set_ups()
+    }
+    fn lingering_at(&self, holder: u64, calls: Vec<(u16, Vec<String>)>) {
+        if let Some(node) = self.node.get() {
+            node.elsewhere
+                .report(holder, calls, tokio::time::Instant::now());
+        }
     }
     fn released(&self, shards: Vec<u16>) {
         let Some(node) = self.node.get() else { return };

@@ -85,6 +85,7 @@ impl Actor for DialogActor {
                 CallEvent::Ack { side, env } => relay::on_ack(st, me, side, env),
             },
             DialogMsg::ShardReleased => teardown::on_shard_released(st, me),
+            DialogMsg::EndSetUp => teardown::on_end_set_up(st, me),
             DialogMsg::StoreRecord => record::on_store_record(st),
             DialogMsg::RecordCheck { left } => record::on_record_check(st, me, left),
             DialogMsg::FastFailover { attempt } => setup::on_fast_failover(st, me, attempt),
@@ -112,6 +113,7 @@ impl Actor for DialogActor {
             DialogMsg::PanicForTest => panic!("a panic planted by a test"),
         }
         record::retry_store_later(st, me);
+        teardown::hand_over_once_recorded(st, me);
         Ok(())
     }
 }

@@ -169,6 +169,10 @@ pub struct Call {
     /// The call stops here because its shard moved to a live node: its relay session outlives it
     /// by [`crate::media::MEDIA_HANDOVER`].
     pub(super) media_handover: bool,
+    /// Its shard moved away while the call was being set up: it finishes here (at most
+    /// [`crate::handover::SETUP_LINGER`]), writes its record once confirmed and then stops, the
+    /// new owner carrying it on (see `teardown::on_shard_released`).
+    pub(super) lingering: bool,
 }
 
 /// A re-INVITE moving one leg's media onto this node (media failover).
@@ -374,6 +378,7 @@ impl Call {
             reanchor_acks: Vec::new(),
             reanchor_failed: false,
             media_handover: false,
+            lingering: false,
         }
     }
 

@@ -36,6 +36,8 @@ mod actor;
 mod body;
 mod call;
 mod forks;
+#[cfg(test)]
+mod handover_tests;
 pub mod leg;
 mod media;
 #[cfg(test)]

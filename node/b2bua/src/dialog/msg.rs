@@ -22,9 +22,13 @@ pub enum DialogMsg {
     /// A transaction event of the call (from the transaction layer).
     Tx(CallEvent),
     /// The call's shard moved to another node. A call written down (answered) goes on there: this
-    /// actor stops without a word. A call still being set up is known nowhere else: it is ended
-    /// here (503 + Retry-After to the caller, CANCEL to the gateway), never left half-open.
+    /// actor stops without a word. A call still being set up is known nowhere else: it lingers,
+    /// finishing its set-up here (for at most [`crate::handover::SETUP_LINGER`]), and once
+    /// confirmed writes its record and stops, the new owner carrying it on.
     ShardReleased,
+    /// A call still being set up is ended (503 + Retry-After to the caller, CANCEL to the
+    /// gateway): its linger bound passed, or its node is about to stop. Any other call ignores it.
+    EndSetUp,
     /// Time to try writing the call's record again (this node could not write it when the call was
     /// answered: its lease had lapsed, or the write queue was full).
     StoreRecord,

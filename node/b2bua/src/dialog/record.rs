@@ -36,6 +36,7 @@ impl Call {
     pub(super) fn mark_stored(&mut self) {
         if !self.stored {
             self.stored = true;
+            self.ctx.set_ups.end(self.actor.pid());
             self.ctx
                 .unrecorded_calls
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);

@@ -41,7 +41,11 @@ impl Call {
                     // Written down as soon as the caller has its 2xx, not at its ACK: a shard that
                     // moves in between (a drain) must not lose a call the caller considers up. The
                     // new owner carries it on as confirmed (the ACK is then absorbed there).
+                    // A lingering call (its shard moved during its set-up) writes it at the
+                    // caller's ACK instead, and then hands over: it is not moved again, and the
+                    // new owner must not carry it on before this node has relayed that ACK.
                     if !self.stored
+                        && !self.lingering
                         && let Some(rec) = self.record()
                         && self.ctx.store.store(rec)
                     {
@@ -154,6 +158,7 @@ impl Call {
             let call_id = att.leg.call_id.clone();
             self.attempts.push(att);
             self.ctx.registry.add_leg_b(&call_id, myself.get_derived());
+            self.ctx.set_ups.leg(self.actor.pid(), call_id.clone());
             self.ctx
                 .registry
                 .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
@@ -680,6 +685,10 @@ pub(super) fn new_call(args: DialogArgs, myself: &ActorRef<DialogMsg>) -> Call {
         shard,
         myself.get_derived(),
     );
+    // In set-up until written down or ended (`mark_stored`, `release`): its messages reach it
+    // here even if its shard moves away meanwhile.
+    ctx.set_ups
+        .begin(myself.get_id().pid(), shard, call_id.clone());
     let local_tag = ids::new_tag(shard);
     let to = msg.header(HeaderName::To).unwrap_or_default();
     let mut local_uri = to.to_vec();

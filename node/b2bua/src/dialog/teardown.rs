@@ -90,10 +90,7 @@ pub(super) fn on_shard_released(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         tracing::debug!(parent: &st.span, "shard moved while the call ends: it ends here");
     } else if st.stored {
         tracing::debug!(parent: &st.span, "shard moved: the call goes on at its new owner");
-        // Its media keeps flowing through here until the new owner has moved it (make before
-        // break; the new owner re-INVITEs both peers onto its own relay).
-        st.media_handover = st.relaying();
-        myself.stop(Some("shard moved".into()));
+        hand_over(st, myself);
     } else if st.a_answered {
         // Answered while this node could not write the record (a frozen node waking up
         // after its lease lapsed): the new owner cannot know the call, so it ends here.
@@ -115,17 +112,83 @@ pub(super) fn on_shard_released(st: &mut Call, myself: &ActorRef<DialogMsg>) {
             }
         }
         st.bye_all(myself, None);
+    } else if st.lingering {
+        // Released again (its shard came back and moved away again): it goes on lingering.
+    } else if !st.ctx.shards.hands_over() {
+        // A failover, not a planned move (this node was declared down, or its lease lapsed): the
+        // new owner took the shard without asking this node, so nothing would send the call's
+        // messages here. Still being set up, nobody else knows the call: it ends here, cleanly.
+        on_end_set_up(st, myself);
     } else {
+        // Still being set up: nobody else knows the call. It lingers here — its messages still
+        // reach it (the node handles a call in set-up whatever its shard; the new owner sends it
+        // what it receives for it) — until it is confirmed, then hands its record over.
+        tracing::debug!(parent: &st.span, "shard moved during set-up: the set-up finishes here");
         st.history
-            .push(("pool".into(), "shard moved during set-up".into()));
-        st.fail_a(503, &[(HeaderName::RetryAfter, b"1")]);
-        for i in 0..st.attempts.len() {
-            st.attempts[i].abandoned = true;
-            st.cancel_attempt(i, myself);
-        }
-        st.phase = Phase::Ending;
-        st.maybe_finish(myself);
+            .push(("pool".into(), "shard moved during set-up: lingers".into()));
+        st.lingering = true;
+        st.ctx
+            .stats
+            .setups_lingering
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        drop(myself.send_after(crate::handover::SETUP_LINGER, || DialogMsg::EndSetUp));
     }
+}
+
+/// The call stops here without a word: its record is written, and the shard's new owner carries
+/// it on. Its media keeps flowing through here until the new owner has moved it (make before
+/// break; the new owner re-INVITEs both peers onto its own relay).
+fn hand_over(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+    st.media_handover = st.relaying();
+    myself.stop(Some("shard moved".into()));
+}
+
+/// A lingering call (its shard moved during its set-up) that is now confirmed and written down
+/// stops here: its record reaches the new owner, which rebuilds it (late records). Before its
+/// caller's ACK it stays, so that the ACK reaches the gateway and the call is not left with an
+/// unacknowledged 2xx.
+pub(super) fn hand_over_once_recorded(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+    if st.lingering && st.stored && st.phase == Phase::Confirmed && !st.released {
+        st.lingering = false;
+        tracing::debug!(parent: &st.span, "set up after its shard moved: handed over to the new owner");
+        st.history
+            .push(("pool".into(), "handed over after set-up".into()));
+        st.ctx
+            .stats
+            .setups_handed_over
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        hand_over(st, myself);
+    }
+}
+
+/// End a call still being set up (see [`DialogMsg::EndSetUp`]): 503 + Retry-After to the caller,
+/// CANCEL to its gateways. A call answered meanwhile goes on (a lingering one hands over once
+/// confirmed; its 2xx retransmissions end it if the caller never ACKs).
+pub(super) fn on_end_set_up(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+    // Only a call in set-up: not one answered, recorded or rebuilt here, nor one already ending.
+    if st.a_final_sent
+        || st.a_answered
+        || st.stored
+        || !matches!(st.phase, Phase::Calling | Phase::Early)
+    {
+        return;
+    }
+    st.history.push((
+        "pool".into(),
+        if st.lingering {
+            "shard moved during set-up: linger bound passed"
+        } else {
+            "set-up ended by the node (shard moved away or node stopping)"
+        }
+        .into(),
+    ));
+    st.fail_a(503, &[(HeaderName::RetryAfter, b"1")]);
+    for i in 0..st.attempts.len() {
+        st.attempts[i].abandoned = true;
+        st.cancel_attempt(i, myself);
+    }
+    st.phase = Phase::Ending;
+    st.maybe_finish(myself);
 }
 
 /// Hang the call up (admin or shutdown): BYE both confirmed legs, or end the set-up with 480.
@@ -166,6 +229,7 @@ impl Call {
         if let Some(g) = self.gateway_active.take() {
             self.ctx.gateways.release(&g);
         }
+        self.ctx.set_ups.end(self.actor.pid());
         if self.stored && self.ended {
             self.ctx
                 .store
