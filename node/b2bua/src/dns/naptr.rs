@@ -1,8 +1,8 @@
 //! RFC 3263 §4.1 transport selection, pure: which SRV names to ask for a trunk's host name, from
 //! its NAPTR records or, without usable ones, from the transports we support.
 //!
-//! Only `SIP+D2U` (UDP) and `SIP+D2T` (TCP) are used: `SIPS+D2T` needs TLS, which trunks cannot use
-//! yet, and records for other services are skipped. A NAPTR record must have the `s` flag (its
+//! `SIP+D2U` (UDP), `SIP+D2T` (TCP) and `SIPS+D2T` (TLS) are used; records for other services are
+//! skipped. A NAPTR record must have the `s` flag (its
 //! replacement is an SRV name); others are skipped too.
 
 use crate::config::Transport;
@@ -93,6 +93,7 @@ mod tests {
         assert_eq!(
             srv_names(&records, None),
             [
+                ("_sips._tcp.example.net.".to_owned(), Transport::Tls),
                 ("_sip._tcp.example.net.".to_owned(), Transport::Tcp),
                 ("_sip._udp.example.net.".to_owned(), Transport::Udp),
             ]
@@ -102,7 +103,11 @@ mod tests {
             [("_sip._udp.example.net.".to_owned(), Transport::Udp)],
             "a trunk that fixes its transport uses only that one"
         );
-        assert!(srv_names(&records[2..], None).is_empty());
+        assert_eq!(
+            srv_names(&records[2..], Some(Transport::Tls)),
+            [("_sips._tcp.example.net.".to_owned(), Transport::Tls)]
+        );
+        assert!(srv_names(&records[3..], None).is_empty());
     }
 
     #[test]
