@@ -498,19 +498,22 @@ async fn feed(
     port: Option<u16>,
 ) {
     let config = ctx.config();
+    // Through a trusted L7 forwarder, the port a message reached is the forwarder's choice.
+    let direct = via.is_none() && !ctx.trusted_forwarders.contains(&inb.source.ip());
     if via.is_none() {
         inb.source = real_source(&inb.msg, inb.source, &ctx.trusted_forwarders);
     }
     // Peers are checked by the node that received the message; forwarded messages were checked there.
     // A trunk with a port of its own starts things (new calls, OPTIONS, ...) only on that port:
-    // elsewhere its new requests are a stranger's. What belongs to a dialog or a transaction
-    // already known is taken on any port (it names its call).
+    // elsewhere its new requests (sent to the node directly) are a stranger's. What belongs to a
+    // dialog or a transaction already known is taken on any port (it names its call).
     let known = via.is_some()
         || ctx
             .dns
             .trunk_for_source(&config, inb.source.ip(), inb.source.port())
             .is_some_and(|t| {
-                !medpool_sip::transport::starts_something_new(&inb.msg)
+                !direct
+                    || !medpool_sip::transport::starts_something_new(&inb.msg)
                     || ctx.me.bound(t.local_port) == port
             });
     if !known && inb.msg.is_request() {

@@ -8,10 +8,11 @@
 //! - an OPTIONS from gw1 to its port is gw1's (200); the same to the main port is a stranger's
 //!   (403: the standard pool refuses unknown sources);
 //! - a trunk port that is the main listener's is refused at start, naming `trunk[1].local_port`;
-//! - in a 2-node pool, the call's node is SIGKILLed: the node that takes the call over ends it
-//!   towards gw1 from its own 5071, with its own address in Via.
+//! - in a 3-node pool, the node of a call it refreshes (RFC 4028, the gateway made it the refresher)
+//!   is SIGKILLed: the node that takes the call over refreshes it from its own IP at port 5071,
+//!   with that address in Via and Contact.
 //!
-//! Test number (loopback block 127.0.n.x): 160. The node is .1 (and .2 in the pool), gw1 .21.
+//! Test number (loopback block 127.0.n.x): 160. The node is .1 (.1 to .3 in the pool), gw1 .21.
 //! The tests share the addresses: they run one at a time.
 #![allow(
     clippy::unwrap_used,
@@ -30,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use admin_common::TestPool;
 use common::{MedpoolNode, PoolSpec, TestDir, caller, gw_ip, node_ip, wait_until};
 
 const N: u8 = 160;
@@ -122,7 +124,8 @@ fn uri_hostport(value: &str) -> SocketAddr {
 }
 
 /// The gateway: a raw UDP socket that answers OPTIONS 200, answers an INVITE 100 then 200 (SDP,
-/// Contact = itself), answers a BYE 200, and keeps every datagram with its source.
+/// Contact = itself, `answer_extra` header lines), answers a BYE or an UPDATE 200, and keeps
+/// every datagram with its source.
 struct RawGateway {
     sock: UdpSocket,
     addr: SocketAddr,
@@ -156,7 +159,7 @@ fn response(req: &str, status: &str, tag: bool, extra: &str, body: &str) -> Stri
 }
 
 impl RawGateway {
-    fn bind(addr: &str) -> RawGateway {
+    fn bind(addr: &str, answer_extra: &'static str) -> RawGateway {
         let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("cannot bind {addr}: {e}"));
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
@@ -175,7 +178,7 @@ impl RawGateway {
                     };
                     let text = String::from_utf8_lossy(&buf[..len]).into_owned();
                     let msg = Got { from, text };
-                    let contact = format!("Contact: <sip:gw@{addr}>\r\n");
+                    let contact = format!("Contact: <sip:gw@{addr}>\r\n{answer_extra}");
                     let sdp = format!(
                         "v=0\r\no=gw 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
                          m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
@@ -190,6 +193,8 @@ impl RawGateway {
                         ]
                     } else if msg.is_request("BYE") {
                         vec![response(&msg.text, "200 OK", false, "", "")]
+                    } else if msg.is_request("UPDATE") {
+                        vec![response(&msg.text, "200 OK", false, answer_extra, "")]
                     } else {
                         Vec::new()
                     };
@@ -309,7 +314,7 @@ fn a_call_to_a_trunk_with_its_own_port_is_sent_from_it_and_reached_through_it() 
     let _serial = serial();
     common::require_sipp();
     let dir = TestDir::new("trunk-local-call");
-    let gw = RawGateway::bind(&format!("{}:5060", gw_ip(N, 1)));
+    let gw = RawGateway::bind(&format!("{}:5060", gw_ip(N, 1)), "");
     let node = MedpoolNode::start(&dir, N, &config());
     let trunk_port: SocketAddr = format!("{}:{GW_PORT}", node_ip(N)).parse().unwrap();
     let main_port: SocketAddr = node.addr().parse().unwrap();
@@ -385,5 +390,49 @@ fn a_trunk_port_that_is_the_main_listeners_is_refused_naming_the_field() {
     assert!(
         stderr.contains("trunk[1].local_port: 5060"),
         "the error names the field: {stderr}"
+    );
+}
+
+#[test]
+fn after_the_calls_node_is_killed_the_new_owner_speaks_to_the_trunk_from_its_port() {
+    let _serial = serial();
+    common::require_sipp();
+    let toml = config().replace("name = \"gw1\"\n", "name = \"gw1\"\nsession_expires = 90\n");
+    // The gateway agrees to 8 s sessions refreshed by the node (the UAC of leg B): an UPDATE
+    // every 4 s, from whichever node has the call.
+    let gw = RawGateway::bind(
+        &format!("{}:5060", gw_ip(N, 1)),
+        "Session-Expires: 8;refresher=uac\r\nRequire: timer\r\n",
+    );
+    let mut pool = TestPool::start("trunk-local-failover", N, 3, &toml, None);
+    let _pbx = caller("caller", N, 5070, "uac_call.xml")
+        .hold_ms(120_000)
+        .spawn(&pool.dir);
+    let invite = gw.wait_for("INVITE", Duration::from_secs(20), |g| {
+        g.is_request("INVITE")
+    });
+    let owner_ip = invite.from.ip().to_string();
+    let owner = (1..=3u64)
+        .find(|id| pool.ip(*id) == owner_ip)
+        .unwrap_or_else(|| panic!("the INVITE came from {}, no node of the pool", invite.from));
+    let port_of = |id: u64| -> SocketAddr { format!("127.0.{N}.{id}:{GW_PORT}").parse().unwrap() };
+    assert_from_port(&invite, port_of(owner), true);
+    let first = gw.wait_for("UPDATE", Duration::from_secs(15), |g| {
+        g.is_request("UPDATE")
+    });
+    assert_from_port(&first, port_of(owner), true);
+
+    pool.node_mut(owner).kill();
+    let later = gw.wait_for("UPDATE from another node", Duration::from_secs(30), |g| {
+        g.is_request("UPDATE") && g.from.ip() != invite.from.ip()
+    });
+    let new_owner = (1..=3u64)
+        .find(|id| pool.ip(*id) == later.from.ip().to_string())
+        .unwrap_or_else(|| panic!("the refresh came from {}, no node of the pool", later.from));
+    assert_ne!(new_owner, owner);
+    assert_from_port(&later, port_of(new_owner), true);
+    assert!(
+        gw.all().iter().all(|g| !g.is_request("BYE")),
+        "the call is still up"
     );
 }

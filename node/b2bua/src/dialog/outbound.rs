@@ -338,6 +338,62 @@ mod tests {
     }
 
     #[test]
+    fn a_trunk_with_its_own_port_gets_it_in_via_contact_and_the_leg() {
+        let config = PoolConfig::from_toml_str(CONFIG, "test.toml").unwrap();
+        let mut gw1 = config.trunk("gw1").unwrap().clone();
+        gw1.local_port = Some(5071);
+        let port_me = Me {
+            hostport: "127.0.9.100:5071".into(),
+            local: "127.0.9.100:5071".into(),
+            ..Default::default()
+        };
+        let node = Me {
+            trunk_ports: std::sync::Arc::new([(5071, port_me)].into_iter().collect()),
+            ..me()
+        };
+        let caller = SipMessage::parse(crate::testkit::invite("o-1")).unwrap();
+        let out = outbound_invite(
+            &node,
+            &caller,
+            &gw1,
+            &gw1,
+            "+15550100",
+            "",
+            ids(),
+            None,
+            None,
+        )
+        .unwrap();
+        let inv = SipMessage::parse(out.bytes.clone()).unwrap();
+        let via = inv.top_via().unwrap().unwrap();
+        assert_eq!((via.host, via.port), (&b"127.0.9.100"[..], Some(5071)));
+        let contact = inv.contacts().next().unwrap().unwrap();
+        assert_eq!(contact.uri, b"sip:127.0.9.100:5071");
+        assert_eq!(
+            out.leg.local_port,
+            Some(5071),
+            "kept on the leg (and its record)"
+        );
+        // A port this node did not bind (added by a reload): the main listener.
+        gw1.local_port = Some(5099);
+        let out = outbound_invite(
+            &node,
+            &caller,
+            &gw1,
+            &gw1,
+            "+15550100",
+            "",
+            ids(),
+            None,
+            None,
+        )
+        .unwrap();
+        let inv = SipMessage::parse(out.bytes).unwrap();
+        assert_eq!(inv.top_via().unwrap().unwrap().port, Some(5060));
+        assert_eq!(out.leg.local_port, None);
+    }
+
+    #[test]
     fn the_leg_b_invite_carries_the_numbers_the_trunk_wants_and_the_callers_offer() {
         let config = PoolConfig::from_toml_str(CONFIG, "test.toml").unwrap();
         let gw1 = config.trunk("gw1").unwrap();

@@ -14,8 +14,8 @@
 //!
 //! Test numbers in use: calls.rs 11-22, failover.rs 31-34, rfc4475_udp.rs 41, flood.rs,
 //! sipvicious.rs, session_timers.rs, forking.rs and rfc_relay.rs 152, tcp_door.rs and
-//! gateway_limits.rs 153, real_ua.rs 154, media.rs 156, dns.rs and internal_tls.rs 151 (addresses of
-//! their own, see each file), admin.rs 201-203 and ctl.rs 211 (3-node pools:
+//! gateway_limits.rs 153, real_ua.rs 154, media.rs 156, trunk_local.rs 160, dns.rs and internal_tls.rs 151
+//! (addresses of their own, see each file), admin.rs 201-203 and ctl.rs 211 (3-node pools:
 //! admin_common/mod.rs).
 //!
 //! Every process a test starts is owned by a guard whose `Drop` stops it by PID and waits for it,
