@@ -122,6 +122,7 @@ expect = {  # what each value set must give
     "existing-secret-tls": dict(tls=True, prefix="medpool-node-tls", certs=False, netpol=True),
     "cert-manager": dict(tls=True, prefix=f"{full}-internal-tls", certs=True, netpol=True),
     "insecure-internal": dict(tls=False, netpol=False),
+    "sip-tls": dict(tls=True, netpol=True, trunkPorts=[5071, 5072]),
 }.get(name, {})
 
 # --- internal TLS
@@ -250,6 +251,31 @@ if "MEDPOOL_MEDIA_PORTS" in env:
 else:
     print(f"chart-test: [{name}] media relay off")
 
+# --- SIP over TLS and the trunks' own ports: env, container ports and the SIP Service agree
+svc = [d for d in docs if d["kind"] == "Service" and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "sip"]
+svc_ports = {(p["port"], p.get("protocol", "TCP")) for d in svc for p in d["spec"]["ports"]}
+declared = {(p["containerPort"], p.get("protocol", "TCP")) for p in c["ports"]}
+if "MEDPOOL_SIP_TLS_LISTEN" in env:
+    tls_port = int(val("MEDPOOL_SIP_TLS_LISTEN").rsplit(":", 1)[1])
+    for k in ("MEDPOOL_SIP_TLS_CERT", "MEDPOOL_SIP_TLS_KEY", "MEDPOOL_SIP_TLS_CA"):
+        path = val(k)
+        owner = [m for m in mounts.items() if path.startswith(m[1] + "/")]
+        if len(owner) != 1 or "secret" not in vols[owner[0][0]]:
+            fail(f"SIP TLS: {k}={path} is not in a Secret's volume")
+    if (tls_port, "TCP") not in declared or (svc and (tls_port, "TCP") not in svc_ports):
+        fail(f"SIP TLS port {tls_port} missing from the container {sorted(declared)} or the Service {sorted(svc_ports)}")
+    print(f"chart-test: [{name}] SIP over TLS on {tls_port} <- Secret {vols[owner[0][0]]['secret']['secretName']}")
+elif any(p["name"] == "sip-tls" for p in c["ports"]):
+    fail("a sip-tls port without MEDPOOL_SIP_TLS_LISTEN")
+trunk = sorted({p["containerPort"] for p in c["ports"] if p["name"].startswith("trunk-")})
+for port in trunk:
+    for proto in ("UDP", "TCP"):
+        if (port, proto) not in declared or (svc and (port, proto) not in svc_ports):
+            fail(f"trunk port {port}/{proto} missing from the container or the SIP Service")
+if "trunkPorts" in expect and expect["trunkPorts"] != trunk:
+    fail(f"trunk ports {trunk}, expected {expect['trunkPorts']}")
+print(f"chart-test: [{name}] trunk ports: {trunk or 'none'}")
+
 # --- admin tokens: the admin token always; the viewer token from the same Secret when enabled
 tok = env["MEDPOOL_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
 if "MEDPOOL_ADMIN_VIEWER_TOKEN" in env:
@@ -344,4 +370,8 @@ refuse 'media.ports' --set media.ports=lots
 refuse 'media.ports (30000-20000): LOW must not be above HIGH' --set media.ports=30000-20000
 refuse 'must not hold the pod' --set media.ports=5000-6000
 refuse 'media.advertise' --set media.advertise=the-pod
+refuse 'sip.tls.enabled needs sip.tls.existingSecret' --set sip.tls.enabled=true
+refuse 'sip.trunkPorts: 5060 is already the pod' --set 'sip.trunkPorts[0]=5060'
+refuse 'lies in media.ports' --set media.enabled=true --set 'sip.trunkPorts[0]=20000'
+refuse 'sip.trunkPorts' --set 'sip.trunkPorts[0]=70000'
 say "all chart checks passed (${#sets[@]} value sets: ${sets[*]}; Kubernetes ${K8S_VERSIONS[*]})"

@@ -161,6 +161,25 @@ Checks that cannot be expressed in values.schema.json. They fail the render with
 {{- if and .Values.pdb.enabled (gt (int .Values.pdb.maxUnavailable) (div (sub (int .Values.voters) 1) 2)) }}
 {{- fail (printf "pdb.maxUnavailable (%d) exceeds what %d voters survive (%d): a voluntary disruption could take the pool's quorum" (int .Values.pdb.maxUnavailable) (int .Values.voters) (div (sub (int .Values.voters) 1) 2)) }}
 {{- end }}
+{{- if and .Values.sip.tls.enabled (not .Values.sip.tls.existingSecret) }}
+{{- fail "sip.tls.enabled needs sip.tls.existingSecret (a Secret with tls.crt, tls.key and optionally ca.crt)" }}
+{{- end }}
+{{- $sipPorts := list (int .Values.sip.port) }}
+{{- if .Values.sip.tls.enabled }}{{- $sipPorts = append $sipPorts (int .Values.sip.tls.port) }}{{- end }}
+{{- range .Values.sip.trunkPorts }}
+{{- if has (int .) $sipPorts }}
+{{- fail (printf "sip.trunkPorts: %d is already the pod's SIP port (a trunk's local_port needs a port of its own)" (int .)) }}
+{{- end }}
+{{- if has (int .) (list (int $.Values.internal.port) (int $.Values.admin.port) (int $.Values.metrics.port)) }}
+{{- fail (printf "sip.trunkPorts: %d is already one of the pod's ports" (int .)) }}
+{{- end }}
+{{- if $.Values.media.enabled }}
+{{- $m := splitList " " (include "medpool.mediaPorts" $) }}
+{{- if and (ge (int .) (index $m 0 | int)) (le (int .) (index $m 1 | int)) }}
+{{- fail (printf "sip.trunkPorts: %d lies in media.ports (%s)" (int .) $.Values.media.ports) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if .Values.media.enabled }}
 {{- $m := splitList " " (include "medpool.mediaPorts" .) }}
 {{- if gt (index $m 0 | int) (index $m 1 | int) }}
