@@ -162,7 +162,7 @@ Checks that cannot be expressed in values.schema.json. They fail the render with
 {{- fail (printf "pdb.maxUnavailable (%d) exceeds what %d voters survive (%d): a voluntary disruption could take the pool's quorum" (int .Values.pdb.maxUnavailable) (int .Values.voters) (div (sub (int .Values.voters) 1) 2)) }}
 {{- end }}
 {{- if and .Values.sip.tls.enabled (not .Values.sip.tls.existingSecret) }}
-{{- fail "sip.tls.enabled needs sip.tls.existingSecret (a Secret with tls.crt, tls.key and optionally ca.crt)" }}
+{{- fail "sip.tls.enabled needs sip.tls.existingSecret (a Secret with tls.crt, tls.key and ca.crt)" }}
 {{- end }}
 {{- $sipPorts := list (int .Values.sip.port) }}
 {{- if .Values.sip.tls.enabled }}{{- $sipPorts = append $sipPorts (int .Values.sip.tls.port) }}{{- end }}
