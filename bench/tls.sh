@@ -254,7 +254,7 @@ sweep() {  # sweep <mode>
 main() {
     mkdir -p "$WORK" "$RESULTS_DIR"
     ensure_tls_tools
-    ensure_medpool
+    case " $TARGETS " in *" medpool "*) ensure_medpool;; esac
     make_certs
     ulimit -n 65536 2>/dev/null || true
     : > "$RESULTS"; : > "$SUMMARY"
