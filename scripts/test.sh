@@ -14,6 +14,8 @@ command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq
 command -v svmap >/dev/null 2>&1 || need+=(sipvicious)
 # Real SIP user agents (node/medpool/tests/real_ua.rs): baresip and linphone's daemon.
 command -v baresip >/dev/null 2>&1 || need+=(baresip)
+# node/sip/tests/tls_door.rs: a TLS 1.1 client (openssl s_client -tls1_1) must be refused.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v linphone-daemon >/dev/null 2>&1 || need+=(linphone-cli)
 # The chaos suite's network faults (a namespace of its own, iptables inside it) need root; without
 # root it reports those scenarios NOT RUN.

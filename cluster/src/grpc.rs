@@ -27,6 +27,7 @@ use crate::error::{NotAppended, WriteError};
 use crate::network::{
     MAX_MESSAGE, MAX_SMALL, MAX_SNAPSHOT, SnapshotAssembly, SnapshotRefused, decode, encode,
 };
+use crate::stats::{Rpc, STATS};
 use crate::store::Raft;
 use crate::tls::cert_names_node;
 use crate::typ::{NodeId, Snapshot, TypeConfig};
@@ -178,12 +179,14 @@ impl Cluster for ClusterService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        STATS.rpc(Rpc::AppendEntries, false);
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.get_ref().data).map_err(bad)?;
         self.must_be(&req, rpc.vote.leader_id().node_id)?;
         payload(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        STATS.rpc(Rpc::Vote, false);
         small("vote", &req)?;
         let rpc: VoteRequest<TypeConfig> = decode(&req.get_ref().data).map_err(bad)?;
         self.must_be(&req, rpc.vote.leader_id().node_id)?;
@@ -194,6 +197,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        STATS.rpc(Rpc::Other, false);
         small("transfer-leader", &req)?;
         let rpc: TransferLeaderRequest<TypeConfig> = decode(&req.get_ref().data).map_err(bad)?;
         self.must_be(&req, rpc.from_leader().leader_id().node_id)?;
@@ -209,6 +213,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        STATS.rpc(Rpc::InstallSnapshot, false);
         // Only a member reads on; which member is known from the first chunk's header.
         let cert = self.cert(&req)?;
         let mut chunks = req.into_inner();
@@ -242,6 +247,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<WriteReply>, Status> {
+        STATS.rpc(Rpc::ClientWrite, false);
         cap("write", req.get_ref().data.len(), MAX_WRITE)?;
         let cert = self.cert(&req)?;
         let cmd: Command = decode(&req.get_ref().data).map_err(bad)?;
@@ -254,6 +260,7 @@ impl Cluster for ClusterService {
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        STATS.rpc(Rpc::Other, false);
         let r = req.get_ref();
         for f in [&r.raft_addr, &r.sip_addr, &r.admin_addr] {
             cap("join address", f.len(), MAX_FIELD)?;
@@ -263,16 +270,21 @@ impl Cluster for ClusterService {
     }
 
     async fn forward(&self, req: Request<SipForward>) -> Result<Response<ForwardAck>, Status> {
+        STATS.rpc(Rpc::Forward, false);
         let m = req.get_ref();
         cap("forwarded SIP message", m.message.len(), MAX_SIP_FORWARD)?;
         for f in [&m.peer, &m.transport, &m.traceparent] {
             cap("forward field", f.len(), MAX_FIELD)?;
         }
         self.must_be(&req, m.via_node)?;
+        STATS
+            .forward_in
+            .record(1, m.message.len() as u64, std::time::Duration::ZERO);
         Ok(Response::new(self.hooks.forward(req.into_inner()).await))
     }
 
     async fn info(&self, req: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
+        STATS.rpc(Rpc::Other, false);
         // Any member (with TLS, the handshake already asked for a certificate of the pool CA).
         self.cert(&req)?;
         Ok(Response::new(InfoReply {
@@ -281,6 +293,7 @@ impl Cluster for ClusterService {
     }
 
     async fn lease(&self, req: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {
+        STATS.rpc(Rpc::Lease, false);
         self.must_be(&req, req.get_ref().node_id)?;
         Ok(Response::new(self.hooks.lease(req.into_inner()).await))
     }

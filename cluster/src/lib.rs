@@ -38,6 +38,7 @@
 //!  ─────────────────────────────────────────────────────────────────────────────────────────
 //!   ids.rs         NodeId, NodeAddrs, NodeState, ShardId         leaves: import nothing of
 //!   b64.rs         opaque bytes in serde (base64 text in JSON)   this crate
+//!   stats.rs       per-stage counters (append, fsync, apply, codec, replicate, forward, RPCs)
 //! ```
 //!
 //! A module imports only from rows below its own (never from its row or above).
@@ -71,6 +72,7 @@ pub mod network;
 pub mod pool;
 pub mod rebalance;
 pub mod state;
+pub mod stats;
 pub mod store;
 pub mod tls;
 pub mod typ;

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::stats::{self, STATS};
 use crate::tls::{Expect, InternalTls, node_name};
 use crate::typ::{
     NodeAddrs, NodeId, RaftError, RpcError, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
@@ -49,12 +50,18 @@ pub const MAX_SNAPSHOT: usize = 1024 * 1024 * 1024;
 
 /// Encodes an openraft value for the wire.
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(v)
+    let t = tokio::time::Instant::now();
+    let out = serde_json::to_vec(v)?;
+    STATS.encode.since(1, out.len() as u64, t);
+    Ok(out)
 }
 
 /// Decodes an openraft value from the wire.
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, serde_json::Error> {
-    serde_json::from_slice(b)
+    let t = tokio::time::Instant::now();
+    let v = serde_json::from_slice(b)?;
+    STATS.decode.since(1, b.len() as u64, t);
+    Ok(v)
 }
 
 /// The first chunk's header of a snapshot on the wire: the vote of the sender and what it covers.
@@ -384,6 +391,14 @@ impl GrpcConnection {
             encode(req).map_err(|e| RpcError::Network(NetworkError::from_string(e.to_string())))?;
         let target = self.target;
         let client = self.client()?;
+        STATS.rpc(
+            match which {
+                Rpc::Append => stats::Rpc::AppendEntries,
+                Rpc::Vote => stats::Rpc::Vote,
+                Rpc::TransferLeader => stats::Rpc::Other,
+            },
+            true,
+        );
         let fut = async {
             match which {
                 Rpc::Append => client.append_entries(RaftPayload { data }).await,
@@ -428,7 +443,11 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
-        self.call(&rpc, option.hard_ttl(), Rpc::Append).await
+        let started = tokio::time::Instant::now();
+        let entries = rpc.entries.len() as u64;
+        let r = self.call(&rpc, option.hard_ttl(), Rpc::Append).await;
+        STATS.replicate.since(entries, 0, started);
+        r
     }
 
     async fn vote(
@@ -461,6 +480,7 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         let chunks = snapshot_chunks(vote, snapshot.meta, snapshot.snapshot, SNAPSHOT_CHUNK)
             .map_err(|e| network(e.to_string()))?;
         let client = self.client().map_err(StreamingError::Unreachable)?;
+        STATS.rpc(stats::Rpc::InstallSnapshot, true);
         let fut = client.install_snapshot(futures_util::stream::iter(chunks));
         let reply = match tokio::time::timeout(ttl, fut).await {
             Err(_) => {

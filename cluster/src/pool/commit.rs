@@ -153,6 +153,11 @@ impl Pool {
             loop {
                 match self.write(command.clone()).await {
                     Ok(_) => {
+                        crate::stats::STATS.dialog_commit.record(
+                            n as u64,
+                            bytes as u64,
+                            first.elapsed(),
+                        );
                         st.batches.fetch_add(1, Relaxed);
                         st.records.fetch_add(n as u64, Relaxed);
                         st.bytes.fetch_add(bytes as u64, Relaxed);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use medpool_proto::cluster::SipForward;
 use tokio::sync::mpsc;
 
+use crate::stats::{Rpc, STATS};
 use crate::typ::NodeId;
 
 use super::Pool;
@@ -29,10 +30,13 @@ impl Pool {
                 let (tx, mut rx) = mpsc::channel::<SipForward>(4096);
                 tokio::spawn(async move {
                     while let Some(msg) = rx.recv().await {
-                        if tokio::time::timeout(Duration::from_secs(1), c.forward(msg))
-                            .await
-                            .is_err()
-                        {
+                        let started = tokio::time::Instant::now();
+                        let bytes = msg.message.len() as u64;
+                        STATS.rpc(Rpc::Forward, true);
+                        let sent =
+                            tokio::time::timeout(Duration::from_secs(1), c.forward(msg)).await;
+                        STATS.forward_out.since(1, bytes, started);
+                        if sent.is_err() {
                             tracing::debug!(node, "forward timed out");
                         }
                     }

@@ -17,11 +17,13 @@ use openraft::{OptionalSend, RaftLogReader};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 use super::{
     Db, DbClosed, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG, META, StoreError, blocking,
     decode, encode,
 };
+use crate::stats::STATS;
 use crate::typ::{Entry, LogId, TypeConfig, Vote};
 
 /// The log store. Cheap to clone: clones share the database (openraft's log readers are clones).
@@ -187,10 +189,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = Instant::now();
         let encoded = entries
             .into_iter()
             .map(|e| Ok((e.index(), encode("log entry", &e)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let count = encoded.len() as u64;
+        let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
         // Written and fsynced before returning: the entries are readable at return, as openraft
         // requires, and persisted when the callback runs.
         blocking(&self.db, move |db| {
@@ -202,10 +207,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     table.insert(*index, bytes.as_slice())?;
                 }
             }
+            let t = Instant::now();
             txn.commit()?;
+            STATS.fsync.since(1, 0, t);
             Ok(())
         })
         .await?;
+        STATS.log_append.since(count, bytes, started);
         callback.io_completed(Ok(()));
         Ok(())
     }

@@ -207,12 +207,18 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     what: &'static str,
     value: &T,
 ) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|source| StoreError::Encode { what, source })
+    let t = tokio::time::Instant::now();
+    let out = serde_json::to_vec(value).map_err(|source| StoreError::Encode { what, source })?;
+    crate::stats::STATS.encode.since(1, out.len() as u64, t);
+    Ok(out)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what, source })
+    let t = tokio::time::Instant::now();
+    let v = serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what, source })?;
+    crate::stats::STATS.decode.since(1, bytes.len() as u64, t);
+    Ok(v)
 }

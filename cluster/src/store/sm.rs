@@ -234,7 +234,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut control = false;
         while let Some((entry, responder)) = entries.try_next().await? {
             control |= is_control(&entry);
+            let t = tokio::time::Instant::now();
             let result = write(&self.shared).apply_entry(entry);
+            crate::stats::STATS.apply.since(1, 0, t);
             if let Some(responder) = responder {
                 responder.send(result);
             }
@@ -269,8 +271,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
+        let started = tokio::time::Instant::now();
+        let bytes = snapshot.len() as u64;
         let state = decode_state(&snapshot)?;
         store_snapshot(&self.db, meta, snapshot, false).await?;
+        crate::stats::STATS
+            .snapshot_install
+            .since(1, bytes, started);
         let mut applied = write(&self.shared);
         applied.state = state;
         applied.last_applied = meta.last_log_id;
@@ -297,6 +304,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let started = tokio::time::Instant::now();
         let (state, meta) = {
             let applied = read(&self.shared);
             (
@@ -311,6 +319,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(StoreError::from)??;
         store_snapshot(&self.db, &meta, data.clone(), true).await?;
+        crate::stats::STATS
+            .snapshot_build
+            .since(1, data.len() as u64, started);
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built a snapshot");
         Ok(Snapshot {
             meta,

@@ -130,7 +130,7 @@ pub struct LegRecord {
     pub route_set: Vec<String>,
     /// Peer address `ip:port`.
     pub peer: String,
-    /// "udp" or "tcp".
+    /// "udp", "tcp" or "tls".
     pub transport: String,
     /// The highest CSeq we sent on this leg.
     pub local_cseq: u32,
@@ -138,6 +138,10 @@ pub struct LegRecord {
     pub local_uri: String,
     /// The To header value we send on this leg (with the peer's tag).
     pub remote_uri: String,
+    /// The trunk port (`trunk.local_port`) the leg is reached on and sent from; `None` (and in
+    /// records written before it existed): the node's main listener.
+    #[serde(default)]
+    pub local_port: Option<u16>,
 }
 
 /// Where confirmed dialogs are written (replicated, in a pool) and removed when they end.

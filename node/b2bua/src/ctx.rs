@@ -144,23 +144,46 @@ impl Histogram {
 }
 
 /// Our identity on the wire: the address in Via and Contact.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Me {
     /// `host:port` for Via sent-by and Contact.
     pub hostport: String,
     /// This node's own `host:port` (its SIP listen address): node-local traffic such as gateway
     /// probes puts it in Via, so the answers come back to this node and not to the pool address.
     pub local: String,
+    /// Our identity on each trunk port this node has bound (`trunk.local_port`), by port.
+    pub trunk_ports: Arc<std::collections::BTreeMap<u16, Me>>,
+    /// `host:port` for Via and Contact over TLS (the advertised host at the TLS listen port);
+    /// `None` when the node has no TLS listener (then `hostport`).
+    pub tls_hostport: Option<String>,
 }
 
 impl Me {
+    /// Our identity towards a trunk whose `local_port` is `port`: that port's when this node has
+    /// bound it, else the main listener's.
+    pub fn on(&self, port: Option<u16>) -> &Me {
+        port.and_then(|p| self.trunk_ports.get(&p)).unwrap_or(self)
+    }
+    /// The trunk port the node really uses for `port`: `None` (the main listener) when it is not
+    /// bound (a `local_port` added by a reload waits for a restart).
+    pub fn bound(&self, port: Option<u16>) -> Option<u16> {
+        port.filter(|p| self.trunk_ports.contains_key(p))
+    }
     /// A Via value with a new branch.
     pub fn via(&self, transport: Transport, branch: &str) -> String {
         format!(
             "SIP/2.0/{} {};branch={branch};rport",
             transport.as_str(),
-            self.hostport
+            self.hostport_for(transport)
         )
+    }
+
+    /// The `host:port` peers reach us on over `transport`.
+    pub fn hostport_for(&self, transport: Transport) -> &str {
+        match (transport, &self.tls_hostport) {
+            (Transport::Tls, Some(h)) => h,
+            _ => &self.hostport,
+        }
     }
     /// A Via value naming this node itself (not the pool address).
     pub fn local_via(&self, transport: Transport, branch: &str) -> String {
@@ -173,9 +196,17 @@ impl Me {
 
     /// Our Contact value.
     pub fn contact(&self, transport: Transport) -> String {
+        self.contact_for(transport, false)
+    }
+
+    /// Our Contact value on a leg whose request was (`sips`) a `sips:` URI: then `sips:` (RFC 3261
+    /// §26.2, RFC 5630 §3.1.3), else `sip:` with the transport named.
+    pub fn contact_for(&self, transport: Transport, sips: bool) -> String {
         match transport {
             Transport::Udp => format!("<sip:{}>", self.hostport),
             Transport::Tcp => format!("<sip:{};transport=tcp>", self.hostport),
+            Transport::Tls if sips => format!("<sips:{}>", self.hostport_for(transport)),
+            Transport::Tls => format!("<sip:{};transport=tls>", self.hostport_for(transport)),
         }
     }
 }

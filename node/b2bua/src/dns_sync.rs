@@ -32,11 +32,11 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut stop: watch::Receiver<bool>) {
 
 async fn sync(ctx: &Arc<NodeCtx>, probers: &mut BTreeMap<String, Arc<GatewayHandle>>) {
     ctx.refresh_sources();
-    if let Some(tcp) = ctx.transports.tcp() {
+    {
         let config = ctx.config();
         let mut ips = crate::sources::listed_ips(&config.trunks, &ctx.trusted_forwarders);
         ips.extend(ctx.dns.ips());
-        tcp.set_listed_ips(ips);
+        ctx.transports.set_listed_ips(ips);
     }
     let targets = ctx.dns.probe_targets();
     let mut current = BTreeMap::new();

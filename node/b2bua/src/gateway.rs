@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use medpool_sip::message::builder::MessageBuilder;
 use medpool_sip::transaction::ClientKey;
-use medpool_sip::transport::Transport;
 use medpool_sip::{HeaderName, Method, ids};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
@@ -168,10 +167,7 @@ impl Actor for GatewayActor {
                 let Some(ip) = st.trunk.address.ip() else {
                     return Ok(());
                 };
-                let transport = match st.trunk.transport {
-                    crate::config::Transport::Udp => Transport::Udp,
-                    crate::config::Transport::Tcp => Transport::Tcp,
-                };
+                let transport = crate::config::sip_transport(st.trunk.transport);
                 let peer = std::net::SocketAddr::new(ip, st.trunk.port);
                 let host = match ip {
                     std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", st.trunk.port),
@@ -179,7 +175,8 @@ impl Actor for GatewayActor {
                 };
                 st.seq += 1;
                 st.cseq += 1;
-                let me = &st.ctx.me;
+                // From the trunk's own port when it has one (M:N trunking).
+                let me = st.ctx.me.on(st.trunk.local_port);
                 let branch = ids::new_branch(0);
                 let mut b = MessageBuilder::request_method(
                     Method::Options,

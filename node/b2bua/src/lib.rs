@@ -19,6 +19,7 @@
 //!                             registered and starts a dead gateway prober again (→ gateway)
 //!   3  ctx  gateways          NodeCtx (what the actors share); the gateway table
 //!      dns                    trunks named by DNS: lookups (RFC 3263), their cache, targets
+//!      trunk_ports            ports bound for trunks (`local_port`), the wire sending from them
 //!   2  txlayer                transaction events: Envelope, Registry, SipIo, Wire (no actor type)
 //!   1  config routing translate health ingress sources cluster trace   pure: no I/O, no actors
 //!      media                  the call's media plan: SDP offer/answer rewriting, relay plans
@@ -50,4 +51,5 @@ pub mod supervisor;
 pub(crate) mod testkit;
 pub mod trace;
 pub mod translate;
+pub mod trunk_ports;
 pub mod txlayer;

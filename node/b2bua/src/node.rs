@@ -30,16 +30,34 @@ impl NodeCtx {
     pub async fn apply_config(self: &Arc<Self>, config: PoolConfig) {
         let old = self.config();
         let trunks = config.trunks.clone();
-        if let Some(tcp) = self.transports.tcp() {
-            let mut ips = crate::sources::listed_ips(&trunks, &self.trusted_forwarders);
-            ips.extend(self.dns.ips());
-            tcp.set_listed_ips(ips);
+        let mut ips = crate::sources::listed_ips(&trunks, &self.trusted_forwarders);
+        ips.extend(self.dns.ips());
+        self.transports.set_listed_ips(ips);
+        for t in &trunks {
+            if let Some(port) = t.local_port
+                && self.me.bound(Some(port)).is_none()
+            {
+                tracing::warn!(
+                    trunk = %t.name,
+                    port,
+                    "the trunk's local_port is bound at start only: until this node restarts, \
+                     the trunk is reached on and sent to from the main SIP listener"
+                );
+            }
         }
+        self.apply_tls(&config);
         self.set_config(config);
         // After the configuration is in place: the DNS sync that follows reads it.
         self.dns.reconcile(&self.config());
         if let Err(e) = gateway::reconcile(self, &old.trunks, &trunks).await {
             tracing::error!(error = %e, "cannot start a gateway actor for the new configuration");
+        }
+    }
+
+    /// Hands the TLS trunks' verification rules to the TLS door (see [`crate::sources::tls_view`]).
+    fn apply_tls(&self, config: &PoolConfig) {
+        if let Some(side) = self.transports.tls().and_then(|p| p.tls()) {
+            crate::sources::tls_view(config, side.material().files().ca.as_deref()).apply(side);
         }
     }
 
@@ -149,6 +167,19 @@ pub enum NodeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A trunk's `local_port` clashes with the node's own ports.
+    #[error(transparent)]
+    TrunkPort(#[from] crate::trunk_ports::PortClash),
+    /// A trunk's `local_port` could not be bound.
+    #[error("{field}: cannot listen for SIP on {addr}: {source}")]
+    TrunkPortBind {
+        /// The configuration field (`trunk[i].local_port`).
+        field: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// An actor could not be spawned.
     #[error("cannot start an actor: {0}")]
     Spawn(String),
@@ -190,16 +221,72 @@ pub async fn start(
             &config.trunks,
             &opts.trusted_forwarders,
         ));
+    if let Some(side) = running.transports.tls().and_then(|p| p.tls()) {
+        crate::sources::tls_view(&config, side.material().files().ca.as_deref()).apply(side);
+    }
     let sip_addr = running.transports.udp_local();
     let hostport = opts
         .advertise
         .clone()
         .unwrap_or_else(|| sip_addr.to_string());
+    // The trunks' own ports (`local_port`), each bound as the main listener is (UDP and TCP).
+    let media_ports = opts.media.as_ref().map(|m| (m.ports.low(), m.ports.high()));
+    let trunk_ports = crate::trunk_ports::plan(&config, sip_addr, media_ports)?;
+    let (trunk_tx, trunk_rx) = mpsc::channel(opts.sip.queue.max(1));
+    let mut tasks = running.tasks;
+    let mut port_transports = std::collections::BTreeMap::new();
+    for p in &trunk_ports {
+        let sip = TransportConfig {
+            listen: p.bind,
+            ..opts.sip.clone()
+        };
+        let extra = transport::start(sip, stop_rx.clone())
+            .await
+            .map_err(|source| NodeError::TrunkPortBind {
+                field: format!("trunk[{}].local_port", p.index),
+                addr: p.bind,
+                source,
+            })?;
+        extra
+            .transports
+            .tcp()
+            .set_listed_ips(crate::sources::listed_ips(
+                &config.trunks,
+                &opts.trusted_forwarders,
+            ));
+        tasks.extend(extra.tasks);
+        tasks.push(tokio::spawn(tag_arrivals(
+            p.port,
+            extra.inbound,
+            trunk_tx.clone(),
+            stop_rx.clone(),
+        )));
+        tracing::info!(trunk = %p.trunk, addr = %p.bind, "trunk port bound");
+        port_transports.insert(p.port, extra.transports);
+    }
+    drop(trunk_tx);
+    let tls_hostport = running.transports.tls_local().map(|tls| {
+        let host = hostport
+            .rsplit_once(':')
+            .map_or(hostport.as_str(), |(h, _)| h);
+        format!("{host}:{}", tls.port())
+    });
+    let main_me = Me {
+        hostport,
+        local: sip_addr.to_string(),
+        tls_hostport,
+        ..Me::default()
+    };
+    let me = Me {
+        trunk_ports: Arc::new(crate::trunk_ports::identities(&main_me, &trunk_ports)),
+        ..main_me
+    };
+    let wire = Arc::new(crate::trunk_ports::TrunkWire::new(
+        running.transports.clone(),
+        port_transports.clone(),
+    ));
     let settings = CtxSettings {
-        me: Me {
-            hostport,
-            local: sip_addr.to_string(),
-        },
+        me,
         timers: opts.timers,
         max_transactions: opts.max_transactions,
         queue: opts.sip.queue,
@@ -214,14 +301,8 @@ pub async fn start(
             }),
         )),
     };
-    let (ctx, queues) = NodeCtx::new(
-        settings,
-        Arc::new(running.transports.clone()),
-        config.clone(),
-        shards,
-        store,
-        relay,
-    );
+    let (ctx, queues) = NodeCtx::new(settings, wire.clone(), config.clone(), shards, store, relay);
+    wire.attach(&ctx);
     let supervisor = crate::supervisor::start(&ctx)
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
@@ -229,7 +310,6 @@ pub async fn start(
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     ctx.dns.reconcile(&config);
-    let mut tasks = running.tasks;
     tasks.push(tokio::spawn(crate::dns_sync::run(
         ctx.clone(),
         stop_rx.clone(),
@@ -238,6 +318,10 @@ pub async fn start(
         ctx.clone(),
         running.transports,
         running.inbound,
+        Arrivals {
+            rx: trunk_rx,
+            transports: port_transports,
+        },
         queues.forwarded,
         queues.core,
         stop_rx,
@@ -285,10 +369,37 @@ impl RunningNode {
     }
 }
 
+/// Hands what a trunk port received to the dispatcher, with the port, until the node stops.
+async fn tag_arrivals(
+    port: u16,
+    mut inbound: mpsc::Receiver<Inbound>,
+    to: mpsc::Sender<(u16, Inbound)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            m = inbound.recv() => match m {
+                // A full dispatcher queue holds this port's queue, whose listener then answers
+                // 503 or drops, as the main listener's does.
+                Some(inb) => if to.send((port, inb)).await.is_err() { return },
+                None => return,
+            },
+        }
+    }
+}
+
+/// What the trunk ports received (tagged with the port), and their transports.
+struct Arrivals {
+    rx: mpsc::Receiver<(u16, Inbound)>,
+    transports: std::collections::BTreeMap<u16, Transports>,
+}
+
 async fn dispatch(
     ctx: Arc<NodeCtx>,
     transports: Transports,
     mut inbound: mpsc::Receiver<Inbound>,
+    mut arrivals: Arrivals,
     mut forwarded: mpsc::Receiver<Forwarded>,
     mut core_rx: mpsc::Receiver<CoreEvent>,
     mut stop: watch::Receiver<bool>,
@@ -299,15 +410,22 @@ async fn dispatch(
             _ = stop.changed() => break,
             Some(ev) = core_rx.recv() => handle_core(&ctx, ev).await,
             Some(f) = forwarded.recv() => {
-                feed(&ctx, &transports, f.inbound, Some(f.via), f.traceparent).await;
+                feed(&ctx, &transports, f.inbound, Some(f.via), f.traceparent, None).await;
                 while let Ok(ev) = core_rx.try_recv() {
                     handle_core(&ctx, ev).await;
                 }
             }
             Some(inb) = inbound.recv() => {
-                feed(&ctx, &transports, inb, None, None).await;
+                feed(&ctx, &transports, inb, None, None, None).await;
                 // Requests the transaction layer just passed up are handled before the next message, so
                 // a CANCEL never overtakes the INVITE it cancels.
+                while let Ok(ev) = core_rx.try_recv() {
+                    handle_core(&ctx, ev).await;
+                }
+            }
+            Some((port, inb)) = arrivals.rx.recv() => {
+                let on = arrivals.transports.get(&port).unwrap_or(&transports);
+                feed(&ctx, on, inb, None, None, Some(port)).await;
                 while let Ok(ev) = core_rx.try_recv() {
                     handle_core(&ctx, ev).await;
                 }
@@ -334,12 +452,8 @@ async fn answer(
                 via,
                 traceparent: None,
             };
-            let t = if inb.transport.is_reliable() {
-                "tcp"
-            } else {
-                "udp"
-            };
-            ctx.relay.send_via(node, bytes, env.reply_peer(), t);
+            ctx.relay
+                .send_via(node, bytes, env.reply_peer(), inb.transport.as_lower());
         }
         None => {
             let _ = transports.send_response(inb, bytes).await;
@@ -347,23 +461,32 @@ async fn answer(
     }
 }
 
+/// Takes one message received on the main listener (`port` `None`) or a trunk port, or forwarded
+/// by another node of the pool (`via`), `transports` being those it arrived on.
 async fn feed(
     ctx: &Arc<NodeCtx>,
     transports: &Transports,
     mut inb: Inbound,
     via: Option<u64>,
     traceparent: Option<String>,
+    port: Option<u16>,
 ) {
     let config = ctx.config();
     if via.is_none() {
         inb.source = real_source(&inb.msg, inb.source, &ctx.trusted_forwarders);
     }
     // Peers are checked by the node that received the message; forwarded messages were checked there.
+    // A trunk with a port of its own starts things (new calls, OPTIONS, ...) only on that port:
+    // elsewhere its new requests are a stranger's. What belongs to a dialog or a transaction
+    // already known is taken on any port (it names its call).
     let known = via.is_some()
         || ctx
             .dns
             .trunk_for_source(&config, inb.source.ip(), inb.source.port())
-            .is_some();
+            .is_some_and(|t| {
+                !medpool_sip::transport::starts_something_new(&inb.msg)
+                    || ctx.me.bound(t.local_port) == port
+            });
     if !known && inb.msg.is_request() {
         ctx.stats.refused_sources.fetch_add(1, Ordering::Relaxed);
     }
@@ -485,11 +608,7 @@ async fn feed(
 
 /// Hands a message to the owner of its shard; false when it cannot be delivered.
 fn forward(ctx: &NodeCtx, inb: &Inbound, shard: u16, owner: u64) -> bool {
-    let t = if inb.transport.is_reliable() {
-        "tcp"
-    } else {
-        "udp"
-    };
+    let t = inb.transport.as_lower();
     // A short span on the receiving node; the owner's spans continue its trace.
     let span = tracing::info_span!(
         "sip.forward",

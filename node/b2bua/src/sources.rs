@@ -3,8 +3,16 @@
 //! with the trunk's `rate`/`burst` as the budget of new requests per source address; trusted
 //! forwarders pass without a budget; everyone else gets `[node] unknown_source`. The transports
 //! read it on the receive path ([`medpool_sip::transport::gate`]); this module only builds it.
+//!
+//! A trunk that requires a client certificate (mutual TLS, [`crate::config::TrunkTls`]) is no
+//! known source by address: its IP is served only over TLS, and only when the connection's
+//! certificate meets the trunk's rule ([`client_rules`]; checked by the TLS door). Its requests
+//! over UDP or TCP are from an unknown source.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use medpool_sip::transport::tls::{ClientRule, TlsPeer};
 
 use medpool_sip::transport::gate::{Budget, SourcePolicy, UnknownPolicy};
 
@@ -20,6 +28,9 @@ pub fn source_policy(config: &PoolConfig, trusted_forwarders: &[IpAddr]) -> Sour
         let Some(ip) = t.address.ip() else {
             continue;
         };
+        if t.tls.requires_client_cert() {
+            continue;
+        }
         let budget = Budget {
             rate: t.rate,
             burst: t.burst,
@@ -48,6 +59,84 @@ pub(crate) fn listed_ips(
         .filter_map(|t| t.address.ip())
         .chain(forwarders.iter().copied())
         .collect()
+}
+
+/// How the TLS door treats the trunks that speak TLS: (destination → how its server certificate
+/// is verified) for the trunks written with an IP literal, (IP → trunk name) as the label of
+/// handshakes, and (IP → client-certificate rule) for those that require one. A rule whose CA file
+/// cannot be read now is left out and logged: that trunk's address is then not served at all
+/// (it is in no source policy either), failing closed.
+pub fn tls_view(config: &PoolConfig, default_ca: Option<&std::path::Path>) -> TlsView {
+    let mut view = TlsView::default();
+    for t in &config.trunks {
+        if t.transport != crate::config::Transport::Tls {
+            continue;
+        }
+        let Some(ip) = t.address.ip() else {
+            continue;
+        };
+        let name = t.tls.name.clone().unwrap_or_else(|| ip.to_string());
+        match medpool_sip::transport::tls::ServerName::try_from(name) {
+            Ok(name) => view.peers.push((
+                SocketAddr::new(ip, t.port),
+                TlsPeer {
+                    name,
+                    ca: t.tls.ca.as_ref().map(std::path::PathBuf::from),
+                    label: t.name.clone(),
+                },
+            )),
+            Err(e) => tracing::error!(trunk = %t.name, error = %e, "tls_name is no usable name"),
+        }
+        view.labels.push((ip, t.name.clone()));
+        if !t.tls.requires_client_cert() {
+            continue;
+        }
+        let ca = t
+            .tls
+            .client_ca
+            .as_ref()
+            .or(t.tls.ca.as_ref())
+            .map(std::path::PathBuf::from)
+            .or_else(|| default_ca.map(std::path::Path::to_path_buf));
+        let Some(ca) = ca else {
+            tracing::error!(trunk = %t.name, "no CA for its client certificates (tls_client_ca, tls_ca or --sip-tls-ca): nobody is served as this trunk");
+            view.rules.push((ip, None));
+            continue;
+        };
+        match ClientRule::new(ca, t.tls.client_names.clone()) {
+            Ok(r) => view.rules.push((ip, Some(Arc::new(r)))),
+            Err(e) => {
+                tracing::error!(trunk = %t.name, error = %e, "its client CA cannot be used: nobody is served as this trunk");
+                view.rules.push((ip, None));
+            }
+        }
+    }
+    view
+}
+
+/// What [`tls_view`] finds.
+#[derive(Debug, Default)]
+pub struct TlsView {
+    /// How each TLS trunk's server certificate is verified, by its address.
+    pub peers: Vec<(SocketAddr, TlsPeer)>,
+    /// Trunk names by IP, the labels of handshakes.
+    pub labels: Vec<(IpAddr, String)>,
+    /// Client-certificate rules by IP (`None`: a rule that could not be built: nobody passes).
+    pub rules: Vec<(IpAddr, Option<Arc<ClientRule>>)>,
+}
+
+impl TlsView {
+    /// Hands it to the TLS door.
+    pub fn apply(self, side: &medpool_sip::transport::tls::TlsSide) {
+        side.set_peers(self.peers, self.labels);
+        // A rule that could not be built still lists its IP, with a rule nobody meets.
+        let unusable = Arc::new(ClientRule::nobody());
+        side.set_client_rules(
+            self.rules
+                .into_iter()
+                .map(|(ip, r)| (ip, r.unwrap_or_else(|| unusable.clone()))),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -116,6 +116,7 @@ impl TestNode {
             me: Me {
                 hostport: NODE.to_owned(),
                 local: NODE.to_owned(),
+                ..Default::default()
             },
             timers: Default::default(),
             max_transactions: 10_000,

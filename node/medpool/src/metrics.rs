@@ -308,6 +308,37 @@ impl Collector for NodeCollector {
                 ],
             )?;
         }
+        if let Some(side) = ctx.transports.tls().and_then(|p| p.tls()) {
+            let rows: Vec<(Labels, u64)> = side
+                .handshakes()
+                .into_iter()
+                .map(|(trunk, inbound, result, n)| {
+                    (
+                        vec![
+                            ("trunk", trunk),
+                            (
+                                "direction",
+                                if inbound { "inbound" } else { "outbound" }.to_owned(),
+                            ),
+                            ("result", result.as_str().to_owned()),
+                        ],
+                        n,
+                    )
+                })
+                .collect();
+            counter(
+                &mut e,
+                "medpool_tls_handshakes",
+                "SIP TLS handshakes by trunk (the peer's; unknown for other addresses), direction and result (ok, failed, timeout)",
+                &rows,
+            )?;
+            counter(
+                &mut e,
+                "medpool_tls_client_cert_refused",
+                "Requests over TLS from a mutual-TLS trunk's address whose client certificate met none of its rules (answered 403)",
+                &one(side.refused_requests()),
+            )?;
+        }
         counter(
             &mut e,
             "medpool_sip_retransmissions",
@@ -540,9 +571,30 @@ impl Collector for NodeCollector {
                 "Dialog batches by size bucket",
                 &sizes,
             )?;
+            pool_stages(&mut e)?;
         }
         Ok(())
     }
+}
+
+/// The pool's per-stage counters (medpool_cluster::stats): Raft append, fsync, apply, codec,
+/// replication, dialog commits, snapshots, forwarding, internal RPCs.
+fn pool_stages(e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let rows = medpool_cluster::stats::STATS.rows();
+    let mut start = 0;
+    while let Some(first) = rows.get(start) {
+        let len = rows[start..]
+            .iter()
+            .take_while(|r| r.name == first.name)
+            .count();
+        let series: Vec<(Labels, u64)> = rows[start..start + len]
+            .iter()
+            .map(|r| (vec![(r.label.0, r.label.1.to_owned())], r.value))
+            .collect();
+        counter(e, first.name, first.help, &series)?;
+        start += len;
+    }
+    Ok(())
 }
 
 /// The media relay: what it relayed, its sessions and ports, the calls it refused or ended.

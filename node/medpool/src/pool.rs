@@ -12,7 +12,7 @@ use medpool_b2bua::node::NodeCtx;
 use medpool_cluster::pool::{Pool, PoolSink};
 use medpool_proto::cluster::SipForward;
 use medpool_sip::SipMessage;
-use medpool_sip::transport::{Inbound, Transport};
+use medpool_sip::transport::Inbound;
 
 /// The B2BUA's view of the pool.
 pub struct PoolAdapter {
@@ -128,11 +128,7 @@ impl PoolSink for NodeSink {
         let Ok(peer) = msg.peer.parse::<SocketAddr>() else {
             return false;
         };
-        let transport = if msg.transport == "tcp" {
-            Transport::Tcp
-        } else {
-            Transport::Udp
-        };
+        let transport = medpool_b2bua::config::transport_named(&msg.transport);
         if msg.send {
             let bytes = Bytes::from(msg.message);
             node.relayed_answer(&bytes);
@@ -144,6 +140,7 @@ impl PoolSink for NodeSink {
                     msg: m,
                     source: peer,
                     transport,
+                    tls: None,
                 },
                 msg.via_node,
                 (!msg.traceparent.is_empty()).then_some(msg.traceparent),

@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// SIP over TCP: connection caps and timeouts.
     #[command(flatten)]
     pub sip_tcp: SipTcpArgs,
+    /// SIP over TLS: certificate, key, CA and listen address.
+    #[command(flatten)]
+    pub sip_tls: SipTlsArgs,
     /// Pool membership (omit `--raft-listen` for the embedded single-node pool).
     #[command(flatten)]
     pub pool: PoolArgs,
@@ -190,6 +193,72 @@ impl PoolArgs {
         InternalTls::load(files)
             .map(Some)
             .map_err(ServeError::InternalTls)
+    }
+}
+
+/// SIP over TLS (RFC 3261 §26): the node's certificate, key and default CA (PEM files, re-read
+/// when they change), and where it listens. No certificate: no TLS.
+#[derive(Debug, Clone, Args)]
+pub struct SipTlsArgs {
+    /// SIP over TLS listen address; default: the SIP listen IP, port 5061, when --sip-tls-cert is
+    /// given.
+    #[arg(long, env = "MEDPOOL_SIP_TLS_LISTEN")]
+    pub sip_tls_listen: Option<SocketAddr>,
+    /// SIP over TLS: this node's certificate chain, PEM (presented to callers, and to trunks that
+    /// require a client certificate). With --sip-tls-key.
+    #[arg(long, env = "MEDPOOL_SIP_TLS_CERT", value_name = "FILE")]
+    pub sip_tls_cert: Option<PathBuf>,
+    /// SIP over TLS: this node's private key, PEM.
+    #[arg(long, env = "MEDPOOL_SIP_TLS_KEY", value_name = "FILE")]
+    pub sip_tls_key: Option<PathBuf>,
+    /// SIP over TLS: CA certificate(s), PEM, trunks' certificates are verified against when the
+    /// trunk pins none (`tls_ca`, `tls_client_ca`).
+    #[arg(long, env = "MEDPOOL_SIP_TLS_CA", value_name = "FILE")]
+    pub sip_tls_ca: Option<PathBuf>,
+}
+
+impl SipTlsArgs {
+    /// The TLS listener's settings, `None` without a certificate; an incomplete set is an error
+    /// naming the missing flag.
+    fn listen(
+        &self,
+        sip_listen: SocketAddr,
+    ) -> Result<Option<medpool_sip::transport::TlsListen>, ServeError> {
+        use medpool_sip::transport::tls::{TlsFiles, TlsMaterial};
+        let (cert, key) = match (&self.sip_tls_cert, &self.sip_tls_key) {
+            (None, None) => {
+                return match (&self.sip_tls_listen, &self.sip_tls_ca) {
+                    (None, None) => Ok(None),
+                    _ => Err(ServeError::SipTlsIncomplete {
+                        missing: "--sip-tls-cert",
+                    }),
+                };
+            }
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            (None, Some(_)) => {
+                return Err(ServeError::SipTlsIncomplete {
+                    missing: "--sip-tls-cert",
+                });
+            }
+            (Some(_), None) => {
+                return Err(ServeError::SipTlsIncomplete {
+                    missing: "--sip-tls-key",
+                });
+            }
+        };
+        let material = TlsMaterial::load(TlsFiles {
+            cert,
+            key,
+            ca: self.sip_tls_ca.clone(),
+        })
+        .map_err(ServeError::SipTls)?;
+        Ok(Some(medpool_sip::transport::TlsListen {
+            listen: Some(
+                self.sip_tls_listen
+                    .unwrap_or_else(|| SocketAddr::new(sip_listen.ip(), 5061)),
+            ),
+            material,
+        }))
     }
 }
 
@@ -340,6 +409,15 @@ pub enum ServeError {
         /// The flag not given.
         missing: &'static str,
     },
+    /// SIP TLS flags given without the certificate or key.
+    #[error("SIP over TLS needs {missing} (--sip-tls-cert and --sip-tls-key go together)")]
+    SipTlsIncomplete {
+        /// The flag missing.
+        missing: &'static str,
+    },
+    /// The SIP TLS material cannot be used (the message names the file).
+    #[error("SIP TLS (--sip-tls-cert/--sip-tls-key/--sip-tls-ca): {0}")]
+    SipTls(medpool_sip::transport::tls::TlsError),
     /// The internal TLS material cannot be used (the message names the file).
     #[error("internal TLS (--internal-tls-cert/--internal-tls-key/--internal-tls-ca): {0}")]
     InternalTls(medpool_cluster::tls::TlsError),
@@ -511,6 +589,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
             queue: args.sip_queue,
             retry_after_secs: config.node.retry_after,
             tcp: args.sip_tcp.limits(),
+            tls: args.sip_tls.listen(args.sip_listen)?,
             ..TransportConfig::default()
         },
         advertise,

@@ -27,16 +27,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use medpool_sip::message::builder::{MessageBuilder, reason_phrase, response_to};
 use medpool_sip::{HeaderName, Method, SipMessage};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::error::{SimpeerError, bind_udp};
+use crate::error::SimpeerError;
 use crate::ledger::{CallRecord, Outcome};
 use crate::rtp::{LegStats, Negotiated, Role, RtpLeg, combine, read_sdp};
 use crate::sdp;
 use crate::uas::{ResponseRouting, T2, Uas};
+use crate::wire::{TlsOptions, Wire};
 use medpool_media::sdp::Direction;
 
 /// How to run a caller.
@@ -62,6 +62,8 @@ pub struct CallerConfig {
     pub timeout: Duration,
     /// Each call sends and checks RTP (see the module documentation).
     pub rtp: bool,
+    /// Speak SIP over TLS to `target` (see [`crate::wire`]); `None`: UDP.
+    pub tls: Option<TlsOptions>,
 }
 
 impl CallerConfig {
@@ -78,6 +80,7 @@ impl CallerConfig {
             t1: crate::uas::T1,
             timeout: crate::uas::T1 * 64,
             rtp: false,
+            tls: None,
         }
     }
 }
@@ -92,7 +95,7 @@ pub struct Caller {
 #[derive(Debug)]
 struct Inner {
     cfg: CallerConfig,
-    sock: Arc<UdpSocket>,
+    sock: Arc<Wire>,
     local: SocketAddr,
     uas: Uas,
     waiters: Mutex<HashMap<Vec<u8>, mpsc::Sender<Received>>>,
@@ -169,7 +172,10 @@ fn uri_addr(uri: &[u8]) -> Option<SocketAddr> {
 impl Caller {
     /// Binds and starts listening.
     pub async fn start(cfg: CallerConfig) -> Result<Caller, SimpeerError> {
-        let sock = Arc::new(bind_udp(cfg.bind).await?);
+        let sock = Arc::new(match &cfg.tls {
+            None => Wire::udp(cfg.bind).await?,
+            Some(opts) => Wire::tls(cfg.bind, opts, Some(cfg.target)).await?,
+        });
         let local = sock.local_addr()?;
         let inner = Arc::new(Inner {
             uas: Uas::new(Arc::clone(&sock), ResponseRouting::Source),
@@ -353,7 +359,7 @@ impl Drop for Caller {
 
 impl Inner {
     fn via(&self, branch: &str) -> Vec<u8> {
-        format!("SIP/2.0/UDP {};branch={branch};rport", self.local).into_bytes()
+        self.sock.via(branch)
     }
 
     fn branch(&self, index: usize, cseq: u32, kind: &str) -> String {
@@ -361,11 +367,15 @@ impl Inner {
     }
 
     fn our_from(&self, tag: &str) -> Vec<u8> {
-        format!("<sip:{}@{}>;tag={tag}", self.cfg.calling, self.local).into_bytes()
+        format!(
+            "<{}>;tag={tag}",
+            self.sock.uri(&self.cfg.calling, self.local)
+        )
+        .into_bytes()
     }
 
     fn contact(&self) -> Vec<u8> {
-        format!("<sip:{}@{}>", self.cfg.calling, self.local).into_bytes()
+        format!("<{}>", self.sock.uri(&self.cfg.calling, self.local)).into_bytes()
     }
 
     /// Call `index`'s SDP (an offer, or an answer with `answering` = the far side's direction and
@@ -468,7 +478,7 @@ impl Inner {
             }
         }
         let target = self.cfg.target;
-        let ruri = format!("sip:{}@{target}", self.cfg.called);
+        let ruri = self.sock.uri(&self.cfg.called, target);
         let branch = self.branch(index, 1, "i");
         let mut b = MessageBuilder::request_method(Method::Invite, ruri.as_bytes());
         b.header(HeaderName::Via, &self.via(&branch))

@@ -13,6 +13,12 @@ pub enum SimpeerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Test certificates could not be made or written.
+    #[error("test PKI: {0}")]
+    Pki(String),
+    /// The TLS material could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] medpool_sip::transport::tls::TlsError),
     /// Another socket operation failed.
     #[error("socket error: {0}")]
     Io(#[from] std::io::Error),

@@ -19,13 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use medpool_sip::message::builder::{reason_phrase, response_to};
 use medpool_sip::{HeaderName, Method, SipMessage};
-use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use crate::error::{SimpeerError, bind_udp};
+use crate::error::SimpeerError;
 use crate::rtp::{LegStats, Negotiated, Role, RtpLeg, read_sdp};
 use crate::sdp;
 use crate::uas::{ResponseRouting, Uas};
+use crate::wire::{TlsOptions, Wire};
 
 /// Dialogs a gateway holds at most; beyond that new calls get 503.
 const MAX_DIALOGS: usize = 100_000;
@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub routing: ResponseRouting,
     /// Each call gets an RTP leg that echoes the caller's stream (see the module documentation).
     pub rtp: bool,
+    /// Speak SIP over TLS: listen for TLS connections on `bind` (see [`crate::wire`]); `None`: UDP.
+    pub tls: Option<TlsOptions>,
 }
 
 impl GatewayConfig {
@@ -48,6 +50,7 @@ impl GatewayConfig {
             bind,
             routing: ResponseRouting::Source,
             rtp: false,
+            tls: None,
         }
     }
 }
@@ -118,7 +121,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 struct State {
-    sock: Arc<UdpSocket>,
+    sock: Arc<Wire>,
     local: SocketAddr,
     uas: Uas,
     stats: Arc<Stats>,
@@ -130,7 +133,10 @@ struct State {
 impl Gateway {
     /// Binds and starts answering.
     pub async fn start(cfg: GatewayConfig) -> Result<Gateway, SimpeerError> {
-        let sock = Arc::new(bind_udp(cfg.bind).await?);
+        let sock = Arc::new(match &cfg.tls {
+            None => Wire::udp(cfg.bind).await?,
+            Some(opts) => Wire::tls(cfg.bind, opts, None).await?,
+        });
         let local = sock.local_addr()?;
         let stats = Arc::new(Stats::default());
         let state = State {
@@ -269,7 +275,10 @@ impl State {
             Some(source),
         );
         if req.method() == Some(Method::Invite) && (101..300).contains(&status) {
-            b.header_fmt(HeaderName::Contact, format_args!("<sip:gw@{}>", self.local));
+            b.header_fmt(
+                HeaderName::Contact,
+                format_args!("<{}>", self.sock.uri("gw", self.local)),
+            );
         }
         if let Some(body) = body {
             b.body(sdp::CONTENT_TYPE, body);

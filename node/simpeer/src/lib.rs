@@ -17,10 +17,13 @@
 //! - [`uas`]: the server-side transaction behaviour the caller and the gateway share.
 //! - [`ledger`]: per-call outcomes and the summary table.
 //! - [`sdp`]: the small SDP bodies the peers offer and answer.
+//! - [`wire`]: what a peer speaks on: UDP, or SIP over TLS (with a client certificate) through
+//!   medpool-sip's TLS transport.
+//! - [`pki`]: a throwaway test CA writing PEM files for the TLS peers and the node.
 //! - [`rtp`]: per-call RTP legs (a 20 ms G.711 stream, echoed by the gateway) and the check of
 //!   every packet (loss, duplicates, reordering, timestamps, another call's packets, gaps).
 //!
-//! It speaks to the pool only over UDP with medpool-sip's codec (and reads SDP and RTP with
+//! It speaks to the pool over UDP, or TLS ([`wire`]), with medpool-sip's codec (and reads SDP and RTP with
 //! medpool-media's views); it never links the B2BUA, the
 //! cluster or the binary. Every task it starts is aborted when its owner is dropped.
 
@@ -29,13 +32,17 @@ pub mod error;
 pub mod forwarder;
 pub mod gateway;
 pub mod ledger;
+pub mod pki;
 pub mod rtp;
 pub mod sdp;
 pub mod uas;
+pub mod wire;
 
 pub use caller::{CallMedia, Caller, CallerConfig};
 pub use error::SimpeerError;
 pub use forwarder::{Forwarder, ForwarderConfig, ForwarderCounts};
 pub use gateway::{Gateway, GatewayConfig, GatewayCounts};
 pub use ledger::{CallRecord, Outcome, Summary};
+pub use pki::{CertFiles, TestCa};
 pub use uas::ResponseRouting;
+pub use wire::{TlsOptions, Wire};

@@ -9,9 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::wire::Wire;
 use bytes::Bytes;
 use medpool_sip::{Method, SipMessage};
-use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
 
 /// RFC 3261 T1.
@@ -40,7 +40,7 @@ pub enum ResponseRouting {
 /// The server side of a peer: answers, replays and 2xx retransmission on one socket.
 #[derive(Debug)]
 pub struct Uas {
-    sock: Arc<UdpSocket>,
+    sock: Arc<Wire>,
     routing: ResponseRouting,
     answers: Mutex<AnswerCache>,
     pending_acks: Arc<Mutex<HashMap<AckKey, AbortHandle>>>,
@@ -75,7 +75,7 @@ fn ack_key(m: &SipMessage) -> Option<AckKey> {
 
 impl Uas {
     /// A UAS answering on `sock`.
-    pub fn new(sock: Arc<UdpSocket>, routing: ResponseRouting) -> Uas {
+    pub fn new(sock: Arc<Wire>, routing: ResponseRouting) -> Uas {
         Uas {
             sock,
             routing,
@@ -89,6 +89,10 @@ impl Uas {
         let Some(Ok(via)) = req.top_via() else {
             return source;
         };
+        if self.sock.is_tls() {
+            // Over a connection, answers go back on it (RFC 3261 §18.2.2).
+            return source;
+        }
         match self.routing {
             ResponseRouting::Source => medpool_sip::transport::response_target(&via, source),
             ResponseRouting::ViaSentBy => std::str::from_utf8(via.host)

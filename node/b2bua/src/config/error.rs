@@ -119,6 +119,9 @@ pub enum Problem {
     /// A route has no trunks.
     #[error("a route needs at least one trunk")]
     NoTrunks,
+    /// A `tls_*` field on a trunk that does not speak TLS.
+    #[error("only for a trunk with transport = \"tls\"")]
+    TlsOnly,
     /// A name is empty.
     #[error("must not be empty")]
     Empty,
@@ -171,6 +174,20 @@ pub enum Problem {
         /// The contested source (`ip:port` or `ip:*`).
         source_address: String,
     },
+    /// Two trunks name the same `local_port`.
+    #[error("local port {port} is already trunk {other:?}'s (one port per trunk)")]
+    LocalPortTaken {
+        /// The trunk defined first.
+        other: String,
+        /// The port.
+        port: u16,
+    },
+    /// `local_address` without `local_port`.
+    #[error("local_address needs a local_port")]
+    LocalAddressWithoutPort,
+    /// `local_address` is not an IP address peers can send to.
+    #[error("{0:?} is not an IP address peers can reach (no host names, no wildcard)")]
+    BadLocalAddress(String),
     /// A trunk lists a usage that no route has.
     #[error("usage {0:?} is not the usage of any route")]
     UnknownUsage(String),

@@ -57,8 +57,27 @@ use toml::de::{DeTable, DeValue};
 pub use error::{ConfigError, Location, Problem};
 pub use model::{
     HostPort, Lookup, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy,
-    ResponseRule, Route, RouteTarget, Side, Transport, Trunk, UnknownSource,
+    ResponseRule, Route, RouteTarget, Side, Transport, Trunk, TrunkTls, UnknownSource,
 };
+
+/// The SIP layer's transport for a trunk's `transport`.
+pub fn sip_transport(t: Transport) -> medpool_sip::transport::Transport {
+    match t {
+        Transport::Udp => medpool_sip::transport::Transport::Udp,
+        Transport::Tcp => medpool_sip::transport::Transport::Tcp,
+        Transport::Tls => medpool_sip::transport::Transport::Tls,
+    }
+}
+
+/// The SIP layer's transport named `udp`, `tcp` or `tls` (as records and forwarded messages
+/// carry it); anything else is UDP.
+pub fn transport_named(name: &str) -> medpool_sip::transport::Transport {
+    match name {
+        "tcp" => medpool_sip::transport::Transport::Tcp,
+        "tls" => medpool_sip::transport::Transport::Tls,
+        _ => medpool_sip::transport::Transport::Udp,
+    }
+}
 pub use pattern::Pattern;
 
 use raw::RawConfig;

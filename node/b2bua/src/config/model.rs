@@ -152,7 +152,7 @@ pub enum Lookup {
     Address,
 }
 
-/// SIP transport towards a trunk. (`"tls"` is reserved and refused by validation for now.)
+/// SIP transport towards a trunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
@@ -160,6 +160,8 @@ pub enum Transport {
     Udp,
     /// SIP over TCP.
     Tcp,
+    /// SIP over TLS (RFC 3261 §26): the trunk's certificate is verified (see [`TrunkTls`]).
+    Tls,
 }
 
 /// Which side of the pool a trunk's peer is on.
@@ -291,6 +293,46 @@ pub struct Trunk {
     /// hung up (`media_timeout`, default 60; 0 = never). A call on hold is exempt.
     #[serde(default = "default_media_timeout")]
     pub media_timeout: u32,
+    /// The port of this node the trunk is reached on and sent from (`local_port`), bound by every
+    /// node (UDP and TCP) beside its main SIP listener, on the node's SIP IP (or `local_address`):
+    /// Via, Contact and probes towards the trunk carry it, and the trunk's new requests are taken
+    /// only on it (M:N trunking, one port per trunk). `None`: the node's main listener.
+    #[serde(default)]
+    pub local_port: Option<u16>,
+    /// The IP the trunk's `local_port` is bound on and advertised with, in place of the node's SIP
+    /// IP (`local_address`; single-node set-ups, or an address every node of the pool has).
+    #[serde(default)]
+    pub local_address: Option<std::net::IpAddr>,
+    /// How the peer's certificates are checked when the trunk speaks TLS (`tls_*`; only with
+    /// `transport = "tls"`).
+    #[serde(default)]
+    pub tls: TrunkTls,
+}
+
+/// The TLS settings of a trunk (`transport = "tls"`). File paths are kept as written; the node
+/// reads the files (and re-reads them when they change).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrunkTls {
+    /// The name the peer's server certificate must be valid for, also sent as SNI (`tls_name`);
+    /// `None`: the trunk's `address` (its host name, or its IP address).
+    pub name: Option<String>,
+    /// A CA file (PEM) the peer's server certificate must chain to (`tls_ca`); `None`: the node's
+    /// `--sip-tls-ca`.
+    pub ca: Option<String>,
+    /// A CA file (PEM) a client certificate must chain to (`tls_client_ca`); `None`: `tls_ca`,
+    /// else the node's `--sip-tls-ca`.
+    pub client_ca: Option<String>,
+    /// DNS names (subject alternative names) of which a client certificate must carry one
+    /// (`tls_client_names`).
+    pub client_names: Vec<String>,
+}
+
+impl TrunkTls {
+    /// Whether requests over TLS are from this trunk only with a client certificate that meets
+    /// `client_ca`/`client_names` (mutual TLS): set when either is.
+    pub fn requires_client_cert(&self) -> bool {
+        self.client_ca.is_some() || !self.client_names.is_empty()
+    }
 }
 
 /// What the node does with a call's media (`trunk.media`).

@@ -35,7 +35,7 @@ pub(super) struct RawNode {
     pub dns_stale_max: Option<i64>,
 }
 
-/// The transports a file may name; `tls` is known but not yet supported.
+/// The transports a file may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(super) enum RawTransport {
@@ -83,6 +83,12 @@ pub(super) struct RawTrunk {
     pub media: Option<MediaMode>,
     pub codecs: Option<Vec<String>>,
     pub media_timeout: Option<i64>,
+    pub local_port: Option<i64>,
+    pub local_address: Option<String>,
+    pub tls_name: Option<String>,
+    pub tls_ca: Option<String>,
+    pub tls_client_ca: Option<String>,
+    pub tls_client_names: Option<Vec<String>>,
 }
 
 /// `{ pattern = "...", replace = "..." }`.

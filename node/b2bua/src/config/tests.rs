@@ -563,13 +563,22 @@ fn failover_and_response_codes_out_of_range() {
 }
 
 #[test]
-fn tls_is_reserved() {
+fn tls_trunks_and_their_fields() {
+    let tls = "[[trunk]]\nname = \"fe\"\naddress = \"10.0.1.2\"\nside = \"internal\"\ntransport = \"tls\"\n";
+    let config = load(&format!(
+        "{BASE}{tls}tls_client_names = [\"fe.example.com\"]\ntls_ca = \"/etc/ca.pem\"\n{ROUTE}"
+    ))
+    .unwrap();
+    let fe = config.trunks.iter().find(|t| t.name == "fe").unwrap();
+    assert_eq!((fe.transport, fe.port), (Transport::Tls, 5061));
+    assert!(fe.tls.requires_client_cert());
+    assert_eq!(fe.tls.ca.as_deref(), Some("/etc/ca.pem"));
     let e = error_of(
-        "[[trunk]]\nname = \"x\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\ntransport = \"tls\"\n",
+        "[[trunk]]\nname = \"x\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\ntls_ca = \"/x.pem\"\n",
     );
     assert_eq!(
         e,
-        r#"test.toml:16: trunk[2].transport: transport "tls" is not yet supported"#
+        r#"test.toml:16: trunk[2].tls_ca: only for a trunk with transport = "tls""#
     );
     let e = error_of(
         "[[trunk]]\nname = \"x\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\ntransport = \"sctp\"\n",
@@ -810,5 +819,51 @@ fn dns_stale_max_is_bounded_and_named() {
     assert_eq!(
         e,
         "test.toml:2: node.dns_stale_max: 700000 out of range 0-604800"
+    );
+}
+
+#[test]
+fn a_trunk_port_is_read_and_defaults_to_none() {
+    let extra = "[[trunk]]\nname = \"gw2\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\n\
+                 local_port = 5071\nlocal_address = \"192.0.2.5\"\n";
+    let config = load(&format!("{BASE}{extra}{ROUTE}")).unwrap();
+    let gw2 = config.trunk("gw2").unwrap();
+    assert_eq!(gw2.local_port, Some(5071));
+    assert_eq!(gw2.local_address, Some("192.0.2.5".parse().unwrap()));
+    let gw1 = config.trunk("gw1").unwrap();
+    assert_eq!((gw1.local_port, gw1.local_address), (None, None));
+}
+
+#[test]
+fn bad_trunk_ports_are_named() {
+    let trunk = |keys: &str| {
+        format!("[[trunk]]\nname = \"gw2\"\naddress = \"10.0.1.2\"\nside = \"gateway\"\n{keys}\n")
+    };
+    let e = error_of(&trunk("local_port = 0"));
+    assert!(e.contains("trunk[2].local_port: "), "{e}");
+    let e = error_of(&trunk("local_port = 70000"));
+    assert!(e.contains("trunk[2].local_port: "), "{e}");
+    let e = error_of(&trunk("local_address = \"192.0.2.5\""));
+    assert!(
+        e.ends_with("trunk[2].local_address: local_address needs a local_port"),
+        "{e}"
+    );
+    for bad in ["0.0.0.0", "sbc.example.net", "224.0.0.1"] {
+        let e = error_of(&trunk(&format!(
+            "local_port = 5071\nlocal_address = \"{bad}\""
+        )));
+        assert!(e.contains("trunk[2].local_address: "), "{bad}: {e}");
+    }
+    // One port per trunk.
+    let two = format!(
+        "{}[[trunk]]\nname = \"gw3\"\naddress = \"10.0.1.3\"\nside = \"gateway\"\nlocal_port = 5071\n",
+        trunk("local_port = 5071")
+    );
+    let e = error_of(&two);
+    assert!(
+        e.ends_with(
+            r#"trunk[3].local_port: local port 5071 is already trunk "gw2"'s (one port per trunk)"#
+        ),
+        "{e}"
     );
 }

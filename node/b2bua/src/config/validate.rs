@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::error::{ConfigError, Problem};
 use super::model::{
     HostPort, Lookup, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig, ReferPolicy,
-    ResponseRule, Route, RouteTarget, Side, Transport, Trunk, UnknownSource,
+    ResponseRule, Route, RouteTarget, Side, Transport, Trunk, TrunkTls, UnknownSource,
 };
 use super::pattern::Pattern;
 use super::raw::{RawConfig, RawNode, RawResponseRule, RawRoute, RawRule, RawTransport, RawTrunk};
@@ -178,6 +178,7 @@ impl Validator<'_, '_> {
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         let mut exact: BTreeMap<(IpAddr, u16), usize> = BTreeMap::new();
         let mut any_port: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        let mut local_ports: BTreeMap<u16, usize> = BTreeMap::new();
         for (i, t) in raw.iter().enumerate() {
             let path = FieldPath::default().k("trunk").i(i);
             let name_path = path.k("name");
@@ -193,6 +194,17 @@ impl Validator<'_, '_> {
             }
             names.insert(&t.name, i);
             let trunk = self.trunk(&path, t)?;
+            if let Some(port) = trunk.local_port
+                && let Some(other) = local_ports.insert(port, i)
+            {
+                return Err(self.err(
+                    &path.k("local_port"),
+                    Problem::LocalPortTaken {
+                        other: trunks[other].name.clone(),
+                        port,
+                    },
+                ));
+            }
             if let Some(ip) = trunk.address.ip() {
                 let ip = ip.to_canonical();
                 let clash = exact.insert((ip, trunk.port), i).map(|other| {
@@ -237,20 +249,17 @@ impl Validator<'_, '_> {
         }
         let address = peer_address(&t.address)
             .ok_or_else(|| self.err(&path.k("address"), Problem::BadAddress(t.address.clone())))?;
-        let port = match t.port {
-            None => 5060,
-            Some(p) => self.port(&path.k("port"), p)?,
-        };
         let transport = match t.transport {
             None | Some(RawTransport::Udp) => Transport::Udp,
             Some(RawTransport::Tcp) => Transport::Tcp,
-            Some(RawTransport::Tls) => {
-                return Err(self.err(
-                    &path.k("transport"),
-                    Problem::NotYetSupported("transport \"tls\"".to_owned()),
-                ));
-            }
+            Some(RawTransport::Tls) => Transport::Tls,
         };
+        let port = match t.port {
+            None if transport == Transport::Tls => 5061,
+            None => 5060,
+            Some(p) => self.port(&path.k("port"), p)?,
+        };
+        let tls = self.trunk_tls(path, t, transport)?;
         let lookup = match (&address, t.port, t.transport) {
             (PeerAddress::Ip(_), _, _) => Lookup::Literal,
             (PeerAddress::Host(_), Some(_), _) => Lookup::Address,
@@ -303,11 +312,13 @@ impl Validator<'_, '_> {
             response_map.push(rule);
         }
         let codecs = self.codecs(&path.k("codecs"), t.codecs.as_deref().unwrap_or_default())?;
+        let (local_port, local_address) = self.local(path, t)?;
         Ok(Trunk {
             name: t.name.clone(),
             address,
             port,
             transport,
+            tls,
             lookup,
             side: t.side,
             match_any_port: t.match_any_port.unwrap_or(!gateway),
@@ -352,6 +363,74 @@ impl Validator<'_, '_> {
                 0,
                 86_400,
             )?,
+            local_port,
+            local_address,
+        })
+    }
+
+    /// `local_port` (a port, 1-65535) and `local_address` (an IP peers can reach, only with a
+    /// `local_port`).
+    fn local(&self, path: &FieldPath, t: &RawTrunk) -> Result<(Option<u16>, Option<IpAddr>)> {
+        let port = match t.local_port {
+            None => None,
+            Some(p) => Some(self.port(&path.k("local_port"), p)?),
+        };
+        let address = match &t.local_address {
+            None => None,
+            Some(text) => {
+                let p = path.k("local_address");
+                let ip = text
+                    .parse::<IpAddr>()
+                    .ok()
+                    .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
+                    .ok_or_else(|| self.err(&p, Problem::BadLocalAddress(text.clone())))?;
+                if port.is_none() {
+                    return Err(self.err(&p, Problem::LocalAddressWithoutPort));
+                }
+                Some(ip)
+            }
+        };
+        Ok((port, address))
+    }
+
+    /// `tls_*`: only with `transport = "tls"`; names and paths not empty; names DNS names.
+    fn trunk_tls(&self, path: &FieldPath, t: &RawTrunk, transport: Transport) -> Result<TrunkTls> {
+        let set = [
+            ("tls_name", t.tls_name.is_some()),
+            ("tls_ca", t.tls_ca.is_some()),
+            ("tls_client_ca", t.tls_client_ca.is_some()),
+            ("tls_client_names", t.tls_client_names.is_some()),
+        ];
+        if transport != Transport::Tls
+            && let Some((field, _)) = set.iter().find(|(_, s)| *s)
+        {
+            return Err(self.err(&path.k(field), Problem::TlsOnly));
+        }
+        let text = |field: &'static str, v: &Option<String>| -> Result<Option<String>> {
+            match v {
+                Some(s) if s.trim().is_empty() => Err(self.err(&path.k(field), Problem::Empty)),
+                other => Ok(other.clone()),
+            }
+        };
+        let names = t.tls_client_names.clone().unwrap_or_default();
+        for (j, n) in names.iter().enumerate() {
+            if rustls_name_ok(n).is_none() {
+                return Err(self.err(
+                    &path.k("tls_client_names").i(j),
+                    Problem::BadAddress(n.clone()),
+                ));
+            }
+        }
+        if let Some(n) = &t.tls_name
+            && rustls_name_ok(n).is_none()
+        {
+            return Err(self.err(&path.k("tls_name"), Problem::BadAddress(n.clone())));
+        }
+        Ok(TrunkTls {
+            name: text("tls_name", &t.tls_name)?,
+            ca: text("tls_ca", &t.tls_ca)?,
+            client_ca: text("tls_client_ca", &t.tls_client_ca)?,
+            client_names: names,
         })
     }
 
@@ -553,4 +632,20 @@ pub(super) fn missing_group(pattern: &Pattern, replace: &str) -> Option<String> 
         }
     }
     None
+}
+
+/// `Some(())` when `name` is a usable DNS name or IP address for a certificate check: ASCII
+/// letters, digits, `-` and `.`, labels of 1-63 characters, or an IP literal.
+fn rustls_name_ok(name: &str) -> Option<()> {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Some(());
+    }
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    ok.then_some(())
 }

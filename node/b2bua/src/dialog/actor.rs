@@ -99,6 +99,13 @@ impl Actor for DialogActor {
                 let mut info = st.info();
                 info.a_media = st.leg_media(Side::A);
                 info.b_media = st.leg_media(Side::B);
+                if let Some(pool) = st.ctx.transports.tls() {
+                    for w in std::iter::once(&mut info.a_wire).chain(info.b_wire.as_mut()) {
+                        if w.transport == medpool_sip::transport::Transport::Tls {
+                            w.tls = pool.peer_tls(w.peer);
+                        }
+                    }
+                }
                 let _ = reply.send(info);
             }
             #[cfg(test)]

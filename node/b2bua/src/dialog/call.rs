@@ -10,7 +10,7 @@ use ractor::{ActorId, ActorRef};
 use tokio::time::Instant;
 
 use super::leg::{self, Leg};
-use super::msg::{CallInfo, DialogMsg, Phase};
+use super::msg::{CallInfo, DialogMsg, LegWire, Phase};
 use crate::config::Trunk;
 use crate::ctx::NodeCtx;
 use crate::routing::Candidate;
@@ -391,6 +391,16 @@ impl Call {
             // Filled in by the actor (the media concern sits above this file).
             a_media: None,
             b_media: None,
+            a_wire: LegWire {
+                transport: self.a.transport,
+                peer: self.a.peer,
+                tls: None,
+            },
+            b_wire: self.current().map(|a| LegWire {
+                transport: a.leg.transport,
+                peer: a.leg.peer,
+                tls: None,
+            }),
         }
     }
 }

@@ -72,6 +72,9 @@ pub struct Leg {
     pub local_cseq: u32,
     /// The last CSeq the peer used.
     pub remote_cseq: u32,
+    /// The node's trunk port this leg uses (its trunk's `local_port`, kept in the call's record so
+    /// a new owner sends from the same port); `None`: the main listener.
+    pub local_port: Option<u16>,
 }
 
 /// Where to send requests for a URI: its host when it is an IP literal, else `fallback`.
@@ -106,6 +109,7 @@ impl Leg {
     /// Call-ID, CSeq. `cseq` is given by the caller (ACK and CANCEL reuse their INVITE's).
     pub fn request(&self, me: &Me, method: &[u8], cseq: u32, branch: &str) -> MessageBuilder {
         let mut b = MessageBuilder::request(method, &self.remote_target);
+        let me = me.on(self.local_port);
         b.header(HeaderName::Via, me.via(self.transport, branch).as_bytes());
         b.header(HeaderName::MaxForwards, b"70");
         for r in &self.route_set {
@@ -149,6 +153,8 @@ impl Leg {
             transport,
             local_cseq,
             remote_cseq: 0,
+            // Our Via on it named the port the INVITE left from.
+            local_port: answer.top_via().and_then(Result::ok).and_then(|v| v.port),
         };
         leg.learn_from_answer(answer);
         (!leg.remote_target.is_empty() && leg.remote_tag.is_some()).then_some(leg)
@@ -224,7 +230,12 @@ pub fn relay_response(
         }
         b.header(
             HeaderName::Contact,
-            me.contact(request.transport).as_bytes(),
+            me.contact_for(
+                request.transport,
+                req.request_uri_bytes()
+                    .is_some_and(|u| u.len() >= 5 && u[..5].eq_ignore_ascii_case(b"sips:")),
+            )
+            .as_bytes(),
         );
     }
     if let Some(rseq) = rseq {

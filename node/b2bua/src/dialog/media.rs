@@ -384,7 +384,11 @@ fn send_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, tries:
     let mut b = leg.request(&st.ctx.me, b"INVITE", cseq, &branch);
     b.header(
         HeaderName::Contact,
-        st.ctx.me.contact(leg.transport).as_bytes(),
+        st.ctx
+            .me
+            .on(leg.local_port)
+            .contact(leg.transport)
+            .as_bytes(),
     );
     b.body(b"application/sdp", Bytes::from(body));
     if let Some(l) = st.leg_mut(side) {

@@ -58,5 +58,5 @@ mod tests;
 
 pub use actor::{DialogActor, spawn, spawn_restored};
 pub use call::Call;
-pub use msg::{CallInfo, DialogArgs, DialogMsg, DialogStart, Phase, actor_of};
+pub use msg::{CallInfo, DialogArgs, DialogMsg, DialogStart, LegWire, Phase, actor_of};
 pub use record::CSEQ_SKIP;

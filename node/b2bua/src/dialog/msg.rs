@@ -156,6 +156,23 @@ pub struct CallInfo {
     pub a_media: Option<crate::media::LegMedia>,
     /// Leg B's relayed media (none: not relayed).
     pub b_media: Option<crate::media::LegMedia>,
+    /// Leg A's signalling transport.
+    pub a_wire: LegWire,
+    /// Leg B's, when there is a leg B.
+    pub b_wire: Option<LegWire>,
+}
+
+/// How a leg's signalling travels: its transport and peer, and over TLS what the handshake of
+/// the connection open to that peer learnt (filled in by the actor; `None` when no TLS connection
+/// to the peer is open now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegWire {
+    /// UDP, TCP or TLS.
+    pub transport: medpool_sip::transport::Transport,
+    /// The peer's address.
+    pub peer: std::net::SocketAddr,
+    /// Version and peer certificate of the TLS connection.
+    pub tls: Option<std::sync::Arc<medpool_sip::transport::tls::PeerTls>>,
 }
 
 /// Where a call is.

@@ -50,6 +50,7 @@ pub(super) struct OutboundInvite {
 /// None when the trunk has no IP address.
 // The INVITE is a pure function of all of these; a struct for them would only rename them.
 #[allow(clippy::too_many_arguments)]
+#[cfg(test)]
 pub(super) fn outbound_invite(
     me: &Me,
     a: &SipMessage,
@@ -64,6 +65,28 @@ pub(super) fn outbound_invite(
     outbound_invite_to(
         me, a, trunk, None, inbound, called, calling, ids, body, timer,
     )
+}
+
+/// `trunk` addressed to `peer` over `transport` (a trunk named by DNS, bound to the target an
+/// attempt went to), its other settings kept.
+pub(super) fn at_peer(trunk: &Trunk, peer: std::net::SocketAddr, transport: Transport) -> Trunk {
+    let mut bound = trunk.clone();
+    // Over TLS the certificate is still checked against the trunk's host name (RFC 3263 §4.1 /
+    // RFC 5922 §4: the name from the configuration, not the resolved address).
+    if bound.tls.name.is_none()
+        && let crate::config::PeerAddress::Host(name) = &trunk.address
+    {
+        bound.tls.name = Some(name.clone());
+    }
+    bound.address = crate::config::PeerAddress::Ip(peer.ip());
+    bound.port = peer.port();
+    bound.transport = match transport {
+        Transport::Udp => crate::config::Transport::Udp,
+        Transport::Tcp => crate::config::Transport::Tcp,
+        Transport::Tls => crate::config::Transport::Tls,
+    };
+    bound.lookup = crate::config::Lookup::Literal;
+    bound
 }
 
 /// [`outbound_invite`] with the host of the Request-URI and To given: the domain of a trunk named
@@ -82,12 +105,20 @@ pub(super) fn outbound_invite_to(
     body: Option<&[u8]>,
     timer: Option<SessionAsk>,
 ) -> Option<OutboundInvite> {
-    let transport = match trunk.transport {
-        crate::config::Transport::Udp => Transport::Udp,
-        crate::config::Transport::Tcp => Transport::Tcp,
-    };
+    let transport = crate::config::sip_transport(trunk.transport);
+    // RFC 3261 §26.2 / RFC 5630: a sips request stays sips on this leg (TLS only); a TLS trunk
+    // is otherwise called with `transport=tls`.
+    let sips = a
+        .request_uri_bytes()
+        .is_some_and(|u| u.len() >= 5 && u[..5].eq_ignore_ascii_case(b"sips:"));
+    if sips && transport != Transport::Tls {
+        return None;
+    }
     let ip = trunk.address.ip()?;
     let peer = std::net::SocketAddr::new(ip, trunk.port);
+    // The trunk's own port, when it has one and this node bound it.
+    let local_port = me.bound(trunk.local_port);
+    let me = me.on(local_port);
     let host = match (uri_host, ip) {
         (Some(name), _) => name.to_owned(),
         (None, std::net::IpAddr::V6(v6)) => format!("[{v6}]:{}", trunk.port),
@@ -97,10 +128,16 @@ pub(super) fn outbound_invite_to(
     let calling = trunk.calling_out_number(calling).into_owned();
     let user_phone = called.starts_with('+') || called.bytes().all(|b| b.is_ascii_digit());
     let ruri = format!(
-        "sip:{}@{host}{}",
+        "{}:{}@{host}{}{}",
+        if sips { "sips" } else { "sip" },
         escape_user(called.as_bytes()),
         if user_phone && !called.is_empty() {
             ";user=phone"
+        } else {
+            ""
+        },
+        if transport == Transport::Tls && !sips {
+            ";transport=tls"
         } else {
             ""
         }
@@ -143,7 +180,10 @@ pub(super) fn outbound_invite_to(
         .header(HeaderName::To, to.as_bytes())
         .header(HeaderName::CallId, call_id.as_bytes())
         .header_fmt(HeaderName::CSeq, format_args!("{cseq} INVITE"))
-        .header(HeaderName::Contact, me.contact(transport).as_bytes())
+        .header(
+            HeaderName::Contact,
+            me.contact_for(transport, sips).as_bytes(),
+        )
         .header(
             HeaderName::Allow,
             medpool_sip::check::ALLOWED_METHODS.as_bytes(),
@@ -238,6 +278,7 @@ pub(super) fn outbound_invite_to(
             transport,
             local_cseq: cseq,
             remote_cseq: 0,
+            local_port,
         },
     })
 }
@@ -262,6 +303,7 @@ mod tests {
         Me {
             hostport: NODE.into(),
             local: NODE.into(),
+            ..Default::default()
         }
     }
 

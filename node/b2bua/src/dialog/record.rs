@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use medpool_sip::ids;
 use medpool_sip::transaction::{ClientKey, ServerKey};
-use medpool_sip::transport::Transport;
 use ractor::{ActorProcessingErr, ActorRef};
 
 use super::call::{Attempt, Call, CallSeed};
@@ -65,6 +64,7 @@ impl Call {
             local_cseq: l.local_cseq,
             local_uri: String::from_utf8_lossy(&l.local_uri).into_owned(),
             remote_uri: String::from_utf8_lossy(&l.remote_uri).into_owned(),
+            local_port: l.local_port,
         };
         Some(DialogRecord {
             shard: self.shard,
@@ -103,13 +103,10 @@ pub(super) fn leg_from_record(r: &LegRecord) -> Result<Leg, RestoreError> {
         remote_target: Bytes::from(r.remote_target.clone()),
         route_set: r.route_set.iter().map(|x| Bytes::from(x.clone())).collect(),
         peer,
-        transport: if r.transport == "tcp" {
-            Transport::Tcp
-        } else {
-            Transport::Udp
-        },
+        transport: crate::config::transport_named(&r.transport),
         local_cseq: r.local_cseq.saturating_add(CSEQ_SKIP),
         remote_cseq: 0,
+        local_port: r.local_port,
     })
 }
 

@@ -100,15 +100,15 @@ pub(super) fn on_response(
 /// Answers relayed request `r` on the side it came from with the far side's response `env` (its
 /// body, or `body` in its place), under our tag on that side.
 fn answer_relayed(st: &Call, r: &Relay, status: u16, env: &Envelope, body: Option<&[u8]>) {
-    let tag = match r.from {
-        Side::A => st.a.local_tag.clone(),
+    let (tag, port) = match r.from {
+        Side::A => (st.a.local_tag.clone(), st.a.local_port),
         Side::B => st
             .leg(Side::B)
-            .map(|l| l.local_tag.clone())
+            .map(|l| (l.local_tag.clone(), l.local_port))
             .unwrap_or_default(),
     };
     let bytes = relay_response(
-        &st.ctx.me,
+        st.ctx.me.on(port),
         &r.request,
         status,
         env.msg.reason_phrase().unwrap_or_default(),
@@ -322,7 +322,11 @@ pub(super) fn on_request(
     ) {
         b.header(
             HeaderName::Contact,
-            st.ctx.me.contact(leg.transport).as_bytes(),
+            st.ctx
+                .me
+                .on(leg.local_port)
+                .contact(leg.transport)
+                .as_bytes(),
         );
     }
     if method == Method::Prack

@@ -171,6 +171,49 @@ async fn a_422_from_the_gateway_is_retried_once_with_the_interval_raised_to_its_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_422_from_a_gateway_named_by_dns_is_retried_to_the_same_resolved_target() {
+    let text = CONFIG.replace(
+        "address = \"127.0.9.21\"",
+        "address = \"gw1.example.net\"\nsession_expires = 90",
+    );
+    let mut node = TestNode::with(&text, None).await;
+    let trunk = node.ctx.config().trunk("gw1").unwrap().clone();
+    node.ctx.dns.set_answer(
+        &trunk,
+        vec![crate::dns::Target {
+            host: "gw1.example.net".into(),
+            addr: GW1.parse().unwrap(),
+            transport: crate::config::Transport::Udp,
+            priority: 10,
+            weight: 10,
+        }],
+    );
+    node.receive(invite("st422-dns"), PBX).await;
+    let inv1 = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    let ruri =
+        |m: &SipMessage| String::from_utf8_lossy(m.request_uri_bytes().unwrap()).into_owned();
+    assert!(ruri(&inv1).contains("@gw1.example.net"), "{}", ruri(&inv1));
+    node.receive(
+        answer(&inv1, 422, "g1", GW1, &[(HeaderName::MinSe, b"180")]),
+        GW1,
+    )
+    .await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+    // Before: the retry was built from the configured trunk (a name, no address) and never sent,
+    // so the 422 went back to the caller.
+    let inv2 = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    assert_eq!(
+        ruri(&inv2),
+        ruri(&inv1),
+        "the same Request-URI (the name kept)"
+    );
+    assert_eq!(inv2.session_expires().unwrap().unwrap().delta, 180);
+    assert_eq!(inv2.call_id(), inv1.call_id(), "the same leg");
+    node.receive(answer(&inv2, 200, "g1", GW1, &[]), GW1).await;
+    node.expect(PBX, Expect::Status(200)).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_second_422_is_the_callers_answer() {
     let mut node = node_with_timer().await;
     node.receive(invite("st422-2"), PBX).await;
@@ -337,6 +380,7 @@ async fn a_rebuilt_call_that_refreshes_refreshes_at_once_and_then_every_half_int
             local_cseq: 1,
             local_uri: "<sip:+15550100@127.0.9.100>;tag=n-a".into(),
             remote_uri: format!("<sip:alice@{PBX}>;tag=a-st-rb"),
+            local_port: None,
         },
         b: LegRecord {
             call_id: b_call_id.clone(),
@@ -349,6 +393,7 @@ async fn a_rebuilt_call_that_refreshes_refreshes_at_once_and_then_every_half_int
             local_cseq: 3,
             local_uri: "<sip:alice@127.0.9.100>;tag=n-b".into(),
             remote_uri: "<sip:+15550100@127.0.9.21>;tag=g1".into(),
+            local_port: None,
         },
         trunk: "gw1".into(),
         inbound: "pbx".into(),

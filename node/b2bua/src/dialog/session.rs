@@ -154,7 +154,11 @@ impl Call {
         let mut req = leg.request(&self.ctx.me, b"UPDATE", cseq, &branch);
         req.header(
             HeaderName::Contact,
-            self.ctx.me.contact(leg.transport).as_bytes(),
+            self.ctx
+                .me
+                .on(leg.local_port)
+                .contact(leg.transport)
+                .as_bytes(),
         );
         req.header_fmt(
             HeaderName::SessionExpires,

@@ -13,7 +13,7 @@ use super::call::{Attempt, Call, CallSeed, MediaRefusal};
 use super::leg::{Leg, local_response, relay_response};
 use super::media::AttemptMedia;
 use super::msg::{DialogArgs, DialogMsg, Phase};
-use super::outbound::{OutboundIds, outbound_invite, outbound_invite_to};
+use super::outbound::{OutboundIds, outbound_invite_to};
 use super::spans::call_span;
 use crate::config::Trunk;
 use crate::ctx::NodeEvent;
@@ -75,7 +75,7 @@ impl Call {
         };
         let reason = from.reason_phrase().unwrap_or_default().to_vec();
         let bytes = relay_response(
-            &self.ctx.me,
+            self.ctx.me.on(self.a.local_port),
             &inv,
             status,
             &reason,
@@ -160,7 +160,7 @@ impl Call {
             if let Err(e) = self.ctx.driver.start_client(
                 key.clone(),
                 env,
-                trunk.transport == crate::config::Transport::Tcp,
+                trunk.transport != crate::config::Transport::Udp,
             ) {
                 tracing::warn!(error = %e, "could not start the INVITE to the gateway");
                 self.ctx.registry.remove_client(&key);
@@ -290,7 +290,7 @@ impl Call {
         }
         .unwrap_or_else(|| reason_phrase(mapped).as_bytes().to_vec());
         let bytes = relay_response(
-            self.me(),
+            self.me().on(self.a.local_port),
             &inv,
             mapped,
             &reason,
@@ -406,9 +406,14 @@ impl Call {
             return false;
         };
         let config = self.ctx.config();
-        let (Some(trunk), Some(inv)) = (config.trunk(&att.trunk), self.a_invite.as_ref()) else {
+        let (Some(configured), Some(inv)) = (config.trunk(&att.trunk), self.a_invite.as_ref())
+        else {
             return false;
         };
+        // The same target as the first INVITE: a trunk named by DNS keeps its name in the
+        // Request-URI and goes to the address the first attempt was resolved to.
+        let uri_host = crate::dns::Directory::uri_host(configured);
+        let trunk = &super::outbound::at_peer(configured, att.leg.peer, att.leg.transport);
         let cseq = old.cseq().and_then(Result::ok).map_or(1, |c| c.seq) + 1;
         let ids = OutboundIds {
             call_id: String::from_utf8_lossy(&att.leg.call_id).into_owned(),
@@ -423,10 +428,11 @@ impl Call {
             interval,
             min_se: min_se.max(trunk.min_se),
         };
-        let Some(out) = outbound_invite(
+        let Some(out) = outbound_invite_to(
             self.me(),
             &inv.msg,
             trunk,
+            uri_host.as_deref(),
             &self.inbound,
             &self.called,
             &self.calling,
@@ -584,7 +590,7 @@ pub(super) fn on_invite_response(
                         reason_phrase(mapped).as_bytes().to_vec()
                     };
                     let bytes = relay_response(
-                        &st.ctx.me,
+                        st.ctx.me.on(st.a.local_port),
                         &inv,
                         mapped,
                         &reason,
@@ -704,6 +710,7 @@ pub(super) fn new_call(args: DialogArgs, myself: &ActorRef<DialogMsg>) -> Call {
         transport: env.transport,
         local_cseq: 0,
         remote_cseq: cseq,
+        local_port: ctx.me.bound(inbound.local_port),
     };
     let span = call_span(
         &ctx,

@@ -90,6 +90,7 @@ fn key(t: &Target) -> (SocketAddr, u8) {
         match t.transport {
             Transport::Udp => 0,
             Transport::Tcp => 1,
+            Transport::Tls => 2,
         },
     )
 }

@@ -27,6 +27,7 @@ fn transport_of(services: &str) -> Option<Transport> {
     match services.to_ascii_uppercase().as_str() {
         "SIP+D2U" => Some(Transport::Udp),
         "SIP+D2T" => Some(Transport::Tcp),
+        "SIPS+D2T" => Some(Transport::Tls),
         _ => None,
     }
 }
@@ -49,21 +50,21 @@ pub fn srv_names(records: &[Naptr], fixed: Option<Transport>) -> Vec<(String, Tr
         .collect()
 }
 
-/// Without usable NAPTR records (RFC 3263 §4.1): the SRV names of every transport we support,
-/// UDP first (or the `fixed` one only).
+/// Without usable NAPTR records (RFC 3263 §4.1): the SRV names of UDP then TCP (or the `fixed`
+/// transport's only; TLS, `_sips._tcp`, only when the trunk names it).
 pub fn default_srv_names(host: &str, fixed: Option<Transport>) -> Vec<(String, Transport)> {
     let host = host.strip_suffix('.').unwrap_or(host);
-    [Transport::Udp, Transport::Tcp]
-        .into_iter()
-        .filter(|t| fixed.is_none_or(|f| f == *t))
-        .map(|t| {
-            let proto = match t {
-                Transport::Udp => "udp",
-                Transport::Tcp => "tcp",
-            };
-            (format!("_sip._{proto}.{host}."), t)
-        })
-        .collect()
+    match fixed {
+        Some(Transport::Tls) => vec![(format!("_sips._tcp.{host}."), Transport::Tls)],
+        _ => [Transport::Udp, Transport::Tcp]
+            .into_iter()
+            .filter(|t| fixed.is_none_or(|f| f == *t))
+            .map(|t| {
+                let proto = if t == Transport::Udp { "udp" } else { "tcp" };
+                (format!("_sip._{proto}.{host}."), t)
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

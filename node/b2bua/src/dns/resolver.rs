@@ -160,9 +160,14 @@ impl Resolver {
                 return Ok((targets, ttl.min(srv_ttl)));
             }
         }
-        // No SRV: the name's own addresses, port 5060 (RFC 3263 §4.2).
+        // No SRV: the name's own addresses, port 5060 (5061 for TLS; RFC 3263 §4.2).
         let transport = fixed.unwrap_or(Transport::Udp);
-        let (targets, a_ttl) = self.addresses(host, 5060, transport, 0, 0).await?;
+        let port = if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        };
+        let (targets, a_ttl) = self.addresses(host, port, transport, 0, 0).await?;
         Ok((targets, ttl.min(a_ttl)))
     }
 

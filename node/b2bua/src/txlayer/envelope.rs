@@ -52,7 +52,7 @@ impl Envelope {
     /// Where responses to this (received) request go (RFC 3261 §18.2.2).
     pub fn reply_peer(&self) -> SocketAddr {
         match self.transport {
-            Transport::Tcp => self.peer,
+            Transport::Tcp | Transport::Tls => self.peer,
             Transport::Udp => match self.msg.top_via() {
                 Some(Ok(v)) => response_target(&v, self.peer),
                 _ => self.peer,

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use medpool_sip::message::builder::MessageBuilder;
 use medpool_sip::transaction::{Outcome, TransactionIo, TransactionKey, TransmitError, TuEvent};
-use medpool_sip::transport::Transport;
 use medpool_sip::{HeaderName, Method, SipMessage};
 use tokio::sync::mpsc;
 
@@ -63,11 +62,7 @@ impl SipIo {
 impl TransactionIo<Envelope> for SipIo {
     fn transmit(&self, _key: &TransactionKey, m: &Envelope) -> Result<(), TransmitError> {
         if let Some(via) = m.via {
-            let t = if m.transport == Transport::Tcp {
-                "tcp"
-            } else {
-                "udp"
-            };
+            let t = m.transport.as_lower();
             return if self.relay.send_via(via, m.msg.bytes(), m.peer, t) {
                 Ok(())
             } else {

@@ -23,6 +23,20 @@ pub trait Wire: Send + Sync + 'static {
     fn tcp(&self) -> Option<&TcpPool> {
         None
     }
+    /// Tells every TCP and TLS listener which peers are listed (trunks, forwarders): see
+    /// [`TcpPool::set_listed_ips`].
+    fn set_listed_ips(&self, ips: Vec<std::net::IpAddr>) {
+        if let Some(tls) = self.tls() {
+            tls.set_listed_ips(ips.clone());
+        }
+        if let Some(tcp) = self.tcp() {
+            tcp.set_listed_ips(ips);
+        }
+    }
+    /// The TLS connections, when the node has a TLS listener or client.
+    fn tls(&self) -> Option<&TcpPool> {
+        None
+    }
 }
 
 impl Wire for Transports {
@@ -36,6 +50,9 @@ impl Wire for Transports {
     }
     fn stats(&self) -> &FrontDoorStats {
         Transports::stats(self)
+    }
+    fn tls(&self) -> Option<&TcpPool> {
+        Transports::tls(self)
     }
     fn tcp(&self) -> Option<&TcpPool> {
         Some(Transports::tcp(self))

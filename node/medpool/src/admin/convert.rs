@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use medpool_b2bua::config::{Transport, Trunk};
+use medpool_b2bua::config::Trunk;
 use medpool_b2bua::dialog::{CallInfo, Phase};
 use medpool_b2bua::gateway::GatewayHandle;
 use medpool_b2bua::node::NodeEvent;
@@ -65,6 +65,7 @@ pub fn call(info: CallInfo, node_id: u64) -> pb::Call {
             remote_tag: tags.as_ref().map(|t| t.1.clone()).unwrap_or_default(),
             trunk: info.gateway.clone().unwrap_or_default(),
             media: info.b_media.as_ref().map(leg_media),
+            ..wire(info.b_wire.as_ref())
         }),
         (None, _) => None,
     };
@@ -85,9 +86,31 @@ pub fn call(info: CallInfo, node_id: u64) -> pb::Call {
             remote_tag: info.a_tags.1,
             trunk: info.inbound_trunk,
             media: info.a_media.as_ref().map(leg_media),
+            ..wire(Some(&info.a_wire))
         }),
         b,
         attempts,
+    }
+}
+
+/// A leg's transport fields (the rest default): transport, TLS version and peer subject.
+fn wire(w: Option<&medpool_b2bua::dialog::LegWire>) -> pb::Leg {
+    let Some(w) = w else {
+        return pb::Leg::default();
+    };
+    pb::Leg {
+        transport: w.transport.as_lower().to_owned(),
+        tls_version: w
+            .tls
+            .as_ref()
+            .map(|t| t.version.to_owned())
+            .unwrap_or_default(),
+        tls_peer_subject: w
+            .tls
+            .as_ref()
+            .and_then(|t| t.subject.clone())
+            .unwrap_or_default(),
+        ..pb::Leg::default()
     }
 }
 
@@ -133,10 +156,7 @@ pub fn gateway(
         max_cps: trunk.and_then(|t| t.max_cps),
         address: trunk
             .map(|t| {
-                let transport = match t.transport {
-                    Transport::Udp => "udp",
-                    Transport::Tcp => "tcp",
-                };
+                let transport = medpool_b2bua::config::sip_transport(t.transport).as_lower();
                 format!("{}:{}/{transport}", t.address, t.port)
             })
             .unwrap_or_default(),
@@ -155,10 +175,7 @@ pub fn gateway_dns(g: &mut pb::GatewayHealth, view: Option<medpool_b2bua::dns::T
         .targets
         .iter()
         .map(|t| {
-            let transport = match t.target.transport {
-                Transport::Udp => "udp",
-                Transport::Tcp => "tcp",
-            };
+            let transport = medpool_b2bua::config::sip_transport(t.target.transport).as_lower();
             let up = if t.health.is_up() { "up" } else { "down" };
             format!("{}/{transport} {up}", t.target.addr)
         })

@@ -204,6 +204,18 @@ impl Ctl {
                 dash(&l.local_tag),
                 dash(&l.remote_tag)
             );
+            if !l.transport.is_empty() {
+                let tls = if l.tls_version.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " · {} · peer certificate {}",
+                        l.tls_version,
+                        dash(&l.tls_peer_subject)
+                    )
+                };
+                out!("          transport {}{tls}", l.transport);
+            }
             if let Some(m) = &l.media {
                 out!("{}", media_line(m));
             }
@@ -293,6 +305,9 @@ fn leg_json(l: &pb::Leg) -> Value {
         "remote_tag": l.remote_tag,
         "trunk": l.trunk,
         "media": l.media.as_ref().map(media_json),
+        "transport": l.transport,
+        "tls_version": l.tls_version,
+        "tls_peer_subject": l.tls_peer_subject,
     })
 }
 

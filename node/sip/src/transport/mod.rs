@@ -1,4 +1,5 @@
-//! SIP transports: a UDP socket and a TCP listener per node, with one handle to send on either.
+//! SIP transports: a UDP socket, a TCP listener and (when the node has a certificate) a TLS
+//! listener per node, with one handle to send on any of them.
 //!
 //! Every received datagram or stream frame goes through the same front door ([`screen`]): parse →
 //! [`crate::check`] → a malformed request is answered here (400/505/513/416/420/415/406/501) or dropped
@@ -13,11 +14,13 @@
 //! malformed requests are rate limited; and new requests may not fill the last
 //! [`reserved_slots`] of the queue, which stay for responses and in-dialog requests.
 //!
-//! TLS will plug in as a third [`Transport`] variant beside TCP, sharing the stream framing and the
-//! connection table.
+//! TLS ([`tls`]) is the third [`Transport`]: a second connection table of [`tcp::TcpPool`] with
+//! the same framing, caps and timeouts, and a handshake first. A message that came over TLS carries
+//! what the handshake learnt of its peer ([`Inbound::tls`]), for the user to decide whose it is.
 
 pub mod gate;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use std::net::SocketAddr;
@@ -38,18 +41,36 @@ pub enum Transport {
     Udp,
     /// TCP (reliable).
     Tcp,
+    /// TLS over TCP (reliable; RFC 3261 §26).
+    Tls,
 }
 
 impl Transport {
     /// Whether the transport is reliable (no retransmissions, RFC 3261 §17).
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
+        matches!(self, Transport::Tcp | Transport::Tls)
     }
     /// The Via transport token.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+    /// The lower-case name (`udp`, `tcp`, `tls`), as in a URI's `transport` parameter.
+    pub fn as_lower(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+    /// The port a peer listens on when none is given: 5061 for TLS, else 5060.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Tls => 5061,
+            Transport::Udp | Transport::Tcp => 5060,
         }
     }
 }
@@ -63,6 +84,8 @@ pub struct Inbound {
     pub source: SocketAddr,
     /// The transport it arrived on.
     pub transport: Transport,
+    /// Over TLS: the protocol version and the certificate the peer presented (`None` otherwise).
+    pub tls: Option<Arc<tls::PeerTls>>,
 }
 
 /// Counters of what the front door did, for metrics.
@@ -253,6 +276,8 @@ pub fn response_target(top_via: &Via<'_>, source: SocketAddr) -> SocketAddr {
 pub struct Transports {
     pub(crate) udp: Arc<tokio::net::UdpSocket>,
     pub(crate) tcp: tcp::TcpPool,
+    pub(crate) tls: Option<tcp::TcpPool>,
+    pub(crate) tls_local: Option<SocketAddr>,
     pub(crate) stats: Arc<FrontDoorStats>,
 }
 
@@ -266,6 +291,21 @@ impl Transports {
     /// ([`tcp::TcpPool::stats`]), and the hook for listed peers ([`tcp::TcpPool::set_listed_ips`]).
     pub fn tcp(&self) -> &tcp::TcpPool {
         &self.tcp
+    }
+
+    /// The TLS connections (`None` when the node has no certificate): as [`Transports::tcp`], and
+    /// the TLS side ([`tcp::TcpPool::tls`]) where peers' verification is set and handshakes counted.
+    pub fn tls(&self) -> Option<&tcp::TcpPool> {
+        self.tls.as_ref()
+    }
+
+    /// The local TLS listen address, when there is a TLS listener.
+    pub fn tls_local(&self) -> Option<SocketAddr> {
+        self.tls_local
+    }
+
+    fn tls_pool(&self) -> Result<&tcp::TcpPool, TransportError> {
+        self.tls.as_ref().ok_or(TransportError::NoTls)
     }
 
     /// The local UDP address.
@@ -292,6 +332,7 @@ impl Transports {
                 Err(e) => Err(TransportError::Io(e.kind())),
             },
             Transport::Tcp => self.tcp.send(dest, bytes).await,
+            Transport::Tls => self.tls_pool()?.send(dest, bytes).await,
         }
     }
 
@@ -311,6 +352,7 @@ impl Transports {
                 Err(e) => Err(TransportError::Io(e.kind())),
             },
             Transport::Tcp => self.tcp.send_now(dest, bytes),
+            Transport::Tls => self.tls_pool()?.send_now(dest, bytes),
         }
     }
 
@@ -324,13 +366,20 @@ impl Transports {
         bytes: Bytes,
     ) -> Result<(), TransportError> {
         match request.transport {
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 self.stats.traffic.count_out(&bytes);
+                let pool = match request.transport {
+                    Transport::Tls => self.tls_pool()?,
+                    _ => &self.tcp,
+                };
                 let sent_by = match request.msg.top_via() {
-                    Some(Ok(v)) => SocketAddr::new(request.source.ip(), v.port.unwrap_or(5060)),
+                    Some(Ok(v)) => SocketAddr::new(
+                        request.source.ip(),
+                        v.port.unwrap_or(request.transport.default_port()),
+                    ),
                     _ => request.source,
                 };
-                self.tcp.send_on(request.source, sent_by, bytes)
+                pool.send_on(request.source, sent_by, bytes)
             }
             Transport::Udp => {
                 let dest = match request.msg.top_via() {
@@ -358,6 +407,13 @@ pub enum TransportError {
     /// Too many open connections.
     #[error("connection limit reached")]
     TooManyConnections,
+    /// A TLS connection could not be made: no client configuration for the peer, or the
+    /// handshake failed (the peer's certificate did not verify, ...).
+    #[error("TLS handshake failed")]
+    Tls,
+    /// TLS asked for, but the node has no TLS material.
+    #[error("TLS is not configured")]
+    NoTls,
 }
 
 /// Settings of the transports.
@@ -376,6 +432,19 @@ pub struct TransportConfig {
     pub tcp: tcp::TcpLimits,
     /// The sources served and their budgets, set by the user (default: everyone, no limit).
     pub gate: Arc<gate::SourceGate>,
+    /// SIP over TLS: the node's material and the TLS listen address (`None`: no TLS at all). The
+    /// TLS table has its own connection caps, equal to TCP's.
+    pub tls: Option<TlsListen>,
+}
+
+/// The TLS listener's settings.
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    /// Where to accept TLS connections (port 0: any; no listener at all when `None`, for a node
+    /// that only makes TLS connections, like a test caller).
+    pub listen: Option<SocketAddr>,
+    /// The certificate, key and default CA.
+    pub material: Arc<tls::TlsMaterial>,
 }
 
 impl Default for TransportConfig {
@@ -387,6 +456,7 @@ impl Default for TransportConfig {
             retry_after_secs: 5,
             tcp: tcp::TcpLimits::default(),
             gate: Arc::new(gate::SourceGate::default()),
+            tls: None,
         }
     }
 }
@@ -413,13 +483,42 @@ pub async fn start(
     let tcp_listener = tokio::net::TcpListener::bind(listen).await?;
     let (tx, inbound) = mpsc::channel(config.queue);
     let stats = Arc::new(FrontDoorStats::default());
-    let tcp = tcp::TcpPool::new(config.clone(), tx.clone(), stats.clone(), shutdown.clone());
+    let tcp = tcp::TcpPool::new(
+        config.clone(),
+        None,
+        tx.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    );
+    let mut tasks = Vec::new();
+    let mut tls_local = None;
+    let tls = match &config.tls {
+        None => None,
+        Some(t) => {
+            let side = Arc::new(tls::TlsSide::new(t.material.clone()));
+            let pool = tcp::TcpPool::new(
+                config.clone(),
+                Some(side),
+                tx.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            );
+            if let Some(at) = t.listen {
+                let listener = tokio::net::TcpListener::bind(at).await?;
+                tls_local = Some(listener.local_addr()?);
+                tasks.push(tokio::spawn(pool.clone().accept_loop(listener)));
+            }
+            Some(pool)
+        }
+    };
     let transports = Transports {
         udp: udp.clone(),
         tcp: tcp.clone(),
+        tls,
+        tls_local,
         stats: stats.clone(),
     };
-    let tasks = vec![
+    tasks.extend([
         tokio::spawn(udp::receive_loop(
             udp,
             config.clone(),
@@ -428,7 +527,7 @@ pub async fn start(
             shutdown.clone(),
         )),
         tokio::spawn(tcp.accept_loop(tcp_listener)),
-    ];
+    ]);
     Ok(Running {
         transports,
         inbound,

@@ -14,6 +14,12 @@
 //!   connection (reset, its queued bytes dropped), and a full per-connection queue refuses a send
 //!   ([`TransportError::Busy`]) instead of waiting: nobody else's sends wait on it.
 //!
+//! The same table carries SIP over TLS ([`super::tls`]): a pool made with a [`TlsSide`] runs a
+//! handshake after each accept (within `message_timeout`, holding the slot it was admitted in) and
+//! after each connect (within `connect_timeout`), then frames the decrypted stream exactly as TCP.
+//! An RFC 5923 `alias` in a request's top Via (sent-by at the connection's own IP, another port)
+//! makes the connection serve requests to that address too (one alias per connection).
+//!
 //! Accept errors (EMFILE, ENFILE, ENOBUFS, ...) are retried with an exponential backoff up to
 //! [`ACCEPT_BACKOFF_MAX`]; errors of one connection (reset before accept) are not. Everything refused
 //! or closed is counted in [`TcpStats`].
@@ -27,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -36,6 +42,7 @@ use admission::{Admission, Slot};
 pub use admission::{Refusal, TcpLimits};
 
 use super::gate::{Bucket, SourceClass, UnknownPolicy};
+use super::tls::{ClientCheck, HandshakeResult, PeerTls, TlsSide};
 use super::{
     FrontDoorStats, Inbound, Screened, Transport, TransportConfig, TransportError, overload_answer,
     screen,
@@ -126,6 +133,9 @@ pub struct TcpPool {
 #[derive(Debug)]
 struct Inner {
     config: TransportConfig,
+    /// `Tcp`, or `Tls` when `tls` is set.
+    transport: Transport,
+    tls: Option<Arc<TlsSide>>,
     conns: Mutex<HashMap<SocketAddr, Conn>>,
     /// Destinations being connected to, with what was sent to them meanwhile (one connect per
     /// destination at a time). At most `max_outbound` entries (each holds an outbound slot) of at
@@ -151,6 +161,8 @@ struct ConnBudget(Option<(usize, Bucket)>);
 struct Conn {
     id: u64,
     tx: mpsc::Sender<Bytes>,
+    /// What the TLS handshake learnt of the peer (`None` over TCP).
+    tls: Option<Arc<PeerTls>>,
 }
 
 /// A budget slot, given back when dropped.
@@ -174,6 +186,10 @@ impl Drop for SlotGuard {
 struct Live {
     id: u64,
     peer: SocketAddr,
+    /// What the TLS handshake learnt of the peer (`None` over TCP).
+    tls: Option<Arc<PeerTls>>,
+    /// The RFC 5923 alias this connection also serves, once set.
+    alias: Mutex<Option<SocketAddr>>,
     /// Turns true when either half wants the whole connection gone now.
     closed: watch::Sender<bool>,
     slot: SlotGuard,
@@ -191,10 +207,13 @@ impl Live {
 
     /// New sends no longer find this connection.
     fn forget(&self) {
-        if let Ok(mut c) = self.inner().conns.lock()
-            && c.get(&self.peer).is_some_and(|e| e.id == self.id)
-        {
-            c.remove(&self.peer);
+        let alias = self.alias.lock().ok().and_then(|a| *a);
+        if let Ok(mut c) = self.inner().conns.lock() {
+            for key in std::iter::once(self.peer).chain(alias) {
+                if c.get(&key).is_some_and(|e| e.id == self.id) {
+                    c.remove(&key);
+                }
+            }
         }
     }
 }
@@ -233,6 +252,7 @@ fn reset(stream: &TcpStream) {
 impl TcpPool {
     pub(crate) fn new(
         config: TransportConfig,
+        tls: Option<Arc<TlsSide>>,
         tx: mpsc::Sender<Inbound>,
         stats: Arc<FrontDoorStats>,
         shutdown: tokio::sync::watch::Receiver<bool>,
@@ -240,6 +260,12 @@ impl TcpPool {
         TcpPool {
             inner: Arc::new(Inner {
                 config,
+                transport: if tls.is_some() {
+                    Transport::Tls
+                } else {
+                    Transport::Tcp
+                },
+                tls,
                 conns: Mutex::new(HashMap::new()),
                 connecting: Mutex::new(HashMap::new()),
                 admission: Mutex::new(Admission::default()),
@@ -274,6 +300,11 @@ impl TcpPool {
             .lock()
             .map(|a| a.outbound())
             .unwrap_or(0)
+    }
+
+    /// The TLS side (`None` for the TCP table).
+    pub fn tls(&self) -> Option<&Arc<TlsSide>> {
+        self.inner.tls.as_ref()
     }
 
     /// What was refused or closed, and why.
@@ -331,7 +362,13 @@ impl TcpPool {
                 _ = shutdown.changed() => break,
             };
             let policy = self.inner.config.gate.current();
-            if !policy.knows_ip(peer.ip()) && policy.unknown() == UnknownPolicy::Drop {
+            let has_rules = self
+                .inner
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.has_rules(peer.ip()));
+            if !policy.knows_ip(peer.ip()) && !has_rules && policy.unknown() == UnknownPolicy::Drop
+            {
                 // No trunk on that address, and unknown sources get nothing: not even a connection.
                 self.inner
                     .stats
@@ -350,7 +387,18 @@ impl TcpPool {
             match admitted {
                 Ok(slot) => {
                     let guard = self.guard(slot);
-                    self.adopt(stream, peer, guard);
+                    match &self.inner.tls {
+                        None => {
+                            self.adopt_tcp(stream, peer, guard);
+                        }
+                        Some(tls) => {
+                            let pool = self.clone();
+                            let tls = tls.clone();
+                            tokio::spawn(async move {
+                                pool.accept_tls(&tls, stream, peer, guard).await;
+                            });
+                        }
+                    }
                 }
                 Err(why) => {
                     self.inner.tcp_stats.refused(why);
@@ -361,15 +409,95 @@ impl TcpPool {
         }
     }
 
-    /// Registers a connection and starts its reader and writer.
-    fn adopt(&self, stream: TcpStream, peer: SocketAddr, slot: SlotGuard) -> mpsc::Sender<Bytes> {
+    /// The server side of a TLS handshake on an accepted connection, within `message_timeout`
+    /// (the slot stays held meanwhile and is given back if it fails).
+    async fn accept_tls(
+        &self,
+        tls: &TlsSide,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: SlotGuard,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let sock = dup(&stream);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.material().server_config());
+        let mut shutdown = self.inner.shutdown.clone();
+        let label = tls.label(peer.ip());
+        let done = tokio::select! {
+            r = tokio::time::timeout(self.inner.config.tcp.message_timeout, acceptor.accept(stream)) => r,
+            _ = shutdown.changed() => return,
+        };
+        match done {
+            Ok(Ok(s)) => {
+                tls.count(label, true, HandshakeResult::Ok);
+                let info = Arc::new(PeerTls::of(s.get_ref().1));
+                self.adopt_tls(tokio_rustls::TlsStream::Server(s), sock, peer, slot, info);
+            }
+            Ok(Err(e)) => {
+                tls.count(label, true, HandshakeResult::Failed);
+                tracing::debug!(%peer, error = %e, "tls handshake failed");
+            }
+            Err(_) => {
+                tls.count(label, true, HandshakeResult::Timeout);
+                tracing::debug!(%peer, "tls handshake not finished in time, closing");
+                if let Some(s) = &sock {
+                    let _ = s.set_linger(Some(Duration::ZERO));
+                }
+            }
+        }
+    }
+
+    /// Registers a TCP connection and starts its reader and writer.
+    fn adopt_tcp(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: SlotGuard,
+    ) -> mpsc::Sender<Bytes> {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
+        self.adopt(rd, wr, |w| reset(w.as_ref()), peer, slot, None)
+    }
+
+    /// Registers a TLS connection (handshake done) and starts its reader and writer.
+    fn adopt_tls(
+        &self,
+        stream: tokio_rustls::TlsStream<TcpStream>,
+        sock: Option<socket2::Socket>,
+        peer: SocketAddr,
+        slot: SlotGuard,
+        info: Arc<PeerTls>,
+    ) -> mpsc::Sender<Bytes> {
+        let (rd, wr) = tokio::io::split(stream);
+        let reset = move |_: &_| {
+            if let Some(s) = &sock {
+                let _ = s.set_linger(Some(Duration::ZERO));
+            }
+        };
+        self.adopt(rd, wr, reset, peer, slot, Some(info))
+    }
+
+    /// Registers a connection and starts its reader and writer.
+    fn adopt<R, W>(
+        &self,
+        rd: R,
+        wr: W,
+        reset: impl Fn(&W) + Send + 'static,
+        peer: SocketAddr,
+        slot: SlotGuard,
+        tls: Option<Arc<PeerTls>>,
+    ) -> mpsc::Sender<Bytes>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (wtx, wrx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let live = Arc::new(Live {
             id,
             peer,
+            tls,
+            alias: Mutex::new(None),
             closed: watch::Sender::new(false),
             slot,
         });
@@ -379,10 +507,11 @@ impl TcpPool {
                 Conn {
                     id,
                     tx: wtx.clone(),
+                    tls: live.tls.clone(),
                 },
             );
         }
-        tokio::spawn(writer(wr, wrx, live.clone()));
+        tokio::spawn(writer(wr, reset, wrx, live.clone()));
         let pool = self.clone();
         let wtx2 = wtx.clone();
         tokio::spawn(async move {
@@ -393,12 +522,7 @@ impl TcpPool {
         wtx
     }
 
-    async fn reader(
-        &self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
-        live: &Live,
-        wtx: mpsc::Sender<Bytes>,
-    ) {
+    async fn reader(&self, mut rd: impl AsyncRead + Unpin, live: &Live, wtx: mpsc::Sender<Bytes>) {
         let peer = live.peer;
         let limits = self.inner.config.tcp;
         let mut framer = StreamFramer::new(self.inner.config.limits);
@@ -419,7 +543,7 @@ impl TcpPool {
                     }
                     Ok(Some(Frame::Message(msg))) => {
                         completed = true;
-                        self.deliver(msg, peer, &wtx, &mut budget);
+                        self.deliver(msg, live, &wtx, &mut budget);
                     }
                     Ok(Some(Frame::Fatal(msg))) => {
                         if let Some(d) = msg.defect() {
@@ -508,13 +632,17 @@ impl TcpPool {
     fn deliver(
         &self,
         msg: crate::SipMessage,
-        peer: SocketAddr,
+        live: &Live,
         wtx: &mpsc::Sender<Bytes>,
         budget: &mut ConnBudget,
     ) {
+        let peer = live.peer;
         self.inner.stats.traffic.count_in(&msg);
-        if msg.is_request() && !self.admit_request(&msg, peer, wtx, budget) {
+        if msg.is_request() && !self.admit_request(&msg, peer, live.tls.as_deref(), wtx, budget) {
             return;
+        }
+        if msg.is_request() {
+            self.alias(&msg, live, wtx);
         }
         match screen(Ok(msg), peer) {
             Screened::Pass(msg) => {
@@ -522,7 +650,8 @@ impl TcpPool {
                 let inbound = Inbound {
                     msg,
                     source: peer,
-                    transport: Transport::Tcp,
+                    transport: self.inner.transport,
+                    tls: live.tls.clone(),
                 };
                 if let Err(
                     mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i),
@@ -562,30 +691,37 @@ impl TcpPool {
     /// (over TCP an answer cannot be reflected to a third party); a known source's new request
     /// takes a token from its trunk's budget, kept per connection (connections per address are
     /// capped), and over it is answered 503 with Retry-After. Whether the request may be queued.
+    ///
+    /// Over TLS, an address with client-certificate rules ([`TlsSide::set_client_rules`]) is
+    /// served only when the connection's certificate meets one (then without a budget: the
+    /// address is in no source policy, see the user's trunks), else answered 403 on the
+    /// connection whatever the unknown-source policy.
     fn admit_request(
         &self,
         msg: &crate::SipMessage,
         peer: SocketAddr,
+        tls: Option<&PeerTls>,
         wtx: &mpsc::Sender<Bytes>,
         budget: &mut ConnBudget,
     ) -> bool {
         let gate = &self.inner.stats.gate;
+        if let Some(side) = &self.inner.tls {
+            match side.check_client(peer.ip(), tls) {
+                ClientCheck::NoRule => {}
+                ClientCheck::Admitted => return true,
+                ClientCheck::Refused => {
+                    self.forbid(msg, peer, wtx);
+                    return false;
+                }
+            }
+        }
         let policy = self.inner.config.gate.current();
         match policy.classify(peer) {
             SourceClass::Unlimited => true,
             SourceClass::Unknown(how) => {
                 gate.unknown.fetch_add(1, Ordering::Relaxed);
-                if how == UnknownPolicy::Reject
-                    && msg.method() != Some(crate::Method::Ack)
-                    && crate::check::can_answer(msg)
-                {
-                    let tag = crate::ids::new_tag(0);
-                    let answer =
-                        response_to(msg, 403, b"Forbidden", Some(&tag), Some(peer)).build();
-                    self.inner.stats.traffic.count_out(&answer);
-                    if wtx.try_send(answer).is_ok() {
-                        gate.forbidden.fetch_add(1, Ordering::Relaxed);
-                    }
+                if how == UnknownPolicy::Reject {
+                    self.forbid(msg, peer, wtx);
                 }
                 false
             }
@@ -611,6 +747,77 @@ impl TcpPool {
                 false
             }
         }
+    }
+
+    /// RFC 5923: a request whose top Via carries `alias` with a sent-by at the connection's own
+    /// IP (another port) makes the connection serve requests to that address too, once per
+    /// connection. Another IP is not taken (nothing here proves the peer owns it).
+    fn alias(&self, msg: &crate::SipMessage, live: &Live, wtx: &mpsc::Sender<Bytes>) {
+        let Some(Ok(via)) = msg.top_via() else {
+            return;
+        };
+        if via.params.get("alias").is_none() {
+            return;
+        }
+        let Some(ip) = std::str::from_utf8(via.host)
+            .ok()
+            .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
+        else {
+            return;
+        };
+        let default_port = if self.inner.transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        };
+        let at = SocketAddr::new(ip, via.port.unwrap_or(default_port));
+        if ip != live.peer.ip() || at == live.peer {
+            return;
+        }
+        let Ok(mut alias) = live.alias.lock() else {
+            return;
+        };
+        if alias.is_some() {
+            return;
+        }
+        *alias = Some(at);
+        if let Ok(mut c) = self.inner.conns.lock() {
+            c.insert(
+                at,
+                Conn {
+                    id: live.id,
+                    tx: wtx.clone(),
+                    tls: live.tls.clone(),
+                },
+            );
+        }
+    }
+
+    /// Answers 403 on the connection (not to an ACK, nor when no answer can be built).
+    fn forbid(&self, msg: &crate::SipMessage, peer: SocketAddr, wtx: &mpsc::Sender<Bytes>) {
+        if msg.method() == Some(crate::Method::Ack) || !crate::check::can_answer(msg) {
+            return;
+        }
+        let tag = crate::ids::new_tag(0);
+        let answer = response_to(msg, 403, b"Forbidden", Some(&tag), Some(peer)).build();
+        self.inner.stats.traffic.count_out(&answer);
+        if wtx.try_send(answer).is_ok() {
+            self.inner
+                .stats
+                .gate
+                .forbidden
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What the TLS handshake of the open connection to `peer` learnt (`None`: no such
+    /// connection, or not TLS).
+    pub fn peer_tls(&self, peer: SocketAddr) -> Option<Arc<PeerTls>> {
+        self.inner
+            .conns
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&peer).and_then(|e| e.tls.clone()))
     }
 
     fn existing(&self, dest: SocketAddr) -> Option<mpsc::Sender<Bytes>> {
@@ -691,14 +898,10 @@ impl TcpPool {
         // The slot is held while connecting (and given back if that fails).
         let connected = tokio::time::timeout(
             self.inner.config.tcp.connect_timeout,
-            TcpStream::connect(dest),
+            self.connect(dest, slot),
         )
-        .await;
-        let connected = match connected {
-            Err(_) => Err(TransportError::ConnectTimeout),
-            Ok(Err(e)) => Err(TransportError::Io(e.kind())),
-            Ok(Ok(stream)) => Ok(self.adopt(stream, dest, slot)),
-        };
+        .await
+        .unwrap_or(Err(TransportError::ConnectTimeout));
         let waiting = self
             .inner
             .connecting
@@ -715,12 +918,64 @@ impl TcpPool {
     }
 }
 
+impl TcpPool {
+    /// Opens a connection to `dest` (and, for TLS, finishes the handshake), then adopts it.
+    async fn connect(
+        &self,
+        dest: SocketAddr,
+        slot: SlotGuard,
+    ) -> Result<mpsc::Sender<Bytes>, TransportError> {
+        let stream = TcpStream::connect(dest)
+            .await
+            .map_err(|e| TransportError::Io(e.kind()))?;
+        let Some(tls) = &self.inner.tls else {
+            return Ok(self.adopt_tcp(stream, dest, slot));
+        };
+        let _ = stream.set_nodelay(true);
+        let sock = dup(&stream);
+        let peer = tls.peer(dest);
+        let config = tls
+            .material()
+            .client_config(peer.ca.as_deref())
+            .map_err(|e| {
+                tracing::warn!(%dest, error = %e, "no TLS client configuration for this peer");
+                TransportError::Tls
+            })?;
+        match tokio_rustls::TlsConnector::from(config)
+            .connect(peer.name.clone(), stream)
+            .await
+        {
+            Ok(s) => {
+                tls.count(peer.label, false, HandshakeResult::Ok);
+                let info = Arc::new(PeerTls::of(s.get_ref().1));
+                Ok(self.adopt_tls(tokio_rustls::TlsStream::Client(s), sock, dest, slot, info))
+            }
+            Err(e) => {
+                tls.count(peer.label, false, HandshakeResult::Failed);
+                tracing::debug!(%dest, error = %e, "tls handshake failed");
+                Err(TransportError::Tls)
+            }
+        }
+    }
+}
+
+/// A second handle on a connection's socket, to reset it once the stream is split behind TLS.
+fn dup(stream: &TcpStream) -> Option<socket2::Socket> {
+    use std::os::fd::AsFd;
+    stream
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(socket2::Socket::from)
+}
+
 /// Writes what the connection's queue holds, one write at most `write_timeout` long. Ends when the
 /// queue's senders are all gone (then closes gracefully), or at once when the connection is closed,
 /// a write fails or takes too long (then resets it: a peer that does not read gets no more of the
 /// node's memory or time).
-async fn writer(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+async fn writer<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    reset: impl Fn(&W),
     mut rx: mpsc::Receiver<Bytes>,
     live: Arc<Live>,
 ) {
@@ -735,7 +990,11 @@ async fn writer(
                 None => break false,
             },
         };
-        match tokio::time::timeout(limit, wr.write_all(&bytes)).await {
+        let write = async {
+            wr.write_all(&bytes).await?;
+            wr.flush().await
+        };
+        match tokio::time::timeout(limit, write).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => break true,
             Err(_) => {
@@ -749,7 +1008,7 @@ async fn writer(
         }
     };
     if abort {
-        reset(wr.as_ref());
+        reset(&wr);
     } else {
         let _ = tokio::time::timeout(limit, wr.shutdown()).await;
     }

@@ -176,6 +176,7 @@ impl Receiver {
                     msg,
                     source,
                     transport: Transport::Udp,
+                    tls: None,
                 };
                 if let Err(
                     mpsc::error::TrySendError::Full(inbound)
