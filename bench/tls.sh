@@ -142,6 +142,12 @@ trunks = [
     { trunk = "gw1", priority = 1 },
     { trunk = "gw2", priority = 1 },
 ]
+
+[[route]]
+name = "from-pstn"
+pattern = '.*'
+usage = "inbound"
+trunks = ["pbx"]
 EOF
 }
 
