@@ -142,6 +142,12 @@ trunks = [
     { trunk = "gw1", priority = 1 },
     { trunk = "gw2", priority = 1 },
 ]
+
+[[route]]
+name = "from-pstn"
+pattern = '.*'
+usage = "inbound"
+trunks = ["pbx"]
 EOF
 }
 
@@ -254,7 +260,7 @@ sweep() {  # sweep <mode>
 main() {
     mkdir -p "$WORK" "$RESULTS_DIR"
     ensure_tls_tools
-    ensure_medpool
+    case " $TARGETS " in *" medpool "*) ensure_medpool;; esac
     make_certs
     ulimit -n 65536 2>/dev/null || true
     : > "$RESULTS"; : > "$SUMMARY"

@@ -90,9 +90,10 @@ impl Certs {
 }
 
 /// The scene of a case: medpool with a TLS listener and its certificate; the `pbx` trunk over
-/// TLS, requiring alice's client certificate (issued by the test CA, naming alice.test) and
-/// SRTP; `gw1` (bob, UDP) with `gw_encryption`.
-fn tls_spec(case: u8, certs: Option<&Certs>, gw_encryption: &str) -> SceneSpec {
+/// TLS, requiring alice's client certificate (issued by the test CA, naming alice.test), and
+/// with `gw_encryption` SRTP on `pbx` and that `encryption` on `gw1` (bob, UDP); without, no
+/// `encryption` key at all (the trunks' default: plain RTP).
+fn tls_spec(case: u8, certs: Option<&Certs>, gw_encryption: Option<&str>) -> SceneSpec {
     let mut spec = SceneSpec::new(case);
     spec.block = BLOCK;
     spec.rtp_base = RTP_BASE;
@@ -107,17 +108,19 @@ fn tls_spec(case: u8, certs: Option<&Certs>, gw_encryption: &str) -> SceneSpec {
         "--sip-tls-key".to_owned(),
         certs.node.key.display().to_string(),
     ];
-    spec.trunk_keys_of = vec![
-        (
-            "pbx",
-            format!(
-                "transport = \"tls\"\nencryption = \"required\"\n\
-                 tls_client_ca = \"{}\"\ntls_client_names = [\"alice.test\"]",
-                certs.trusted_ca().display()
-            ),
+    spec.trunk_keys_of = vec![(
+        "pbx",
+        format!(
+            "transport = \"tls\"\ntls_client_ca = \"{}\"\ntls_client_names = [\"alice.test\"]",
+            certs.trusted_ca().display()
         ),
-        ("gw1", format!("encryption = \"{gw_encryption}\"")),
-    ];
+    )];
+    if let Some(gw) = gw_encryption {
+        spec.trunk_keys_of
+            .push(("pbx", "encryption = \"required\"".to_owned()));
+        spec.trunk_keys_of
+            .push(("gw1", format!("encryption = \"{gw}\"")));
+    }
     spec
 }
 
@@ -129,16 +132,28 @@ struct Case {
     bob: Baresip,
 }
 
-/// Starts a case: certificates, node, alice (TLS + SRTP mandatory), bob (UDP; SRTP mandatory
-/// when `bob_srtp`), and waits until gw1 is up.
-fn start_case(name: &str, case: u8, bob_srtp: bool, alice_from_a_stranger: bool) -> Case {
-    let spec = tls_spec(case, None, "none");
-    let certs = Certs::new(name, &spec, alice_from_a_stranger);
-    let spec = tls_spec(
-        case,
-        Some(&certs),
-        if bob_srtp { "required" } else { "none" },
-    );
+/// What differs between cases.
+#[derive(Clone, Copy)]
+struct Opts {
+    /// alice offers SRTP only (`srtp-mand`) and `pbx` has `encryption = "required"`.
+    alice_srtp: bool,
+    /// bob too, and `gw1` has `encryption = "required"` (else `"none"`).
+    bob_srtp: bool,
+    /// alice's certificate comes from a CA the trunk does not trust.
+    stranger: bool,
+}
+
+/// Starts a case: certificates, node, alice (TLS; SRTP mandatory with `alice_srtp`), bob (UDP;
+/// SRTP mandatory with `bob_srtp`), and waits until gw1 is up.
+fn start_case(name: &str, case: u8, o: Opts) -> Case {
+    let spec = tls_spec(case, None, None);
+    let certs = Certs::new(name, &spec, o.stranger);
+    let gw_encryption = match (o.alice_srtp, o.bob_srtp) {
+        (false, _) => None,
+        (true, false) => Some("none"),
+        (true, true) => Some("required"),
+    };
+    let spec = tls_spec(case, Some(&certs), gw_encryption);
     let scene = Scene::start(&format!("tls-{name}"), spec);
     let alice = Baresip::start(scene.dir(), {
         let mut s = BaresipSpec::new(
@@ -148,16 +163,19 @@ fn start_case(name: &str, case: u8, bob_srtp: bool, alice_from_a_stranger: bool)
             scene.spec.rtp_ports(ALICE),
         );
         s.extra_config = format!(
-            "module srtp.so\nsip_certificate {}\nsip_cafile {}\n",
+            "sip_certificate {}\nsip_cafile {}\n",
             certs.alice.combined.display(),
             certs.trusted_ca().display()
         );
-        s.account_params = ";mediaenc=srtp-mand".to_owned();
+        if o.alice_srtp {
+            s.extra_config.push_str("module srtp.so\n");
+            s.account_params = ";mediaenc=srtp-mand".to_owned();
+        }
         s
     });
     let bob = Baresip::start(scene.dir(), {
         let mut s = BaresipSpec::new("bob", &scene.ip(BOB), BOB_NUMBER, scene.spec.rtp_ports(BOB));
-        if bob_srtp {
+        if o.bob_srtp {
             s.extra_config = "module srtp.so\n".to_owned();
             s.account_params = ";mediaenc=srtp-mand".to_owned();
         }
@@ -401,9 +419,17 @@ fn leg_a_signalling(case: &Case) -> (AudioSecurity, AudioSecurity) {
 /// what reaches bob in the clear, and medpool's SRTP to alice authenticates with the key it
 /// answered and carries exactly what bob sent; no ciphertext equals the clear text.
 #[test]
-#[ignore = "needs SIP over TLS (branch h17-tls) and SRTP in the relay (h17-srtp) on main: run with --ignored once merged"]
+#[ignore = "needs SRTP in the relay (branch h17-srtp) on main: run with --ignored once merged"]
 fn baresip_over_tls_with_srtp_to_a_plain_rtp_gateway() {
-    let case = start_case("srtp-to-rtp", 1, false, false);
+    let case = start_case(
+        "srtp-to-rtp",
+        1,
+        Opts {
+            alice_srtp: true,
+            bob_srtp: false,
+            stranger: false,
+        },
+    );
     case.alice.dial(&case.tls_uri(BOB_NUMBER));
     case.alice.expect_event("CALL_ESTABLISHED", 1, STEP);
     case.bob.expect_event("CALL_ESTABLISHED", 1, STEP);
@@ -508,9 +534,17 @@ fn baresip_over_tls_with_srtp_to_a_plain_rtp_gateway() {
 /// sent reaches bob (decrypted) byte for byte and the other way round; the ciphertexts of the
 /// two legs differ.
 #[test]
-#[ignore = "needs SIP over TLS (branch h17-tls) and SRTP in the relay (h17-srtp) on main: run with --ignored once merged"]
+#[ignore = "needs SRTP in the relay (branch h17-srtp) on main: run with --ignored once merged"]
 fn baresip_over_tls_with_srtp_on_both_legs() {
-    let case = start_case("srtp-both", 2, true, false);
+    let case = start_case(
+        "srtp-both",
+        2,
+        Opts {
+            alice_srtp: true,
+            bob_srtp: true,
+            stranger: false,
+        },
+    );
     case.alice.dial(&case.tls_uri(BOB_NUMBER));
     case.alice.expect_event("CALL_ESTABLISHED", 1, STEP);
     case.bob.expect_event("CALL_ESTABLISHED", 1, STEP);
@@ -595,9 +629,16 @@ fn baresip_over_tls_with_srtp_on_both_legs() {
 /// alice's client certificate comes from a CA the `pbx` trunk does not trust (same names): her
 /// call gets no service — it never reaches bob, no call is set up, and baresip reports it closed.
 #[test]
-#[ignore = "needs SIP over TLS (branch h17-tls) and SRTP in the relay (h17-srtp) on main: run with --ignored once merged"]
 fn baresip_with_a_certificate_the_trunk_does_not_trust_gets_no_service() {
-    let case = start_case("stranger", 3, false, true);
+    let case = start_case(
+        "stranger",
+        3,
+        Opts {
+            alice_srtp: false,
+            bob_srtp: false,
+            stranger: true,
+        },
+    );
     case.alice.dial(&case.tls_uri(BOB_NUMBER));
     let closed = case.alice.expect_event("CALL_CLOSED", 1, STEP);
     println!("alice: {closed}");
@@ -618,4 +659,65 @@ fn baresip_with_a_certificate_the_trunk_does_not_trust_gets_no_service() {
     );
     assert!(case.scene.calls_listed().is_empty(), "no call listed");
     let _ = &case.certs;
+}
+
+/// alice calls bob over mutual TLS, plain RTP on both legs (no `encryption` anywhere): the call
+/// is set up over TLS (no SIP datagram between alice and the node; her trace shows TLS only),
+/// RTP flows both ways on both legs in the clear and byte for byte, `calls show` names leg A's
+/// TLS, and alice's BYE over TLS ends it.
+#[test]
+fn baresip_over_mutual_tls_with_plain_rtp() {
+    let case = start_case(
+        "tls-rtp",
+        4,
+        Opts {
+            alice_srtp: false,
+            bob_srtp: false,
+            stranger: false,
+        },
+    );
+    case.alice.dial(&case.tls_uri(BOB_NUMBER));
+    case.alice.expect_event("CALL_ESTABLISHED", 1, STEP);
+    case.bob.expect_event("CALL_ESTABLISHED", 1, STEP);
+    let clear = case.scene.leg(ALICE);
+    assert!(
+        clear.is_empty(),
+        "leg A is TLS: no SIP datagram between alice and the node"
+    );
+    let invite = case.alice_sdp_msg(true);
+    let via = invite
+        .header("Via", Some("v"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        via.contains("SIP/2.0/TLS"),
+        "alice's INVITE went over TLS: {via}"
+    );
+    let offer = AudioSecurity::of(&invite).unwrap();
+    assert_eq!(offer.profile, "RTP/AVP");
+    let alice_port = invite.sdp_media().unwrap().1;
+    let bob_port = case.bob_sdp_msg(true).sdp_media().unwrap().1;
+    let cap = wait_rtp(&case, [alice_port, bob_port], 25);
+    let node = case.node_ip();
+    let (a_in, a_out) = leg_rtp(&cap, node, alice_port);
+    let (b_in, b_out) = leg_rtp(&cap, node, bob_port);
+    relayed(
+        "node→alice among bob→node",
+        &wire_payloads(&a_out),
+        &wire_payloads(&b_in),
+        100,
+    );
+    relayed(
+        "alice→node among node→bob",
+        &wire_payloads(&before_the_end(&a_in, &cap, 200)),
+        &wire_payloads(&b_out),
+        95,
+    );
+    let show = case.scene.show_the_call();
+    println!("calls show: {show}");
+    assert!(
+        show.to_string().to_lowercase().contains("tls"),
+        "calls show names leg A's TLS: {show}"
+    );
+    hang_up(&case);
 }
