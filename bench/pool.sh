@@ -34,7 +34,7 @@
 #             come every 5000 entries, the applied index is recorded to show none was due).
 #
 # Usage:  bench/pool.sh                                   (full run: about 35-50 min)
-#         RUNS=3 RATES="200 500" DUR=5 REPEATS=1 LEASE_SETS="800:100" bench/pool.sh   (smoke run)
+#         RUNS=3 RATES="200 500" DUR=5 REPEATS=1 LEASE_SETS="2000:1000" bench/pool.sh   (smoke run)
 # Env:    PARTS RUNS LEASE_SETS POLL_MS SETTLE RATES DUR REPEATS HOLD_MS HOLD_CALLS HOLD_RATE
 #         MEDPOOL_BIN MEDPOOL_ARGS (default "--max-transactions 2000000", as bench/run.sh) NODE_LOG=warn WORK RESULTS_DIR
 # Output: a table on stdout, bench/results/pool-<UTC timestamp>.txt, raw files (node logs, every
@@ -43,7 +43,7 @@
 set -u
 PARTS=${PARTS:-"failover cps bytes"}
 RUNS=${RUNS:-20}
-LEASE_SETS=${LEASE_SETS:-"800:100 2000:200"}   # the defaults, and the lease for CPU-starved nodes
+LEASE_SETS=${LEASE_SETS:-"2000:1000 1000:500"}
 POLL_MS=${POLL_MS:-50}
 SETTLE=${SETTLE:-3}
 RATES=${RATES:-"200 500 1000 1500 2000 2500 3000"}

@@ -1,13 +1,11 @@
-//! The leader's failure detector and rebalancer: every 50 ms the leader reads until when each node's
-//! lease from it may run and asks [`judge`] what follows (nodes down or back, the alive set), then
-//! plans shard moves; it proposes those decisions to its own Raft only, in one batch (the nodes'
-//! states and the moves are appended, replicated and committed together).
+//! The leader's failure detector and rebalancer: every 200 ms the leader reads who it has heard
+//! from (lease heartbeats) and asks [`judge`] what follows (nodes down or back, the alive set), then
+//! plans shard moves; it proposes those decisions to its own Raft only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -21,9 +19,6 @@ use crate::typ::NodeId;
 use super::judge::{Observation, judge};
 use super::{Pool, now_pair};
 
-/// How often the leader judges: a lease's end is noticed at most this late.
-const PASS: Duration = Duration::from_millis(50);
-
 impl Pool {
     /// Proposes a decision this node took as leader (a node down or back, shard moves) to its own
     /// Raft only. Never forwarded nor retried elsewhere: a deposed leader's view of who is alive is
@@ -31,36 +26,15 @@ impl Pool {
     /// declare live nodes down and hand their shards over without a fence. Not committed in this
     /// node's term, it is dropped; the current leader decides again from its own view.
     pub(super) async fn write_as_leader(&self, cmd: Command) {
-        self.write_batch_as_leader(vec![cmd]).await;
-    }
-
-    /// Proposes several decisions as one batch (see [`Pool::write_as_leader`]): appended in this
-    /// order, replicated and committed together — one round instead of one per command.
-    async fn write_batch_as_leader(&self, commands: Vec<Command>) {
-        match self.raft.client_write_many(commands).await {
-            Ok(results) => {
-                let results: Vec<_> = results.collect().await;
-                for r in results {
-                    match r {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::debug!(
-                            error = %e,
-                            "leader decision not committed (no longer leader)"
-                        ),
-                        Err(e) => tracing::debug!(error = %e, "leader decision lost: Raft stopped"),
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "leader decisions not appended (no longer leader)")
-            }
+        if let Err(e) = self.raft.client_write(cmd).await {
+            tracing::debug!(error = %e, "leader decision not committed (no longer leader)");
         }
     }
 
     pub(super) async fn leader_task(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(PASS) => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = stop.changed() => return,
             }
             let me = self.opts.node_id;
@@ -79,9 +53,7 @@ impl Pool {
                 match *l {
                     Some((t, at)) if t == term => at,
                     _ => {
-                        // A new leader has granted no lease yet, and an earlier leader's may run
-                        // until L after its election: it waits that long (plus the margin) before it
-                        // declares a node it has not heard down.
+                        // A new leader has heard nobody yet: it waits L + margin before declaring anyone down.
                         let (now, now_us) = now_pair();
                         *l = Some((term, now));
                         if let Some(a) = &self.audit {
@@ -92,8 +64,7 @@ impl Pool {
                             });
                         }
                         if let Ok(mut h) = self.heard.lock() {
-                            h.leases.clear();
-                            h.condemned.clear();
+                            h.clear();
                         }
                         now
                     }
@@ -110,55 +81,39 @@ impl Pool {
                 self.write_as_leader(Command::SetPoolSecret { secret })
                     .await;
             }
+            let heard = self.heard.lock().map(|h| h.clone()).unwrap_or_default();
             let nodes: BTreeMap<NodeId, NodeState> = self
                 .reader
                 .read(|s| s.nodes().iter().map(|(id, n)| (*id, n.state)).collect());
-            // Judged under the grants' lock: a node found silent here gets no lease until its
-            // Down (and the move of its shards) is applied.
-            let judgement = {
-                let Ok(mut h) = self.heard.lock() else {
-                    continue;
-                };
-                let judgement = judge(&Observation {
-                    me,
-                    nodes: &nodes,
-                    leases: &h.leases,
-                    leading_since: since,
-                    now: Instant::now(),
-                    margin: self.opts.margin,
-                    settle: self.opts.lease + self.opts.margin,
-                });
-                let down: Vec<NodeId> = judgement.down().collect();
-                h.condemned.extend(down);
-                judgement
-            };
+            let judgement = judge(&Observation {
+                me,
+                nodes: &nodes,
+                heard: &heard,
+                leading_since: since,
+                now: Instant::now(),
+                window: self.opts.lease + self.opts.margin,
+            });
             if !judgement.settled {
                 continue;
             }
-            for id in judgement.down() {
-                tracing::warn!(
-                    node = id,
-                    "node declared down: its lease is over (plus the margin)"
-                );
+            for command in judgement.commands {
+                if let Command::SetNodeState {
+                    id,
+                    state: NodeState::Down,
+                } = &command
+                {
+                    tracing::warn!(
+                        node = id,
+                        "node silent for longer than lease + margin: down"
+                    );
+                }
+                self.write_as_leader(command).await;
             }
-            let moves = self.reader.read(|s| plan_moves(s, &judgement.alive));
+            let alive = judgement.alive;
+            let moves = self.reader.read(|s| plan_moves(s, &alive));
             if !moves.is_empty() {
                 tracing::info!(moves = moves.len(), "rebalancing shards");
-            }
-            let condemned: Vec<NodeId> = judgement.down().collect();
-            let mut batch = judgement.commands;
-            if !moves.is_empty() {
-                batch.push(Command::MoveShards { moves });
-            }
-            if !batch.is_empty() {
-                self.write_batch_as_leader(batch).await;
-            }
-            if !condemned.is_empty()
-                && let Ok(mut h) = self.heard.lock()
-            {
-                for id in condemned {
-                    h.condemned.remove(&id);
-                }
+                self.write_as_leader(Command::MoveShards { moves }).await;
             }
         }
     }

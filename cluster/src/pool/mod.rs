@@ -3,11 +3,10 @@
 //! attach, shutdown) and the [`Pool`] handle; each concern lives in its own file below.
 //!
 //! ```text
-//!  every L/4: node ──Lease──► leader        leader: lease over + margin ⇒ SetNodeState(Down)
-//!  lease valid until sent_at + min(L,         and plan_moves(state, alive) ⇒ MoveShards, one batch
-//!    quorum ack + L - grant)                watcher: applied shard map changed ⇒
-//!  may_act(s) = owner(s) == me                clear acting bits, released; fence; set bits, adopted
-//!             ∧ acting[s] ∧ lease
+//!  every L/4: node ──Lease──► leader        leader: silent > L + margin ⇒ SetNodeState(Down)
+//!  lease valid until sent_at + L            leader: plan_moves(state, alive) ⇒ MoveShards
+//!  may_act(s) = owner(s) == me              watcher: applied shard map changed ⇒
+//!             ∧ acting[s] ∧ lease             clear acting bits, released; fence; set bits, adopted
 //! ```
 //!
 //! ```text
@@ -48,7 +47,7 @@ pub use commit::{DIALOG_RETRY_FOR, DialogStats};
 pub use fence::{FenceStats, LATE_WINDOW};
 pub use info::{NodeInfo, PoolInfo};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -72,7 +71,6 @@ use crate::typ::{NodeAddrs, NodeId};
 
 use commit::DialogOp;
 use hooks::Hooks;
-use judge::Hearing;
 
 /// How a node joins its pool.
 #[derive(Debug, Clone)]
@@ -121,8 +119,7 @@ pub trait ConfigValidator: Send + Sync + std::fmt::Debug + 'static {
 }
 
 impl PoolOptions {
-    /// Defaults for a node: 1024 shards, 3 voters, L = [`DEFAULT_LEASE`], margin
-    /// [`DEFAULT_MARGIN`], snapshot every 5000 entries.
+    /// Defaults for a node: 1024 shards, 3 voters, L = 2 s, margin 1 s, snapshot every 5000 entries.
     pub fn new(
         node_id: NodeId,
         addrs: NodeAddrs,
@@ -138,8 +135,8 @@ impl PoolOptions {
             join,
             shard_count: crate::state::DEFAULT_SHARD_COUNT,
             max_voters: 3,
-            lease: DEFAULT_LEASE,
-            margin: DEFAULT_MARGIN,
+            lease: Duration::from_secs(2),
+            margin: Duration::from_secs(1),
             snapshot_logs: 5000,
             audit: None,
             tls: None,
@@ -148,19 +145,6 @@ impl PoolOptions {
         }
     }
 }
-
-/// The default lease length L (ARCHITECTURE.md, "The pool": failover, explains the numbers).
-pub const DEFAULT_LEASE: Duration = Duration::from_millis(800);
-/// The default margin: the slack after a lease's end before its node counts as gone.
-pub const DEFAULT_MARGIN: Duration = Duration::from_millis(100);
-
-/// openraft's heartbeat interval (ms). A follower that has heard the leader does not vote for
-/// anyone else for `ELECTION_TIMEOUT_MS.1` (openraft's leader lease), then starts an election after
-/// its own timeout drawn from `ELECTION_TIMEOUT_MS`: a dead leader is replaced 450–600 ms after its
-/// last heartbeat (ARCHITECTURE.md, "The pool": failover).
-const RAFT_HEARTBEAT_MS: u64 = 50;
-/// openraft's election timeout range (ms).
-const ELECTION_TIMEOUT_MS: (u64, u64) = (150, 300);
 
 /// Most concurrent HTTP/2 streams a peer may open on one connection to the internal port.
 const MAX_STREAMS: u32 = 256;
@@ -224,9 +208,8 @@ pub struct Pool {
     epoch: Instant,
     /// Our lease: valid until this instant.
     lease_until: Mutex<Option<Instant>>,
-    /// Leader only: until when each node's lease from us may run, and the nodes being declared
-    /// down (one lock for the lease grants and the failure detector).
-    heard: Mutex<Hearing>,
+    /// Leader only: when each node was last heard.
+    heard: Mutex<BTreeMap<NodeId, Instant>>,
     /// Leader only: since when this node has been leader (term, instant).
     leading_since: Mutex<Option<(u64, Instant)>>,
     clients: Mutex<HashMap<NodeId, ClusterClient<Channel>>>,
@@ -270,9 +253,9 @@ impl Pool {
         let reader = sm.reader();
         let config = openraft::Config {
             cluster_name: "medpool".into(),
-            heartbeat_interval: RAFT_HEARTBEAT_MS,
-            election_timeout_min: ELECTION_TIMEOUT_MS.0,
-            election_timeout_max: ELECTION_TIMEOUT_MS.1,
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_logs.max(1)),
             max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),
             // Bounds an AppendEntries message (each entry is within its command's cap).
@@ -299,7 +282,7 @@ impl Pool {
             reader,
             epoch: Instant::now(),
             lease_until: Mutex::new(None),
-            heard: Mutex::new(Hearing::default()),
+            heard: Mutex::new(BTreeMap::new()),
             leading_since: Mutex::new(None),
             clients: Mutex::new(HashMap::new()),
             dialer,

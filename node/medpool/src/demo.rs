@@ -163,22 +163,12 @@ pub async fn run(args: DemoArgs) -> Result<bool, DemoError> {
     let killed = Instant::now();
     tokio::task::block_in_place(|| nodes[victim].kill9());
     fwd.mark_dead(sip(victim));
-    let (lease, margin) = (
-        medpool_cluster::pool::DEFAULT_LEASE.as_secs_f64(),
-        medpool_cluster::pool::DEFAULT_MARGIN.as_secs_f64(),
-    );
-    say(&if was_leader {
-        format!(
-            "The Service re-pins the PBX's flow to a live node. The survivors elect a new leader, which\n\
-             waits until every lease its predecessor granted is over ({lease:.1} s + {margin:.1} s margin)\n\
-             and then hands the dead node's shards to the survivors:"
-        )
+    say(if was_leader {
+        "The Service re-pins the PBX's flow to a live node. The survivors elect a new leader, which\n\
+         waits out the dead node's lease (2 s + 1 s margin) and then hands its shards to the survivors:"
     } else {
-        format!(
-            "The Service re-pins the PBX's flow to a live node. The leader waits until the dead node's\n\
-             lease is over (at most {lease:.1} s, + {margin:.1} s margin) and then hands its shards to the\n\
-             survivors:"
-        )
+        "The Service re-pins the PBX's flow to a live node. The leader waits out the dead node's\n\
+         lease (2 s + 1 s margin) and then hands its shards to the survivors:"
     });
     let (moved, info) = watch_failover(&nodes, raft(survivors[0]), victim, killed).await?;
     let mut restored = 0;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use medpool_b2bua::cluster::{NoRelay, SingleNode};
 use medpool_b2bua::config::{ConfigError, PoolConfig};
 use medpool_b2bua::node::{self, NodeCtx, NodeError, NodeOptions};
-use medpool_cluster::pool::{DEFAULT_LEASE, DEFAULT_MARGIN, Pool, PoolOptions};
+use medpool_cluster::pool::{Pool, PoolOptions};
 use medpool_cluster::{Command, NodeAddrs};
 
 use medpool_sip::transaction::TimerConfig;
@@ -96,11 +96,6 @@ pub struct ServeArgs {
     pub log: LogArgs,
 }
 
-/// A duration in whole milliseconds, for a flag's default.
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Raft pool flags. A node runs in a pool when `--raft-listen` is given.
 #[derive(Debug, Clone, Args)]
 pub struct PoolArgs {
@@ -129,16 +124,11 @@ pub struct PoolArgs {
     /// Raft voters (the first nodes); later nodes are learners. 1 to 5.
     #[arg(long, env = "MEDPOOL_VOTERS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub voters: u8,
-    /// Lease length L in milliseconds (200 to 60000): a node acts for its shards only under a
-    /// lease, which lasts at most L; the leader declares a node down once its lease is over plus the
-    /// margin, and a new leader waits L + margin before it judges nodes it has not heard.
-    #[arg(long, env = "MEDPOOL_LEASE_MS", default_value_t = ms(DEFAULT_LEASE),
-          value_parser = clap::value_parser!(u64).range(200..=60_000))]
+    /// Lease length L in milliseconds.
+    #[arg(long, env = "MEDPOOL_LEASE_MS", default_value_t = 2000)]
     pub lease_ms: u64,
-    /// Margin after a node's lease is over before the leader declares it down, in milliseconds
-    /// (0 to 10000; covers clock drift and the gap between a lease check and what a node does).
-    #[arg(long, env = "MEDPOOL_LEASE_MARGIN_MS", default_value_t = ms(DEFAULT_MARGIN),
-          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    /// Margin added to L before the leader declares a silent node down, in milliseconds.
+    #[arg(long, env = "MEDPOOL_LEASE_MARGIN_MS", default_value_t = 1000)]
     pub lease_margin_ms: u64,
     /// Append this node's audit report to PATH (created if missing): its leases, the shards it may
     /// act for, leadership and configuration versions, one line each with Unix-microsecond times,
@@ -677,7 +667,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
     let admin_mode = match &pool {
         Some(p) => crate::admin::ctx::Mode::Pool {
             pool: p.clone(),
-            lease: Duration::from_millis(args.pool.lease_ms),
+            lease: Duration::from_millis(args.pool.lease_ms.max(100)),
         },
         None => crate::admin::ctx::Mode::Single(crate::admin::ctx::Standalone::new(
             config_text.or_else(|| {
@@ -781,7 +771,7 @@ fn pool_options(
         join,
         shard_count: args.shards,
         max_voters: usize::from(p.voters),
-        lease: Duration::from_millis(p.lease_ms),
+        lease: Duration::from_millis(p.lease_ms.max(100)),
         margin: Duration::from_millis(p.lease_margin_ms),
         snapshot_logs: 5000,
         audit: p.audit_file.clone(),
