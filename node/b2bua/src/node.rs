@@ -373,11 +373,17 @@ async fn feed(
         inb.source = real_source(&inb.msg, inb.source, &ctx.trusted_forwarders);
     }
     // Peers are checked by the node that received the message; forwarded messages were checked there.
+    // A trunk that requires a client certificate is only itself over TLS (the TLS door checked the
+    // certificate); its address over UDP or TCP, or named by a forwarder, is not enough.
     let known = via.is_some()
         || ctx
             .dns
             .trunk_for_source(&config, inb.source.ip(), inb.source.port())
-            .is_some();
+            .is_some_and(|t| {
+                !t.tls.requires_client_cert()
+                    || (inb.transport == medpool_sip::transport::Transport::Tls
+                        && inb.tls.is_some())
+            });
     if !known && inb.msg.is_request() {
         ctx.stats.refused_sources.fetch_add(1, Ordering::Relaxed);
     }
