@@ -507,14 +507,19 @@ async fn feed(
     // A trunk with a port of its own starts things (new calls, OPTIONS, ...) only on that port:
     // elsewhere its new requests (sent to the node directly) are a stranger's. What belongs to a
     // dialog or a transaction already known is taken on any port (it names its call).
+    // A trunk that requires a client certificate is only itself over TLS (the TLS door checked the
+    // certificate); its address over UDP or TCP, or named by a forwarder, is not enough.
     let known = via.is_some()
         || ctx
             .dns
             .trunk_for_source(&config, inb.source.ip(), inb.source.port())
             .is_some_and(|t| {
-                !direct
+                (!direct
                     || !medpool_sip::transport::starts_something_new(&inb.msg)
-                    || ctx.me.bound(t.local_port) == port
+                    || ctx.me.bound(t.local_port) == port)
+                    && (!t.tls.requires_client_cert()
+                        || (inb.transport == medpool_sip::transport::Transport::Tls
+                            && inb.tls.is_some()))
             });
     if !known && inb.msg.is_request() {
         ctx.stats.refused_sources.fetch_add(1, Ordering::Relaxed);

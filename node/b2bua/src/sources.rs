@@ -190,4 +190,48 @@ side = "gateway"
             SourceClass::Unknown(UnknownPolicy::Drop)
         );
     }
+
+    #[test]
+    fn a_mutual_tls_trunk_is_no_source_by_address_and_gets_a_client_rule() {
+        let text = r#"
+[node]
+unknown_source = "reject"
+
+[[trunk]]
+name = "fe"
+address = "10.0.0.5"
+side = "internal"
+transport = "tls"
+tls_client_names = ["fe.example.com"]
+
+[[trunk]]
+name = "itsp"
+address = "10.0.0.6"
+side = "gateway"
+transport = "tls"
+tls_name = "sbc.example.net"
+"#;
+        let config = PoolConfig::from_toml_str(text, "t.toml").unwrap();
+        let p = source_policy(&config, &[]);
+        assert_eq!(
+            p.classify("10.0.0.5:5061".parse().unwrap()),
+            SourceClass::Unknown(UnknownPolicy::Reject),
+            "its address alone is not enough"
+        );
+        assert!(matches!(
+            p.classify("10.0.0.6:5061".parse().unwrap()),
+            SourceClass::Known(_)
+        ));
+        // No CA anywhere: the rule is there, and nobody meets it (fail closed).
+        let view = tls_view(&config, None);
+        assert_eq!(view.rules.len(), 1);
+        assert!(view.rules[0].1.is_none());
+        let (at, peer) = &view.peers[1];
+        assert_eq!(*at, "10.0.0.6:5061".parse().unwrap());
+        assert_eq!(peer.label, "itsp");
+        assert_eq!(
+            peer.name,
+            medpool_sip::transport::tls::ServerName::try_from("sbc.example.net").unwrap()
+        );
+    }
 }
