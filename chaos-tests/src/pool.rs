@@ -165,6 +165,9 @@ pub struct Setup {
     pub data_dirs: std::collections::BTreeMap<usize, PathBuf>,
     /// Every trunk relays media (the peers send RTP); otherwise media bypasses the pool.
     pub media_relay: bool,
+    /// The caller's trunk (`pbx`) has this `encryption` (e.g. `"required"`: its calls are SRTP);
+    /// `None` leaves the default (plain RTP).
+    pub pbx_encryption: Option<&'static str>,
 }
 
 impl LocalPool {
@@ -189,11 +192,17 @@ impl LocalPool {
                 source,
             })?;
         let config = dir.path().join("medpool.toml");
-        std::fs::write(&config, pool_config_with(net, setup.media_relay)).map_err(|source| {
-            HarnessError::File {
-                path: config.clone(),
-                source,
-            }
+        let mut text = pool_config_with(net, setup.media_relay);
+        if let Some(e) = setup.pbx_encryption {
+            text = text.replacen(
+                "name = \"pbx\"",
+                &format!("name = \"pbx\"\nencryption = \"{e}\""),
+                1,
+            );
+        }
+        std::fs::write(&config, text).map_err(|source| HarnessError::File {
+            path: config.clone(),
+            source,
         })?;
         eprintln!(
             "[pool 127.0.{}.x] binary {} · data and logs in {}",

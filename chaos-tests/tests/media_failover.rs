@@ -14,7 +14,13 @@
 //!    p50/p99/max and must stay within the failover time (kill → shards adopted) + 1 s. No packet
 //!    may reach another call, before or after.
 //!
-//! Addresses: 127.0.76.x (test 1) and 127.0.73.x (test 2), one test at a time (2 shared cores).
+//! 3. `srtp_audio_resumes_after_the_anchor_is_killed_rekeyed`: test 2 with SRTP on the caller's leg
+//!    (its trunk has `encryption = "required"`, the gateways' legs are plain RTP). No key is in the
+//!    record: the survivors' re-INVITEs offer fresh keys; the audio gap is printed the same way and
+//!    every echo after the kill must decrypt.
+//!
+//! Addresses: 127.0.76.x (test 1), 127.0.73.x (test 2) and 127.0.162.x (test 3), one test at a
+//! time (2 shared cores).
 
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
@@ -44,7 +50,9 @@ struct World {
     gws: Vec<Gateway>,
 }
 
-async fn world(net: Net) -> World {
+/// The pool and its peers; with `srtp` the caller's trunk requires SRTP (the gateways' legs stay
+/// plain RTP: the relay bridges SRTP ↔ RTP).
+async fn world(net: Net, srtp: bool) -> World {
     let gw1 = Gateway::start(GatewayConfig {
         rtp: true,
         ..GatewayConfig::new(net.gateway(0))
@@ -66,6 +74,7 @@ async fn world(net: Net) -> World {
     .unwrap();
     let setup = Setup {
         media_relay: true,
+        pbx_encryption: srtp.then_some("required"),
         ..Setup::default()
     };
     let pool = LocalPool::start_with(net, 3, setup).await.unwrap();
@@ -76,9 +85,10 @@ async fn world(net: Net) -> World {
     }
 }
 
-async fn rtp_caller(net: Net, port: u16, seed: u64) -> Caller {
+async fn rtp_caller(net: Net, port: u16, seed: u64, srtp: bool) -> Caller {
     let cfg = CallerConfig {
         rtp: true,
+        srtp,
         cps: 50,
         ..CallerConfig::new(net.caller(port), net.service(), seed)
     };
@@ -113,8 +123,8 @@ async fn rtp_flows_through_the_relay_with_hold_resume_and_a_codec_change() {
     let name = "media-relay";
     let net = Net(76);
     let seed = seed(name);
-    let w = world(net).await;
-    let caller = rtp_caller(net, 5070, seed).await;
+    let w = world(net, false).await;
+    let caller = rtp_caller(net, 5070, seed, false).await;
     const CALLS: usize = 60;
     let answered = caller.place(CALLS).await;
     assert_eq!(answered, CALLS, "[{name}] calls answered");
@@ -209,14 +219,25 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_audio_resumes_after_the_anchor_is_killed() {
     let _one = SERIAL.lock().await;
-    let name = "media-failover";
-    let net = Net(73);
+    anchor_killed("media-failover", Net(73), false).await;
+}
+
+/// The same with SRTP on the caller's leg (`encryption = "required"` on its trunk) and plain RTP
+/// on the gateways': no key is in the record, so the survivor's re-anchoring re-INVITE gives the
+/// caller a fresh key and takes the caller's answer's; the caller checks the decrypted echoes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtp_audio_resumes_after_the_anchor_is_killed_rekeyed() {
+    let _one = SERIAL.lock().await;
+    anchor_killed("media-failover-srtp", Net(162), true).await;
+}
+
+async fn anchor_killed(name: &str, net: Net, srtp: bool) {
     let seed = seed(name);
-    let mut w = world(net).await;
+    let mut w = world(net, srtp).await;
     let up = w.pool.status(0).await.unwrap();
     let victim = up.leader.map_or(1, |l| (l as usize + 1) % 3);
     let victim_ip = net.node_sip(victim).ip();
-    let caller = rtp_caller(net, 5070, seed).await;
+    let caller = rtp_caller(net, 5070, seed, srtp).await;
     w.fwd.pin(caller.local_addr(), net.node_sip(victim));
     // Calls until 200 are anchored on the victim; the others are hung up.
     const ANCHORED: usize = 200;
@@ -274,6 +295,12 @@ async fn relayed_audio_resumes_after_the_anchor_is_killed() {
         0,
         "[{name}] damaged packets before the kill: {c:?}"
     );
+    if srtp {
+        assert!(
+            c.srtp_received > 0 && c.srtp_received == c.received && c.srtp_failed == 0,
+            "[{name}] the caller's legs speak SRTP before the kill: {c:?}"
+        );
+    }
 
     let marks: Vec<(usize, usize)> = (0..3)
         .filter(|&i| i != victim)
@@ -371,6 +398,25 @@ async fn relayed_audio_resumes_after_the_anchor_is_killed() {
         bound.as_secs_f64(),
         over.iter().map(|g| g / 1000).collect::<Vec<_>>()
     );
+    if srtp {
+        // Re-keyed: after the kill every echo still decrypts (the survivor's key), and the
+        // gateways (plain RTP) never saw an SRTP packet.
+        let fresh: u64 = after
+            .iter()
+            .filter(|m| on_victim.contains(&m.index))
+            .map(|m| m.stats.srtp_received)
+            .sum::<u64>()
+            - steady.values().map(|s| s.srtp_received).sum::<u64>();
+        eprintln!(
+            "[{name}] SRTP after the kill: {fresh} echoes decrypted with the new keys, {} failed",
+            total.srtp_failed
+        );
+        assert!(
+            fresh >= ANCHORED as u64 * 50,
+            "[{name}] decrypted echoes after re-keying: {fresh}"
+        );
+        assert_eq!(total.srtp_received, total.received, "[{name}] {total:?}");
+    }
     let g = gateway_stats(&w.gws);
     assert_eq!(
         (total.wrong_call, g.wrong_call, total.corrupt, g.corrupt),

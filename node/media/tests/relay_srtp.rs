@@ -149,3 +149,69 @@ async fn srtp_to_rtp_then_srtp_to_srtp_rekeyed_both_ways() {
     s.close().await;
     assert_eq!(relay.totals().srtp_auth_failed, 1);
 }
+
+/// A leg that must be SRTP gets nothing in the clear while its keys are being negotiated, and
+/// nothing it sends passes: the first packet either peer receives is one sent after the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_leg_without_keys_passes_nothing_in_the_clear() {
+    let relay = Relay::new(RelayConfig {
+        listen: ip(13),
+        ports: PortRange::new(24020, 24039).unwrap(),
+    });
+    let (pa, pb) = (peer(14).await, peer(15).await);
+    let mut plan = SessionPlan {
+        a: LegPlan {
+            rtp: Some(pa.local_addr().unwrap()),
+            ..LegPlan::default()
+        },
+        b: LegPlan {
+            rtp: Some(pb.local_addr().unwrap()),
+            ..LegPlan::default()
+        },
+        a_srtp_required: true,
+        ..SessionPlan::default()
+    };
+    let s = relay.open(plan.clone()).await.unwrap();
+    let (to_a, to_b) = (s.local(Leg::A).rtp, s.local(Leg::B).rtp);
+    // B's plain RTP towards A (no keys yet): dropped; A's packets (which it would protect with a
+    // key the node does not know yet): dropped.
+    pb.send_to(&rtp(1, 0xB, b"clear"), to_b).await.unwrap();
+    pa.send_to(&rtp(1, 0xA, b"early"), to_a).await.unwrap();
+    // Both were handled (and dropped) under the plan without keys before the keys come.
+    let dropped =
+        || s.counters(Leg::A).srtp_auth_failed == 1 && s.counters(Leg::B).send_failed == 1;
+    for _ in 0..500 {
+        if dropped() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        dropped(),
+        "{:?} {:?}",
+        s.counters(Leg::A),
+        s.counters(Leg::B)
+    );
+    // The keys arrive (the answer): from now on both ways work.
+    let (a_keys, mut a_send, mut a_recv) = keys(Suite::AesCm128HmacSha1_80, None);
+    plan.a_srtp = Some(a_keys);
+    s.update(plan);
+    let late = rtp(2, 0xA, b"after the keys");
+    pa.send_to(&protect(&mut a_send, &late), to_a)
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&pb).await,
+        late,
+        "B's first packet is the one sent after the keys"
+    );
+    let back = rtp(2, 0xB, b"protected");
+    pb.send_to(&back, to_b).await.unwrap();
+    assert_eq!(
+        unprotect(&mut a_recv, recv(&pa).await),
+        back,
+        "A's first packet is protected"
+    );
+    assert_eq!(s.counters(Leg::A).srtp_auth_failed, 1);
+    assert_eq!(s.counters(Leg::B).send_failed, 1);
+}

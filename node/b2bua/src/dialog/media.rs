@@ -102,6 +102,10 @@ impl Call {
         let mut plan = self.media.session_plan();
         plan.a_srtp = self.srtp[0].keys().cloned();
         plan.b_srtp = self.srtp[1].keys().cloned();
+        // A leg whose trunk requires SRTP never gets (or gives) a packet in the clear, even while
+        // its keys are being (re)negotiated.
+        plan.a_srtp_required = self.encryption_of(Side::A) == Encryption::Required;
+        plan.b_srtp_required = self.encryption_of(Side::B) == Encryption::Required;
         plan
     }
 
@@ -388,7 +392,7 @@ pub(super) fn start_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>) {
     }
     // No key survives a failover (none is in the record): both legs are offered fresh ones.
     st.srtp = Default::default();
-    match rt.relay.open_now(st.media.session_plan()) {
+    match rt.relay.open_now(st.plan_with_keys()) {
         Ok(s) => st.media_session = Some(s),
         Err(e) => {
             tracing::warn!(parent: &st.span, error = %e, "cannot open a media session: the call goes on with signalling only");

@@ -54,6 +54,8 @@ mod rfc_tests;
 mod session;
 mod setup;
 mod spans;
+#[cfg(test)]
+mod srtp_tests;
 mod teardown;
 #[cfg(test)]
 mod tests;

@@ -121,6 +121,11 @@ pub struct SessionPlan {
     pub a_srtp: Option<Arc<LegKeys>>,
     /// Leg B's SRTP keys.
     pub b_srtp: Option<Arc<LegKeys>>,
+    /// Leg A must speak SRTP: while it has no keys (its offer/answer is under way, e.g. a
+    /// re-anchoring re-INVITE), its packets are dropped both ways rather than relayed in the clear.
+    pub a_srtp_required: bool,
+    /// The same for leg B.
+    pub b_srtp_required: bool,
 }
 
 impl SessionPlan {
@@ -128,6 +133,14 @@ impl SessionPlan {
         match leg {
             Leg::A => &self.a,
             Leg::B => &self.b,
+        }
+    }
+
+    /// Whether a leg must speak SRTP (see [`SessionPlan::a_srtp_required`]).
+    pub fn srtp_required(&self, leg: Leg) -> bool {
+        match leg {
+            Leg::A => self.a_srtp_required,
+            Leg::B => self.b_srtp_required,
         }
     }
 

@@ -192,12 +192,15 @@ impl LegSrtp {
 #[derive(Debug, Default)]
 pub(crate) struct Secure {
     legs: [Option<Box<LegSrtp>>; 2],
+    /// Legs that must be SRTP (while one has no keys, its packets are dropped both ways).
+    required: [bool; 2],
 }
 
 impl Secure {
     /// Follows the keys of a new plan: a leg whose keys are unchanged keeps its contexts (and
     /// their ROC and replay state); new keys get new contexts; no keys, none.
-    pub(crate) fn update(&mut self, keys: [Option<&Arc<LegKeys>>; 2]) {
+    pub(crate) fn update(&mut self, keys: [Option<&Arc<LegKeys>>; 2], required: [bool; 2]) {
+        self.required = required;
         for (slot, k) in self.legs.iter_mut().zip(keys) {
             match (slot.as_ref(), k) {
                 (_, None) => *slot = None,
@@ -205,6 +208,12 @@ impl Secure {
                 (_, Some(k)) => *slot = Some(Box::new(LegSrtp::new(k))),
             }
         }
+    }
+
+    /// Whether leg `index` must be SRTP and has no keys yet.
+    pub(crate) fn awaits_keys(&self, index: usize) -> bool {
+        self.required.get(index).copied().unwrap_or(false)
+            && self.legs.get(index).is_some_and(Option::is_none)
     }
 
     /// The contexts of leg `index` (0: A, 1: B), if it is protected.
@@ -370,22 +379,23 @@ mod tests {
             ours: attr(Suite::AesCm128HmacSha1_80, None),
         });
         let mut s = Secure::default();
-        s.update([Some(&keys), None]);
+        s.update([Some(&keys), None], [false; 2]);
         assert!(s.leg(0).is_some() && s.leg(1).is_none());
         let c = DirectionCounters::default();
         relay(None, s.leg(0), Kind::Rtp, &rtp(1, 1, &[0; 4]), &c).unwrap();
         // The same keys (another Arc): the context stays, so index 1 is not sent twice.
         let same = Arc::new((*keys).clone());
-        s.update([Some(&same), None]);
+        s.update([Some(&same), None], [false; 2]);
         assert!(relay(None, s.leg(0), Kind::Rtp, &rtp(1, 1, &[0; 4]), &c).is_none());
         let fresh = Arc::new(LegKeys {
             theirs: attr(Suite::AesCm128HmacSha1_80, None),
             ours: attr(Suite::AesCm128HmacSha1_80, None),
         });
-        s.update([Some(&fresh), Some(&fresh)]);
+        s.update([Some(&fresh), Some(&fresh)], [false; 2]);
         assert!(relay(None, s.leg(0), Kind::Rtp, &rtp(1, 1, &[0; 4]), &c).is_some());
-        s.update([None, None]);
+        s.update([None, None], [false, true]);
         assert!(s.leg(0).is_none());
+        assert!(!s.awaits_keys(0) && s.awaits_keys(1));
         let inline = fresh.ours.key.to_string();
         let b64 = inline.trim_start_matches("inline:");
         assert!(b64.len() >= 40 && !format!("{fresh:?}").contains(b64));

@@ -183,7 +183,10 @@ pub(crate) async fn run(
 
 /// The SRTP contexts follow the plan's keys (kept while the keys stay the same).
 fn follow_keys(secure: &mut Secure, plan: &SessionPlan) {
-    secure.update([plan.srtp(Leg::A), plan.srtp(Leg::B)]);
+    secure.update(
+        [plan.srtp(Leg::A), plan.srtp(Leg::B)],
+        [plan.srtp_required(Leg::A), plan.srtp_required(Leg::B)],
+    );
 }
 
 fn publish_latched(fwd: &Forwarder, shared: &Shared) {
@@ -277,6 +280,10 @@ impl Ctx<'_> {
                 Some(n) => len = n,
                 None => return,
             }
+        } else if self.secure.awaits_keys(leg.index()) {
+            // An SRTP leg whose keys are not there yet: nothing can be authenticated.
+            from.record_srtp_auth_failed();
+            return;
         }
         let before = self.fwd.latched(leg);
         let route = self
@@ -302,6 +309,10 @@ impl Ctx<'_> {
                     return;
                 }
             }
+        } else if self.secure.awaits_keys(route.leg.index()) {
+            // Never in the clear to a leg that must be SRTP.
+            from.record_send_failed();
+            return;
         }
         let out = self.legs[route.leg.index()].socket(route.port);
         // Non-blocking; not registered for write readiness (see `mmsg`): a full buffer drops it.
