@@ -419,7 +419,6 @@ fn leg_a_signalling(case: &Case) -> (AudioSecurity, AudioSecurity) {
 /// what reaches bob in the clear, and medpool's SRTP to alice authenticates with the key it
 /// answered and carries exactly what bob sent; no ciphertext equals the clear text.
 #[test]
-#[ignore = "needs SRTP in the relay (branch h17-srtp) on main: run with --ignored once merged"]
 fn baresip_over_tls_with_srtp_to_a_plain_rtp_gateway() {
     let case = start_case(
         "srtp-to-rtp",
@@ -534,7 +533,6 @@ fn baresip_over_tls_with_srtp_to_a_plain_rtp_gateway() {
 /// sent reaches bob (decrypted) byte for byte and the other way round; the ciphertexts of the
 /// two legs differ.
 #[test]
-#[ignore = "needs SRTP in the relay (branch h17-srtp) on main: run with --ignored once merged"]
 fn baresip_over_tls_with_srtp_on_both_legs() {
     let case = start_case(
         "srtp-both",

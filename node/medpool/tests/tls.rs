@@ -68,7 +68,6 @@ async fn caller(opts: TlsOptions, seed: u64) -> Caller {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not passing yet: the first TLS calls are not answered (2 expected, 0 got); run with --ignored while fixing"]
 async fn calls_over_tls_mutual_tls_refusal_and_certificate_reload() {
     let dir = TestDir::new("tls");
     let ca = TestCa::new(dir.path(), "pool").unwrap();

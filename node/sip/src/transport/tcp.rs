@@ -918,14 +918,40 @@ impl TcpPool {
     }
 }
 
+/// Connects to `dest` from `local_ip` when it is a specific address of `dest`'s family (the node's
+/// SIP address: a peer that knows the node by it sees connections come from it, as it sees UDP),
+/// else from the address the kernel chooses.
+async fn connect_from(local_ip: std::net::IpAddr, dest: SocketAddr) -> std::io::Result<TcpStream> {
+    if local_ip.is_unspecified() || local_ip.is_ipv4() != dest.is_ipv4() {
+        return TcpStream::connect(dest).await;
+    }
+    let sock = if dest.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.bind(SocketAddr::new(local_ip, 0))?;
+    sock.connect(dest).await
+}
+
 impl TcpPool {
+    /// The address connections this pool opens come from: the TLS listener's IP for TLS, the
+    /// SIP listen IP otherwise.
+    fn source_ip(&self) -> std::net::IpAddr {
+        let config = &self.inner.config;
+        match (&self.inner.tls, config.tls.as_ref().and_then(|t| t.listen)) {
+            (Some(_), Some(tls)) => tls.ip(),
+            _ => config.listen.ip(),
+        }
+    }
+
     /// Opens a connection to `dest` (and, for TLS, finishes the handshake), then adopts it.
     async fn connect(
         &self,
         dest: SocketAddr,
         slot: SlotGuard,
     ) -> Result<mpsc::Sender<Bytes>, TransportError> {
-        let stream = TcpStream::connect(dest)
+        let stream = connect_from(self.source_ip(), dest)
             .await
             .map_err(|e| TransportError::Io(e.kind()))?;
         let Some(tls) = &self.inner.tls else {
