@@ -21,6 +21,7 @@
 //!      dns                    trunks named by DNS: lookups (RFC 3263), their cache, targets
 //!   2  txlayer                transaction events: Envelope, Registry, SipIo, Wire (no actor type)
 //!   1  config routing translate health ingress sources cluster trace   pure: no I/O, no actors
+//!      latency                the per-stage histograms (dispatch, call start, INVITE out, scheduler lag)
 //!      media                  the call's media plan: SDP offer/answer rewriting, relay plans
 //!      capacity               this node's share of a gateway's pool-wide limits; gateway states
 //! ```
@@ -41,6 +42,7 @@ pub mod gateway;
 pub mod gateways;
 pub mod health;
 pub mod ingress;
+pub mod latency;
 pub mod media;
 pub mod node;
 pub mod routing;

@@ -251,6 +251,7 @@ where
             retransmissions: std::sync::atomic::AtomicU64::new(0),
             progress: Notify::new(),
             progress_watched: std::sync::atomic::AtomicBool::new(false),
+            sweeps: SweepCounters::default(),
         });
         let task = tokio::spawn(run_timers(Arc::clone(&shared)));
         Self {
@@ -491,6 +492,19 @@ where
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How the timer task's sweeps went: how many, how many held the table longer than
+    /// [`SLOW_SWEEP`], and the longest (while a sweep holds the table, no message gets through the
+    /// transaction layer).
+    pub fn sweeps(&self) -> SweepStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.shared.sweeps;
+        SweepStats {
+            sweeps: c.sweeps.load(Relaxed),
+            slow: c.slow.load(Relaxed),
+            longest: std::time::Duration::from_micros(c.longest_us.load(Relaxed)),
+        }
+    }
+
     /// The number of live transactions.
     pub fn len(&self) -> usize {
         let table = self.shared.lock();
@@ -531,6 +545,27 @@ where
     }
 }
 
+/// A timer sweep that holds the table at least this long counts as slow ([`Driver::sweeps`]).
+pub const SLOW_SWEEP: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// How the timer task's sweeps went ([`Driver::sweeps`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Sweeps run (each fires every timer due).
+    pub sweeps: u64,
+    /// Sweeps that held the table at least [`SLOW_SWEEP`].
+    pub slow: u64,
+    /// The longest a sweep held the table.
+    pub longest: std::time::Duration,
+}
+
+#[derive(Default)]
+struct SweepCounters {
+    sweeps: std::sync::atomic::AtomicU64,
+    slow: std::sync::atomic::AtomicU64,
+    longest_us: std::sync::atomic::AtomicU64,
+}
+
 /// What the driver and its timer task share.
 struct Shared<M, Io> {
     config: DriverConfig,
@@ -544,6 +579,8 @@ struct Shared<M, Io> {
     /// once somebody has asked to be woken (`progress_watched`): no cost on the hot path before.
     progress: Notify,
     progress_watched: std::sync::atomic::AtomicBool,
+    /// How long the timer task's sweeps hold the table.
+    sweeps: SweepCounters,
 }
 
 struct Table<M> {
@@ -829,6 +866,19 @@ where
         found
     }
 
+    /// Counts a sweep that began at `began` (by `tokio::time`, so paused in tests).
+    fn count_sweep(&self, began: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let held = Instant::now().saturating_duration_since(began);
+        let c = &self.sweeps;
+        c.sweeps.fetch_add(1, Relaxed);
+        if held >= SLOW_SWEEP {
+            c.slow.fetch_add(1, Relaxed);
+        }
+        c.longest_us
+            .fetch_max(held.as_micros().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
     /// Fire every timer due at `now`; returns the effects and the next deadline.
     fn fire_due(&self, now: Instant) -> (Output<M>, Option<Instant>) {
         let mut out = Output::default();
@@ -864,6 +914,8 @@ where
             }
         }
         let next = table.wheel.next_deadline();
+        drop(table);
+        self.count_sweep(now);
         let resent = out
             .effects
             .iter()

@@ -376,6 +376,9 @@ pub struct TransportConfig {
     pub tcp: tcp::TcpLimits,
     /// The sources served and their budgets, set by the user (default: everyone, no limit).
     pub gate: Arc<gate::SourceGate>,
+    /// UDP receive loops, each on its own socket sharing the address (`SO_REUSEPORT`; see
+    /// [`udp`]): 1 (the default) to [`udp::MAX_RECEIVERS`].
+    pub udp_receivers: usize,
 }
 
 impl Default for TransportConfig {
@@ -387,6 +390,7 @@ impl Default for TransportConfig {
             retry_after_secs: 5,
             tcp: tcp::TcpLimits::default(),
             gate: Arc::new(gate::SourceGate::default()),
+            udp_receivers: 1,
         }
     }
 }
@@ -408,7 +412,14 @@ pub async fn start(
     config: TransportConfig,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<Running> {
-    let udp = Arc::new(udp::bind(config.listen)?);
+    let sockets: Vec<Arc<tokio::net::UdpSocket>> =
+        udp::bind_all(config.listen, config.udp_receivers)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+    let Some(udp) = sockets.first().cloned() else {
+        return Err(std::io::Error::other("no UDP socket bound"));
+    };
     let listen = udp.local_addr()?;
     let tcp_listener = tokio::net::TcpListener::bind(listen).await?;
     let (tx, inbound) = mpsc::channel(config.queue);
@@ -419,16 +430,20 @@ pub async fn start(
         tcp: tcp.clone(),
         stats: stats.clone(),
     };
-    let tasks = vec![
-        tokio::spawn(udp::receive_loop(
-            udp,
-            config.clone(),
-            tx,
-            stats.clone(),
-            shutdown.clone(),
-        )),
-        tokio::spawn(tcp.accept_loop(tcp_listener)),
-    ];
+    let mut tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|socket| {
+            tokio::spawn(udp::receive_loop(
+                socket,
+                config.clone(),
+                tx.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    drop(tx);
+    tasks.push(tokio::spawn(tcp.accept_loop(tcp_listener)));
     Ok(Running {
         transports,
         inbound,
