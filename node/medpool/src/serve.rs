@@ -541,7 +541,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
     let admin_listener = listeners.admin;
     let (running, pool) = match args.pool.raft_listen {
         None => {
-            let single = Arc::new(SingleNode::new(args.shards));
+            let single = Arc::new(SingleNode::alone(args.shards));
             let running =
                 node::start(opts, config, single.clone(), single, Arc::new(NoRelay)).await?;
             (running, None)

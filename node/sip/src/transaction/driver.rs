@@ -297,7 +297,7 @@ where
                 key.clone(),
                 ClientEntry {
                     machine,
-                    request,
+                    request: Some(request),
                     ack: None,
                     timers: TimerSlots::default(),
                 },
@@ -591,7 +591,10 @@ struct Table<M> {
 
 struct ClientEntry<M> {
     machine: ClientMachine,
-    request: M,
+    /// The request, while it may still be sent (again): dropped once a final response arrived,
+    /// so a transaction lingering to absorb retransmissions (Timer D, K, M: up to 64*T1) does not
+    /// hold the whole request.
+    request: Option<M>,
     /// The ACK for the non-2xx final, built once and resent for its retransmissions.
     ack: Option<M>,
     timers: TimerSlots,
@@ -690,14 +693,18 @@ fn apply_client<M: Clone, Io: TransactionIo<M>>(
     let mut terminated = None;
     for action in actions {
         match *action {
-            Action::TransmitRequest => out
-                .effects
-                .push(Effect::Transmit(tkey.clone(), entry.request.clone())),
+            Action::TransmitRequest => {
+                if let Some(request) = &entry.request {
+                    out.effects
+                        .push(Effect::Transmit(tkey.clone(), request.clone()));
+                }
+            }
             Action::SendAck => {
                 if entry.ack.is_none()
                     && let Some((_, response)) = &response
+                    && let Some(request) = &entry.request
                 {
-                    entry.ack = Some(io.build_ack(&entry.request, response));
+                    entry.ack = Some(io.build_ack(request, response));
                 }
                 if let Some(ack) = &entry.ack {
                     out.effects
@@ -721,6 +728,14 @@ fn apply_client<M: Clone, Io: TransactionIo<M>>(
             Action::StopTimer(id) => wheel.stop(&mut entry.timers, id),
             Action::Terminated(outcome) => terminated = Some(outcome),
         }
+    }
+    if matches!(
+        entry.machine.state(),
+        State::Completed | State::Accepted | State::Terminated
+    ) {
+        // Past the final response: the request is never sent again (the ACK for a non-2xx was
+        // built above, from it).
+        entry.request = None;
     }
     if let Some(outcome) = terminated {
         if let Some(mut entry) = clients.remove(key) {
