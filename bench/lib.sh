@@ -20,9 +20,10 @@ source "$BENCH_DIR/anchors/kamailio/anchor.sh"   # write_configs, start_kamailio
 # Addresses: Kamailio listens on 127.0.0.1:5060, the gateways on 127.0.0.2/.3:5060, the
 # caller on 127.0.0.1:5070. medpool takes Kamailio's place when it is measured, so both front the
 # very same two SIPp gateways with the same caller.
-PROXY_IP=127.0.0.1; PROXY_PORT=5060
-GW1_IP=127.0.0.2;   GW2_IP=127.0.0.3; GW_PORT=5060
-UAC_IP=127.0.0.1;   UAC_PORT=5070
+# (Each may be set in the environment, e.g. to run a smoke test on a loopback block of its own.)
+PROXY_IP=${PROXY_IP:-127.0.0.1}; PROXY_PORT=${PROXY_PORT:-5060}
+GW1_IP=${GW1_IP:-127.0.0.2};   GW2_IP=${GW2_IP:-127.0.0.3}; GW_PORT=${GW_PORT:-5060}
+UAC_IP=${UAC_IP:-127.0.0.1};   UAC_PORT=${UAC_PORT:-5070}
 SIPP_BUF=4194304
 UAC_XML=$BENCH_DIR/sipp/uac.xml
 UAS_XML=$BENCH_DIR/sipp/uas.xml

@@ -39,7 +39,7 @@
 #         RATES="500 1000" DUR=5 REPEATS=1 RSS_CALLS=2000 bench/run.sh    (smoke run)
 # Env:    RATES DUR REPEATS HOLD_MS TARGETS="medpool kamailio" PDD=1 RSS=1 KAM_RSS=1
 #         RSS_CALLS=20000 RSS_RATE=500 RSS_SETTLE=40 RSS_SHORT_T1=1 MEDPOOL_BIN MEDPOOL_ARGS MEDPOOL_LOG=warn
-#         MEDPOOL_BASE_BIN (the binary of the medpool_base front)
+#         MEDPOOL_BASE_BIN (the binary of the medpool_base front) MEDPOOL_METRICS (ip:port: stage histograms)
 #         WORK RESULTS_DIR; Kamailio's: KAM_CHILDREN KAM_SHM_MB PING_INTERVAL FR_TIMER_MS
 # Output: a table on stdout, bench/results/<UTC timestamp>.txt (key=value summary + tables),
 #         raw files (SIPp CSVs/errors, logs, captures) in $WORK.
@@ -62,6 +62,9 @@ MEDPOOL_LOG=${MEDPOOL_LOG:-warn}
 # their final answer (RFC 6026 Timer L/M, Timer J): at a few thousand CPS that limit, not the
 # CPU, would cap the rate. The anchor gives Kamailio 4 GB of shared memory for the same reason.
 MEDPOOL_ARGS=${MEDPOOL_ARGS:-"--max-transactions 2000000"}
+# MEDPOOL_METRICS=ip:port: the medpool front serves /metrics there, and its per-stage latency
+# histograms are saved after the post-dial-delay run (stages-medpool.txt in $WORK).
+[ -n "${MEDPOOL_METRICS:-}" ] && MEDPOOL_ARGS="$MEDPOOL_ARGS --metrics-listen $MEDPOOL_METRICS"
 export MEDPOOL_ARGS
 
 BENCH_COPY_BIN=1   # run a copy of the binary: a rebuild by someone else cannot swap it mid-run
@@ -179,6 +182,12 @@ run_cps() {
         summary "$t.pdd_load" "$(load_avg)"
         pdd_stats "$WORK/pdd-$t.invites.tsv" "$PROXY_IP:$PROXY_PORT" | sed "s/^/$t./" >> "$SUMMARY"
         grep "^$t.pdd_" "$SUMMARY" | sed 's/^/    /' >&2
+        # The node's own stage histograms (MEDPOOL_METRICS=ip:port), cumulative since the node
+        # started: which stage holds the tail.
+        if [ "$t" = medpool ] && [ -n "${MEDPOOL_METRICS:-}" ]; then
+            curl -s "http://$MEDPOOL_METRICS/metrics" | grep -E '^medpool_(stage_|sip_timer_sweep|post_dial)' > "$WORK/stages-$t.txt"
+            summary "$t.stages_file" "$WORK/stages-$t.txt"
+        fi
     done
     for t in $TARGETS; do use_front "$t"; summary "$t.sip_socket_at_end" "$(sock_mem "$PROXY_IP:$PROXY_PORT")"; done
     stop_all

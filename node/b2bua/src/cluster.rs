@@ -192,14 +192,28 @@ pub trait DialogStore: Send + Sync + 'static {
 pub struct SingleNode {
     shards: u16,
     records: Mutex<BTreeMap<(u16, String), DialogRecord>>,
+    /// Keep the records (tests read them); a node alone keeps none ([`SingleNode::alone`]).
+    keep: bool,
 }
 
 impl SingleNode {
-    /// A single-node pool with `shards` shards.
+    /// A single-node pool with `shards` shards that keeps every record in memory (what tests read).
     pub fn new(shards: u16) -> SingleNode {
         SingleNode {
             shards,
             records: Mutex::new(BTreeMap::new()),
+            keep: true,
+        }
+    }
+
+    /// A node alone (`medpool serve` without a pool): no other node could carry a call on and the
+    /// memory is gone at a restart, so a record is worth nothing and none is kept (a copy of every
+    /// established call's state, both legs, would cost memory for each call held). Every write
+    /// succeeds; no call is ever ended elsewhere ([`DialogStore::contains`] is always true).
+    pub fn alone(shards: u16) -> SingleNode {
+        SingleNode {
+            keep: false,
+            ..SingleNode::new(shards)
         }
     }
 
@@ -231,6 +245,9 @@ impl ShardOwnership for SingleNode {
 
 impl DialogStore for SingleNode {
     fn store(&self, record: DialogRecord) -> bool {
+        if !self.keep {
+            return true;
+        }
         match self.records.lock() {
             Ok(mut r) => {
                 r.insert((record.shard, record.a.call_id.clone()), record);
@@ -240,6 +257,9 @@ impl DialogStore for SingleNode {
         }
     }
     fn contains(&self, shard: u16, a_call_id: &str) -> bool {
+        if !self.keep {
+            return true;
+        }
         self.records
             .lock()
             .is_ok_and(|r| r.contains_key(&(shard, a_call_id.to_owned())))
@@ -259,5 +279,53 @@ impl DialogStore for SingleNode {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leg(call_id: &str) -> LegRecord {
+        LegRecord {
+            call_id: call_id.into(),
+            remote_tag: "r".into(),
+            local_tag: "l".into(),
+            remote_target: "sip:a@192.0.2.1".into(),
+            route_set: Vec::new(),
+            peer: "192.0.2.1:5060".into(),
+            transport: "udp".into(),
+            local_port: None,
+            local_cseq: 1,
+            local_uri: "<sip:b@192.0.2.2>".into(),
+            remote_uri: "<sip:a@192.0.2.1>".into(),
+        }
+    }
+
+    fn record(call_id: &str) -> DialogRecord {
+        DialogRecord {
+            shard: 3,
+            a: leg(call_id),
+            b: leg("b"),
+            trunk: "gw".into(),
+            inbound: "pbx".into(),
+            traceparent: None,
+            media: None,
+            session_timer: None,
+        }
+    }
+
+    #[test]
+    fn a_node_alone_keeps_no_record_and_never_hears_a_call_ended_elsewhere() {
+        let kept = SingleNode::new(16);
+        assert!(kept.store(record("a1")));
+        assert_eq!(kept.records(), 1);
+        assert!(kept.contains(3, "a1") && !kept.contains(3, "a2"));
+
+        let alone = SingleNode::alone(16);
+        assert!(alone.store(record("a1")), "every write succeeds");
+        assert_eq!(alone.records(), 0, "and nothing is held");
+        assert!(alone.records_of(3).is_empty());
+        assert!(alone.contains(3, "a2"), "no call is ever ended elsewhere");
     }
 }

@@ -108,6 +108,8 @@ pub struct Stats {
     pub actors_failed: AtomicU64,
     /// Post-dial delay (INVITE in → first 18x or 2xx relayed to the caller).
     pub post_dial_delay: Histogram,
+    /// Where the time of a message and of a new call goes, stage by stage.
+    pub stages: crate::latency::Stages,
     /// Relayed calls hung up because their media stopped (`media_timeout`).
     pub media_timeouts: AtomicU64,
     /// New calls refused with 503 because the media port range was full.

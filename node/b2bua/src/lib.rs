@@ -22,6 +22,7 @@
 //!      trunk_ports            ports bound for trunks (`local_port`), the wire sending from them
 //!   2  txlayer                transaction events: Envelope, Registry, SipIo, Wire (no actor type)
 //!   1  config routing translate health ingress sources cluster trace   pure: no I/O, no actors
+//!      latency                the per-stage histograms (dispatch, call start, INVITE out, scheduler lag)
 //!      media                  the call's media plan: SDP offer/answer rewriting, relay plans
 //!      srtp                   SRTP per trunk (`encryption`): SDES offer/answer state, keys per leg
 //!      capacity               this node's share of a gateway's pool-wide limits; gateway states
@@ -45,6 +46,7 @@ pub mod gateways;
 pub mod handover;
 pub mod health;
 pub mod ingress;
+pub mod latency;
 pub mod media;
 pub mod node;
 pub mod routing;

@@ -252,6 +252,8 @@ pub async fn start(
     for p in &trunk_ports {
         let sip = TransportConfig {
             listen: p.bind,
+            // Trunk ports are UDP and TCP; TLS stays on the node's TLS listener.
+            tls: None,
             ..opts.sip.clone()
         };
         let extra = transport::start(sip, stop_rx.clone())
@@ -326,6 +328,11 @@ pub async fn start(
     ctx.dns.reconcile(&config);
     tasks.push(tokio::spawn(crate::dns_sync::run(
         ctx.clone(),
+        stop_rx.clone(),
+    )));
+    let lag = ctx.clone();
+    tasks.push(tokio::spawn(crate::latency::watch_scheduler(
+        move |d| lag.stats.stages.scheduler_lag.observe(d),
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(dispatch(
@@ -436,18 +443,23 @@ async fn dispatch(
             _ = stop.changed() => break,
             Some(ev) = core_rx.recv() => handle_core(&ctx, ev).await,
             Some(f) = forwarded.recv() => {
+                let began = tokio::time::Instant::now();
                 feed(&ctx, &transports, f.inbound, Some(f.via), f.traceparent, None).await;
                 while let Ok(ev) = core_rx.try_recv() {
                     handle_core(&ctx, ev).await;
                 }
+                ctx.stats.stages.dispatch.observe(began.elapsed());
             }
             Some(inb) = inbound.recv() => {
+                let began = tokio::time::Instant::now();
+                ctx.stats.stages.queue_depth.observe_count(inbound.len());
                 feed(&ctx, &transports, inb, None, None, None).await;
                 // Requests the transaction layer just passed up are handled before the next message, so
                 // a CANCEL never overtakes the INVITE it cancels.
                 while let Ok(ev) = core_rx.try_recv() {
                     handle_core(&ctx, ev).await;
                 }
+                ctx.stats.stages.dispatch.observe(began.elapsed());
             }
             Some((port, inb)) = arrivals.rx.recv() => {
                 let on = arrivals.transports.get(&port).unwrap_or(&transports);
@@ -948,7 +960,10 @@ async fn new_call(ctx: &Arc<NodeCtx>, key: medpool_sip::transaction::ServerKey, 
         inbound,
         shard,
     };
-    match dialog::spawn(args).await {
+    let began = tokio::time::Instant::now();
+    let spawned = dialog::spawn(args).await;
+    ctx.stats.stages.call_start.observe(began.elapsed());
+    match spawned {
         Ok(_actor) => {
             ctx.stats.calls_started.fetch_add(1, Ordering::Relaxed);
         }

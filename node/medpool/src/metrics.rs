@@ -195,6 +195,44 @@ impl Collector for NodeCollector {
                 None,
             )?;
         }
+        // Per-stage latency (medpool_b2bua::latency).
+        let st = &s.stages;
+        for (name, help, h) in [
+            (
+                "medpool_stage_queue_depth_messages",
+                "Messages waiting in the inbound queue when the dispatcher takes one",
+                &st.queue_depth,
+            ),
+            (
+                "medpool_stage_dispatch_seconds",
+                "One inbound message through the dispatcher (ingress decision, transaction layer, the core events it raised)",
+                &st.dispatch,
+            ),
+            (
+                "medpool_stage_call_start_seconds",
+                "A new call's actor start as the dispatcher waits for it (spawn + pre_start)",
+                &st.call_start,
+            ),
+            (
+                "medpool_stage_invite_out_seconds",
+                "A new call's actor started → its first leg-B INVITE handed to the transport",
+                &st.invite_out,
+            ),
+            (
+                "medpool_stage_scheduler_lag_seconds",
+                "How late a 5 ms tick of the runtime wakes up",
+                &st.scheduler_lag,
+            ),
+        ] {
+            let snap = h.snapshot();
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                snap.sum,
+                snap.count,
+                &snap.buckets,
+                None,
+            )?;
+        }
         // SIP traffic.
         let t = &ctx.transports.stats().traffic;
         let by_method =
@@ -368,6 +406,28 @@ impl Collector for NodeCollector {
             "medpool_sip_transactions",
             "Live SIP transactions",
             &[(Vec::new(), ctx.driver.len() as i64)],
+        )?;
+        let sweeps = ctx.driver.sweeps();
+        counter(
+            &mut e,
+            "medpool_sip_timer_sweeps",
+            "Sweeps of the transaction timer task (each fires every timer due)",
+            &one(sweeps.sweeps),
+        )?;
+        counter(
+            &mut e,
+            "medpool_sip_timer_sweeps_slow",
+            "Timer sweeps that held the transaction table 1 ms or longer",
+            &one(sweeps.slow),
+        )?;
+        gauge(
+            &mut e,
+            "medpool_sip_timer_sweep_longest_microseconds",
+            "The longest a timer sweep held the transaction table",
+            &[(
+                Vec::new(),
+                i64::try_from(sweeps.longest.as_micros()).unwrap_or(i64::MAX),
+            )],
         )?;
         // Gateways.
         let gws = ctx.gateways.all();

@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Capacity of the inbound SIP queue; beyond it requests are answered 503.
     #[arg(long, env = "MEDPOOL_SIP_QUEUE", default_value_t = 8192)]
     pub sip_queue: usize,
+    /// UDP receive loops, each on its own socket sharing the SIP address (SO_REUSEPORT): 0 (the
+    /// default) = one per available core; 1 = a single socket.
+    #[arg(long, env = "MEDPOOL_SIP_UDP_RECEIVERS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub sip_udp_receivers: u16,
     /// Most live SIP transactions; beyond it requests are answered 503.
     #[arg(long, env = "MEDPOOL_MAX_TRANSACTIONS", default_value_t = 1_000_000)]
     pub max_transactions: usize,
@@ -590,6 +594,10 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
             retry_after_secs: config.node.retry_after,
             tcp: args.sip_tcp.limits(),
             tls: args.sip_tls.listen(args.sip_listen)?,
+            udp_receivers: match args.sip_udp_receivers {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => usize::from(n),
+            },
             ..TransportConfig::default()
         },
         advertise,
@@ -612,7 +620,7 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
     let admin_listener = listeners.admin;
     let (running, pool) = match args.pool.raft_listen {
         None => {
-            let single = Arc::new(SingleNode::new(args.shards));
+            let single = Arc::new(SingleNode::alone(args.shards));
             let running =
                 node::start(opts, config, single.clone(), single, Arc::new(NoRelay)).await?;
             (running, None)

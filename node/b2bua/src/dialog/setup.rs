@@ -172,6 +172,13 @@ impl Call {
                 self.history.push((trunk.name.clone(), "overloaded".into()));
                 continue;
             }
+            if self.attempts.len() == 1 {
+                self.ctx
+                    .stats
+                    .stages
+                    .invite_out
+                    .observe(self.started.elapsed());
+            }
             if let Some(ff) = trunk.fast_failover() {
                 drop(myself.send_after(ff, move || DialogMsg::FastFailover { attempt: number }));
             }

@@ -251,6 +251,7 @@ where
             retransmissions: std::sync::atomic::AtomicU64::new(0),
             progress: Notify::new(),
             progress_watched: std::sync::atomic::AtomicBool::new(false),
+            sweeps: SweepCounters::default(),
         });
         let task = tokio::spawn(run_timers(Arc::clone(&shared)));
         Self {
@@ -296,7 +297,7 @@ where
                 key.clone(),
                 ClientEntry {
                     machine,
-                    request,
+                    request: Some(request),
                     ack: None,
                     timers: TimerSlots::default(),
                 },
@@ -491,6 +492,19 @@ where
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How the timer task's sweeps went: how many, how many held the table longer than
+    /// [`SLOW_SWEEP`], and the longest (while a sweep holds the table, no message gets through the
+    /// transaction layer).
+    pub fn sweeps(&self) -> SweepStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.shared.sweeps;
+        SweepStats {
+            sweeps: c.sweeps.load(Relaxed),
+            slow: c.slow.load(Relaxed),
+            longest: std::time::Duration::from_micros(c.longest_us.load(Relaxed)),
+        }
+    }
+
     /// The number of live transactions.
     pub fn len(&self) -> usize {
         let table = self.shared.lock();
@@ -531,6 +545,27 @@ where
     }
 }
 
+/// A timer sweep that holds the table at least this long counts as slow ([`Driver::sweeps`]).
+pub const SLOW_SWEEP: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// How the timer task's sweeps went ([`Driver::sweeps`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Sweeps run (each fires every timer due).
+    pub sweeps: u64,
+    /// Sweeps that held the table at least [`SLOW_SWEEP`].
+    pub slow: u64,
+    /// The longest a sweep held the table.
+    pub longest: std::time::Duration,
+}
+
+#[derive(Default)]
+struct SweepCounters {
+    sweeps: std::sync::atomic::AtomicU64,
+    slow: std::sync::atomic::AtomicU64,
+    longest_us: std::sync::atomic::AtomicU64,
+}
+
 /// What the driver and its timer task share.
 struct Shared<M, Io> {
     config: DriverConfig,
@@ -544,6 +579,8 @@ struct Shared<M, Io> {
     /// once somebody has asked to be woken (`progress_watched`): no cost on the hot path before.
     progress: Notify,
     progress_watched: std::sync::atomic::AtomicBool,
+    /// How long the timer task's sweeps hold the table.
+    sweeps: SweepCounters,
 }
 
 struct Table<M> {
@@ -554,7 +591,10 @@ struct Table<M> {
 
 struct ClientEntry<M> {
     machine: ClientMachine,
-    request: M,
+    /// The request, while it may still be sent (again): dropped once a final response arrived,
+    /// so a transaction lingering to absorb retransmissions (Timer D, K, M: up to 64*T1) does not
+    /// hold the whole request.
+    request: Option<M>,
     /// The ACK for the non-2xx final, built once and resent for its retransmissions.
     ack: Option<M>,
     timers: TimerSlots,
@@ -653,14 +693,18 @@ fn apply_client<M: Clone, Io: TransactionIo<M>>(
     let mut terminated = None;
     for action in actions {
         match *action {
-            Action::TransmitRequest => out
-                .effects
-                .push(Effect::Transmit(tkey.clone(), entry.request.clone())),
+            Action::TransmitRequest => {
+                if let Some(request) = &entry.request {
+                    out.effects
+                        .push(Effect::Transmit(tkey.clone(), request.clone()));
+                }
+            }
             Action::SendAck => {
                 if entry.ack.is_none()
                     && let Some((_, response)) = &response
+                    && let Some(request) = &entry.request
                 {
-                    entry.ack = Some(io.build_ack(&entry.request, response));
+                    entry.ack = Some(io.build_ack(request, response));
                 }
                 if let Some(ack) = &entry.ack {
                     out.effects
@@ -684,6 +728,14 @@ fn apply_client<M: Clone, Io: TransactionIo<M>>(
             Action::StopTimer(id) => wheel.stop(&mut entry.timers, id),
             Action::Terminated(outcome) => terminated = Some(outcome),
         }
+    }
+    if matches!(
+        entry.machine.state(),
+        State::Completed | State::Accepted | State::Terminated
+    ) {
+        // Past the final response: the request is never sent again (the ACK for a non-2xx was
+        // built above, from it).
+        entry.request = None;
     }
     if let Some(outcome) = terminated {
         if let Some(mut entry) = clients.remove(key) {
@@ -829,6 +881,19 @@ where
         found
     }
 
+    /// Counts a sweep that began at `began` (by `tokio::time`, so paused in tests).
+    fn count_sweep(&self, began: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let held = Instant::now().saturating_duration_since(began);
+        let c = &self.sweeps;
+        c.sweeps.fetch_add(1, Relaxed);
+        if held >= SLOW_SWEEP {
+            c.slow.fetch_add(1, Relaxed);
+        }
+        c.longest_us
+            .fetch_max(held.as_micros().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
     /// Fire every timer due at `now`; returns the effects and the next deadline.
     fn fire_due(&self, now: Instant) -> (Output<M>, Option<Instant>) {
         let mut out = Output::default();
@@ -864,6 +929,8 @@ where
             }
         }
         let next = table.wheel.next_deadline();
+        drop(table);
+        self.count_sweep(now);
         let resent = out
             .effects
             .iter()

@@ -41,8 +41,8 @@ mod tests;
 pub use client_invite::ClientInvite;
 pub use client_non_invite::ClientNonInvite;
 pub use driver::{
-    Driver, DriverConfig, DriverError, RequestDisposition, ResponseDisposition, TransactionIo,
-    TransmitError, TuEvent,
+    Driver, DriverConfig, DriverError, RequestDisposition, ResponseDisposition, SLOW_SWEEP,
+    SweepStats, TransactionIo, TransmitError, TuEvent,
 };
 pub use key::{
     ClientKey, KeyError, KeyMethod, MAGIC_COOKIE, RequestParts, ServerKey, TransactionKey,

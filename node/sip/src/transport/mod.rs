@@ -432,6 +432,9 @@ pub struct TransportConfig {
     pub tcp: tcp::TcpLimits,
     /// The sources served and their budgets, set by the user (default: everyone, no limit).
     pub gate: Arc<gate::SourceGate>,
+    /// UDP receive loops, each on its own socket sharing the address (`SO_REUSEPORT`; see
+    /// [`udp`]): 1 (the default) to [`udp::MAX_RECEIVERS`].
+    pub udp_receivers: usize,
     /// SIP over TLS: the node's material and the TLS listen address (`None`: no TLS at all). The
     /// TLS table has its own connection caps, equal to TCP's.
     pub tls: Option<TlsListen>,
@@ -457,6 +460,7 @@ impl Default for TransportConfig {
             tcp: tcp::TcpLimits::default(),
             gate: Arc::new(gate::SourceGate::default()),
             tls: None,
+            udp_receivers: 1,
         }
     }
 }
@@ -478,7 +482,14 @@ pub async fn start(
     config: TransportConfig,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<Running> {
-    let udp = Arc::new(udp::bind(config.listen)?);
+    let sockets: Vec<Arc<tokio::net::UdpSocket>> =
+        udp::bind_all(config.listen, config.udp_receivers)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+    let Some(udp) = sockets.first().cloned() else {
+        return Err(std::io::Error::other("no UDP socket bound"));
+    };
     let listen = udp.local_addr()?;
     let tcp_listener = tokio::net::TcpListener::bind(listen).await?;
     let (tx, inbound) = mpsc::channel(config.queue);
@@ -518,16 +529,17 @@ pub async fn start(
         tls_local,
         stats: stats.clone(),
     };
-    tasks.extend([
+    tasks.extend(sockets.into_iter().map(|socket| {
         tokio::spawn(udp::receive_loop(
-            udp,
+            socket,
             config.clone(),
-            tx,
+            tx.clone(),
             stats.clone(),
             shutdown.clone(),
-        )),
-        tokio::spawn(tcp.accept_loop(tcp_listener)),
-    ]);
+        ))
+    }));
+    drop(tx);
+    tasks.push(tokio::spawn(tcp.accept_loop(tcp_listener)));
     Ok(Running {
         transports,
         inbound,

@@ -1,5 +1,21 @@
-//! The UDP listener: one socket, one receive loop. Each datagram's source is checked before it is
-//! parsed ([`super::gate`]); each is parsed on its own; nothing a peer sends can stop the loop.
+//! The UDP listener: one or more sockets on the same address, one receive loop each. Each datagram's
+//! source is checked before it is parsed ([`super::gate`]); each is parsed on its own; nothing a
+//! peer sends can stop a loop.
+//!
+//! **Several receive loops** ([`bind_all`], `TransportConfig::udp_receivers`): the sockets share
+//! the address with `SO_REUSEPORT`, and the kernel spreads datagrams over them by a hash of the
+//! source and destination address and port, so the receive, gate and parse work runs on as many
+//! cores as there are loops, without a lock between them. Every loop feeds the same queue to the
+//! same transaction layer, so a response or a retransmission reaches its transaction whichever
+//! socket it came in on; everything is sent from the first socket (the same address).
+//!
+//! **The gate with several loops.** Each loop keeps its own [`Door`] (no lock). A source — one IP
+//! and port — always hashes to the same socket while the set of sockets stays the same, so its
+//! token bucket sees every new request it sends: its budget holds exactly. What is spread over the
+//! loops is what is shared between sources: the global answer budgets (403s, error answers, 503s
+//! to sources over budget), an entry's overflow bucket beyond [`super::gate::MAX_SOURCES`]
+//! sources, and the parse budget of an IP whose ports land on different sockets. Each is then at
+//! most `udp_receivers` times its figure: still a fixed bound, just a larger one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +38,30 @@ use crate::{Method, SipMessage};
 /// ~200 KiB drops datagrams in bursts of a few thousand calls per second.
 pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
+/// The most receive loops (sockets) one listener may have.
+pub const MAX_RECEIVERS: usize = 64;
+
 /// Binds the SIP UDP socket with large buffers (bursts of thousands of calls per second).
 pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    bind_one(addr, false)
+}
+
+/// Binds `n` UDP sockets (at least 1, at most [`MAX_RECEIVERS`]) on `addr` with large buffers; with
+/// more than one, they share the address with `SO_REUSEPORT` (see the module documentation). When
+/// `addr` names port 0, the first socket picks the port and the others take the same.
+pub fn bind_all(addr: SocketAddr, n: usize) -> std::io::Result<Vec<UdpSocket>> {
+    let n = n.clamp(1, MAX_RECEIVERS);
+    let first = bind_one(addr, n > 1)?;
+    let local = first.local_addr()?;
+    let mut all = Vec::with_capacity(n);
+    all.push(first);
+    for _ in 1..n {
+        all.push(bind_one(local, true)?);
+    }
+    Ok(all)
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> {
     let domain = if addr.is_ipv6() {
         socket2::Domain::IPV6
     } else {
@@ -33,6 +71,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     // Best effort: a smaller buffer than asked for is not an error.
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     sock.bind(&addr.into())?;
     sock.set_nonblocking(true)?;
     UdpSocket::from_std(sock.into())
@@ -384,5 +425,81 @@ mod tests {
             "2 INVITEs and every in-dialog BYE are queued"
         );
         assert_eq!(running.stats.gate.rate_limited.load(Ordering::Relaxed), 8);
+    }
+
+    #[tokio::test]
+    async fn several_receive_loops_queue_every_datagram_and_each_source_keeps_its_budget() {
+        // Block 127.0.166.0/24: four loops sharing one address, 32 sources on one IP.
+        const SOURCES: u32 = 32;
+        let mut p = SourcePolicy::closed(UnknownPolicy::Drop);
+        p.add_any_port(
+            "127.0.166.20".parse().unwrap(),
+            Budget { rate: 1, burst: 2 },
+        );
+        let (_stop_tx, shutdown) = tokio::sync::watch::channel(false);
+        let config = TransportConfig {
+            listen: "127.0.166.10:0".parse().unwrap(),
+            gate: Arc::new(SourceGate::new(p)),
+            udp_receivers: 4,
+            ..TransportConfig::default()
+        };
+        let mut running = start(config, shutdown).await.unwrap();
+        assert_eq!(
+            running.tasks.len(),
+            4 + 1,
+            "four UDP loops and the TCP accept loop"
+        );
+        let to = running.transports.udp_local();
+        let mut socks = Vec::new();
+        for s in 0..SOURCES {
+            let sock = UdpSocket::bind("127.0.166.20:0").await.unwrap();
+            sock.connect(to).await.unwrap();
+            let from = sock.local_addr().unwrap().to_string();
+            // 5 new calls (2 within the burst) and then 3 in-dialog requests, in this order.
+            for n in 0..5 {
+                sock.send(request("INVITE", &from, s * 100 + n, "").as_bytes())
+                    .await
+                    .unwrap();
+            }
+            for n in 5..8 {
+                sock.send(request("BYE", &from, s * 100 + n, ";tag=mp1").as_bytes())
+                    .await
+                    .unwrap();
+            }
+            socks.push(sock);
+        }
+        let want = (SOURCES * (2 + 3)) as usize;
+        let mut got = 0;
+        while got < want {
+            match tokio::time::timeout(Duration::from_secs(5), running.inbound.recv()).await {
+                Ok(Some(_)) => got += 1,
+                _ => break,
+            }
+        }
+        assert_eq!(got, want, "2 INVITEs and 3 BYEs of every source are queued");
+        assert_eq!(
+            queued(&mut running),
+            0,
+            "and nothing else (no datagram twice)"
+        );
+        assert_eq!(
+            running.stats.gate.rate_limited.load(Ordering::Relaxed),
+            u64::from(SOURCES * 3),
+            "every source's budget held exactly: 3 of its 5 INVITEs refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn sockets_bound_together_share_one_address() {
+        let all = bind_all("127.0.166.11:0".parse().unwrap(), 3).unwrap();
+        let addrs: Vec<_> = all.iter().map(|s| s.local_addr().unwrap()).collect();
+        assert_eq!(addrs.len(), 3);
+        assert!(addrs[0].port() != 0 && addrs.iter().all(|a| *a == addrs[0]));
+        let one = bind_all("127.0.166.11:0".parse().unwrap(), 0).unwrap();
+        assert_eq!(one.len(), 1, "none asked for is one");
+        assert!(
+            bind(addrs[0]).is_err(),
+            "a socket without SO_REUSEPORT cannot take the shared address"
+        );
     }
 }
