@@ -22,6 +22,7 @@ use rustls::pki_types::CertificateDer;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admit::{Denied, admit_write, cap};
+use crate::codec::CodecError;
 use crate::command::{Command, CommandResult};
 use crate::error::{NotAppended, WriteError};
 use crate::network::{
@@ -131,7 +132,7 @@ fn payload<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> 
 
 /// A write's outcome as the leader sends it back: applied or refused (a [`CommandResult`], a
 /// refusal as [`CommandResult::Rejected`]), or a typed failure.
-pub fn write_reply(r: Result<CommandResult, WriteError>) -> Result<WriteReply, serde_json::Error> {
+pub fn write_reply(r: Result<CommandResult, WriteError>) -> Result<WriteReply, CodecError> {
     let failure = |kind: Kind, detail: String| {
         Outcome::Failure(WriteFailure {
             kind: kind.into(),

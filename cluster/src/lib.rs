@@ -36,6 +36,8 @@
 //!  ─────────────────────────────────────────────────────────────────────────────────────────
 //!   division.rs    gateway capacity division, gateway states     pure data and rules
 //!  ─────────────────────────────────────────────────────────────────────────────────────────
+//!   codec.rs       the binary form (tagged CBOR) of entries, snapshots and RPCs; reads JSON
+//!  ─────────────────────────────────────────────────────────────────────────────────────────
 //!   ids.rs         NodeId, NodeAddrs, NodeState, ShardId         leaves: import nothing of
 //!   b64.rs         opaque bytes in serde (base64 text in JSON)   this crate
 //!   stats.rs       per-stage counters (append, fsync, apply, codec, replicate, forward, RPCs)
@@ -62,6 +64,7 @@ pub mod admit;
 pub mod audit;
 mod b64;
 pub mod body_cap;
+pub mod codec;
 pub mod command;
 pub mod division;
 pub mod error;

@@ -1,7 +1,7 @@
 //! The Raft network over the internal gRPC service (`medpool.cluster.v1.Cluster`): one lazily
 //! connected tonic client per peer, over mutual TLS when the node has TLS material ([`Dialer`]).
-//! openraft's requests and responses travel as serde-encoded bytes ([`encode`]/[`decode`]); both
-//! ends of a pool run the same medpool version. Snapshots travel in chunks ([`snapshot_chunks`],
+//! openraft's requests and responses travel as serde-encoded bytes ([`encode`]/[`decode`]: the
+//! binary form of [`crate::codec`]; the JSON of older versions is still read). Snapshots travel in chunks ([`snapshot_chunks`],
 //! [`SnapshotAssembly`]), never as one large message.
 
 use std::future::Future;
@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::codec::{self, CodecError};
 use crate::stats::{self, STATS};
 use crate::tls::{Expect, InternalTls, node_name};
 use crate::typ::{
@@ -49,19 +50,13 @@ pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 pub const MAX_SNAPSHOT: usize = 1024 * 1024 * 1024;
 
 /// Encodes an openraft value for the wire.
-pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
-    let t = tokio::time::Instant::now();
-    let out = serde_json::to_vec(v)?;
-    STATS.encode.since(1, out.len() as u64, t);
-    Ok(out)
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
+    codec::to_vec(v)
 }
 
 /// Decodes an openraft value from the wire.
-pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, serde_json::Error> {
-    let t = tokio::time::Instant::now();
-    let v = serde_json::from_slice(b)?;
-    STATS.decode.since(1, b.len() as u64, t);
-    Ok(v)
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, CodecError> {
+    codec::from_slice(b)
 }
 
 /// The first chunk's header of a snapshot on the wire: the vote of the sender and what it covers.
@@ -80,7 +75,7 @@ pub fn snapshot_chunks(
     meta: SnapshotMeta,
     data: SnapshotData,
     chunk: usize,
-) -> Result<impl Iterator<Item = SnapshotChunk> + Send + 'static, serde_json::Error> {
+) -> Result<impl Iterator<Item = SnapshotChunk> + Send + 'static, CodecError> {
     let mut header = encode(&SnapshotHeader { vote, meta })?;
     let chunk = chunk.max(1);
     let count = data.len().div_ceil(chunk).max(1);

@@ -593,3 +593,90 @@ async fn flushing_dialogs_waits_until_every_queued_record_is_written() {
     assert_eq!(m.pool.flush_dialogs(Duration::from_secs(10)).await, 0);
     m.pool.shutdown().await;
 }
+
+/// Issue 17's catch-up check: a snapshot of 100,000 recorded calls (records of 812 bytes, the size
+/// the benchmark measured) installs on a node that was down, through the real internal service
+/// (chunks over gRPC). Prints the time it took (not asserted: the machine may be busy); asserts
+/// that every record arrived intact. `cargo test --release -p medpool-cluster --test pool --
+/// --nocapture hundred_thousand` for the number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_100_000_calls_installs_on_a_node_that_was_down() {
+    const CALLS: usize = 100_000;
+    const PER_BATCH: usize = 1000;
+    // Snapshots every 10 entries: the joiner's log is long purged, it must install the snapshot.
+    let m0 = member(165, 0, false, 10).await;
+    until("bootstrapped", Duration::from_secs(10), || {
+        m0.pool.info().unowned == 0 && !m0.pool.info().nodes.is_empty()
+    })
+    .await;
+    let record = |i: usize| -> Vec<u8> {
+        let mut r = format!("{{\"call\":{i},\"legs\":[").into_bytes();
+        r.resize(812, b'x');
+        r
+    };
+    let write_started = tokio::time::Instant::now();
+    for b in 0..CALLS / PER_BATCH {
+        let upserts = (b * PER_BATCH..(b + 1) * PER_BATCH)
+            .map(|i| ((i % 64) as u16, format!("call-{i}@10.0.0.1"), record(i)))
+            .collect();
+        m0.pool
+            .write(Command::DialogBatch {
+                upserts,
+                removes: vec![],
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(m0.pool.info().dialogs, CALLS);
+    // The policy's snapshot (every 10 entries) covers all but the last few records; those follow
+    // as log entries after the install.
+    let last = {
+        use openraft::async_runtime::watch::WatchReceiver;
+        m0.pool.raft().metrics().borrow_watched().last_applied
+    }
+    .map_or(0, |l| l.index);
+    m0.pool
+        .raft()
+        .wait(Some(Duration::from_secs(60)))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index + 10 >= last),
+            "a snapshot of (nearly) every record",
+        )
+        .await
+        .unwrap();
+    let written = write_started.elapsed();
+
+    let before = medpool_cluster::stats::STATS
+        .snapshot_install
+        .runs
+        .load(Relaxed);
+    let started = tokio::time::Instant::now();
+    let late = member(165, 1, true, 10).await;
+    until(
+        "the node that was down has every record",
+        Duration::from_secs(120),
+        || late.pool.info().dialogs == CALLS,
+    )
+    .await;
+    let took = started.elapsed();
+    let s = &medpool_cluster::stats::STATS.snapshot_install;
+    assert!(
+        s.runs.load(Relaxed) > before,
+        "the node caught up without installing a snapshot"
+    );
+    println!(
+        "100,000-call snapshot: written in {:.1} s; node down -> every record applied in {:.2} s \
+         (install: {} snapshot(s), {:.1} MB, {:.2} s decode + store)",
+        written.as_secs_f64(),
+        took.as_secs_f64(),
+        s.runs.load(Relaxed) - before,
+        s.bytes.load(Relaxed) as f64 / 1e6,
+        s.micros.load(Relaxed) as f64 / 1e6,
+    );
+    for shard in [0u16, 17, 63] {
+        assert_eq!(late.pool.dialogs_of(shard), m0.pool.dialogs_of(shard));
+    }
+    assert_eq!(late.pool.dialogs_of(17).len(), CALLS / 64 + 1);
+    late.pool.shutdown().await;
+    m0.pool.shutdown().await;
+}

@@ -1,7 +1,13 @@
 //! Dialog-record group commit: confirmed calls' records (and their removals) queue here, and a
-//! batcher writes everything that arrives within a few milliseconds as one
-//! [`Command::OwnerDialogBatch`], retrying a batch that finds no leader for
-//! [`DIALOG_RETRY_FOR`]. [`Pool::flush_dialogs`] waits for the queue to drain on the way out.
+//! batcher writes them as [`Command::OwnerDialogBatch`] entries, retrying a batch that finds no
+//! leader for [`DIALOG_RETRY_FOR`]. [`Pool::flush_dialogs`] waits for the queue to drain on the way
+//! out.
+//!
+//! Batching without a window: one batch is in flight at a time; when nothing is in flight, a record
+//! is written at once (no added latency when idle), and whatever queued while a batch was in flight
+//! goes into the next one (up to [`MAX_BATCH_RECORDS`] / half of what the leader admits). Under load
+//! the batch grows with the commit latency, so entries per second stay near 1 / latency however many
+//! calls there are.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +22,10 @@ use super::Pool;
 
 /// How long a dialog batch that cannot be written (no leader reachable) is retried.
 pub const DIALOG_RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// Most records in one batch (well within what the leader admits from another node,
+/// [`crate::admit::MAX_DIALOG_RECORDS`]).
+pub const MAX_BATCH_RECORDS: usize = 512;
 
 /// What the dialog group commit did.
 #[derive(Debug, Default)]
@@ -99,12 +109,11 @@ impl Pool {
                 op = rx.recv() => match op { Some(op) => op, None => return },
                 _ = stop.changed() => return,
             };
-            // Group commit: everything that arrives within a few ms (up to a few hundred records) goes
-            // into one Raft entry.
+            // Group commit: this record, and everything that queued while the previous batch was
+            // in flight, in one Raft entry.
             let mut upserts = Vec::new();
             let mut removes = Vec::new();
             let mut next = Some(first);
-            let deadline = Instant::now() + Duration::from_millis(5);
             let mut size = 0usize;
             while let Some(op) = next.take() {
                 match op {
@@ -118,12 +127,12 @@ impl Pool {
                     }
                 }
                 // Well within what the leader admits from another node (crate::admit).
-                if upserts.len() + removes.len() >= 512 || size >= MAX_DIALOG_BYTES / 2 {
+                if upserts.len() + removes.len() >= MAX_BATCH_RECORDS
+                    || size >= MAX_DIALOG_BYTES / 2
+                {
                     break;
                 }
-                if let Ok(Some(op)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                    next = Some(op);
-                }
+                next = rx.try_recv().ok();
             }
             use std::sync::atomic::Ordering::Relaxed;
             let n = upserts.len() + removes.len();

@@ -2,10 +2,14 @@
 //!
 //! ```text
 //!  <data_dir>/raft.redb
-//!    raft_log     u64 index -> Entry (JSON)          LogStore: append, truncate, purge, read
-//!    raft_meta    "vote" | "committed" | "last_purged" -> JSON
-//!    sm_snapshot  "meta" -> SnapshotMeta (JSON), "data" -> serialized State
+//!    raft_log     u64 index -> Entry                 LogStore: append, truncate, purge, read
+//!    raft_meta    "vote" | "committed" | "last_purged" -> value
+//!    sm_snapshot  "meta" -> SnapshotMeta, "data" -> serialized State
 //! ```
+//!
+//! Values are written in the binary form of [`crate::codec`] (tagged CBOR); the JSON that earlier
+//! versions wrote is still read, so a data directory from the previous version opens as it is and
+//! is rewritten piece by piece (new entries, the next snapshot).
 //!
 //! [`open`] creates the directory and the tables and hands out the two halves openraft wants: the
 //! [`LogStore`] and the [`StateMachineStore`]. Both share the database; redb runs one write
@@ -28,6 +32,8 @@ use redb::{Database, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
+
+use crate::codec::{self, CodecError};
 
 pub use self::log::LogStore;
 pub use self::sm::{SnapshotBuilder, StateMachineStore, StateReader};
@@ -94,7 +100,7 @@ pub enum StoreError {
         /// Which value.
         what: &'static str,
         /// Why.
-        source: serde_json::Error,
+        source: CodecError,
     },
     /// A stored value could not be read back.
     #[error("cannot decode {what}: {source}")]
@@ -102,7 +108,7 @@ pub enum StoreError {
         /// Which value.
         what: &'static str,
         /// Why.
-        source: serde_json::Error,
+        source: CodecError,
     },
     /// The log holds an entry under the wrong index.
     #[error("log key {key} holds the entry of index {found}")]
@@ -207,18 +213,109 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     what: &'static str,
     value: &T,
 ) -> Result<Vec<u8>, StoreError> {
-    let t = tokio::time::Instant::now();
-    let out = serde_json::to_vec(value).map_err(|source| StoreError::Encode { what, source })?;
-    crate::stats::STATS.encode.since(1, out.len() as u64, t);
-    Ok(out)
+    codec::to_vec(value).map_err(|source| StoreError::Encode { what, source })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    let t = tokio::time::Instant::now();
-    let v = serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what, source })?;
-    crate::stats::STATS.decode.since(1, bytes.len() as u64, t);
-    Ok(v)
+    codec::from_slice(bytes).map_err(|source| StoreError::Decode { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
+    use openraft::testing::log_id;
+    use openraft::{EntryPayload, RaftLogReader};
+    use redb::Durability;
+
+    use super::*;
+    use crate::command::Command;
+    use crate::state::{self, State};
+    use crate::typ::{Entry, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+
+    /// A data directory as the previous version wrote it (every value JSON, records in base64)
+    /// opens, and its entries, vote and snapshot read back as they were.
+    #[tokio::test]
+    async fn a_store_written_by_the_previous_version_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut snap_state = State::default();
+        state::apply(&mut snap_state, Command::Bootstrap { shard_count: 8 });
+        state::apply(
+            &mut snap_state,
+            Command::DialogBatch {
+                upserts: vec![(2, "old@h".into(), vec![7; 500])],
+                removes: vec![],
+            },
+        );
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id::<TypeConfig>(1, 1, 4)),
+            last_membership: StoredMembership::default(),
+        };
+        let entries: Vec<Entry> = (5..8)
+            .map(|i| Entry {
+                log_id: log_id::<TypeConfig>(1, 1, i),
+                payload: EntryPayload::Normal(Command::DialogBatch {
+                    upserts: vec![(3, format!("c{i}@h"), vec![i as u8; 300])],
+                    removes: vec![],
+                }),
+            })
+            .collect();
+        let vote = Vote::new(1, 1);
+        {
+            std::fs::create_dir_all(dir.path()).unwrap();
+            let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+            let mut txn = db.begin_write().unwrap();
+            txn.set_durability(Durability::Immediate).unwrap();
+            {
+                let mut log = txn.open_table(LOG).unwrap();
+                for e in &entries {
+                    log.insert(e.log_id.index, serde_json::to_vec(e).unwrap().as_slice())
+                        .unwrap();
+                }
+                let mut meta_t = txn.open_table(META).unwrap();
+                meta_t
+                    .insert(KEY_VOTE, serde_json::to_vec(&vote).unwrap().as_slice())
+                    .unwrap();
+                let mut snap = txn.open_table(SNAPSHOT).unwrap();
+                snap.insert(
+                    KEY_SNAPSHOT_META,
+                    serde_json::to_vec(&meta).unwrap().as_slice(),
+                )
+                .unwrap();
+                let data =
+                    serde_json::to_vec(&serde_json::json!({ "format": 1, "state": &snap_state }))
+                        .unwrap();
+                snap.insert(KEY_SNAPSHOT_DATA, data.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let (mut log, mut sm) = open(dir.path()).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(log.try_get_log_entries(0..100).await.unwrap(), entries);
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id.map(|l| l.index), Some(7));
+        assert_eq!(sm.reader().state(), snap_state);
+        assert_eq!(
+            sm.applied_state().await.unwrap().0.map(|l| l.index),
+            Some(4)
+        );
+        // New writes go in the binary form, next to the old JSON ones.
+        let next = Entry {
+            log_id: log_id::<TypeConfig>(1, 1, 8),
+            payload: EntryPayload::Normal(Command::Noop),
+        };
+        log.append(
+            vec![next.clone()],
+            openraft::storage::IOFlushed::<TypeConfig>::noop(),
+        )
+        .await
+        .unwrap();
+        let all = log.try_get_log_entries(5..9).await.unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[3], next);
+    }
 }

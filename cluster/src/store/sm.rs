@@ -48,7 +48,8 @@ struct SnapshotEnvelope {
     state: State,
 }
 
-const SNAPSHOT_FORMAT: u32 = 1;
+/// 1: JSON (base64 records), read only; 2: the binary form of [`crate::codec`].
+const SNAPSHOT_FORMAT: u32 = 2;
 
 fn encode_state(state: &State) -> Result<Vec<u8>, StoreError> {
     #[derive(Serialize)]
@@ -577,10 +578,32 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_data_is_versioned() {
-        let data = encode_state(&State::default()).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&data).unwrap();
-        assert_eq!(v["format"], SNAPSHOT_FORMAT);
+    fn snapshot_data_is_versioned_and_the_json_of_format_1_still_reads() {
+        #[derive(Deserialize)]
+        struct Format {
+            format: u32,
+        }
+        let mut s = State::default();
+        state::apply(&mut s, Command::Bootstrap { shard_count: 4 });
+        state::apply(
+            &mut s,
+            Command::DialogBatch {
+                upserts: vec![
+                    (1, "a@h".into(), vec![1, 2, 3]),
+                    (3, "b@h".into(), vec![0; 900]),
+                ],
+                removes: vec![],
+            },
+        );
+        let data = encode_state(&s).unwrap();
+        assert!(crate::codec::is_binary(&data));
+        let f: Format = crate::codec::from_slice(&data).unwrap();
+        assert_eq!(f.format, SNAPSHOT_FORMAT);
+        assert_eq!(decode_state(&data).unwrap(), s);
+        // What the previous version stored and sent: JSON, records in base64.
+        let old = serde_json::to_vec(&serde_json::json!({ "format": 1, "state": &s })).unwrap();
+        assert_eq!(decode_state(&old).unwrap(), s);
+        assert!(data.len() < old.len(), "{} vs {}", data.len(), old.len());
         assert!(decode_state(b"{\"format\":1}").is_err());
     }
 }
