@@ -241,6 +241,11 @@ impl ShardOwnership for SingleNode {
     fn node_id(&self) -> u64 {
         0
     }
+    /// A node alone hands nothing over: no other node would take its shards, ask which calls it
+    /// still sets up, or send them their messages. A released shard's calls in set-up end here.
+    fn hands_over(&self) -> bool {
+        false
+    }
 }
 
 impl DialogStore for SingleNode {

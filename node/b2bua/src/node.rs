@@ -946,6 +946,18 @@ async fn new_call(ctx: &Arc<NodeCtx>, key: medpool_sip::transaction::ServerKey, 
     }
     let shard = ids::shard_of(msg, ctx.shards.shard_count());
     if !ctx.shards.may_act(shard) {
+        // The shard moved away between the ingress (which found this node acting for it) and
+        // here. In a planned move over UDP the INVITE is left to its retransmission, which the
+        // ingress then sends to the new owner; otherwise nobody can take it now (503).
+        if !env.transport.is_reliable() && ctx.shards.hands_over() {
+            tracing::debug!(
+                shard,
+                "new call on a shard that just moved away: left to its retransmission"
+            );
+            ctx.stats.held_for_takeover.fetch_add(1, Ordering::Relaxed);
+            ctx.driver.abandon(&key);
+            return;
+        }
         respond(ctx, &key, &env, 503, busy);
         return;
     }

@@ -41,7 +41,14 @@ impl ShardOwnership for PoolAdapter {
         // heartbeat is answered, and a new call in those milliseconds was refused 503 (seen in
         // startup_contract's rolling restart). Shards it already acts for are not "taking over":
         // with a lapsed lease they still refuse (503), so a node cut off does not silently drop.
-        self.pool.owner(shard) == Some(self.pool.node_id()) && !self.pool.acting(shard)
+        // A shard taken over moments ago (the last 20 s) that this node acts for but has no lease
+        // for yet is also being taken over: a restarted node is given shards, passes their fence
+        // and enters them in its acting set before its first lease heartbeat is granted (the
+        // leader grants it only once its acting epoch has caught up), and new calls forwarded to
+        // it in those ≤ 500 ms were refused 503 (seen in the chaos suite's rolling restarts).
+        self.pool.owner(shard) == Some(self.pool.node_id())
+            && (!self.pool.acting(shard)
+                || (self.pool.recently_taken(shard) && !self.pool.holds_lease()))
     }
     fn hands_over(&self) -> bool {
         let me = self.pool.node_id();

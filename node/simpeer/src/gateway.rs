@@ -381,15 +381,7 @@ impl State {
             .get_mut(call_id)
             .filter(|d| req.to_tag() == Some(d.to_tag.as_bytes()))
         {
-            Some(d) if seq <= d.last_cseq => {
-                eprintln!(
-                    "DEBUGCSEQ {} seq {seq} last {} {:?}",
-                    String::from_utf8_lossy(call_id),
-                    d.last_cseq,
-                    req.method()
-                );
-                false
-            }
+            Some(d) if seq <= d.last_cseq => false,
             Some(d) => {
                 d.last_cseq = seq;
                 true
