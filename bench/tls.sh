@@ -27,7 +27,13 @@
 #         RATES="50 100" DUR=5 REPEATS=1 bench/tls.sh   (smoke run)
 # Env:    RATES="100 200 300 400 600 800 1000 1200" DUR=15 REPEATS=2 HOLD_MS=1000 MODES="kept new" CONNS=4
 #         TARGETS="medpool kamailio" MEDPOOL_BIN TLS_LOAD_BIN MEDPOOL_LOG=warn WORK RESULTS_DIR; Kamailio's:
-#         KAM_CHILDREN (UDP and TCP workers) KAM_SHM_MB KAM_TLS_PORT KAM_TCP_MAX
+#         KAM_CHILDREN (UDP workers) KAM_TCP_CHILDREN (TCP/TLS workers, default 1: see below) KAM_SHM_MB
+#         KAM_TLS_PORT KAM_TCP_MAX
+# Kamailio's TLS workers: Debian 12's Kamailio 5.6.3 with OpenSSL 3.0 frees OpenSSL's shared memory
+# twice when more than one TCP worker runs TLS ("qm_free(): BUG: freeing already freed pointer ...
+# tls_init.c: ser_free", Kamailio issue #3791; fixed upstream by `tls_threads_mode` in 5.7.5/5.8):
+# with 2 or 4 workers it died within seconds at 100-200 cps here. One worker is the only setting of
+# that version that stays up, so it is the default; the anchor's TLS then runs on one core.
 # Installs what it lacks (SIPp, Kamailio and kamailio-tls-modules, openssl); builds medpool and tls-load in
 # release when missing. Output: a table, bench/results/tls-<UTC stamp>.txt, raw files in $WORK. Everything it
 # starts is stopped by PID on exit, also on Ctrl-C.
@@ -39,6 +45,7 @@ HOLD_MS=${HOLD_MS:-1000}
 MODES=${MODES:-"kept new"}
 CONNS=${CONNS:-4}
 TARGETS=${TARGETS:-"medpool kamailio"}
+KAM_TCP_CHILDREN=${KAM_TCP_CHILDREN:-1}
 MEDPOOL_LOG=${MEDPOOL_LOG:-warn}
 MEDPOOL_ARGS=${MEDPOOL_ARGS:-"--max-transactions 2000000"}
 export MEDPOOL_ARGS
@@ -271,7 +278,7 @@ main() {
     summary machine "$(nproc) cores, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), kernel $(uname -r)"
     summary medpool_commit "$(git -C "$REPO_DIR" rev-parse HEAD 2>/dev/null)$(git -C "$REPO_DIR" diff --quiet 2>/dev/null || echo '+dirty')"
     summary kamailio "$(kamailio -v 2>/dev/null | head -1)"
-    summary params "RATES='$RATES' DUR=$DUR REPEATS=$REPEATS HOLD_MS=$HOLD_MS MODES='$MODES' CONNS=$CONNS KAM_CHILDREN=$KAM_CHILDREN"
+    summary params "RATES='$RATES' DUR=$DUR REPEATS=$REPEATS HOLD_MS=$HOLD_MS MODES='$MODES' CONNS=$CONNS KAM_CHILDREN=$KAM_CHILDREN KAM_TCP_CHILDREN=$KAM_TCP_CHILDREN"
     summary load_at_start "$(load_avg)"
     log "work dir $WORK; fronts: $TARGETS; modes: $MODES; rates: $RATES"
     PROXY_PORT=5060

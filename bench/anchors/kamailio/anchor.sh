@@ -5,6 +5,7 @@
 
 ANCHOR_DIR=${ANCHOR_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
 KAM_CHILDREN=${KAM_CHILDREN:-4}   # UDP worker processes
+KAM_TCP_CHILDREN=${KAM_TCP_CHILDREN:-$KAM_CHILDREN} # TCP/TLS worker processes (-A WITH_TLS)
 # tm keeps every finished transaction for 5 s: at several thousand CPS 1 GB was not enough
 KAM_SHM_MB=${KAM_SHM_MB:-4096}
 PING_INTERVAL=${PING_INTERVAL:-2} # dispatcher's OPTIONS period (s)
@@ -42,7 +43,7 @@ write_tls_config() {
 write_configs() {
     mkdir -p "$WORK"
     local name script=""
-    for name in KAM_CHILDREN PROXY_IP PROXY_PORT SIPP_BUF WORK FR_TIMER_MS PING_INTERVAL KAM_TLS_PORT KAM_TCP_MAX; do
+    for name in KAM_CHILDREN KAM_TCP_CHILDREN PROXY_IP PROXY_PORT SIPP_BUF WORK FR_TIMER_MS PING_INTERVAL KAM_TLS_PORT KAM_TCP_MAX; do
         script+="s|@$name@|${!name}|g;"
     done
     sed -e "$script" "$ANCHOR_DIR/kamailio.cfg.in" > "$WORK/kamailio.cfg"
