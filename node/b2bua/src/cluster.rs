@@ -168,6 +168,10 @@ pub struct LegRecord {
     /// records written before it existed): the node's main listener.
     #[serde(default)]
     pub local_port: Option<u16>,
+    /// The MKI length (bytes) of this leg's SRTP peer, when it used one; never a key (keys stay
+    /// out of records: the new owner re-keys, with an MKI of this length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srtp_mki_len: Option<u8>,
 }
 
 /// Where confirmed dialogs are written (replicated, in a pool) and removed when they end.
@@ -301,6 +305,7 @@ mod tests {
             peer: "192.0.2.1:5060".into(),
             transport: "udp".into(),
             local_port: None,
+            srtp_mki_len: None,
             local_cseq: 1,
             local_uri: "<sip:b@192.0.2.2>".into(),
             remote_uri: "<sip:a@192.0.2.1>".into(),

@@ -81,6 +81,27 @@ impl SideSrtp {
         self.keys.as_ref()
     }
 
+    /// The MKI length this leg's peer uses, if any (kept in the call's record: not a secret, and
+    /// a node that rebuilds the call re-keys the leg with an MKI of the same length, as Lync and
+    /// Skype for Business expect).
+    pub fn mki_len(&self) -> Option<u8> {
+        self.mki_len.and_then(|l| u8::try_from(l).ok())
+    }
+
+    /// Forgets every key and offer (a call rebuilt elsewhere re-keys from scratch); the MKI
+    /// length the peer uses is kept.
+    pub fn forget_keys(&mut self) {
+        *self = Self {
+            mki_len: self.mki_len,
+            ..Self::default()
+        };
+    }
+
+    /// A rebuilt call's leg: the MKI length its record kept ([`SideSrtp::mki_len`]).
+    pub fn remember_mki_len(&mut self, len: Option<u8>) {
+        self.mki_len = len.map(usize::from);
+    }
+
     /// What `calls show` says of the leg's protection: the suite and whether packets carry an
     /// MKI; `None` for plain RTP. Never a key.
     pub fn protection(&self) -> Option<(Suite, bool)> {

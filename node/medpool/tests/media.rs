@@ -138,23 +138,9 @@ fn sdp_in(log: &str, first_line: &str) -> Option<(String, u16)> {
     Some((c, port))
 }
 
-/// `medpool ctl --server <node>:7001 -o json ARGS` (the admin API's default port on the node's IP).
+/// `medpool ctl --server NODE:7001 -o json ARGS`.
 fn ctl_json(node: &str, args: &[&str]) -> serde_json::Value {
-    let out = medpool_harness::medpool_command(std::path::Path::new(env!("CARGO_BIN_EXE_medpool")))
-        .arg("ctl")
-        .arg("--server")
-        .arg(format!("{node}:7001"))
-        .arg("-o")
-        .arg("json")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "medpool ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::ctl_json(&format!("{node}:7001"), args)
 }
 
 /// `calls show` of the node's only call, as JSON.
@@ -186,18 +172,6 @@ struct Outcome {
     show: Option<serde_json::Value>,
     /// The node's metrics once the call was over.
     metrics: String,
-}
-
-/// `GET /metrics` from `addr`.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 /// The value of an unlabelled metric (`name{} 3` or `name_total{} 3`).
@@ -283,7 +257,7 @@ fn talk(
     // The call is over: its session closes (the gateway's 200 to the BYE may still be on its way).
     let mut metrics = String::new();
     common::wait_until(Duration::from_secs(10), || {
-        metrics = scrape(&format!("{node}:9156"));
+        metrics = common::scrape(&format!("{node}:9156"));
         metric(&metrics, "medpool_media_sessions") == Some(0)
     });
     let at_gateway = sdp_in(&gateway.message_log(), "INVITE sip:").unwrap_or_else(|| {

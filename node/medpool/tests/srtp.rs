@@ -77,33 +77,12 @@ trunks = ["itsp"]
 
 /// `medpool ctl --server 127.0.162.1:7001 -o json ARGS`.
 fn ctl_json(args: &[&str]) -> serde_json::Value {
-    let out = medpool_harness::medpool_command(std::path::Path::new(env!("CARGO_BIN_EXE_medpool")))
-        .arg("ctl")
-        .arg("--server")
-        .arg(format!("127.0.{N}.1:7001"))
-        .arg("-o")
-        .arg("json")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "medpool ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::ctl_json(&format!("127.0.{N}.1:7001"), args)
 }
 
 /// `GET /metrics`.
 fn scrape() -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(format!("127.0.{N}.1:9162")) else {
-        return String::new();
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    common::scrape(&format!("127.0.{N}.1:9162"))
 }
 
 #[test]

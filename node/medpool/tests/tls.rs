@@ -3,7 +3,9 @@
 //! caller and gateway (Debian's SIPp is built without TLS): calls set up, re-INVITEd and hung up
 //! over TLS on both legs (the caller's trunk requires a client certificate naming `fe.test`); a
 //! caller from the trunk's own address with a certificate that does not match gets 403; a node
-//! certificate replaced on disk serves the next connection, while the open one carries on.
+//! certificate replaced on disk serves the next connection, while the open one carries on;
+//! `calls show` gives each leg's transport, TLS version and the caller's certificate subject, and
+//! the metrics count the handshakes per trunk and the refused request.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -11,12 +13,14 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{MedpoolNode, TestDir};
+use common::{MedpoolNode, TestDir, ctl_json, scrape};
 use medpool_simpeer::{Caller, CallerConfig, Gateway, GatewayConfig, Outcome, TestCa, TlsOptions};
 
 const NODE: &str = "127.0.161.1";
 const GW: &str = "127.0.161.2";
 const FE: &str = "127.0.161.3";
+const ADMIN: &str = "127.0.161.1:7001";
+const METRICS: &str = "127.0.161.1:9161";
 
 fn config() -> String {
     format!(
@@ -96,6 +100,8 @@ async fn calls_over_tls_mutual_tls_refusal_and_certificate_reload() {
             &key,
             "--sip-tls-ca",
             &cafile,
+            "--metrics-listen",
+            METRICS,
         ],
         &[],
     );
@@ -111,12 +117,62 @@ async fn calls_over_tls_mutual_tls_refusal_and_certificate_reload() {
     assert_eq!(gw.counts().calls, 2);
     assert_eq!(fe.reinvite_all().await, 2, "both calls re-INVITEd");
 
+    // What operators see: each leg's transport, TLS version and the caller's certificate subject.
+    let list = ctl_json(ADMIN, &["calls", "list"]);
+    let id = list
+        .pointer("/calls/0/call_id")
+        .or_else(|| list.pointer("/0/call_id"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("no call in {list}"))
+        .to_owned();
+    let show = ctl_json(ADMIN, &["calls", "show", &id]);
+    for leg in ["a", "b"] {
+        assert_eq!(show[leg]["transport"], "tls", "leg {leg}: {show}");
+        let version = show[leg]["tls_version"].as_str().unwrap_or_default();
+        assert!(
+            version == "TLSv1.3" || version == "TLSv1.2",
+            "leg {leg}: {show}"
+        );
+    }
+    let subject = show["a"]["tls_peer_subject"].as_str().unwrap_or_default();
+    assert!(subject.contains("fe"), "the caller's certificate: {show}");
+
     // From the trunk's own address, a certificate without the trunk's name: 403.
     let intruder = caller(tls(&ca, "intruder", &["intruder.test"], "medpool.test"), 2).await;
     assert_eq!(intruder.place(1).await, 0);
     let outcome = intruder.ledger()[0].setup;
     assert_eq!(outcome, Some(Outcome::Final(403)), "the intruder got 403");
     assert_eq!(gw.counts().calls, 2, "nothing reached the gateway");
+
+    // The handshakes on the metrics: the caller's trunk in, the gateway's out; the intruder's
+    // handshake succeeded (its certificate is the pool CA's) and its request was refused.
+    let metrics = scrape(METRICS);
+    let value = |needle: &[&str]| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("medpool_tls_handshakes") && needle.iter().all(|n| l.contains(n))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    assert!(
+        value(&["trunk=\"fe\"", "direction=\"inbound\"", "result=\"ok\""]) >= 2,
+        "{metrics}"
+    );
+    assert!(
+        value(&["trunk=\"gw1\"", "direction=\"outbound\"", "result=\"ok\""]) >= 1,
+        "{metrics}"
+    );
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("medpool_tls_client_cert_refused"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    // The INVITE, and the ACK of its 403 when it has arrived by now.
+    assert!(
+        matches!(refused, Some(n) if (1.0..=2.0).contains(&n)),
+        "{metrics}"
+    );
 
     // The node's certificate replaced on disk (now for another name): the next connection gets
     // it; the open one is not dropped.

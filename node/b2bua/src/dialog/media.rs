@@ -390,8 +390,11 @@ pub(super) fn start_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>) {
     if st.media_session.is_some() || !st.media.complete() || st.phase != Phase::Confirmed {
         return;
     }
-    // No key survives a failover (none is in the record): both legs are offered fresh ones.
-    st.srtp = Default::default();
+    // No key survives a failover (none is in the record): both legs are offered fresh ones, with
+    // an MKI where the record says the peer used one.
+    for side in &mut st.srtp {
+        side.forget_keys();
+    }
     match rt.relay.open_now(st.plan_with_keys()) {
         Ok(s) => st.media_session = Some(s),
         Err(e) => {

@@ -46,7 +46,7 @@ impl Call {
 
     pub(super) fn record(&self) -> Option<DialogRecord> {
         let b = self.confirmed_b()?;
-        let leg_rec = |l: &Leg| LegRecord {
+        let leg_rec = |l: &Leg, srtp: &crate::srtp::SideSrtp| LegRecord {
             call_id: String::from_utf8_lossy(&l.call_id).into_owned(),
             remote_tag: l
                 .remote_tag
@@ -66,11 +66,12 @@ impl Call {
             local_uri: String::from_utf8_lossy(&l.local_uri).into_owned(),
             remote_uri: String::from_utf8_lossy(&l.remote_uri).into_owned(),
             local_port: l.local_port,
+            srtp_mki_len: srtp.mki_len(),
         };
         Some(DialogRecord {
             shard: self.shard,
-            a: leg_rec(&self.a),
-            b: leg_rec(&b.leg),
+            a: leg_rec(&self.a, &self.srtp[0]),
+            b: leg_rec(&b.leg, &self.srtp[1]),
             trunk: b.trunk.clone(),
             inbound: self.inbound.name.clone(),
             traceparent: crate::trace::traceparent(&self.span),
@@ -198,6 +199,9 @@ pub(super) fn restored(
     });
     // The media plan: re-anchored on this node's relay once the call runs (`post_start`).
     call.media = rec.media.unwrap_or_default();
+    // No key survives in a record; the re-keying offers use the MKI length each peer used.
+    call.srtp[0].remember_mki_len(rec.a.srtp_mki_len);
+    call.srtp[1].remember_mki_len(rec.b.srtp_mki_len);
     Ok(call)
 }
 

@@ -44,6 +44,8 @@ pub(super) fn on_response(
             None
         };
         if status < 200 {
+            // An early answer without the required SRTP: the final answer decides.
+            st.crypto_refused = false;
             if status > 100 {
                 answer_relayed(st, &st.relays[pos], status, &env, body.as_deref());
             }
@@ -87,6 +89,14 @@ pub(super) fn on_response(
             }
         }
         answer_relayed(st, &r, status, &env, body.as_deref());
+        if std::mem::take(&mut st.crypto_refused) && (200..300).contains(&status) {
+            // The far peer took a relayed offer but answered without the SRTP its trunk requires:
+            // its leg has no keys, so no media can flow to or from it. The call is hung up on both
+            // legs rather than left silent (the answer cannot be refused: RFC 3264 §6).
+            st.history
+                .push(("srtp".into(), "answer without the required SRTP".into()));
+            st.bye_all(myself, None);
+        }
         st.maybe_finish(myself);
         return;
     }

@@ -381,6 +381,7 @@ async fn a_rebuilt_call_that_refreshes_refreshes_at_once_and_then_every_half_int
             local_uri: "<sip:+15550100@127.0.9.100>;tag=n-a".into(),
             remote_uri: format!("<sip:alice@{PBX}>;tag=a-st-rb"),
             local_port: None,
+            srtp_mki_len: None,
         },
         b: LegRecord {
             call_id: b_call_id.clone(),
@@ -394,6 +395,7 @@ async fn a_rebuilt_call_that_refreshes_refreshes_at_once_and_then_every_half_int
             local_uri: "<sip:alice@127.0.9.100>;tag=n-b".into(),
             remote_uri: "<sip:+15550100@127.0.9.21>;tag=g1".into(),
             local_port: None,
+            srtp_mki_len: None,
         },
         trunk: "gw1".into(),
         inbound: "pbx".into(),

@@ -13,6 +13,7 @@ use medpool_media::srtp::{CryptoAttribute, Mki, Suite};
 use medpool_sip::{Method, SipMessage};
 
 use super::media_tests::{answer_sdp, from_caller, pcmu, text};
+use crate::cluster::DialogStore;
 use crate::media::MediaRuntime;
 use crate::testkit::{CONFIG, Expect, GW1, PBX, TestNode, invite_with};
 
@@ -79,7 +80,8 @@ async fn info(node: &TestNode) -> super::msg::CallInfo {
 /// A Lync-like caller (required, RTP/SAVP with an MKI) to a plain gateway (none): the gateway
 /// gets plain RTP; the caller gets RTP/SAVP with one line answering its own (same tag and suite,
 /// an MKI of the same length, a key of the node's); `calls show` tells the legs apart; the record
-/// holds neither key.
+/// holds neither key, only the MKI length, with which a node that rebuilds the call re-keys the
+/// caller.
 #[tokio::test(start_paused = true)]
 async fn srtp_caller_to_plain_gateway_and_no_key_in_the_record() {
     let (mut node, _relay) = node(1, "required", "none").await;
@@ -143,6 +145,32 @@ async fn srtp_caller_to_plain_gateway_and_no_key_in_the_record() {
         "{json}"
     );
     assert!(!format!("{i:?}").contains(&key_text(ours)));
+    assert_eq!(
+        (rec.a.srtp_mki_len, rec.b.srtp_mki_len),
+        (Some(1), None),
+        "the record keeps the caller's MKI length (not a secret), nothing for the plain leg"
+    );
+
+    // The node is gone; a new owner rebuilds the call from its record: the caller is re-keyed with
+    // a fresh key of the new node's and an MKI of the length it used (Lync and Skype for Business
+    // expect one), the plain gateway is re-offered plain RTP.
+    let (mut new, _relay) = self::node(5, "required", "none").await;
+    assert!(new.pool.store(rec.clone()));
+    super::spawn_restored(new.ctx.clone(), rec).await.unwrap();
+    let reinv_a = new.expect(PBX, Expect::Request(Method::Invite)).await;
+    let (proto, lines) = crypto_of(&reinv_a);
+    assert_eq!(proto, "RTP/SAVP", "{}", text(reinv_a.body()));
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert_eq!(l.key.mki.map(Mki::len), Some(1), "{}", text(reinv_a.body()));
+        assert_ne!(
+            l.key.master, ours.key.master,
+            "a new key after the failover"
+        );
+    }
+    let reinv_b = new.expect(GW1, Expect::Request(Method::Invite)).await;
+    let (proto, lines) = crypto_of(&reinv_b);
+    assert_eq!((proto.as_str(), lines.len()), ("RTP/AVP", 0));
 }
 
 /// The gateway's trunk requires SRTP: the INVITE is RTP/SAVP with a line per suite; a 2xx
@@ -172,7 +200,8 @@ async fn a_required_trunk_that_answers_plain_is_hung_up_and_the_caller_refused()
 }
 
 /// The gateway's trunk requires SRTP and answers the 32-bit suite: the caller (plain trunk)
-/// gets plain RTP; the gateway's leg is SRTP with that suite.
+/// gets plain RTP; the gateway's leg is SRTP with that suite. A later answer without a key from
+/// that gateway ends the call.
 #[tokio::test(start_paused = true)]
 async fn plain_caller_to_an_srtp_gateway() {
     let (mut node, _relay) = node(3, "none", "required").await;
@@ -198,6 +227,29 @@ async fn plain_caller_to_an_srtp_gateway() {
         i.b_media.unwrap().srtp,
         Some((Suite::AesCm128HmacSha1_32, false))
     );
+
+    // Mid-call, the caller re-offers (plain); the gateway's trunk requires SRTP and it answers
+    // without a key: the caller gets the 2xx (an answer cannot be refused), then both legs are
+    // hung up — the gateway's leg has no key left, so the call would only be silence.
+    node.receive(from_caller(Method::Ack, &ok, 1, "z9hG4bK-s3-ack", b""), PBX)
+        .await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+    let reoffer = pcmu(PBX_MEDIA, 4002, "");
+    node.receive(
+        from_caller(Method::Invite, &ok, 2, "z9hG4bK-s3-re", &reoffer),
+        PBX,
+    )
+    .await;
+    let reinv = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    let (proto, lines) = crypto_of(&reinv);
+    assert_eq!(proto, "RTP/SAVP", "{}", text(reinv.body()));
+    assert_eq!(lines.len(), 1, "the key in force is offered again");
+    let plain = pcmu(GW_MEDIA, 6002, "");
+    node.receive(answer_sdp(&reinv, 200, "g1", GW1, &plain), GW1)
+        .await;
+    node.expect(PBX, Expect::Status(200)).await;
+    node.expect(PBX, Expect::Request(Method::Bye)).await;
+    node.expect(GW1, Expect::Request(Method::Bye)).await;
 }
 
 /// Best-effort SRTP towards an optional trunk (RTP/AVP with keys), which answers plain: the

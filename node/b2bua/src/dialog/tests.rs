@@ -125,6 +125,7 @@ async fn a_call_rebuilt_from_its_record_answers_a_bye_with_its_cseq_skipped_ahea
             local_uri: "<sip:+15550100@127.0.9.100>;tag=n-a".into(),
             remote_uri: format!("<sip:alice@{PBX}>;tag=a-rb-1"),
             local_port: None,
+            srtp_mki_len: None,
         },
         b: LegRecord {
             call_id: b_call_id.clone(),
@@ -138,6 +139,7 @@ async fn a_call_rebuilt_from_its_record_answers_a_bye_with_its_cseq_skipped_ahea
             local_uri: "<sip:alice@127.0.9.100>;tag=n-b".into(),
             remote_uri: "<sip:+15550100@127.0.9.21>;tag=g1".into(),
             local_port: None,
+            srtp_mki_len: None,
         },
         trunk: "gw1".into(),
         inbound: "pbx".into(),

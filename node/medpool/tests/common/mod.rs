@@ -1103,3 +1103,34 @@ impl Response {
         None
     }
 }
+
+/// `medpool ctl --server SERVER -o json ARGS`, parsed; panics with ctl's stderr when it fails.
+pub fn ctl_json(server: &str, args: &[&str]) -> serde_json::Value {
+    let out = medpool_harness::medpool_command(Path::new(env!("CARGO_BIN_EXE_medpool")))
+        .arg("ctl")
+        .arg("--server")
+        .arg(server)
+        .arg("-o")
+        .arg("json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "medpool ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `GET /metrics` from `addr` (the whole HTTP answer; empty when nothing listens).
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
