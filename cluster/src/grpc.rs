@@ -120,6 +120,15 @@ fn bad(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// A forwarded message's caps (unary or streamed).
+fn check_forward(m: &SipForward) -> Result<(), Denied> {
+    cap("forwarded SIP message", m.message.len(), MAX_SIP_FORWARD)?;
+    for f in [&m.peer, &m.transport, &m.traceparent] {
+        cap("forward field", f.len(), MAX_FIELD)?;
+    }
+    Ok(())
+}
+
 fn small(what: &'static str, req: &Request<RaftPayload>) -> Result<(), Status> {
     Ok(cap(what, req.get_ref().data.len(), MAX_SMALL)?)
 }
@@ -273,15 +282,35 @@ impl Cluster for ClusterService {
     async fn forward(&self, req: Request<SipForward>) -> Result<Response<ForwardAck>, Status> {
         STATS.rpc(Rpc::Forward, false);
         let m = req.get_ref();
-        cap("forwarded SIP message", m.message.len(), MAX_SIP_FORWARD)?;
-        for f in [&m.peer, &m.transport, &m.traceparent] {
-            cap("forward field", f.len(), MAX_FIELD)?;
-        }
+        check_forward(m)?;
         self.must_be(&req, m.via_node)?;
         STATS
             .forward_in
             .record(1, m.message.len() as u64, std::time::Duration::ZERO);
         Ok(Response::new(self.hooks.forward(req.into_inner()).await))
+    }
+
+    async fn forward_stream(
+        &self,
+        req: Request<Streaming<SipForward>>,
+    ) -> Result<Response<ForwardAck>, Status> {
+        STATS.rpc(Rpc::Forward, false);
+        let cert = self.cert(&req)?;
+        let mut messages = req.into_inner();
+        while let Some(m) = messages.message().await? {
+            check_forward(&m)?;
+            if let Some(c) = &cert
+                && !cert_names_node(c, m.via_node)
+            {
+                return Err(Denied::NotThatNode { node: m.via_node }.into());
+            }
+            STATS
+                .forward_in
+                .record(1, m.message.len() as u64, std::time::Duration::ZERO);
+            // Delivery is a queue push: one stream's messages are handled in their order.
+            self.hooks.forward(m).await;
+        }
+        Ok(Response::new(ForwardAck { accepted: true }))
     }
 
     async fn info(&self, req: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {

@@ -276,6 +276,21 @@ async fn attack(c: &mut ClusterClient<Channel>, victim: u64) -> Vec<(&'static st
         .await
         .map(drop),
     );
+    let streamed = SipForward {
+        message: b"OPTIONS sip:x SIP/2.0\r\n\r\n".to_vec(),
+        peer: format!("{NET}.100:5060"),
+        transport: "udp".into(),
+        shard: 0,
+        via_node: victim,
+        traceparent: String::new(),
+        send: true,
+    };
+    record(
+        "forward stream (send)",
+        c.forward_stream(futures_util::stream::iter(vec![streamed]))
+            .await
+            .map(drop),
+    );
     for (name, cmd) in [
         (
             "write AddNode",
@@ -450,7 +465,7 @@ async fn only_members_speak_on_the_internal_port_each_for_itself() {
             let victim = (target + 1) % 3;
             let mut c = a.client(target);
             let refused = attack(&mut c, victim).await;
-            assert_eq!(refused.len(), 11, "{who}: {refused:?}");
+            assert_eq!(refused.len(), 12, "{who}: {refused:?}");
             for (rpc, code) in &refused {
                 if who.starts_with("a pool certificate") {
                     // The handshake succeeds; each request is refused for the node it names.
