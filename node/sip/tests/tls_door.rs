@@ -15,7 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use medpool_sip::transport::tcp::TcpLimits;
 use medpool_sip::transport::tls::{
-    ClientRule, HandshakeResult, TlsFiles, TlsMaterial, TlsPeer, UNKNOWN_LABEL,
+    ClientCheck, ClientRule, ClientVerdict, HandshakeResult, TlsFiles, TlsMaterial, TlsPeer,
+    UNKNOWN_LABEL,
 };
 use medpool_sip::transport::{
     self, Running, TlsListen, Transport, TransportConfig, TransportError,
@@ -204,6 +205,39 @@ async fn a_request_and_its_answer_over_tls_carry_what_each_side_learnt() {
     let stranger = ca(&p.dir, "stranger");
     let other_ca = ClientRule::new(stranger.pem.clone(), vec![]).unwrap();
     assert!(!other_ca.admits(&tls));
+    // A connection keeps its verdict until the rules change (then the chain is verified again).
+    let side = p.node.transports.tls().unwrap().tls().unwrap().clone();
+    let ip = from.ip();
+    let mut cached = ClientVerdict::default();
+    side.set_client_rules([(ip, std::sync::Arc::new(rule))]);
+    assert_eq!(
+        side.check_client_cached(ip, Some(&tls), &mut cached),
+        ClientCheck::Admitted
+    );
+    assert_eq!(
+        side.check_client_cached(ip, Some(&tls), &mut cached),
+        ClientCheck::Admitted
+    );
+    let refused_before = side.refused_requests();
+    side.set_client_rules([(ip, std::sync::Arc::new(other_name))]);
+    assert_eq!(
+        side.check_client_cached(ip, Some(&tls), &mut cached),
+        ClientCheck::Refused
+    );
+    assert_eq!(
+        side.check_client_cached(ip, Some(&tls), &mut cached),
+        ClientCheck::Refused
+    );
+    assert_eq!(
+        side.refused_requests(),
+        refused_before + 2,
+        "each refused request counts"
+    );
+    side.set_client_rules([]);
+    assert_eq!(
+        side.check_client_cached(ip, Some(&tls), &mut cached),
+        ClientCheck::NoRule
+    );
     // The answer goes back on the same connection.
     let answer =
         medpool_sip::message::builder::response_to(&req.msg, 200, b"OK", Some("n1"), None).build();

@@ -42,7 +42,7 @@ use admission::{Admission, Slot};
 pub use admission::{Refusal, TcpLimits};
 
 use super::gate::{Bucket, SourceClass, UnknownPolicy};
-use super::tls::{ClientCheck, HandshakeResult, PeerTls, TlsSide};
+use super::tls::{ClientCheck, ClientVerdict, HandshakeResult, PeerTls, TlsSide};
 use super::{
     FrontDoorStats, Inbound, Screened, Transport, TransportConfig, TransportError, overload_answer,
     screen,
@@ -151,9 +151,10 @@ struct Inner {
     started: Instant,
 }
 
-/// A connection's budget of new requests: the policy entry it was made for and its bucket.
+/// A connection's budget of new requests: the policy entry it was made for and its bucket; and
+/// its last verdict on the client certificate (TLS).
 #[derive(Debug, Default)]
-struct ConnBudget(Option<(usize, Bucket)>);
+struct ConnBudget(Option<(usize, Bucket)>, ClientVerdict);
 
 /// An entry of the connection table: the writer's queue, and which connection it is (a newer
 /// connection from the same address replaces the entry; the older one must not remove it).
@@ -706,7 +707,7 @@ impl TcpPool {
     ) -> bool {
         let gate = &self.inner.stats.gate;
         if let Some(side) = &self.inner.tls {
-            match side.check_client(peer.ip(), tls) {
+            match side.check_client_cached(peer.ip(), tls, &mut budget.1) {
                 ClientCheck::NoRule => {}
                 ClientCheck::Admitted => return true,
                 ClientCheck::Refused => {

@@ -79,7 +79,22 @@ pub struct TlsSide {
     rules: RwLock<HashMap<IpAddr, Vec<Arc<ClientRule>>>>,
     /// Requests refused for want of a matching client certificate.
     refused: std::sync::atomic::AtomicU64,
+    /// Bumped whenever the rules change: a connection's cached verdict ([`ClientVerdict`]) of an
+    /// older generation is taken again.
+    generation: std::sync::atomic::AtomicU64,
 }
+
+/// How long a connection's verdict on its client certificate is reused before the chain is
+/// verified again (a certificate that expires, or a rule's CA file that changes, is seen within
+/// this long on a connection that stays open).
+pub const VERDICT_REUSE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A connection's last verdict on its certificate: verifying the chain costs an ECDSA or RSA
+/// verification per certificate, too much for every request of a connection that carries
+/// thousands (it was a third of a node's CPU over kept TLS connections). Kept by the
+/// connection's reader, so no lock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientVerdict(Option<(u64, tokio::time::Instant, ClientCheck)>);
 
 /// Whether a request over TLS may speak for the address it comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +117,7 @@ impl TlsSide {
             handshakes: Mutex::new(BTreeMap::new()),
             rules: RwLock::new(HashMap::new()),
             refused: std::sync::atomic::AtomicU64::new(0),
+            generation: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -115,6 +131,8 @@ impl TlsSide {
         if let Ok(mut r) = self.rules.write() {
             *r = map;
         }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether `ip` has client-certificate rules (a mutual TLS trunk's address).
@@ -124,6 +142,33 @@ impl TlsSide {
 
     /// Whether a request from `ip` on a connection whose peer is `peer` may be served.
     pub fn check_client(&self, ip: IpAddr, peer: Option<&PeerTls>) -> ClientCheck {
+        self.counted(self.verdict(ip, peer))
+    }
+
+    /// [`TlsSide::check_client`] for a connection that keeps its last verdict in `cache`: the
+    /// chain is verified again only when the rules changed or [`VERDICT_REUSE`] has passed.
+    pub fn check_client_cached(
+        &self,
+        ip: IpAddr,
+        peer: Option<&PeerTls>,
+        cache: &mut ClientVerdict,
+    ) -> ClientCheck {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        let check = match cache.0 {
+            Some((g, at, check)) if g == generation && now.duration_since(at) < VERDICT_REUSE => {
+                check
+            }
+            _ => {
+                let check = self.verdict(ip, peer);
+                cache.0 = Some((generation, now, check));
+                check
+            }
+        };
+        self.counted(check)
+    }
+
+    fn verdict(&self, ip: IpAddr, peer: Option<&PeerTls>) -> ClientCheck {
         let Ok(rules) = self.rules.read() else {
             return ClientCheck::Refused;
         };
@@ -132,12 +177,16 @@ impl TlsSide {
             Some(list) if peer.is_some_and(|p| list.iter().any(|r| r.admits(p))) => {
                 ClientCheck::Admitted
             }
-            Some(_) => {
-                self.refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                ClientCheck::Refused
-            }
+            Some(_) => ClientCheck::Refused,
         }
+    }
+
+    fn counted(&self, check: ClientCheck) -> ClientCheck {
+        if check == ClientCheck::Refused {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        check
     }
 
     /// Requests refused because the client certificate met no rule of their address.
