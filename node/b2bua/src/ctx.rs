@@ -367,7 +367,19 @@ impl NodeCtx {
     /// Sets the front door's source policy again from the current configuration (the resolved
     /// addresses of the trunks named by DNS changed).
     pub(crate) fn refresh_sources(&self) {
-        self.gate.set(self.source_policy(&self.config()));
+        let config = self.config();
+        self.gate.set(self.source_policy(&config));
+        self.apply_tls(&config);
+    }
+
+    /// Hands the TLS trunks' verification rules to the TLS door, with the resolved addresses of
+    /// the TLS trunks named by DNS (see [`crate::sources::tls_view`]).
+    pub(crate) fn apply_tls(&self, config: &PoolConfig) {
+        if let Some(side) = self.transports.tls().and_then(|p| p.tls()) {
+            let resolved = self.dns.resolved_sources(config);
+            crate::sources::tls_view(config, side.material().files().ca.as_deref(), &resolved)
+                .apply(side);
+        }
     }
 
     /// The supervisor new actors are linked to.

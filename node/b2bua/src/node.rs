@@ -54,13 +54,6 @@ impl NodeCtx {
         }
     }
 
-    /// Hands the TLS trunks' verification rules to the TLS door (see [`crate::sources::tls_view`]).
-    fn apply_tls(&self, config: &PoolConfig) {
-        if let Some(side) = self.transports.tls().and_then(|p| p.tls()) {
-            crate::sources::tls_view(config, side.material().files().ca.as_deref()).apply(side);
-        }
-    }
-
     /// This node now owns `shard`: rebuild a DialogActor for every confirmed dialog recorded in it.
     pub async fn adopt_shard(self: &Arc<Self>, shard: u16) -> usize {
         let mut n = 0;
@@ -236,7 +229,8 @@ pub async fn start(
             &opts.trusted_forwarders,
         ));
     if let Some(side) = running.transports.tls().and_then(|p| p.tls()) {
-        crate::sources::tls_view(&config, side.material().files().ca.as_deref()).apply(side);
+        // Trunks named by DNS are added by the DNS sync once they resolve.
+        crate::sources::tls_view(&config, side.material().files().ca.as_deref(), &[]).apply(side);
     }
     let sip_addr = running.transports.udp_local();
     let hostport = opts

@@ -62,23 +62,45 @@ pub(crate) fn listed_ips(
 }
 
 /// How the TLS door treats the trunks that speak TLS: (destination → how its server certificate
-/// is verified) for the trunks written with an IP literal, (IP → trunk name) as the label of
-/// handshakes, and (IP → client-certificate rule) for those that require one. A rule whose CA file
-/// cannot be read now is left out and logged: that trunk's address is then not served at all
-/// (it is in no source policy either), failing closed.
-pub fn tls_view(config: &PoolConfig, default_ca: Option<&std::path::Path>) -> TlsView {
+/// is verified), (IP → trunk name) as the label of handshakes, and (IP → client-certificate rule)
+/// for those that require one — for the trunks written with an IP literal and, from `resolved`,
+/// every address a trunk named by DNS resolved to (so a mutual-TLS trunk named by DNS is
+/// recognised only with its certificate too, never by address alone). A rule whose CA file
+/// cannot be read now is left out and logged: that trunk's address is then not served at all (it
+/// is in no source policy either), failing closed.
+pub fn tls_view(
+    config: &PoolConfig,
+    default_ca: Option<&std::path::Path>,
+    resolved: &[(&crate::config::Trunk, SocketAddr)],
+) -> TlsView {
     let mut view = TlsView::default();
-    for t in &config.trunks {
+    let literal = config
+        .trunks
+        .iter()
+        .filter_map(|t| t.address.ip().map(|ip| (t, SocketAddr::new(ip, t.port))));
+    for (t, addr) in literal.chain(resolved.iter().copied()) {
         if t.transport != crate::config::Transport::Tls {
             continue;
         }
-        let Some(ip) = t.address.ip() else {
-            continue;
-        };
-        let name = t.tls.name.clone().unwrap_or_else(|| ip.to_string());
+        view.add(t, addr, default_ca);
+    }
+    view
+}
+
+impl TlsView {
+    fn add(
+        &mut self,
+        t: &crate::config::Trunk,
+        addr: SocketAddr,
+        default_ca: Option<&std::path::Path>,
+    ) {
+        let ip = addr.ip();
+        // The name its certificate must carry: `tls_name`, else the host name it is written with,
+        // else its IP.
+        let name = t.tls.name.clone().unwrap_or_else(|| t.address.to_string());
         match medpool_sip::transport::tls::ServerName::try_from(name) {
-            Ok(name) => view.peers.push((
-                SocketAddr::new(ip, t.port),
+            Ok(name) => self.peers.push((
+                addr,
                 TlsPeer {
                     name,
                     ca: t.tls.ca.as_ref().map(std::path::PathBuf::from),
@@ -87,9 +109,9 @@ pub fn tls_view(config: &PoolConfig, default_ca: Option<&std::path::Path>) -> Tl
             )),
             Err(e) => tracing::error!(trunk = %t.name, error = %e, "tls_name is no usable name"),
         }
-        view.labels.push((ip, t.name.clone()));
+        self.labels.push((ip, t.name.clone()));
         if !t.tls.requires_client_cert() {
-            continue;
+            return;
         }
         let ca = t
             .tls
@@ -100,18 +122,17 @@ pub fn tls_view(config: &PoolConfig, default_ca: Option<&std::path::Path>) -> Tl
             .or_else(|| default_ca.map(std::path::Path::to_path_buf));
         let Some(ca) = ca else {
             tracing::error!(trunk = %t.name, "no CA for its client certificates (tls_client_ca, tls_ca or --sip-tls-ca): nobody is served as this trunk");
-            view.rules.push((ip, None));
-            continue;
+            self.rules.push((ip, None));
+            return;
         };
         match ClientRule::new(ca, t.tls.client_names.clone()) {
-            Ok(r) => view.rules.push((ip, Some(Arc::new(r)))),
+            Ok(r) => self.rules.push((ip, Some(Arc::new(r)))),
             Err(e) => {
                 tracing::error!(trunk = %t.name, error = %e, "its client CA cannot be used: nobody is served as this trunk");
-                view.rules.push((ip, None));
+                self.rules.push((ip, None));
             }
         }
     }
-    view
 }
 
 /// What [`tls_view`] finds.
@@ -223,7 +244,7 @@ tls_name = "sbc.example.net"
             SourceClass::Known(_)
         ));
         // No CA anywhere: the rule is there, and nobody meets it (fail closed).
-        let view = tls_view(&config, None);
+        let view = tls_view(&config, None, &[]);
         assert_eq!(view.rules.len(), 1);
         assert!(view.rules[0].1.is_none());
         let (at, peer) = &view.peers[1];
@@ -232,6 +253,41 @@ tls_name = "sbc.example.net"
         assert_eq!(
             peer.name,
             medpool_sip::transport::tls::ServerName::try_from("sbc.example.net").unwrap()
+        );
+    }
+
+    /// A mutual-TLS trunk named by DNS: every address it resolved to gets its client-certificate
+    /// rule (never served by address alone), its label, and server verification against its host
+    /// name.
+    #[test]
+    fn a_mutual_tls_trunk_named_by_dns_is_checked_on_every_resolved_address() {
+        let text = r#"
+[[trunk]]
+name = "fe-pool"
+address = "fepool.example.com"
+side = "internal"
+transport = "tls"
+tls_client_names = ["fe.example.com"]
+"#;
+        let config = PoolConfig::from_toml_str(text, "t.toml").unwrap();
+        let fe = &config.trunks[0];
+        let resolved: Vec<(&crate::config::Trunk, SocketAddr)> = vec![
+            (fe, "10.0.7.1:5061".parse().unwrap()),
+            (fe, "10.0.7.2:5061".parse().unwrap()),
+        ];
+        let view = tls_view(&config, None, &resolved);
+        let ips: Vec<IpAddr> = view.rules.iter().map(|(ip, _)| *ip).collect();
+        assert_eq!(
+            ips,
+            [
+                "10.0.7.1".parse::<IpAddr>().unwrap(),
+                "10.0.7.2".parse().unwrap()
+            ]
+        );
+        assert!(view.labels.iter().all(|(_, l)| l == "fe-pool"));
+        assert_eq!(
+            view.peers[0].1.name,
+            medpool_sip::transport::tls::ServerName::try_from("fepool.example.com").unwrap()
         );
     }
 }

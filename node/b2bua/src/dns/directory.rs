@@ -432,9 +432,13 @@ impl Directory {
     /// Adds every resolved address of the trunks named by DNS to `policy` with the trunk's budget:
     /// each target's `ip:port`, and its IP on any port when the trunk has `match_any_port`. An
     /// address a trunk with an IP literal already has stays that trunk's.
+    /// A trunk that requires a client certificate is left out: its addresses are served only over
+    /// mutual TLS ([`crate::sources::tls_view`] gives the TLS door their rules).
     pub fn add_sources(&self, config: &PoolConfig, policy: &mut SourcePolicy) {
         for (trunk, addr) in self.resolved_sources(config) {
-            if config.trunk_for_source(addr.ip(), addr.port()).is_some() {
+            if config.trunk_for_source(addr.ip(), addr.port()).is_some()
+                || trunk.tls.requires_client_cert()
+            {
                 continue;
             }
             let budget = Budget {
@@ -462,7 +466,8 @@ impl Directory {
         ips
     }
 
-    fn resolved_sources<'c>(&self, config: &'c PoolConfig) -> Vec<(&'c Trunk, SocketAddr)> {
+    /// Every resolved target of the trunks named by DNS, with its trunk.
+    pub fn resolved_sources<'c>(&self, config: &'c PoolConfig) -> Vec<(&'c Trunk, SocketAddr)> {
         let Ok(entries) = self.entries.read() else {
             return Vec::new();
         };
@@ -891,5 +896,42 @@ trunks = ["sbc", "gw"]
             class("10.0.2.2:5081"),
             SourceClass::Unknown(UnknownPolicy::Reject)
         );
+    }
+
+    /// A trunk named by DNS that requires a client certificate: its resolved addresses are no
+    /// known source (served only over mutual TLS, checked by the TLS door), while its trunk is
+    /// still found for a request that passed that door.
+    #[test]
+    fn a_mutual_tls_trunk_named_by_dns_is_no_source_by_address() {
+        let text = r#"
+[[trunk]]
+name = "fe-pool"
+address = "fepool.example.com"
+side = "internal"
+transport = "tls"
+match_any_port = true
+tls_client_names = ["fe.example.com"]
+"#;
+        let config = PoolConfig::from_toml_str(text, "t.toml").unwrap();
+        let dir = Directory::new(Err("no resolver in unit tests".into()));
+        dir.set_answer(
+            config.trunk("fe-pool").unwrap(),
+            vec![target("10.0.7.1", 5061, 10)],
+        );
+        let mut policy = crate::sources::source_policy(&config, &[]);
+        dir.add_sources(&config, &mut policy);
+        assert!(
+            !matches!(
+                policy.classify("10.0.7.1:5061".parse().unwrap()),
+                SourceClass::Known(_)
+            ),
+            "its address alone is not enough"
+        );
+        assert_eq!(
+            dir.trunk_for_source(&config, "10.0.7.1".parse().unwrap(), 40000)
+                .map(|t| t.name.as_str()),
+            Some("fe-pool")
+        );
+        assert_eq!(dir.resolved_sources(&config).len(), 1);
     }
 }
