@@ -119,6 +119,14 @@ impl Pool {
                     h.iter().map(|(id, (_, at))| (*id, *at)).collect()
                 })
                 .unwrap_or_default();
+            let seen: BTreeMap<NodeId, Instant> = self
+                .seen
+                .lock()
+                .map(|mut h| {
+                    h.retain(|_, (t, _)| *t == term);
+                    h.iter().map(|(id, (_, at))| (*id, *at)).collect()
+                })
+                .unwrap_or_default();
             let mut reports: BTreeMap<NodeId, PriorReport> = self
                 .prior_reports
                 .lock()
@@ -145,6 +153,8 @@ impl Pool {
                 me,
                 nodes: &nodes,
                 heard: &heard,
+                seen: &seen,
+                can_grant: self.leader_has_quorum(),
                 leading_since: since,
                 prior_end,
                 now: Instant::now(),

@@ -29,6 +29,10 @@
 //!   plus m), and only once this leader's last grant to it has ended (+ m); a node this leader has
 //!   never granted may be declared down only G after the leader took office (time for a live node
 //!   to send it a heartbeat: they send one as soon as they learn of a new leader, and every L/4);
+//! - false positives: nobody is declared down while the leader itself cannot grant (its quorum
+//!   acknowledgement is older than F: the silence may be its own), nor a node whose heartbeat
+//!   reached the leader within L + m although it was refused (a starved quorum, a map being caught
+//!   up), unless its last grant is more than [`REFUSED_LIMIT`] windows old;
 //! - a new leader decides nothing until it is *settled*: it has heard every node that is not down,
 //!   or both waits above are over;
 //! - once settled: an active or draining node not heard is declared down, a down node heard is
@@ -103,6 +107,10 @@ pub fn prior_leases_end(v: &PriorView<'_>) -> Instant {
     informed.min(blind)
 }
 
+/// How many windows (L + m) a node that keeps sending heartbeats but is refused every grant stays
+/// up before it is declared down all the same (a node that cannot catch up must not hold the pool).
+pub const REFUSED_LIMIT: u32 = 3;
+
 /// What the leader knows in one pass of its failure detector.
 #[derive(Debug, Clone)]
 pub struct Observation<'a> {
@@ -113,6 +121,10 @@ pub struct Observation<'a> {
     /// When this leader last granted each node a lease in its current term (nodes it never granted
     /// in this term are absent).
     pub heard: &'a BTreeMap<NodeId, Instant>,
+    /// When each node's last heartbeat reached this leader in its current term, granted or not.
+    pub seen: &'a BTreeMap<NodeId, Instant>,
+    /// Whether this leader can grant leases now (its quorum acknowledgement is younger than F).
+    pub can_grant: bool,
     /// When this node became leader (of the current term).
     pub leading_since: Instant,
     /// When every lease granted in an earlier term has ended ([`prior_leases_end`]).
@@ -149,6 +161,16 @@ pub fn judge(o: &Observation<'_>) -> Judgement {
                 .is_some_and(|t| o.now.saturating_duration_since(*t) < window)
     };
     let waited = o.now >= o.prior_end + o.margin && o.now >= o.leading_since + o.grace;
+    let seen_recently = |id: NodeId| {
+        o.seen
+            .get(&id)
+            .is_some_and(|t| o.now.saturating_duration_since(*t) < window)
+    };
+    let refused_too_long = |id: NodeId| {
+        let granted = o.heard.get(&id).copied().unwrap_or(o.leading_since);
+        o.now.saturating_duration_since(granted) >= window * REFUSED_LIMIT
+    };
+    let may_declare = |id: NodeId| o.can_grant && (!seen_recently(id) || refused_too_long(id));
     let settled = waited
         || o.nodes
             .iter()
@@ -163,7 +185,9 @@ pub fn judge(o: &Observation<'_>) -> Judgement {
     for (&id, &state) in o.nodes {
         let recent = heard_recently(id);
         let new_state = match state {
-            NodeState::Active | NodeState::Draining if !recent && waited => Some(NodeState::Down),
+            NodeState::Active | NodeState::Draining if !recent && waited && may_declare(id) => {
+                Some(NodeState::Down)
+            }
             NodeState::Down if recent => Some(NodeState::Active),
             _ => None,
         };
@@ -190,6 +214,10 @@ mod tests {
         name: &'static str,
         /// `(node, state, granted this long ago in this term)`; `None`: never granted.
         nodes: &'static [(NodeId, NodeState, Option<u64>)],
+        /// `(node, its last heartbeat reached the leader this long ago)`, granted or not.
+        seen: &'static [(NodeId, u64)],
+        /// Whether the leader's quorum acknowledgement is fresh.
+        can_grant: bool,
         /// How long ago this node (node 1) became leader, in ms.
         leading_for_ms: u64,
         /// How long ago every earlier term's lease ended, in ms (negative: in the future).
@@ -210,6 +238,8 @@ mod tests {
                 (2, Active, Some(100)),
                 (3, Active, Some(1100)),
             ],
+            seen: &[],
+            can_grant: true,
             leading_for_ms: 10_000,
             prior_ended_ms: 8_000,
             settled: true,
@@ -224,6 +254,8 @@ mod tests {
                 (2, Active, Some(100)),
                 (3, Active, Some(1200)),
             ],
+            seen: &[],
+            can_grant: true,
             leading_for_ms: 10_000,
             prior_ended_ms: 8_000,
             settled: true,
@@ -234,6 +266,8 @@ mod tests {
         Case {
             name: "a draining node that falls silent is declared down too",
             nodes: &[(1, Active, None), (2, Draining, Some(5000))],
+            seen: &[],
+            can_grant: true,
             leading_for_ms: 10_000,
             prior_ended_ms: 8_000,
             settled: true,
@@ -244,6 +278,8 @@ mod tests {
         Case {
             name: "a down node heard again comes back",
             nodes: &[(1, Active, None), (2, Down, Some(200)), (3, Down, None)],
+            seen: &[],
+            can_grant: true,
             leading_for_ms: 10_000,
             prior_ended_ms: 8_000,
             settled: true,
@@ -254,6 +290,8 @@ mod tests {
         Case {
             name: "a new leader that has not heard everyone waits out the grace",
             nodes: &[(1, Active, None), (2, Active, Some(100)), (3, Active, None)],
+            seen: &[],
+            can_grant: true,
             leading_for_ms: 449,
             prior_ended_ms: 1000,
             settled: false,
@@ -264,6 +302,8 @@ mod tests {
         Case {
             name: "a new leader waits until earlier terms' leases have ended, plus the margin",
             nodes: &[(1, Active, None), (2, Active, Some(100)), (3, Active, None)],
+            seen: &[],
+            can_grant: true,
             leading_for_ms: 1000,
             prior_ended_ms: 199,
             settled: false,
@@ -274,6 +314,8 @@ mod tests {
         Case {
             name: "earlier leases still running: nobody is declared down",
             nodes: &[(1, Active, None), (2, Active, Some(100)), (3, Active, None)],
+            seen: &[],
+            can_grant: true,
             leading_for_ms: 1000,
             prior_ended_ms: -300,
             settled: false,
@@ -284,6 +326,8 @@ mod tests {
         Case {
             name: "a new leader that has heard every live node decides at once",
             nodes: &[(1, Active, None), (2, Active, Some(100)), (3, Down, None)],
+            seen: &[],
+            can_grant: true,
             leading_for_ms: 0,
             prior_ended_ms: -1000,
             settled: true,
@@ -294,6 +338,8 @@ mod tests {
         Case {
             name: "earlier leases over and the grace passed: a node never heard is down",
             nodes: &[(1, Active, None), (2, Active, Some(100)), (3, Active, None)],
+            seen: &[],
+            can_grant: true,
             leading_for_ms: 450,
             prior_ended_ms: 200,
             settled: true,
@@ -304,6 +350,8 @@ mod tests {
         Case {
             name: "this leader's own grant still running: not down although earlier leases ended",
             nodes: &[(1, Active, None), (2, Active, Some(1199)), (3, Active, None)],
+            seen: &[],
+            can_grant: true,
             leading_for_ms: 2000,
             prior_ended_ms: 700,
             settled: true,
@@ -312,8 +360,58 @@ mod tests {
             alive: &[1, 2],
         },
         Case {
+            name: "a leader that cannot grant (stale quorum) declares nobody down",
+            nodes: &[
+                (1, Active, None),
+                (2, Active, Some(100)),
+                (3, Active, Some(1500)),
+            ],
+            seen: &[],
+            can_grant: false,
+            leading_for_ms: 10_000,
+            prior_ended_ms: 8_000,
+            settled: true,
+            down: &[],
+            back: &[],
+            alive: &[1, 2],
+        },
+        Case {
+            name: "a node refused but still sending is not declared down",
+            nodes: &[
+                (1, Active, None),
+                (2, Active, Some(100)),
+                (3, Active, Some(1500)),
+            ],
+            seen: &[(3, 100)],
+            can_grant: true,
+            leading_for_ms: 10_000,
+            prior_ended_ms: 8_000,
+            settled: true,
+            down: &[],
+            back: &[],
+            alive: &[1, 2],
+        },
+        Case {
+            name: "... unless it has been refused for REFUSED_LIMIT windows",
+            nodes: &[
+                (1, Active, None),
+                (2, Active, Some(100)),
+                (3, Active, Some(3600)),
+            ],
+            seen: &[(3, 100)],
+            can_grant: true,
+            leading_for_ms: 10_000,
+            prior_ended_ms: 8_000,
+            settled: true,
+            down: &[3],
+            back: &[],
+            alive: &[1, 2],
+        },
+        Case {
             name: "the leader never judges itself down",
             nodes: &[(1, Down, None), (2, Active, Some(10))],
+            seen: &[],
+            can_grant: true,
             leading_for_ms: 10_000,
             prior_ended_ms: 8_000,
             settled: true,
@@ -339,10 +437,17 @@ mod tests {
             } else {
                 now + Duration::from_millis(c.prior_ended_ms.unsigned_abs())
             };
+            let seen: BTreeMap<NodeId, Instant> = c
+                .seen
+                .iter()
+                .map(|(id, ago)| (*id, now - Duration::from_millis(*ago)))
+                .collect();
             let j = judge(&Observation {
                 me: 1,
                 nodes: &nodes,
                 heard: &heard,
+                seen: &seen,
+                can_grant: c.can_grant,
                 leading_since: now - Duration::from_millis(c.leading_for_ms),
                 prior_end,
                 now,

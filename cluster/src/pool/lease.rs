@@ -71,6 +71,9 @@ impl Pool {
         let term = m.current_term;
         let is_leader = leading && self.leader_has_quorum();
         let now = Instant::now();
+        if leading && let Ok(mut seen) = self.seen.lock() {
+            seen.insert(req.node_id, (term, now));
+        }
         // The sender's report on earlier terms, for this leader's term only (durations, measured
         // when it sent: converted to our clock they can only come out later than the truth).
         if leading

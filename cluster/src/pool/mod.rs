@@ -219,6 +219,9 @@ pub struct Pool {
     lease_until: Mutex<Option<Instant>>,
     /// Leader only: when this node last granted each node a lease, and in which term.
     heard: Mutex<BTreeMap<NodeId, (u64, Instant)>>,
+    /// Leader only: when each node's last heartbeat reached this node as leader (granted or not),
+    /// and in which term.
+    seen: Mutex<BTreeMap<NodeId, (u64, Instant)>>,
     /// Leader only: the voters' reports on the terms before this leader's (by voter: the term
     /// reported for, the report in this node's clock).
     prior_reports: Mutex<BTreeMap<NodeId, (u64, judge::PriorReport)>>,
@@ -304,6 +307,7 @@ impl Pool {
             epoch: started,
             lease_until: Mutex::new(None),
             heard: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(BTreeMap::new()),
             prior_reports: Mutex::new(BTreeMap::new()),
             leader_rpcs: Mutex::new(prior::TermClock::new(started)),
             grants: Mutex::new(prior::TermClock::new(started)),
