@@ -68,7 +68,7 @@ impl Pool {
             }
             let me = self.opts.node_id;
             let m = self.raft.metrics().borrow_watched().clone();
-            let log_id = m.membership_config.log_id().clone();
+            let log_id = *m.membership_config.log_id();
             if membership.0 != log_id {
                 membership = (log_id, Instant::now());
             }

@@ -349,7 +349,11 @@ mod tests {
         },
         Case {
             name: "this leader's own grant still running: not down although earlier leases ended",
-            nodes: &[(1, Active, None), (2, Active, Some(1199)), (3, Active, None)],
+            nodes: &[
+                (1, Active, None),
+                (2, Active, Some(1199)),
+                (3, Active, None),
+            ],
             seen: &[],
             can_grant: true,
             leading_for_ms: 2000,

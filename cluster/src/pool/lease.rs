@@ -71,12 +71,18 @@ impl Pool {
         let term = m.current_term;
         let is_leader = leading && self.leader_has_quorum();
         let now = Instant::now();
-        if leading && let Ok(mut seen) = self.seen.lock() {
+        // Only members are remembered (the maps stay as small as the pool).
+        let member = self.reader.read(|s| s.node(req.node_id).is_some());
+        if leading
+            && member
+            && let Ok(mut seen) = self.seen.lock()
+        {
             seen.insert(req.node_id, (term, now));
         }
         // The sender's report on earlier terms, for this leader's term only (durations, measured
         // when it sent: converted to our clock they can only come out later than the truth).
         if leading
+            && member
             && req.term == term
             && term != 0
             && let Ok(mut r) = self.prior_reports.lock()
@@ -128,11 +134,7 @@ impl Pool {
     /// of an earlier term, when it last granted a lease as one.
     pub(super) fn prior_report(&self, term: u64) -> PriorReport {
         PriorReport {
-            heard: self
-                .leader_rpcs
-                .lock()
-                .ok()
-                .and_then(|c| c.before(term)),
+            heard: self.leader_rpcs.lock().ok().and_then(|c| c.before(term)),
             granted: self.grants.lock().ok().and_then(|c| c.before(term)),
         }
     }
@@ -200,7 +202,9 @@ impl Pool {
             last_leader = leader;
             let report = self.prior_report(term);
             let ago = |t: Option<Instant>| {
-                t.map(|t| u64::try_from(sent.saturating_duration_since(t).as_micros()).unwrap_or(u64::MAX))
+                t.map(|t| {
+                    u64::try_from(sent.saturating_duration_since(t).as_micros()).unwrap_or(u64::MAX)
+                })
             };
             let req = LeaseRequest {
                 node_id: me,
