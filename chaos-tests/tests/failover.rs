@@ -121,7 +121,8 @@ async fn gateway_byes(gws: &[Gateway], n: u64) -> u64 {
 /// Which node a scenario kills.
 #[derive(Debug, Clone, Copy)]
 enum Kill {
-    /// The Raft leader (a new leader is elected and waits lease + margin before moving shards).
+    /// The Raft leader (a new leader is elected and waits until the leases the old one can have
+    /// granted are over).
     Leader,
     /// A follower, chosen by the seed.
     Follower,

@@ -41,7 +41,7 @@
 //! `from_us`, and the leader grants it only when that epoch is as new as its own map; so a node's
 //! `remove` for a move is reported before the `from_us` of any lease asked for with the moved map.
 //! A shard handed over between two live nodes is `add`ed by the new owner only after the old owner
-//! reported its `remove` (when it had added it), or after L + margin when the old owner did not
+//! reported its `remove` (when it had added it), or after L + L/4 + margin when the old owner did not
 //! answer.
 //!
 //! A node **may act** for shard `s` at instant `t` only if `t` is inside an `acting` interval for

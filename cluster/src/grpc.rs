@@ -55,6 +55,11 @@ pub trait PoolHooks: Send + Sync + 'static {
     async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError>;
     /// The pool as this node sees it (JSON).
     async fn info(&self) -> Vec<u8>;
+    /// An RPC from the leader of `term` (AppendEntries or a snapshot) arrived; called before Raft
+    /// handles it (the pool's failure detector uses it, `pool/prior.rs`).
+    fn leader_rpc(&self, term: u64) {
+        let _ = term;
+    }
 }
 
 /// The service.
@@ -192,6 +197,7 @@ impl Cluster for ClusterService {
         STATS.rpc(Rpc::AppendEntries, false);
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.get_ref().data).map_err(bad)?;
         self.must_be(&req, rpc.vote.leader_id().node_id)?;
+        self.hooks.leader_rpc(rpc.vote.leader_id().term);
         payload(&self.raft.append_entries(rpc).await)
     }
 
@@ -241,6 +247,7 @@ impl Cluster for ClusterService {
             }
         }
         let (header, data) = assembly.finish()?;
+        self.hooks.leader_rpc(header.vote.leader_id().term);
         let snapshot = Snapshot {
             meta: header.meta,
             snapshot: data,

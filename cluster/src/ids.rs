@@ -41,6 +41,6 @@ pub enum NodeState {
     Active,
     /// Handing its shards over before it stops; receives no new ones.
     Draining,
-    /// Declared dead by the leader (silent for longer than lease + margin).
+    /// Declared dead by the leader (every lease it can hold has ended, plus the margin).
     Down,
 }

@@ -258,6 +258,7 @@ async fn attack(c: &mut ClusterClient<Channel>, victim: u64) -> Vec<(&'static st
             node_id: victim,
             sent_at_ms: 0,
             map_epoch: u64::MAX,
+            ..LeaseRequest::default()
         })
         .await
         .map(drop),

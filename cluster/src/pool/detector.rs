@@ -1,11 +1,13 @@
-//! The leader's failure detector and rebalancer: every 200 ms the leader reads who it has heard
-//! from (lease heartbeats) and asks [`judge`] what follows (nodes down or back, the alive set), then
-//! plans shard moves; it proposes those decisions to its own Raft only.
+//! The leader's failure detector and rebalancer: every 50 ms the leader reads whom it has granted
+//! leases in its term and what the voters reported of earlier terms, asks [`judge`] what follows
+//! (nodes down or back, the alive set), then plans shard moves; it proposes those decisions to its
+//! own Raft only, a node's `Down` and the moves it causes in one append (one commit round).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -16,8 +18,11 @@ use crate::rebalance::plan_moves;
 use crate::state::NodeState;
 use crate::typ::NodeId;
 
-use super::judge::{Observation, judge};
+use super::judge::{Observation, PriorReport, PriorView, judge, prior_leases_end};
 use super::{Pool, now_pair};
+
+/// How often the leader's failure detector looks (a pass is a few map reads when nothing changes).
+const PASS: Duration = Duration::from_millis(50);
 
 impl Pool {
     /// Proposes a decision this node took as leader (a node down or back, shard moves) to its own
@@ -26,19 +31,47 @@ impl Pool {
     /// declare live nodes down and hand their shards over without a fence. Not committed in this
     /// node's term, it is dropped; the current leader decides again from its own view.
     pub(super) async fn write_as_leader(&self, cmd: Command) {
-        if let Err(e) = self.raft.client_write(cmd).await {
-            tracing::debug!(error = %e, "leader decision not committed (no longer leader)");
+        self.write_all_as_leader(vec![cmd]).await;
+    }
+
+    /// [`Pool::write_as_leader`] for several commands, appended together in this order (one message
+    /// to Raft, one replication round): a `Down` and the moves it causes are applied in order and
+    /// commit together, or neither does.
+    pub(super) async fn write_all_as_leader(&self, cmds: Vec<Command>) {
+        match self.raft.client_write_many(cmds).await {
+            Ok(mut results) => {
+                while let Some(r) = results.next().await {
+                    match r {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "leader decision not committed (no longer leader)");
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "leader decision not committed (Raft stopped)");
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "leader decision not committed (Raft stopped)"),
         }
     }
 
     pub(super) async fn leader_task(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        // When this node last saw its membership change: its start, then each change it observes
+        // (a pass late at most, which only makes the bound later).
+        let mut membership = (None, Instant::now());
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(PASS) => {}
                 _ = stop.changed() => return,
             }
             let me = self.opts.node_id;
             let m = self.raft.metrics().borrow_watched().clone();
+            let log_id = *m.membership_config.log_id();
+            if membership.0 != log_id {
+                membership = (log_id, Instant::now());
+            }
             if m.current_leader != Some(me) {
                 if let Ok(mut l) = self.leading_since.lock() {
                     *l = None;
@@ -53,7 +86,6 @@ impl Pool {
                 match *l {
                     Some((t, at)) if t == term => at,
                     _ => {
-                        // A new leader has heard nobody yet: it waits L + margin before declaring anyone down.
                         let (now, now_us) = now_pair();
                         *l = Some((term, now));
                         if let Some(a) = &self.audit {
@@ -62,9 +94,6 @@ impl Pool {
                                 term,
                                 at_us: now_us,
                             });
-                        }
-                        if let Ok(mut h) = self.heard.lock() {
-                            h.clear();
                         }
                         now
                     }
@@ -81,7 +110,42 @@ impl Pool {
                 self.write_as_leader(Command::SetPoolSecret { secret })
                     .await;
             }
-            let heard = self.heard.lock().map(|h| h.clone()).unwrap_or_default();
+            // Grants of this term only: an earlier term's are bounded by the voters' reports.
+            let heard: BTreeMap<NodeId, Instant> = self
+                .heard
+                .lock()
+                .map(|mut h| {
+                    h.retain(|_, (t, _)| *t == term);
+                    h.iter().map(|(id, (_, at))| (*id, *at)).collect()
+                })
+                .unwrap_or_default();
+            let seen: BTreeMap<NodeId, Instant> = self
+                .seen
+                .lock()
+                .map(|mut h| {
+                    h.retain(|_, (t, _)| *t == term);
+                    h.iter().map(|(id, (_, at))| (*id, *at)).collect()
+                })
+                .unwrap_or_default();
+            let mut reports: BTreeMap<NodeId, PriorReport> = self
+                .prior_reports
+                .lock()
+                .map(|mut r| {
+                    r.retain(|_, (t, _)| *t == term);
+                    r.iter().map(|(id, (_, rep))| (*id, *rep)).collect()
+                })
+                .unwrap_or_default();
+            reports.insert(me, self.prior_report(term));
+            let voter_sets: Vec<BTreeSet<NodeId>> =
+                m.membership_config.membership().get_joint_config().clone();
+            let prior_end = prior_leases_end(&PriorView {
+                voter_sets: &voter_sets,
+                reports: &reports,
+                leading_since: since,
+                membership_since: membership.1,
+                lease: self.opts.lease,
+                fresh: self.grant_fresh(),
+            });
             let nodes: BTreeMap<NodeId, NodeState> = self
                 .reader
                 .read(|s| s.nodes().iter().map(|(id, n)| (*id, n.state)).collect());
@@ -89,31 +153,49 @@ impl Pool {
                 me,
                 nodes: &nodes,
                 heard: &heard,
+                seen: &seen,
+                can_grant: self.leader_has_quorum(),
                 leading_since: since,
+                prior_end,
                 now: Instant::now(),
-                window: self.opts.lease + self.opts.margin,
+                lease: self.opts.lease,
+                margin: self.opts.margin,
+                grace: self.grace(),
             });
             if !judgement.settled {
                 continue;
             }
+            let mut writes = Vec::new();
+            let mut down = BTreeSet::new();
             for command in judgement.commands {
                 if let Command::SetNodeState {
                     id,
                     state: NodeState::Down,
                 } = &command
                 {
+                    let last_grant_ms = heard
+                        .get(id)
+                        .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
                     tracing::warn!(
                         node = id,
-                        "node silent for longer than lease + margin: down"
+                        last_grant_ms,
+                        leading_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "node declared down: its leases are over"
                     );
+                    down.insert(*id);
                 }
-                self.write_as_leader(command).await;
+                writes.push(command);
             }
             let alive = judgement.alive;
+            // Planned on the state as it will be once the `Down`s above apply: the moves only read
+            // who is alive, which already leaves the down nodes out.
             let moves = self.reader.read(|s| plan_moves(s, &alive));
             if !moves.is_empty() {
-                tracing::info!(moves = moves.len(), "rebalancing shards");
-                self.write_as_leader(Command::MoveShards { moves }).await;
+                tracing::info!(moves = moves.len(), down = down.len(), "rebalancing shards");
+                writes.push(Command::MoveShards { moves });
+            }
+            if !writes.is_empty() {
+                self.write_all_as_leader(writes).await;
             }
         }
     }

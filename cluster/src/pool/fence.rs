@@ -10,18 +10,20 @@
 //!
 //! Shards adopted from a node that is not down (a rebalance after a rejoin, a drain) enter the
 //! acting set only once that node reports `acting_epoch >=` our map epoch at adoption (it has
-//! applied the move and taken the shards out of its own acting set), or once L + margin has passed
-//! since adoption. Why the old owner's lease is over by then: the move committed before we applied
-//! it (commit ≤ adoption). A lease granted for a heartbeat sent before the commit expires before
-//! commit + L ≤ adoption + L. A heartbeat sent after the commit carries the sender's acting epoch:
-//! the leader grants it only when that epoch is as new as the leader's map, i.e. only once the old
-//! owner has applied the move *and* cleared its acting bits — such a lease no longer lets it act
-//! for these shards. The margin covers what the L bound leaves out: a leader grants against its
-//! *applied* map, which can trail the commit (and our adoption) by a moment, and a deposed leader
-//! grants for up to L/2 after its last quorum acknowledgement (the same margin a new leader waits
-//! before declaring a silent node down). A node declared down meanwhile needs no more waiting: it is
-//! declared down only after L + margin of silence, and a new leader waits as long, so its lease is
-//! over.
+//! applied the move and taken the shards out of its own acting set), or once L + F + m has passed
+//! since adoption (F = L/4: a leader grants only with a quorum acknowledgement younger than F; m the
+//! margin). Why the old owner's lease is over by then: the move committed before we applied it
+//! (commit ≤ adoption). A lease granted for a heartbeat sent before the commit, by the leader that
+//! committed the move, expires before commit + L ≤ adoption + L. A heartbeat sent after the commit
+//! carries the sender's acting epoch: the leader grants it only when that epoch is as new as the
+//! leader's map, i.e. only once the old owner has applied the move *and* cleared its acting bits —
+//! such a lease no longer lets it act for these shards. A deposed leader (one that has not learnt
+//! of a newer term) grants only within F of its last quorum acknowledgement, which was sent before
+//! the next leader was elected, so before the commit: its leases end before commit + F + L. The
+//! margin m covers what these bounds leave out: a leader grants against its *applied* map, which can
+//! trail the commit (and our adoption) by a moment. A node declared down meanwhile needs no more
+//! waiting: the leader declares a node down only once every lease it can hold has ended, plus m
+//! (`judge.rs`).
 //!
 //! Adoptions whose previous owner is not known for certain (the first pass, a node catching up on
 //! old data or a snapshot, several moves applied at once) are fenced against every live node.
@@ -102,7 +104,7 @@ struct Fence {
 pub struct FenceStats {
     /// Fences passed (groups of shards adopted from a live node).
     pub passed: AtomicU64,
-    /// Of those, fences that ended because L + margin elapsed rather than on the old owner's word.
+    /// Of those, fences that ended because L + F + margin elapsed rather than on the old owner's word.
     pub timed_out: AtomicU64,
 }
 
@@ -218,7 +220,7 @@ impl Pool {
             }
             self.acting_epoch.store(view.epoch, Ordering::SeqCst);
             // Adoptions: from nobody or from a node that is down, at once (a node is declared down
-            // after L + margin of silence, and a new leader waits as long: its lease is over); from a
+            // only once every lease it can hold has ended, plus the margin: judge.rs); from a
             // live node, behind a fence. The previous owner is the one of the last pass when the shard
             // moved exactly once since; otherwise (first pass, a node catching up on old data, a
             // snapshot, several moves applied at once) it is unknown: any live node might be acting.
@@ -324,27 +326,19 @@ impl Pool {
         }
     }
 
-    /// The hand-over fence. Shards adopted from a node that is not down (a rebalance after a rejoin, a
-    /// drain) enter the acting set only once that node reports `acting_epoch >=` our map epoch at
-    /// adoption (it has applied the move and taken the shards out of its own acting set), or once
-    /// L + margin has passed since adoption. Why its lease is over by then: the move committed before
-    /// we applied it (commit ≤ adoption). A lease granted for a heartbeat sent before the commit
-    /// expires before commit + L ≤ adoption + L. A heartbeat sent after the commit carries the
-    /// sender's acting epoch: the leader grants it only when that epoch is as new as the leader's
-    /// map, i.e. only once the old owner has applied the move *and* cleared its acting bits — such a
-    /// lease no longer lets it act for these shards. The margin covers what the L bound leaves out: a
-    /// leader grants against its *applied* map, which can trail the commit (and our adoption) by a
-    /// moment, and a deposed leader grants for up to L/2 after its last quorum acknowledgement (the
-    /// same margin a new leader waits before declaring a silent node down). A node declared down
-    /// meanwhile needs no more waiting. Returns the shards whose fence is over, and what the old
-    /// owners that let them pass reported still setting up for them ([`PoolInfo::lingering`],
-    /// read after their acting epoch: it names every call of the shards they released).
+    /// The hand-over fence (the module doc holds the argument). Shards adopted from a node that is
+    /// not down (a rebalance after a rejoin, a drain) enter the acting set only once that node
+    /// reports `acting_epoch >=` our map epoch at adoption, or once L + F + m has passed since
+    /// adoption; a node declared down meanwhile needs no more waiting. Returns the shards whose
+    /// fence is over, and what the old owners that let them pass reported still setting up for
+    /// them ([`PoolInfo::lingering`], read after their acting epoch: it names every call of the
+    /// shards they released).
     async fn pass_fences(
         &self,
         fences: &mut Vec<Fence>,
         down: &BTreeSet<NodeId>,
     ) -> (Vec<u16>, Vec<(NodeId, Lingering)>) {
-        let max = self.opts.lease + self.opts.margin;
+        let max = self.opts.lease + self.grant_fresh() + self.opts.margin;
         let ask: BTreeSet<NodeId> = fences
             .iter()
             .filter(|f| f.since.elapsed() < max)

@@ -53,4 +53,9 @@ impl PoolHooks for Hooks {
             None => Vec::new(),
         }
     }
+    fn leader_rpc(&self, term: u64) {
+        if let Some(p) = self.0.upgrade() {
+            p.leader_rpc(term);
+        }
+    }
 }

@@ -3,8 +3,8 @@
 //! attach, shutdown) and the [`Pool`] handle; each concern lives in its own file below.
 //!
 //! ```text
-//!  every L/4: node ──Lease──► leader        leader: silent > L + margin ⇒ SetNodeState(Down)
-//!  lease valid until sent_at + L            leader: plan_moves(state, alive) ⇒ MoveShards
+//!  every L/4: node ──Lease──► leader        leader: lease over + margin ⇒ SetNodeState(Down)
+//!  lease valid until sent_at + L              and plan_moves(state, alive) ⇒ MoveShards (one append)
 //!  may_act(s) = owner(s) == me              watcher: applied shard map changed ⇒
 //!             ∧ acting[s] ∧ lease             clear acting bits, released; fence; set bits, adopted
 //! ```
@@ -19,6 +19,7 @@
 //!   write.rs       writes through the leader   info.rs      status (PoolInfo), config audit
 //!  ───────────────────────────────────────────────────────────────────────────────────────────
 //!   judge.rs       the failure detector's judgement: pure, no clock, no I/O
+//!   prior.rs       per-term clocks (leader RPCs heard, leases granted) for a new leader's wait
 //! ```
 //!
 //! The files of the middle row each add methods to [`Pool`]; they call one another only through
@@ -40,6 +41,7 @@ mod info;
 mod judge;
 mod lease;
 mod membership;
+mod prior;
 mod write;
 
 pub use crate::error::{NotAppended, WriteError};
@@ -91,7 +93,8 @@ pub struct PoolOptions {
     pub max_voters: usize,
     /// Lease length L.
     pub lease: Duration,
-    /// Safety margin added to L before a silent node is declared down.
+    /// Safety margin m added to every bound on when a lease has ended, before a silent node is
+    /// declared down and before a hand-over fence gives up waiting (ARCHITECTURE.md, "Leases").
     pub margin: Duration,
     /// Build a snapshot after this many log entries (then older entries are purged).
     pub snapshot_logs: u64,
@@ -119,7 +122,8 @@ pub trait ConfigValidator: Send + Sync + std::fmt::Debug + 'static {
 }
 
 impl PoolOptions {
-    /// Defaults for a node: 1024 shards, 3 voters, L = 2 s, margin 1 s, snapshot every 5000 entries.
+    /// Defaults for a node: 1024 shards, 3 voters, L = 1 s, margin 200 ms, snapshot every 5000
+    /// entries.
     pub fn new(
         node_id: NodeId,
         addrs: NodeAddrs,
@@ -135,8 +139,8 @@ impl PoolOptions {
             join,
             shard_count: crate::state::DEFAULT_SHARD_COUNT,
             max_voters: 3,
-            lease: Duration::from_secs(2),
-            margin: Duration::from_secs(1),
+            lease: DEFAULT_LEASE,
+            margin: DEFAULT_MARGIN,
             snapshot_logs: 5000,
             audit: None,
             tls: None,
@@ -145,6 +149,11 @@ impl PoolOptions {
         }
     }
 }
+
+/// The default lease L (ARCHITECTURE.md, "Leases": why 1 s).
+pub const DEFAULT_LEASE: Duration = Duration::from_millis(1000);
+/// The default margin m added to lease-end bounds.
+pub const DEFAULT_MARGIN: Duration = Duration::from_millis(200);
 
 /// Most concurrent HTTP/2 streams a peer may open on one connection to the internal port.
 const MAX_STREAMS: u32 = 256;
@@ -208,8 +217,18 @@ pub struct Pool {
     epoch: Instant,
     /// Our lease: valid until this instant.
     lease_until: Mutex<Option<Instant>>,
-    /// Leader only: when each node was last heard.
-    heard: Mutex<BTreeMap<NodeId, Instant>>,
+    /// Leader only: when this node last granted each node a lease, and in which term.
+    heard: Mutex<BTreeMap<NodeId, (u64, Instant)>>,
+    /// Leader only: when each node's last heartbeat reached this node as leader (granted or not),
+    /// and in which term.
+    seen: Mutex<BTreeMap<NodeId, (u64, Instant)>>,
+    /// Leader only: the voters' reports on the terms before this leader's (by voter: the term
+    /// reported for, the report in this node's clock).
+    prior_reports: Mutex<BTreeMap<NodeId, (u64, judge::PriorReport)>>,
+    /// When this node last received an RPC from a leader, per term.
+    leader_rpcs: Mutex<prior::TermClock>,
+    /// When this node last granted a lease as leader, per term.
+    grants: Mutex<prior::TermClock>,
     /// Leader only: since when this node has been leader (term, instant).
     leading_since: Mutex<Option<(u64, Instant)>>,
     clients: Mutex<HashMap<NodeId, ClusterClient<Channel>>>,
@@ -249,13 +268,18 @@ impl Pool {
     /// Opens the store, starts Raft and the internal server, then bootstraps or joins in the
     /// background. Call [`Pool::attach`] to connect the node side.
     pub async fn start(opts: PoolOptions) -> Result<Arc<Pool>, PoolError> {
+        // Before the store opens: whatever this node heard or granted before a restart happened
+        // before this instant (`prior.rs`).
+        let started = Instant::now();
         let (log, sm) = store::open(&opts.data_dir)?;
         let reader = sm.reader();
         let config = openraft::Config {
             cluster_name: "medpool".into(),
+            // A follower calls an election after election_timeout_max (its leader lease) plus a
+            // random 300-500 ms without a heartbeat: 0.8-1.0 s (ARCHITECTURE.md, "Raft").
             heartbeat_interval: 100,
-            election_timeout_min: 400,
-            election_timeout_max: 800,
+            election_timeout_min: 300,
+            election_timeout_max: 500,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_logs.max(1)),
             max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),
             // Bounds an AppendEntries message (each entry is within its command's cap).
@@ -280,9 +304,13 @@ impl Pool {
             opts: opts.clone(),
             raft: raft.clone(),
             reader,
-            epoch: Instant::now(),
+            epoch: started,
             lease_until: Mutex::new(None),
             heard: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(BTreeMap::new()),
+            prior_reports: Mutex::new(BTreeMap::new()),
+            leader_rpcs: Mutex::new(prior::TermClock::new(started)),
+            grants: Mutex::new(prior::TermClock::new(started)),
             leading_since: Mutex::new(None),
             clients: Mutex::new(HashMap::new()),
             dialer,

@@ -164,11 +164,13 @@ pub async fn run(args: DemoArgs) -> Result<bool, DemoError> {
     tokio::task::block_in_place(|| nodes[victim].kill9());
     fwd.mark_dead(sip(victim));
     say(if was_leader {
-        "The Service re-pins the PBX's flow to a live node. The survivors elect a new leader, which\n\
-         waits out the dead node's lease (2 s + 1 s margin) and then hands its shards to the survivors:"
+        "The Service re-pins the PBX's flow to a live node. The survivors elect a new leader (under\n\
+         1 s), which asks them when they last heard the dead leader, waits until every lease it can\n\
+         have granted has ended (last heard + 1.25 s + 0.2 s margin) and hands its shards over:"
     } else {
-        "The Service re-pins the PBX's flow to a live node. The leader waits out the dead node's\n\
-         lease (2 s + 1 s margin) and then hands its shards to the survivors:"
+        "The Service re-pins the PBX's flow to a live node. The leader waits until the dead node's\n\
+         last lease has ended (1 s + 0.2 s margin after its last heartbeat) and hands its shards\n\
+         to the survivors, in one Raft append:"
     });
     let (moved, info) = watch_failover(&nodes, raft(survivors[0]), victim, killed).await?;
     let mut restored = 0;

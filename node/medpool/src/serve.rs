@@ -128,11 +128,12 @@ pub struct PoolArgs {
     /// Raft voters (the first nodes); later nodes are learners. 1 to 5.
     #[arg(long, env = "MEDPOOL_VOTERS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub voters: u8,
-    /// Lease length L in milliseconds.
-    #[arg(long, env = "MEDPOOL_LEASE_MS", default_value_t = 2000)]
+    /// Lease length L in milliseconds (a node heartbeats every L/4; ARCHITECTURE.md, "Leases").
+    #[arg(long, env = "MEDPOOL_LEASE_MS", default_value_t = 1000)]
     pub lease_ms: u64,
-    /// Margin added to L before the leader declares a silent node down, in milliseconds.
-    #[arg(long, env = "MEDPOOL_LEASE_MARGIN_MS", default_value_t = 1000)]
+    /// Margin m added to every bound on when a lease has ended, in milliseconds: before the leader
+    /// declares a silent node down, and before a hand-over fence gives up waiting.
+    #[arg(long, env = "MEDPOOL_LEASE_MARGIN_MS", default_value_t = 200)]
     pub lease_margin_ms: u64,
     /// Append this node's audit report to PATH (created if missing): its leases, the shards it may
     /// act for, leadership and configuration versions, one line each with Unix-microsecond times,
