@@ -82,7 +82,9 @@ impl InboundTx {
             .any(|l| l.capacity() < l.max_capacity() / 2)
     }
 
-    /// Queues `inbound` on its lane, if there is room.
+    /// Queues `inbound` on its lane, if there is room; the error gives the message back, as
+    /// `mpsc::Sender::try_send` does (so the caller can answer 503 from it).
+    #[allow(clippy::result_large_err)]
     pub fn try_send(&self, inbound: Inbound) -> Result<(), mpsc::error::TrySendError<Inbound>> {
         self.lane_for(&inbound.msg).try_send(inbound)
     }
