@@ -90,12 +90,13 @@ mean_at() {
 start_front() {  # $1 = target, $2 = tag, $3 = kamailio extra define or "" ; sets FRONT_PID
     case $1 in
         medpool|medpool_bigbuf|medpool_base)
-            local pre="" bin=$MEDPOOL_BIN
+            local pre="" bin=$MEDPOOL_BIN args=$MEDPOOL_ARGS
             [ "$1" = medpool_bigbuf ] && { pre=$(build_bufshim) || return 1; }
-            [ "$1" = medpool_base ] && bin=$MEDPOOL_BASE_COPY
+            # Only the medpool front serves MEDPOOL_METRICS (one port).
+            [ "$1" = medpool_base ] && { bin=$MEDPOOL_BASE_COPY; args=${args//--metrics-listen ${MEDPOOL_METRICS:-}/}; }
             write_medpool_config "$WORK/medpool-$2.toml" "options_interval_ms = 1000" "down_after = 2" "up_after = 2"
             # shellcheck disable=SC2086
-            MEDPOOL_BIN=$bin MEDPOOL_PRELOAD=$pre start_medpool "$WORK/medpool-$2.toml" "$2" "$MEDPOOL_LOG" ${MEDPOOL_EXTRA:-} || return 1
+            MEDPOOL_ARGS=$args MEDPOOL_BIN=$bin MEDPOOL_PRELOAD=$pre start_medpool "$WORK/medpool-$2.toml" "$2" "$MEDPOOL_LOG" ${MEDPOOL_EXTRA:-} || return 1
             FRONT_PID=$LAST_PID
             sleep 3 ;;   # first OPTIONS round trips
         kamailio)

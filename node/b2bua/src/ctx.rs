@@ -315,7 +315,8 @@ pub struct NodeCtx {
     gate: Arc<SourceGate>,
     /// Keep only the last two digits of phone numbers in traces.
     pub redact_numbers: bool,
-    pub(crate) forward_tx: mpsc::Sender<Forwarded>,
+    /// Forwarded messages by lane (see [`CtxQueues`]).
+    pub(crate) forward_tx: Vec<mpsc::Sender<Forwarded>>,
     /// The actor every call and gateway prober is linked to (set once the node has started it).
     pub(crate) supervisor: std::sync::OnceLock<ractor::ActorCell>,
     /// The media relay runtime; `None`: signalling only (SDP passes unchanged, as with
@@ -524,7 +525,8 @@ impl NodeCtx {
     }
     /// Takes a message another node forwarded (false when the queue is full: the peer retransmits).
     pub fn inject(&self, inbound: Inbound, via: u64, traceparent: Option<String>) -> bool {
-        self.forward_tx
+        let lane = medpool_sip::transport::lanes::lane_of(&inbound.msg, self.forward_tx.len());
+        self.forward_tx[lane]
             .try_send(Forwarded {
                 inbound,
                 via,
@@ -585,6 +587,9 @@ pub(crate) struct CtxSettings {
     pub max_transactions: usize,
     /// Capacity of the dispatcher's queues.
     pub queue: usize,
+    /// Dispatcher tasks (lanes), each taking the calls [`medpool_sip::transport::lanes::lane_of`]
+    /// names: at least 1.
+    pub lanes: usize,
     /// Load balancers trusted to name a message's real source.
     pub trusted_forwarders: Vec<IpAddr>,
     /// Keep only the last two digits of phone numbers in traces.
@@ -597,13 +602,17 @@ pub(crate) struct CtxSettings {
     pub dns: Arc<crate::dns::Directory>,
 }
 
-/// The queues a [`NodeCtx`] feeds the node's dispatcher through.
+/// The queues a [`NodeCtx`] feeds the node's dispatchers through, one pair per lane: what the
+/// transaction layer raises for a message goes to the lane the message came in on (the same
+/// Call-ID hash), so each dispatcher handles its calls' events in order.
 #[derive(Debug)]
 pub(crate) struct CtxQueues {
-    /// Requests and answers the transaction layer found no owner for.
+    /// Requests and answers the transaction layer found no owner for (lane 0).
     pub core: mpsc::Receiver<CoreEvent>,
-    /// Messages other pool nodes forwarded here.
+    /// Messages other pool nodes forwarded here (lane 0).
     pub forwarded: mpsc::Receiver<Forwarded>,
+    /// The same for lanes 1 and up.
+    pub other_lanes: Vec<(mpsc::Receiver<CoreEvent>, mpsc::Receiver<Forwarded>)>,
 }
 
 impl NodeCtx {
@@ -620,8 +629,15 @@ impl NodeCtx {
             .gate
             .set(source_policy(&config, &settings.trusted_forwarders));
         let registry = Arc::new(Registry::default());
-        let (core_tx, core) = mpsc::channel(settings.queue);
-        let (forward_tx, forwarded) = mpsc::channel(settings.queue);
+        let lanes = settings.lanes.max(1);
+        let per_lane = settings.queue.div_ceil(lanes).max(1);
+        let (core_tx, mut core_rx): (Vec<_>, Vec<_>) =
+            (0..lanes).map(|_| mpsc::channel(per_lane)).unzip();
+        let (forward_tx, mut forward_rx): (Vec<_>, Vec<_>) =
+            (0..lanes).map(|_| mpsc::channel(per_lane)).unzip();
+        let core = core_rx.remove(0);
+        let forwarded = forward_rx.remove(0);
+        let other_lanes = core_rx.into_iter().zip(forward_rx).collect();
         let io = Arc::new(SipIo::new(
             wire.clone(),
             registry.clone(),
@@ -666,7 +682,14 @@ impl NodeCtx {
             set_ups: Default::default(),
             elsewhere: Default::default(),
         });
-        (ctx, CtxQueues { core, forwarded })
+        (
+            ctx,
+            CtxQueues {
+                core,
+                forwarded,
+                other_lanes,
+            },
+        )
     }
 }
 

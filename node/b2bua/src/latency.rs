@@ -6,7 +6,7 @@
 //!  datagram ─► receive task(s) ─► queue ─► dispatcher ─► transaction layer ─► core event ─► call start
 //!                                  │ queue_depth      │ dispatch (one message and what it raised)
 //!                                  ▼                  ▼
-//!                                                 call_start (spawn + pre_start) ─► invite_out
+//!                                                 call_start (spawn, not awaited) ─► invite_out
 //!                                                                     (actor started → leg-B INVITE sent)
 //!  scheduler_lag: how late a 5 ms tick wakes up (a stalled worker thread shows here first)
 //! ```
@@ -122,7 +122,8 @@ pub struct Stages {
     /// and the core events it raised (a new call's start among them). Every message behind it in
     /// the queue waits this long.
     pub dispatch: StageHistogram,
-    /// A new call's actor start as the dispatcher waits for it (spawn and `pre_start`).
+    /// A new call's actor spawn as the dispatcher does it (spawn and registration; the dispatcher
+    /// does not wait for the actor's `pre_start`).
     pub call_start: StageHistogram,
     /// A new call's actor started → its first leg-B INVITE handed to the transport (routing,
     /// building the INVITE, starting its client transaction).

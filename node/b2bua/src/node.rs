@@ -1,9 +1,16 @@
-//! One node of the pool: binds the SIP transports, runs the transaction layer, the dispatcher that
-//! turns new requests into calls (or answers them: OPTIONS 200, unknown source 403, overload 503,
+//! One node of the pool: binds the SIP transports, runs the transaction layer, the dispatchers that
+//! turn new requests into calls (or answer them: OPTIONS 200, unknown source 403, overload 503,
 //! unknown dialog 481, ...), the GatewayActors, and the single shutdown path.
 //!
-//! Supervision: the dispatcher task owns nothing but the inbound queue; every call is a DialogActor and
-//! every gateway a GatewayActor; they find each other through [`crate::txlayer::Registry`].
+//! **Dispatchers.** One task per inbound lane (`TransportConfig::lanes`,
+//! [`medpool_sip::transport::lanes`]): a message's lane is a hash of its Call-ID, on every listener
+//! and for forwarded messages alike, and what the transaction layer raises for it comes back to the
+//! same lane, so one dispatcher sees all of a call leg's messages in order (a CANCEL never overtakes
+//! its INVITE) while the dispatchers of different lanes run on different cores. They share nothing
+//! but the node's context, whose tables are sharded (the transaction table, the registry).
+//!
+//! Supervision: a dispatcher task owns nothing but its lane's queues; every call is a DialogActor
+//! and every gateway a GatewayActor; they find each other through [`crate::txlayer::Registry`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -240,7 +247,11 @@ pub async fn start(
     // The trunks' own ports (`local_port`), each bound as the main listener is (UDP and TCP).
     let media_ports = opts.media.as_ref().map(|m| (m.ports.low(), m.ports.high()));
     let trunk_ports = crate::trunk_ports::plan(&config, sip_addr, media_ports)?;
-    let (trunk_tx, trunk_rx) = mpsc::channel(opts.sip.queue.max(1));
+    // One dispatcher per lane; a trunk port's lanes feed the dispatcher of the same lane.
+    let lanes = 1 + running.other_lanes.len();
+    let (trunk_tx, mut trunk_rx): (Vec<_>, Vec<_>) = (0..lanes)
+        .map(|_| mpsc::channel(opts.sip.queue.div_ceil(lanes).max(1)))
+        .unzip();
     let mut tasks = running.tasks;
     let mut port_transports = std::collections::BTreeMap::new();
     for p in &trunk_ports {
@@ -265,12 +276,17 @@ pub async fn start(
                 &opts.trusted_forwarders,
             ));
         tasks.extend(extra.tasks);
-        tasks.push(tokio::spawn(tag_arrivals(
-            p.port,
-            extra.inbound,
-            trunk_tx.clone(),
-            stop_rx.clone(),
-        )));
+        for (lane, inbound) in std::iter::once(extra.inbound)
+            .chain(extra.other_lanes)
+            .enumerate()
+        {
+            tasks.push(tokio::spawn(tag_arrivals(
+                p.port,
+                inbound,
+                trunk_tx[lane].clone(),
+                stop_rx.clone(),
+            )));
+        }
         tracing::info!(trunk = %p.trunk, addr = %p.bind, "trunk port bound");
         port_transports.insert(p.port, extra.transports);
     }
@@ -300,6 +316,7 @@ pub async fn start(
         timers: opts.timers,
         max_transactions: opts.max_transactions,
         queue: opts.sip.queue,
+        lanes,
         trusted_forwarders: opts.trusted_forwarders.clone(),
         redact_numbers: opts.redact_numbers,
         gate: opts.sip.gate.clone(),
@@ -329,18 +346,22 @@ pub async fn start(
         move |d| lag.stats.stages.scheduler_lag.observe(d),
         stop_rx.clone(),
     )));
-    tasks.push(tokio::spawn(dispatch(
-        ctx.clone(),
-        running.transports,
-        running.inbound,
-        Arrivals {
-            rx: trunk_rx,
-            transports: port_transports,
-        },
-        queues.forwarded,
-        queues.core,
-        stop_rx,
-    )));
+    let inbound = std::iter::once(running.inbound).chain(running.other_lanes);
+    let from_ctx = std::iter::once((queues.core, queues.forwarded)).chain(queues.other_lanes);
+    for (inbound, (core, forwarded)) in inbound.zip(from_ctx) {
+        tasks.push(tokio::spawn(dispatch(
+            ctx.clone(),
+            running.transports.clone(),
+            inbound,
+            Arrivals {
+                rx: trunk_rx.remove(0),
+                transports: port_transports.clone(),
+            },
+            forwarded,
+            core,
+            stop_rx.clone(),
+        )));
+    }
     tracing::info!(%sip_addr, "node started");
     Ok(RunningNode {
         ctx,
@@ -422,6 +443,8 @@ struct Arrivals {
     transports: std::collections::BTreeMap<u16, Transports>,
 }
 
+/// One lane's dispatcher: its share of the main listener's messages, of the trunk ports' and of
+/// the forwarded ones, and the core events they raise, until the node stops.
 async fn dispatch(
     ctx: Arc<NodeCtx>,
     transports: Transports,
@@ -967,7 +990,8 @@ async fn new_call(ctx: &Arc<NodeCtx>, key: medpool_sip::transaction::ServerKey, 
         shard,
     };
     let began = tokio::time::Instant::now();
-    let spawned = dialog::spawn(args).await;
+    // Not awaited: the actor starts on whichever worker is free while the dispatcher goes on.
+    let spawned = dialog::spawn(args);
     ctx.stats.stages.call_start.observe(began.elapsed());
     match spawned {
         Ok(_actor) => {

@@ -132,6 +132,7 @@ impl TestNode {
             timers: Default::default(),
             max_transactions: 10_000,
             queue: 1024,
+            lanes: 1,
             trusted_forwarders: Vec::new(),
             redact_numbers: false,
             gate: Default::default(),

@@ -1178,3 +1178,72 @@ async fn a_gateway_answer_no_call_knows_is_acked_and_hung_up() {
     );
     node.shutdown(Duration::from_secs(1), false).await;
 }
+
+/// The CANCEL for `invite` (same Via branch, From, To, Call-ID; CSeq method CANCEL).
+fn cancel_for(invite: &Bytes) -> Bytes {
+    let a = SipMessage::parse(invite.clone()).unwrap();
+    let mut c = MessageBuilder::request_method(Method::Cancel, a.request_uri_bytes().unwrap());
+    c.copy_headers(&a, HeaderName::Via)
+        .copy_headers(&a, HeaderName::From)
+        .copy_headers(&a, HeaderName::To)
+        .copy_headers(&a, HeaderName::CallId)
+        .header(HeaderName::MaxForwards, b"70")
+        .header(HeaderName::CSeq, b"1 CANCEL");
+    c.build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_several_lanes_a_cancel_right_behind_its_invite_finds_its_call() {
+    // Four dispatchers: calls spread over them by Call-ID; each INVITE's call is spawned without
+    // the dispatcher waiting for it, and the CANCEL sent right behind it must still find it (a 481
+    // would mean it overtook the INVITE, or reached another dispatcher first).
+    let pool = Arc::new(SingleNode::new(1024));
+    let opts = NodeOptions {
+        sip: TransportConfig {
+            listen: "127.0.171.1:5060".parse().unwrap(),
+            lanes: 4,
+            ..TransportConfig::default()
+        },
+        ..NodeOptions::default()
+    };
+    let node = node::start(
+        opts,
+        config(171, ""),
+        pool.clone(),
+        pool,
+        Arc::new(medpool_b2bua::cluster::NoRelay),
+    )
+    .await
+    .unwrap();
+    let caller = Peer::bind("127.0.171.1:5070").await;
+    // Gateways that never answer: the calls stay in set-up until cancelled.
+    let _gw1 = Peer::bind("127.0.171.21:5060").await;
+    let _gw2 = Peer::bind("127.0.171.22:5060").await;
+    let n = 32;
+    for i in 0..n {
+        let inv = invite(caller.addr(), &format!("lanes-{i}"));
+        caller.send(&inv, node.sip_addr).await;
+        caller.send(&cancel_for(&inv), node.sip_addr).await;
+    }
+    let mut terminated = std::collections::HashSet::new();
+    let mut cancel_ok = std::collections::HashSet::new();
+    while terminated.len() < n || cancel_ok.len() < n {
+        let (m, _) = caller
+            .recv(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("answers missing: {terminated:?} {cancel_ok:?}"));
+        let call = String::from_utf8(m.call_id().unwrap().unwrap().to_vec()).unwrap();
+        let method = m.cseq().unwrap().unwrap().method;
+        match (m.status(), method) {
+            (Some(487), Method::Invite) => {
+                terminated.insert(call);
+            }
+            (Some(200), Method::Cancel) => {
+                cancel_ok.insert(call);
+            }
+            (Some(100 | 180 | 183), Method::Invite) => {}
+            (status, method) => panic!("unexpected {status:?} to {method:?} of {call}"),
+        }
+    }
+    node.shutdown(Duration::from_secs(1), false).await;
+}

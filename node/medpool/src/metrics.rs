@@ -210,7 +210,7 @@ impl Collector for NodeCollector {
             ),
             (
                 "medpool_stage_call_start_seconds",
-                "A new call's actor start as the dispatcher waits for it (spawn + pre_start)",
+                "A new call's actor spawn on the dispatcher (spawn and registration, its start not awaited)",
                 &st.call_start,
             ),
             (

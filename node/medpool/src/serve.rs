@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// default) = one per available core; 1 = a single socket.
     #[arg(long, env = "MEDPOOL_SIP_UDP_RECEIVERS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub sip_udp_receivers: u16,
+    /// SIP dispatcher tasks (lanes), each taking the calls a hash of their Call-ID names: 0 (the
+    /// default) = one per available core; 1 = a single dispatcher.
+    #[arg(long, env = "MEDPOOL_SIP_LANES", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub sip_lanes: u16,
     /// Most live SIP transactions; beyond it requests are answered 503.
     #[arg(long, env = "MEDPOOL_MAX_TRANSACTIONS", default_value_t = 1_000_000)]
     pub max_transactions: usize,
@@ -596,6 +600,10 @@ pub async fn start(args: ServeArgs, listeners: Listeners) -> Result<Serving, Ser
             tcp: args.sip_tcp.limits(),
             tls: args.sip_tls.listen(args.sip_listen)?,
             udp_receivers: match args.sip_udp_receivers {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => usize::from(n),
+            },
+            lanes: match args.sip_lanes {
                 0 => std::thread::available_parallelism().map_or(1, usize::from),
                 n => usize::from(n),
             },

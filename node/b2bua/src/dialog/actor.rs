@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, ActorRuntime};
 
 use super::call::Call;
 use super::msg::{DialogArgs, DialogMsg, DialogStart, Phase};
@@ -27,7 +27,11 @@ impl Actor for DialogActor {
         start: DialogStart,
     ) -> Result<Call, ActorProcessingErr> {
         match start {
-            DialogStart::New(args) => Ok(setup::new_call(*args, &myself)),
+            DialogStart::New(args, registered) => {
+                // Its spawner registers it first (`spawn`): never run before that.
+                registered.await?;
+                Ok(setup::new_call(*args, &myself))
+            }
             DialogStart::Restored(ctx, record) => record::restored(ctx, *record, &myself),
         }
     }
@@ -130,10 +134,29 @@ async fn spawn_call(
     Ok(actor)
 }
 
-/// Spawns the actor for a new call.
-pub async fn spawn(args: DialogArgs) -> Result<ActorRef<DialogMsg>, ractor::SpawnErr> {
+/// Spawns the actor for a new call without waiting for it to start: the spawner (the node's
+/// dispatcher) goes on with the next message at once, and the actor starts on whichever worker
+/// is free. Before it returns, the call is registered (see [`setup::register`]), so a CANCEL or
+/// any request of the call that the spawner takes next is routed to the actor's queue, where it
+/// waits for the actor to start. The actor's `pre_start` waits for that registration.
+///
+/// A `pre_start` that failed (it cannot, short of a panic) would leave its routes in the
+/// registry; the call's transactions still end on their timers.
+pub fn spawn(args: DialogArgs) -> Result<ActorRef<DialogMsg>, ractor::SpawnErr> {
     let ctx = args.ctx.clone();
-    spawn_call(&ctx, DialogStart::New(Box::new(args))).await
+    // The registration needs the actor's reference, which exists only once it is spawned, and the
+    // arguments move into the actor: what it reads is taken first.
+    let routes = setup::Routes::of(&args);
+    let (registered_tx, registered) = tokio::sync::oneshot::channel();
+    let start = DialogStart::New(Box::new(args), registered);
+    let (actor, _started) = match ctx.supervisor() {
+        Some(sup) => ActorRuntime::spawn_linked_instant(None, DialogActor, start, sup)?,
+        None => ActorRuntime::spawn_instant(None, DialogActor, start)?,
+    };
+    routes.register(&ctx, &actor);
+    // Cannot fail: the actor holds the receiver until its `pre_start` has it.
+    let _ = registered_tx.send(());
+    Ok(actor)
 }
 
 /// Rebuilds a confirmed call from its replicated record (failover, drain).

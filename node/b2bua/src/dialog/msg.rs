@@ -107,8 +107,9 @@ impl Registry {
 
 /// How a DialogActor starts.
 pub enum DialogStart {
-    /// A new INVITE.
-    New(Box<DialogArgs>),
+    /// A new INVITE, and the signal that its spawner has registered the call
+    /// ([`super::actor::spawn`]).
+    New(Box<DialogArgs>, tokio::sync::oneshot::Receiver<()>),
     /// A confirmed dialog taken over from another node (its shard moved here).
     Restored(Arc<NodeCtx>, Box<DialogRecord>),
 }

@@ -16,7 +16,7 @@ use super::msg::{DialogArgs, DialogMsg, Phase};
 use super::outbound::{OutboundIds, outbound_invite_to};
 use super::spans::call_span;
 use crate::config::Trunk;
-use crate::ctx::NodeEvent;
+use crate::ctx::{NodeCtx, NodeEvent};
 use crate::health::InviteOutcome;
 use crate::txlayer::{Envelope, Owner};
 
@@ -674,6 +674,44 @@ pub(super) fn on_attempt_ended(
 /// The state of a call for a new INVITE, registered before the actor runs (its release unregisters
 /// it): a CANCEL or an in-dialog request handled right after the spawn finds the call, and a call
 /// that ends at once leaves nothing behind.
+/// What makes a new call's actor reachable ([`Routes::register`]), read from its arguments before
+/// they move into the actor.
+pub(super) struct Routes {
+    key: ServerKey,
+    call_id: Bytes,
+    remote_tag: Bytes,
+    shard: u16,
+}
+
+impl Routes {
+    pub(super) fn of(args: &DialogArgs) -> Self {
+        let msg = &args.env.msg;
+        Self {
+            key: args.key.clone(),
+            call_id: Bytes::copy_from_slice(msg.call_id().and_then(|c| c.ok()).unwrap_or_default()),
+            remote_tag: Bytes::copy_from_slice(msg.from_tag().unwrap_or_default()),
+            shard: args.shard,
+        }
+    }
+
+    /// Makes the call's actor reachable, from the task that spawned it and before the actor runs:
+    /// the registry routes CANCELs of its INVITE and requests of leg A to it, and it counts as in
+    /// set-up until written down or ended (`mark_stored`, `release`), so its messages reach it
+    /// here even if its shard moves away meanwhile. The next message the spawning task takes (a
+    /// CANCEL right behind the INVITE) finds it.
+    pub(super) fn register(self, ctx: &NodeCtx, myself: &ActorRef<DialogMsg>) {
+        ctx.registry.add_call(
+            self.key,
+            &self.call_id,
+            &self.remote_tag,
+            self.shard,
+            myself.get_derived(),
+        );
+        ctx.set_ups
+            .begin(myself.get_id().pid(), self.shard, self.call_id);
+    }
+}
+
 pub(super) fn new_call(args: DialogArgs, myself: &ActorRef<DialogMsg>) -> Call {
     let DialogArgs {
         ctx,
@@ -683,19 +721,9 @@ pub(super) fn new_call(args: DialogArgs, myself: &ActorRef<DialogMsg>) -> Call {
         shard,
     } = args;
     let msg = &env.msg;
+    // Routed to by the registry and counted in set-up since its spawn (`register`).
     let call_id = Bytes::copy_from_slice(msg.call_id().and_then(|c| c.ok()).unwrap_or_default());
     let remote_tag = msg.from_tag().map(Bytes::copy_from_slice);
-    ctx.registry.add_call(
-        key.clone(),
-        &call_id,
-        remote_tag.as_deref().unwrap_or_default(),
-        shard,
-        myself.get_derived(),
-    );
-    // In set-up until written down or ended (`mark_stored`, `release`): its messages reach it
-    // here even if its shard moves away meanwhile.
-    ctx.set_ups
-        .begin(myself.get_id().pid(), shard, call_id.clone());
     let local_tag = ids::new_tag(shard);
     let to = msg.header(HeaderName::To).unwrap_or_default();
     let mut local_uri = to.to_vec();

@@ -32,7 +32,8 @@ fn is_our_invite_2xx(status: u16, response: &SipMessage) -> bool {
 pub struct SipIo {
     wire: Arc<dyn Wire>,
     registry: Arc<Registry>,
-    core: mpsc::Sender<CoreEvent>,
+    /// One queue per dispatcher lane.
+    core: Vec<mpsc::Sender<CoreEvent>>,
     relay: Arc<dyn Relay>,
 }
 
@@ -43,11 +44,13 @@ impl std::fmt::Debug for SipIo {
 }
 
 impl SipIo {
-    /// I/O over `wire`, routing with `registry`, unrouted requests to `core`.
+    /// I/O over `wire`, routing with `registry`, unrouted requests to `core`: one queue per
+    /// dispatcher lane, an event to the lane of its message's Call-ID (the lane the message came
+    /// in on), so a lane's dispatcher handles the events of its calls in order.
     pub fn new(
         wire: Arc<dyn Wire>,
         registry: Arc<Registry>,
-        core: mpsc::Sender<CoreEvent>,
+        core: Vec<mpsc::Sender<CoreEvent>>,
         relay: Arc<dyn Relay>,
     ) -> SipIo {
         SipIo {
@@ -56,6 +59,19 @@ impl SipIo {
             core,
             relay,
         }
+    }
+}
+
+impl SipIo {
+    /// Hands `event` to the dispatcher of its message's lane; false when that queue is full.
+    fn to_core(&self, event: CoreEvent) -> bool {
+        let msg = match &event {
+            CoreEvent::Unrouted { env, .. } | CoreEvent::OrphanAnswer { env } => &env.msg,
+        };
+        let lane = medpool_sip::transport::lanes::lane_of(msg, self.core.len());
+        self.core
+            .get(lane)
+            .is_some_and(|q| q.try_send(event).is_ok())
     }
 }
 
@@ -102,9 +118,7 @@ impl TransactionIo<Envelope> for SipIo {
                 let method = request.msg.method();
                 if method == Some(Method::Cancel) {
                     let invite = key.invite_key_for_cancel();
-                    let call = invite
-                        .as_ref()
-                        .and_then(|k| self.registry.with(|m| m.invites.get(k).cloned()));
+                    let call = invite.as_ref().and_then(|k| self.registry.invite_owner(k));
                     if let Some(call) = call {
                         let _ = call.send_message(E::Cancel { key, env: request });
                         return;
@@ -119,11 +133,7 @@ impl TransactionIo<Envelope> for SipIo {
                     });
                     return;
                 }
-                if self
-                    .core
-                    .try_send(CoreEvent::Unrouted { key, env: request })
-                    .is_err()
-                {
+                if !self.to_core(CoreEvent::Unrouted { key, env: request }) {
                     tracing::warn!(
                         "dispatcher queue full: request dropped (its sender will retransmit)"
                     );
@@ -139,7 +149,7 @@ impl TransactionIo<Envelope> for SipIo {
                 status,
                 response,
             } => {
-                let owner = self.registry.with(|m| m.clients.get(&key).cloned());
+                let owner = self.registry.client_owner(&key);
                 match owner {
                     Some(Owner::Dialog(a)) => {
                         // Its call may have stopped meanwhile (its shard moved): a 2xx then has no
@@ -154,16 +164,14 @@ impl TransactionIo<Envelope> for SipIo {
                         if sent.is_err()
                             && let Some(env) = orphan
                         {
-                            let _ = self.core.try_send(CoreEvent::OrphanAnswer { env });
+                            let _ = self.to_core(CoreEvent::OrphanAnswer { env });
                         }
                     }
                     Some(Owner::Gateway(g)) => {
                         let _ = g.send_message(ProbeEvent::Answer { key, status });
                     }
                     None if is_our_invite_2xx(status, &response.msg) => {
-                        let _ = self
-                            .core
-                            .try_send(CoreEvent::OrphanAnswer { env: response });
+                        let _ = self.to_core(CoreEvent::OrphanAnswer { env: response });
                     }
                     None => {}
                 }
@@ -180,9 +188,7 @@ impl TransactionIo<Envelope> for SipIo {
                         }
                         Some(_) => {}
                         None if is_our_invite_2xx(status, &response.msg) => {
-                            let _ = self
-                                .core
-                                .try_send(CoreEvent::OrphanAnswer { env: response });
+                            let _ = self.to_core(CoreEvent::OrphanAnswer { env: response });
                         }
                         None => {}
                     }
@@ -200,7 +206,7 @@ impl TransactionIo<Envelope> for SipIo {
                 },
                 TransactionKey::Server(k) => {
                     if k.is_invite() {
-                        self.registry.with(|m| m.invites.remove(&k));
+                        self.registry.remove_invite(&k);
                     }
                 }
             },

@@ -1,29 +1,42 @@
 //! The routing maps from SIP identifiers to the owners of transactions and dialogs: a client
 //! transaction → its call or gateway probe; an INVITE server transaction, a leg A (Call-ID + caller
-//! tag) or a leg B (our Call-ID) → its call. One mutex; every operation is a hash lookup.
+//! tag) or a leg B (our Call-ID) → its call; a shard → its calls. Every map is split into
+//! independently locked shards by a hash of its key ([`Shards`]); every operation is a hash lookup in
+//! one shard. Two of the maps grow with the transactions (a client transaction and an INVITE stay
+//! 32 s after their answer): with one lock over all of them, a map growing past a power of two held
+//! every message of every call while it moved hundreds of thousands of entries.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use medpool_sip::SipMessage;
-use medpool_sip::transaction::{ClientKey, ServerKey};
+use medpool_sip::transaction::{ClientKey, ServerKey, Shards};
 use ractor::ActorId;
 
 use super::events::{CallRef, Owner, Side};
 
+/// How many shards each map is split into.
+const MAP_SHARDS: usize = 64;
+
 /// Routing maps from SIP identifiers to owners.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
-    maps: Mutex<Maps>,
+    clients: Shards<HashMap<ClientKey, Owner>>,
+    invites: Shards<HashMap<ServerKey, CallRef>>,
+    leg_a: Shards<HashMap<Vec<u8>, CallRef>>,
+    leg_b: Shards<HashMap<Vec<u8>, CallRef>>,
+    by_shard: Shards<HashMap<u16, HashMap<ActorId, CallRef>>>,
 }
 
-#[derive(Debug, Default)]
-pub(super) struct Maps {
-    pub(super) clients: HashMap<ClientKey, Owner>,
-    pub(super) invites: HashMap<ServerKey, CallRef>,
-    leg_a: HashMap<Vec<u8>, CallRef>,
-    leg_b: HashMap<Vec<u8>, CallRef>,
-    by_shard: HashMap<u16, HashMap<ActorId, CallRef>>,
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            clients: Shards::new(MAP_SHARDS, HashMap::new),
+            invites: Shards::new(MAP_SHARDS, HashMap::new),
+            leg_a: Shards::new(MAP_SHARDS, HashMap::new),
+            leg_b: Shards::new(MAP_SHARDS, HashMap::new),
+            by_shard: Shards::new(MAP_SHARDS, HashMap::new),
+        }
+    }
 }
 
 fn leg_a_key(call_id: &[u8], remote_tag: &[u8]) -> Vec<u8> {
@@ -34,29 +47,39 @@ fn leg_a_key(call_id: &[u8], remote_tag: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Removes every value of every shard of `map` that `dead` says is gone; returns how many.
+fn retain_all<K, V>(map: &Shards<HashMap<K, V>>, dead: impl Fn(&V) -> bool) -> usize {
+    (0..map.count())
+        .map(|i| {
+            let mut m = map.lock_at(i);
+            let before = m.len();
+            m.retain(|_, v| !dead(v));
+            before - m.len()
+        })
+        .sum()
+}
+
 impl Registry {
-    pub(super) fn with<R>(&self, f: impl FnOnce(&mut Maps) -> R) -> R {
-        match self.maps.lock() {
-            Ok(mut m) => f(&mut m),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
-    }
     /// Routes responses of client transaction `key` to `owner`.
     pub fn add_client(&self, key: ClientKey, owner: Owner) {
-        self.with(|m| m.clients.insert(key, owner));
+        self.clients.lock_for(&key).insert(key, owner);
     }
     /// Forgets a client transaction.
     pub fn remove_client(&self, key: &ClientKey) -> Option<Owner> {
-        self.with(|m| m.clients.remove(key))
+        self.clients.lock_for(key).remove(key)
+    }
+    /// Who owns client transaction `key`.
+    pub(super) fn client_owner(&self, key: &ClientKey) -> Option<Owner> {
+        self.clients.lock_for(key).get(key).cloned()
     }
     /// Whether client transaction `key` is one of this node's gateway probes (OPTIONS): their
     /// answers belong to this node, whatever shard their branch names.
     pub fn is_probe(&self, key: &ClientKey) -> bool {
-        self.with(|m| matches!(m.clients.get(key), Some(Owner::Gateway(_))))
+        matches!(self.clients.lock_for(key).get(key), Some(Owner::Gateway(_)))
     }
     /// Whether client transaction `key` is this node's (a probe or a call's request).
     pub fn has_client(&self, key: &ClientKey) -> bool {
-        self.with(|m| m.clients.contains_key(key))
+        self.clients.lock_for(key).contains_key(key)
     }
     /// Routes CANCELs of this INVITE server transaction, and requests of leg A, to `call`.
     pub fn add_call(
@@ -67,35 +90,44 @@ impl Registry {
         shard: u16,
         call: CallRef,
     ) {
-        self.with(|m| {
-            m.invites.insert(invite, call.clone());
-            m.by_shard
-                .entry(shard)
-                .or_default()
-                .insert(call.get_id(), call.clone());
-            m.leg_a.insert(leg_a_key(call_id, remote_tag), call);
-        });
+        self.by_shard
+            .lock_for(&shard)
+            .entry(shard)
+            .or_default()
+            .insert(call.get_id(), call.clone());
+        let leg_a = leg_a_key(call_id, remote_tag);
+        self.leg_a.lock_for(&leg_a).insert(leg_a, call.clone());
+        // Last: what a CANCEL looks up.
+        self.invites.lock_for(&invite).insert(invite, call);
+    }
+    /// The call whose INVITE server transaction is `key`.
+    pub(super) fn invite_owner(&self, key: &ServerKey) -> Option<CallRef> {
+        self.invites.lock_for(key).get(key).cloned()
+    }
+    /// Forgets an INVITE server transaction (it ended).
+    pub(super) fn remove_invite(&self, key: &ServerKey) {
+        self.invites.lock_for(key).remove(key);
     }
     /// Whether a call with this leg-A Call-ID and caller tag is here.
     pub fn has_call(&self, call_id: &[u8], remote_tag: &[u8]) -> bool {
-        self.with(|m| m.leg_a.contains_key(&leg_a_key(call_id, remote_tag)))
+        let k = leg_a_key(call_id, remote_tag);
+        self.leg_a.lock_for(&k).contains_key(&k)
     }
     /// The calls of a shard.
     pub fn calls_of(&self, shard: u16) -> Vec<CallRef> {
-        self.with(|m| {
-            m.by_shard
-                .get(&shard)
-                .map(|c| c.values().cloned().collect())
-                .unwrap_or_default()
-        })
+        self.by_shard
+            .lock_for(&shard)
+            .get(&shard)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
     }
     /// Routes leg B (our Call-ID) to `call`.
     pub fn add_leg_b(&self, call_id: &[u8], call: CallRef) {
-        self.with(|m| m.leg_b.insert(call_id.to_vec(), call));
+        self.leg_b.lock_for(call_id).insert(call_id.to_vec(), call);
     }
     /// Forgets a leg B.
     pub fn remove_leg_b(&self, call_id: &[u8]) {
-        self.with(|m| m.leg_b.remove(call_id));
+        self.leg_b.lock_for(call_id).remove(call_id);
     }
     /// Forgets a call's leg A and INVITE.
     pub fn remove_call(
@@ -106,81 +138,81 @@ impl Registry {
         shard: u16,
         actor: ActorId,
     ) {
-        self.with(|m| {
-            m.invites.remove(invite);
-            m.leg_a.remove(&leg_a_key(call_id, remote_tag));
-            if let Some(c) = m.by_shard.get_mut(&shard) {
-                c.remove(&actor);
-                if c.is_empty() {
-                    m.by_shard.remove(&shard);
-                }
+        self.invites.lock_for(invite).remove(invite);
+        let k = leg_a_key(call_id, remote_tag);
+        self.leg_a.lock_for(&k).remove(&k);
+        let mut by_shard = self.by_shard.lock_for(&shard);
+        if let Some(c) = by_shard.get_mut(&shard) {
+            c.remove(&actor);
+            if c.is_empty() {
+                by_shard.remove(&shard);
             }
-        });
+        }
     }
     /// Forgets every entry that routes to `actor` (a dead actor's leftovers: a sweep of every map,
     /// for the rare actor that died without cleaning up after itself). Returns how many there were.
     pub fn forget_actor(&self, actor: ActorId) -> usize {
-        self.with(|m| {
-            let before = m.clients.len()
-                + m.invites.len()
-                + m.leg_a.len()
-                + m.leg_b.len()
-                + m.by_shard.values().map(HashMap::len).sum::<usize>();
-            m.clients.retain(|_, o| match o {
-                Owner::Dialog(c) => c.get_id() != actor,
-                Owner::Gateway(g) => g.get_id() != actor,
-            });
-            m.invites.retain(|_, c| c.get_id() != actor);
-            m.leg_a.retain(|_, c| c.get_id() != actor);
-            m.leg_b.retain(|_, c| c.get_id() != actor);
-            m.by_shard.retain(|_, calls| {
-                calls.remove(&actor);
-                !calls.is_empty()
-            });
-            let after = m.clients.len()
-                + m.invites.len()
-                + m.leg_a.len()
-                + m.leg_b.len()
-                + m.by_shard.values().map(HashMap::len).sum::<usize>();
-            before - after
-        })
+        let clients = retain_all(&self.clients, |o| match o {
+            Owner::Dialog(c) => c.get_id() == actor,
+            Owner::Gateway(g) => g.get_id() == actor,
+        });
+        let invites = retain_all(&self.invites, |c| c.get_id() == actor);
+        let leg_a = retain_all(&self.leg_a, |c| c.get_id() == actor);
+        let leg_b = retain_all(&self.leg_b, |c| c.get_id() == actor);
+        let by_shard: usize = (0..self.by_shard.count())
+            .map(|i| {
+                let mut m = self.by_shard.lock_at(i);
+                let mut n = 0;
+                m.retain(|_, calls| {
+                    n += usize::from(calls.remove(&actor).is_some());
+                    !calls.is_empty()
+                });
+                n
+            })
+            .sum();
+        clients + invites + leg_a + leg_b + by_shard
     }
     /// Whether `call_id` is one of our own leg-B Call-IDs (a call looping back to us).
     pub fn is_our_leg_b(&self, call_id: &[u8]) -> bool {
-        self.with(|m| m.leg_b.contains_key(call_id))
+        self.leg_b.lock_for(call_id).contains_key(call_id)
     }
     /// How many calls are registered.
     pub fn calls(&self) -> usize {
-        self.with(|m| m.leg_a.len())
+        self.leg_a.fold(0, |n, m| n + m.len())
     }
     /// Every call (for shutdown and admin), once each.
     pub fn all_calls(&self) -> Vec<CallRef> {
-        self.with(|m| m.invites.values().cloned().collect::<Vec<_>>())
-            .into_iter()
-            .chain(self.with(|m| m.leg_a.values().cloned().collect::<Vec<_>>()))
-            .fold(Vec::new(), |mut v, a| {
-                if !v.iter().any(|x: &CallRef| x.get_id() == a.get_id()) {
-                    v.push(a);
-                }
-                v
-            })
+        let mut seen = std::collections::HashSet::new();
+        let mut all = Vec::new();
+        let mut add = |c: &CallRef| {
+            if seen.insert(c.get_id()) {
+                all.push(c.clone());
+            }
+        };
+        for i in 0..self.invites.count() {
+            self.invites.lock_at(i).values().for_each(&mut add);
+        }
+        for i in 0..self.leg_a.count() {
+            self.leg_a.lock_at(i).values().for_each(&mut add);
+        }
+        all
     }
     /// The call a message belongs to, and on which leg.
     pub(super) fn dialog_for(&self, msg: &SipMessage) -> Option<(CallRef, Side)> {
         let call_id = msg.call_id()?.ok()?;
-        self.with(|m| {
-            if let Some(a) = m.leg_b.get(call_id) {
-                return Some((a.clone(), Side::B));
-            }
-            let tag = if msg.is_request() {
-                msg.from_tag()
-            } else {
-                msg.to_tag()
-            }?;
-            m.leg_a
-                .get(&leg_a_key(call_id, tag))
-                .map(|a| (a.clone(), Side::A))
-        })
+        if let Some(a) = self.leg_b.lock_for(call_id).get(call_id) {
+            return Some((a.clone(), Side::B));
+        }
+        let tag = if msg.is_request() {
+            msg.from_tag()
+        } else {
+            msg.to_tag()
+        }?;
+        let k = leg_a_key(call_id, tag);
+        self.leg_a
+            .lock_for(&k)
+            .get(&k)
+            .map(|a| (a.clone(), Side::A))
     }
 }
 
@@ -241,5 +273,50 @@ mod tests {
         assert_eq!(reg.forget_actor(a.get_id()), 0, "nothing left of it");
         a.stop(None);
         b.stop(None);
+    }
+
+    #[tokio::test]
+    async fn many_calls_over_the_shards_are_each_found_by_every_identifier() {
+        let (a, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let reg = Registry::default();
+        let call: CallRef = a.get_derived();
+        let n = MAP_SHARDS * 8;
+        for i in 0..n {
+            reg.add_call(
+                invite_key(&format!("z9hG4bK-many{i}")),
+                format!("a-{i}").as_bytes(),
+                b"tag",
+                (i % 5) as u16,
+                call.clone(),
+            );
+            reg.add_leg_b(format!("b-{i}").as_bytes(), call.clone());
+        }
+        assert_eq!(reg.calls(), n);
+        // One actor behind every entry: listed once.
+        assert_eq!(reg.all_calls().len(), 1);
+        // Each shard of the pool lists the (one) actor of its calls.
+        assert!((0..5).all(|s| reg.calls_of(s).len() == 1));
+        for i in 0..n {
+            assert!(reg.has_call(format!("a-{i}").as_bytes(), b"tag"));
+            assert!(reg.is_our_leg_b(format!("b-{i}").as_bytes()));
+            assert!(
+                reg.invite_owner(&invite_key(&format!("z9hG4bK-many{i}")))
+                    .is_some()
+            );
+        }
+        for i in 0..n {
+            reg.remove_call(
+                &invite_key(&format!("z9hG4bK-many{i}")),
+                format!("a-{i}").as_bytes(),
+                b"tag",
+                (i % 5) as u16,
+                a.get_id(),
+            );
+            reg.remove_leg_b(format!("b-{i}").as_bytes());
+        }
+        assert_eq!(reg.calls(), 0);
+        assert!(reg.all_calls().is_empty());
+        assert!((0..5).all(|s| reg.calls_of(s).is_empty()));
+        a.stop(None);
     }
 }

@@ -20,8 +20,9 @@
 //!   state machines. Each is built with `(TimerConfig, reliable)` and returns its first actions.
 //! - [`key`]: [`ClientKey`], [`ServerKey`] and [`TransactionKey`], the RFC 3261 17.1.3 / 17.2.3
 //!   matching rules (with the RFC 2543 fallback), built from byte slices the codec supplies.
-//! - [`driver`]: [`Driver`], generic over an opaque message type and a [`TransactionIo`]; its timer
-//!   wheel (deadline-ordered timers and each transaction's slots) is `wheel.rs`, below it.
+//! - [`driver`]: [`Driver`], generic over an opaque message type and a [`TransactionIo`]; its table is
+//!   split into independently locked shards by a hash of the key ([`shards`]), each with its own
+//!   timer wheel (deadline-ordered timers and each transaction's slots: `wheel.rs`), below it.
 //!
 //! This module never parses a message and knows nothing of dialogs, actors or the cluster.
 
@@ -32,6 +33,7 @@ pub mod key;
 pub mod machine;
 pub mod server_invite;
 pub mod server_non_invite;
+pub mod shards;
 pub mod timers;
 mod wheel;
 
@@ -42,7 +44,7 @@ pub use client_invite::ClientInvite;
 pub use client_non_invite::ClientNonInvite;
 pub use driver::{
     Driver, DriverConfig, DriverError, RequestDisposition, ResponseDisposition, SLOW_SWEEP,
-    SweepStats, TransactionIo, TransmitError, TuEvent,
+    SWEEP_BATCH, SweepStats, TABLE_SHARDS, TransactionIo, TransmitError, TuEvent,
 };
 pub use key::{
     ClientKey, KeyError, KeyMethod, MAGIC_COOKIE, RequestParts, ServerKey, TransactionKey,
@@ -51,4 +53,5 @@ pub use key::{
 pub use machine::{Action, Actions, ClientEvent, Outcome, ServerEvent, State};
 pub use server_invite::ServerInvite;
 pub use server_non_invite::ServerNonInvite;
+pub use shards::Shards;
 pub use timers::{TimerConfig, TimerId};

@@ -4,7 +4,8 @@
 //! Every received datagram or stream frame goes through the same front door ([`screen`]): parse →
 //! [`crate::check`] → a malformed request is answered here (400/505/513/416/420/415/406/501) or dropped
 //! when no answer can be built, a malformed response is dropped, and everything else is handed to the
-//! user through a **bounded** channel. When that channel is full a request is answered 503 with
+//! user through a **bounded** channel — split into lanes by Call-ID ([`lanes`]) when the user takes
+//! messages on several tasks. When that channel is full a request is answered 503 with
 //! Retry-After (never queued without limit) and a response is dropped (its sender retransmits).
 //! One bad peer never stops a listener: errors are logged at debug and the loop goes on.
 //!
@@ -19,6 +20,7 @@
 //! what the handshake learnt of its peer ([`Inbound::tls`]), for the user to decide whose it is.
 
 pub mod gate;
+pub mod lanes;
 pub mod tcp;
 pub mod tls;
 pub mod udp;
@@ -435,6 +437,9 @@ pub struct TransportConfig {
     /// UDP receive loops, each on its own socket sharing the address (`SO_REUSEPORT`; see
     /// [`udp`]): 1 (the default) to [`udp::MAX_RECEIVERS`].
     pub udp_receivers: usize,
+    /// Inbound lanes, one per consumer task ([`lanes`]): 1 (the default) to [`lanes::MAX_LANES`];
+    /// `queue` is split between them.
+    pub lanes: usize,
     /// SIP over TLS: the node's material and the TLS listen address (`None`: no TLS at all). The
     /// TLS table has its own connection caps, equal to TCP's.
     pub tls: Option<TlsListen>,
@@ -461,6 +466,7 @@ impl Default for TransportConfig {
             gate: Arc::new(gate::SourceGate::default()),
             tls: None,
             udp_receivers: 1,
+            lanes: 1,
         }
     }
 }
@@ -469,8 +475,10 @@ impl Default for TransportConfig {
 pub struct Running {
     /// Send handle.
     pub transports: Transports,
-    /// Messages that passed the front door.
+    /// Messages that passed the front door: lane 0 (all of them with one lane).
     pub inbound: mpsc::Receiver<Inbound>,
+    /// Lanes 1 and up (`TransportConfig::lanes` > 1): each takes the calls [`lanes::lane_of`] names.
+    pub other_lanes: Vec<mpsc::Receiver<Inbound>>,
     /// Front-door counters.
     pub stats: Arc<FrontDoorStats>,
     /// The listener tasks (they end when the shutdown signal fires).
@@ -492,7 +500,9 @@ pub async fn start(
     };
     let listen = udp.local_addr()?;
     let tcp_listener = tokio::net::TcpListener::bind(listen).await?;
-    let (tx, inbound) = mpsc::channel(config.queue);
+    let lanes = config.lanes.clamp(1, lanes::MAX_LANES);
+    let (tx, mut receivers) = lanes::channel(lanes, config.queue.div_ceil(lanes));
+    let inbound = receivers.remove(0);
     let stats = Arc::new(FrontDoorStats::default());
     let tcp = tcp::TcpPool::new(
         config.clone(),
@@ -543,6 +553,7 @@ pub async fn start(
     Ok(Running {
         transports,
         inbound,
+        other_lanes: receivers,
         stats,
         tasks,
     })

@@ -143,7 +143,7 @@ struct Inner {
     connecting: Mutex<HashMap<SocketAddr, Vec<Bytes>>>,
     admission: Mutex<Admission>,
     next_id: AtomicU64,
-    tx: mpsc::Sender<Inbound>,
+    tx: super::lanes::InboundTx,
     stats: Arc<FrontDoorStats>,
     tcp_stats: TcpStats,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -254,7 +254,7 @@ impl TcpPool {
     pub(crate) fn new(
         config: TransportConfig,
         tls: Option<Arc<TlsSide>>,
-        tx: mpsc::Sender<Inbound>,
+        tx: super::lanes::InboundTx,
         stats: Arc<FrontDoorStats>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> TcpPool {

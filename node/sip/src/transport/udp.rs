@@ -5,9 +5,10 @@
 //! **Several receive loops** ([`bind_all`], `TransportConfig::udp_receivers`): the sockets share
 //! the address with `SO_REUSEPORT`, and the kernel spreads datagrams over them by a hash of the
 //! source and destination address and port, so the receive, gate and parse work runs on as many
-//! cores as there are loops, without a lock between them. Every loop feeds the same queue to the
-//! same transaction layer, so a response or a retransmission reaches its transaction whichever
-//! socket it came in on; everything is sent from the first socket (the same address).
+//! cores as there are loops, without a lock between them. Every loop feeds the same lanes
+//! ([`super::lanes`]: a message's lane is chosen by its Call-ID, not by the socket) to the same
+//! transaction layer, so a response or a retransmission reaches its transaction whichever socket
+//! it came in on; everything is sent from the first socket (the same address).
 //!
 //! **The gate with several loops.** Each loop keeps its own [`Door`] (no lock). A source — one IP
 //! and port — always hashes to the same socket while the set of sockets stays the same, so its
@@ -27,6 +28,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::gate::{Door, NewRequest, SourceClass, UnknownPolicy};
+use super::lanes::InboundTx;
 use super::{
     FrontDoorStats, Inbound, Screened, Transport, TransportConfig, overload_answer, screen,
 };
@@ -93,7 +95,7 @@ const DRAIN_BATCH: usize = 256;
 pub async fn receive_loop(
     socket: Arc<UdpSocket>,
     config: TransportConfig,
-    tx: mpsc::Sender<Inbound>,
+    tx: InboundTx,
     stats: Arc<FrontDoorStats>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -133,7 +135,7 @@ pub async fn receive_loop(
 struct Receiver {
     socket: Arc<UdpSocket>,
     config: TransportConfig,
-    tx: mpsc::Sender<Inbound>,
+    tx: InboundTx,
     stats: Arc<FrontDoorStats>,
     door: Door,
     start: tokio::time::Instant,
@@ -160,7 +162,7 @@ impl Receiver {
             SourceClass::Unknown(policy) => {
                 stats.gate.unknown.fetch_add(1, Ordering::Relaxed);
                 if policy == UnknownPolicy::Reject {
-                    let loaded = tx.capacity() < tx.max_capacity() / 2;
+                    let loaded = tx.loaded();
                     if door.may_forbid(now, loaded) {
                         forbid(socket, data, source, config, stats);
                     }
@@ -187,7 +189,7 @@ impl Receiver {
                     None => NewRequest::Admit,
                 };
                 let answer = match verdict {
-                    NewRequest::Admit if tx.capacity() > reserve => None,
+                    NewRequest::Admit if tx.lane_for(m).capacity() > reserve => None,
                     NewRequest::Admit => {
                         stats.gate.reserve_refused.fetch_add(1, Ordering::Relaxed);
                         Some(true)
