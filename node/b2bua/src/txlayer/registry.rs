@@ -26,6 +26,18 @@ pub(super) struct Maps {
     by_shard: HashMap<u16, HashMap<ActorId, CallRef>>,
 }
 
+/// Below this many slots a map is never shrunk.
+const COMPACT_FLOOR: usize = 4096;
+
+/// Gives back the slots of a map that emptied out (after a burst: a hash map otherwise keeps the
+/// capacity of its largest moment): shrunk to twice its entries once it holds fewer than an
+/// eighth of its capacity, so the rehash is rare and paid for by the entries that left.
+fn compact<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > COMPACT_FLOOR && map.len() < map.capacity() / 8 {
+        map.shrink_to((map.len() * 2).max(COMPACT_FLOOR / 2));
+    }
+}
+
 fn leg_a_key(call_id: &[u8], remote_tag: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(call_id.len() + remote_tag.len() + 1);
     k.extend_from_slice(call_id);
@@ -47,7 +59,11 @@ impl Registry {
     }
     /// Forgets a client transaction.
     pub fn remove_client(&self, key: &ClientKey) -> Option<Owner> {
-        self.with(|m| m.clients.remove(key))
+        self.with(|m| {
+            let owner = m.clients.remove(key);
+            compact(&mut m.clients);
+            owner
+        })
     }
     /// Whether client transaction `key` is one of this node's gateway probes (OPTIONS): their
     /// answers belong to this node, whatever shard their branch names.
@@ -95,7 +111,10 @@ impl Registry {
     }
     /// Forgets a leg B.
     pub fn remove_leg_b(&self, call_id: &[u8]) {
-        self.with(|m| m.leg_b.remove(call_id));
+        self.with(|m| {
+            m.leg_b.remove(call_id);
+            compact(&mut m.leg_b);
+        });
     }
     /// Forgets a call's leg A and INVITE.
     pub fn remove_call(
@@ -113,8 +132,12 @@ impl Registry {
                 c.remove(&actor);
                 if c.is_empty() {
                     m.by_shard.remove(&shard);
+                } else {
+                    compact(c);
                 }
             }
+            compact(&mut m.invites);
+            compact(&mut m.leg_a);
         });
     }
     /// Forgets every entry that routes to `actor` (a dead actor's leftovers: a sweep of every map,
@@ -241,5 +264,34 @@ mod tests {
         assert_eq!(reg.forget_actor(a.get_id()), 0, "nothing left of it");
         a.stop(None);
         b.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_map_that_emptied_out_after_a_burst_gives_its_slots_back() {
+        let (a, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let call: CallRef = a.get_derived();
+        let reg = Registry::default();
+        let id = |i: usize| format!("b-{i}").into_bytes();
+        for i in 0..50_000 {
+            reg.add_leg_b(&id(i), call.clone());
+        }
+        let full = reg.with(|m| m.leg_b.capacity());
+        for i in 0..40_000 {
+            reg.remove_leg_b(&id(i));
+        }
+        // Still a fifth full: never shrunk on the way (`capacity` counts the entries plus the
+        // room left before a growth, so removals alone lower it; a shrink makes it far smaller).
+        let busy = reg.with(|m| m.leg_b.capacity());
+        assert!(
+            busy >= 10_000 && busy <= full,
+            "a fifth left: kept ({busy} of {full})"
+        );
+        for i in 40_000..49_900 {
+            reg.remove_leg_b(&id(i));
+        }
+        let after = reg.with(|m| m.leg_b.capacity());
+        assert!(after < full / 8, "100 left: {after} of {full} slots kept");
+        assert!((49_900..50_000).all(|i| reg.is_our_leg_b(&id(i))));
+        a.stop(None);
     }
 }
