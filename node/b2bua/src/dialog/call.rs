@@ -502,7 +502,6 @@ mod size_tests {
     /// small. Prints the sizes (`-- --nocapture`) and fails when the call grows past its budget.
     #[test]
     fn the_state_of_a_call_stays_within_its_inline_budget() {
-        use std::mem::size_of;
         println!(
             "Call {} B, Attempt {} B, Leg {} B, Envelope {} B, Trunk {} B, MediaPlan {} B, \
              SideSrtp {} B, Span {} B",
