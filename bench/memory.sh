@@ -11,7 +11,9 @@
 # Usage:  bench/memory.sh                                  (20,000 held; 5,000 cps for 20 s)
 #         HOLD_CALLS=2000 HOLD_RATE=500 BURST_RATE=1000 BURST_S=5 AFTER_S=20 bench/memory.sh  (smoke)
 # Env:    CHECKS="hold burst" HOLD_CALLS HOLD_RATE HOLD_SETTLE BURST_RATE BURST_S AFTER_S HOLD_MS
-#         MEDPOOL_BIN MEDPOOL_ARGS MEDPOOL_LOG, and bench/lib.sh's addresses (PROXY_IP ... UAC_PORT)
+#         MEDPOOL_BIN MEDPOOL_ARGS MEDPOOL_LOG, and bench/lib.sh's addresses (PROXY_IP ... UAC_PORT);
+#         METRICS_LISTEN=ip:port: the node serves /metrics there and each after-burst sample also
+#         shows its live calls and transactions (what still holds memory)
 # Output: key=value lines on stdout and in bench/results/memory-<UTC timestamp>.txt; raw files in $WORK.
 # Everything it starts is stopped by PID on exit, also on Ctrl-C.
 set -u
@@ -23,6 +25,7 @@ BURST_RATE=${BURST_RATE:-5000}
 BURST_S=${BURST_S:-20}
 AFTER_S=${AFTER_S:-60}
 HOLD_MS=${HOLD_MS:-1000}
+METRICS_LISTEN=${METRICS_LISTEN:-}
 MEDPOOL_LOG=${MEDPOOL_LOG:-warn}
 MEDPOOL_ARGS=${MEDPOOL_ARGS:-"--max-transactions 2000000"}
 export MEDPOOL_ARGS
@@ -33,16 +36,24 @@ BENCH_COPY_BIN=1
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 SUMMARY=$WORK/summary.txt
-summary() { echo "$1=$2" | tee -a "$SUMMARY" >&2; }
+summary() { echo "$1=$2" | tee -a "$SUMMARY"; }
 
 start_node() {  # $1 = tag ; sets NODE_PID
     write_medpool_config "$WORK/medpool-$1.toml" "options_interval_ms = 1000" "down_after = 2" "up_after = 2"
-    start_medpool "$WORK/medpool-$1.toml" "$1" "$MEDPOOL_LOG" || return 1
+    # shellcheck disable=SC2046
+    start_medpool "$WORK/medpool-$1.toml" "$1" "$MEDPOOL_LOG" $([ -n "$METRICS_LISTEN" ] && echo --metrics-listen "$METRICS_LISTEN") || return 1
     NODE_PID=$LAST_PID
     sleep 3   # first OPTIONS round trips
 }
 
 # calls_field <csv> <field>... : the last row's values of SIPp's statistics file
+# live_counts : "calls=N transactions=M" from the node's metrics (METRICS_LISTEN), else nothing
+live_counts() {
+    [ -n "$METRICS_LISTEN" ] || return 0
+    curl -s --max-time 2 "http://$METRICS_LISTEN/metrics" 2>/dev/null \
+        | awk '/^medpool_active_calls[{} ]/{c=$NF} /^medpool_sip_transactions[{} ]/{t=$NF} END{printf "calls=%s transactions=%s", c, t}'
+}
+
 calls_field() {
     python3 -c '
 import csv, sys
@@ -101,8 +112,7 @@ check_burst() {
     for t in $(seq 5 5 "$AFTER_S"); do
         sleep 5
         rss=$(rss_kib "$NODE_PID")
-        echo "burst.rss_after_${t}s_kib=$rss" >> "$SUMMARY"
-        log "    ${t}s after the burst: RSS $rss kB"
+        summary "burst.rss_after_${t}s_kib" "$rss${METRICS_LISTEN:+ ($(live_counts))}"
     done
     summary burst.rss_after_kib "$rss"
     summary burst.rss_after_vs_idle "$(awk -v a="$rss" -v b="$idle" 'BEGIN{ printf "%.2f\n", a / b }')"

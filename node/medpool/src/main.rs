@@ -3,6 +3,8 @@
 
 use clap::Parser;
 
+mod alloc;
+
 fn main() -> std::process::ExitCode {
     medpool::cli::run(medpool::cli::Cli::parse())
 }

@@ -16,11 +16,7 @@ use crate::txlayer::Envelope;
 impl Attempt {
     /// The CSeq number of the attempt's INVITE (1, or 2 once sent again after a 422): its ACK's.
     pub(super) fn invite_cseq(&self) -> u32 {
-        self.invite
-            .msg
-            .cseq()
-            .and_then(Result::ok)
-            .map_or(1, |c| c.seq)
+        self.invite_cseq
     }
 
     /// A provisional answer on leg B: its early dialog is kept (a new To tag is a new fork), and

@@ -16,7 +16,6 @@ use super::msg::{DialogMsg, Phase};
 use super::spans::call_span;
 use crate::cluster::{DialogRecord, LegRecord};
 use crate::ctx::NodeCtx;
-use crate::txlayer::Envelope;
 
 /// How far above the recorded CSeq a new owner starts its own requests on each leg: the old owner may
 /// have sent in-dialog requests after the record was written (ARCHITECTURE.md, "The pool": failover).
@@ -142,12 +141,6 @@ pub(super) fn restored(
     let branch = ids::new_branch(rec.shard);
     let a_key = ServerKey::from_parts(branch.as_bytes(), ctx.me.hostport.as_bytes(), b"INVITE")
         .map_err(|e| ActorProcessingErr::from(e.to_string()))?;
-    let invite = Envelope::outgoing(
-        b.request(&ctx.me, b"INVITE", 1, &branch).build(),
-        b.peer,
-        b.transport,
-    )
-    .ok_or_else(|| ActorProcessingErr::from("cannot rebuild the INVITE"))?;
     let key = ClientKey::new(branch.as_bytes(), b"INVITE");
     ctx.registry.add_call(
         a_key.clone(),
@@ -179,7 +172,10 @@ pub(super) fn restored(
             tx_span: tracing::Span::none(),
             leg: b,
             trunk: rec.trunk.clone(),
-            invite,
+            // An established call needs its INVITE no more (see `Attempt::invite`); its ACK
+            // would have had the CSeq of the first.
+            invite: None,
+            invite_cseq: 1,
             key,
             number: 1,
             got_100: true,

@@ -6,7 +6,7 @@ use medpool_sip::transaction::{ClientKey, Outcome, ServerKey};
 use medpool_sip::{HeaderName, Method, SipMessage, ids};
 use ractor::ActorRef;
 
-use super::call::{Call, Relay};
+use super::call::{Call, Relay, SentAck};
 use super::leg::{local_response, relay_request_parts, relay_response};
 use super::msg::{DialogMsg, Phase};
 use crate::config::ReferPolicy;
@@ -136,9 +136,9 @@ pub(super) fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, en
     match side {
         Side::A if st.phase == Phase::Answered && cseq == st.a_cseq_invite => {
             st.phase = Phase::Confirmed;
-            st.a_invite = None; // the INVITE is no longer needed: keep the established call small
+            // Only the dialogs are needed from here on: keep the established call small.
+            st.drop_set_up_state();
             if let Some(idx) = st.attempts.iter().position(|a| a.answered && !a.abandoned) {
-                st.a_2xx = None;
                 // End-to-end ACK: the caller's ACK may carry the SDP answer to a late offer.
                 let sdp = st.media_sdp_of(Side::A, &env.msg, false);
                 send_ack_b(
@@ -214,14 +214,21 @@ pub(super) fn send_ack_b(
         }
     }
     let hop = att.leg.next_hop();
-    let transport = att.leg.transport;
-    if let Some(ack) = Envelope::outgoing(b.build(), hop, transport) {
-        let _ = st.ctx.transports.send_now(transport, hop, ack.msg.bytes());
-        if initial {
-            st.ack_b = Some(ack);
-        } else {
-            st.reinvite_ack_b = Some(ack);
-        }
+    let ack = SentAck {
+        call_id: att.leg.call_id.clone(),
+        cseq,
+        bytes: b.build(),
+        peer: hop,
+        transport: att.leg.transport,
+    };
+    let _ = st
+        .ctx
+        .transports
+        .send_now(ack.transport, ack.peer, ack.bytes.clone());
+    if initial {
+        st.ack_b = Some(ack);
+    } else {
+        st.reinvite_ack_b = Some(ack);
     }
 }
 
@@ -343,13 +350,7 @@ pub(super) fn on_request(
         && let Some(Ok(rack)) = env.msg.rack()
     {
         {
-            let inv_cseq = st.current().map_or(1, |a| {
-                a.invite
-                    .msg
-                    .cseq()
-                    .and_then(|c| c.ok())
-                    .map_or(1, |c| c.seq)
-            });
+            let inv_cseq = st.current().map_or(1, |a| a.invite_cseq());
             b.header_fmt(
                 HeaderName::RAck,
                 format_args!("{} {} INVITE", rack.rseq, inv_cseq),

@@ -35,7 +35,7 @@ impl Call {
             if status >= 200 {
                 self.a_final_sent = true;
                 if (200..300).contains(&status) {
-                    self.a_2xx = Some((status, env.clone()));
+                    self.a_2xx = Some((status, Box::new(env.clone())));
                     self.a_answered = true;
                     self.answered_after = Some(self.started.elapsed());
                     // Written down as soon as the caller has its 2xx, not at its ACK: a shard that
@@ -153,9 +153,14 @@ impl Call {
                 continue;
             };
             let key = att.key.clone();
-            let env = att.invite.clone();
+            let Some(env) = att.invite.as_deref().cloned() else {
+                continue;
+            };
             let number = att.number;
             let call_id = att.leg.call_id.clone();
+            // Room for this attempt only (a Vec's first growth makes room for four, and an
+            // attempt is large): most calls make one.
+            self.attempts.reserve_exact(1);
             self.attempts.push(att);
             self.ctx.registry.add_leg_b(&call_id, myself.get_derived());
             self.ctx.set_ups.leg(self.actor.pid(), call_id.clone());
@@ -243,7 +248,8 @@ impl Call {
             tx_span,
             leg,
             trunk: trunk.name.clone(),
-            invite,
+            invite_cseq: invite.msg.cseq().and_then(Result::ok).map_or(1, |c| c.seq),
+            invite: Some(Box::new(invite)),
             key,
             number,
             got_100: false,
@@ -323,8 +329,9 @@ impl Call {
         if !self.ctx.driver.may_cancel(&att.key) {
             return; // no provisional yet: CANCEL when one arrives (RFC 3261 §9.1)
         }
+        let Some(invite) = &att.invite else { return };
         att.cancel_sent = true;
-        let inv = &att.invite.msg;
+        let inv = &invite.msg;
         let mut b = MessageBuilder::request_method(
             Method::Cancel,
             inv.request_uri_bytes().unwrap_or_default(),
@@ -339,7 +346,7 @@ impl Call {
         b.copy_headers(inv, HeaderName::CallId);
         let seq = inv.cseq().and_then(|c| c.ok()).map_or(1, |c| c.seq);
         b.header_fmt(HeaderName::CSeq, format_args!("{seq} CANCEL"));
-        if let Some(env) = Envelope::outgoing(b.build(), att.invite.peer, att.invite.transport) {
+        if let Some(env) = Envelope::outgoing(b.build(), invite.peer, invite.transport) {
             let key = att.key.cancel_key();
             self.ctx
                 .registry
@@ -370,22 +377,17 @@ impl Call {
     /// goes when it can, e.g. once the caller's ACK brings a late offer's answer).
     pub(super) fn reack_b(&self, env: &Envelope) {
         // The ACK of the very INVITE the 2xx answers: same Call-ID and CSeq number.
-        let id = |m: &SipMessage| {
-            (
-                m.call_id().and_then(|c| c.ok()).map(<[u8]>::to_vec),
-                m.cseq().and_then(|c| c.ok()).map(|c| c.seq),
-            )
-        };
-        let answered = id(&env.msg);
+        let call_id = env.msg.call_id().and_then(|c| c.ok());
+        let cseq = env.msg.cseq().and_then(|c| c.ok()).map(|c| c.seq);
         if let Some(ack) = [&self.ack_b, &self.reinvite_ack_b]
             .into_iter()
             .flatten()
-            .find(|ack| id(&ack.msg) == answered)
+            .find(|ack| call_id == Some(&ack.call_id[..]) && cseq == Some(ack.cseq))
         {
             let _ = self
                 .ctx
                 .transports
-                .send_now(ack.transport, ack.peer, ack.msg.bytes());
+                .send_now(ack.transport, ack.peer, ack.bytes.clone());
         }
     }
 }
@@ -409,7 +411,9 @@ impl Call {
         let Some(min_se) = env.msg.min_se().and_then(Result::ok) else {
             return false;
         };
-        let old = &att.invite.msg;
+        let Some(old) = att.invite.as_ref().map(|e| &e.msg) else {
+            return false;
+        };
         let asked = old
             .session_expires()
             .and_then(Result::ok)
@@ -478,7 +482,8 @@ impl Call {
         att.timer_retried = true;
         att.settled = false;
         att.leg = out.leg;
-        att.invite = invite;
+        att.invite_cseq = cseq;
+        att.invite = Some(Box::new(invite));
         att.key = key;
         att.tx_span = tracing::info_span!(parent: &att.span, "sip.transaction", sip.method = "INVITE", sip.status = tracing::field::Empty);
         self.history.push((
@@ -564,8 +569,8 @@ pub(super) fn on_invite_response(
             // Our refreshes' Min-SE: the trunk's, or what a 422 raised it to.
             let asked_min_se = st.attempts[idx]
                 .invite
-                .msg
-                .min_se()
+                .as_ref()
+                .and_then(|e| e.msg.min_se())
                 .and_then(Result::ok)
                 .unwrap_or(0);
             if let Some(t) = st.ctx.config().trunk(&trunk) {
@@ -936,7 +941,7 @@ pub(super) fn on_retransmit_2xx(st: &mut Call, myself: &ActorRef<DialogMsg>, int
         if st
             .ctx
             .driver
-            .respond(&st.a_key, status, env.clone())
+            .respond(&st.a_key, status, Envelope::clone(&env))
             .is_err()
         {
             let _ = st

@@ -28,8 +28,13 @@ impl Envelope {
     /// Wraps bytes we built (parsed back so the transaction layer and ACK building can read them).
     pub fn outgoing(bytes: Bytes, peer: SocketAddr, transport: Transport) -> Option<Envelope> {
         match SipMessage::parse(bytes) {
-            Ok(msg) => Some(Envelope {
-                msg,
+            // Our own messages are kept (by their transactions, the ACK of a 2xx by its call):
+            // without the index's spare room.
+            Ok(mut msg) => Some(Envelope {
+                msg: {
+                    msg.shrink_to_fit();
+                    msg
+                },
                 peer,
                 transport,
                 via: None,

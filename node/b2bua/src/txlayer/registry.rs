@@ -39,6 +39,18 @@ impl Default for Registry {
     }
 }
 
+/// Below this many slots a map is never shrunk.
+const COMPACT_FLOOR: usize = 4096;
+
+/// Gives back the slots of a map that emptied out (after a burst: a hash map otherwise keeps the
+/// capacity of its largest moment): shrunk to twice its entries once it holds fewer than an
+/// eighth of its capacity, so the rehash is rare and paid for by the entries that left.
+fn compact<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > COMPACT_FLOOR && map.len() < map.capacity() / 8 {
+        map.shrink_to((map.len() * 2).max(COMPACT_FLOOR / 2));
+    }
+}
+
 fn leg_a_key(call_id: &[u8], remote_tag: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(call_id.len() + remote_tag.len() + 1);
     k.extend_from_slice(call_id);
@@ -66,7 +78,10 @@ impl Registry {
     }
     /// Forgets a client transaction.
     pub fn remove_client(&self, key: &ClientKey) -> Option<Owner> {
-        self.clients.lock_for(key).remove(key)
+        let mut m = self.clients.lock_for(key);
+        let owner = m.remove(key);
+        compact(&mut m);
+        owner
     }
     /// Who owns client transaction `key`.
     pub(super) fn client_owner(&self, key: &ClientKey) -> Option<Owner> {
@@ -127,7 +142,9 @@ impl Registry {
     }
     /// Forgets a leg B.
     pub fn remove_leg_b(&self, call_id: &[u8]) {
-        self.leg_b.lock_for(call_id).remove(call_id);
+        let mut m = self.leg_b.lock_for(call_id);
+        m.remove(call_id);
+        compact(&mut m);
     }
     /// Forgets a call's leg A and INVITE.
     pub fn remove_call(
@@ -138,14 +155,24 @@ impl Registry {
         shard: u16,
         actor: ActorId,
     ) {
-        self.invites.lock_for(invite).remove(invite);
+        {
+            let mut m = self.invites.lock_for(invite);
+            m.remove(invite);
+            compact(&mut m);
+        }
         let k = leg_a_key(call_id, remote_tag);
-        self.leg_a.lock_for(&k).remove(&k);
+        {
+            let mut m = self.leg_a.lock_for(&k);
+            m.remove(&k);
+            compact(&mut m);
+        }
         let mut by_shard = self.by_shard.lock_for(&shard);
         if let Some(c) = by_shard.get_mut(&shard) {
             c.remove(&actor);
             if c.is_empty() {
                 by_shard.remove(&shard);
+            } else {
+                compact(c);
             }
         }
     }
@@ -317,6 +344,42 @@ mod tests {
         assert_eq!(reg.calls(), 0);
         assert!(reg.all_calls().is_empty());
         assert!((0..5).all(|s| reg.calls_of(s).is_empty()));
+        a.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_map_that_emptied_out_after_a_burst_gives_its_slots_back() {
+        let (a, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let call: CallRef = a.get_derived();
+        let reg = Registry::default();
+        let capacity = |reg: &Registry| -> usize {
+            (0..reg.leg_b.count())
+                .map(|i| reg.leg_b.lock_at(i).capacity())
+                .sum()
+        };
+        let id = |i: usize| format!("b-{i}").into_bytes();
+        // Enough entries that every shard grows past the floor below which maps are not shrunk.
+        let n = MAP_SHARDS * COMPACT_FLOOR * 2;
+        for i in 0..n {
+            reg.add_leg_b(&id(i), call.clone());
+        }
+        let full = capacity(&reg);
+        for i in 0..n * 4 / 5 {
+            reg.remove_leg_b(&id(i));
+        }
+        // Still a fifth full: never shrunk on the way (`capacity` counts the entries plus the
+        // room left before a growth, so removals alone lower it; a shrink makes it far smaller).
+        let busy = capacity(&reg);
+        assert!(
+            (n / 5..=full).contains(&busy),
+            "a fifth left: kept ({busy} of {full})"
+        );
+        for i in n * 4 / 5..n - 100 {
+            reg.remove_leg_b(&id(i));
+        }
+        let after = capacity(&reg);
+        assert!(after < full / 8, "100 left: {after} of {full} slots kept");
+        assert!((n - 100..n).all(|i| reg.is_our_leg_b(&id(i))));
         a.stop(None);
     }
 }

@@ -83,6 +83,10 @@ pub fn quote_display(name: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Spare room a built message may keep in its buffer before [`MessageBuilder::build`] copies it out
+/// at its exact size.
+const SPARE_KEPT: usize = 128;
+
 impl MessageBuilder {
     /// Starts a request: `METHOD uri SIP/2.0`.
     pub fn request(method: &[u8], uri: &[u8]) -> MessageBuilder {
@@ -159,6 +163,12 @@ impl MessageBuilder {
                 out.put_slice(&body);
             }
             _ => out.put_slice(b"Content-Length: 0\r\n\r\n"),
+        }
+        // The buffer starts large enough for any usual message; a message that is kept (by its
+        // transaction until 64*T1 after its final answer, by a call for its whole life: the ACK
+        // of a 2xx) keeps only its own bytes, not the spare room.
+        if out.capacity() > out.len() + SPARE_KEPT {
+            return Bytes::copy_from_slice(&out);
         }
         out.freeze()
     }

@@ -117,6 +117,12 @@ impl SipMessage {
         &self.raw[..self.end as usize]
     }
 
+    /// Gives back the spare room of the header index (sized for a large message when parsed), for
+    /// a message that is kept for long.
+    pub fn shrink_to_fit(&mut self) {
+        self.headers.shrink_to_fit();
+    }
+
     /// The shared buffer, for zero-copy forwarding.
     pub fn bytes(&self) -> Bytes {
         self.raw.slice(..self.end as usize)

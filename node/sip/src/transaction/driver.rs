@@ -312,7 +312,7 @@ where
                 key.clone(),
                 Box::new(ClientEntry {
                     machine,
-                    request: Some(request),
+                    request: Some(Box::new(request)),
                     ack: None,
                     timers: TimerSlots::default(),
                 }),
@@ -455,7 +455,7 @@ where
             if !actions.contains(&Action::TransmitResponse) {
                 return Err(DriverError::ResponseNotAllowed);
             }
-            entry.last_response = Some(response);
+            entry.last_response = Some(Box::new(response));
             apply_server(&mut table, key, &actions, None, now, &mut out);
         }
         self.shared.finish(out);
@@ -626,20 +626,44 @@ struct Table<M> {
     wheel: Wheel,
 }
 
+/// Below this many slots a table is never shrunk.
+const COMPACT_FLOOR: usize = 4096;
+
+impl<M> Table<M> {
+    /// Gives back the slots of a table that emptied out (after a burst): a hash map keeps the
+    /// capacity of its largest moment, entries inline, for as long as it lives. Shrinks a table to
+    /// twice its entries once it holds fewer than an eighth of its capacity, so the rehash (with
+    /// the table locked) is rare and paid for by the entries that left.
+    fn compact(&mut self) {
+        fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+            if map.capacity() > COMPACT_FLOOR && map.len() < map.capacity() / 8 {
+                map.shrink_to((map.len() * 2).max(COMPACT_FLOOR / 2));
+            }
+        }
+        shrink(&mut self.clients);
+        shrink(&mut self.servers);
+    }
+}
+
+// The messages are boxed: a table slot holds an entry inline, and most of an entry's life (the
+// linger after the final answer, up to 64*T1) is spent with no message or one.
 struct ClientEntry<M> {
     machine: ClientMachine,
     /// The request, while it may still be sent (again): dropped once a final response arrived,
     /// so a transaction lingering to absorb retransmissions (Timer D, K, M: up to 64*T1) does not
     /// hold the whole request.
-    request: Option<M>,
+    request: Option<Box<M>>,
     /// The ACK for the non-2xx final, built once and resent for its retransmissions.
-    ack: Option<M>,
+    ack: Option<Box<M>>,
     timers: TimerSlots,
 }
 
 struct ServerEntry<M> {
     machine: ServerMachine,
-    last_response: Option<M>,
+    /// The last response, while a retransmitted request may have to be answered with it again:
+    /// dropped in Accepted (RFC 6026: the core retransmits a 2xx, not the transaction) and in
+    /// Confirmed (only ACKs are absorbed there).
+    last_response: Option<Box<M>>,
     timers: TimerSlots,
 }
 
@@ -746,7 +770,7 @@ fn apply_client<M: Clone, Io: TransactionIo<M>>(
             Action::TransmitRequest => {
                 if let Some(request) = &entry.request {
                     out.effects
-                        .push(Effect::Transmit(tkey.clone(), request.clone()));
+                        .push(Effect::Transmit(tkey.clone(), M::clone(request)));
                 }
             }
             Action::SendAck => {
@@ -754,11 +778,11 @@ fn apply_client<M: Clone, Io: TransactionIo<M>>(
                     && let Some((_, response)) = &response
                     && let Some(request) = &entry.request
                 {
-                    entry.ack = Some(io.build_ack(request, response));
+                    entry.ack = Some(Box::new(io.build_ack(request, response)));
                 }
                 if let Some(ack) = &entry.ack {
                     out.effects
-                        .push(Effect::Transmit(tkey.clone(), ack.clone()));
+                        .push(Effect::Transmit(tkey.clone(), M::clone(ack)));
                 }
             }
             Action::PassToTu => {
@@ -819,7 +843,7 @@ fn apply_server<M: Clone>(
             Action::TransmitResponse => {
                 if let Some(response) = &entry.last_response {
                     out.effects
-                        .push(Effect::Transmit(tkey.clone(), response.clone()));
+                        .push(Effect::Transmit(tkey.clone(), M::clone(response)));
                 }
             }
             Action::PassToTu => {
@@ -847,6 +871,10 @@ fn apply_server<M: Clone>(
             Action::StopTimer(id) => wheel.stop(&mut entry.timers, id),
             Action::Terminated(outcome) => terminated = Some(outcome),
         }
+    }
+    if matches!(entry.machine.state(), State::Accepted | State::Confirmed) {
+        // Sent (it is in `out`): never sent again by the transaction itself.
+        entry.last_response = None;
     }
     if let Some(outcome) = terminated {
         if let Some(mut entry) = servers.remove(key) {
@@ -975,10 +1003,9 @@ where
                     let Some(entry) = table.clients.get_mut(&key) else {
                         continue;
                     };
-                    if entry.timers.0[id.index()] != Some(at) {
+                    if !entry.timers.take_fired(id, at) {
                         continue;
                     }
-                    entry.timers.0[id.index()] = None;
                     let actions = entry.machine.on_event(ClientEvent::Timer(id));
                     apply_client(&mut table, &self.io, &key, &actions, None, now, &mut out);
                 }
@@ -986,15 +1013,15 @@ where
                     let Some(entry) = table.servers.get_mut(&key) else {
                         continue;
                     };
-                    if entry.timers.0[id.index()] != Some(at) {
+                    if !entry.timers.take_fired(id, at) {
                         continue;
                     }
-                    entry.timers.0[id.index()] = None;
                     let actions = entry.machine.on_event(ServerEvent::Timer(id));
                     apply_server(&mut table, &key, &actions, None, now, &mut out);
                 }
             }
         }
+        table.compact();
         let next = table.wheel.next_deadline();
         let more = next.is_some_and(|at| at <= now);
         drop(table);
@@ -1055,5 +1082,54 @@ where
             }
             None => shared.wake.notified().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    fn entry() -> ClientEntry<()> {
+        let (m, _) = ClientNonInvite::new(TimerConfig::default(), false);
+        ClientEntry {
+            machine: ClientMachine::NonInvite(m),
+            request: None,
+            ack: None,
+            timers: TimerSlots::default(),
+        }
+    }
+
+    #[test]
+    fn a_table_that_emptied_out_gives_its_slots_back_and_a_busy_one_keeps_them() {
+        let mut t: Table<()> = Table {
+            clients: HashMap::new(),
+            servers: HashMap::new(),
+            wheel: Wheel::default(),
+        };
+        let key = |i: usize| ClientKey::new(format!("z9hG4bK-{i}").as_bytes(), b"BYE");
+        for i in 0..100_000 {
+            t.clients.insert(key(i), entry());
+        }
+        let full = t.clients.capacity();
+        t.compact();
+        assert_eq!(t.clients.capacity(), full, "a full table is left alone");
+        for i in 0..80_000 {
+            t.clients.remove(&key(i));
+        }
+        // (`capacity` counts entries plus the room left before a growth: removals lower it.)
+        let busy = t.clients.capacity();
+        t.compact();
+        assert_eq!(t.clients.capacity(), busy, "a fifth left: not yet");
+        for i in 80_000..99_000 {
+            t.clients.remove(&key(i));
+        }
+        t.compact();
+        assert!(
+            t.clients.capacity() < full / 8,
+            "1,000 left of {full} slots: shrunk to {}",
+            t.clients.capacity()
+        );
+        assert_eq!(t.clients.len(), 1_000);
+        assert!((99_000..100_000).all(|i| t.clients.contains_key(&key(i))));
     }
 }

@@ -89,11 +89,6 @@ impl TimerId {
         TimerId::L,
         TimerId::M,
     ];
-
-    /// A dense index `0..ALL.len()`, for per-transaction timer tables.
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// RFC 3261 17.1.1.2: Timer D is "at least 32 seconds" on unreliable transports.
@@ -256,12 +251,5 @@ mod tests {
             ..TimerConfig::default()
         };
         assert_eq!(c.timer_d(false), ms(64_000));
-    }
-
-    #[test]
-    fn timer_index_is_dense() {
-        for (i, t) in TimerId::ALL.iter().enumerate() {
-            assert_eq!(t.index(), i);
-        }
     }
 }
