@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
+# The medpool binary links jemalloc, built from C by tikv-jemalloc-sys (cc and make).
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 # node/medpool/tests/dns.rs: a real DNS server with NAPTR, SRV and A records (dnsmasq-base: the
 # program only, without the system service the dnsmasq package would start on port 53).
