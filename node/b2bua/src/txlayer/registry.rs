@@ -40,7 +40,7 @@ impl Default for Registry {
 }
 
 /// Below this many slots a map is never shrunk.
-const COMPACT_FLOOR: usize = 4096;
+const COMPACT_FLOOR: usize = 512;
 
 /// Gives back the slots of a map that emptied out (after a burst: a hash map otherwise keeps the
 /// capacity of its largest moment): shrunk to twice its entries once it holds fewer than an
@@ -378,7 +378,8 @@ mod tests {
             reg.remove_leg_b(&id(i));
         }
         let after = capacity(&reg);
-        assert!(after < full / 8, "100 left: {after} of {full} slots kept");
+        // Each of the 64 shards keeps at least its floor.
+        assert!(after < full / 4, "100 left: {after} of {full} slots kept");
         assert!((n - 100..n).all(|i| reg.is_our_leg_b(&id(i))));
         a.stop(None);
     }

@@ -627,7 +627,7 @@ struct Table<M> {
 }
 
 /// Below this many slots a table is never shrunk.
-const COMPACT_FLOOR: usize = 4096;
+const COMPACT_FLOOR: usize = 512;
 
 impl<M> Table<M> {
     /// Gives back the slots of a table that emptied out (after a burst): a hash map keeps the
@@ -1108,7 +1108,7 @@ mod table_tests {
         };
         let key = |i: usize| ClientKey::new(format!("z9hG4bK-{i}").as_bytes(), b"BYE");
         for i in 0..100_000 {
-            t.clients.insert(key(i), entry());
+            t.clients.insert(key(i), Box::new(entry()));
         }
         let full = t.clients.capacity();
         t.compact();
