@@ -338,9 +338,9 @@ async fn run(sock: Arc<UdpSocket>, shared: Arc<Mutex<Shared>>, role: Role, ssrc:
                 seq = seq.wrapping_add(1);
                 ts = ts.wrapping_add(PAYLOAD_LEN as u32);
                 write_packet(&mut out, pt, seq, ts, ssrc, token, now_us(), None);
-                let Some(n) = seal(&shared, &out, &mut wire) else { continue };
+                let Some((n, protected)) = seal(&shared, &out, &mut wire) else { continue };
                 if sock.send_to(&wire[..n], dest).await.is_ok() {
-                    lock(&shared).stats.sent += 1;
+                    count_sent(&shared, protected);
                 }
             }
             r = sock.recv_from(&mut buf) => {
@@ -354,9 +354,9 @@ async fn run(sock: Arc<UdpSocket>, shared: Arc<Mutex<Shared>>, role: Role, ssrc:
                     ts = ts.wrapping_add(PAYLOAD_LEN as u32);
                     let payload = RtpPacket::parse(&buf[..n]).map(|p| p.payload().to_vec()).unwrap_or_default();
                     write_packet(&mut out, pt, seq, ts, ssrc, 0, 0, Some(&payload));
-                    let Some(n) = seal(&shared, &out, &mut wire) else { continue };
+                    let Some((n, protected)) = seal(&shared, &out, &mut wire) else { continue };
                     if sock.send_to(&wire[..n], dest).await.is_ok() {
-                        lock(&shared).stats.sent += 1;
+                        count_sent(&shared, protected);
                     }
                 }
             }
@@ -364,17 +364,25 @@ async fn run(sock: Arc<UdpSocket>, shared: Arc<Mutex<Shared>>, role: Role, ssrc:
     }
 }
 
-/// `packet` as it goes on the wire, in `wire`: protected when the leg speaks SRTP. Its length;
-/// `None` when it cannot be protected (not sent).
-fn seal(shared: &Mutex<Shared>, packet: &[u8], wire: &mut [u8]) -> Option<usize> {
+/// `packet` as it goes on the wire, in `wire`: protected when the leg speaks SRTP. Its length and
+/// whether it was protected; `None` when it cannot be protected (not sent).
+fn seal(shared: &Mutex<Shared>, packet: &[u8], wire: &mut [u8]) -> Option<(usize, bool)> {
     wire.get_mut(..packet.len())?.copy_from_slice(packet);
     let mut s = lock(shared);
     let Some(c) = s.srtp.as_mut() else {
-        return Some(packet.len());
+        return Some((packet.len(), false));
     };
     let n = c.tx.protect_rtp(wire, packet.len()).ok()?;
-    s.stats.srtp_sent += 1;
-    Some(n)
+    Some((n, true))
+}
+
+/// Counts a packet that left (both counters at once, so a reader never sees one without the other).
+fn count_sent(shared: &Mutex<Shared>, protected: bool) {
+    let mut s = lock(shared);
+    s.stats.sent += 1;
+    if protected {
+        s.stats.srtp_sent += 1;
+    }
 }
 
 /// A received datagram as the checks see it: unprotected in place when the leg speaks SRTP (its
