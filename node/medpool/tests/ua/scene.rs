@@ -281,21 +281,7 @@ impl Scene {
 
     /// `medpool ctl --server <node>:7001 -o json ARGS`.
     pub fn ctl_json(&self, args: &[&str]) -> Value {
-        let out = medpool_harness::medpool_command(Path::new(env!("CARGO_BIN_EXE_medpool")))
-            .arg("ctl")
-            .arg("--server")
-            .arg(format!("{}:7001", self.ip(NODE)))
-            .arg("-o")
-            .arg("json")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "medpool ctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        crate::common::ctl_json(&format!("{}:7001", self.ip(NODE)), args)
     }
 
     /// The Call-IDs `ctl calls list` shows.
