@@ -27,7 +27,12 @@
 // usage: rtpgen PAIRS K CALLER_IP CBASE GW_IP GBASE WARMUP WINDOW RELAY_PID [MODE]
 //   PAIRS: one line per call, "A_IP A_PORT B_IP B_PORT" (the relay's address for each side); with MODE srtp,
 //   two more columns "CALLER_KEY RELAY_KEY" (SDES inline key||salt, base64, 30 bytes)
-//   MODE: rtp (default) or srtp
+//   MODE: rtp (default), srtp, or rtpeq: plain RTP on the wire, but the generator does the SRTP mode's
+//   crypto work anyway (protects a copy of each caller-side packet before it is sent, and one of each packet
+//   that comes back, with per-call contexts keyed here, and throws the copies away). A relay's CPU per packet
+//   depends on how its packets arrive (a busier generator spreads each batch over more time, so the relay
+//   sleeps and wakes more often per packet); with rtpeq the plain turn's packets leave and arrive as in the
+//   srtp turn, so the difference between the two turns is the relay's own SRTP work.
 // Prints one line of key=value pairs.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -134,11 +139,12 @@ int main(int argc, char **argv) {
     return 2;
   }
   int srtp = argc == 11 && !strcmp(argv[10], "srtp");
-  if (argc == 11 && !srtp && strcmp(argv[10], "rtp")) { fprintf(stderr, "rtpgen: MODE is rtp or srtp\n"); return 2; }
+  int eq = argc == 11 && !strcmp(argv[10], "rtpeq");
+  if (argc == 11 && !srtp && !eq && strcmp(argv[10], "rtp")) { fprintf(stderr, "rtpgen: MODE is rtp, srtp or rtpeq\n"); return 2; }
 #ifndef WITH_SRTP
-  if (srtp) { fprintf(stderr, "rtpgen: built without SRTP (cc -DWITH_SRTP ... -lsrtp2)\n"); return 2; }
+  if (srtp || eq) { fprintf(stderr, "rtpgen: built without SRTP (cc -DWITH_SRTP ... -lsrtp2)\n"); return 2; }
 #else
-  if (srtp && srtp_init() != srtp_err_status_ok) { fprintf(stderr, "rtpgen: srtp_init failed\n"); return 1; }
+  if ((srtp || eq) && srtp_init() != srtp_err_status_ok) { fprintf(stderr, "rtpgen: srtp_init failed\n"); return 1; }
 #endif
   int K = atoi(argv[2]), cbase = atoi(argv[4]), gbase = atoi(argv[6]), pid = atoi(argv[9]);
   double warmup = atof(argv[7]), window = atof(argv[8]);
@@ -158,6 +164,9 @@ int main(int argc, char **argv) {
       fprintf(stderr, "rtpgen: call %d: SRTP needs two 30-byte base64 keys after the addresses: %s", n, line);
       return 1;
     }
+    if (eq)
+      for (int w = 0; w < 2; w++)
+        for (int b = 0; b < KEYSALT; b++) keys[n][w][b] = (unsigned char)(n * 7 + w * 131 + b * 13);
     for (int d = 0; d < 2; d++) {
       dst[n][d] = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(d ? bp : ap)};
       inet_pton(AF_INET, d ? bip : aip, &dst[n][d].sin_addr);
@@ -193,11 +202,12 @@ int main(int argc, char **argv) {
       p[20] = (unsigned char)d;
     }
 #ifdef WITH_SRTP
-  /* per call: tx protects what the caller side sends, rx unprotects what comes back to it */
+  /* per call: tx protects what the caller side sends, rx unprotects what comes back to it (rtpeq: rx
+     protects a throw-away copy of what comes back, the same work as unprotecting it) */
   srtp_t *tx = NULL, *rx = NULL;
   /* the call a packet arriving on the caller side belongs to, by the relay port it came from (+1: 0 = none) */
   int *call_of_port = NULL;
-  if (srtp) {
+  if (srtp || eq) {
     tx = calloc((size_t)n, sizeof *tx);
     rx = calloc((size_t)n, sizeof *rx);
     call_of_port = calloc(65536, sizeof *call_of_port);
@@ -207,7 +217,7 @@ int main(int argc, char **argv) {
         memset(&pol, 0, sizeof pol);
         srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80(&pol.rtp);
         srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80(&pol.rtcp);
-        pol.ssrc.type = w ? ssrc_any_inbound : ssrc_any_outbound;
+        pol.ssrc.type = w && !eq ? ssrc_any_inbound : ssrc_any_outbound;
         pol.key = keys[i][w];
         pol.window_size = 1024;
         if (srtp_create(w ? &rx[i] : &tx[i], &pol) != srtp_err_status_ok) { fprintf(stderr, "rtpgen: srtp_create failed (call %d)\n", i); return 1; }
@@ -283,11 +293,11 @@ int main(int argc, char **argv) {
                     unsigned char *q = siov[m].iov_base;
                     for (int b = 0; b < 8; b++) q[24 + b] = (unsigned char)(ts >> (56 - 8 * b));
 #ifdef WITH_SRTP
-                    if (srtp && d == 0) {
+                    if ((srtp || eq) && d == 0) {
                       int len = PKT;
                       memcpy(sbuf[m], q, PKT);
                       if (srtp_protect(tx[sidx[m]], sbuf[m], &len) != srtp_err_status_ok) { fprintf(stderr, "rtpgen: srtp_protect failed\n"); return 1; }
-                      siov[m] = (struct iovec){sbuf[m], (size_t)len};
+                      if (srtp) siov[m] = (struct iovec){sbuf[m], (size_t)len};
                     }
 #endif
                   }
@@ -323,6 +333,13 @@ int main(int argc, char **argv) {
             if (c < 0 || len != PKT + TAG80) { foreign++; continue; }
             if (srtp_unprotect(rx[c], q, &len) != srtp_err_status_ok) { srtp_fail++; continue; }
             rmsg[m].msg_len = (unsigned)len;
+          } else if (eq && d == 0) {
+            int c = call_of_port[ntohs(rsrc[m].sin_port)] - 1, len = (int)rmsg[m].msg_len;
+            if (c >= 0 && len == PKT) {
+              unsigned char shadow[PKT + 32];
+              memcpy(shadow, q, PKT);
+              if (srtp_protect(rx[c], shadow, &len) != srtp_err_status_ok) srtp_fail++;
+            }
           }
 #endif
           if (rmsg[m].msg_len != PKT || memcmp(q + 12, "MBEN", 4)) { foreign++; continue; }
@@ -384,6 +401,6 @@ int main(int argc, char **argv) {
          late_slots, win_s, win_sent, win_recv, win_s > 0 ? (double)win_recv / win_s : 0, relay_cpu,
          relay_cpu >= 0 && win_s > 0 ? 100 * relay_cpu / win_s : -1, relay_cpu >= 0 && win_recv > 0 ? 1e6 * relay_cpu / (double)win_recv : -1,
          pv[0], pv[1], pv[2], (double)max_ns / 1000, win_s > 0 ? 100 * gen_cpu / win_s : -1,
-         batches ? (double)(tot_sent + send_fail) / (double)batches : 0, srtp ? "srtp" : "rtp", srtp_fail);
+         batches ? (double)(tot_sent + send_fail) / (double)batches : 0, srtp ? "srtp" : eq ? "rtpeq" : "rtp", srtp_fail);
   return 0;
 }
