@@ -107,6 +107,8 @@ impl NodeCtx {
 /// How long before the end of its shutdown grace a stopping node ends the calls it is still
 /// setting up (at most a quarter of the grace).
 const SETUP_END_BEFORE_EXIT: Duration = Duration::from_secs(1);
+/// How long the shutdown waits, after stopping the call actors, for them to have stopped.
+const CALLS_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// How to run a node.
 #[derive(Debug, Clone)]
@@ -408,6 +410,14 @@ impl RunningNode {
         let _ = self.stop_tx.send(true);
         for a in self.ctx.registry.call_actors() {
             a.stop(None);
+        }
+        // Each stopped call gives back what it held (registry, relay ports, gateway slot) in its
+        // `post_stop`; wait for that, briefly, so that none is still alive when the runtime ends
+        // (a call dropped without its `post_stop` is what a panic leaves, and is logged as one).
+        let stopped_by = tokio::time::Instant::now() + CALLS_STOP_WAIT;
+        while !self.ctx.registry.all_calls().is_empty() && tokio::time::Instant::now() < stopped_by
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;

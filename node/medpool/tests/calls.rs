@@ -95,6 +95,53 @@ fn basic_call_caller_hangs_up() {
     gw2.stop();
 }
 
+/// SIGTERM while calls are established (no `--bye-on-shutdown`): the node exits 0 and every call
+/// actor is stopped through its ordinary end (`post_stop`, what it held given back) before the
+/// process ends; none is dropped by the runtime's end, which the node would log as a call actor
+/// that died (a panic).
+#[test]
+fn sigterm_with_calls_established_stops_each_call_cleanly() {
+    const CALLS: u32 = 80;
+    let n = 24;
+    let dir = TestDir::new("sigterm-open-calls");
+    let mut gw1 = gateway(&dir, n, 1, "uas_answer.xml");
+    let mut gw2 = gateway(&dir, n, 2, "uas_answer.xml");
+    let mut spec = PoolSpec::new(n);
+    spec.media = "relay";
+    let node = MedpoolNode::start_with(&dir, n, &spec.toml(), &["--shutdown-grace", "1"]);
+    gw1.wait_for_probes(2, PROBE_TIMEOUT);
+    gw2.wait_for_probes(2, PROBE_TIMEOUT);
+
+    let mut pbx = caller("caller", n, 5070, "uac_call.xml")
+        .calls(CALLS)
+        .rate(200)
+        .hold_ms(60_000)
+        .spawn(&dir);
+    let acked = || gw1.dialogs_with_request("ACK") + gw2.dialogs_with_request("ACK");
+    assert!(
+        wait_until(CALL_TIMEOUT, || acked() == CALLS as usize),
+        "{CALLS} calls established before the SIGTERM (ACKs at the gateways: {})",
+        acked()
+    );
+
+    let (status, log) = node.stop_with_log();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "medpool must exit 0 on SIGTERM with calls open, got {status:?}\n{log}"
+    );
+    assert!(
+        log.contains("node stopped"),
+        "the shutdown ran to its end:\n{log}"
+    );
+    assert!(
+        !log.contains("actor died"),
+        "no call actor may be dropped by the runtime's end (logged as died):\n{log}"
+    );
+    pbx.stop();
+    gw1.stop();
+    gw2.stop();
+}
+
 /// The gateway answers and then hangs up: its BYE is relayed to the caller inside the caller's
 /// dialog (uac_call_remote_bye.xml checks the tags), the caller's 200 goes back to the gateway.
 #[test]

@@ -354,6 +354,12 @@ impl MedpoolNode {
     pub fn stop(mut self) -> Option<ExitStatus> {
         self.process.stop()
     }
+
+    /// Like [`MedpoolNode::stop`], and everything the node wrote on stderr until it exited.
+    pub fn stop_with_log(mut self) -> (Option<ExitStatus>, String) {
+        let status = self.process.stop();
+        (status, self.process.log().text())
+    }
 }
 
 // ------------------------------------------------------------------------------------------
