@@ -923,7 +923,7 @@ async fn new_call(ctx: &Arc<NodeCtx>, key: medpool_sip::transaction::ServerKey, 
     let Some(inbound) = ctx
         .dns
         .trunk_for_source(&config, env.peer.ip(), env.peer.port())
-        .cloned()
+        .and_then(|t| crate::config::SharedTrunk::of(&config, t))
     else {
         respond(ctx, &key, &env, 403, &[]);
         return;

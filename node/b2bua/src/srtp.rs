@@ -219,6 +219,55 @@ impl SideSrtp {
     }
 }
 
+/// Both legs' [`SideSrtp`] of one call (A, B), made at the first offer or answer the relay
+/// rewrites: a call whose media is not relayed (most, with `media = "bypass"`) keeps one empty
+/// pointer instead of two legs' state, for its whole life.
+#[derive(Debug, Default)]
+pub struct CallSrtp(Option<Box<[SideSrtp; 2]>>);
+
+/// What a leg without SRTP state reads.
+static NO_SRTP: SideSrtp = SideSrtp {
+    offered: Vec::new(),
+    accepted: None,
+    keys: None,
+    mki_len: None,
+};
+
+impl CallSrtp {
+    /// Leg `i`'s state (0: A, 1: B), empty until the call made it.
+    pub fn side(&self, i: usize) -> &SideSrtp {
+        self.0.as_ref().map_or(&NO_SRTP, |s| &s[i])
+    }
+
+    /// Leg `i`'s state to change: both legs' are made the first time.
+    pub fn side_mut(&mut self, i: usize) -> &mut SideSrtp {
+        &mut self.0.get_or_insert_with(Box::default)[i]
+    }
+
+    /// Leg `i` starts over (a new gateway): nothing is made when the call has no state yet.
+    pub fn reset(&mut self, i: usize) {
+        if let Some(s) = &mut self.0 {
+            s[i] = SideSrtp::default();
+        }
+    }
+
+    /// Every key and offer of both legs forgotten, the MKI lengths kept
+    /// ([`SideSrtp::forget_keys`]).
+    pub fn forget_keys(&mut self) {
+        for side in self.0.iter_mut().flat_map(|s| s.iter_mut()) {
+            side.forget_keys();
+        }
+    }
+
+    /// A rebuilt call's MKI lengths (A, B) from its record; state is made only for a length.
+    pub fn remember_mki_lens(&mut self, a: Option<u8>, b: Option<u8>) {
+        if a.is_some() || b.is_some() {
+            self.side_mut(0).remember_mki_len(a);
+            self.side_mut(1).remember_mki_len(b);
+        }
+    }
+}
+
 /// `body` with the relayed section's profile set to `proto` and its `a=crypto` lines replaced by
 /// `lines` (removed when empty).
 pub fn secured(
@@ -441,5 +490,32 @@ mod tests {
         );
         let odd = b"not sdp\na=crypto:1 X inline:secret\nkeep\n";
         assert_eq!(without_keys(odd), b"not sdp\nkeep\n");
+    }
+
+    #[test]
+    fn a_call_makes_srtp_state_only_when_a_leg_needs_it() {
+        let mut call = CallSrtp::default();
+        // Reads, a new gateway and a failover's forgetting make nothing.
+        assert!(call.side(0).keys().is_none() && call.side(1).mki_len().is_none());
+        call.reset(1);
+        call.forget_keys();
+        call.remember_mki_lens(None, None);
+        assert!(call.0.is_none());
+        // A rebuilt call whose peer used an MKI keeps its length.
+        call.remember_mki_lens(None, Some(4));
+        assert_eq!(call.side(1).mki_len(), Some(4));
+        assert_eq!(call.side(0).mki_len(), None);
+        // A leg's offer and answer: the keys are in force on that leg only.
+        let mut call = CallSrtp::default();
+        let theirs = srtp::offer(&SUITES, None).unwrap();
+        let savp = sdp("RTP/SAVP", &[theirs[0].to_string()]);
+        call.side_mut(0)
+            .on_offer(Encryption::Required, &savp)
+            .unwrap();
+        call.side_mut(0).answer().unwrap();
+        assert!(call.side(0).keys().is_some());
+        assert!(call.side(1).keys().is_none());
+        call.forget_keys();
+        assert!(call.side(0).keys().is_none());
     }
 }

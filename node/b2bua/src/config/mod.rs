@@ -9,7 +9,8 @@
 //!
 //! Layout: `raw` mirrors the file; `validate` turns it into the `model` types; `span` finds
 //! the line of a field path; `error` holds [`ConfigError`]; [`Pattern`] is a regex that keeps
-//! its source.
+//! its source; `shared` holds one trunk through its configuration ([`SharedTrunk`]: what a
+//! call keeps of its inbound trunk).
 //!
 //! The file, in short (`examples/medpool.toml` is the commented reference):
 //! ```toml
@@ -45,6 +46,7 @@ mod error;
 mod model;
 mod pattern;
 mod raw;
+mod shared;
 mod span;
 mod validate;
 
@@ -59,6 +61,7 @@ pub use model::{
     Encryption, HostPort, Lookup, MediaMode, NodeSettings, NumberRule, PeerAddress, PoolConfig,
     ReferPolicy, ResponseRule, Route, RouteTarget, Side, Transport, Trunk, TrunkTls, UnknownSource,
 };
+pub use shared::SharedTrunk;
 
 /// The SIP layer's transport for a trunk's `transport`.
 pub fn sip_transport(t: Transport) -> medpool_sip::transport::Transport {

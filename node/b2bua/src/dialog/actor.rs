@@ -67,7 +67,7 @@ impl Actor for DialogActor {
     ) -> Result<(), ActorProcessingErr> {
         let me = &myself;
         match msg {
-            DialogMsg::Tx(event) => match event {
+            DialogMsg::Tx(event) => match *event {
                 CallEvent::Response { key, status, env } => {
                     match st.attempts.iter().position(|a| a.key == key) {
                         Some(idx) => setup::on_invite_response(st, me, idx, status, env),

@@ -94,14 +94,14 @@ impl Call {
     }
 
     fn srtp_mut(&mut self, side: Side) -> &mut SideSrtp {
-        &mut self.srtp[idx(side)]
+        self.srtp.side_mut(idx(side))
     }
 
     /// The relay plan from the media plan, with each leg's SRTP keys.
     fn plan_with_keys(&self) -> SessionPlan {
         let mut plan = self.media.session_plan();
-        plan.a_srtp = self.srtp[0].keys().cloned();
-        plan.b_srtp = self.srtp[1].keys().cloned();
+        plan.a_srtp = self.srtp.side(0).keys().cloned();
+        plan.b_srtp = self.srtp.side(1).keys().cloned();
         // A leg whose trunk requires SRTP never gets (or gives) a packet in the clear, even while
         // its keys are being (re)negotiated.
         plan.a_srtp_required = self.encryption_of(Side::A) == Encryption::Required;
@@ -172,7 +172,7 @@ impl Call {
         self.span.record("media.mode", "relay");
         if self.media_session.is_none() {
             match rt.relay.open_now(SessionPlan::default()) {
-                Ok(s) => self.media_session = Some(s),
+                Ok(s) => self.media_session = Some(Box::new(s)),
                 Err(RelayError::PortsExhausted) => return Err(MediaRefusal::Ports),
                 Err(e) => {
                     tracing::warn!(parent: &self.span, error = %e, "cannot open a media session");
@@ -186,15 +186,15 @@ impl Call {
             .min();
         // A new gateway: what the last one said no longer holds.
         self.media.b_sdp = None;
-        self.srtp[1] = SideSrtp::default();
+        self.srtp.reset(1);
         let body = match &offer {
             None => Bytes::new(),
             Some(o) => {
                 let at = self.endpoint(Side::B).ok_or(MediaRefusal::Ports)?;
                 let inbound = self.inbound.encryption;
                 let rewritten = media::offer_towards(o, at, &trunk.codecs).and_then(|r| {
-                    self.srtp[0].on_offer(inbound, o)?;
-                    let (proto, lines) = self.srtp[1].offer(trunk.encryption)?;
+                    self.srtp.side_mut(0).on_offer(inbound, o)?;
+                    let (proto, lines) = self.srtp.side_mut(1).offer(trunk.encryption)?;
                     Ok((keys::secured(r.body, proto, &lines)?, r.translates))
                 });
                 match rewritten {
@@ -337,7 +337,7 @@ impl Call {
             received,
             sent,
             last_packet_age_ms: age,
-            srtp: self.srtp[idx(side)].protection(),
+            srtp: self.srtp.side(idx(side)).protection(),
             srtp_auth_failed: c.srtp_auth_failed,
             srtp_replayed: c.srtp_replayed,
         })
@@ -392,11 +392,9 @@ pub(super) fn start_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>) {
     }
     // No key survives a failover (none is in the record): both legs are offered fresh ones, with
     // an MKI where the record says the peer used one.
-    for side in &mut st.srtp {
-        side.forget_keys();
-    }
+    st.srtp.forget_keys();
     match rt.relay.open_now(st.plan_with_keys()) {
-        Ok(s) => st.media_session = Some(s),
+        Ok(s) => st.media_session = Some(Box::new(s)),
         Err(e) => {
             tracing::warn!(parent: &st.span, error = %e, "cannot open a media session: the call goes on with signalling only");
             st.history

@@ -9,18 +9,19 @@ use medpool_sip::transaction::ServerKey;
 use ractor::{ActorRef, RpcReplyPort};
 
 use crate::cluster::DialogRecord;
-use crate::config::Trunk;
+use crate::config::SharedTrunk;
 use crate::ctx::NodeCtx;
 use crate::txlayer::{CallEvent, CallRef, Envelope, Registry, Side};
 
 /// Messages a call receives.
-// Transaction events are most of a call's messages and carry their message inline, as before
-// they were a variant of their own: boxing them would allocate once per message.
-#[allow(clippy::large_enum_variant)]
+// Transaction events are boxed: the size of this enum is paid by every call for its whole life
+// (ractor's message loop future, which an idle call sits in, holds a message inline more than
+// once), while the box is one small allocation per event, next to the one ractor already makes
+// for every message (BENCHMARKS.md, "Memory").
 #[derive(Debug)]
 pub enum DialogMsg {
     /// A transaction event of the call (from the transaction layer).
-    Tx(CallEvent),
+    Tx(Box<CallEvent>),
     /// The call's shard moved to another node. A call written down (answered) goes on there: this
     /// actor stops without a word. A call still being set up is known nowhere else: it lingers,
     /// finishing its set-up here (for at most [`crate::handover::SETUP_LINGER`]), and once
@@ -79,7 +80,7 @@ pub enum DialogMsg {
 
 impl From<CallEvent> for DialogMsg {
     fn from(e: CallEvent) -> Self {
-        DialogMsg::Tx(e)
+        DialogMsg::Tx(Box::new(e))
     }
 }
 
@@ -87,7 +88,7 @@ impl TryFrom<DialogMsg> for CallEvent {
     type Error = DialogMsg;
     fn try_from(m: DialogMsg) -> Result<Self, DialogMsg> {
         match m {
-            DialogMsg::Tx(e) => Ok(e),
+            DialogMsg::Tx(e) => Ok(*e),
             other => Err(other),
         }
     }
@@ -122,8 +123,8 @@ pub struct DialogArgs {
     pub key: ServerKey,
     /// The INVITE.
     pub env: Envelope,
-    /// The trunk it came in on.
-    pub inbound: Trunk,
+    /// The trunk it came in on (shared with the configuration the call began under).
+    pub inbound: SharedTrunk,
     /// The call's shard.
     pub shard: u16,
 }

@@ -15,6 +15,7 @@ use super::leg::Leg;
 use super::msg::{DialogMsg, Phase};
 use super::spans::call_span;
 use crate::cluster::{DialogRecord, LegRecord};
+use crate::config::SharedTrunk;
 use crate::ctx::NodeCtx;
 
 /// How far above the recorded CSeq a new owner starts its own requests on each leg: the old owner may
@@ -69,8 +70,8 @@ impl Call {
         };
         Some(DialogRecord {
             shard: self.shard,
-            a: leg_rec(&self.a, &self.srtp[0]),
-            b: leg_rec(&b.leg, &self.srtp[1]),
+            a: leg_rec(&self.a, self.srtp.side(0)),
+            b: leg_rec(&b.leg, self.srtp.side(1)),
             trunk: b.trunk.clone(),
             inbound: self.inbound.name.clone(),
             traceparent: crate::trace::traceparent(&self.span),
@@ -117,9 +118,7 @@ pub(super) fn restored(
     myself: &ActorRef<DialogMsg>,
 ) -> Result<Call, ActorProcessingErr> {
     let config = ctx.config();
-    let inbound = config
-        .trunk(&rec.inbound)
-        .cloned()
+    let inbound = SharedTrunk::named(&config, &rec.inbound)
         .ok_or_else(|| RestoreError::UnknownTrunk(rec.inbound.clone()))?;
     let a = leg_from_record(&rec.a)?;
     let b = leg_from_record(&rec.b)?;
@@ -196,8 +195,8 @@ pub(super) fn restored(
     // The media plan: re-anchored on this node's relay once the call runs (`post_start`).
     call.media = rec.media.unwrap_or_default();
     // No key survives in a record; the re-keying offers use the MKI length each peer used.
-    call.srtp[0].remember_mki_len(rec.a.srtp_mki_len);
-    call.srtp[1].remember_mki_len(rec.b.srtp_mki_len);
+    call.srtp
+        .remember_mki_lens(rec.a.srtp_mki_len, rec.b.srtp_mki_len);
     Ok(call)
 }
 

@@ -228,7 +228,7 @@ pub(super) fn send_ack_b(
     if initial {
         st.ack_b = Some(ack);
     } else {
-        st.reinvite_ack_b = Some(ack);
+        st.reinvite_ack_b = Some(Box::new(ack));
     }
 }
 

@@ -379,9 +379,10 @@ impl Call {
         // The ACK of the very INVITE the 2xx answers: same Call-ID and CSeq number.
         let call_id = env.msg.call_id().and_then(|c| c.ok());
         let cseq = env.msg.cseq().and_then(|c| c.ok()).map(|c| c.seq);
-        if let Some(ack) = [&self.ack_b, &self.reinvite_ack_b]
-            .into_iter()
-            .flatten()
+        if let Some(ack) = self
+            .ack_b
+            .iter()
+            .chain(self.reinvite_ack_b.as_deref())
             .find(|ack| call_id == Some(&ack.call_id[..]) && cseq == Some(ack.cseq))
         {
             let _ = self
