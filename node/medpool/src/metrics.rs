@@ -743,6 +743,11 @@ fn media_metrics(
             "Re-anchoring re-INVITEs that failed (the leg goes on with signalling only)",
             s.media_reanchor_failed.load(Relaxed),
         ),
+        (
+            "medpool_media_reanchor_gone",
+            "Calls taken over that ended because a peer answered their re-anchoring re-INVITE 481 (no such dialog)",
+            s.media_reanchor_gone.load(Relaxed),
+        ),
     ];
     for (name, help, v) in rows {
         counter(e, name, help, &one(v))?;

@@ -513,7 +513,8 @@ pub(super) fn on_reanchor_retry(
 
 /// A response to one of the call's client transactions: whether it was a re-anchoring re-INVITE's
 /// (then handled here). A 2xx is ACKed, its SDP becomes the peer's in the plan and the relay
-/// follows; a 491 is tried again later; any other final answer leaves the leg as it was.
+/// follows; a 491 is tried again later; a 481 ends the call (the peer has no such dialog any
+/// more); any other final answer leaves the leg as it was.
 pub(super) fn on_reanchor_response(
     st: &mut Call,
     myself: &ActorRef<DialogMsg>,
@@ -569,6 +570,18 @@ pub(super) fn on_reanchor_response(
             }),
         );
         return true;
+    } else if status == 481 && st.phase != Phase::Ending {
+        // The peer knows no such dialog (RFC 3261 §12.2.1.2: the dialog is over). A call rebuilt
+        // from a record whose removal lost the race with a shard move (it ended on the old owner
+        // just before the move) would otherwise live on with nobody at one end, be rebuilt again
+        // at every move and re-INVITE its peers each time. It ends: BYE on the other leg, and its
+        // record is removed with it.
+        reanchor_failed(st, r.side, "answered 481");
+        tracing::info!(parent: &st.span, side = ?r.side, "the peer knows no such dialog: the call is over");
+        st.history
+            .push(("media".into(), format!("leg {:?} answered 481", r.side)));
+        count(&st.ctx.stats.media_reanchor_gone, 1);
+        st.bye_all(myself, Some(r.side));
     } else {
         reanchor_failed(st, r.side, &format!("answered {status}"));
     }

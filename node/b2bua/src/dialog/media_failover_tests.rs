@@ -329,6 +329,62 @@ async fn a_rebuilt_call_whose_re_invite_is_refused_keeps_its_signalling() {
     assert_eq!(bye.call_id(), reinv_b.call_id());
 }
 
+/// A call rebuilt from a record that outlived the call (it ended on the old owner while its shard
+/// moved: the removal lost the race with the take-over) learns from the peers that it is over: a
+/// 481 to a re-anchoring re-INVITE ends it — a BYE on the other leg, its record removed — instead
+/// of a call with nobody at one end that every later shard move rebuilds and re-INVITEs again.
+#[tokio::test(start_paused = true)]
+async fn a_rebuilt_call_whose_peer_knows_no_such_dialog_ends_and_removes_its_record() {
+    let (mut old, _old_relay) = relay_node(7).await;
+    let (rec, _ok) = confirmed_call(
+        &mut old,
+        "fo-7",
+        &pcmu(PBX_MEDIA, 4000, ""),
+        &pcmu(GW_MEDIA, 6000, ""),
+    )
+    .await;
+    let (mut node, _relay) = relay_node(8).await;
+    assert!(node.pool.store(rec.clone()));
+    super::spawn_restored(node.ctx.clone(), rec.clone())
+        .await
+        .unwrap();
+    let shard = info(&node).await.shard;
+
+    let reinv_a = node.expect(PBX, Expect::Request(Method::Invite)).await;
+    let reinv_b = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    // The gateway hung the call up long ago: no such dialog.
+    node.receive(crate::testkit::answer(&reinv_b, 481, "g1", GW1, &[]), GW1)
+        .await;
+    let bye = node.expect(PBX, Expect::Request(Method::Bye)).await;
+    assert_eq!(bye.call_id(), reinv_a.call_id());
+    assert!(bye.cseq().unwrap().unwrap().seq > reinv_a.cseq().unwrap().unwrap().seq);
+    // The caller knows no such dialog either.
+    node.receive(
+        crate::testkit::answer(&reinv_a, 481, "a-fo-7", PBX, &[]),
+        PBX,
+    )
+    .await;
+    node.receive(crate::testkit::answer(&bye, 481, "a-fo-7", PBX, &[]), PBX)
+        .await;
+    node.calls_end().await;
+    assert_eq!(node.ctx.stats.media_reanchor_gone.load(Relaxed), 1);
+    assert!(
+        !node
+            .pool
+            .records_of_shard(shard)
+            .iter()
+            .any(|r| r.a.call_id == "fo-7"),
+        "the record of a call that is over is removed"
+    );
+    // No BYE went to the gateway: its dialog is gone.
+    while let Some(s) = node.sent(Duration::from_secs(1)).await {
+        assert!(
+            !(s.msg.method() == Some(Method::Bye) && s.to == crate::testkit::addr(GW1)),
+            "a BYE to the gateway that answered 481"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_node_without_a_relay_rebuilds_a_relayed_call_with_signalling_only() {
     let (mut old, _old_relay) = relay_node(6).await;
