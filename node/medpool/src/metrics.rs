@@ -745,7 +745,7 @@ fn media_metrics(
         ),
         (
             "medpool_media_reanchor_gone",
-            "Calls taken over that ended because a peer answered their re-anchoring re-INVITE 481 (no such dialog)",
+            "Calls taken over whose re-anchoring re-INVITE a peer answered 481 (no such dialog): their record is not written again",
             s.media_reanchor_gone.load(Relaxed),
         ),
     ];
