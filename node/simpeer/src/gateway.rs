@@ -148,7 +148,7 @@ struct State {
     /// Calls ringing (answered 180, their 200 not sent yet), by Call-ID.
     ringing: HashMap<Vec<u8>, Ringing>,
     /// Ringing calls whose time to answer has come (Call-IDs, from their timers).
-    due_tx: mpsc::UnboundedSender<Vec<u8>>,
+    due_tx: mpsc::Sender<Vec<u8>>,
 }
 
 /// A call ringing: what its 200 needs.
@@ -170,8 +170,8 @@ impl Gateway {
         });
         let local = sock.local_addr()?;
         let stats = Arc::new(Stats::default());
-        // Unbounded, but at most one entry per ringing call (bounded by MAX_DIALOGS).
-        let (due_tx, due_rx) = mpsc::unbounded_channel();
+        // At most one entry per ringing call, and calls are bounded by MAX_DIALOGS.
+        let (due_tx, due_rx) = mpsc::channel(MAX_DIALOGS);
         let state = State {
             uas: Uas::new(Arc::clone(&sock), cfg.routing),
             sock,
@@ -276,7 +276,7 @@ impl Drop for Gateway {
 }
 
 impl State {
-    async fn run(mut self, mut due: mpsc::UnboundedReceiver<Vec<u8>>) {
+    async fn run(mut self, mut due: mpsc::Receiver<Vec<u8>>) {
         let mut buf = vec![0u8; 65_535];
         loop {
             let received = tokio::select! {
@@ -524,7 +524,7 @@ impl State {
             );
             tokio::spawn(async move {
                 tokio::time::sleep(ring).await;
-                let _ = due.send(id);
+                let _ = due.send(id).await;
             });
             return;
         }
