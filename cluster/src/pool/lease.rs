@@ -111,16 +111,7 @@ impl Pool {
         // the map moved away out of its acting set (the hand-over fence relies on it). The leader's
         // own heartbeat is held to the same rule.
         let current = req.map_epoch >= self.map_epoch();
-        // And the leader's own applied map must be the pool's: a new leader may hold in its log,
-        // not yet applied, shard moves an earlier leader committed, and judged against its older
-        // map a node still acting for a shard that has moved on would look current (a soak caught
-        // a new leader granting itself a lease for shards whose next owner already acted). It
-        // grants nothing until it has applied an entry of its own term, which follows all of them.
-        let caught_up = m
-            .last_applied
-            .as_ref()
-            .is_some_and(|l| l.leader_id.term == term);
-        let granted = is_leader && current && caught_up;
+        let granted = is_leader && current;
         if granted {
             // Recorded after the decision: a lease runs from before this instant, so it ends before
             // this instant + L (the failure detector and later leaders rely on it).
