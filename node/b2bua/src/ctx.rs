@@ -120,10 +120,6 @@ pub struct Stats {
     /// Re-anchoring re-INVITEs (one per leg) that failed: a non-2xx answer, no answer, or no
     /// relay port; the call goes on with signalling only on that leg.
     pub media_reanchor_failed: AtomicU64,
-    /// Calls rebuilt here whose re-anchoring re-INVITE a peer answered 481 (it knew no such
-    /// dialog: usually the call had ended while its record was being handed over); they write
-    /// their record no more.
-    pub media_reanchor_gone: AtomicU64,
     /// SRTP packets dropped per trunk (authentication failures, replays), added when a call's
     /// relay session closes; at most [`SRTP_TRUNKS_MAX`] trunks.
     pub srtp_by_trunk: std::sync::Mutex<std::collections::BTreeMap<String, SrtpDrops>>,

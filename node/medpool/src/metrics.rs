@@ -743,11 +743,6 @@ fn media_metrics(
             "Re-anchoring re-INVITEs that failed (the leg goes on with signalling only)",
             s.media_reanchor_failed.load(Relaxed),
         ),
-        (
-            "medpool_media_reanchor_gone",
-            "Calls taken over whose re-anchoring re-INVITE a peer answered 481 (no such dialog): their record is not written again",
-            s.media_reanchor_gone.load(Relaxed),
-        ),
     ];
     for (name, help, v) in rows {
         counter(e, name, help, &one(v))?;

@@ -172,9 +172,6 @@ pub struct Call {
     pub(super) reanchor_acks: Vec<Envelope>,
     /// A re-anchoring re-INVITE failed: the call goes on with signalling only where it did.
     pub(super) reanchor_failed: bool,
-    /// A peer answered a re-anchoring re-INVITE 481 (no such dialog): the record is not written
-    /// again (see `media::on_reanchor_response`).
-    pub(super) reanchor_gone: bool,
     /// The call stops here because its shard moved to a live node: its relay session outlives it
     /// by [`crate::media::MEDIA_HANDOVER`].
     pub(super) media_handover: bool,
@@ -411,7 +408,6 @@ impl Call {
             reanchors: Vec::new(),
             reanchor_acks: Vec::new(),
             reanchor_failed: false,
-            reanchor_gone: false,
             media_handover: false,
             lingering: false,
         }

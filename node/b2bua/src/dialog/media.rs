@@ -513,8 +513,7 @@ pub(super) fn on_reanchor_retry(
 
 /// A response to one of the call's client transactions: whether it was a re-anchoring re-INVITE's
 /// (then handled here). A 2xx is ACKed, its SDP becomes the peer's in the plan and the relay
-/// follows; a 491 is tried again later; a 481 (no such dialog) stops the call's record writes;
-/// any other final answer leaves the leg as it was.
+/// follows; a 491 is tried again later; any other final answer leaves the leg as it was.
 pub(super) fn on_reanchor_response(
     st: &mut Call,
     myself: &ActorRef<DialogMsg>,
@@ -570,18 +569,6 @@ pub(super) fn on_reanchor_response(
             }),
         );
         return true;
-    } else if status == 481 {
-        // The peer knows no such dialog (RFC 3261 §12.2.1.2). Most often this call ended on its
-        // old owner in the instant its shard moved: it was rebuilt here from a record whose
-        // removal was still on its way, and its own rewrite of the record (after the re-anchoring)
-        // would bring the record back, to be rebuilt again at every later move. The call writes
-        // its record no more: once the removal lands, the record check ends it without a word. A
-        // call whose record stays (no removal was coming) goes on, as for any refused leg.
-        reanchor_failed(st, r.side, "answered 481");
-        if !st.reanchor_gone {
-            st.reanchor_gone = true;
-            count(&st.ctx.stats.media_reanchor_gone, 1);
-        }
     } else {
         reanchor_failed(st, r.side, &format!("answered {status}"));
     }

@@ -329,65 +329,6 @@ async fn a_rebuilt_call_whose_re_invite_is_refused_keeps_its_signalling() {
     assert_eq!(bye.call_id(), reinv_b.call_id());
 }
 
-/// A call rebuilt from a record that outlived the call (it ended on the old owner in the instant
-/// its shard moved: the record's removal was still on its way) must not bring its record back: the
-/// gateway answers the re-anchoring re-INVITE 481 (no such dialog), the removal lands, and the
-/// caller's 200 to its own re-INVITE — which would rewrite the record with the new media plan —
-/// writes nothing; the record check then ends the call without a word. Before, the rewrite
-/// resurrected the record, and every later shard move rebuilt the call and re-INVITEd its peers.
-#[tokio::test(start_paused = true)]
-async fn a_rebuilt_call_whose_peer_knows_no_such_dialog_never_brings_its_record_back() {
-    let (mut old, _old_relay) = relay_node(7).await;
-    let (rec, _ok) = confirmed_call(
-        &mut old,
-        "fo-7",
-        &pcmu(PBX_MEDIA, 4000, ""),
-        &pcmu(GW_MEDIA, 6000, ""),
-    )
-    .await;
-    let (mut node, _relay) = relay_node(8).await;
-    assert!(node.pool.store(rec.clone()));
-    super::spawn_restored(node.ctx.clone(), rec.clone())
-        .await
-        .unwrap();
-    let shard = info(&node).await.shard;
-    let has_record = |node: &TestNode| {
-        node.pool
-            .records_of_shard(shard)
-            .iter()
-            .any(|r| r.a.call_id == "fo-7")
-    };
-
-    let reinv_a = node.expect(PBX, Expect::Request(Method::Invite)).await;
-    let reinv_b = node.expect(GW1, Expect::Request(Method::Invite)).await;
-    // The gateway hung the call up already: no such dialog.
-    node.receive(crate::testkit::answer(&reinv_b, 481, "g1", GW1, &[]), GW1)
-        .await;
-    // The old owner's removal of the record lands.
-    node.pool.remove(shard, "fo-7");
-    // The caller takes its re-INVITE (a far side that still answers): no record is written.
-    node.receive(
-        answer_sdp(
-            &reinv_a,
-            200,
-            "a-fo-7",
-            PBX,
-            &pcmu("127.0.157.10", 4100, ""),
-        ),
-        PBX,
-    )
-    .await;
-    node.expect(PBX, Expect::Request(Method::Ack)).await;
-    assert_eq!(node.ctx.stats.media_reanchor_gone.load(Relaxed), 1);
-    assert!(!has_record(&node), "the record came back");
-    // The record check finds it gone: the call stops, without a BYE to anyone.
-    node.calls_end().await;
-    assert!(!has_record(&node), "the record came back");
-    while let Some(s) = node.sent(Duration::from_secs(1)).await {
-        assert_ne!(s.msg.method(), Some(Method::Bye), "{:?}", s.msg);
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_node_without_a_relay_rebuilds_a_relayed_call_with_signalling_only() {
     let (mut old, _old_relay) = relay_node(6).await;

@@ -237,9 +237,7 @@ impl Call {
     /// What the record holds changed (the media plan, the session timer): a written record is
     /// written again; before its first write, nothing.
     pub(super) fn record_changed(&mut self) {
-        // A call a peer no longer knows (see `media::on_reanchor_response`) never brings its
-        // record back: a removal on its way must stick.
-        if !self.stored || self.phase != Phase::Confirmed || self.reanchor_gone {
+        if !self.stored || self.phase != Phase::Confirmed {
             return;
         }
         if let Some(rec) = self.record() {
