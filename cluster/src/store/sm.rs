@@ -441,6 +441,16 @@ mod tests {
         }
     }
 
+    /// Releases a held disk when dropped, also when an assertion fails while a sync is held (the
+    /// runtime would otherwise wait for that blocked sync forever, and the test hang, not fail).
+    struct ReleaseOnDrop(Arc<CrashDisk>);
+
+    impl Drop for ReleaseOnDrop {
+        fn drop(&mut self) {
+            self.0.release();
+        }
+    }
+
     /// redb owns its backend: this shares one disk between a database and the test.
     #[derive(Debug)]
     struct Drive(Arc<CrashDisk>);
@@ -547,6 +557,7 @@ mod tests {
 
         // Configuration version 2 commits; its fsync is slow.
         disk.hold();
+        let _release = ReleaseOnDrop(disk.clone());
         let applying = tokio::spawn(async move {
             commit_and_apply(&mut log, &mut sm, set_config(2, Some(1))).await;
         });

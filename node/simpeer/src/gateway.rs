@@ -1,6 +1,8 @@
 //! A simulated PSTN gateway: a UDP UAS that answers every call.
 //!
-//! OPTIONS → 200; a new INVITE → 100, 180, 200 with SDP at once; a re-INVITE
+//! OPTIONS → 200; a new INVITE → 100, 180, 200 with SDP at once (or, with
+//! [`GatewayConfig::ring`], the 200 that long after the 180: a CANCEL meanwhile gets 200 and the
+//! INVITE 487); a re-INVITE
 //! or UPDATE in a known dialog (Call-ID and its To-tag) → 200 with SDP; BYE in a known dialog → 200; ACK → nothing (it stops
 //! the 2xx retransmissions); an in-dialog request for a dialog it does not know → 481; anything else
 //! → 200. A retransmitted request gets the answer already sent. It counts what it did.
@@ -15,11 +17,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use medpool_media::srtp::{CryptoAttribute, Suite};
 use medpool_sip::message::builder::{reason_phrase, response_to};
 use medpool_sip::{HeaderName, Method, SipMessage};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::SimpeerError;
@@ -28,7 +32,7 @@ use crate::sdp;
 use crate::uas::{ResponseRouting, Uas};
 use crate::wire::{TlsOptions, Wire};
 
-/// Dialogs a gateway holds at most; beyond that new calls get 503.
+/// Dialogs (answered or ringing) a gateway holds at most; beyond that new calls get 503.
 const MAX_DIALOGS: usize = 100_000;
 
 /// How to run a gateway.
@@ -47,6 +51,9 @@ pub struct GatewayConfig {
     /// offer has one), and the echo is checked and sent protected. A late offer of the gateway's
     /// own is `RTP/SAVP` with a key. Without it the gateway answers plain RTP.
     pub srtp: bool,
+    /// How long a new call rings (100 and 180 at once, the 200 this long after): calls stay in
+    /// set-up that long. Zero answers at once.
+    pub ring: Duration,
 }
 
 impl GatewayConfig {
@@ -58,6 +65,7 @@ impl GatewayConfig {
             rtp: false,
             tls: None,
             srtp: false,
+            ring: Duration::ZERO,
         }
     }
 }
@@ -136,6 +144,21 @@ struct State {
     next_tag: u64,
     rtp: bool,
     srtp: bool,
+    ring: Duration,
+    /// Calls ringing (answered 180, their 200 not sent yet), by Call-ID.
+    ringing: HashMap<Vec<u8>, Ringing>,
+    /// Ringing calls whose time to answer has come (Call-IDs, from their timers).
+    due_tx: mpsc::Sender<Vec<u8>>,
+}
+
+/// A call ringing: what its 200 needs.
+struct Ringing {
+    invite: SipMessage,
+    from: SocketAddr,
+    tag: String,
+    session: u64,
+    last_cseq: u32,
+    ok: Bytes,
 }
 
 impl Gateway {
@@ -147,6 +170,8 @@ impl Gateway {
         });
         let local = sock.local_addr()?;
         let stats = Arc::new(Stats::default());
+        // At most one entry per ringing call, and calls are bounded by MAX_DIALOGS.
+        let (due_tx, due_rx) = mpsc::channel(MAX_DIALOGS);
         let state = State {
             uas: Uas::new(Arc::clone(&sock), cfg.routing),
             sock,
@@ -156,8 +181,11 @@ impl Gateway {
             next_tag: 0,
             rtp: cfg.rtp,
             srtp: cfg.srtp,
+            ring: cfg.ring,
+            ringing: HashMap::new(),
+            due_tx,
         };
-        let task = tokio::spawn(state.run());
+        let task = tokio::spawn(state.run(due_rx));
         Ok(Gateway { local, stats, task })
     }
 
@@ -248,10 +276,17 @@ impl Drop for Gateway {
 }
 
 impl State {
-    async fn run(mut self) {
+    async fn run(mut self, mut due: mpsc::Receiver<Vec<u8>>) {
         let mut buf = vec![0u8; 65_535];
         loop {
-            let Ok((n, from)) = self.sock.recv_from(&mut buf).await else {
+            let received = tokio::select! {
+                r = self.sock.recv_from(&mut buf) => r,
+                Some(call_id) = due.recv() => {
+                    self.answer_ringing(&call_id).await;
+                    continue;
+                }
+            };
+            let Ok((n, from)) = received else {
                 continue;
             };
             if self.stats.silent.load(Ordering::Relaxed) {
@@ -363,11 +398,47 @@ impl State {
                 let a = self.answer_bytes(&req, 200, None, from, None);
                 self.uas.answer(&req, from, a).await;
             }
+            Method::Cancel if self.ringing.contains_key(&call_id) => {
+                self.cancel_ringing(&req, &call_id, from).await;
+            }
             _ => {
                 let a = self.answer_bytes(&req, 200, Some("gwx"), from, None);
                 self.uas.answer(&req, from, a).await;
             }
         }
+    }
+
+    /// A CANCEL for a call still ringing: 200 to it, 487 to the INVITE; the call is not answered.
+    async fn cancel_ringing(&mut self, cancel: &SipMessage, call_id: &[u8], from: SocketAddr) {
+        let Some(r) = self.ringing.remove(call_id) else {
+            return;
+        };
+        let ok = self.answer_bytes(cancel, 200, Some(&r.tag), from, None);
+        self.uas.answer(cancel, from, ok).await;
+        let terminated = self.answer_bytes(&r.invite, 487, Some(&r.tag), r.from, None);
+        self.uas.answer(&r.invite, r.from, terminated).await;
+        if let Some(leg) = lock(&self.stats.legs).remove(call_id) {
+            lock(&self.stats.legs_done).add(&leg.stats());
+        }
+    }
+
+    /// A ringing call's time has come: its 200 (unless it was cancelled meanwhile).
+    async fn answer_ringing(&mut self, call_id: &[u8]) {
+        let Some(r) = self.ringing.remove(call_id) else {
+            return;
+        };
+        self.dialogs.insert(
+            call_id.to_vec(),
+            Dialog {
+                to_tag: r.tag,
+                sdp_version: 1,
+                session: r.session,
+                last_cseq: r.last_cseq,
+            },
+        );
+        self.set_active(call_id, true);
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.uas.answer(&r.invite, r.from, r.ok).await;
     }
 
     /// Whether a new in-dialog request's CSeq number is above the dialog's last one (recorded when
@@ -414,7 +485,7 @@ impl State {
     }
 
     async fn new_call(&mut self, req: SipMessage, call_id: Vec<u8>, from: SocketAddr) {
-        if self.dialogs.len() >= MAX_DIALOGS {
+        if self.dialogs.len() + self.ringing.len() >= MAX_DIALOGS {
             let a = self.answer_bytes(&req, 503, Some("gwfull"), from, None);
             self.uas.answer(&req, from, a).await;
             return;
@@ -435,6 +506,28 @@ impl State {
         }
         let body = self.media_offered(&call_id, req.body(), session, 1, self.local.ip());
         let ok = self.answer_bytes(&req, 200, Some(&tag), from, Some(body));
+        if !self.ring.is_zero() {
+            self.uas.answer(&req, from, trying).await;
+            self.uas.answer(&req, from, ringing).await;
+            let due = self.due_tx.clone();
+            let (id, ring) = (call_id.clone(), self.ring);
+            self.ringing.insert(
+                call_id,
+                Ringing {
+                    invite: req,
+                    from,
+                    tag,
+                    session,
+                    last_cseq,
+                    ok,
+                },
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(ring).await;
+                let _ = due.send(id).await;
+            });
+            return;
+        }
         self.dialogs.insert(
             call_id.clone(),
             Dialog {
