@@ -134,7 +134,7 @@ impl Pool {
             }
             last = Some(Instant::now());
             // Group commit: this record, and everything that queued while the previous batch was
-            // in flight, in one Raft entry.
+            // in flight or the window was open, in one Raft entry.
             let mut upserts = Vec::new();
             let mut removes = Vec::new();
             let mut next = Some(first);
