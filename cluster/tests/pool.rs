@@ -594,6 +594,40 @@ async fn flushing_dialogs_waits_until_every_queued_record_is_written() {
     m.pool.shutdown().await;
 }
 
+/// Under load a node's dialog batches start at least `DIALOG_WINDOW` apart (each batch is a Raft
+/// entry, a consensus round on every voter): records queued one by one for a while share entries,
+/// however fast the commits are — on a fast disk, without the window, nearly every record took an
+/// entry of its own. Asserts the bound (batches started within the time taken), not a speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialog_records_under_load_take_at_most_one_entry_per_window() {
+    use medpool_cluster::pool::DIALOG_WINDOW;
+    let m = member(175, 0, false, 5000).await;
+    until(
+        "the single node acts for its shards",
+        Duration::from_secs(15),
+        || m.pool.holds_lease() && m.pool.may_act(0),
+    )
+    .await;
+    let before = m.pool.dialog_stats.batches.load(Relaxed);
+    let started = tokio::time::Instant::now();
+    for i in 0..200 {
+        assert!(m.pool.dialog_upsert(0, format!("call-{i}"), vec![1, 2, 3]));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(m.pool.flush_dialogs(Duration::from_secs(10)).await, 0);
+    let took = started.elapsed();
+    let batches = u128::from(m.pool.dialog_stats.batches.load(Relaxed) - before);
+    let most = took.as_millis() / DIALOG_WINDOW.as_millis() + 1;
+    assert!(
+        batches <= most,
+        "{batches} dialog batches in {took:?}: more than one per {DIALOG_WINDOW:?}"
+    );
+    for i in 0..200 {
+        assert!(m.pool.dialog_exists(0, &format!("call-{i}")), "call-{i}");
+    }
+    m.pool.shutdown().await;
+}
+
 /// Issue 17's catch-up check: a snapshot of 100,000 recorded calls (records of 812 bytes, the size
 /// the benchmark measured) installs on a node that was down, through the real internal service
 /// (chunks over gRPC). Prints the time it took (not asserted: the machine may be busy); asserts

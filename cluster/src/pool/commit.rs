@@ -3,11 +3,16 @@
 //! leader for [`DIALOG_RETRY_FOR`]. [`Pool::flush_dialogs`] waits for the queue to drain on the way
 //! out.
 //!
-//! Batching without a window: one batch is in flight at a time; when nothing is in flight, a record
-//! is written at once (no added latency when idle), and whatever queued while a batch was in flight
-//! goes into the next one (up to [`MAX_BATCH_RECORDS`] / half of what the leader admits). Under load
-//! the batch grows with the commit latency, so entries per second stay near 1 / latency however many
-//! calls there are.
+//! Batching with a window that opens only under load: one batch is in flight at a time, and batches
+//! start at least [`DIALOG_WINDOW`] apart. A record that comes after a quiet spell (no batch started
+//! in the last window) is written at once, so an idle node adds no latency; under load, whatever
+//! queues until the window since the previous batch's start is over goes into the next one (up to
+//! [`MAX_BATCH_RECORDS`] / half of what the leader admits). So a node writes at most
+//! 1 / [`DIALOG_WINDOW`] dialog entries a second however many calls it carries: each entry is a
+//! consensus round (an append fsynced on every voter, AppendEntries to each, an apply everywhere,
+//! and for a follower a `ClientWrite` to the leader), and that round, not the record in it, was
+//! the pool's largest cost per call (BENCHMARKS.md, "Issue 17: where the pool's work per call
+//! goes"). Without the window a node wrote one entry per commit latency (a few milliseconds).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +24,12 @@ use crate::admit::MAX_DIALOG_BYTES;
 use crate::command::Command;
 
 use super::Pool;
+
+/// Under load, a node's dialog batches start at least this far apart (the module doc says why). The
+/// price: a call answered on a node that dies is lost when its record had not committed yet, a
+/// window of one commit latency plus at most this much (ARCHITECTURE.md, "What a record's
+/// durability is").
+pub const DIALOG_WINDOW: Duration = Duration::from_millis(20);
 
 /// How long a dialog batch that cannot be written (no leader reachable) is retried.
 pub const DIALOG_RETRY_FOR: Duration = Duration::from_secs(15);
@@ -104,13 +115,26 @@ impl Pool {
         mut rx: mpsc::Receiver<DialogOp>,
         mut stop: watch::Receiver<bool>,
     ) {
+        // When the last batch started.
+        let mut last: Option<Instant> = None;
         loop {
             let first = tokio::select! {
                 op = rx.recv() => match op { Some(op) => op, None => return },
                 _ = stop.changed() => return,
             };
+            // Under load (a batch started less than a window ago) the records gather until the
+            // window is over; after a quiet spell this one goes at once.
+            if let Some(until) = last.map(|t| t + DIALOG_WINDOW)
+                && Instant::now() < until
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            last = Some(Instant::now());
             // Group commit: this record, and everything that queued while the previous batch was
-            // in flight, in one Raft entry.
+            // in flight or the window was open, in one Raft entry.
             let mut upserts = Vec::new();
             let mut removes = Vec::new();
             let mut next = Some(first);

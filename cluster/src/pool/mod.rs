@@ -45,7 +45,7 @@ mod prior;
 mod write;
 
 pub use crate::error::{NotAppended, WriteError};
-pub use commit::{DIALOG_RETRY_FOR, DialogStats};
+pub use commit::{DIALOG_RETRY_FOR, DIALOG_WINDOW, DialogStats};
 pub use fence::{FenceStats, LATE_WINDOW};
 pub use info::{NodeInfo, PoolInfo};
 

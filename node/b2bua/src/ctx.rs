@@ -457,7 +457,9 @@ impl NodeCtx {
         let Ok(mut pending) = self.relayed_invites.lock() else {
             return;
         };
-        if pending.is_empty() {
+        // Only a final answer ends a wait: a provisional one (the 100 and 180 of every forwarded
+        // call) is told by its status line, without parsing the message under the lock.
+        if pending.is_empty() || is_provisional(bytes) {
             return;
         }
         if let Ok(m) = SipMessage::parse(bytes.clone())
@@ -702,4 +704,28 @@ pub struct Forwarded {
     pub via: u64,
     /// W3C trace context of the forwarding node's span.
     pub traceparent: Option<String>,
+}
+
+/// Whether `bytes` is a SIP response with a 1xx status, read from its status line alone
+/// (`SIP/2.0 1xx ...`); anything else (a final answer, a request, garbage) is not.
+fn is_provisional(bytes: &[u8]) -> bool {
+    bytes
+        .strip_prefix(b"SIP/2.0 ")
+        .and_then(|rest| rest.first())
+        .is_some_and(|c| *c == b'1')
+}
+
+#[cfg(test)]
+mod provisional_tests {
+    use super::is_provisional;
+
+    #[test]
+    fn only_a_1xx_status_line_is_provisional() {
+        assert!(is_provisional(b"SIP/2.0 100 Trying\r\n\r\n"));
+        assert!(is_provisional(b"SIP/2.0 180 Ringing\r\n\r\n"));
+        assert!(!is_provisional(b"SIP/2.0 200 OK\r\n\r\n"));
+        assert!(!is_provisional(b"SIP/2.0 486 Busy Here\r\n\r\n"));
+        assert!(!is_provisional(b"INVITE sip:1@x SIP/2.0\r\n\r\n"));
+        assert!(!is_provisional(b""));
+    }
 }
