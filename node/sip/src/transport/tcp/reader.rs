@@ -14,6 +14,18 @@ enum Wait {
 }
 
 impl TcpPool {
+    /// A stream that cannot be framed: a parse error, and its connection closed for it.
+    fn count_framing_close(&self) {
+        self.inner
+            .stats
+            .parse_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .tcp_stats
+            .closed_framing
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(super) async fn reader(
         &self,
         mut rd: impl AsyncRead + Unpin,
@@ -58,25 +70,11 @@ impl TcpPool {
                                 let _ = wtx.try_send(answer);
                             }
                         }
-                        self.inner
-                            .stats
-                            .parse_errors
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.inner
-                            .tcp_stats
-                            .closed_framing
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.count_framing_close();
                         return;
                     }
                     Err(e) => {
-                        self.inner
-                            .stats
-                            .parse_errors
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.inner
-                            .tcp_stats
-                            .closed_framing
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.count_framing_close();
                         tracing::debug!(%peer, error = %e, "tcp framing error, closing");
                         return;
                     }
