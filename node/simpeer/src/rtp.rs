@@ -345,8 +345,8 @@ async fn run(sock: Arc<UdpSocket>, shared: Arc<Mutex<Shared>>, role: Role, ssrc:
             }
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
-                let Some(n) = open(&shared, &mut buf[..n]) else { continue };
-                let echo = on_packet(&shared, &buf[..n], from, role);
+                let Some((n, decrypted)) = open(&shared, &mut buf[..n]) else { continue };
+                let echo = on_packet(&shared, &buf[..n], from, role, decrypted);
                 if let Some((dest, pt, payload_ok)) = echo
                     && payload_ok
                 {
@@ -386,17 +386,16 @@ fn count_sent(shared: &Mutex<Shared>, protected: bool) {
 }
 
 /// A received datagram as the checks see it: unprotected in place when the leg speaks SRTP (its
-/// plain length), or dropped (`None`, counted) when it does not authenticate.
-fn open(shared: &Mutex<Shared>, data: &mut [u8]) -> Option<usize> {
+/// plain length and `true`), or dropped (`None`, counted) when it does not authenticate. A
+/// decrypted packet is counted by [`on_packet`], together with `received`, so that a reader of
+/// the stats never sees one counter ahead of the other.
+fn open(shared: &Mutex<Shared>, data: &mut [u8]) -> Option<(usize, bool)> {
     let mut s = lock(shared);
     let Some(c) = s.srtp.as_mut() else {
-        return Some(data.len());
+        return Some((data.len(), false));
     };
     match c.rx.unprotect_rtp(data) {
-        Ok(n) => {
-            s.stats.srtp_received += 1;
-            Some(n)
-        }
+        Ok(n) => Some((n, true)),
         Err(_) => {
             s.stats.srtp_failed += 1;
             None
@@ -445,6 +444,7 @@ fn on_packet(
     data: &[u8],
     from: SocketAddr,
     role: Role,
+    decrypted: bool,
 ) -> Option<(SocketAddr, u8, bool)> {
     let mut s = lock(shared);
     let Ok(p) = RtpPacket::parse(data) else {
@@ -454,6 +454,9 @@ fn on_packet(
     let now = now_us();
     let st = &mut s.stats;
     st.received += 1;
+    if decrypted {
+        st.srtp_received += 1;
+    }
     st.last_payload_type = Some(p.payload_type());
     if let Some(last) = st.last_rx_us {
         let gap = now.saturating_sub(last);
@@ -634,18 +637,18 @@ mod tests {
         let mut pkt = vec![0u8; HEADER_LEN + PAYLOAD_LEN];
         write_packet(&mut pkt, 0, 5, 800, 1, 8, 1, None);
         let from = "127.0.0.1:9".parse().unwrap();
-        let r = on_packet(&m, &pkt, from, Role::Reflector);
+        let r = on_packet(&m, &pkt, from, Role::Reflector, false);
         assert_eq!(r.map(|r| r.2), Some(false));
         assert_eq!(lock(&m).stats.wrong_call, 1);
         write_packet(&mut pkt, 0, 6, 960, 1, 7, 1, None);
-        let r = on_packet(&m, &pkt, from, Role::Reflector);
+        let r = on_packet(&m, &pkt, from, Role::Reflector, false);
         assert_eq!(
             r.map(|r| r.2),
             Some(true),
             "its own call's packet is echoed"
         );
         pkt[100] ^= 1;
-        let r = on_packet(&m, &pkt, from, Role::Reflector);
+        let r = on_packet(&m, &pkt, from, Role::Reflector, false);
         assert_eq!(r.map(|r| r.2), Some(false));
         assert_eq!(lock(&m).stats.corrupt, 1);
     }
