@@ -16,6 +16,7 @@ use super::ctx::{AdminCtx, Mode};
 use super::diff;
 use super::error::{AdminError, NoLeader};
 use super::events;
+use super::peers::PeerClient;
 
 /// How long a write forwarded to the leader may take (membership changes, leadership transfer).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -199,6 +200,29 @@ impl AdminService {
         Ok((leader, addr))
     }
 
+    /// Asks every other node (`ask` sets `local_only`) for a call this node does not know: the
+    /// first answer wins; otherwise `CallNotFound`, naming the nodes that could not say (no answer
+    /// in time, or an error other than NotFound).
+    async fn ask_others_for_call<T, F, Fut>(&self, call_id: String, ask: F) -> Answer<T>
+    where
+        F: Fn(PeerClient) -> Fut,
+        Fut: Future<Output = Answer<T>>,
+    {
+        let g = self.ctx.peers.gather(self.ctx.others(), ask).await;
+        if let Some((_, answer)) = g.answers.into_iter().next() {
+            return Ok(Response::new(answer));
+        }
+        let mut unavailable = g.unavailable;
+        unavailable.extend(
+            g.errors
+                .into_iter()
+                .filter(|(_, e)| e.code() != Code::NotFound)
+                .map(|(id, _)| id),
+        );
+        unavailable.sort_unstable();
+        Err(call_not_found(call_id, unavailable))
+    }
+
     fn forwarded_error(leader: u64, e: Option<Status>) -> AdminError {
         match e {
             Some(status) => AdminError::Peer {
@@ -226,6 +250,26 @@ fn media_status(node: &medpool_b2bua::ctx::NodeCtx) -> Option<(u32, u32, u32)> {
 }
 
 type Answer<T> = Result<Response<T>, Status>;
+
+/// A request field that must be given: `BadRequest` naming it when it is empty.
+fn not_empty(field: &'static str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(AdminError::BadRequest {
+            field,
+            problem: "must not be empty",
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn call_not_found(call_id: String, unavailable: Vec<u64>) -> Status {
+    AdminError::CallNotFound {
+        call_id,
+        unavailable,
+    }
+    .into()
+}
 
 #[tonic::async_trait]
 impl MedpoolAdmin for AdminService {
@@ -319,47 +363,22 @@ impl MedpoolAdmin for AdminService {
 
     async fn get_call(&self, req: Request<pb::GetCallRequest>) -> Answer<pb::Call> {
         let req = req.into_inner();
-        if req.call_id.is_empty() {
-            return Err(AdminError::BadRequest {
-                field: "call_id",
-                problem: "must not be empty",
-            }
-            .into());
-        }
+        not_empty("call_id", &req.call_id)?;
         if let Some((info, _)) = calls::find(&self.ctx.node, &req.call_id).await {
             return Ok(Response::new(convert::call(info, self.ctx.node_id())));
         }
-        let mut unavailable = Vec::new();
-        if !req.local_only {
-            let ask = pb::GetCallRequest {
-                call_id: req.call_id.clone(),
-                local_only: true,
-            };
-            let g = self
-                .ctx
-                .peers
-                .gather(self.ctx.others(), |mut c| {
-                    let ask = ask.clone();
-                    async move { c.get_call(ask).await }
-                })
-                .await;
-            if let Some((_, call)) = g.answers.into_iter().next() {
-                return Ok(Response::new(call));
-            }
-            unavailable = g.unavailable;
-            unavailable.extend(
-                g.errors
-                    .into_iter()
-                    .filter(|(_, e)| e.code() != Code::NotFound)
-                    .map(|(id, _)| id),
-            );
-            unavailable.sort_unstable();
+        if req.local_only {
+            return Err(call_not_found(req.call_id, Vec::new()));
         }
-        Err(AdminError::CallNotFound {
-            call_id: req.call_id,
-            unavailable,
-        }
-        .into())
+        let ask = pb::GetCallRequest {
+            call_id: req.call_id.clone(),
+            local_only: true,
+        };
+        self.ask_others_for_call(req.call_id, |mut c| {
+            let ask = ask.clone();
+            async move { c.get_call(ask).await }
+        })
+        .await
     }
 
     async fn hangup_call(
@@ -367,13 +386,7 @@ impl MedpoolAdmin for AdminService {
         req: Request<pb::HangupCallRequest>,
     ) -> Answer<pb::HangupCallReply> {
         let req = req.into_inner();
-        if req.call_id.is_empty() {
-            return Err(AdminError::BadRequest {
-                field: "call_id",
-                problem: "must not be empty",
-            }
-            .into());
-        }
+        not_empty("call_id", &req.call_id)?;
         if let Some((info, actor)) = calls::find(&self.ctx.node, &req.call_id).await
             && calls::hangup(&actor)
         {
@@ -383,37 +396,18 @@ impl MedpoolAdmin for AdminService {
                 call_id: info.a_call_id,
             }));
         }
-        let mut unavailable = Vec::new();
-        if !req.local_only {
-            let ask = pb::HangupCallRequest {
-                call_id: req.call_id.clone(),
-                local_only: true,
-            };
-            let g = self
-                .ctx
-                .peers
-                .gather(self.ctx.others(), |mut c| {
-                    let ask = ask.clone();
-                    async move { c.hangup_call(ask).await }
-                })
-                .await;
-            if let Some((_, r)) = g.answers.into_iter().next() {
-                return Ok(Response::new(r));
-            }
-            unavailable = g.unavailable;
-            unavailable.extend(
-                g.errors
-                    .into_iter()
-                    .filter(|(_, e)| e.code() != Code::NotFound)
-                    .map(|(id, _)| id),
-            );
-            unavailable.sort_unstable();
+        if req.local_only {
+            return Err(call_not_found(req.call_id, Vec::new()));
         }
-        Err(AdminError::CallNotFound {
-            call_id: req.call_id,
-            unavailable,
-        }
-        .into())
+        let ask = pb::HangupCallRequest {
+            call_id: req.call_id.clone(),
+            local_only: true,
+        };
+        self.ask_others_for_call(req.call_id, |mut c| {
+            let ask = ask.clone();
+            async move { c.hangup_call(ask).await }
+        })
+        .await
     }
 
     type WatchEventsStream = events::EventStream;
@@ -490,13 +484,7 @@ impl MedpoolAdmin for AdminService {
         req: Request<pb::SetGatewayStateRequest>,
     ) -> Answer<pb::SetGatewayStateReply> {
         let req = req.into_inner();
-        if req.name.is_empty() {
-            return Err(AdminError::BadRequest {
-                field: "name",
-                problem: "must not be empty",
-            }
-            .into());
-        }
+        not_empty("name", &req.name)?;
         if req.state() == GatewayAdminState::Unspecified {
             return Err(AdminError::BadRequest {
                 field: "state",
