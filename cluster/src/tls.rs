@@ -13,18 +13,16 @@
 //! the pool CA for any name ([`Expect::AnyMember`]). Server side, a client certificate chained to
 //! the pool CA is required; which node it speaks for is checked per request (crate::grpc).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
+use medpool_pem::{PemError, Watched, read_certs, read_key, read_roots};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme,
 };
 
 use crate::ids::NodeId;
@@ -60,36 +58,9 @@ pub struct TlsFiles {
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A certificate file holds no PEM certificate.
-    #[error("{path}: no PEM certificate in it")]
-    NoCertificate {
-        /// The file.
-        path: String,
-    },
-    /// The key file holds no usable PEM private key.
-    #[error("{path}: no usable PEM private key in it ({why})")]
-    BadKey {
-        /// The file.
-        path: String,
-        /// The parser's account.
-        why: String,
-    },
-    /// The CA file holds a certificate rustls cannot use as a trust anchor.
-    #[error("{path}: not a usable CA certificate ({why})")]
-    BadCa {
-        /// The file.
-        path: String,
-        /// rustls's account.
-        why: String,
-    },
+    /// A PEM file could not be read or used (the error names it).
+    #[error(transparent)]
+    Pem(#[from] PemError),
     /// rustls refused the certificate and key (e.g. a key that does not match the certificate).
     #[error("TLS configuration ({cert}): {source}")]
     Config {
@@ -109,9 +80,6 @@ pub enum Expect {
     AnyMember,
 }
 
-/// Modification times of the cert, key and CA files.
-type Stamp = [Option<SystemTime>; 3];
-
 struct Loaded {
     /// The node's own certificate (the chain's first).
     own: CertificateDer<'static>,
@@ -120,16 +88,10 @@ struct Loaded {
     any_member: Arc<ClientConfig>,
 }
 
-struct Current {
-    /// The stamps last tried (loaded or refused): a bad file is reported once per change.
-    tried: Stamp,
-    loaded: Arc<Loaded>,
-}
-
 /// A node's internal TLS material, re-read when its files change.
 pub struct InternalTls {
     files: TlsFiles,
-    current: Mutex<Current>,
+    current: Mutex<Watched<Arc<Loaded>>>,
 }
 
 impl std::fmt::Debug for InternalTls {
@@ -140,52 +102,12 @@ impl std::fmt::Debug for InternalTls {
     }
 }
 
-fn stamp(files: &TlsFiles) -> Stamp {
-    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    [m(&files.cert), m(&files.key), m(&files.ca)]
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-        .filter_map(Result::ok)
-        .collect();
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.display().to_string(),
-        });
-    }
-    Ok(certs)
-}
-
 fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
-    let chain = certs(&files.cert)?;
-    let own = chain
-        .first()
-        .cloned()
-        .ok_or_else(|| TlsError::NoCertificate {
-            path: files.cert.display().to_string(),
-        })?;
-    let key_pem = read(&files.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
-        path: files.key.display().to_string(),
-        why: e.to_string(),
-    })?;
-    let mut roots = RootCertStore::empty();
-    for ca in certs(&files.ca)? {
-        roots.add(ca).map_err(|e| TlsError::BadCa {
-            path: files.ca.display().to_string(),
-            why: e.to_string(),
-        })?;
-    }
-    let roots = Arc::new(roots);
+    let chain = read_certs(&files.cert)?;
+    // read_certs returns at least one certificate.
+    let own = chain[0].clone();
+    let key = read_key(&files.key)?;
+    let roots = Arc::new(read_roots(&files.ca)?);
     let cfg = |source: rustls::Error| TlsError::Config {
         cert: files.cert.display().to_string(),
         source,
@@ -194,10 +116,7 @@ fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let client_verifier =
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
-            .map_err(|e| TlsError::BadCa {
-                path: files.ca.display().to_string(),
-                why: e.to_string(),
-            })?;
+            .map_err(|e| PemError::bad_ca(&files.ca, e))?;
     let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(cfg)?
@@ -214,10 +133,7 @@ fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
     client.alpn_protocols = vec![b"h2".to_vec()];
     let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
-        .map_err(|e| TlsError::BadCa {
-            path: files.ca.display().to_string(),
-            why: e.to_string(),
-        })?;
+        .map_err(|e| PemError::bad_ca(&files.ca, e))?;
     let mut any_member = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(cfg)?
@@ -237,12 +153,17 @@ fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
 impl InternalTls {
     /// Reads the material; an error names the file at fault.
     pub fn load(files: TlsFiles) -> Result<Arc<InternalTls>, TlsError> {
-        let tried = stamp(&files);
-        let loaded = Arc::new(build(&files)?);
+        let watched = Watched::build("internal TLS material", Self::paths(&files), || {
+            build(&files).map(Arc::new)
+        })?;
         Ok(Arc::new(InternalTls {
             files,
-            current: Mutex::new(Current { tried, loaded }),
+            current: Mutex::new(watched),
         }))
+    }
+
+    fn paths(files: &TlsFiles) -> Vec<PathBuf> {
+        vec![files.cert.clone(), files.key.clone(), files.ca.clone()]
     }
 
     /// The files it reads.
@@ -252,23 +173,10 @@ impl InternalTls {
 
     /// The material for a new connection: re-read first when a file changed since last tried.
     fn current(&self) -> Arc<Loaded> {
-        let now = stamp(&self.files);
         // Nothing panics while holding the lock; a poisoned one still holds usable material.
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if cur.tried != now {
-            cur.tried = now;
-            match build(&self.files) {
-                Ok(l) => {
-                    tracing::info!(cert = %self.files.cert.display(), "internal TLS material reloaded");
-                    cur.loaded = Arc::new(l);
-                }
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "internal TLS material changed but cannot be used: keeping the previous one"
-                ),
-            }
-        }
-        cur.loaded.clone()
+        cur.refresh(|| build(&self.files).map(Arc::new));
+        cur.current().clone()
     }
 
     /// Whether the node's own certificate is valid for [`node_name`]`(id)`.
@@ -368,7 +276,7 @@ mod tests {
     fn a_join_address_may_be_any_member_but_only_of_the_pool_ca() {
         let (pool_ca, pool) = ca();
         let (_, stranger) = ca();
-        let mut roots = RootCertStore::empty();
+        let mut roots = rustls::RootCertStore::empty();
         roots.add(pool_ca).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)

@@ -1,13 +1,11 @@
 //! The node's SIP TLS material: its certificate chain and key, and an optional default CA, read from
 //! PEM files and turned into rustls configurations, re-read when a file changes.
 //!
-//! Reloading works as on the internal gRPC port (the cluster crate's `tls` module, which this crate
-//! cannot import: medpool-sip sits below medpool-cluster): every new connection, accepted or made,
-//! asks for the current configuration, which compares the files' modification times with those last
-//! tried and rebuilds when one changed. A file that cannot be read or used keeps the old material
-//! (logged once per change). Open connections keep what they were made with, so a reload drops none.
-//! About fifty lines of stamp/reload logic are thus written twice; sharing them would need a new
-//! crate below both for one small function.
+//! Reloading works as on the internal gRPC port, through the same [`Watched`] (medpool-pem): every
+//! new connection, accepted or made, asks for the current configuration, which compares the files'
+//! modification times with those last tried and rebuilds when one changed. A file that cannot be
+//! read or used keeps the old material (logged once per change). Open connections keep what they
+//! were made with, so a reload drops none.
 //!
 //! Only TLS 1.2 and 1.3 are offered or accepted ([`VERSIONS`]); rustls knows nothing older.
 //!
@@ -20,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use rustls::pki_types::pem::PemObject;
+use medpool_pem::{PemError, Watched, mtime, read_certs, read_key, read_roots};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ServerConfig};
 
 use super::verify::AnyClientCert;
 
@@ -45,36 +43,9 @@ pub struct TlsFiles {
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A certificate file holds no PEM certificate.
-    #[error("{path}: no PEM certificate in it")]
-    NoCertificate {
-        /// The file.
-        path: String,
-    },
-    /// The key file holds no usable PEM private key.
-    #[error("{path}: no usable PEM private key in it ({why})")]
-    BadKey {
-        /// The file.
-        path: String,
-        /// The parser's account.
-        why: String,
-    },
-    /// A CA file holds a certificate rustls cannot use as a trust anchor.
-    #[error("{path}: not a usable CA certificate ({why})")]
-    BadCa {
-        /// The file.
-        path: String,
-        /// rustls's account.
-        why: String,
-    },
+    /// A PEM file could not be read or used (the error names it).
+    #[error(transparent)]
+    Pem(#[from] PemError),
     /// No trust anchors for a peer: it pins no CA and the node has no default one.
     #[error("no CA to verify the peer with (no per-peer CA and no default CA)")]
     NoCa,
@@ -86,44 +57,6 @@ pub enum TlsError {
         /// rustls's error.
         source: rustls::Error,
     },
-}
-
-/// Modification time of a file, `None` when it cannot be read.
-fn mtime(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// The certificates of a PEM file (at least one).
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-        .filter_map(Result::ok)
-        .collect();
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.display().to_string(),
-        });
-    }
-    Ok(certs)
-}
-
-/// The trust anchors of a PEM file.
-pub fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for ca in read_certs(path)? {
-        roots.add(ca).map_err(|e| TlsError::BadCa {
-            path: path.display().to_string(),
-            why: e.to_string(),
-        })?;
-    }
-    Ok(roots)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -146,11 +79,7 @@ fn config_error(files: &TlsFiles) -> impl Fn(rustls::Error) -> TlsError + '_ {
 
 fn build_identity(files: &TlsFiles) -> Result<Identity, TlsError> {
     let chain = read_certs(&files.cert)?;
-    let key_pem = read(&files.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
-        path: files.key.display().to_string(),
-        why: e.to_string(),
-    })?;
+    let key = read_key(&files.key)?;
     // A client certificate is asked for but not required; it is not checked against any CA here:
     // whose it may be is decided per trunk once the SIP request is read (see `verify`).
     let server = ServerConfig::builder_with_provider(provider())
@@ -166,15 +95,11 @@ fn build_identity(files: &TlsFiles) -> Result<Identity, TlsError> {
     })
 }
 
-/// Modification times of the node's cert and key.
-type Stamp = [Option<SystemTime>; 2];
-
 struct Current {
-    /// The stamps last tried (loaded or refused): a bad file is reported once per change.
-    tried: Stamp,
+    /// The node's certificate and key, re-read when one of the two files changes.
+    identity: Watched<Arc<Identity>>,
     /// Bumped on every successful reload (client configurations built before are rebuilt).
     generation: u64,
-    identity: Arc<Identity>,
     /// Client configurations by trust anchor file: (generation, CA file mtime, config).
     clients: HashMap<PathBuf, (u64, Option<SystemTime>, Arc<ClientConfig>)>,
 }
@@ -196,17 +121,19 @@ impl std::fmt::Debug for TlsMaterial {
 impl TlsMaterial {
     /// Reads the material; an error names the file at fault.
     pub fn load(files: TlsFiles) -> Result<Arc<TlsMaterial>, TlsError> {
-        let tried = [mtime(&files.cert), mtime(&files.key)];
-        let identity = Arc::new(build_identity(&files)?);
+        let identity = Watched::build(
+            "SIP TLS certificate",
+            vec![files.cert.clone(), files.key.clone()],
+            || build_identity(&files).map(Arc::new),
+        )?;
         if let Some(ca) = &files.ca {
             read_roots(ca)?;
         }
         Ok(Arc::new(TlsMaterial {
             files,
             current: Mutex::new(Current {
-                tried,
-                generation: 0,
                 identity,
+                generation: 0,
                 clients: HashMap::new(),
             }),
         }))
@@ -220,32 +147,27 @@ impl TlsMaterial {
     fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
         // Nothing panics while holding the lock; a poisoned one still holds usable material.
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let now = [mtime(&self.files.cert), mtime(&self.files.key)];
-        if cur.tried != now {
-            cur.tried = now;
-            match build_identity(&self.files) {
-                Ok(id) => {
-                    tracing::info!(cert = %self.files.cert.display(), "SIP TLS certificate reloaded");
-                    cur.identity = Arc::new(id);
-                    cur.generation += 1;
-                }
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "SIP TLS certificate changed but cannot be used: keeping the previous one"
-                ),
-            }
+        if cur
+            .identity
+            .refresh(|| build_identity(&self.files).map(Arc::new))
+        {
+            cur.generation += 1;
         }
         cur
     }
 
+    fn identity(&self) -> Arc<Identity> {
+        self.lock().identity.current().clone()
+    }
+
     /// The server configuration for a connection accepted now.
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.lock().identity.server.clone()
+        self.identity().server.clone()
     }
 
     /// The node's own certificate (the chain's first), as used now.
     pub fn own_certificate(&self) -> Option<CertificateDer<'static>> {
-        self.lock().identity.chain.first().cloned()
+        self.identity().chain.first().cloned()
     }
 
     /// The client configuration for a connection made now to a peer verified against `ca` (a
@@ -263,7 +185,7 @@ impl TlsMaterial {
             return Ok(c.clone());
         }
         let roots = Arc::new(read_roots(path)?);
-        let id = cur.identity.clone();
+        let id = cur.identity.current().clone();
         let client = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
             .map_err(config_error(&self.files))?

@@ -19,7 +19,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use super::material::{TlsError, read_roots};
+use medpool_pem::{PemError, mtime, read_roots};
+
+use super::material::TlsError;
 
 /// Asks for a client certificate, requires none, and leaves the chain to [`ClientRule`]; checks the
 /// client's proof that it holds the key.
@@ -146,17 +148,14 @@ fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
         Arc::new(rustls::crypto::ring::default_provider()),
     )
     .build()
-    .map_err(|e| TlsError::BadCa {
-        path: ca.display().to_string(),
-        why: e.to_string(),
-    })
+    .map_err(|e| PemError::bad_ca(ca, e).into())
 }
 
 impl ClientRule {
     /// A rule: chained to the CA(s) in `ca` and, unless `names` is empty, valid for one of them.
     /// Fails when `ca` is unusable now (a later change that makes it unusable admits nobody).
     pub fn new(ca: PathBuf, names: Vec<String>) -> Result<ClientRule, TlsError> {
-        let stamp = std::fs::metadata(&ca).and_then(|m| m.modified()).ok();
+        let stamp = mtime(&ca);
         let verifier = client_verifier(&ca)?;
         Ok(ClientRule {
             ca,
@@ -175,7 +174,7 @@ impl ClientRule {
     }
 
     fn verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
-        let stamp = std::fs::metadata(&self.ca).and_then(|m| m.modified()).ok();
+        let stamp = mtime(&self.ca);
         let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if c.0 != stamp {
             c.0 = stamp;
