@@ -11,9 +11,11 @@
 # Usage:  bench/memory.sh                                  (20,000 held; 5,000 cps for 20 s)
 #         HOLD_CALLS=2000 HOLD_RATE=500 BURST_RATE=1000 BURST_S=5 AFTER_S=20 bench/memory.sh  (smoke)
 # Env:    CHECKS="hold burst" HOLD_CALLS HOLD_RATE HOLD_SETTLE BURST_RATE BURST_S AFTER_S HOLD_MS
-#         MEDPOOL_BIN MEDPOOL_ARGS MEDPOOL_LOG, and bench/lib.sh's addresses (PROXY_IP ... UAC_PORT);
+#         AFTER_CMD MEDPOOL_BIN MEDPOOL_ARGS MEDPOOL_LOG, and bench/lib.sh's addresses (PROXY_IP ... UAC_PORT);
 #         METRICS_LISTEN=ip:port: the node serves /metrics there and each after-burst sample also
 #         shows its live calls and transactions (what still holds memory)
+#         AFTER_CMD: a command run with the node's PID as its argument after the last after-burst
+#         sample, before the node is stopped (e.g. bench/jemalloc-stats.sh: the allocator's view)
 # Output: key=value lines on stdout and in bench/results/memory-<UTC timestamp>.txt; raw files in $WORK.
 # Everything it starts is stopped by PID on exit, also on Ctrl-C.
 set -u
@@ -51,7 +53,11 @@ start_node() {  # $1 = tag ; sets NODE_PID
 live_counts() {
     [ -n "$METRICS_LISTEN" ] || return 0
     curl -s --max-time 2 "http://$METRICS_LISTEN/metrics" 2>/dev/null \
-        | awk '/^medpool_active_calls[{} ]/{c=$NF} /^medpool_sip_transactions[{} ]/{t=$NF} END{printf "calls=%s transactions=%s", c, t}'
+        | awk '/^medpool_active_calls[{} ]/{c=$NF} /^medpool_sip_transactions[{} ]/{t=$NF}
+               /^medpool_sip_transaction_slots[{} ]/{ts=$NF} /^medpool_registry_slots[{} ]/{rs=$NF}
+               /^medpool_hung_up_legs[{} ]/{l=$NF}
+               END{printf "calls=%s transactions=%s", c, t;
+                   if (ts != "") printf " transaction_slots=%s registry_slots=%s hung_up_legs=%s", ts, rs, l}'
 }
 
 calls_field() {
@@ -115,6 +121,11 @@ check_burst() {
         summary "burst.rss_after_${t}s_kib" "$rss${METRICS_LISTEN:+ ($(live_counts))}"
     done
     summary burst.rss_after_kib "$rss"
+    if [ -n "${AFTER_CMD:-}" ]; then
+        # shellcheck disable=SC2086
+        $AFTER_CMD "$NODE_PID" > "$WORK/after-cmd.out" 2>&1
+        summary burst.after_cmd "$AFTER_CMD ($WORK/after-cmd.out)"
+    fi
     summary burst.rss_after_vs_idle "$(awk -v a="$rss" -v b="$idle" 'BEGIN{ printf "%.2f\n", a / b }')"
     verdict=$(awk -v a="$rss" -v b="$idle" 'BEGIN{ print (a <= b * 1.2) ? "PASS" : "FAIL" }')
     summary burst.verdict "$verdict (RSS ${AFTER_S}s after the burst within 20 % of idle)"

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::cluster::{DialogStore, Relay, ShardOwnership};
 use crate::config::PoolConfig;
 use crate::gateways::Gateways;
+use crate::recent::Recent;
 use crate::sources::source_policy;
 use crate::txlayer::{CoreEvent, Registry, SipIo, TxDriver, Wire};
 
@@ -64,6 +65,9 @@ pub enum NodeEvent {
 const RELAY_WAIT_MAX: Duration = Duration::from_secs(32);
 /// How many hung-up legs B are remembered at most (see `NodeCtx::leg_hung_up`).
 const HUNG_UP_TRACK_MAX: usize = 65_536;
+/// How often the node lets go of hung-up legs remembered long enough, also when no call comes any
+/// more (see [`forget_old_legs`]).
+const FORGET_TICK: Duration = Duration::from_secs(2);
 /// How many forwarded INVITEs are tracked at most (beyond that, the older ones are not waited for).
 const RELAY_TRACK_MAX: usize = 16_384;
 
@@ -298,10 +302,11 @@ pub struct NodeCtx {
     /// so a shutdown waits for them (see [`NodeCtx::relayed_answer`]).
     pub(crate) relayed_invites:
         std::sync::Mutex<std::collections::HashMap<Vec<u8>, tokio::time::Instant>>,
-    /// Legs this node hung up lately, with their call or as orphans (Call-ID → when): a 2xx of
-    /// theirs that comes again is only ACKed.
-    pub(crate) orphan_legs:
-        std::sync::Mutex<std::collections::HashMap<bytes::Bytes, tokio::time::Instant>>,
+    /// Legs this node hung up lately, with their call or as orphans (Call-IDs, each kept 64*T1 —
+    /// as long as a gateway resends its 2xx — to 4/3 of that): a 2xx of theirs that comes again
+    /// is only ACKed. Held in generations that go whole ([`Recent`]), so a burst of calls leaves
+    /// nothing behind once its legs are old enough.
+    pub(crate) orphan_legs: std::sync::Mutex<Recent<bytes::Bytes>>,
     pub(crate) inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
     pub(crate) inbound_cps:
         std::sync::Mutex<std::collections::BTreeMap<String, crate::health::TokenBucket>>,
@@ -495,16 +500,28 @@ impl NodeCtx {
         let Ok(mut seen) = self.orphan_legs.lock() else {
             return false;
         };
-        // Swept only when full, and emptied when a sweep frees too little: never a sweep per call.
-        // (A leg forgotten early only means a late 2xx of it gets a second, harmless BYE.)
-        if seen.len() >= HUNG_UP_TRACK_MAX {
-            seen.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX * 2);
-            if seen.len() >= HUNG_UP_TRACK_MAX / 2 {
-                seen.clear();
-            }
-        }
-        seen.insert(call_id.clone(), tokio::time::Instant::now())
-            .is_none()
+        // Beyond HUNG_UP_TRACK_MAX within 64*T1, the oldest go early: a leg forgotten early only
+        // means a late 2xx of it gets a second, harmless BYE.
+        let (first, expired) = seen.insert(call_id.clone(), tokio::time::Instant::now());
+        drop(seen);
+        drop(expired);
+        first
+    }
+    /// Lets go of the hung-up legs remembered long enough (called every [`FORGET_TICK`] by
+    /// [`forget_old_legs`]; adding a leg does it too).
+    pub fn forget_old_legs(&self) {
+        let expired = match self.orphan_legs.lock() {
+            Ok(mut seen) => seen.expire(tokio::time::Instant::now()),
+            Err(_) => return,
+        };
+        // Freed with the lock released.
+        drop(expired);
+    }
+    /// How many hung-up legs are remembered, and the room their sets hold (in legs).
+    pub fn remembered_legs(&self) -> (usize, usize) {
+        self.orphan_legs
+            .lock()
+            .map_or((0, 0), |seen| (seen.len(), seen.capacity()))
     }
     pub(crate) fn note_relayed_invite(&self, msg: &SipMessage) {
         if msg.method() != Some(Method::Invite) || msg.to_tag().is_some() {
@@ -669,7 +686,11 @@ impl NodeCtx {
             progress: tokio::sync::Notify::new(),
             unrecorded_calls: std::sync::atomic::AtomicUsize::new(0),
             relayed_invites: std::sync::Mutex::new(std::collections::HashMap::new()),
-            orphan_legs: std::sync::Mutex::new(std::collections::HashMap::new()),
+            orphan_legs: std::sync::Mutex::new(Recent::new(
+                settings.timers.t1_x64(),
+                HUNG_UP_TRACK_MAX,
+                tokio::time::Instant::now(),
+            )),
             inbound_calls: std::sync::Mutex::new(Default::default()),
             inbound_cps: std::sync::Mutex::new(Default::default()),
             relay,
@@ -704,6 +725,21 @@ pub struct Forwarded {
     pub via: u64,
     /// W3C trace context of the forwarding node's span.
     pub traceparent: Option<String>,
+}
+
+/// The node's timer for what it remembers about calls that are gone: every [`FORGET_TICK`], the
+/// hung-up legs remembered long enough are let go of ([`NodeCtx::forget_old_legs`]), so that
+/// after a burst of calls they go although no new call comes to push them out. Ends when `stop`
+/// changes.
+pub async fn forget_old_legs(ctx: Arc<NodeCtx>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(FORGET_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticks.tick() => ctx.forget_old_legs(),
+        }
+    }
 }
 
 /// Whether `bytes` is a SIP response with a 1xx status, read from its status line alone

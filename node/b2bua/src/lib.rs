@@ -27,6 +27,7 @@
 //!      srtp                   SRTP per trunk (`encryption`): SDES offer/answer state, keys per leg
 //!      capacity               this node's share of a gateway's pool-wide limits; gateway states
 //!      handover               calls in set-up across a planned shard move: who holds them
+//!      recent                 keys remembered for a while (hung-up legs), in generations that go whole
 //! ```
 //! Tests only: `testkit` (a node context over a channel wire, no socket) sits on top of all.
 //!
@@ -49,6 +50,7 @@ pub mod ingress;
 pub mod latency;
 pub mod media;
 pub mod node;
+pub mod recent;
 pub mod routing;
 pub mod sources;
 pub mod srtp;

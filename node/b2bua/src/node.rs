@@ -343,6 +343,10 @@ pub async fn start(
         ctx.clone(),
         stop_rx.clone(),
     )));
+    tasks.push(tokio::spawn(crate::ctx::forget_old_legs(
+        ctx.clone(),
+        stop_rx.clone(),
+    )));
     let lag = ctx.clone();
     tasks.push(tokio::spawn(crate::latency::watch_scheduler(
         move |d| lag.stats.stages.scheduler_lag.observe(d),

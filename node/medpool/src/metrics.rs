@@ -407,6 +407,31 @@ impl Collector for NodeCollector {
             "Live SIP transactions",
             &[(Vec::new(), ctx.driver.len() as i64)],
         )?;
+        gauge(
+            &mut e,
+            "medpool_sip_transaction_slots",
+            "Room the transaction tables hold, in transactions (hash-map capacity, live or not)",
+            &[(Vec::new(), ctx.driver.slots() as i64)],
+        )?;
+        gauge(
+            &mut e,
+            "medpool_registry_slots",
+            "Room the routing registry's maps hold, in entries (hash-map capacity, live or not)",
+            &[(Vec::new(), ctx.registry.slots() as i64)],
+        )?;
+        let (legs, legs_room) = ctx.remembered_legs();
+        gauge(
+            &mut e,
+            "medpool_hung_up_legs",
+            "Legs B hung up lately, remembered so that a gateway's late 2xx is only ACKed",
+            &[(Vec::new(), legs as i64)],
+        )?;
+        gauge(
+            &mut e,
+            "medpool_hung_up_legs_slots",
+            "Room the remembered hung-up legs' sets hold, in legs",
+            &[(Vec::new(), legs_room as i64)],
+        )?;
         let sweeps = ctx.driver.sweeps();
         counter(
             &mut e,

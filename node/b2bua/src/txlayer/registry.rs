@@ -39,14 +39,20 @@ impl Default for Registry {
     }
 }
 
-/// Below this many slots a map is never shrunk.
+/// Below this many slots a map that holds entries is never shrunk.
 const COMPACT_FLOOR: usize = 512;
 
 /// Gives back the slots of a map that emptied out (after a burst: a hash map otherwise keeps the
 /// capacity of its largest moment): shrunk to twice its entries once it holds fewer than an
-/// eighth of its capacity, so the rehash is rare and paid for by the entries that left.
+/// eighth of its capacity, so the rehash is rare and paid for by the entries that left; a map
+/// with no entry left gives back all its room (a free, no rehash), floor or not — after a burst,
+/// 64 shards of five maps each kept their floor otherwise.
 fn compact<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > COMPACT_FLOOR && map.len() < map.capacity() / 8 {
+    if map.is_empty() {
+        if map.capacity() > 0 {
+            *map = HashMap::new();
+        }
+    } else if map.capacity() > COMPACT_FLOOR && map.len() < map.capacity() / 8 {
         map.shrink_to((map.len() * 2).max(COMPACT_FLOOR / 2));
     }
 }
@@ -121,7 +127,9 @@ impl Registry {
     }
     /// Forgets an INVITE server transaction (it ended).
     pub(super) fn remove_invite(&self, key: &ServerKey) {
-        self.invites.lock_for(key).remove(key);
+        let mut m = self.invites.lock_for(key);
+        m.remove(key);
+        compact(&mut m);
     }
     /// Whether a call with this leg-A Call-ID and caller tag is here.
     pub fn has_call(&self, call_id: &[u8], remote_tag: &[u8]) -> bool {
@@ -206,6 +214,19 @@ impl Registry {
     /// How many calls are registered.
     pub fn calls(&self) -> usize {
         self.leg_a.fold(0, |n, m| n + m.len())
+    }
+    /// The room the maps hold, in entries (their capacity, live or not), over every map and shard.
+    pub fn slots(&self) -> usize {
+        fn room<K, V>(map: &Shards<HashMap<K, V>>) -> usize {
+            map.fold(0, |n, m| n + m.capacity())
+        }
+        room(&self.clients)
+            + room(&self.invites)
+            + room(&self.leg_a)
+            + room(&self.leg_b)
+            + self.by_shard.fold(0, |n, m| {
+                n + m.capacity() + m.values().map(HashMap::capacity).sum::<usize>()
+            })
     }
     /// Every call (for shutdown and admin), once each.
     pub fn all_calls(&self) -> Vec<CallRef> {
@@ -381,6 +402,12 @@ mod tests {
         // Each of the 64 shards keeps at least its floor.
         assert!(after < full / 4, "100 left: {after} of {full} slots kept");
         assert!((n - 100..n).all(|i| reg.is_our_leg_b(&id(i))));
+        // The last ones go: no shard keeps its floor.
+        for i in n - 100..n {
+            reg.remove_leg_b(&id(i));
+        }
+        assert_eq!(capacity(&reg), 0, "empty maps keep no room");
+        assert_eq!(reg.slots(), 0, "no map of the registry keeps room");
         a.stop(None);
     }
 }

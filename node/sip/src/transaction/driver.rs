@@ -525,6 +525,14 @@ where
             .fold(0, |n, t| n + t.clients.len() + t.servers.len())
     }
 
+    /// The room the transaction tables hold, in transactions (their hash maps' capacity): what
+    /// stays allocated for them, live or not.
+    pub fn slots(&self) -> usize {
+        self.shared
+            .tables
+            .fold(0, |n, t| n + t.clients.capacity() + t.servers.capacity())
+    }
+
     /// Transactions still waiting for their final answer (Calling, Trying, Proceeding), not those
     /// lingering after it to absorb retransmissions: what a graceful shutdown waits for.
     pub fn unfinished(&self) -> usize {
@@ -626,17 +634,23 @@ struct Table<M> {
     wheel: Wheel,
 }
 
-/// Below this many slots a table is never shrunk.
+/// Below this many slots a table holding transactions is never shrunk.
 const COMPACT_FLOOR: usize = 512;
 
 impl<M> Table<M> {
     /// Gives back the slots of a table that emptied out (after a burst): a hash map keeps the
     /// capacity of its largest moment, entries inline, for as long as it lives. Shrinks a table to
     /// twice its entries once it holds fewer than an eighth of its capacity, so the rehash (with
-    /// the table locked) is rare and paid for by the entries that left.
+    /// the table locked) is rare and paid for by the entries that left; a table with no entry
+    /// left gives back all its room (no rehash: a free). Below the floor, a table that still
+    /// holds transactions is kept as it is, so a quiet node does not shrink and regrow its tables.
     fn compact(&mut self) {
         fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-            if map.capacity() > COMPACT_FLOOR && map.len() < map.capacity() / 8 {
+            if map.is_empty() {
+                if map.capacity() > 0 {
+                    *map = HashMap::new();
+                }
+            } else if map.capacity() > COMPACT_FLOOR && map.len() < map.capacity() / 8 {
                 map.shrink_to((map.len() * 2).max(COMPACT_FLOOR / 2));
             }
         }
@@ -1131,5 +1145,22 @@ mod table_tests {
         );
         assert_eq!(t.clients.len(), 1_000);
         assert!((99_000..100_000).all(|i| t.clients.contains_key(&key(i))));
+        // The last ones go: nothing is kept, not even the floor (64 shards of it after a burst).
+        for i in 99_000..100_000 {
+            t.clients.remove(&key(i));
+        }
+        t.compact();
+        assert_eq!(t.clients.capacity(), 0, "an empty table keeps no room");
+        // A small table that still holds something is left alone (no shrink and regrow).
+        for i in 0..100 {
+            t.clients.insert(key(i), Box::new(entry()));
+        }
+        let small = t.clients.capacity();
+        for i in 0..90 {
+            t.clients.remove(&key(i));
+        }
+        t.compact();
+        assert!(t.clients.capacity() >= 10 && t.clients.capacity() <= small);
+        assert_eq!(t.clients.len(), 10);
     }
 }
