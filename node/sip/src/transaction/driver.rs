@@ -15,9 +15,8 @@
 //! lock only when their transactions share a shard, and no critical section grows with the whole
 //! table (a hash map that doubles moves one shard's entries, not every transaction's).
 //!
-//! **Timers.** One task per driver sleeps until the earliest deadline over all shards, rounded up
-//! to a grid of T1/[`TIMER_GRID_DIVISOR`] (5 ms by default), and is woken through a [`Notify`] when
-//! a timer due in an earlier step of the grid is started. It then visits the shards one at
+//! **Timers.** One task per driver sleeps until the earliest deadline over all shards and is woken
+//! through a [`Notify`] when a timer earlier than that is started. It then visits the shards one at
 //! a time and fires what is due, at most [`SWEEP_BATCH`] timers per hold of a shard's lock, carrying
 //! out their effects between holds: a burst of expiries (thousands of transactions started in the
 //! same millisecond end together 32 s later) never holds a lock for long. All times come from
@@ -252,8 +251,6 @@ where
     /// # Panics
     /// If called outside a Tokio runtime (it spawns the timer task).
     pub fn new(config: DriverConfig, io: Io) -> Self {
-        let grid_ns =
-            u64::try_from((config.timers.t1 / TIMER_GRID_DIVISOR).as_nanos()).unwrap_or(u64::MAX);
         let shared = Arc::new(Shared {
             config,
             io,
@@ -264,7 +261,6 @@ where
             }),
             live: AtomicUsize::new(0),
             epoch: Instant::now(),
-            grid_ns,
             sleeping_until: AtomicU64::new(SWEEPING),
             wake: Notify::new(),
             retransmissions: AtomicU64::new(0),
@@ -575,14 +571,6 @@ pub const TABLE_SHARDS: usize = 64;
 /// and takes the lock again for the rest.
 pub const SWEEP_BATCH: usize = 64;
 
-/// The timer task's wake-up grid is T1 divided by this (5 ms at the default T1 of 500 ms): a timer
-/// fires in the first sweep at or after its deadline, and the task sleeps until the next deadline
-/// rounded up to the grid. So at most 1/grid sweeps a second (each visits all 64 shards), however
-/// many transactions' timers fall due (a call lingers in ~5 of them), at the price of a timer up
-/// to one grid step late — 1 % of T1, far inside what RFC 3261's timers need (they retransmit,
-/// time out, or end a lingering transaction).
-pub const TIMER_GRID_DIVISOR: u32 = 100;
-
 /// `sleeping_until` while the timer task is sweeping: every timer started then wakes it again.
 const SWEEPING: u64 = 0;
 
@@ -612,10 +600,8 @@ struct Shared<M, Io> {
     tables: Shards<Table<M>>,
     /// Transactions live over all shards (what [`DriverConfig::max_transactions`] bounds).
     live: AtomicUsize,
-    /// The origin of `sleeping_until` and of the wake-up grid.
+    /// The origin of `sleeping_until`.
     epoch: Instant,
-    /// The timer task's wake-up grid ([`TIMER_GRID_DIVISOR`]), in ns; 0: every deadline exactly.
-    grid_ns: u64,
     /// When the timer task wakes next, in ns after `epoch` (`u64::MAX`: no timer), or
     /// [`SWEEPING`]: a timer started earlier than this must wake it.
     sleeping_until: AtomicU64,
@@ -924,16 +910,6 @@ where
         u64::try_from(ns).unwrap_or(u64::MAX).max(SWEEPING + 1)
     }
 
-    /// When the timer task wakes for a timer due at `at`: `at` rounded up to the wake-up grid
-    /// (ns after `epoch`, never [`SWEEPING`]). Timers due in one cell of the grid fire in one sweep.
-    fn wake_ns(&self, at: Instant) -> u64 {
-        let ns = self.ns(at);
-        if self.grid_ns <= 1 {
-            return ns;
-        }
-        ns.div_ceil(self.grid_ns).saturating_mul(self.grid_ns)
-    }
-
     /// Carry out collected effects with the shard unlocked. A failed transmit is a transport error for
     /// its transaction.
     fn finish(&self, out: Output<M>) {
@@ -942,7 +918,7 @@ where
         }
         if let Some(at) = out.earliest {
             let until = self.sleeping_until.load(Ordering::Acquire);
-            if until == SWEEPING || self.wake_ns(at) < until {
+            if until == SWEEPING || self.ns(at) < until {
                 self.wake.notify_one();
             }
         }
@@ -1063,8 +1039,7 @@ where
     }
 
     /// One round of the timer task: every shard in turn, every timer due at `now` fired (a shard's
-    /// lock held for at most [`SWEEP_BATCH`] of them at a time); returns when to wake next: the
-    /// next deadline rounded up to the wake-up grid.
+    /// lock held for at most [`SWEEP_BATCH`] of them at a time); returns the next deadline.
     fn sweep(&self, now: Instant) -> Option<Instant> {
         // From here until the next deadline is published, every timer started wakes the task
         // again: one started in a shard already visited would otherwise be missed.
@@ -1085,9 +1060,9 @@ where
                 }
             }
         }
-        let until = next.map_or(u64::MAX, |at| self.wake_ns(at));
+        let until = next.map_or(u64::MAX, |at| self.ns(at));
         self.sleeping_until.store(until, Ordering::Release);
-        next.map(|_| self.epoch + std::time::Duration::from_nanos(until))
+        next
     }
 }
 
