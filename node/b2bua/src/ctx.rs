@@ -298,8 +298,9 @@ pub struct NodeCtx {
     /// so a shutdown waits for them (see [`NodeCtx::relayed_answer`]).
     pub(crate) relayed_invites:
         std::sync::Mutex<std::collections::HashMap<Vec<u8>, tokio::time::Instant>>,
-    /// Legs this node hung up lately, with their call or as orphans (Call-ID → when): a 2xx of
-    /// theirs that comes again is only ACKed.
+    /// Legs this node hung up lately, with their call or as orphans, and legs whose call stopped
+    /// here because its shard moved (Call-ID → when): a 2xx of theirs that comes again is only
+    /// ACKed.
     pub(crate) orphan_legs:
         std::sync::Mutex<std::collections::HashMap<bytes::Bytes, tokio::time::Instant>>,
     pub(crate) inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
@@ -490,13 +491,21 @@ impl NodeCtx {
     pub(crate) fn leg_hung_up(&self, call_id: &[u8]) {
         let _ = self.first_orphan_answer(&bytes::Bytes::copy_from_slice(call_id));
     }
+    /// Notes a leg B whose call stopped here because its shard moved: the new owner carries the leg
+    /// on, so a 2xx of it that still reaches this node is only ACKed, never hung up (see
+    /// `orphan_answer` and `dialog::teardown::hand_over`).
+    pub(crate) fn leg_moved(&self, call_id: &[u8]) {
+        let _ = self.first_orphan_answer(&bytes::Bytes::copy_from_slice(call_id));
+    }
     /// Whether this is the first orphan 2xx of this leg lately (see `orphan_answer`).
     pub(crate) fn first_orphan_answer(&self, call_id: &bytes::Bytes) -> bool {
         let Ok(mut seen) = self.orphan_legs.lock() else {
             return false;
         };
         // Swept only when full, and emptied when a sweep frees too little: never a sweep per call.
-        // (A leg forgotten early only means a late 2xx of it gets a second, harmless BYE.)
+        // (A leg forgotten early means a late 2xx of it gets a BYE: a second, harmless one for a
+        // leg hung up already; for a moved leg, a wrong one, but only after 32,768 legs or more
+        // were noted in the last 64 s, far beyond the 2xx retransmission window of a move.)
         if seen.len() >= HUNG_UP_TRACK_MAX {
             seen.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX * 2);
             if seen.len() >= HUNG_UP_TRACK_MAX / 2 {
