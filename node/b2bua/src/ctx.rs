@@ -303,6 +303,10 @@ pub struct NodeCtx {
     /// ACKed.
     pub(crate) orphan_legs:
         std::sync::Mutex<std::collections::HashMap<bytes::Bytes, tokio::time::Instant>>,
+    /// Held while a shard's calls are rebuilt (`NodeCtx::adopt_shard`): one adoption at a time, so
+    /// that a call is rebuilt once even when an adoption and a late-record pass read its record
+    /// together.
+    pub(crate) adopting: tokio::sync::Mutex<()>,
     pub(crate) inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
     pub(crate) inbound_cps:
         std::sync::Mutex<std::collections::BTreeMap<String, crate::health::TokenBucket>>,
@@ -679,6 +683,7 @@ impl NodeCtx {
             unrecorded_calls: std::sync::atomic::AtomicUsize::new(0),
             relayed_invites: std::sync::Mutex::new(std::collections::HashMap::new()),
             orphan_legs: std::sync::Mutex::new(std::collections::HashMap::new()),
+            adopting: tokio::sync::Mutex::new(()),
             inbound_calls: std::sync::Mutex::new(Default::default()),
             inbound_cps: std::sync::Mutex::new(Default::default()),
             relay,

@@ -286,6 +286,28 @@ async fn a_record_carries_the_shard_epoch_of_the_node_that_wrote_it() {
     assert_eq!(old.epoch, None);
 }
 
+/// Soak 0xb92769024e78ba4c on the fixed tree, round 143 (a rolling restart): a call answered in the
+/// instant its shard moved had its record land just as the new owner adopted the shard; the
+/// adoption and the late-record pass, each a task of its own on the multi-threaded runtime, each
+/// rebuilt it (two actors for one call, the second re-anchoring re-INVITE answered 500 by the
+/// gateway). Two adoptions of one shard at once rebuild each call once. (Without the lock in
+/// `adopt_shard` this fails when the two tasks meet on a record: in 2 of 3 runs here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_adoptions_of_a_shard_at_once_rebuild_each_call_once() {
+    let node = TestNode::new().await;
+    let calls = 300;
+    for i in 0..calls {
+        let mut record = rebuilt_record(7, &ids::new_call_id(7), None);
+        record.a.call_id = format!("rb-2-{i}");
+        assert!(node.pool.store(record));
+    }
+    let (a, b) = (node.ctx.clone(), node.ctx.clone());
+    let first = tokio::spawn(async move { a.adopt_shard(7).await });
+    let second = tokio::spawn(async move { b.adopt_shard(7).await });
+    let rebuilt = first.await.unwrap() + second.await.unwrap();
+    assert_eq!((rebuilt, node.ctx.active_calls()), (calls, calls));
+}
+
 #[test]
 fn a_new_owner_skips_one_cseq_window_per_owner_since_the_record() {
     use super::record::restart_cseq;
