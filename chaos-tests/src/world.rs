@@ -347,6 +347,16 @@ impl World {
         self.obs.gateway_byes = counts.iter().map(|c| c.byes).sum();
         self.obs.gateway_calls = counts.iter().map(|c| c.calls).sum();
         self.obs.gateway_cseq_out_of_order = counts.iter().map(|c| c.cseq_out_of_order).sum();
+        self.obs.gateway_cseq_disorders = self
+            .gws
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| {
+                g.cseq_disorders()
+                    .into_iter()
+                    .map(move |d| format!("gw{}: {d}", i + 1))
+            })
+            .collect();
         self.obs.gateway_legs_left = self.gws.iter().flat_map(Gateway::active_calls).collect();
         self.obs.audit = (0..NODES)
             .map(|i| crate::audit::read(&self.pool.audit_file(i)))

@@ -63,6 +63,8 @@ pub struct Observations {
     pub gateway_calls: u64,
     /// New in-dialog requests the gateways received out of CSeq order (two nodes acting).
     pub gateway_cseq_out_of_order: u64,
+    /// The first of those, described (gateway, Call-ID, the two requests and their sources).
+    pub gateway_cseq_disorders: Vec<String>,
     /// B-legs still up at the gateways when the run ended (every call was hung up by then).
     pub gateway_legs_left: Vec<String>,
     /// The nodes' audit events, by node id.

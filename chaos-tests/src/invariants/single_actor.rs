@@ -61,6 +61,7 @@ pub fn check(obs: &Observations) -> Verdict {
             "the gateways received {} in-dialog requests out of CSeq order (two nodes acting for one call)",
             obs.gateway_cseq_out_of_order
         ));
+        violations.extend(obs.gateway_cseq_disorders.iter().cloned());
     }
     Verdict {
         name: "single-actor-per-shard",

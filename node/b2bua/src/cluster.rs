@@ -37,6 +37,13 @@ pub trait ShardOwnership: Send + Sync + 'static {
     fn hands_over(&self) -> bool {
         true
     }
+    /// The epoch of `shard` in this node's copy of the shard map (raised at every change of
+    /// owner), or `None` without a shard map (a node alone). A record carries its writer's, and a
+    /// new owner skips each leg's CSeq further ahead the more owners the shard had since
+    /// ([`crate::dialog::CSEQ_SKIP`]).
+    fn epoch(&self, _shard: u16) -> Option<u64> {
+        None
+    }
 }
 
 /// Moving SIP between nodes: a message received here for a shard another node owns goes to that owner,
@@ -129,6 +136,14 @@ pub struct DialogRecord {
     /// the session's expiry either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_timer: Option<SessionTimerRecord>,
+    /// The shard's epoch in the writer's shard map when it wrote the record
+    /// ([`ShardOwnership::epoch`]; none: a node alone, or a record written before it existed). A
+    /// node that rebuilds the call at epoch E starts each leg's CSeq CSEQ_SKIP × (E − epoch + 1)
+    /// above the recorded one, so that every owner the shard had since the record was written —
+    /// each rebuilt the call from this record or a later one and sent fewer than CSEQ_SKIP
+    /// requests on a leg beyond its own start — stays below (ARCHITECTURE.md, "Failover").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// A call's session timer as its record keeps it (RFC 4028).
@@ -322,6 +337,7 @@ mod tests {
             traceparent: None,
             media: None,
             session_timer: None,
+            epoch: None,
         }
     }
 

@@ -302,11 +302,16 @@ pub struct NodeCtx {
     /// so a shutdown waits for them (see [`NodeCtx::relayed_answer`]).
     pub(crate) relayed_invites:
         std::sync::Mutex<std::collections::HashMap<Vec<u8>, tokio::time::Instant>>,
-    /// Legs this node hung up lately, with their call or as orphans (Call-IDs, each kept 64*T1 —
-    /// as long as a gateway resends its 2xx — to 4/3 of that): a 2xx of theirs that comes again
-    /// is only ACKed. Held in generations that go whole ([`Recent`]), so a burst of calls leaves
-    /// nothing behind once its legs are old enough.
+    /// Legs this node hung up lately, with their call or as orphans, and legs whose call stopped
+    /// here because its shard moved (Call-IDs, each kept 64*T1 — as long as a gateway resends its
+    /// 2xx — to 4/3 of that): a 2xx of theirs that comes again is only ACKed. Held in generations
+    /// that go whole ([`Recent`]), so a burst of calls leaves nothing behind once its legs are old
+    /// enough.
     pub(crate) orphan_legs: std::sync::Mutex<Recent<bytes::Bytes>>,
+    /// Held while a shard's calls are rebuilt (`NodeCtx::adopt_shard`): one adoption at a time, so
+    /// that a call is rebuilt once even when an adoption and a late-record pass read its record
+    /// together.
+    pub(crate) adopting: tokio::sync::Mutex<()>,
     pub(crate) inbound_calls: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
     pub(crate) inbound_cps:
         std::sync::Mutex<std::collections::BTreeMap<String, crate::health::TokenBucket>>,
@@ -495,13 +500,21 @@ impl NodeCtx {
     pub(crate) fn leg_hung_up(&self, call_id: &[u8]) {
         let _ = self.first_orphan_answer(&bytes::Bytes::copy_from_slice(call_id));
     }
+    /// Notes a leg B whose call stopped here because its shard moved: the new owner carries the leg
+    /// on, so a 2xx of it that still reaches this node is only ACKed, never hung up (see
+    /// `orphan_answer` and `dialog::teardown::hand_over`).
+    pub(crate) fn leg_moved(&self, call_id: &[u8]) {
+        let _ = self.first_orphan_answer(&bytes::Bytes::copy_from_slice(call_id));
+    }
     /// Whether this is the first orphan 2xx of this leg lately (see `orphan_answer`).
     pub(crate) fn first_orphan_answer(&self, call_id: &bytes::Bytes) -> bool {
         let Ok(mut seen) = self.orphan_legs.lock() else {
             return false;
         };
-        // Beyond HUNG_UP_TRACK_MAX within 64*T1, the oldest go early: a leg forgotten early only
-        // means a late 2xx of it gets a second, harmless BYE.
+        // Beyond HUNG_UP_TRACK_MAX within 64*T1, the oldest go early. A leg forgotten early means a
+        // late 2xx of it gets a BYE: a second, harmless one for a leg hung up already; for a moved
+        // leg, a wrong one, but only after 65,536 legs were noted within 64*T1, far beyond the 2xx
+        // retransmission window of a move.
         let (first, expired) = seen.insert(call_id.clone(), tokio::time::Instant::now());
         drop(seen);
         drop(expired);
@@ -691,6 +704,7 @@ impl NodeCtx {
                 HUNG_UP_TRACK_MAX,
                 tokio::time::Instant::now(),
             )),
+            adopting: tokio::sync::Mutex::new(()),
             inbound_calls: std::sync::Mutex::new(Default::default()),
             inbound_cps: std::sync::Mutex::new(Default::default()),
             relay,

@@ -62,7 +62,13 @@ impl NodeCtx {
     }
 
     /// This node now owns `shard`: rebuild a DialogActor for every confirmed dialog recorded in it.
+    /// One adoption at a time: the check that a call is not here yet and its rebuild (registered
+    /// before `spawn_restored` returns) must not interleave with another adoption of the same
+    /// shard — the shard watcher's adoption and its late-record pass, each a task of its own, read
+    /// the same fresh record and each rebuilt the call: two actors for one call re-INVITEd the
+    /// gateway with one CSeq (soak 0xb92769024e78ba4c on the fixed tree, round 143).
     pub async fn adopt_shard(self: &Arc<Self>, shard: u16) -> usize {
+        let _one_at_a_time = self.adopting.lock().await;
         let mut n = 0;
         for record in self.store.records_of(shard) {
             let remote_tag = record.a.remote_tag.as_bytes();

@@ -50,6 +50,9 @@ impl ShardOwnership for PoolAdapter {
             && (!self.pool.acting(shard)
                 || (self.pool.recently_taken(shard) && !self.pool.holds_lease()))
     }
+    fn epoch(&self, shard: u16) -> Option<u64> {
+        self.pool.state().read(|s| s.shard(shard).map(|e| e.epoch))
+    }
     fn hands_over(&self) -> bool {
         let me = self.pool.node_id();
         self.pool.holds_lease()

@@ -34,6 +34,9 @@ use crate::wire::{TlsOptions, Wire};
 
 /// Dialogs (answered or ringing) a gateway holds at most; beyond that new calls get 503.
 const MAX_DIALOGS: usize = 100_000;
+/// CSeq disorders a gateway describes at most ([`Gateway::cseq_disorders`]); later ones are only
+/// counted.
+const MAX_DISORDERS: usize = 32;
 
 /// How to run a gateway.
 #[derive(Debug, Clone)]
@@ -95,6 +98,30 @@ pub struct GatewayCounts {
     pub dropped_silent: u64,
 }
 
+/// One in-dialog request whose CSeq number was not above the dialog's last one (counted in
+/// [`GatewayCounts::cseq_out_of_order`]): which call, and the two requests, each with the address
+/// it came from (each pool node sends from its own socket, so the two addresses name the two
+/// nodes when two nodes acted for the call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CseqDisorder {
+    /// The dialog's Call-ID (the gateway leg's).
+    pub call_id: String,
+    /// The earlier request: CSeq number, method and source.
+    pub last: (u32, String, SocketAddr),
+    /// The request answered 500: CSeq number, method and source.
+    pub got: (u32, String, SocketAddr),
+}
+
+impl std::fmt::Display for CseqDisorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Call-ID {}: {} CSeq {} from {} after {} CSeq {} from {}",
+            self.call_id, self.got.1, self.got.0, self.got.2, self.last.1, self.last.0, self.last.2
+        )
+    }
+}
+
 #[derive(Debug, Default)]
 struct Stats {
     active_ids: std::sync::Mutex<std::collections::BTreeSet<String>>,
@@ -107,6 +134,8 @@ struct Stats {
     options: AtomicU64,
     unknown_dialog: AtomicU64,
     cseq_out_of_order: AtomicU64,
+    /// The first [`MAX_DISORDERS`] CSeq disorders, described.
+    disorders: std::sync::Mutex<Vec<CseqDisorder>>,
     dropped_silent: AtomicU64,
     silent: std::sync::atomic::AtomicBool,
     /// The RTP legs of the calls up, by Call-ID.
@@ -127,8 +156,11 @@ struct Dialog {
     to_tag: String,
     sdp_version: u32,
     session: u64,
-    /// The CSeq number of the last in-dialog request from the pool (the INVITE's at first).
+    /// The CSeq number of the last in-dialog request from the pool (the INVITE's at first), its
+    /// method and where it came from.
     last_cseq: u32,
+    last_method: String,
+    last_from: SocketAddr,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -221,6 +253,12 @@ impl Gateway {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// The first CSeq disorders this gateway saw (at most 32), described: which call, the two
+    /// requests and where each came from.
+    pub fn cseq_disorders(&self) -> Vec<CseqDisorder> {
+        lock(&self.stats.disorders).clone()
     }
 
     /// The RTP counts of every call so far (ended and up), summed.
@@ -340,8 +378,18 @@ impl State {
             _ => return,
         };
         let in_dialog = req.to_tag().is_some();
-        if in_dialog && !matches!(method, Method::Ack) && !self.cseq_in_order(&req, &call_id) {
+        if in_dialog
+            && !matches!(method, Method::Ack)
+            && let Some(disorder) = self.cseq_disorder(&req, &call_id, from)
+        {
             self.stats.cseq_out_of_order.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%disorder, "gateway: in-dialog request out of CSeq order (answered 500)");
+            {
+                let mut kept = lock(&self.stats.disorders);
+                if kept.len() < MAX_DISORDERS {
+                    kept.push(disorder);
+                }
+            }
             let a = self.answer_bytes(&req, 500, None, from, None);
             self.uas.answer(&req, from, a).await;
             return;
@@ -434,6 +482,8 @@ impl State {
                 sdp_version: 1,
                 session: r.session,
                 last_cseq: r.last_cseq,
+                last_method: "INVITE".to_owned(),
+                last_from: r.from,
             },
         );
         self.set_active(call_id, true);
@@ -441,24 +491,36 @@ impl State {
         self.uas.answer(&r.invite, r.from, r.ok).await;
     }
 
-    /// Whether a new in-dialog request's CSeq number is above the dialog's last one (recorded when
-    /// it is). Requests outside a known dialog pass (they get 481 later).
-    fn cseq_in_order(&mut self, req: &SipMessage, call_id: &[u8]) -> bool {
+    /// A new in-dialog request whose CSeq number is not above the dialog's last one, described;
+    /// `None` when it is above (then it becomes the last one) or outside a known dialog (it gets
+    /// 481 later).
+    fn cseq_disorder(
+        &mut self,
+        req: &SipMessage,
+        call_id: &[u8],
+        from: SocketAddr,
+    ) -> Option<CseqDisorder> {
         let Some(Ok(seq)) = req.cseq().map(|c| c.map(|c| c.seq)) else {
-            return true;
+            return None;
         };
-        match self
+        let method = req
+            .method()
+            .map_or_else(|| "?".to_owned(), |m| m.as_str().to_owned());
+        let d = self
             .dialogs
             .get_mut(call_id)
-            .filter(|d| req.to_tag() == Some(d.to_tag.as_bytes()))
-        {
-            Some(d) if seq <= d.last_cseq => false,
-            Some(d) => {
-                d.last_cseq = seq;
-                true
-            }
-            None => true,
+            .filter(|d| req.to_tag() == Some(d.to_tag.as_bytes()))?;
+        if seq <= d.last_cseq {
+            return Some(CseqDisorder {
+                call_id: String::from_utf8_lossy(call_id).into_owned(),
+                last: (d.last_cseq, d.last_method.clone(), d.last_from),
+                got: (seq, method, from),
+            });
         }
+        d.last_cseq = seq;
+        d.last_method = method;
+        d.last_from = from;
+        None
     }
 
     fn set_active(&self, call_id: &[u8], active: bool) {
@@ -535,6 +597,8 @@ impl State {
                 sdp_version: 1,
                 session,
                 last_cseq,
+                last_method: "INVITE".to_owned(),
+                last_from: from,
             },
         );
         self.uas.answer(&req, from, trying).await;

@@ -41,7 +41,7 @@ pub mod wire;
 pub use caller::{CallMedia, Caller, CallerConfig};
 pub use error::SimpeerError;
 pub use forwarder::{Forwarder, ForwarderConfig, ForwarderCounts};
-pub use gateway::{Gateway, GatewayConfig, GatewayCounts};
+pub use gateway::{CseqDisorder, Gateway, GatewayConfig, GatewayCounts};
 pub use ledger::{CallRecord, Outcome, Summary};
 pub use pki::{CertFiles, TestCa};
 pub use uas::ResponseRouting;

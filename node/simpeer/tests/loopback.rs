@@ -1,6 +1,7 @@
-//! The simulated peers against each other on loopback (127.0.8x.x): a caller's calls answered by a
-//! gateway directly and through the forwarder; the forwarder's header insertion, return path,
-//! re-pinning and probes, with raw sockets as backends.
+//! The simulated peers against each other on loopback (127.0.8x.x; 127.0.177.6x-7x): a caller's
+//! calls answered by a gateway directly and through the forwarder; the forwarder's header
+//! insertion, return path, re-pinning and probes, with raw sockets as backends; the gateway's
+//! account of an in-dialog request out of CSeq order.
 
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
@@ -161,4 +162,94 @@ async fn probes_mark_a_silent_backend_dead_and_an_answering_one_alive() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(fwd.alive(), vec![gw.local_addr()]);
     assert!(gw.counts().options >= 3);
+}
+
+/// A request from a raw socket in the dialog of Call-ID "disorder-1" (`to_tag`: none for the
+/// INVITE that starts it).
+fn request(method: &str, cseq: u32, branch: &str, from: SocketAddr, to_tag: &str) -> Vec<u8> {
+    let to = if to_tag.is_empty() {
+        String::new()
+    } else {
+        format!(";tag={to_tag}")
+    };
+    format!(
+        "{method} sip:gw@127.0.177.61:5062 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {from};branch={branch}\r\n\
+         From: <sip:a@127.0.177.71>;tag=n1\r\n\
+         To: <sip:gw@127.0.177.61>{to}\r\n\
+         Call-ID: disorder-1\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Contact: <sip:a@{from}>\r\n\
+         Max-Forwards: 70\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The first final answer `sock` receives: its status line and its To tag.
+async fn final_answer(sock: &UdpSocket) -> (String, String) {
+    loop {
+        let (bytes, _) = recv(sock).await;
+        let text = String::from_utf8(bytes).unwrap();
+        let status = text.lines().next().unwrap().to_owned();
+        if status.starts_with("SIP/2.0 1") {
+            continue;
+        }
+        let tag = text
+            .lines()
+            .find(|l| l.starts_with("To:"))
+            .and_then(|l| l.split(";tag=").nth(1))
+            .unwrap_or_default()
+            .to_owned();
+        return (status, tag);
+    }
+}
+
+/// Two nodes acting for one call each send their own "next" request: the gateway answers the
+/// second 500, counts it, and says which call, which requests and where each came from (what the
+/// chaos suite prints when single-actor-per-shard fails on it).
+#[tokio::test]
+async fn the_gateway_describes_an_in_dialog_request_out_of_cseq_order() {
+    let gw = Gateway::start(GatewayConfig::new(addr("127.0.177.61:5062")))
+        .await
+        .unwrap();
+    let first = UdpSocket::bind("127.0.177.71:0").await.unwrap();
+    let second = UdpSocket::bind("127.0.177.72:0").await.unwrap();
+    let (a, b) = (first.local_addr().unwrap(), second.local_addr().unwrap());
+    let dest = gw.local_addr();
+    first
+        .send_to(&request("INVITE", 1, "z9hG4bK-d1", a, ""), dest)
+        .await
+        .unwrap();
+    let (status, tag) = final_answer(&first).await;
+    assert_eq!(status, "SIP/2.0 200 OK");
+    assert!(!tag.is_empty());
+    first
+        .send_to(&request("INVITE", 1001, "z9hG4bK-d2", a, &tag), dest)
+        .await
+        .unwrap();
+    assert_eq!(final_answer(&first).await.0, "SIP/2.0 200 OK");
+    // The same "next" CSeq from elsewhere: out of order.
+    second
+        .send_to(&request("INVITE", 1001, "z9hG4bK-d3", b, &tag), dest)
+        .await
+        .unwrap();
+    assert_eq!(
+        final_answer(&second).await.0,
+        "SIP/2.0 500 Server Internal Error"
+    );
+    // A higher one is in order again.
+    second
+        .send_to(&request("BYE", 1002, "z9hG4bK-d4", b, &tag), dest)
+        .await
+        .unwrap();
+    assert_eq!(final_answer(&second).await.0, "SIP/2.0 200 OK");
+    let c = gw.counts();
+    assert_eq!((c.cseq_out_of_order, c.reinvites, c.byes), (1, 1, 1));
+    let d = gw.cseq_disorders();
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        d[0].to_string(),
+        format!("Call-ID disorder-1: INVITE CSeq 1001 from {b} after INVITE CSeq 1001 from {a}")
+    );
 }

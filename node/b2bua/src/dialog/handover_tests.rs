@@ -216,3 +216,42 @@ async fn in_a_failover_a_call_being_set_up_is_ended_at_once() {
     }
     assert_eq!(old.ctx.stats.setups_lingering.load(Ordering::Relaxed), 0);
 }
+
+/// Soak 0xb92769024e78ba4c (replayed on main, round 111): a call answered on node 0 had its shard
+/// moved before the caller's ACK; the call stopped there (recorded: the new owner carries it on)
+/// with the gateway's 2xx not ACKed, the gateway resent its 2xx to node 0, and node 0 took it for
+/// the late answer of an ended call — ACK and BYE (CSeq 2) — which reached the gateway after the
+/// new owner's re-anchoring re-INVITE (CSeq 1,002): out of order (had it come first, it would have
+/// ended the gateway's half of a call the pool carries on).
+#[tokio::test(start_paused = true)]
+async fn a_call_moved_between_its_2xx_and_the_callers_ack_is_not_hung_up_by_the_old_owner() {
+    let records = Arc::new(SingleNode::new(1024));
+    let view = Moving::new(0, 0);
+    let mut old = TestNode::with_pool(CONFIG, None, view.clone(), records.clone()).await;
+    let (shard, inv) = ringing(&mut old, "ho-4").await;
+    let ok_b = answer(&inv, 200, "g1", GW1, &[]);
+    old.receive(ok_b.clone(), GW1).await;
+    old.expect(PBX, Expect::Status(200)).await;
+    assert_eq!(
+        records.records_of_shard(shard).len(),
+        1,
+        "an answered call is recorded at its 2xx"
+    );
+
+    // A drain moves the shard before the caller's ACK: the call stops here without a word.
+    view.owner.store(1, Ordering::SeqCst);
+    assert_eq!(old.ctx.release_shard(shard), 1);
+    old.calls_end().await;
+
+    // The gateway, not ACKed, sends its 2xx again, here: ACKed, not hung up.
+    old.receive(ok_b, GW1).await;
+    old.expect(GW1, Expect::Request(Method::Ack)).await;
+    while let Some(s) = old.sent(Duration::from_secs(2)).await {
+        assert_ne!(
+            s.msg.method(),
+            Some(Method::Bye),
+            "the old owner hung up a call its shard's new owner carries on"
+        );
+    }
+    assert_eq!(records.records_of_shard(shard).len(), 1, "the record stays");
+}

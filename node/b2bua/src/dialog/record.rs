@@ -18,9 +18,42 @@ use crate::cluster::{DialogRecord, LegRecord};
 use crate::config::SharedTrunk;
 use crate::ctx::NodeCtx;
 
-/// How far above the recorded CSeq a new owner starts its own requests on each leg: the old owner may
-/// have sent in-dialog requests after the record was written (ARCHITECTURE.md, "The pool": failover).
+/// How far above the recorded CSeq a new owner starts its own requests on each leg, per owner the
+/// shard had since the record was written: the old owner may have sent in-dialog requests after the
+/// record was written, and so may every owner that rebuilt the call from the same record and lost
+/// the shard before its own rewrite landed (ARCHITECTURE.md, "Failover"; [`restart_cseq`]).
 pub const CSEQ_SKIP: u32 = 1000;
+
+/// The largest CSeq number a request may carry (RFC 3261 §8.1.1.5: below 2**31).
+const CSEQ_MAX: u32 = (1 << 31) - 1;
+
+/// Where a node that rebuilds a call at shard epoch `now` starts a leg whose recorded CSeq is
+/// `recorded`, the record having been written at shard epoch `written`: CSEQ_SKIP × (now −
+/// written + 1) above it.
+///
+/// Why that is above every request an earlier owner sent: every owner of the shard since the
+/// writer (epochs written … now − 1; an epoch is raised at every change of owner) rebuilt the call
+/// from this record or an earlier one, so it started at most CSEQ_SKIP × (its epoch − written + 1)
+/// above `recorded` — at most CSEQ_SKIP × (now − written) — and sent fewer than CSEQ_SKIP
+/// requests on the leg from there (the bound CSEQ_SKIP always assumed of one owner); the writer
+/// itself sent fewer than CSEQ_SKIP after writing. With one CSEQ_SKIP for all, two owners in a row
+/// that rebuilt the call from one record (the first lost the shard before its rewrite landed, as
+/// in a rolling restart) started at the same number and the gateway saw the second owner's
+/// re-INVITE with the first one's CSeq (soak 0xb92769024e78ba4c, round 8). The writer's epoch is
+/// that of its shard map, which may be ahead of the epoch it acted under (a call that finished
+/// its set-up after the move) but never ahead of the reader's (the record was applied after it),
+/// hence the "+ 1". Without both epochs (a node alone, a record from before epochs were
+/// recorded): CSEQ_SKIP, as before.
+pub(super) fn restart_cseq(recorded: u32, written: Option<u64>, now: Option<u64>) -> u32 {
+    let owners = match (written, now) {
+        (Some(w), Some(e)) => e.saturating_sub(w).saturating_add(1),
+        _ => 1,
+    };
+    let skip = u64::from(CSEQ_SKIP).saturating_mul(owners);
+    u32::try_from(u64::from(recorded).saturating_add(skip))
+        .unwrap_or(u32::MAX)
+        .min(CSEQ_MAX)
+}
 
 /// How often an answered call retries writing a record this node could not write at once.
 pub(super) const STORE_RETRY_EVERY: Duration = Duration::from_millis(250);
@@ -78,6 +111,7 @@ impl Call {
             media: (self.media.a_sdp.is_some() || self.media.b_sdp.is_some())
                 .then(|| self.media.clone()),
             session_timer: self.session.map(Into::into),
+            epoch: self.ctx.shards.epoch(self.shard),
         })
     }
 }
@@ -91,7 +125,9 @@ pub(super) enum RestoreError {
     BadAddress(String),
 }
 
-pub(super) fn leg_from_record(r: &LegRecord) -> Result<Leg, RestoreError> {
+/// A leg as its record describes it, its own requests numbered from `local_cseq` (see
+/// [`restart_cseq`]).
+pub(super) fn leg_from_record(r: &LegRecord, local_cseq: u32) -> Result<Leg, RestoreError> {
     let peer = r
         .peer
         .parse()
@@ -106,7 +142,7 @@ pub(super) fn leg_from_record(r: &LegRecord) -> Result<Leg, RestoreError> {
         route_set: r.route_set.iter().map(|x| Bytes::from(x.clone())).collect(),
         peer,
         transport: crate::config::transport_named(&r.transport),
-        local_cseq: r.local_cseq.saturating_add(CSEQ_SKIP),
+        local_cseq,
         remote_cseq: 0,
         local_port: r.local_port,
     })
@@ -120,8 +156,9 @@ pub(super) fn restored(
     let config = ctx.config();
     let inbound = SharedTrunk::named(&config, &rec.inbound)
         .ok_or_else(|| RestoreError::UnknownTrunk(rec.inbound.clone()))?;
-    let a = leg_from_record(&rec.a)?;
-    let b = leg_from_record(&rec.b)?;
+    let epoch = ctx.shards.epoch(rec.shard);
+    let a = leg_from_record(&rec.a, restart_cseq(rec.a.local_cseq, rec.epoch, epoch))?;
+    let b = leg_from_record(&rec.b, restart_cseq(rec.b.local_cseq, rec.epoch, epoch))?;
     let span = call_span(
         &ctx,
         &rec.a.call_id,

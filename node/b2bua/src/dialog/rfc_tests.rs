@@ -405,6 +405,7 @@ async fn a_rebuilt_call_that_refreshes_refreshes_at_once_and_then_every_half_int
             interval: 90,
             we_refresh: true,
         }),
+        epoch: None,
     };
     // In the record's JSON, and a record without it (an old one) still loads.
     let json = serde_json::to_string(&record).unwrap();

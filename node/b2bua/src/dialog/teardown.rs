@@ -138,8 +138,19 @@ pub(super) fn on_shard_released(st: &mut Call, myself: &ActorRef<DialogMsg>) {
 /// The call stops here without a word: its record is written, and the shard's new owner carries
 /// it on. Its media keeps flowing through here until the new owner has moved it (make before
 /// break; the new owner re-INVITEs both peers onto its own relay).
+///
+/// Its gateway leg goes on at the new owner, but a 2xx of it may still reach this node (the
+/// gateway resends to the INVITE's Via): the 2xx to the INVITE when the shard moved between that
+/// 2xx and the caller's ACK (the new owner's rebuilt call is confirmed and lets the caller's ACK
+/// go), or to a re-INVITE this node sent. Such a 2xx is only ACKed here, never hung up
+/// ([`NodeCtx::leg_moved`](crate::ctx::NodeCtx::leg_moved)): a BYE from here would end the
+/// gateway's half of a call the new owner carries on, or reach the gateway after the new owner's
+/// re-INVITE with a lower CSeq (soak 0xb92769024e78ba4c replayed, round 111).
 fn hand_over(st: &mut Call, myself: &ActorRef<DialogMsg>) {
     st.media_handover = st.relaying();
+    if let Some(b) = st.confirmed_b() {
+        st.ctx.leg_moved(&b.leg.call_id);
+    }
     myself.stop(Some("shard moved".into()));
 }
 

@@ -4,14 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use medpool_sip::{HeaderName, Method, SipMessage, ids};
 
 use super::{CSEQ_SKIP, DialogMsg, Phase};
-use crate::cluster::{DialogRecord, DialogStore, LegRecord};
+use crate::cluster::{DialogRecord, DialogStore, LegRecord, ShardOwnership, SingleNode};
 use crate::testkit::{
-    Expect, GW1, GW2, NODE, PBX, PeerDialog, TestNode, answer, in_dialog, invite,
+    CONFIG, Expect, GW1, GW2, NODE, PBX, PeerDialog, TestNode, answer, in_dialog, invite,
 };
 
 /// The caller's ACK for the 2xx `ok` to its INVITE.
@@ -106,12 +107,10 @@ async fn a_cancel_crossing_the_gateways_200_ends_in_ack_and_bye_on_leg_b() {
     assert_eq!(node.ctx.unrecorded_calls(), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_call_rebuilt_from_its_record_answers_a_bye_with_its_cseq_skipped_ahead() {
-    let mut node = TestNode::new().await;
-    let shard = 7;
-    let b_call_id = ids::new_call_id(shard);
-    let record = DialogRecord {
+/// The record of an answered call "rb-1" on `shard` (leg A's last CSeq 5, leg B's 1), written at
+/// shard epoch `epoch`.
+fn rebuilt_record(shard: u16, b_call_id: &str, epoch: Option<u64>) -> DialogRecord {
+    DialogRecord {
         shard,
         a: LegRecord {
             call_id: "rb-1".into(),
@@ -128,7 +127,7 @@ async fn a_call_rebuilt_from_its_record_answers_a_bye_with_its_cseq_skipped_ahea
             srtp_mki_len: None,
         },
         b: LegRecord {
-            call_id: b_call_id.clone(),
+            call_id: b_call_id.to_owned(),
             remote_tag: "g1".into(),
             local_tag: "n-b".into(),
             remote_target: format!("sip:{GW1}"),
@@ -146,7 +145,16 @@ async fn a_call_rebuilt_from_its_record_answers_a_bye_with_its_cseq_skipped_ahea
         traceparent: None,
         media: None,
         session_timer: None,
-    };
+        epoch,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_rebuilt_from_its_record_answers_a_bye_with_its_cseq_skipped_ahead() {
+    let mut node = TestNode::new().await;
+    let shard = 7;
+    let b_call_id = ids::new_call_id(shard);
+    let record = rebuilt_record(shard, &b_call_id, None);
     assert!(node.pool.store(record.clone()));
     super::spawn_restored(node.ctx.clone(), record)
         .await
@@ -179,6 +187,145 @@ async fn a_call_rebuilt_from_its_record_answers_a_bye_with_its_cseq_skipped_ahea
         .await;
     node.calls_end().await;
     assert_eq!(node.pool.records(), 0, "an ended call's record goes");
+}
+
+/// One node's view of a pool in which it owns every shard, at shard epoch `.0`.
+struct AtEpoch(u64);
+
+impl ShardOwnership for AtEpoch {
+    fn shard_count(&self) -> u16 {
+        1024
+    }
+    fn may_act(&self, _shard: u16) -> bool {
+        true
+    }
+    fn owner(&self, _shard: u16) -> Option<u64> {
+        Some(0)
+    }
+    fn node_id(&self) -> u64 {
+        0
+    }
+    fn epoch(&self, _shard: u16) -> Option<u64> {
+        Some(self.0)
+    }
+}
+
+/// A node owning the shards at `epoch` rebuilds the call of `record` ("rb-1"); the caller hangs
+/// up, and the node's BYE on leg B is answered. Returns that BYE's CSeq number.
+async fn leg_b_bye_after_rebuild(epoch: u64, record: &DialogRecord) -> u32 {
+    let pool = Arc::new(SingleNode::new(1024));
+    let mut node = TestNode::with_pool(CONFIG, None, Arc::new(AtEpoch(epoch)), pool).await;
+    assert!(node.pool.store(record.clone()));
+    super::spawn_restored(node.ctx.clone(), record.clone())
+        .await
+        .unwrap();
+    assert_eq!(info(&node).await.phase, Phase::Confirmed);
+    let bye_a = in_dialog(
+        Method::Bye,
+        &format!("sip:{NODE}"),
+        PBX,
+        "z9hG4bK-abye",
+        &PeerDialog {
+            from: format!("<sip:alice@{PBX}>;tag=a-rb-1").as_bytes(),
+            to: b"<sip:+15550100@127.0.9.100>;tag=n-a",
+            call_id: b"rb-1",
+        },
+        6,
+    );
+    node.receive(bye_a, PBX).await;
+    node.expect(PBX, Expect::Status(200)).await;
+    let bye_b = node.expect(GW1, Expect::Request(Method::Bye)).await;
+    node.receive(answer(&bye_b, 200, "g1", GW1, &[]), GW1).await;
+    node.calls_end().await;
+    bye_b.cseq().unwrap().unwrap().seq
+}
+
+/// Soak 0xb92769024e78ba4c, round 8 (a rolling restart): node 1 rebuilt a call from its record
+/// and re-INVITEd the gateway; it was drained 460 ms later, before its rewrite of the record
+/// landed, and node 0 rebuilt the call from the same record and re-INVITEd the gateway with the
+/// same CSeq (answered 500: two nodes acting for one call, as the gateway sees it). Each owner
+/// that rebuilds from one record must start a skip above the previous one: the shard's epoch,
+/// raised at every change of owner, says how many owners there were since the record.
+#[tokio::test(start_paused = true)]
+async fn two_owners_in_a_row_that_rebuild_a_call_from_one_record_number_their_requests_apart() {
+    let record = rebuilt_record(7, &ids::new_call_id(7), Some(3));
+    let first = leg_b_bye_after_rebuild(4, &record).await;
+    let second = leg_b_bye_after_rebuild(5, &record).await;
+    assert!(
+        first > 1 + CSEQ_SKIP,
+        "the first new owner starts above what the writer may have sent: {first}"
+    );
+    assert!(
+        second >= first + CSEQ_SKIP,
+        "the second new owner starts above every request the first may have sent on the leg \
+         (fewer than {CSEQ_SKIP} from its start): {first}, then {second}"
+    );
+    // A record from before epochs were recorded, or a node without a shard map: one skip.
+    let old = rebuilt_record(7, &ids::new_call_id(7), None);
+    assert_eq!(leg_b_bye_after_rebuild(5, &old).await, 1 + CSEQ_SKIP + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_carries_the_shard_epoch_of_the_node_that_wrote_it() {
+    let pool = Arc::new(SingleNode::new(1024));
+    let mut node = TestNode::with_pool(CONFIG, None, Arc::new(AtEpoch(9)), pool).await;
+    node.receive(invite("ep-1"), PBX).await;
+    let inv1 = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    node.receive(answer(&inv1, 200, "g1", GW1, &[]), GW1).await;
+    let ok = node.expect(PBX, Expect::Status(200)).await;
+    node.receive(ack_for(&ok), PBX).await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+    let shard = info(&node).await.shard;
+    let rec = node.pool.records_of_shard(shard);
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].epoch, Some(9));
+    // In the record's JSON; a record without it (an old one) still loads, as None.
+    let json = serde_json::to_string(&rec[0]).unwrap();
+    assert!(json.ends_with(r#","epoch":9}"#), "{json}");
+    let old: DialogRecord = serde_json::from_str(&json.replace(r#","epoch":9"#, "")).unwrap();
+    assert_eq!(old.epoch, None);
+}
+
+/// Soak 0xb92769024e78ba4c on the fixed tree, round 143 (a rolling restart): a call answered in the
+/// instant its shard moved had its record land just as the new owner adopted the shard; the
+/// adoption and the late-record pass, each a task of its own on the multi-threaded runtime, each
+/// rebuilt it (two actors for one call, the second re-anchoring re-INVITE answered 500 by the
+/// gateway). Two adoptions of one shard at once rebuild each call once. (Without the lock in
+/// `adopt_shard` this fails when the two tasks meet on a record: in 2 of 3 runs here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_adoptions_of_a_shard_at_once_rebuild_each_call_once() {
+    let node = TestNode::new().await;
+    let calls = 300;
+    for i in 0..calls {
+        let mut record = rebuilt_record(7, &ids::new_call_id(7), None);
+        record.a.call_id = format!("rb-2-{i}");
+        assert!(node.pool.store(record));
+    }
+    let (a, b) = (node.ctx.clone(), node.ctx.clone());
+    let first = tokio::spawn(async move { a.adopt_shard(7).await });
+    let second = tokio::spawn(async move { b.adopt_shard(7).await });
+    let rebuilt = first.await.unwrap() + second.await.unwrap();
+    assert_eq!((rebuilt, node.ctx.active_calls()), (calls, calls));
+}
+
+#[test]
+fn a_new_owner_skips_one_cseq_window_per_owner_since_the_record() {
+    use super::record::restart_cseq;
+    let k = CSEQ_SKIP;
+    // Without both epochs: one window, as before epochs were recorded.
+    assert_eq!(restart_cseq(5, None, Some(4)), 5 + k);
+    assert_eq!(restart_cseq(5, Some(3), None), 5 + k);
+    // The writer's map may already show the epoch of the reader (a record written after the
+    // move, at the end of a call's set-up): one window still.
+    assert_eq!(restart_cseq(5, Some(4), Some(4)), 5 + k);
+    assert_eq!(restart_cseq(5, Some(3), Some(4)), 5 + 2 * k);
+    assert_eq!(restart_cseq(5, Some(3), Some(6)), 5 + 4 * k);
+    // A reader behind the writer cannot be (the record was applied after the writer's map), and
+    // would get one window.
+    assert_eq!(restart_cseq(5, Some(9), Some(4)), 5 + k);
+    // Never at or above 2**31 (RFC 3261 §8.1.1.5).
+    assert_eq!(restart_cseq(5, Some(0), Some(u64::MAX)), (1 << 31) - 1);
+    assert_eq!(restart_cseq(u32::MAX - 3, None, None), (1 << 31) - 1);
 }
 
 #[tokio::test(start_paused = true)]
