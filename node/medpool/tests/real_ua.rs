@@ -610,9 +610,12 @@ fn linphone_caller() {
 
     alice.run("dtmf 7");
     let mut wire = (Vec::new(), Vec::new());
+    // Both directions are read from the capture one after the other, so wait for both: a read of
+    // linphone→node taken just before its event arrived, followed by a read of node→bob taken
+    // just after the relayed copy left, would otherwise report the digit as never sent.
     let relayed = common::wait_until(STEP, || {
         wire = (dtmf_from(&scene, ALICE), dtmf_to(&scene, BOB));
-        !wire.1.is_empty()
+        !wire.0.is_empty() && !wire.1.is_empty()
     });
     println!(
         "telephone-events: linphone→node {:?}, node→bob {:?}",
