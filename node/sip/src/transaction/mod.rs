@@ -23,6 +23,9 @@
 //! - [`driver`]: [`Driver`], generic over an opaque message type and a [`TransactionIo`]; its table is
 //!   split into independently locked shards by a hash of the key ([`shards`]), each with its own
 //!   timer wheel (deadline-ordered timers and each transaction's slots: `wheel.rs`), below it.
+//!   Inside `driver/`, one concern a file: `timer_task` (the sweeps), `shared` (what the driver and
+//!   its timer task share), `apply` (actions into effects), `table` (a shard's entries and their
+//!   compaction), `api` (the types exchanged with the caller).
 //!
 //! This module never parses a message and knows nothing of dialogs, actors or the cluster.
 

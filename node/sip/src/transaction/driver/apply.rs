@@ -1,0 +1,189 @@
+//! Turns a machine's [`Action`]s into changes to its table entry (timers started and stopped, the
+//! entry dropped when it ends, an ACK built once) and into [`Effect`]s — messages to send, events
+//! for the TU — collected in an [`Output`] while the shard is locked and carried out once it is
+//! unlocked.
+
+use tokio::time::Instant;
+
+use super::super::key::{ClientKey, ServerKey, TransactionKey};
+use super::super::machine::{Action, Actions, State};
+use super::api::{TransactionIo, TuEvent};
+use super::table::Table;
+
+/// Side effects collected with the table locked and carried out after it is unlocked.
+pub(super) enum Effect<M> {
+    Transmit(TransactionKey, M),
+    Deliver(TuEvent<M>),
+}
+
+pub(super) struct Output<M> {
+    pub(super) effects: Vec<Effect<M>>,
+    /// The earliest timer started that is the first of its shard (the timer task may have to wake
+    /// up earlier for it).
+    pub(super) earliest: Option<Instant>,
+    /// Transactions that ended (removed from their shard).
+    pub(super) ended: usize,
+}
+
+impl<M> Default for Output<M> {
+    fn default() -> Self {
+        Self {
+            effects: Vec::new(),
+            earliest: None,
+            ended: 0,
+        }
+    }
+}
+
+impl<M> Output<M> {
+    /// Notes a timer started at `at`; `first` when it is now the first of its shard.
+    fn started(&mut self, first: bool, at: Instant) {
+        if first && self.earliest.is_none_or(|e| at < e) {
+            self.earliest = Some(at);
+        }
+    }
+}
+
+/// A request received for a server transaction, for [`Action::PassToTu`].
+pub(super) struct Incoming<M> {
+    pub(super) message: M,
+    pub(super) is_ack: bool,
+}
+
+/// Carry out a client machine's actions on its table entry, collecting effects in `out`.
+pub(super) fn apply_client<M: Clone, Io: TransactionIo<M>>(
+    table: &mut Table<M>,
+    io: &Io,
+    key: &ClientKey,
+    actions: &Actions,
+    mut response: Option<(u16, M)>,
+    now: Instant,
+    out: &mut Output<M>,
+) {
+    let Table { clients, wheel, .. } = table;
+    let Some(entry) = clients.get_mut(key) else {
+        return;
+    };
+    let tkey = TransactionKey::Client(key.clone());
+    let mut terminated = None;
+    for action in actions {
+        match *action {
+            Action::TransmitRequest => {
+                if let Some(request) = &entry.request {
+                    out.effects
+                        .push(Effect::Transmit(tkey.clone(), M::clone(request)));
+                }
+            }
+            Action::SendAck => {
+                if entry.ack.is_none()
+                    && let Some((_, response)) = &response
+                    && let Some(request) = &entry.request
+                {
+                    entry.ack = Some(Box::new(io.build_ack(request, response)));
+                }
+                if let Some(ack) = &entry.ack {
+                    out.effects
+                        .push(Effect::Transmit(tkey.clone(), M::clone(ack)));
+                }
+            }
+            Action::PassToTu => {
+                if let Some((status, response)) = response.take() {
+                    out.effects.push(Effect::Deliver(TuEvent::Response {
+                        key: key.clone(),
+                        status,
+                        response,
+                    }));
+                }
+            }
+            // Client machines never send responses.
+            Action::TransmitResponse => {}
+            Action::StartTimer(id, after) => {
+                let at = now + after;
+                out.started(wheel.start(&mut entry.timers, &tkey, id, at), at);
+            }
+            Action::StopTimer(id) => wheel.stop(&mut entry.timers, id),
+            Action::Terminated(outcome) => terminated = Some(outcome),
+        }
+    }
+    if matches!(
+        entry.machine.state(),
+        State::Completed | State::Accepted | State::Terminated
+    ) {
+        // Past the final response: the request is never sent again (the ACK for a non-2xx was
+        // built above, from it).
+        entry.request = None;
+    }
+    if let Some(outcome) = terminated {
+        if let Some(mut entry) = clients.remove(key) {
+            wheel.stop_all(&mut entry.timers);
+            out.ended += 1;
+        }
+        tracing::debug!(key = %tkey, ?outcome, "transaction terminated");
+        out.effects
+            .push(Effect::Deliver(TuEvent::Terminated { key: tkey, outcome }));
+    }
+}
+
+/// Carry out a server machine's actions on its table entry, collecting effects in `out`.
+pub(super) fn apply_server<M: Clone>(
+    table: &mut Table<M>,
+    key: &ServerKey,
+    actions: &Actions,
+    mut incoming: Option<Incoming<M>>,
+    now: Instant,
+    out: &mut Output<M>,
+) {
+    let Table { servers, wheel, .. } = table;
+    let Some(entry) = servers.get_mut(key) else {
+        return;
+    };
+    let tkey = TransactionKey::Server(key.clone());
+    let mut terminated = None;
+    for action in actions {
+        match *action {
+            Action::TransmitResponse => {
+                if let Some(response) = &entry.last_response {
+                    out.effects
+                        .push(Effect::Transmit(tkey.clone(), M::clone(response)));
+                }
+            }
+            Action::PassToTu => {
+                if let Some(Incoming { message, is_ack }) = incoming.take() {
+                    let event = if is_ack {
+                        TuEvent::Ack {
+                            key: key.clone(),
+                            ack: message,
+                        }
+                    } else {
+                        TuEvent::Request {
+                            key: key.clone(),
+                            request: message,
+                        }
+                    };
+                    out.effects.push(Effect::Deliver(event));
+                }
+            }
+            // Server machines never send requests or ACKs.
+            Action::TransmitRequest | Action::SendAck => {}
+            Action::StartTimer(id, after) => {
+                let at = now + after;
+                out.started(wheel.start(&mut entry.timers, &tkey, id, at), at);
+            }
+            Action::StopTimer(id) => wheel.stop(&mut entry.timers, id),
+            Action::Terminated(outcome) => terminated = Some(outcome),
+        }
+    }
+    if matches!(entry.machine.state(), State::Accepted | State::Confirmed) {
+        // Sent (it is in `out`): never sent again by the transaction itself.
+        entry.last_response = None;
+    }
+    if let Some(outcome) = terminated {
+        if let Some(mut entry) = servers.remove(key) {
+            wheel.stop_all(&mut entry.timers);
+            out.ended += 1;
+        }
+        tracing::debug!(key = %tkey, ?outcome, "transaction terminated");
+        out.effects
+            .push(Effect::Deliver(TuEvent::Terminated { key: tkey, outcome }));
+    }
+}
