@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use medpool_sip::{Method, ids};
 
-use super::orphan_target;
+use super::core_events::orphan_target;
 use crate::config::PoolConfig;
 use crate::testkit::{CONFIG, Expect, GW1, NODE, TestNode, addr};
 
