@@ -1,6 +1,6 @@
 //! The DialogActor's dispatch: the messages a call takes, how it starts and stops, and which
-//! concern handles each message (`setup`, `relay`, `teardown`, `record`). The actor holds no logic
-//! of its own: it only routes.
+//! concern handles each message (`setup`, `attempts`, `invite_answers`, `relay`, `teardown`,
+//! `record`). The actor holds no logic of its own: it only routes.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, ActorRuntime};
 
 use super::call::Call;
 use super::msg::{DialogArgs, DialogMsg, DialogStart, Phase};
-use super::{media, record, relay, session, setup, teardown};
+use super::{attempts, invite_answers, media, record, relay, session, setup, teardown};
 use crate::cluster::DialogRecord;
 use crate::ctx::NodeCtx;
 use crate::txlayer::{CallEvent, Side};
@@ -70,7 +70,7 @@ impl Actor for DialogActor {
             DialogMsg::Tx(event) => match *event {
                 CallEvent::Response { key, status, env } => {
                     match st.attempts.iter().position(|a| a.key == key) {
-                        Some(idx) => setup::on_invite_response(st, me, idx, status, env),
+                        Some(idx) => invite_answers::on_invite_response(st, me, idx, status, env),
                         None => relay::on_response(st, me, key, status, env),
                     }
                 }
@@ -80,7 +80,7 @@ impl Actor for DialogActor {
                     }
                 }
                 CallEvent::ClientEnded { key, outcome } => {
-                    if !setup::on_attempt_ended(st, me, &key, outcome) {
+                    if !attempts::on_attempt_ended(st, me, &key, outcome) {
                         relay::on_client_ended(st, me, key, outcome);
                     }
                 }
@@ -92,7 +92,7 @@ impl Actor for DialogActor {
             DialogMsg::EndSetUp => teardown::on_end_set_up(st, me),
             DialogMsg::StoreRecord => record::on_store_record(st),
             DialogMsg::RecordCheck { left } => record::on_record_check(st, me, left),
-            DialogMsg::FastFailover { attempt } => setup::on_fast_failover(st, me, attempt),
+            DialogMsg::FastFailover { attempt } => attempts::on_fast_failover(st, me, attempt),
             DialogMsg::Retransmit2xx { interval } => setup::on_retransmit_2xx(st, me, interval),
             DialogMsg::SessionRefresh => session::on_session_refresh(st, me),
             DialogMsg::SessionCheck => session::on_session_check(st, me),

@@ -18,7 +18,9 @@
 //! Files, one concern each: `msg` (what the actor takes and reports), `actor` (the dispatch:
 //! which concern handles what),
 //! `call` (the state, built by one constructor for new and rebuilt calls), `outbound` (the leg-B
-//! INVITE, a pure function), `setup` (answers to the caller, gateway attempts and failover),
+//! INVITE, a pure function), `setup` (a new call built and started; answers to the caller, its
+//! CANCEL), `attempts` (gateway attempts and failover), `invite_answers` (the gateways' answers to
+//! a leg-B INVITE),
 //! `relay` (in-dialog requests between the legs; `refer_event` renumbers a relayed REFER's NOTIFYs,
 //! pure), `session` (the RFC 4028 session timer: who refreshes, the refresh, the expiry teardown),
 //! `forks` (leg B's early dialogs, one per fork, and the 2xx of a fork that lost: ACK and BYE),
@@ -29,15 +31,17 @@
 //! from it), `spans` (trace spans), `leg` (one leg's dialog identifiers and message builders),
 //! `body` (a body's SDP, plain or the part of a multipart body beside a PIDF-LO; pure).
 //! They import in one direction: `body` → `msg` → `call` (with `leg`, `outbound`, `spans`) → `media` →
-//! `forks`, `session` → `setup`, `relay` → `teardown` (which ACKs through `relay`; `media`,
+//! `forks`, `session` → `setup`, `attempts`, `invite_answers`, `relay` → `teardown` (which ACKs through `relay`; `media`,
 //! `forks` and `session` hang a call up through it) → `record` → `actor`.
 
 mod actor;
+mod attempts;
 mod body;
 mod call;
 mod forks;
 #[cfg(test)]
 mod handover_tests;
+mod invite_answers;
 pub mod leg;
 mod media;
 #[cfg(test)]
