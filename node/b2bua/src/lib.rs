@@ -29,7 +29,8 @@
 //!      handover               calls in set-up across a planned shard move: who holds them
 //!      recent                 keys remembered for a while (hung-up legs), in generations that go whole
 //! ```
-//! Tests only: `testkit` (a node context over a channel wire, no socket) sits on top of all.
+//! Tests only: `testkit` (a node context over a channel wire, no socket) sits on top of all;
+//! `fixtures` (trunk tables for the configuration, source and DNS tests) beside `config`.
 //!
 //! The transaction-event layer hands events up through ractor's `DerivedActorRef` of its own event
 //! types, so it never names an actor; the node context and the gateway table name none either. The
@@ -42,6 +43,8 @@ pub mod ctx;
 pub mod dialog;
 pub mod dns;
 pub mod dns_sync;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod gateway;
 pub mod gateways;
 pub mod handover;

@@ -165,33 +165,27 @@ mod tests {
     use medpool_sip::transport::gate::SourceClass;
 
     use super::*;
+    use crate::fixtures::{load, mutual_tls_trunk_named_by_dns, trunk};
 
-    const CONFIG: &str = r#"
-[node]
-unknown_source = "drop"
-
-[[trunk]]
-name = "pbx"
-address = "10.0.0.1"
-port = 5070
-side = "internal"
-rate = 7
-burst = 9
-
-[[trunk]]
-name = "gw1"
-address = "10.0.0.21"
-side = "gateway"
-
-[[trunk]]
-name = "named"
-address = "gw.example.net"
-side = "gateway"
-"#;
+    /// Unknown sources dropped; `pbx` (port 5070, rate 7, burst 9), `gw1`, and `named` (by DNS).
+    fn config_text() -> String {
+        [
+            "[node]\nunknown_source = \"drop\"\n".to_owned(),
+            trunk(
+                "pbx",
+                "10.0.0.1",
+                "internal",
+                &["port = 5070", "rate = 7", "burst = 9"],
+            ),
+            trunk("gw1", "10.0.0.21", "gateway", &[]),
+            trunk("named", "gw.example.net", "gateway", &[]),
+        ]
+        .concat()
+    }
 
     #[test]
     fn every_trunk_with_an_ip_is_a_known_source_with_its_budget() {
-        let config = PoolConfig::from_toml_str(CONFIG, "t.toml").unwrap();
+        let config = load(&config_text());
         let fwd: IpAddr = "10.0.0.9".parse().unwrap();
         let p = source_policy(&config, &[fwd]);
         let class = |s: &str| p.classify(s.parse().unwrap());
@@ -214,25 +208,25 @@ side = "gateway"
 
     #[test]
     fn a_mutual_tls_trunk_is_no_source_by_address_and_gets_a_client_rule() {
-        let text = r#"
-[node]
-unknown_source = "reject"
-
-[[trunk]]
-name = "fe"
-address = "10.0.0.5"
-side = "internal"
-transport = "tls"
-tls_client_names = ["fe.example.com"]
-
-[[trunk]]
-name = "itsp"
-address = "10.0.0.6"
-side = "gateway"
-transport = "tls"
-tls_name = "sbc.example.net"
-"#;
-        let config = PoolConfig::from_toml_str(text, "t.toml").unwrap();
+        let tls = "transport = \"tls\"";
+        let config = load(
+            &[
+                "[node]\nunknown_source = \"reject\"\n".to_owned(),
+                trunk(
+                    "fe",
+                    "10.0.0.5",
+                    "internal",
+                    &[tls, "tls_client_names = [\"fe.example.com\"]"],
+                ),
+                trunk(
+                    "itsp",
+                    "10.0.0.6",
+                    "gateway",
+                    &[tls, "tls_name = \"sbc.example.net\""],
+                ),
+            ]
+            .concat(),
+        );
         let p = source_policy(&config, &[]);
         assert_eq!(
             p.classify("10.0.0.5:5061".parse().unwrap()),
@@ -261,15 +255,7 @@ tls_name = "sbc.example.net"
     /// name.
     #[test]
     fn a_mutual_tls_trunk_named_by_dns_is_checked_on_every_resolved_address() {
-        let text = r#"
-[[trunk]]
-name = "fe-pool"
-address = "fepool.example.com"
-side = "internal"
-transport = "tls"
-tls_client_names = ["fe.example.com"]
-"#;
-        let config = PoolConfig::from_toml_str(text, "t.toml").unwrap();
+        let config = load(&mutual_tls_trunk_named_by_dns(&[]));
         let fe = &config.trunks[0];
         let resolved: Vec<(&crate::config::Trunk, SocketAddr)> = vec![
             (fe, "10.0.7.1:5061".parse().unwrap()),

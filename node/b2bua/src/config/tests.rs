@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::*;
+use crate::fixtures::trunk;
 
 /// A minimal valid file; tests append to it (its last line is line 11).
 const BASE: &str = r#"[[trunk]]
@@ -244,34 +245,15 @@ fn default_embedded_is_empty() {
 
 #[test]
 fn source_identification() {
-    let text = r#"
-[[trunk]]
-name = "pbx"
-address = "10.0.0.1"
-side = "internal"
-
-[[trunk]]
-name = "sbc"
-address = "10.0.0.1"
-port = 5080
-side = "gateway"
-
-[[trunk]]
-name = "gw"
-address = "10.0.0.2"
-side = "gateway"
-
-[[trunk]]
-name = "named"
-address = "gw.example.net"
-side = "gateway"
-
-[[trunk]]
-name = "v6"
-address = "2001:db8::5"
-side = "internal"
-"#;
-    let c = load(text).unwrap();
+    let text = [
+        trunk("pbx", "10.0.0.1", "internal", &[]),
+        trunk("sbc", "10.0.0.1", "gateway", &["port = 5080"]),
+        trunk("gw", "10.0.0.2", "gateway", &[]),
+        trunk("named", "gw.example.net", "gateway", &[]),
+        trunk("v6", "2001:db8::5", "internal", &[]),
+    ]
+    .concat();
+    let c = load(&text).unwrap();
     let at = |ip: &str, port| {
         c.trunk_for_source(ip.parse().unwrap(), port)
             .map(|t| t.name.as_str())

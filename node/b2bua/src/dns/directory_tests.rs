@@ -6,34 +6,25 @@ use std::sync::atomic::Ordering;
 use medpool_sip::transport::gate::{SourceClass, UnknownPolicy};
 
 use super::*;
+use crate::fixtures::{load, mutual_tls_trunk_named_by_dns, trunk};
 
-const CONFIG: &str = r#"
-[[trunk]]
-name = "pbx"
-address = "10.0.0.1"
-side = "internal"
-
-[[trunk]]
-name = "sbc"
-address = "sbc.example.net"
-side = "gateway"
-
-[[trunk]]
-name = "any"
-address = "any.example.net"
-side = "gateway"
-match_any_port = true
-
-[[trunk]]
-name = "gw"
-address = "10.0.1.1"
-side = "gateway"
-
-[[route]]
-name = "out"
-pattern = ".*"
-trunks = ["sbc", "gw"]
-"#;
+/// `pbx` and `gw` (IPs), `sbc` and `any` (named by DNS; `any` from any port), and a route over `sbc`
+/// and `gw`.
+fn config_text() -> String {
+    [
+        trunk("pbx", "10.0.0.1", "internal", &[]),
+        trunk("sbc", "sbc.example.net", "gateway", &[]),
+        trunk(
+            "any",
+            "any.example.net",
+            "gateway",
+            &["match_any_port = true"],
+        ),
+        trunk("gw", "10.0.1.1", "gateway", &[]),
+        "\n[[route]]\nname = \"out\"\npattern = \".*\"\ntrunks = [\"sbc\", \"gw\"]\n".to_owned(),
+    ]
+    .concat()
+}
 
 fn target(ip: &str, port: u16, priority: u16) -> Target {
     Target {
@@ -64,7 +55,7 @@ fn candidate(trunk: &str, priority: u32) -> Candidate {
 }
 
 fn config() -> PoolConfig {
-    PoolConfig::from_toml_str(CONFIG, "t.toml").unwrap()
+    load(&config_text())
 }
 
 #[test]
@@ -194,11 +185,11 @@ async fn changed_probing_settings_give_the_targets_new_probers_and_the_same_answ
     dir.reconcile(&config);
     let same = dir.view("sbc").unwrap().targets[0].health.clone();
     assert!(Arc::ptr_eq(&before, &same), "nothing changed: same prober");
-    let text = CONFIG.replace(
+    let text = config_text().replace(
         "name = \"sbc\"\naddress = \"sbc.example.net\"\n",
         "name = \"sbc\"\naddress = \"sbc.example.net\"\noptions_interval_ms = 700\n",
     );
-    let changed = PoolConfig::from_toml_str(&text, "t.toml").unwrap();
+    let changed = load(&text);
     assert_ne!(changed.trunk("sbc"), config.trunk("sbc"));
     dir.reconcile(&changed);
     let view = dir.view("sbc").unwrap();
@@ -208,11 +199,7 @@ async fn changed_probing_settings_give_the_targets_new_probers_and_the_same_answ
         "a new handle"
     );
     // A trunk that now has an IP literal is forgotten.
-    let literal = PoolConfig::from_toml_str(
-        &CONFIG.replace("\"sbc.example.net\"", "\"10.0.3.3\""),
-        "t.toml",
-    )
-    .unwrap();
+    let literal = load(&config_text().replace("\"sbc.example.net\"", "\"10.0.3.3\""));
     dir.reconcile(&literal);
     assert!(dir.view("sbc").is_none());
     dir.stop();
@@ -263,16 +250,7 @@ fn every_resolved_address_is_the_trunks_source() {
 /// still found for a request that passed that door.
 #[test]
 fn a_mutual_tls_trunk_named_by_dns_is_no_source_by_address() {
-    let text = r#"
-[[trunk]]
-name = "fe-pool"
-address = "fepool.example.com"
-side = "internal"
-transport = "tls"
-match_any_port = true
-tls_client_names = ["fe.example.com"]
-"#;
-    let config = PoolConfig::from_toml_str(text, "t.toml").unwrap();
+    let config = load(&mutual_tls_trunk_named_by_dns(&["match_any_port = true"]));
     let dir = Directory::new(Err("no resolver in unit tests".into()));
     dir.set_answer(
         config.trunk("fe-pool").unwrap(),
