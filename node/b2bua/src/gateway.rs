@@ -18,7 +18,7 @@ use crate::config::{Side, Trunk};
 use crate::ctx::NodeCtx;
 pub use crate::gateways::{AdminState, GatewayHandle, Gateways};
 use crate::health::{HealthState, InviteOutcome, ProbeOutcome, Transition, on_invite, on_probe};
-use crate::txlayer::{Envelope, Owner, ProbeEvent};
+use crate::txlayer::{ClientOwner, Envelope, ProbeEvent};
 
 /// Messages of a GatewayActor.
 #[derive(Debug)]
@@ -198,7 +198,7 @@ impl Actor for GatewayActor {
                 let key = ClientKey::new(branch.as_bytes(), b"OPTIONS");
                 st.ctx
                     .registry
-                    .add_client(key.clone(), Owner::Gateway(myself.get_derived()));
+                    .add_client(key.clone(), ClientOwner::Gateway(myself.get_derived()));
                 if st
                     .ctx
                     .driver

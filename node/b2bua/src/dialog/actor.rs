@@ -76,7 +76,7 @@ impl Actor for DialogActor {
                 }
                 CallEvent::StrayAnswer { env } => {
                     if !media::reack_reanchor(st, &env) {
-                        st.on_stray_answer(&env, me);
+                        st.on_stray_answer(&env);
                     }
                 }
                 CallEvent::ClientEnded { key, outcome } => {

@@ -16,7 +16,7 @@ use super::msg::{DialogMsg, Phase};
 use super::outbound::{OutboundIds, outbound_invite_to};
 use crate::config::Trunk;
 use crate::health::InviteOutcome;
-use crate::txlayer::{Envelope, Owner};
+use crate::txlayer::Envelope;
 
 impl Call {
     pub(super) fn gateway_outcome(&self, trunk: &str, outcome: InviteOutcome) {
@@ -83,7 +83,7 @@ impl Call {
             self.ctx.set_ups.leg(self.actor.pid(), call_id.clone());
             self.ctx
                 .registry
-                .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
+                .add_client(key.clone(), self.client_owner());
             if let Err(e) = self.ctx.driver.start_client(
                 key.clone(),
                 env,
@@ -238,7 +238,7 @@ impl Call {
         self.maybe_finish(myself);
     }
 
-    pub(super) fn cancel_attempt(&mut self, idx: usize, myself: &ActorRef<DialogMsg>) {
+    pub(super) fn cancel_attempt(&mut self, idx: usize) {
         let att = &mut self.attempts[idx];
         if att.cancel_sent || att.answered {
             return;
@@ -267,7 +267,7 @@ impl Call {
             let key = att.key.cancel_key();
             self.ctx
                 .registry
-                .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
+                .add_client(key.clone(), self.client_owner());
             let reliable = env.transport.is_reliable();
             if self
                 .ctx
@@ -329,7 +329,7 @@ pub(super) fn on_fast_failover(st: &mut Call, myself: &ActorRef<DialogMsg>, atte
     {
         let trunk = st.attempts[idx].trunk.clone();
         st.gateway_outcome(&trunk, InviteOutcome::Timeout);
-        st.cancel_attempt(idx, myself);
+        st.cancel_attempt(idx);
         st.attempt_failed(myself, 408, None, "fast failover: no provisional in time");
     }
 }

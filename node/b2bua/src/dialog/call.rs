@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use medpool_sip::transaction::{ClientKey, ServerKey};
-use ractor::{ActorId, ActorRef};
+use ractor::ActorId;
 use tokio::time::Instant;
 
 use super::leg::{self, Leg};
-use super::msg::{CallInfo, DialogMsg, LegWire, Phase};
+use super::msg::{CallInfo, LegWire, Phase};
 use crate::config::SharedTrunk;
 use crate::ctx::NodeCtx;
 use crate::routing::Candidate;
-use crate::txlayer::{Envelope, Owner, Side};
+use crate::txlayer::{ClientOwner, Envelope, Side};
 
 /// One gateway attempt on leg B.
 #[derive(Debug)]
@@ -297,10 +297,18 @@ impl Call {
         }
     }
 
+    /// How the registry names this call as the owner of a client transaction (by its shard and
+    /// actor: a transaction outliving the call does not keep the actor alive).
+    pub(super) fn client_owner(&self) -> ClientOwner {
+        ClientOwner::Dialog {
+            shard: self.shard,
+            actor: self.actor,
+        }
+    }
+
     /// Sends a request on a leg in its own client transaction, routed back to this actor.
     pub(super) fn send_request(
         &mut self,
-        myself: &ActorRef<DialogMsg>,
         side: Side,
         bytes: Bytes,
     ) -> Option<ClientKey> {
@@ -309,7 +317,7 @@ impl Call {
         let key = crate::txlayer::client_key_of_request(&env.msg)?;
         self.ctx
             .registry
-            .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
+            .add_client(key.clone(), self.client_owner());
         if let Err(e) = self
             .ctx
             .driver
@@ -500,6 +508,7 @@ pub(super) struct SessionTimer {
 
 #[cfg(test)]
 mod size_tests {
+    use super::super::msg::DialogMsg;
     use super::*;
 
     /// An established call's state lives inline in its actor's task for the call's whole life

@@ -6,11 +6,9 @@
 
 use bytes::Bytes;
 use medpool_sip::{SipMessage, ids};
-use ractor::ActorRef;
 
 use super::call::{Attempt, Call, EarlyDialog, ExtraAnswer, MAX_EARLY_DIALOGS, MAX_EXTRA_ANSWERS};
 use super::leg::Leg;
-use super::msg::DialogMsg;
 use crate::txlayer::Envelope;
 
 impl Attempt {
@@ -61,12 +59,11 @@ impl Call {
         &mut self,
         idx: usize,
         env: &Envelope,
-        myself: &ActorRef<DialogMsg>,
     ) {
         let att = &self.attempts[idx];
         match env.msg.to_tag() {
             Some(tag) if att.leg.remote_tag.as_deref().is_some_and(|t| t != tag) => {
-                self.hang_up_fork(idx, env, myself);
+                self.hang_up_fork(idx, env);
             }
             _ => self.reack_b(env),
         }
@@ -74,7 +71,7 @@ impl Call {
 
     /// A 2xx the INVITE transaction no longer matched (it ended): a losing fork's is ACKed and
     /// hung up like any; anything else gets the ACK of its own INVITE.
-    pub(super) fn on_stray_answer(&mut self, env: &Envelope, myself: &ActorRef<DialogMsg>) {
+    pub(super) fn on_stray_answer(&mut self, env: &Envelope) {
         let call_id = env.msg.call_id().and_then(Result::ok);
         let idx = self
             .attempts
@@ -83,7 +80,7 @@ impl Call {
         let answer_cseq = env.msg.cseq().and_then(Result::ok).map(|c| c.seq);
         match idx {
             Some(i) if Some(self.attempts[i].invite_cseq()) == answer_cseq => {
-                self.on_answer_again(i, env, myself);
+                self.on_answer_again(i, env);
             }
             _ => self.reack_b(env),
         }
@@ -91,7 +88,7 @@ impl Call {
 
     /// ACKs a 2xx from a fork that lost and sends it BYE (RFC 3261 §13.2.2.4); its retransmission
     /// only gets the ACK again.
-    fn hang_up_fork(&mut self, idx: usize, env: &Envelope, myself: &ActorRef<DialogMsg>) {
+    fn hang_up_fork(&mut self, idx: usize, env: &Envelope) {
         let tag = env.msg.to_tag().map(Bytes::copy_from_slice);
         let att = &self.attempts[idx];
         if let Some(known) = att
@@ -130,6 +127,6 @@ impl Call {
         }
         self.history
             .push((trunk, "2xx from another fork: ACKed and hung up".into()));
-        self.send_bye_on(&leg, myself);
+        self.send_bye_on(&leg);
     }
 }

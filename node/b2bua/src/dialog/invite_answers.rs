@@ -13,7 +13,7 @@ use super::leg::relay_response;
 use super::msg::{DialogMsg, Phase};
 use super::outbound::{OutboundIds, outbound_invite_to};
 use crate::health::InviteOutcome;
-use crate::txlayer::{Envelope, Owner};
+use crate::txlayer::Envelope;
 
 impl Call {
     /// The SDP of a gateway's 18x or 2xx to our INVITE, rewritten for the caller: the answer to the
@@ -56,7 +56,6 @@ impl Call {
         &mut self,
         idx: usize,
         env: &Envelope,
-        myself: &ActorRef<DialogMsg>,
     ) -> bool {
         let att = &self.attempts[idx];
         if att.timer_retried || self.a_final_sent {
@@ -121,7 +120,7 @@ impl Call {
         let reliable = out.leg.transport.is_reliable();
         self.ctx
             .registry
-            .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
+            .add_client(key.clone(), self.client_owner());
         if let Err(e) = self
             .ctx
             .driver
@@ -169,11 +168,11 @@ pub(super) fn on_invite_response(
     if st.attempts[idx].abandoned {
         // A late answer to an attempt we gave up on.
         if (200..300).contains(&status) && !st.attempts[idx].answered {
-            st.ack_and_bye(idx, &env, myself);
+            st.ack_and_bye(idx, &env);
         } else if (200..300).contains(&status) {
-            st.on_answer_again(idx, &env, myself);
+            st.on_answer_again(idx, &env);
         } else if status > 100 && status < 200 {
-            st.cancel_attempt(idx, myself);
+            st.cancel_attempt(idx);
         }
         st.maybe_finish(myself);
         return;
@@ -203,7 +202,7 @@ pub(super) fn on_invite_response(
             // The gateway sent its 2xx again (our ACK was lost; the INVITE transaction hands
             // retransmissions up, RFC 6026 §8.4): ACK it again. Never mistake it for a new answer.
             // A 2xx from another fork is ACKed and hung up.
-            st.on_answer_again(idx, &env, myself);
+            st.on_answer_again(idx, &env);
         }
         200..=299 => {
             if !st.attempts[idx].got_18x {
@@ -213,7 +212,7 @@ pub(super) fn on_invite_response(
             if st.a_final_sent {
                 // The caller cancelled (or the call was refused) while the 200 was on its way: ACK and BYE.
                 st.attempts[idx].abandoned = true;
-                st.ack_and_bye(idx, &env, myself);
+                st.ack_and_bye(idx, &env);
                 st.maybe_finish(myself);
                 return;
             }
@@ -237,7 +236,7 @@ pub(super) fn on_invite_response(
                 st.history
                     .push((trunk.clone(), "answer without the required SRTP".into()));
                 st.attempts[idx].abandoned = true;
-                st.ack_and_bye(idx, &env, myself);
+                st.ack_and_bye(idx, &env);
                 st.fail_a(488, &[]);
                 st.maybe_finish(myself);
                 return;
@@ -249,7 +248,7 @@ pub(super) fn on_invite_response(
                 drop(myself.send_after(t1, move || DialogMsg::Retransmit2xx { interval: t1 * 2 }));
             }
         }
-        422 if st.retry_with_larger_interval(idx, &env, myself) => {}
+        422 if st.retry_with_larger_interval(idx, &env) => {}
         _ => {
             // A non-2xx final (the transaction layer ACKed it).
             let outcome = InviteOutcome::Answered(status);

@@ -383,7 +383,7 @@ const REANCHOR_GLARE_TRIES: u8 = 3;
 /// aimed at both peers' last addresses and re-INVITEs both legs with an offer pointing at its
 /// own endpoints, numbered above what each peer saw (see [`crate::media::MediaPlan`]). A node
 /// without a relay, or a record without a plan, carries the signalling only, as before.
-pub(super) fn start_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>) {
+pub(super) fn start_reanchor(st: &mut Call) {
     let Some(rt) = st.ctx.media.clone() else {
         return;
     };
@@ -420,7 +420,7 @@ pub(super) fn start_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>) {
     .min();
     st.media.reanchored();
     for side in [Side::A, Side::B] {
-        send_reanchor(st, myself, side, 0);
+        send_reanchor(st, side, 0);
     }
 }
 
@@ -429,7 +429,7 @@ fn count(c: &std::sync::atomic::AtomicU64, n: u64) {
 }
 
 /// Sends the re-anchoring re-INVITE on `side` (try `tries` after a glare).
-fn send_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, tries: u8) {
+fn send_reanchor(st: &mut Call, side: Side, tries: u8) {
     let Some(at) = st.endpoint(side) else {
         return reanchor_failed(st, side, "no relay session");
     };
@@ -464,7 +464,7 @@ fn send_reanchor(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, tries:
     if let Some(l) = st.leg_mut(side) {
         l.local_cseq = cseq;
     }
-    match st.send_request(myself, side, b.build()) {
+    match st.send_request(side, b.build()) {
         Some(key) => st.reanchors.push(Reanchor {
             side,
             key: Some(key),
@@ -504,7 +504,7 @@ pub(super) fn on_reanchor_retry(
     };
     st.reanchors.remove(pos);
     if st.phase == Phase::Confirmed && st.media_session.is_some() {
-        send_reanchor(st, myself, side, tries);
+        send_reanchor(st, side, tries);
     }
     reanchor_settled(st, myself);
 }

@@ -325,7 +325,7 @@ pub(super) const ACTING_CHECKS: u8 = 100;
 /// acts is stopped by the shard's release.
 pub(super) fn take_over_when_acting(st: &mut Call, myself: &ActorRef<DialogMsg>, left: u8) {
     if st.ctx.shards.may_act(st.shard) {
-        super::media::start_reanchor(st, myself);
+        super::media::start_reanchor(st);
         st.start_session_timer(myself, true);
     } else if left == 0 {
         tracing::warn!(parent: &st.span, "this node never came to act for the call's shard: no re-anchoring, no session timer");

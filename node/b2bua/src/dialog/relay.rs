@@ -277,7 +277,7 @@ pub(super) fn on_request(
             st.fail_a(487, &[]);
             for i in 0..st.attempts.len() {
                 st.attempts[i].abandoned = true;
-                st.cancel_attempt(i, myself);
+                st.cancel_attempt(i);
             }
             st.phase = Phase::Ending;
             st.maybe_finish(myself);
@@ -411,7 +411,7 @@ pub(super) fn on_request(
     if let Some(l) = st.leg_mut(to_side) {
         l.local_cseq = cseq_far;
     }
-    match st.send_request(myself, to_side, b.build()) {
+    match st.send_request(to_side, b.build()) {
         Some(client) => st.relays.push(Relay {
             span: {
                 let parent = if to_side == Side::A {

@@ -144,7 +144,7 @@ impl Call {
 
     /// Sends our refresh on leg B: an UPDATE with Session-Expires naming us (the UAC of it) as
     /// refresher.
-    fn send_refresh(&mut self, myself: &ActorRef<DialogMsg>) {
+    fn send_refresh(&mut self) {
         let Some(t) = self.session else { return };
         let Some(b) = self.confirmed_b() else { return };
         let mut leg = b.leg.clone();
@@ -172,7 +172,7 @@ impl Call {
         if let Some(cur) = self.leg_mut(Side::B) {
             cur.local_cseq = cseq;
         }
-        self.session_refresh_key = self.send_request(myself, Side::B, req.build());
+        self.session_refresh_key = self.send_request(Side::B, req.build());
     }
 }
 
@@ -184,7 +184,7 @@ pub(super) fn on_session_refresh(st: &mut Call, myself: &ActorRef<DialogMsg>) {
     let Some(t) = st.session.filter(|t| t.we_refresh) else {
         return;
     };
-    st.send_refresh(myself);
+    st.send_refresh();
     drop(myself.send_after(refresh_every(t.interval), || DialogMsg::SessionRefresh));
 }
 
@@ -234,7 +234,7 @@ pub(super) fn on_refresh_response(
                 st.session = Some(t);
                 st.session_min_se = st.session_min_se.max(min_se);
                 st.record_changed();
-                st.send_refresh(myself);
+                st.send_refresh();
             }
         }
         408 | 481 => refresh_failed(st, myself, status),

@@ -334,7 +334,7 @@ pub(super) fn on_cancel(
         st.fail_a(487, &[]);
         for i in 0..st.attempts.len() {
             st.attempts[i].abandoned = true;
-            st.cancel_attempt(i, myself);
+            st.cancel_attempt(i);
         }
         st.history.push(("caller".into(), "cancelled".into()));
         st.maybe_finish(myself);

@@ -9,21 +9,21 @@ use super::leg::Leg;
 use super::msg::{DialogMsg, Phase};
 use super::relay::send_ack_b;
 use crate::ctx::NodeEvent;
-use crate::txlayer::{Envelope, Owner, Side};
+use crate::txlayer::{Envelope, Side};
 
 impl Call {
     /// ACK a 2xx from an attempt the call no longer wants (cancelled, failed over) and BYE it at once.
-    pub(super) fn ack_and_bye(&mut self, idx: usize, env: &Envelope, myself: &ActorRef<DialogMsg>) {
+    pub(super) fn ack_and_bye(&mut self, idx: usize, env: &Envelope) {
         let att = &mut self.attempts[idx];
         att.leg.learn_from_answer(&env.msg);
         att.answered = true;
         let cseq = env.msg.cseq().and_then(|c| c.ok()).map_or(1, |c| c.seq);
         send_ack_b(self, idx, cseq, None, None, false);
         let leg = self.attempts[idx].leg.clone();
-        self.send_bye_on(&leg, myself);
+        self.send_bye_on(&leg);
     }
 
-    pub(super) fn send_bye_on(&mut self, leg: &Leg, myself: &ActorRef<DialogMsg>) {
+    pub(super) fn send_bye_on(&mut self, leg: &Leg) {
         let mut leg = leg.clone();
         leg.local_cseq += 1;
         let branch = ids::new_branch(self.shard);
@@ -37,7 +37,7 @@ impl Call {
         {
             self.ctx
                 .registry
-                .add_client(key.clone(), Owner::Dialog(myself.get_derived()));
+                .add_client(key.clone(), self.client_owner());
             if self
                 .ctx
                 .driver
@@ -57,13 +57,13 @@ impl Call {
         if except != Some(Side::A) && self.a_answered {
             self.a.local_cseq += 1;
             let leg = self.a.clone();
-            self.send_bye_on(&leg, myself);
+            self.send_bye_on(&leg);
         }
         if except != Some(Side::B)
             && let Some(b) = self.confirmed_b()
         {
             let leg = b.leg.clone();
-            self.send_bye_on(&leg, myself);
+            self.send_bye_on(&leg);
         }
         self.maybe_finish(myself);
     }
@@ -108,7 +108,7 @@ pub(super) fn on_shard_released(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         for i in 0..st.attempts.len() {
             if !st.attempts[i].answered {
                 st.attempts[i].abandoned = true;
-                st.cancel_attempt(i, myself);
+                st.cancel_attempt(i);
             }
         }
         st.bye_all(myself, None);
@@ -196,7 +196,7 @@ pub(super) fn on_end_set_up(st: &mut Call, myself: &ActorRef<DialogMsg>) {
     st.fail_a(503, &[(HeaderName::RetryAfter, b"1")]);
     for i in 0..st.attempts.len() {
         st.attempts[i].abandoned = true;
-        st.cancel_attempt(i, myself);
+        st.cancel_attempt(i);
     }
     st.phase = Phase::Ending;
     st.maybe_finish(myself);
@@ -210,7 +210,7 @@ pub(super) fn on_hangup(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         st.fail_a(480, &[]);
         for i in 0..st.attempts.len() {
             st.attempts[i].abandoned = true;
-            st.cancel_attempt(i, myself);
+            st.cancel_attempt(i);
         }
         st.maybe_finish(myself);
     }

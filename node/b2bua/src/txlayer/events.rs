@@ -4,7 +4,7 @@
 //! [`DerivedActorRef`]: this layer names the events, never the actors that take them.
 
 use medpool_sip::transaction::{ClientKey, Outcome, ServerKey};
-use ractor::DerivedActorRef;
+use ractor::{ActorId, DerivedActorRef};
 
 use super::Envelope;
 
@@ -88,13 +88,41 @@ pub type CallRef = DerivedActorRef<CallEvent>;
 /// Where a probe's events go.
 pub type ProbeRef = DerivedActorRef<ProbeEvent>;
 
-/// Who owns a client transaction.
+/// Who owns a client transaction, found when one of its events comes.
 #[derive(Clone, Debug)]
 pub enum Owner {
     /// A call.
     Dialog(CallRef),
     /// A gateway's OPTIONS probe.
     Gateway(ProbeRef),
+}
+
+/// Who owns a client transaction, as the registry keeps it. A call is named, not held: by its
+/// shard and actor, and looked up among the live calls when an event of the transaction comes. A
+/// client transaction outlives its call by up to 64*T1 (an INVITE's Timer M after its 2xx);
+/// holding the call's reference for that long kept the stopped actor's cell and its four
+/// mailboxes (~10 KB) alive with it, which after a burst of calls was most of the node's memory.
+#[derive(Clone, Debug)]
+pub enum ClientOwner {
+    /// A call: its shard and its actor.
+    Dialog {
+        /// The call's shard (where the registry lists its live calls).
+        shard: u16,
+        /// The call's actor.
+        actor: ActorId,
+    },
+    /// A gateway's OPTIONS probe (a long-lived actor: held).
+    Gateway(ProbeRef),
+}
+
+impl ClientOwner {
+    /// The actor that owns the transaction.
+    pub fn actor(&self) -> ActorId {
+        match self {
+            Self::Dialog { actor, .. } => *actor,
+            Self::Gateway(g) => g.get_id(),
+        }
+    }
 }
 
 /// Work for the node dispatcher: requests no actor owns yet.

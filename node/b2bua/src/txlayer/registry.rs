@@ -12,7 +12,7 @@ use medpool_sip::SipMessage;
 use medpool_sip::transaction::{ClientKey, ServerKey, Shards};
 use ractor::ActorId;
 
-use super::events::{CallRef, Owner, Side};
+use super::events::{CallRef, ClientOwner, Owner, Side};
 
 /// How many shards each map is split into.
 const MAP_SHARDS: usize = 64;
@@ -20,7 +20,7 @@ const MAP_SHARDS: usize = 64;
 /// Routing maps from SIP identifiers to owners.
 #[derive(Debug)]
 pub struct Registry {
-    clients: Shards<HashMap<ClientKey, Owner>>,
+    clients: Shards<HashMap<ClientKey, ClientOwner>>,
     invites: Shards<HashMap<ServerKey, CallRef>>,
     leg_a: Shards<HashMap<Vec<u8>, CallRef>>,
     leg_b: Shards<HashMap<Vec<u8>, CallRef>>,
@@ -79,24 +79,45 @@ fn retain_all<K, V>(map: &Shards<HashMap<K, V>>, dead: impl Fn(&V) -> bool) -> u
 
 impl Registry {
     /// Routes responses of client transaction `key` to `owner`.
-    pub fn add_client(&self, key: ClientKey, owner: Owner) {
+    pub fn add_client(&self, key: ClientKey, owner: ClientOwner) {
         self.clients.lock_for(&key).insert(key, owner);
     }
-    /// Forgets a client transaction.
+    /// Forgets a client transaction; its owner if that is still alive (a call that ended is not).
     pub fn remove_client(&self, key: &ClientKey) -> Option<Owner> {
-        let mut m = self.clients.lock_for(key);
-        let owner = m.remove(key);
-        compact(&mut m);
-        owner
+        let owner = {
+            let mut m = self.clients.lock_for(key);
+            let owner = m.remove(key);
+            compact(&mut m);
+            owner
+        };
+        self.resolve(owner?)
     }
-    /// Who owns client transaction `key`.
+    /// Who owns client transaction `key`, if it is still alive (a call that ended is not).
     pub(super) fn client_owner(&self, key: &ClientKey) -> Option<Owner> {
-        self.clients.lock_for(key).get(key).cloned()
+        let owner = self.clients.lock_for(key).get(key).cloned();
+        self.resolve(owner?)
+    }
+    /// The live owner a client transaction names: a call through the live calls of its shard
+    /// (never with a lock of the client map held).
+    fn resolve(&self, owner: ClientOwner) -> Option<Owner> {
+        match owner {
+            ClientOwner::Dialog { shard, actor } => self
+                .by_shard
+                .lock_for(&shard)
+                .get(&shard)
+                .and_then(|calls| calls.get(&actor))
+                .cloned()
+                .map(Owner::Dialog),
+            ClientOwner::Gateway(g) => Some(Owner::Gateway(g)),
+        }
     }
     /// Whether client transaction `key` is one of this node's gateway probes (OPTIONS): their
     /// answers belong to this node, whatever shard their branch names.
     pub fn is_probe(&self, key: &ClientKey) -> bool {
-        matches!(self.clients.lock_for(key).get(key), Some(Owner::Gateway(_)))
+        matches!(
+            self.clients.lock_for(key).get(key),
+            Some(ClientOwner::Gateway(_))
+        )
     }
     /// Whether client transaction `key` is this node's (a probe or a call's request).
     pub fn has_client(&self, key: &ClientKey) -> bool {
@@ -187,10 +208,7 @@ impl Registry {
     /// Forgets every entry that routes to `actor` (a dead actor's leftovers: a sweep of every map,
     /// for the rare actor that died without cleaning up after itself). Returns how many there were.
     pub fn forget_actor(&self, actor: ActorId) -> usize {
-        let clients = retain_all(&self.clients, |o| match o {
-            Owner::Dialog(c) => c.get_id() == actor,
-            Owner::Gateway(g) => g.get_id() == actor,
-        });
+        let clients = retain_all(&self.clients, |o| o.actor() == actor);
         let invites = retain_all(&self.invites, |c| c.get_id() == actor);
         let leg_a = retain_all(&self.leg_a, |c| c.get_id() == actor);
         let leg_b = retain_all(&self.leg_b, |c| c.get_id() == actor);
@@ -306,7 +324,10 @@ mod tests {
             reg.add_leg_b(format!("b-{n}").as_bytes(), call.clone());
             reg.add_client(
                 ClientKey::new(format!("z9hG4bK-c{n}").as_bytes(), b"INVITE"),
-                Owner::Dialog(call),
+                ClientOwner::Dialog {
+                    shard: 7,
+                    actor: actor.get_id(),
+                },
             );
         }
         assert_eq!((reg.calls(), reg.calls_of(7).len()), (2, 2));
@@ -321,6 +342,35 @@ mod tests {
         assert_eq!(reg.forget_actor(a.get_id()), 0, "nothing left of it");
         a.stop(None);
         b.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_client_transaction_outliving_its_call_finds_no_owner() {
+        let (a, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let reg = Registry::default();
+        let call: CallRef = a.get_derived();
+        let invite = invite_key("z9hG4bK-1");
+        reg.add_call(invite.clone(), b"a-1", b"tag", 7, call);
+        let key = ClientKey::new(b"z9hG4bK-c1", b"INVITE");
+        reg.add_client(
+            key.clone(),
+            ClientOwner::Dialog {
+                shard: 7,
+                actor: a.get_id(),
+            },
+        );
+        assert!(
+            matches!(reg.client_owner(&key), Some(Owner::Dialog(c)) if c.get_id() == a.get_id())
+        );
+
+        // The call ends; its INVITE client transaction lingers (Timer M).
+        reg.remove_call(&invite, b"a-1", b"tag", 7, a.get_id());
+        assert!(reg.has_client(&key), "the transaction is still routed");
+        assert!(reg.client_owner(&key).is_none(), "but to no live owner");
+        // Its end (Timer M) tells nobody.
+        assert!(reg.remove_client(&key).is_none());
+        assert!(!reg.has_client(&key));
+        a.stop(None);
     }
 
     #[tokio::test]
