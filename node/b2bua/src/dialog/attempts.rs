@@ -102,7 +102,9 @@ impl Call {
                     .observe(self.started.elapsed());
             }
             if let Some(ff) = trunk.fast_failover() {
-                drop(myself.send_after(ff, move || DialogMsg::FastFailover { attempt: number }));
+                self.after(myself, ff, move || DialogMsg::FastFailover {
+                    attempt: number,
+                });
             }
             tracing::debug!(trunk = %trunk.name, attempt = number, "calling gateway");
             return true;

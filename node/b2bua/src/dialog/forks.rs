@@ -55,11 +55,7 @@ impl Attempt {
 impl Call {
     /// A 2xx to an INVITE of attempt `idx` whose dialog is already confirmed: the same dialog's
     /// retransmission gets its ACK again; another fork's is ACKed and hung up.
-    pub(super) fn on_answer_again(
-        &mut self,
-        idx: usize,
-        env: &Envelope,
-    ) {
+    pub(super) fn on_answer_again(&mut self, idx: usize, env: &Envelope) {
         let att = &self.attempts[idx];
         match env.msg.to_tag() {
             Some(tag) if att.leg.remote_tag.as_deref().is_some_and(|t| t != tag) => {

@@ -52,11 +52,7 @@ impl Call {
     /// transaction of the same leg (same Call-ID and From tag, the next CSeq). False when it
     /// cannot (retried already, no larger Min-SE, the caller gone): the 422 is then an answer
     /// like any other.
-    fn retry_with_larger_interval(
-        &mut self,
-        idx: usize,
-        env: &Envelope,
-    ) -> bool {
+    fn retry_with_larger_interval(&mut self, idx: usize, env: &Envelope) -> bool {
         let att = &self.attempts[idx];
         if att.timer_retried || self.a_final_sent {
             return false;

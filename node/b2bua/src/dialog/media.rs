@@ -295,7 +295,7 @@ impl Call {
         if self.relaying()
             && let Some(t) = self.media_timeout
         {
-            drop(myself.send_after(t, || DialogMsg::MediaCheck));
+            self.after(myself, t, || DialogMsg::MediaCheck);
         }
     }
 
@@ -360,7 +360,7 @@ pub(super) fn on_media_check(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         .map_or(counted, |ms| Duration::from_millis(ms).min(counted));
     if st.media.on_hold() {
         st.media_counted_from = Instant::now();
-        drop(myself.send_after(timeout, || DialogMsg::MediaCheck));
+        st.after(myself, timeout, || DialogMsg::MediaCheck);
     } else if idle >= timeout {
         tracing::info!(parent: &st.span, idle_ms = idle.as_millis() as u64, "no media: the call is hung up");
         st.history.push(("media".into(), "timeout".into()));
@@ -370,7 +370,7 @@ pub(super) fn on_media_check(st: &mut Call, myself: &ActorRef<DialogMsg>) {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         st.bye_all(myself, None);
     } else {
-        drop(myself.send_after(timeout - idle, || DialogMsg::MediaCheck));
+        st.after(myself, timeout - idle, || DialogMsg::MediaCheck);
     }
 }
 

@@ -111,7 +111,7 @@ impl Call {
             } else {
                 refresh_every(t.interval)
             };
-            drop(myself.send_after(first, || DialogMsg::SessionRefresh));
+            self.after(myself, first, || DialogMsg::SessionRefresh);
         }
         self.arm_session_check(myself);
     }
@@ -123,7 +123,7 @@ impl Call {
         if let Some(deadline) = self.session_deadline {
             self.session_check_armed = true;
             let wait = deadline.saturating_duration_since(Instant::now());
-            drop(myself.send_after(wait, || DialogMsg::SessionCheck));
+            self.after(myself, wait, || DialogMsg::SessionCheck);
         }
     }
 
@@ -185,7 +185,9 @@ pub(super) fn on_session_refresh(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         return;
     };
     st.send_refresh();
-    drop(myself.send_after(refresh_every(t.interval), || DialogMsg::SessionRefresh));
+    st.after(myself, refresh_every(t.interval), || {
+        DialogMsg::SessionRefresh
+    });
 }
 
 /// The expiry watch fired: a session not refreshed in time is torn down (BYE on both legs);

@@ -131,7 +131,9 @@ pub(super) fn on_shard_released(st: &mut Call, myself: &ActorRef<DialogMsg>) {
             .stats
             .setups_lingering
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        drop(myself.send_after(crate::handover::SETUP_LINGER, || DialogMsg::EndSetUp));
+        st.after(myself, crate::handover::SETUP_LINGER, || {
+            DialogMsg::EndSetUp
+        });
     }
 }
 
@@ -224,6 +226,9 @@ impl Call {
     pub(super) fn release(&mut self) {
         if std::mem::replace(&mut self.released, true) {
             return;
+        }
+        for timer in self.timers.drain(..) {
+            timer.abort();
         }
         self.close_media();
         let reg = &self.ctx.registry;

@@ -24,9 +24,7 @@ mod registry;
 mod wire;
 
 pub use envelope::{Envelope, client_key, client_key_of_request, server_key};
-pub use events::{
-    CallEvent, CallRef, ClientOwner, CoreEvent, Owner, ProbeEvent, ProbeRef, Side,
-};
+pub use events::{CallEvent, CallRef, ClientOwner, CoreEvent, Owner, ProbeEvent, ProbeRef, Side};
 pub use io::SipIo;
 pub use registry::Registry;
 pub use wire::Wire;
