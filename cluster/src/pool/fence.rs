@@ -52,10 +52,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::audit::{Change, Record, unix_us};
-use crate::state::{NodeState, ShardEntry};
+use crate::state::NodeState;
 use crate::typ::NodeId;
 
-use super::{Pool, PoolInfo};
+use super::{Pool, PoolInfo, adopt};
 
 /// How long a shard's new owner keeps watching for records its old owner wrote late (a dialog
 /// batch retried across a partition: the old owner retries for
@@ -72,17 +72,6 @@ const FENCE_RPC: Duration = Duration::from_millis(200);
 
 /// Calls in set-up a previous owner reported lingering, by shard (their Call-IDs).
 type Lingering = Vec<(u16, Vec<String>)>;
-
-/// What the shard watcher reads of the applied state in one pass.
-struct MapView {
-    mine: BTreeSet<u16>,
-    shards: Vec<ShardEntry>,
-    epoch: u64,
-    down: BTreeSet<NodeId>,
-    /// Other nodes not down.
-    live: BTreeSet<NodeId>,
-    writes: Vec<u64>,
-}
 
 /// What a watcher pass reads of the map and the nodes, cheaply: the shard count, the sum of the
 /// shards' epochs (every change of owner raises its shard's epoch, and epochs never fall, so an
@@ -171,10 +160,15 @@ impl Pool {
     /// hears `adopted`.
     pub(super) async fn shard_watcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut metrics = self.raft.metrics();
-        // The shards the applied map gave this node at the last pass (acting, or behind a fence).
-        let mut owned: BTreeSet<u16> = BTreeSet::new();
-        // Every shard's owner and epoch at the last pass (empty before the first pass).
-        let mut prev: Vec<ShardEntry> = Vec::new();
+        // What the last pass saw (the shards it gave this node, every shard's owner and epoch, when
+        // each shard last moved).
+        let mut mem = adopt::Memory {
+            owned: BTreeSet::new(),
+            prev: Vec::new(),
+            changed_at: BTreeMap::new(),
+            started: Instant::now(),
+        };
+        let window = self.opts.lease + self.grant_fresh() + self.opts.margin;
         let mut fences: Vec<Fence> = Vec::new();
         let mut writes: Vec<u64> = Vec::new();
         // When each shard was taken over: only a recent take-over can still receive the old owner's
@@ -211,7 +205,7 @@ impl Pool {
             last_key = Some(key);
             // One consistent read: the shards, their owners, the epoch and the nodes' states belong to
             // the same applied state.
-            let view = self.reader.read(|s| MapView {
+            let view = self.reader.read(|s| adopt::MapView {
                 mine: s.shards_of(me).into_iter().collect(),
                 shards: s.shards().to_vec(),
                 epoch: s.shards().iter().map(|e| e.epoch).sum(),
@@ -235,7 +229,7 @@ impl Pool {
                 .mine
                 .iter()
                 .copied()
-                .filter(|s| owned.contains(s))
+                .filter(|s| mem.owned.contains(s))
                 .filter(|s| taken.get(s).is_some_and(|t| t.elapsed() < LATE_WINDOW))
                 .filter(|s| view.writes.get(usize::from(*s)) > writes.get(usize::from(*s)))
                 .collect();
@@ -246,8 +240,11 @@ impl Pool {
                 sink.late_records(grown);
             }
             // Releases: out of the acting set first (may_act is false from here on), then the node side
-            // stops its calls, then acting_epoch tells the new owners' fences.
-            let released: Vec<u16> = owned.difference(&view.mine).copied().collect();
+            // stops its calls, then acting_epoch tells the new owners' fences. A shard that went
+            // away and came back since the last pass is released too (and adopted again below).
+            let now = Instant::now();
+            let plan = adopt::plan(&mem, &view, window, now);
+            let released: Vec<u16> = plan.released.iter().copied().collect();
             if !released.is_empty() {
                 for f in &mut fences {
                     for s in &released {
@@ -272,32 +269,12 @@ impl Pool {
                 }
             }
             self.acting_epoch.store(view.epoch, Ordering::SeqCst);
-            // Adoptions: from nobody or from a node that is down, at once (a node is declared down
-            // only once every lease it can hold has ended, plus the margin: judge.rs); from a
-            // live node, behind a fence. The previous owner is the one of the last pass when the shard
-            // moved exactly once since; otherwise (first pass, a node catching up on old data, a
-            // snapshot, several moves applied at once) it is unknown: any live node might be acting.
-            let mut entering: Vec<u16> = Vec::new();
-            let mut fenced: BTreeMap<BTreeSet<NodeId>, BTreeSet<u16>> = BTreeMap::new();
-            for s in view.mine.difference(&owned).copied() {
-                let i = usize::from(s);
-                let known = prev
-                    .get(i)
-                    .filter(|p| view.shards.get(i).is_some_and(|e| e.epoch == p.epoch + 1));
-                let from: BTreeSet<NodeId> = match known {
-                    Some(p) => p
-                        .owner
-                        .filter(|o| *o != me && !view.down.contains(o))
-                        .into_iter()
-                        .collect(),
-                    None => view.live.clone(),
-                };
-                if from.is_empty() {
-                    entering.push(s);
-                } else {
-                    fenced.entry(from).or_default().insert(s);
-                }
-            }
+            // Adoptions (`adopt.rs`): from nobody, or from a node that is down and had held the
+            // shard for L + F + m, at once (a node is declared down only once every lease it can
+            // hold has ended, plus the margin: judge.rs); any other behind a fence on every node
+            // that is not down.
+            let mut entering: Vec<u16> = plan.at_once.iter().copied().collect();
+            let fenced = plan.fenced;
             let since = Instant::now();
             for (from, shards) in fenced {
                 fences.push(Fence {
@@ -362,9 +339,8 @@ impl Pool {
                     sink.adopted(entering);
                 }
             }
-            owned = view.mine;
+            adopt::remember(&mut mem, &view, now);
             writes = view.writes;
-            prev = view.shards;
         }
     }
 

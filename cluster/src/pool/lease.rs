@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::audit::Record;
+use crate::typ::NodeId;
 
 use super::{Pool, now_pair};
 
@@ -111,7 +112,11 @@ impl Pool {
         // the map moved away out of its acting set (the hand-over fence relies on it). The leader's
         // own heartbeat is held to the same rule.
         let current = req.map_epoch >= self.map_epoch();
-        let granted = is_leader && current;
+        // Nor may a node that a move in our log, not yet in our applied map, takes shards from:
+        // a new leader applies the entries of earlier terms only once it has committed one of its
+        // own, and until then its map can still give that node shards another node already acts
+        // for (the hand-over fence relies on it; `store/pending.rs`).
+        let granted = is_leader && current && !self.loses_shards(req.node_id);
         if granted {
             // Recorded after the decision: a lease runs from before this instant, so it ends before
             // this instant + L (the failure detector and later leaders rely on it).
@@ -145,6 +150,23 @@ impl Pool {
         if let Ok(mut c) = self.leader_rpcs.lock() {
             c.record(term, Instant::now());
         }
+    }
+
+    /// Whether a shard move in our log that our applied state does not hold yet may take a shard
+    /// from `node` (see `store/pending.rs`).
+    pub(super) fn loses_shards(&self, node: NodeId) -> bool {
+        let pending = self
+            .pending_moves
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pending.is_empty() {
+            return false;
+        }
+        self.reader.read_applied(|s, applied| {
+            pending
+                .losers(applied.map(|a| a.index), |shard| s.owner_of(shard))
+                .contains(&node)
+        })
     }
 
     /// The sum of the shard epochs in the applied state: it grows with every shard move.
