@@ -104,8 +104,11 @@ pub(super) fn plan(mem: &Memory, view: &MapView, window: Duration, now: Instant)
 }
 
 /// Remembers a pass: its view becomes the last pass's, and the shards whose epoch changed are
-/// stamped `now`.
-pub(super) fn remember(mem: &mut Memory, view: &MapView, now: Instant) {
+/// stamped `now`; stamps older than `window` are dropped (an absent stamp counts as the first
+/// pass, which is older still).
+pub(super) fn remember(mem: &mut Memory, view: &MapView, window: Duration, now: Instant) {
+    mem.changed_at
+        .retain(|_, t| now.saturating_duration_since(*t) < window);
     if !mem.prev.is_empty() {
         for (i, e) in view.shards.iter().enumerate() {
             if mem.prev.get(i).map(|p| p.epoch) != Some(e.epoch)
@@ -178,7 +181,7 @@ mod tests {
             changed_at: BTreeMap::new(),
             started: t0,
         };
-        remember(&mut m, last, t0);
+        remember(&mut m, last, WINDOW, t0);
         m
     }
 
@@ -193,7 +196,7 @@ mod tests {
         let b = view(1, &[(0, 2), (1, 1)], &[0, 1, 2], &[]);
         let t1 = t0 + Duration::from_millis(100);
         assert_eq!(plan(&m, &b, WINDOW, t1), PassPlan::default());
-        remember(&mut m, &b, t1);
+        remember(&mut m, &b, WINDOW, t1);
         let c = view(1, &[(1, 3), (1, 1)], &[0, 1, 2], &[]);
         let p = plan(&m, &c, WINDOW, t1 + Duration::from_millis(50));
         assert_eq!(p.fenced, fenced(&[0, 2], &[0]));
@@ -210,7 +213,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(10);
         let mut m = memory(t0, &a);
         let b = view(2, &[(1, 5)], &[0, 1, 2], &[]);
-        remember(&mut m, &b, t1);
+        remember(&mut m, &b, WINDOW, t1);
         let c = view(2, &[(2, 6)], &[0, 1, 2], &[1]);
         let t2 = t1 + Duration::from_millis(300);
         assert_eq!(plan(&m, &c, WINDOW, t2).fenced, fenced(&[0], &[0]));

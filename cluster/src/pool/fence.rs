@@ -3,30 +3,46 @@
 //!
 //! Per pass of the watcher: released shards leave the acting set, then the node side hears
 //! `released`, then `acting_epoch` moves to the map's epoch; shards adopted from nobody, or from a
-//! node that is down, enter the acting set at once; shards adopted from a live node wait behind the
-//! hand-over fence; entering shards are added to the set before the node side hears `adopted`.
+//! node that is down and had held them for L + F + m, enter the acting set at once; every other
+//! adopted shard waits behind the hand-over fence; entering shards are added to the set before the
+//! node side hears `adopted`. Which shards a pass releases and adopts, and whom a fence waits for,
+//! is decided by the pure `adopt.rs`. A shard that went away and came back between two passes
+//! (same owner, higher epoch) is released and adopted again.
 //!
 //! # Why the fence is safe
 //!
-//! Shards adopted from a node that is not down (a rebalance after a rejoin, a drain) enter the
-//! acting set only once that node reports `acting_epoch >=` our map epoch at adoption (it has
-//! applied the move and taken the shards out of its own acting set), or once L + F + m has passed
-//! since adoption (F = L/4: a leader grants only with a quorum acknowledgement younger than F; m the
-//! margin). Why the old owner's lease is over by then: the move committed before we applied it
-//! (commit ≤ adoption). A lease granted for a heartbeat sent before the commit, by the leader that
-//! committed the move, expires before commit + L ≤ adoption + L. A heartbeat sent after the commit
-//! carries the sender's acting epoch: the leader grants it only when that epoch is as new as the
-//! leader's map, i.e. only once the old owner has applied the move *and* cleared its acting bits —
-//! such a lease no longer lets it act for these shards. A deposed leader (one that has not learnt
-//! of a newer term) grants only within F of its last quorum acknowledgement, which was sent before
-//! the next leader was elected, so before the commit: its leases end before commit + F + L. The
-//! margin m covers what these bounds leave out: a leader grants against its *applied* map, which can
-//! trail the commit (and our adoption) by a moment. A node declared down meanwhile needs no more
-//! waiting: the leader declares a node down only once every lease it can hold has ended, plus m
-//! (`judge.rs`).
+//! A shard `s` adopted at map epoch E (our applied map's epoch when the pass adopted it) enters
+//! the acting set only once every node that is not down (the leader too, but not us) reports
+//! `acting_epoch >= E`, or once L + F + m has passed since adoption (F = L/4: a leader grants only
+//! with a quorum acknowledgement younger than F; m the margin); a node declared down meanwhile
+//! drops out of the wait. Why no other node N can still act for `s` then:
 //!
-//! Adoptions whose previous owner is not known for certain (the first pass, a node catching up on
-//! old data or a snapshot, several moves applied at once) are fenced against every live node.
+//! 1. *N reported.* A node's acting epoch moves to a map's epoch only after every shard that map
+//!    does not give it (or gives it at a new epoch) has left its acting set, and acting epochs
+//!    never fall. N reported `acting_epoch >= E`, so it has applied the map that moved `s` here and
+//!    let `s` go; it takes `s` again only through a later move, which we apply and release first.
+//! 2. *N did not report in L + F + m.* N acts for `s` only while its acting set holds `s`, so on
+//!    a lease granted for a heartbeat carrying an acting epoch below that of the move `k` that
+//!    took `s` from N (the first such move after N's map; committed at `c <=` our adoption).
+//!    Who can grant that lease after `c`? A leader whose log holds `k` does not: if it has applied
+//!    `k`, its map epoch is above N's acting epoch (the epoch check); if not, `k` is a pending
+//!    move that may take a shard from N (`store/pending.rs`: the log store notes every
+//!    `MoveShards` it appends, and a leader grants nothing to a node such a move may take a shard
+//!    from). Every leader of a term after `k`'s commit holds `k` (Raft's leader completeness) and
+//!    so does the leader that appended it, from the append on. Any other leader is deposed by
+//!    `c` and grants only within F of a quorum acknowledgement of an RPC sent before `c`. So every
+//!    lease that lets N act for `s` ends before `c` + F + L <= adoption + F + L; m is slack (the
+//!    fence reads its own clock, later than the instants it bounds).
+//! 3. *N was down.* The leader declares a node down only once every lease it can hold has ended,
+//!    plus m (`judge.rs`), and the same rule as in 2 keeps it from a new lease for `s` afterwards.
+//!    A shard from a down owner D still waits when D took it less than L + F + m ago: the owner
+//!    before D may be in case 2.
+//!
+//! So a fence normally waits until the slowest live node has applied the move (milliseconds: the
+//! nodes apply the same entry at about the same time), and at most L + F + m (1.45 s). Before,
+//! it asked only the previous owner, which let a shard moved X -> Y -> Z within L be taken by Z on
+//! Y's word while X still acted, and let a new leader, on a map that still gave it a shard its
+//! predecessor had moved away, act beside the shard's next owner (soak 0x5eed2ac7f8be1206, run 2).
 //!
 //! # Calls in set-up cross the fence on the old owner's side
 //!
@@ -106,7 +122,7 @@ struct Fence {
     /// Our map epoch when we adopted them.
     epoch: u64,
     since: Instant,
-    /// The previous owners (for the log).
+    /// The nodes it waited for at adoption: every node not down but this one (for the log).
     from: BTreeSet<NodeId>,
     /// Those that have not yet reported `acting_epoch >= epoch`.
     waiting: BTreeSet<NodeId>,
@@ -119,7 +135,7 @@ struct Fence {
 pub struct FenceStats {
     /// Fences passed (groups of shards adopted from a live node).
     pub passed: AtomicU64,
-    /// Of those, fences that ended because L + F + margin elapsed rather than on the old owner's word.
+    /// Of those, fences that ended because L + F + margin elapsed rather than on every node's word.
     pub timed_out: AtomicU64,
 }
 
@@ -339,18 +355,18 @@ impl Pool {
                     sink.adopted(entering);
                 }
             }
-            adopt::remember(&mut mem, &view, now);
+            adopt::remember(&mut mem, &view, window, now);
             writes = view.writes;
         }
     }
 
-    /// The hand-over fence (the module doc holds the argument). Shards adopted from a node that is
-    /// not down (a rebalance after a rejoin, a drain) enter the acting set only once that node
-    /// reports `acting_epoch >=` our map epoch at adoption, or once L + F + m has passed since
-    /// adoption; a node declared down meanwhile needs no more waiting. Returns the shards whose
-    /// fence is over, and what the old owners that let them pass reported still setting up for
-    /// them ([`PoolInfo::lingering`], read after their acting epoch: it names every call of the
-    /// shards they released).
+    /// The hand-over fence (the module doc holds the argument). Fenced shards enter the acting set
+    /// only once every node the fence waits for (every node not down at adoption) reports
+    /// `acting_epoch >=` our map epoch at adoption, or once L + F + m has passed since adoption; a
+    /// node declared down meanwhile needs no more waiting. Returns the shards whose fence is over,
+    /// and what the nodes that let them pass reported still setting up for them
+    /// ([`PoolInfo::lingering`], read after their acting epoch: it names every call of the shards
+    /// they released; only the previous owner has any).
     async fn pass_fences(
         &self,
         fences: &mut Vec<Fence>,
@@ -402,7 +418,7 @@ impl Pool {
             if !f.waiting.is_empty() && waited < max {
                 return true;
             }
-            let old_owner = f
+            let waited_for = f
                 .from
                 .iter()
                 .map(|n| n.to_string())
@@ -415,7 +431,7 @@ impl Pool {
             }
             tracing::info!(
                 wait_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
-                old_owner,
+                waited_for,
                 shards = f.shards.len(),
                 timed_out,
                 "hand-over fence"

@@ -111,12 +111,11 @@ impl Pool {
         // The epoch a node sends is its acting epoch: it has applied that map *and* taken every shard
         // the map moved away out of its acting set (the hand-over fence relies on it). The leader's
         // own heartbeat is held to the same rule.
-        let current = req.map_epoch >= self.map_epoch();
         // Nor may a node that a move in our log, not yet in our applied map, takes shards from:
         // a new leader applies the entries of earlier terms only once it has committed one of its
         // own, and until then its map can still give that node shards another node already acts
         // for (the hand-over fence relies on it; `store/pending.rs`).
-        let granted = is_leader && current && !self.loses_shards(req.node_id);
+        let granted = is_leader && self.map_is_current(req.node_id, req.map_epoch);
         if granted {
             // Recorded after the decision: a lease runs from before this instant, so it ends before
             // this instant + L (the failure detector and later leaders rely on it).
@@ -152,20 +151,21 @@ impl Pool {
         }
     }
 
-    /// Whether a shard move in our log that our applied state does not hold yet may take a shard
-    /// from `node` (see `store/pending.rs`).
-    pub(super) fn loses_shards(&self, node: NodeId) -> bool {
+    /// Whether a node whose acting epoch is `acting_epoch` acts on a map as new as ours: its epoch
+    /// is at least our applied map's, and no shard move in our log that our applied map does not
+    /// hold yet may take a shard from it (`store/pending.rs`). Both read one applied state: a move
+    /// applied between two reads would otherwise be in neither.
+    pub(super) fn map_is_current(&self, node: NodeId, acting_epoch: u64) -> bool {
         let pending = self
             .pending_moves
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if pending.is_empty() {
-            return false;
-        }
         self.reader.read_applied(|s, applied| {
-            pending
-                .losers(applied.map(|a| a.index), |shard| s.owner_of(shard))
-                .contains(&node)
+            acting_epoch >= s.shards().iter().map(|e| e.epoch).sum::<u64>()
+                && (pending.is_empty()
+                    || !pending
+                        .losers(applied.map(|a| a.index), |shard| s.owner_of(shard))
+                        .contains(&node))
         })
     }
 
