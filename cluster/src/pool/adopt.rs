@@ -204,8 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shard_that_moved_twice_within_the_window_waits_for_the_first_owner_even_if_the_second_is_down()
-     {
+    fn a_shard_moved_twice_within_the_window_waits_for_the_first_owner_though_the_second_is_down() {
         // X -> Y -> Z (nodes 0 -> 1 -> 2), seen by Z: Y took it 300 ms ago and is down now, but
         // X lost it only 300 ms ago and may still hold a lease that lets it act.
         let t0 = Instant::now();

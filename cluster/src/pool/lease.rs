@@ -1,9 +1,10 @@
 //! Leases: every L/4, and at once when it learns of a new leader, a node sends the leader a
 //! heartbeat carrying its acting epoch; the leader grants it (and counts the node as heard in its
-//! term) only while it has a quorum acknowledgement younger than F (L/4, at least 250 ms) and the
-//! node's shard map is as new as its own. A granted lease lasts L from when the heartbeat was
-//! *sent*; without a valid lease a node may not act for any shard ([`Pool::may_act`]). The
-//! heartbeat also carries the sender's report on earlier terms (`prior.rs`), which a new leader
+//! term) only while it has a quorum acknowledgement younger than F (L/4, at least 250 ms), the
+//! node's shard map is as new as its own, and no shard move in its log that it has not applied yet
+//! may take a shard from the node (`store/pending.rs`). A granted lease lasts L from when the
+//! heartbeat was *sent*; without a valid lease a node may not act for any shard
+//! ([`Pool::may_act`]). The heartbeat also carries the sender's report on earlier terms (`prior.rs`), which a new leader
 //! uses to bound when the leases of earlier leaders have ended (`judge::prior_leases_end`).
 
 use std::sync::Arc;
