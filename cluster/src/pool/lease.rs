@@ -22,6 +22,17 @@ use crate::typ::NodeId;
 
 use super::{Pool, now_pair};
 
+/// What a leader's map says of a node asking for a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MapCheck {
+    /// Its acting epoch is as new as our applied map, and no pending move takes a shard from it.
+    Current,
+    /// Its acting epoch is older than our applied map.
+    Stale,
+    /// A move in our log that we have not applied yet may take a shard from it.
+    LosesShards,
+}
+
 /// The least grant freshness F (see [`Pool::grant_fresh`]).
 const MIN_FRESH: Duration = Duration::from_millis(250);
 
@@ -116,7 +127,17 @@ impl Pool {
         // a new leader applies the entries of earlier terms only once it has committed one of its
         // own, and until then its map can still give that node shards another node already acts
         // for (the hand-over fence relies on it; `store/pending.rs`).
-        let granted = is_leader && self.map_is_current(req.node_id, req.map_epoch);
+        let map = self.map_check(req.node_id, req.map_epoch);
+        let granted = is_leader && map == MapCheck::Current;
+        if is_leader && map == MapCheck::LosesShards {
+            // Refused only until the move applies (normally milliseconds; seconds on a starved
+            // pool). Still counted as heard, so that the failure detector keeps the node alive and
+            // the rebalancer does not move its remaining shards away because it waited: the
+            // detector's bounds only grow with a later "grant", so this delays nothing unsafely.
+            if let Ok(mut h) = self.heard.lock() {
+                h.insert(req.node_id, (term, Instant::now()));
+            }
+        }
         if granted {
             // Recorded after the decision: a lease runs from before this instant, so it ends before
             // this instant + L (the failure detector and later leaders rely on it).
@@ -156,17 +177,23 @@ impl Pool {
     /// is at least our applied map's, and no shard move in our log that our applied map does not
     /// hold yet may take a shard from it (`store/pending.rs`). Both read one applied state: a move
     /// applied between two reads would otherwise be in neither.
-    pub(super) fn map_is_current(&self, node: NodeId, acting_epoch: u64) -> bool {
+    pub(super) fn map_check(&self, node: NodeId, acting_epoch: u64) -> MapCheck {
         let pending = self
             .pending_moves
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.reader.read_applied(|s, applied| {
-            acting_epoch >= s.shards().iter().map(|e| e.epoch).sum::<u64>()
-                && (pending.is_empty()
-                    || !pending
-                        .losers(applied.map(|a| a.index), |shard| s.owner_of(shard))
-                        .contains(&node))
+            if acting_epoch < s.shards().iter().map(|e| e.epoch).sum::<u64>() {
+                MapCheck::Stale
+            } else if !pending.is_empty()
+                && pending
+                    .losers(applied.map(|a| a.index), |shard| s.owner_of(shard))
+                    .contains(&node)
+            {
+                MapCheck::LosesShards
+            } else {
+                MapCheck::Current
+            }
         })
     }
 
