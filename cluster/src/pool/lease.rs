@@ -127,7 +127,7 @@ impl Pool {
         // a new leader applies the entries of earlier terms only once it has committed one of its
         // own, and until then its map can still give that node shards another node already acts
         // for (the hand-over fence relies on it; `store/pending.rs`).
-        let map = self.map_check(req.node_id, req.map_epoch);
+        let map = self.map_check(req.node_id, req.map_epoch, term);
         let granted = is_leader && map == MapCheck::Current;
         if is_leader && map == MapCheck::LosesShards {
             // Refused only until the move applies (normally milliseconds; seconds on a starved
@@ -174,10 +174,13 @@ impl Pool {
     }
 
     /// Whether a node whose acting epoch is `acting_epoch` acts on a map as new as ours: its epoch
-    /// is at least our applied map's, and no shard move in our log that our applied map does not
-    /// hold yet may take a shard from it (`store/pending.rs`). Both read one applied state: a move
-    /// applied between two reads would otherwise be in neither.
-    pub(super) fn map_check(&self, node: NodeId, acting_epoch: u64) -> MapCheck {
+    /// is at least our applied map's, and no shard move of an earlier term than `term` (ours) in
+    /// our log that our applied map does not hold yet may take a shard from it
+    /// (`store/pending.rs`). Both read one applied state: a move applied between two reads would
+    /// otherwise be in neither. A leader's own moves are not counted: it applies what it commits
+    /// within moments, as it did before (the fence's margin m covers that), while the moves of its
+    /// predecessors wait until it has committed an entry of its own, under load a second or more.
+    pub(super) fn map_check(&self, node: NodeId, acting_epoch: u64, term: u64) -> MapCheck {
         let pending = self
             .pending_moves
             .lock()
@@ -187,7 +190,7 @@ impl Pool {
                 MapCheck::Stale
             } else if !pending.is_empty()
                 && pending
-                    .losers(applied.map(|a| a.index), |shard| s.owner_of(shard))
+                    .losers(applied.map(|a| a.index), term, |shard| s.owner_of(shard))
                     .contains(&node)
             {
                 MapCheck::LosesShards

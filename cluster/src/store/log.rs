@@ -55,7 +55,7 @@ impl LogStore {
                 let (_, v) = item?;
                 let entry: Entry = decode("log entry", v.value())?;
                 if let EntryPayload::Normal(cmd) = &entry.payload {
-                    pending.appended(entry.index(), cmd);
+                    pending.appended(entry.index(), term_of(&entry), cmd);
                 }
             }
         }
@@ -119,6 +119,11 @@ impl LogStore {
         })
         .await
     }
+}
+
+/// The term of the leader that appended `entry`.
+fn term_of(entry: &Entry) -> u64 {
+    entry.log_id().committed_leader_id().term
 }
 
 /// `[lo, hi)` of a range of indexes, `hi == None` for unbounded; `None` if empty.
@@ -227,14 +232,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let started = Instant::now();
-        let mut moves: Vec<(u64, crate::command::Command)> = Vec::new();
+        let mut moves: Vec<(u64, u64, crate::command::Command)> = Vec::new();
         let encoded = entries
             .into_iter()
             .map(|e| {
                 if let EntryPayload::Normal(cmd @ crate::command::Command::MoveShards { .. }) =
                     &e.payload
                 {
-                    moves.push((e.index(), cmd.clone()));
+                    moves.push((e.index(), term_of(&e), cmd.clone()));
                 }
                 Ok((e.index(), encode("log entry", &e)?))
             })
@@ -264,8 +269,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // towards a commit (openraft truncates a conflicting tail before it appends over it).
         if !moves.is_empty() {
             self.note(|p| {
-                for (i, cmd) in &moves {
-                    p.appended(*i, cmd);
+                for (i, term, cmd) in &moves {
+                    p.appended(*i, *term, cmd);
                 }
             });
         }

@@ -16,19 +16,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::command::Command;
 use crate::ids::{NodeId, ShardId};
 
-/// The `MoveShards` entries appended to this node's log, by index, until they are purged.
+/// The `MoveShards` entries appended to this node's log (by index: the entry's term and its
+/// moves), until they are purged.
 #[derive(Debug, Default, Clone)]
 pub struct PendingMoves {
-    moves: BTreeMap<u64, Vec<(ShardId, NodeId)>>,
+    moves: BTreeMap<u64, (u64, Vec<(ShardId, NodeId)>)>,
 }
 
 impl PendingMoves {
-    /// Notes an entry appended at `index` (only a `MoveShards` is kept). An entry appended again at
-    /// the same index (after a truncation) replaces the one noted there.
-    pub fn appended(&mut self, index: u64, command: &Command) {
+    /// Notes an entry of `term` appended at `index` (only a `MoveShards` is kept). An entry
+    /// appended again at the same index (after a truncation) replaces the one noted there.
+    pub fn appended(&mut self, index: u64, term: u64, command: &Command) {
         match command {
             Command::MoveShards { moves } => {
-                self.moves.insert(index, moves.clone());
+                self.moves.insert(index, (term, moves.clone()));
             }
             _ => {
                 self.moves.remove(&index);
@@ -51,24 +52,29 @@ impl PendingMoves {
         self.moves.is_empty()
     }
 
-    /// Every node that a noted move beyond `applied` may take a shard from, given the owners in
-    /// the applied state. Moves are followed in log order; since a `MoveShards` may be refused at
-    /// apply (all or nothing), a shard's possible owners only grow: each later move of the shard
-    /// may take it from any of them.
+    /// Every node that a noted move beyond `applied`, of a term before `before_term`, may take a
+    /// shard from, given the owners in the applied state. Moves are followed in log order (all of
+    /// them: a later term's move can change whom an earlier one takes from, never the other way,
+    /// but owners are tracked through every move); since a `MoveShards` may be refused at apply
+    /// (all or nothing), a shard's possible owners only grow: each later move of the shard may take
+    /// it from any of them.
     pub fn losers(
         &self,
         applied: Option<u64>,
+        before_term: u64,
         owner: impl Fn(ShardId) -> Option<NodeId>,
     ) -> BTreeSet<NodeId> {
         let mut possible: BTreeMap<ShardId, BTreeSet<NodeId>> = BTreeMap::new();
         let mut losers = BTreeSet::new();
         let after = applied.map_or(0, |a| a.saturating_add(1));
-        for moves in self.moves.range(after..).map(|(_, m)| m) {
+        for (term, moves) in self.moves.range(after..).map(|(_, m)| m) {
             for (shard, to) in moves {
                 let owners = possible
                     .entry(*shard)
                     .or_insert_with(|| owner(*shard).into_iter().collect());
-                losers.extend(owners.iter().copied().filter(|o| o != to));
+                if *term < before_term {
+                    losers.extend(owners.iter().copied().filter(|o| o != to));
+                }
                 owners.insert(*to);
             }
         }
@@ -107,45 +113,49 @@ mod tests {
         // The soak's case: shard 6 moved 2 -> 0 -> 1 in entries 40 and 45; the new leader (node 2)
         // has applied only up to 39.
         let mut p = PendingMoves::default();
-        p.appended(40, &mv(&[(6, 0)]));
-        p.appended(45, &mv(&[(6, 1)]));
-        assert_eq!(p.losers(Some(39), owner), set(&[2, 0]));
+        p.appended(40, 3, &mv(&[(6, 0)]));
+        p.appended(45, 3, &mv(&[(6, 1)]));
+        // Node 2 leads term 4 now; both moves are of term 3.
+        assert_eq!(p.losers(Some(39), 4, owner), set(&[2, 0]));
         // Applied the first: its map says node 0, so only node 0 may still lose it.
         let after_40 = |s: u16| if s == 6 { Some(0) } else { owner(s) };
-        assert_eq!(p.losers(Some(40), after_40), set(&[0]));
-        assert_eq!(p.losers(Some(45), |_| Some(1)), set(&[]));
+        assert_eq!(p.losers(Some(40), 4, after_40), set(&[0]));
+        assert_eq!(p.losers(Some(45), 4, |_| Some(1)), set(&[]));
+        // The leader of term 3 itself, which appended them: its own moves do not refuse anyone
+        // (it applies what it commits within moments; the margin covers that).
+        assert_eq!(p.losers(Some(39), 3, owner), set(&[]));
     }
 
     #[test]
     fn a_move_that_may_be_refused_keeps_the_earlier_owner_a_possible_loser() {
         let mut p = PendingMoves::default();
-        p.appended(10, &mv(&[(3, 0)]));
-        p.appended(11, &mv(&[(3, 1)]));
+        p.appended(10, 1, &mv(&[(3, 0)]));
+        p.appended(11, 1, &mv(&[(3, 1)]));
         // If entry 10 is refused at apply, 11 takes shard 3 from node 2; if not, from node 0.
-        assert_eq!(p.losers(None, owner), set(&[0, 2]));
+        assert_eq!(p.losers(None, 2, owner), set(&[0, 2]));
     }
 
     #[test]
     fn a_move_to_the_owner_itself_takes_nothing_and_other_entries_are_not_noted() {
         let mut p = PendingMoves::default();
-        p.appended(5, &mv(&[(12, 0)]));
-        p.appended(6, &Command::Noop);
-        assert_eq!(p.losers(Some(4), owner), set(&[]));
-        p.appended(7, &mv(&[(25, 2)]));
-        assert_eq!(p.losers(Some(4), owner), set(&[1]));
+        p.appended(5, 1, &mv(&[(12, 0)]));
+        p.appended(6, 1, &Command::Noop);
+        assert_eq!(p.losers(Some(4), 2, owner), set(&[]));
+        p.appended(7, 1, &mv(&[(25, 2)]));
+        assert_eq!(p.losers(Some(4), 2, owner), set(&[1]));
     }
 
     #[test]
     fn truncated_and_purged_entries_are_forgotten() {
         let mut p = PendingMoves::default();
-        p.appended(5, &mv(&[(1, 0)]));
-        p.appended(8, &mv(&[(11, 1)]));
+        p.appended(5, 1, &mv(&[(1, 0)]));
+        p.appended(8, 1, &mv(&[(11, 1)]));
         p.truncated(8);
-        assert_eq!(p.losers(Some(4), owner), set(&[2]));
+        assert_eq!(p.losers(Some(4), 2, owner), set(&[2]));
         // Index 5 replaced by another entry of a new leader.
-        p.appended(5, &Command::Noop);
-        assert_eq!(p.losers(Some(4), owner), set(&[]));
-        p.appended(9, &mv(&[(21, 0)]));
+        p.appended(5, 2, &Command::Noop);
+        assert_eq!(p.losers(Some(4), 2, owner), set(&[]));
+        p.appended(9, 2, &mv(&[(21, 0)]));
         p.purged(9);
         assert!(p.is_empty());
     }
