@@ -24,15 +24,15 @@
 //! 2. *N did not report in L + F + m.* N acts for `s` only while its acting set holds `s`, so on
 //!    a lease granted for a heartbeat carrying an acting epoch below that of the move `k` that
 //!    took `s` from N (the first such move after N's map; committed at `c <=` our adoption).
-//!    Who can grant that lease after `c`? A leader whose log holds `k` does not: if it has applied
-//!    `k`, its map epoch is above N's acting epoch (the epoch check); if not, `k` is a pending
-//!    move that may take a shard from N (`store/pending.rs`: the log store notes every
-//!    `MoveShards` it appends, and a leader grants nothing to a node such a move may take a shard
-//!    from). Every leader of a term after `k`'s commit holds `k` (Raft's leader completeness) and
-//!    so does the leader that appended it, from the append on. Any other leader is deposed by
-//!    `c` and grants only within F of a quorum acknowledgement of an RPC sent before `c`. So every
-//!    lease that lets N act for `s` ends before `c` + F + L <= adoption + F + L; m is slack (the
-//!    fence reads its own clock, later than the instants it bounds).
+//!    Who can grant that lease after `c`? Every leader of a term after `k`'s holds `k` (Raft's
+//!    leader completeness): until it has applied `k`, `k` is a pending move of an earlier term
+//!    that may take a shard from N, and it grants N nothing (`store/pending.rs`: the log store
+//!    notes every `MoveShards` it appends); once it has, the epoch check refuses N. The leader
+//!    that appended `k` grants N only until it applies `k`, within moments of `c` (the margin m
+//!    covers that). Any other leader is deposed by `c` and grants only within F of a quorum
+//!    acknowledgement of an RPC sent before `c`. So every lease that lets N act for `s` ends
+//!    before `c` + F + L <= adoption + F + L, plus the appending leader's apply delay; m is the
+//!    slack for that and for the clocks.
 //! 3. *N was down.* The leader declares a node down only once every lease it can hold has ended,
 //!    plus m (`judge.rs`), and the same rule as in 2 keeps it from a new lease for `s` afterwards.
 //!    A shard from a down owner D still waits when D took it less than L + F + m ago: the owner

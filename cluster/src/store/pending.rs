@@ -7,9 +7,12 @@
 //! leader's log from its election on (Raft's leader completeness) but not yet in its map, so
 //! without this record it would grant a lease to the move's previous owner, which could then act
 //! for a shard the next owner already acts for (soak 0x5eed2ac7f8be1206, run 2: 493 ms). The log
-//! store notes every `MoveShards` it appends (and those it finds beyond the committed index when it
-//! opens); [`PendingMoves::losers`] names every node that a noted, unapplied move may take a shard
-//! from. The leader grants none of them a lease until it has applied those moves.
+//! store notes every `MoveShards` it appends, with its term (and those it finds beyond the
+//! committed index when it opens); [`PendingMoves::losers`] names every node that a noted,
+//! unapplied move of an earlier term than the leader's may take a shard from. The leader grants
+//! none of them a lease until it has applied those moves. Its own moves are not counted: it applies
+//! what it commits within moments, and refusing their losers cost the two nodes that give shards to
+//! every rejoined node their leases for a commit round (longer on a starved pool).
 
 use std::collections::{BTreeMap, BTreeSet};
 
