@@ -3,30 +3,46 @@
 //!
 //! Per pass of the watcher: released shards leave the acting set, then the node side hears
 //! `released`, then `acting_epoch` moves to the map's epoch; shards adopted from nobody, or from a
-//! node that is down, enter the acting set at once; shards adopted from a live node wait behind the
-//! hand-over fence; entering shards are added to the set before the node side hears `adopted`.
+//! node that is down and had held them for L + F + m, enter the acting set at once; every other
+//! adopted shard waits behind the hand-over fence; entering shards are added to the set before the
+//! node side hears `adopted`. Which shards a pass releases and adopts, and whom a fence waits for,
+//! is decided by the pure `adopt.rs`. A shard that went away and came back between two passes
+//! (same owner, higher epoch) is released and adopted again.
 //!
 //! # Why the fence is safe
 //!
-//! Shards adopted from a node that is not down (a rebalance after a rejoin, a drain) enter the
-//! acting set only once that node reports `acting_epoch >=` our map epoch at adoption (it has
-//! applied the move and taken the shards out of its own acting set), or once L + F + m has passed
-//! since adoption (F = L/4: a leader grants only with a quorum acknowledgement younger than F; m the
-//! margin). Why the old owner's lease is over by then: the move committed before we applied it
-//! (commit ≤ adoption). A lease granted for a heartbeat sent before the commit, by the leader that
-//! committed the move, expires before commit + L ≤ adoption + L. A heartbeat sent after the commit
-//! carries the sender's acting epoch: the leader grants it only when that epoch is as new as the
-//! leader's map, i.e. only once the old owner has applied the move *and* cleared its acting bits —
-//! such a lease no longer lets it act for these shards. A deposed leader (one that has not learnt
-//! of a newer term) grants only within F of its last quorum acknowledgement, which was sent before
-//! the next leader was elected, so before the commit: its leases end before commit + F + L. The
-//! margin m covers what these bounds leave out: a leader grants against its *applied* map, which can
-//! trail the commit (and our adoption) by a moment. A node declared down meanwhile needs no more
-//! waiting: the leader declares a node down only once every lease it can hold has ended, plus m
-//! (`judge.rs`).
+//! A shard `s` adopted at map epoch E (our applied map's epoch when the pass adopted it) enters
+//! the acting set only once every node that is not down (the leader too, but not us) reports
+//! `acting_epoch >= E`, or once L + F + m has passed since adoption (F = L/4: a leader grants only
+//! with a quorum acknowledgement younger than F; m the margin); a node declared down meanwhile
+//! drops out of the wait. Why no other node N can still act for `s` then:
 //!
-//! Adoptions whose previous owner is not known for certain (the first pass, a node catching up on
-//! old data or a snapshot, several moves applied at once) are fenced against every live node.
+//! 1. *N reported.* A node's acting epoch moves to a map's epoch only after every shard that map
+//!    does not give it (or gives it at a new epoch) has left its acting set, and acting epochs
+//!    never fall. N reported `acting_epoch >= E`, so it has applied the map that moved `s` here and
+//!    let `s` go; it takes `s` again only through a later move, which we apply and release first.
+//! 2. *N did not report in L + F + m.* N acts for `s` only while its acting set holds `s`, so on
+//!    a lease granted for a heartbeat carrying an acting epoch below that of the move `k` that
+//!    took `s` from N (the first such move after N's map; committed at `c <=` our adoption).
+//!    Who can grant that lease after `c`? Every leader of a term after `k`'s holds `k` (Raft's
+//!    leader completeness): until it has applied `k`, `k` is a pending move of an earlier term
+//!    that may take a shard from N, and it grants N nothing (`store/pending.rs`: the log store
+//!    notes every `MoveShards` it appends); once it has, the epoch check refuses N. The leader
+//!    that appended `k` grants N only until it applies `k`, within moments of `c` (the margin m
+//!    covers that). Any other leader is deposed by `c` and grants only within F of a quorum
+//!    acknowledgement of an RPC sent before `c`. So every lease that lets N act for `s` ends
+//!    before `c` + F + L <= adoption + F + L, plus the appending leader's apply delay; m is the
+//!    slack for that and for the clocks.
+//! 3. *N was down.* The leader declares a node down only once every lease it can hold has ended,
+//!    plus m (`judge.rs`), and the same rule as in 2 keeps it from a new lease for `s` afterwards.
+//!    A shard from a down owner D still waits when D took it less than L + F + m ago: the owner
+//!    before D may be in case 2.
+//!
+//! So a fence normally waits until the slowest live node has applied the move (milliseconds: the
+//! nodes apply the same entry at about the same time), and at most L + F + m (1.45 s). Before,
+//! it asked only the previous owner, which let a shard moved X -> Y -> Z within L be taken by Z on
+//! Y's word while X still acted, and let a new leader, on a map that still gave it a shard its
+//! predecessor had moved away, act beside the shard's next owner (soak 0x5eed2ac7f8be1206, run 2).
 //!
 //! # Calls in set-up cross the fence on the old owner's side
 //!
@@ -52,10 +68,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::audit::{Change, Record, unix_us};
-use crate::state::{NodeState, ShardEntry};
+use crate::state::NodeState;
 use crate::typ::NodeId;
 
-use super::{Pool, PoolInfo};
+use super::{Pool, PoolInfo, adopt};
 
 /// How long a shard's new owner keeps watching for records its old owner wrote late (a dialog
 /// batch retried across a partition: the old owner retries for
@@ -72,17 +88,6 @@ const FENCE_RPC: Duration = Duration::from_millis(200);
 
 /// Calls in set-up a previous owner reported lingering, by shard (their Call-IDs).
 type Lingering = Vec<(u16, Vec<String>)>;
-
-/// What the shard watcher reads of the applied state in one pass.
-struct MapView {
-    mine: BTreeSet<u16>,
-    shards: Vec<ShardEntry>,
-    epoch: u64,
-    down: BTreeSet<NodeId>,
-    /// Other nodes not down.
-    live: BTreeSet<NodeId>,
-    writes: Vec<u64>,
-}
 
 /// What a watcher pass reads of the map and the nodes, cheaply: the shard count, the sum of the
 /// shards' epochs (every change of owner raises its shard's epoch, and epochs never fall, so an
@@ -117,7 +122,7 @@ struct Fence {
     /// Our map epoch when we adopted them.
     epoch: u64,
     since: Instant,
-    /// The previous owners (for the log).
+    /// The nodes it waited for at adoption: every node not down but this one (for the log).
     from: BTreeSet<NodeId>,
     /// Those that have not yet reported `acting_epoch >= epoch`.
     waiting: BTreeSet<NodeId>,
@@ -130,7 +135,7 @@ struct Fence {
 pub struct FenceStats {
     /// Fences passed (groups of shards adopted from a live node).
     pub passed: AtomicU64,
-    /// Of those, fences that ended because L + F + margin elapsed rather than on the old owner's word.
+    /// Of those, fences that ended because L + F + margin elapsed rather than on every node's word.
     pub timed_out: AtomicU64,
 }
 
@@ -171,10 +176,15 @@ impl Pool {
     /// hears `adopted`.
     pub(super) async fn shard_watcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut metrics = self.raft.metrics();
-        // The shards the applied map gave this node at the last pass (acting, or behind a fence).
-        let mut owned: BTreeSet<u16> = BTreeSet::new();
-        // Every shard's owner and epoch at the last pass (empty before the first pass).
-        let mut prev: Vec<ShardEntry> = Vec::new();
+        // What the last pass saw (the shards it gave this node, every shard's owner and epoch, when
+        // each shard last moved).
+        let mut mem = adopt::Memory {
+            owned: BTreeSet::new(),
+            prev: Vec::new(),
+            changed_at: BTreeMap::new(),
+            started: Instant::now(),
+        };
+        let window = self.opts.lease + self.grant_fresh() + self.opts.margin;
         let mut fences: Vec<Fence> = Vec::new();
         let mut writes: Vec<u64> = Vec::new();
         // When each shard was taken over: only a recent take-over can still receive the old owner's
@@ -211,7 +221,7 @@ impl Pool {
             last_key = Some(key);
             // One consistent read: the shards, their owners, the epoch and the nodes' states belong to
             // the same applied state.
-            let view = self.reader.read(|s| MapView {
+            let view = self.reader.read(|s| adopt::MapView {
                 mine: s.shards_of(me).into_iter().collect(),
                 shards: s.shards().to_vec(),
                 epoch: s.shards().iter().map(|e| e.epoch).sum(),
@@ -235,7 +245,7 @@ impl Pool {
                 .mine
                 .iter()
                 .copied()
-                .filter(|s| owned.contains(s))
+                .filter(|s| mem.owned.contains(s))
                 .filter(|s| taken.get(s).is_some_and(|t| t.elapsed() < LATE_WINDOW))
                 .filter(|s| view.writes.get(usize::from(*s)) > writes.get(usize::from(*s)))
                 .collect();
@@ -246,8 +256,11 @@ impl Pool {
                 sink.late_records(grown);
             }
             // Releases: out of the acting set first (may_act is false from here on), then the node side
-            // stops its calls, then acting_epoch tells the new owners' fences.
-            let released: Vec<u16> = owned.difference(&view.mine).copied().collect();
+            // stops its calls, then acting_epoch tells the new owners' fences. A shard that went
+            // away and came back since the last pass is released too (and adopted again below).
+            let now = Instant::now();
+            let plan = adopt::plan(&mem, &view, window, now);
+            let released: Vec<u16> = plan.released.iter().copied().collect();
             if !released.is_empty() {
                 for f in &mut fences {
                     for s in &released {
@@ -272,32 +285,12 @@ impl Pool {
                 }
             }
             self.acting_epoch.store(view.epoch, Ordering::SeqCst);
-            // Adoptions: from nobody or from a node that is down, at once (a node is declared down
-            // only once every lease it can hold has ended, plus the margin: judge.rs); from a
-            // live node, behind a fence. The previous owner is the one of the last pass when the shard
-            // moved exactly once since; otherwise (first pass, a node catching up on old data, a
-            // snapshot, several moves applied at once) it is unknown: any live node might be acting.
-            let mut entering: Vec<u16> = Vec::new();
-            let mut fenced: BTreeMap<BTreeSet<NodeId>, BTreeSet<u16>> = BTreeMap::new();
-            for s in view.mine.difference(&owned).copied() {
-                let i = usize::from(s);
-                let known = prev
-                    .get(i)
-                    .filter(|p| view.shards.get(i).is_some_and(|e| e.epoch == p.epoch + 1));
-                let from: BTreeSet<NodeId> = match known {
-                    Some(p) => p
-                        .owner
-                        .filter(|o| *o != me && !view.down.contains(o))
-                        .into_iter()
-                        .collect(),
-                    None => view.live.clone(),
-                };
-                if from.is_empty() {
-                    entering.push(s);
-                } else {
-                    fenced.entry(from).or_default().insert(s);
-                }
-            }
+            // Adoptions (`adopt.rs`): from nobody, or from a node that is down and had held the
+            // shard for L + F + m, at once (a node is declared down only once every lease it can
+            // hold has ended, plus the margin: judge.rs); any other behind a fence on every node
+            // that is not down.
+            let mut entering: Vec<u16> = plan.at_once.iter().copied().collect();
+            let fenced = plan.fenced;
             let since = Instant::now();
             for (from, shards) in fenced {
                 fences.push(Fence {
@@ -362,19 +355,18 @@ impl Pool {
                     sink.adopted(entering);
                 }
             }
-            owned = view.mine;
+            adopt::remember(&mut mem, &view, window, now);
             writes = view.writes;
-            prev = view.shards;
         }
     }
 
-    /// The hand-over fence (the module doc holds the argument). Shards adopted from a node that is
-    /// not down (a rebalance after a rejoin, a drain) enter the acting set only once that node
-    /// reports `acting_epoch >=` our map epoch at adoption, or once L + F + m has passed since
-    /// adoption; a node declared down meanwhile needs no more waiting. Returns the shards whose
-    /// fence is over, and what the old owners that let them pass reported still setting up for
-    /// them ([`PoolInfo::lingering`], read after their acting epoch: it names every call of the
-    /// shards they released).
+    /// The hand-over fence (the module doc holds the argument). Fenced shards enter the acting set
+    /// only once every node the fence waits for (every node not down at adoption) reports
+    /// `acting_epoch >=` our map epoch at adoption, or once L + F + m has passed since adoption; a
+    /// node declared down meanwhile needs no more waiting. Returns the shards whose fence is over,
+    /// and what the nodes that let them pass reported still setting up for them
+    /// ([`PoolInfo::lingering`], read after their acting epoch: it names every call of the shards
+    /// they released; only the previous owner has any).
     async fn pass_fences(
         &self,
         fences: &mut Vec<Fence>,
@@ -426,7 +418,7 @@ impl Pool {
             if !f.waiting.is_empty() && waited < max {
                 return true;
             }
-            let old_owner = f
+            let waited_for = f
                 .from
                 .iter()
                 .map(|n| n.to_string())
@@ -439,7 +431,7 @@ impl Pool {
             }
             tracing::info!(
                 wait_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
-                old_owner,
+                waited_for,
                 shards = f.shards.len(),
                 timed_out,
                 "hand-over fence"

@@ -34,8 +34,9 @@ pub struct PoolInfo {
     /// Confirmed dialogs recorded.
     pub dialogs: usize,
     /// The map epoch (sum of the shard epochs) of the applied state whose releases this node's
-    /// acting set reflects: every shard this node did not own at that epoch is out of its acting set
-    /// and its node side has been told. Shards adopted at that epoch may still wait behind a
+    /// acting set reflects: every shard this node did not own at that epoch, or owned at a later
+    /// shard epoch than when it entered the acting set, is out of its acting set and its node side
+    /// has been told. Shards adopted at that epoch may still wait behind a
     /// hand-over fence. 0 until the shard watcher's first pass (and from nodes that predate it).
     #[serde(default)]
     pub acting_epoch: u64,

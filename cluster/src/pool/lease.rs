@@ -1,9 +1,10 @@
 //! Leases: every L/4, and at once when it learns of a new leader, a node sends the leader a
 //! heartbeat carrying its acting epoch; the leader grants it (and counts the node as heard in its
-//! term) only while it has a quorum acknowledgement younger than F (L/4, at least 250 ms) and the
-//! node's shard map is as new as its own. A granted lease lasts L from when the heartbeat was
-//! *sent*; without a valid lease a node may not act for any shard ([`Pool::may_act`]). The
-//! heartbeat also carries the sender's report on earlier terms (`prior.rs`), which a new leader
+//! term) only while it has a quorum acknowledgement younger than F (L/4, at least 250 ms), the
+//! node's shard map is as new as its own, and no shard move in its log that it has not applied yet
+//! may take a shard from the node (`store/pending.rs`). A granted lease lasts L from when the
+//! heartbeat was *sent*; without a valid lease a node may not act for any shard
+//! ([`Pool::may_act`]). The heartbeat also carries the sender's report on earlier terms (`prior.rs`), which a new leader
 //! uses to bound when the leases of earlier leaders have ended (`judge::prior_leases_end`).
 
 use std::sync::Arc;
@@ -17,8 +18,20 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::audit::Record;
+use crate::typ::NodeId;
 
 use super::{Pool, now_pair};
+
+/// What a leader's map says of a node asking for a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MapCheck {
+    /// Its acting epoch is as new as our applied map, and no pending move takes a shard from it.
+    Current,
+    /// Its acting epoch is older than our applied map.
+    Stale,
+    /// A move in our log that we have not applied yet may take a shard from it.
+    LosesShards,
+}
 
 /// The least grant freshness F (see [`Pool::grant_fresh`]).
 const MIN_FRESH: Duration = Duration::from_millis(250);
@@ -110,8 +123,21 @@ impl Pool {
         // The epoch a node sends is its acting epoch: it has applied that map *and* taken every shard
         // the map moved away out of its acting set (the hand-over fence relies on it). The leader's
         // own heartbeat is held to the same rule.
-        let current = req.map_epoch >= self.map_epoch();
-        let granted = is_leader && current;
+        // Nor may a node that a move in our log, not yet in our applied map, takes shards from:
+        // a new leader applies the entries of earlier terms only once it has committed one of its
+        // own, and until then its map can still give that node shards another node already acts
+        // for (the hand-over fence relies on it; `store/pending.rs`).
+        let map = self.map_check(req.node_id, req.map_epoch, term);
+        let granted = is_leader && map == MapCheck::Current;
+        if is_leader && map == MapCheck::LosesShards {
+            // Refused only until the move applies (normally milliseconds; seconds on a starved
+            // pool). Still counted as heard, so that the failure detector keeps the node alive and
+            // the rebalancer does not move its remaining shards away because it waited: the
+            // detector's bounds only grow with a later "grant", so this delays nothing unsafely.
+            if let Ok(mut h) = self.heard.lock() {
+                h.insert(req.node_id, (term, Instant::now()));
+            }
+        }
         if granted {
             // Recorded after the decision: a lease runs from before this instant, so it ends before
             // this instant + L (the failure detector and later leaders rely on it).
@@ -145,6 +171,33 @@ impl Pool {
         if let Ok(mut c) = self.leader_rpcs.lock() {
             c.record(term, Instant::now());
         }
+    }
+
+    /// Whether a node whose acting epoch is `acting_epoch` acts on a map as new as ours: its epoch
+    /// is at least our applied map's, and no shard move of an earlier term than `term` (ours) in
+    /// our log that our applied map does not hold yet may take a shard from it
+    /// (`store/pending.rs`). Both read one applied state: a move applied between two reads would
+    /// otherwise be in neither. A leader's own moves are not counted: it applies what it commits
+    /// within moments, as it did before (the fence's margin m covers that), while the moves of its
+    /// predecessors wait until it has committed an entry of its own, under load a second or more.
+    pub(super) fn map_check(&self, node: NodeId, acting_epoch: u64, term: u64) -> MapCheck {
+        let pending = self
+            .pending_moves
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.reader.read_applied(|s, applied| {
+            if acting_epoch < s.shards().iter().map(|e| e.epoch).sum::<u64>() {
+                MapCheck::Stale
+            } else if !pending.is_empty()
+                && pending
+                    .losers(applied.map(|a| a.index), term, |shard| s.owner_of(shard))
+                    .contains(&node)
+            {
+                MapCheck::LosesShards
+            } else {
+                MapCheck::Current
+            }
+        })
     }
 
     /// The sum of the shard epochs in the applied state: it grows with every shard move.

@@ -32,6 +32,7 @@
 //! [`PoolOptions::audit`] the node reports its leases and acting-set changes ([`crate::audit`]).
 //! The node side (SIP, calls) is reached only through [`PoolSink`]; this crate knows nothing of SIP.
 
+mod adopt;
 mod commit;
 mod detector;
 mod fence;
@@ -214,6 +215,8 @@ pub struct Pool {
     opts: PoolOptions,
     raft: Raft,
     reader: StateReader,
+    /// The shard moves in our log not yet applied (the lease rule: `lease.rs`).
+    pending_moves: crate::store::log::SharedPendingMoves,
     epoch: Instant,
     /// Our lease: valid until this instant.
     lease_until: Mutex<Option<Instant>>,
@@ -273,6 +276,7 @@ impl Pool {
         let started = Instant::now();
         let (log, sm) = store::open(&opts.data_dir)?;
         let reader = sm.reader();
+        let pending_moves = log.pending_moves();
         let config = openraft::Config {
             cluster_name: "medpool".into(),
             // A follower calls an election after election_timeout_max (its leader lease) plus a
@@ -304,6 +308,7 @@ impl Pool {
             opts: opts.clone(),
             raft: raft.clone(),
             reader,
+            pending_moves,
             epoch: started,
             lease_until: Mutex::new(None),
             heard: Mutex::new(BTreeMap::new()),

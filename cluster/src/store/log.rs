@@ -9,7 +9,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -20,21 +20,58 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::{
-    Db, DbClosed, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG, META, StoreError, blocking,
-    decode, encode,
+    Db, DbClosed, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG, META, PendingMoves, StoreError,
+    blocking, decode, encode,
 };
 use crate::stats::STATS;
-use crate::typ::{Entry, LogId, TypeConfig, Vote};
+use crate::typ::{Entry, EntryPayload, LogId, TypeConfig, Vote};
+
+/// The shard moves of the log that may not be applied yet (see [`PendingMoves`]), shared by the
+/// log store and the lease rule.
+pub type SharedPendingMoves = Arc<Mutex<PendingMoves>>;
 
 /// The log store. Cheap to clone: clones share the database (openraft's log readers are clones).
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<Db>,
+    pending: SharedPendingMoves,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Db>) -> Self {
-        Self { db }
+    /// A log store over `db`; every `MoveShards` beyond the committed index is noted at once
+    /// (openraft re-applies the committed entries before this node can lead).
+    pub(crate) fn new(db: Arc<Db>) -> Result<Self, StoreError> {
+        let mut pending = PendingMoves::default();
+        {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let committed: Option<LogId> = match meta.get(KEY_COMMITTED)? {
+                Some(v) => Some(decode(KEY_COMMITTED, v.value())?),
+                None => None,
+            };
+            let from = committed.map_or(0, |c| c.index().saturating_add(1));
+            let table = txn.open_table(LOG)?;
+            for item in table.range(from..)? {
+                let (_, v) = item?;
+                let entry: Entry = decode("log entry", v.value())?;
+                if let EntryPayload::Normal(cmd) = &entry.payload {
+                    pending.appended(entry.index(), term_of(&entry), cmd);
+                }
+            }
+        }
+        Ok(Self {
+            db,
+            pending: Arc::new(Mutex::new(pending)),
+        })
+    }
+
+    /// The shard moves of this log that may not be applied yet.
+    pub fn pending_moves(&self) -> SharedPendingMoves {
+        self.pending.clone()
+    }
+
+    fn note(&self, f: impl FnOnce(&mut PendingMoves)) {
+        f(&mut self.pending.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     /// Resolves once every handle on the database has been dropped (see [`DbClosed`]).
@@ -82,6 +119,11 @@ impl LogStore {
         })
         .await
     }
+}
+
+/// The term of the leader that appended `entry`.
+fn term_of(entry: &Entry) -> u64 {
+    entry.log_id().committed_leader_id().term
 }
 
 /// `[lo, hi)` of a range of indexes, `hi == None` for unbounded; `None` if empty.
@@ -190,10 +232,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let started = Instant::now();
+        let mut moves: Vec<(u64, u64, crate::command::Command)> = Vec::new();
         let encoded = entries
             .into_iter()
-            .map(|e| Ok((e.index(), encode("log entry", &e)?)))
+            .map(|e| {
+                if let EntryPayload::Normal(cmd @ crate::command::Command::MoveShards { .. }) =
+                    &e.payload
+                {
+                    moves.push((e.index(), term_of(&e), cmd.clone()));
+                }
+                Ok((e.index(), encode("log entry", &e)?))
+            })
             .collect::<Result<Vec<_>, StoreError>>()?;
+
         let count = encoded.len() as u64;
         let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
         // Written and fsynced before returning: the entries are readable at return, as openraft
@@ -214,6 +265,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await?;
         STATS.log_append.since(count, bytes, started);
+        // Noted once written and before openraft hears of it, so before the entry can count
+        // towards a commit (openraft truncates a conflicting tail before it appends over it).
+        if !moves.is_empty() {
+            self.note(|p| {
+                for (i, term, cmd) in &moves {
+                    p.appended(*i, *term, cmd);
+                }
+            });
+        }
         callback.io_completed(Ok(()));
         Ok(())
     }
@@ -224,6 +284,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             None => 0,
         };
         tracing::debug!(from, "truncating the raft log");
+        self.note(|p| p.truncated(from));
         blocking(&self.db, move |db| {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::None)?;
@@ -257,6 +318,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         })
         .await?;
+        self.note(|p| p.purged(upto));
         Ok(())
     }
 }

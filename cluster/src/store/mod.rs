@@ -21,6 +21,7 @@
 //! the Raft core or the runtime's workers.
 
 pub mod log;
+pub mod pending;
 pub mod sm;
 
 use std::io;
@@ -36,6 +37,7 @@ use tokio::sync::watch;
 use crate::codec::{self, CodecError};
 
 pub use self::log::LogStore;
+pub use self::pending::PendingMoves;
 pub use self::sm::{SnapshotBuilder, StateMachineStore, StateReader};
 
 /// A running Raft node over our storage.
@@ -196,7 +198,7 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
     let (closed, _) = watch::channel(());
     let db = Arc::new(Db { db, closed });
     let sm = StateMachineStore::load(db.clone())?;
-    Ok((LogStore::new(db), sm))
+    Ok((LogStore::new(db)?, sm))
 }
 
 /// Runs a redb call on the blocking pool.

@@ -140,6 +140,12 @@ impl StateReader {
         read(&self.shared).state.clone()
     }
 
+    /// Runs `f` on the applied state and the id of the last entry it reflects (one read).
+    pub fn read_applied<R>(&self, f: impl FnOnce(&State, Option<LogId>) -> R) -> R {
+        let a = read(&self.shared);
+        f(&a.state, a.last_applied)
+    }
+
     /// The id of the last applied log entry.
     pub fn last_applied(&self) -> Option<LogId> {
         read(&self.shared).last_applied
@@ -513,7 +519,7 @@ mod tests {
             closed: tokio::sync::watch::channel(()).0,
         });
         let sm = StateMachineStore::load(db.clone()).unwrap();
-        (crate::store::LogStore::new(db), sm)
+        (crate::store::LogStore::new(db).unwrap(), sm)
     }
 
     fn set_config(index: u64, expected_version: Option<u64>) -> Entry {
