@@ -100,7 +100,7 @@ pub enum Owner {
 /// Who owns a client transaction, as the registry keeps it. A call is named, not held: by its
 /// shard and actor, and looked up among the live calls when an event of the transaction comes. A
 /// client transaction outlives its call by up to 64*T1 (an INVITE's Timer M after its 2xx);
-/// holding the call's reference for that long kept the stopped actor's cell and its four
+/// holding the call's reference for that long kept the stopped actor's cell and its
 /// mailboxes (~10 KB) alive with it, which after a burst of calls was most of the node's memory.
 #[derive(Clone, Debug)]
 pub enum ClientOwner {
