@@ -1,10 +1,16 @@
 //! SIP forwarding between nodes: a message received for a shard another node owns (or an answer
 //! that must leave from another node's socket) goes over one ordered, bounded queue per peer, and
 //! from there over one long-lived gRPC stream (`ForwardStream`) to that peer: no request and
-//! answer per message, and never only one message in flight. A peer that does not serve the
-//! stream (a node of an older version during a rolling upgrade) is sent one `Forward` per message.
+//! answer per message, and never only one message in flight. The stream's body reads the peer's
+//! queue itself, so a message goes from the sender to the h2 connection without a task of its own
+//! in between. A peer that does not serve the stream (a node of an older version during a rolling
+//! upgrade) is sent one `Forward` per message.
 
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use medpool_proto::cluster::SipForward;
 use medpool_proto::cluster::cluster_client::ClusterClient;
@@ -19,8 +25,6 @@ use super::Pool;
 /// Messages waiting for a peer: when a peer is slow, SIP messages are dropped (and retransmitted by
 /// their senders) rather than queued without limit.
 const QUEUE: usize = 4096;
-/// Messages handed to one stream and not yet written by it.
-const STREAM_QUEUE: usize = 256;
 /// A stream that ended with an error is reopened after this pause (the peer may be down: a stream
 /// per message would only spin).
 const REOPEN_AFTER: Duration = Duration::from_millis(100);
@@ -53,29 +57,37 @@ impl Pool {
     }
 }
 
+/// A peer's queue, shared by the forwarder and the body of the stream open to that peer. The lock
+/// is held only inside one poll (never across an await), so a stream that broke and whose body
+/// has not been dropped yet cannot keep the queue from the next one.
+type Queue = Arc<Mutex<mpsc::Receiver<SipForward>>>;
+
+/// The next message of the queue (`None`: the pool dropped the sender).
+fn poll_queue(queue: &Queue, cx: &mut Context<'_>) -> Poll<Option<SipForward>> {
+    match queue.lock() {
+        Ok(mut rx) => rx.poll_recv(cx),
+        // A poisoned lock: a poll panicked; the queue is gone for good.
+        Err(_) => Poll::Ready(None),
+    }
+}
+
 /// Sends what arrives on `rx` to `node`, on a stream while the peer serves one, else unary. Ends
 /// when the pool drops the queue's sender.
-async fn forwarder(
-    node: NodeId,
-    client: ClusterClient<Channel>,
-    mut rx: mpsc::Receiver<SipForward>,
-) {
-    let mut held: Option<SipForward> = None;
-    loop {
-        match stream_until_broken(node, &client, &mut rx, &mut held).await {
+async fn forwarder(node: NodeId, client: ClusterClient<Channel>, rx: mpsc::Receiver<SipForward>) {
+    let queue: Queue = Arc::new(Mutex::new(rx));
+    let held = loop {
+        match stream_until_broken(node, &client, &queue).await {
             StreamEnd::QueueClosed => return,
             StreamEnd::Broken => tokio::time::sleep(REOPEN_AFTER).await,
-            StreamEnd::Unsupported => break,
+            StreamEnd::Unsupported(first) => break first,
         }
-    }
+    };
     tracing::debug!(
         node,
         "peer serves no forward stream: one forward per message"
     );
-    if let Some(m) = held.take() {
-        unary(client.clone(), m).await;
-    }
-    while let Some(m) = rx.recv().await {
+    unary(client.clone(), held).await;
+    while let Some(m) = std::future::poll_fn(|cx| poll_queue(&queue, cx)).await {
         unary(client.clone(), m).await;
     }
 }
@@ -86,72 +98,44 @@ enum StreamEnd {
     QueueClosed,
     /// The stream failed (the peer restarted, the connection broke): open another.
     Broken,
-    /// The peer does not know `ForwardStream`.
-    Unsupported,
+    /// The peer does not know `ForwardStream`; the stream's first message, to be sent unary.
+    Unsupported(SipForward),
 }
 
-/// Opens one stream to `node` and writes the queue into it until the stream breaks. A message
-/// taken from the queue but not written (the stream had just closed) is kept in `held` for the
-/// next stream.
+/// Opens one stream to `node` once there is a message to send, and lets the stream's body read the
+/// queue itself until the stream breaks: a message goes from the sender's `try_send` to the h2
+/// connection without waking this task (one hand-off a message fewer than a forwarder task that
+/// copies the queue into the stream; at low rates, where nothing batches, each hand-off is a
+/// wake-up). Messages the body took but the stream did not deliver are lost (SIP retransmits).
 async fn stream_until_broken(
     node: NodeId,
     client: &ClusterClient<Channel>,
-    rx: &mut mpsc::Receiver<SipForward>,
-    held: &mut Option<SipForward>,
+    queue: &Queue,
 ) -> StreamEnd {
     // Nothing is opened before there is something to send.
-    let first = match held.take() {
-        Some(m) => m,
-        None => match rx.recv().await {
-            Some(m) => m,
-            None => return StreamEnd::QueueClosed,
-        },
+    let Some(first) = std::future::poll_fn(|cx| poll_queue(queue, cx)).await else {
+        return StreamEnd::QueueClosed;
     };
-    let (stx, srx) = mpsc::channel::<SipForward>(STREAM_QUEUE);
-    let body =
-        futures_util::stream::unfold(
-            srx,
-            |mut srx| async move { srx.recv().await.map(|m| (m, srx)) },
-        );
-    let mut c = client.clone();
-    let mut call = tokio::spawn(async move { c.forward_stream(body).await });
+    let copy = first.clone();
+    let q = queue.clone();
+    let rest = futures_util::stream::poll_fn(move |cx| poll_queue(&q, cx));
+    let body = futures_util::stream::once(std::future::ready(first))
+        .chain(rest)
+        .inspect(|m| {
+            STATS
+                .forward_out
+                .record(1, m.message.len() as u64, Duration::ZERO)
+        });
     STATS.rpc(Rpc::Forward, true);
-    let mut next = Some(first);
-    loop {
-        let msg = match next.take() {
-            Some(m) => m,
-            None => tokio::select! {
-                m = rx.recv() => match m {
-                    Some(m) => m,
-                    None => return StreamEnd::QueueClosed,
-                },
-                ended = &mut call => return stream_ended(node, ended),
-            },
-        };
-        let started = tokio::time::Instant::now();
-        let bytes = msg.message.len() as u64;
-        if let Err(mpsc::error::SendError(m)) = stx.send(msg).await {
-            *held = Some(m);
-            return stream_ended(node, call.await);
-        }
-        STATS.forward_out.since(1, bytes, started);
-    }
-}
-
-fn stream_ended(
-    node: NodeId,
-    ended: Result<
-        Result<tonic::Response<medpool_proto::cluster::ForwardAck>, tonic::Status>,
-        tokio::task::JoinError,
-    >,
-) -> StreamEnd {
-    match ended {
-        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => StreamEnd::Unsupported,
-        Ok(Err(s)) => {
+    let mut c = client.clone();
+    match c.forward_stream(body).await {
+        Err(s) if s.code() == tonic::Code::Unimplemented => StreamEnd::Unsupported(copy),
+        Err(s) => {
             tracing::debug!(node, status = %s, "forward stream ended; reopened");
             StreamEnd::Broken
         }
-        _ => StreamEnd::Broken,
+        // The body ends only when the queue is closed; the next wait for a first message says so.
+        Ok(_) => StreamEnd::Broken,
     }
 }
 

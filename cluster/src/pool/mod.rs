@@ -472,14 +472,25 @@ impl Pool {
     /// Waits until Raft stops on a fatal error — its log or state machine could not be written (a
     /// full or failing disk) — and returns the error. A node whose Raft is gone can neither follow
     /// the shard map nor replicate calls: it must stop, so that the others take its shards over.
+    ///
+    /// Wakes on changes of Raft's server metrics (vote, role, leader, membership: rare), not on
+    /// every metrics change (each append, acknowledgement and apply: hundreds a second under
+    /// load, each a wake-up of the thread that awaits this), and once a second. Raft closes
+    /// those metrics when its core stops, after it has published the error.
     pub async fn fatal(&self) -> String {
-        let mut m = self.raft.metrics();
+        let all = self.raft.metrics();
+        let mut server = self.raft.server_metrics();
+        let mut closed = false;
         loop {
-            if let Err(e) = &m.borrow_watched().running_state {
+            if let Err(e) = &all.borrow_watched().running_state {
                 return e.to_string();
             }
-            if m.changed().await.is_err() {
+            if closed {
                 return "Raft stopped".to_owned();
+            }
+            tokio::select! {
+                r = server.changed() => closed = r.is_err(),
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }

@@ -30,6 +30,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::{
     Db, DbClosed, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SNAPSHOT, StoreError, blocking, decode,
@@ -127,12 +128,22 @@ fn write(shared: &Shared) -> RwLockWriteGuard<'_, Applied> {
 #[derive(Debug, Clone)]
 pub struct StateReader {
     shared: Shared,
+    control: Arc<watch::Sender<u64>>,
 }
 
 impl StateReader {
     /// Runs `f` on the applied state. Keep `f` short: apply waits for it.
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&read(&self.shared).state)
+    }
+
+    /// A receiver that sees a change after each applied control entry (membership, nodes, the
+    /// shard map, the configuration, gateway states, the capacity division: everything but dialog
+    /// records and no-ops) and each installed snapshot. Tasks that follow the control state wait on
+    /// this rather than on every change of Raft's metrics, which under load change with each
+    /// append, acknowledgement and apply of a dialog entry.
+    pub fn control_changes(&self) -> watch::Receiver<u64> {
+        self.control.subscribe()
     }
 
     /// A copy of the applied state.
@@ -157,6 +168,8 @@ impl StateReader {
 pub struct StateMachineStore {
     db: Arc<Db>,
     shared: Shared,
+    /// Bumped after each applied control entry and installed snapshot ([`StateReader::control_changes`]).
+    control: Arc<watch::Sender<u64>>,
 }
 
 impl StateMachineStore {
@@ -173,6 +186,7 @@ impl StateMachineStore {
         Ok(Self {
             db,
             shared: Arc::new(RwLock::new(applied)),
+            control: Arc::new(watch::Sender::new(0)),
         })
     }
 
@@ -185,6 +199,7 @@ impl StateMachineStore {
     pub fn reader(&self) -> StateReader {
         StateReader {
             shared: self.shared.clone(),
+            control: self.control.clone(),
         }
     }
 }
@@ -264,13 +279,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // durable yet: made so before the first control entry changes the shared state.
         let mut durable = false;
         while let Some((entry, responder)) = entries.try_next().await? {
-            if !durable && is_control(&entry) {
+            let control = is_control(&entry);
+            if !durable && control {
                 make_committed_durable(&self.db).await?;
                 durable = true;
             }
             let t = tokio::time::Instant::now();
             let result = write(&self.shared).apply_entry(entry);
             crate::stats::STATS.apply.since(1, 0, t);
+            if control {
+                self.control.send_modify(|v| *v = v.wrapping_add(1));
+            }
             if let Some(responder) = responder {
                 responder.send(result);
             }
@@ -301,6 +320,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        drop(applied);
+        self.control.send_modify(|v| *v = v.wrapping_add(1));
         tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot");
         Ok(())
     }

@@ -120,11 +120,13 @@ fn settle_now(pool: &Pool, node: &NodeCtx, adoptions: &Adoptions) -> Option<u64>
 }
 
 /// Reports this node settled in each new generation of the division as soon as it is. Wakes on
-/// every change of the pool's Raft metrics (applied entries) and every call that gives a gateway
-/// slot back; while a generation waits for this node, also every 250 ms (a hand-over fence
-/// passing changes no metric).
+/// every applied control entry (membership, shard map, division: not dialog records), every change
+/// of Raft's role or leader, and every call that gives a gateway slot back; while a generation
+/// waits for this node, also every 250 ms (a hand-over fence passing or an adoption ending changes
+/// no control state).
 pub async fn settle_task(pool: Arc<Pool>, node: Arc<NodeCtx>, adoptions: Arc<Adoptions>) {
-    let mut changes = pool.raft().metrics();
+    let mut control = pool.state().control_changes();
+    let mut server = pool.raft().server_metrics();
     let mut reported: Option<u64> = None;
     loop {
         let pending = settle_now(&pool, &node, &adoptions);
@@ -151,7 +153,8 @@ pub async fn settle_task(pool: Arc<Pool>, node: Arc<NodeCtx>, adoptions: Arc<Ado
             d.members.contains(&pool.node_id()) && !d.settled.contains(&pool.node_id())
         });
         tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
+            r = control.changed() => if r.is_err() { return },
+            r = server.changed() => if r.is_err() { return },
             () = node.gateways.released.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(250)), if waiting => {}
         }

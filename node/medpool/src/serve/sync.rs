@@ -1,9 +1,11 @@
 //! Keeping a pool node in step with the pool's replicated state: its configuration (applied as
 //! each version is applied here, the file seeding an empty pool) and the key of the Call-ID MAC
-//! (the pool's secret once there is one). Both wake on changes of the pool's Raft metrics instead
-//! of polling.
+//! (the pool's secret once there is one). Both wake when a control entry is applied (not on
+//! dialog records: under load those change Raft's metrics hundreds of times a second) and when
+//! Raft's role or leader changes, instead of polling.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use medpool_b2bua::config::PoolConfig;
 use medpool_b2bua::node::NodeCtx;
@@ -12,11 +14,13 @@ use medpool_cluster::pool::Pool;
 use openraft::async_runtime::watch::WatchReceiver;
 
 /// Keeps the node's configuration equal to the pool's: the file seeds an empty pool; afterwards every
-/// node applies the replicated version (versions only grow). Wakes on every change of the pool's Raft
-/// metrics (each applied entry, each change of leader), so a new version is applied as soon as this
-/// node has applied it, and a failed seed is tried again when the pool changes (e.g. elects a leader).
+/// node applies the replicated version (versions only grow). Wakes on every applied control entry
+/// and every change of Raft's role or leader, so a new version is applied as soon as this node has
+/// applied it, and a failed seed is tried again when the pool changes (e.g. elects a leader) or a
+/// second later.
 pub(super) async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option<String>) {
-    let mut changes = pool.raft().metrics();
+    let mut control = pool.state().control_changes();
+    let mut server = pool.raft().server_metrics();
     let mut applied: Option<u64> = None;
     let mut seeded = false;
     loop {
@@ -30,6 +34,7 @@ pub(super) async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option
                 )
             })
         });
+        let unconfigured = current.is_none();
         match current {
             None => {
                 if !seeded
@@ -59,9 +64,12 @@ pub(super) async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option
                 }
             }
         }
-        if changes.changed().await.is_err() {
+        let seed_pending = !seeded && seed.is_some() && unconfigured;
+        tokio::select! {
+            r = control.changed() => if r.is_err() { return },
             // The pool's Raft has stopped: nothing more will change.
-            return;
+            r = server.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(Duration::from_secs(1)), if seed_pending => {}
         }
     }
 }
@@ -71,7 +79,7 @@ pub(super) async fn config_sync(pool: Arc<Pool>, ctx: Arc<NodeCtx>, seed: Option
 /// Call-IDs in a late 2xx, also after a failover or a restart. Until then, and in a pool
 /// bootstrapped before secrets existed, the key is this process's own.
 pub(super) async fn mac_key_sync(pool: Arc<Pool>) {
-    let mut changes = pool.raft().metrics();
+    let mut changes = pool.state().control_changes();
     loop {
         if let Some(secret) = pool.pool_secret() {
             let mut key = [0u8; 16];
