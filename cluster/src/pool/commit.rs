@@ -28,11 +28,8 @@ use super::Pool;
 /// Under load, a node's dialog batches start at least this far apart (the module doc says why). The
 /// price: a call answered on a node that dies is lost when its record had not committed yet, a
 /// window of one commit latency plus at most this much (ARCHITECTURE.md, "What a record's
-/// durability is"). 40 ms, not 20: the pool's CPU per call is ~200 µs plus ~5.6 ms per dialog
-/// entry (BENCHMARKS.md, "the pool's CPU at low rates"), and with fast commits a node writes one
-/// entry per window at any rate above ~100 calls a second, so the window sets the entries per call:
-/// at 1,500 CPS over three nodes 20 ms made 0.10 entries a call (~760 µs), 40 ms makes 0.05.
-pub const DIALOG_WINDOW: Duration = Duration::from_millis(40);
+/// durability is").
+pub const DIALOG_WINDOW: Duration = Duration::from_millis(20);
 
 /// How long a dialog batch that cannot be written (no leader reachable) is retried.
 pub const DIALOG_RETRY_FOR: Duration = Duration::from_secs(15);
