@@ -227,9 +227,8 @@ impl Call {
         if std::mem::replace(&mut self.released, true) {
             return;
         }
-        for timer in self.timers.drain(..) {
-            timer.abort();
-        }
+        // Its long timers end now, and let go of the actor's reference.
+        self.timers_stop = None;
         self.close_media();
         let reg = &self.ctx.registry;
         reg.remove_call(
