@@ -542,3 +542,41 @@ async fn a_2xx_the_gateway_sends_again_gets_the_ack_of_its_own_invite() {
     assert_eq!(again.cseq().unwrap().unwrap().seq, 1, "the INVITE's ACK");
     assert_eq!(info(&node).await.phase, Phase::Confirmed);
 }
+
+/// A call's long timers end when it stops: the fast-failover timer (10 s by default) of a call that
+/// lasted a moment does not keep a task alive until it fires — a pending timer holds the stopped
+/// actor's reference, and with it the actor's cell and mailboxes.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_ended_leaves_no_timer_task_behind() {
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let mut node = TestNode::new().await;
+    let before = tasks();
+    node.receive(invite("tm-1"), PBX).await;
+    let inv_b = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    node.receive(answer(&inv_b, 200, "g1", GW1, &[]), GW1).await;
+    let ok = node.expect(PBX, Expect::Status(200)).await;
+    node.receive(ack_for(&ok), PBX).await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+    assert!(tasks() > before, "the call runs (its actor, its timers)");
+
+    // The caller hangs up at once.
+    node.receive(from_caller(Method::Bye, &ok, "z9hG4bK-bye1", 2), PBX)
+        .await;
+    node.expect(PBX, Expect::Status(200)).await;
+    let bye_b = node.expect(GW1, Expect::Request(Method::Bye)).await;
+    node.receive(answer(&bye_b, 200, "g1", GW1, &[]), GW1).await;
+    node.calls_end().await;
+
+    // Past the short timers (the 2xx retransmission's, at most T2 = 4 s), well before the 10 s
+    // fast failover would fire.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        tasks(),
+        before,
+        "a task outlived the call (a timer holding its actor)"
+    );
+}
