@@ -81,16 +81,9 @@ impl Call {
             self.attempts.push(att);
             self.ctx.registry.add_leg_b(&call_id, myself.get_derived());
             self.ctx.set_ups.leg(self.actor.pid(), call_id.clone());
-            self.ctx
-                .registry
-                .add_client(key.clone(), self.client_owner());
-            if let Err(e) = self.ctx.driver.start_client(
-                key.clone(),
-                env,
-                trunk.transport != crate::config::Transport::Udp,
-            ) {
+            let reliable = trunk.transport != crate::config::Transport::Udp;
+            if let Err(e) = self.start_client(&key, env, reliable) {
                 tracing::warn!(error = %e, "could not start the INVITE to the gateway");
-                self.ctx.registry.remove_client(&key);
                 self.history.push((trunk.name.clone(), "overloaded".into()));
                 continue;
             }
@@ -267,18 +260,9 @@ impl Call {
         b.header_fmt(HeaderName::CSeq, format_args!("{seq} CANCEL"));
         if let Some(env) = Envelope::outgoing(b.build(), invite.peer, invite.transport) {
             let key = att.key.cancel_key();
-            self.ctx
-                .registry
-                .add_client(key.clone(), self.client_owner());
             let reliable = env.transport.is_reliable();
-            if self
-                .ctx
-                .driver
-                .start_client(key.clone(), env, reliable)
-                .is_err()
-            {
-                self.ctx.registry.remove_client(&key);
-            }
+            // A CANCEL the layer refuses (at its limit) is not sent; its route is taken back.
+            let _ = self.start_client(&key, env, reliable);
         }
     }
 }

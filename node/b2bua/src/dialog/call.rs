@@ -337,21 +337,31 @@ impl Call {
         }
     }
 
+    /// Starts client transaction `key` for `env`, its answers routed to this call; when the
+    /// transaction layer refuses it (at its limit), the route is taken back.
+    pub(super) fn start_client(
+        &self,
+        key: &ClientKey,
+        env: Envelope,
+        reliable: bool,
+    ) -> Result<(), medpool_sip::transaction::DriverError> {
+        let reg = &self.ctx.registry;
+        reg.add_client(key.clone(), self.client_owner());
+        let started = self.ctx.driver.start_client(key.clone(), env, reliable);
+        if started.is_err() {
+            reg.remove_client(key);
+        }
+        started
+    }
+
     /// Sends a request on a leg in its own client transaction, routed back to this actor.
     pub(super) fn send_request(&mut self, side: Side, bytes: Bytes) -> Option<ClientKey> {
         let leg = self.leg(side)?;
         let env = Envelope::outgoing(bytes, leg.next_hop(), leg.transport)?;
         let key = crate::txlayer::client_key_of_request(&env.msg)?;
-        self.ctx
-            .registry
-            .add_client(key.clone(), self.client_owner());
-        if let Err(e) = self
-            .ctx
-            .driver
-            .start_client(key.clone(), env, leg.transport.is_reliable())
-        {
+        let reliable = leg.transport.is_reliable();
+        if let Err(e) = self.start_client(&key, env, reliable) {
             tracing::warn!(error = %e, "could not start a client transaction");
-            self.ctx.registry.remove_client(&key);
             return None;
         }
         Some(key)

@@ -114,16 +114,8 @@ impl Call {
             return false;
         };
         let reliable = out.leg.transport.is_reliable();
-        self.ctx
-            .registry
-            .add_client(key.clone(), self.client_owner());
-        if let Err(e) = self
-            .ctx
-            .driver
-            .start_client(key.clone(), invite.clone(), reliable)
-        {
+        if let Err(e) = self.start_client(&key, invite.clone(), reliable) {
             tracing::debug!(error = %e, "could not send the INVITE again after a 422");
-            self.ctx.registry.remove_client(&key);
             return false;
         }
         let trunk_name = trunk.name.clone();

@@ -34,20 +34,11 @@ impl Call {
         );
         if let Some(env) = Envelope::outgoing(b.build(), leg.next_hop(), leg.transport)
             && let Some(key) = crate::txlayer::client_key_of_request(&env.msg)
-        {
-            self.ctx
-                .registry
-                .add_client(key.clone(), self.client_owner());
-            if self
-                .ctx
-                .driver
-                .start_client(key.clone(), env, leg.transport.is_reliable())
+            && self
+                .start_client(&key, env, leg.transport.is_reliable())
                 .is_ok()
-            {
-                self.bye_keys.push(key);
-            } else {
-                self.ctx.registry.remove_client(&key);
-            }
+        {
+            self.bye_keys.push(key);
         }
     }
 
