@@ -301,7 +301,7 @@ pub struct NodeCtx {
     /// has not come back through it yet (branch → when): the owner's answers leave from this node,
     /// so a shutdown waits for them (see [`NodeCtx::relayed_answer`]).
     pub(crate) relayed_invites:
-        std::sync::Mutex<std::collections::HashMap<Vec<u8>, tokio::time::Instant>>,
+        std::sync::Mutex<medpool_sip::transaction::FastMap<Vec<u8>, tokio::time::Instant>>,
     /// Legs this node hung up lately, with their call or as orphans, and legs whose call stopped
     /// here because its shard moved (Call-IDs, each kept 64*T1 — as long as a gateway resends its
     /// 2xx — to 4/3 of that): a 2xx of theirs that comes again is only ACKed. Held in generations
@@ -698,7 +698,7 @@ impl NodeCtx {
             draining: AtomicBool::new(false),
             progress: tokio::sync::Notify::new(),
             unrecorded_calls: std::sync::atomic::AtomicUsize::new(0),
-            relayed_invites: std::sync::Mutex::new(std::collections::HashMap::new()),
+            relayed_invites: std::sync::Mutex::new(Default::default()),
             orphan_legs: std::sync::Mutex::new(Recent::new(
                 settings.timers.t1_x64(),
                 HUNG_UP_TRACK_MAX,

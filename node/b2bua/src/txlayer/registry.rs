@@ -6,10 +6,8 @@
 //! 32 s after their answer): with one lock over all of them, a map growing past a power of two held
 //! every message of every call while it moved hundreds of thousands of entries.
 
-use std::collections::HashMap;
-
 use medpool_sip::SipMessage;
-use medpool_sip::transaction::{ClientKey, ServerKey, Shards};
+use medpool_sip::transaction::{ClientKey, FastMap, ServerKey, Shards};
 use ractor::ActorId;
 
 use super::events::{CallRef, ClientOwner, Owner, Side};
@@ -20,21 +18,21 @@ const MAP_SHARDS: usize = 64;
 /// Routing maps from SIP identifiers to owners.
 #[derive(Debug)]
 pub struct Registry {
-    clients: Shards<HashMap<ClientKey, ClientOwner>>,
-    invites: Shards<HashMap<ServerKey, CallRef>>,
-    leg_a: Shards<HashMap<Vec<u8>, CallRef>>,
-    leg_b: Shards<HashMap<Vec<u8>, CallRef>>,
-    by_shard: Shards<HashMap<u16, HashMap<ActorId, CallRef>>>,
+    clients: Shards<FastMap<ClientKey, ClientOwner>>,
+    invites: Shards<FastMap<ServerKey, CallRef>>,
+    leg_a: Shards<FastMap<Vec<u8>, CallRef>>,
+    leg_b: Shards<FastMap<Vec<u8>, CallRef>>,
+    by_shard: Shards<FastMap<u16, FastMap<ActorId, CallRef>>>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Self {
-            clients: Shards::new(MAP_SHARDS, HashMap::new),
-            invites: Shards::new(MAP_SHARDS, HashMap::new),
-            leg_a: Shards::new(MAP_SHARDS, HashMap::new),
-            leg_b: Shards::new(MAP_SHARDS, HashMap::new),
-            by_shard: Shards::new(MAP_SHARDS, HashMap::new),
+            clients: Shards::new(MAP_SHARDS, FastMap::default),
+            invites: Shards::new(MAP_SHARDS, FastMap::default),
+            leg_a: Shards::new(MAP_SHARDS, FastMap::default),
+            leg_b: Shards::new(MAP_SHARDS, FastMap::default),
+            by_shard: Shards::new(MAP_SHARDS, FastMap::default),
         }
     }
 }
@@ -47,10 +45,10 @@ const COMPACT_FLOOR: usize = 512;
 /// eighth of its capacity, so the rehash is rare and paid for by the entries that left; a map
 /// with no entry left gives back all its room (a free, no rehash), floor or not — after a burst,
 /// 64 shards of five maps each kept their floor otherwise.
-fn compact<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+fn compact<K: std::hash::Hash + Eq, V>(map: &mut FastMap<K, V>) {
     if map.is_empty() {
         if map.capacity() > 0 {
-            *map = HashMap::new();
+            *map = FastMap::default();
         }
     } else if map.capacity() > COMPACT_FLOOR && map.len() < map.capacity() / 8 {
         map.shrink_to((map.len() * 2).max(COMPACT_FLOOR / 2));
@@ -66,7 +64,7 @@ fn leg_a_key(call_id: &[u8], remote_tag: &[u8]) -> Vec<u8> {
 }
 
 /// Removes every value of every shard of `map` that `dead` says is gone; returns how many.
-fn retain_all<K, V>(map: &Shards<HashMap<K, V>>, dead: impl Fn(&V) -> bool) -> usize {
+fn retain_all<K, V>(map: &Shards<FastMap<K, V>>, dead: impl Fn(&V) -> bool) -> usize {
     (0..map.count())
         .map(|i| {
             let mut m = map.lock_at(i);
@@ -235,7 +233,7 @@ impl Registry {
     }
     /// The room the maps hold, in entries (their capacity, live or not), over every map and shard.
     pub fn slots(&self) -> usize {
-        fn room<K, V>(map: &Shards<HashMap<K, V>>) -> usize {
+        fn room<K, V>(map: &Shards<FastMap<K, V>>) -> usize {
             map.fold(0, |n, m| n + m.capacity())
         }
         room(&self.clients)
@@ -243,7 +241,7 @@ impl Registry {
             + room(&self.leg_a)
             + room(&self.leg_b)
             + self.by_shard.fold(0, |n, m| {
-                n + m.capacity() + m.values().map(HashMap::capacity).sum::<usize>()
+                n + m.capacity() + m.values().map(FastMap::capacity).sum::<usize>()
             })
     }
     /// Every call (for shutdown and admin), once each.

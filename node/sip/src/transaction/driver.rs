@@ -48,7 +48,6 @@ mod shared;
 mod table;
 mod timer_task;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -68,7 +67,7 @@ use super::key::{ClientKey, KeyMethod, ServerKey, TransactionKey};
 use super::machine::{Action, ClientEvent, ServerEvent, State};
 use super::server_invite::ServerInvite;
 use super::server_non_invite::ServerNonInvite;
-use super::shards::Shards;
+use super::shards::{FastMap, Shards};
 use super::wheel::{TimerSlots, Wheel};
 use apply::{Effect, Incoming, Output, apply_client, apply_server};
 use shared::{SWEEPING, Shared, SweepCounters};
@@ -113,8 +112,8 @@ where
             config,
             io,
             tables: Shards::new(TABLE_SHARDS, || Table {
-                clients: HashMap::new(),
-                servers: HashMap::new(),
+                clients: FastMap::default(),
+                servers: FastMap::default(),
                 wheel: Wheel::default(),
             }),
             live: AtomicUsize::new(0),

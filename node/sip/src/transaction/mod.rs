@@ -56,5 +56,5 @@ pub use key::{
 pub use machine::{Action, Actions, ClientEvent, Outcome, ServerEvent, State};
 pub use server_invite::ServerInvite;
 pub use server_non_invite::ServerNonInvite;
-pub use shards::Shards;
+pub use shards::{FastMap, FastState, Shards};
 pub use timers::{TimerConfig, TimerId};

@@ -5,16 +5,28 @@
 //!
 //! Pure data and `std::sync::Mutex`: it knows nothing of transactions (the B2BUA's routing registry
 //! uses it too, for its maps that grow with the same transactions). The shard of a key is a
-//! hash of it with hash keys fixed when the value is built ([`RandomState`]), so it is stable for
+//! hash of it with hash keys fixed when the value is built ([`FastState`]), so it is stable for
 //! the life of the value and not predictable from outside.
+//!
+//! [`FastMap`] is the hash map those shards hold: foldhash instead of std's SipHash-1-3, which
+//! took ~2.7 % of a node's CPU at 1,500 calls per second hashing the same keys twice (shard, then
+//! slot; BENCHMARKS.md). Its seed is drawn per process from the OS like std's, so the slot of a
+//! key (a Call-ID, a branch: chosen by a peer) cannot be predicted from outside; foldhash is not a
+//! cryptographic hash, and a flood aimed at one slot would also need the seed.
 
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+/// The hasher of [`Shards`] and [`FastMap`]: foldhash, seeded per process (module documentation).
+pub type FastState = foldhash::fast::RandomState;
+
+/// A hash map with [`FastState`]: for the maps on the hot path, keyed by what peers send.
+pub type FastMap<K, V> = HashMap<K, V, FastState>;
 /// `N` values of `T`, each behind its own lock; see the module documentation.
 pub struct Shards<T> {
     shards: Box<[Mutex<T>]>,
-    hasher: RandomState,
+    hasher: FastState,
 }
 
 impl<T> std::fmt::Debug for Shards<T> {
@@ -30,7 +42,7 @@ impl<T> Shards<T> {
     pub fn new(n: usize, mut make: impl FnMut() -> T) -> Self {
         Self {
             shards: (0..n.max(1)).map(|_| Mutex::new(make())).collect(),
-            hasher: RandomState::new(),
+            hasher: FastState::default(),
         }
     }
 

@@ -3,14 +3,13 @@
 //! compaction that gives back the room of maps that emptied out after a burst. Pure data: no lock,
 //! no I/O (the driver holds a shard's lock around it).
 
-use std::collections::HashMap;
-
 use super::super::client_invite::ClientInvite;
 use super::super::client_non_invite::ClientNonInvite;
 use super::super::key::{ClientKey, ServerKey};
 use super::super::machine::{Actions, ClientEvent, ServerEvent, State};
 use super::super::server_invite::ServerInvite;
 use super::super::server_non_invite::ServerNonInvite;
+use super::super::shards::FastMap;
 use super::super::wheel::{TimerSlots, Wheel};
 
 /// How many shards the transaction table is split into (see the module documentation): enough that
@@ -22,8 +21,8 @@ pub const TABLE_SHARDS: usize = 64;
 /// each, most of it the timer slots and the kept messages): a map that grows moves a pointer per
 /// transaction, not the transaction.
 pub(super) struct Table<M> {
-    pub(super) clients: HashMap<ClientKey, Box<ClientEntry<M>>>,
-    pub(super) servers: HashMap<ServerKey, Box<ServerEntry<M>>>,
+    pub(super) clients: FastMap<ClientKey, Box<ClientEntry<M>>>,
+    pub(super) servers: FastMap<ServerKey, Box<ServerEntry<M>>>,
     pub(super) wheel: Wheel,
 }
 
@@ -38,10 +37,10 @@ impl<M> Table<M> {
     /// left gives back all its room (no rehash: a free). Below the floor, a table that still
     /// holds transactions is kept as it is, so a quiet node does not shrink and regrow its tables.
     pub(super) fn compact(&mut self) {
-        fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+        fn shrink<K: std::hash::Hash + Eq, V>(map: &mut FastMap<K, V>) {
             if map.is_empty() {
                 if map.capacity() > 0 {
-                    *map = HashMap::new();
+                    *map = FastMap::default();
                 }
             } else if map.capacity() > COMPACT_FLOOR && map.len() < map.capacity() / 8 {
                 map.shrink_to((map.len() * 2).max(COMPACT_FLOOR / 2));
@@ -134,8 +133,8 @@ mod tests {
     #[test]
     fn a_table_that_emptied_out_gives_its_slots_back_and_a_busy_one_keeps_them() {
         let mut t: Table<()> = Table {
-            clients: HashMap::new(),
-            servers: HashMap::new(),
+            clients: FastMap::default(),
+            servers: FastMap::default(),
             wheel: Wheel::default(),
         };
         let key = |i: usize| ClientKey::new(format!("z9hG4bK-{i}").as_bytes(), b"BYE");
