@@ -18,7 +18,9 @@ use crate::rebalance::plan_moves;
 use crate::state::NodeState;
 use crate::typ::NodeId;
 
-use super::judge::{Observation, PriorReport, PriorView, judge, prior_leases_end};
+use super::judge::{
+    Observation, PriorReport, PriorView, forgive_own_stall, judge, prior_leases_end,
+};
 use super::{Pool, now_pair};
 
 /// How often the leader's failure detector looks (a pass is a few map reads when nothing changes).
@@ -61,11 +63,26 @@ impl Pool {
         // When this node last saw its membership change: its start, then each change it observes
         // (a pass late at most, which only makes the bound later).
         let mut membership = (None, Instant::now());
+        // When the previous pass began, and the last stall of this node seen by the passes: when
+        // it went quiet and when it resumed (judge.rs, `forgive_own_stall`).
+        let mut last_pass = Instant::now();
+        let mut stall: Option<(Instant, Instant)> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(PASS) => {}
                 _ = stop.changed() => return,
             }
+            let pass_at = Instant::now();
+            if pass_at.saturating_duration_since(last_pass) > PASS + PASS + self.opts.margin {
+                tracing::info!(
+                    stalled_ms =
+                        u64::try_from(pass_at.saturating_duration_since(last_pass).as_millis())
+                            .unwrap_or(u64::MAX),
+                    "the failure detector was late: the others' silence may be this node's own"
+                );
+                stall = Some((last_pass, pass_at));
+            }
+            last_pass = pass_at;
             let me = self.opts.node_id;
             let m = self.raft.metrics().borrow_watched().clone();
             let log_id = *m.membership_config.log_id();
@@ -111,7 +128,7 @@ impl Pool {
                     .await;
             }
             // Grants of this term only: an earlier term's are bounded by the voters' reports.
-            let heard: BTreeMap<NodeId, Instant> = self
+            let mut heard: BTreeMap<NodeId, Instant> = self
                 .heard
                 .lock()
                 .map(|mut h| {
@@ -119,6 +136,14 @@ impl Pool {
                     h.iter().map(|(id, (_, at))| (*id, *at)).collect()
                 })
                 .unwrap_or_default();
+            let window = self.opts.lease + self.opts.margin;
+            if let Some((went_quiet, resumed)) = stall {
+                if pass_at < resumed + window {
+                    forgive_own_stall(&mut heard, went_quiet, resumed, window);
+                } else {
+                    stall = None;
+                }
+            }
             let seen: BTreeMap<NodeId, Instant> = self
                 .seen
                 .lock()

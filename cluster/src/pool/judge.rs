@@ -36,7 +36,15 @@
 //! - a new leader decides nothing until it is *settled*: it has heard every node that is not down,
 //!   or both waits above are over;
 //! - once settled: an active or draining node not heard is declared down, a down node heard is
-//!   declared active again, and the heard nodes are the alive set.
+//!   declared active again, and the heard nodes are the alive set;
+//! - a leader that was itself stalled (its detector pass came more than m late: a process stopped,
+//!   starved of CPU, or a paused VM) cannot tell the others' silence from its own: every node it
+//!   had heard when it went quiet counts as granted when it resumed ([`forgive_own_stall`]), so it
+//!   gets a whole window to reach the leader again before it is judged. Without this, a leader back
+//!   from a 2 s stall found every other node's last grant too old, and moved all their shards to
+//!   itself, and back a moment later (`moves=682 down=0`): calls being set up on them were lost
+//!   (chaos soak, 2026-12-07, seed 0x1cfc2daf4d88bd99 round 75). Pretending a later grant only
+//!   delays a declaration, never hastens one: no safety bound rests on it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -149,6 +157,22 @@ pub struct Judgement {
     pub commands: Vec<Command>,
     /// The nodes heard recently (the leader included): the rebalancer's alive set.
     pub alive: BTreeSet<NodeId>,
+}
+
+/// A leader's own stall, forgiven (see the module doc): every node whose last grant was still
+/// within `window` (L + m) when the leader went quiet counts as granted at `resumed`. Nodes already
+/// silent for a window before the stall keep their last grant.
+pub fn forgive_own_stall(
+    heard: &mut BTreeMap<NodeId, Instant>,
+    went_quiet: Instant,
+    resumed: Instant,
+    window: Duration,
+) {
+    for granted in heard.values_mut() {
+        if *granted + window > went_quiet && *granted < resumed {
+            *granted = resumed;
+        }
+    }
 }
 
 /// Judges one pass (see the module doc).
@@ -628,5 +652,58 @@ mod tests {
             });
             assert_eq!(end, at(c.end_ms), "{}", c.name);
         }
+    }
+
+    /// The soak's round 75: the leader stalled 2 s; nodes 2 and 3 were granted 100 and 300 ms
+    /// before it went quiet, node 4 has been silent for 5 s (dead). Forgiven, 2 and 3 are alive
+    /// at the first pass after the stall and keep their shards (nothing is planned away from
+    /// them); node 4 is still not. Fails without the forgiveness (alive = {1}).
+    #[test]
+    fn a_leader_back_from_its_own_stall_keeps_the_nodes_it_had_heard() {
+        let window = LEASE + MARGIN;
+        let t0 = Instant::now();
+        let went_quiet = t0 + Duration::from_secs(10);
+        let resumed = went_quiet + Duration::from_secs(2);
+        let mut heard: BTreeMap<NodeId, Instant> = [
+            (2, went_quiet - Duration::from_millis(100)),
+            (3, went_quiet - Duration::from_millis(300)),
+            (4, went_quiet - Duration::from_secs(5)),
+        ]
+        .into();
+        let nodes: BTreeMap<NodeId, NodeState> =
+            [(1, Active), (2, Active), (3, Active), (4, Active)].into();
+        let observe = |heard: &BTreeMap<NodeId, Instant>| {
+            judge(&Observation {
+                me: 1,
+                nodes: &nodes,
+                heard,
+                seen: &BTreeMap::new(),
+                can_grant: true,
+                leading_since: t0,
+                prior_end: t0,
+                now: resumed + Duration::from_millis(1),
+                lease: LEASE,
+                margin: MARGIN,
+                grace: GRACE,
+            })
+        };
+        assert_eq!(
+            observe(&heard).alive,
+            BTreeSet::from([1]),
+            "unforgiven, the stall looks like everyone's silence"
+        );
+        forgive_own_stall(&mut heard, went_quiet, resumed, window);
+        let judged = observe(&heard);
+        assert_eq!(judged.alive, BTreeSet::from([1, 2, 3]));
+        assert_eq!(
+            judged.commands,
+            vec![Command::SetNodeState { id: 4, state: Down }],
+            "the node silent before the stall is still judged"
+        );
+        // A grant after the resume is kept as it is.
+        let later = resumed + Duration::from_millis(50);
+        let mut fresh: BTreeMap<NodeId, Instant> = [(2, later)].into();
+        forgive_own_stall(&mut fresh, went_quiet, resumed, window);
+        assert_eq!(fresh[&2], later);
     }
 }
