@@ -303,11 +303,15 @@ pub struct NodeCtx {
     pub(crate) relayed_invites:
         std::sync::Mutex<medpool_sip::transaction::FastMap<Vec<u8>, tokio::time::Instant>>,
     /// Legs this node hung up lately, with their call or as orphans, and legs whose call stopped
-    /// here because its shard moved (Call-IDs, each kept 64*T1 — as long as a gateway resends its
-    /// 2xx — to 4/3 of that): a 2xx of theirs that comes again is only ACKed. Held in generations
-    /// that go whole ([`Recent`]), so a burst of calls leaves nothing behind once its legs are old
-    /// enough.
-    pub(crate) orphan_legs: std::sync::Mutex<Recent<bytes::Bytes>>,
+    /// here because its shard moved (each kept 64*T1 — as long as a gateway resends its 2xx — to
+    /// 4/3 of that): a 2xx of theirs that comes again is only ACKed. Held in generations that go
+    /// whole ([`Recent`]), so a burst of calls leaves nothing behind once its legs are old enough.
+    /// A leg is its Call-ID's 64-bit hash under `leg_hasher` (8 bytes, not a copy of the Call-ID
+    /// in its own allocation: ~100,000 legs are held after a 5,000-CPS burst); the key is random
+    /// per process, so no peer can make two Call-IDs collide on purpose, and a chance collision
+    /// (~65,536 / 2^64 per lookup) would only ACK a 2xx instead of hanging its leg up.
+    pub(crate) orphan_legs: std::sync::Mutex<Recent<u64>>,
+    pub(crate) leg_hasher: std::hash::RandomState,
     /// Held while a shard's calls are rebuilt (`NodeCtx::adopt_shard`): one adoption at a time, so
     /// that a call is rebuilt once even when an adoption and a late-record pass read its record
     /// together.
@@ -498,16 +502,18 @@ impl NodeCtx {
     /// Notes a leg B that its call hung up as it ended: a 2xx of it resent afterwards (the gateway
     /// missed our ACK) is only ACKed, not hung up a second time.
     pub(crate) fn leg_hung_up(&self, call_id: &[u8]) {
-        let _ = self.first_orphan_answer(&bytes::Bytes::copy_from_slice(call_id));
+        let _ = self.first_orphan_answer(call_id);
     }
     /// Notes a leg B whose call stopped here because its shard moved: the new owner carries the leg
     /// on, so a 2xx of it that still reaches this node is only ACKed, never hung up (see
     /// `orphan_answer` and `dialog::teardown::hand_over`).
     pub(crate) fn leg_moved(&self, call_id: &[u8]) {
-        let _ = self.first_orphan_answer(&bytes::Bytes::copy_from_slice(call_id));
+        let _ = self.first_orphan_answer(call_id);
     }
     /// Whether this is the first orphan 2xx of this leg lately (see `orphan_answer`).
-    pub(crate) fn first_orphan_answer(&self, call_id: &bytes::Bytes) -> bool {
+    pub(crate) fn first_orphan_answer(&self, call_id: &[u8]) -> bool {
+        use std::hash::BuildHasher as _;
+        let leg = self.leg_hasher.hash_one(call_id);
         let Ok(mut seen) = self.orphan_legs.lock() else {
             return false;
         };
@@ -515,7 +521,7 @@ impl NodeCtx {
         // late 2xx of it gets a BYE: a second, harmless one for a leg hung up already; for a moved
         // leg, a wrong one, but only after 65,536 legs were noted within 64*T1, far beyond the 2xx
         // retransmission window of a move.
-        let (first, expired) = seen.insert(call_id.clone(), tokio::time::Instant::now());
+        let (first, expired) = seen.insert(leg, tokio::time::Instant::now());
         drop(seen);
         drop(expired);
         first
@@ -704,6 +710,7 @@ impl NodeCtx {
                 HUNG_UP_TRACK_MAX,
                 tokio::time::Instant::now(),
             )),
+            leg_hasher: std::hash::RandomState::new(),
             adopting: tokio::sync::Mutex::new(()),
             inbound_calls: std::sync::Mutex::new(Default::default()),
             inbound_cps: std::sync::Mutex::new(Default::default()),

@@ -70,4 +70,18 @@ async fn a_forged_2xx_is_ignored_and_a_real_orphan_is_hung_up_towards_its_trunk(
     let bye = node.expect(GW1, Expect::Request(Method::Bye)).await;
     assert_eq!(bye.call_id().unwrap().unwrap(), ours.as_bytes());
     assert_eq!(node.ctx.stats.orphan_answers.load(Ordering::Relaxed), 1);
+
+    // The leg is remembered (by its Call-ID's hash): the gateway's next copy of the 2xx is ACKed
+    // again but not hung up a second time; another leg's is.
+    assert_eq!(node.ctx.remembered_legs().0, 1);
+    node.receive(late_ok(&ours, "198.51.100.7:5060"), GW1).await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+    assert_eq!(node.ctx.stats.orphan_answers.load(Ordering::Relaxed), 1);
+    let other = ids::new_call_id(7);
+    node.receive(late_ok(&other, "198.51.100.7:5060"), GW1)
+        .await;
+    let bye = node.expect(GW1, Expect::Request(Method::Bye)).await;
+    assert_eq!(bye.call_id().unwrap().unwrap(), other.as_bytes());
+    assert_eq!(node.ctx.stats.orphan_answers.load(Ordering::Relaxed), 2);
+    assert_eq!(node.ctx.remembered_legs().0, 2);
 }

@@ -13,19 +13,17 @@
 //! On a reliable transport Timer A is not started and Timer D is zero, so the transaction terminates as
 //! soon as it has sent the ACK.
 
-use std::time::Duration;
-
 use super::machine::{Action, Actions, ClientEvent, Outcome, State, StatusClass, actions};
-use super::timers::{TimerConfig, TimerId};
+use super::timers::{Interval, PackedConfig, TimerConfig, TimerId};
 
 /// An INVITE client transaction.
 #[derive(Clone, Debug)]
 pub struct ClientInvite {
-    config: TimerConfig,
+    config: PackedConfig,
     reliable: bool,
     state: State,
     /// The interval Timer A is currently running with.
-    timer_a: Duration,
+    timer_a: Interval,
 }
 
 impl ClientInvite {
@@ -33,14 +31,14 @@ impl ClientInvite {
     /// transports only) and B. The machine is in [`State::Calling`].
     pub fn new(config: TimerConfig, reliable: bool) -> (Self, Actions) {
         let machine = Self {
-            config,
+            config: PackedConfig::new(config),
             reliable,
             state: State::Calling,
-            timer_a: config.timer_a_initial(),
+            timer_a: Interval::of(config.timer_a_initial()),
         };
         let mut actions = actions![Action::TransmitRequest];
         if !reliable {
-            actions.push(Action::StartTimer(TimerId::A, machine.timer_a));
+            actions.push(Action::StartTimer(TimerId::A, machine.timer_a.get()));
         }
         actions.push(Action::StartTimer(TimerId::B, config.timer_b()));
         (machine, actions)
@@ -62,10 +60,10 @@ impl ClientInvite {
         match (self.state, event) {
             (State::Terminated, _) => actions![],
             (State::Calling, ClientEvent::Timer(TimerId::A)) => {
-                self.timer_a = self.config.timer_a_next(self.timer_a);
+                self.timer_a = Interval::of(self.config.get().timer_a_next(self.timer_a.get()));
                 actions![
                     Action::TransmitRequest,
-                    Action::StartTimer(TimerId::A, self.timer_a),
+                    Action::StartTimer(TimerId::A, self.timer_a.get()),
                 ]
             }
             (State::Calling, ClientEvent::Timer(TimerId::B)) => {
@@ -118,13 +116,13 @@ impl ClientInvite {
             StatusClass::Success => {
                 self.state = State::Accepted;
                 actions.push(Action::PassToTu);
-                actions.push(Action::StartTimer(TimerId::M, self.config.timer_m()));
+                actions.push(Action::StartTimer(TimerId::M, self.config.get().timer_m()));
                 actions
             }
             StatusClass::Failure => {
                 actions.push(Action::SendAck);
                 actions.push(Action::PassToTu);
-                let d = self.config.timer_d(self.reliable);
+                let d = self.config.get().timer_d(self.reliable);
                 if d.is_zero() {
                     self.terminate(actions, Outcome::Completed)
                 } else {
@@ -145,6 +143,8 @@ impl ClientInvite {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use Action::*;
     use ClientEvent::*;

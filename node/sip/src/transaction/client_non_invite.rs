@@ -12,19 +12,17 @@
 //! On a reliable transport Timer E is not started and Timer K is zero, so the transaction terminates as
 //! soon as the final response has been passed up.
 
-use std::time::Duration;
-
 use super::machine::{Action, Actions, ClientEvent, Outcome, State, StatusClass, actions};
-use super::timers::{TimerConfig, TimerId};
+use super::timers::{Interval, PackedConfig, TimerConfig, TimerId};
 
 /// A non-INVITE client transaction.
 #[derive(Clone, Debug)]
 pub struct ClientNonInvite {
-    config: TimerConfig,
+    config: PackedConfig,
     reliable: bool,
     state: State,
     /// The interval Timer E is currently running with.
-    timer_e: Duration,
+    timer_e: Interval,
 }
 
 impl ClientNonInvite {
@@ -32,14 +30,14 @@ impl ClientNonInvite {
     /// transports only) and F. The machine is in [`State::Trying`].
     pub fn new(config: TimerConfig, reliable: bool) -> (Self, Actions) {
         let machine = Self {
-            config,
+            config: PackedConfig::new(config),
             reliable,
             state: State::Trying,
-            timer_e: config.timer_e_initial(),
+            timer_e: Interval::of(config.timer_e_initial()),
         };
         let mut actions = actions![Action::TransmitRequest];
         if !reliable {
-            actions.push(Action::StartTimer(TimerId::E, machine.timer_e));
+            actions.push(Action::StartTimer(TimerId::E, machine.timer_e.get()));
         }
         actions.push(Action::StartTimer(TimerId::F, config.timer_f()));
         (machine, actions)
@@ -62,13 +60,13 @@ impl ClientNonInvite {
             (State::Terminated, _) => actions![],
             (State::Trying | State::Proceeding, ClientEvent::Timer(TimerId::E)) => {
                 self.timer_e = if self.state == State::Trying {
-                    self.config.timer_e_next(self.timer_e)
+                    Interval::of(self.config.get().timer_e_next(self.timer_e.get()))
                 } else {
-                    self.config.t2
+                    Interval::of(self.config.get().t2)
                 };
                 actions![
                     Action::TransmitRequest,
-                    Action::StartTimer(TimerId::E, self.timer_e),
+                    Action::StartTimer(TimerId::E, self.timer_e.get()),
                 ]
             }
             (State::Trying | State::Proceeding, ClientEvent::Timer(TimerId::F)) => {
@@ -88,7 +86,7 @@ impl ClientNonInvite {
                             Action::StopTimer(TimerId::F),
                             Action::PassToTu,
                         ];
-                        let k = self.config.timer_k(self.reliable);
+                        let k = self.config.get().timer_k(self.reliable);
                         if k.is_zero() {
                             self.terminate(actions, Outcome::Completed)
                         } else {
@@ -119,6 +117,8 @@ impl ClientNonInvite {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use Action::*;
     use ClientEvent::*;

@@ -166,7 +166,7 @@ where
                 (ClientMachine::NonInvite(m), a)
             };
             table.clients.insert(
-                key.clone(),
+                Arc::new(key.clone()),
                 Box::new(ClientEntry {
                     machine,
                     request: Some(Box::new(request)),
@@ -277,7 +277,7 @@ where
                     (ServerMachine::NonInvite(m), a)
                 };
                 table.servers.insert(
-                    key.clone(),
+                    Arc::new(key.clone()),
                     Box::new(ServerEntry {
                         machine,
                         last_response: None,

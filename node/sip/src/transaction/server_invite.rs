@@ -23,21 +23,19 @@
 //! ([`Outcome::TransportError`]): after it, a retransmitted INVITE would start a new transaction, but
 //! over a failed connection none can arrive.
 
-use std::time::Duration;
-
 use super::machine::{Action, Actions, Outcome, ServerEvent, State, StatusClass, actions};
-use super::timers::{TimerConfig, TimerId};
+use super::timers::{Interval, PackedConfig, TimerConfig, TimerId};
 
 /// An INVITE server transaction.
 #[derive(Clone, Debug)]
 pub struct ServerInvite {
-    config: TimerConfig,
+    config: PackedConfig,
     reliable: bool,
     state: State,
     /// Whether the TU has sent a response yet (a retransmitted INVITE in Proceeding resends it).
     responded: bool,
     /// The interval Timer G is currently running with.
-    timer_g: Duration,
+    timer_g: Interval,
 }
 
 impl ServerInvite {
@@ -45,11 +43,11 @@ impl ServerInvite {
     /// machine is in [`State::Proceeding`].
     pub fn new(config: TimerConfig, reliable: bool) -> (Self, Actions) {
         let machine = Self {
-            config,
+            config: PackedConfig::new(config),
             reliable,
             state: State::Proceeding,
             responded: false,
-            timer_g: config.timer_g_initial(),
+            timer_g: Interval::of(config.timer_g_initial()),
         };
         (machine, actions![Action::PassToTu])
     }
@@ -85,7 +83,7 @@ impl ServerInvite {
             (State::Completed, ServerEvent::Request { is_ack: true }) => {
                 let mut actions =
                     actions![Action::StopTimer(TimerId::G), Action::StopTimer(TimerId::H)];
-                let i = self.config.timer_i(self.reliable);
+                let i = self.config.get().timer_i(self.reliable);
                 if i.is_zero() {
                     self.terminate(actions, Outcome::Completed)
                 } else {
@@ -95,10 +93,10 @@ impl ServerInvite {
                 }
             }
             (State::Completed, ServerEvent::Timer(TimerId::G)) => {
-                self.timer_g = self.config.timer_g_next(self.timer_g);
+                self.timer_g = Interval::of(self.config.get().timer_g_next(self.timer_g.get()));
                 actions![
                     Action::TransmitResponse,
-                    Action::StartTimer(TimerId::G, self.timer_g),
+                    Action::StartTimer(TimerId::G, self.timer_g.get()),
                 ]
             }
             (State::Completed, ServerEvent::Timer(TimerId::H)) => {
@@ -143,7 +141,7 @@ impl ServerInvite {
                 self.state = State::Accepted;
                 actions![
                     Action::TransmitResponse,
-                    Action::StartTimer(TimerId::L, self.config.timer_l()),
+                    Action::StartTimer(TimerId::L, self.config.get().timer_l()),
                 ]
             }
             Some(StatusClass::Failure) => {
@@ -151,9 +149,9 @@ impl ServerInvite {
                 self.state = State::Completed;
                 let mut actions = actions![Action::TransmitResponse];
                 if !self.reliable {
-                    actions.push(Action::StartTimer(TimerId::G, self.timer_g));
+                    actions.push(Action::StartTimer(TimerId::G, self.timer_g.get()));
                 }
-                actions.push(Action::StartTimer(TimerId::H, self.config.timer_h()));
+                actions.push(Action::StartTimer(TimerId::H, self.config.get().timer_h()));
                 actions
             }
         }
@@ -168,6 +166,8 @@ impl ServerInvite {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use Action::*;
     use ServerEvent::*;

@@ -13,12 +13,12 @@
 //! has been sent.
 
 use super::machine::{Action, Actions, Outcome, ServerEvent, State, StatusClass, actions};
-use super::timers::{TimerConfig, TimerId};
+use super::timers::{PackedConfig, TimerConfig, TimerId};
 
 /// A non-INVITE server transaction.
 #[derive(Clone, Debug)]
 pub struct ServerNonInvite {
-    config: TimerConfig,
+    config: PackedConfig,
     reliable: bool,
     state: State,
 }
@@ -28,7 +28,7 @@ impl ServerNonInvite {
     /// machine is in [`State::Trying`].
     pub fn new(config: TimerConfig, reliable: bool) -> (Self, Actions) {
         let machine = Self {
-            config,
+            config: PackedConfig::new(config),
             reliable,
             state: State::Trying,
         };
@@ -65,7 +65,7 @@ impl ServerNonInvite {
                     }
                     Some(StatusClass::Success | StatusClass::Failure) => {
                         let mut actions = actions![Action::TransmitResponse];
-                        let j = self.config.timer_j(self.reliable);
+                        let j = self.config.get().timer_j(self.reliable);
                         if j.is_zero() {
                             self.terminate(actions, Outcome::Completed)
                         } else {

@@ -91,6 +91,49 @@ impl TimerId {
     ];
 }
 
+/// A [`TimerConfig`] as a machine keeps it: whole nanoseconds (24 bytes, not 48). Every transaction
+/// holds its machine until it ends, up to 64*T1 after its final answer (hundreds of thousands at
+/// once after a burst), so its size counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PackedConfig {
+    t1: Interval,
+    t2: Interval,
+    t4: Interval,
+}
+
+impl PackedConfig {
+    pub(super) fn new(config: TimerConfig) -> Self {
+        Self {
+            t1: Interval::of(config.t1),
+            t2: Interval::of(config.t2),
+            t4: Interval::of(config.t4),
+        }
+    }
+
+    pub(super) fn get(self) -> TimerConfig {
+        TimerConfig {
+            t1: self.t1.get(),
+            t2: self.t2.get(),
+            t4: self.t4.get(),
+        }
+    }
+}
+
+/// A timer interval as a machine keeps it: whole nanoseconds (8 bytes; a `Duration` takes 16).
+/// Saturates at ~584 years, far beyond any timer a transaction lives to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Interval(u64);
+
+impl Interval {
+    pub(super) fn of(d: Duration) -> Self {
+        Self(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn get(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
+}
+
 /// RFC 3261 17.1.1.2: Timer D is "at least 32 seconds" on unreliable transports.
 const TIMER_D_MIN: Duration = Duration::from_secs(32);
 

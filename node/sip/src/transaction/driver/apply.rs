@@ -3,10 +3,13 @@
 //! for the TU — collected in an [`Output`] while the shard is locked and carried out once it is
 //! unlocked.
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use super::super::key::{ClientKey, ServerKey, TransactionKey};
 use super::super::machine::{Action, Actions, State};
+use super::super::wheel::WheelKey;
 use super::api::{TransactionIo, TuEvent};
 use super::table::Table;
 
@@ -61,6 +64,13 @@ pub(super) fn apply_client<M: Clone, Io: TransactionIo<M>>(
     out: &mut Output<M>,
 ) {
     let Table { clients, wheel, .. } = table;
+    // The key as the table holds it, shared with the wheel for the timers started here.
+    let Some(shared) = clients
+        .get_key_value(key)
+        .map(|(k, _)| WheelKey::Client(Arc::clone(k)))
+    else {
+        return;
+    };
     let Some(entry) = clients.get_mut(key) else {
         return;
     };
@@ -99,7 +109,7 @@ pub(super) fn apply_client<M: Clone, Io: TransactionIo<M>>(
             Action::TransmitResponse => {}
             Action::StartTimer(id, after) => {
                 let at = now + after;
-                out.started(wheel.start(&mut entry.timers, &tkey, id, at), at);
+                out.started(wheel.start(&mut entry.timers, &shared, id, at), at);
             }
             Action::StopTimer(id) => wheel.stop(&mut entry.timers, id),
             Action::Terminated(outcome) => terminated = Some(outcome),
@@ -134,6 +144,12 @@ pub(super) fn apply_server<M: Clone>(
     out: &mut Output<M>,
 ) {
     let Table { servers, wheel, .. } = table;
+    let Some(shared) = servers
+        .get_key_value(key)
+        .map(|(k, _)| WheelKey::Server(Arc::clone(k)))
+    else {
+        return;
+    };
     let Some(entry) = servers.get_mut(key) else {
         return;
     };
@@ -167,7 +183,7 @@ pub(super) fn apply_server<M: Clone>(
             Action::TransmitRequest | Action::SendAck => {}
             Action::StartTimer(id, after) => {
                 let at = now + after;
-                out.started(wheel.start(&mut entry.timers, &tkey, id, at), at);
+                out.started(wheel.start(&mut entry.timers, &shared, id, at), at);
             }
             Action::StopTimer(id) => wheel.stop(&mut entry.timers, id),
             Action::Terminated(outcome) => terminated = Some(outcome),

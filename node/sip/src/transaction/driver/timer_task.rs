@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::super::key::TransactionKey;
 use super::super::machine::{ClientEvent, ServerEvent};
+use super::super::wheel::WheelKey;
 use super::api::TransactionIo;
 use super::apply::{Effect, Output, apply_client, apply_server};
 use super::shared::{SWEEPING, Shared};
@@ -69,15 +69,14 @@ where
         let mut table = self.tables.lock_at(index);
         let locked = Instant::now();
         let mut fired = 0;
-        while let Some(first) = table.wheel.entries.first_entry() {
-            if first.key().0 > now || fired == SWEEP_BATCH {
+        while fired < SWEEP_BATCH {
+            let Some((at, key, id)) = table.wheel.pop_due(now) else {
                 break;
-            }
+            };
             fired += 1;
-            let (at, (key, id)) = first.remove_entry();
             match key {
-                TransactionKey::Client(key) => {
-                    let Some(entry) = table.clients.get_mut(&key) else {
+                WheelKey::Client(key) => {
+                    let Some(entry) = table.clients.get_mut(&*key) else {
                         continue;
                     };
                     if !entry.timers.take_fired(id, at) {
@@ -86,8 +85,8 @@ where
                     let actions = entry.machine.on_event(ClientEvent::Timer(id));
                     apply_client(&mut table, &self.io, &key, &actions, None, now, &mut out);
                 }
-                TransactionKey::Server(key) => {
-                    let Some(entry) = table.servers.get_mut(&key) else {
+                WheelKey::Server(key) => {
+                    let Some(entry) = table.servers.get_mut(&*key) else {
                         continue;
                     };
                     if !entry.timers.take_fired(id, at) {
