@@ -686,6 +686,7 @@ impl NodeCtx {
             DriverConfig {
                 timers: settings.timers,
                 max_transactions: settings.max_transactions,
+                ..DriverConfig::default()
             },
             io,
         );

@@ -55,8 +55,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use api::{
-    DriverConfig, DriverError, RequestDisposition, ResponseDisposition, TransactionIo,
-    TransmitError, TuEvent,
+    DEFAULT_LINGER_GRID, DriverConfig, DriverError, RequestDisposition, ResponseDisposition,
+    TransactionIo, TransmitError, TuEvent,
 };
 pub use table::TABLE_SHARDS;
 pub use timer_task::{SLOW_SWEEP, SWEEP_BATCH, SweepStats};
@@ -108,16 +108,18 @@ where
     /// # Panics
     /// If called outside a Tokio runtime (it spawns the timer task).
     pub fn new(config: DriverConfig, io: Io) -> Self {
+        let epoch = Instant::now();
+        let grid = config.linger_grid;
         let shared = Arc::new(Shared {
             config,
             io,
             tables: Shards::new(TABLE_SHARDS, || Table {
                 clients: FastMap::default(),
                 servers: FastMap::default(),
-                wheel: Wheel::default(),
+                wheel: Wheel::new(epoch, grid),
             }),
             live: AtomicUsize::new(0),
-            epoch: Instant::now(),
+            epoch,
             sleeping_until: AtomicU64::new(SWEEPING),
             wake: Notify::new(),
             retransmissions: AtomicU64::new(0),

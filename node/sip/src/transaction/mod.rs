@@ -46,8 +46,9 @@ mod tests;
 pub use client_invite::ClientInvite;
 pub use client_non_invite::ClientNonInvite;
 pub use driver::{
-    Driver, DriverConfig, DriverError, RequestDisposition, ResponseDisposition, SLOW_SWEEP,
-    SWEEP_BATCH, SweepStats, TABLE_SHARDS, TransactionIo, TransmitError, TuEvent,
+    DEFAULT_LINGER_GRID, Driver, DriverConfig, DriverError, RequestDisposition,
+    ResponseDisposition, SLOW_SWEEP, SWEEP_BATCH, SweepStats, TABLE_SHARDS, TransactionIo,
+    TransmitError, TuEvent,
 };
 pub use key::{
     ClientKey, KeyError, KeyMethod, MAGIC_COOKIE, RequestParts, ServerKey, TransactionKey,

@@ -128,8 +128,17 @@ fn setup_with(config: DriverConfig) -> (TestDriver, Arc<MockIo>) {
     (Driver::new(config, Arc::clone(&io)), io)
 }
 
+/// A driver that fires every timer at its exact deadline (no linger grid): the tests check the
+/// machines' RFC timing to the millisecond.
 fn setup() -> (TestDriver, Arc<MockIo>) {
-    setup_with(DriverConfig::default())
+    setup_with(exact())
+}
+
+fn exact() -> DriverConfig {
+    DriverConfig {
+        linger_grid: Duration::ZERO,
+        ..DriverConfig::default()
+    }
 }
 
 /// Sleep until `ms` milliseconds after the test began.

@@ -74,6 +74,15 @@ pub enum TimerId {
 }
 
 impl TimerId {
+    /// Whether the timer only ends a transaction's linger: nothing is sent when it fires, and
+    /// firing a little late keeps the transaction a little longer, never breaks the protocol.
+    pub const fn ends_linger(self) -> bool {
+        matches!(
+            self,
+            TimerId::D | TimerId::I | TimerId::J | TimerId::K | TimerId::L | TimerId::M
+        )
+    }
+
     /// Every timer, in declaration order.
     pub const ALL: [TimerId; 12] = [
         TimerId::A,

@@ -39,9 +39,11 @@ impl<M> Default for Output<M> {
 }
 
 impl<M> Output<M> {
-    /// Notes a timer started at `at`; `first` when it is now the first of its shard.
-    fn started(&mut self, first: bool, at: Instant) {
-        if first && self.earliest.is_none_or(|e| at < e) {
+    /// Notes a timer started: `first` is its deadline when it is now the first of its shard.
+    fn started(&mut self, first: Option<Instant>) {
+        if let Some(at) = first
+            && self.earliest.is_none_or(|e| at < e)
+        {
             self.earliest = Some(at);
         }
     }
@@ -108,8 +110,7 @@ pub(super) fn apply_client<M: Clone, Io: TransactionIo<M>>(
             // Client machines never send responses.
             Action::TransmitResponse => {}
             Action::StartTimer(id, after) => {
-                let at = now + after;
-                out.started(wheel.start(&mut entry.timers, &shared, id, at), at);
+                out.started(wheel.start(&mut entry.timers, &shared, id, now + after));
             }
             Action::StopTimer(id) => wheel.stop(&mut entry.timers, id),
             Action::Terminated(outcome) => terminated = Some(outcome),
@@ -182,8 +183,7 @@ pub(super) fn apply_server<M: Clone>(
             // Server machines never send requests or ACKs.
             Action::TransmitRequest | Action::SendAck => {}
             Action::StartTimer(id, after) => {
-                let at = now + after;
-                out.started(wheel.start(&mut entry.timers, &shared, id, at), at);
+                out.started(wheel.start(&mut entry.timers, &shared, id, now + after));
             }
             Action::StopTimer(id) => wheel.stop(&mut entry.timers, id),
             Action::Terminated(outcome) => terminated = Some(outcome),

@@ -94,6 +94,35 @@ async fn non_invite_client_final_response_then_timer_k() {
     );
 }
 
+/// With the default linger grid (16 ms) Timer K ends the transaction at the first grid point at or
+/// after T4 (5,700 ms → 5,712), never before; the retransmission timer E stays exact (500 ms).
+#[tokio::test(start_paused = true)]
+async fn timer_k_ends_on_the_linger_grid_and_timer_e_does_not_move() {
+    let (driver, io) = setup_with(DriverConfig::default());
+    assert_eq!(DEFAULT_LINGER_GRID, Duration::from_millis(16));
+    let key = ckey("z9hG4bKg", "OPTIONS");
+    driver
+        .start_client(key.clone(), "OPTIONS".into(), false)
+        .unwrap();
+    at(&io, 700).await;
+    driver.on_response(key.clone(), 200, "200".into());
+    at(&io, 5_711).await;
+    assert_eq!(
+        driver.client_state(&key),
+        Some(State::Completed),
+        "not before the grid point"
+    );
+    at(&io, 40_000).await;
+    assert_eq!(io.tx_times("OPTIONS"), [0, 500]);
+    assert_eq!(
+        io.tu(),
+        [
+            (700, response(&key, 200, "200")),
+            (5_712, terminated(key, Outcome::Completed))
+        ]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn invite_client_acks_a_non_2xx_itself_and_reacks_retransmissions() {
     let (driver, io) = setup();

@@ -7,7 +7,7 @@ use super::*;
 async fn the_table_is_bounded() {
     let (driver, io) = setup_with(DriverConfig {
         max_transactions: 2,
-        ..DriverConfig::default()
+        ..exact()
     });
     driver
         .start_client(ckey("z9hG4bKb1", "OPTIONS"), "O1".into(), false)

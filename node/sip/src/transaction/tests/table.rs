@@ -48,7 +48,7 @@ async fn a_burst_over_every_shard_times_out_together_in_bounded_sweeps() {
     // The bound still counts every shard: full again, then refused.
     let full = setup_with(DriverConfig {
         max_transactions: 100,
-        ..DriverConfig::default()
+        ..exact()
     })
     .0;
     for i in 0..100 {
