@@ -64,7 +64,9 @@ impl Pool {
         // (a pass late at most, which only makes the bound later).
         let mut membership = (None, Instant::now());
         // When the previous pass began, and the last stall of this node seen by the passes: when
-        // it went quiet and when it resumed (judge.rs, `forgive_own_stall`).
+        // it went quiet and when it resumed (judge.rs, `forgive_own_stall`). Measured from the
+        // start of the previous pass, so a stall inside its awaits counts too; a slow commit of
+        // its own decisions counts as well, which only delays the next declarations.
         let mut last_pass = Instant::now();
         let mut stall: Option<(Instant, Instant)> = None;
         loop {
@@ -78,7 +80,7 @@ impl Pool {
                     stalled_ms =
                         u64::try_from(pass_at.saturating_duration_since(last_pass).as_millis())
                             .unwrap_or(u64::MAX),
-                    "the failure detector was late: the others' silence may be this node's own"
+                    "this node's failure detector ran late (the node stalled or was starved): as leader it does not judge the others by the silence of that time"
                 );
                 stall = Some((last_pass, pass_at));
             }
