@@ -10,8 +10,9 @@
 //!
 //! The timers that only end a transaction's linger (D, I, J, K, L, M: nothing is sent when they
 //! fire) are rounded up to a grid ([`DriverConfig::linger_grid`](super::DriverConfig), 16 ms by
-//! default), the same for every shard of a table (their wheels share one epoch), so the timer task wakes once per grid step for all of them instead of
-//! about once a millisecond: at 1,500 calls a second four such timers end per call. A transaction
+//! default), the same for every shard of a table (their wheels share one epoch), so the timer
+//! task wakes once per grid step for all of them instead of about once a millisecond: at 1,500
+//! calls a second four such timers end per call. A transaction
 //! lingers at most one grid step longer than its timer says, which the RFCs allow (those timers
 //! are the least a transaction waits).
 
