@@ -75,6 +75,15 @@ pub const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
 impl<'a> Via<'a> {
     /// Parses one Via value (one element of a comma-separated line).
     pub fn parse(v: &'a [u8]) -> Result<Via<'a>, HeaderError> {
+        let via = Self::parse_known_good(v)?;
+        via.params.validate()?;
+        Ok(via)
+    }
+
+    /// [`Via::parse`] for a value it has already accepted once (a message through the door's checks,
+    /// [`SipMessage::is_checked`](crate::SipMessage::is_checked)): the same fields, without checking
+    /// the parameters' grammar again. On a value `parse` accepts, the result is the same.
+    pub(crate) fn parse_known_good(v: &'a [u8]) -> Result<Via<'a>, HeaderError> {
         let raw = trim_lws(v);
         if raw.is_empty() {
             return Err(HeaderError::Empty);
@@ -96,7 +105,6 @@ impl<'a> Via<'a> {
         }
         let (host, port, rest) = parse_hostport(trim_start_lws(rest))?;
         let params = Params(trim_lws(rest));
-        params.validate()?;
         Ok(Via {
             raw,
             version,
@@ -153,6 +161,27 @@ pub struct NameAddr<'a> {
 impl<'a> NameAddr<'a> {
     /// Parses one value.
     pub fn parse(v: &'a [u8]) -> Result<NameAddr<'a>, HeaderError> {
+        let na = Self::parse_known_good(v)?;
+        if na.is_star {
+            return Ok(na);
+        }
+        let parsed = Uri::parse(na.uri)?;
+        if !na.bracketed
+            && matches!(parsed.scheme, Scheme::Sip | Scheme::Sips)
+            && !parsed.params.is_empty()
+        {
+            // Cannot happen (an addr-spec is cut at ';'), kept as a guard.
+            return Err(HeaderError::AddrSpec);
+        }
+        na.params.validate()?;
+        Ok(na)
+    }
+
+    /// [`NameAddr::parse`] for a value it has already accepted once (a message through the door's
+    /// checks, [`SipMessage::is_checked`](crate::SipMessage::is_checked)): where the display name,
+    /// URI and parameters are, without checking the URI's and the parameters' grammar again. On a
+    /// value `parse` accepts, the result is the same.
+    pub(crate) fn parse_known_good(v: &'a [u8]) -> Result<NameAddr<'a>, HeaderError> {
         let raw = trim_lws(v);
         if raw.is_empty() {
             return Err(HeaderError::Empty);
@@ -206,22 +235,12 @@ impl<'a> NameAddr<'a> {
                 (uri, &raw[end..], false)
             }
         };
-        let parsed = Uri::parse(uri)?;
-        if !bracketed
-            && matches!(parsed.scheme, Scheme::Sip | Scheme::Sips)
-            && !parsed.params.is_empty()
-        {
-            // Cannot happen (we cut at ';'), kept as a guard.
-            return Err(HeaderError::AddrSpec);
-        }
-        let params = Params(trim_lws(rest));
-        params.validate()?;
         Ok(NameAddr {
             raw,
             display,
             uri,
             bracketed,
-            params,
+            params: Params(trim_lws(rest)),
             is_star: false,
         })
     }

@@ -306,6 +306,7 @@ impl SipMessage {
             body: Span::new(head.body_start, end),
             end: end as u32,
             defect,
+            checked: false,
             raw,
         })
     }

@@ -204,18 +204,24 @@ pub fn screen(
     parsed: Result<SipMessage, crate::message::ParseError>,
     source: SocketAddr,
 ) -> Screened {
-    let msg = match parsed {
+    let mut msg = match parsed {
         Ok(m) => m,
         Err(_) => return Screened::Drop("unparseable"),
     };
     if !msg.is_request() {
         return match check_response(&msg) {
-            Ok(()) => Screened::Pass(msg),
+            Ok(()) => {
+                msg.mark_checked();
+                Screened::Pass(msg)
+            }
             Err(_) => Screened::Drop("malformed response"),
         };
     }
     match check_request(&msg) {
-        Ok(()) => Screened::Pass(msg),
+        Ok(()) => {
+            msg.mark_checked();
+            Screened::Pass(msg)
+        }
         Err(rej) => answer_or_drop(&msg, &rej, source),
     }
 }
@@ -572,5 +578,26 @@ mod tests {
         assert_eq!(response_target(&v, src), "10.0.0.1:5070".parse().unwrap());
         let v = Via::parse(b"SIP/2.0/UDP host;branch=z9hG4bK1").unwrap();
         assert_eq!(response_target(&v, src), "10.0.0.1:5060".parse().unwrap());
+    }
+
+    const BYE: &[u8] = b"BYE sip:bob@127.0.0.21 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-9\r\nFrom: \"Al\" <sip:al@127.0.0.1>;tag=1\r\nTo: <sip:bob@127.0.0.21>;tag=2\r\nCall-ID: c1\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn only_what_passed_the_checks_is_marked_checked() {
+        let src: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+        let fresh = SipMessage::parse(BYE).unwrap();
+        assert!(!fresh.is_checked());
+        let Screened::Pass(m) = screen(Ok(fresh.clone()), src) else {
+            panic!("a well-formed BYE must pass");
+        };
+        assert!(m.is_checked());
+        assert_eq!(m.to_tag(), Some(&b"2"[..]));
+        assert_eq!(m.from(), fresh.from());
+        assert_eq!(m.top_via(), fresh.top_via());
+        // A To the checks refuse (a parameter without a name) is answered, never passed on.
+        let bad = String::from_utf8_lossy(BYE).replace(";tag=2", ";=2");
+        let bad = SipMessage::parse(bad.into_bytes()).unwrap();
+        assert!(bad.to().is_some_and(|t| t.is_err()));
+        assert!(matches!(screen(Ok(bad), src), Screened::Answer(_)));
     }
 }
