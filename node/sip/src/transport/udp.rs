@@ -119,15 +119,24 @@ pub async fn receive_loop(
             },
             _ = shutdown.changed() => break,
         }
+        let mut emptied = false;
         for _ in 0..DRAIN_BATCH {
             match rx.socket.try_recv_from(&mut buf) {
                 Ok((n, source)) => rx.on_datagram(&buf[..n], source),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    emptied = true;
+                    break;
+                }
                 // ICMP port-unreachable surfaces here on Linux as ConnectionRefused: not fatal.
                 Err(e) => tracing::debug!(error = %e, "udp receive error"),
             }
         }
-        tokio::task::yield_now().await;
+        // A full batch: let the tasks it fed run before reading on. An emptied socket needs no
+        // yield: the next `readable()` waits anyway, and a yield would schedule this task again
+        // (waking an idle worker for nothing, once per datagram at low rates).
+        if !emptied {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
