@@ -196,6 +196,11 @@ pub trait DialogStore: Send + Sync + 'static {
     /// (its lease lapsed, the shard is moving) or the write queue is full; the caller tries again
     /// later or, once the shard is gone, ends the call (an unrecorded call cannot move).
     fn store(&self, record: DialogRecord) -> bool;
+    /// Whether records are kept at all. A store that keeps none (a node alone: no other node could
+    /// carry a call on) spares its calls building a record (both legs as strings) and removing it.
+    fn keeps_records(&self) -> bool {
+        true
+    }
     /// Forgets a dialog that ended. Not fenced by the shard's lease: a call that ended here, even in
     /// the instant its shard moved, must not be rebuilt by the new owner.
     fn remove(&self, shard: u16, a_call_id: &str);
@@ -268,6 +273,9 @@ impl ShardOwnership for SingleNode {
 }
 
 impl DialogStore for SingleNode {
+    fn keeps_records(&self) -> bool {
+        self.keep
+    }
     fn store(&self, record: DialogRecord) -> bool {
         if !self.keep {
             return true;
@@ -347,11 +355,13 @@ mod tests {
         assert!(kept.store(record("a1")));
         assert_eq!(kept.records(), 1);
         assert!(kept.contains(3, "a1") && !kept.contains(3, "a2"));
+        assert!(kept.keeps_records());
 
         let alone = SingleNode::alone(16);
         assert!(alone.store(record("a1")), "every write succeeds");
         assert_eq!(alone.records(), 0, "and nothing is held");
         assert!(alone.records_of(3).is_empty());
         assert!(alone.contains(3, "a2"), "no call is ever ended elsewhere");
+        assert!(!alone.keeps_records(), "so its calls need not build one");
     }
 }

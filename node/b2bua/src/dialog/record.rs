@@ -65,6 +65,15 @@ pub(super) const RECORD_CHECKS: u8 = 30;
 pub(super) const RECORD_CHECK_SLOW: Duration = Duration::from_secs(30);
 
 impl Call {
+    /// Writes the call's record (a confirmed call's both legs); whether it was taken for writing.
+    /// A store that keeps no records takes every confirmed call's without one being built.
+    pub(super) fn write_record(&self) -> bool {
+        if !self.ctx.store.keeps_records() {
+            return self.confirmed_b().is_some();
+        }
+        self.record().is_some_and(|rec| self.ctx.store.store(rec))
+    }
+
     /// The call's record was taken for writing: from here on the pool, not only this node, knows it.
     pub(super) fn mark_stored(&mut self) {
         if !self.stored {
@@ -253,8 +262,7 @@ pub(super) fn on_store_record(st: &mut Call) {
     st.store_retry = false;
     if (!st.stored || st.record_stale)
         && st.phase != Phase::Ending
-        && let Some(rec) = st.record()
-        && st.ctx.store.store(rec)
+        && st.write_record()
     {
         st.record_stale = false;
         st.mark_stored();
@@ -276,8 +284,8 @@ impl Call {
         if !self.stored || self.phase != Phase::Confirmed {
             return;
         }
-        if let Some(rec) = self.record() {
-            self.record_stale = !self.ctx.store.store(rec);
+        if self.confirmed_b().is_some() {
+            self.record_stale = !self.write_record();
         }
     }
 }

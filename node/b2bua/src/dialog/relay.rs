@@ -151,10 +151,7 @@ pub(super) fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, en
                 );
             }
             st.start_media_timeout(myself);
-            if !st.stored
-                && let Some(rec) = st.record()
-                && st.ctx.store.store(rec)
-            {
+            if !st.stored && st.write_record() {
                 st.mark_stored();
             }
             st.ctx.call_answered();

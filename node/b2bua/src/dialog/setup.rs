@@ -42,11 +42,7 @@ impl Call {
                     // A lingering call (its shard moved during its set-up) writes it at the
                     // caller's ACK instead, and then hands over: it is not moved again, and the
                     // new owner must not carry it on before this node has relayed that ACK.
-                    if !self.stored
-                        && !self.lingering
-                        && let Some(rec) = self.record()
-                        && self.ctx.store.store(rec)
-                    {
+                    if !self.stored && !self.lingering && self.write_record() {
                         self.mark_stored();
                     }
                     tracing::debug!(parent: &self.span, status, "answered");

@@ -236,7 +236,7 @@ impl Call {
             self.ctx.gateways.release(&g);
         }
         self.ctx.set_ups.end(self.actor.pid());
-        if self.stored && self.ended {
+        if self.stored && self.ended && self.ctx.store.keeps_records() {
             self.ctx
                 .store
                 .remove(self.shard, &String::from_utf8_lossy(&self.a.call_id));
