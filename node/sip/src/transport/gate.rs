@@ -48,7 +48,7 @@ pub enum SourceClass {
 
 /// The sources a node talks to, with their budgets. Built by the user, read by the receive loops.
 ///
-/// One map lookup per datagram: every described IP has one [`IpEntry`] (its exact ports, its
+/// One map lookup per datagram: every described IP has one `IpEntry` (its exact ports, its
 /// any-port entry, whether it is unlimited).
 #[derive(Debug, Clone)]
 pub struct SourcePolicy {
