@@ -66,7 +66,7 @@ pub use timer_task::{SLOW_SWEEP, SWEEP_BATCH, SweepStats};
 
 use super::client_invite::ClientInvite;
 use super::client_non_invite::ClientNonInvite;
-use super::key::{ClientKey, KeyMethod, ServerKey, TransactionKey};
+use super::key::{ClientKey, ServerKey, TransactionKey};
 use super::machine::{Action, ClientEvent, ServerEvent, State};
 use super::server_invite::ServerInvite;
 use super::server_non_invite::ServerNonInvite;
@@ -154,7 +154,7 @@ where
         request: M,
         reliable: bool,
     ) -> Result<(), DriverError> {
-        if *key.method() == KeyMethod::Ack {
+        if key.is_ack() {
             return Err(DriverError::AckHasNoTransaction);
         }
         let now = Instant::now();
