@@ -14,7 +14,7 @@ use super::msg::{CallInfo, DialogMsg, LegWire, Phase};
 use crate::config::SharedTrunk;
 use crate::ctx::NodeCtx;
 use crate::routing::Candidate;
-use crate::txlayer::{ClientOwner, Envelope, Side};
+use crate::txlayer::{ClientOwner, Envelope, Reply, Side};
 
 /// One gateway attempt on leg B.
 #[derive(Debug)]
@@ -103,7 +103,8 @@ pub struct Call {
     pub(super) called: String,
     pub(super) calling: String,
     pub(super) a_final_sent: bool,
-    pub(super) a_2xx: Option<(u16, Box<Envelope>)>,
+    /// Our 2xx to the caller's INVITE, sent again until the caller ACKs it (its wire form).
+    pub(super) a_2xx: Option<(u16, Box<Reply>)>,
     /// A 2xx went to the caller: leg A is (or was) a confirmed dialog.
     pub(super) a_answered: bool,
     /// INVITE → 2xx time.

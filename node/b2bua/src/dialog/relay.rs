@@ -126,9 +126,10 @@ fn answer_relayed(st: &Call, r: &Relay, status: u16, env: &Envelope, body: Optio
         Some((&env.msg, body)),
         None,
     );
-    if let Some(e) = r.request.reply(bytes) {
-        let _ = st.ctx.driver.respond(&r.server, status, e);
-    }
+    let _ = st
+        .ctx
+        .driver
+        .respond(&r.server, status, r.request.reply(bytes));
 }
 
 pub(super) fn on_ack(st: &mut Call, myself: &ActorRef<DialogMsg>, side: Side, env: Envelope) {
@@ -246,9 +247,7 @@ pub(super) fn on_request(
     };
     let respond_local = |st: &Call, status: u16, extra: &[(HeaderName, &[u8])]| {
         let bytes = local_response(&env, status, Some(&my_tag), extra);
-        if let Some(e) = env.reply(bytes) {
-            let _ = st.ctx.driver.respond(&key, status, e);
-        }
+        let _ = st.ctx.driver.respond(&key, status, env.reply(bytes));
     };
     // CSeq must grow within a dialog (RFC 3261 §12.2.2).
     let cseq = env.msg.cseq().and_then(|c| c.ok()).map_or(0, |c| c.seq);
@@ -463,9 +462,10 @@ pub(super) fn on_client_ended(
         };
         let tag = st.a.local_tag.clone();
         let bytes = local_response(&r.request, status, Some(&tag), &[]);
-        if let Some(e) = r.request.reply(bytes) {
-            let _ = st.ctx.driver.respond(&r.server, status, e);
-        }
+        let _ = st
+            .ctx
+            .driver
+            .respond(&r.server, status, r.request.reply(bytes));
         if r.request.msg.method() == Some(Method::Bye)
             || outcome == Outcome::Timeout && r.request.msg.method() == Some(Method::Invite)
         {

@@ -16,7 +16,7 @@ use super::leg::{Leg, local_response, relay_response};
 use super::msg::{DialogArgs, DialogMsg, Phase};
 use super::spans::call_span;
 use crate::ctx::{NodeCtx, NodeEvent};
-use crate::txlayer::Envelope;
+use crate::txlayer::{Envelope, Reply};
 
 impl Call {
     /// Answers the caller's INVITE (final or provisional) through its server transaction.
@@ -29,33 +29,32 @@ impl Call {
                 .post_dial_delay
                 .observe(self.started.elapsed());
         }
-        if let Some(env) = inv.reply(bytes) {
-            if status >= 200 {
-                self.a_final_sent = true;
-                if (200..300).contains(&status) {
-                    self.a_2xx = Some((status, Box::new(env.clone())));
-                    self.a_answered = true;
-                    self.answered_after = Some(self.started.elapsed());
-                    // Written down as soon as the caller has its 2xx, not at its ACK: a shard that
-                    // moves in between (a drain) must not lose a call the caller considers up. The
-                    // new owner carries it on as confirmed (the ACK is then absorbed there).
-                    // A lingering call (its shard moved during its set-up) writes it at the
-                    // caller's ACK instead, and then hands over: it is not moved again, and the
-                    // new owner must not carry it on before this node has relayed that ACK.
-                    if !self.stored && !self.lingering && self.write_record() {
-                        self.mark_stored();
-                    }
-                    tracing::debug!(parent: &self.span, status, "answered");
-                    self.ctx.publish(NodeEvent::CallAnswered {
-                        call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
-                        gateway: self.current().map(|a| a.trunk.clone()).unwrap_or_default(),
-                    });
+        let env = inv.reply(bytes);
+        if status >= 200 {
+            self.a_final_sent = true;
+            if (200..300).contains(&status) {
+                self.a_2xx = Some((status, Box::new(env.clone())));
+                self.a_answered = true;
+                self.answered_after = Some(self.started.elapsed());
+                // Written down as soon as the caller has its 2xx, not at its ACK: a shard that
+                // moves in between (a drain) must not lose a call the caller considers up. The
+                // new owner carries it on as confirmed (the ACK is then absorbed there).
+                // A lingering call (its shard moved during its set-up) writes it at the
+                // caller's ACK instead, and then hands over: it is not moved again, and the
+                // new owner must not carry it on before this node has relayed that ACK.
+                if !self.stored && !self.lingering && self.write_record() {
+                    self.mark_stored();
                 }
+                tracing::debug!(parent: &self.span, status, "answered");
+                self.ctx.publish(NodeEvent::CallAnswered {
+                    call_id: String::from_utf8_lossy(&self.a.call_id).into_owned(),
+                    gateway: self.current().map(|a| a.trunk.clone()).unwrap_or_default(),
+                });
             }
-            self.last_status = status;
-            if let Err(e) = self.ctx.driver.respond(&self.a_key, status, env) {
-                tracing::debug!(error = %e, status, "could not answer the caller's INVITE");
-            }
+        }
+        self.last_status = status;
+        if let Err(e) = self.ctx.driver.respond(&self.a_key, status, env) {
+            tracing::debug!(error = %e, status, "could not answer the caller's INVITE");
         }
     }
 
@@ -323,9 +322,7 @@ pub(super) fn on_cancel(
     env: &Envelope,
 ) {
     let ok = local_response(env, 200, Some(&st.a.local_tag), &[]);
-    if let Some(e) = env.reply(ok) {
-        let _ = st.ctx.driver.respond(key, 200, e);
-    }
+    let _ = st.ctx.driver.respond(key, 200, env.reply(ok));
     if !st.a_final_sent {
         st.fail_a(487, &[]);
         for i in 0..st.attempts.len() {
@@ -341,18 +338,18 @@ pub(super) fn on_cancel(
 /// call (RFC 3261 §13.3.1.4).
 pub(super) fn on_retransmit_2xx(st: &mut Call, myself: &ActorRef<DialogMsg>, interval: Duration) {
     if st.phase == Phase::Answered
-        && let Some((status, env)) = st.a_2xx.clone()
+        && let Some((status, reply)) = st.a_2xx.clone()
     {
         if st
             .ctx
             .driver
-            .respond(&st.a_key, status, Envelope::clone(&env))
+            .respond(&st.a_key, status, Reply::clone(&reply))
             .is_err()
         {
             let _ = st
                 .ctx
                 .transports
-                .send_now(env.transport, env.peer, env.msg.bytes());
+                .send_now(reply.transport, reply.peer, reply.bytes);
         }
         let t = st.ctx.timers;
         if st.started.elapsed() > t.t1 * 64 + Duration::from_secs(1) && interval >= t.t2 {

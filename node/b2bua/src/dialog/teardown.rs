@@ -1,6 +1,7 @@
 //! Ending a call: BYE on the confirmed legs, ACK + BYE for answers nobody wants, and the end
 //! when nothing is left outstanding.
 
+use medpool_sip::transaction::ClientKey;
 use medpool_sip::{HeaderName, ids};
 use ractor::ActorRef;
 
@@ -210,6 +211,40 @@ pub(super) fn on_hangup(st: &mut Call, myself: &ActorRef<DialogMsg>) {
 }
 
 impl Call {
+    /// Takes the routes of the call's client transactions that have their final answer (an
+    /// INVITE's lingers 64*T1 after its 2xx) out of the registry as the call stops: they name a
+    /// call that is gone, and kept for the transactions' linger they were most of the registry's
+    /// memory after a burst of short calls. One still waiting for its answer keeps its route, so
+    /// that in a pool its answer is still this node's own (and ends its retransmissions here).
+    /// Those whose key the call no longer holds (a relayed request or a BYE answered before the
+    /// end: non-INVITE, lingering T4 over UDP) go when their transaction ends, as before.
+    fn forget_settled_clients(&self) {
+        use medpool_sip::transaction::State;
+        let settled = |key: &ClientKey| {
+            !matches!(
+                self.ctx.driver.client_state(key),
+                Some(State::Calling | State::Trying | State::Proceeding)
+            )
+        };
+        let cancels: Vec<ClientKey> = self
+            .attempts
+            .iter()
+            .filter(|a| a.cancel_sent)
+            .map(|a| a.key.cancel_key())
+            .collect();
+        let keys = self
+            .attempts
+            .iter()
+            .map(|a| &a.key)
+            .chain(&cancels)
+            .chain(&self.bye_keys)
+            .chain(self.relays.iter().map(|r| &r.client))
+            .chain(&self.session_refresh_key)
+            .chain(self.reanchors.iter().filter_map(|r| r.key.as_ref()))
+            .filter(|k| settled(k));
+        self.ctx.registry.forget_clients(keys);
+    }
+
     /// The call stopped: unregister it, give back its gateway slot and counts, remove the record of
     /// a call that really ended, and tell the node. Once: the actor's `post_stop` calls it, and so
     /// does dropping the state of a call that died without one (a panic: ractor skips `post_stop`
@@ -222,6 +257,7 @@ impl Call {
         self.timers_stop = None;
         self.close_media();
         let reg = &self.ctx.registry;
+        self.forget_settled_clients();
         reg.remove_call(
             &self.a_key,
             &self.a.call_id,

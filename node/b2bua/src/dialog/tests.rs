@@ -580,3 +580,52 @@ async fn a_call_that_ended_leaves_no_timer_task_behind() {
         "a task outlived the call (a timer holding its actor)"
     );
 }
+
+/// A call that ends takes the routes of its answered client transactions out of the registry at
+/// once, though the transactions linger (the INVITE's 64*T1 after its 2xx, Timer M): a route kept
+/// that long names a call that is gone. A late copy of the gateway's 2xx still matches the
+/// lingering transaction and is ACKed by the node, as before; the leg was hung up with the call,
+/// so it gets no second BYE.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_ended_forgets_its_client_routes_and_a_late_2xx_is_still_acked() {
+    use medpool_sip::transaction::State;
+    let mut node = TestNode::new().await;
+    node.receive(invite("cr-1"), PBX).await;
+    let inv_b = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    let key = crate::txlayer::client_key_of_request(&inv_b).unwrap();
+    let ok_b = answer(&inv_b, 200, "g1", GW1, &[]);
+    node.receive(ok_b.clone(), GW1).await;
+    let ok = node.expect(PBX, Expect::Status(200)).await;
+    node.receive(ack_for(&ok), PBX).await;
+    node.expect(GW1, Expect::Request(Method::Ack)).await;
+    assert!(
+        node.ctx.registry.has_client(&key),
+        "routed while the call is up"
+    );
+
+    node.receive(from_caller(Method::Bye, &ok, "z9hG4bK-cr-bye", 2), PBX)
+        .await;
+    node.expect(PBX, Expect::Status(200)).await;
+    let bye_b = node.expect(GW1, Expect::Request(Method::Bye)).await;
+    node.receive(answer(&bye_b, 200, "g1", GW1, &[]), GW1).await;
+    node.calls_end().await;
+
+    assert_eq!(
+        node.ctx.driver.client_state(&key),
+        Some(State::Accepted),
+        "the INVITE's transaction lingers"
+    );
+    assert!(
+        !node.ctx.registry.has_client(&key),
+        "its route went with the call"
+    );
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    node.receive(ok_b, GW1).await;
+    let ack = node.expect(GW1, Expect::Request(Method::Ack)).await;
+    assert_eq!(ack.cseq().unwrap().unwrap().seq, 1, "the INVITE's ACK");
+    while let Some(s) = node.sent(Duration::from_secs(2)).await {
+        assert_ne!(s.msg.method(), Some(Method::Bye), "a second BYE: {s:?}");
+    }
+    assert_eq!(node.ctx.driver.client_state(&key), Some(State::Accepted));
+}

@@ -24,9 +24,7 @@ fn respond(
     extra: &[(HeaderName, &[u8])],
 ) {
     let bytes = local_response(env, status, Some(&ids::new_tag(0)), extra);
-    if let Some(e) = env.reply(bytes) {
-        let _ = ctx.driver.respond(key, status, e);
-    }
+    let _ = ctx.driver.respond(key, status, env.reply(bytes));
 }
 
 pub(crate) async fn handle_core(ctx: &Arc<NodeCtx>, ev: CoreEvent) {

@@ -1,5 +1,6 @@
 //! The message the transaction layer carries ([`Envelope`]: a parsed message with its peer and
-//! transport) and the transaction keys read from messages.
+//! transport), the responses server transactions keep ([`Reply`]: bytes and where they go, never
+//! parsed back) and the transaction keys read from messages.
 
 use std::net::SocketAddr;
 
@@ -47,11 +48,16 @@ impl Envelope {
         }
     }
 
-    /// An answer to this (received) request: to its reply address, through the node it came in on.
-    pub fn reply(&self, bytes: Bytes) -> Option<Envelope> {
-        let mut e = Envelope::outgoing(bytes, self.reply_peer(), self.transport)?;
-        e.via = self.via;
-        Some(e)
+    /// An answer to this (received) request, for its server transaction: to its reply address,
+    /// through the node it came in on. Not parsed back: nothing reads a response we send, and a
+    /// server transaction only ever sends it (again).
+    pub fn reply(&self, bytes: Bytes) -> Reply {
+        Reply {
+            bytes,
+            peer: self.reply_peer(),
+            transport: self.transport,
+            via: self.via,
+        }
     }
 
     /// Where responses to this (received) request go (RFC 3261 §18.2.2).
@@ -64,6 +70,22 @@ impl Envelope {
             },
         }
     }
+}
+
+/// A response we send through a server transaction, in its wire form: what a transaction keeps to
+/// answer a retransmitted request (a BYE's 200 for 64*T1 after it was sent) and a call keeps to
+/// resend its 2xx until the caller's ACK. Its bytes are the message as built, never parsed back.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// The message.
+    pub bytes: Bytes,
+    /// Where it goes (the request's reply address).
+    pub peer: SocketAddr,
+    /// Transport.
+    pub transport: Transport,
+    /// The pool node the request came in on, when another node forwarded it to us: the answer
+    /// goes out through it.
+    pub via: Option<u64>,
 }
 
 /// The server-transaction key of a received request.

@@ -4,13 +4,17 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use medpool_sip::message::builder::MessageBuilder;
-use medpool_sip::transaction::{Outcome, TransactionIo, TransactionKey, TransmitError, TuEvent};
+use medpool_sip::transaction::{
+    ClientKey, Outcome, ServerKey, TransactionIo, TransactionKey, TransmitError, TuEvent,
+};
+use medpool_sip::transport::Transport;
 use medpool_sip::{HeaderName, Method, SipMessage};
 use tokio::sync::mpsc;
 
 use super::events::{CallEvent, CoreEvent, Owner, ProbeEvent, Side};
-use super::{Envelope, Registry, Wire};
+use super::{Envelope, Registry, Reply, Wire};
 use crate::cluster::Relay;
 
 /// Whether `response` is a 2xx to an INVITE on a leg we created (a Call-ID we minted).
@@ -64,6 +68,26 @@ impl SipIo {
 
 impl SipIo {
     /// Hands `event` to the dispatcher of its message's lane; false when that queue is full.
+    /// Sends `bytes` to `peer`, or through pool node `via` when the message came in there.
+    fn send(
+        &self,
+        via: Option<u64>,
+        transport: Transport,
+        peer: std::net::SocketAddr,
+        bytes: Bytes,
+    ) -> Result<(), TransmitError> {
+        if let Some(via) = via {
+            return if self.relay.send_via(via, bytes, peer, transport.as_lower()) {
+                Ok(())
+            } else {
+                Err(TransmitError)
+            };
+        }
+        self.wire
+            .send_now(transport, peer, bytes)
+            .map_err(|_| TransmitError)
+    }
+
     fn to_core(&self, event: CoreEvent) -> bool {
         let msg = match &event {
             CoreEvent::Unrouted { env, .. } | CoreEvent::OrphanAnswer { env } => &env.msg,
@@ -75,19 +99,13 @@ impl SipIo {
     }
 }
 
-impl TransactionIo<Envelope> for SipIo {
-    fn transmit(&self, _key: &TransactionKey, m: &Envelope) -> Result<(), TransmitError> {
-        if let Some(via) = m.via {
-            let t = m.transport.as_lower();
-            return if self.relay.send_via(via, m.msg.bytes(), m.peer, t) {
-                Ok(())
-            } else {
-                Err(TransmitError)
-            };
-        }
-        self.wire
-            .send_now(m.transport, m.peer, m.msg.bytes())
-            .map_err(|_| TransmitError)
+impl TransactionIo<Envelope, Reply> for SipIo {
+    fn transmit(&self, _key: &ClientKey, m: &Envelope) -> Result<(), TransmitError> {
+        self.send(m.via, m.transport, m.peer, m.msg.bytes())
+    }
+
+    fn transmit_response(&self, _key: &ServerKey, r: &Reply) -> Result<(), TransmitError> {
+        self.send(r.via, r.transport, r.peer, r.bytes.clone())
     }
 
     fn build_ack(&self, request: &Envelope, response: &Envelope) -> Envelope {

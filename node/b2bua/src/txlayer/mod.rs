@@ -14,7 +14,7 @@
 //! Transaction state lives here, per node; dialog state lives in the DialogActor. A transaction is
 //! not replicated: a call's confirmed dialog is (see [`crate::cluster`]).
 //!
-//! Files: `envelope` (the message and its keys), `events` (what goes up, to whom), `registry`,
+//! Files: `envelope` (the message, the responses kept, the keys), `events` (what goes up, to whom), `registry`,
 //! `io` (the driver's [`medpool_sip::transaction::TransactionIo`]), `wire` (what sends).
 
 mod envelope;
@@ -23,11 +23,12 @@ mod io;
 mod registry;
 mod wire;
 
-pub use envelope::{Envelope, client_key, client_key_of_request, server_key};
+pub use envelope::{Envelope, Reply, client_key, client_key_of_request, server_key};
 pub use events::{CallEvent, CallRef, ClientOwner, CoreEvent, Owner, ProbeEvent, ProbeRef, Side};
 pub use io::SipIo;
 pub use registry::Registry;
 pub use wire::Wire;
 
-/// The node's transaction layer.
-pub type TxDriver = medpool_sip::transaction::Driver<Envelope, std::sync::Arc<SipIo>>;
+/// The node's transaction layer: messages as [`Envelope`]s, the responses its server transactions
+/// keep as [`Reply`]s.
+pub type TxDriver = medpool_sip::transaction::Driver<Envelope, std::sync::Arc<SipIo>, Reply>;

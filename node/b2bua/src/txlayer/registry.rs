@@ -90,6 +90,21 @@ impl Registry {
         };
         self.resolve(owner?)
     }
+    /// Forgets the client transactions of a call that stopped, though they may still linger in the
+    /// transaction layer (an INVITE's for 64*T1 after its 2xx, Timer M): their events have no live
+    /// owner to reach any more, and what comes for them is handled as for a transaction that
+    /// names a stopped call — a 2xx to one of our INVITEs goes to the node
+    /// ([`super::CoreEvent::OrphanAnswer`]: ACKed, and the leg hung up), anything else is dropped.
+    /// Only their answers no longer count as this node's own (see [`Registry::has_client`]): in a
+    /// pool, one that arrives after the call's shard moved goes to the shard's owner, which ACKs
+    /// it in the same way (or the call itself, when it was handed over there alive).
+    pub fn forget_clients<'a>(&self, keys: impl IntoIterator<Item = &'a ClientKey>) {
+        for key in keys {
+            let mut m = self.clients.lock_for(key);
+            m.remove(key);
+            compact(&mut m);
+        }
+    }
     /// Who owns client transaction `key`, if it is still alive (a call that ended is not).
     pub(super) fn client_owner(&self, key: &ClientKey) -> Option<Owner> {
         let owner = self.clients.lock_for(key).get(key).cloned();

@@ -3,7 +3,10 @@
 //! [`TransactionIo`] (send a message, build an ACK, tell the TU).
 //!
 //! It never parses, serialises or routes a message: the message type `M` is opaque (typically a parsed
-//! message plus its destination and transport), and every message-aware step is the caller's:
+//! message plus its destination and transport), and so is `R`, what a server transaction keeps of
+//! the responses the TU hands it (it only ever sends them again: their wire form will do, and
+//! stays in memory up to 64*T1 after a non-INVITE's final answer). Every message-aware step is the
+//! caller's:
 //! - the transport layer parses a message, builds its key ([`ClientKey`] for a response,
 //!   [`ServerKey`] for a request) and calls [`Driver::on_response`] or [`Driver::on_request`];
 //! - the TU (the B2BUA core) starts client transactions with [`Driver::start_client`], answers server
@@ -63,7 +66,7 @@ pub use timer_task::{SLOW_SWEEP, SWEEP_BATCH, SweepStats};
 
 use super::client_invite::ClientInvite;
 use super::client_non_invite::ClientNonInvite;
-use super::key::{ClientKey, KeyMethod, ServerKey, TransactionKey};
+use super::key::{ClientKey, ServerKey, TransactionKey};
 use super::machine::{Action, ClientEvent, ServerEvent, State};
 use super::server_invite::ServerInvite;
 use super::server_non_invite::ServerNonInvite;
@@ -75,13 +78,15 @@ use table::{ClientEntry, ClientMachine, ServerEntry, ServerMachine, Table};
 use timer_task::{TaskGuard, run_timers};
 
 /// Runs transactions: see the module documentation. Cheap to clone; the timer task stops when the last
-/// clone is dropped.
-pub struct Driver<M, Io> {
-    shared: Arc<Shared<M, Io>>,
+/// clone is dropped. `M` is the message type; `R` what a server transaction keeps of a response
+/// the TU hands it ([`Driver::respond`]), `M` unless the caller has a leaner form (see
+/// [`TransactionIo`]).
+pub struct Driver<M, Io, R = M> {
+    shared: Arc<Shared<M, R, Io>>,
     _task: Arc<TaskGuard>,
 }
 
-impl<M, Io> Clone for Driver<M, Io> {
+impl<M, Io, R> Clone for Driver<M, Io, R> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -90,7 +95,7 @@ impl<M, Io> Clone for Driver<M, Io> {
     }
 }
 
-impl<M, Io> std::fmt::Debug for Driver<M, Io> {
+impl<M, Io, R> std::fmt::Debug for Driver<M, Io, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver")
             .field("config", &self.shared.config)
@@ -98,10 +103,11 @@ impl<M, Io> std::fmt::Debug for Driver<M, Io> {
     }
 }
 
-impl<M, Io> Driver<M, Io>
+impl<M, Io, R> Driver<M, Io, R>
 where
     M: Clone + Send + 'static,
-    Io: TransactionIo<M>,
+    R: Clone + Send + 'static,
+    Io: TransactionIo<M, R>,
 {
     /// A driver with no transaction, and its timer task.
     ///
@@ -148,7 +154,7 @@ where
         request: M,
         reliable: bool,
     ) -> Result<(), DriverError> {
-        if *key.method() == KeyMethod::Ack {
+        if key.is_ack() {
             return Err(DriverError::AckHasNoTransaction);
         }
         let now = Instant::now();
@@ -254,11 +260,7 @@ where
                 if passed {
                     RequestDisposition::AckToTu
                 } else {
-                    let resent = out
-                        .effects
-                        .iter()
-                        .filter(|e| matches!(e, Effect::Transmit(..)))
-                        .count();
+                    let resent = out.effects.iter().filter(|e| e.is_send()).count();
                     self.shared
                         .retransmissions
                         .fetch_add(resent as u64, Ordering::Relaxed);
@@ -299,9 +301,10 @@ where
     }
 
     /// The TU answers server transaction `key` with `response` (status `status`). The response is sent
-    /// and kept for retransmissions (Timer G, retransmitted requests). In Accepted (after a 2xx), the
-    /// core's own retransmissions of the 2xx go through here too (RFC 6026).
-    pub fn respond(&self, key: &ServerKey, status: u16, response: M) -> Result<(), DriverError> {
+    /// and kept for retransmissions (Timer G, retransmitted requests), unless it is a 2xx to an
+    /// INVITE. In Accepted (after a 2xx), the core's own retransmissions of the 2xx go through here
+    /// too (RFC 6026).
+    pub fn respond(&self, key: &ServerKey, status: u16, response: R) -> Result<(), DriverError> {
         let now = Instant::now();
         let mut out = Output::default();
         {

@@ -39,96 +39,136 @@ pub enum KeyError {
     NoMagicCookie,
 }
 
-/// The method part of a key. Methods are case-sensitive tokens (RFC 3261 7.1): `invite` is not INVITE.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum KeyMethod {
-    /// INVITE.
-    Invite,
-    /// ACK (only in a [`ClientKey`]; a [`ServerKey`] maps ACK to INVITE).
-    Ack,
-    /// CANCEL.
-    Cancel,
-    /// Any other method, as received.
-    Other(Box<[u8]>),
-}
+/// The methods a key names with one byte, the first of its encoding (their index here); any other
+/// method is spelled out after [`SPELLED`]. Methods are case-sensitive tokens (RFC 3261 7.1):
+/// `invite` is not INVITE, and is spelled out.
+const NAMED: [&[u8]; 14] = [
+    b"INVITE",
+    b"ACK",
+    b"CANCEL",
+    b"BYE",
+    b"OPTIONS",
+    b"UPDATE",
+    b"PRACK",
+    b"INFO",
+    b"REFER",
+    b"NOTIFY",
+    b"MESSAGE",
+    b"SUBSCRIBE",
+    b"REGISTER",
+    b"PUBLISH",
+];
+const INVITE: u8 = 0;
+const ACK: u8 = 1;
+const CANCEL: u8 = 2;
+/// The code of a method that is not in [`NAMED`]: its length and bytes follow.
+const SPELLED: u8 = u8::MAX;
 
-impl KeyMethod {
-    /// The method named by `method` (case-sensitive).
-    pub fn from_bytes(method: &[u8]) -> Self {
-        match method {
-            b"INVITE" => Self::Invite,
-            b"ACK" => Self::Ack,
-            b"CANCEL" => Self::Cancel,
-            other => Self::Other(other.into()),
+/// Appends `n` as a LEB128 varint (one byte below 128).
+fn put_len(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let low = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(low);
+            return;
         }
-    }
-
-    /// The method's name.
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            Self::Invite => b"INVITE",
-            Self::Ack => b"ACK",
-            Self::Cancel => b"CANCEL",
-            Self::Other(m) => m,
-        }
-    }
-
-    /// ACK is matched against the INVITE that it acknowledges (RFC 3261 17.2.3).
-    fn for_server(self) -> Self {
-        match self {
-            Self::Ack => Self::Invite,
-            other => other,
-        }
+        out.push(low | 0x80);
     }
 }
 
-impl fmt::Display for KeyMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+/// Splits a [`put_len`] length and the `len` bytes after it off the front of `buf`. Only ever
+/// given what [`put_len`] wrote (a key's own encoding): a short buffer yields what is there.
+fn take_field(buf: &[u8]) -> (&[u8], &[u8]) {
+    let mut len = 0usize;
+    let mut shift = 0u32;
+    let mut at = 0;
+    while let Some(&b) = buf.get(at) {
+        at += 1;
+        len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
     }
+    let rest = buf.get(at..).unwrap_or_default();
+    let len = len.min(rest.len());
+    rest.split_at(len)
+}
+
+/// Appends the encoding of `method`: its index in [`NAMED`], or [`SPELLED`], its length and bytes.
+fn put_method(out: &mut Vec<u8>, method: &[u8]) {
+    match NAMED.iter().position(|m| *m == method) {
+        Some(i) => out.push(i as u8),
+        None => {
+            out.push(SPELLED);
+            put_len(out, method.len());
+            out.extend_from_slice(method);
+        }
+    }
+}
+
+/// Splits an encoded method off the front of `buf`: (method, rest).
+fn take_method(buf: &[u8]) -> (&[u8], &[u8]) {
+    match buf.split_first() {
+        Some((&SPELLED, rest)) => take_field(rest),
+        Some((&code, rest)) => (
+            NAMED.get(usize::from(code)).copied().unwrap_or_default(),
+            rest,
+        ),
+        None => (&[], &[]),
+    }
+}
+
+/// ACK is matched against the INVITE that it acknowledges (RFC 3261 17.2.3).
+fn for_server(method: &[u8]) -> &[u8] {
+    if method == b"ACK" { b"INVITE" } else { method }
 }
 
 /// The key of a client transaction (RFC 3261 17.1.3): the branch of the top Via of the request we sent
 /// and the method of the request. A response matches when its top Via branch and its CSeq method are
 /// equal to these. (Our own branches always carry the magic cookie, so no fallback is needed.)
+///
+/// Held in one allocation, compared byte for byte: the method's code (or the method spelled out)
+/// and the branch. A transaction lingers up to 64*T1 after its final answer, with its key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ClientKey {
-    branch: Box<[u8]>,
-    method: KeyMethod,
-}
+pub struct ClientKey(Box<[u8]>);
 
 impl ClientKey {
     /// The key of a request we send with top Via branch `branch` and method `method`, or of a response
     /// received with top Via branch `branch` and CSeq method `method`.
     pub fn new(branch: &[u8], method: &[u8]) -> Self {
-        Self {
-            branch: branch.into(),
-            method: KeyMethod::from_bytes(method),
-        }
+        let mut out = Vec::with_capacity(1 + branch.len());
+        put_method(&mut out, method);
+        out.extend_from_slice(branch);
+        Self(out.into_boxed_slice())
     }
 
     /// The top Via branch.
     pub fn branch(&self) -> &[u8] {
-        &self.branch
+        take_method(&self.0).1
     }
 
     /// The method of the request.
-    pub fn method(&self) -> &KeyMethod {
-        &self.method
+    pub fn method(&self) -> &[u8] {
+        take_method(&self.0).0
     }
 
     /// Whether this is an INVITE transaction.
     pub fn is_invite(&self) -> bool {
-        self.method == KeyMethod::Invite
+        self.0.first() == Some(&INVITE)
+    }
+
+    /// Whether this is the key of an ACK (which has no transaction: see
+    /// [`DriverError::AckHasNoTransaction`](super::DriverError::AckHasNoTransaction)).
+    pub fn is_ack(&self) -> bool {
+        self.0.first() == Some(&ACK)
     }
 
     /// The key of a CANCEL for the request of this transaction: same branch (RFC 3261 9.1), method
     /// CANCEL. The CANCEL is a transaction of its own, a non-INVITE client transaction.
     pub fn cancel_key(&self) -> ClientKey {
-        Self {
-            branch: self.branch.clone(),
-            method: KeyMethod::Cancel,
-        }
+        Self::new(self.branch(), b"CANCEL")
     }
 }
 
@@ -137,8 +177,8 @@ impl fmt::Display for ClientKey {
         write!(
             f,
             "{} {}",
-            String::from_utf8_lossy(&self.branch),
-            self.method
+            String::from_utf8_lossy(self.branch()),
+            String::from_utf8_lossy(self.method())
         )
     }
 }
@@ -182,11 +222,9 @@ pub struct ServerKey(ServerKeyInner);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum ServerKeyInner {
-    Rfc3261 {
-        branch: Box<[u8]>,
-        sent_by: Box<[u8]>,
-        method: KeyMethod,
-    },
+    /// One allocation, compared byte for byte: the method's code (or the method spelled out), the
+    /// sent-by (lower-cased) with its length before it, the branch.
+    Rfc3261(Box<[u8]>),
     Rfc2543(Box<LegacyKey>),
 }
 
@@ -201,11 +239,28 @@ struct LegacyKey {
     sent_by: Box<[u8]>,
     /// An RFC 2543 Via may carry a cookie-less branch; it is part of the Via, so part of the key.
     branch: Option<Box<[u8]>>,
-    method: KeyMethod,
+    method: Box<[u8]>,
 }
 
 fn normalise_host(sent_by: &[u8]) -> Box<[u8]> {
     sent_by.to_ascii_lowercase().into_boxed_slice()
+}
+
+/// The encoding of an RFC 3261 server key (see [`ServerKeyInner::Rfc3261`]).
+fn rfc3261(branch: &[u8], sent_by: &[u8], method: &[u8]) -> ServerKeyInner {
+    let mut out = Vec::with_capacity(2 + sent_by.len() + branch.len());
+    put_method(&mut out, method);
+    put_len(&mut out, sent_by.len());
+    out.extend(sent_by.iter().map(u8::to_ascii_lowercase));
+    out.extend_from_slice(branch);
+    ServerKeyInner::Rfc3261(out.into_boxed_slice())
+}
+
+/// The parts of an RFC 3261 server key's encoding: (method, sent-by, branch).
+fn rfc3261_parts(key: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    let (method, rest) = take_method(key);
+    let (sent_by, branch) = take_field(rest);
+    (method, sent_by, branch)
 }
 
 impl ServerKey {
@@ -215,25 +270,19 @@ impl ServerKey {
         if !is_rfc3261_branch(branch) {
             return Err(KeyError::NoMagicCookie);
         }
-        Ok(Self(ServerKeyInner::Rfc3261 {
-            branch: branch.into(),
-            sent_by: normalise_host(sent_by),
-            method: KeyMethod::from_bytes(method).for_server(),
-        }))
+        Ok(Self(rfc3261(branch, sent_by, for_server(method))))
     }
 
     /// The key of a received request: the RFC 3261 key if its branch has the magic cookie, else the
     /// RFC 2543 fallback key.
     pub fn from_request(parts: &RequestParts<'_>) -> Self {
-        let method = KeyMethod::from_bytes(parts.method).for_server();
+        let method = for_server(parts.method);
         match parts.branch {
-            Some(branch) if is_rfc3261_branch(branch) => Self(ServerKeyInner::Rfc3261 {
-                branch: branch.into(),
-                sent_by: normalise_host(parts.sent_by),
-                method,
-            }),
+            Some(branch) if is_rfc3261_branch(branch) => {
+                Self(rfc3261(branch, parts.sent_by, method))
+            }
             branch => {
-                let to_tag = if method == KeyMethod::Invite {
+                let to_tag = if method == b"INVITE" {
                     None
                 } else {
                     parts.to_tag.map(Into::into)
@@ -246,23 +295,26 @@ impl ServerKey {
                     cseq: parts.cseq,
                     sent_by: normalise_host(parts.sent_by),
                     branch: branch.map(Into::into),
-                    method,
+                    method: method.into(),
                 })))
             }
         }
     }
 
     /// The method of the transaction (INVITE for an ACK's key).
-    pub fn method(&self) -> &KeyMethod {
+    pub fn method(&self) -> &[u8] {
         match &self.0 {
-            ServerKeyInner::Rfc3261 { method, .. } => method,
+            ServerKeyInner::Rfc3261(key) => take_method(key).0,
             ServerKeyInner::Rfc2543(legacy) => &legacy.method,
         }
     }
 
     /// Whether this is the key of an INVITE transaction (also true for the key of an ACK).
     pub fn is_invite(&self) -> bool {
-        *self.method() == KeyMethod::Invite
+        match &self.0 {
+            ServerKeyInner::Rfc3261(key) => key.first() == Some(&INVITE),
+            ServerKeyInner::Rfc2543(legacy) => &*legacy.method == b"INVITE",
+        }
     }
 
     /// Whether this key uses the RFC 2543 fallback.
@@ -273,41 +325,41 @@ impl ServerKey {
     /// For the key of a CANCEL, the key of the INVITE server transaction it cancels (RFC 3261 9.2: match
     /// the CANCEL as if its method were INVITE). `None` if this is not a CANCEL's key.
     pub fn invite_key_for_cancel(&self) -> Option<ServerKey> {
-        if *self.method() != KeyMethod::Cancel {
-            return None;
-        }
-        let mut key = self.clone();
-        match &mut key.0 {
-            ServerKeyInner::Rfc3261 { method, .. } => *method = KeyMethod::Invite,
-            ServerKeyInner::Rfc2543(legacy) => {
-                legacy.method = KeyMethod::Invite;
-                legacy.to_tag = None;
+        match &self.0 {
+            ServerKeyInner::Rfc3261(key) if key.first() == Some(&CANCEL) => {
+                let (_, sent_by, branch) = rfc3261_parts(key);
+                Some(Self(rfc3261(branch, sent_by, b"INVITE")))
             }
+            ServerKeyInner::Rfc2543(legacy) if &*legacy.method == b"CANCEL" => {
+                let mut legacy = legacy.clone();
+                legacy.method = b"INVITE".as_slice().into();
+                legacy.to_tag = None;
+                Some(Self(ServerKeyInner::Rfc2543(legacy)))
+            }
+            _ => None,
         }
-        Some(key)
     }
 }
 
 impl fmt::Display for ServerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            ServerKeyInner::Rfc3261 {
-                branch,
-                sent_by,
-                method,
-            } => write!(
-                f,
-                "{} {} {}",
-                String::from_utf8_lossy(branch),
-                String::from_utf8_lossy(sent_by),
-                method
-            ),
+            ServerKeyInner::Rfc3261(key) => {
+                let (method, sent_by, branch) = rfc3261_parts(key);
+                write!(
+                    f,
+                    "{} {} {}",
+                    String::from_utf8_lossy(branch),
+                    String::from_utf8_lossy(sent_by),
+                    String::from_utf8_lossy(method)
+                )
+            }
             ServerKeyInner::Rfc2543(legacy) => write!(
                 f,
                 "rfc2543 {} {} {}",
                 String::from_utf8_lossy(&legacy.call_id),
                 legacy.cseq,
-                legacy.method
+                String::from_utf8_lossy(&legacy.method)
             ),
         }
     }
@@ -394,7 +446,8 @@ mod tests {
         assert_eq!(invite, ack);
         assert!(ack.is_invite());
         assert_ne!(invite, cancel);
-        assert_eq!(*cancel.method(), KeyMethod::Cancel);
+        assert_eq!(cancel.method(), b"CANCEL");
+        assert_eq!(ack.method(), b"INVITE", "an ACK's key names the INVITE");
         assert_eq!(cancel.invite_key_for_cancel(), Some(invite.clone()));
         assert_eq!(invite.invite_key_for_cancel(), None);
         // A non-INVITE with the same branch (a misbehaving client) is a different transaction.
@@ -478,13 +531,56 @@ mod tests {
     }
 
     #[test]
-    fn methods_are_case_sensitive() {
-        assert_eq!(KeyMethod::from_bytes(b"INVITE"), KeyMethod::Invite);
+    fn methods_are_case_sensitive_and_any_method_is_kept_whole() {
+        let invite = ClientKey::new(BRANCH, b"INVITE");
+        let lower = ClientKey::new(BRANCH, b"invite");
+        assert_ne!(invite, lower);
+        assert!(invite.is_invite() && !lower.is_invite());
+        assert_eq!(lower.method(), b"invite");
+        assert_eq!(lower.branch(), BRANCH);
+        let odd = ClientKey::new(BRANCH, b"X-CUSTOM-METHOD");
+        assert_eq!(odd.method(), b"X-CUSTOM-METHOD");
+        assert_eq!(odd.branch(), BRANCH);
+        assert_ne!(odd, ClientKey::new(BRANCH, b"X-CUSTOM-METHODE"));
+        assert_eq!(ClientKey::new(BRANCH, b"OPTIONS").method(), b"OPTIONS");
+        assert!(ClientKey::new(BRANCH, b"ACK").is_ack());
+        let s = ServerKey::from_parts(BRANCH, b"h", b"invite").unwrap();
+        assert!(!s.is_invite());
+        assert_eq!(s.method(), b"invite");
+    }
+
+    /// A key is one allocation compared byte for byte: its parts are told apart by their lengths,
+    /// so two keys that would spell the same bytes end to end are still different keys.
+    #[test]
+    fn the_parts_of_a_key_never_run_into_each_other() {
+        let a = ServerKey::from_parts(b"z9hG4bKx", b"ab", b"BYE").unwrap();
+        let b = ServerKey::from_parts(b"z9hG4bKx", b"a", b"BYE").unwrap();
+        assert_ne!(a, b);
+        // A sent-by longer than 127 bytes takes two length bytes.
+        let long = "h".repeat(300);
+        let k = ServerKey::from_parts(BRANCH, long.as_bytes(), b"CANCEL").unwrap();
         assert_eq!(
-            KeyMethod::from_bytes(b"invite"),
-            KeyMethod::Other(b"invite".as_slice().into())
+            k.to_string(),
+            format!("{} {long} CANCEL", String::from_utf8_lossy(BRANCH))
         );
-        assert_eq!(KeyMethod::from_bytes(b"OPTIONS").as_bytes(), b"OPTIONS");
+        assert_eq!(
+            k.invite_key_for_cancel(),
+            Some(ServerKey::from_parts(BRANCH, long.to_uppercase().as_bytes(), b"INVITE").unwrap())
+        );
+        let spelled = ServerKey::from_parts(BRANCH, b"h:5060", b"X-M").unwrap();
+        assert_eq!(spelled.to_string(), "z9hG4bK776asdhds h:5060 X-M");
+        assert_ne!(
+            spelled,
+            ServerKey::from_parts(BRANCH, b"h:5060", b"X-MM").unwrap()
+        );
+    }
+
+    /// Three keys per call live up to 64*T1 after it (each shared by its table slot and timers):
+    /// a key is one pointer to one allocation of its bytes, for either kind of key.
+    #[test]
+    fn a_key_is_one_small_allocation() {
+        assert_eq!(std::mem::size_of::<ClientKey>(), 16);
+        assert_eq!(std::mem::size_of::<ServerKey>(), 16);
     }
 
     #[test]

@@ -51,8 +51,7 @@ pub use driver::{
     TransmitError, TuEvent,
 };
 pub use key::{
-    ClientKey, KeyError, KeyMethod, MAGIC_COOKIE, RequestParts, ServerKey, TransactionKey,
-    is_rfc3261_branch,
+    ClientKey, KeyError, MAGIC_COOKIE, RequestParts, ServerKey, TransactionKey, is_rfc3261_branch,
 };
 pub use machine::{Action, Actions, ClientEvent, Outcome, ServerEvent, State};
 pub use server_invite::ServerInvite;

@@ -93,13 +93,23 @@ impl MockIo {
     }
 }
 
-impl TransactionIo<Msg> for MockIo {
-    fn transmit(&self, key: &TransactionKey, message: &Msg) -> Result<(), TransmitError> {
+impl MockIo {
+    fn sent(&self, key: TransactionKey, message: &Msg) -> Result<(), TransmitError> {
         if self.fail_transmit.load(Ordering::SeqCst) {
             return Err(TransmitError);
         }
-        self.record(Rec::Tx(key.clone(), message.clone()));
+        self.record(Rec::Tx(key, message.clone()));
         Ok(())
+    }
+}
+
+impl TransactionIo<Msg> for MockIo {
+    fn transmit(&self, key: &ClientKey, request: &Msg) -> Result<(), TransmitError> {
+        self.sent(TransactionKey::Client(key.clone()), request)
+    }
+
+    fn transmit_response(&self, key: &ServerKey, response: &Msg) -> Result<(), TransmitError> {
+        self.sent(TransactionKey::Server(key.clone()), response)
     }
 
     fn build_ack(&self, request: &Msg, response: &Msg) -> Msg {

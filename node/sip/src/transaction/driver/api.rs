@@ -1,7 +1,7 @@
-//! The driver's vocabulary with its caller: the [`TransactionIo`] it calls (send, build an ACK, tell
-//! the TU), the [`TuEvent`]s it hands up, its settings ([`DriverConfig`]), its refusals
-//! ([`DriverError`]) and what it did with an incoming message ([`RequestDisposition`],
-//! [`ResponseDisposition`]). Types only: no table, no timer.
+//! The driver's vocabulary with its caller: the [`TransactionIo`] it calls (send a request or a
+//! response, build an ACK, tell the TU), the [`TuEvent`]s it hands up, its settings
+//! ([`DriverConfig`]), its refusals ([`DriverError`]) and what it did with an incoming message
+//! ([`RequestDisposition`], [`ResponseDisposition`]). Types only: no table, no timer.
 
 use std::sync::Arc;
 
@@ -11,13 +11,22 @@ use super::super::key::{ClientKey, ServerKey, TransactionKey};
 use super::super::machine::Outcome;
 use super::super::timers::TimerConfig;
 
-/// What the driver needs from the outside world. `M` is the caller's message type.
-pub trait TransactionIo<M>: Send + Sync + 'static {
-    /// Send `message`, a request, response or ACK of transaction `key`, to wherever `M` says. Called
-    /// without locks held. An `Err` counts as a transport error for the transaction (RFC 3261 17.1.4,
-    /// 17.2.4); failures found later (a TCP write that fails after queueing) are reported with
+/// What the driver needs from the outside world. `M` is the caller's message type: the requests
+/// and ACKs client transactions send, and every message received. `R` is what a server transaction
+/// keeps of a response the TU handed it ([`Driver::respond`](crate::transaction::Driver::respond)):
+/// the transaction only ever sends it (again), so `R` can be the response's wire form — its bytes
+/// and where they go — rather than a parsed message; it is `M` unless the caller says otherwise.
+pub trait TransactionIo<M, R = M>: Send + Sync + 'static {
+    /// Send `request`, a request or ACK of client transaction `key`, to wherever `M` says. Called
+    /// without locks held. An `Err` counts as a transport error for the transaction (RFC 3261
+    /// 17.1.4); failures found later (a TCP write that fails after queueing) are reported with
     /// [`Driver::transport_error`](crate::transaction::Driver::transport_error).
-    fn transmit(&self, key: &TransactionKey, message: &M) -> Result<(), TransmitError>;
+    fn transmit(&self, key: &ClientKey, request: &M) -> Result<(), TransmitError>;
+
+    /// Send `response` of server transaction `key` (the first time, or again: Timer G, a
+    /// retransmitted request), to wherever `R` says. Called without locks held. An `Err` counts as
+    /// a transport error for the transaction (RFC 3261 17.2.4).
+    fn transmit_response(&self, key: &ServerKey, response: &R) -> Result<(), TransmitError>;
 
     /// Build the ACK for the non-2xx final `response` to the INVITE `request` (RFC 3261 17.1.1.3:
     /// Request-URI, Call-ID, From, CSeq number, top Via and Route of the request, To of the response,
@@ -29,12 +38,16 @@ pub trait TransactionIo<M>: Send + Sync + 'static {
     fn deliver(&self, event: TuEvent<M>);
 }
 
-impl<M, T> TransactionIo<M> for Arc<T>
+impl<M, R, T> TransactionIo<M, R> for Arc<T>
 where
-    T: TransactionIo<M> + ?Sized,
+    T: TransactionIo<M, R> + ?Sized,
 {
-    fn transmit(&self, key: &TransactionKey, message: &M) -> Result<(), TransmitError> {
-        (**self).transmit(key, message)
+    fn transmit(&self, key: &ClientKey, request: &M) -> Result<(), TransmitError> {
+        (**self).transmit(key, request)
+    }
+
+    fn transmit_response(&self, key: &ServerKey, response: &R) -> Result<(), TransmitError> {
+        (**self).transmit_response(key, response)
     }
 
     fn build_ack(&self, request: &M, response: &M) -> M {

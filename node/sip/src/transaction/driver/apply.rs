@@ -14,13 +14,23 @@ use super::api::{TransactionIo, TuEvent};
 use super::table::Table;
 
 /// Side effects collected with the table locked and carried out after it is unlocked.
-pub(super) enum Effect<M> {
-    Transmit(TransactionKey, M),
+pub(super) enum Effect<M, R> {
+    /// A request or ACK of a client transaction.
+    Transmit(ClientKey, M),
+    /// A response of a server transaction.
+    Respond(ServerKey, R),
     Deliver(TuEvent<M>),
 }
 
-pub(super) struct Output<M> {
-    pub(super) effects: Vec<Effect<M>>,
+impl<M, R> Effect<M, R> {
+    /// Whether this sends a message (a request, an ACK or a response).
+    pub(super) fn is_send(&self) -> bool {
+        matches!(self, Self::Transmit(..) | Self::Respond(..))
+    }
+}
+
+pub(super) struct Output<M, R> {
+    pub(super) effects: Vec<Effect<M, R>>,
     /// The earliest timer started that is the first of its shard (the timer task may have to wake
     /// up earlier for it).
     pub(super) earliest: Option<Instant>,
@@ -28,7 +38,7 @@ pub(super) struct Output<M> {
     pub(super) ended: usize,
 }
 
-impl<M> Default for Output<M> {
+impl<M, R> Default for Output<M, R> {
     fn default() -> Self {
         Self {
             effects: Vec::new(),
@@ -38,7 +48,7 @@ impl<M> Default for Output<M> {
     }
 }
 
-impl<M> Output<M> {
+impl<M, R> Output<M, R> {
     /// Notes a timer started: `first` is its deadline when it is now the first of its shard.
     fn started(&mut self, first: Option<Instant>) {
         if let Some(at) = first
@@ -56,14 +66,14 @@ pub(super) struct Incoming<M> {
 }
 
 /// Carry out a client machine's actions on its table entry, collecting effects in `out`.
-pub(super) fn apply_client<M: Clone, Io: TransactionIo<M>>(
-    table: &mut Table<M>,
+pub(super) fn apply_client<M: Clone, R, Io: TransactionIo<M, R>>(
+    table: &mut Table<M, R>,
     io: &Io,
     key: &ClientKey,
     actions: &Actions,
     mut response: Option<(u16, M)>,
     now: Instant,
-    out: &mut Output<M>,
+    out: &mut Output<M, R>,
 ) {
     let Table { clients, wheel, .. } = table;
     // The key as the table holds it, shared with the wheel for the timers started here.
@@ -76,14 +86,13 @@ pub(super) fn apply_client<M: Clone, Io: TransactionIo<M>>(
     let Some(entry) = clients.get_mut(key) else {
         return;
     };
-    let tkey = TransactionKey::Client(key.clone());
     let mut terminated = None;
     for action in actions {
         match *action {
             Action::TransmitRequest => {
                 if let Some(request) = &entry.request {
                     out.effects
-                        .push(Effect::Transmit(tkey.clone(), M::clone(request)));
+                        .push(Effect::Transmit(key.clone(), M::clone(request)));
                 }
             }
             Action::SendAck => {
@@ -95,7 +104,7 @@ pub(super) fn apply_client<M: Clone, Io: TransactionIo<M>>(
                 }
                 if let Some(ack) = &entry.ack {
                     out.effects
-                        .push(Effect::Transmit(tkey.clone(), M::clone(ack)));
+                        .push(Effect::Transmit(key.clone(), M::clone(ack)));
                 }
             }
             Action::PassToTu => {
@@ -129,6 +138,7 @@ pub(super) fn apply_client<M: Clone, Io: TransactionIo<M>>(
             wheel.stop_all(&mut entry.timers);
             out.ended += 1;
         }
+        let tkey = TransactionKey::Client(key.clone());
         tracing::debug!(key = %tkey, ?outcome, "transaction terminated");
         out.effects
             .push(Effect::Deliver(TuEvent::Terminated { key: tkey, outcome }));
@@ -136,13 +146,13 @@ pub(super) fn apply_client<M: Clone, Io: TransactionIo<M>>(
 }
 
 /// Carry out a server machine's actions on its table entry, collecting effects in `out`.
-pub(super) fn apply_server<M: Clone>(
-    table: &mut Table<M>,
+pub(super) fn apply_server<M, R: Clone>(
+    table: &mut Table<M, R>,
     key: &ServerKey,
     actions: &Actions,
     mut incoming: Option<Incoming<M>>,
     now: Instant,
-    out: &mut Output<M>,
+    out: &mut Output<M, R>,
 ) {
     let Table { servers, wheel, .. } = table;
     let Some(shared) = servers
@@ -154,14 +164,20 @@ pub(super) fn apply_server<M: Clone>(
     let Some(entry) = servers.get_mut(key) else {
         return;
     };
-    let tkey = TransactionKey::Server(key.clone());
+    // In Accepted (after a 2xx: RFC 6026, the core resends it, not the transaction) and in
+    // Confirmed (only ACKs are absorbed there) the response is sent and not kept.
+    let keep = !matches!(entry.machine.state(), State::Accepted | State::Confirmed);
     let mut terminated = None;
     for action in actions {
         match *action {
             Action::TransmitResponse => {
-                if let Some(response) = &entry.last_response {
-                    out.effects
-                        .push(Effect::Transmit(tkey.clone(), M::clone(response)));
+                let response = if keep {
+                    entry.last_response.as_deref().cloned()
+                } else {
+                    entry.last_response.take().map(|r| *r)
+                };
+                if let Some(response) = response {
+                    out.effects.push(Effect::Respond(key.clone(), response));
                 }
             }
             Action::PassToTu => {
@@ -189,8 +205,7 @@ pub(super) fn apply_server<M: Clone>(
             Action::Terminated(outcome) => terminated = Some(outcome),
         }
     }
-    if matches!(entry.machine.state(), State::Accepted | State::Confirmed) {
-        // Sent (it is in `out`): never sent again by the transaction itself.
+    if !keep {
         entry.last_response = None;
     }
     if let Some(outcome) = terminated {
@@ -198,6 +213,7 @@ pub(super) fn apply_server<M: Clone>(
             wheel.stop_all(&mut entry.timers);
             out.ended += 1;
         }
+        let tkey = TransactionKey::Server(key.clone());
         tracing::debug!(key = %tkey, ?outcome, "transaction terminated");
         out.effects
             .push(Effect::Deliver(TuEvent::Terminated { key: tkey, outcome }));

@@ -26,10 +26,10 @@ pub(super) struct SweepCounters {
 }
 
 /// What the driver and its timer task share.
-pub(super) struct Shared<M, Io> {
+pub(super) struct Shared<M, R, Io> {
     pub(super) config: DriverConfig,
     pub(super) io: Io,
-    pub(super) tables: Shards<Table<M>>,
+    pub(super) tables: Shards<Table<M, R>>,
     /// Transactions live over all shards (what [`DriverConfig::max_transactions`] bounds).
     pub(super) live: AtomicUsize,
     /// The origin of `sleeping_until`.
@@ -50,10 +50,11 @@ pub(super) struct Shared<M, Io> {
     pub(super) sweeps: SweepCounters,
 }
 
-impl<M, Io> Shared<M, Io>
+impl<M, R, Io> Shared<M, R, Io>
 where
     M: Clone + Send + 'static,
-    Io: TransactionIo<M>,
+    R: Clone + Send + 'static,
+    Io: TransactionIo<M, R>,
 {
     /// Counts a new transaction against [`DriverConfig::max_transactions`], or refuses it. Taken
     /// before the transaction is inserted, so the bound holds however many tasks create at once.
@@ -75,7 +76,7 @@ where
 
     /// Carry out collected effects with the shard unlocked. A failed transmit is a transport error for
     /// its transaction.
-    pub(super) fn finish(&self, out: Output<M>) {
+    pub(super) fn finish(&self, out: Output<M, R>) {
         if out.ended > 0 {
             self.live.fetch_sub(out.ended, Ordering::Relaxed);
         }
@@ -88,9 +89,14 @@ where
         let mut failed: Vec<TransactionKey> = Vec::new();
         for effect in out.effects {
             match effect {
-                Effect::Transmit(key, message) => {
-                    if self.io.transmit(&key, &message).is_err() {
-                        failed.push(key);
+                Effect::Transmit(key, request) => {
+                    if self.io.transmit(&key, &request).is_err() {
+                        failed.push(TransactionKey::Client(key));
+                    }
+                }
+                Effect::Respond(key, response) => {
+                    if self.io.transmit_response(&key, &response).is_err() {
+                        failed.push(TransactionKey::Server(key));
                     }
                 }
                 Effect::Deliver(event) => self.io.deliver(event),

@@ -22,17 +22,18 @@ pub const TABLE_SHARDS: usize = 64;
 /// One shard of the table: its transactions and their timers. The entries are boxed: a map that
 /// grows moves a pointer per transaction, not the transaction. A key is held once, shared (`Arc`)
 /// by its map slot and its timers in the wheel: a lingering transaction's timer no longer copies
-/// the key's bytes, and a map slot is two pointers.
-pub(super) struct Table<M> {
+/// the key's bytes, and a map slot is two pointers. `M` is the message type, `R` what a server
+/// transaction keeps of its last response.
+pub(super) struct Table<M, R> {
     pub(super) clients: FastMap<Arc<ClientKey>, Box<ClientEntry<M>>>,
-    pub(super) servers: FastMap<Arc<ServerKey>, Box<ServerEntry<M>>>,
+    pub(super) servers: FastMap<Arc<ServerKey>, Box<ServerEntry<R>>>,
     pub(super) wheel: Wheel,
 }
 
 /// Below this many slots a table holding transactions is never shrunk.
 const COMPACT_FLOOR: usize = 512;
 
-impl<M> Table<M> {
+impl<M, R> Table<M, R> {
     /// Gives back the slots of a table that emptied out (after a burst): a hash map keeps the
     /// capacity of its largest moment, entries inline, for as long as it lives. Shrinks a table to
     /// twice its entries once it holds fewer than an eighth of its capacity, so the rehash (with
@@ -67,12 +68,13 @@ pub(super) struct ClientEntry<M> {
     pub(super) timers: TimerSlots,
 }
 
-pub(super) struct ServerEntry<M> {
+pub(super) struct ServerEntry<R> {
     pub(super) machine: ServerMachine,
     /// The last response, while a retransmitted request may have to be answered with it again:
     /// dropped in Accepted (RFC 6026: the core retransmits a 2xx, not the transaction) and in
-    /// Confirmed (only ACKs are absorbed there).
-    pub(super) last_response: Option<Box<M>>,
+    /// Confirmed (only ACKs are absorbed there). Only ever sent again: `R` is the caller's choice
+    /// of what to keep (its wire form, for the node: no parsed copy).
+    pub(super) last_response: Option<Box<R>>,
     pub(super) timers: TimerSlots,
 }
 
@@ -156,7 +158,7 @@ mod tests {
 
     #[test]
     fn a_table_that_emptied_out_gives_its_slots_back_and_a_busy_one_keeps_them() {
-        let mut t: Table<()> = Table {
+        let mut t: Table<(), ()> = Table {
             clients: FastMap::default(),
             servers: FastMap::default(),
             wheel: Wheel::default(),

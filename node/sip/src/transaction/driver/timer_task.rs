@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::super::machine::{ClientEvent, ServerEvent};
 use super::super::wheel::WheelKey;
 use super::api::TransactionIo;
-use super::apply::{Effect, Output, apply_client, apply_server};
+use super::apply::{Output, apply_client, apply_server};
 use super::shared::{SWEEPING, Shared};
 
 /// A timer sweep that holds a shard of the table at least this long counts as slow
@@ -44,10 +44,11 @@ impl Drop for TaskGuard {
     }
 }
 
-impl<M, Io> Shared<M, Io>
+impl<M, R, Io> Shared<M, R, Io>
 where
     M: Clone + Send + 'static,
-    Io: TransactionIo<M>,
+    R: Clone + Send + 'static,
+    Io: TransactionIo<M, R>,
 {
     /// Counts a sweep that held its shard `held` (by `tokio::time`, so paused in tests).
     fn count_sweep(&self, held: std::time::Duration) {
@@ -64,7 +65,7 @@ where
 
     /// Fire up to [`SWEEP_BATCH`] timers of shard `index` due at `now`; returns their effects, whether
     /// more are due, and the shard's next deadline.
-    fn fire_due(&self, index: usize, now: Instant) -> (Output<M>, bool, Option<Instant>) {
+    fn fire_due(&self, index: usize, now: Instant) -> (Output<M, R>, bool, Option<Instant>) {
         let mut out = Output::default();
         let mut table = self.tables.lock_at(index);
         let locked = Instant::now();
@@ -104,11 +105,7 @@ where
         if fired > 0 {
             self.count_sweep(Instant::now().saturating_duration_since(locked));
         }
-        let resent = out
-            .effects
-            .iter()
-            .filter(|e| matches!(e, Effect::Transmit(..)))
-            .count();
+        let resent = out.effects.iter().filter(|e| e.is_send()).count();
         self.retransmissions
             .fetch_add(resent as u64, Ordering::Relaxed);
         (out, more, next)
@@ -143,10 +140,11 @@ where
 }
 
 /// The timer task: fire what is due, then sleep until the next deadline or until woken.
-pub(super) async fn run_timers<M, Io>(shared: Arc<Shared<M, Io>>)
+pub(super) async fn run_timers<M, R, Io>(shared: Arc<Shared<M, R, Io>>)
 where
     M: Clone + Send + 'static,
-    Io: TransactionIo<M>,
+    R: Clone + Send + 'static,
+    Io: TransactionIo<M, R>,
 {
     loop {
         match shared.sweep(Instant::now()) {
