@@ -35,7 +35,12 @@
 #
 # Usage:  bench/pool.sh                                   (full run: about 35-50 min)
 #         RUNS=3 RATES="200 500" DUR=5 REPEATS=1 LEASE_SETS="2000:1000" bench/pool.sh   (smoke run)
+#   idle      A fresh 3-node pool (lease IDLE_LEASE, "lease_ms:margin_ms", default the cps part's 2000:1000)
+#             and no calls: after IDLE_SETTLE s, each node's CPU (utime + stime) and context switches
+#             (every thread's voluntary + involuntary) over IDLE_DUR s, as % of one core and per second.
+#
 # Env:    PARTS RUNS LEASE_SETS POLL_MS SETTLE RATES DUR REPEATS HOLD_MS HOLD_CALLS HOLD_RATE
+#         IDLE_LEASE IDLE_SETTLE IDLE_DUR POOL_NET (default 127.0.80: the /24 of every address above)
 #         MEDPOOL_BIN MEDPOOL_ARGS (default "--max-transactions 2000000", as bench/run.sh) NODE_LOG=warn WORK RESULTS_DIR
 # Output: a table on stdout, bench/results/pool-<UTC timestamp>.txt, raw files (node logs, every
 #         pool status poll, SIPp CSVs/errors, metrics) in $WORK.
@@ -61,12 +66,14 @@ WORK=${WORK:-$(mktemp -d "/tmp/medpool-pool.$STAMP.XXXX")}
 # shellcheck source=lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
-# Our addresses (after lib.sh, which sets the single-node benchmark's 127.0.0.x ones).
-NODE_IP=(127.0.80.1 127.0.80.2 127.0.80.3)
-SINGLE_IP=127.0.80.4
+# Our addresses (after lib.sh, which sets the single-node benchmark's 127.0.0.x ones). POOL_NET moves
+# them all to another /24 of loopback (e.g. POOL_NET=127.0.186 beside someone else's run).
+POOL_NET=${POOL_NET:-127.0.80}
+NODE_IP=("$POOL_NET.1" "$POOL_NET.2" "$POOL_NET.3")
+SINGLE_IP=$POOL_NET.4
 SIP_PORT=5060; RAFT_PORT=7000; METRICS_PORT=9100
-GW1_IP=127.0.80.21; GW2_IP=127.0.80.22; GW_PORT=5060
-UAC_IP=127.0.80.10; UAC_PORT=5070
+GW1_IP=$POOL_NET.21; GW2_IP=$POOL_NET.22; GW_PORT=5060
+UAC_IP=$POOL_NET.10; UAC_PORT=5070
 PROXY_PORT=$SIP_PORT
 WATCH=$BENCH_DIR/pool-watch.py
 SUMMARY=$WORK/summary.txt
@@ -420,6 +427,31 @@ print(" ".join(d.get(k, "0") for k in sys.argv[2:]))' "$WORK/uac_bytes-$n_calls.
     stop_all; NODE_PID=()
 }
 part_bytes() { local n; for n in $HOLD_CALLS; do bytes_one "$n"; sleep 3; done; }
+
+# ------------------------------------------------------------------ 4. the idle pool's CPU
+ctx_switches() {  # <pid> : voluntary + involuntary context switches of every thread so far
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ { s += $2 } END { print s + 0 }'
+}
+part_idle() {
+    local lease=${IDLE_LEASE:-2000:1000} settle=${IDLE_SETTLE:-10} dur=${IDLE_DUR:-60} dir=$WORK/idle id hz
+    local -a t0 t1 c0 c1
+    log "=== idle pool: lease $lease, ${settle}s to settle, ${dur}s measured (load: $(load_avg))"
+    summary idle.load_at_start "$(load_avg)"
+    start_pool "$dir" idle "${lease%%:*}" "${lease##*:}" || { stop_pool; return 1; }
+    sleep "$settle"
+    hz=$(getconf CLK_TCK)
+    for id in 0 1 2; do t0[$id]=$(proc_ticks "${NODE_PID[$id]}"); c0[$id]=$(ctx_switches "${NODE_PID[$id]}"); done
+    sleep "$dur"
+    for id in 0 1 2; do t1[$id]=$(proc_ticks "${NODE_PID[$id]}"); c1[$id]=$(ctx_switches "${NODE_PID[$id]}"); done
+    for id in 0 1 2; do
+        summary "idle.node$id.cpu_pct_of_one_core" "$(awk -v a="${t0[$id]}" -v b="${t1[$id]}" -v h="$hz" -v d="$dur" 'BEGIN { printf "%.2f\n", (b - a) / h / d * 100 }')"
+        summary "idle.node$id.ctx_switches_per_s" "$(awk -v a="${c0[$id]}" -v b="${c1[$id]}" -v d="$dur" 'BEGIN { printf "%.0f\n", (b - a) / d }')"
+    done
+    summary idle.pool3.cpu_pct_of_one_core "$(awk -v a="$(( t0[0] + t0[1] + t0[2] ))" -v b="$(( t1[0] + t1[1] + t1[2] ))" -v h="$hz" -v d="$dur" 'BEGIN { printf "%.2f\n", (b - a) / h / d * 100 }')"
+    summary idle.leader "$(python3 "$WATCH" leader --bin "$MEDPOOL_BIN" --servers "$(raft_addr 0),$(raft_addr 1),$(raft_addr 2)")"
+    summary idle.load_at_end "$(load_avg)"
+    stop_pool
+}
 
 # ------------------------------------------------------------------ report
 print_results() {

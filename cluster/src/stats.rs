@@ -88,6 +88,11 @@ pub struct Stats {
     pub log_append: Stage,
     /// Durable redb commits (the fsync part of appends, votes, snapshots, control entries).
     pub fsync: Stage,
+    /// Log reads served from the redb log (replication, applies): entries, wall time (the hop to
+    /// the blocking pool, the read and the decode).
+    pub log_read: Stage,
+    /// Log reads served from the recent entries kept in memory (`store/recent.rs`): entries.
+    pub log_cached: Stage,
     /// State-machine applies: entries applied.
     pub apply: Stage,
     /// Values encoded (log entries, Raft payloads, snapshots, writes): bytes out.
@@ -140,6 +145,8 @@ impl Stats {
         Stats {
             log_append: Stage::new(),
             fsync: Stage::new(),
+            log_read: Stage::new(),
+            log_cached: Stage::new(),
             apply: Stage::new(),
             encode: Stage::new(),
             decode: Stage::new(),
@@ -160,10 +167,12 @@ impl Stats {
         table[rpc as usize].fetch_add(1, Relaxed);
     }
 
-    fn stages(&self) -> [(&'static str, &Stage); 11] {
+    fn stages(&self) -> [(&'static str, &Stage); 13] {
         [
             ("log_append", &self.log_append),
             ("fsync", &self.fsync),
+            ("log_read", &self.log_read),
+            ("log_cached", &self.log_cached),
             ("apply", &self.apply),
             ("encode", &self.encode),
             ("decode", &self.decode),
@@ -262,6 +271,6 @@ mod tests {
         assert_eq!(get("medpool_pool_stage_microseconds", "apply"), Some(10));
         assert_eq!(get("medpool_internal_rpcs_sent", "forward"), Some(1));
         assert_eq!(get("medpool_internal_rpcs_served", "forward"), Some(0));
-        assert_eq!(rows.len(), 4 * 11 + 2 * 7);
+        assert_eq!(rows.len(), 4 * 13 + 2 * 7);
     }
 }

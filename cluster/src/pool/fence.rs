@@ -176,6 +176,7 @@ impl Pool {
     /// hears `adopted`.
     pub(super) async fn shard_watcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut metrics = self.raft.metrics();
+        let mut control = self.reader.control_changes();
         // What the last pass saw (the shards it gave this node, every shard's owner and epoch, when
         // each shard last moved).
         let mut mem = adopt::Memory {
@@ -202,18 +203,24 @@ impl Pool {
                 } else {
                     Duration::from_millis(10)
                 };
+                // What can change a pass's outcome: the shard map and the nodes' states (control
+                // entries and installed snapshots: `control`), and, only while a fence waits or a
+                // recent take-over watches for late records, every dialog apply (Raft's metrics).
+                // A settled node does not wake on every append, acknowledgement and apply
+                // (heartbeats included), only when the control state moves.
+                let quiet = fences.is_empty() && taken.is_empty();
                 tokio::select! {
-                    r = metrics.changed() => if r.is_err() { return },
+                    r = metrics.changed(), if !quiet => if r.is_err() { return },
+                    _ = control.changed() => {}
                     _ = tokio::time::sleep(poll) => {}
                     _ = stop.changed() => return,
                 }
             }
             first = false;
-            // Raft's metrics change with every entry appended, replicated and applied, dialog
-            // records included: a pass whose inputs did not change would do nothing, so it is
-            // skipped (it cost ~3 % of a loaded pool's CPU). Its inputs are the shard map and the
-            // nodes' states, plus the dialog writes while a recent take-over is watched and any
-            // fence that waits.
+            // A pass whose inputs did not change would do nothing, so it is skipped (it cost ~3 %
+            // of a loaded pool's CPU when it ran on every Raft metrics change). Its inputs are the
+            // shard map and the nodes' states, plus the dialog writes while a recent take-over is
+            // watched and any fence that waits.
             let key = self.reader.read(PassKey::of);
             if fences.is_empty() && taken.is_empty() && last_key.as_ref() == Some(&key) {
                 continue;

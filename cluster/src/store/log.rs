@@ -1,10 +1,12 @@
 //! The Raft log on redb: openraft's `RaftLogStorage` and `RaftLogReader`.
 //!
 //! Durability: an append and a vote are committed with `Durability::Immediate` (fsync) before
-//! openraft is told they are persisted. Truncation, purge and the committed log id are committed
-//! without fsync: losing one of them in a crash only brings back entries that openraft already
-//! knows how to handle (conflicting or already-purged ones) or re-applies fewer entries at start,
-//! and the next immediate commit makes them durable anyway (redb commits are ordered).
+//! openraft is told they are persisted. Truncation and purge are committed without fsync, and the
+//! committed log id is only noted in memory and written by the next durable commit (an append, a
+//! vote, the state machine's commit before a control entry applies, a snapshot) or the close:
+//! losing one of them in a crash only brings back entries that openraft already knows how to
+//! handle (conflicting or already-purged ones) or re-applies fewer entries at start, and the next
+//! immediate commit makes them durable anyway (redb commits are ordered).
 
 use std::fmt::Debug;
 use std::io;
@@ -19,6 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+use super::recent::Recent;
 use super::{
     Db, DbClosed, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG, META, PendingMoves, StoreError,
     blocking, decode, encode,
@@ -30,11 +33,14 @@ use crate::typ::{Entry, EntryPayload, LogId, TypeConfig, Vote};
 /// log store and the lease rule.
 pub type SharedPendingMoves = Arc<Mutex<PendingMoves>>;
 
-/// The log store. Cheap to clone: clones share the database (openraft's log readers are clones).
+/// The log store. Cheap to clone: clones share the database and the recent entries (openraft's
+/// log readers are clones).
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<Db>,
     pending: SharedPendingMoves,
+    /// The log's last entries, for the reads that follow appends (`recent.rs`).
+    recent: Arc<Mutex<Recent>>,
 }
 
 impl LogStore {
@@ -62,7 +68,12 @@ impl LogStore {
         Ok(Self {
             db,
             pending: Arc::new(Mutex::new(pending)),
+            recent: Arc::new(Mutex::new(Recent::default())),
         })
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The shard moves of this log that may not be applied yet.
@@ -104,9 +115,11 @@ impl LogStore {
         T: Serialize,
     {
         let bytes = value.map(|v| encode(key, v)).transpose()?;
+        let dbh = self.db.clone();
         blocking(&self.db, move |db| {
             let mut txn = db.begin_write()?;
             txn.set_durability(durability)?;
+            dbh.write_committed(&txn)?;
             {
                 let mut table = txn.open_table(META)?;
                 match bytes {
@@ -152,6 +165,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let Some((lo, hi)) = index_bounds(&range) else {
             return Ok(Vec::new());
         };
+        let started = Instant::now();
+        if let Some(entries) = self.recent().get(lo, hi) {
+            STATS.log_cached.since(entries.len() as u64, 0, started);
+            return Ok(entries);
+        }
         let entries = blocking(&self.db, move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(LOG)?;
@@ -174,6 +192,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Ok(out)
         })
         .await?;
+        STATS.log_read.since(entries.len() as u64, 0, started);
         Ok(entries)
     }
 
@@ -212,13 +231,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await?)
     }
 
+    /// Noted in memory, not committed: the Raft core awaits this before every apply, and a
+    /// transaction of its own (a blocking-pool hop) on every node for every commit advance only
+    /// made the id durable at the next durable commit anyway, which now writes it itself
+    /// ([`Db::write_committed`](super::Db::write_committed)).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        Ok(self
-            .put_meta(KEY_COMMITTED, committed.as_ref(), Durability::None)
-            .await?)
+        // openraft never takes the committed id back; a `None` has nothing to remember.
+        if let Some(id) = committed {
+            self.db.note_committed(encode(KEY_COMMITTED, &id)?);
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Some(bytes) = self.db.unwritten_committed() {
+            return Ok(Some(decode(KEY_COMMITTED, &bytes)?));
+        }
         Ok(self.get_meta(KEY_COMMITTED).await?)
     }
 
@@ -233,25 +261,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let started = Instant::now();
         let mut moves: Vec<(u64, u64, crate::command::Command)> = Vec::new();
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let encoded = entries
-            .into_iter()
+            .iter()
             .map(|e| {
                 if let EntryPayload::Normal(cmd @ crate::command::Command::MoveShards { .. }) =
                     &e.payload
                 {
-                    moves.push((e.index(), term_of(&e), cmd.clone()));
+                    moves.push((e.index(), term_of(e), cmd.clone()));
                 }
-                Ok((e.index(), encode("log entry", &e)?))
+                Ok((e.index(), encode("log entry", e)?))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let sizes: Vec<usize> = encoded.iter().map(|(_, b)| b.len()).collect();
 
         let count = encoded.len() as u64;
         let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
         // Written and fsynced before returning: the entries are readable at return, as openraft
         // requires, and persisted when the callback runs.
+        let dbh = self.db.clone();
         blocking(&self.db, move |db| {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
+            dbh.write_committed(&txn)?;
             {
                 let mut table = txn.open_table(LOG)?;
                 for (index, bytes) in &encoded {
@@ -265,6 +297,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await?;
         STATS.log_append.since(count, bytes, started);
+        // Readable from memory once readable from the log (the replication and apply reads that
+        // follow come for these entries).
+        self.recent().appended(entries.into_iter().zip(sizes));
         // Noted once written and before openraft hears of it, so before the entry can count
         // towards a commit (openraft truncates a conflicting tail before it appends over it).
         if !moves.is_empty() {
@@ -285,6 +320,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         tracing::debug!(from, "truncating the raft log");
         self.note(|p| p.truncated(from));
+        self.recent().truncated(from);
         blocking(&self.db, move |db| {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::None)?;
@@ -303,6 +339,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let upto = log_id.index();
         tracing::debug!(upto, "purging the raft log");
         let purged = encode(KEY_LAST_PURGED, &log_id)?;
+        self.recent().purged(upto);
         blocking(&self.db, move |db| {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::None)?;

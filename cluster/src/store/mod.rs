@@ -15,13 +15,15 @@
 //! [`LogStore`] and the [`StateMachineStore`]. Both share the database; redb runs one write
 //! transaction at a time and commits them in order, so a commit with
 //! [`Durability::Immediate`](redb::Durability::Immediate) (a log append, a vote, a snapshot)
-//! also makes every earlier commit durable.
+//! also makes every earlier commit durable. The committed log id is not a commit of its own: each
+//! durable commit carries the latest one openraft saved ([`Db::write_committed`]).
 //!
 //! Every redb call runs on tokio's blocking pool (`spawn_blocking`), so an fsync never stalls
 //! the Raft core or the runtime's workers.
 
 pub mod log;
 pub mod pending;
+pub mod recent;
 pub mod sm;
 
 use std::io;
@@ -139,9 +141,17 @@ impl From<StoreError> for io::Error {
 
 /// The open database. Its file stays locked until the last handle (log store, its readers, the
 /// state machine, snapshot builders) is dropped; then `closed` tells [`DbClosed`] waiters.
+///
+/// It also holds the committed log id openraft saved last and no transaction has written yet
+/// ([`Db::note_committed`]): every durable commit writes it first ([`Db::write_committed`]), and so
+/// does the close. A separate non-durable commit per commit advance (a blocking-pool hop awaited by
+/// the Raft core, on every node, for every committed entry) bought nothing more: redb persists a
+/// non-durable commit only with the next durable one, which now carries the id itself.
 #[derive(Debug)]
 pub(crate) struct Db {
     db: Database,
+    /// The encoded committed log id not yet written to [`META`].
+    committed: std::sync::Mutex<Option<Vec<u8>>>,
     // Declared after `db`: dropped after the database is closed.
     closed: watch::Sender<()>,
 }
@@ -154,8 +164,65 @@ impl Deref for Db {
 }
 
 impl Db {
+    pub(crate) fn new(db: Database) -> Db {
+        Db {
+            db,
+            committed: std::sync::Mutex::new(None),
+            closed: watch::channel(()).0,
+        }
+    }
+
     fn closed(&self) -> DbClosed {
         DbClosed(self.closed.subscribe())
+    }
+
+    fn pending_committed(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers the committed log id (encoded) for the next transaction that writes it.
+    pub(crate) fn note_committed(&self, bytes: Vec<u8>) {
+        *self.pending_committed() = Some(bytes);
+    }
+
+    /// The committed log id noted and not yet written, if any.
+    pub(crate) fn unwritten_committed(&self) -> Option<Vec<u8>> {
+        self.pending_committed().clone()
+    }
+
+    /// Writes the noted committed log id into `txn` (call it inside a write transaction: redb runs
+    /// one at a time, so the ids reach the file in the order they were noted, and they only grow).
+    pub(crate) fn write_committed(&self, txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        let Some(bytes) = self.pending_committed().take() else {
+            return Ok(());
+        };
+        let mut meta = txn.open_table(META)?;
+        meta.insert(KEY_COMMITTED, bytes.as_slice())?;
+        Ok(())
+    }
+}
+
+impl Drop for Db {
+    /// On the way out, the noted committed id is written (redb's close makes it durable), as its
+    /// own non-durable commit used to be: a node stopped cleanly re-applies up to it at start.
+    fn drop(&mut self) {
+        if self.pending_committed().is_none() {
+            return;
+        }
+        let written = self
+            .db
+            .begin_write()
+            .map_err(StoreError::from)
+            .and_then(|txn| {
+                self.write_committed(&txn)?;
+                txn.commit()?;
+                Ok(())
+            });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "the committed log id was not saved at close");
+        }
     }
 }
 
@@ -195,8 +262,7 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
     txn.open_table(SNAPSHOT)?;
     txn.commit()?;
 
-    let (closed, _) = watch::channel(());
-    let db = Arc::new(Db { db, closed });
+    let db = Arc::new(Db::new(db));
     let sm = StateMachineStore::load(db.clone())?;
     Ok((LogStore::new(db)?, sm))
 }

@@ -228,9 +228,11 @@ async fn store_snapshot(
 ) -> Result<(), StoreError> {
     let meta_bytes = encode("snapshot meta", meta)?;
     let last = meta.last_log_id;
+    let dbh = db.clone();
     blocking(db, move |db| {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        dbh.write_committed(&txn)?;
         {
             let mut table = txn.open_table(SNAPSHOT)?;
             let stored: Option<SnapshotMeta> = match table.get(KEY_SNAPSHOT_META)? {
@@ -249,13 +251,15 @@ async fn store_snapshot(
     .await
 }
 
-/// One durable (fsynced) empty commit: redb commits in order, so it makes the earlier non-durable
-/// ones — the committed log id openraft saved before this apply — survive a crash. One fsync per
-/// apply batch that holds a control entry, which is rare.
+/// One durable (fsynced) commit of the committed log id openraft saved before this apply (and of
+/// every earlier non-durable commit: redb commits in order), so that it survives a crash. One
+/// fsync per apply batch that holds a control entry, which is rare.
 async fn make_committed_durable(db: &Arc<Db>) -> Result<(), StoreError> {
-    blocking(db, |db| {
+    let dbh = db.clone();
+    blocking(db, move |db| {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        dbh.write_committed(&txn)?;
         txn.commit()?;
         Ok(())
     })
@@ -450,6 +454,10 @@ mod tests {
         fn crash_image(&self) -> Vec<u8> {
             self.platters().durable.clone()
         }
+        /// Everything written, synced or not (the disk after a clean close).
+        fn written_image(&self) -> Vec<u8> {
+            self.platters().written.clone()
+        }
         fn hold(&self) {
             self.platters().hold = true;
         }
@@ -535,10 +543,7 @@ mod tests {
         txn.open_table(crate::store::META).unwrap();
         txn.open_table(SNAPSHOT).unwrap();
         txn.commit().unwrap();
-        let db = Arc::new(Db {
-            db,
-            closed: tokio::sync::watch::channel(()).0,
-        });
+        let db = Arc::new(Db::new(db));
         let sm = StateMachineStore::load(db.clone()).unwrap();
         (crate::store::LogStore::new(db).unwrap(), sm)
     }
@@ -613,6 +618,49 @@ mod tests {
         assert_eq!(reader.read(State::config_version), Some(2));
         // From here a crash restarts the node at index 2: version 2 stays.
         assert_eq!(committed_after_crash(disk.crash_image()).await, Some(2));
+    }
+
+    /// The committed log id openraft saves is not a transaction of its own: it is read back at
+    /// once, a crash before the next durable commit loses it (as it lost the non-durable commit
+    /// that stored it before), the next durable commit (here an append) carries it, and a clean
+    /// close writes the last one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_committed_log_id_rides_on_the_next_durable_commit_and_the_close() {
+        use openraft::storage::{IOFlushed, RaftLogStorage};
+        let disk = Arc::new(CrashDisk::default());
+        let (mut log, sm) = open_on(&disk);
+        log.save_committed(Some(log_id::<TypeConfig>(1, 1, 3)))
+            .await
+            .unwrap();
+        assert_eq!(
+            log.read_committed().await.unwrap().map(|c| c.index),
+            Some(3)
+        );
+        assert_eq!(committed_after_crash(disk.crash_image()).await, None);
+
+        log.append(
+            vec![Entry::new_normal(
+                log_id::<TypeConfig>(1, 1, 4),
+                Command::Noop,
+            )],
+            IOFlushed::<TypeConfig>::noop(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(committed_after_crash(disk.crash_image()).await, Some(3));
+
+        log.save_committed(Some(log_id::<TypeConfig>(1, 1, 4)))
+            .await
+            .unwrap();
+        assert_eq!(committed_after_crash(disk.crash_image()).await, Some(3));
+        let closed = log.closed();
+        drop(log);
+        drop(sm);
+        tokio::time::timeout(std::time::Duration::from_secs(10), closed.wait())
+            .await
+            .unwrap();
+        assert_eq!(committed_after_crash(disk.written_image()).await, Some(4));
+        assert_eq!(committed_after_crash(disk.crash_image()).await, Some(4));
     }
 
     #[test]
