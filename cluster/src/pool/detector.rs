@@ -69,6 +69,9 @@ impl Pool {
         // its own decisions counts as well, which only delays the next declarations.
         let mut last_pass = Instant::now();
         let mut stall: Option<(Instant, Instant)> = None;
+        // The last rebalancing plan logged at INFO: a leader cut off from the others plans the same
+        // moves every pass and can commit none; it says so once, then at DEBUG.
+        let mut last_plan: Option<(usize, usize)> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(PASS) => {}
@@ -95,6 +98,7 @@ impl Pool {
                 if let Ok(mut l) = self.leading_since.lock() {
                     *l = None;
                 }
+                last_plan = None;
                 continue;
             }
             let term = m.current_term;
@@ -217,8 +221,16 @@ impl Pool {
             // Planned on the state as it will be once the `Down`s above apply: the moves only read
             // who is alive, which already leaves the down nodes out.
             let moves = self.reader.read(|s| plan_moves(s, &alive));
-            if !moves.is_empty() {
-                tracing::info!(moves = moves.len(), down = down.len(), "rebalancing shards");
+            if moves.is_empty() {
+                last_plan = None;
+            } else {
+                let plan = (moves.len(), down.len());
+                if last_plan == Some(plan) {
+                    tracing::debug!(moves = plan.0, down = plan.1, "rebalancing shards (again)");
+                } else {
+                    tracing::info!(moves = plan.0, down = plan.1, "rebalancing shards");
+                }
+                last_plan = Some(plan);
                 writes.push(Command::MoveShards { moves });
             }
             if !writes.is_empty() {

@@ -325,8 +325,9 @@ where
     }
 
     /// The transport failed to deliver a message of transaction `key` after [`TransactionIo::transmit`]
-    /// returned. The transaction terminates with [`Outcome::TransportError`]. Returns whether `key` named
-    /// a live transaction.
+    /// returned. The transaction terminates with
+    /// [`Outcome::TransportError`](super::Outcome::TransportError). Returns whether `key` named a
+    /// live transaction.
     pub fn transport_error(&self, key: &TransactionKey) -> bool {
         self.shared.transport_error(key)
     }
