@@ -52,7 +52,11 @@ pub fn exercise(data: &[u8]) -> usize {
 /// without re-checking their grammar) as the same bytes parsed afresh.
 fn same_views(checked: &SipMessage, fresh: &SipMessage) {
     assert!(checked.is_checked() && !fresh.is_checked());
-    assert_eq!(checked.top_via(), fresh.top_via(), "top Via of a checked message");
+    assert_eq!(
+        checked.top_via(),
+        fresh.top_via(),
+        "top Via of a checked message"
+    );
     assert_eq!(checked.from(), fresh.from(), "From of a checked message");
     assert_eq!(checked.to(), fresh.to(), "To of a checked message");
     assert_eq!(checked.to_tag(), fresh.to_tag());

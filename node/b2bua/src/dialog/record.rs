@@ -260,10 +260,7 @@ pub(super) fn watch_record(myself: &ActorRef<DialogMsg>) {
 /// not rewrite after its media plan changed).
 pub(super) fn on_store_record(st: &mut Call) {
     st.store_retry = false;
-    if (!st.stored || st.record_stale)
-        && st.phase != Phase::Ending
-        && st.write_record()
-    {
+    if (!st.stored || st.record_stale) && st.phase != Phase::Ending && st.write_record() {
         st.record_stale = false;
         st.mark_stored();
     }
