@@ -85,8 +85,10 @@ fn take_field(buf: &[u8]) -> (&[u8], &[u8]) {
     let mut at = 0;
     while let Some(&b) = buf.get(at) {
         at += 1;
-        len |= usize::from(b & 0x7f) << shift;
-        shift += 7;
+        // Only our own encodings are read here; a run of continuation bytes longer than a
+        // length can be adds nothing instead of overflowing the shift.
+        len |= usize::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+        shift = shift.saturating_add(7);
         if b & 0x80 == 0 {
             break;
         }
