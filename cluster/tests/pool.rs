@@ -628,6 +628,77 @@ async fn dialog_records_under_load_take_at_most_one_entry_per_window() {
     m.pool.shutdown().await;
 }
 
+/// The leader gathers the dialog batches of every node into one Raft append per window: three
+/// nodes writing records one by one for a while send about three batches a window (each node's
+/// batcher starts at most one a window, and their windows are not in step), yet the leader appends
+/// at most one gathering a window, and every batch went through a gathering. Asserts bounds and
+/// counts, not a speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_gathers_every_nodes_dialog_batches_into_one_append_per_window() {
+    use medpool_cluster::pool::DIALOG_WINDOW;
+    let ms = three(189).await;
+    until(
+        "every node holds its lease",
+        Duration::from_secs(15),
+        || ms.iter().all(|m| m.pool.holds_lease()),
+    )
+    .await;
+    // Summed over the nodes: a leader change in the middle (a busy machine) moves the gathering.
+    let sum = |ms: &[Member], f: fn(&medpool_cluster::pool::DialogStats) -> u64| -> u64 {
+        ms.iter().map(|m| f(&m.pool.dialog_stats)).sum()
+    };
+    let batches = |d: &medpool_cluster::pool::DialogStats| d.batches.load(Relaxed);
+    let gatherings = |d: &medpool_cluster::pool::DialogStats| d.gatherings.load(Relaxed);
+    let gathered = |d: &medpool_cluster::pool::DialogStats| d.gathered.load(Relaxed);
+    let batches_before = sum(&ms, batches);
+    let gatherings_before = sum(&ms, gatherings);
+    let gathered_before = sum(&ms, gathered);
+    let started = tokio::time::Instant::now();
+    for i in 0..300 {
+        for (k, m) in ms.iter().enumerate() {
+            // A node whose lease lapsed for a moment (a busy machine) writes nothing: wait.
+            until("a written record", Duration::from_secs(5), || {
+                m.pool
+                    .dialog_upsert(0, format!("n{k}-call-{i}"), vec![1, 2, 3])
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for m in &ms {
+        assert_eq!(m.pool.flush_dialogs(Duration::from_secs(10)).await, 0);
+    }
+    let took = started.elapsed();
+    let batches = sum(&ms, batches) - batches_before;
+    let gatherings = sum(&ms, gatherings) - gatherings_before;
+    let gathered = sum(&ms, gathered) - gathered_before;
+    let most = u64::try_from(took.as_millis() / DIALOG_WINDOW.as_millis() + 1).unwrap();
+    assert!(
+        gatherings <= most,
+        "{gatherings} gatherings in {took:?}: more than one append per {DIALOG_WINDOW:?}"
+    );
+    assert!(
+        gathered >= batches,
+        "{batches} batches committed, only {gathered} went through the leader's gathering"
+    );
+    assert!(
+        gathered > gatherings,
+        "{gatherings} gatherings carried {gathered} batches: none gathered two"
+    );
+    // Every record reached every node.
+    for m in &ms {
+        for i in 0..300 {
+            for k in 0..3 {
+                let id = format!("n{k}-call-{i}");
+                until(&id, Duration::from_secs(5), || m.pool.dialog_exists(0, &id)).await;
+            }
+        }
+    }
+    for m in ms {
+        m.pool.shutdown().await;
+    }
+}
+
 /// Issue 17's catch-up check: a snapshot of 100,000 recorded calls (records of 812 bytes, the size
 /// the benchmark measured) installs on a node that was down, through the real internal service
 /// (chunks over gRPC). Prints the time it took (not asserted: the machine may be busy); asserts

@@ -8,7 +8,8 @@
 //! in the last window) is written at once, so an idle node adds no latency; under load, whatever
 //! queues until the window since the previous batch's start is over goes into the next one (up to
 //! [`MAX_BATCH_RECORDS`] / half of what the leader admits). So a node writes at most
-//! 1 / [`DIALOG_WINDOW`] dialog entries a second however many calls it carries: each entry is a
+//! 1 / [`DIALOG_WINDOW`] dialog entries a second however many calls it carries, and the leader
+//! gathers every node's entries of a window into one append (`gather.rs`): each append is a
 //! consensus round (an append fsynced on every voter, AppendEntries to each, an apply everywhere,
 //! and for a follower a `ClientWrite` to the leader), and that round, not the record in it, was
 //! the pool's largest cost per call (BENCHMARKS.md, "Issue 17: where the pool's work per call
@@ -51,6 +52,11 @@ pub struct DialogStats {
     pub failed: std::sync::atomic::AtomicU64,
     /// Batch sizes: ≤1, ≤4, ≤16, ≤64, ≤256, more.
     pub sizes: [std::sync::atomic::AtomicU64; 6],
+    /// As the leader: the appends its gathering made (`gather.rs`), each with one or more nodes'
+    /// batches.
+    pub gatherings: std::sync::atomic::AtomicU64,
+    /// As the leader: the batches those appends carried (its own and the followers').
+    pub gathered: std::sync::atomic::AtomicU64,
 }
 
 pub(super) enum DialogOp {
@@ -123,9 +129,11 @@ impl Pool {
                 _ = stop.changed() => return,
             };
             // Under load (a batch started less than a window ago) the records gather until the
-            // window is over; after a quiet spell this one goes at once.
+            // window is over; after a quiet spell this one goes at once. The leader's batches wait
+            // in its gathering instead (`gather.rs`: one window, not two).
             if let Some(until) = last.map(|t| t + DIALOG_WINDOW)
                 && Instant::now() < until
+                && self.raft.current_leader().await != Some(self.opts.node_id)
             {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => {}

@@ -16,6 +16,7 @@
 //!   membership.rs  bootstrap and join          detector.rs  the leader's failure detector
 //!   lease.rs       lease heartbeats, grants    fence.rs     shard watcher, hand-over fence
 //!   commit.rs      dialog group commit         forward.rs   SIP forwarding between nodes
+//!   gather.rs      the leader's one append per window for every node's dialog batches
 //!   write.rs       writes through the leader   info.rs      status (PoolInfo), config audit
 //!  ───────────────────────────────────────────────────────────────────────────────────────────
 //!   judge.rs       the failure detector's judgement: pure, no clock, no I/O
@@ -37,6 +38,7 @@ mod commit;
 mod detector;
 mod fence;
 mod forward;
+mod gather;
 mod hooks;
 mod info;
 mod judge;
@@ -241,6 +243,8 @@ pub struct Pool {
     /// that order (separate concurrent RPCs could overtake each other).
     forwarders: Mutex<HashMap<NodeId, mpsc::Sender<SipForward>>>,
     dialogs: mpsc::Sender<DialogOp>,
+    /// Dialog batches this node (as the leader) proposes, waiting for the next gathering.
+    gather: mpsc::Sender<gather::Gathered>,
     /// Dialog operations queued or in a batch not yet written (see [`Pool::flush_dialogs`]).
     dialogs_pending: watch::Sender<usize>,
     sink: Mutex<Option<Arc<dyn PoolSink>>>,
@@ -303,6 +307,7 @@ impl Pool {
         .await
         .map_err(|e| PoolError::Raft(e.to_string()))?;
         let (dialogs, dialog_rx) = mpsc::channel(65536);
+        let (gather, gather_rx) = mpsc::channel(gather::GATHER_QUEUE);
         let (stop, stop_rx) = watch::channel(false);
         let pool = Arc::new(Pool {
             opts: opts.clone(),
@@ -321,6 +326,7 @@ impl Pool {
             dialer,
             forwarders: Mutex::new(HashMap::new()),
             dialogs,
+            gather,
             dialogs_pending: watch::Sender::new(0),
             sink: Mutex::new(None),
             stop,
@@ -395,6 +401,7 @@ impl Pool {
         if pool.audit.is_some() {
             tokio::spawn(pool.clone().audit_config_task(stop_rx.clone()));
         }
+        tokio::spawn(pool.clone().gatherer(gather_rx, stop_rx.clone()));
         tokio::spawn(pool.clone().dialog_batcher(dialog_rx, stop_rx));
         Ok(pool)
     }

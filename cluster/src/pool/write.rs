@@ -95,13 +95,21 @@ impl Pool {
     }
 
     /// Proposes a command to this node's Raft (as the leader): a configuration only once the
-    /// validator accepts it.
+    /// validator accepts it, a dialog batch with the others of the next gathering (`gather.rs`).
     async fn propose(&self, cmd: Command) -> Result<CommandResult, WriteError> {
         if let (Command::SetConfig { body, .. }, Some(v)) = (&cmd, &self.opts.config_validator)
             && let Err(reason) = v.validate(body)
         {
             return Err(WriteError::Refused(Rejection::InvalidConfig { reason }));
         }
+        if matches!(cmd, Command::OwnerDialogBatch { .. }) {
+            return self.propose_gathered(cmd).await;
+        }
+        self.propose_alone(cmd).await
+    }
+
+    /// Proposes a command to this node's Raft in an append of its own.
+    pub(super) async fn propose_alone(&self, cmd: Command) -> Result<CommandResult, WriteError> {
         let result = match self.raft.client_write(cmd).await {
             Ok(r) => r.data,
             // Nothing was appended: safe to try again (possibly at another leader).
@@ -112,9 +120,6 @@ impl Pool {
             }
             Err(e) => return Err(WriteError::MaybeApplied(e.to_string())),
         };
-        match result {
-            CommandResult::Rejected(r) => Err(WriteError::Refused(r)),
-            ok => Ok(ok),
-        }
+        super::gather::outcome_of(result)
     }
 }

@@ -116,6 +116,18 @@ pub(super) fn encode(e: &mut DescriptorEncoder<'_>, pool: &Pool) -> Result<(), s
         "Dialog batches that did not commit",
         &one(d.failed.load(Relaxed)),
     )?;
+    counter(
+        e,
+        "medpool_dialog_gatherings",
+        "Raft appends this node made as the leader for dialog batches (each gathers one or more nodes' batches of a window)",
+        &one(d.gatherings.load(Relaxed)),
+    )?;
+    counter(
+        e,
+        "medpool_dialog_batches_gathered",
+        "Dialog batches (this node's and the followers') those appends carried",
+        &one(d.gathered.load(Relaxed)),
+    )?;
     let sizes: Vec<(Labels, u64)> = ["1", "4", "16", "64", "256", "more"]
         .iter()
         .zip(d.sizes.iter())
