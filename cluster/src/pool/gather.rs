@@ -9,13 +9,14 @@
 //!
 //! Each batch stays its own entry with its own outcome: the log's format is unchanged, and a node
 //! of the previous version applies the entries alike. The window opens only under load, as the
-//! batcher's does: a batch that comes after a quiet spell goes at once. One gathering is in flight
-//! at a time; what comes meanwhile goes into the next one. A full queue is not an error: that batch
-//! is proposed on its own.
+//! batcher's does: a batch that comes after a quiet spell goes at once; under load, gatherings
+//! start at least [`GATHER_WINDOW`] apart, and one still committing does not hold up the next. A
+//! full queue is not an error: that batch is proposed on its own.
 
 use std::time::Duration;
 
-use openraft::errors::ClientWriteError;
+use openraft::errors::{ClientWriteError, Fatal};
+use openraft::raft::WriteResult;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -23,6 +24,7 @@ use futures_util::StreamExt;
 
 use crate::command::{Command, CommandResult};
 use crate::error::{NotAppended, WriteError};
+use crate::typ::TypeConfig;
 
 use super::Pool;
 
@@ -103,22 +105,34 @@ impl Pool {
                     continue;
                 }
             };
-            // The outcomes come in the order the batches were given.
-            let mut results = std::pin::pin!(results);
-            for reply in replies {
-                let outcome = match results.next().await {
-                    Some(Ok(Ok(written))) => outcome_of(written.response),
-                    // Nothing was appended: the writer may try again (at the new leader).
-                    Some(Ok(Err(e @ ClientWriteError::ForwardToLeader(_)))) => Err(
-                        WriteError::NotAppended(NotAppended::NotLeader(e.to_string())),
-                    ),
-                    Some(Ok(Err(e))) => Err(WriteError::MaybeApplied(e.to_string())),
-                    Some(Err(fatal)) => Err(WriteError::MaybeApplied(fatal.to_string())),
-                    None => Err(WriteError::MaybeApplied("Raft stopped".into())),
-                };
-                let _ = reply.send(outcome);
-            }
+            // The outcomes are awaited aside: the next gathering goes when its window opens,
+            // whether or not this one has committed (a slow commit holds up no other batch).
+            tokio::spawn(answer(results, replies));
         }
+    }
+}
+
+/// Hands each batch of a gathering its outcome; they come in the order the batches were given.
+async fn answer(
+    results: futures_util::stream::BoxStream<
+        'static,
+        Result<WriteResult<TypeConfig>, Fatal<TypeConfig>>,
+    >,
+    replies: Vec<oneshot::Sender<Result<CommandResult, WriteError>>>,
+) {
+    let mut results = results;
+    for reply in replies {
+        let outcome = match results.next().await {
+            Some(Ok(Ok(written))) => outcome_of(written.response),
+            // Nothing was appended: the writer may try again (at the new leader).
+            Some(Ok(Err(e @ ClientWriteError::ForwardToLeader(_)))) => Err(
+                WriteError::NotAppended(NotAppended::NotLeader(e.to_string())),
+            ),
+            Some(Ok(Err(e))) => Err(WriteError::MaybeApplied(e.to_string())),
+            Some(Err(fatal)) => Err(WriteError::MaybeApplied(fatal.to_string())),
+            None => Err(WriteError::MaybeApplied("Raft stopped".into())),
+        };
+        let _ = reply.send(outcome);
     }
 }
 
