@@ -3,17 +3,16 @@
 //! leader for [`DIALOG_RETRY_FOR`]. [`Pool::flush_dialogs`] waits for the queue to drain on the way
 //! out.
 //!
-//! Batching with a window that opens only under load: one batch is in flight at a time, and batches
-//! start at least [`DIALOG_WINDOW`] apart. A record that comes after a quiet spell (no batch started
-//! in the last window) is written at once, so an idle node adds no latency; under load, whatever
-//! queues until the window since the previous batch's start is over goes into the next one (up to
-//! [`MAX_BATCH_RECORDS`] / half of what the leader admits). So a node writes at most
-//! 1 / [`DIALOG_WINDOW`] dialog entries a second however many calls it carries, and the leader
-//! gathers every node's entries of a window into one append (`gather.rs`): each append is a
-//! consensus round (an append fsynced on every voter, AppendEntries to each, an apply everywhere,
-//! and for a follower a `ClientWrite` to the leader), and that round, not the record in it, was
-//! the pool's largest cost per call (BENCHMARKS.md, "Issue 17: where the pool's work per call
-//! goes"). Without the window a node wrote one entry per commit latency (a few milliseconds).
+//! One batch is in flight at a time: whatever queues while it is written goes into the next one (up
+//! to [`MAX_BATCH_RECORDS`] / half of what the leader admits). The window is the leader's: it
+//! gathers every node's batches into one append at most every [`DIALOG_WINDOW`] under load, and
+//! at once after a quiet spell (`gather.rs`). A batch in flight waits for that gathering, so a
+//! node writes at most one batch per window however many calls it carries, and the pool at most
+//! one append per window: each append is a consensus round (an fsync on every voter, an
+//! AppendEntries to each follower, an apply everywhere), and that round, not the records in it,
+//! was the pool's largest cost per call (BENCHMARKS.md, "Issue 17: where the pool's work per call
+//! goes"). Without the window a node wrote one entry per commit latency (a few milliseconds), and
+//! with a window per node (before the gathering) the pool appended once per node per window.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +25,10 @@ use crate::command::Command;
 
 use super::Pool;
 
-/// Under load, a node's dialog batches start at least this far apart (the module doc says why). The
-/// price: a call answered on a node that dies is lost when its record had not committed yet, a
-/// window of one commit latency plus at most this much (ARCHITECTURE.md, "What a record's
-/// durability is").
+/// Under load, the leader's gatherings of dialog batches start at least this far apart (the module
+/// doc says why). The price: a call answered on a node that dies is lost when its record had not
+/// committed yet, a window of one commit latency plus at most this much (ARCHITECTURE.md, "What a
+/// record's durability is").
 pub const DIALOG_WINDOW: Duration = Duration::from_millis(20);
 
 /// How long a dialog batch that cannot be written (no leader reachable) is retried.
@@ -121,28 +120,15 @@ impl Pool {
         mut rx: mpsc::Receiver<DialogOp>,
         mut stop: watch::Receiver<bool>,
     ) {
-        // When the last batch started.
-        let mut last: Option<Instant> = None;
         loop {
             let first = tokio::select! {
                 op = rx.recv() => match op { Some(op) => op, None => return },
                 _ = stop.changed() => return,
             };
-            // Under load (a batch started less than a window ago) the records gather until the
-            // window is over; after a quiet spell this one goes at once. The leader's batches wait
-            // in its gathering instead (`gather.rs`: one window, not two).
-            if let Some(until) = last.map(|t| t + DIALOG_WINDOW)
-                && Instant::now() < until
-                && self.raft.current_leader().await != Some(self.opts.node_id)
-            {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-            last = Some(Instant::now());
+            // No window here: under load a batch waits for the leader's next gathering
+            // (`gather.rs`), and what queues meanwhile goes into the next batch.
             // Group commit: this record, and everything that queued while the previous batch was
-            // in flight or the window was open, in one Raft entry.
+            // in flight, in one Raft entry.
             let mut upserts = Vec::new();
             let mut removes = Vec::new();
             let mut next = Some(first);

@@ -2,10 +2,9 @@
 //! proposes — its own batcher's and those the followers' batchers send it — waits for the next
 //! gathering, and goes to Raft with the others in one `client_write_many`. The pool then appends
 //! (an fsync on every voter) and replicates (an AppendEntries to each follower) once per window,
-//! instead of once per node per window: each node's batcher writes at most one batch per
-//! [`super::DIALOG_WINDOW`], but the three batchers' windows are not in step, so without the
-//! gathering the leader's log took three appends per window (BENCHMARKS.md, "one append per
-//! window for the whole pool").
+//! instead of once per node per window as when each node's batcher kept a window of its own
+//! (BENCHMARKS.md, "one append per window for the whole pool"). This is the only window of the
+//! dialog group commit: a node's batcher has one batch in flight and sends it at once.
 //!
 //! Each batch stays its own entry with its own outcome: the log's format is unchanged, and a node
 //! of the previous version applies the entries alike. The window opens only under load, as the
