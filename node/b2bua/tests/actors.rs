@@ -1076,7 +1076,7 @@ impl medpool_b2bua::cluster::Relay for KeepingRelay {
         message: Bytes,
         _: SocketAddr,
         _: &str,
-        _: Option<String>,
+        _: medpool_b2bua::cluster::ForwardMeta,
     ) -> bool {
         self.forwarded.lock().unwrap().push(message);
         true
