@@ -413,7 +413,9 @@ async fn send_trying(ctx: &NodeCtx, transports: &Transports, inb: &Inbound) {
         trying_sent: false,
     };
     let trying = local_response(&env, 100, None, &[]);
-    ctx.stats.trying_for_forwarded.fetch_add(1, Ordering::Relaxed);
+    ctx.stats
+        .trying_for_forwarded
+        .fetch_add(1, Ordering::Relaxed);
     let _ = transports.send_response(inb, trying).await;
 }
 
