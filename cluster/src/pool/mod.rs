@@ -240,6 +240,9 @@ pub struct Pool {
     /// One ordered queue per peer node for forwarded SIP: a 180 and the 200 behind it must leave in
     /// that order (separate concurrent RPCs could overtake each other).
     forwarders: Mutex<HashMap<NodeId, mpsc::Sender<SipForward>>>,
+    /// Peers whose last answer sent back through this node said they understand `trying_sent`
+    /// (see [`Pool::understands_trying`]).
+    trying_peers: std::sync::RwLock<std::collections::BTreeSet<NodeId>>,
     dialogs: mpsc::Sender<DialogOp>,
     /// Dialog operations queued or in a batch not yet written (see [`Pool::flush_dialogs`]).
     dialogs_pending: watch::Sender<usize>,
@@ -320,6 +323,7 @@ impl Pool {
             clients: Mutex::new(HashMap::new()),
             dialer,
             forwarders: Mutex::new(HashMap::new()),
+            trying_peers: std::sync::RwLock::new(std::collections::BTreeSet::new()),
             dialogs,
             dialogs_pending: watch::Sender::new(0),
             sink: Mutex::new(None),

@@ -57,6 +57,9 @@ pub struct ForwardMeta {
     pub trying_sent: bool,
     /// How many times an owner sent this INVITE back already.
     pub bounces: u32,
+    /// The message passed the front-door checks of the node that received it from the network
+    /// (medpool-sip's screen), so its receiver need not check those headers again.
+    pub checked: bool,
 }
 
 /// Moving SIP between nodes: a message received here for a shard another node owns goes to that owner,
@@ -91,6 +94,14 @@ pub trait Relay: Send + Sync + 'static {
         let _ = via;
         self.forward(owner, shard, message, source, transport, meta)
     }
+    /// Whether `node` understands a new-call INVITE marked [`ForwardMeta::trying_sent`]: it sends
+    /// no 100 for it and sends back what it cannot take. A node answers 100 to, and marks, only
+    /// the INVITEs it forwards to such a node (a node of the previous version would drop a marked
+    /// INVITE behind its hand-over fence, and its caller no longer retransmits).
+    fn understands_trying(&self, node: u64) -> bool {
+        let _ = node;
+        true
+    }
     /// Asks node `via` to send `message` to `dest` from its own socket.
     fn send_via(
         &self,
@@ -101,8 +112,9 @@ pub trait Relay: Send + Sync + 'static {
     ) -> bool;
     /// Sends a new-call INVITE back to `via`, the node that received it from `source` and
     /// answered it 100 Trying: this node cannot take it now; `via` feeds it to itself again later
-    /// (the `bounces`-th time). False when it cannot be sent (the call is then lost, as one whose
-    /// owner died).
+    /// (the `bounces`-th time; `checked` as in [`ForwardMeta`]). False when it cannot be sent (the
+    /// call is then lost, as one whose owner died).
+    #[allow(clippy::too_many_arguments)]
     fn bounce(
         &self,
         via: u64,
@@ -110,8 +122,9 @@ pub trait Relay: Send + Sync + 'static {
         source: std::net::SocketAddr,
         transport: &str,
         bounces: u32,
+        checked: bool,
     ) -> bool {
-        let _ = (via, message, source, transport, bounces);
+        let _ = (via, message, source, transport, bounces, checked);
         false
     }
 }

@@ -594,6 +594,7 @@ impl NodeCtx {
             inb.source,
             inb.transport.as_lower(),
             bounces.saturating_add(1),
+            inb.msg.is_checked(),
         );
         if sent {
             self.stats.bounced.fetch_add(1, Ordering::Relaxed);
@@ -609,6 +610,7 @@ impl NodeCtx {
         let lane = medpool_sip::transport::lanes::lane_of(&inbound.msg, self.forward_tx.len());
         let tx = self.forward_tx[lane].clone();
         let pause = bounce_pause(self.timers, bounces);
+        let checked = inbound.msg.is_checked();
         tokio::spawn(async move {
             tokio::time::sleep(pause).await;
             // A full queue here drops it: the node is overloaded (as a caller's retransmission
@@ -620,6 +622,7 @@ impl NodeCtx {
                     traceparent: None,
                     trying_sent: true,
                     bounces,
+                    checked,
                 },
             });
         });

@@ -1255,6 +1255,8 @@ struct RecordingRelay {
     forwarded: std::sync::Mutex<Vec<(Bytes, medpool_b2bua::cluster::ForwardMeta)>>,
     sent_via: std::sync::Mutex<Vec<Bytes>>,
     bounced: std::sync::Mutex<Vec<(u64, Bytes, u32)>>,
+    /// The other nodes are of the previous version (they do not understand `trying_sent`).
+    old_peers: bool,
 }
 
 impl medpool_b2bua::cluster::Relay for RecordingRelay {
@@ -1274,7 +1276,18 @@ impl medpool_b2bua::cluster::Relay for RecordingRelay {
         self.sent_via.lock().unwrap().push(message);
         true
     }
-    fn bounce(&self, via: u64, message: Bytes, _: SocketAddr, _: &str, bounces: u32) -> bool {
+    fn understands_trying(&self, _: u64) -> bool {
+        !self.old_peers
+    }
+    fn bounce(
+        &self,
+        via: u64,
+        message: Bytes,
+        _: SocketAddr,
+        _: &str,
+        bounces: u32,
+        _: bool,
+    ) -> bool {
         self.bounced.lock().unwrap().push((via, message, bounces));
         true
     }
@@ -1501,5 +1514,40 @@ async fn an_invite_answered_100_elsewhere_is_sent_back_not_dropped_and_fed_again
     caller
         .expect(Expect::Status(503), Duration::from_secs(10))
         .await;
+    node.shutdown(Duration::from_secs(1), false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invite_for_an_owner_of_the_previous_version_goes_unmarked_and_unanswered_here() {
+    let relay = Arc::new(RecordingRelay {
+        old_peers: true,
+        ..RecordingRelay::default()
+    });
+    let node = start_with(
+        "127.0.187.34:5060",
+        187,
+        Arc::new(OwnsNothing),
+        Arc::new(SingleNode::new(1024)),
+        relay.clone(),
+    )
+    .await;
+    let caller = Peer::bind("127.0.187.1:5074").await;
+    caller
+        .send(&invite(caller.addr(), "old1"), node.sip_addr)
+        .await;
+    until(
+        Duration::from_secs(1),
+        "the INVITE was not forwarded",
+        || !relay.forwarded.lock().unwrap().is_empty(),
+    )
+    .await;
+    assert!(
+        !relay.forwarded.lock().unwrap()[0].1.trying_sent,
+        "marked for an owner that would not understand it"
+    );
+    assert!(
+        caller.recv(Duration::from_millis(300)).await.is_none(),
+        "answered 100 here although the owner (of the previous version) answers it too"
+    );
     node.shutdown(Duration::from_secs(1), false).await;
 }

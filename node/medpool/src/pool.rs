@@ -134,6 +134,8 @@ impl Relay for PoolAdapter {
                 trying_sent: meta.trying_sent,
                 bounce: false,
                 bounces: meta.bounces,
+                checked: meta.checked,
+                understands_trying: true,
             },
         )
     }
@@ -148,9 +150,13 @@ impl Relay for PoolAdapter {
                 via_node: self.pool.node_id(),
                 traceparent: String::new(),
                 send: true,
+                understands_trying: true,
                 ..SipForward::default()
             },
         )
+    }
+    fn understands_trying(&self, node: u64) -> bool {
+        self.pool.understands_trying(node)
     }
     fn bounce(
         &self,
@@ -159,6 +165,7 @@ impl Relay for PoolAdapter {
         source: SocketAddr,
         transport: &str,
         bounces: u32,
+        checked: bool,
     ) -> bool {
         self.pool.forward(
             via,
@@ -170,6 +177,8 @@ impl Relay for PoolAdapter {
                 trying_sent: true,
                 bounce: true,
                 bounces,
+                checked,
+                understands_trying: true,
                 ..SipForward::default()
             },
         )
@@ -199,9 +208,13 @@ impl PoolSink for NodeSink {
             node.relayed_answer(&bytes);
             return node.transports.send_now(transport, peer, bytes).is_ok();
         }
-        let Ok(m) = SipMessage::parse(Bytes::from(msg.message)) else {
+        let Ok(mut m) = SipMessage::parse(Bytes::from(msg.message)) else {
             return false;
         };
+        if msg.checked {
+            // The node that received these bytes from the network passed them through its door.
+            m.vouched_checked();
+        }
         let inbound = Inbound {
             msg: m,
             source: peer,
@@ -219,6 +232,7 @@ impl PoolSink for NodeSink {
                 traceparent: (!msg.traceparent.is_empty()).then_some(msg.traceparent),
                 trying_sent: msg.trying_sent,
                 bounces: msg.bounces,
+                checked: msg.checked,
             },
         )
     }

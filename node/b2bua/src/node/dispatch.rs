@@ -213,7 +213,11 @@ async fn feed(
     {
         // Whoever took a new-call INVITE from the network answers it 100 (this node, or the one
         // that forwarded it here): the holder sends none.
-        let trying_sent = arrival.new_call && (via.is_none() || meta.trying_sent);
+        let trying_sent = arrival.new_call
+            && match via {
+                Some(_) => meta.trying_sent,
+                None => taken_back || ctx.relay.understands_trying(holder),
+            };
         let sent = ctx.relay.forward_for(
             via.unwrap_or(me),
             holder,
@@ -225,11 +229,12 @@ async fn feed(
                 traceparent: traceparent.clone(),
                 trying_sent,
                 bounces: meta.bounces,
+                checked: inb.msg.is_checked(),
             },
         );
         if sent {
             ctx.stats.sent_to_lingering.fetch_add(1, Ordering::Relaxed);
-            if via.is_none() && arrival.new_call && !taken_back {
+            if via.is_none() && trying_sent && !taken_back {
                 send_trying(ctx, transports, &inb).await;
             }
             return;
@@ -258,10 +263,11 @@ async fn feed(
         decision = Ingress::Refuse503;
     }
     if let Ingress::ForwardTo(owner) = decision {
-        if forward(ctx, &inb, shard, owner, meta.bounces) {
-            // 100 Trying from here: the owner sends none (one crossing less a call). An INVITE
-            // taken back had its 100 when it first came in.
-            if arrival.new_call && !taken_back {
+        // 100 Trying from here, the owner sending none (one crossing less a call), when the owner
+        // understands it. An INVITE taken back had its 100 when it first came in.
+        let trying_sent = arrival.new_call && (taken_back || ctx.relay.understands_trying(owner));
+        if forward(ctx, &inb, shard, owner, meta.bounces, trying_sent) {
+            if trying_sent && !taken_back {
                 send_trying(ctx, transports, &inb).await;
             }
             return;
@@ -419,10 +425,17 @@ async fn send_trying(ctx: &NodeCtx, transports: &Transports, inb: &Inbound) {
     let _ = transports.send_response(inb, trying).await;
 }
 
-/// Hands a message to the owner of its shard (a new-call INVITE marked as answered 100 Trying
-/// here, the `bounces`-th time it is sent after its owners sent it back); false when it cannot be
+/// Hands a message to the owner of its shard (marked `trying_sent`: a new-call INVITE answered 100
+/// Trying here; `bounces`: how many times its owners sent it back); false when it cannot be
 /// delivered.
-fn forward(ctx: &NodeCtx, inb: &Inbound, shard: u16, owner: u64, bounces: u32) -> bool {
+fn forward(
+    ctx: &NodeCtx,
+    inb: &Inbound,
+    shard: u16,
+    owner: u64,
+    bounces: u32,
+    trying_sent: bool,
+) -> bool {
     let t = inb.transport.as_lower();
     // A short span on the receiving node; the owner's spans continue its trace.
     let span = tracing::info_span!(
@@ -440,8 +453,9 @@ fn forward(ctx: &NodeCtx, inb: &Inbound, shard: u16, owner: u64, bounces: u32) -
     );
     let meta = ForwardMeta {
         traceparent: crate::trace::traceparent(&span),
-        trying_sent: medpool_sip::transport::is_new_call(&inb.msg),
+        trying_sent,
         bounces,
+        checked: inb.msg.is_checked(),
     };
     if ctx
         .relay
