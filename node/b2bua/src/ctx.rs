@@ -549,24 +549,29 @@ impl NodeCtx {
             .lock()
             .map_or((0, 0), |seen| (seen.len(), seen.capacity()))
     }
-    pub(crate) fn note_relayed_invite(&self, msg: &SipMessage) {
+    /// Notes a new-call INVITE forwarded to its owner (see `relayed_invites`); true when it is the
+    /// first copy of it seen here (not a retransmission of one still waiting for its final answer).
+    pub(crate) fn note_relayed_invite(&self, msg: &SipMessage) -> bool {
         if msg.method() != Some(Method::Invite) || msg.to_tag().is_some() {
-            return;
+            return false;
         }
         let Some(branch) = msg.top_branch() else {
-            return;
+            return false;
         };
-        if let Ok(mut pending) = self.relayed_invites.lock() {
-            if pending.len() >= RELAY_TRACK_MAX {
-                pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
-                if pending.len() >= RELAY_TRACK_MAX / 2 {
-                    // That many calls in set-up through one node: stop tracking the older ones
-                    // rather than sweep the table on every new call.
-                    pending.clear();
-                }
+        let Ok(mut pending) = self.relayed_invites.lock() else {
+            return false;
+        };
+        if pending.len() >= RELAY_TRACK_MAX {
+            pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
+            if pending.len() >= RELAY_TRACK_MAX / 2 {
+                // That many calls in set-up through one node: stop tracking the older ones
+                // rather than sweep the table on every new call.
+                pending.clear();
             }
-            pending.insert(branch.to_vec(), tokio::time::Instant::now());
         }
+        pending
+            .insert(branch.to_vec(), tokio::time::Instant::now())
+            .is_none()
     }
     /// Takes a message another node (`via`) forwarded. False when the queue is full: the peer
     /// retransmits — except the caller of a new-call INVITE answered 100 Trying by `via`, which

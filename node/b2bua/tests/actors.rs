@@ -1349,18 +1349,16 @@ async fn the_node_a_new_call_reaches_answers_it_100_and_forwards_it_marked_so() 
         );
         assert_eq!(fwd[0].1.bounces, 0);
     }
-    // A retransmission is forwarded again (the owner's transaction absorbs it) and answered 100
-    // again from here.
+    // A retransmission is forwarded again (the owner's transaction absorbs it), not answered 100
+    // again here (a late second 100 could follow the owner's 180).
     caller.send(&inv, node.sip_addr).await;
-    caller
-        .expect(Expect::Status(100), Duration::from_secs(1))
-        .await;
     until(
         Duration::from_secs(1),
         "the retransmission was not forwarded",
         || relay.forwarded.lock().unwrap().len() == 2,
     )
     .await;
+    assert!(relay.forwarded.lock().unwrap()[1].1.trying_sent);
     // A request in a dialog is forwarded unmarked and answered nothing here.
     let mut bye = MessageBuilder::request_method(Method::Bye, b"sip:x@127.0.187.31");
     bye.header(
@@ -1386,7 +1384,7 @@ async fn the_node_a_new_call_reaches_answers_it_100_and_forwards_it_marked_so() 
             .stats
             .trying_for_forwarded
             .load(std::sync::atomic::Ordering::Relaxed),
-        2
+        1
     );
     node.shutdown(Duration::from_secs(1), false).await;
 }

@@ -211,13 +211,10 @@ async fn feed(
         && !arrival.own_answer
         && let Some(holder) = lingering_holder(ctx, &inb, shard, me)
     {
-        // Whoever took a new-call INVITE from the network answers it 100 (this node, or the one
-        // that forwarded it here): the holder sends none.
-        let trying_sent = arrival.new_call
-            && match via {
-                Some(_) => meta.trying_sent,
-                None => taken_back || ctx.relay.understands_trying(holder),
-            };
+        // A new-call INVITE of a call the holder sets up is a retransmission (its first copy came
+        // before the hand-over and was answered then): no 100 from here, the holder's transaction
+        // absorbs it. Marked as it came (the holder sends no 100 for a marked one either).
+        let trying_sent = arrival.new_call && (taken_back || (via.is_some() && meta.trying_sent));
         let sent = ctx.relay.forward_for(
             via.unwrap_or(me),
             holder,
@@ -234,9 +231,6 @@ async fn feed(
         );
         if sent {
             ctx.stats.sent_to_lingering.fetch_add(1, Ordering::Relaxed);
-            if via.is_none() && trying_sent && !taken_back {
-                send_trying(ctx, transports, &inb).await;
-            }
             return;
         }
         // The holder cannot be reached (it died, and its calls in set-up with it): handled here.
@@ -266,8 +260,12 @@ async fn feed(
         // 100 Trying from here, the owner sending none (one crossing less a call), when the owner
         // understands it. An INVITE taken back had its 100 when it first came in.
         let trying_sent = arrival.new_call && (taken_back || ctx.relay.understands_trying(owner));
-        if forward(ctx, &inb, shard, owner, meta.bounces, trying_sent) {
-            if trying_sent && !taken_back {
+        if let Some(first_copy) = forward(ctx, &inb, shard, owner, meta.bounces, trying_sent) {
+            // Only the first copy: a 100 for a retransmission could reach the caller after the
+            // owner's 18x (a strict caller takes that for an unexpected message). A caller whose
+            // first 100 was lost retransmits until the owner's first 18x, each copy absorbed by
+            // the owner's transaction.
+            if trying_sent && !taken_back && first_copy {
                 send_trying(ctx, transports, &inb).await;
             }
             return;
@@ -406,9 +404,8 @@ fn lingering_holder(ctx: &NodeCtx, inb: &Inbound, shard: u16, me: u64) -> Option
 
 /// Answers a new-call INVITE this node received from the network and handed to another node
 /// 100 Trying (RFC 3261 §8.2.6.1: hop by hop, it stops the caller's retransmissions), from the
-/// socket or connection it came in on; the node handling it sends none. Every copy is answered,
-/// retransmissions too: statelessly, with no crossing (the owner's transaction absorbs the
-/// retransmission it is forwarded).
+/// socket or connection it came in on; the node handling it sends none. Only its first copy (see
+/// `feed`).
 async fn send_trying(ctx: &NodeCtx, transports: &Transports, inb: &Inbound) {
     let env = Envelope {
         msg: inb.msg.clone(),
@@ -426,8 +423,8 @@ async fn send_trying(ctx: &NodeCtx, transports: &Transports, inb: &Inbound) {
 }
 
 /// Hands a message to the owner of its shard (marked `trying_sent`: a new-call INVITE answered 100
-/// Trying here; `bounces`: how many times its owners sent it back); false when it cannot be
-/// delivered.
+/// Trying here; `bounces`: how many times its owners sent it back); `None` when it cannot be
+/// delivered, else whether it is the first copy of a new-call INVITE forwarded from here.
 fn forward(
     ctx: &NodeCtx,
     inb: &Inbound,
@@ -435,7 +432,7 @@ fn forward(
     owner: u64,
     bounces: u32,
     trying_sent: bool,
-) -> bool {
+) -> Option<bool> {
     let t = inb.transport.as_lower();
     // A short span on the receiving node; the owner's spans continue its trace.
     let span = tracing::info_span!(
@@ -462,9 +459,8 @@ fn forward(
         .forward(owner, shard, inb.msg.bytes(), inb.source, t, meta)
     {
         ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        ctx.note_relayed_invite(&inb.msg);
-        true
+        Some(ctx.note_relayed_invite(&inb.msg))
     } else {
-        false
+        None
     }
 }
