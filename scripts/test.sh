@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-# The medpool binary links jemalloc, built from C by tikv-jemalloc-sys (cc and make).
+# The medpool binary links mimalloc, built from C by libmimalloc-sys (cc); its `jemalloc` feature needs make too.
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)

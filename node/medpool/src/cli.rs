@@ -63,6 +63,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .on_thread_park(crate::reclaim::on_worker_park)
                 .build()
             {
                 Ok(r) => r,

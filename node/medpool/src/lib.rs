@@ -19,6 +19,7 @@
 //!   admin      the admin gRPC API (→ telemetry, to change the log filter)
 //!    │
 //!   telemetry  logging and OTLP traces; its flags (a leaf: uses no other module)
+//!   reclaim    idle runtime workers hand their free pages back (mimalloc; a leaf)
 //! ```
 
 pub mod admin;
@@ -28,5 +29,6 @@ pub mod ctl;
 pub mod demo;
 pub mod metrics;
 pub mod pool;
+pub mod reclaim;
 pub mod serve;
 pub mod telemetry;
