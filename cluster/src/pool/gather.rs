@@ -3,14 +3,14 @@
 //! gathering, and goes to Raft with the others in one `client_write_many`. The pool then appends
 //! (an fsync on every voter) and replicates (an AppendEntries to each follower) once per window,
 //! instead of once per node per window as when each node's batcher kept a window of its own
-//! (BENCHMARKS.md, "one append per window for the whole pool"). This is the only window of the
-//! dialog group commit: a node's batcher has one batch in flight and sends it at once.
+//! (BENCHMARKS.md, "the done-when checks on a quiet machine, sixth run"). This is the only window
+//! of the dialog group commit: a node's batcher has one batch in flight and sends it at once.
 //!
 //! Each batch stays its own entry with its own outcome: the log's format is unchanged, and a node
-//! of the previous version applies the entries alike. The window opens only under load, as the
-//! batcher's does: a batch that comes after a quiet spell goes at once; under load, gatherings
-//! start at least [`GATHER_WINDOW`] apart, and one still committing does not hold up the next. A
-//! full queue is not an error: that batch is proposed on its own.
+//! of the previous version applies the entries alike. The window opens only under load: a batch
+//! that comes after a quiet spell goes at once; under load, gatherings start at least
+//! [`GATHER_WINDOW`] apart, and one still committing does not hold up the next. A full queue is
+//! not an error: that batch is proposed on its own.
 
 use std::time::Duration;
 
