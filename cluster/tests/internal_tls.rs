@@ -273,7 +273,6 @@ async fn attack(c: &mut ClusterClient<Channel>, victim: u64) -> Vec<(&'static st
             via_node: victim,
             traceparent: String::new(),
             send: true,
-            ..SipForward::default()
         })
         .await
         .map(drop),
@@ -286,7 +285,6 @@ async fn attack(c: &mut ClusterClient<Channel>, victim: u64) -> Vec<(&'static st
         via_node: victim,
         traceparent: String::new(),
         send: true,
-        ..SipForward::default()
     };
     record(
         "forward stream (send)",
