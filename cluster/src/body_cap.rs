@@ -1,7 +1,8 @@
 //! Caps on a request's size per internal RPC, applied to the HTTP/2 body before tonic decodes
 //! anything ([`BodyCapLayer`] on the internal server): AppendEntries up to
 //! [`MAX_MESSAGE`], a streamed snapshot up to [`MAX_SNAPSHOT`] in all, a write up to
-//! [`MAX_WRITE`], everything else [`MAX_SMALL`]. A body that grows past its cap ends the request
+//! [`MAX_WRITE`], the stream of forwarded SIP nothing in all (each of its messages is capped),
+//! everything else [`MAX_SMALL`]. A body that grows past its cap ends the request
 //! with an error (nothing of it is handled). The handlers then check the finer caps of each field
 //! (crate::admit).
 
@@ -24,6 +25,11 @@ pub fn cap_of(path: &str) -> usize {
         // The chunks' data, plus their framing and the header (far less than MAX_SMALL).
         Some("InstallSnapshot") => MAX_SNAPSHOT + MAX_SMALL,
         Some("ClientWrite") => MAX_WRITE + FRAME,
+        // One long-lived stream per peer of forwarded SIP: it has no end to cap. Each message in
+        // it is capped where it is decoded (the server's MAX_MESSAGE, as an AppendEntries) and
+        // then checked (`grpc::check_forward`: 64 KiB of SIP). Under MAX_SMALL in all, a stream
+        // ended every 4 MiB — every ~4 s at 1,500 calls/s — and the messages in flight with it.
+        Some("ForwardStream") => usize::MAX,
         _ => MAX_SMALL + FRAME,
     }
 }
@@ -72,6 +78,7 @@ mod tests {
         let p = |m: &str| cap_of(&format!("/medpool.cluster.v1.Cluster/{m}"));
         assert_eq!(p("Vote"), MAX_SMALL + FRAME);
         assert_eq!(p("Forward"), MAX_SMALL + FRAME);
+        assert_eq!(p("ForwardStream"), usize::MAX);
         assert_eq!(p("ClientWrite"), MAX_WRITE + FRAME);
         assert_eq!(p("AppendEntries"), MAX_MESSAGE + FRAME);
         assert!(p("InstallSnapshot") > MAX_SNAPSHOT);

@@ -273,6 +273,7 @@ async fn attack(c: &mut ClusterClient<Channel>, victim: u64) -> Vec<(&'static st
             via_node: victim,
             traceparent: String::new(),
             send: true,
+            ..SipForward::default()
         })
         .await
         .map(drop),
@@ -285,6 +286,7 @@ async fn attack(c: &mut ClusterClient<Channel>, victim: u64) -> Vec<(&'static st
         via_node: victim,
         traceparent: String::new(),
         send: true,
+        ..SipForward::default()
     };
     record(
         "forward stream (send)",

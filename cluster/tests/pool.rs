@@ -18,10 +18,13 @@ use medpool_proto::cluster::SipForward;
 #[derive(Default)]
 struct Recorder {
     owned: Mutex<BTreeSet<u16>>,
+    /// Forwarded SIP messages delivered here.
+    delivered: std::sync::atomic::AtomicUsize,
 }
 
 impl PoolSink for Recorder {
     fn deliver(&self, _msg: SipForward) -> bool {
+        self.delivered.fetch_add(1, Relaxed);
         true
     }
     fn adopted(&self, shards: Vec<u16>) {
@@ -784,4 +787,70 @@ async fn a_snapshot_of_100_000_calls_installs_on_a_node_that_was_down() {
     assert_eq!(late.pool.dialogs_of(17).len(), CALLS / 64 + 1);
     late.pool.shutdown().await;
     m0.pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_forward_stream_carries_far_more_than_4_mib_and_what_it_says_of_itself_is_learnt() {
+    let net = 187;
+    let m0 = member(net, 0, false, 5000).await;
+    let m1 = member(net, 1, true, 5000).await;
+    until("two active nodes", Duration::from_secs(15), || {
+        let i = m0.pool.info();
+        i.nodes.len() == 2 && i.nodes.iter().all(|n| n.state == "Active")
+    })
+    .await;
+    // 12 MiB of 1 KiB messages, in rounds that fit the peer's queue: every one arrives (a stream
+    // capped at 4 MiB in all ended, and lost what was in flight, every 4 MiB).
+    let message = vec![b'x'; 1024];
+    let total = 12 * 1024;
+    for round in 0..(total / 1024) {
+        for _ in 0..1024 {
+            let sent = m0.pool.forward(
+                1,
+                SipForward {
+                    message: message.clone(),
+                    peer: format!("127.0.{net}.9:5060"),
+                    transport: "udp".into(),
+                    via_node: 0,
+                    ..SipForward::default()
+                },
+            );
+            assert!(sent, "the queue to node 1 was full");
+        }
+        let want = (round + 1) * 1024;
+        until(
+            &format!("{want} messages delivered"),
+            Duration::from_secs(10),
+            || m1.sink.delivered.load(Relaxed) >= want,
+        )
+        .await;
+    }
+    assert_eq!(
+        m1.sink.delivered.load(Relaxed),
+        total,
+        "a message came twice"
+    );
+    // Node 0 marks INVITEs for node 1 only once an answer of node 1's said it understands them.
+    assert!(!m0.pool.understands_trying(1));
+    let answer = |understands: bool| SipForward {
+        message: b"SIP/2.0 180 Ringing\r\n\r\n".to_vec(),
+        peer: format!("127.0.{net}.9:5060"),
+        transport: "udp".into(),
+        via_node: 1,
+        send: true,
+        understands_trying: understands,
+        ..SipForward::default()
+    };
+    assert!(m1.pool.forward(0, answer(true)));
+    until(
+        "node 0 learnt node 1 understands",
+        Duration::from_secs(5),
+        || m0.pool.understands_trying(1),
+    )
+    .await;
+    assert!(m1.pool.forward(0, answer(false)));
+    until("node 0 unlearnt it", Duration::from_secs(5), || {
+        !m0.pool.understands_trying(1)
+    })
+    .await;
 }

@@ -55,6 +55,34 @@ impl Pool {
         };
         tx.try_send(msg).is_ok()
     }
+
+    /// Whether `node` understands a new-call INVITE marked `trying_sent` (it sends no 100 for it
+    /// and sends back what it cannot take): its last answer or INVITE sent back through this node
+    /// said so (`understands_trying`). Unknown until then, and false again once a message of its
+    /// says otherwise (it was restarted with an older version): a node of the previous version
+    /// would drop a marked INVITE whose caller no longer retransmits.
+    pub fn understands_trying(&self, node: NodeId) -> bool {
+        self.trying_peers
+            .read()
+            .is_ok_and(|peers| peers.contains(&node))
+    }
+
+    /// Notes what a message `node` sent this node says of it (see [`Pool::understands_trying`]):
+    /// only answers and INVITEs sent back, whose `via_node` is always their sender.
+    pub(crate) fn note_forward_from(&self, msg: &SipForward) {
+        if !(msg.send || msg.bounce)
+            || self.understands_trying(msg.via_node) == msg.understands_trying
+        {
+            return;
+        }
+        if let Ok(mut peers) = self.trying_peers.write() {
+            if msg.understands_trying {
+                peers.insert(msg.via_node);
+            } else {
+                peers.remove(&msg.via_node);
+            }
+        }
+    }
 }
 
 /// A peer's queue, shared by the forwarder and the body of the stream open to that peer. The lock

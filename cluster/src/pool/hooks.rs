@@ -26,11 +26,11 @@ impl PoolHooks for Hooks {
         }
     }
     async fn forward(&self, msg: SipForward) -> ForwardAck {
-        let accepted = self
-            .0
-            .upgrade()
-            .and_then(|p| p.sink())
-            .is_some_and(|s| s.deliver(msg));
+        let pool = self.0.upgrade();
+        if let Some(p) = &pool {
+            p.note_forward_from(&msg);
+        }
+        let accepted = pool.and_then(|p| p.sink()).is_some_and(|s| s.deliver(msg));
         ForwardAck { accepted }
     }
     async fn lease(&self, req: LeaseRequest) -> LeaseReply {

@@ -242,6 +242,9 @@ pub struct Pool {
     /// One ordered queue per peer node for forwarded SIP: a 180 and the 200 behind it must leave in
     /// that order (separate concurrent RPCs could overtake each other).
     forwarders: Mutex<HashMap<NodeId, mpsc::Sender<SipForward>>>,
+    /// Peers whose last answer sent back through this node said they understand `trying_sent`
+    /// (see [`Pool::understands_trying`]).
+    trying_peers: std::sync::RwLock<std::collections::BTreeSet<NodeId>>,
     dialogs: mpsc::Sender<DialogOp>,
     /// Dialog batches this node (as the leader) proposes, waiting for the next gathering.
     gather: mpsc::Sender<gather::Gathered>,
@@ -325,6 +328,7 @@ impl Pool {
             clients: Mutex::new(HashMap::new()),
             dialer,
             forwarders: Mutex::new(HashMap::new()),
+            trying_peers: std::sync::RwLock::new(std::collections::BTreeSet::new()),
             dialogs,
             gather,
             dialogs_pending: watch::Sender::new(0),

@@ -46,6 +46,22 @@ pub trait ShardOwnership: Send + Sync + 'static {
     }
 }
 
+/// What travels with a forwarded message besides its bytes, source and transport.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardMeta {
+    /// W3C trace context of the forwarding node's span.
+    pub traceparent: Option<String>,
+    /// A new-call INVITE that the node which received it from the network answered 100 Trying
+    /// itself: its owner sends none, and sends back ([`Relay::bounce`]) what it cannot take now
+    /// instead of dropping it (the caller, answered 100, does not retransmit).
+    pub trying_sent: bool,
+    /// How many times an owner sent this INVITE back already.
+    pub bounces: u32,
+    /// The message passed the front-door checks of the node that received it from the network
+    /// (medpool-sip's screen), so its receiver need not check those headers again.
+    pub checked: bool,
+}
+
 /// Moving SIP between nodes: a message received here for a shard another node owns goes to that owner,
 /// and the owner's answers to it leave from the node that received it (ARCHITECTURE.md, "The life of a message").
 pub trait Relay: Send + Sync + 'static {
@@ -58,7 +74,7 @@ pub trait Relay: Send + Sync + 'static {
         message: bytes::Bytes,
         source: std::net::SocketAddr,
         transport: &str,
-        traceparent: Option<String>,
+        meta: ForwardMeta,
     ) -> bool;
     /// Hands a message to `owner` as [`Relay::forward`] does, naming `via` as the node that
     /// received it from the network (its answers leave from there): a node passing a message on
@@ -73,10 +89,18 @@ pub trait Relay: Send + Sync + 'static {
         message: bytes::Bytes,
         source: std::net::SocketAddr,
         transport: &str,
-        traceparent: Option<String>,
+        meta: ForwardMeta,
     ) -> bool {
         let _ = via;
-        self.forward(owner, shard, message, source, transport, traceparent)
+        self.forward(owner, shard, message, source, transport, meta)
+    }
+    /// Whether `node` understands a new-call INVITE marked [`ForwardMeta::trying_sent`]: it sends
+    /// no 100 for it and sends back what it cannot take. A node answers 100 to, and marks, only
+    /// the INVITEs it forwards to such a node (a node of the previous version would drop a marked
+    /// INVITE behind its hand-over fence, and its caller no longer retransmits).
+    fn understands_trying(&self, node: u64) -> bool {
+        let _ = node;
+        true
     }
     /// Asks node `via` to send `message` to `dest` from its own socket.
     fn send_via(
@@ -86,6 +110,23 @@ pub trait Relay: Send + Sync + 'static {
         dest: std::net::SocketAddr,
         transport: &str,
     ) -> bool;
+    /// Sends a new-call INVITE back to `via`, the node that received it from `source` and
+    /// answered it 100 Trying: this node cannot take it now; `via` feeds it to itself again later
+    /// (the `bounces`-th time; `checked` as in [`ForwardMeta`]). False when it cannot be sent (the
+    /// call is then lost, as one whose owner died).
+    #[allow(clippy::too_many_arguments)]
+    fn bounce(
+        &self,
+        via: u64,
+        message: bytes::Bytes,
+        source: std::net::SocketAddr,
+        transport: &str,
+        bounces: u32,
+        checked: bool,
+    ) -> bool {
+        let _ = (via, message, source, transport, bounces, checked);
+        false
+    }
 }
 
 /// No other node: nothing is ever forwarded.
@@ -100,7 +141,7 @@ impl Relay for NoRelay {
         _: bytes::Bytes,
         _: std::net::SocketAddr,
         _: &str,
-        _: Option<String>,
+        _: ForwardMeta,
     ) -> bool {
         false
     }

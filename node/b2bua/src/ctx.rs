@@ -16,7 +16,7 @@ use medpool_sip::transport::gate::SourceGate;
 use medpool_sip::transport::{Inbound, Transport};
 use tokio::sync::mpsc;
 
-use crate::cluster::{DialogStore, Relay, ShardOwnership};
+use crate::cluster::{DialogStore, ForwardMeta, Relay, ShardOwnership};
 use crate::config::PoolConfig;
 use crate::gateways::Gateways;
 use crate::recent::Recent;
@@ -107,6 +107,13 @@ pub struct Stats {
     pub setups_handed_over: AtomicU64,
     /// Messages of calls lingering on a shard's previous owner that this node sent on to it.
     pub sent_to_lingering: AtomicU64,
+    /// New-call INVITEs this node received from the network and forwarded, and answered 100
+    /// Trying itself (their owner sends none).
+    pub trying_for_forwarded: AtomicU64,
+    /// New-call INVITEs whose caller another node answered 100 Trying that this node could not
+    /// take (it was taking their shard over, the shard had moved on, its queue was full): sent
+    /// back to that node, which feeds them to itself again (no retransmission comes).
+    pub bounced: AtomicU64,
     /// Actors (calls, gateway probers) that died without stopping cleanly (a panic): their
     /// supervisor and their state's drop gave back what they held.
     pub actors_failed: AtomicU64,
@@ -542,35 +549,89 @@ impl NodeCtx {
             .lock()
             .map_or((0, 0), |seen| (seen.len(), seen.capacity()))
     }
-    pub(crate) fn note_relayed_invite(&self, msg: &SipMessage) {
+    /// Notes a new-call INVITE forwarded to its owner (see `relayed_invites`); true when it is the
+    /// first copy of it seen here (not a retransmission of one still waiting for its final answer).
+    pub(crate) fn note_relayed_invite(&self, msg: &SipMessage) -> bool {
         if msg.method() != Some(Method::Invite) || msg.to_tag().is_some() {
-            return;
+            return false;
         }
         let Some(branch) = msg.top_branch() else {
-            return;
+            return false;
         };
-        if let Ok(mut pending) = self.relayed_invites.lock() {
-            if pending.len() >= RELAY_TRACK_MAX {
-                pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
-                if pending.len() >= RELAY_TRACK_MAX / 2 {
-                    // That many calls in set-up through one node: stop tracking the older ones
-                    // rather than sweep the table on every new call.
-                    pending.clear();
-                }
+        let Ok(mut pending) = self.relayed_invites.lock() else {
+            return false;
+        };
+        if pending.len() >= RELAY_TRACK_MAX {
+            pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
+            if pending.len() >= RELAY_TRACK_MAX / 2 {
+                // That many calls in set-up through one node: stop tracking the older ones
+                // rather than sweep the table on every new call.
+                pending.clear();
             }
-            pending.insert(branch.to_vec(), tokio::time::Instant::now());
         }
+        pending
+            .insert(branch.to_vec(), tokio::time::Instant::now())
+            .is_none()
     }
-    /// Takes a message another node forwarded (false when the queue is full: the peer retransmits).
-    pub fn inject(&self, inbound: Inbound, via: u64, traceparent: Option<String>) -> bool {
+    /// Takes a message another node (`via`) forwarded. False when the queue is full: the peer
+    /// retransmits — except the caller of a new-call INVITE answered 100 Trying by `via`, which
+    /// does not: that INVITE is sent back to `via`, which feeds it to itself again later.
+    pub fn inject(&self, inbound: Inbound, via: u64, meta: ForwardMeta) -> bool {
         let lane = medpool_sip::transport::lanes::lane_of(&inbound.msg, self.forward_tx.len());
-        self.forward_tx[lane]
-            .try_send(Forwarded {
+        let Err(full) = self.forward_tx[lane].try_send(Forwarded {
+            inbound,
+            via: Some(via),
+            meta,
+        }) else {
+            return true;
+        };
+        let f = full.into_inner();
+        f.meta.trying_sent
+            && medpool_sip::transport::is_new_call(&f.inbound.msg)
+            && self.bounce(via, &f.inbound, f.meta.bounces)
+    }
+    /// Sends a new-call INVITE that `via` received and answered 100 Trying back to it: this node
+    /// cannot take it now (counted as `bounced`).
+    pub(crate) fn bounce(&self, via: u64, inb: &Inbound, bounces: u32) -> bool {
+        let sent = self.relay.bounce(
+            via,
+            inb.msg.bytes(),
+            inb.source,
+            inb.transport.as_lower(),
+            bounces.saturating_add(1),
+            inb.msg.is_checked(),
+        );
+        if sent {
+            self.stats.bounced.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+    /// Takes back a new-call INVITE this node received, answered 100 Trying and forwarded, that its
+    /// owner sent back (the `bounces`-th time; it could not take it then): after a pause
+    /// ([`bounce_pause`]) it is fed to this node's dispatcher again, as the caller's
+    /// retransmission would have been (the caller, answered 100, sends none). False when the node
+    /// is not running.
+    pub fn take_back(&self, inbound: Inbound, bounces: u32) -> bool {
+        let lane = medpool_sip::transport::lanes::lane_of(&inbound.msg, self.forward_tx.len());
+        let tx = self.forward_tx[lane].clone();
+        let pause = bounce_pause(self.timers, bounces);
+        let checked = inbound.msg.is_checked();
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            // A full queue here drops it: the node is overloaded (as a caller's retransmission
+            // dropped at a full queue).
+            let _ = tx.try_send(Forwarded {
                 inbound,
-                via,
-                traceparent,
-            })
-            .is_ok()
+                via: None,
+                meta: ForwardMeta {
+                    traceparent: None,
+                    trying_sent: true,
+                    bounces,
+                    checked,
+                },
+            });
+        });
+        true
     }
 
     pub(crate) fn count_inbound(&self, trunk: &str) {
@@ -738,15 +799,33 @@ impl NodeCtx {
     }
 }
 
-/// A message another node received for a shard this node owns.
+/// A message another node received for a shard this node owns, or a new-call INVITE this node
+/// received and forwarded that its owner sent back (see [`NodeCtx::take_back`]).
 #[derive(Debug)]
 pub struct Forwarded {
     /// The message and its original source.
     pub inbound: Inbound,
-    /// The node that received it (answers leave from there).
-    pub via: u64,
-    /// W3C trace context of the forwarding node's span.
-    pub traceparent: Option<String>,
+    /// The node that received it (answers leave from there); `None`: sent back to this node, which
+    /// received it.
+    pub via: Option<u64>,
+    /// What came with it (trace context, whether its caller was answered 100 Trying).
+    pub meta: ForwardMeta,
+}
+
+/// How many times a new-call INVITE answered 100 Trying by the node that received it is sent back
+/// by owners that cannot take it, and fed to that node again, before the node answers it 503: the
+/// pauses ([`bounce_pause`]) add up to ~16 s, half of Timer B, after which the caller's INVITE
+/// would have timed out anyway.
+pub(crate) const MAX_BOUNCES: u32 = 8;
+
+/// The pause before an INVITE sent back the `bounces`-th time is fed again: T1/4, doubling up to
+/// T2 (a caller's retransmissions come at T1, doubling: the owner's reasons — a hand-over fence, a
+/// shard map a few ms behind — usually pass sooner).
+pub(crate) fn bounce_pause(timers: TimerConfig, bounces: u32) -> Duration {
+    let first = timers.t1 / 4;
+    first
+        .saturating_mul(1 << bounces.saturating_sub(1).min(16))
+        .min(timers.t2)
 }
 
 /// The node's timer for what it remembers about calls that are gone: every [`FORGET_TICK`], the

@@ -177,6 +177,7 @@ impl TestNode {
             transport: Transport::Udp,
             via: None,
             traceparent: None,
+            trying_sent: false,
         };
         if msg.is_request() {
             let is_ack = msg.method() == Some(Method::Ack);

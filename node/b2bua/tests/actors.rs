@@ -1076,7 +1076,7 @@ impl medpool_b2bua::cluster::Relay for KeepingRelay {
         message: Bytes,
         _: SocketAddr,
         _: &str,
-        _: Option<String>,
+        _: medpool_b2bua::cluster::ForwardMeta,
     ) -> bool {
         self.forwarded.lock().unwrap().push(message);
         true
@@ -1245,5 +1245,307 @@ async fn with_several_lanes_a_cancel_right_behind_its_invite_finds_its_call() {
             (status, method) => panic!("unexpected {status:?} to {method:?} of {call}"),
         }
     }
+    node.shutdown(Duration::from_secs(1), false).await;
+}
+
+/// A relay that takes every message and keeps what it was asked to do: forwards (with what came
+/// with them), sends through another node, INVITEs sent back.
+#[derive(Default)]
+struct RecordingRelay {
+    forwarded: std::sync::Mutex<Vec<(Bytes, medpool_b2bua::cluster::ForwardMeta)>>,
+    sent_via: std::sync::Mutex<Vec<Bytes>>,
+    bounced: std::sync::Mutex<Vec<(u64, Bytes, u32)>>,
+    /// The other nodes are of the previous version (they do not understand `trying_sent`).
+    old_peers: bool,
+}
+
+impl medpool_b2bua::cluster::Relay for RecordingRelay {
+    fn forward(
+        &self,
+        _: u64,
+        _: u16,
+        message: Bytes,
+        _: SocketAddr,
+        _: &str,
+        meta: medpool_b2bua::cluster::ForwardMeta,
+    ) -> bool {
+        self.forwarded.lock().unwrap().push((message, meta));
+        true
+    }
+    fn send_via(&self, _: u64, message: Bytes, _: SocketAddr, _: &str) -> bool {
+        self.sent_via.lock().unwrap().push(message);
+        true
+    }
+    fn understands_trying(&self, _: u64) -> bool {
+        !self.old_peers
+    }
+    fn bounce(
+        &self,
+        via: u64,
+        message: Bytes,
+        _: SocketAddr,
+        _: &str,
+        bounces: u32,
+        _: bool,
+    ) -> bool {
+        self.bounced.lock().unwrap().push((via, message, bounces));
+        true
+    }
+}
+
+/// Waits (in virtual time) until `cond` holds; panics with `what` after `within`.
+async fn until(within: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A message as another node hands it over: parsed, from `source` over UDP.
+fn arrived(bytes: Bytes, source: SocketAddr) -> medpool_sip::transport::Inbound {
+    medpool_sip::transport::Inbound {
+        msg: SipMessage::parse(bytes).unwrap(),
+        source,
+        transport: medpool_sip::transport::Transport::Udp,
+        tls: None,
+    }
+}
+
+fn statuses(sent: &[Bytes]) -> Vec<u16> {
+    sent.iter()
+        .filter_map(|b| SipMessage::parse(b.clone()).ok()?.status())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_node_a_new_call_reaches_answers_it_100_and_forwards_it_marked_so() {
+    let relay = Arc::new(RecordingRelay::default());
+    let node = start_with(
+        "127.0.187.31:5060",
+        187,
+        Arc::new(OwnsNothing),
+        Arc::new(SingleNode::new(1024)),
+        relay.clone(),
+    )
+    .await;
+    let caller = Peer::bind("127.0.187.1:5071").await;
+    let inv = invite(caller.addr(), "try1");
+    caller.send(&inv, node.sip_addr).await;
+    let (trying, from) = caller
+        .expect(Expect::Status(100), Duration::from_secs(1))
+        .await;
+    assert_eq!(
+        from, node.sip_addr,
+        "the 100 leaves from the node the INVITE reached"
+    );
+    assert_eq!(trying.call_id().unwrap().unwrap(), b"try1");
+    {
+        let fwd = relay.forwarded.lock().unwrap();
+        assert_eq!(fwd.len(), 1, "the INVITE was not forwarded");
+        assert!(
+            fwd[0].1.trying_sent,
+            "the owner was not told the caller has its 100"
+        );
+        assert_eq!(fwd[0].1.bounces, 0);
+    }
+    // A retransmission is forwarded again (the owner's transaction absorbs it), not answered 100
+    // again here (a late second 100 could follow the owner's 180).
+    caller.send(&inv, node.sip_addr).await;
+    until(
+        Duration::from_secs(1),
+        "the retransmission was not forwarded",
+        || relay.forwarded.lock().unwrap().len() == 2,
+    )
+    .await;
+    assert!(relay.forwarded.lock().unwrap()[1].1.trying_sent);
+    // A request in a dialog is forwarded unmarked and answered nothing here.
+    let mut bye = MessageBuilder::request_method(Method::Bye, b"sip:x@127.0.187.31");
+    bye.header(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP {};branch=z9hG4bK-bye1", caller.addr()).as_bytes(),
+    )
+    .header(HeaderName::From, b"<sip:alice@x>;tag=a-try1")
+    .header(HeaderName::To, b"<sip:+15550100@127.0.0.1>;tag=mp-b")
+    .header(HeaderName::CallId, b"try1")
+    .header(HeaderName::CSeq, b"2 BYE");
+    caller.send(&bye.build(), node.sip_addr).await;
+    until(Duration::from_secs(1), "the BYE was not forwarded", || {
+        relay.forwarded.lock().unwrap().len() == 3
+    })
+    .await;
+    assert!(!relay.forwarded.lock().unwrap()[2].1.trying_sent);
+    assert!(
+        caller.recv(Duration::from_millis(300)).await.is_none(),
+        "the node answered a forwarded in-dialog request itself"
+    );
+    assert_eq!(
+        node.ctx
+            .stats
+            .trying_for_forwarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    node.shutdown(Duration::from_secs(1), false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_owner_of_a_forwarded_new_call_sends_100_only_when_the_first_node_did_not() {
+    let relay = Arc::new(RecordingRelay::default());
+    let pool = Arc::new(SingleNode::new(1024));
+    let node = start_with("127.0.187.32:5060", 187, pool.clone(), pool, relay.clone()).await;
+    let gw1 = Peer::bind("127.0.187.21:5060").await;
+    let caller: SocketAddr = "127.0.187.1:5073".parse().unwrap();
+    // The node's socket has done I/O (its first probe went out) before it sends on its own: with
+    // time paused, a socket the runtime has not polled yet reports itself busy.
+    let _ = gw1.recv(Duration::from_millis(1500)).await;
+    // Marked: the node it reached answered 100; only the gateway's 180 goes back through it.
+    let meta = medpool_b2bua::cluster::ForwardMeta {
+        trying_sent: true,
+        ..Default::default()
+    };
+    assert!(
+        node.ctx
+            .inject(arrived(invite(caller, "own1"), caller), 7, meta)
+    );
+    let (inv_b, from) = gw1
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    gw1.respond(&inv_b, 180, "g1", from, None).await;
+    until(Duration::from_secs(1), "the 180 was not sent back", || {
+        statuses(&relay.sent_via.lock().unwrap()).contains(&180)
+    })
+    .await;
+    assert_eq!(
+        statuses(&relay.sent_via.lock().unwrap()),
+        vec![180],
+        "the owner sent a 100 for an INVITE the first node answered 100"
+    );
+    // Unmarked (a node of the previous version forwarded it): the owner answers 100 itself.
+    relay.sent_via.lock().unwrap().clear();
+    assert!(node.ctx.inject(
+        arrived(invite(caller, "own2"), caller),
+        7,
+        medpool_b2bua::cluster::ForwardMeta::default()
+    ));
+    until(
+        Duration::from_secs(1),
+        "no 100 for an unmarked INVITE",
+        || statuses(&relay.sent_via.lock().unwrap()).contains(&100),
+    )
+    .await;
+    node.shutdown(Duration::from_secs(1), false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invite_answered_100_elsewhere_is_sent_back_not_dropped_and_fed_again_there() {
+    let relay = Arc::new(RecordingRelay::default());
+    let node = start_with(
+        "127.0.187.33:5060",
+        187,
+        Arc::new(OwnsNothing),
+        Arc::new(SingleNode::new(1024)),
+        relay.clone(),
+    )
+    .await;
+    let caller = Peer::bind("127.0.187.1:5072").await;
+    // Forwarded here, but the shard is node 1's (it moved on): unmarked, it is dropped for its
+    // caller to retransmit; marked, its caller will not, so it goes back to the node it reached.
+    let marked = medpool_b2bua::cluster::ForwardMeta {
+        trying_sent: true,
+        ..Default::default()
+    };
+    assert!(node.ctx.inject(
+        arrived(invite(caller.addr(), "bnc0"), caller.addr()),
+        5,
+        medpool_b2bua::cluster::ForwardMeta::default()
+    ));
+    assert!(node.ctx.inject(
+        arrived(invite(caller.addr(), "bnc1"), caller.addr()),
+        5,
+        marked
+    ));
+    until(
+        Duration::from_secs(1),
+        "the marked INVITE was not sent back",
+        || !relay.bounced.lock().unwrap().is_empty(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    {
+        let back = relay.bounced.lock().unwrap();
+        assert_eq!(back.len(), 1, "the unmarked INVITE was sent back too");
+        assert_eq!(
+            back[0].0, 5,
+            "sent back to another node than the one it reached"
+        );
+        assert_eq!(back[0].2, 1);
+        let m = SipMessage::parse(back[0].1.clone()).unwrap();
+        assert_eq!(m.call_id().unwrap().unwrap(), b"bnc1");
+    }
+    // The node it reached takes it back: after a pause it forwards it again (counted), without a
+    // second 100 to the caller.
+    assert!(
+        node.ctx
+            .take_back(arrived(invite(caller.addr(), "bnc2"), caller.addr()), 1)
+    );
+    until(
+        Duration::from_secs(2),
+        "an INVITE taken back was not forwarded again",
+        || !relay.forwarded.lock().unwrap().is_empty(),
+    )
+    .await;
+    {
+        let fwd = relay.forwarded.lock().unwrap();
+        assert!(fwd[0].1.trying_sent);
+        assert_eq!(fwd[0].1.bounces, 1);
+    }
+    assert!(
+        caller.recv(Duration::from_millis(300)).await.is_none(),
+        "an INVITE taken back was answered again"
+    );
+    // Sent back more than MAX_BOUNCES (8) times: the caller is told to come back.
+    assert!(
+        node.ctx
+            .take_back(arrived(invite(caller.addr(), "bnc3"), caller.addr()), 9)
+    );
+    caller
+        .expect(Expect::Status(503), Duration::from_secs(10))
+        .await;
+    node.shutdown(Duration::from_secs(1), false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invite_for_an_owner_of_the_previous_version_goes_unmarked_and_unanswered_here() {
+    let relay = Arc::new(RecordingRelay {
+        old_peers: true,
+        ..RecordingRelay::default()
+    });
+    let node = start_with(
+        "127.0.187.34:5060",
+        187,
+        Arc::new(OwnsNothing),
+        Arc::new(SingleNode::new(1024)),
+        relay.clone(),
+    )
+    .await;
+    let caller = Peer::bind("127.0.187.1:5074").await;
+    caller
+        .send(&invite(caller.addr(), "old1"), node.sip_addr)
+        .await;
+    until(
+        Duration::from_secs(1),
+        "the INVITE was not forwarded",
+        || !relay.forwarded.lock().unwrap().is_empty(),
+    )
+    .await;
+    assert!(
+        !relay.forwarded.lock().unwrap()[0].1.trying_sent,
+        "marked for an owner that would not understand it"
+    );
+    assert!(
+        caller.recv(Duration::from_millis(300)).await.is_none(),
+        "answered 100 here although the owner (of the previous version) answers it too"
+    );
     node.shutdown(Duration::from_secs(1), false).await;
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use medpool_b2bua::cluster::{DialogRecord, DialogStore, Relay, ShardOwnership};
+use medpool_b2bua::cluster::{DialogRecord, DialogStore, ForwardMeta, Relay, ShardOwnership};
 use medpool_b2bua::node::NodeCtx;
 use medpool_cluster::pool::{Pool, PoolSink};
 use medpool_proto::cluster::SipForward;
@@ -99,7 +99,7 @@ impl Relay for PoolAdapter {
         message: Bytes,
         source: SocketAddr,
         transport: &str,
-        traceparent: Option<String>,
+        meta: ForwardMeta,
     ) -> bool {
         self.forward_for(
             self.pool.node_id(),
@@ -108,7 +108,7 @@ impl Relay for PoolAdapter {
             message,
             source,
             transport,
-            traceparent,
+            meta,
         )
     }
     fn forward_for(
@@ -119,7 +119,7 @@ impl Relay for PoolAdapter {
         message: Bytes,
         source: SocketAddr,
         transport: &str,
-        traceparent: Option<String>,
+        meta: ForwardMeta,
     ) -> bool {
         self.pool.forward(
             owner,
@@ -129,8 +129,13 @@ impl Relay for PoolAdapter {
                 transport: transport.to_owned(),
                 shard: u32::from(shard),
                 via_node: via,
-                traceparent: traceparent.unwrap_or_default(),
+                traceparent: meta.traceparent.unwrap_or_default(),
                 send: false,
+                trying_sent: meta.trying_sent,
+                bounce: false,
+                bounces: meta.bounces,
+                checked: meta.checked,
+                understands_trying: true,
             },
         )
     }
@@ -145,6 +150,36 @@ impl Relay for PoolAdapter {
                 via_node: self.pool.node_id(),
                 traceparent: String::new(),
                 send: true,
+                understands_trying: true,
+                ..SipForward::default()
+            },
+        )
+    }
+    fn understands_trying(&self, node: u64) -> bool {
+        self.pool.understands_trying(node)
+    }
+    fn bounce(
+        &self,
+        via: u64,
+        message: Bytes,
+        source: SocketAddr,
+        transport: &str,
+        bounces: u32,
+        checked: bool,
+    ) -> bool {
+        self.pool.forward(
+            via,
+            SipForward {
+                message: message.to_vec(),
+                peer: source.to_string(),
+                transport: transport.to_owned(),
+                via_node: self.pool.node_id(),
+                trying_sent: true,
+                bounce: true,
+                bounces,
+                checked,
+                understands_trying: true,
+                ..SipForward::default()
             },
         )
     }
@@ -173,19 +208,33 @@ impl PoolSink for NodeSink {
             node.relayed_answer(&bytes);
             return node.transports.send_now(transport, peer, bytes).is_ok();
         }
-        match SipMessage::parse(Bytes::from(msg.message)) {
-            Ok(m) => node.inject(
-                Inbound {
-                    msg: m,
-                    source: peer,
-                    transport,
-                    tls: None,
-                },
-                msg.via_node,
-                (!msg.traceparent.is_empty()).then_some(msg.traceparent),
-            ),
-            Err(_) => false,
+        let Ok(mut m) = SipMessage::parse(Bytes::from(msg.message)) else {
+            return false;
+        };
+        if msg.checked {
+            // The node that received these bytes from the network passed them through its door.
+            m.vouched_checked();
         }
+        let inbound = Inbound {
+            msg: m,
+            source: peer,
+            transport,
+            tls: None,
+        };
+        if msg.bounce {
+            // A new-call INVITE this node forwarded, sent back by its owner.
+            return node.take_back(inbound, msg.bounces);
+        }
+        node.inject(
+            inbound,
+            msg.via_node,
+            ForwardMeta {
+                traceparent: (!msg.traceparent.is_empty()).then_some(msg.traceparent),
+                trying_sent: msg.trying_sent,
+                bounces: msg.bounces,
+                checked: msg.checked,
+            },
+        )
     }
     fn adopted(&self, shards: Vec<u16>) {
         let Some(node) = self.node.get().cloned() else {

@@ -1,5 +1,6 @@
 //! Setting a call up, the caller's side: the call built from the caller's INVITE and made reachable
-//! before its actor runs, its start (100, the route, the first gateway), the answers to the caller
+//! before its actor runs, its start (100 unless the node that received the INVITE sent it, the
+//! route, the first gateway), the answers to the caller
 //! (relayed or local), the caller's CANCEL, and the 2xx sent again until the caller ACKs it. The
 //! gateway attempts are `attempts.rs`, their answers `invite_answers.rs`.
 
@@ -237,8 +238,10 @@ pub(super) fn start(st: &mut Call, myself: &ActorRef<DialogMsg>) {
         shard: st.shard,
         trunk: st.inbound.name.clone(),
     });
-    // 100 Trying at once (RFC 3261 §16.2 practice for a B2BUA: stops the caller's retransmissions).
-    if let Some(inv) = st.a_invite.clone() {
+    // 100 Trying at once (RFC 3261 §16.2 practice for a B2BUA: stops the caller's retransmissions),
+    // unless the pool node that received the INVITE from the network sent it already (it forwarded
+    // the INVITE here): 100 is hop by hop, and one from there costs no crossing between nodes.
+    if let Some(inv) = st.a_invite.clone().filter(|e| !e.trying_sent) {
         let trying = local_response(&inv, 100, None, &[]);
         st.respond_a(100, trying);
     }

@@ -12,6 +12,7 @@ use medpool_sip::{Method, ids};
 use tokio::sync::{mpsc, watch};
 
 use super::core_events::handle_core;
+use crate::cluster::ForwardMeta;
 use crate::ctx::{Forwarded, NodeCtx};
 use crate::dialog::leg::local_response;
 use crate::ingress::{Arrival, Ingress, Ownership, ingress, real_source, unowned};
@@ -61,7 +62,8 @@ pub(super) async fn dispatch(
             Some(ev) = core_rx.recv() => handle_core(&ctx, ev).await,
             Some(f) = forwarded.recv() => {
                 let began = tokio::time::Instant::now();
-                feed(&ctx, &transports, f.inbound, Some(f.via), f.traceparent, None).await;
+                let origin = Origin { via: f.via, meta: f.meta, taken_back: f.via.is_none() };
+                feed(&ctx, &transports, f.inbound, origin, None).await;
                 while let Ok(ev) = core_rx.try_recv() {
                     handle_core(&ctx, ev).await;
                 }
@@ -70,7 +72,7 @@ pub(super) async fn dispatch(
             Some(inb) = inbound.recv() => {
                 let began = tokio::time::Instant::now();
                 ctx.stats.stages.queue_depth.observe_count(inbound.len());
-                feed(&ctx, &transports, inb, None, None, None).await;
+                feed(&ctx, &transports, inb, Origin::default(), None).await;
                 // Requests the transaction layer just passed up are handled before the next message, so
                 // a CANCEL never overtakes the INVITE it cancels.
                 while let Ok(ev) = core_rx.try_recv() {
@@ -80,7 +82,7 @@ pub(super) async fn dispatch(
             }
             Some((port, inb)) = arrivals.rx.recv() => {
                 let on = arrivals.transports.get(&port).unwrap_or(&transports);
-                feed(&ctx, on, inb, None, None, Some(port)).await;
+                feed(&ctx, on, inb, Origin::default(), Some(port)).await;
                 while let Ok(ev) = core_rx.try_recv() {
                     handle_core(&ctx, ev).await;
                 }
@@ -106,6 +108,7 @@ async fn answer(
                 transport: inb.transport,
                 via,
                 traceparent: None,
+                trying_sent: false,
             };
             ctx.relay
                 .send_via(node, bytes, env.reply_peer(), inb.transport.as_lower());
@@ -116,20 +119,37 @@ async fn answer(
     }
 }
 
+/// Where a message handed to [`feed`] comes from, besides its socket.
+#[derive(Debug, Default)]
+struct Origin {
+    /// The pool node that received it from the network, when another node forwarded it here.
+    via: Option<u64>,
+    /// What came with it from that node.
+    meta: ForwardMeta,
+    /// A new-call INVITE this node received, answered 100 Trying and forwarded, sent back by its
+    /// owner (which could not take it then): its source was checked when it first came in.
+    taken_back: bool,
+}
+
 /// Takes one message received on the main listener (`port` `None`) or a trunk port, or forwarded
-/// by another node of the pool (`via`), `transports` being those it arrived on.
+/// by another node of the pool (`origin.via`), `transports` being those it arrived on.
 async fn feed(
     ctx: &Arc<NodeCtx>,
     transports: &Transports,
     mut inb: Inbound,
-    via: Option<u64>,
-    traceparent: Option<String>,
+    origin: Origin,
     port: Option<u16>,
 ) {
+    let Origin {
+        via,
+        meta,
+        taken_back,
+    } = origin;
+    let traceparent = meta.traceparent.clone();
     let config = ctx.config();
     // Through a trusted L7 forwarder, the port a message reached is the forwarder's choice.
-    let direct = via.is_none() && !ctx.trusted_forwarders.contains(&inb.source.ip());
-    if via.is_none() {
+    let direct = via.is_none() && !taken_back && !ctx.trusted_forwarders.contains(&inb.source.ip());
+    if via.is_none() && !taken_back {
         inb.source = real_source(&inb.msg, inb.source, &ctx.trusted_forwarders);
     }
     // Peers are checked by the node that received the message; forwarded messages were checked there.
@@ -139,6 +159,7 @@ async fn feed(
     // A trunk that requires a client certificate is only itself over TLS (the TLS door checked the
     // certificate); its address over UDP or TCP, or named by a forwarder, is not enough.
     let known = via.is_some()
+        || taken_back
         || ctx
             .dns
             .trunk_for_source(&config, inb.source.ip(), inb.source.port())
@@ -190,15 +211,25 @@ async fn feed(
         && !arrival.own_answer
         && let Some(holder) = lingering_holder(ctx, &inb, shard, me)
     {
-        if ctx.relay.forward_for(
+        // A new-call INVITE of a call the holder sets up is a retransmission (its first copy came
+        // before the hand-over and was answered then): no 100 from here, the holder's transaction
+        // absorbs it. Marked as it came (the holder sends no 100 for a marked one either).
+        let trying_sent = arrival.new_call && (taken_back || (via.is_some() && meta.trying_sent));
+        let sent = ctx.relay.forward_for(
             via.unwrap_or(me),
             holder,
             shard,
             inb.msg.bytes(),
             inb.source,
             transport_name(&inb),
-            traceparent.clone(),
-        ) {
+            ForwardMeta {
+                traceparent: traceparent.clone(),
+                trying_sent,
+                bounces: meta.bounces,
+                checked: inb.msg.is_checked(),
+            },
+        );
+        if sent {
             ctx.stats.sent_to_lingering.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -221,8 +252,22 @@ async fn feed(
         }
     };
     let mut decision = ingress(&arrival, config.node.unknown_source, &ownership);
+    // Sent back too often: its owners could not take it for ~16 s; the caller is told to come back.
+    if taken_back && meta.bounces > crate::ctx::MAX_BOUNCES && decision != Ingress::HandleHere {
+        decision = Ingress::Refuse503;
+    }
     if let Ingress::ForwardTo(owner) = decision {
-        if forward(ctx, &inb, shard, owner) {
+        // 100 Trying from here, the owner sending none (one crossing less a call), when the owner
+        // understands it. An INVITE taken back had its 100 when it first came in.
+        let trying_sent = arrival.new_call && (taken_back || ctx.relay.understands_trying(owner));
+        if let Some(first_copy) = forward(ctx, &inb, shard, owner, meta.bounces, trying_sent) {
+            // Only the first copy: a 100 for a retransmission could reach the caller after the
+            // owner's 18x (a strict caller takes that for an unexpected message). A caller whose
+            // first 100 was lost retransmits until the owner's first 18x, each copy absorbed by
+            // the owner's transaction.
+            if trying_sent && !taken_back && first_copy {
+                send_trying(ctx, transports, &inb).await;
+            }
             return;
         }
         // The owner's queue is full or it cannot be reached (it is restarting: its connection is
@@ -236,6 +281,20 @@ async fn feed(
             unowned(&arrival, &ownership)
         };
     }
+    // A new-call INVITE whose caller was answered 100 (by the node that forwarded it here, or by
+    // this node, which took it back from its owner) is not retransmitted: what would be dropped or
+    // held, waiting for a retransmission, goes back to that node to be fed again later.
+    let answered_100 = arrival.new_call && (taken_back || (via.is_some() && meta.trying_sent));
+    if answered_100 && matches!(decision, Ingress::Drop | Ingress::HoldForHandOver) {
+        let back = match via {
+            Some(v) => ctx.bounce(v, &inb, meta.bounces),
+            None => ctx.take_back(inb, meta.bounces.saturating_add(1)),
+        };
+        if !back {
+            ctx.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
     match decision {
         Ingress::HandleHere => {}
         Ingress::ForwardTo(_) | Ingress::Drop => return,
@@ -246,6 +305,7 @@ async fn feed(
                 transport: inb.transport,
                 via: None,
                 traceparent: traceparent.clone(),
+                trying_sent: false,
             };
             let bytes = local_response(&env, 403, Some(&ids::new_tag(0)), &[]);
             answer(ctx, transports, &inb, None, bytes).await;
@@ -276,6 +336,9 @@ async fn feed(
             transport: inb.transport,
             via,
             traceparent: traceparent.clone(),
+            // Its caller has its 100 (from the node that forwarded it, or from here when it was
+            // taken back): the call sends none.
+            trying_sent: arrival.new_call && (taken_back || (via.is_some() && meta.trying_sent)),
         };
         if ctx.driver.on_request(key, is_ack, env, reliable).is_err()
             && medpool_sip::transport::is_new_call(&inb.msg)
@@ -293,7 +356,8 @@ async fn feed(
             peer: inb.source,
             transport: inb.transport,
             via,
-            traceparent: traceparent.clone(),
+            traceparent,
+            trying_sent: false,
         };
         ctx.driver.on_response(key, status, env);
     }
@@ -338,8 +402,37 @@ fn lingering_holder(ctx: &NodeCtx, inb: &Inbound, shard: u16, me: u64) -> Option
     (!known_here).then_some(holder)
 }
 
-/// Hands a message to the owner of its shard; false when it cannot be delivered.
-fn forward(ctx: &NodeCtx, inb: &Inbound, shard: u16, owner: u64) -> bool {
+/// Answers a new-call INVITE this node received from the network and handed to another node
+/// 100 Trying (RFC 3261 §8.2.6.1: hop by hop, it stops the caller's retransmissions), from the
+/// socket or connection it came in on; the node handling it sends none. Only its first copy (see
+/// `feed`).
+async fn send_trying(ctx: &NodeCtx, transports: &Transports, inb: &Inbound) {
+    let env = Envelope {
+        msg: inb.msg.clone(),
+        peer: inb.source,
+        transport: inb.transport,
+        via: None,
+        traceparent: None,
+        trying_sent: false,
+    };
+    let trying = local_response(&env, 100, None, &[]);
+    ctx.stats
+        .trying_for_forwarded
+        .fetch_add(1, Ordering::Relaxed);
+    let _ = transports.send_response(inb, trying).await;
+}
+
+/// Hands a message to the owner of its shard (marked `trying_sent`: a new-call INVITE answered 100
+/// Trying here; `bounces`: how many times its owners sent it back); `None` when it cannot be
+/// delivered, else whether it is the first copy of a new-call INVITE forwarded from here.
+fn forward(
+    ctx: &NodeCtx,
+    inb: &Inbound,
+    shard: u16,
+    owner: u64,
+    bounces: u32,
+    trying_sent: bool,
+) -> Option<bool> {
     let t = inb.transport.as_lower();
     // A short span on the receiving node; the owner's spans continue its trace.
     let span = tracing::info_span!(
@@ -355,15 +448,19 @@ fn forward(ctx: &NodeCtx, inb: &Inbound, shard: u16, owner: u64) -> bool {
         owner,
         node = ctx.shards.node_id(),
     );
-    let tp = crate::trace::traceparent(&span);
+    let meta = ForwardMeta {
+        traceparent: crate::trace::traceparent(&span),
+        trying_sent,
+        bounces,
+        checked: inb.msg.is_checked(),
+    };
     if ctx
         .relay
-        .forward(owner, shard, inb.msg.bytes(), inb.source, t, tp)
+        .forward(owner, shard, inb.msg.bytes(), inb.source, t, meta)
     {
         ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        ctx.note_relayed_invite(&inb.msg);
-        true
+        Some(ctx.note_relayed_invite(&inb.msg))
     } else {
-        false
+        None
     }
 }

@@ -23,6 +23,10 @@ pub struct Envelope {
     pub via: Option<u64>,
     /// W3C trace context the message arrived with (set on forwarded messages).
     pub traceparent: Option<String>,
+    /// A new-call INVITE the pool node that received it from the network answered 100 Trying
+    /// itself (when it forwarded it here, or took it back from an owner that could not take it):
+    /// its call sends none.
+    pub trying_sent: bool,
 }
 
 impl Envelope {
@@ -40,6 +44,7 @@ impl Envelope {
                 transport,
                 via: None,
                 traceparent: None,
+                trying_sent: false,
             }),
             Err(e) => {
                 tracing::error!(error = %e, "built an unparseable message");

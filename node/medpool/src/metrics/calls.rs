@@ -63,6 +63,18 @@ pub(super) fn encode(e: &mut DescriptorEncoder<'_>, ctx: &NodeCtx) -> Result<(),
     )?;
     counter(
         e,
+        "medpool_trying_for_forwarded",
+        "New-call INVITEs forwarded to their shard's owner that this node answered 100 Trying itself",
+        &one(s.trying_for_forwarded.load(Relaxed)),
+    )?;
+    counter(
+        e,
+        "medpool_bounced_invites",
+        "New-call INVITEs another node answered 100 Trying that this node could not take, sent back to it",
+        &one(s.bounced.load(Relaxed)),
+    )?;
+    counter(
+        e,
         "medpool_refused_sources",
         "Requests from addresses that are no configured trunk",
         &one(s.refused_sources.load(Relaxed)),

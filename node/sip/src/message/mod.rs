@@ -298,6 +298,14 @@ impl SipMessage {
         self.checked = true;
     }
 
+    /// Marks a message whose exact bytes another node of the pool received and passed through
+    /// its own door's checks, as that node says (the `checked` flag of a forward between pool
+    /// nodes): its views are not re-checked here either. Only for bytes a pool node vouches for;
+    /// anything from the network goes through the screen.
+    pub fn vouched_checked(&mut self) {
+        self.checked = true;
+    }
+
     /// The Call-ID (whitespace trimmed; must be non-empty and without inner whitespace).
     pub fn call_id(&self) -> Option<Result<&[u8], headers::HeaderError>> {
         self.header(HeaderName::CallId).map(headers::parse_call_id)

@@ -1,0 +1,155 @@
+//! A two-node pool with real processes and SIPp: calls sent to node 1 whose shards node 0 owns are
+//! forwarded to node 0; each caller gets exactly one 100 Trying, sent by node 1 (the node its INVITE
+//! reached) once node 1 has learnt from node 0's answers that node 0 understands the mark; node 0
+//! sends no 100 back across for those, which its `forward_out` counter shows. Addresses: 127.0.187.x.
+
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+
+/// `name value` of the metric lines (labels kept as written, `{}` dropped).
+fn metrics(addr: &str) -> BTreeMap<String, f64> {
+    let text = scrape(addr);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.replace("{}", ""), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn get(m: &BTreeMap<String, f64>, name: &str) -> u64 {
+    m.get(name).copied().unwrap_or(0.0) as u64
+}
+
+#[test]
+fn a_forwarded_call_gets_one_100_from_the_node_it_reached_and_none_crosses_back() {
+    let n = 187;
+    let dir = TestDir::new("forward-trying");
+    let raft0 = format!("127.0.{n}.1:7000");
+    let metrics0 = format!("127.0.{n}.1:9100");
+    let metrics1 = format!("127.0.{n}.2:9100");
+    let cfg = PoolSpec::new(n).toml();
+    let node0 = MedpoolNode::start_with(
+        &dir,
+        n,
+        &cfg,
+        &[
+            "--shutdown-grace",
+            "3",
+            "--raft-listen",
+            &raft0,
+            "--node-id",
+            "0",
+            "--metrics-listen",
+            &metrics0,
+        ],
+    );
+    let dir1 = TestDir::new("forward-trying-1");
+    let node1 = {
+        let sip1 = format!("127.0.{n}.2:5060");
+        let raft1 = format!("127.0.{n}.2:7000");
+        let args = [
+            "--shutdown-grace",
+            "3",
+            "--raft-listen",
+            &raft1,
+            "--node-id",
+            "1",
+            "--join",
+            &raft0,
+            "--metrics-listen",
+            &metrics1,
+        ];
+        MedpoolNode::start_at(&dir1, n, &sip1, &cfg, &args, &[])
+    };
+    let _gw1 = gateway(&dir, n, 1, "uas_answer.xml");
+    let _gw2 = gateway(&dir, n, 2, "uas_answer.xml");
+    let formed = wait_until(Duration::from_secs(15), || {
+        node0.log().contains("shards released") || node1.log().contains("shards adopted")
+    });
+    assert!(
+        formed,
+        "the pool did not form:\n{}\n{}",
+        node0.log(),
+        node1.log()
+    );
+    sleep_ms(1500);
+    let calls = 24;
+    let mut uac = Sipp::uac(
+        "caller",
+        "uac_call.xml",
+        &node_ip(n),
+        5070,
+        &format!("127.0.{n}.2:5060"),
+    )
+    .calls(calls)
+    .rate(8)
+    .hold_ms(200)
+    .spawn(&dir);
+    let out = uac.wait(Duration::from_secs(60));
+    assert!(
+        out.success(),
+        "{}\n--- node0\n{}\n--- node1\n{}",
+        out.report,
+        node0.log(),
+        node1.log()
+    );
+    // Every call: exactly one 100 Trying.
+    let mut trying: BTreeMap<String, usize> = BTreeMap::new();
+    for c in uac.calls_sent() {
+        trying.insert(c, 0);
+    }
+    for m in uac.messages() {
+        if m.received && m.status() == Some(100) {
+            *trying.entry(m.call_id).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(trying.len(), calls as usize, "{trying:?}");
+    assert!(
+        trying.values().all(|&k| k == 1),
+        "not exactly one 100 per call: {trying:?}"
+    );
+    sleep_ms(500);
+    let m0 = metrics(&metrics0);
+    let m1 = metrics(&metrics1);
+    // Node 0 took the calls node 1 forwarded (node 1 took the rest itself).
+    let forwarded = get(&m0, "medpool_calls_started_total");
+    let answered_here = get(&m1, "medpool_trying_for_forwarded_total");
+    let out0 = get(&m0, "medpool_pool_stage_runs_total{stage=\"forward_out\"}");
+    let in1 = get(&m1, "medpool_pool_stage_runs_total{stage=\"forward_in\"}");
+    let retrans0 = get(&m0, "medpool_sip_retransmissions_total");
+    let report = format!(
+        "forwarded calls {forwarded}, 100s sent by node 1 for them {answered_here}, \
+         node 0 forward_out {out0}, node 1 forward_in {in1}, node 0 retransmissions {retrans0}"
+    );
+    assert!(
+        forwarded >= 2 && forwarded < u64::from(calls),
+        "about half the calls should be node 0's: {report}"
+    );
+    // Only INVITEs forwarded before node 1 heard from node 0 go unmarked (node 0 answers those
+    // 100 itself); at 8 calls a second, the first answer is back before the second call.
+    assert!(
+        answered_here >= 1 && answered_here + 2 >= forwarded,
+        "node 1 did not answer the forwarded INVITEs 100: {report}"
+    );
+    // What node 0 sends back across: the 180 and the 200 of each forwarded call and the 200 to
+    // its BYE (the caller sends ACK and BYE to node 1 too), a 100 only for the unmarked INVITEs,
+    // and any retransmission. Before the 100 moved to node 1, every forwarded call sent four.
+    assert_eq!(in1, out0, "{report}");
+    let expected = 3 * forwarded + (forwarded - answered_here);
+    assert!(
+        out0 >= expected && out0 <= expected + retrans0,
+        "node 0 sent back other than 180, 200 and the BYE's 200 a call (+ a 100 for each \
+         unmarked INVITE): {report}"
+    );
+    drop(node1);
+    drop(node0);
+}
