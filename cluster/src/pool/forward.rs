@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 use crate::stats::{Rpc, STATS};
 use crate::typ::NodeId;
 
-use super::Pool;
+use super::{Pool, PoolSink};
 
 /// Messages waiting for a peer: when a peer is slow, SIP messages are dropped (and retransmitted by
 /// their senders) rather than queued without limit.
@@ -46,7 +46,7 @@ impl Pool {
                     return false;
                 };
                 let (tx, rx) = mpsc::channel::<SipForward>(QUEUE);
-                tokio::spawn(forwarder(node, c, rx));
+                tokio::spawn(forwarder(node, c, rx, self.sink()));
                 if let Ok(mut f) = self.forwarders.lock() {
                     f.insert(node, tx.clone());
                 }
@@ -100,13 +100,24 @@ fn poll_queue(queue: &Queue, cx: &mut Context<'_>) -> Poll<Option<SipForward>> {
 }
 
 /// Sends what arrives on `rx` to `node`, on a stream while the peer serves one, else unary. Ends
-/// when the pool drops the queue's sender.
-async fn forwarder(node: NodeId, client: ClusterClient<Channel>, rx: mpsc::Receiver<SipForward>) {
+/// when the pool drops the queue's sender. Each break is told to `sink` (the node: what it
+/// forwarded and must not lose, it sends again).
+async fn forwarder(
+    node: NodeId,
+    client: ClusterClient<Channel>,
+    rx: mpsc::Receiver<SipForward>,
+    sink: Option<Arc<dyn PoolSink>>,
+) {
     let queue: Queue = Arc::new(Mutex::new(rx));
     let held = loop {
         match stream_until_broken(node, &client, &queue).await {
             StreamEnd::QueueClosed => return,
-            StreamEnd::Broken => tokio::time::sleep(REOPEN_AFTER).await,
+            StreamEnd::Broken => {
+                if let Some(s) = &sink {
+                    s.forward_lost(node);
+                }
+                tokio::time::sleep(REOPEN_AFTER).await;
+            }
             StreamEnd::Unsupported(first) => break first,
         }
     };

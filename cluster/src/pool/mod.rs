@@ -191,6 +191,11 @@ pub trait PoolSink: Send + Sync + 'static {
     fn lingering_at(&self, holder: NodeId, calls: Vec<(u16, Vec<String>)>) {
         let _ = (holder, calls);
     }
+    /// The stream of forwarded SIP to `peer` broke (the peer restarted or died, the connection
+    /// failed): the messages in it may be lost. Called on each break, from the peer's forwarder.
+    fn forward_lost(&self, peer: NodeId) {
+        let _ = peer;
+    }
 }
 
 /// Why the pool could not start.

@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use medpool_sip::Method;
-use medpool_sip::SipMessage;
 use medpool_sip::transaction::{DriverConfig, TimerConfig};
 use medpool_sip::transport::gate::SourceGate;
 use medpool_sip::transport::{Inbound, Transport};
@@ -20,6 +18,7 @@ use crate::cluster::{DialogStore, ForwardMeta, Relay, ShardOwnership};
 use crate::config::PoolConfig;
 use crate::gateways::Gateways;
 use crate::recent::Recent;
+use crate::relayed::{Kept, RelayedInvites};
 use crate::sources::source_policy;
 use crate::txlayer::{CoreEvent, Registry, SipIo, TxDriver, Wire};
 
@@ -61,15 +60,11 @@ pub enum NodeEvent {
     },
 }
 
-/// How long a forwarded new-call INVITE is waited for at shutdown, at most (Timer B).
-const RELAY_WAIT_MAX: Duration = Duration::from_secs(32);
 /// How many hung-up legs B are remembered at most (see `NodeCtx::leg_hung_up`).
 const HUNG_UP_TRACK_MAX: usize = 65_536;
 /// How often the node lets go of hung-up legs remembered long enough, also when no call comes any
 /// more (see [`forget_old_legs`]).
 const FORGET_TICK: Duration = Duration::from_secs(2);
-/// How many forwarded INVITEs are tracked at most (beyond that, the older ones are not waited for).
-const RELAY_TRACK_MAX: usize = 16_384;
 
 /// Counters of what the node did (exported as metrics by the binary).
 #[derive(Debug, Default)]
@@ -114,6 +109,10 @@ pub struct Stats {
     /// take (it was taking their shard over, the shard had moved on, its queue was full): sent
     /// back to that node, which feeds them to itself again (no retransmission comes).
     pub bounced: AtomicU64,
+    /// New-call INVITEs this node answered 100 and forwarded that it fed to itself again because
+    /// the stream to their owner broke before the owner answered anything
+    /// ([`NodeCtx::refeed_lost_to`]).
+    pub refed: AtomicU64,
     /// Actors (calls, gateway probers) that died without stopping cleanly (a panic): their
     /// supervisor and their state's drop gave back what they held.
     pub actors_failed: AtomicU64,
@@ -305,10 +304,10 @@ pub struct NodeCtx {
     /// answered): only this node can finish them, so a shutdown waits for them.
     pub(crate) unrecorded_calls: std::sync::atomic::AtomicUsize,
     /// New-call INVITEs this node received and forwarded to their shard's owner, whose final answer
-    /// has not come back through it yet (branch → when): the owner's answers leave from this node,
-    /// so a shutdown waits for them (see [`NodeCtx::relayed_answer`]).
-    pub(crate) relayed_invites:
-        std::sync::Mutex<medpool_sip::transaction::FastMap<Vec<u8>, tokio::time::Instant>>,
+    /// has not come back through it yet: the owner's answers leave from this node, so a shutdown
+    /// waits for them (see [`NodeCtx::relayed_answer`]); those whose caller this node answered 100
+    /// are kept to be fed again if the stream to their owner breaks ([`NodeCtx::refeed_lost_to`]).
+    pub(crate) relayed_invites: RelayedInvites,
     /// Legs this node hung up lately, with their call or as orphans, and legs whose call stopped
     /// here because its shard moved (each kept 64*T1 — as long as a gateway resends its 2xx — to
     /// 4/3 of that): a 2xx of theirs that comes again is only ACKed. Held in generations that go
@@ -475,36 +474,41 @@ impl NodeCtx {
     /// a request this node received and forwarded): a final answer to a forwarded new-call INVITE
     /// is no longer waited for.
     pub fn relayed_answer(&self, bytes: &bytes::Bytes) {
-        let Ok(mut pending) = self.relayed_invites.lock() else {
-            return;
-        };
-        // Only a final answer ends a wait: a provisional one (the 100 and 180 of every forwarded
-        // call) is told by its status line, without parsing the message under the lock.
-        if pending.is_empty() || is_provisional(bytes) {
-            return;
-        }
-        if let Ok(m) = SipMessage::parse(bytes.clone())
-            && m.status().is_some_and(|s| s >= 200)
-            && let Some(branch) = m.top_branch()
-            && pending.remove(branch).is_some()
-        {
-            drop(pending);
+        if self.relayed_invites.answered(bytes) {
             self.progressed();
         }
     }
     /// Forwarded new-call INVITEs still waiting for their final answer to come back through this
     /// node (those older than Timer B, 32 s, are forgotten).
     pub fn relayed_pending(&self) -> usize {
-        let Ok(mut pending) = self.relayed_invites.lock() else {
-            return 0;
-        };
-        pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
-        pending.len()
+        self.relayed_invites.pending()
+    }
+    /// Forwarded new-call INVITEs whose caller this node answered 100, kept until their owner's
+    /// first answer (see [`NodeCtx::refeed_lost_to`]).
+    pub fn relayed_kept(&self) -> usize {
+        self.relayed_invites.kept()
     }
     /// When the oldest forwarded INVITE still waited for is forgotten.
     fn relayed_expiry(&self) -> Option<tokio::time::Instant> {
-        let pending = self.relayed_invites.lock().ok()?;
-        pending.values().min().map(|at| *at + RELAY_WAIT_MAX)
+        self.relayed_invites.expiry()
+    }
+    /// The stream of forwarded SIP to `peer` broke: the new-call INVITEs this node answered 100,
+    /// forwarded to it and heard nothing back for may be lost with it, and their callers will not
+    /// retransmit them. Each is fed to this node again (as [`NodeCtx::take_back`]), goes to its
+    /// shard's owner as the shard map says then, and is absorbed as a retransmission by an owner
+    /// that had it. Returns how many (counted as `refed`).
+    pub fn refeed_lost_to(&self, peer: u64) -> usize {
+        let lost = self.relayed_invites.lost_to(peer);
+        let mut n = 0;
+        for k in lost {
+            if let Some(inb) = k.inbound()
+                && self.take_back(inb, k.bounces.saturating_add(1))
+            {
+                n += 1;
+            }
+        }
+        self.stats.refed.fetch_add(n as u64, Ordering::Relaxed);
+        n
     }
     /// Notes a leg B that its call hung up as it ended: a 2xx of it resent afterwards (the gateway
     /// missed our ACK) is only ACKed, not hung up a second time.
@@ -549,29 +553,19 @@ impl NodeCtx {
             .lock()
             .map_or((0, 0), |seen| (seen.len(), seen.capacity()))
     }
-    /// Notes a new-call INVITE forwarded to its owner (see `relayed_invites`); true when it is the
-    /// first copy of it seen here (not a retransmission of one still waiting for its final answer).
-    pub(crate) fn note_relayed_invite(&self, msg: &SipMessage) -> bool {
-        if msg.method() != Some(Method::Invite) || msg.to_tag().is_some() {
-            return false;
-        }
-        let Some(branch) = msg.top_branch() else {
-            return false;
-        };
-        let Ok(mut pending) = self.relayed_invites.lock() else {
-            return false;
-        };
-        if pending.len() >= RELAY_TRACK_MAX {
-            pending.retain(|_, at| at.elapsed() < RELAY_WAIT_MAX);
-            if pending.len() >= RELAY_TRACK_MAX / 2 {
-                // That many calls in set-up through one node: stop tracking the older ones
-                // rather than sweep the table on every new call.
-                pending.clear();
-            }
-        }
-        pending
-            .insert(branch.to_vec(), tokio::time::Instant::now())
-            .is_none()
+    /// Notes a message forwarded to `owner` (see `relayed_invites`): for a new-call INVITE, true
+    /// when it is the first copy of it seen here (not a retransmission of one still waiting for
+    /// its final answer); one whose caller this node answered 100 (`trying_sent`) is kept.
+    pub(crate) fn note_relayed_invite(
+        &self,
+        inb: &Inbound,
+        owner: u64,
+        bounces: u32,
+        trying_sent: bool,
+    ) -> bool {
+        self.relayed_invites.note(&inb.msg, || {
+            trying_sent.then(|| Kept::of(inb, owner, bounces))
+        })
     }
     /// Takes a message another node (`via`) forwarded. False when the queue is full: the peer
     /// retransmits — except the caller of a new-call INVITE answered 100 Trying by `via`, which
@@ -612,6 +606,7 @@ impl NodeCtx {
     /// retransmission would have been (the caller, answered 100, sends none). False when the node
     /// is not running.
     pub fn take_back(&self, inbound: Inbound, bounces: u32) -> bool {
+        self.relayed_invites.release(&inbound.msg);
         let lane = medpool_sip::transport::lanes::lane_of(&inbound.msg, self.forward_tx.len());
         let tx = self.forward_tx[lane].clone();
         let pause = bounce_pause(self.timers, bounces);
@@ -766,7 +761,7 @@ impl NodeCtx {
             draining: AtomicBool::new(false),
             progress: tokio::sync::Notify::new(),
             unrecorded_calls: std::sync::atomic::AtomicUsize::new(0),
-            relayed_invites: std::sync::Mutex::new(Default::default()),
+            relayed_invites: RelayedInvites::default(),
             orphan_legs: std::sync::Mutex::new(Recent::new(
                 settings.timers.t1_x64(),
                 HUNG_UP_TRACK_MAX,
@@ -840,29 +835,5 @@ pub async fn forget_old_legs(ctx: Arc<NodeCtx>, mut stop: tokio::sync::watch::Re
             _ = stop.changed() => return,
             _ = ticks.tick() => ctx.forget_old_legs(),
         }
-    }
-}
-
-/// Whether `bytes` is a SIP response with a 1xx status, read from its status line alone
-/// (`SIP/2.0 1xx ...`); anything else (a final answer, a request, garbage) is not.
-fn is_provisional(bytes: &[u8]) -> bool {
-    bytes
-        .strip_prefix(b"SIP/2.0 ")
-        .and_then(|rest| rest.first())
-        .is_some_and(|c| *c == b'1')
-}
-
-#[cfg(test)]
-mod provisional_tests {
-    use super::is_provisional;
-
-    #[test]
-    fn only_a_1xx_status_line_is_provisional() {
-        assert!(is_provisional(b"SIP/2.0 100 Trying\r\n\r\n"));
-        assert!(is_provisional(b"SIP/2.0 180 Ringing\r\n\r\n"));
-        assert!(!is_provisional(b"SIP/2.0 200 OK\r\n\r\n"));
-        assert!(!is_provisional(b"SIP/2.0 486 Busy Here\r\n\r\n"));
-        assert!(!is_provisional(b"INVITE sip:1@x SIP/2.0\r\n\r\n"));
-        assert!(!is_provisional(b""));
     }
 }

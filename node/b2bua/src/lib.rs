@@ -54,6 +54,7 @@ pub mod latency;
 pub mod media;
 pub mod node;
 pub mod recent;
+pub(crate) mod relayed;
 pub mod routing;
 pub mod sources;
 pub mod srtp;

@@ -1549,3 +1549,84 @@ async fn an_invite_for_an_owner_of_the_previous_version_goes_unmarked_and_unansw
     );
     node.shutdown(Duration::from_secs(1), false).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_invite_answered_100_here_is_fed_again_when_the_stream_to_its_owner_broke() {
+    let relay = Arc::new(RecordingRelay::default());
+    let node = start_with(
+        "127.0.187.35:5060",
+        187,
+        Arc::new(OwnsNothing),
+        Arc::new(SingleNode::new(1024)),
+        relay.clone(),
+    )
+    .await;
+    let caller = Peer::bind("127.0.187.1:5075").await;
+    let inv = invite(caller.addr(), "lost1");
+    caller.send(&inv, node.sip_addr).await;
+    let _ = caller
+        .expect(Expect::Status(100), Duration::from_secs(1))
+        .await;
+    until(
+        Duration::from_secs(1),
+        "the INVITE was not forwarded",
+        || relay.forwarded.lock().unwrap().len() == 1,
+    )
+    .await;
+    assert_eq!(
+        node.ctx.relayed_kept(),
+        1,
+        "the INVITE answered 100 is not kept"
+    );
+    // The stream to another node broke: nothing of this INVITE is fed again.
+    assert_eq!(node.ctx.refeed_lost_to(9), 0);
+    // The stream to its owner (node 1) broke before the owner answered anything: its caller,
+    // answered 100, will not retransmit, so this node feeds it again; it goes to the owner again,
+    // marked, and the caller hears no second 100.
+    assert_eq!(node.ctx.refeed_lost_to(1), 1);
+    assert_eq!(
+        node.ctx.refeed_lost_to(1),
+        0,
+        "fed again twice for one break"
+    );
+    until(
+        Duration::from_secs(2),
+        "the INVITE was not forwarded again",
+        || relay.forwarded.lock().unwrap().len() == 2,
+    )
+    .await;
+    {
+        let fwd = relay.forwarded.lock().unwrap();
+        assert_eq!(fwd[1].0, fwd[0].0, "not the same INVITE");
+        assert!(fwd[1].1.trying_sent, "forwarded again unmarked");
+        assert_eq!(fwd[1].1.bounces, 1);
+    }
+    assert!(
+        caller.recv(Duration::from_millis(300)).await.is_none(),
+        "the caller was answered again"
+    );
+    assert_eq!(
+        node.ctx.relayed_kept(),
+        1,
+        "not kept again once forwarded again"
+    );
+    // The owner answers 180 through this node: it has the INVITE, a later break loses nothing.
+    let ringing = SipMessage::parse(inv.clone()).unwrap();
+    let ringing = response_to(&ringing, 180, b"Ringing", Some("o1"), None).build();
+    node.ctx.relayed_answer(&ringing);
+    assert_eq!(node.ctx.relayed_kept(), 0);
+    assert_eq!(node.ctx.refeed_lost_to(1), 0);
+    assert_eq!(
+        node.ctx.relayed_pending(),
+        1,
+        "a 180 ended the wait for its final answer"
+    );
+    assert_eq!(
+        node.ctx
+            .stats
+            .refed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    node.shutdown(Duration::from_secs(1), false).await;
+}

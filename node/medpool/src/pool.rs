@@ -236,6 +236,19 @@ impl PoolSink for NodeSink {
             },
         )
     }
+    fn forward_lost(&self, peer: u64) {
+        if let Some(node) = self.node.get() {
+            let n = node.refeed_lost_to(peer);
+            if n > 0 {
+                tracing::info!(
+                    peer,
+                    invites = n,
+                    "forward stream broke: new-call INVITEs answered 100 here and not answered by \
+                     their owner are fed again"
+                );
+            }
+        }
+    }
     fn adopted(&self, shards: Vec<u16>) {
         let Some(node) = self.node.get().cloned() else {
             return;

@@ -258,8 +258,13 @@ async fn feed(
     }
     if let Ingress::ForwardTo(owner) = decision {
         // 100 Trying from here, the owner sending none (one crossing less a call), when the owner
-        // understands it. An INVITE taken back had its 100 when it first came in.
-        let trying_sent = arrival.new_call && (taken_back || ctx.relay.understands_trying(owner));
+        // understands it. An INVITE taken back had its 100 when it first came in. Not while this
+        // node stops: it may be gone before the owner's answers come back through it, and a caller
+        // answered 100 would not retransmit (to a node still up, through the Service address); the
+        // owner's own 100 comes back through here only while this node is still up to send it.
+        let trying_sent = arrival.new_call
+            && (taken_back
+                || (!ctx.draining.load(Ordering::Relaxed) && ctx.relay.understands_trying(owner)));
         if let Some(first_copy) = forward(ctx, &inb, shard, owner, meta.bounces, trying_sent) {
             // Only the first copy: a 100 for a retransmission could reach the caller after the
             // owner's 18x (a strict caller takes that for an unexpected message). A caller whose
@@ -459,7 +464,7 @@ fn forward(
         .forward(owner, shard, inb.msg.bytes(), inb.source, t, meta)
     {
         ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        Some(ctx.note_relayed_invite(&inb.msg))
+        Some(ctx.note_relayed_invite(inb, owner, bounces, trying_sent))
     } else {
         None
     }

@@ -75,6 +75,12 @@ pub(super) fn encode(e: &mut DescriptorEncoder<'_>, ctx: &NodeCtx) -> Result<(),
     )?;
     counter(
         e,
+        "medpool_refed_invites",
+        "New-call INVITEs this node answered 100 and forwarded, fed again because the stream to their owner broke before it answered",
+        &one(s.refed.load(Relaxed)),
+    )?;
+    counter(
+        e,
         "medpool_refused_sources",
         "Requests from addresses that are no configured trunk",
         &one(s.refused_sources.load(Relaxed)),
