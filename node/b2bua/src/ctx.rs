@@ -571,6 +571,16 @@ impl NodeCtx {
     /// retransmits — except the caller of a new-call INVITE answered 100 Trying by `via`, which
     /// does not: that INVITE is sent back to `via`, which feeds it to itself again later.
     pub fn inject(&self, inbound: Inbound, via: u64, meta: ForwardMeta) -> bool {
+        if self.draining.load(Ordering::Relaxed)
+            && medpool_sip::transport::is_new_call(&inbound.msg)
+        {
+            // This node stops: a new call forwarded here would be refused (503), though the
+            // shard's next owner could take it in a moment. A marked INVITE goes back to the node
+            // that received it, which feeds it again after a pause (to the next owner once this
+            // node is gone); an unmarked one is not taken (its caller, answered no 100 from here,
+            // retransmits, and `via` forwards that as the shard map says then).
+            return meta.trying_sent && self.bounce(via, &inbound, meta.bounces);
+        }
         let lane = medpool_sip::transport::lanes::lane_of(&inbound.msg, self.forward_tx.len());
         let Err(full) = self.forward_tx[lane].try_send(Forwarded {
             inbound,

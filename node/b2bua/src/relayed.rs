@@ -154,19 +154,20 @@ impl RelayedInvites {
     /// INVITE (true: one was waited for); any answer means the owner has the INVITE, which is no
     /// longer kept to be fed again.
     pub(crate) fn answered(&self, bytes: &Bytes) -> bool {
-        let Ok(mut t) = self.inner.lock() else {
-            return false;
-        };
         // A provisional answer is told by its status line; it is parsed (for its branch) only
-        // while some INVITE is kept.
+        // while some INVITE is kept, and never under the lock.
         let provisional = is_provisional(bytes);
-        if t.pending.is_empty() || (provisional && t.kept == 0) {
-            return false;
+        match self.inner.lock() {
+            Ok(t) if !t.pending.is_empty() && !(provisional && t.kept == 0) => {}
+            _ => return false,
         }
         let Ok(m) = SipMessage::parse(bytes.clone()) else {
             return false;
         };
         let (Some(status), Some(branch)) = (m.status(), m.top_branch()) else {
+            return false;
+        };
+        let Ok(mut t) = self.inner.lock() else {
             return false;
         };
         t.disarm(branch);

@@ -1630,3 +1630,56 @@ async fn an_invite_answered_100_here_is_fed_again_when_the_stream_to_its_owner_b
     );
     node.shutdown(Duration::from_secs(1), false).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stopping_node_sends_a_forwarded_new_call_back_instead_of_refusing_it() {
+    let relay = Arc::new(RecordingRelay::default());
+    let pool = Arc::new(SingleNode::new(1024));
+    let node = start_with("127.0.187.36:5060", 187, pool.clone(), pool, relay.clone()).await;
+    let gw1 = Peer::bind("127.0.187.21:5060").await;
+    let _ = gw1.recv(Duration::from_millis(1500)).await;
+    // A call of its own in set-up (the gateway does not answer) keeps the stopping node running.
+    let caller = Peer::bind("127.0.187.1:5076").await;
+    caller
+        .send(&invite(caller.addr(), "stop0"), node.sip_addr)
+        .await;
+    let _ = gw1
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    let ctx = node.ctx.clone();
+    let stopping = tokio::spawn(node.shutdown(Duration::from_secs(10), false));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the node did not wait for its call"
+    );
+    // Another node forwards new calls for shards this node still owns: a marked one goes back
+    // to it (it feeds it again, to the next owner once this node is gone) ...
+    let marked = medpool_b2bua::cluster::ForwardMeta {
+        trying_sent: true,
+        ..Default::default()
+    };
+    let from = caller.addr();
+    assert!(
+        ctx.inject(arrived(invite(from, "stop1"), from), 4, marked),
+        "a marked INVITE was not sent back"
+    );
+    {
+        let back = relay.bounced.lock().unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!((back[0].0, back[0].2), (4, 1));
+    }
+    // ... an unmarked one is not taken (its caller retransmits to the node it reached).
+    assert!(!ctx.inject(
+        arrived(invite(from, "stop2"), from),
+        4,
+        medpool_b2bua::cluster::ForwardMeta::default()
+    ));
+    assert_eq!(relay.bounced.lock().unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        statuses(&relay.sent_via.lock().unwrap()).is_empty(),
+        "a stopping node answered a forwarded new call (503) instead of letting it go on"
+    );
+    stopping.await.unwrap();
+}
