@@ -157,9 +157,11 @@ impl RelayedInvites {
         // A provisional answer is told by its status line; it is parsed (for its branch) only
         // while some INVITE is kept, and never under the lock.
         let provisional = is_provisional(bytes);
-        match self.inner.lock() {
-            Ok(t) if !t.pending.is_empty() && !(provisional && t.kept == 0) => {}
-            _ => return false,
+        let nothing_to_learn = self.inner.lock().map_or(true, |t| {
+            t.pending.is_empty() || (provisional && t.kept == 0)
+        });
+        if nothing_to_learn {
+            return false;
         }
         let Ok(m) = SipMessage::parse(bytes.clone()) else {
             return false;
