@@ -91,7 +91,7 @@ impl Table {
     fn disarm(&mut self, branch: &[u8]) -> Option<Kept> {
         let kept = self.pending.get_mut(branch)?.kept.take();
         if kept.is_some() {
-            self.kept -= 1;
+            self.kept = self.kept.saturating_sub(1);
         }
         kept
     }
@@ -182,13 +182,14 @@ impl RelayedInvites {
         let Ok(mut t) = self.inner.lock() else {
             return Vec::new();
         };
-        let branches: Vec<Vec<u8>> = t
-            .pending
-            .iter()
-            .filter(|(_, e)| e.kept.as_ref().is_some_and(|k| k.owner == peer))
-            .map(|(b, _)| b.clone())
-            .collect();
-        branches.iter().filter_map(|b| t.disarm(b)).collect()
+        let mut lost = Vec::new();
+        for e in t.pending.values_mut() {
+            if e.kept.as_ref().is_some_and(|k| k.owner == peer) {
+                lost.extend(e.kept.take());
+            }
+        }
+        t.kept = t.kept.saturating_sub(lost.len());
+        lost
     }
 
     /// Lets go of what is kept of `msg` (it came back to this node to be fed again: it is kept
