@@ -1635,11 +1635,11 @@ async fn an_invite_answered_100_here_is_fed_again_when_the_stream_to_its_owner_b
 async fn a_stopping_node_sends_a_forwarded_new_call_back_instead_of_refusing_it() {
     let relay = Arc::new(RecordingRelay::default());
     let pool = Arc::new(SingleNode::new(1024));
-    let node = start_with("127.0.187.36:5060", 187, pool.clone(), pool, relay.clone()).await;
-    let gw1 = Peer::bind("127.0.187.21:5060").await;
+    let node = start_with("127.0.188.36:5060", 188, pool.clone(), pool, relay.clone()).await;
+    let gw1 = Peer::bind("127.0.188.21:5060").await;
     let _ = gw1.recv(Duration::from_millis(1500)).await;
     // A call of its own in set-up (the gateway does not answer) keeps the stopping node running.
-    let caller = Peer::bind("127.0.187.1:5076").await;
+    let caller = Peer::bind("127.0.188.1:5076").await;
     caller
         .send(&invite(caller.addr(), "stop0"), node.sip_addr)
         .await;
