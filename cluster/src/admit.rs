@@ -125,9 +125,16 @@ pub fn admit_write(cmd: &Command, speaks_for: impl Fn(NodeId) -> bool) -> Result
             writer,
             upserts,
             removes,
+            replace_only,
         } => {
             must_be(*writer)?;
-            dialog_caps(upserts, removes)
+            dialog_caps(upserts, removes)?;
+            // Each names one of the upserts: no more of them than upserts.
+            cap(
+                "dialog batch (replace-only keys)",
+                replace_only.len(),
+                upserts.len(),
+            )
         }
     }
 }
@@ -157,6 +164,7 @@ mod tests {
             writer,
             upserts: (0..n).map(|i| (0, format!("c{i}"), vec![0; len])).collect(),
             removes: Vec::new(),
+            replace_only: Vec::new(),
         };
         assert_eq!(admit_write(&batch(2, 3, 10), only(2)), Ok(()));
         assert_eq!(

@@ -82,6 +82,7 @@ mod tests {
             writer: 2,
             upserts: vec![(7, "call-1@h".into(), vec![0, 1, 2, 255])],
             removes: vec![(3, "gone@h".into())],
+            replace_only: vec![(7, "call-1@h".into())],
         };
         let bin = to_vec(&cmd).unwrap();
         assert!(is_binary(&bin));
@@ -98,6 +99,52 @@ mod tests {
             from_slice::<Command>(b"{nope"),
             Err(CodecError::Json(_))
         ));
+    }
+
+    /// `Command::OwnerDialogBatch` as nodes before `replace_only` declared it.
+    #[derive(serde::Deserialize, serde::Serialize, Debug, PartialEq)]
+    enum BeforeReplaceOnly {
+        OwnerDialogBatch {
+            writer: u64,
+            #[serde(with = "crate::b64::keyed_records")]
+            upserts: Vec<(u16, String, Vec<u8>)>,
+            removes: Vec<(u16, String)>,
+        },
+    }
+
+    #[test]
+    fn a_batch_with_replace_only_keys_and_one_without_read_across_versions() {
+        let upserts = vec![(7, "call-1@h".to_owned(), vec![1, 2])];
+        // A node before the field reads a new batch, the replace-only keys aside (it applies
+        // those upserts as plain upserts, as it always did).
+        let new = Command::OwnerDialogBatch {
+            writer: 2,
+            upserts: upserts.clone(),
+            removes: vec![],
+            replace_only: vec![(7, "call-1@h".into())],
+        };
+        let old = BeforeReplaceOnly::OwnerDialogBatch {
+            writer: 2,
+            upserts: upserts.clone(),
+            removes: vec![],
+        };
+        assert_eq!(
+            from_slice::<BeforeReplaceOnly>(&to_vec(&new).unwrap()).unwrap(),
+            old
+        );
+        // A new node reads an old node's batch as one without replace-only keys, and writes a
+        // batch without them exactly as the old node did.
+        let plain = Command::OwnerDialogBatch {
+            writer: 2,
+            upserts,
+            removes: vec![],
+            replace_only: vec![],
+        };
+        assert_eq!(
+            from_slice::<Command>(&to_vec(&old).unwrap()).unwrap(),
+            plain
+        );
+        assert_eq!(to_vec(&plain).unwrap(), to_vec(&old).unwrap());
     }
 
     #[test]

@@ -82,6 +82,14 @@ pub enum Command {
         upserts: Vec<(ShardId, String, Vec<u8>)>,
         /// `(shard, Call-ID)` to delete; absent keys are ignored.
         removes: Vec<(ShardId, String)>,
+        /// Keys among `upserts` that only replace a record the state still holds, never insert
+        /// one: the rewrites of a call rebuilt from its record. Its old owner may have ended the
+        /// call and removed the record in the instant of the move; the rebuilt call's rewrite
+        /// must not bring it back (it would be rebuilt, with nobody at either end, at every later
+        /// move). Absent in batches of nodes before this field; a node before it applies these
+        /// upserts as plain upserts (as it always did).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replace_only: Vec<(ShardId, String)>,
     },
     /// Sets the pool-wide secret (32 random bytes, made by the node that bootstraps the pool),
     /// once: refused when the pool already has one.
@@ -145,11 +153,13 @@ impl fmt::Display for Command {
                 writer,
                 upserts,
                 removes,
+                replace_only,
             } => write!(
                 f,
-                "OwnerDialogBatch(writer={writer}, upserts={}, removes={})",
+                "OwnerDialogBatch(writer={writer}, upserts={}, removes={}, replace_only={})",
                 upserts.len(),
-                removes.len()
+                removes.len(),
+                replace_only.len()
             ),
             Command::SetPoolSecret { .. } => f.write_str("SetPoolSecret"),
             Command::Noop => f.write_str("Noop"),

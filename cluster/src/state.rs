@@ -367,22 +367,27 @@ fn apply_one(state: &mut State, command: Command) -> Result<CommandResult, Rejec
             state.config = Some(VersionedConfig { version, body });
             Ok(CommandResult::ConfigSet { version })
         }
-        Command::DialogBatch { upserts, removes } => apply_dialogs(state, None, upserts, removes),
+        Command::DialogBatch { upserts, removes } => {
+            apply_dialogs(state, None, upserts, removes, &[])
+        }
         Command::OwnerDialogBatch {
             writer,
             upserts,
             removes,
-        } => apply_dialogs(state, Some(writer), upserts, removes),
+            replace_only,
+        } => apply_dialogs(state, Some(writer), upserts, removes, &replace_only),
     }
 }
 
 /// Applies a dialog batch; with a `writer`, upserts for shards it no longer owns only insert
-/// Call-IDs the shard does not know (see [`Command::OwnerDialogBatch`]).
+/// Call-IDs the shard does not know, and upserts named in `replace_only` only replace a record the
+/// state holds (see [`Command::OwnerDialogBatch`]).
 fn apply_dialogs(
     state: &mut State,
     writer: Option<NodeId>,
     upserts: Vec<(ShardId, String, Vec<u8>)>,
     removes: Vec<(ShardId, String)>,
+    replace_only: &[(ShardId, String)],
 ) -> Result<CommandResult, Rejection> {
     state.check_bootstrapped()?;
     for (shard, _, _) in &upserts {
@@ -395,8 +400,12 @@ fn apply_dialogs(
     for (shard, call_id, record) in upserts {
         let stale = writer.is_some_and(|w| state.owner_of(shard) != Some(w));
         let key = (shard, call_id);
-        if stale && state.dialogs.contains_key(&key) {
+        let present = state.dialogs.contains_key(&key);
+        if stale && present {
             continue; // the new owner's record wins over a late write of the old owner
+        }
+        if !present && replace_only.contains(&key) {
+            continue; // a rebuilt call's rewrite: the call ended on its old owner meanwhile
         }
         let i = usize::from(shard);
         state.dialogs.insert(key, record);

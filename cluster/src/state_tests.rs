@@ -552,6 +552,7 @@ fn an_old_owners_late_upsert_never_overwrites_the_new_owners_record() {
         writer: w,
         upserts: vec![(0, id.to_owned(), rec.as_bytes().to_vec())],
         removes: vec![],
+        replace_only: vec![],
     };
     // The owner writes; node 1 (no longer the owner) may only add a call shard 0 does not know.
     apply(&mut s, from(2, "a", "new-owner"));
@@ -567,6 +568,74 @@ fn an_old_owners_late_upsert_never_overwrites_the_new_owners_record() {
             ("a".to_owned(), b"new-owner".to_vec()),
             ("b".to_owned(), b"retried-first-record".to_vec())
         ]
+    );
+}
+
+#[test]
+fn a_rebuilt_calls_rewrite_replaces_its_record_but_never_brings_a_removed_one_back() {
+    let mut s = State::default();
+    apply(&mut s, Command::Bootstrap { shard_count: 1 });
+    apply(
+        &mut s,
+        Command::AddNode {
+            id: 2,
+            addresses: addrs(2),
+            voter: true,
+        },
+    );
+    apply(
+        &mut s,
+        Command::MoveShards {
+            moves: vec![(0, 2)],
+        },
+    );
+    let plain = |id: &str, rec: &str| Command::DialogBatch {
+        upserts: vec![(0, id.to_owned(), rec.as_bytes().to_vec())],
+        removes: vec![],
+    };
+    apply(&mut s, plain("live", "old-plan"));
+    apply(&mut s, plain("ended", "old-plan"));
+    // The old owner ended one of the two calls in the instant of the move.
+    apply(
+        &mut s,
+        Command::DialogBatch {
+            upserts: vec![],
+            removes: vec![(0, "ended".to_owned())],
+        },
+    );
+    // The new owner rebuilt both and rewrites both records with its media plan, replace-only,
+    // next to the first record of a call of its own.
+    let applied = apply(
+        &mut s,
+        Command::OwnerDialogBatch {
+            writer: 2,
+            upserts: vec![
+                (0, "live".to_owned(), b"new-plan".to_vec()),
+                (0, "ended".to_owned(), b"new-plan".to_vec()),
+                (0, "fresh".to_owned(), b"first".to_vec()),
+            ],
+            removes: vec![],
+            replace_only: vec![(0, "live".to_owned()), (0, "ended".to_owned())],
+        },
+    );
+    assert_eq!(
+        applied,
+        CommandResult::DialogsApplied {
+            upserted: 2,
+            removed: 0
+        }
+    );
+    let records: Vec<(String, Vec<u8>)> = s
+        .dialogs_of(0)
+        .map(|(k, v)| (k.to_owned(), v.to_vec()))
+        .collect();
+    assert_eq!(
+        records,
+        vec![
+            ("fresh".to_owned(), b"first".to_vec()),
+            ("live".to_owned(), b"new-plan".to_vec()),
+        ],
+        "the ended call's record stays removed"
     );
 }
 

@@ -322,6 +322,7 @@ async fn attack(c: &mut ClusterClient<Channel>, victim: u64) -> Vec<(&'static st
                 writer: victim,
                 upserts: vec![(0, "evil".into(), vec![0; 16])],
                 removes: vec![],
+                replace_only: vec![],
             },
         ),
     ] {

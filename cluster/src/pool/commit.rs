@@ -60,6 +60,8 @@ pub struct DialogStats {
 
 pub(super) enum DialogOp {
     Upsert(u16, String, Vec<u8>),
+    /// An upsert that only replaces a record the state still holds ([`Pool::dialog_replace`]).
+    Replace(u16, String, Vec<u8>),
     Remove(u16, String),
 }
 
@@ -81,6 +83,16 @@ impl Pool {
             return false;
         }
         self.queue_dialog_op(DialogOp::Upsert(shard, call_id, record))
+    }
+    /// Queues the rewrite of a record that only replaces the one the state holds and never inserts
+    /// one (see `replace_only` in [`Command::OwnerDialogBatch`]): the writes of a call this node
+    /// rebuilt from its record, whose old owner may have removed the record (the call ended there)
+    /// after this node read it. Fenced by the lease as [`Pool::dialog_upsert`].
+    pub fn dialog_replace(&self, shard: u16, call_id: String, record: Vec<u8>) -> bool {
+        if !self.holds_lease() {
+            return false;
+        }
+        self.queue_dialog_op(DialogOp::Replace(shard, call_id, record))
     }
     /// Queues the removal of an ended call's record. Not fenced: a node stops the calls of a shard it
     /// releases without removing their records (they move with the shard), so a removal only ever
@@ -131,12 +143,18 @@ impl Pool {
             // in flight, in one Raft entry.
             let mut upserts = Vec::new();
             let mut removes = Vec::new();
+            let mut replace_only = Vec::new();
             let mut next = Some(first);
             let mut size = 0usize;
             while let Some(op) = next.take() {
                 match op {
                     DialogOp::Upsert(s, c, r) => {
                         size += c.len() + r.len();
+                        upserts.push((s, c, r));
+                    }
+                    DialogOp::Replace(s, c, r) => {
+                        size += 2 * c.len() + r.len();
+                        replace_only.push((s, c.clone()));
                         upserts.push((s, c, r));
                     }
                     DialogOp::Remove(s, c) => {
@@ -171,6 +189,7 @@ impl Pool {
                 writer: self.opts.node_id,
                 upserts,
                 removes,
+                replace_only,
             };
             // A batch that cannot be written (no leader reachable: an election, a partition) is
             // retried, so a call answered just before the cut still reaches the node that takes its

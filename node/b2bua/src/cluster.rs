@@ -237,6 +237,13 @@ pub trait DialogStore: Send + Sync + 'static {
     /// (its lease lapsed, the shard is moving) or the write queue is full; the caller tries again
     /// later or, once the shard is gone, ends the call (an unrecorded call cannot move).
     fn store(&self, record: DialogRecord) -> bool;
+    /// Rewrites the record of a call rebuilt from it: replaces the record the pool holds and never
+    /// inserts one, so that a record the call's old node removed (the call ended there in the
+    /// instant of the move) stays removed. Returns as [`DialogStore::store`] (taken for writing,
+    /// whether or not it will replace anything).
+    fn replace(&self, record: DialogRecord) -> bool {
+        self.store(record)
+    }
     /// Whether records are kept at all. A store that keeps none (a node alone: no other node could
     /// carry a call on) spares its calls building a record (both legs as strings) and removing it.
     fn keeps_records(&self) -> bool {
@@ -324,6 +331,20 @@ impl DialogStore for SingleNode {
         match self.records.lock() {
             Ok(mut r) => {
                 r.insert((record.shard, record.a.call_id.clone()), record);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+    fn replace(&self, record: DialogRecord) -> bool {
+        if !self.keep {
+            return true;
+        }
+        match self.records.lock() {
+            Ok(mut r) => {
+                if let Some(kept) = r.get_mut(&(record.shard, record.a.call_id.clone())) {
+                    *kept = record;
+                }
                 true
             }
             Err(_) => false,

@@ -76,6 +76,17 @@ impl DialogStore for PoolAdapter {
             }
         }
     }
+    fn replace(&self, record: DialogRecord) -> bool {
+        match serde_json::to_vec(&record) {
+            Ok(bytes) => self
+                .pool
+                .dialog_replace(record.shard, record.a.call_id.clone(), bytes),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a dialog record");
+                false
+            }
+        }
+    }
     fn remove(&self, shard: u16, a_call_id: &str) {
         self.pool.dialog_remove(shard, a_call_id.to_owned());
     }

@@ -139,6 +139,9 @@ pub struct Call {
     pub(super) session_min_se: u32,
     /// The call's record was taken for writing (or the call was rebuilt from it).
     pub(super) stored: bool,
+    /// The call was rebuilt from its record (a shard take-over): its writes only replace the
+    /// record, never bring back one its old node removed (`record::write_record`).
+    pub(super) rebuilt: bool,
     /// A [`DialogMsg::StoreRecord`] retry is scheduled.
     pub(super) store_retry: bool,
     /// The call really ended (both legs done); stops for a shard move or a shutdown leave it false,
@@ -444,6 +447,7 @@ impl Call {
             session_refresh_key: None,
             session_min_se: 90,
             stored: confirmed,
+            rebuilt: confirmed,
             store_retry: false,
             ended: false,
             actor: seed.actor,

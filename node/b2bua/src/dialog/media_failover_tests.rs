@@ -330,6 +330,49 @@ async fn a_rebuilt_call_whose_re_invite_is_refused_keeps_its_signalling() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_that_ended_on_its_old_node_as_it_moved_is_not_brought_back_by_its_rebuilt_copy() {
+    let (mut old, _old_relay) = relay_node(6).await;
+    let (rec, _ok) = confirmed_call(
+        &mut old,
+        "fo-5",
+        &pcmu(PBX_MEDIA, 4000, ""),
+        &pcmu(GW_MEDIA, 6000, ""),
+    )
+    .await;
+    // The new owner read the record and rebuilt the call ...
+    let (mut node, _relay) = relay_node(7).await;
+    assert!(node.pool.store(rec.clone()));
+    super::spawn_restored(node.ctx.clone(), rec.clone())
+        .await
+        .unwrap();
+    let reinv_a = node.expect(PBX, Expect::Request(Method::Invite)).await;
+    let reinv_b = node.expect(GW1, Expect::Request(Method::Invite)).await;
+    // ... just as the old owner's removal landed: the caller had hung up there, both peers are done.
+    node.pool.remove(rec.shard, &rec.a.call_id);
+    for (reinv, peer, tag) in [(&reinv_a, PBX, "a-fo-5"), (&reinv_b, GW1, "g1")] {
+        node.receive(crate::testkit::answer(reinv, 481, tag, peer, &[]), peer)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        node.pool.records(),
+        0,
+        "the rebuilt call's rewrite (its media plan after the re-anchoring) replaced nothing"
+    );
+    // Its record check finds the record gone and stops the call without a word to either peer.
+    node.calls_end().await;
+    assert_eq!(node.pool.records(), 0);
+    while let Some(sent) = node.sent(Duration::from_millis(10)).await {
+        assert_ne!(
+            sent.msg.method(),
+            Some(Method::Bye),
+            "no BYE (to {}) for a call its old node ended",
+            sent.to
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_node_without_a_relay_rebuilds_a_relayed_call_with_signalling_only() {
     let (mut old, _old_relay) = relay_node(6).await;
     let (rec, ok) = confirmed_call(

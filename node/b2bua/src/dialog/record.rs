@@ -66,12 +66,23 @@ pub(super) const RECORD_CHECK_SLOW: Duration = Duration::from_secs(30);
 
 impl Call {
     /// Writes the call's record (a confirmed call's both legs); whether it was taken for writing.
-    /// A store that keeps no records takes every confirmed call's without one being built.
+    /// A store that keeps no records takes every confirmed call's without one being built. A call
+    /// rebuilt here only replaces its record: its old node may have ended it in the instant of
+    /// the move and removed the record after this node read it, and a plain write (say, of the
+    /// media plan after the re-anchoring re-INVITEs, which the peers then answer 481) would bring
+    /// the record back for good — a call with nobody at either end, rebuilt at every later move.
+    /// With the rewrite dropped, the record check (`on_record_check`) finds the record gone.
     pub(super) fn write_record(&self) -> bool {
         if !self.ctx.store.keeps_records() {
             return self.confirmed_b().is_some();
         }
-        self.record().is_some_and(|rec| self.ctx.store.store(rec))
+        self.record().is_some_and(|rec| {
+            if self.rebuilt {
+                self.ctx.store.replace(rec)
+            } else {
+                self.ctx.store.store(rec)
+            }
+        })
     }
 
     /// The call's record was taken for writing: from here on the pool, not only this node, knows it.
