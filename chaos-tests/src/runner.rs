@@ -177,15 +177,10 @@ pub async fn run(cfg: RunConfig) -> Report {
                 )
             })
             .collect();
-        // Every call of the round has ended: records still in the pool are left over (a call
-        // ended on a node SIGKILLed before its removal went out, RELIABILITY.md "Known limits"),
-        // and a count that grows round after round is a leak.
-        let asked = w.any_live();
-        let records = w
-            .pool
-            .status(asked)
-            .await
-            .map_or_else(|_| "?".to_owned(), |s| s.dialogs.to_string());
+        // Every call of the round has ended: records still in the pool once their removals had
+        // time to commit are left over (a call ended on a node SIGKILLed before its removal went
+        // out, RELIABILITY.md "Known limits"), and a count that grows round after round is a leak.
+        let records = records_left(&mut w).await;
         eprintln!(
             "    round {round} done in {:.1} s: calls placed {placed}, survived {survived}, refused {refused}, unknown {unknown}; records left {records}; gateways (so far): [{}]",
             t.elapsed().as_secs_f64(),
@@ -395,4 +390,19 @@ fn summary(
         );
     }
     t
+}
+
+/// The dialog records a live node still holds, polled for up to 2 s until none (removals are
+/// group-committed, and the last calls' BYEs may have just been answered); "?" if no node answers.
+async fn records_left(w: &mut World) -> String {
+    let mut last = None;
+    for _ in 0..20 {
+        let asked = w.any_live();
+        last = w.pool.status(asked).await.ok().map(|s| s.dialogs);
+        if last == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last.map_or_else(|| "?".to_owned(), |n| n.to_string())
 }
