@@ -64,28 +64,25 @@ impl ShardOwnership for PoolAdapter {
     }
 }
 
+/// A dialog record as the pool stores it (JSON); `None`, logged, if it cannot be encoded.
+fn encoded(record: &DialogRecord) -> Option<Vec<u8>> {
+    serde_json::to_vec(record)
+        .map_err(|e| tracing::error!(error = %e, "cannot encode a dialog record"))
+        .ok()
+}
+
 impl DialogStore for PoolAdapter {
     fn store(&self, record: DialogRecord) -> bool {
-        match serde_json::to_vec(&record) {
-            Ok(bytes) => self
-                .pool
-                .dialog_upsert(record.shard, record.a.call_id.clone(), bytes),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a dialog record");
-                false
-            }
-        }
+        encoded(&record).is_some_and(|bytes| {
+            self.pool
+                .dialog_upsert(record.shard, record.a.call_id.clone(), bytes)
+        })
     }
     fn replace(&self, record: DialogRecord) -> bool {
-        match serde_json::to_vec(&record) {
-            Ok(bytes) => self
-                .pool
-                .dialog_replace(record.shard, record.a.call_id.clone(), bytes),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a dialog record");
-                false
-            }
-        }
+        encoded(&record).is_some_and(|bytes| {
+            self.pool
+                .dialog_replace(record.shard, record.a.call_id.clone(), bytes)
+        })
     }
     fn remove(&self, shard: u16, a_call_id: &str) {
         self.pool.dialog_remove(shard, a_call_id.to_owned());
