@@ -1683,3 +1683,31 @@ async fn a_stopping_node_sends_a_forwarded_new_call_back_instead_of_refusing_it(
     );
     stopping.await.unwrap();
 }
+
+/// The tests of this file run at once, each on loopback addresses of its own: two that bind one
+/// address fail with `AddrInUse` (CI caught a pair on 127.0.187.21:5060). An `ip:port` written in
+/// two functions of this file is refused here, in every run, not only in runs where the two overlap.
+#[test]
+fn no_two_tests_of_this_file_share_a_loopback_address() {
+    let src = include_str!("actors.rs");
+    let mut first_seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for func in src.split("\nasync fn ").skip(1) {
+        let name = func.split('(').next().unwrap_or_default();
+        let mut rest = func;
+        while let Some(at) = rest.find("\"127.") {
+            let lit = &rest[at + 1..];
+            let end = lit.find('"').unwrap_or(lit.len());
+            let addr = &lit[..end];
+            rest = &lit[end..];
+            if !addr.contains(':') {
+                continue;
+            }
+            let first = *first_seen.entry(addr).or_insert(name);
+            assert_eq!(
+                first, name,
+                "{addr} is used by both {first} and {name}: give one of them addresses of its own"
+            );
+        }
+    }
+    assert!(first_seen.len() > 40, "the scan found the tests' addresses");
+}
