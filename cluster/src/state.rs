@@ -400,11 +400,12 @@ fn apply_dialogs(
     for (shard, call_id, record) in upserts {
         let stale = writer.is_some_and(|w| state.owner_of(shard) != Some(w));
         let key = (shard, call_id);
-        let present = state.dialogs.contains_key(&key);
-        if stale && present {
+        // The table is looked up only for the two kinds of conditional upsert (an owner's plain
+        // upsert, the common case, needs no lookup).
+        if stale && state.dialogs.contains_key(&key) {
             continue; // the new owner's record wins over a late write of the old owner
         }
-        if !present && replace_only.contains(&key) {
+        if replace_only.contains(&key) && !state.dialogs.contains_key(&key) {
             continue; // a rebuilt call's rewrite: the call ended on its old owner meanwhile
         }
         let i = usize::from(shard);

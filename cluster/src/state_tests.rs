@@ -526,22 +526,8 @@ fn command_json_round_trip() {
 fn an_old_owners_late_upsert_never_overwrites_the_new_owners_record() {
     let mut s = State::default();
     apply(&mut s, Command::Bootstrap { shard_count: 2 });
-    apply(
-        &mut s,
-        Command::AddNode {
-            id: 1,
-            addresses: addrs(1),
-            voter: true,
-        },
-    );
-    apply(
-        &mut s,
-        Command::AddNode {
-            id: 2,
-            addresses: addrs(2),
-            voter: true,
-        },
-    );
+    add(&mut s, 1);
+    add(&mut s, 2);
     apply(
         &mut s,
         Command::MoveShards {
@@ -575,14 +561,7 @@ fn an_old_owners_late_upsert_never_overwrites_the_new_owners_record() {
 fn a_rebuilt_calls_rewrite_replaces_its_record_but_never_brings_a_removed_one_back() {
     let mut s = State::default();
     apply(&mut s, Command::Bootstrap { shard_count: 1 });
-    apply(
-        &mut s,
-        Command::AddNode {
-            id: 2,
-            addresses: addrs(2),
-            voter: true,
-        },
-    );
+    add(&mut s, 2);
     apply(
         &mut s,
         Command::MoveShards {
