@@ -118,6 +118,7 @@ write_medpool_config() {
 max_calls = 100000
 max_tries = 3
 unknown_source = "reject"
+local_calls = ${LOCAL_CALLS:-true}
 
 [[trunk]]
 name = "pbx"

@@ -21,8 +21,11 @@
 #             it is Active with shards again (and says so itself), plus SETTLE s. No calls.
 #   cps       The 3-node pool (default lease) and a single node, started side by side, same gateways,
 #             same caller. For each rate in RATES, REPEATS x (single, pool) alternating order, DUR s of
-#             calls of HOLD_MS ms each, the caller sends every call to node 0 (127.0.80.1): the call's
-#             shard (from its Call-ID) decides the owner, so ~2/3 are forwarded. bench/lib.sh run_load
+#             calls of HOLD_MS ms each, the caller sends every call to node 0 (127.0.80.1), which sets
+#             each up itself in one of its own shards (`[node] local_calls`, the default): nothing
+#             crosses nodes but the records' Raft entries. LOCAL_CALLS=false measures the forwarding
+#             path instead: the call's shard (from its Call-ID) decides the owner, so ~2/3 are
+#             forwarded. bench/lib.sh run_load
 #             (PASS = 0 failed calls, every call created, >= 95 % of the rate). srv CPU = the node,
 #             or the three pool nodes summed. A target stops after a rate where every repeat failed.
 #             Highest clean rate = highest rate where every repeat passed.
@@ -41,7 +44,7 @@
 #
 # Env:    PARTS RUNS LEASE_SETS POLL_MS SETTLE RATES DUR REPEATS HOLD_MS HOLD_CALLS HOLD_RATE
 #         IDLE_LEASE IDLE_SETTLE IDLE_DUR POOL_NET (default 127.0.80: the /24 of every address above)
-#         MEDPOOL_BIN MEDPOOL_ARGS (default "--max-transactions 2000000", as bench/run.sh) NODE_LOG=warn WORK RESULTS_DIR
+#         LOCAL_CALLS (default true) MEDPOOL_BIN MEDPOOL_ARGS (default "--max-transactions 2000000", as bench/run.sh) NODE_LOG=warn WORK RESULTS_DIR
 # Output: a table on stdout, bench/results/pool-<UTC timestamp>.txt, raw files (node logs, every
 #         pool status poll, SIPp CSVs/errors, metrics) in $WORK.
 # Everything it starts is stopped by PID on exit, also on Ctrl-C.
@@ -456,7 +459,7 @@ part_idle() {
 # ------------------------------------------------------------------ report
 print_results() {
     echo
-    echo "medpool pool bench: $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO_DIR" diff --quiet HEAD -- node cluster proto 2>/dev/null || echo '+dirty'), SIPp $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1), $(nproc) cores; load avg at end: $(load_avg)"
+    echo "medpool pool bench: $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO_DIR" diff --quiet HEAD -- node cluster proto 2>/dev/null || echo '+dirty'), SIPp $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1), $(nproc) cores; local_calls ${LOCAL_CALLS:-true}; load avg at end: $(load_avg)"
     if [ -s "$FO_TSV" ]; then
         echo
         echo "1. kill -9 -> all shards owned (poll every ${POLL_MS} ms; times in s from SIGKILL to the end of the first 'pool status' showing unowned 0 and the dead node Down with 0 shards)"

@@ -2,7 +2,9 @@
 //! gateway); after a fault, every surviving call's audio must flow again within its shard's
 //! failover time + 1 s, and no packet may ever reach another call.
 //!
-//! A call's shard is `call_id_shard(Call-ID)`; its *outages* are the times no node could act for
+//! A call's shard is the one its To tag names (the pool mints it in the call's shard: with
+//! `local_calls` that is a shard of the node the call reached, not `call_id_shard(Call-ID)`,
+//! which is the fallback for a tag that names none); its *outages* are the times no node could act for
 //! it (the complement of the union of the nodes' acting spans from their audit reports, see
 //! [`crate::audit::acting_spans`]). Each silence the caller heard (every gap of at least 200 ms
 //! between two echoes, and the silence between the last echo and the caller's BYE) must end no
@@ -14,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use medpool_simpeer::rtp::{GAP_REPORTED, Gap};
-use medpool_sip::ids::call_id_shard;
+use medpool_sip::ids::{call_id_shard, shard_in};
 
 use crate::audit::{Span, acting_spans, union};
 
@@ -83,7 +85,13 @@ pub fn check(obs: &Observations) -> Verdict {
             ));
             continue;
         };
-        let shard = call_id_shard(r.call_id.as_bytes(), obs.shards.max(1));
+        let shards = obs.shards.max(1);
+        let shard = r
+            .far_tag
+            .as_deref()
+            .and_then(|t| shard_in(t.as_bytes()))
+            .filter(|&s| s < shards)
+            .unwrap_or_else(|| call_id_shard(r.call_id.as_bytes(), shards));
         let down = outages.get(&shard).unwrap_or(&none);
         let mut silences: Vec<Gap> = m.gaps.clone();
         if let Some(stop) = m.stopped_us

@@ -44,6 +44,16 @@ pub trait ShardOwnership: Send + Sync + 'static {
     fn epoch(&self, _shard: u16) -> Option<u64> {
         None
     }
+    /// A shard this node may act for now, chosen by `pick` (a Call-ID's shard) among all it acts
+    /// for, so that calls spread evenly over them whatever the shards' layout; `None` when it acts
+    /// for none. Where a new call received here is set up (`[node] local_calls`). One `pick` gives
+    /// the same shard while the acting set stays the same.
+    fn local_shard(&self, pick: u16) -> Option<u16> {
+        let acting: Vec<u16> = (0..self.shard_count())
+            .filter(|&s| self.may_act(s))
+            .collect();
+        (!acting.is_empty()).then(|| acting[usize::from(pick) % acting.len()])
+    }
 }
 
 /// What travels with a forwarded message besides its bytes, source and transport.
@@ -425,5 +435,42 @@ mod tests {
         assert!(alone.records_of(3).is_empty());
         assert!(alone.contains(3, "a2"), "no call is ever ended elsewhere");
         assert!(!alone.keeps_records(), "so its calls need not build one");
+    }
+
+    /// Acts for one block of shards, [from, to).
+    struct Block(u16, u16);
+    impl ShardOwnership for Block {
+        fn shard_count(&self) -> u16 {
+            1024
+        }
+        fn may_act(&self, shard: u16) -> bool {
+            (self.0..self.1).contains(&shard)
+        }
+        fn owner(&self, _: u16) -> Option<u64> {
+            None
+        }
+        fn node_id(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn a_local_shard_is_one_this_node_acts_for_and_calls_spread_over_all_of_them() {
+        let block = Block(100, 441);
+        let mut used = std::collections::BTreeSet::new();
+        for pick in 0..1024u16 {
+            let s = block.local_shard(pick).unwrap();
+            assert!(block.may_act(s), "{pick} -> {s}");
+            assert_eq!(
+                block.local_shard(pick),
+                Some(s),
+                "the same pick, the same shard"
+            );
+            used.insert(s);
+        }
+        // Every shard of the block takes some calls (a scan to the next shard acted for would
+        // have put every pick outside the block on shard 100).
+        assert_eq!(used.len(), 341);
+        assert_eq!(Block(0, 0).local_shard(7), None, "acting for none");
     }
 }

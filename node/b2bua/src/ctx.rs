@@ -553,6 +553,30 @@ impl NodeCtx {
             .lock()
             .map_or((0, 0), |seen| (seen.len(), seen.capacity()))
     }
+    /// The shard a new-call INVITE belongs to on this node: `forwarded` (another node sent it here
+    /// as the owner of its Call-ID's shard), or when this node acts for that shard, that shard —
+    /// as it always was. Otherwise, with `[node] local_calls`, one this node acts for (picked by the
+    /// Call-ID's shard, [`ShardOwnership::local_shard`]), so the call is set up here and its messages cross no node — unless
+    /// this node stops, is full (another node may have room: the Call-ID's owner is asked), or
+    /// forwarded a copy of this INVITE before (its retransmissions follow it). The dispatcher and
+    /// the call's start ask the same question and get the same answer while the acting set stays.
+    pub fn new_call_shard(&self, msg: &medpool_sip::SipMessage, forwarded: bool) -> u16 {
+        let hashed = medpool_sip::ids::shard_of(msg, self.shards.shard_count());
+        if forwarded || self.shards.may_act(hashed) {
+            return hashed;
+        }
+        let config = self.config();
+        if !config.node.local_calls {
+            return hashed;
+        }
+        if self.draining.load(Ordering::Relaxed)
+            || self.active_calls() >= config.node.max_calls as usize
+            || self.relayed_invites.holds(msg)
+        {
+            return hashed;
+        }
+        self.shards.local_shard(hashed).unwrap_or(hashed)
+    }
     /// Notes a message forwarded to `owner` (see `relayed_invites`): for a new-call INVITE, true
     /// when it is the first copy of it seen here (not a retransmission of one still waiting for
     /// its final answer); one whose caller this node answered 100 (`trying_sent`) is kept.

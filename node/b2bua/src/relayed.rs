@@ -202,6 +202,20 @@ impl RelayedInvites {
         }
     }
 
+    /// Whether the INVITE `msg` (by its top branch) was forwarded from here and is still waited
+    /// for: a retransmission of it follows its first copy to the same owner rather than start a
+    /// second call here.
+    pub(crate) fn holds(&self, msg: &SipMessage) -> bool {
+        let Some(branch) = msg.top_branch() else {
+            return false;
+        };
+        self.inner.lock().is_ok_and(|t| {
+            t.pending
+                .get(branch)
+                .is_some_and(|e| e.at.elapsed() < RELAY_WAIT_MAX)
+        })
+    }
+
     /// How many are waited for (those older than Timer B are forgotten).
     pub(crate) fn pending(&self) -> usize {
         let Ok(mut t) = self.inner.lock() else {

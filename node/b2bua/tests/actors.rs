@@ -1044,6 +1044,149 @@ async fn a_node_shutting_down_still_acks_and_byes_a_gateway_answer_that_crossed_
     assert_eq!(ctx.active_calls(), 0);
 }
 
+/// Shard ownership of node 0 of a pair: it acts for the even shards, node 1 owns the odd ones.
+struct OwnsEven;
+
+impl medpool_b2bua::cluster::ShardOwnership for OwnsEven {
+    fn shard_count(&self) -> u16 {
+        1024
+    }
+    fn may_act(&self, shard: u16) -> bool {
+        shard.is_multiple_of(2)
+    }
+    fn owner(&self, shard: u16) -> Option<u64> {
+        Some(u64::from(shard % 2))
+    }
+    fn node_id(&self) -> u64 {
+        0
+    }
+}
+
+/// Call-IDs `{prefix}-{i}` whose Call-ID shard is odd (owned by node 1 for [`OwnsEven`]).
+fn odd_call_ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|c| medpool_sip::ids::call_id_shard(c.as_bytes(), 1024) % 2 == 1)
+        .take(n)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_call_is_set_up_where_it_arrives_in_a_shard_of_that_node_unless_told_otherwise() {
+    let relay = Arc::new(KeepingRelay::default());
+    let node = start_with(
+        "127.0.189.1:5060",
+        189,
+        Arc::new(OwnsEven),
+        Arc::new(SingleNode::new(1024)),
+        relay.clone(),
+    )
+    .await;
+    let caller = Peer::bind("127.0.189.1:5070").await;
+    let gw1 = Peer::bind("127.0.189.21:5060").await;
+    let ids = odd_call_ids("loc", 2);
+    // 1. A call whose Call-ID's shard node 1 owns is set up here, in a shard this node acts for:
+    // the gateway gets its INVITE from here, the caller's answer names that shard, and the BYE
+    // that comes back with that tag reaches it. Nothing crosses to node 1.
+    let inv = invite(caller.addr(), &ids[0]);
+    caller.send(&inv, node.sip_addr).await;
+    let (g_inv, from) = gw1
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    let gw_shard = medpool_sip::ids::shard_in(g_inv.call_id().unwrap().unwrap()).unwrap();
+    assert_eq!(gw_shard % 2, 0, "leg B's Call-ID names a shard of node 0");
+    // The caller sends its INVITE again (its 100 was lost): the call absorbs it, here.
+    caller.send(&inv, node.sip_addr).await;
+    gw1.respond(&g_inv, 200, "g1", from, Some(SDP)).await;
+    let (ok, _) = caller
+        .expect(Expect::Status(200), Duration::from_secs(1))
+        .await;
+    let tag_shard = medpool_sip::ids::shard_in(ok.to_tag().unwrap()).unwrap();
+    assert_eq!(tag_shard, gw_shard, "both legs' identifiers name one shard");
+    assert_ne!(
+        tag_shard,
+        medpool_sip::ids::call_id_shard(ids[0].as_bytes(), 1024)
+    );
+    caller
+        .send(&ack_for(&ok, caller.addr()), node.sip_addr)
+        .await;
+    gw1.expect(Expect::Request(Method::Ack), Duration::from_secs(1))
+        .await;
+    let mut bye = MessageBuilder::request_method(Method::Bye, b"sip:x@127.0.189.1");
+    bye.header(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP {};branch=z9hG4bK-locbye", caller.addr()).as_bytes(),
+    )
+    .copy_headers(&ok, HeaderName::From)
+    .copy_headers(&ok, HeaderName::To)
+    .copy_headers(&ok, HeaderName::CallId)
+    .header(HeaderName::CSeq, b"2 BYE");
+    caller.send(&bye.build(), node.sip_addr).await;
+    let (g_bye, from_b) = gw1
+        .expect(Expect::Request(Method::Bye), Duration::from_secs(1))
+        .await;
+    gw1.respond(&g_bye, 200, "g1", from_b, None).await;
+    caller
+        .expect(Expect::Status(200), Duration::from_secs(1))
+        .await;
+    // 2. A CANCEL right behind its INVITE has no To tag: it finds the call here all the same.
+    let inv2 = invite(caller.addr(), &ids[1]);
+    caller.send(&inv2, node.sip_addr).await;
+    let (g_inv2, from2) = gw1
+        .expect(Expect::Request(Method::Invite), Duration::from_secs(1))
+        .await;
+    gw1.respond(&g_inv2, 180, "g2", from2, None).await;
+    caller
+        .expect(Expect::Status(180), Duration::from_secs(1))
+        .await;
+    caller.send(&cancel_for(&inv2), node.sip_addr).await;
+    let (g_cancel, from_c) = gw1
+        .expect(Expect::Request(Method::Cancel), Duration::from_secs(1))
+        .await;
+    gw1.respond(&g_cancel, 200, "g2", from_c, None).await;
+    gw1.respond(&g_inv2, 487, "g2", from2, None).await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let (m, _) = caller
+            .recv(Duration::from_secs(1))
+            .await
+            .expect("the CANCEL's 200 and the INVITE's 487");
+        got.push((m.status(), m.cseq().unwrap().unwrap().method));
+    }
+    got.sort_by_key(|(s, _)| *s);
+    assert_eq!(
+        got,
+        vec![(Some(200), Method::Cancel), (Some(487), Method::Invite)]
+    );
+    assert!(
+        relay.forwarded.lock().unwrap().is_empty(),
+        "a message crossed to node 1"
+    );
+    // 3. With `local_calls = false` the same kind of call goes to its Call-ID's owner.
+    let mut config = node.ctx.config().as_ref().clone();
+    config.node.local_calls = false;
+    node.ctx.set_config(config);
+    let id3 = odd_call_ids("fwd", 1).remove(0);
+    caller
+        .send(&invite(caller.addr(), &id3), node.sip_addr)
+        .await;
+    until(
+        Duration::from_secs(1),
+        "the INVITE was not forwarded to its Call-ID's owner",
+        || relay.forwarded.lock().unwrap().len() == 1,
+    )
+    .await;
+    // (Gateway probes may come meanwhile: only an INVITE would be wrong.)
+    while let Some((m, _)) = gw1.recv(Duration::from_millis(300)).await {
+        assert_ne!(
+            m.method(),
+            Some(Method::Invite),
+            "the node set up a call it was told to forward"
+        );
+    }
+    node.shutdown(Duration::from_secs(1), false).await;
+}
+
 /// Shard ownership of a node that owns nothing: every shard belongs to node 1.
 struct OwnsNothing;
 

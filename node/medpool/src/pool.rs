@@ -53,6 +53,22 @@ impl ShardOwnership for PoolAdapter {
     fn epoch(&self, shard: u16) -> Option<u64> {
         self.pool.state().read(|s| s.shard(shard).map(|e| e.epoch))
     }
+    fn local_shard(&self, pick: u16) -> Option<u16> {
+        // The acting set is a row of atomics: the count and the scan read it alone; only the
+        // shard chosen is checked whole (owner in the map, lease).
+        if !self.pool.holds_lease() {
+            return None;
+        }
+        let n = self.pool.shard_count();
+        let acting = (0..n).filter(|&s| self.pool.acting(s)).count();
+        if acting == 0 {
+            return None;
+        }
+        (0..n)
+            .filter(|&s| self.pool.acting(s))
+            .nth(usize::from(pick) % acting)
+            .filter(|&s| self.pool.may_act(s))
+    }
     fn hands_over(&self) -> bool {
         let me = self.pool.node_id();
         self.pool.holds_lease()

@@ -36,7 +36,8 @@ fn a_forwarded_call_gets_one_100_from_the_node_it_reached_and_none_crosses_back(
     let raft0 = format!("127.0.{n}.1:7000");
     let metrics0 = format!("127.0.{n}.1:9100");
     let metrics1 = format!("127.0.{n}.2:9100");
-    let cfg = PoolSpec::new(n).toml();
+    // Every new call goes to its Call-ID's owner (not set up where it arrives).
+    let cfg = PoolSpec::new(n).forwarding().toml();
     let node0 = MedpoolNode::start_with(
         &dir,
         n,

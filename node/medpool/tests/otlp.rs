@@ -208,11 +208,11 @@ fn a_call_forwarded_between_two_nodes_is_one_trace() {
     let endpoint = format!("http://127.0.{n}.9:4317");
     let raft0 = format!("127.0.{n}.1:7000");
     // Node 0 bootstraps; node 1 (127.0.n.2) joins. Calls go to node 1, so calls whose shard node 0
-    // owns are forwarded there.
+    // owns are forwarded there (`local_calls = false`: not set up where they arrive).
     let node0 = MedpoolNode::start_env(
         &dir,
         n,
-        &PoolSpec::new(n).toml(),
+        &PoolSpec::new(n).forwarding().toml(),
         &[
             "--shutdown-grace",
             "3",
@@ -224,7 +224,7 @@ fn a_call_forwarded_between_two_nodes_is_one_trace() {
         &envs(&endpoint),
     );
     let dir1 = TestDir::new("otlp-forward-1");
-    let cfg = PoolSpec::new(n).toml();
+    let cfg = PoolSpec::new(n).forwarding().toml();
     let node1 = {
         let sip1 = format!("127.0.{n}.2:5060");
         let raft1 = format!("127.0.{n}.2:7000");

@@ -46,7 +46,10 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// every trunk's media bypassing the node (the standard pool's default: no re-INVITE moves media
 /// after a failover).
 fn spec_toml() -> String {
-    let mut spec = PoolSpec::new(N);
+    toml_of(PoolSpec::new(N))
+}
+
+fn toml_of(mut spec: PoolSpec) -> String {
     spec.priority = [Some(1), None];
     assert_eq!(spec.media, "bypass");
     spec.toml()
@@ -170,7 +173,8 @@ fn a_session_whose_refresher_stops_refreshing_is_torn_down_on_both_legs() {
 #[test]
 fn after_the_refreshing_node_is_killed_its_successor_refreshes() {
     let _one = serial();
-    let toml = spec_toml();
+    // The call goes to its Call-ID's owner, through node 1 when another node owns it.
+    let toml = toml_of(PoolSpec::new(N).forwarding());
     let mut pool = TestPool::start("session-failover", N, 3, &toml, None);
     let gw1 = Sipp::uas("gw1", "uas_refreshed.xml", &gw_ip(N, 1)).spawn(&pool.dir);
     gw1.wait_for_probes(3, Duration::from_secs(10));

@@ -105,6 +105,7 @@ impl Caller {
                         call_id,
                         setup: None,
                         setup_answered_by: None,
+                        far_tag: None,
                         reinvite: None,
                         bye: None,
                         ended_by_far_side: false,

@@ -43,6 +43,9 @@ pub struct CallRecord {
     /// Where the INVITE's final answer came from (with a trusted forwarder: the node that received
     /// the INVITE), and its Retry-After when it had one.
     pub setup_answered_by: Option<(SocketAddr, Option<u32>)>,
+    /// The far side's tag in the To header of the 2xx that answered the INVITE (`None`: not
+    /// answered 2xx, or no tag).
+    pub far_tag: Option<String>,
     /// The last in-dialog re-INVITE the caller sent (`None`: none sent).
     pub reinvite: Option<Outcome>,
     /// The caller's BYE (`None`: none sent).

@@ -21,6 +21,7 @@
 //! retry_after = 5               # Retry-After seconds on an overload 503
 //! advertised_address = "sip.example.net:5060"   # our Contact / Record-Route; default: listen address
 //! dns_stale_max = 3600          # seconds a DNS-named trunk keeps its last answer while DNS fails
+//! local_calls = true            # a pool node sets up the new calls it receives itself
 //!
 //! [[trunk]]
 //! name = "gw1"                  # unique

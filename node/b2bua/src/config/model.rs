@@ -48,10 +48,22 @@ pub struct NodeSettings {
     /// as its records expire unrenewed).
     #[serde(default = "default_dns_stale_max")]
     pub dns_stale_max: u32,
+    /// A new call that reaches a node of a pool from the network is set up on that node, in one of
+    /// the shards it acts for, rather than forwarded to the owner of its Call-ID's shard
+    /// (`local_calls`, default true; ARCHITECTURE.md "Where a call lives"). Its messages then
+    /// cross no node while that node lives; every identifier the call mints names its shard, so
+    /// after a failover they find the shard's new owner as before. A node alone acts for every
+    /// shard: there it changes nothing. Absent from a configuration written before it: true.
+    #[serde(default = "default_local_calls")]
+    pub local_calls: bool,
 }
 
 fn default_dns_stale_max() -> u32 {
     NodeSettings::DEFAULT_DNS_STALE_MAX
+}
+
+fn default_local_calls() -> bool {
+    true
 }
 
 impl NodeSettings {
@@ -69,6 +81,7 @@ impl Default for NodeSettings {
             retry_after: 5,
             advertised_address: None,
             dns_stale_max: NodeSettings::DEFAULT_DNS_STALE_MAX,
+            local_calls: true,
         }
     }
 }

@@ -33,6 +33,7 @@ pub(super) struct RawNode {
     pub retry_after: Option<i64>,
     pub advertised_address: Option<String>,
     pub dns_stale_max: Option<i64>,
+    pub local_calls: Option<bool>,
 }
 
 /// The transports a file may name.

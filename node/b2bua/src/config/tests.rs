@@ -99,6 +99,7 @@ max_tries = 2
 unknown_source = "drop"
 retry_after = 30
 advertised_address = "[2001:db8::1]:5070"
+local_calls = false
 
 [[trunk]]
 name = "gw"
@@ -147,6 +148,7 @@ trunks = [{ trunk = "gw", priority = 4 }]
                 port: 5070
             }),
             dns_stale_max: NodeSettings::DEFAULT_DNS_STALE_MAX,
+            local_calls: false,
         }
     );
     assert_eq!(
@@ -803,6 +805,24 @@ fn a_host_name_is_looked_up_as_much_as_the_trunk_leaves_open() {
         NodeSettings::DEFAULT_DNS_STALE_MAX,
         "one hour unless set"
     );
+}
+
+#[test]
+fn local_calls_is_on_unless_set_and_a_record_without_it_reads_as_on() {
+    assert!(load("").unwrap().node.local_calls);
+    assert!(
+        !load("[node]\nlocal_calls = false\n")
+            .unwrap()
+            .node
+            .local_calls
+    );
+    let e = load("[node]\nlocal_calls = 1\n").unwrap_err().to_string();
+    assert!(e.starts_with("test.toml:2: node.local_calls:"), "{e}");
+    // The replicated copy a node of the previous version wrote has no such key.
+    let mut v = serde_json::to_value(NodeSettings::default()).unwrap();
+    v.as_object_mut().unwrap().remove("local_calls");
+    let old: NodeSettings = serde_json::from_value(v).unwrap();
+    assert!(old.local_calls);
 }
 
 #[test]

@@ -170,6 +170,7 @@ impl Validator<'_, '_> {
                 0,
                 604_800,
             )?,
+            local_calls: raw.local_calls.unwrap_or(defaults.local_calls),
         })
     }
 

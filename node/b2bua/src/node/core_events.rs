@@ -207,7 +207,8 @@ async fn new_call(ctx: &Arc<NodeCtx>, key: medpool_sip::transaction::ServerKey, 
             return;
         }
     }
-    let shard = ids::shard_of(msg, ctx.shards.shard_count());
+    // Its Call-ID's shard, or one this node chose for it (`NodeCtx::new_call_shard`).
+    let shard = ctx.new_call_shard(msg, env.via.is_some());
     if !ctx.shards.may_act(shard) {
         // The shard moved away between the ingress (which found this node acting for it) and
         // here. In a planned move over UDP the INVITE is left to its retransmission, which the

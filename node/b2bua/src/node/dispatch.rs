@@ -190,22 +190,31 @@ async fn feed(
             && client_key(&inb.msg).is_some_and(|k| ctx.registry.has_client(&k)),
     };
     // Any node, any message: act only for shards this node owns under a valid lease; forward the rest.
-    let shard = if known {
-        ids::shard_of(&inb.msg, ctx.shards.shard_count())
-    } else {
+    // A new call from the network may be set up here in a shard this node acts for
+    // (`[node] local_calls`, `NodeCtx::new_call_shard`).
+    let shard = if !known {
         0
+    } else if arrival.new_call && via.is_none() {
+        ctx.new_call_shard(&inb.msg, false)
+    } else {
+        ids::shard_of(&inb.msg, ctx.shards.shard_count())
     };
     let me = ctx.shards.node_id();
     let may_act = known && ctx.shards.may_act(shard);
-    // A call in set-up here is handled here whatever its shard (it lingers after a hand-over).
+    // A call in set-up here is handled here whatever its shard (it lingers after a hand-over), and
+    // so is a request without a To tag (a CANCEL, an INVITE sent again) of any call here: a call set
+    // up in a shard of this node's choice (`local_calls`) is not in its Call-ID's shard.
     let setting_up = known
         && !may_act
         && inb.msg.is_request()
-        && inb
-            .msg
-            .call_id()
-            .and_then(Result::ok)
-            .is_some_and(|c| ctx.set_ups.holds(c));
+        && inb.msg.call_id().and_then(Result::ok).is_some_and(|c| {
+            ctx.set_ups.holds(c)
+                || (inb.msg.to_tag().is_none()
+                    && inb
+                        .msg
+                        .from_tag()
+                        .is_some_and(|tag| ctx.registry.has_call(c, tag)))
+        });
     // A call the shard's previous owner still sets up is finished there: its messages go there.
     if may_act
         && !arrival.own_answer

@@ -391,6 +391,9 @@ pub struct PoolSpec {
     /// re-anchor its media. The relay (medpool's default) is tested in media.rs, real_ua.rs and
     /// the chaos tests, whose peers send RTP.
     pub media: &'static str,
+    /// `[node] local_calls` (default true: a new call is set up by the node it reaches). A test of
+    /// forwarding between nodes turns it off, so that calls go to their Call-ID's owner.
+    pub local_calls: bool,
 }
 
 impl PoolSpec {
@@ -410,7 +413,15 @@ impl PoolSpec {
             fast_failover_ms: 2000,
             pattern: ".*".to_owned(),
             media: "bypass",
+            local_calls: true,
         }
+    }
+
+    /// The same pool with `[node] local_calls = false`: every new call goes to the owner of its
+    /// Call-ID's shard, through another node when that node does not own it.
+    pub fn forwarding(mut self) -> Self {
+        self.local_calls = false;
+        self
     }
 
     pub fn toml(&self) -> String {
@@ -422,6 +433,7 @@ impl PoolSpec {
         writeln!(s, "max_tries = {}", self.max_tries).unwrap();
         writeln!(s, "unknown_source = \"reject\"").unwrap();
         writeln!(s, "retry_after = {}", self.retry_after).unwrap();
+        writeln!(s, "local_calls = {}", self.local_calls).unwrap();
         writeln!(s).unwrap();
         writeln!(s, "[[trunk]]").unwrap();
         writeln!(s, "name = \"pbx\"").unwrap();

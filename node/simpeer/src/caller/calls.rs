@@ -65,9 +65,13 @@ impl Inner {
                     self.media_answered(index, resp.body());
                     let dialog = Dialog::from_2xx(&resp, target);
                     let ack = self.ack_2xx(&call_id, &from_tag, &dialog, 1, index);
+                    let far_tag = resp
+                        .to_tag()
+                        .map(|t| String::from_utf8_lossy(t).into_owned());
                     let mut calls = lock(&self.calls);
                     if let Some(c) = calls.list.get_mut(index) {
                         c.dialog = Some(dialog);
+                        c.record.far_tag = far_tag;
                     }
                     (Outcome::Final(status), Some(ack))
                 } else {
