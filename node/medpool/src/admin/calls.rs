@@ -66,8 +66,15 @@ pub fn matches(call: &pb::Call, req: &pb::ListCallsRequest) -> bool {
 }
 
 /// Sorts by Call-ID, skips up to and including `page_token`, and cuts a page; the token of the
-/// next page is the last Call-ID of this one when more follow.
-pub fn page(mut calls: Vec<pb::Call>, page_token: &str, page_size: u32) -> (Vec<pb::Call>, String) {
+/// next page is the last Call-ID of this one when more follow — here, or on a node that sent only
+/// its own first page (`more_elsewhere`: each node cuts its list to the page size, so one that
+/// holds more calls than a page says so with its own token).
+pub fn page(
+    mut calls: Vec<pb::Call>,
+    page_token: &str,
+    page_size: u32,
+    more_elsewhere: bool,
+) -> (Vec<pb::Call>, String) {
     calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
     calls.dedup_by(|a, b| a.call_id == b.call_id);
     let size = match usize::try_from(page_size).unwrap_or(MAX_PAGE) {
@@ -78,7 +85,7 @@ pub fn page(mut calls: Vec<pb::Call>, page_token: &str, page_size: u32) -> (Vec<
         .into_iter()
         .filter(|c| page_token.is_empty() || c.call_id.as_str() > page_token)
         .collect();
-    let more = rest.len() > size;
+    let more = rest.len() > size || (more_elsewhere && !rest.is_empty());
     let page: Vec<pb::Call> = rest.into_iter().take(size).collect();
     let next = if more {
         page.last().map(|c| c.call_id.clone()).unwrap_or_default()
@@ -149,15 +156,21 @@ mod tests {
         req.set_phase(CallPhase::Confirmed);
         assert_eq!(calls.iter().filter(|c| matches(c, &req)).count(), 2);
 
-        let (p1, next) = page(calls.clone(), "", 2);
+        let (p1, next) = page(calls.clone(), "", 2, false);
         assert_eq!(
             p1.iter().map(|c| c.call_id.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
         assert_eq!(next, "b");
-        let (p2, next) = page(calls, &next, 2);
+        let (p2, next) = page(calls.clone(), &next, 2, false);
         assert_eq!(p2.len(), 1);
         assert_eq!(p2[0].call_id, "c");
         assert!(next.is_empty());
+        // Another node held more than a page and sent its first two: the page is full and says
+        // more follow, though no more than a page came.
+        let first_two = vec![calls[1].clone(), calls[2].clone()];
+        let (p1, next) = page(first_two, "", 2, true);
+        assert_eq!(p1.len(), 2);
+        assert_eq!(next, "b", "a node's own next page was lost");
     }
 }

@@ -329,6 +329,8 @@ impl MedpoolAdmin for AdminService {
             all = calls::list_local(&self.ctx.node, me, &req).await;
         }
         let mut unavailable = Vec::new();
+        // A node that holds more than a page of calls sends its first page and its own token.
+        let mut more_elsewhere = false;
         if !req.local_only && !targets.is_empty() {
             let ask = pb::ListCallsRequest {
                 local_only: true,
@@ -344,6 +346,7 @@ impl MedpoolAdmin for AdminService {
                 })
                 .await;
             for (_, r) in g.answers {
+                more_elsewhere |= !r.next_page_token.is_empty();
                 all.extend(r.calls);
             }
             unavailable = g.unavailable;
@@ -353,7 +356,8 @@ impl MedpoolAdmin for AdminService {
             }
             unavailable.sort_unstable();
         }
-        let (calls, next_page_token) = calls::page(all, &req.page_token, req.page_size);
+        let (calls, next_page_token) =
+            calls::page(all, &req.page_token, req.page_size, more_elsewhere);
         Ok(Response::new(pb::ListCallsReply {
             calls,
             next_page_token,
