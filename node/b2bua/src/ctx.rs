@@ -553,13 +553,14 @@ impl NodeCtx {
             .lock()
             .map_or((0, 0), |seen| (seen.len(), seen.capacity()))
     }
-    /// The shard a new-call INVITE belongs to on this node: `forwarded` (another node sent it here
-    /// as the owner of its Call-ID's shard), or when this node acts for that shard, that shard —
-    /// as it always was. Otherwise, with `[node] local_calls`, one this node acts for (picked by the
-    /// Call-ID's shard, [`ShardOwnership::local_shard`]), so the call is set up here and its messages cross no node — unless
-    /// this node stops, is full (another node may have room: the Call-ID's owner is asked), or
-    /// forwarded a copy of this INVITE before (its retransmissions follow it). The dispatcher and
-    /// the call's start ask the same question and get the same answer while the acting set stays.
+    /// The shard a new-call INVITE belongs to on this node: its Call-ID's shard when it was
+    /// `forwarded` (another node sent it here as that shard's owner) or when this node acts for
+    /// that shard — as it always was. Otherwise, with `[node] local_calls`, one this node acts for
+    /// (picked by the Call-ID's shard, [`ShardOwnership::local_shard`]): the call is set up here
+    /// and its messages cross no node — unless this node stops, is full (its `max_calls`, or its
+    /// share of a gateway's limits: the Call-ID's owner may have room), or forwarded a copy of
+    /// this INVITE before (its retransmissions follow it). The dispatcher and the call's start ask the same question and
+    /// get the same answer while the acting set stays.
     pub fn new_call_shard(&self, msg: &medpool_sip::SipMessage, forwarded: bool) -> u16 {
         let hashed = medpool_sip::ids::shard_of(msg, self.shards.shard_count());
         if forwarded || self.shards.may_act(hashed) {
@@ -572,6 +573,7 @@ impl NodeCtx {
         if self.draining.load(Ordering::Relaxed)
             || self.active_calls() >= config.node.max_calls as usize
             || self.relayed_invites.holds(msg)
+            || self.gateways.a_pool_share_is_full()
         {
             return hashed;
         }

@@ -168,6 +168,23 @@ impl Gateways {
             None => false,
         }
     }
+    /// Whether, in a pool, this node has used up its share of some gateway's limits (calls, or
+    /// calls a second) while that gateway is up and enabled: a new call it could set up itself is
+    /// better sent to its Call-ID's owner, whose share may have room (`NodeCtx::new_call_shard`),
+    /// as every call was before `[node] local_calls`. False outside a pool (the node has the whole
+    /// limit) and when no gateway has a limit.
+    pub fn a_pool_share_is_full(&self) -> bool {
+        if self.capacity.division().is_none() {
+            return false;
+        }
+        self.all().iter().any(|h| {
+            let (calls, cps) = h.limits();
+            (calls.is_some() || cps.is_some()) && {
+                let v = h.view(&self.capacity);
+                v.up && v.enabled && v.at_capacity
+            }
+        })
+    }
     /// This node's ceilings (its share, in a pool) of calls and calls per second for a gateway.
     pub fn ceilings(&self, trunk: &str) -> (Option<u32>, Option<u32>) {
         self.get(trunk)
@@ -281,8 +298,13 @@ mod tests {
             disabled: false,
         });
         assert_eq!(g.ceilings("gw1"), (Some(10), None));
+        assert!(!g.a_pool_share_is_full());
         assert_eq!((0..15).filter(|_| g.try_acquire(&t)).count(), 10);
         assert!(g.view("gw1").at_capacity);
+        assert!(
+            g.a_pool_share_is_full(),
+            "new calls are better set up elsewhere"
+        );
         assert!(g.carry(&t), "a carried call counts even beyond the share");
         assert_eq!(g.get("gw1").unwrap().active_calls(), 11);
         g.release("gw1");
