@@ -1,7 +1,10 @@
-//! A two-node pool with real processes and SIPp: calls sent to node 1 whose shards node 0 owns are
-//! forwarded to node 0; each caller gets exactly one 100 Trying, sent by node 1 (the node its INVITE
-//! reached) once node 1 has learnt from node 0's answers that node 0 understands the mark; node 0
-//! sends no 100 back across for those, which its `forward_out` counter shows. Addresses: 127.0.187.x.
+//! A two-node pool with real processes and SIPp, calls sent to node 1:
+//! - with `local_calls = false`, calls whose shards node 0 owns are forwarded to node 0; each caller
+//!   gets exactly one 100 Trying, sent by node 1 (the node its INVITE reached) once node 1 has
+//!   learnt from node 0's answers that node 0 understands the mark; node 0 sends no 100 back across
+//!   for those, which its `forward_out` counter shows. Addresses: 127.0.187.x.
+//! - with the default (`local_calls`), node 1 sets every call up itself and no SIP message crosses
+//!   to node 0. Addresses: 127.0.194.x.
 
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
@@ -29,60 +32,92 @@ fn get(m: &BTreeMap<String, f64>, name: &str) -> u64 {
     m.get(name).copied().unwrap_or(0.0) as u64
 }
 
+/// A two-node pool of real processes on 127.0.n.1 (node 0, which bootstraps) and .2 (node 1, which
+/// joins), both with /metrics on :9100, and its two gateways (SIPp answering every call), formed
+/// and settled.
+struct Pair {
+    node1: MedpoolNode,
+    node0: MedpoolNode,
+    metrics0: String,
+    metrics1: String,
+    _gws: [SippProcess; 2],
+    dir: TestDir,
+    _dir1: TestDir,
+}
+
+impl Pair {
+    fn start(n: u8, cfg: &str, name: &str) -> Pair {
+        let dir = TestDir::new(name);
+        let raft0 = format!("127.0.{n}.1:7000");
+        let metrics0 = format!("127.0.{n}.1:9100");
+        let metrics1 = format!("127.0.{n}.2:9100");
+        let node0 = MedpoolNode::start_with(
+            &dir,
+            n,
+            cfg,
+            &[
+                "--shutdown-grace",
+                "3",
+                "--raft-listen",
+                &raft0,
+                "--node-id",
+                "0",
+                "--metrics-listen",
+                &metrics0,
+            ],
+        );
+        let dir1 = TestDir::new(&format!("{name}-1"));
+        let node1 = {
+            let sip1 = format!("127.0.{n}.2:5060");
+            let raft1 = format!("127.0.{n}.2:7000");
+            let args = [
+                "--shutdown-grace",
+                "3",
+                "--raft-listen",
+                &raft1,
+                "--node-id",
+                "1",
+                "--join",
+                &raft0,
+                "--metrics-listen",
+                &metrics1,
+            ];
+            MedpoolNode::start_at(&dir1, n, &sip1, cfg, &args, &[])
+        };
+        let gws = [
+            gateway(&dir, n, 1, "uas_answer.xml"),
+            gateway(&dir, n, 2, "uas_answer.xml"),
+        ];
+        let formed = wait_until(Duration::from_secs(15), || {
+            node0.log().contains("shards released") || node1.log().contains("shards adopted")
+        });
+        assert!(
+            formed,
+            "the pool did not form:\n{}\n{}",
+            node0.log(),
+            node1.log()
+        );
+        sleep_ms(1500);
+        Pair {
+            node1,
+            node0,
+            metrics0,
+            metrics1,
+            _gws: gws,
+            dir,
+            _dir1: dir1,
+        }
+    }
+}
+
 #[test]
 fn a_forwarded_call_gets_one_100_from_the_node_it_reached_and_none_crosses_back() {
     let n = 187;
-    let dir = TestDir::new("forward-trying");
-    let raft0 = format!("127.0.{n}.1:7000");
-    let metrics0 = format!("127.0.{n}.1:9100");
-    let metrics1 = format!("127.0.{n}.2:9100");
     // Every new call goes to its Call-ID's owner (not set up where it arrives).
     let cfg = PoolSpec::new(n).forwarding().toml();
-    let node0 = MedpoolNode::start_with(
-        &dir,
-        n,
-        &cfg,
-        &[
-            "--shutdown-grace",
-            "3",
-            "--raft-listen",
-            &raft0,
-            "--node-id",
-            "0",
-            "--metrics-listen",
-            &metrics0,
-        ],
-    );
-    let dir1 = TestDir::new("forward-trying-1");
-    let node1 = {
-        let sip1 = format!("127.0.{n}.2:5060");
-        let raft1 = format!("127.0.{n}.2:7000");
-        let args = [
-            "--shutdown-grace",
-            "3",
-            "--raft-listen",
-            &raft1,
-            "--node-id",
-            "1",
-            "--join",
-            &raft0,
-            "--metrics-listen",
-            &metrics1,
-        ];
-        MedpoolNode::start_at(&dir1, n, &sip1, &cfg, &args, &[])
-    };
-    let _gw1 = gateway(&dir, n, 1, "uas_answer.xml");
-    let _gw2 = gateway(&dir, n, 2, "uas_answer.xml");
-    let formed = wait_until(Duration::from_secs(15), || {
-        node0.log().contains("shards released") || node1.log().contains("shards adopted")
-    });
-    assert!(
-        formed,
-        "the pool did not form:\n{}\n{}",
-        node0.log(),
-        node1.log()
-    );
-    sleep_ms(1500);
+    let pair = Pair::start(n, &cfg, "forward-trying");
+    let (node0, node1, dir) = (&pair.node0, &pair.node1, &pair.dir);
+    let (metrics0, metrics1) = (&pair.metrics0, &pair.metrics1);
     let calls = 24;
     let mut uac = Sipp::uac(
         "caller",
@@ -119,8 +154,8 @@ fn a_forwarded_call_gets_one_100_from_the_node_it_reached_and_none_crosses_back(
         "not exactly one 100 per call: {trying:?}"
     );
     sleep_ms(500);
-    let m0 = metrics(&metrics0);
-    let m1 = metrics(&metrics1);
+    let m0 = metrics(metrics0);
+    let m1 = metrics(metrics1);
     // Node 0 took the calls node 1 forwarded (node 1 took the rest itself).
     let forwarded = get(&m0, "medpool_calls_started_total");
     let answered_here = get(&m1, "medpool_trying_for_forwarded_total");
@@ -151,6 +186,54 @@ fn a_forwarded_call_gets_one_100_from_the_node_it_reached_and_none_crosses_back(
         "node 0 sent back other than 180, 200 and the BYE's 200 a call (+ a 100 for each \
          unmarked INVITE): {report}"
     );
-    drop(node1);
-    drop(node0);
+    drop(pair);
+}
+
+#[test]
+fn with_local_calls_every_call_is_set_up_by_the_node_it_reached_and_nothing_crosses() {
+    // The same pair with the default configuration: node 1 sets every call it receives up itself,
+    // in shards it owns, though about half of the Call-IDs hash to node 0's shards.
+    let n = 194;
+    let pair = Pair::start(n, &PoolSpec::new(n).toml(), "forward-local");
+    let calls = 24;
+    let mut uac = Sipp::uac(
+        "caller",
+        "uac_call.xml",
+        &node_ip(n),
+        5070,
+        &format!("127.0.{n}.2:5060"),
+    )
+    .calls(calls)
+    .rate(8)
+    .hold_ms(200)
+    .spawn(&pair.dir);
+    let out = uac.wait(Duration::from_secs(60));
+    assert!(
+        out.success(),
+        "{}\n--- node0\n{}\n--- node1\n{}",
+        out.report,
+        pair.node0.log(),
+        pair.node1.log()
+    );
+    sleep_ms(500);
+    let m0 = metrics(&pair.metrics0);
+    let m1 = metrics(&pair.metrics1);
+    let started = (
+        get(&m0, "medpool_calls_started_total"),
+        get(&m1, "medpool_calls_started_total"),
+    );
+    let crossed = (
+        get(&m1, "medpool_pool_stage_runs_total{stage=\"forward_out\"}"),
+        get(&m0, "medpool_pool_stage_runs_total{stage=\"forward_in\"}"),
+    );
+    // Node 0 owns about half of the 1,024 shards (it released them to node 1 when the pair
+    // formed): forwarded by Call-ID, about half of the 24 calls would have started on node 0
+    // (12 of 24 with `local_calls = false`: checked), and none with a chance of 2^-24.
+    assert_eq!(
+        started,
+        (0, u64::from(calls)),
+        "calls started on (node 0, node 1); SIP messages node 1 sent to node 0 and node 0 took: {crossed:?}"
+    );
+    assert_eq!(crossed, (0, 0), "a SIP message crossed to node 0");
+    drop(pair);
 }
