@@ -129,7 +129,7 @@ fn a_forwarded_call_gets_one_100_from_the_node_it_reached_and_none_crosses_back(
     .calls(calls)
     .rate(8)
     .hold_ms(200)
-    .spawn(&dir);
+    .spawn(dir);
     let out = uac.wait(Duration::from_secs(60));
     assert!(
         out.success(),
