@@ -174,15 +174,18 @@ impl Gateways {
     /// as every call was before `[node] local_calls`. False outside a pool (the node has the whole
     /// limit) and when no gateway has a limit.
     pub fn a_pool_share_is_full(&self) -> bool {
-        if self.capacity.division().is_none() {
+        let limited: Vec<Arc<GatewayHandle>> = self
+            .all()
+            .into_iter()
+            .filter(|h| h.max_calls.is_some() || h.max_cps.is_some())
+            .collect();
+        // Most pools set no limit: then no division is looked at (this runs for new calls).
+        if limited.is_empty() || self.capacity.division().is_none() {
             return false;
         }
-        self.all().iter().any(|h| {
-            let (calls, cps) = h.limits();
-            (calls.is_some() || cps.is_some()) && {
-                let v = h.view(&self.capacity);
-                v.up && v.enabled && v.at_capacity
-            }
+        limited.iter().any(|h| {
+            let v = h.view(&self.capacity);
+            v.up && v.enabled && v.at_capacity
         })
     }
     /// This node's ceilings (its share, in a pool) of calls and calls per second for a gateway.

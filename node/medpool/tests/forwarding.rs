@@ -108,6 +108,31 @@ impl Pair {
             _dir1: dir1,
         }
     }
+
+    /// `calls` short calls (8 a second, held 200 ms) from a SIPp caller to node 1, waited for;
+    /// panics with both nodes' logs unless every one succeeded.
+    fn calls_through_node1(&self, n: u8, calls: u32) -> SippProcess {
+        let mut uac = Sipp::uac(
+            "caller",
+            "uac_call.xml",
+            &node_ip(n),
+            5070,
+            &format!("127.0.{n}.2:5060"),
+        )
+        .calls(calls)
+        .rate(8)
+        .hold_ms(200)
+        .spawn(&self.dir);
+        let out = uac.wait(Duration::from_secs(60));
+        assert!(
+            out.success(),
+            "{}\n--- node0\n{}\n--- node1\n{}",
+            out.report,
+            self.node0.log(),
+            self.node1.log()
+        );
+        uac
+    }
 }
 
 #[test]
@@ -116,28 +141,9 @@ fn a_forwarded_call_gets_one_100_from_the_node_it_reached_and_none_crosses_back(
     // Every new call goes to its Call-ID's owner (not set up where it arrives).
     let cfg = PoolSpec::new(n).forwarding().toml();
     let pair = Pair::start(n, &cfg, "forward-trying");
-    let (node0, node1, dir) = (&pair.node0, &pair.node1, &pair.dir);
     let (metrics0, metrics1) = (&pair.metrics0, &pair.metrics1);
     let calls = 24;
-    let mut uac = Sipp::uac(
-        "caller",
-        "uac_call.xml",
-        &node_ip(n),
-        5070,
-        &format!("127.0.{n}.2:5060"),
-    )
-    .calls(calls)
-    .rate(8)
-    .hold_ms(200)
-    .spawn(dir);
-    let out = uac.wait(Duration::from_secs(60));
-    assert!(
-        out.success(),
-        "{}\n--- node0\n{}\n--- node1\n{}",
-        out.report,
-        node0.log(),
-        node1.log()
-    );
+    let uac = pair.calls_through_node1(n, calls);
     // Every call: exactly one 100 Trying.
     let mut trying: BTreeMap<String, usize> = BTreeMap::new();
     for c in uac.calls_sent() {
@@ -196,25 +202,7 @@ fn with_local_calls_every_call_is_set_up_by_the_node_it_reached_and_nothing_cros
     let n = 194;
     let pair = Pair::start(n, &PoolSpec::new(n).toml(), "forward-local");
     let calls = 24;
-    let mut uac = Sipp::uac(
-        "caller",
-        "uac_call.xml",
-        &node_ip(n),
-        5070,
-        &format!("127.0.{n}.2:5060"),
-    )
-    .calls(calls)
-    .rate(8)
-    .hold_ms(200)
-    .spawn(&pair.dir);
-    let out = uac.wait(Duration::from_secs(60));
-    assert!(
-        out.success(),
-        "{}\n--- node0\n{}\n--- node1\n{}",
-        out.report,
-        pair.node0.log(),
-        pair.node1.log()
-    );
+    pair.calls_through_node1(n, calls);
     sleep_ms(500);
     let m0 = metrics(&pair.metrics0);
     let m1 = metrics(&pair.metrics1);
